@@ -1,0 +1,59 @@
+# kubeplex: the two commands a new user needs are `make demo` and `make test`.
+# Everything else here is what those two call. Heavy build outputs (the Kubernetes control
+# plane binaries, the vLLM venv, Helm) are cached outside the clone under $(KUBEPLEX_CACHE)
+# and reused when present.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export KUBEPLEX_CACHE ?= $(HOME)/.cache/kubeplex
+PKGVIEW := build/pkgview
+
+# Set-up steps other areas add (system packages, cached builds). Each is a script that is
+# idempotent and quick when its cache is warm.
+SETUP_SCRIPTS :=
+
+.PHONY: help demo test setup venv lint typecheck importlint unit pytest clean
+
+help:
+	@echo "make demo   - set up and run kubeplex on the bundled examples (local mode)"
+	@echo "make test   - set up and run every check: ruff, mypy, import-linter, pytest"
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+setup: venv
+	@set -e; for s in $(SETUP_SCRIPTS); do echo "== $$s"; bash $$s; done
+
+demo: venv
+	$(BIN)/kubeplex version
+	$(BIN)/kubeplex validate examples/*.yaml
+
+$(PKGVIEW): venv
+	@$(BIN)/python scripts/package_view.py $(PKGVIEW)
+
+lint: venv
+	$(BIN)/ruff check .
+	@$(BIN)/python scripts/package_view.py $(PKGVIEW)
+	cd $(PKGVIEW) && $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml
+
+typecheck: venv
+	@$(BIN)/python scripts/package_view.py $(PKGVIEW)
+	cd $(PKGVIEW) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache -p kubeplex
+
+pytest: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test: setup lint typecheck pytest
+
+clean:
+	rm -rf build .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""kubeplex.autoscaler: how many replicas each ModelService needs (pure decision core)."""

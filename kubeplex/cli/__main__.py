@@ -1,0 +1,5 @@
+import sys
+
+from kubeplex.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""kubeplex.placement: where replicas run (pure: no I/O, no Kubernetes, no clock reads)."""

@@ -1,0 +1,1 @@
+"""kubeplex.runtime: the process inside every serving pod (engine supervisor, router, metrics)."""
