@@ -12,7 +12,8 @@ It predicts what a vLLM engine would do, from the model's shape and the GPU's da
   all-reduces of the activations per layer; **pipeline parallelism** splits the layers into
   ``pp`` stages run one after another for a given sequence (latency does not drop) and adds a
   point-to-point hop per stage boundary. vLLM keeps ``pp`` micro-batches in flight, so the
-  group's throughput grows with ``pp`` at the same per-token latency: see :attr:`LLMProfile.pipeline_depth`.
+  group's throughput grows with ``pp`` at the same per-token latency
+  (:attr:`LLMProfile.pipeline_depth`).
 * **Memory**: each GPU holds ``1 / (tp * pp)`` of the weights, a fixed reserve for the CUDA
   context, activations and CUDA graphs, and the KV cache in what is left of its share.
 
