@@ -33,7 +33,8 @@ def _type(schema: dict[str, Any]) -> str:
 def _limits(schema: dict[str, Any]) -> str:
     parts = []
     if "enum" in schema:
-        parts.append("one of " + ", ".join(f"`{v}`" if v != "" else "`\"\"`" for v in schema["enum"]))
+        shown = [f"`{v}`" if v != "" else '`""`' for v in schema["enum"]]
+        parts.append("one of " + ", ".join(shown))
     low, high = schema.get("minimum"), schema.get("maximum")
     if low is not None or high is not None:
         left = "(" if schema.get("exclusiveMinimum") else "["
