@@ -120,17 +120,17 @@ class Engine:
         if self.in_flight == 0:
             self._idle.set()
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is in flight; False when ``timeout`` passed first."""
+    async def wait_idle(self, within: float) -> bool:
+        """Wait until no request is in flight; False when ``within`` seconds passed first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), within)
         except TimeoutError:
             return False
         return True
 
-    async def wait_ready(self, timeout: float) -> bool:
+    async def wait_ready(self, within: float) -> bool:
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            await asyncio.wait_for(self._ready.wait(), within)
         except TimeoutError:
             return False
         return True
@@ -191,7 +191,7 @@ class Engine:
         self._log_task = asyncio.create_task(self._forward_output(self.process))
 
     async def _forward_output(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None  # noqa: S101 - set by create_subprocess_exec above
+        assert process.stdout is not None
         prefix = f"[{self.name}] ".encode()
         while line := await process.stdout.readline():
             self.log_tail.append(line.decode(errors="replace").rstrip())
@@ -229,7 +229,7 @@ class Engine:
                 await self._backoff(str(exc))
                 continue
             process = self.process
-            assert process is not None  # noqa: S101 - set by _spawn
+            assert process is not None
             if await self._wait_healthy(process):
                 self.ready_at = time.monotonic()
                 self.startup_seconds = self.ready_at - self.started_at
