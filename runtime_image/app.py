@@ -51,6 +51,8 @@ DRAIN_RETRY_AFTER_SECONDS = 1
 ENGINE_SCRAPE_TIMEOUT_SECONDS = 2.0
 #: Timeout of an engine's /sleep or /wake_up call (a level-2 wake reloads weights).
 ENGINE_SLEEP_TIMEOUT_SECONDS = 300.0
+#: Status recorded when the client closed the connection mid-stream (nginx's convention).
+CLIENT_CLOSED = "499"
 ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions")
 _HOP_HEADERS = ("Content-Type", "Cache-Control")
 
@@ -223,12 +225,18 @@ class Runtime:
                     response = web.StreamResponse(status=upstream.status, headers=out_headers)
                     await response.prepare(request)
                     first = True
-                    async for chunk in upstream.content.iter_any():
-                        await response.write(chunk)
-                        if first:
-                            self.metrics.ttfb.labels(name).observe(time.monotonic() - arrived)
-                            first = False
-                    await response.write_eof()
+                    try:
+                        async for chunk in upstream.content.iter_any():
+                            await response.write(chunk)
+                            if first:
+                                self.metrics.ttfb.labels(name).observe(
+                                    time.monotonic() - arrived)
+                                first = False
+                        await response.write_eof()
+                    except ConnectionResetError:
+                        # The client went away; leaving the block closes the upstream
+                        # connection, which makes the engine abort the request.
+                        code = CLIENT_CLOSED
                     return response
                 data = await upstream.read()
                 self.metrics.ttfb.labels(name).observe(time.monotonic() - arrived)

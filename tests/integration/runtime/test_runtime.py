@@ -184,6 +184,30 @@ def test_killed_engine_restarts_while_the_other_model_serves(suite: Any) -> None
     assert after["pid"] != before["pid"]
 
 
+def _aborted(rt: Any, model: str) -> float:
+    text = httpx.get(rt.url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "vllm:request_success":
+            return sum(s.value for s in family.samples if s.name.endswith("_total")
+                       and s.labels["model_name"] == model
+                       and s.labels["finished_reason"] == "abort")
+    return 0.0
+
+
+def test_client_disconnect_mid_stream_aborts_the_engine_request(suite: Any) -> None:
+    rt = suite.rt
+    before = _aborted(rt, "beta")
+    with httpx.stream("POST", rt.url + "/v1/completions", timeout=60,
+                      json=suite.body("beta", max_tokens=1900, stream=True)) as r:
+        assert r.status_code == 200
+        next(r.iter_raw())  # the stream is running; now hang up
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _aborted(rt, "beta") == before:
+        time.sleep(0.1)
+    assert _aborted(rt, "beta") == before + 1
+    assert rt.engine("beta")["inFlight"] == 0
+
+
 async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> tuple[int, str]:
     async with client.stream("POST", url, json=body) as r:
         text = "".join([chunk async for chunk in r.aiter_text()])
