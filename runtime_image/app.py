@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kubeplex.runtime.config import RuntimeConfig, parse_model
+from kubeplex.runtime.config import ModelConfig, RuntimeConfig, parse_model
 from kubeplex.runtime.engines import resolve_device
 from kubeplex.runtime.errors import (
     EngineStateError,
@@ -93,7 +93,7 @@ class Runtime:
         for model in self.config.models:
             self._add_engine(model)
 
-    def _add_engine(self, model: Any) -> Engine:
+    def _add_engine(self, model: ModelConfig) -> Engine:
         if self.session is None:
             raise EngineStateError("the runtime is not started")
         engine = Engine(model, self.config, self.device, self.session,
