@@ -12,7 +12,7 @@ PKGVIEW := build/pkgview
 
 # Set-up steps other areas add (system packages, cached builds). Each is a script that is
 # idempotent and quick when its cache is warm.
-SETUP_SCRIPTS :=
+SETUP_SCRIPTS := helm/ensure-helm.sh scripts/ensure-prometheus.sh
 
 .PHONY: help demo test setup venv lint typecheck importlint unit pytest clean
 
