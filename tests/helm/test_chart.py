@@ -163,7 +163,8 @@ def test_security_context_and_probes(rendered: dict[str, list[dict[str, Any]]]) 
             assert sc["capabilities"]["drop"] == ["ALL"], (case, name)
             assert pod["securityContext"]["runAsNonRoot"] is True, (case, name)
             assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-            assert c["resources"]["requests"] and c["resources"]["limits"], (case, name)
+            assert c["resources"]["requests"], (case, name)
+            assert c["resources"]["limits"], (case, name)
             # A read-only root needs somewhere to write.
             assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"], (case, name)
             for probe in ("livenessProbe", "readinessProbe"):
@@ -378,7 +379,8 @@ def test_schema_objects_refuse_unknown_keys() -> None:
 
 def test_chart_crds_are_the_repository_crds() -> None:
     link = CHART / "files" / "crds"
-    assert link.is_symlink() and link.resolve() == (REPO / "crds").resolve()
+    assert link.is_symlink()
+    assert link.resolve() == (REPO / "crds").resolve()
 
 
 def test_rendered_crds_equal_the_sources(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -466,7 +468,8 @@ def test_monitoring_objects_render_only_when_enabled(
     assert {d["kind"] for d in docs} >= MONITORING_KINDS | {"ConfigMap"}
     (sm,) = of_kind(docs, "ServiceMonitor")
     endpoint = sm["spec"]["endpoints"][0]
-    assert endpoint["port"] == "metrics" and endpoint["honorLabels"] is True
+    assert endpoint["port"] == "metrics"
+    assert endpoint["honorLabels"] is True
     assert {"targetLabel": "job", "replacement": "kubeplex-operator"} in endpoint["relabelings"]
     assert sm["spec"]["selector"]["matchLabels"] == named(
         docs, "Service", "-operator")["spec"]["selector"]

@@ -49,7 +49,8 @@ def test_cli_refuses_bad_settings(capsys: pytest.CaptureFixture[str], args: list
                                   message: str) -> None:
     assert main(["alerts", "rules", *args]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
+    assert err.startswith("error: ")
+    assert message in err
 
 
 @pytest.fixture

@@ -73,7 +73,8 @@ def test_one_ttft_rule_per_percentile() -> None:
     ttft = [r for g in rule_groups(settings) for r in g["rules"]
             if r["alert"] == ALERT_TTFT_SLO_BURN]
     assert [r["labels"]["quantile"] for r in ttft] == ["0.95", "0.99"]
-    assert 'quantile="0.95"' in ttft[0]["expr"] and "histogram_quantile(0.95," in ttft[0]["expr"]
+    assert 'quantile="0.95"' in ttft[0]["expr"]
+    assert "histogram_quantile(0.95," in ttft[0]["expr"]
 
 
 def test_settings_reach_the_expressions() -> None:
