@@ -289,9 +289,11 @@ class PromStack:
 
 @dataclass(frozen=True)
 class WebhookPost:
-    """One POST Alertmanager made: when it arrived (time.monotonic()), headers, JSON body."""
+    """One POST Alertmanager made: when it arrived (time.monotonic() and wall-clock
+    time.time()), headers, JSON body."""
 
     at: float
+    wall: float
     path: str
     headers: Mapping[str, str]
     body: Any
@@ -308,9 +310,9 @@ class WebhookReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                at = time.monotonic()
+                at, wall = time.monotonic(), time.time()
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                post = WebhookPost(at, self.path, dict(self.headers.items()), json.loads(raw))
+                post = WebhookPost(at, wall, self.path, dict(self.headers.items()), json.loads(raw))
                 with receiver._lock:
                     receiver.posts.append(post)
                 self.send_response(200)
