@@ -20,8 +20,8 @@ Label contract (what the expressions join on)
     with ``quantile`` = :func:`quantile_label` of ``spec.slo.percentile`` (e.g. ``"0.95"``);
   - :data:`QUEUE_TARGET_METRIC` ``{namespace, modelservice}``:
     ``spec.scaling.targetQueuePerReplica``;
-  - :data:`SCALE_TO_ZERO_METRIC` ``{namespace, modelservice}``: ``spec.scaling.scaleToZeroAfter``
-    in seconds, exported only while ``minReplicas`` is 0.
+  - :data:`SCALE_TO_ZERO_METRIC` ``{namespace, modelservice}``:
+    ``spec.scaling.scaleToZeroAfterSeconds``, exported only while ``minReplicas`` is 0.
 * The operator's own scrape job is named :data:`OPERATOR_JOB`.
 
 Every ModelService alert carries the labels ``namespace`` and ``modelservice`` (the webhook maps
@@ -74,7 +74,7 @@ INFO_METRIC = "kubeplex_modelservice_info"
 SLO_TTFT_METRIC = "kubeplex_modelservice_slo_ttft_seconds"
 #: ``{namespace, modelservice}``: spec.scaling.targetQueuePerReplica.
 QUEUE_TARGET_METRIC = "kubeplex_modelservice_target_queue_per_replica"
-#: ``{namespace, modelservice}``: spec.scaling.scaleToZeroAfter in seconds (minReplicas 0 only).
+#: ``{namespace, modelservice}``: spec.scaling.scaleToZeroAfterSeconds (minReplicas 0 only).
 SCALE_TO_ZERO_METRIC = "kubeplex_modelservice_scale_to_zero_seconds"
 #: The ``job`` label of the operator's scrape target (the chart's ServiceMonitor sets it).
 OPERATOR_JOB = "kubeplex-operator"
@@ -243,7 +243,8 @@ def _idle_rule(s: RuleSettings) -> dict[str, Any]:
         "annotations": {
             "summary": "{{ $labels.namespace }}/{{ $labels.modelservice }} is idle",
             "description": "No request for {{ $value | humanizeDuration }}, at least "
-                           "spec.scaling.scaleToZeroAfter; kubeplex evaluates scale to zero.",
+                           "spec.scaling.scaleToZeroAfterSeconds; kubeplex evaluates scale to "
+                           "zero.",
         },
     }
 

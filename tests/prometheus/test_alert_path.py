@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from datetime import datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, Histogram
