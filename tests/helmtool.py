@@ -17,8 +17,17 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CHART", "HelmResult", "StrictLoader", "helm_binary", "helm_missing_reason",
-           "load_all", "run_helm", "template"]
+__all__ = [
+    "CHART",
+    "HelmResult",
+    "StrictLoader",
+    "crd_sources",
+    "helm_binary",
+    "helm_missing_reason",
+    "load_all",
+    "run_helm",
+    "template",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "kubeplex"
@@ -95,3 +104,11 @@ def template(*flags: str, chart: Path = CHART, release: str = "kubeplex",
     if result.returncode != 0:
         raise AssertionError(f"helm template {' '.join(flags)} failed:\n{result.stderr}")
     return load_all(result.stdout)
+
+
+def crd_sources() -> list[dict[str, Any]]:
+    """The CRDs in the repository's crds/ (their single source), parsed."""
+    docs = []
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs

@@ -13,7 +13,15 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from helmtool import CHART, helm_binary, helm_missing_reason, load_all, run_helm, template
+from helmtool import (
+    CHART,
+    crd_sources,
+    helm_binary,
+    helm_missing_reason,
+    load_all,
+    run_helm,
+    template,
+)
 
 pytestmark = pytest.mark.helm
 
@@ -84,13 +92,6 @@ def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]
         pod = dep["spec"]["template"]["spec"]
         for c in pod["containers"]:
             yield dep["metadata"]["name"], pod, c
-
-
-def crd_sources() -> list[dict[str, Any]]:
-    docs = []
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
-    return docs
 
 
 # --- lint and render ---
