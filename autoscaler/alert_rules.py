@@ -23,6 +23,10 @@ Label contract (what the expressions join on)
   - :data:`SCALE_TO_ZERO_METRIC` ``{namespace, modelservice}``:
     ``spec.scaling.scaleToZeroAfterSeconds``, exported only while ``minReplicas`` is 0.
 * The operator's own scrape job is named :data:`OPERATOR_JOB`.
+* ``(namespace, model_name)`` names one ModelService: two ModelServices of one namespace must
+  not share a served name (the gateway could not route them apart either). A duplicate makes
+  the ``group_left`` joins fail with "many-to-many matching", for every ModelService: the
+  operator must refuse the second one (Degraded) and not export its info series.
 
 Every ModelService alert carries the labels ``namespace`` and ``modelservice`` (the webhook maps
 the alert to its object with them) and ``kubeplex_receiver="operator"`` (Alertmanager routes on
