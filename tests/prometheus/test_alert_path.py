@@ -8,6 +8,7 @@ Alertmanager runs the chart's example configuration and posts to a receiver in t
 
 from __future__ import annotations
 
+import importlib
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -188,3 +189,31 @@ def test_ttft_slo_burn_fires_from_a_real_histogram(
         assert not firing_posts(receiver, ALERT_TTFT_SLO_BURN, "fast")
         assert not [a for a in stack.prometheus_alerts()
                     if a["labels"].get("modelservice") == "fast"]
+
+
+def test_posted_alerts_become_autoscaler_triggers(
+        promstack: Callable[..., PromStack], exporters: Exporters) -> None:
+    """Alertmanager's real payloads, through the autoscaler's webhook parser, name the
+    ModelService; the same payloads again are duplicates (fingerprint + startsAt)."""
+    try:
+        alerts = importlib.import_module("kubeplex.autoscaler.alerts")
+    except ImportError:
+        pytest.skip("kubeplex.autoscaler.alerts (the autoscaler's webhook parser, issue 5) is "
+                    "not in this checkout")
+    exporters.info.labels(NAMESPACE, "chat", "llama-8b").set(1)
+    exporters.queue_target.labels(NAMESPACE, "chat").set(QUEUE_TARGET)
+    exporters.waiting.labels("llama-8b", "0").set(4 * QUEUE_TARGET)
+    with WebhookReceiver() as receiver:
+        stack = start_stack(promstack, exporters, receiver)
+        stack.wait_for(lambda: firing_posts(receiver, ALERT_QUEUE_BACKLOG, "chat"),
+                       "the queue backlog POST", timeout=30.0)
+        posts = receiver.received()
+    ledger = alerts.AlertLedger()
+    triggers = []
+    for post in posts:
+        parsed = alerts.parse_webhook(post.body, ledger, now=post.at)
+        ledger = parsed.ledger
+        triggers += [(t.namespace, t.modelservice, t.alertname) for t in parsed.triggers]
+    assert (NAMESPACE, "chat", ALERT_QUEUE_BACKLOG) in triggers
+    for post in posts:
+        assert not alerts.parse_webhook(post.body, ledger, now=post.at).triggers
