@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 #: Kubernetes version the manifests are validated against (kubernetes-validate's schemas;
 #: the project's control plane is 1.34/1.35, ENV.md).
 KUBE_VERSION = "1.34.0"
-MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "AlertmanagerConfig"}
 #: Kinds kubernetes-validate has no schema for (CRD instances); checked structurally below.
 CUSTOM_KINDS = MONITORING_KINDS | {"ClusterKopfPeering", "KopfPeering"}
 SHA = "sha256:" + "a" * 64
@@ -41,6 +41,7 @@ MATRIX: dict[str, list[str]] = {
                       "--set", "monitoring.podMonitor.enabled=true",
                       "--set", "monitoring.prometheusRule.enabled=true",
                       "--set", "monitoring.grafanaDashboard.enabled=true",
+                      "--set", "monitoring.alertmanagerConfig.enabled=true",
                       "--set", "monitoring.prometheusRule.labels.release=prometheus"],
     "crds-off": ["--set", "crds.install=false"],
     "crds-not-kept": ["--set", "crds.keep=false"],
@@ -112,7 +113,8 @@ def test_matrix_renders_valid_kubernetes_objects(rendered: dict[str, list[dict[s
         name = f"{doc['kind']}/{doc['metadata']['name']}"
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "kubeplex", name
         if doc["kind"] in CUSTOM_KINDS:
-            assert doc["apiVersion"] in {"monitoring.coreos.com/v1", "kopf.dev/v1"}, name
+            assert doc["apiVersion"] in {"monitoring.coreos.com/v1", "kopf.dev/v1",
+                                         "monitoring.coreos.com/v1alpha1"}, name
             continue
         try:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
@@ -485,6 +487,29 @@ def test_monitoring_objects_render_only_when_enabled(
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["kubeplex.json"]) == json.loads(
         (CHART / "files" / "dashboards" / "kubeplex.json").read_text())
+
+
+def test_alertmanager_config_matches_the_example(rendered: dict[str, list[dict[str, Any]]]
+                                                ) -> None:
+    """The AlertmanagerConfig routes like files/alertmanager-example.yaml, to this release's
+    operator Service, with this release's token Secret."""
+    (amc,) = of_kind(rendered["monitoring-on"], "AlertmanagerConfig")
+    example = yaml.safe_load((CHART / "files" / "alertmanager-example.yaml").read_text())
+    (route,) = [r for r in example["route"]["routes"] if r["receiver"] == "kubeplex-operator"]
+    spec = amc["spec"]
+    assert route["matchers"] == ['kubeplex_receiver="operator"']
+    assert spec["route"]["matchers"] == [
+        {"name": "kubeplex_receiver", "value": "operator", "matchType": "="}]
+    for ours, theirs in [("groupBy", "group_by"), ("groupWait", "group_wait"),
+                         ("groupInterval", "group_interval"),
+                         ("repeatInterval", "repeat_interval")]:
+        assert spec["route"][ours] == route[theirs], ours
+    (hook,) = spec["receivers"][0]["webhookConfigs"]
+    assert hook["url"] == "http://kubeplex-operator.kubeplex-system.svc:8443/alerts"
+    assert hook["httpConfig"]["authorization"]["credentials"] == {
+        "name": "kubeplex-alerts", "key": "token"}
+    (secret,) = of_kind(rendered["monitoring-on"], "Secret")
+    assert secret["metadata"]["name"] == "kubeplex-alerts"
 
 
 #: vLLM 0.32/0.33 series the dashboard may use (DESIGN.md "vLLM facts").
