@@ -562,3 +562,33 @@ def test_notes_render(tmp_path: Path, flags: list[str]) -> None:
     assert "http://kubeplex-operator.kubeplex-system.svc:8443/alerts" in notes
     assert ("port-forward svc/kubeplex-gateway" in notes) == (not flags)
     assert ("kubeplex crds | kubectl apply" in notes) == bool(flags)
+
+
+# --- packaging and set-up ---
+
+def test_package_resolves_the_crd_link(tmp_path: Path) -> None:
+    """`helm package` puts the CRD YAML (through the link) in the archive, not crds/'s Python."""
+    import tarfile
+
+    result = run_helm(["package", str(CHART), "--destination", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    (archive,) = tmp_path.glob("kubeplex-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    expected = {f"kubeplex/files/crds/{p.name}" for p in (REPO / "crds").glob("*.yaml")}
+    assert expected <= names
+    assert not [n for n in names if n.endswith((".py", ".pyc", "py.typed"))]
+    assert "kubeplex/values.schema.json" in names
+
+
+def test_ensure_helm_is_idempotent_and_prints_the_binary() -> None:
+    import subprocess
+
+    proc = subprocess.run(["bash", str(REPO / "helm" / "ensure-helm.sh")], capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.strip())
+    assert path == helm_binary()
+    version = subprocess.run([str(path), "version", "--template", "{{.Version}}"],
+                             capture_output=True, text=True, check=True).stdout
+    assert version == "v3.19.0"
