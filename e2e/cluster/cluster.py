@@ -62,6 +62,7 @@ __all__ = [
     "down",
     "gpu_node",
     "main",
+    "node_ready",
     "status",
     "up",
     "wait_nodes_ready",
@@ -368,7 +369,7 @@ def gpu_node(name: str, index: int, spec: NodeSpec) -> dict[str, Any]:
     }
 
 
-def _node_ready(node: dict[str, Any]) -> bool:
+def node_ready(node: dict[str, Any]) -> bool:
     conds = node.get("status", {}).get("conditions", [])
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
     taints = node.get("spec", {}).get("taints", []) or []
@@ -400,7 +401,7 @@ def wait_nodes_ready(api: Api, names: set[str], timeout: float = READY_TIMEOUT_S
 
     def ready() -> bool:
         items = api.get(f"/api/v1/nodes?labelSelector={selector}")["items"]
-        ok = {n["metadata"]["name"] for n in items if _node_ready(n)}
+        ok = {n["metadata"]["name"] for n in items if node_ready(n)}
         return names <= ok
 
     _wait(f"{len(names)} fake nodes to be Ready without not-ready taints", ready, timeout)
@@ -653,7 +654,7 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
         with contextlib.suppress(ClusterError, OSError):
             result["readyz"] = api.get("/readyz")
             nodes = api.get("/api/v1/nodes")["items"]
-            result["nodes_ready"] = sum(_node_ready(n) for n in nodes)
+            result["nodes_ready"] = sum(node_ready(n) for n in nodes)
             result["nodes"] = len(nodes)
     return result
 

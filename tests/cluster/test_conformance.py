@@ -6,7 +6,10 @@ selectors, watches, finalizers, owner-reference garbage collection and GPU sched
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -338,3 +341,41 @@ def test_pod_asking_for_too_many_gpus_stays_pending_unschedulable(
     assert pod.spec.node_name is None
     message = next(c.message for c in pod.status.conditions if c.type == "PodScheduled")
     assert "Insufficient nvidia.com/gpu" in message or "didn't match" in message, message
+
+
+# ---- kopf, as the operator will run ----------------------------------------------------
+
+KOPF_OPERATOR = '''
+import kopf
+
+@kopf.on.create("kubeplex.io", "v1alpha1", "modelservices")
+def created(spec, patch, **_):
+    patch.status["sloStatus"] = "Unknown"
+    patch.status["desiredReplicas"] = spec["scaling"]["minReplicas"]
+'''
+
+
+def test_kopf_operator_runs_with_the_kubeconfig_unchanged(
+        cluster: Any, k8s_client: Any, namespace: str, tmp_path: Path) -> None:
+    operator = tmp_path / "operator.py"
+    operator.write_text(KOPF_OPERATOR)
+    log = (tmp_path / "kopf.log").open("w")
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    proc = subprocess.Popen([sys.executable, "-m", "kopf", "run", "--standalone",
+                             f"--namespace={namespace}", str(operator)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        api = custom(k8s_client)
+        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, msvc("kopf"))
+
+        def handled() -> Any:
+            assert proc.poll() is None, (tmp_path / "kopf.log").read_text()
+            obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "kopf")
+            return obj.get("status", {}).get("sloStatus") == "Unknown" and obj
+
+        obj = eventually("kopf's create handler to patch the status", handled)
+        assert obj["status"]["desiredReplicas"] == obj["spec"]["scaling"]["minReplicas"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
