@@ -476,7 +476,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     if (measured is not None and measured > config.slo_ttft_s
             and recent is not None and recent > config.slo_ttft_s
             and stable.ttft_count >= MIN_TTFT_OBSERVATIONS and not observed.starting
-            and target <= observed.ready):
+            and now - ready_since >= config.panic_window_s and target <= observed.ready):
         target = observed.ready + 1
         note = (f"measured p{config.percentile:g} TTFT {measured:.2f} s > SLO "
                 f"{config.slo_ttft_s:g} s: one more than {observed.ready} ready")
@@ -489,7 +489,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     credited = warmup_credit(queue, observed, stable.waiting + observed.held_requests,
                              max(stable.arrival_rate, burst_rate), capacity, config, now)
     stages.append(Stage("queue", queue, f"{in_system:.0f} in system / {per_replica:.1f}"))
-    credit_note = ("" if credited == queue else
+    credit_note = ("" if queue <= current else
                    f"{credited} drain the backlog, {len(observed.starting)} starting credited")
     stages.append(Stage("credit", credited, credit_note))
     if credited > target:
