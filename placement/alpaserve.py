@@ -97,6 +97,8 @@ class AlpaPlacement:
     explanation: str
     #: Clockwork++ only: one placement per window (``groups`` is the first).
     windows: tuple[tuple[GroupSpec, ...], ...] = ()
+    #: AlpaServe only: each config set tried (e.g. "4x(1x2)") and its training attainment.
+    candidates: tuple[tuple[str, float], ...] = ()
 
     @property
     def replicas(self) -> int:
@@ -189,16 +191,23 @@ def _check_fits(profiles: Sequence[ModelProfile], cluster: Cluster) -> None:
                 f"raise the memory budget or use more GPUs per group")
 
 
+def _label(configs: Sequence[ParallelConfig]) -> str:
+    counts: dict[ParallelConfig, int] = {}
+    for c in configs:
+        counts[c] = counts.get(c, 0) + 1
+    return "+".join(f"{n}x({c})" for c, n in counts.items())
+
+
 def _best_config_set(profiles: Sequence[ModelProfile], cluster: Cluster, workload: Workload
-                     ) -> tuple[tuple[GroupSpec, ...], Score, int]:
+                     ) -> tuple[tuple[GroupSpec, ...], Score, list[tuple[str, float]]]:
     best: tuple[tuple[GroupSpec, ...], Score] | None = None
-    tried = 0
+    tried: list[tuple[str, float]] = []
     for configs in enumerate_group_configs(cluster.num_gpus, cluster.gpus_per_node):
         if not any(p.get(c) is not None for p in profiles for c in configs):
             continue  # no model has a profile for any group here: nothing could be placed
-        tried += 1
         groups = greedy_placement(configs, profiles, cluster, workload)
         s = score(groups, simulate(groups, profiles, workload))
+        tried.append((_label(configs), s.attainment))
         if best is None or s > best[1]:
             best = (groups, s)
     if best is None:
@@ -249,7 +258,7 @@ def alpaserve_search(profiles: Sequence[ModelProfile], cluster: Cluster,
     """AlpaServe: greedy placement on every config set, plus bucket separation."""
     _check_fits(profiles, cluster)
     groups, best, tried = _best_config_set(profiles, cluster, workload)
-    how = f"best of {tried} group configurations with all models mixed"
+    how = f"best of {len(tried)} group configurations with all models mixed"
     buckets = latency_buckets(profiles)
     if len(buckets) > 1:
         counts = workload.model_counts()
@@ -273,7 +282,8 @@ def alpaserve_search(profiles: Sequence[ModelProfile], cluster: Cluster,
                 groups, best = tuple(combined), s
                 how = (f"{len(buckets)} latency buckets on {'+'.join(map(str, split))} GPUs "
                        f"beat mixing all models")
-    return AlpaPlacement("alpaserve", groups, best, _explain(groups, profiles, best, how))
+    return AlpaPlacement("alpaserve", groups, best, _explain(groups, profiles, best, how),
+                         candidates=tuple(tried))
 
 
 def selective_replication(profiles: Sequence[ModelProfile], cluster: Cluster,
