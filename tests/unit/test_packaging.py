@@ -16,12 +16,11 @@ SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setup
 
 def test_every_package_folder_is_listed() -> None:
     listed = set(SETUPTOOLS["packages"])
-    found = set()
+    found = set(SETUPTOOLS["package-dir"])
     for package, folder in SETUPTOOLS["package-dir"].items():
         for init in (REPO / folder).rglob("__init__.py"):
             rel = init.parent.relative_to(REPO / folder)
             found.add(".".join([package, *rel.parts]) if rel.parts else package)
-    # A folder that is mapped on its own (e.g. kubeplex.crds) appears under both names only once.
     missing = sorted(found - listed)
     assert not missing, f"add these to [tool.setuptools] packages in pyproject.toml: {missing}"
 
@@ -38,8 +37,21 @@ def test_every_package_folder_is_listed() -> None:
 )
 def test_folders_map_into_the_namespace(module: str, folder: str) -> None:
     imported = importlib.import_module(module)
-    assert imported.__file__ is not None
-    assert Path(imported.__file__).resolve().parent == (REPO / folder).resolve()
+    locations = {Path(p).resolve() for p in imported.__path__}
+    assert (REPO / folder).resolve() in locations
+
+
+def test_operator_folder_is_not_an_importable_top_level_package() -> None:
+    # With an __init__.py, `python -m anything` run from the repo root would import
+    # ./operator instead of the standard library module and crash.
+    assert not (REPO / "operator" / "__init__.py").exists()
+    assert importlib.import_module("kubeplex.operator._layout").PACKAGE == "kubeplex.operator"
+
+
+def test_python_dash_m_from_repo_root_keeps_the_stdlib() -> None:
+    result = subprocess.run([sys.executable, "-m", "pip", "--version"], cwd=REPO,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_stdlib_operator_is_not_shadowed_from_repo_root() -> None:

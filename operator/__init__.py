@@ -1,1 +1,0 @@
-"""kubeplex.operator: the kopf operator and the local backend (the I/O shell)."""
