@@ -110,5 +110,12 @@ def result_json(placement: AlpaPlacement, result: SimResult, workload: Workload,
 def sweep_cases(base: AlpaCase, sweep: SweepName) -> list[tuple[float, AlpaCase]]:
     if sweep not in SWEEPS:
         raise PlacementError(f"unknown sweep {sweep!r}; known: {', '.join(SWEEPS)}")
-    field = {"rate": "rate", "cv": "cv", "slo": "slo_scale"}[sweep]
-    return [(x, replace(base, **{field: float(x)})) for x in SWEEPS[sweep]]
+    cases = []
+    for x in SWEEPS[sweep]:
+        if sweep == "rate":
+            cases.append((x, replace(base, rate=float(x))))
+        elif sweep == "cv":
+            cases.append((x, replace(base, cv=float(x))))
+        else:
+            cases.append((x, replace(base, slo_scale=float(x))))
+    return cases
