@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._basic",
     "kubeplex.cli._autoscale",
     "kubeplex.cli._api",
+    "kubeplex.cli._placement",
 )
 
 Handler = Callable[[argparse.Namespace], int]
