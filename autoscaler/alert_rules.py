@@ -44,7 +44,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kubeplex.errors import KubeplexError
+from kubeplex.autoscaler.errors import AutoscalerError
 
 __all__ = [
     "ALERT_IDLE",
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 
-class AlertRulesError(KubeplexError):
+class AlertRulesError(AutoscalerError):
     """The rule settings cannot produce valid rules (bad percentile or duration)."""
 
 

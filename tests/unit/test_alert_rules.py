@@ -16,6 +16,7 @@ from kubeplex.autoscaler.alert_rules import (
     quantile_label,
     rule_groups,
 )
+from kubeplex.autoscaler.errors import AutoscalerError
 from kubeplex.errors import KubeplexError
 
 
@@ -34,6 +35,7 @@ def test_quantile_label_refuses_out_of_range(percentile: float) -> None:
 
 
 def test_errors_are_kubeplex_errors() -> None:
+    assert issubclass(AlertRulesError, AutoscalerError)
     assert issubclass(AlertRulesError, KubeplexError)
 
 
