@@ -50,6 +50,7 @@ __all__ = [
     "ModelOutcome",
     "Placement",
     "PoolSpec",
+    "evaluate",
     "plan",
     "planning_workload",
     "replication_plan",
@@ -557,6 +558,23 @@ def _placement(problem: _Problem, slots: Sequence[_Slot], result: LLMSimResult, 
                      f"{o.p95_ttft_s:.3f} s")
     return Placement(problem.pool.name, tuple(groups), outcomes, result.attainment,
                      "\n".join(lines), moved, removed, free)
+
+
+def evaluate(pool: PoolSpec, demands: Sequence[ModelDemand], placement: Placement,
+             workload: Workload) -> LLMSimResult:
+    """Simulate ``placement`` (with its memory shares) on another ``workload``, e.g. a held-out
+    seed, to check a plan beyond the arrivals it was optimized on."""
+    index = {d.name: m for m, d in enumerate(demands)}
+    groups = []
+    for g in placement.groups:
+        engines = []
+        for hosted in g.models:
+            if hosted.name not in index:
+                raise PlacementError(f"group {g.id} hosts {hosted.name!r}, not in the demands")
+            prof = LLMProfile(demands[index[hosted.name]].model, pool.gpu, g.tp, g.pp)
+            engines.append(EngineSpec(index[hosted.name], prof, hosted.kv_capacity_tokens))
+        groups.append(LLMGroupSpec(tuple(engines)))
+    return simulate_llm(groups, [d.request_shape() for d in demands], workload)
 
 
 def replication_plan(pool: PoolSpec, demands: Sequence[ModelDemand], fill: bool = True,
