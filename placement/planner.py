@@ -304,19 +304,40 @@ def _replica_counts(slots: Sequence[_Slot], n: int) -> list[int]:
     return counts
 
 
+def _quality(problem: _Problem, slots: Sequence[_Slot], result: LLMSimResult
+             ) -> tuple[int, float]:
+    replicas = _replica_counts(slots, len(problem.demands))
+    met = sum(problem.satisfied(m, replicas[m], result) for m in range(len(problem.demands)))
+    return met, result.attainment
+
+
 def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
             touched: set[str] | None = None, max_moves: int | None = None,
             spawn: Callable[[int], _Slot | None] | None = None) -> LLMSimResult:
     """AlpaServe's simulator-guided greedy on LLM slots (mutates ``slots``).
 
     Unless ``fill``, it stops once every model is satisfied and tries groups that already host
-    something before empty ones (co-location first, free GPUs stay free). With ``touched`` and
-    ``max_moves``, a slot not yet touched may change only while the budget lasts; ``spawn(m)``
-    carves a new slot for model ``m`` from free GPUs when no slot takes it.
+    something before empty ones (co-location first, free GPUs stay free). Unlike AlpaServe's
+    weights, an LLM replica also takes KV memory and GPU time from its neighbours, so a
+    placement that leaves fewer models satisfied or a lower attainment is undone and that
+    (group, model) pair is not tried again. With ``touched`` and ``max_moves``, a slot not yet
+    touched may change only while the budget lasts; ``spawn(m)`` carves a new slot for model
+    ``m`` from free GPUs when no slot takes it.
     """
     n = len(problem.demands)
+    tried: set[tuple[str, int]] = set()
+    last: tuple[_Slot, int, bool, LLMSimResult] | None = None  # slot, model, newly touched
     while True:
         result = problem.simulate(slots)
+        if last is not None:
+            slot, m, newly, before = last
+            if _quality(problem, slots, result) < _quality(problem, slots, before) or (
+                    _quality(problem, slots, result) == _quality(problem, slots, before)
+                    and fill and result.attainment < before.attainment):
+                slot.models.remove(m)
+                if newly and touched is not None:
+                    touched.discard(slot.id)
+                result = before
         replicas = _replica_counts(slots, n)
         unmet = [not problem.satisfied(m, replicas[m], result) for m in range(n)]
         if not fill and not any(unmet):
@@ -334,20 +355,27 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
         budget_left = touched is None or max_moves is None or len(touched) < max_moves
         choice = next(((slots[g], m) for g in group_order
                        if budget_left or slots[g].id in (touched or ())
-                       for m in model_order if problem.fits(slots[g], m)), None)
+                       for m in model_order
+                       if (slots[g].id, m) not in tried and problem.fits(slots[g], m)), None)
+        spawned = False
         if choice is None and spawn is not None and budget_left:
             for m in model_order:
                 new = spawn(m)
                 if new is not None:
                     slots.append(new)
-                    choice = (new, m)
+                    choice, spawned = (new, m), True
                     break
         if choice is None:
             return result
         slot, m = choice
+        tried.add((slot.id, m))
         slot.models.append(m)
+        newly = touched is not None and slot.id not in touched
         if touched is not None:
             touched.add(slot.id)
+        # A replica that must exist (min replicas) or that opened new GPUs is kept as is.
+        last = None if spawned or replicas[m] < problem.demands[m].min_replicas else (
+            slot, m, newly, result)
 
 
 # ---- layouts ----------------------------------------------------------------------------------
@@ -500,18 +528,21 @@ def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
     ids = {s.id for s in slots}
 
     def spawn(m: int) -> _Slot | None:
-        """A new group for ``m``: its smallest fitting shape, on the first node with room."""
-        for size in _powers_of_two_upto(problem.pool.gpus_per_node):
-            for pp in _powers_of_two_upto(size):
-                if problem.min_share(m, size // pp, pp) is None:
-                    continue
-                for node, left in free.items():
-                    if len(left) >= size:
-                        gpus, free[node] = tuple(left[:size]), left[size:]
-                        new_id = next(f"g{k}" for k in range(len(ids) + 1)
-                                      if f"g{k}" not in ids)
-                        ids.add(new_id)
-                        return _Slot(new_id, node, gpus, size // pp, pp)
+        """A new group for ``m``, on the first node with room: the shape of its existing
+        replicas (what the full search chose), else its smallest fitting shape."""
+        own = sorted({(s.tp, s.pp) for s in slots if m in s.models}, reverse=True)
+        sizes = _powers_of_two_upto(problem.pool.gpus_per_node)
+        shapes = own + [(size // pp, pp) for size in sizes for pp in _powers_of_two_upto(size)]
+        for tp, pp in shapes:
+            size = tp * pp
+            if problem.min_share(m, tp, pp) is None:
+                continue
+            for node, left in free.items():
+                if len(left) >= size:
+                    gpus, free[node] = tuple(left[:size]), left[size:]
+                    new_id = next(f"g{k}" for k in range(len(ids) + 1) if f"g{k}" not in ids)
+                    ids.add(new_id)
+                    return _Slot(new_id, node, gpus, tp, pp)
         return None
 
     result = _greedy(problem, slots, fill, touched, max_moves, spawn)

@@ -56,7 +56,8 @@ def attainment(policy: str, pool: PoolSpec, total_rate: float, n: int, shape: st
 
 def max_rate(policy: str, pool: PoolSpec, n: int, shape: str, hi: float,
              progress: Progress, task: object) -> tuple[float, list[tuple[float, float]]]:
-    """Largest rate (to 5%) with attainment >= TARGET, by doubling then bisection."""
+    """Largest rate (to 5%) with attainment >= TARGET, by doubling then bisection; 0 when
+    even a tiny rate misses (e.g. the policy cannot host every model)."""
     probes: list[tuple[float, float]] = []
 
     def ok(rate: float) -> bool:
@@ -65,10 +66,10 @@ def max_rate(policy: str, pool: PoolSpec, n: int, shape: str, hi: float,
         progress.advance(task)  # type: ignore[arg-type]
         return a >= TARGET
 
-    lo = 0.0
+    lo, floor = 0.0, hi / 64  # below 1/64 of the start rate counts as "never"
     while ok(hi):
         lo, hi = hi, hi * 2
-    while hi - lo > 0.05 * hi:
+    while hi - lo > 0.05 * hi and hi > floor:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return lo, probes
