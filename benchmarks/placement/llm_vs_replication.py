@@ -101,9 +101,33 @@ def main() -> None:
     name = f"llm-vs-replication-{args.models}x{args.shape}-{args.gpus}x{args.gpu}.json"
     (args.out / name).write_text(json.dumps({"setup": setup, "results": results}, indent=1)
                                  + "\n")
+    _plot(results, setup, (args.out / name).with_suffix(".png"))
     k, r = results["kubeplex"]["max_rate"], results["replication"]["max_rate"]
     print(f"max total rate at {TARGET:.0%} attainment: kubeplex {k} req/s, "
           f"replication {r} req/s ({k / r:.2f}x)" if r else f"kubeplex {k}, replication 0")
+
+
+def _plot(results: dict[str, dict[str, object]], setup: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for (policy, result), style in zip(results.items(), ("o-", "s--"), strict=True):
+        probes = sorted(result["probes"])  # type: ignore[call-overload]
+        ax.plot([r for r, _ in probes], [100 * a for _, a in probes], style,
+                label=f"{policy} (max {result['max_rate']} req/s)")
+    ax.axhline(100 * TARGET, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("total arrival rate (req/s)")
+    ax.set_ylabel("requests within SLO (%)")
+    ax.set_title(f"{setup['models']} x {setup['shape']} on {setup['gpus']} x {setup['gpu']}",
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

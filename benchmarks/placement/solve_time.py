@@ -51,6 +51,28 @@ def main() -> None:
               f"{r['solve_seconds_median']:.2f} | {r['attainment']:.2%} |" for r in rows]
     (args.out / "solve-time.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plot(rows, args.out / "solve-time.png")
+
+
+def _plot(rows: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["gpus"] for r in rows], [r["solve_seconds_median"] for r in rows], "o-")
+    for r in rows:
+        ax.annotate(f"{r['models']} models", (r["gpus"], r["solve_seconds_median"]),
+                    textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("GPUs")
+    ax.set_ylabel("AlpaServe search, CPU seconds (one core)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -161,3 +161,13 @@ def test_replication_baseline_hosts_one_model_per_group() -> None:
     _check_well_formed(placement, pool)
     assert all(len(g.models) == 1 for g in placement.groups)
     assert placement.free_gpus == 0
+
+
+def test_a_model_capped_at_zero_replicas_is_reported_as_missing() -> None:
+    pool = PoolSpec(H100, nodes=1, gpus_per_node=1)
+    placement = plan(pool, [_demand("a"), _demand("capped", max_replicas=0)])
+    capped = placement.outcome("capped")
+    assert (capped.replicas, capped.attainment, capped.met) == (0, 0.0, False)
+    assert capped.p95_ttft_s == float("inf")
+    assert "capped: 0 replicas, 0.0% within TTFT <= 1 s, TPOT <= 0.1 s (MISSES" in \
+        placement.explanation
