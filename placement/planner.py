@@ -545,6 +545,8 @@ def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
                     return _Slot(new_id, node, gpus, tp, pp)
         return None
 
+    if not fill:
+        _shrink(problem, slots, touched, max_moves)
     result = _greedy(problem, slots, fill, touched, max_moves, spawn)
     before = {g.id for g in current.groups}
     removed = tuple(sorted(s.id for s in slots if s.id in before and not s.models))
@@ -553,6 +555,37 @@ def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
     how = (f"incremental from {len(current.groups)} groups, {budget} moves: "
            f"changed {list(moved) or 'none'}, removed {list(removed) or 'none'}")
     return _placement(problem, slots, result, how, moved, removed)
+
+
+def _shrink(problem: _Problem, slots: list[_Slot], touched: set[str],
+            max_moves: int | None) -> None:
+    """Remove replicas the demand no longer needs (scale-down, scale-to-zero), least loaded
+    groups first, keeping every model that is satisfied satisfied and min replicas in place,
+    within the move budget. Each (group, model) pair is tried once."""
+    n = len(problem.demands)
+    tried: set[tuple[str, int]] = set()
+    result = problem.simulate(slots)
+    while True:
+        replicas = _replica_counts(slots, n)
+        ok = [problem.satisfied(m, replicas[m], result) for m in range(n)]
+        load = result.group_requests.tolist()
+        candidates = [(slot, m) for g, slot in sorted(enumerate(slots), key=lambda x: load[x[0]])
+                      for m in slot.models
+                      if (slot.id, m) not in tried and ok[m]
+                      and replicas[m] > problem.demands[m].min_replicas
+                      and (max_moves is None or slot.id in touched or len(touched) < max_moves)]
+        if not candidates:
+            return
+        slot, m = candidates[0]
+        tried.add((slot.id, m))
+        slot.models.remove(m)
+        trial = problem.simulate(slots)
+        after = _replica_counts(slots, n)
+        if all(problem.satisfied(x, after[x], trial) for x in range(n) if ok[x]):
+            touched.add(slot.id)
+            result = trial
+        else:
+            slot.models.append(m)
 
 
 def _placement(problem: _Problem, slots: Sequence[_Slot], result: LLMSimResult, how: str,
