@@ -12,7 +12,16 @@ What changes from the AlpaServe-faithful mode (:mod:`kubeplex.placement.alpaserv
   KV-bounded admission) and a request is good when TTFT and TPOT meet the model's SLO;
 * by default the greedy stops once every model meets its attainment target and minimum
   replica count, leaving the other GPUs free (``fill=True`` uses every GPU, as AlpaServe);
-* incremental re-planning starts from the current groups and touches at most ``max_moves``.
+* a replica also costs its neighbours KV memory and GPU time, so a placement that makes the
+  simulated outcome worse is undone (AlpaServe never needs to: its weights are all it costs);
+* incremental re-planning starts from the current groups, drops models no longer demanded
+  (and replicas above ``max_replicas``), removes replicas the demand no longer needs (down to
+  zero for idle models with ``min_replicas`` 0), then adds replicas, changing at most
+  ``max_moves`` groups beyond those forced changes.
+
+Known simplifications: pipeline-parallel groups run one micro-batch at a time (vLLM keeps
+``pp`` in flight), so the planner undervalues ``pp > 1``; every request of a model has its
+demand's mean prompt and output length; engines of one group time-share it round by round.
 
 The layouts tried: every node cut into equal groups of each size ``1, 2, 4, ... <= gpus per
 node`` and each ``tp x pp`` factorization (the remainder as smaller pure-tensor groups), plus
