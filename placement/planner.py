@@ -16,8 +16,8 @@ What changes from the AlpaServe-faithful mode (:mod:`kubeplex.placement.alpaserv
   simulated outcome worse is undone (AlpaServe never needs to: its weights are all it costs);
 * incremental re-planning starts from the current groups, drops models no longer demanded
   (and replicas above ``max_replicas``), removes replicas the demand no longer needs (down to
-  zero for idle models with ``min_replicas`` 0), then adds replicas, changing at most
-  ``max_moves`` groups beyond those forced changes.
+  zero for idle models with ``min_replicas`` 0), then adds replicas; at most ``max_moves``
+  groups change in all (the forced drops count, and are made even past the budget).
 
 Known simplifications: pipeline-parallel groups run one micro-batch at a time (vLLM keeps
 ``pp`` in flight), so the planner undervalues ``pp > 1``; every request of a model has its
