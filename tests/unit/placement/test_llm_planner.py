@@ -188,3 +188,11 @@ def test_incremental_replan_scales_down_and_to_zero_within_the_budget() -> None:
     frozen = plan(pool, quiet, current=before, max_moves=0)
     assert [(g.id, [m.name for m in g.models]) for g in frozen.groups] == \
         [(g.id, [m.name for m in g.models]) for g in before.groups]
+
+
+def test_pool_capacity_fills_nodes_in_order_up_to_max_gpus() -> None:
+    pool = PoolSpec(H100, nodes=3, gpus_per_node=8, max_gpus=12)
+    assert pool.node_capacity() == [8, 4, 0]
+    placement = plan(pool, [_demand("a", rate=1.0, min_replicas=2)])
+    assert all(g.node < 2 for g in placement.groups)
+    assert placement.free_gpus == 12 - sum(g.gpus for g in placement.groups)
