@@ -219,3 +219,22 @@ def test_alpaserve_never_scores_below_selective_replication_on_its_training_load
             profiles, cluster, wl)
         assert alpa.score >= sr.score  # SR's config set is one of those AlpaServe tries
         assert "4x(1x1)" in dict(alpa.candidates)
+
+
+def test_component_cache_matches_one_whole_simulation() -> None:
+    from kubeplex.placement.alpaserve import _ComponentCache
+
+    base = model_profile("alpa-bert-1.3b")
+    profiles = [base.renamed(f"m{i}") for i in range(8)]
+    wl = synthetic_workload(power_law_rates(40, 8), [4.0] * 8, [0.5] * 8, 60.0, 0)
+    rng = np.random.RandomState(7)
+    cache = _ComponentCache(profiles, wl)
+    for _ in range(20):
+        configs = [ParallelConfig(1, int(pp)) for pp in rng.choice([1, 2, 4], size=5)]
+        groups = [GroupSpec(c, tuple(sorted(rng.choice(8, size=rng.randint(0, 4),
+                                                       replace=False).tolist())))
+                  for c in configs]
+        unserved, group_requests = cache.counts(groups)
+        whole = simulate(groups, profiles, wl)
+        assert unserved == whole.unserved.tolist()
+        assert group_requests == whole.group_requests.tolist()
