@@ -22,7 +22,10 @@ __all__ = ["COMMAND_MODULES", "Commands", "main"]
 #: inside the handlers, so ``kubeplex version`` stays instant.
 COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._basic",
+    "kubeplex.cli._autoscale",
     "kubeplex.cli._api",
+    "kubeplex.cli._placement",
+    "kubeplex.cli._alerts",
 )
 
 Handler = Callable[[argparse.Namespace], int]
