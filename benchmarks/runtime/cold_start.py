@@ -160,7 +160,8 @@ def main() -> int:
     Console().print(table)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"cold_start_{args.engine}{args.tag}.json"
-    out.write_text(json.dumps({"args": vars(args), "median": median, "runs": runs}, indent=2))
+    out.write_text(json.dumps({"args": vars(args), "median": median, "runs": runs,
+                               "load_average_after": os.getloadavg()[0]}, indent=2))
     _plot(median, args.engine, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
