@@ -215,7 +215,7 @@ class Runtime:
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json"),
                    "X-Request-Id": request_id}
         try:
-            async with self.session.post(engine.base_url + request.path, data=body,
+            async with self.session.post(engine.url(request.path), data=body,
                                          headers=headers) as upstream:
                 out_headers = {h: upstream.headers[h] for h in _HOP_HEADERS
                                if h in upstream.headers}
