@@ -487,7 +487,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     per_replica = target_per_replica(config, model, latency)
     queue = queue_replicas(in_system, per_replica)
     credited = warmup_credit(queue, observed, stable.waiting + observed.held_requests,
-                             max(stable.arrival_rate, burst_rate), capacity, config, now)
+                             max(rate, burst_rate), capacity, config, now)
     stages.append(Stage("queue", queue, f"{in_system:.0f} in system / {per_replica:.1f}"))
     credit_note = ("" if queue <= current else
                    f"{credited} drain the backlog, {len(observed.starting)} starting credited")
