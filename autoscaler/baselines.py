@@ -107,6 +107,8 @@ class HPAPolicy:
 
     def evaluate(self, observed: Observed, now: float) -> tuple[int, int]:
         current = max(1, observed.current)
+        if not self.history:  # as if the HPA had been running at the current scale
+            self.history.append((now, current))
         ratio = _in_system(observed) / current / self.target
         wanted = current if abs(ratio - 1) <= HPA_TOLERANCE else math.ceil(current * ratio)
         wanted = max(1, min(self.max_replicas, wanted))

@@ -149,6 +149,9 @@ class AutoscalerConfig:
     forecast: HoltConfig = field(default_factory=HoltConfig)
     #: Fixed warm standby count; None sizes it from the forecast.
     warm_pool: int | None = None
+    #: Replicas are sized for the forecast plus this many standard deviations of its error
+    #: (1.5: chosen on the benchmark traces, docs/benchmarks.md; 0 sizes for the forecast).
+    headroom_z: float = 1.5
 
     def __post_init__(self) -> None:
         positive = {"slo_ttft_s": self.slo_ttft_s, "stable_window_s": self.stable_window_s,
@@ -467,7 +470,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
         1.0, stable.arrival_cv2 or 1.0)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
-    rate = max(stable.arrival_rate, forecast.forecast(start))
+    rate = max(stable.arrival_rate,
+               forecast.forecast(start) + config.headroom_z * 1.25 * forecast.error)
     target = slo_replicas(rate, capacity, config, cv2)
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
             f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source})")

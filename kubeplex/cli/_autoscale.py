@@ -86,6 +86,7 @@ def _autoscale(args: argparse.Namespace) -> int:
     from kubeplex.autoscaler.errors import AutoscalerConfigError
     from kubeplex.autoscaler.evaluation import replay
     from kubeplex.autoscaler.trace import read_trace
+    from kubeplex.placement.llm import profile
 
     if not args.slo_ttft > 0:
         raise AutoscalerConfigError(f"--slo-ttft must be > 0 seconds, got {args.slo_ttft}")
@@ -96,6 +97,7 @@ def _autoscale(args: argparse.Namespace) -> int:
         if value < 0:
             raise AutoscalerConfigError(f"{flag} must be >= 0, got {value}")
     warm = _warm_pool(args.warm_pool)
+    profile(args.model, args.gpu)  # unknown names fail here, before the progress bar
     trace = read_trace(args.trace)
     with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(f"replaying {len(trace)} requests ({args.policy})", total=1.0)
