@@ -13,9 +13,10 @@
 * ``static-peak``: enough replicas for the trace's peak (the queueing model at the highest
   60 s arrival rate), all ready from the start, never changed.
 
-All share one per-replica target (requests in the system per replica, from the latency
-model by Little's law at the same planned utilization kubeplex uses), so the comparison is
-between control laws, not between tunings. Constants from PEERS.md.
+HPA and KPA share one per-replica target (requests in the system per replica): the operating
+point kubeplex's queueing model picks at the trace's mean rate, by Little's law (an expert
+tuning for this SLO; see :func:`kubeplex.autoscaler.evaluation.make_policy`), so the
+comparison is between control laws, not between tunings. Constants from PEERS.md.
 """
 
 from __future__ import annotations

@@ -520,7 +520,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                                         config.scale_down_delay_s)
     stages.append(Stage("stabilize", target, ""))
     if target > before:
-        deciding = f"scale-down held for {config.scale_down_delay_s:.0f} s (was {target})"
+        deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "
+                    f"(highest recent target {target})")
 
     limited = rate_limit(current, target, config)
     if limited != target:
@@ -528,8 +529,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     target = limited
     stages.append(Stage("rate_limit", target, ""))
 
-    recent_rate = burst.arrival_rate if isinstance(burst, Signals) else stable.arrival_rate
-    busy = in_system > 0 or recent_rate > 0 or observed.held_requests > 0
+    busy = in_system > 0 or burst_rate > 0 or observed.held_requests > 0
     last_busy = now if busy else state.last_busy
     target, zero_note = scale_to_zero(target, busy, last_busy, config, now)
     stages.append(Stage("scale_to_zero", target, zero_note))
@@ -549,10 +549,11 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         deciding = budget_note
 
     spare = None
-    if observed.free_gpus is not None:
-        new = max(0, target - current - observed.warm_available)
-        spare = observed.free_gpus - new * config.gpus_per_replica + (
-            observed.warm_available * config.gpus_per_replica)
+    if observed.free_gpus is not None:  # GPUs for standbys once the scale-up is placed
+        claimed = min(observed.warm_available, max(0, target - current))
+        cold = max(0, target - current - claimed)
+        kept = observed.warm_available - claimed
+        spare = observed.free_gpus + (kept - cold) * config.gpus_per_replica
     warm = warm_standbys(forecast, target, capacity, config, cv2, spare)
 
     verb = "scale up" if target > current else "scale down" if target < current else "hold"
