@@ -151,10 +151,7 @@ class KPAPolicy:
                 self.panic_since = now
         elif self.panic_since is not None and now - self.last_burst >= KPA_STABLE_WINDOW_S:
             self.panic_since = None
-        if self.panic_since is not None:
-            desired = max(burst, self.last_desired)
-        else:
-            desired = stable
+        desired = max(burst, self.last_desired) if self.panic_since is not None else stable
         if ready > 0:
             desired = min(desired, math.ceil(ready * KPA_MAX_UP_RATE))
             desired = max(desired, math.floor(ready / KPA_MAX_DOWN_RATE))

@@ -453,9 +453,11 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     stages: list[Stage] = []
     current = observed.current
 
-    if observed.ready != state.ready or state.ready_since is None:
+    ready_since = state.ready_since
+    if observed.ready != state.ready or ready_since is None:
+        ready_since = now
         state = replace(state, ready=observed.ready, ready_since=now)
-    steady = now - state.ready_since >= config.stable_window_s
+    steady = now - ready_since >= config.stable_window_s
     capacity, latency, correction = estimate_capacity(stable, config, observed.ready,
                                                       state.capacity_correction, steady)
     model, _ = _modelled(config, stable)

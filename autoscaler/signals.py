@@ -20,6 +20,7 @@ held requests (scale-from-zero) are not in the engines; the caller passes them s
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,7 +152,7 @@ def counter_increase(samples: Sequence[Mapping[str, float]]) -> float:
     down (a reset restarts it from zero), like PromQL's ``increase`` without extrapolation.
     """
     total = 0.0
-    for prev, cur in zip(samples, samples[1:], strict=False):
+    for prev, cur in itertools.pairwise(samples):
         for instance, value in cur.items():
             before = prev.get(instance)
             if before is None:
@@ -167,7 +168,7 @@ def bucket_increase(samples: Sequence[Mapping[str, Buckets]]) -> Buckets:
     current histogram is the increase. Bounds missing from some instance are ignored for it.
     """
     sums: dict[float, float] = {}
-    for prev, cur in zip(samples, samples[1:], strict=False):
+    for prev, cur in itertools.pairwise(samples):
         for instance, buckets in cur.items():
             before = prev.get(instance)
             if before is None:
@@ -244,7 +245,7 @@ def _dispersion(window: Sequence[Scrape]) -> float | None:
     slow change of the rate, which would inflate a plain variance, adds only one difference.
     """
     counts: list[float] = []
-    for prev, cur in zip(window, window[1:], strict=False):
+    for prev, cur in itertools.pairwise(window):
         done = counter_increase([prev.series(COMPLETIONS), cur.series(COMPLETIONS)])
         counts.append(_arrivals(prev, cur, done))
     if len(counts) < 3:
@@ -252,7 +253,7 @@ def _dispersion(window: Sequence[Scrape]) -> float | None:
     mean = math.fsum(counts) / len(counts)
     if mean <= 0:
         return None
-    allan = math.fsum((b - a) ** 2 for a, b in zip(counts, counts[1:], strict=False))
+    allan = math.fsum((b - a) ** 2 for a, b in itertools.pairwise(counts))
     return allan / (2 * (len(counts) - 1)) / mean
 
 

@@ -22,6 +22,7 @@ __all__ = ["COMMAND_MODULES", "Commands", "main"]
 #: inside the handlers, so ``kubeplex version`` stays instant.
 COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._basic",
+    "kubeplex.cli._autoscale",
     "kubeplex.cli._api",
     "kubeplex.cli._placement",
 )
