@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -96,8 +97,18 @@ def _up(args: argparse.Namespace) -> int:
 async def _serve(mode: Any, args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: do not wait for the drain
+            print("kubeplex up: stopping now (no drain)", file=sys.stderr, flush=True)
+            mode.kill_now()
+            os._exit(130)
+        print("kubeplex up: draining and stopping (Ctrl-C again: at once)", file=sys.stderr,
+              flush=True)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     live_screen = sys.stdout.isatty() and not args.no_live and not args.demo
     demo_task = None
     exit_code = 0

@@ -173,6 +173,11 @@ def _entry(svc: ModelService, template: ReplicaTemplate, engine: str,
             "args": ["--startup-seconds", f"{settings.cold_start_seconds:g}"]}
 
 
+def _claimed(group: GroupProcess) -> bool:
+    """A standby claimed while it was still warming up (its phase changes across awaits)."""
+    return group.phase is GroupPhase.STARTING
+
+
 def _short(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:24] or "group"
 
@@ -435,7 +440,7 @@ class LocalMode:
             if client is None:
                 raise ProcessError("local mode is not running")
             await group.wait_ready(client, run.ready_timeout(self.settings))
-            if group.phase is GroupPhase.STARTING:  # claimed while it was warming up
+            if _claimed(group):  # claimed while it was warming up
                 run.claim_seconds.append(time.monotonic() - group.since)
                 self._route(group, run, time.monotonic())
                 self._event(f"{group.id} serves {run.served} (claimed while warming)")
@@ -449,7 +454,7 @@ class LocalMode:
             group.set_phase(GroupPhase.WARM, time.monotonic())
             asleep = "asleep" if run.engine == "sim" else "loaded, not routed"
             self._event(f"warm standby {group.id} ready ({run.served} {asleep})")
-        elif group.phase is GroupPhase.STARTING:  # claimed while going to sleep
+        elif _claimed(group):  # claimed while going to sleep
             await self._claim(group, run, preloaded=True, was_warm=True)
 
     async def _claim(self, group: GroupProcess, run: ModelRun, preloaded: bool,
@@ -505,7 +510,7 @@ class LocalMode:
 
     async def shutdown(self) -> None:
         """Refuse new requests, let in-flight ones finish, drain and stop every process."""
-        self.gateway.draining = True
+        self.gateway.refuse_new()
         self._event("shutting down: draining every replica")
         for task in list(self._tasks):
             task.cancel()
@@ -515,6 +520,11 @@ class LocalMode:
         for group in list(self.groups.values()):  # anything a failed drain left
             await group.stop()
         self.groups.clear()
+
+    def kill_now(self) -> None:
+        """A second Ctrl-C: SIGKILL every runtime process group at once (no drain)."""
+        for group in self.groups.values():
+            group.kill()
 
     # ---- status ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

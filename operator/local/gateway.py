@@ -121,6 +121,12 @@ class Gateway(Runtime):
             self._ready[model].clear()
         return gone
 
+    def refuse_new(self) -> None:
+        """Shutting down: new requests get 503, held ones are answered 503 now."""
+        self.draining = True
+        for event in self._ready.values():
+            event.set()
+
     def in_flight_of(self, group: str) -> int:
         return sum(r.in_flight for rs in self.replicas.values() for r in rs if r.group == group)
 

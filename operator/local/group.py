@@ -181,6 +181,10 @@ class GroupProcess:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._log_task, 2.0)
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group now (the runtime and its engines)."""
+        self._signal(signal.SIGKILL)
+
     def _signal(self, sig: int) -> None:
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -76,7 +76,7 @@ class LoadResult:
         return [s for s in self.samples if s.status != 200]
 
     def quantile(self, what: str, q: float, since: float = 0.0) -> float | None:
-        values = [getattr(s, what) for s in self.ok if s.sent >= since]
+        values = [v for s in self.ok if s.sent >= since and (v := getattr(s, what)) is not None]
         return float(np.quantile(values, q)) if values else None
 
     def summary(self) -> list[tuple[str, str]]:
@@ -91,7 +91,19 @@ class LoadResult:
         for name in ("ttft", "latency"):
             rows.append((f"{name} p50 / p95 / p99", " / ".join(
                 ms(self.quantile(name, q)) for q in (0.5, 0.95, 0.99))))
+        for label, since, until in self.phases():
+            values = [s.ttft for s in self.ok if since <= s.sent < until and s.ttft is not None]
+            p95 = float(np.quantile(values, 0.95)) if values else None
+            rows.append((f"ttft p95 {label}", f"{ms(p95)} ({len(values)} requests)"))
         return rows
+
+    def phases(self) -> list[tuple[str, float, float]]:
+        """The pattern's parts as (label, start, end) seconds: thirds of the run."""
+        third = self.duration / 3
+        labels = {"burst": ("before the burst", "during the burst", "after the burst"),
+                  "ramp": ("first third", "second third", "last third"),
+                  "constant": ("first third", "second third", "last third")}[self.pattern]
+        return [(label, i * third, (i + 1) * third) for i, label in enumerate(labels)]
 
     def plot(self, path: Path, slo: float | None = None) -> None:
         """TTFT of every request over time, and the offered rate (PNG)."""
