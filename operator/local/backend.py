@@ -554,6 +554,8 @@ class LocalMode:
                 "held": self.gateway.held.get(run.served, 0),
                 "inPanic": run.decision.in_panic if run.decision else False,
                 "decision": run.decision.reason if run.decision else None,
+                "stages": [[st.name, st.replicas, st.note]
+                           for st in (run.decision.stages if run.decision else ())],
                 "lastScale": None if run.last_scale is None else {
                     **run.last_scale, "agoSeconds": now - run.last_scale["time"]},
                 "message": run.message,
