@@ -134,9 +134,10 @@ class Signals:
 
     @property
     def mean_prompt_tokens(self) -> float | None:
-        if self.prompt_token_rate is None or self.arrival_rate <= 0:
+        """Prompt tokens per prefilled request (prompt tokens count at the first token)."""
+        if self.prompt_token_rate is None or self.ttft_count <= 0 or self.window_s <= 0:
             return None
-        return self.prompt_token_rate / self.arrival_rate
+        return self.prompt_token_rate * self.window_s / self.ttft_count
 
     @property
     def mean_output_tokens(self) -> float | None:

@@ -12,9 +12,10 @@ same clock as the router's and Prometheus'.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from kubeplex.runtime.sim.metrics import VllmMetrics
@@ -59,7 +60,7 @@ class SimEngine:
         return (asyncio.get_running_loop().time() - self._t0) / self.time_scale
 
     async def generate(self, request_id: str, prompt_tokens: int,
-                       max_tokens: int) -> AsyncIterator[int]:
+                       max_tokens: int) -> AsyncGenerator[int, None]:
         """Yield how many new tokens each time some arrive, until ``max_tokens`` are out."""
         if self.sleep_level:
             raise EngineAsleepError("the engine is sleeping; wake it up first")
@@ -124,10 +125,8 @@ class SimEngine:
             if self._pending:
                 delay = max(0.0, (self._pending[0][0] - self.now()) * self.time_scale)
                 if delay > 0:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), delay)
-                    except TimeoutError:
-                        pass
                 else:
                     await asyncio.sleep(0)  # let streams write before the next batch
             else:
