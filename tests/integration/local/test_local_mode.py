@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kubeplex.cli import main
 from kubeplex.operator.local.load import LoadResult, run_load
 
 pytestmark = pytest.mark.slow
@@ -157,14 +158,14 @@ def test_zero_to_burst_to_zero(start_up: Any, tmp_path: Path) -> None:
     (SCENARIO.replace("pool: l4", "pool: l40"), "spec.pool 'l40' is not a GPUPool"),
     (SCENARIO.replace("tickSeconds: 0.5", "tickSecond: 0.5"), "tickSecond is not a setting"),
 ])
-def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, text: str,
-                                                     expected: str) -> None:
+def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, text: str, expected: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, "bad.yaml", text)
-    done = _kubeplex("up", str(path), "--no-live", "--workdir", str(tmp_path / "run"),
-                     cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("error: ") and expected in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
+    code = main(["up", str(path), "--no-live", "--workdir", str(tmp_path / "run"),
+                 "--gateway-port", "1"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and expected in err, err
     assert not (tmp_path / "run").exists()  # no runtime config written, no process started
 
 
