@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-class RuntimeError_(KubeplexError):  # noqa: N801 - the underscore avoids the builtin's name
+class RuntimeError_(KubeplexError):
     """Base class of every error :mod:`kubeplex.runtime` raises on purpose."""
 
     http_status = 500

@@ -88,21 +88,21 @@ class RuntimeProcess:
              "--port", str(self.port), "--control-port", str(self.control_port)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         log.close()
-        if self.wait_for_ready:
-            self.wait_ready(self.ready_timeout)
+        self.wait_ready(self.ready_timeout, path="/readyz" if self.wait_for_ready else "/healthz")
         return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, path: str = "/readyz") -> None:
+        """Wait until the control API answers 200 on ``path`` (``/healthz``: listening)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"kubeplex-runtime exited with {self.proc.returncode}:\n"
                                    f"{self.log()[-4000:]}")
             try:
-                if httpx.get(self.control + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(self.control + path, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -10,6 +10,7 @@ series describe the engine processes and would collide with each other.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -92,10 +93,8 @@ class RouterMetrics:
     def forget(self, model: str) -> None:
         """Drop an unloaded model's series."""
         for metric in (self.in_flight, self.ttfb, self.engine_ready, self.engine_restarts):
-            try:
+            with contextlib.suppress(KeyError):
                 metric.remove(model)
-            except KeyError:
-                pass
-        for labels in list(self.requests._metrics):  # noqa: SLF001 - no public label listing
+        for labels in list(self.requests._metrics):
             if labels[0] == model:
                 self.requests.remove(*labels)

@@ -42,6 +42,8 @@ __all__ = ["Engine", "EngineState", "free_port"]
 HEALTH_POLL_SECONDS = 0.1
 #: Timeout of one /health probe (seconds): a starting vLLM may hold connections a while.
 HEALTH_TIMEOUT_SECONDS = 2.0
+#: How often a running engine process is checked for exit (seconds).
+EXIT_POLL_SECONDS = 0.05
 #: Lines of engine output kept for the status API.
 LOG_TAIL_LINES = 20
 #: Linux prctl option: signal the child when its parent dies (<linux/prctl.h>).
@@ -120,17 +122,17 @@ class Engine:
         if self.in_flight == 0:
             self._idle.set()
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is in flight; False when ``timeout`` passed first."""
+    async def wait_idle(self, within: float) -> bool:
+        """Wait until no request is in flight; False when ``within`` seconds passed first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), within)
         except TimeoutError:
             return False
         return True
 
-    async def wait_ready(self, timeout: float) -> bool:
+    async def wait_ready(self, within: float) -> bool:
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            await asyncio.wait_for(self._ready.wait(), within)
         except TimeoutError:
             return False
         return True
@@ -191,7 +193,7 @@ class Engine:
         self._log_task = asyncio.create_task(self._forward_output(self.process))
 
     async def _forward_output(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None  # noqa: S101 - set by create_subprocess_exec above
+        assert process.stdout is not None
         prefix = f"[{self.name}] ".encode()
         while line := await process.stdout.readline():
             self.log_tail.append(line.decode(errors="replace").rstrip())
@@ -229,16 +231,15 @@ class Engine:
                 await self._backoff(str(exc))
                 continue
             process = self.process
-            assert process is not None  # noqa: S101 - set by _spawn
+            assert process is not None
             if await self._wait_healthy(process):
                 self.ready_at = time.monotonic()
                 self.startup_seconds = self.ready_at - self.started_at
                 self._set(EngineState.READY, f"ready in {self.startup_seconds:.1f}s")
-                code = await process.wait()
+                code = await self._exited(process)
             elif process.returncode is None:
                 self._kill_group(process, signal.SIGKILL)
-                code = await process.wait()
-                code = code if self._stopping else -1
+                code = await self._exited(process)
                 self.log_tail.append("kubeplex: not healthy within readyTimeoutSeconds")
             else:
                 code = process.returncode
@@ -272,6 +273,18 @@ class Engine:
         self.restart_at = None
 
     @staticmethod
+    async def _exited(process: asyncio.subprocess.Process) -> int:
+        """The exit code, as soon as the process exits.
+
+        ``Process.wait()`` also waits for the output pipe to close, which a surviving child
+        (vLLM's EngineCore, in the same process group) keeps open; ``returncode`` is set
+        at exit.
+        """
+        while process.returncode is None:
+            await asyncio.sleep(EXIT_POLL_SECONDS)
+        return process.returncode
+
+    @staticmethod
     def _kill_group(process: asyncio.subprocess.Process, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, sig)
@@ -287,10 +300,10 @@ class Engine:
         if process is not None and process.returncode is None:
             self._kill_group(process, signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), self.config.engine_stop_seconds)
+                await asyncio.wait_for(self._exited(process), self.config.engine_stop_seconds)
             except TimeoutError:
                 self._kill_group(process, signal.SIGKILL)
-                await process.wait()
+                await self._exited(process)
             self._kill_group(process, signal.SIGKILL)
         if self._task is not None:
             if not self._task.done():

@@ -35,10 +35,11 @@ CHAT_TEMPLATE = (
 
 
 def _corpus() -> list[str]:
-    words = ("the model serves tokens under a latency objective while the router forwards "
-             "requests to engines that batch prefill and decode steps on a group of devices "
-             "kubeplex places replicas and scales them from queue depth and first token time "
-             "hello world zero one two three four five six seven eight nine").split()
+    text = ("the model serves tokens under a latency objective while the router forwards "
+            "requests to engines that batch prefill and decode steps on a group of devices "
+            "kubeplex places replicas and scales them from queue depth and first token time "
+            "hello world zero one two three four five six seven eight nine")
+    words = text.split(" ")
     lines = []
     for i in range(2000):
         lines.append(" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(12 + i % 9)))

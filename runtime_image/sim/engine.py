@@ -12,6 +12,7 @@ same clock as the router's and Prometheus'.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 from collections.abc import AsyncIterator
@@ -124,10 +125,8 @@ class SimEngine:
             if self._pending:
                 delay = max(0.0, (self._pending[0][0] - self.now()) * self.time_scale)
                 if delay > 0:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), delay)
-                    except TimeoutError:
-                        pass
                 else:
                     await asyncio.sleep(0)  # let streams write before the next batch
             else:

@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["LatencyModel", "SimRequest", "StepResult", "Scheduler"]
+__all__ = ["LatencyModel", "Scheduler", "SimRequest", "StepResult"]
 
 
 class LatencyModel(Protocol):

@@ -33,9 +33,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kubeplex.runtime.sim.engine import EngineAsleepError, SimEngine
 
 __all__ = [
+    "CHARS_PER_TOKEN",
     "CHAT_REPLY_PRIMING",
     "CHAT_TOKENS_PER_MESSAGE",
-    "CHARS_PER_TOKEN",
     "DEFAULT_MAX_TOKENS",
     "SimServer",
     "count_prompt_tokens",
