@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._autoscale",
     "kubeplex.cli._api",
     "kubeplex.cli._placement",
+    "kubeplex.cli._operator",
 )
 
 Handler = Callable[[argparse.Namespace], int]
