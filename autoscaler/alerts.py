@@ -64,10 +64,13 @@ class AlertLedger:
     def contains(self, fingerprint: str, starts_at: str) -> bool:
         return any(f == fingerprint and s == starts_at for f, s, _ in self.seen)
 
-    def record(self, pairs: list[tuple[str, str]], now: float,
-               retention_s: float) -> AlertLedger:
+    def expire(self, now: float, retention_s: float) -> AlertLedger:
+        """The ledger without the pairs older than ``retention_s``."""
         kept = tuple(entry for entry in self.seen if now - entry[2] < retention_s)
-        return AlertLedger(kept + tuple((f, s, now) for f, s in pairs))
+        return self if len(kept) == len(self.seen) else AlertLedger(kept)
+
+    def record(self, pairs: list[tuple[str, str]], now: float) -> AlertLedger:
+        return AlertLedger(self.seen + tuple((f, s, now) for f, s in pairs))
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ def parse_webhook(payload: object, ledger: AlertLedger, now: float,
     raw = _field(payload, "alerts", "", list)
     alerts = [_check_alert(alert, f"alerts[{i}]") for i, alert in enumerate(raw)]
 
+    ledger = ledger.expire(now, retention_s)
     triggers: dict[str, AlertTrigger] = {}
     ignored: list[str] = []
     fresh: list[tuple[str, str]] = []
@@ -153,4 +157,4 @@ def parse_webhook(payload: object, ledger: AlertLedger, now: float,
                                labels.get("severity"))
         triggers.setdefault(trigger.key, trigger)
     return Parsed(tuple(triggers.values()), tuple(ignored),
-                  ledger.record(fresh, now, retention_s) if fresh else ledger)
+                  ledger.record(fresh, now) if fresh else ledger)

@@ -11,9 +11,9 @@ Stages, in order (each a function below, tested alone):
    at the larger of the measured rate and the forecast one start-up ahead; plus a guard when
    the measured TTFT percentile exceeds the SLO although the model says it should not.
 4. **queue** (:func:`queue_replicas`): requests in the system over a per-replica target.
-5. **credit** (:func:`warmup_credit`): replicas that are starting count as capacity arriving at
-   their expected ready time; the queue rule only asks for more if the backlog left when they
-   arrive cannot be drained within one cold start.
+5. **credit** (:func:`warmup_credit`): when the queue rule asks for more, the replicas needed
+   to drain the backlog projected to when a new replica would be ready, with the replicas
+   already starting counted as capacity arriving at their expected ready time.
 6. **panic** (:func:`panic`): the short window's demand at ``panic_threshold`` times the
    credited capacity enters panic; in panic the target never goes down; it ends one stable
    window after the last burst.
@@ -253,7 +253,7 @@ def _modelled(config: AutoscalerConfig, signals: Signals | None) -> tuple[Replic
         if config.prefill_s_hint is None or config.work_s_hint is None:
             raise AutoscalerConfigError("give a latency profile or both capacity hints")
         hint = ReplicaCapacity(config.prefill_s_hint, config.work_s_hint, "hint")
-        return hint, config.work_s_hint * config.max_num_seqs * config.max_utilization
+        return hint, config.work_s_hint * config.max_num_seqs  # a full batch
     prompt = (signals.mean_prompt_tokens if signals else None) or config.mean_prompt_tokens
     output = (signals.mean_output_tokens if signals else None) or config.mean_output_tokens
     return profile_capacity(config.profile, prompt, output, config.max_num_seqs)
@@ -313,15 +313,17 @@ def _ready_at(start: Starting, config: AutoscalerConfig) -> float:
 
 def warmup_credit(queue_target: int, observed: Observed, backlog: float, arrival_rate: float,
                   capacity: ReplicaCapacity, config: AutoscalerConfig, now: float) -> int:
-    """The queue rule's target once replicas already starting are credited.
+    """How many replicas the queue rule's scale-up really needs, crediting starting replicas.
 
-    A replica asked for now is ready at ``now + start`` (warm if a standby is free, else
-    cold). Replicas starting before then add their capacity when they become ready; the
-    backlog is projected to that moment (a fluid model: it grows by the arrivals the ready
-    replicas cannot serve). Only if all replicas together could not drain what is left within
-    one cold start (while serving the arrivals) does the queue rule keep asking for more.
-    With nothing starting this is a drain rule: a backlog asks for the replicas that clear it
-    within one cold start, not for one replica per ``target`` queued requests.
+    The queue rule (requests per replica) says *whether* the backlog calls for more replicas;
+    this stage says *how many*. A replica asked for now is ready at ``now + start`` (warm if
+    a standby is free, else cold). Replicas already starting add their capacity when they
+    become ready (their expected ready time); the backlog is projected to ``now + start`` with
+    a fluid model (it grows by the arrivals the ready replicas cannot serve). The answer is
+    the replicas that serve the arrivals and drain what is left within
+    ``BACKLOG_DRAIN_FACTOR`` SLOs, never fewer than the current ones. Because the projection
+    already counts what is on its way, the next evaluations during the same burst arrive at
+    the same number: a burst does not trigger a second scale-up.
     """
     if queue_target <= observed.current:
         return queue_target
@@ -336,8 +338,7 @@ def warmup_credit(queue_target: int, observed: Observed, backlog: float, arrival
     left = max(0.0, left + (arrival_rate - serving * mu) * (horizon - t))
     drain_s = max(config.warm_start_s, config.slo_ttft_s) * BACKLOG_DRAIN_FACTOR
     needed = math.ceil((arrival_rate + left / drain_s) / (mu * config.max_utilization))
-    return min(queue_target, max(needed, observed.current))
-
+    return max(needed, observed.current)
 
 
 # ---- stage 6: panic ------------------------------------------------------------------------
@@ -346,7 +347,8 @@ def panic(burst_target: int, credited: int, target: int, state: AutoscalerState,
     """Knative-style panic on the short window's target, against credited capacity.
 
     Enter (or extend) when ``burst_target >= panic_threshold * max(1, credited)``; while in
-    panic the target is at least the burst target and never below the highest panic target.
+    panic the target is at least the burst target (even below the threshold) and never below
+    the highest target since panic began.
     """
     bursting = burst_target >= config.panic_threshold * max(1, credited) and burst_target > 0
     in_panic = state.panic_until is not None and now < state.panic_until
@@ -355,7 +357,7 @@ def panic(burst_target: int, credited: int, target: int, state: AutoscalerState,
         floor = max(state.panic_floor if in_panic else 0, burst_target, target)
         return floor, replace(state, panic_until=until, panic_floor=floor), True
     if in_panic:
-        floor = max(state.panic_floor, target)
+        floor = max(state.panic_floor, target, burst_target)
         return floor, replace(state, panic_floor=floor), True
     return target, replace(state, panic_until=None, panic_floor=0), False
 
@@ -474,7 +476,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     if (measured is not None and measured > config.slo_ttft_s
             and recent is not None and recent > config.slo_ttft_s
             and stable.ttft_count >= MIN_TTFT_OBSERVATIONS and not observed.starting
-            and target <= observed.ready):
+            and now - ready_since >= config.panic_window_s and target <= observed.ready):
         target = observed.ready + 1
         note = (f"measured p{config.percentile:g} TTFT {measured:.2f} s > SLO "
                 f"{config.slo_ttft_s:g} s: one more than {observed.ready} ready")
@@ -485,14 +487,15 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     per_replica = target_per_replica(config, model, latency)
     queue = queue_replicas(in_system, per_replica)
     credited = warmup_credit(queue, observed, stable.waiting + observed.held_requests,
-                             stable.arrival_rate, capacity, config, now)
+                             max(stable.arrival_rate, burst_rate), capacity, config, now)
     stages.append(Stage("queue", queue, f"{in_system:.0f} in system / {per_replica:.1f}"))
-    stages.append(Stage("credit", credited,
-                        "" if credited == queue else
-                        f"{len(observed.starting)} starting replicas cover the backlog"))
+    credit_note = ("" if queue <= current else
+                   f"{credited} drain the backlog, {len(observed.starting)} starting credited")
+    stages.append(Stage("credit", credited, credit_note))
     if credited > target:
         target = credited
-        deciding = f"queue {in_system:.0f} requests / target {per_replica:.1f} per replica"
+        deciding = (f"queue {in_system:.0f} requests over {per_replica:.1f} per replica: "
+                    f"{credit_note}")
 
     burst_target = target
     if isinstance(burst, Signals):
@@ -521,7 +524,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     target = limited
     stages.append(Stage("rate_limit", target, ""))
 
-    busy = in_system > 0 or stable.arrival_rate > 0 or observed.held_requests > 0
+    recent_rate = burst.arrival_rate if isinstance(burst, Signals) else stable.arrival_rate
+    busy = in_system > 0 or recent_rate > 0 or observed.held_requests > 0
     last_busy = now if busy else state.last_busy
     target, zero_note = scale_to_zero(target, busy, last_busy, config, now)
     stages.append(Stage("scale_to_zero", target, zero_note))

@@ -280,7 +280,7 @@ class Engine:
         (vLLM's EngineCore, in the same process group) keeps open; ``returncode`` is set
         at exit.
         """
-        while process.returncode is None:
+        while process.returncode is None:  # noqa: ASYNC110 - nothing to wait on but the flag
             await asyncio.sleep(EXIT_POLL_SECONDS)
         return process.returncode
 

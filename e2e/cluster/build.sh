@@ -26,7 +26,7 @@ K8S_DIR=$CACHE/k8s/$K8S_VERSION
 ETCD_DIR=$CACHE/etcd/$ETCD_VERSION
 KWOK_DIR=$CACHE/kwok/$KWOK_VERSION
 export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOPATH=$CACHE/go/path
-export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" GOTOOLCHAIN=local
+export CGO_ENABLED=0 GOFLAGS="-buildvcs=false" GOTOOLCHAIN=local
 # Kubernetes' own go.mod pins `godebug default=go1.25`; keep it in the wrapper.
 
 log() { printf '[cluster-build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -96,6 +96,8 @@ if (( need_k8s )); then
   mkdir -p "$mod"
   minor=${K8S_VERSION#*.}; minor=${minor%%.*}
   staging_version=v0.${K8S_VERSION#*.}
+  pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager"
+  pkgs+=" k8s.io/kubernetes/cmd/kube-scheduler go.etcd.io/etcd/server/v3"
   log "kubernetes v$K8S_VERSION: resolving modules (staging modules -> $staging_version)"
   upstream_mod=$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
   staging=$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$upstream_mod")
@@ -106,19 +108,27 @@ if (( need_k8s )); then
     echo
     echo "godebug default=go1.25"
     echo
-    echo "require k8s.io/kubernetes v$K8S_VERSION"
-    echo "require go.etcd.io/etcd/server/v3 v$ETCD_VERSION"
+    echo "require ("
+    echo "	k8s.io/kubernetes v$K8S_VERSION"
+    echo "	go.etcd.io/etcd/server/v3 v$ETCD_VERSION"
+    echo ")"
     echo
     echo "replace ("
     for m in $staging; do echo "	$m => $m $staging_version"; done
     echo ")"
+    echo
+    # Main packages cannot be imported; `tool` lines (Go >= 1.24) make `go mod tidy`
+    # resolve exactly their dependencies at the versions required above (never upgrading).
+    echo "tool ("
+    for p in $pkgs; do echo "	$p"; done
+    echo ")"
   } > "$mod/go.mod"
   log "kubernetes: $(echo "$staging" | wc -w) staging modules replaced"
   cd "$mod"
-  # Resolve the full module graph and go.sum for the packages we build.
-  pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler go.etcd.io/etcd/server/v3"
-  go get $pkgs 2>&1 | grep -v '^go: downloading' || true
-  grep -q "k8s.io/kubernetes v$K8S_VERSION" go.mod || { echo "error: go get moved k8s.io/kubernetes off v$K8S_VERSION" >&2; exit 1; }
+  go mod tidy 2>&1 | grep -v '^go: \(downloading\|finding\|found\)' || true
+  [[ -s go.sum ]] || { echo "error: go mod tidy failed in $mod" >&2; exit 1; }
+  grep -q "k8s.io/kubernetes v$K8S_VERSION\$" go.mod \
+    || { echo "error: module resolution moved k8s.io/kubernetes off v$K8S_VERSION" >&2; exit 1; }
   log "kubernetes: modules downloaded; compiling (2 cores: expect 15-25 min cold)"
   vpkg=k8s.io/component-base/version
   ldflags="-s -w -X $vpkg.gitVersion=v$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor"

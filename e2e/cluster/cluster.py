@@ -411,11 +411,17 @@ def wait_nodes_ready(api: Api, names: set[str], timeout: float = READY_TIMEOUT_S
 # up / down / status.
 
 
+# The Popen objects of the components this process started: kept so they are not garbage
+# collected while running (ResourceWarning) and so `down` can reap them.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def _spawn(name: str, argv: list[str], state: ClusterState, logs: Path) -> Component:
     log = logs / f"{name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
     ticks = _start_ticks(proc.pid)
     if ticks is None:
         raise ClusterError(f"{name} exited at once; see {log}:\n{_tail(log)}")
@@ -609,17 +615,18 @@ def add_nodes(api: Api, count: int, spec: NodeSpec, start: int = 0,
 def _stop(comp: Component, timeout: float = 15.0) -> str:
     if not _alive(comp):
         return f"{comp.name} (pid {comp.pid}) was not running"
+    child = _CHILDREN.pop(comp.pid, None)
     os.kill(comp.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(comp):
+        if child is not None and child.poll() is not None:  # our own child: reaped
             return f"stopped {comp.name} (pid {comp.pid})"
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(comp.pid, os.WNOHANG)  # reap when it is our own child
+        if child is None and not _alive(comp):
+            return f"stopped {comp.name} (pid {comp.pid})"
         time.sleep(0.05)
     os.kill(comp.pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(comp.pid, 0)
+    if child is not None:
+        child.wait()
     return f"killed {comp.name} (pid {comp.pid}) after {timeout:.0f} s"
 
 

@@ -50,8 +50,9 @@ async def test_streaming_passes_chunks_through_as_they_come(suite: Any) -> None:
     async with httpx.AsyncClient(timeout=60) as client:
         start = time.monotonic()
         async with client.stream("POST", rt.url + "/v1/chat/completions",
-                                 json=suite.body("alpha", max_tokens=24, stream=True,
-                                                 chat=True)) as r:
+                                 json={**suite.body("alpha", max_tokens=24, stream=True,
+                                                    chat=True),
+                                       "stream_options": {"include_usage": True}}) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
             async for line in r.aiter_lines():
@@ -59,13 +60,16 @@ async def test_streaming_passes_chunks_through_as_they_come(suite: Any) -> None:
                     arrivals.append(time.monotonic() - start)
                     events.append(line.removeprefix("data: "))
     assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
+    usage = json.loads(events[-2])
+    assert usage["usage"]["completion_tokens"] == 24  # stream_options.include_usage
+    chunks = [json.loads(e) for e in events[:-2]]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert text
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
-    # One event per token (24 plus the role chunk) ...
-    assert len(chunks) >= 24
+    # Many events, not one: vLLM holds back bytes of incomplete UTF-8 characters (random
+    # byte-level tokens), so it may send fewer chunks than tokens; the sim sends one per token.
+    assert len(chunks) >= (25 if suite.engine == "sim" else 5)
     if suite.engine == "sim":
         # ... and they arrive spread over the generation (24 decode steps of ~9 ms), not in
         # one burst at the end: the router does not buffer the stream.
