@@ -273,6 +273,12 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                       template, shape.name, _uid(snap, key))
 
     touched: set[tuple[str, str]] = set()
+    # Groups whose every model is gone (deleted ModelServices): the plan knows nothing of them.
+    present = {_key(m) for m in live}
+    for k, g in objs.items():
+        if g.models and not any(f"{k[0]}/{m}" in present for m in g.models):
+            ex.drain(g, f"{', '.join(g.models)} deleted", now)
+            touched.add(k)
     for action in plan.actions:
         key = action.model
         h = hosted(key) if key else None
