@@ -1,8 +1,9 @@
 """HTTP calls from the operator to a serving pod's runtime (router /metrics, control API).
 
-A pod's URLs are ``http://<podIP>:<port>``; with ``KUBEPLEX_URL_ANNOTATIONS=true`` the pod
-annotations ``kubeplex.io/router-url`` and ``kubeplex.io/control-url`` win (test harnesses run
-the runtimes off-cluster on loopback and point the operator at them this way).
+A pod's URLs are ``http://<podIP>:<port>``; with ``KUBEPLEX_URL_ANNOTATIONS=true`` they come
+from the pod annotations ``kubeplex.io/router-url`` and ``kubeplex.io/control-url`` instead
+(and a pod without them has none): test harnesses run the runtimes off-cluster on loopback,
+one per fake pod, and point the operator at them this way.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ class PodEndpoints:
            annotations: Mapping[str, str]) -> PodEndpoints:
         router = f"http://{ip}:{settings.runtime_port}" if ip else None
         control = f"http://{ip}:{settings.control_port}" if ip else None
-        if settings.url_annotations:
-            router = annotations.get(ROUTER_URL_ANNOTATION, router)
-            control = annotations.get(CONTROL_URL_ANNOTATION, control)
+        if settings.url_annotations:  # only the annotations: no guessing at unroutable IPs
+            router = annotations.get(ROUTER_URL_ANNOTATION)
+            control = annotations.get(CONTROL_URL_ANNOTATION)
         return cls(router, control)
 
 
