@@ -88,13 +88,10 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         memo.ctx.templates.close()
 
 
-def poke(memo: kopf.Memo, pool: str | None, key: str | None = None,
-         why: str | None = None) -> None:
-    """Wake the pool's daemon now (with ``why`` recorded for ModelService ``key``)."""
+def poke(memo: kopf.Memo, pool: str | None) -> None:
+    """Wake the pool's daemon now (alerts also record a trigger in ``memo.triggers``)."""
     if not pool:
         return
-    if key and why:
-        memo.triggers.setdefault(pool, {})[key] = why
     event = memo.wakeups.setdefault(pool, asyncio.Event())
     event.set()
 
@@ -242,7 +239,7 @@ def modelservice_changed(name: str, namespace: str, uid: str, spec: kopf.Spec,
                        conds[0]["message"], warning=True)
         return
     memo.pool_of[f"{namespace}/{name}"] = pool
-    poke(memo, pool, f"{namespace}/{name}", "spec changed")
+    poke(memo, pool)
 
 
 @kopf.on.delete(GROUP, VERSION, "modelservices")
@@ -278,6 +275,3 @@ def pod_event(labels: kopf.Labels, status: kopf.Status, memo: kopf.Memo, **_: An
 @kopf.on.update(GROUP, VERSION, "gpupools")
 def pool_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     poke(memo, name)
-    for m in kwargs["msvc_by_pool"].get(name, ()):
-        poke(memo, name, f"{m['metadata']['namespace']}/{m['metadata']['name']}",
-             "pool changed")
