@@ -115,7 +115,7 @@ class Scaler:
             desired, reason = pin, f"pinned to spec.scaling.replicas={pin} (autoscaler: {reason})"
         sig = decision.signals
         if isinstance(sig, Signals):
-            observed_status: dict[str, Any] | None = {
+            observed_status: dict[str, Any] = {
                 "queue": round(sig.waiting, 3), "arrivalRate": round(sig.arrival_rate, 3),
                 "time": iso(now)}
             if sig.ttft_quantile is not None:
@@ -126,7 +126,7 @@ class Scaler:
             slo = "Idle" if idle else slo_status(sig.ttft_quantile, svc.spec.slo.ttft_seconds,
                                                  sig.arrival_rate)
         else:
-            observed_status = None
+            observed_status = {}
             slo = "Idle" if fleet.get("ready", 0) == 0 and desired == 0 else "Unknown"
-        return Evaluation(desired, decision.desired_warm, reason, observed_status, slo)
+        return Evaluation(desired, decision.desired_warm, reason, observed_status or None, slo)
 

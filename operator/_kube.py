@@ -66,14 +66,15 @@ class Kube:
         ns = meta.get("namespace")
         try:
             if kind in _PLURALS:
-                created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+                created: Any = self.custom.create_namespaced_custom_object(
                     GROUP, VERSION, ns, _PLURALS[kind], obj)
-                return created
+                return dict(created)
+            body: Any = obj  # the client accepts plain dicts as well as its models
             if kind == "Pod":
-                return k8s.ApiClient().sanitize_for_serialization(
-                    self.core.create_namespaced_pod(ns, obj))  # type: ignore[no-any-return]
+                self.core.create_namespaced_pod(ns, body)
+                return obj
             if kind == "Service":
-                self.core.create_namespaced_service(ns, obj)
+                self.core.create_namespaced_service(ns, body)
                 return obj
         except ApiException as e:
             if e.status == 409:
@@ -88,10 +89,12 @@ class Kube:
             if e.status == 404:
                 return None
             raise
-        return k8s.ApiClient().sanitize_for_serialization(svc)  # type: ignore[no-any-return]
+        out: Any = k8s.ApiClient().sanitize_for_serialization(svc)  # type: ignore[no-untyped-call]
+        return dict(out)
 
     def patch(self, kind: str, namespace: str | None, name: str, body: dict[str, Any],
               status: bool = False) -> None:
+        ns = namespace or "default"
         try:
             if kind == "GPUPool":
                 self.custom.patch_cluster_custom_object_status(GROUP, VERSION, "gpupools",
@@ -99,11 +102,11 @@ class Kube:
             elif kind in _PLURALS:
                 fn = (self.custom.patch_namespaced_custom_object_status if status
                       else self.custom.patch_namespaced_custom_object)
-                fn(GROUP, VERSION, namespace, _PLURALS[kind], name, body)
+                fn(GROUP, VERSION, ns, _PLURALS[kind], name, body)
             elif kind == "Pod":
-                self.core.patch_namespaced_pod(name, namespace, body)
+                self.core.patch_namespaced_pod(name, ns, body)
             elif kind == "Service":
-                self.core.patch_namespaced_service(name, namespace, body)
+                self.core.patch_namespaced_service(name, ns, body)
             else:
                 raise ValueError(f"cannot patch kind {kind}")
         except ApiException as e:

@@ -30,8 +30,8 @@ from kubeplex.api import (
     ModelService,
     ModelServiceSpec,
     ObjectMeta,
-    parse_spec,
 )
+from kubeplex.api._types import parse_spec
 from kubeplex.errors import KubeplexError
 from kubeplex.operator._autoscale import Evaluation, Scaler
 from kubeplex.operator._builders import HostedModel, runtime_model, selector
@@ -280,8 +280,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
             ex.drain(g, f"{', '.join(g.models)} deleted", now)
             touched.add(k)
     for action in plan.actions:
-        key = action.model
-        h = hosted(key) if key else None
+        h = hosted(action.model) if action.model else None
         if action.kind in (ActionKind.DRAIN, ActionKind.STOP, ActionKind.UNLOAD):
             gk = _split(action.group)
             if gk in objs:
@@ -289,7 +288,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                 touched.add(gk)
         elif action.kind is ActionKind.CLAIM and h is not None:
             gk = _split(action.group)
-            if gk in objs and gk[0] == key.split("/", 1)[0]:  # Services are per namespace
+            if gk in objs and gk[0] == _split(action.model)[0]:  # Services are per namespace
                 ex.claim(objs[gk], [h], action.reason, now)
                 touched.add(gk)
             else:
@@ -302,12 +301,12 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
 
     # ---- status -------------------------------------------------------------------------------
     for m in live:
-        key = _key(m)
-        ns, name = key.split("/", 1)
+        mkey = _key(m)
+        ns, name = mkey.split("/", 1)
         mine = [g for g in objs.values() if g.namespace == ns and name in g.models]
         warm = sum(1 for g in objs.values() if g.warm and g.namespace == ns)
-        message = next((msg for msg in messages if f"model {key} " in msg), None)
-        _model_status(ctx, m, mine, evaluations.get(key), degraded.get(key), message, warm,
+        short = next((msg for msg in messages if f"model {mkey} " in msg), None)
+        _model_status(ctx, m, mine, evaluations.get(mkey), degraded.get(mkey), short, warm,
                       now)
     _pool_status(ctx, snap.pool, ready_nodes, objs.values(), budget_gpus, messages,
                  ctx.templates.note(pool_name), now)

@@ -50,9 +50,9 @@ DELETE_POLL_S = 1.0
 
 def _api_client() -> kubernetes.client.ApiClient:
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     return kubernetes.client.ApiClient()
 
 
@@ -105,12 +105,12 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @kopf.index(GROUP, VERSION, "modelservices")
-def msvc_by_pool(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+def msvc_by_pool(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
     return {spec.get("pool"): _plain(body)}
 
 
 @kopf.index(GROUP, VERSION, "servinggroups")
-def groups_by_pool(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+def groups_by_pool(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
     return {spec.get("pool"): _plain(body)}
 
 
@@ -129,7 +129,7 @@ def nodes(name: str, labels: kopf.Labels, status: kopf.Status, spec: kopf.Spec,
                    "ready": ready and not spec.get("unschedulable")}}
 
 
-def _pod_info(name: str, namespace: str, meta: Mapping[str, Any], spec: Mapping[str, Any],
+def _pod_info(name: str, namespace: str | None, meta: Mapping[str, Any], spec: Mapping[str, Any],
               status: Mapping[str, Any]) -> dict[str, Any]:
     gpus: dict[str, int] = {}
     for c in spec.get("containers") or ():
@@ -151,8 +151,8 @@ def _pod_info(name: str, namespace: str, meta: Mapping[str, Any], spec: Mapping[
 
 
 @kopf.index("", "v1", "pods")
-def pods_by_node(name: str, namespace: str, meta: kopf.Meta, spec: kopf.Spec,
-                 status: kopf.Status, **_: Any) -> dict[str, Any] | None:
+def pods_by_node(name: str, namespace: str | None, meta: kopf.Meta, spec: kopf.Spec,
+                 status: kopf.Status, **_: Any) -> dict[Any, Any] | None:
     info = _pod_info(name, namespace, meta, spec, status)
     if not info["node"] or not info["gpus"]:
         return None
@@ -160,8 +160,8 @@ def pods_by_node(name: str, namespace: str, meta: kopf.Meta, spec: kopf.Spec,
 
 
 @kopf.index("", "v1", "pods", labels={GROUP_LABEL: kopf.PRESENT})
-def pods_by_group(name: str, namespace: str, meta: kopf.Meta, spec: kopf.Spec,
-                  status: kopf.Status, labels: kopf.Labels, **_: Any) -> dict[str, Any]:
+def pods_by_group(name: str, namespace: str | None, meta: kopf.Meta, spec: kopf.Spec,
+                  status: kopf.Status, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[GROUP_LABEL]): _pod_info(name, namespace, meta, spec, status)}
 
 
@@ -215,10 +215,11 @@ async def pool_daemon(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
 @kopf.on.resume(GROUP, VERSION, "modelservices")
 @kopf.on.create(GROUP, VERSION, "modelservices")
 @kopf.on.update(GROUP, VERSION, "modelservices")
-def modelservice_changed(name: str, namespace: str, uid: str, spec: kopf.Spec,
+def modelservice_changed(name: str, namespace: str | None, uid: str, spec: kopf.Spec,
                          status: kopf.Status, meta: kopf.Meta, memo: kopf.Memo,
                          **kwargs: Any) -> None:
     ctx: Context = memo.ctx
+    namespace = namespace or "default"
     service = service_manifest(namespace, name, uid, ctx.settings.runtime_port)
     try:
         ctx.kube.create(service)
@@ -243,7 +244,7 @@ def modelservice_changed(name: str, namespace: str, uid: str, spec: kopf.Spec,
 
 
 @kopf.on.delete(GROUP, VERSION, "modelservices")
-def modelservice_deleted(name: str, namespace: str, spec: kopf.Spec, memo: kopf.Memo,
+def modelservice_deleted(name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.Memo,
                          **kwargs: Any) -> None:
     pool = spec.get("pool")
     hosting = [g["metadata"]["name"] for store in kwargs["groups_by_pool"].values()
