@@ -163,8 +163,8 @@ def test_warmup_credit_prevents_a_second_scale_up_while_replicas_start() -> None
     walk.run(40, rate=60, waiting=waiting, grow_waiting=30)
     later = walk.targets()[-20:]
     assert max(later) == first, f"second scale-up {later} after {first}"
-    credit = [s for s in walk.decisions[-1].stages if s.name == "credit"][0]
-    queue = [s for s in walk.decisions[-1].stages if s.name == "queue"][0]
+    credit = next(s for s in walk.decisions[-1].stages if s.name == "credit")
+    queue = next(s for s in walk.decisions[-1].stages if s.name == "queue")
     assert credit.replicas < queue.replicas
     assert "starting credited" in credit.note
 

@@ -87,9 +87,9 @@ def test_azure_minute_counts(tmp_path: Path) -> None:
     trace = from_minute_counts([3, 1, 5], seed=1)
     assert len(trace) == 9
     assert (trace.arrival_s[:3] < 60).all() and (trace.arrival_s[3] >= 60)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
     with pytest.raises(TraceError, match="no per-minute columns"):
-        bad = tmp_path / "bad.csv"
-        bad.write_text("a,b\n1,2\n")
         read_minute_counts(bad)
 
 
