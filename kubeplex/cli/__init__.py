@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._api",
     "kubeplex.cli._placement",
     "kubeplex.cli._operator",
+    "kubeplex.cli._alerts",
 )
 
 Handler = Callable[[argparse.Namespace], int]
