@@ -193,8 +193,7 @@ def test_fragmented_nodes_say_which_block_is_missing() -> None:
     register(kube, *models)
     # two nodes with 2 GPUs each: 4 free in total, but no node has 4
     run_cycle(context(kube), snapshot(kube, pool(), models, nodes(2, gpus=2)), NOW)
-    names = [g["metadata"]["name"] for g in kube.of("ServingGroup")]
-    assert names == ["other-0"]
+    assert not [g for g in kube.of("ServingGroup") if g["metadata"]["name"].startswith("wide")]
     conds = {c["type"]: c for c in kube.objects[("ModelService", "ns", "wide")]["status"][
         "conditions"]}
     assert conds["Scaling"]["reason"] == "InsufficientGPUs"
