@@ -34,7 +34,7 @@ from kubeplex.api import (
 from kubeplex.api._types import parse_spec
 from kubeplex.errors import KubeplexError
 from kubeplex.operator._autoscale import Evaluation, Scaler
-from kubeplex.operator._builders import HostedModel, runtime_model, selector
+from kubeplex.operator._builders import POOL_LABEL, HostedModel, runtime_model, selector
 from kubeplex.operator._executor import CLAIMED_AT, Executor, GroupObj, Hosted
 from kubeplex.operator._kube import KubeApi
 from kubeplex.operator._metrics import OperatorMetrics
@@ -125,7 +125,10 @@ def _gpus(value: Any) -> int:
 
 
 def node_states(snap: Snapshot, spec: GPUPoolSpec) -> list[NodeState]:
+    """The pool's nodes; ``foreign_gpus`` counts every pod on the node except this pool's own
+    groups (counted from the groups, pods or not): other workloads and other pools."""
     resource = spec.gpu.resource_name
+    pool = snap.pool["metadata"]["name"]
     out = []
     for n in snap.nodes:
         if not _selected(n, spec.node_selector):
@@ -134,7 +137,8 @@ def node_states(snap: Snapshot, spec: GPUPoolSpec) -> list[NodeState]:
         if gpus <= 0:
             continue
         foreign = sum(p["gpus"].get(resource, 0) for p in snap.pods_by_node.get(n["name"], ())
-                      if not p["managed"] and not p["done"])
+                      if not p["done"] and not (p["managed"]
+                                                and p["labels"].get(POOL_LABEL) == pool))
         out.append(NodeState(n["name"], gpus, foreign, bool(n.get("ready"))))
     return out
 
