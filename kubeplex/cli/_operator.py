@@ -31,6 +31,8 @@ def _operator(args: argparse.Namespace) -> int:
     level = "DEBUG" if args.verbose else os.environ.get("KUBEPLEX_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # kopf logs every handler success at INFO: one line per pod event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces = args.namespace or list(settings.watch_namespaces)
     peering = "" if args.standalone else settings.peering
     memo = kopf.Memo()

@@ -78,6 +78,7 @@ class Operator:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     token: str = "test-token"
+    kopf_run: bool = False  # start through `kopf run -m kubeplex.operator.handlers` instead
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -99,8 +100,12 @@ class Operator:
                "KUBEPLEX_PLACEMENT": "quick",
                **self.env}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kubeplex.cli", "operator"],
-                                     env=env, stdout=log, stderr=subprocess.STDOUT)
+        command = [sys.executable, "-m", "kubeplex.cli", "operator"]
+        if self.kopf_run:
+            command = [sys.executable, "-m", "kopf", "run", "-m", "kubeplex.operator.handlers",
+                       "--standalone", "--all-namespaces",
+                       f"--liveness=http://127.0.0.1:{self.health}/healthz"]
+        self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         wait_for("the operator's /healthz", self._healthy, OPERATOR_START_S, 0.2)
         return self

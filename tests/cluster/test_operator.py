@@ -357,3 +357,18 @@ def test_killed_mid_scale_up_converges_without_duplicates(cluster: Any, namespac
     finally:
         op.stop()
         delete_pool(cluster, pool)
+
+
+def test_kopf_run_serves_the_same_handlers(cluster: Any, namespace: str,
+                                           tmp_path: Path) -> None:
+    op = Operator(cluster.kubeconfig, tmp_path / "kopf.log", kopf_run=True).start()
+    pool = uniq("kopfrun")
+    try:
+        apply(cluster, None, pool_body(pool))
+        apply(cluster, namespace, msvc_body("viakopf", pool))
+        wait_for("viakopf 1/1", lambda: msvc(cluster, namespace, "viakopf").get(
+            "status", {}).get("ready") == "1/1", WAIT_S)
+        assert [g["metadata"]["name"] for g in groups(cluster, namespace)] == ["viakopf-0"]
+    finally:
+        op.stop()
+        delete_pool(cluster, pool)

@@ -246,3 +246,19 @@ def test_group_names_are_deterministic_dns_labels() -> None:
     assert group_name("a", taken) == "a-1"
     assert group_name("A_b", set()) == "a-b-0"
     assert len(group_name("x" * 80, set())) <= 63
+
+
+def test_other_pools_pods_on_a_shared_node_count_as_used() -> None:
+    kube = FakeKube()
+    models = [msvc("a", 3)]
+    register(kube, *models)
+    snap = snapshot(kube, pool(), models, nodes(1, gpus=4))
+    other = {"name": "x", "namespace": "ns", "node": "node-0", "labels": {
+        "kubeplex.io/pool": "another"}, "managed": True, "done": False,
+        "gpus": {"nvidia.com/gpu": 2}}
+    mine = {**other, "labels": {"kubeplex.io/pool": "p"}}
+    snap = Snapshot(snap.pool, snap.msvcs, snap.groups, snap.nodes,
+                    {"node-0": [other, mine]}, snap.pods_by_group, snap.names_taken)
+    run_cycle(context(kube), snap, NOW)
+    # 4 GPUs, 2 held by another pool's pod: two replicas fit, the third is a shortfall
+    assert len(kube.of("Pod")) == 2
