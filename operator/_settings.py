@@ -20,6 +20,13 @@ ENV_DOCS: dict[str, tuple[str, str, str]] = {
                                   "Comma-separated namespaces to serve; empty: all namespaces."),
     "KUBEPLEX_PEERING": ("peering", "",
                          "kopf peering object name (one active operator); empty: standalone."),
+    "KUBEPLEX_PEERING_PRIORITY": ("peering_priority", "0",
+                                  "kopf peering priority (highest acts, others pause); 0: a "
+                                  "random one per process, so replicas never tie (a tie "
+                                  "pauses them all)."),
+    "KUBEPLEX_PEERING_LIFETIME_SECONDS": ("peering_lifetime_s", "60",
+                                          "How long a silent peer counts as alive (a killed "
+                                          "active operator is replaced after this)."),
     "KUBEPLEX_POD_NAMESPACE": ("pod_namespace", "default",
                                "The operator's own namespace (alert Secret, warm pods fallback)."),
     "KUBEPLEX_BIND_ADDRESS": ("bind_address", "0.0.0.0",
@@ -64,6 +71,8 @@ ENV_DOCS: dict[str, tuple[str, str, str]] = {
 class Settings:
     watch_namespaces: tuple[str, ...] = ()
     peering: str = ""
+    peering_priority: int = 0
+    peering_lifetime_s: int = 60
     pod_namespace: str = "default"
     bind_address: str = "0.0.0.0"
     health_port: int = 8080

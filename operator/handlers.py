@@ -67,6 +67,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING  # kopf's own per-handler events: warnings only
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 16
+    settings.peering.lifetime = config.peering_lifetime_s
     metrics = OperatorMetrics()
     ctx = Context(config, Kube(await asyncio.to_thread(_api_client)), RuntimeClient(config),
                   metrics, Scaler(parse_overrides(config.autoscaler)),

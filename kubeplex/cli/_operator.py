@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 
 from kubeplex.cli import Commands
 
@@ -35,11 +36,14 @@ def _operator(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces = args.namespace or list(settings.watch_namespaces)
     peering = "" if args.standalone else settings.peering
+    # Random priorities: kopf pauses *every* operator when peers tie (kopf peering docs).
+    priority = settings.peering_priority or secrets.randbelow(2**30) + 1
     memo = kopf.Memo()
     memo.settings = settings
     kopf.run(
         standalone=not peering,
         peering_name=peering or None,
+        priority=priority,
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=f"http://{settings.bind_address}:{settings.health_port}/healthz",

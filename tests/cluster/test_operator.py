@@ -372,3 +372,44 @@ def test_kopf_run_serves_the_same_handlers(cluster: Any, namespace: str,
     finally:
         op.stop()
         delete_pool(cluster, pool)
+
+
+def test_peering_keeps_one_operator_active_and_hands_over(cluster: Any, namespace: str,
+                                                          tmp_path: Path) -> None:
+    """Two replicas with kopf peering: the higher priority acts, the other pauses; when the
+    active one stops, the other resumes and serves."""
+    peering = uniq("peering")
+    cluster.kubectl("apply", "--server-side", "-f",
+                    str(REPO / "helm" / "kubeplex" / "files" / "kopf-peering-crds.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/clusterkopfpeerings.kopf.dev")
+    apply(cluster, None, {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+                          "metadata": {"name": peering}})
+    env = {"KUBEPLEX_PEERING": peering, "KUBEPLEX_PEERING_LIFETIME_SECONDS": "10"}
+    high = Operator(cluster.kubeconfig, tmp_path / "high.log",
+                    env={**env, "KUBEPLEX_PEERING_PRIORITY": "200"}).start()
+    low = Operator(cluster.kubeconfig, tmp_path / "low.log",
+                   env={**env, "KUBEPLEX_PEERING_PRIORITY": "100"}).start()
+    pool = uniq("peer")
+    try:
+        wait_for("the low-priority operator to pause",
+                 lambda: "Pausing operations in favour of" in low.log(), WAIT_S, 0.5)
+        apply(cluster, None, pool_body(pool))
+        apply(cluster, namespace, msvc_body("served", pool))
+        wait_for("served 1/1", lambda: msvc(cluster, namespace, "served").get(
+            "status", {}).get("ready") == "1/1", WAIT_S)
+        assert high.metric("kubeplex_operator_reconciles_total", {"pool": pool}) > 0
+        assert low.metric("kubeplex_operator_reconciles_total", {"pool": pool}) == 0
+        high.stop()  # SIGTERM: kopf removes its peering entry on the way out
+        wait_for("the other operator to resume",
+                 lambda: "Resuming operations" in low.log() or low.metric(
+                     "kubeplex_operator_reconciles_total", {"pool": pool}) > 0, WAIT_S, 0.5)
+        cluster.kubectl("scale", "-n", namespace, "msvc/served", "--replicas=2")
+        wait_for("served 2/2 by the standby", lambda: msvc(cluster, namespace, "served").get(
+            "status", {}).get("ready") == "2/2", WAIT_S)
+        assert low.metric("kubeplex_operator_reconciles_total", {"pool": pool}) > 0
+    finally:
+        high.stop()
+        low.stop()
+        delete_pool(cluster, pool)
+        cluster.kubectl("delete", "clusterkopfpeering", peering, "--wait=false", check=False)
