@@ -73,6 +73,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                   metrics, Scaler(parse_overrides(config.autoscaler)),
                   Templates(background=config.placement == "search"))
     memo.ctx = ctx
+    memo.loop = asyncio.get_running_loop()
     memo.wakeups = {}
     memo.triggers = {}
     memo.pool_of = {}  # ModelService key -> pool, for alerts
@@ -90,11 +91,20 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 def poke(memo: kopf.Memo, pool: str | None) -> None:
-    """Wake the pool's daemon now (alerts also record a trigger in ``memo.triggers``)."""
+    """Wake the pool's daemon now (alerts also record a trigger in ``memo.triggers``).
+
+    Sync handlers run in worker threads: the event is set from the operator's loop."""
     if not pool:
         return
     event = memo.wakeups.setdefault(pool, asyncio.Event())
-    event.set()
+    try:
+        in_loop = asyncio.get_running_loop() is memo.loop
+    except RuntimeError:
+        in_loop = False
+    if in_loop:
+        event.set()
+    else:
+        memo.loop.call_soon_threadsafe(event.set)
 
 
 # ---- indices --------------------------------------------------------------------------------
