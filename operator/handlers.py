@@ -42,6 +42,8 @@ __all__: list[str] = []
 
 log = logging.getLogger("kubeplex.operator")
 
+#: HTTP connections to the API server (kopf's sync-handler workers + pool cycles).
+CONNECTIONS = 32
 #: Requeue delay (s) of a ModelService deletion waiting for its groups to drain.
 DELETE_POLL_S = 1.0
 
@@ -53,7 +55,10 @@ def _api_client() -> kubernetes.client.ApiClient:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+    config = kubernetes.client.Configuration.get_default_copy()
+    # One connection per concurrent writer: kopf's workers plus one cycle per pool.
+    config.connection_pool_maxsize = CONNECTIONS
+    return kubernetes.client.ApiClient(config)
 
 
 @kopf.on.startup()
