@@ -17,10 +17,12 @@ handlers. Steps:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -62,6 +64,8 @@ log = logging.getLogger("kubeplex.operator")
 
 #: A replica alone on its group gets vLLM's default --gpu-memory-utilization.
 MEMORY_SHARE = 0.9
+#: Concurrent API writes of one cycle (shared by all pools).
+WRITE_CONCURRENCY = 8
 #: Object names used as DNS labels: at most 63 characters.
 DNS_LABEL_MAX = 63
 
@@ -84,6 +88,9 @@ class Context:
     metrics: OperatorMetrics
     scaler: Scaler = field(default_factory=Scaler)
     templates: Templates = field(default_factory=Templates)
+    #: Threads for a cycle's independent API writes (the API round trip dominates a cycle).
+    writers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(WRITE_CONCURRENCY, "kubeplex-write"))
 
 
 @dataclass(frozen=True)
@@ -276,44 +283,53 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         return Hosted(HostedModel(svc.metadata.name, svc.spec, template.memory_share),
                       template, shape.name, _uid(snap, key))
 
+    # Decisions (nodes, names) are made here in order; the API writes then run concurrently
+    # (one job per group at most, so no two jobs touch the same object).
+    jobs: list[Callable[[], None]] = []
     touched: set[tuple[str, str]] = set()
     # Groups whose every model is gone (deleted ModelServices): the plan knows nothing of them.
     present = {_key(m) for m in live}
     for k, g in objs.items():
         if g.models and not any(f"{k[0]}/{m}" in present for m in g.models):
-            ex.drain(g, f"{', '.join(g.models)} deleted", now)
+            jobs.append(functools.partial(ex.drain, g, f"{', '.join(g.models)} deleted", now))
             touched.add(k)
     for action in plan.actions:
         h = hosted(action.model) if action.model else None
+        gk = _split(action.group)
         if action.kind in (ActionKind.DRAIN, ActionKind.STOP, ActionKind.UNLOAD):
-            gk = _split(action.group)
-            if gk in objs:
-                ex.drain(objs[gk], action.reason, now)
+            if gk in objs and gk not in touched:
+                jobs.append(functools.partial(ex.drain, objs[gk], action.reason, now))
                 touched.add(gk)
         elif action.kind is ActionKind.CLAIM and h is not None:
-            gk = _split(action.group)
-            if gk in objs and gk[0] == _split(action.model)[0]:  # Services are per namespace
-                ex.claim(objs[gk], [h], action.reason, now)
+            if gk in objs and gk not in touched and gk[0] == _split(action.model)[0]:
+                # Services are per namespace: only a standby of the model's namespace fits.
+                jobs.append(functools.partial(ex.claim, objs[gk], [h], action.reason, now))
                 touched.add(gk)
-            else:
-                _cold(ex, h, action, free, taken, messages, snap, pool_name)
-        elif action.kind in (ActionKind.START, ActionKind.START_WARM) and h is not None:
-            _cold(ex, h, action, free, taken, messages, snap, pool_name)
+            elif job := _cold(ex, h, action, free, taken, messages, snap, pool_name):
+                jobs.append(job)
+        elif (action.kind in (ActionKind.START, ActionKind.START_WARM) and h is not None
+              and (job := _cold(ex, h, action, free, taken, messages, snap, pool_name))):
+            jobs.append(job)
     for k, g in objs.items():
         if k not in touched:
-            ex.advance(g, [h for m in g.models if (h := hosted(f"{k[0]}/{m}"))], now)
+            jobs.append(functools.partial(
+                ex.advance, g, [h for m in g.models if (h := hosted(f"{k[0]}/{m}"))], now))
+    _run_all(ctx, jobs)
 
     # ---- status -------------------------------------------------------------------------------
+    statuses: list[Callable[[], None]] = []
     for m in live:
         mkey = _key(m)
         ns, name = mkey.split("/", 1)
         mine = [g for g in objs.values() if g.namespace == ns and name in g.models]
         warm = sum(1 for g in objs.values() if g.warm and g.namespace == ns)
         short = next((msg for msg in messages if f"model {mkey} " in msg), None)
-        _model_status(ctx, m, mine, evaluations.get(mkey), degraded.get(mkey), short, warm,
-                      now)
-    _pool_status(ctx, snap.pool, ready_nodes, objs.values(), budget_gpus, messages,
-                 ctx.templates.note(pool_name), now)
+        statuses.append(functools.partial(_model_status, ctx, m, mine, evaluations.get(mkey),
+                                          degraded.get(mkey), short, warm, now))
+    statuses.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
+                                      list(objs.values()), budget_gpus, messages,
+                                      ctx.templates.note(pool_name), now))
+    _run_all(ctx, statuses)
 
     elapsed = time.perf_counter() - started
     ctx.metrics.reconciles.labels(pool=pool_name).inc()
@@ -337,10 +353,20 @@ def _check_source(svc: ModelService) -> None:
         runtime_model(HostedModel(svc.metadata.name, svc.spec, MEMORY_SHARE), 1, 1, "")
 
 
+def _run_all(ctx: Context, jobs: Sequence[Callable[[], None]]) -> None:
+    """Run independent API writes on the context's writer threads; re-raise the first error
+    once all have finished (a failed write is retried by the next cycle)."""
+    futures = [ctx.writers.submit(job) for job in jobs]
+    errors = [e for f in futures if (e := f.exception()) is not None]
+    if errors:
+        raise errors[0]
+
+
 def _cold(ex: Executor, h: Hosted, action: Action, free: dict[str, int],
           taken: dict[str, set[str]], messages: list[str], snap: Snapshot,
-          pool: str) -> None:
-    """Start a group for ``action`` on the best-fitting node, or say why none fits."""
+          pool: str) -> Callable[[], None] | None:
+    """The job starting a group for ``action`` on the best-fitting node (chosen now), or None
+    with a message saying why no node fits."""
     gpus = h.template.gpus
     node = _best_fit(free, gpus)
     ns = _split(h.template.model)[0]
@@ -351,11 +377,11 @@ def _cold(ex: Executor, h: Hosted, action: Action, free: dict[str, int],
             f"GPUPool {pool}: model {h.template.model} needs a node with {gpus} free GPUs for "
             f"{'a warm standby' if warm else 'a replica'}; the largest free block is "
             f"{max(0, largest)}; add nodes to the pool or free GPUs on one node")
-        return
+        return None
     base = f"warm-{pool}" if warm else h.model.name
     name = group_name(base, taken.setdefault(ns, set()))
-    ex.start(ns, name, node, h.template.tp, h.template.pp, [h], warm,
-             str(snap.pool["metadata"].get("uid", "")))
+    return functools.partial(ex.start, ns, name, node, h.template.tp, h.template.pp, [h], warm,
+                             str(snap.pool["metadata"].get("uid", "")))
 
 
 def _model_status(ctx: Context, m: Mapping[str, Any], groups: Sequence[GroupObj],
