@@ -9,11 +9,13 @@ decodes one token for every running request; its time comes from the analytic
 :class:`~kubeplex.placement.llm.LLMProfile` (``prefill_seconds`` of the new prompt tokens plus
 ``decode_step_seconds`` of the running batch). With pipeline parallelism the engine keeps
 ``pipeline_depth`` micro-batches in flight: a step costs what one micro-batch (a
-``1/pp`` share of the batch and of the new prompt tokens, at least one prompt) costs. A request is admitted only when its KV cache
-(prompt + output tokens) fits in what the engine's KV capacity has left, and at most
-:data:`MAX_NUM_SEQS` run at once. Its first token comes at the end of its prefill step (TTFT
-counts queueing, like ``vllm:time_to_first_token_seconds``); TPOT is the mean time between
-the following tokens. Requests go to the replica with the fewest queued + running requests.
+``1/pp`` share of the batch and of the new prompt tokens, at least one prompt) costs.
+
+A request is admitted only when its KV cache (prompt + output tokens) fits in what the
+engine's KV capacity has left, and at most :data:`MAX_NUM_SEQS` run at once. Its first token
+comes at the end of its prefill step (TTFT counts queueing, like
+``vllm:time_to_first_token_seconds``); TPOT is the mean time between the following tokens.
+Requests go to the replica with the fewest queued + running requests.
 
 Between events (arrivals, completions) nothing changes but the context length, so rounds of
 pure decoding are taken in one jump, and a decode step's time is recomputed only when the
