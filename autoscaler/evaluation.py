@@ -48,7 +48,7 @@ def make_policy(name: str, trace: Trace, config: AutoscalerConfig,
     target = (mean_rate * latency / tuned if tuned > 0
               else target_per_replica(config, capacity, latency))
     first_minute = float((trace.arrival_s < PEAK_WINDOW_S).sum()) / PEAK_WINDOW_S
-    initial = max(1, slo_replicas(first_minute, capacity, config, 1.0))
+    initial = max(1, slo_replicas(first_minute, capacity, config, cv2))
     if name == "kubeplex":
         return KubeplexPolicy(config), initial
     if name == "hpa":

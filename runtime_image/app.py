@@ -88,7 +88,7 @@ class Runtime:
         """Open the upstream connection pool and start every configured engine."""
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
         self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False,
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
         for model in self.config.models:
             self._add_engine(model)

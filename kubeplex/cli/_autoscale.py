@@ -97,6 +97,7 @@ def _autoscale(args: argparse.Namespace) -> int:
         if value < 0:
             raise AutoscalerConfigError(f"{flag} must be >= 0, got {value}")
     warm = _warm_pool(args.warm_pool)
+    profile(args.model, args.gpu)  # unknown names fail here, before the progress bar
     trace = read_trace(args.trace)
     profile(args.model, args.gpu)  # unknown names fail here, before the progress bar draws
     with Progress(transient=True, console=Console(stderr=True)) as progress:
