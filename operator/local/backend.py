@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,9 @@ READY_MARGIN_SECONDS = 120.0
 VLLM_READY_TIMEOUT_SECONDS = 600.0
 #: Decisions and actions kept for the status view.
 EVENT_LINES = 40
+#: Longest wait before starting a model again after its runtime failed to start (the wait
+#: doubles per consecutive failure from 2 s, like Kubernetes' CrashLoopBackOff).
+MAX_BACKOFF_SECONDS = 60.0
 #: Seconds of scrapes kept beyond the stable window.
 SCRAPE_MARGIN_SECONDS = 10.0
 
@@ -109,6 +112,9 @@ class ModelRun:
     last_scale: dict[str, Any] | None = None
     claim_seconds: list[float] = field(default_factory=list)
     cold_seconds: list[float] = field(default_factory=list)
+    #: Consecutive start failures, and no new start before ``backoff_until`` (monotonic).
+    failures: int = 0
+    backoff_until: float = 0.0
 
     @property
     def key(self) -> str:
@@ -309,6 +315,10 @@ class LocalMode:
         await self._scrape(now)
         targets = {key: self._decide(run, now) for key, run in self.runs.items()}
         views = [g.view(self.gateway.in_flight_of(g.id)) for g in self.groups.values()]
+        for key, run in self.runs.items():  # after a failed start: no new one until the backoff
+            serving = sum(1 for v in views if v.serving and key in v.models)
+            if now < run.backoff_until and targets[key].replicas > serving:
+                targets[key] = replace(targets[key], replicas=serving)
         templates = {key: run.template for key, run in self.runs.items()}
         plan = fleet_plan(views, targets, templates, self.budgets.values())
         for run in self.runs.values():
@@ -430,6 +440,7 @@ class LocalMode:
         if group.phase is not GroupPhase.STARTING:  # drained while starting
             return
         run.cold_seconds.append(group.ready_seconds or 0.0)
+        run.failures = 0
         self._route(group, run, time.monotonic())
         self._event(f"{group.id} ready after a cold start of {group.ready_seconds:.1f} s")
 
@@ -483,8 +494,12 @@ class LocalMode:
         self.gateway.add(Replica(run.served, group.id, group.url))
 
     async def _fail(self, group: GroupProcess, run: ModelRun, exc: Exception) -> None:
-        run.message = f"{group.id} failed: {exc}"
-        self._event(f"{group.id} failed: {str(exc).splitlines()[0]}")
+        run.failures += 1
+        delay = min(MAX_BACKOFF_SECONDS, 2.0 ** run.failures)
+        run.backoff_until = time.monotonic() + delay
+        run.message = f"{group.id} failed (next start in {delay:.0f} s): {exc}"
+        self._event(f"{group.id} failed (next start in {delay:.0f} s): "
+                    f"{str(exc).splitlines()[0]}")
         for key in group.models:
             self.gateway.remove(self.runs[key].served, group.id)
         await group.stop()
