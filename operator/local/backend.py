@@ -199,7 +199,7 @@ def runtime_name(served: str) -> str:
 
 
 def _short(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:24] or "group"
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:24].strip("-") or "group"
 
 
 class LocalMode:
