@@ -148,7 +148,7 @@ if (( need_k8s )); then
   mv "$out/v3" "$ETCD_DIR/etcd" 2>/dev/null || mv "$out/server" "$ETCD_DIR/etcd" 2>/dev/null || mv "$out"/* "$ETCD_DIR/etcd"
   rm -rf "$out"
   "$K8S_DIR/kube-apiserver" --version
-  "$ETCD_DIR/etcd" --version | head -1
+  "$ETCD_DIR/etcd" --version | sed -n 1p
 fi
 
 have_all || { echo "error: build finished but some binaries are missing" >&2; exit 1; }
