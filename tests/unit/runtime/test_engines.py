@@ -38,6 +38,7 @@ def test_vllm_on_gpu_gets_sizes_share_name_and_sleep_mode() -> None:
     assert _flag(argv, "--max-model-len") == "4096"
     assert "--enable-sleep-mode" in argv
     assert "--enable-request-id-headers" in argv
+    assert "--disable-uvicorn-access-log" in argv
     assert argv[-1] == "--enforce-eager"
     assert spec.env["VLLM_SERVER_DEV_MODE"] == "1"
     assert "VLLM_CPU_KVCACHE_SPACE" not in spec.env
