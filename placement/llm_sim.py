@@ -7,11 +7,15 @@ which every engine with work does one step, so a round lasts the sum of their st
 An engine step (vLLM V1 style) prefills the requests admitted at the start of the step and
 decodes one token for every running request; its time comes from the analytic
 :class:`~kubeplex.placement.llm.LLMProfile` (``prefill_seconds`` of the new prompt tokens plus
-``decode_step_seconds`` of the running batch). A request is admitted only when its KV cache
-(prompt + output tokens) fits in what the engine's KV capacity has left, and at most
-:data:`MAX_NUM_SEQS` run at once. Its first token comes at the end of its prefill step (TTFT
-counts queueing, like ``vllm:time_to_first_token_seconds``); TPOT is the mean time between
-the following tokens. Requests go to the replica with the fewest queued + running requests.
+``decode_step_seconds`` of the running batch). With pipeline parallelism the engine keeps
+``pipeline_depth`` micro-batches in flight: a step costs what one micro-batch (a
+``1/pp`` share of the batch and of the new prompt tokens, at least one prompt) costs.
+
+A request is admitted only when its KV cache (prompt + output tokens) fits in what the
+engine's KV capacity has left, and at most :data:`MAX_NUM_SEQS` run at once. Its first token
+comes at the end of its prefill step (TTFT counts queueing, like
+``vllm:time_to_first_token_seconds``); TPOT is the mean time between the following tokens.
+Requests go to the replica with the fewest queued + running requests.
 
 Between events (arrivals, completions) nothing changes but the context length, so rounds of
 pure decoding are taken in one jump, and a decode step's time is recomputed only when the
@@ -180,13 +184,16 @@ def simulate_llm(groups: Sequence[LLMGroupSpec], shapes: Sequence[RequestShape],
                     new[e].append(engine.waiting.popleft())
                     engine.kv_used += shape.kv_tokens
                     room -= 1
+                depth = engine.profile.pipeline_depth
                 if new[e]:
                     prefilling = True
-                    step += engine.profile.prefill_seconds(len(new[e]) * shape.prompt_tokens)
+                    tokens = len(new[e]) * shape.prompt_tokens
+                    step += engine.profile.prefill_seconds(
+                        max(shape.prompt_tokens, -(-tokens // depth)))
                 if engine.running:
                     if not engine.decode_s:
                         engine.decode_s = engine.profile.decode_step_seconds(
-                            len(engine.running), engine.mean_context())
+                            -(-len(engine.running) // depth), engine.mean_context())
                     step += engine.decode_s
             if step == 0.0:
                 group.clock = until

@@ -196,3 +196,13 @@ def test_pool_capacity_fills_nodes_in_order_up_to_max_gpus() -> None:
     placement = plan(pool, [_demand("a", rate=1.0, min_replicas=2)])
     assert all(g.node < 2 for g in placement.groups)
     assert placement.free_gpus == 12 - sum(g.gpus for g in placement.groups)
+
+
+def test_pipeline_parallel_engines_keep_micro_batches_in_flight() -> None:
+    shape = RequestShape(256, 64, 10.0)
+    wl = _wl([0.0] * 64, [0] * 64, 1)
+    one = profile("llama-3.1-8b", "H100-80GB", tp=1, pp=2)
+    res = simulate_llm([LLMGroupSpec((EngineSpec(0, one, 10**6),))], [shape], wl)
+    # All 64 decode together; a step costs one micro-batch of 32, not the whole batch.
+    assert res.tpot[0] == pytest.approx(one.decode_step_seconds(32, 256 + 1), rel=0.05)
+    assert res.ttft[0] == pytest.approx(one.prefill_seconds(32 * 256))
