@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from yarl import URL
 
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import RuntimeConfig
@@ -39,15 +40,24 @@ __all__ = ["Gateway", "Replica"]
 
 
 class Replica:
-    """One replica of one model behind the gateway (the router's view of an upstream)."""
+    """One replica of one model behind the gateway: what the runtime's router uses of an
+    engine (``name``, ``base_url``, ``url``, ``acquire``/``release``, ``retry_after``)."""
 
     def __init__(self, model: str, group: str, base_url: str) -> None:
         self.name = model
         self.group = group
         self.base_url = base_url
         self.in_flight = 0
+        self._urls: dict[str, URL] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def url(self, path: str) -> URL:
+        """The replica's URL for ``path`` (parsed once per path, as the router expects)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.base_url + path)
+        return url
 
     # The router calls these around each forwarded request.
     def acquire(self) -> None:
