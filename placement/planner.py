@@ -19,9 +19,10 @@ What changes from the AlpaServe-faithful mode (:mod:`kubeplex.placement.alpaserv
   zero for idle models with ``min_replicas`` 0), then adds replicas; at most ``max_moves``
   groups change in all (the forced drops count, and are made even past the budget).
 
-Known simplifications: pipeline-parallel groups run one micro-batch at a time (vLLM keeps
-``pp`` in flight), so the planner undervalues ``pp > 1``; every request of a model has its
-demand's mean prompt and output length; engines of one group time-share it round by round.
+Known simplifications: every request of a model has its demand's mean prompt and output
+length; engines of one group time-share it round by round; a pipeline-parallel engine runs
+one micro-batch at a time (conservative: vLLM keeps ``pp`` in flight), so the planner picks
+``pp > 1`` mainly for memory.
 
 The layouts tried: every node cut into equal groups of each size ``1, 2, 4, ... <= gpus per
 node`` and each ``tp x pp`` factorization (the remainder as smaller pure-tensor groups), plus

@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ from kubeplex.operator.planning import (
     pool_budget,
 )
 from kubeplex.placement.hardware import GPUS
-from kubeplex.runtime.config import parse_config
+from kubeplex.runtime.config import NAME_RE, parse_config
 from kubeplex.runtime.errors import RuntimeError_
 from kubeplex.runtime.harness import vllm_python_path
 
@@ -87,6 +87,9 @@ READY_MARGIN_SECONDS = 120.0
 VLLM_READY_TIMEOUT_SECONDS = 600.0
 #: Decisions and actions kept for the status view.
 EVENT_LINES = 40
+#: Longest wait before starting a model again after its runtime failed to start (the wait
+#: doubles per consecutive failure from 2 s, like Kubernetes' CrashLoopBackOff).
+MAX_BACKOFF_SECONDS = 60.0
 #: Seconds of scrapes kept beyond the stable window.
 SCRAPE_MARGIN_SECONDS = 10.0
 
@@ -109,6 +112,9 @@ class ModelRun:
     last_scale: dict[str, Any] | None = None
     claim_seconds: list[float] = field(default_factory=list)
     cold_seconds: list[float] = field(default_factory=list)
+    #: Consecutive start failures, and no new start before ``backoff_until`` (monotonic).
+    failures: int = 0
+    backoff_until: float = 0.0
 
     @property
     def key(self) -> str:
@@ -116,7 +122,13 @@ class ModelRun:
 
     @property
     def served(self) -> str:
+        """The name clients use (``spec.model.servedName``, else the ModelService name)."""
         return self.svc.served_name
+
+    @property
+    def runtime_name(self) -> str:
+        """The name inside the runtime (its names are URL path segments: no '/' or ':')."""
+        return str(self.entry["name"])
 
     def group_config(self, warm: bool, settings: LocalSettings) -> dict[str, Any]:
         entry = dict(self.entry)
@@ -162,7 +174,7 @@ def choose_engine(svc: ModelService, settings: LocalSettings) -> tuple[str, str]
 
 def _entry(svc: ModelService, template: ReplicaTemplate, engine: str,
            settings: LocalSettings) -> dict[str, Any]:
-    base: dict[str, Any] = {"name": svc.served_name, "engine": engine,
+    base: dict[str, Any] = {"name": runtime_name(svc.served_name), "engine": engine,
                             "tensorParallel": template.tp, "pipelineParallel": template.pp,
                             "maxModelLen": svc.spec.model.max_model_len}
     if engine == "vllm":
@@ -178,8 +190,16 @@ def _claimed(group: GroupProcess) -> bool:
     return group.phase is GroupPhase.STARTING
 
 
+def runtime_name(served: str) -> str:
+    """A runtime-valid name for ``served``: itself when valid, else its characters outside
+    ``[A-Za-z0-9._-]`` replaced by '-' (the gateway maps one to the other)."""
+    if NAME_RE.match(served):
+        return served
+    return (re.sub(r"[^A-Za-z0-9._-]", "-", served).lstrip("._-") or "model")[:63]
+
+
 def _short(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:24] or "group"
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:24].strip("-") or "group"
 
 
 class LocalMode:
@@ -207,6 +227,7 @@ class LocalMode:
         self._client: httpx.AsyncClient | None = None
         self.gateway = Gateway(
             {r.served: r.key for r in runs.values()},
+            upstream_names={r.served: r.runtime_name for r in runs.values()},
             hold_timeout=settings.hold_timeout_seconds, hold_limit=settings.hold_queue_limit,
             retry_after=self._expected_start, on_hold=self._held,
             status_source=self.status)
@@ -226,8 +247,11 @@ class LocalMode:
         budgets = {p.metadata.name: pool_budget(p) for p in pools}
         by_pool = {p.metadata.name: p for p in pools}
         served = [s.served_name for s in services]
-        if len(set(served)) != len(served):
-            raise LocalModeError(f"served model names must be unique, got {sorted(served)}")
+        if len(set(served)) != len(served) or len({runtime_name(n) for n in served}) \
+                != len(served):
+            raise LocalModeError(f"served model names must be unique (also with characters "
+                                 f"other than letters, digits, '.', '_', '-' as '-'), got "
+                                 f"{sorted(served)}")
         runs: dict[str, ModelRun] = {}
         for svc in services:
             pool = by_pool[svc.spec.pool]
@@ -309,6 +333,10 @@ class LocalMode:
         await self._scrape(now)
         targets = {key: self._decide(run, now) for key, run in self.runs.items()}
         views = [g.view(self.gateway.in_flight_of(g.id)) for g in self.groups.values()]
+        for key, run in self.runs.items():  # after a failed start: no new one until the backoff
+            serving = sum(1 for v in views if v.serving and key in v.models)
+            if now < run.backoff_until and targets[key].replicas > serving:
+                targets[key] = replace(targets[key], replicas=serving)
         templates = {key: run.template for key, run in self.runs.items()}
         plan = fleet_plan(views, targets, templates, self.budgets.values())
         for run in self.runs.values():
@@ -339,7 +367,7 @@ class LocalMode:
                 if text is None or run.key not in group.models:
                     continue
                 try:
-                    parts.append(parse_metrics_text(text, run.served, now, target=group.id))
+                    parts.append(parse_metrics_text(text, run.runtime_name, now, target=group.id))
                 except MetricsSourceError as exc:
                     self._event(f"{run.served}: {exc}")
             if parts:
@@ -430,6 +458,7 @@ class LocalMode:
         if group.phase is not GroupPhase.STARTING:  # drained while starting
             return
         run.cold_seconds.append(group.ready_seconds or 0.0)
+        run.failures = 0
         self._route(group, run, time.monotonic())
         self._event(f"{group.id} ready after a cold start of {group.ready_seconds:.1f} s")
 
@@ -446,7 +475,7 @@ class LocalMode:
                 self._event(f"{group.id} serves {run.served} (claimed while warming)")
                 return
             if run.engine == "sim":
-                await group.sleep(client, run.served, self.settings.drain_grace_seconds)
+                await group.sleep(client, run.runtime_name, self.settings.drain_grace_seconds)
         except ProcessError as exc:
             await self._fail(group, run, exc)
             return
@@ -467,7 +496,7 @@ class LocalMode:
             if client is None:
                 raise ProcessError("local mode is not running")
             if preloaded and run.engine == "sim":
-                await group.wake(client, run.served, self.settings.drain_grace_seconds)
+                await group.wake(client, run.runtime_name, self.settings.drain_grace_seconds)
             elif not preloaded:
                 await group.load(client, run.entry, run.ready_timeout(self.settings))
         except ProcessError as exc:
@@ -483,8 +512,12 @@ class LocalMode:
         self.gateway.add(Replica(run.served, group.id, group.url))
 
     async def _fail(self, group: GroupProcess, run: ModelRun, exc: Exception) -> None:
-        run.message = f"{group.id} failed: {exc}"
-        self._event(f"{group.id} failed: {str(exc).splitlines()[0]}")
+        run.failures += 1
+        delay = min(MAX_BACKOFF_SECONDS, 2.0 ** run.failures)
+        run.backoff_until = time.monotonic() + delay
+        run.message = f"{group.id} failed (next start in {delay:.0f} s): {exc}"
+        self._event(f"{group.id} failed (next start in {delay:.0f} s): "
+                    f"{str(exc).splitlines()[0]}")
         for key in group.models:
             self.gateway.remove(self.runs[key].served, group.id)
         await group.stop()

@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from yarl import URL
 
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import RuntimeConfig
@@ -39,15 +40,24 @@ __all__ = ["Gateway", "Replica"]
 
 
 class Replica:
-    """One replica of one model behind the gateway (the router's view of an upstream)."""
+    """One replica of one model behind the gateway: what the runtime's router uses of an
+    engine (``name``, ``base_url``, ``url``, ``acquire``/``release``, ``retry_after``)."""
 
     def __init__(self, model: str, group: str, base_url: str) -> None:
         self.name = model
         self.group = group
         self.base_url = base_url
         self.in_flight = 0
+        self._urls: dict[str, URL] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def url(self, path: str) -> URL:
+        """The replica's URL for ``path`` (parsed once per path, as the router expects)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.base_url + path)
+        return url
 
     # The router calls these around each forwarded request.
     def acquire(self) -> None:
@@ -77,10 +87,14 @@ class Gateway(Runtime):
     def __init__(self, models: Mapping[str, str], *, hold_timeout: float, hold_limit: int,
                  retry_after: Callable[[str], float],
                  on_hold: Callable[[str], None] | None = None,
-                 status_source: Callable[[], dict[str, Any]] | None = None) -> None:
+                 status_source: Callable[[], dict[str, Any]] | None = None,
+                 upstream_names: Mapping[str, str] | None = None) -> None:
         """``models``: served name -> ModelService key. ``retry_after(model)``: seconds a
-        refused client should wait (the expected start time)."""
+        refused client should wait (the expected start time). ``upstream_names``: served
+        name -> the name the replicas host it under, where they differ (the request's
+        ``model`` field is rewritten on the way)."""
         self.models = dict(models)
+        self.upstream_names = {k: v for k, v in (upstream_names or {}).items() if k != v}
         self.hold_timeout = hold_timeout
         self.hold_limit = hold_limit
         self.expected_start = retry_after
@@ -179,6 +193,9 @@ class Gateway(Runtime):
             if replica is None:
                 self.metrics.requests.labels(model, "503").inc()
                 return refusal
+        upstream = self.upstream_names.get(model)
+        if upstream is not None:
+            body = json.dumps({**json.loads(body), "model": upstream}).encode()
         return await self._proxy(request, replica, body, request_id, arrived)  # type: ignore[arg-type]
 
     async def _hold(self, model: str, arrived: float,

@@ -75,3 +75,22 @@ async def test_held_request_is_forwarded_once_a_replica_is_ready(gateway, tmp_pa
             gw.replicas["m"][0].release()
             assert gw.remove("m", "g1") is not None and [r.group for r in gw.replicas["m"]] \
                 == ["g2"]
+
+
+async def test_served_names_the_runtime_refuses_are_mapped(tmp_path: Path):
+    """HF-style served names ('org/model') reach a runtime that hosts them as 'org-model'."""
+    gw = Gateway({"org/m": "default/m"}, hold_timeout=5, hold_limit=2,
+                 retry_after=lambda model: 1.0, upstream_names={"org/m": "org-m"})
+    port = free_port()
+    runner = await gw.open("127.0.0.1", port)
+    try:
+        with RuntimeProcess({"models": [model_entry("org-m", "sim")]}, tmp_path) as rt:
+            gw.add(Replica("org/m", "g1", rt.url))
+            async with httpx.AsyncClient(timeout=30) as client:
+                answer = await client.post(f"http://127.0.0.1:{port}/v1/completions", json={
+                    "model": "org/m", "prompt": "x", "max_tokens": 2})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["usage"]["completion_tokens"] == 2
+    finally:
+        await runner.cleanup()
+        await gw.close()

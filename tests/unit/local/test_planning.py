@@ -46,7 +46,8 @@ def test_plan_pools_gives_every_model_a_template_even_at_min_zero():
     assert services[0].spec.scaling.min_replicas == 0
     plans = plan_pools(services, pools)
     template = plans["sim-h100"].templates["default/llama-8b-sim"]
-    assert (template.tp, template.pp, template.pool) == (1, 1, "sim-h100")
+    group = plans["sim-h100"].placement.groups[0]
+    assert (template.tp, template.pp, template.pool) == (group.tp, group.pp, "sim-h100")
     assert "llama-8b-sim" in plans["sim-h100"].placement.explanation
 
 

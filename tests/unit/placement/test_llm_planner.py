@@ -196,3 +196,4 @@ def test_pool_capacity_fills_nodes_in_order_up_to_max_gpus() -> None:
     placement = plan(pool, [_demand("a", rate=1.0, min_replicas=2)])
     assert all(g.node < 2 for g in placement.groups)
     assert placement.free_gpus == 12 - sum(g.gpus for g in placement.groups)
+
