@@ -149,6 +149,9 @@ class AutoscalerConfig:
     forecast: HoltConfig = field(default_factory=HoltConfig)
     #: Fixed warm standby count; None sizes it from the forecast.
     warm_pool: int | None = None
+    #: Replicas are sized for the forecast plus this many standard deviations of its error
+    #: (1.5: chosen on the benchmark traces, docs/benchmarks.md; 0 sizes for the forecast).
+    headroom_z: float = 1.5
 
     def __post_init__(self) -> None:
         positive = {"slo_ttft_s": self.slo_ttft_s, "stable_window_s": self.stable_window_s,
@@ -467,7 +470,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
         1.0, stable.arrival_cv2 or 1.0)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
-    rate = max(stable.arrival_rate, forecast.forecast(start))
+    rate = max(stable.arrival_rate,
+               forecast.forecast(start) + config.headroom_z * 1.25 * forecast.error)
     target = slo_replicas(rate, capacity, config, cv2)
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
             f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source})")
@@ -487,7 +491,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     per_replica = target_per_replica(config, model, latency)
     queue = queue_replicas(in_system, per_replica)
     credited = warmup_credit(queue, observed, stable.waiting + observed.held_requests,
-                             max(stable.arrival_rate, burst_rate), capacity, config, now)
+                             max(rate, burst_rate), capacity, config, now)
     stages.append(Stage("queue", queue, f"{in_system:.0f} in system / {per_replica:.1f}"))
     credit_note = ("" if queue <= current else
                    f"{credited} drain the backlog, {len(observed.starting)} starting credited")
@@ -516,7 +520,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                                         config.scale_down_delay_s)
     stages.append(Stage("stabilize", target, ""))
     if target > before:
-        deciding = f"scale-down held for {config.scale_down_delay_s:.0f} s (was {target})"
+        deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "
+                    f"(highest recent target {target})")
 
     limited = rate_limit(current, target, config)
     if limited != target:
@@ -524,8 +529,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     target = limited
     stages.append(Stage("rate_limit", target, ""))
 
-    recent_rate = burst.arrival_rate if isinstance(burst, Signals) else stable.arrival_rate
-    busy = in_system > 0 or recent_rate > 0 or observed.held_requests > 0
+    busy = in_system > 0 or burst_rate > 0 or observed.held_requests > 0
     last_busy = now if busy else state.last_busy
     target, zero_note = scale_to_zero(target, busy, last_busy, config, now)
     stages.append(Stage("scale_to_zero", target, zero_note))
@@ -545,10 +549,11 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         deciding = budget_note
 
     spare = None
-    if observed.free_gpus is not None:
-        new = max(0, target - current - observed.warm_available)
-        spare = observed.free_gpus - new * config.gpus_per_replica + (
-            observed.warm_available * config.gpus_per_replica)
+    if observed.free_gpus is not None:  # GPUs for standbys once the scale-up is placed
+        claimed = min(observed.warm_available, max(0, target - current))
+        cold = max(0, target - current - claimed)
+        kept = observed.warm_available - claimed
+        spare = observed.free_gpus + (kept - cold) * config.gpus_per_replica
     warm = warm_standbys(forecast, target, capacity, config, cv2, spare)
 
     verb = "scale up" if target > current else "scale down" if target < current else "hold"

@@ -103,8 +103,11 @@ class LLMSimResult:
         return (self.model_requests - self.model_good).astype(np.float64)
 
     def ttft_quantile(self, model: int, model_ids: npt.NDArray[np.int64], q: float) -> float:
-        values = self.ttft[model_ids == model]
-        return float(np.quantile(values, q)) if len(values) else 0.0
+        """Nearest-rank quantile of the model's TTFTs (inf when that many were never served)."""
+        values = np.sort(self.ttft[model_ids == model])
+        if not len(values):
+            return 0.0
+        return float(values[max(0, math.ceil(q * len(values)) - 1)])
 
 
 class _Engine:

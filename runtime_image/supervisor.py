@@ -176,7 +176,7 @@ class Engine:
         """Begin supervising (returns at once; see :meth:`wait_ready`)."""
         self._task = asyncio.create_task(self._supervise(), name=f"engine-{self.name}")
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> asyncio.subprocess.Process:
         self.port = free_port()
         self.base_url = f"http://{LOOPBACK}:{self.port}"
         spec = launch(self.model, self.config, self.port, self.device)
@@ -191,9 +191,11 @@ class Engine:
             raise EngineStartError(f"model {self.name}: cannot start {spec.argv[0]}: "
                                    f"{exc.strerror}") from exc
         self._log_task = asyncio.create_task(self._forward_output(self.process))
+        return self.process
 
     async def _forward_output(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
+        if process.stdout is None:
+            return
         prefix = f"[{self.name}] ".encode()
         while line := await process.stdout.readline():
             self.log_tail.append(line.decode(errors="replace").rstrip())
@@ -225,13 +227,11 @@ class Engine:
             self.sleep_level = 0
             self._set(EngineState.STARTING, "engine process starting")
             try:
-                await self._spawn()
+                process = await self._spawn()
             except EngineStartError as exc:
                 self.last_exit_code = None
                 await self._backoff(str(exc))
                 continue
-            process = self.process
-            assert process is not None
             if await self._wait_healthy(process):
                 self.ready_at = time.monotonic()
                 self.startup_seconds = self.ready_at - self.started_at

@@ -224,9 +224,11 @@ def test_max_bound_and_alert_trigger_in_reason() -> None:
 
 
 def test_warm_standbys_follow_a_rising_forecast_or_a_fixed_pool() -> None:
+    # With a standby free, replicas only look a warm start ahead; the standbys cover what the
+    # forecast expects within one cold start.
     walk = Walk()
     for rate in range(20, 60, 4):
-        walk.run(10, rate=rate)
+        walk.run(10, rate=rate, warm_available=1)
     assert walk.decisions[-1].desired_warm > 0
     fixed = Walk(config=replace(CONFIG, warm_pool=2))
     assert fixed.run(30, rate=20).desired_warm == 2

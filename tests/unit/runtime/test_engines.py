@@ -48,6 +48,7 @@ def test_vllm_on_cpu_has_kv_space_and_no_sleep_mode() -> None:
     spec = launch(config.models[0], config, 9000, "cpu", environ={})
     assert "--enable-sleep-mode" not in spec.argv
     assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert spec.env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
     assert not can_sleep(config.models[0], "cpu")
     config2 = _config(sleepMode=True)
     with pytest.raises(RuntimeConfigError, match="sleepMode needs a GPU"):
