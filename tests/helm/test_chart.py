@@ -49,7 +49,7 @@ MATRIX: dict[str, list[str]] = {
                      "--set", "image.tag=1.2.3", "--set", "image.pullPolicy=Always",
                      "--set", "imagePullSecrets[0].name=regcred"],
     "image-digest": ["--set", f"image.digest={SHA}"],
-    "gateway-off": ["--set", "gateway.enabled=false"],
+    "gateway-on": ["--set", "gateway.enabled=true"],
     "namespaced": ["--set", "operator.watchNamespaces={team-a,team-b}"],
     "no-peering": ["--set", "operator.peering.enabled=false"],
     "existing-secret": ["--set", "alerts.existingSecret=my-alert-token"],
@@ -132,9 +132,9 @@ def test_schema_validation_catches_a_bad_manifest(rendered: dict[str, list[dict[
 
 
 def test_defaults_render_the_expected_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["defaults"]
-    assert not {d["kind"] for d in docs} & MONITORING_KINDS
-    assert not [d for d in docs if d["kind"] == "ConfigMap"]
+    assert not {d["kind"] for d in rendered["defaults"]} & MONITORING_KINDS
+    assert not [d for d in rendered["defaults"] if d["kind"] == "ConfigMap"]
+    docs = rendered["gateway-on"]
     assert len(of_kind(docs, "Deployment")) == 2
     operator = named(docs, "Deployment", "-operator")
     gateway = named(docs, "Deployment", "-gateway")
@@ -194,8 +194,9 @@ def test_custom_image_and_digest(rendered: dict[str, list[dict[str, Any]]]) -> N
         f"ghcr.io/kubeplex/kubeplex:{app_version}"}
 
 
-def test_gateway_off_renders_no_gateway(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["gateway-off"]
+def test_gateway_off_by_default_renders_no_gateway(rendered: dict[str, list[dict[str, Any]]]
+                                                   ) -> None:
+    docs = rendered["defaults"]
     assert not [d for d in docs if d["metadata"]["name"].endswith("-gateway")]
     assert len(of_kind(docs, "Deployment")) == 1
 
@@ -291,7 +292,7 @@ def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[st
 
 
 def test_gateway_rbac_is_read_only(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    assert {verb for _, _, verb in grants(rendered["defaults"], "-gateway")} == {
+    assert {verb for _, _, verb in grants(rendered["gateway-on"], "-gateway")} == {
         "get", "list", "watch"}
 
 
@@ -538,9 +539,9 @@ data:
 """
 
 
-@pytest.mark.parametrize("flags", [[], ["--set", "crds.install=false",
-                                        "--set", "gateway.enabled=false"]],
-                         ids=["defaults", "crds-and-gateway-off"])
+@pytest.mark.parametrize("flags", [["--set", "gateway.enabled=true"],
+                                   ["--set", "crds.install=false"]],
+                         ids=["gateway-on", "crds-off-gateway-off"])
 def test_notes_render(tmp_path: Path, flags: list[str]) -> None:
     """NOTES.txt renders (helm template skips it, so a copy renders it into a ConfigMap)."""
     chart = tmp_path / "kubeplex"
@@ -551,8 +552,9 @@ def test_notes_render(tmp_path: Path, flags: list[str]) -> None:
     notes = docs[0]["data"]["notes"]
     assert "rollout status deployment/kubeplex-operator" in notes
     assert "http://kubeplex-operator.kubeplex-system.svc:8443/alerts" in notes
-    assert ("port-forward svc/kubeplex-gateway" in notes) == (not flags)
-    assert ("kubeplex crds | kubectl apply" in notes) == bool(flags)
+    gateway = "gateway.enabled=true" in flags
+    assert ("port-forward svc/kubeplex-gateway" in notes) == gateway
+    assert ("kubeplex crds | kubectl apply" in notes) == (not gateway)
 
 
 # --- packaging and set-up ---
