@@ -24,6 +24,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._basic",
     "kubeplex.cli._autoscale",
     "kubeplex.cli._api",
+    "kubeplex.cli._placement",
+    "kubeplex.cli._local",
+    "kubeplex.cli._operator",
+    "kubeplex.cli._alerts",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -99,6 +99,7 @@ def _autoscale(args: argparse.Namespace) -> int:
     warm = _warm_pool(args.warm_pool)
     profile(args.model, args.gpu)  # unknown names fail here, before the progress bar
     trace = read_trace(args.trace)
+    profile(args.model, args.gpu)  # unknown names fail here, before the progress bar draws
     with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(f"replaying {len(trace)} requests ({args.policy})", total=1.0)
         result = replay(trace, args.model, args.gpu, args.slo_ttft, args.percentile,
