@@ -431,7 +431,7 @@ def warm_standbys(forecast: HoltState, desired: int, capacity: ReplicaCapacity,
         wanted = config.warm_pool
     else:
         peak = forecast.upper(config.cold_start_s, config.forecast)
-        wanted = max(config.prewarm,
+        wanted = max(int(config.prewarm),
                      slo_replicas(peak, capacity, config, arrival_cv2) - desired)
     wanted = min(wanted, max(0, config.max_replicas - desired))
     if spare_gpus is not None:
@@ -471,7 +471,7 @@ def _hold(observed: Observed, config: AutoscalerConfig, state: AutoscalerState, 
     elif current < config.min_replicas:
         target = config.min_replicas
         note = f"no data ({why.reason}): raise to min {config.min_replicas}"
-    warm = config.warm_pool if config.warm_pool is not None else config.prewarm
+    warm = config.warm_pool if config.warm_pool is not None else int(config.prewarm)
     reason = note if observed.trigger is None else f"{note} (alert {observed.trigger})"
     return Decision(target, warm, reason, state, (Stage("hold", target, note),), why)
 

@@ -282,7 +282,7 @@ def autoscaler_config(svc: ModelService, template: ReplicaTemplate, gpu: GPUSpec
         "mean_output_tokens": float(spec.workload.output_tokens),
         "target_queue_per_replica": float(spec.scaling.target_queue_per_replica),
         "scale_to_zero_after_s": float(spec.scaling.scale_to_zero_after_seconds),
-        "warm_pool": spec.scaling.prewarm or None,
+        "prewarm": spec.scaling.prewarm,
     }
     max_num_seqs = engine_max_num_seqs(spec.model.engine_args)
     if max_num_seqs is not None:

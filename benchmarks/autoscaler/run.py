@@ -54,7 +54,8 @@ def autoscale(trace: Path, policy: str, plot: Path | None, *extra: str) -> dict[
     if plot is not None:
         command += ["--plot", str(plot)]
     result: dict[str, object] = json.loads(run(command))
-    result["command"] = " ".join(c if c != KUBEPLEX else "kubeplex" for c in command)
+    shown = (c.replace(f"{ROOT}/", "") if c != KUBEPLEX else "kubeplex" for c in command)
+    result["command"] = " ".join(shown)
     return result
 
 
