@@ -1,13 +1,12 @@
 """The whole alert path into the operator, with real components: sim runtimes serving the fake
 KWOK pods of a ModelService -> Prometheus (1 s scrapes) -> kubeplex's rules -> Alertmanager
 (the chart's example routing) -> the operator's ``POST /alerts`` -> an evaluation on fresh
-metrics that records the breach and a decision in the ModelService's status. Measures load
-burst -> alert-triggered evaluation.
+metrics that records the breach -> a scale-up decision. Measures load burst ->
+alert-triggered evaluation -> scale-up.
 
-It does not assert the decision's direction: on 2026-11-21 the operator held at 1 replica with
-TTFT 9x the SLO and 6-13 requests queued ("SLO p95 TTFT 0.5 s at 6.29 req/s needs 1 (16.86
-req/s/replica, measured)"), a control-law issue for the operator/autoscaler areas; assert a
-scale-up here once that is fixed.
+The engines admit 2 sequences each (``--max-num-seqs 2``); the operator passes that limit to
+the autoscaler's capacity model. Before it did (2026-11-21), the operator held at 1 replica
+with TTFT 9x the SLO and 6-13 requests queued, trusting a 256-sequence batch.
 
 The operator runs as a process with its default 5 s cycle: its autoscaler needs a few samples
 of history (rates, windows), which an alert alone cannot give (with a 120 s cycle the alert's
@@ -201,13 +200,18 @@ def test_alert_path_into_the_operator_decides_a_scale_up(
                     and st.get("observed", {}).get("ttftSeconds", 0) > SLO_TTFT_S else None),
                     DECIDE_S)
                 observed = time.monotonic() - start
+                scaled = harness.wait_for("a scale-up decision", lambda: (
+                    st if (st := msvc()["status"]).get("lastScale", {}).get("to", 0) > 1
+                    else None), DECIDE_S)
+                decided = time.monotonic() - start
             assert load.ok > 0
             fired = {a["labels"]["alertname"] for a in stack.alertmanager_alerts()}
             assert fired & {"KubeplexQueueBacklog", "KubeplexTTFTSLOBurn"}
             assert op.metric("kubeplex_operator_alerts_total") >= 1
             (scaling,) = [c for c in status["conditions"] if c["type"] == "Scaling"]
             print(f"\nburst -> alert-triggered evaluation {evaluated:.2f} s, -> breach in status "
-                  f"{observed:.2f} s; alerts {sorted(fired)}; decision: {scaling['message']}")
+                  f"{observed:.2f} s, -> scale-up {decided:.2f} s; alerts {sorted(fired)}; "
+                  f"decision: {scaled['lastScale']['reason']}; {scaling['message']}")
     finally:
         op.stop()
         cluster.kubectl("delete", "msvc", "-n", namespace, MODEL, "--wait=false", check=False)
