@@ -31,11 +31,11 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 from kubeplex.runtime.config import ModelConfig, RuntimeConfig
 from kubeplex.runtime.engines import LOOPBACK, can_sleep, launch
 from kubeplex.runtime.errors import EngineStartError
+from kubeplex.runtime.upstream import Upstream
 
 __all__ = ["Engine", "EngineState", "free_port"]
 
@@ -72,12 +72,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class Engine:
+class Engine(Upstream):
     """A hosted model's engine process and its routing state."""
 
     def __init__(self, model: ModelConfig, config: RuntimeConfig, device: str,
                  session: aiohttp.ClientSession,
                  on_change: Callable[[Engine], None] | None = None) -> None:
+        super().__init__()
         self.model = model
         self.config = config
         self.device = device
@@ -85,9 +86,7 @@ class Engine:
         self.on_change = on_change
         self.state = EngineState.STARTING
         self.port = 0
-        self.base_url = ""
         self.process: asyncio.subprocess.Process | None = None
-        self.in_flight = 0
         self.restarts = 0
         self.failures = 0
         self.last_exit_code: int | None = None
@@ -98,9 +97,6 @@ class Engine:
         self.sleep_level = 0
         self.message = "starting"
         self.log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-        self._urls: dict[str, URL] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._ready = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -114,30 +110,6 @@ class Engine:
     @property
     def can_sleep(self) -> bool:
         return can_sleep(self.model, self.device)
-
-    def url(self, path: str) -> URL:
-        """The engine's URL for ``path``, parsed once per port (the router's hot path)."""
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = URL(self.base_url + path)
-        return url
-
-    def acquire(self) -> None:
-        self.in_flight += 1
-        self._idle.clear()
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
-
-    async def wait_idle(self, within: float) -> bool:
-        """Wait until no request is in flight; False when ``within`` seconds passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), within)
-        except TimeoutError:
-            return False
-        return True
 
     async def wait_ready(self, within: float) -> bool:
         try:
@@ -187,8 +159,7 @@ class Engine:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.port = free_port()
-        self.base_url = f"http://{LOOPBACK}:{self.port}"
-        self._urls = {}
+        self.set_base_url(f"http://{LOOPBACK}:{self.port}")
         spec = launch(self.model, self.config, self.port, self.device)
         try:
             self.process = await asyncio.create_subprocess_exec(

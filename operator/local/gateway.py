@@ -31,54 +31,24 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
-from yarl import URL
 
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import RuntimeConfig
+from kubeplex.runtime.upstream import Upstream
 
 __all__ = ["Gateway", "Replica"]
 
 
-class Replica:
-    """One replica of one model behind the gateway: what the runtime's router uses of an
-    engine (``name``, ``base_url``, ``url``, ``acquire``/``release``, ``retry_after``)."""
+class Replica(Upstream):
+    """One replica of one model behind the gateway, the router's upstream for that model."""
 
     def __init__(self, model: str, group: str, base_url: str) -> None:
+        super().__init__(base_url)
         self.name = model
         self.group = group
-        self.base_url = base_url
-        self.in_flight = 0
-        self._urls: dict[str, URL] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def url(self, path: str) -> URL:
-        """The replica's URL for ``path`` (parsed once per path, as the router expects)."""
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = URL(self.base_url + path)
-        return url
-
-    # The router calls these around each forwarded request.
-    def acquire(self) -> None:
-        self.in_flight += 1
-        self._idle.clear()
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
 
     def retry_after(self, now: float) -> int:
         return 1
-
-    async def wait_idle(self, limit_s: float) -> bool:
-        """Wait until no request is in flight; False when ``limit_s`` passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), limit_s)
-        except TimeoutError:
-            return False
-        return True
 
 
 class Gateway(Runtime):
