@@ -16,6 +16,7 @@ once when an alert arrives::
     state = decision.state
     scale_to(decision.desired_replicas); keep_warm(decision.desired_warm)
     status.lastScale.reason = decision.reason    # one line, says which stage decided
+    status.sloStatus = slo_status(decision.signals, config)
 
 Contracts:
 
@@ -29,6 +30,12 @@ Contracts:
   :class:`AlertTrigger`\\ s (one per ``namespace/modelservice``, deduplicated by fingerprint and
   startsAt via the :class:`AlertLedger` you keep); for each, run ``decide`` now with
   ``Observed.trigger`` set to the alert name.
+* CRD mapping: ``spec.slo.ttftSeconds``/``percentile`` -> ``slo_ttft_s``/``percentile``;
+  ``spec.scaling.minReplicas``/``maxReplicas``/``prewarm``/``scaleToZeroAfterSeconds``/
+  ``targetQueuePerReplica`` -> the fields of the same meaning; ``spec.workload.burstiness``
+  squared can seed ``arrival_cv2`` before metrics exist; the placement's tp*pp is
+  ``gpus_per_replica`` and its profile ``profile``. A manual ``spec.scaling.replicas`` means
+  the caller does not call ``decide`` at all.
 * Errors are :class:`AutoscalerError` subclasses (config, alert payload, metrics source, trace).
 
 Modules: ``signals`` (metric math), ``queueing`` (the M/G/c model), ``forecast`` (Holt),
@@ -54,6 +61,7 @@ from kubeplex.autoscaler.policy import (
     Stage,
     Starting,
     decide,
+    slo_status,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity
 from kubeplex.autoscaler.signals import NoData, Scrape, Signals, extract
@@ -82,4 +90,5 @@ __all__ = [
     "decide",
     "extract",
     "parse_webhook",
+    "slo_status",
 ]

@@ -13,9 +13,10 @@
 * ``static-peak``: enough replicas for the trace's peak (the queueing model at the highest
   60 s arrival rate), all ready from the start, never changed.
 
-All share one per-replica target (requests in the system per replica, from the latency
-model by Little's law at the same planned utilization kubeplex uses), so the comparison is
-between control laws, not between tunings. Constants from PEERS.md.
+HPA and KPA share one per-replica target (requests in the system per replica): the operating
+point kubeplex's queueing model picks at the trace's mean rate, by Little's law (an expert
+tuning for this SLO; see :func:`kubeplex.autoscaler.evaluation.make_policy`), so the
+comparison is between control laws, not between tunings. Constants from PEERS.md.
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ class HPAPolicy:
 
     def evaluate(self, observed: Observed, now: float) -> tuple[int, int]:
         current = max(1, observed.current)
+        if not self.history:  # as if the HPA had been running at the current scale
+            self.history.append((now, current))
         ratio = _in_system(observed) / current / self.target
         wanted = current if abs(ratio - 1) <= HPA_TOLERANCE else math.ceil(current * ratio)
         wanted = max(1, min(self.max_replicas, wanted))

@@ -10,8 +10,11 @@ Each replica behaves like one vLLM engine as the latency model
 * decoding advances every running sequence one token per step; a step with ``b`` sequences
   takes ``decode_step_seconds(b, mean context)``; a sequence finishes after its output tokens.
 
-The gateway routes each arrival to the ready replica with the fewest outstanding requests and
-holds requests while no replica is ready. Scale-up claims a warm standby (ready after the warm
+The gateway routes each arrival to the ready replica with the fewest requests still waiting for
+their first token (ties: the fewest outstanding), like a queue-aware gateway (llm-d's queue
+scorer), and holds requests while no replica is ready. Plain least-outstanding routing would
+flood a freshly ready replica (zero outstanding) with every arrival while its prefills run one
+at a time. Scale-up claims a warm standby (ready after the warm
 start) before creating a cold replica (ready after the cold start); scale-down cancels starting
 replicas first, then drains the least loaded ready ones (no new requests; released when empty).
 Every replica and standby holds ``gpus`` GPUs from creation to release: that is the GPU-hours.
@@ -141,6 +144,11 @@ class _Replica:
         return len(self.prefill_queue) + int(self.prefill_busy) + len(self.decode_heap)
 
     @property
+    def unstarted(self) -> int:
+        """Requests that have no first token yet (the queue a new request waits behind)."""
+        return len(self.waiting) + len(self.prefill_queue)
+
+    @property
     def outstanding(self) -> int:
         return len(self.waiting) + self.admitted
 
@@ -266,7 +274,7 @@ class _Fleet:
         if not targets:
             self.held.append(req)
             return
-        best = min(targets, key=lambda r: r.outstanding)
+        best = min(targets, key=lambda r: (r.unstarted, r.outstanding))
         best.waiting.append(req)
         self.admit(best, now)
 

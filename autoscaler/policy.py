@@ -10,7 +10,8 @@ Stages, in order (each a function below, tested alone):
 3. **slo** (:func:`slo_replicas`): the queueing model's fewest replicas for the TTFT percentile
    at the larger of the measured rate and the forecast one start-up ahead; plus a guard when
    the measured TTFT percentile exceeds the SLO although the model says it should not.
-4. **queue** (:func:`queue_replicas`): requests in the system over a per-replica target.
+4. **queue** (:func:`queue_replicas`): waiting requests over ``target_queue_per_replica``
+   (vLLM queues only when an engine is full, so this fires on saturation).
 5. **credit** (:func:`warmup_credit`): when the queue rule asks for more, the replicas needed
    to drain the backlog projected to when a new replica would be ready, with the replicas
    already starting counted as capacity arriving at their expected ready time.
@@ -53,6 +54,7 @@ __all__ = [
     "rate_limit",
     "scale_to_zero",
     "slo_replicas",
+    "slo_status",
     "stabilize",
     "warm_standbys",
     "warmup_credit",
@@ -125,8 +127,10 @@ class AutoscalerConfig:
     mean_prompt_tokens: float = 512.0
     mean_output_tokens: float = 128.0
     max_num_seqs: int = VLLM_MAX_NUM_SEQS
-    #: Target requests in the system per replica; None derives it from the capacity.
-    target_queue_per_replica: float | None = None
+    #: Waiting requests per replica above which the queue rule asks for more replicas
+    #: (``spec.scaling.targetQueuePerReplica``, CRD default 8). vLLM queues a request only
+    #: when its engine is full, so waiting requests mean saturated replicas.
+    target_queue_per_replica: float = 8.0
     #: Highest planned GPU utilization (queueing theory: waits explode near 1).
     max_utilization: float = 0.85
     #: Squared CV of inter-arrival times; None measures it (index of dispersion, at least 1).
@@ -149,6 +153,11 @@ class AutoscalerConfig:
     forecast: HoltConfig = field(default_factory=HoltConfig)
     #: Fixed warm standby count; None sizes it from the forecast.
     warm_pool: int | None = None
+    #: Warm standbys to keep at least (``spec.scaling.prewarm``).
+    prewarm: int = 0
+    #: Replicas are sized for the forecast plus this many standard deviations of its error
+    #: (1.5: chosen on the benchmark traces, docs/benchmarks.md; 0 sizes for the forecast).
+    headroom_z: float = 1.5
 
     def __post_init__(self) -> None:
         positive = {"slo_ttft_s": self.slo_ttft_s, "stable_window_s": self.stable_window_s,
@@ -179,6 +188,10 @@ class AutoscalerConfig:
                 f"gpus_per_replica must be >= 1, got {self.gpus_per_replica}")
         if self.warm_pool is not None and self.warm_pool < 0:
             raise AutoscalerConfigError(f"warm_pool must be >= 0, got {self.warm_pool}")
+        if self.prewarm < 0 or not self.target_queue_per_replica > 0:
+            raise AutoscalerConfigError(
+                f"prewarm must be >= 0 and target_queue_per_replica > 0, got "
+                f"{self.prewarm} and {self.target_queue_per_replica}")
         if self.profile is None and (self.prefill_s_hint is None or self.work_s_hint is None):
             raise AutoscalerConfigError(
                 "give a latency profile or both prefill_s_hint and work_s_hint")
@@ -295,15 +308,16 @@ def slo_replicas(arrival_rate: float, capacity: ReplicaCapacity, config: Autosca
 # ---- stage 4: queue target -----------------------------------------------------------------
 def target_per_replica(config: AutoscalerConfig, capacity: ReplicaCapacity,
                        latency_s: float) -> float:
-    """Requests in the system per replica at the planned utilization (Little's law)."""
-    if config.target_queue_per_replica is not None:
-        return config.target_queue_per_replica
+    """Requests in the system per replica at the planned utilization (Little's law).
+
+    The concurrency target a KPA/HPA-style scaler would use; the baselines take it.
+    """
     return max(1.0, config.max_utilization * latency_s / capacity.work_s)
 
 
-def queue_replicas(in_system: float, target: float) -> int:
-    """Replicas so that each holds at most ``target`` requests (waiting + running)."""
-    return math.ceil(in_system / target) if in_system > 0 else 0
+def queue_replicas(waiting: float, target: float) -> int:
+    """Replicas so that each has at most ``target`` requests waiting."""
+    return math.ceil(waiting / target) if waiting > 0 else 0
 
 
 # ---- stage 5: warm-up credit ---------------------------------------------------------------
@@ -417,11 +431,31 @@ def warm_standbys(forecast: HoltState, desired: int, capacity: ReplicaCapacity,
         wanted = config.warm_pool
     else:
         peak = forecast.upper(config.cold_start_s, config.forecast)
-        wanted = max(0, slo_replicas(peak, capacity, config, arrival_cv2) - desired)
+        wanted = max(int(config.prewarm),
+                     slo_replicas(peak, capacity, config, arrival_cv2) - desired)
     wanted = min(wanted, max(0, config.max_replicas - desired))
     if spare_gpus is not None:
         wanted = min(wanted, max(0, spare_gpus // config.gpus_per_replica))
     return wanted
+
+
+# ---- status ----------------------------------------------------------------------------------
+#: Above this fraction of the SLO the measured percentile counts as at risk.
+AT_RISK_FRACTION = 0.8
+
+
+def slo_status(signals: Signals | NoData | None, config: AutoscalerConfig) -> str:
+    """``status.sloStatus`` of a ModelService: Met, AtRisk, Violated, Idle or Unknown."""
+    if not isinstance(signals, Signals):
+        return "Unknown"
+    if signals.arrival_rate <= 0 and signals.in_system <= 0:
+        return "Idle"
+    measured = signals.ttft_quantile
+    if measured is None:
+        return "Unknown"
+    if measured > config.slo_ttft_s:
+        return "Violated"
+    return "AtRisk" if measured > AT_RISK_FRACTION * config.slo_ttft_s else "Met"
 
 
 # ---- the entry point -----------------------------------------------------------------------
@@ -437,7 +471,7 @@ def _hold(observed: Observed, config: AutoscalerConfig, state: AutoscalerState, 
     elif current < config.min_replicas:
         target = config.min_replicas
         note = f"no data ({why.reason}): raise to min {config.min_replicas}"
-    warm = config.warm_pool if config.warm_pool is not None else 0
+    warm = config.warm_pool if config.warm_pool is not None else int(config.prewarm)
     reason = note if observed.trigger is None else f"{note} (alert {observed.trigger})"
     return Decision(target, warm, reason, state, (Stage("hold", target, note),), why)
 
@@ -460,14 +494,14 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         ready_since = now
         state = replace(state, ready=observed.ready, ready_since=now)
     steady = now - ready_since >= config.stable_window_s
-    capacity, latency, correction = estimate_capacity(stable, config, observed.ready,
+    capacity, _, correction = estimate_capacity(stable, config, observed.ready,
                                                       state.capacity_correction, steady)
-    model, _ = _modelled(config, stable)
     forecast = holt_update(state.forecast, burst_rate, now, config.forecast)
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
         1.0, stable.arrival_cv2 or 1.0)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
-    rate = max(stable.arrival_rate, forecast.forecast(start))
+    rate = max(stable.arrival_rate,
+               forecast.forecast(start) + config.headroom_z * 1.25 * forecast.error)
     target = slo_replicas(rate, capacity, config, cv2)
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
             f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source})")
@@ -484,22 +518,23 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     deciding = note
 
     in_system = stable.in_system + observed.held_requests
-    per_replica = target_per_replica(config, model, latency)
-    queue = queue_replicas(in_system, per_replica)
-    credited = warmup_credit(queue, observed, stable.waiting + observed.held_requests,
-                             max(stable.arrival_rate, burst_rate), capacity, config, now)
-    stages.append(Stage("queue", queue, f"{in_system:.0f} in system / {per_replica:.1f}"))
+    waiting = stable.waiting + observed.held_requests
+    per_replica = config.target_queue_per_replica
+    queue = queue_replicas(waiting, per_replica)
+    credited = warmup_credit(queue, observed, waiting, max(rate, burst_rate), capacity, config,
+                             now)
+    stages.append(Stage("queue", queue, f"{waiting:.0f} waiting / {per_replica:g}"))
     credit_note = ("" if queue <= current else
                    f"{credited} drain the backlog, {len(observed.starting)} starting credited")
     stages.append(Stage("credit", credited, credit_note))
     if credited > target:
         target = credited
-        deciding = (f"queue {in_system:.0f} requests over {per_replica:.1f} per replica: "
+        deciding = (f"queue {waiting:.0f} waiting over {per_replica:g} per replica: "
                     f"{credit_note}")
 
     burst_target = target
     if isinstance(burst, Signals):
-        burst_queue = queue_replicas(burst.in_system + observed.held_requests, per_replica)
+        burst_queue = queue_replicas(burst.waiting + observed.held_requests, per_replica)
         burst_target = max(slo_replicas(burst.arrival_rate, capacity, config, cv2),
                            warmup_credit(burst_queue, observed,
                                          burst.waiting + observed.held_requests,
@@ -516,7 +551,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                                         config.scale_down_delay_s)
     stages.append(Stage("stabilize", target, ""))
     if target > before:
-        deciding = f"scale-down held for {config.scale_down_delay_s:.0f} s (was {target})"
+        deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "
+                    f"(highest recent target {target})")
 
     limited = rate_limit(current, target, config)
     if limited != target:
@@ -524,8 +560,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     target = limited
     stages.append(Stage("rate_limit", target, ""))
 
-    recent_rate = burst.arrival_rate if isinstance(burst, Signals) else stable.arrival_rate
-    busy = in_system > 0 or recent_rate > 0 or observed.held_requests > 0
+    busy = in_system > 0 or burst_rate > 0 or observed.held_requests > 0
     last_busy = now if busy else state.last_busy
     target, zero_note = scale_to_zero(target, busy, last_busy, config, now)
     stages.append(Stage("scale_to_zero", target, zero_note))
@@ -545,10 +580,11 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         deciding = budget_note
 
     spare = None
-    if observed.free_gpus is not None:
-        new = max(0, target - current - observed.warm_available)
-        spare = observed.free_gpus - new * config.gpus_per_replica + (
-            observed.warm_available * config.gpus_per_replica)
+    if observed.free_gpus is not None:  # GPUs for standbys once the scale-up is placed
+        claimed = min(observed.warm_available, max(0, target - current))
+        cold = max(0, target - current - claimed)
+        kept = observed.warm_available - claimed
+        spare = observed.free_gpus + (kept - cold) * config.gpus_per_replica
     warm = warm_standbys(forecast, target, capacity, config, cv2, spare)
 
     verb = "scale up" if target > current else "scale down" if target < current else "hold"

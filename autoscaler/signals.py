@@ -134,9 +134,10 @@ class Signals:
 
     @property
     def mean_prompt_tokens(self) -> float | None:
-        if self.prompt_token_rate is None or self.arrival_rate <= 0:
+        """Prompt tokens per prefilled request (prompt tokens count at the first token)."""
+        if self.prompt_token_rate is None or self.ttft_count <= 0 or self.window_s <= 0:
             return None
-        return self.prompt_token_rate / self.arrival_rate
+        return self.prompt_token_rate * self.window_s / self.ttft_count
 
     @property
     def mean_output_tokens(self) -> float | None:
@@ -237,17 +238,12 @@ def _arrivals(first: Scrape, last: Scrape, completions: float) -> float:
     return max(0.0, completions + growth)
 
 
-def _dispersion(window: Sequence[Scrape]) -> float | None:
-    """Allan-style index of dispersion of per-interval arrival counts.
+#: Aggregation levels (in scrape intervals) of the dispersion estimate: the index of
+#: dispersion of a bursty renewal process grows with the counting interval toward its cv^2.
+DISPERSION_SCALES = (1, 2, 4)
 
-    Half the mean squared difference of successive counts over their mean: for a renewal
-    process it estimates Var(N)/E[N] (about the squared CV of inter-arrival times), while a
-    slow change of the rate, which would inflate a plain variance, adds only one difference.
-    """
-    counts: list[float] = []
-    for prev, cur in itertools.pairwise(window):
-        done = counter_increase([prev.series(COMPLETIONS), cur.series(COMPLETIONS)])
-        counts.append(_arrivals(prev, cur, done))
+
+def _allan(counts: Sequence[float]) -> float | None:
     if len(counts) < 3:
         return None
     mean = math.fsum(counts) / len(counts)
@@ -255,6 +251,28 @@ def _dispersion(window: Sequence[Scrape]) -> float | None:
         return None
     allan = math.fsum((b - a) ** 2 for a, b in itertools.pairwise(counts))
     return allan / (2 * (len(counts) - 1)) / mean
+
+
+def _dispersion(window: Sequence[Scrape]) -> float | None:
+    """Allan-style index of dispersion of arrival counts, the largest over a few interval sizes.
+
+    Half the mean squared difference of successive counts over their mean: for a renewal
+    process it estimates Var(N)/E[N] (about the squared CV of inter-arrival times when the
+    intervals are long enough), while a slow change of the rate, which would inflate a plain
+    variance, adds only one difference.
+    """
+    counts: list[float] = []
+    for prev, cur in itertools.pairwise(window):
+        done = counter_increase([prev.series(COMPLETIONS), cur.series(COMPLETIONS)])
+        counts.append(_arrivals(prev, cur, done))
+    estimates = []
+    for scale in DISPERSION_SCALES:
+        grouped = [math.fsum(counts[i:i + scale])
+                   for i in range(0, len(counts) - scale + 1, scale)]
+        value = _allan(grouped)
+        if value is not None:
+            estimates.append(value)
+    return max(estimates) if estimates else None
 
 
 def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: float,

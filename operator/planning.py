@@ -69,6 +69,7 @@ __all__ = [
     "PoolPlan",
     "ReplicaTemplate",
     "autoscaler_config",
+    "engine_max_num_seqs",
     "fleet_plan",
     "model_demand",
     "model_shape",
@@ -241,6 +242,29 @@ def plan_pools(services: Sequence[ModelService], pools: Sequence[GPUPool],
 
 # ---- adapters: resources -> autoscaler ---------------------------------------------------------
 
+def engine_max_num_seqs(engine_args: Sequence[str]) -> int | None:
+    """The engine's concurrent-sequence limit when ``engineArgs`` set ``--max-num-seqs``.
+
+    A replica admits at most that many requests at once, which bounds its service rate far
+    below the latency model's default batch: capacity estimates must know it.
+    """
+    for index, arg in enumerate(engine_args):
+        flag, _, value = arg.partition("=")
+        if flag != "--max-num-seqs":
+            continue
+        if not value and index + 1 < len(engine_args):
+            value = engine_args[index + 1]
+        try:
+            limit = int(value)
+        except ValueError:
+            raise PlanningError(f"engineArgs: --max-num-seqs needs a positive integer, "
+                                f"got {value!r}") from None
+        if limit < 1:
+            raise PlanningError(f"engineArgs: --max-num-seqs must be >= 1, got {limit}")
+        return limit
+    return None
+
+
 def autoscaler_config(svc: ModelService, template: ReplicaTemplate, gpu: GPUSpec,
                       **overrides: Any) -> AutoscalerConfig:
     """The autoscaler's settings for ``svc``: SLO, bounds, scale-to-zero delay, queue target,
@@ -258,8 +282,11 @@ def autoscaler_config(svc: ModelService, template: ReplicaTemplate, gpu: GPUSpec
         "mean_output_tokens": float(spec.workload.output_tokens),
         "target_queue_per_replica": float(spec.scaling.target_queue_per_replica),
         "scale_to_zero_after_s": float(spec.scaling.scale_to_zero_after_seconds),
-        "warm_pool": spec.scaling.prewarm or None,
+        "prewarm": spec.scaling.prewarm,
     }
+    max_num_seqs = engine_max_num_seqs(spec.model.engine_args)
+    if max_num_seqs is not None:
+        values["max_num_seqs"] = max_num_seqs
     values.update(overrides)
     try:
         return AutoscalerConfig(**values)

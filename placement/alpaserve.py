@@ -144,6 +144,72 @@ def _weights(profiles: Sequence[ModelProfile], config: ParallelConfig) -> list[f
     return out
 
 
+class _ComponentCache:
+    """Per-model unserved counts and per-group request counts of a placement, simulated one
+    connected component (groups linked by the models they share) at a time.
+
+    A request only ever reaches groups hosting its model, so a component's simulation does not
+    depend on the rest of the placement: the greedy adds one replica per step, which changes
+    one component, and every other component's counts come from this cache. The results are
+    exactly those of one simulation of the whole placement.
+    """
+
+    def __init__(self, profiles: Sequence[ModelProfile], workload: Workload) -> None:
+        self.profiles, self.workload = profiles, workload
+        self.requests = workload.model_counts()
+        self._cache: dict[tuple[tuple[int, ParallelConfig, tuple[int, ...]], ...],
+                          tuple[dict[int, int], dict[int, int]]] = {}
+
+    def counts(self, groups: Sequence[GroupSpec]) -> tuple[list[float], list[int]]:
+        unserved = self.requests.astype(np.float64).tolist()
+        group_requests = [0] * len(groups)
+        for component in _components(groups):
+            key = tuple((g, groups[g].config, groups[g].models) for g in component)
+            if key not in self._cache:
+                self._cache[key] = self._simulate(groups, component)
+            model_unserved, per_group = self._cache[key]
+            for m, value in model_unserved.items():
+                unserved[m] = value
+            for g, value in per_group.items():
+                group_requests[g] = value
+        return unserved, group_requests
+
+    def _simulate(self, groups: Sequence[GroupSpec], component: list[int]
+                  ) -> tuple[dict[int, int], dict[int, int]]:
+        models = sorted({m for g in component for m in groups[g].models})
+        local = {m: i for i, m in enumerate(models)}
+        sub = [GroupSpec(groups[g].config, tuple(local[m] for m in groups[g].models))
+               for g in component]
+        result = simulate(sub, [self.profiles[m] for m in models], self.workload.subset(models))
+        unserved = result.unserved.tolist()
+        return ({m: int(unserved[i]) for i, m in enumerate(models)},
+                {g: int(result.group_requests[j]) for j, g in enumerate(component)})
+
+
+def _components(groups: Sequence[GroupSpec]) -> list[list[int]]:
+    """Indices of non-empty groups, in connected components (shared models link groups)."""
+    parent = list(range(len(groups)))
+
+    def root(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    first_host: dict[int, int] = {}
+    for g, group in enumerate(groups):
+        for m in group.models:
+            if m in first_host:
+                parent[root(g)] = root(first_host[m])
+            else:
+                first_host[m] = g
+    components: dict[int, list[int]] = {}
+    for g, group in enumerate(groups):
+        if group.models:
+            components.setdefault(root(g), []).append(g)
+    return list(components.values())
+
+
 def greedy_placement(configs: Sequence[ParallelConfig], profiles: Sequence[ModelProfile],
                      cluster: Cluster, workload: Workload) -> tuple[GroupSpec, ...]:
     """The artifact's ``replica_placement_fast_greedy`` on groups of the given configs."""
@@ -151,20 +217,21 @@ def greedy_placement(configs: Sequence[ParallelConfig], profiles: Sequence[Model
     models: list[list[int]] = [[] for _ in configs]
     used = [0.0] * len(configs)
     budget = cluster.memory_budget_bytes
+    stats = _ComponentCache(profiles, workload)
+    requests = stats.requests.tolist()
     while True:
         groups = tuple(GroupSpec(c, tuple(sorted(ms))) for c, ms in zip(configs, models,
                                                                        strict=True))
-        result = simulate(groups, profiles, workload)
+        unserved, group_requests = stats.counts(groups)
         replicas = [0] * len(profiles)
         for ms in models:
             for m in ms:
                 replicas[m] += 1
         # Most unserved first; ties (e.g. everything served) go to the model with the fewest
         # replicas, then the most requests (the artifact leaves ties to argsort's order).
-        unserved, requests = result.unserved.tolist(), result.model_requests.tolist()
         model_order = sorted(range(len(profiles)),
                              key=lambda m: (-unserved[m], replicas[m], -requests[m], m))
-        group_order = np.argsort(result.group_requests, kind="stable").tolist()
+        group_order = sorted(range(len(configs)), key=lambda g: (group_requests[g], g))
         placed = False
         for g in group_order:
             w = weights[configs[g]]

@@ -7,11 +7,15 @@ which every engine with work does one step, so a round lasts the sum of their st
 An engine step (vLLM V1 style) prefills the requests admitted at the start of the step and
 decodes one token for every running request; its time comes from the analytic
 :class:`~kubeplex.placement.llm.LLMProfile` (``prefill_seconds`` of the new prompt tokens plus
-``decode_step_seconds`` of the running batch). A request is admitted only when its KV cache
-(prompt + output tokens) fits in what the engine's KV capacity has left, and at most
-:data:`MAX_NUM_SEQS` run at once. Its first token comes at the end of its prefill step (TTFT
-counts queueing, like ``vllm:time_to_first_token_seconds``); TPOT is the mean time between
-the following tokens. Requests go to the replica with the fewest queued + running requests.
+``decode_step_seconds`` of the running batch). A pipeline-parallel engine is costed as one
+micro-batch at a time (vLLM keeps ``pp`` in flight): conservative for ``pp > 1``, which
+within one node rarely beats tensor parallelism or separate replicas anyway.
+
+A request is admitted only when its KV cache (prompt + output tokens) fits in what the
+engine's KV capacity has left, and at most :data:`MAX_NUM_SEQS` run at once. Its first token
+comes at the end of its prefill step (TTFT counts queueing, like
+``vllm:time_to_first_token_seconds``); TPOT is the mean time between the following tokens.
+Requests go to the replica with the fewest queued + running requests.
 
 Between events (arrivals, completions) nothing changes but the context length, so rounds of
 pure decoding are taken in one jump, and a decode step's time is recomputed only when the
@@ -103,8 +107,11 @@ class LLMSimResult:
         return (self.model_requests - self.model_good).astype(np.float64)
 
     def ttft_quantile(self, model: int, model_ids: npt.NDArray[np.int64], q: float) -> float:
-        values = self.ttft[model_ids == model]
-        return float(np.quantile(values, q)) if len(values) else 0.0
+        """Nearest-rank quantile of the model's TTFTs (inf when that many were never served)."""
+        values = np.sort(self.ttft[model_ids == model])
+        if not len(values):
+            return 0.0
+        return float(values[max(0, math.ceil(q * len(values)) - 1)])
 
 
 class _Engine:

@@ -12,7 +12,17 @@ What changes from the AlpaServe-faithful mode (:mod:`kubeplex.placement.alpaserv
   KV-bounded admission) and a request is good when TTFT and TPOT meet the model's SLO;
 * by default the greedy stops once every model meets its attainment target and minimum
   replica count, leaving the other GPUs free (``fill=True`` uses every GPU, as AlpaServe);
-* incremental re-planning starts from the current groups and touches at most ``max_moves``.
+* a replica also costs its neighbours KV memory and GPU time, so a placement that makes the
+  simulated outcome worse is undone (AlpaServe never needs to: its weights are all it costs);
+* incremental re-planning starts from the current groups, drops models no longer demanded
+  (and replicas above ``max_replicas``), removes replicas the demand no longer needs (down to
+  zero for idle models with ``min_replicas`` 0), then adds replicas; at most ``max_moves``
+  groups change in all (the forced drops count, and are made even past the budget).
+
+Known simplifications: every request of a model has its demand's mean prompt and output
+length; engines of one group time-share it round by round; a pipeline-parallel engine runs
+one micro-batch at a time (conservative: vLLM keeps ``pp`` in flight), so the planner picks
+``pp > 1`` mainly for memory.
 
 The layouts tried: every node cut into equal groups of each size ``1, 2, 4, ... <= gpus per
 node`` and each ``tp x pp`` factorization (the remainder as smaller pure-tensor groups), plus
@@ -50,6 +60,7 @@ __all__ = [
     "ModelOutcome",
     "Placement",
     "PoolSpec",
+    "evaluate",
     "plan",
     "planning_workload",
     "replication_plan",
@@ -303,19 +314,40 @@ def _replica_counts(slots: Sequence[_Slot], n: int) -> list[int]:
     return counts
 
 
+def _quality(problem: _Problem, slots: Sequence[_Slot], result: LLMSimResult
+             ) -> tuple[int, float]:
+    replicas = _replica_counts(slots, len(problem.demands))
+    met = sum(problem.satisfied(m, replicas[m], result) for m in range(len(problem.demands)))
+    return met, result.attainment
+
+
 def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
             touched: set[str] | None = None, max_moves: int | None = None,
             spawn: Callable[[int], _Slot | None] | None = None) -> LLMSimResult:
     """AlpaServe's simulator-guided greedy on LLM slots (mutates ``slots``).
 
     Unless ``fill``, it stops once every model is satisfied and tries groups that already host
-    something before empty ones (co-location first, free GPUs stay free). With ``touched`` and
-    ``max_moves``, a slot not yet touched may change only while the budget lasts; ``spawn(m)``
-    carves a new slot for model ``m`` from free GPUs when no slot takes it.
+    something before empty ones (co-location first, free GPUs stay free). Unlike AlpaServe's
+    weights, an LLM replica also takes KV memory and GPU time from its neighbours, so a
+    placement that leaves fewer models satisfied or a lower attainment is undone and that
+    (group, model) pair is not tried again. With ``touched`` and ``max_moves``, a slot not yet
+    touched may change only while the budget lasts; ``spawn(m)`` carves a new slot for model
+    ``m`` from free GPUs when no slot takes it.
     """
     n = len(problem.demands)
+    tried: set[tuple[str, int]] = set()
+    last: tuple[_Slot, int, bool, LLMSimResult] | None = None  # slot, model, newly touched
     while True:
         result = problem.simulate(slots)
+        if last is not None:
+            slot, m, newly, before = last
+            if _quality(problem, slots, result) < _quality(problem, slots, before) or (
+                    _quality(problem, slots, result) == _quality(problem, slots, before)
+                    and fill and result.attainment < before.attainment):
+                slot.models.remove(m)
+                if newly and touched is not None:
+                    touched.discard(slot.id)
+                result = before
         replicas = _replica_counts(slots, n)
         unmet = [not problem.satisfied(m, replicas[m], result) for m in range(n)]
         if not fill and not any(unmet):
@@ -333,20 +365,27 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
         budget_left = touched is None or max_moves is None or len(touched) < max_moves
         choice = next(((slots[g], m) for g in group_order
                        if budget_left or slots[g].id in (touched or ())
-                       for m in model_order if problem.fits(slots[g], m)), None)
+                       for m in model_order
+                       if (slots[g].id, m) not in tried and problem.fits(slots[g], m)), None)
+        spawned = False
         if choice is None and spawn is not None and budget_left:
             for m in model_order:
                 new = spawn(m)
                 if new is not None:
                     slots.append(new)
-                    choice = (new, m)
+                    choice, spawned = (new, m), True
                     break
         if choice is None:
             return result
         slot, m = choice
+        tried.add((slot.id, m))
         slot.models.append(m)
+        newly = touched is not None and slot.id not in touched
         if touched is not None:
             touched.add(slot.id)
+        # A replica that must exist (min replicas) or that opened new GPUs is kept as is.
+        last = None if spawned or replicas[m] < problem.demands[m].min_replicas else (
+            slot, m, newly, result)
 
 
 # ---- layouts ----------------------------------------------------------------------------------
@@ -499,20 +538,25 @@ def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
     ids = {s.id for s in slots}
 
     def spawn(m: int) -> _Slot | None:
-        """A new group for ``m``: its smallest fitting shape, on the first node with room."""
-        for size in _powers_of_two_upto(problem.pool.gpus_per_node):
-            for pp in _powers_of_two_upto(size):
-                if problem.min_share(m, size // pp, pp) is None:
-                    continue
-                for node, left in free.items():
-                    if len(left) >= size:
-                        gpus, free[node] = tuple(left[:size]), left[size:]
-                        new_id = next(f"g{k}" for k in range(len(ids) + 1)
-                                      if f"g{k}" not in ids)
-                        ids.add(new_id)
-                        return _Slot(new_id, node, gpus, size // pp, pp)
+        """A new group for ``m``, on the first node with room: the shape of its existing
+        replicas (what the full search chose), else its smallest fitting shape."""
+        own = sorted({(s.tp, s.pp) for s in slots if m in s.models}, reverse=True)
+        sizes = _powers_of_two_upto(problem.pool.gpus_per_node)
+        shapes = own + [(size // pp, pp) for size in sizes for pp in _powers_of_two_upto(size)]
+        for tp, pp in shapes:
+            size = tp * pp
+            if problem.min_share(m, tp, pp) is None:
+                continue
+            for node, left in free.items():
+                if len(left) >= size:
+                    gpus, free[node] = tuple(left[:size]), left[size:]
+                    new_id = next(f"g{k}" for k in range(len(ids) + 1) if f"g{k}" not in ids)
+                    ids.add(new_id)
+                    return _Slot(new_id, node, gpus, tp, pp)
         return None
 
+    if not fill:
+        _shrink(problem, slots, touched, max_moves)
     result = _greedy(problem, slots, fill, touched, max_moves, spawn)
     before = {g.id for g in current.groups}
     removed = tuple(sorted(s.id for s in slots if s.id in before and not s.models))
@@ -521,6 +565,37 @@ def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
     how = (f"incremental from {len(current.groups)} groups, {budget} moves: "
            f"changed {list(moved) or 'none'}, removed {list(removed) or 'none'}")
     return _placement(problem, slots, result, how, moved, removed)
+
+
+def _shrink(problem: _Problem, slots: list[_Slot], touched: set[str],
+            max_moves: int | None) -> None:
+    """Remove replicas the demand no longer needs (scale-down, scale-to-zero), least loaded
+    groups first, keeping every model that is satisfied satisfied and min replicas in place,
+    within the move budget. Each (group, model) pair is tried once."""
+    n = len(problem.demands)
+    tried: set[tuple[str, int]] = set()
+    result = problem.simulate(slots)
+    while True:
+        replicas = _replica_counts(slots, n)
+        ok = [problem.satisfied(m, replicas[m], result) for m in range(n)]
+        load = result.group_requests.tolist()
+        candidates = [(slot, m) for g, slot in sorted(enumerate(slots), key=lambda x: load[x[0]])
+                      for m in slot.models
+                      if (slot.id, m) not in tried and ok[m]
+                      and replicas[m] > problem.demands[m].min_replicas
+                      and (max_moves is None or slot.id in touched or len(touched) < max_moves)]
+        if not candidates:
+            return
+        slot, m = candidates[0]
+        tried.add((slot.id, m))
+        slot.models.remove(m)
+        trial = problem.simulate(slots)
+        after = _replica_counts(slots, n)
+        if all(problem.satisfied(x, after[x], trial) for x in range(n) if ok[x]):
+            touched.add(slot.id)
+            result = trial
+        else:
+            slot.models.append(m)
 
 
 def _placement(problem: _Problem, slots: Sequence[_Slot], result: LLMSimResult, how: str,
@@ -557,6 +632,23 @@ def _placement(problem: _Problem, slots: Sequence[_Slot], result: LLMSimResult, 
                      f"{o.p95_ttft_s:.3f} s")
     return Placement(problem.pool.name, tuple(groups), outcomes, result.attainment,
                      "\n".join(lines), moved, removed, free)
+
+
+def evaluate(pool: PoolSpec, demands: Sequence[ModelDemand], placement: Placement,
+             workload: Workload) -> LLMSimResult:
+    """Simulate ``placement`` (with its memory shares) on another ``workload``, e.g. a held-out
+    seed, to check a plan beyond the arrivals it was optimized on."""
+    index = {d.name: m for m, d in enumerate(demands)}
+    groups = []
+    for g in placement.groups:
+        engines = []
+        for hosted in g.models:
+            if hosted.name not in index:
+                raise PlacementError(f"group {g.id} hosts {hosted.name!r}, not in the demands")
+            prof = LLMProfile(demands[index[hosted.name]].model, pool.gpu, g.tp, g.pp)
+            engines.append(EngineSpec(index[hosted.name], prof, hosted.kv_capacity_tokens))
+        groups.append(LLMGroupSpec(tuple(engines)))
+    return simulate_llm(groups, [d.request_shape() for d in demands], workload)
 
 
 def replication_plan(pool: PoolSpec, demands: Sequence[ModelDemand], fill: bool = True,

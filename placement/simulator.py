@@ -129,45 +129,43 @@ def simulate(groups: Sequence[GroupSpec], profiles: Sequence[ModelProfile],
     latency = [0.0] * n
     group_requests = [0] * num_groups
     stage_free = [[0.0] * group.config.pp for group in groups]
-    last_free = [0.0] * num_groups
+    spare = [[0.0] * group.config.pp for group in groups]  # scratch, swapped on success
+    last_free = [0.0] * num_groups  # when each group's last stage frees
+    # Per model: (group, stage latencies) of each host; a 1-stage host keeps its clock in
+    # last_free alone.
+    routes = [[(g, latencies[m][g]) for g in hosts[m]] for m in range(num_models)]
     overhead = FIXED_OVERHEAD_S
     arrivals = workload.arrivals.tolist()
     model_ids = workload.model_ids.tolist()
     slos = workload.slos.tolist()
     for i in range(n):
-        m = model_ids[i]
-        candidates = hosts[m]
-        if not candidates:
+        choices = routes[model_ids[i]]
+        if not choices:
             continue
-        if len(candidates) == 1:
-            g = candidates[0]
-        else:
-            g = candidates[0]
+        g, stages = choices[0]
+        if len(choices) > 1:
             best = last_free[g]
-            for h in candidates:
+            for h, h_stages in choices:
                 if last_free[h] < best:
-                    best, g = last_free[h], h
+                    best, g, stages = last_free[h], h, h_stages
         group_requests[g] += 1
         arrival = arrivals[i]
-        deadline = arrival + slos[i]
-        stages = latencies[m][g]
-        free = stage_free[g]
         if len(stages) == 1:
-            t = (free[0] if free[0] > arrival else arrival) + stages[0]
-            if t + overhead <= deadline:
-                free[0] = t
-                last_free[g] = t
+            ready = last_free[g]
+            t = (ready if ready > arrival else arrival) + stages[0] + overhead
+            if t - arrival <= slos[i]:
+                last_free[g] = t - overhead
                 good[i] = True
-                latency[i] = t + overhead - arrival
+                latency[i] = t - arrival
             continue
+        free, leave = stage_free[g], spare[g]
         t = arrival
-        leave = []
         for k, duration in enumerate(stages):
             ready = free[k]
             t = (ready if ready > t else t) + duration
-            leave.append(t)
-        if t + overhead <= deadline:
-            stage_free[g] = leave
+            leave[k] = t
+        if t + overhead - arrival <= slos[i]:
+            stage_free[g], spare[g] = leave, free
             last_free[g] = t
             good[i] = True
             latency[i] = t + overhead - arrival

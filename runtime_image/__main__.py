@@ -14,6 +14,7 @@ import asyncio
 import signal
 import sys
 
+from kubeplex.runtime._loop import run
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import load_config
 from kubeplex.runtime.errors import RuntimeError_
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         load_config(args.config)  # fail fast, before any port or process
-        asyncio.run(_run(args))
+        run(_run(args))
     except RuntimeError_ as exc:
         print(f"kubeplex-runtime: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

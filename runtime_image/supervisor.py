@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from kubeplex.runtime.config import ModelConfig, RuntimeConfig
 from kubeplex.runtime.engines import LOOPBACK, can_sleep, launch
@@ -97,6 +98,7 @@ class Engine:
         self.sleep_level = 0
         self.message = "starting"
         self.log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._urls: dict[str, URL] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._ready = asyncio.Event()
@@ -112,6 +114,13 @@ class Engine:
     @property
     def can_sleep(self) -> bool:
         return can_sleep(self.model, self.device)
+
+    def url(self, path: str) -> URL:
+        """The engine's URL for ``path``, parsed once per port (the router's hot path)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.base_url + path)
+        return url
 
     def acquire(self) -> None:
         self.in_flight += 1
@@ -176,9 +185,10 @@ class Engine:
         """Begin supervising (returns at once; see :meth:`wait_ready`)."""
         self._task = asyncio.create_task(self._supervise(), name=f"engine-{self.name}")
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> asyncio.subprocess.Process:
         self.port = free_port()
         self.base_url = f"http://{LOOPBACK}:{self.port}"
+        self._urls = {}
         spec = launch(self.model, self.config, self.port, self.device)
         try:
             self.process = await asyncio.create_subprocess_exec(
@@ -191,9 +201,11 @@ class Engine:
             raise EngineStartError(f"model {self.name}: cannot start {spec.argv[0]}: "
                                    f"{exc.strerror}") from exc
         self._log_task = asyncio.create_task(self._forward_output(self.process))
+        return self.process
 
     async def _forward_output(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
+        if process.stdout is None:
+            return
         prefix = f"[{self.name}] ".encode()
         while line := await process.stdout.readline():
             self.log_tail.append(line.decode(errors="replace").rstrip())
@@ -225,13 +237,11 @@ class Engine:
             self.sleep_level = 0
             self._set(EngineState.STARTING, "engine process starting")
             try:
-                await self._spawn()
+                process = await self._spawn()
             except EngineStartError as exc:
                 self.last_exit_code = None
                 await self._backoff(str(exc))
                 continue
-            process = self.process
-            assert process is not None
             if await self._wait_healthy(process):
                 self.ready_at = time.monotonic()
                 self.startup_seconds = self.ready_at - self.started_at

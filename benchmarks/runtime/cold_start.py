@@ -42,15 +42,17 @@ RESULTS = Path(__file__).parent / "results"
 #: vLLM 0.32 log lines that end each start-up phase (first match wins), in order.
 VLLM_PHASES = (
     ("imports and arg parsing", "non-default args"),
+    ("engine-core process up (imports again)", "(EngineCore pid="),
     ("weights loaded", "Loading weights took"),
     ("engine init (profile, KV cache, warm-up)", "init engine (profile, create kv cache"),
     ("API server up", "Application startup complete"),
 )
 
 
-def _run_once(engine: str, tiny: Path | None, workdir: Path) -> dict[str, Any]:
+def _run_once(engine: str, tiny: Path | None, workdir: Path,
+              env: dict[str, str]) -> dict[str, Any]:
     config = parse_config({"models": [model_entry("m", engine, tiny_model=tiny,
-                                                  memory_share=0.9)],
+                                                  memory_share=0.9, env=env)],
                            "device": "cpu"})
     port = free_port()
     spec = launch(config.models[0], config, port, "cpu")
@@ -127,7 +129,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", choices=("sim", "vllm"), default="sim")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra engine environment, e.g. VLLM_ENABLE_V1_MULTIPROCESSING=0")
+    p.add_argument("--tag", default="", help="suffix of the result files")
     args = p.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     tiny = None
     if args.engine == "vllm":
         python = vllm_python_path()
@@ -139,7 +145,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, Progress(console=Console(stderr=True)) as bar:
         task = bar.add_task(f"{args.engine} cold starts", total=args.repeats)
         for _ in range(args.repeats):
-            runs.append(_run_once(args.engine, tiny, Path(tmp)))
+            runs.append(_run_once(args.engine, tiny, Path(tmp), env))
             bar.advance(task)
     names = [n for n in runs[0] if all(n in r for r in runs)]
     median = {n: statistics.median(r[n] for r in runs) for n in names}
@@ -153,8 +159,9 @@ def main() -> int:
         previous = at
     Console().print(table)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"cold_start_{args.engine}.json"
-    out.write_text(json.dumps({"args": vars(args), "median": median, "runs": runs}, indent=2))
+    out = RESULTS / f"cold_start_{args.engine}{args.tag}.json"
+    out.write_text(json.dumps({"args": vars(args), "median": median, "runs": runs,
+                               "load_average_after": os.getloadavg()[0]}, indent=2))
     _plot(median, args.engine, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

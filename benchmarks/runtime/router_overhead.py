@@ -9,7 +9,7 @@ streams: time to first chunk and to the end). Targets (issue 4): <= 3% throughpu
     .venv/bin/python benchmarks/runtime/router_overhead.py --engine sim
     .venv/bin/python benchmarks/runtime/router_overhead.py --engine vllm   # needs the venv
 
-Writes benchmarks/runtime/results/router_overhead_<engine>.json and a PNG beside it.
+Writes benchmarks/runtime/results/router_overhead_<engine>_c<concurrency>.json and a PNG.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,12 @@ from kubeplex.runtime.harness import (
 from kubeplex.runtime.tiny_model import ensure_tiny_model
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -84,9 +91,10 @@ async def _round(url: str, body: dict[str, Any], stream: bool, concurrency: int,
 
 
 async def measure(direct: str, router: str, body: dict[str, Any], stream: bool,
-                  concurrency: int, seconds: float, rounds: int) -> dict[str, Any]:
+                  concurrency: int, seconds: float, rounds: int,
+                  router_pid: int) -> dict[str, Any]:
     data: dict[str, dict[str, list[float]]] = {
-        m: {"ttfb": [], "total": [], "rps": []} for m in ("direct", "router")}
+        m: {"ttfb": [], "total": [], "rps": [], "router_cpu": []} for m in ("direct", "router")}
     with Progress(console=Console(stderr=True)) as progress:
         task = progress.add_task(f"{'stream' if stream else 'plain'} rounds", total=2 * rounds)
         for i in range(rounds):
@@ -94,7 +102,9 @@ async def measure(direct: str, router: str, body: dict[str, Any], stream: bool,
             order = ("direct", "router") if i % 2 == 0 else ("router", "direct")
             for mode in order:
                 url = (direct if mode == "direct" else router) + "/v1/completions"
+                cpu = _cpu_seconds(router_pid)
                 n, ttfb, total, elapsed = await _round(url, body, stream, concurrency, seconds)
+                data[mode]["router_cpu"].append((_cpu_seconds(router_pid) - cpu) / max(1, n))
                 data[mode]["ttfb"] += ttfb
                 data[mode]["total"] += total
                 data[mode]["rps"].append(n / elapsed)
@@ -109,11 +119,15 @@ async def measure(direct: str, router: str, body: dict[str, Any], stream: bool,
             "ttfb_p50_ms": 1000 * _pct(d["ttfb"], 0.5),
             "ttfb_p99_ms": 1000 * _pct(d["ttfb"], 0.99),
         }
+    # CPU the runtime process spent per request forwarded (noise-robust: what the router
+    # costs when CPU is the bottleneck, as on a shared 2-core machine).
+    out["router_cpu_us_per_request"] = 1e6 * statistics.median(data["router"]["router_cpu"])
     out["throughput_loss_pct"] = 100 * (1 - out["router"]["throughput_rps_median"]
                                         / out["direct"]["throughput_rps_median"])
     out["added_p50_ms"] = out["router"]["p50_ms"] - out["direct"]["p50_ms"]
     out["added_p99_ms"] = out["router"]["p99_ms"] - out["direct"]["p99_ms"]
     out["added_ttfb_p50_ms"] = out["router"]["ttfb_p50_ms"] - out["direct"]["ttfb_p50_ms"]
+    out["load_average_after"] = os.getloadavg()[0]
     out["_samples"] = data
     return out
 
@@ -159,15 +173,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, \
             RuntimeProcess(config, Path(tmp), ready_timeout=600) as rt:
         engine_port = rt.engine("m")["port"]
+        router_pid = rt.proc.pid if rt.proc is not None else 0
         direct = f"http://127.0.0.1:{engine_port}"
         results = {}
         for stream in (False, True):
             name = "stream" if stream else "plain"
             results[name] = asyncio.run(measure(direct, rt.url, {**body, "stream": stream},
                                                 stream, args.concurrency, args.seconds,
-                                                args.rounds))
+                                                args.rounds, router_pid))
     table = Table(title=f"router overhead, {args.engine} engine, {args.concurrency} concurrent")
-    for col in ("mode", "req/s", "p50 ms", "p99 ms", "TTFB p50 ms", "loss %", "+p50 ms"):
+    for col in ("mode", "req/s", "p50 ms", "p99 ms", "TTFB p50 ms", "loss %", "+p50 ms",
+                "router CPU µs/req"):
         table.add_column(col)
     for name, res in results.items():
         for mode in ("direct", "router"):
@@ -175,10 +191,11 @@ def main() -> int:
             table.add_row(f"{name}/{mode}", f"{r['throughput_rps_median']:.1f}",
                           f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['ttfb_p50_ms']:.2f}",
                           f"{res['throughput_loss_pct']:.2f}" if mode == "router" else "",
-                          f"{res['added_p50_ms']:.2f}" if mode == "router" else "")
+                          f"{res['added_p50_ms']:.2f}" if mode == "router" else "",
+                          f"{res['router_cpu_us_per_request']:.0f}" if mode == "router" else "")
     Console().print(table)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"router_overhead_{args.engine}.json"
+    out = RESULTS / f"router_overhead_{args.engine}_c{args.concurrency}.json"
     _plot(results, out.with_suffix(".png"))
     for res in results.values():
         res.pop("_samples")

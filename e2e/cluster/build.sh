@@ -44,9 +44,17 @@ if have_all; then
   exit 0
 fi
 
+# Without a Go toolchain or a module proxy nothing can be built here: say so and succeed, so
+# `make setup` goes on; the `cluster` tests then skip with the same reason. Any failure past
+# this point is a real error.
 if ! command -v go >/dev/null; then
-  echo "error: the Go toolchain is not installed (need Go >= 1.26 to build the control plane)" >&2
-  exit 3
+  log "SKIPPED: no Go toolchain (need Go >= 1.26); tests marked 'cluster' will skip"
+  exit 0
+fi
+if ! probe=$(go list -m -json "k8s.io/kubernetes@v$K8S_VERSION" 2>&1 >/dev/null); then
+  log "SKIPPED: the Go module proxy ($(go env GOPROXY)) does not answer: $probe"
+  log "tests marked 'cluster' will skip"
+  exit 0
 fi
 
 mkdir -p "$K8S_DIR" "$ETCD_DIR" "$KWOK_DIR" "$CACHE/go"
@@ -127,9 +135,9 @@ if (( need_k8s )); then
   cd "$mod"
   go mod tidy 2>&1 | grep -v '^go: \(downloading\|finding\|found\)' || true
   [[ -s go.sum ]] || { echo "error: go mod tidy failed in $mod" >&2; exit 1; }
-  grep -q "k8s.io/kubernetes v$K8S_VERSION\$" go.mod \
+  grep -Eq "k8s.io/kubernetes v${K8S_VERSION}( //.*)?$" go.mod \
     || { echo "error: module resolution moved k8s.io/kubernetes off v$K8S_VERSION" >&2; exit 1; }
-  log "kubernetes: modules downloaded; compiling (2 cores: expect 15-25 min cold)"
+  log "kubernetes: modules downloaded; compiling ~2,200 packages (2 idle cores: ~6 min)"
   vpkg=k8s.io/component-base/version
   ldflags="-s -w -X $vpkg.gitVersion=v$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor"
   ldflags+=" -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
@@ -140,7 +148,7 @@ if (( need_k8s )); then
   mv "$out/v3" "$ETCD_DIR/etcd" 2>/dev/null || mv "$out/server" "$ETCD_DIR/etcd" 2>/dev/null || mv "$out"/* "$ETCD_DIR/etcd"
   rm -rf "$out"
   "$K8S_DIR/kube-apiserver" --version
-  "$ETCD_DIR/etcd" --version | head -1
+  "$ETCD_DIR/etcd" --version | sed -n 1p
 fi
 
 have_all || { echo "error: build finished but some binaries are missing" >&2; exit 1; }

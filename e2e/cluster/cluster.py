@@ -612,22 +612,38 @@ def add_nodes(api: Api, count: int, spec: NodeSpec, start: int = 0,
     return names
 
 
-def _stop(comp: Component, timeout: float = 15.0) -> str:
-    if not _alive(comp):
-        return f"{comp.name} (pid {comp.pid}) was not running"
-    child = _CHILDREN.pop(comp.pid, None)
-    os.kill(comp.pid, signal.SIGTERM)
+def _stop_all(comps: Sequence[Component], timeout: float = 15.0) -> list[str]:
+    """SIGTERM every live component at once (state is thrown away, so shutdown order does
+    not matter), wait for each, SIGKILL what outlives `timeout`."""
+    said: list[str] = []
+    live: list[tuple[Component, subprocess.Popen[bytes] | None]] = []
+    for comp in comps:
+        child = _CHILDREN.pop(comp.pid, None)
+        if not _alive(comp):
+            if child is not None:
+                child.wait()
+            said.append(f"{comp.name} (pid {comp.pid}) was not running")
+            continue
+        os.kill(comp.pid, signal.SIGTERM)
+        live.append((comp, child))
+
+    def gone(comp: Component, child: subprocess.Popen[bytes] | None) -> bool:
+        # Our own children must be reaped (poll) or they linger as zombies.
+        return child.poll() is not None if child is not None else not _alive(comp)
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child is not None and child.poll() is not None:  # our own child: reaped
-            return f"stopped {comp.name} (pid {comp.pid})"
-        if child is None and not _alive(comp):
-            return f"stopped {comp.name} (pid {comp.pid})"
+    while live and time.monotonic() < deadline:
+        for comp, child in list(live):
+            if gone(comp, child):
+                said.append(f"stopped {comp.name} (pid {comp.pid})")
+                live.remove((comp, child))
         time.sleep(0.05)
-    os.kill(comp.pid, signal.SIGKILL)
-    if child is not None:
-        child.wait()
-    return f"killed {comp.name} (pid {comp.pid}) after {timeout:.0f} s"
+    for comp, child in live:
+        os.kill(comp.pid, signal.SIGKILL)
+        if child is not None:
+            child.wait()
+        said.append(f"killed {comp.name} (pid {comp.pid}) after {timeout:.0f} s")
+    return said
 
 
 def down(state_dir: Path = DEFAULT_STATE_DIR, keep_logs: bool = False,
@@ -638,8 +654,8 @@ def down(state_dir: Path = DEFAULT_STATE_DIR, keep_logs: bool = False,
     if state is None:
         say(f"no cluster state in {state_dir}: nothing to stop")
     else:
-        for comp in reversed(state.components):
-            say(_stop(comp))
+        for line in _stop_all(list(reversed(state.components))):
+            say(line)
     if keep_logs:
         for child in state_dir.iterdir() if state_dir.exists() else ():
             if child.name != "logs":

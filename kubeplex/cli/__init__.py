@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._autoscale",
     "kubeplex.cli._api",
     "kubeplex.cli._placement",
+    "kubeplex.cli._local",
     "kubeplex.cli._operator",
     "kubeplex.cli._alerts",
 )

@@ -80,11 +80,13 @@ def _warm_pool(text: str) -> int | None:
 
 
 def _autoscale(args: argparse.Namespace) -> int:
+    from rich.console import Console
     from rich.progress import Progress
 
     from kubeplex.autoscaler.errors import AutoscalerConfigError
     from kubeplex.autoscaler.evaluation import replay
     from kubeplex.autoscaler.trace import read_trace
+    from kubeplex.placement.llm import profile
 
     if not args.slo_ttft > 0:
         raise AutoscalerConfigError(f"--slo-ttft must be > 0 seconds, got {args.slo_ttft}")
@@ -95,8 +97,10 @@ def _autoscale(args: argparse.Namespace) -> int:
         if value < 0:
             raise AutoscalerConfigError(f"{flag} must be >= 0, got {value}")
     warm = _warm_pool(args.warm_pool)
+    profile(args.model, args.gpu)  # unknown names fail here, before the progress bar
     trace = read_trace(args.trace)
-    with Progress(transient=True, console=None) as progress:
+    profile(args.model, args.gpu)  # unknown names fail here, before the progress bar draws
+    with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(f"replaying {len(trace)} requests ({args.policy})", total=1.0)
         result = replay(trace, args.model, args.gpu, args.slo_ttft, args.percentile,
                         args.policy, args.cold_start_s, args.warm_start_s, warm,

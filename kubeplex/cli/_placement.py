@@ -85,7 +85,8 @@ def _placement_json(placement: Any) -> dict[str, Any]:
                                             "kv_capacity_tokens": m.kv_capacity_tokens}
                                            for m in g.models]} for g in placement.groups],
         "models": [{"name": o.name, "replicas": o.replicas, "attainment": round(o.attainment, 6),
-                    "target": o.target, "p95_ttft_seconds": round(o.p95_ttft_s, 4)}
+                    "target": o.target,
+                    "p95_ttft_seconds": round(o.p95_ttft_s, 4) if o.p95_ttft_s < 1e300 else None}
                    for o in placement.models],
         "explanation": placement.explanation,
     }

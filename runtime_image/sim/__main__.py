@@ -12,6 +12,7 @@ from aiohttp import web
 
 from kubeplex.placement.errors import PlacementError
 from kubeplex.placement.llm import LLMProfile, profile
+from kubeplex.runtime._loop import run
 from kubeplex.runtime.sim.engine import SimEngine
 from kubeplex.runtime.sim.metrics import VllmMetrics
 from kubeplex.runtime.sim.server import SimServer
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"of tokens that can be stored in KV cache ({capacity}); decrease "
                      "--max-model-len or increase --gpu-memory-utilization")
     try:
-        asyncio.run(_serve(args, prof, capacity, max_len))
+        run(_serve(args, prof, capacity, max_len))
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror}")
     return 0

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from kubeplex.runtime.sim.metrics import VllmMetrics
@@ -60,7 +60,7 @@ class SimEngine:
         return (asyncio.get_running_loop().time() - self._t0) / self.time_scale
 
     async def generate(self, request_id: str, prompt_tokens: int,
-                       max_tokens: int) -> AsyncIterator[int]:
+                       max_tokens: int) -> AsyncGenerator[int, None]:
         """Yield how many new tokens each time some arrive, until ``max_tokens`` are out."""
         if self.sleep_level:
             raise EngineAsleepError("the engine is sleeping; wake it up first")

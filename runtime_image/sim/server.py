@@ -19,11 +19,12 @@ Token accounting (there is no real tokenizer):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,8 +232,9 @@ class SimServer:
             return await self._stream(request, parsed, ident, tokens, headers)
         produced = 0
         try:
-            async for n in tokens:
-                produced += n
+            async with contextlib.aclosing(tokens) as stream:
+                async for n in stream:
+                    produced += n
         except EngineAsleepError as exc:
             return _error(503, str(exc), "ServiceUnavailableError", headers=headers)
         text = "".join(WORDS[i % len(WORDS)] for i in range(produced))
@@ -253,7 +255,8 @@ class SimServer:
                 "total_tokens": parsed.prompt_tokens + produced}
 
     async def _stream(self, request: web.Request, parsed: _Parsed, ident: str,
-                      tokens: Any, headers: dict[str, str]) -> web.StreamResponse:
+                      tokens: AsyncGenerator[int, None], headers: dict[str, str]
+                      ) -> web.StreamResponse:
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -277,15 +280,22 @@ class SimServer:
                                   "logprobs": None, "finish_reason": None}]}
             await response.write(b"data: " + _DUMPS(first).encode() + b"\n\n")
         produced = 0
-        async for n in tokens:
-            piece = "".join(WORDS[i % len(WORDS)] for i in range(produced, produced + n))
-            produced += n
-            done = produced >= parsed.max_tokens
-            await response.write(chunk(piece, "length" if done else None))
-        if parsed.include_usage:
-            usage = {"id": ident, "object": kind, "created": created, "model": self.served_name,
-                     "choices": [], "usage": self._usage(parsed, produced)}
-            await response.write(b"data: " + _DUMPS(usage).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        try:
+            # aclosing: a client that hangs up aborts the request in the engine at once.
+            async with contextlib.aclosing(tokens) as stream:
+                async for n in stream:
+                    piece = "".join(WORDS[i % len(WORDS)]
+                                    for i in range(produced, produced + n))
+                    produced += n
+                    done = produced >= parsed.max_tokens
+                    await response.write(chunk(piece, "length" if done else None))
+            if parsed.include_usage:
+                usage = {"id": ident, "object": kind, "created": created,
+                         "model": self.served_name, "choices": [],
+                         "usage": self._usage(parsed, produced)}
+                await response.write(b"data: " + _DUMPS(usage).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away (vLLM logs nothing either)
         return response

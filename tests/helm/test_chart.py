@@ -49,7 +49,7 @@ MATRIX: dict[str, list[str]] = {
                      "--set", "image.tag=1.2.3", "--set", "image.pullPolicy=Always",
                      "--set", "imagePullSecrets[0].name=regcred"],
     "image-digest": ["--set", f"image.digest={SHA}"],
-    "gateway-off": ["--set", "gateway.enabled=false"],
+    "gateway-on": ["--set", "gateway.enabled=true"],
     "namespaced": ["--set", "operator.watchNamespaces={team-a,team-b}"],
     "no-peering": ["--set", "operator.peering.enabled=false"],
     "existing-secret": ["--set", "alerts.existingSecret=my-alert-token"],
@@ -132,9 +132,9 @@ def test_schema_validation_catches_a_bad_manifest(rendered: dict[str, list[dict[
 
 
 def test_defaults_render_the_expected_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["defaults"]
-    assert not {d["kind"] for d in docs} & MONITORING_KINDS
-    assert not [d for d in docs if d["kind"] == "ConfigMap"]
+    assert not {d["kind"] for d in rendered["defaults"]} & MONITORING_KINDS
+    assert not [d for d in rendered["defaults"] if d["kind"] == "ConfigMap"]
+    docs = rendered["gateway-on"]
     assert len(of_kind(docs, "Deployment")) == 2
     operator = named(docs, "Deployment", "-operator")
     gateway = named(docs, "Deployment", "-gateway")
@@ -194,8 +194,9 @@ def test_custom_image_and_digest(rendered: dict[str, list[dict[str, Any]]]) -> N
         f"ghcr.io/kubeplex/kubeplex:{app_version}"}
 
 
-def test_gateway_off_renders_no_gateway(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["gateway-off"]
+def test_gateway_off_by_default_renders_no_gateway(rendered: dict[str, list[dict[str, Any]]]
+                                                   ) -> None:
+    docs = rendered["defaults"]
     assert not [d for d in docs if d["metadata"]["name"].endswith("-gateway")]
     assert len(of_kind(docs, "Deployment")) == 1
 
@@ -216,8 +217,6 @@ def test_alert_secret_generated_given_or_existing(rendered: dict[str, list[dict[
     assert {"name": "alert-token", "secret": {
         "secretName": "my-alert-token", "items": [{"key": "token", "path": "token"}]}} in pod[
             "volumes"]
-    role = named(docs, "Role", "-operator-self")
-    assert role["rules"][0]["resourceNames"] == ["my-alert-token"]
 
 
 # --- RBAC ---
@@ -241,45 +240,38 @@ def grants(docs: list[dict[str, Any]], suffix: str) -> set[tuple[str, str, str]]
     return out
 
 
-def test_rbac_has_no_wildcards_and_secrets_only_by_name(
-        rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_rbac_has_no_wildcards_and_no_secrets(rendered: dict[str, list[dict[str, Any]]]
+                                              ) -> None:
+    """No wildcard anywhere; no Secret access (the token is a mounted file)."""
     for case, docs in rendered.items():
         for where, rule in rbac_rules(docs):
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], (case, where, rule)
-            if "secrets" in rule["resources"]:
-                assert rule.get("resourceNames"), (case, where, rule)
-                assert set(rule["verbs"]) <= {"get", "watch"}, (case, where, rule)
+            assert "secrets" not in rule["resources"], (case, where, rule)
 
 
 def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[str, Any]]]
                                                 ) -> None:
     read = {"get", "list", "watch"}
-    crud = read | {"create", "update", "patch", "delete"}
     expected = set()
     for group, resource, verbs in [
-        ("kubeplex.io", "modelservices", read | {"patch", "update"}),
-        ("kubeplex.io", "gpupools", read | {"patch", "update"}),
-        ("kubeplex.io", "servinggroups", crud),
-        ("kubeplex.io", "modelservices/status", {"get", "update", "patch"}),
-        ("kubeplex.io", "gpupools/status", {"get", "update", "patch"}),
-        ("kubeplex.io", "servinggroups/status", {"get", "update", "patch"}),
-        ("kubeplex.io", "modelservices/scale", {"get", "update", "patch"}),
+        ("kubeplex.io", "modelservices", read | {"patch"}),
+        ("kubeplex.io", "gpupools", read | {"patch"}),
+        ("kubeplex.io", "servinggroups", read | {"create", "patch", "delete"}),
+        ("kubeplex.io", "modelservices/status", {"get", "patch"}),
+        ("kubeplex.io", "gpupools/status", {"get", "patch"}),
+        ("kubeplex.io", "servinggroups/status", {"get", "patch"}),
         ("", "pods", read | {"create", "patch", "delete"}),
-        ("", "services", crud),
-        ("", "events", {"create", "patch"}),
-        ("events.k8s.io", "events", {"create", "patch"}),
+        ("", "services", {"get", "create", "patch"}),
+        ("", "events", {"create"}),
         ("", "nodes", read),
-        ("", "namespaces", {"list", "watch"}),
         ("apiextensions.k8s.io", "customresourcedefinitions", {"list", "watch"}),
         ("kopf.dev", "clusterkopfpeerings", read | {"patch"}),
         ("kopf.dev", "kopfpeerings", read | {"patch"}),
-        ("", "secrets", {"get", "watch"}),
-        ("coordination.k8s.io", "leases", {"create", "get", "update", "patch"}),
     ]:
         expected |= {(group, resource, verb) for verb in verbs}
     docs = rendered["defaults"]
-    assert grants(docs, "-operator") | grants(docs, "-operator-self") == expected
+    assert grants(docs, "-operator") == expected
     # Namespaced mode: the namespaced rules move into one Role per watched namespace.
     docs = rendered["namespaced"]
     roles = {d["metadata"]["namespace"] for d in of_kind(docs, "Role")
@@ -300,7 +292,7 @@ def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[st
 
 
 def test_gateway_rbac_is_read_only(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    assert {verb for _, _, verb in grants(rendered["defaults"], "-gateway")} == {
+    assert {verb for _, _, verb in grants(rendered["gateway-on"], "-gateway")} == {
         "get", "list", "watch"}
 
 
@@ -547,9 +539,9 @@ data:
 """
 
 
-@pytest.mark.parametrize("flags", [[], ["--set", "crds.install=false",
-                                        "--set", "gateway.enabled=false"]],
-                         ids=["defaults", "crds-and-gateway-off"])
+@pytest.mark.parametrize("flags", [["--set", "gateway.enabled=true"],
+                                   ["--set", "crds.install=false"]],
+                         ids=["gateway-on", "crds-off-gateway-off"])
 def test_notes_render(tmp_path: Path, flags: list[str]) -> None:
     """NOTES.txt renders (helm template skips it, so a copy renders it into a ConfigMap)."""
     chart = tmp_path / "kubeplex"
@@ -560,8 +552,9 @@ def test_notes_render(tmp_path: Path, flags: list[str]) -> None:
     notes = docs[0]["data"]["notes"]
     assert "rollout status deployment/kubeplex-operator" in notes
     assert "http://kubeplex-operator.kubeplex-system.svc:8443/alerts" in notes
-    assert ("port-forward svc/kubeplex-gateway" in notes) == (not flags)
-    assert ("kubeplex crds | kubectl apply" in notes) == bool(flags)
+    gateway = "gateway.enabled=true" in flags
+    assert ("port-forward svc/kubeplex-gateway" in notes) == gateway
+    assert ("kubeplex crds | kubectl apply" in notes) == (not gateway)
 
 
 # --- packaging and set-up ---

@@ -65,7 +65,7 @@ def suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     tiny = request.getfixturevalue("tiny_model") if engine == "vllm" else None
     config = {"models": [model_entry(n, engine, tiny_model=tiny, memory_share=0.3)
                          for n in ("alpha", "beta")],
-              "drainGraceSeconds": 60, "restartInitialSeconds": 0.5}
+              "drainGraceSeconds": 180, "restartInitialSeconds": 0.5}
     rt = RuntimeProcess(config, tmp_path_factory.mktemp(f"runtime-{engine}"),
                         ready_timeout=READY_TIMEOUT[engine])
     rt.start()

@@ -176,6 +176,17 @@ def test_engine_that_cannot_start_backs_off_and_others_serve(tmp_path: Path) -> 
         assert int(r.headers["Retry-After"]) >= 1
 
 
+def test_load_refuses_a_model_that_cannot_start_here(tmp_path: Path) -> None:
+    with RuntimeProcess({"models": [], "device": "cpu"}, tmp_path) as rt:
+        r = httpx.post(rt.control + "/kubeplex/v1/models",
+                       json={"name": "v", "engine": "vllm", "model": "/models/x",
+                             "sleepMode": True})
+        assert r.status_code == 400
+        assert "sleepMode needs a GPU" in r.json()["error"]
+        assert rt.status()["models"] == []
+        assert httpx.get(rt.control + "/readyz").status_code == 200  # nothing to wait for
+
+
 def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("models:\n  - {name: a, engine: sim, model: llama-3.1-8b}\n"

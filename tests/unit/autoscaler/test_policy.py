@@ -224,9 +224,11 @@ def test_max_bound_and_alert_trigger_in_reason() -> None:
 
 
 def test_warm_standbys_follow_a_rising_forecast_or_a_fixed_pool() -> None:
+    # With a standby free, replicas only look a warm start ahead; the standbys cover what the
+    # forecast expects within one cold start.
     walk = Walk()
     for rate in range(20, 60, 4):
-        walk.run(10, rate=rate)
+        walk.run(10, rate=rate, warm_available=1)
     assert walk.decisions[-1].desired_warm > 0
     fixed = Walk(config=replace(CONFIG, warm_pool=2))
     assert fixed.run(30, rate=20).desired_warm == 2
@@ -312,3 +314,19 @@ def test_config_errors(changes: dict[str, object], message: str) -> None:
     with pytest.raises(AutoscalerConfigError, match=message.replace("(", r"\(").replace(
             ")", r"\)")):
         replace(CONFIG, **changes)  # type: ignore[arg-type]
+
+
+def test_slo_status() -> None:
+    from kubeplex.autoscaler import slo_status
+
+    def signals(ttft: float | None, rate: float = 10.0) -> Signals:
+        return Signals(time=0, window_s=60, instances=1, waiting=0, running=rate, kv_usage=0.1,
+                       arrival_rate=rate, completion_rate=rate, prompt_token_rate=None,
+                       generation_token_rate=None, ttft_quantile=ttft, ttft_count=600,
+                       arrival_cv2=1.0, saturated=False)
+
+    assert slo_status(NoData("x"), CONFIG) == "Unknown"
+    assert slo_status(signals(None, rate=0.0), CONFIG) == "Idle"
+    assert slo_status(signals(0.5), CONFIG) == "Met"
+    assert slo_status(signals(0.9), CONFIG) == "AtRisk"
+    assert slo_status(signals(1.5), CONFIG) == "Violated"

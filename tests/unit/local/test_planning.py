@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from kubeplex.operator.planning import (
     PoolBudget,
     ReplicaTemplate,
     autoscaler_config,
+    engine_max_num_seqs,
     fleet_plan,
     model_demand,
     model_shape,
@@ -46,7 +48,8 @@ def test_plan_pools_gives_every_model_a_template_even_at_min_zero():
     assert services[0].spec.scaling.min_replicas == 0
     plans = plan_pools(services, pools)
     template = plans["sim-h100"].templates["default/llama-8b-sim"]
-    assert (template.tp, template.pp, template.pool) == (1, 1, "sim-h100")
+    group = plans["sim-h100"].placement.groups[0]
+    assert (template.tp, template.pp, template.pool) == (group.tp, group.pp, "sim-h100")
     assert "llama-8b-sim" in plans["sim-h100"].placement.explanation
 
 
@@ -85,6 +88,35 @@ def test_autoscaler_config_carries_slo_bounds_and_overrides():
     with pytest.raises(PlanningError, match="stable_window_s must be > 0"):
         autoscaler_config(svc, ReplicaTemplate(svc.key, "sim-h100", 1, 1),
                           pools[0].spec.gpu.spec(), stable_window_s=0.0)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ((), None),
+    (("--enable-prefix-caching",), None),
+    (("--max-num-seqs", "2"), 2),
+    (("--max-num-seqs=16", "--enforce-eager"), 16),
+])
+def test_engine_max_num_seqs_reads_engine_args(args, expected):
+    assert engine_max_num_seqs(args) == expected
+
+
+@pytest.mark.parametrize("args", [("--max-num-seqs", "many"), ("--max-num-seqs=0",),
+                                  ("--max-num-seqs",)])
+def test_engine_max_num_seqs_refuses_bad_values(args):
+    with pytest.raises(PlanningError, match="--max-num-seqs"):
+        engine_max_num_seqs(args)
+
+
+def test_autoscaler_capacity_knows_the_engine_concurrency_limit():
+    # A replica that admits 2 sequences serves far fewer requests per second than the
+    # latency model's default batch: the autoscaler must be told, or a queue never scales.
+    services, pools = load_documents([EXAMPLES / "sim-h100.yaml"]).split()
+    svc = services[0]
+    model = replace(svc.spec.model, engine_args=("--max-num-seqs", "2"))
+    limited = replace(svc, spec=replace(svc.spec, model=model))
+    template, gpu = ReplicaTemplate(svc.key, "sim-h100", 1, 1), pools[0].spec.gpu.spec()
+    assert autoscaler_config(svc, template, gpu).max_num_seqs == 256
+    assert autoscaler_config(limited, template, gpu).max_num_seqs == 2
 
 
 def test_pool_budget_reads_warm_pool_policy():

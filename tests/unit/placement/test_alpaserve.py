@@ -196,3 +196,45 @@ def test_bad_input_is_refused_with_a_clear_message() -> None:
     with pytest.raises(DoesNotFitError, match=r"needs 0\.33 GB per GPU"):
         alpaserve_search([model_profile("alpa-bert-1.3b")], Cluster(8, 0.1 * GIB),
                          _workload([0.0], [0], 1.0, 1))
+
+
+def test_clockwork_replans_every_window_on_that_windows_arrivals() -> None:
+    base = model_profile("alpa-bert-1.3b")
+    profiles = [base.renamed(f"m{i}") for i in range(4)]
+    wl = synthetic_workload([2.0] * 4, [4.0] * 4, [0.5] * 4, 150.0, 0)
+    placement, stitched = clockwork_plus(profiles, Cluster(2, 13 * GIB), wl)
+    assert len(placement.windows) == 3  # [0, 60), [60, 120), [120, 180)
+    assert placement.groups == placement.windows[0]
+    assert len(stitched.good) == len(wl)
+    assert "re-solved in 3 windows of 60 s" in placement.explanation
+
+
+def test_alpaserve_never_scores_below_selective_replication_on_its_training_load() -> None:
+    base = model_profile("alpa-bert-1.3b")
+    profiles = [base.renamed(f"m{i}") for i in range(6)]
+    for cv in (1.0, 6.0):
+        wl = synthetic_workload(power_law_rates(12, 6), [cv] * 6, [0.5] * 6, 100.0, 0)
+        cluster = Cluster(4, 13 * GIB)
+        alpa, sr = alpaserve_search(profiles, cluster, wl), selective_replication(
+            profiles, cluster, wl)
+        assert alpa.score >= sr.score  # SR's config set is one of those AlpaServe tries
+        assert "4x(1x1)" in dict(alpa.candidates)
+
+
+def test_component_cache_matches_one_whole_simulation() -> None:
+    from kubeplex.placement.alpaserve import _ComponentCache
+
+    base = model_profile("alpa-bert-1.3b")
+    profiles = [base.renamed(f"m{i}") for i in range(8)]
+    wl = synthetic_workload(power_law_rates(40, 8), [4.0] * 8, [0.5] * 8, 60.0, 0)
+    rng = np.random.RandomState(7)
+    cache = _ComponentCache(profiles, wl)
+    for _ in range(20):
+        configs = [ParallelConfig(1, int(pp)) for pp in rng.choice([1, 2, 4], size=5)]
+        groups = [GroupSpec(c, tuple(sorted(rng.choice(8, size=rng.randint(0, 4),
+                                                       replace=False).tolist())))
+                  for c in configs]
+        unserved, group_requests = cache.counts(groups)
+        whole = simulate(groups, profiles, wl)
+        assert unserved == whole.unserved.tolist()
+        assert group_requests == whole.group_requests.tolist()

@@ -161,3 +161,39 @@ def test_replication_baseline_hosts_one_model_per_group() -> None:
     _check_well_formed(placement, pool)
     assert all(len(g.models) == 1 for g in placement.groups)
     assert placement.free_gpus == 0
+
+
+def test_a_model_capped_at_zero_replicas_is_reported_as_missing() -> None:
+    pool = PoolSpec(H100, nodes=1, gpus_per_node=1)
+    placement = plan(pool, [_demand("a"), _demand("capped", max_replicas=0)])
+    capped = placement.outcome("capped")
+    assert (capped.replicas, capped.attainment, capped.met) == (0, 0.0, False)
+    assert capped.p95_ttft_s == float("inf")
+    assert "capped: 0 replicas, 0.0% within TTFT <= 1 s, TPOT <= 0.1 s (MISSES" in \
+        placement.explanation
+
+
+def test_incremental_replan_scales_down_and_to_zero_within_the_budget() -> None:
+    pool = PoolSpec(H100, nodes=1, gpus_per_node=4)
+    busy = [_demand("a", rate=20.0, min_replicas=3), _demand("b", rate=1.0)]
+    before = plan(pool, busy)
+    assert before.replicas("a") == 3
+    quiet = [dataclasses.replace(busy[0], arrival_rate=1.0, min_replicas=1),
+             dataclasses.replace(busy[1], arrival_rate=0.0)]
+    after = plan(pool, quiet, current=before)
+    assert after.replicas("a") < before.replicas("a")
+    assert after.replicas("b") == 0  # idle, min_replicas 0: scaled to zero
+    assert after.outcome("a").met
+    assert after.free_gpus > before.free_gpus
+    frozen = plan(pool, quiet, current=before, max_moves=0)
+    assert [(g.id, [m.name for m in g.models]) for g in frozen.groups] == \
+        [(g.id, [m.name for m in g.models]) for g in before.groups]
+
+
+def test_pool_capacity_fills_nodes_in_order_up_to_max_gpus() -> None:
+    pool = PoolSpec(H100, nodes=3, gpus_per_node=8, max_gpus=12)
+    assert pool.node_capacity() == [8, 4, 0]
+    placement = plan(pool, [_demand("a", rate=1.0, min_replicas=2)])
+    assert all(g.node < 2 for g in placement.groups)
+    assert placement.free_gpus == 12 - sum(g.gpus for g in placement.groups)
+

@@ -88,3 +88,21 @@ def test_spec_adapters_read_the_multi_model_example(repo_root: Path) -> None:
     pool = pool_from_resource(pools[0])
     assert (pool.nodes, pool.gpus_per_node, pool.usable_gpus) == (2, 8, 16)
     assert pool.gpu.name == "H100-80GB"
+
+
+def test_spec_adapter_refuses_a_service_without_a_profile(repo_root: Path) -> None:
+    import dataclasses
+
+    from kubeplex.placement.errors import UnknownProfileError
+
+    services, _ = load_documents([repo_root / "examples" / "sim-h100.yaml"]).split()
+    service = services[0]
+    no_profile = dataclasses.replace(
+        service, spec=dataclasses.replace(
+            service.spec, model=dataclasses.replace(service.spec.model, profile=None)))
+    with pytest.raises(UnknownProfileError, match=r"spec.model.profile is not set"):
+        demand_from_service(no_profile)
+    fixed = dataclasses.replace(
+        service, spec=dataclasses.replace(
+            service.spec, parallelism=dataclasses.replace(service.spec.parallelism, tensor=2)))
+    assert demand_from_service(fixed).tp == 2

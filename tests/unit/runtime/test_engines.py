@@ -38,6 +38,7 @@ def test_vllm_on_gpu_gets_sizes_share_name_and_sleep_mode() -> None:
     assert _flag(argv, "--max-model-len") == "4096"
     assert "--enable-sleep-mode" in argv
     assert "--enable-request-id-headers" in argv
+    assert "--disable-uvicorn-access-log" in argv
     assert argv[-1] == "--enforce-eager"
     assert spec.env["VLLM_SERVER_DEV_MODE"] == "1"
     assert "VLLM_CPU_KVCACHE_SPACE" not in spec.env
@@ -48,6 +49,7 @@ def test_vllm_on_cpu_has_kv_space_and_no_sleep_mode() -> None:
     spec = launch(config.models[0], config, 9000, "cpu", environ={})
     assert "--enable-sleep-mode" not in spec.argv
     assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert spec.env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
     assert not can_sleep(config.models[0], "cpu")
     config2 = _config(sleepMode=True)
     with pytest.raises(RuntimeConfigError, match="sleepMode needs a GPU"):
