@@ -146,8 +146,7 @@ class Executor:
             return  # exists already (an earlier, interrupted cycle): advance() finishes it
         self.metrics.cold_starts.labels(pool=self.pool).inc()
         self._create_pod(namespace, name, created["metadata"]["uid"], node, tp, pp, serving,
-                         warm)
-        self._group_status(namespace, name, "Pending", None, [h.model.name for h in serving])
+                         warm)  # the status follows from the pod in the next cycles (advance)
 
     def claim(self, view: GroupObj, hosted: Sequence[Hosted],
               reason: str, now: float) -> None:

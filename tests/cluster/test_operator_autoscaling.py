@@ -153,7 +153,10 @@ def test_burst_scales_up_through_the_warm_pool_then_down_then_to_zero(
                 assert op.metric("kubeplex_operator_warm_claims_total") > claims_before
                 claimed = next(g for g in groups() if g["metadata"]["name"] == warm)
                 assert [m["modelService"] for m in claimed["spec"]["models"]] == [name]
-                assert warm in serving_pods()
+                # it joins the Service once the runtime reports the model loaded (cold pods
+                # under KWOK are Ready at once, so they may get there first)
+                wait_for("the claimed pod in the Service", lambda: warm in serving_pods(), 60)
+                claimed = next(g for g in groups() if g["metadata"]["name"] == warm)
                 assert "after the claim" in json.dumps(claimed["status"])
                 assert op.metric("kubeplex_operator_warm_claim_seconds_count") >= 1
                 # and the pool refills its warm standby
