@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import signal
 import sys
 import tempfile
 import threading
@@ -93,6 +94,8 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=5000)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    # A plain `kill` must still run the `finally` below that stops the cluster.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     lib = load_cluster()
     tools = lib.build(quiet=True)
     results: dict[str, Any] = {"nodes": args.nodes, "pods": args.pods,
