@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -74,6 +75,18 @@ def deployment(name: str, replicas: int, gpus: int) -> dict[str, Any]:
                      "containers": [{"name": "c", "image": IMAGE, "resources": resources}],
                      "nodeSelector": {"kubeplex.io/fake-node": "true"}}}},
     }
+
+
+def count_running_pods(api: Any) -> int:
+    """Pods in phase Running, listed in pages (a cross-check of the Deployments' counts)."""
+    count, token = 0, ""
+    while True:
+        page = api.get("/api/v1/pods?fieldSelector=status.phase%3DRunning&limit=1000"
+                       + (f"&continue={token}" if token else ""))
+        count += len(page["items"])
+        token = page["metadata"].get("continue", "")
+        if not token:
+            return count
 
 
 def wait(what: str, progress: Progress, total: int, count: Any) -> float:
@@ -145,9 +158,8 @@ def main() -> int:
 
                 wait("pods Running+Ready", progress, args.pods, ready_pods)
                 results["pods_ready_s"] = round(time.monotonic() - t0, 2)
-            running = api.get("/api/v1/pods?fieldSelector=status.phase%3DRunning&limit=1")
-            remaining = running["metadata"].get("remainingItemCount", 0)
-            results["pods_running_listed"] = len(running["items"]) + remaining
+            results["pods_running_listed"] = count_running_pods(api)
+            results["load_average_1m"] = round(os.getloadavg()[0], 1)
             results["rss_final_mib"] = {k: v >> 20 for k, v in lib.rss_bytes(state).items()}
             results["rss_peak_mib"] = {k: v >> 20 for k, v in sampler.peak.items()}
             results["rss_peak_total_mib"] = sum(results["rss_peak_mib"].values())
