@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import quote
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -82,7 +83,7 @@ def count_running_pods(api: Any) -> int:
     count, token = 0, ""
     while True:
         page = api.get("/api/v1/pods?fieldSelector=status.phase%3DRunning&limit=1000"
-                       + (f"&continue={token}" if token else ""))
+                       + (f"&continue={quote(token)}" if token else ""))
         count += len(page["items"])
         token = page["metadata"].get("continue", "")
         if not token:
