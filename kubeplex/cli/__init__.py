@@ -22,7 +22,12 @@ __all__ = ["COMMAND_MODULES", "Commands", "main"]
 #: inside the handlers, so ``kubeplex version`` stays instant.
 COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._basic",
+    "kubeplex.cli._autoscale",
     "kubeplex.cli._api",
+    "kubeplex.cli._placement",
+    "kubeplex.cli._local",
+    "kubeplex.cli._operator",
+    "kubeplex.cli._alerts",
 )
 
 Handler = Callable[[argparse.Namespace], int]

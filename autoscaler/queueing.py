@@ -1,0 +1,115 @@
+"""The queueing model: how many replicas meet a TTFT percentile SLO at an arrival rate.
+
+Model (and its assumptions)
+---------------------------
+vLLM schedules prefills ahead of decode steps, so a new request waits only for the prefills
+ahead of it (and for a free slot when the engine is full). kubeplex therefore models the fleet
+as two constraints, both per replica with the gateway spreading load evenly:
+
+1. **TTFT**: the prefills form an M/G/c queue (``c`` = replicas, Poisson-like arrivals at rate
+   ``lambda``, service time = the prefill time of a mean prompt). Its waiting time uses the
+   Allen-Cunneen approximation: the M/M/c probability of waiting (Erlang C, ``P_W``) and an
+   exponential tail whose rate ``(c*mu - lambda)`` is divided by ``(ca2 + cs2) / 2``, the
+   arrival and service squared coefficients of variation (1 and 1 for M/M/c; bursty traffic
+   has ca2 well above 1). The p-th percentile of the wait is 0 when ``P_W <= 1 - p``, else
+   ``ln(P_W / (1 - p)) * (ca2 + cs2) / 2 / (c*mu - lambda)``; TTFT = that wait + the prefill.
+2. **Throughput**: each request also costs GPU time for its decode steps (its share of a
+   batched step). The replica's total work per request, ``work_s``, must keep the utilization
+   ``lambda * work_s / c`` below ``max_utilization``, or the queue grows without bound.
+
+Assumptions: arrivals independent of the state (no client back-off), one FIFO class, routing
+that keeps replicas evenly loaded, prefill preempting decode (vLLM's default ordering), the
+decode batch large enough that its per-request share is well estimated by the latency model.
+The model is a steady-state one; bursts are the panic window's and the queue rule's job.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "ReplicaCapacity",
+    "erlang_c",
+    "replicas_for_slo",
+    "ttft_percentile",
+]
+
+#: Hard stop of the replica search (no ModelService needs more; avoids an endless loop).
+MAX_SEARCH_REPLICAS = 10_000
+
+
+@dataclass(frozen=True)
+class ReplicaCapacity:
+    """What one replica can do, from measurements or the latency model.
+
+    ``prefill_s``: prefill time of a mean prompt; ``work_s``: GPU seconds one mean request
+    costs in all (prefill + its share of decode steps at the operating batch), so
+    ``1 / work_s`` is the replica's saturation throughput in requests/s; ``source`` says where
+    the numbers came from ("measured", "profile", "hint").
+    """
+
+    prefill_s: float
+    work_s: float
+    source: str
+
+    @property
+    def service_rate(self) -> float:
+        """Requests per second one replica completes when saturated."""
+        return 1.0 / self.work_s
+
+
+def erlang_c(servers: int, offered: float) -> float:
+    """The M/M/c probability that an arrival waits (Erlang C) at offered load ``lambda/mu``.
+
+    Computed with the numerically stable Erlang B recursion; 1.0 when ``offered >= servers``.
+    """
+    if servers <= 0 or offered >= servers:
+        return 1.0
+    if offered <= 0:
+        return 0.0
+    blocking = 1.0
+    for k in range(1, servers + 1):
+        blocking = offered * blocking / (k + offered * blocking)
+    rho = offered / servers
+    return blocking / (1.0 - rho + rho * blocking)
+
+
+def ttft_percentile(replicas: int, arrival_rate: float, capacity: ReplicaCapacity,
+                    quantile: float, arrival_cv2: float = 1.0, service_cv2: float = 1.0) -> float:
+    """Predicted TTFT at ``quantile`` (0-1) with ``replicas``; ``inf`` if they are overloaded."""
+    if arrival_rate <= 0:
+        return capacity.prefill_s
+    if replicas <= 0:
+        return math.inf
+    mu = 1.0 / capacity.prefill_s
+    if arrival_rate >= replicas * mu or arrival_rate * capacity.work_s >= replicas:
+        return math.inf
+    waits = erlang_c(replicas, arrival_rate / mu)
+    tail = 1.0 - quantile
+    if waits <= tail:
+        return capacity.prefill_s
+    variability = (arrival_cv2 + service_cv2) / 2.0
+    wait = math.log(waits / tail) * variability / (replicas * mu - arrival_rate)
+    return wait + capacity.prefill_s
+
+
+def replicas_for_slo(arrival_rate: float, capacity: ReplicaCapacity, slo_s: float,
+                     quantile: float, max_utilization: float, arrival_cv2: float = 1.0,
+                     service_cv2: float = 1.0) -> int | None:
+    """The fewest replicas whose predicted TTFT percentile meets ``slo_s`` at the rate.
+
+    Also keeps the throughput utilization at most ``max_utilization``. Zero for no arrivals;
+    None when no replica count can meet the SLO (the prefill alone exceeds it).
+    """
+    if arrival_rate <= 0:
+        return 0
+    if capacity.prefill_s > slo_s:
+        return None
+    start = max(1, math.ceil(arrival_rate * capacity.work_s / max_utilization))
+    for replicas in range(start, MAX_SEARCH_REPLICAS + 1):
+        predicted = ttft_percentile(replicas, arrival_rate, capacity, quantile, arrival_cv2,
+                                    service_cv2)
+        if predicted <= slo_s:
+            return replicas
+    return None

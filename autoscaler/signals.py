@@ -1,0 +1,323 @@
+"""Signals the control law needs, extracted from a window of vLLM metric scrapes.
+
+A :class:`Scrape` is what one read of the metrics returned for ONE model: the raw sample values
+per *instance* (one engine of one pod: the label set without ``le``), at the time it was read.
+Sources (:mod:`kubeplex.autoscaler.sources`) build scrapes; the caller keeps the recent ones
+(at least the stable window) and passes them in. :func:`extract` turns them into
+:class:`Signals`, or :class:`NoData` saying why it cannot (no scrape, stale scrape, a metric
+missing). "No data" is never a zero: the control law holds the current scale on it.
+
+Rates follow PromQL's ``increase``: per instance, over consecutive scrapes, a counter that went
+down was reset (the engine restarted) and counts from zero; a series seen only once contributes
+nothing (two samples make a rate). The TTFT percentile is PromQL's ``histogram_quantile`` over
+the bucket increases summed across instances (linear interpolation inside the bucket, the
+lowest bucket starting at 0, a rank in the ``+Inf`` bucket answering the highest finite bound).
+
+vLLM has no arrivals counter, but requests are conserved: arrivals in a window are the
+completions plus the growth of the requests in the engines (waiting + running). The gateway's
+held requests (scale-from-zero) are not in the engines; the caller passes them separately.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+__all__ = [
+    "ARRIVAL_CONSERVED",
+    "COMPLETIONS",
+    "GENERATION_TOKENS",
+    "KV_USAGE",
+    "PROMPT_TOKENS",
+    "RUNNING",
+    "TTFT",
+    "TTFT_BUCKETS",
+    "WAITING",
+    "Buckets",
+    "NoData",
+    "Scrape",
+    "Signals",
+    "bucket_increase",
+    "counter_increase",
+    "extract",
+    "histogram_quantile",
+]
+
+# vLLM 0.32-0.33 metric names (DESIGN.md "vLLM facts"); counters are read by their sample name.
+WAITING = "vllm:num_requests_waiting"
+RUNNING = "vllm:num_requests_running"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+TTFT = "vllm:time_to_first_token_seconds"
+COMPLETIONS = "vllm:request_success_total"
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+#: How arrivals are derived (documentation marker): completions + growth of waiting + running.
+ARRIVAL_CONSERVED = "completions + delta(waiting + running)"
+
+#: vLLM's TTFT histogram bucket bounds (vllm/v1/metrics/loggers.py, 0.33): note no 2.0 edge.
+TTFT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)
+
+#: Cumulative histogram buckets ``(upper bound, count)``, ascending, ending with ``+Inf``.
+Buckets = tuple[tuple[float, float], ...]
+
+_EMPTY: Mapping[str, float] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One read of one model's metrics at ``time`` (seconds, the caller's clock).
+
+    ``values`` maps a sample name (gauges, and counters by their ``_total`` name) to
+    ``{instance: value}``; ``histograms`` maps a histogram's base name to
+    ``{instance: cumulative buckets}``.
+    """
+
+    time: float
+    values: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    histograms: Mapping[str, Mapping[str, Buckets]] = field(default_factory=dict)
+
+    def series(self, name: str) -> Mapping[str, float]:
+        return self.values.get(name, _EMPTY)
+
+    def total(self, name: str) -> float | None:
+        """The sum over instances, or None when no instance exposes the metric."""
+        series = self.values.get(name)
+        return None if not series else math.fsum(series.values())
+
+
+@dataclass(frozen=True)
+class NoData:
+    """Why signals could not be computed (missing scrape, stale scrape, metric absent)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the metrics say about one model over a window ending at ``time``.
+
+    Gauges are the latest scrape's, summed over instances (``kv_usage`` is the mean).
+    Rates are per second over ``window_s`` (the span the scrapes actually cover).
+    ``ttft_quantile`` is None when no request got its first token in the window (PromQL
+    answers NaN there): the percentile of nothing is unknown, not zero.
+    ``arrival_cv2`` is the index of dispersion of per-interval arrival counts (about the
+    squared coefficient of variation of inter-arrival times for a renewal process), None with
+    fewer than three intervals or no arrivals.
+    ``saturated`` says every scrape in the window had requests waiting (the fleet ran flat
+    out, so the completion rate is its capacity).
+    """
+
+    time: float
+    window_s: float
+    instances: int
+    waiting: float
+    running: float
+    kv_usage: float | None
+    arrival_rate: float
+    completion_rate: float
+    prompt_token_rate: float | None
+    generation_token_rate: float | None
+    ttft_quantile: float | None
+    ttft_count: float
+    arrival_cv2: float | None
+    saturated: bool
+
+    @property
+    def in_system(self) -> float:
+        return self.waiting + self.running
+
+    @property
+    def mean_prompt_tokens(self) -> float | None:
+        """Prompt tokens per prefilled request (prompt tokens count at the first token)."""
+        if self.prompt_token_rate is None or self.ttft_count <= 0 or self.window_s <= 0:
+            return None
+        return self.prompt_token_rate * self.window_s / self.ttft_count
+
+    @property
+    def mean_output_tokens(self) -> float | None:
+        if self.generation_token_rate is None or self.completion_rate <= 0:
+            return None
+        return self.generation_token_rate / self.completion_rate
+
+
+def counter_increase(samples: Sequence[Mapping[str, float]]) -> float:
+    """A counter's increase over consecutive samples ``{instance: value}``, resets handled.
+
+    Per instance and per consecutive pair: ``cur - prev``, or ``cur`` when the counter went
+    down (a reset restarts it from zero), like PromQL's ``increase`` without extrapolation.
+    """
+    total = 0.0
+    for prev, cur in itertools.pairwise(samples):
+        for instance, value in cur.items():
+            before = prev.get(instance)
+            if before is None:
+                continue
+            total += value - before if value >= before else value
+    return total
+
+
+def bucket_increase(samples: Sequence[Mapping[str, Buckets]]) -> Buckets:
+    """The summed increase of cumulative histogram buckets over consecutive samples.
+
+    An instance whose total count (the ``+Inf`` bucket) went down was reset: its whole
+    current histogram is the increase. Bounds missing from some instance are ignored for it.
+    """
+    sums: dict[float, float] = {}
+    for prev, cur in itertools.pairwise(samples):
+        for instance, buckets in cur.items():
+            before = prev.get(instance)
+            if before is None:
+                continue
+            old = dict(before)
+            reset = bool(buckets) and bool(before) and buckets[-1][1] < before[-1][1]
+            for bound, count in buckets:
+                delta = count if reset else count - old.get(bound, 0.0)
+                sums[bound] = sums.get(bound, 0.0) + max(0.0, delta)
+    return tuple(sorted(sums.items()))
+
+
+def histogram_quantile(q: float, buckets: Buckets) -> float | None:
+    """PromQL's ``histogram_quantile(q, ...)`` over cumulative ``(upper bound, count)`` pairs.
+
+    Returns None where PromQL returns NaN (no observations, no ``+Inf`` bucket, fewer than
+    two buckets). Counts that decrease with the bound are made monotonic first, as PromQL does.
+    """
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    ordered = sorted(buckets)
+    if len(ordered) < 2 or not math.isinf(ordered[-1][0]):
+        return None
+    bounds = [b for b, _ in ordered]
+    counts: list[float] = []
+    for _, c in ordered:
+        counts.append(max(c, counts[-1]) if counts else c)
+    observations = counts[-1]
+    if observations <= 0:
+        return None
+    rank = q * observations
+    index = next(i for i, c in enumerate(counts) if c >= rank)
+    if index == len(counts) - 1:
+        return bounds[-2]
+    if index == 0 and bounds[0] <= 0:
+        return bounds[0]
+    start = 0.0 if index == 0 else bounds[index - 1]
+    below = 0.0 if index == 0 else counts[index - 1]
+    in_bucket = counts[index] - below
+    if in_bucket <= 0:
+        return bounds[index]
+    return start + (bounds[index] - start) * (rank - below) / in_bucket
+
+
+def _window(scrapes: Iterable[Scrape], now: float, window_s: float) -> list[Scrape]:
+    return [s for s in scrapes if now - window_s - 1e-9 <= s.time <= now + 1e-9]
+
+
+def _rate(increase: float, seconds: float) -> float:
+    return increase / seconds if seconds > 0 else 0.0
+
+
+def _in_system(scrape: Scrape) -> float | None:
+    waiting, running = scrape.total(WAITING), scrape.total(RUNNING)
+    if waiting is None or running is None:
+        return None
+    return waiting + running
+
+
+def _arrivals(first: Scrape, last: Scrape, completions: float) -> float:
+    """Conservation: arrived = completed + growth of what is in the engines."""
+    start, end = _in_system(first), _in_system(last)
+    growth = (end or 0.0) - (start or 0.0)
+    return max(0.0, completions + growth)
+
+
+#: Aggregation levels (in scrape intervals) of the dispersion estimate: the index of
+#: dispersion of a bursty renewal process grows with the counting interval toward its cv^2.
+DISPERSION_SCALES = (1, 2, 4)
+
+
+def _allan(counts: Sequence[float]) -> float | None:
+    if len(counts) < 3:
+        return None
+    mean = math.fsum(counts) / len(counts)
+    if mean <= 0:
+        return None
+    allan = math.fsum((b - a) ** 2 for a, b in itertools.pairwise(counts))
+    return allan / (2 * (len(counts) - 1)) / mean
+
+
+def _dispersion(window: Sequence[Scrape]) -> float | None:
+    """Allan-style index of dispersion of arrival counts, the largest over a few interval sizes.
+
+    Half the mean squared difference of successive counts over their mean: for a renewal
+    process it estimates Var(N)/E[N] (about the squared CV of inter-arrival times when the
+    intervals are long enough), while a slow change of the rate, which would inflate a plain
+    variance, adds only one difference.
+    """
+    counts: list[float] = []
+    for prev, cur in itertools.pairwise(window):
+        done = counter_increase([prev.series(COMPLETIONS), cur.series(COMPLETIONS)])
+        counts.append(_arrivals(prev, cur, done))
+    estimates = []
+    for scale in DISPERSION_SCALES:
+        grouped = [math.fsum(counts[i:i + scale])
+                   for i in range(0, len(counts) - scale + 1, scale)]
+        value = _allan(grouped)
+        if value is not None:
+            estimates.append(value)
+    return max(estimates) if estimates else None
+
+
+def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: float,
+            stale_after_s: float) -> Signals | NoData:
+    """Signals over the scrapes of the last ``window_s`` seconds before ``now``.
+
+    ``percentile`` is in (0, 100). A newest scrape older than ``stale_after_s``, fewer than two
+    scrapes in the window, or a missing waiting/running gauge give :class:`NoData`.
+    """
+    if not scrapes:
+        return NoData("no metrics scraped yet")
+    newest = max(scrapes, key=lambda s: s.time)
+    age = now - newest.time
+    if age > stale_after_s:
+        return NoData(f"newest metrics are {age:.0f} s old (stale after {stale_after_s:.0f} s)")
+    window = sorted(_window(scrapes, now, window_s), key=lambda s: s.time)
+    if len(window) < 2:
+        return NoData(f"fewer than two scrapes in the last {window_s:.0f} s")
+    first, last = window[0], window[-1]
+    for name in (WAITING, RUNNING):
+        if last.total(name) is None:
+            return NoData(f"metric {name} missing from the newest scrape")
+    span = last.time - first.time
+    completions = counter_increase([s.series(COMPLETIONS) for s in window])
+    arrivals = _arrivals(first, last, completions)
+    ttft = bucket_increase([s.histograms.get(TTFT, {}) for s in window])
+    ttft_count = ttft[-1][1] if ttft else 0.0
+    kv = last.series(KV_USAGE)
+    prompt = ([s.series(PROMPT_TOKENS) for s in window] if last.series(PROMPT_TOKENS) else None)
+    generated = ([s.series(GENERATION_TOKENS) for s in window]
+                 if last.series(GENERATION_TOKENS) else None)
+    return Signals(
+        time=last.time,
+        window_s=span,
+        instances=len(last.series(RUNNING)),
+        waiting=last.total(WAITING) or 0.0,
+        running=last.total(RUNNING) or 0.0,
+        kv_usage=math.fsum(kv.values()) / len(kv) if kv else None,
+        arrival_rate=_rate(arrivals, span),
+        completion_rate=_rate(completions, span),
+        prompt_token_rate=None if prompt is None else _rate(counter_increase(prompt), span),
+        generation_token_rate=(None if generated is None
+                               else _rate(counter_increase(generated), span)),
+        ttft_quantile=histogram_quantile(percentile / 100.0, ttft),
+        ttft_count=ttft_count,
+        arrival_cv2=_dispersion(window),
+        saturated=all((s.total(WAITING) or 0.0) > 0 for s in window),
+    )

@@ -1,0 +1,159 @@
+"""Metric sources: the only I/O in the autoscaler, adapters that produce :class:`Scrape`\\ s.
+
+Two ways to read one model's vLLM metrics:
+
+* **Direct scrape** of a runtime's ``/metrics`` (local mode, or an operator without
+  Prometheus): :func:`scrape_runtime` fetches the text, :func:`parse_metrics_text` parses it
+  with prometheus_client's parser and keeps the series of one model (label ``model_name``).
+  Several replicas' scrapes at one moment combine with :func:`merge`.
+* **Prometheus HTTP API**: :func:`query_prometheus` asks one instant query for the raw
+  series (``{__name__=~"vllm:...", model_name="..."}``, every pod at once) and
+  :func:`parse_query_result` turns the answer into the same :class:`Scrape`, so rates and the
+  TTFT percentile are computed by the same pure code (reset handling included) either way.
+
+Instances are identified by their labels minus ``le`` and ``__name__`` (plus the scrape target
+for direct scrapes), so per-pod counters keep their own reset handling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from kubeplex.autoscaler.errors import MetricsSourceError
+from kubeplex.autoscaler.signals import (
+    COMPLETIONS,
+    GENERATION_TOKENS,
+    KV_USAGE,
+    PROMPT_TOKENS,
+    RUNNING,
+    TTFT,
+    WAITING,
+    Buckets,
+    Scrape,
+)
+
+__all__ = [
+    "SERIES_SELECTOR",
+    "WANTED",
+    "merge",
+    "parse_metrics_text",
+    "parse_query_result",
+    "query_prometheus",
+    "scrape_runtime",
+]
+
+#: Sample names the signals use (the TTFT histogram by its ``_bucket`` samples).
+WANTED = frozenset({WAITING, RUNNING, KV_USAGE, COMPLETIONS, PROMPT_TOKENS,
+                    GENERATION_TOKENS, f"{TTFT}_bucket"})
+#: PromQL selector of those series; ``{model}`` is filled with the served model name.
+SERIES_SELECTOR = ('{{__name__=~"{names}",model_name="{model}"}}')
+#: Seconds an HTTP read may take before the source reports itself unreachable.
+DEFAULT_TIMEOUT_S = 5.0
+_SKIP_LABELS = frozenset({"le", "__name__"})
+
+
+def _instance(labels: Mapping[str, str], prefix: str) -> str:
+    key = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in _SKIP_LABELS)
+    return f"{prefix}|{key}" if prefix else key
+
+
+def _bound(text: str) -> float:
+    return math.inf if text in ("+Inf", "Inf", "inf") else float(text)
+
+
+def _build(time: float, samples: Iterable[tuple[str, Mapping[str, str], float]],
+           prefix: str) -> Scrape:
+    values: dict[str, dict[str, float]] = {}
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for name, labels, value in samples:
+        if name not in WANTED or math.isnan(value):
+            continue
+        instance = _instance(labels, prefix)
+        if name == f"{TTFT}_bucket":
+            if "le" not in labels:
+                raise MetricsSourceError(f"{name} sample without an le label")
+            buckets.setdefault(instance, []).append((_bound(labels["le"]), value))
+        else:
+            values.setdefault(name, {})[instance] = value
+    histogram: dict[str, Buckets] = {k: tuple(sorted(v)) for k, v in buckets.items()}
+    return Scrape(time, values, {TTFT: histogram} if histogram else {})
+
+
+def parse_metrics_text(text: str, model: str, time: float, target: str = "") -> Scrape:
+    """One model's series from a Prometheus text exposition (``/metrics``) read at ``time``.
+
+    Series without a ``model_name`` label are kept (a single-model engine); others must match.
+    """
+    try:
+        families = list(text_string_to_metric_families(text))
+    except (ValueError, TypeError) as err:
+        raise MetricsSourceError(f"metrics from {target or 'the runtime'} are not in the "
+                                 f"Prometheus text format: {err}") from err
+    samples = ((s.name, s.labels, float(s.value)) for f in families for s in f.samples
+               if s.labels.get("model_name", model) == model)
+    return _build(time, samples, target)
+
+
+def merge(scrapes: Sequence[Scrape], time: float) -> Scrape:
+    """Combine scrapes of several targets (taken at about ``time``) into one."""
+    values: dict[str, dict[str, float]] = {}
+    histograms: dict[str, dict[str, Buckets]] = {}
+    for scrape in scrapes:
+        for name, series in scrape.values.items():
+            values.setdefault(name, {}).update(series)
+        for name, per_instance in scrape.histograms.items():
+            histograms.setdefault(name, {}).update(per_instance)
+    return Scrape(time, values, histograms)
+
+
+async def scrape_runtime(client: httpx.AsyncClient, url: str, model: str,
+                         time: float) -> Scrape:
+    """GET ``url`` (a runtime's ``/metrics``) and parse ``model``'s series."""
+    try:
+        response = await client.get(url, timeout=DEFAULT_TIMEOUT_S)
+        response.raise_for_status()
+    except httpx.HTTPError as err:
+        raise MetricsSourceError(f"cannot scrape {url}: {err}") from err
+    return parse_metrics_text(response.text, model, time, target=url)
+
+
+def parse_query_result(body: Any, time: float) -> Scrape:
+    """A Prometheus ``/api/v1/query`` answer (instant vector, JSON-decoded) as a Scrape."""
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error") if isinstance(body, dict) else None
+        raise MetricsSourceError(f"Prometheus query failed: {error or body!r}")
+    data = body.get("data")
+    if not isinstance(data, dict) or data.get("resultType") != "vector":
+        raise MetricsSourceError("Prometheus answered something other than an instant vector")
+    samples: list[tuple[str, Mapping[str, str], float]] = []
+    for item in data.get("result") or []:
+        try:
+            labels = dict(item["metric"])
+            samples.append((labels["__name__"], labels, float(item["value"][1])))
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise MetricsSourceError(f"malformed Prometheus sample {item!r}") from err
+    return _build(time, samples, "")
+
+
+async def query_prometheus(client: httpx.AsyncClient, base_url: str, model: str,
+                           time: float, extra_matchers: str = "") -> Scrape:
+    """Read ``model``'s raw vLLM series from Prometheus (one instant query).
+
+    ``extra_matchers`` narrows the selector (e.g. ``namespace="prod"``).
+    """
+    names = "|".join(sorted(WANTED))
+    selector = SERIES_SELECTOR.format(names=names, model=model)
+    if extra_matchers:
+        selector = selector[:-1] + "," + extra_matchers + "}"
+    url = base_url.rstrip("/") + "/api/v1/query"
+    try:
+        response = await client.get(url, params={"query": selector}, timeout=DEFAULT_TIMEOUT_S)
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as err:
+        raise MetricsSourceError(f"cannot query Prometheus at {base_url}: {err}") from err
+    return parse_query_result(body, time)

@@ -1,0 +1,255 @@
+"""How the operator copes with a big fleet: N ModelServices on M fake GPU nodes.
+
+Starts its own control plane (e2e/cluster, temporary state directory, free ports) with M fake
+nodes (default 500 x 8 H100), labels them into P GPUPools of disjoint node sets, starts the
+operator (`kubeplex operator`, direct scraping off: KWOK pods run nothing; quick placement),
+then applies N ModelServices (default 1,000; one replica each, 1 GPU) and measures:
+
+* time from the first apply to every ModelService reporting ``status.ready == 1/1``;
+* the operator's CPU seconds and peak RSS (sampled every second from /proc);
+* steady state: the pool cycle time (``kubeplex_operator_reconcile_seconds`` sum/count), and
+  the latency from a spec change (``kubectl scale`` 1 -> 2 of one ModelService) to its status
+  showing 2/2, p50/p99 over K changes.
+
+    .venv/bin/python benchmarks/operator/scale.py [--services 1000] [--nodes 500] \
+        [--pools 10] [--changes 40] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import kubernetes
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION = "kubeplex.io", "v1alpha1"
+#: Parallel creations (the API server has 2 cores; more gains nothing).
+WORKERS = 8
+TIMEOUT_S = 1800.0
+#: Clock ticks per second for /proc/<pid>/stat CPU times.
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def load_cluster() -> ModuleType:
+    path = REPO / "e2e" / "cluster" / "cluster.py"
+    spec = importlib.util.spec_from_file_location("kubeplex_e2e_cluster", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds user+system, RSS bytes) of one process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / TICKS
+    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    return cpu, rss
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_rss, self.stop = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            try:
+                self.peak_rss = max(self.peak_rss, proc_stats(self.pid)[1])
+            except OSError:
+                return
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((name + "{", name + " ")))
+
+
+def msvc(i: int, pools: int) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
+            "metadata": {"name": f"m-{i:04d}"},
+            "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
+                               "profile": "llama-3.1-8b"},
+                     "engine": "sim", "pool": f"bench-{i % pools}",
+                     "slo": {"ttftSeconds": 1.0},
+                     "parallelism": {"tensor": 1, "pipeline": 1},
+                     "scaling": {"minReplicas": 1, "maxReplicas": 4}}}
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    lib = load_cluster()
+    result: dict[str, Any] = {"services": args.services, "nodes": args.nodes,
+                              "pools": args.pools}
+    with tempfile.TemporaryDirectory(prefix="kubeplex-opbench-") as tmp:
+        state_dir = Path(tmp) / "cluster"
+        t0 = time.monotonic()
+        state = lib.up(state_dir, nodes=0, say=lambda m: print(m, file=sys.stderr))
+        op_proc: subprocess.Popen[bytes] | None = None
+        try:
+            api = lib.Api.from_state(state)
+            names = [f"gpu-node-{i}" for i in range(args.nodes)]
+            with ThreadPoolExecutor(WORKERS) as pool:
+                list(pool.map(lambda i: api.create("/api/v1/nodes", lib.gpu_node(
+                    names[i], i, lib.NodeSpec())), range(args.nodes)))
+            lib.wait_nodes_ready(api, set(names))
+            result["cluster_up_s"] = round(time.monotonic() - t0, 1)
+            client = kubernetes.config.new_client_from_config(config_file=state.kubeconfig)
+            core = kubernetes.client.CoreV1Api(client)
+            custom = kubernetes.client.CustomObjectsApi(client)
+            with ThreadPoolExecutor(WORKERS) as pool:
+                list(pool.map(lambda i: core.patch_node(names[i], {"metadata": {"labels": {
+                    "kubeplex.io/bench-pool": f"bench-{i % args.pools}"}}}),
+                    range(args.nodes)))
+            for crd in sorted((REPO / "crds").glob("*.yaml")):
+                subprocess.run(["kubectl", f"--kubeconfig={state.kubeconfig}", "apply",
+                                "--server-side", "-f", str(crd)], check=True,
+                               capture_output=True)
+            subprocess.run(["kubectl", f"--kubeconfig={state.kubeconfig}", "wait",
+                            "--for=condition=Established", "crd", "--all", "--timeout=60s"],
+                           check=True, capture_output=True)
+            for p in range(args.pools):
+                custom.create_cluster_custom_object(GROUP, VERSION, "gpupools", {
+                    "apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool",
+                    "metadata": {"name": f"bench-{p}"},
+                    "spec": {"nodeSelector": {"kubeplex.io/bench-pool": f"bench-{p}"},
+                             "gpu": {"product": "H100-80GB"}, "gpusPerNode": 8}})
+            metrics_port = free_port()
+            env = {**os.environ, "KUBECONFIG": state.kubeconfig,
+                   "KUBEPLEX_BIND_ADDRESS": "127.0.0.1",
+                   "KUBEPLEX_HEALTH_PORT": str(free_port()),
+                   "KUBEPLEX_METRICS_PORT": str(metrics_port),
+                   "KUBEPLEX_WEBHOOK_PORT": str(free_port()),
+                   "KUBEPLEX_SCRAPE": "off", "KUBEPLEX_PLACEMENT": "quick",
+                   "KUBEPLEX_INTERVAL_SECONDS": "5", "KUBEPLEX_LOG_LEVEL": "WARNING"}
+            log = (Path(tmp) / "operator.log").open("wb")
+            op_proc = subprocess.Popen([sys.executable, "-m", "kubeplex.cli", "operator"],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+            sampler = Sampler(op_proc.pid)
+            sampler.start()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    metric(metrics_port, "kubeplex_operator_reconciles_total")
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            cpu0 = proc_stats(op_proc.pid)[0]
+            ns = "default"
+            t_apply = time.monotonic()
+            with ThreadPoolExecutor(WORKERS) as pool:
+                list(pool.map(lambda i: custom.create_namespaced_custom_object(
+                    GROUP, VERSION, ns, "modelservices", msvc(i, args.pools)),
+                    range(args.services)))
+            result["apply_s"] = round(time.monotonic() - t_apply, 1)
+            with Progress(TextColumn("ModelServices Ready"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), transient=True) as progress:
+                task = progress.add_task("ready", total=args.services)
+                ready = 0
+                while ready < args.services:
+                    if time.monotonic() - t_apply > TIMEOUT_S:
+                        raise TimeoutError(f"only {ready} of {args.services} Ready")
+                    items = custom.list_namespaced_custom_object(
+                        GROUP, VERSION, ns, "modelservices")["items"]
+                    ready = sum(1 for m in items
+                                if m.get("status", {}).get("ready") == "1/1")
+                    progress.update(task, completed=ready)
+                    time.sleep(1.0)
+            result["all_ready_s"] = round(time.monotonic() - t_apply, 1)
+            cpu1 = proc_stats(op_proc.pid)[0]
+            result["operator_cpu_s_to_ready"] = round(cpu1 - cpu0, 1)
+            pods = core.list_namespaced_pod(ns, label_selector="kubeplex.io/group").items
+            result["pods"] = len(pods)
+            result["pods_running"] = sum(1 for p in pods if p.status.phase == "Running")
+            # steady state
+            time.sleep(15)
+            s0 = metric(metrics_port, "kubeplex_operator_reconcile_seconds_sum")
+            c0 = metric(metrics_port, "kubeplex_operator_reconcile_seconds_count")
+            cpu_a, t_a = proc_stats(op_proc.pid)[0], time.monotonic()
+            time.sleep(30)
+            s1 = metric(metrics_port, "kubeplex_operator_reconcile_seconds_sum")
+            c1 = metric(metrics_port, "kubeplex_operator_reconcile_seconds_count")
+            cpu_b, t_b = proc_stats(op_proc.pid)[0], time.monotonic()
+            result["steady_cycle_mean_s"] = round((s1 - s0) / max(1.0, c1 - c0), 3)
+            result["steady_cycles_per_s"] = round((c1 - c0) / (t_b - t_a), 2)
+            result["steady_operator_cpu_frac"] = round((cpu_b - cpu_a) / (t_b - t_a), 3)
+            latencies = []
+            for k in range(args.changes):
+                name = f"m-{(k * 7919) % args.services:04d}"
+                t = time.monotonic()
+                custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "modelservices", name,
+                                                      {"spec": {"scaling": {"replicas": 2}}})
+                while custom.get_namespaced_custom_object(
+                        GROUP, VERSION, ns, "modelservices", name).get(
+                        "status", {}).get("ready") != "2/2":
+                    if time.monotonic() - t > 120:
+                        raise TimeoutError(f"{name} never reached 2/2")
+                    time.sleep(0.05)
+                latencies.append(time.monotonic() - t)
+            result["change_to_ready_p50_s"] = round(percentile(latencies, 50), 2)
+            result["change_to_ready_p99_s"] = round(percentile(latencies, 99), 2)
+            result["operator_peak_rss_mib"] = round(sampler.peak_rss / 2**20, 1)
+            sampler.stop.set()
+        finally:
+            if op_proc is not None:
+                op_proc.send_signal(signal.SIGTERM)
+                try:
+                    op_proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    op_proc.kill()
+            lib.down(state_dir, say=lambda m: print(m, file=sys.stderr))
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--services", type=int, default=1000)
+    p.add_argument("--nodes", type=int, default=500)
+    p.add_argument("--pools", type=int, default=10)
+    p.add_argument("--changes", type=int, default=40)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print("\n| metric | value |\n|---|---|")
+    for k, v in result.items():
+        print(f"| {k} | {v} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

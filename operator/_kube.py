@@ -1,0 +1,145 @@
+"""The Kubernetes writes the operator makes, behind one small interface.
+
+:class:`Kube` is the only module that calls the ``kubernetes`` client, so the RBAC the
+operator needs is the list of calls here (``tests/unit/test_operator_rbac.py`` checks the
+Helm chart's rules against :data:`RBAC_NEEDED`). Every write is idempotent: create answers
+409 -> fine, delete answers 404 -> fine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any, Protocol
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from kubeplex.api import GROUP, VERSION
+
+__all__ = ["RBAC_NEEDED", "Kube", "KubeApi"]
+
+log = logging.getLogger("kubeplex.operator")
+
+#: (apiGroup, resource, verb) the operator's own calls need (kopf's watches add list/watch
+#: of what it serves, patch for finalizers and its progress annotations, and events).
+RBAC_NEEDED: frozenset[tuple[str, str, str]] = frozenset({
+    # kopf: watch and annotate/finalize the served resources
+    *((GROUP, r, v) for r in ("modelservices", "gpupools", "servinggroups")
+      for v in ("list", "watch", "patch")),
+    ("", "pods", "list"), ("", "pods", "watch"), ("", "nodes", "list"), ("", "nodes", "watch"),
+    # this module
+    (GROUP, "servinggroups", "create"), (GROUP, "servinggroups", "delete"),
+    (GROUP, "servinggroups/status", "patch"), (GROUP, "modelservices/status", "patch"),
+    (GROUP, "gpupools/status", "patch"),
+    ("", "pods", "create"), ("", "pods", "patch"), ("", "pods", "delete"),
+    ("", "services", "create"), ("", "services", "patch"), ("", "services", "get"),
+    ("", "events", "create"),
+})
+
+
+class KubeApi(Protocol):
+    """What the executor needs (a fake implements it in unit tests)."""
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any] | None: ...
+    def patch(self, kind: str, namespace: str | None, name: str, body: dict[str, Any],
+              status: bool = False) -> None: ...
+    def delete(self, kind: str, namespace: str, name: str) -> None: ...
+    def event(self, obj_kind: str, namespace: str | None, name: str, uid: str, reason: str,
+              message: str, warning: bool = False) -> None: ...
+
+
+_PLURALS = {"ServingGroup": "servinggroups", "ModelService": "modelservices",
+            "GPUPool": "gpupools"}
+
+
+class Kube:
+    """The real client (``kubernetes`` 37, synchronous; called from worker threads)."""
+
+    def __init__(self, api_client: k8s.ApiClient, component: str = "kubeplex-operator") -> None:
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+        self.component = component
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        kind, meta = obj["kind"], obj["metadata"]
+        ns = meta.get("namespace")
+        try:
+            if kind in _PLURALS:
+                created: Any = self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, ns, _PLURALS[kind], obj)
+                return dict(created)
+            body: Any = obj  # the client accepts plain dicts as well as its models
+            if kind == "Pod":
+                self.core.create_namespaced_pod(ns, body)
+                return obj
+            if kind == "Service":
+                self.core.create_namespaced_service(ns, body)
+                return obj
+        except ApiException as e:
+            if e.status == 409:
+                return None
+            raise
+        raise ValueError(f"cannot create kind {kind}")
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            svc = self.core.read_namespaced_service(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        out: Any = k8s.ApiClient().sanitize_for_serialization(svc)  # type: ignore[no-untyped-call]
+        return dict(out)
+
+    def patch(self, kind: str, namespace: str | None, name: str, body: dict[str, Any],
+              status: bool = False) -> None:
+        ns = namespace or "default"
+        try:
+            if kind == "GPUPool":
+                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, "gpupools",
+                                                              name, body)
+            elif kind in _PLURALS:
+                fn = (self.custom.patch_namespaced_custom_object_status if status
+                      else self.custom.patch_namespaced_custom_object)
+                fn(GROUP, VERSION, ns, _PLURALS[kind], name, body)
+            elif kind == "Pod":
+                self.core.patch_namespaced_pod(name, ns, body)
+            elif kind == "Service":
+                self.core.patch_namespaced_service(name, ns, body)
+            else:
+                raise ValueError(f"cannot patch kind {kind}")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        try:
+            if kind in _PLURALS:
+                self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, _PLURALS[kind], name,
+                    propagation_policy="Background")
+            elif kind == "Pod":
+                self.core.delete_namespaced_pod(name, namespace)
+            else:
+                raise ValueError(f"cannot delete kind {kind}")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def event(self, obj_kind: str, namespace: str | None, name: str, uid: str, reason: str,
+              message: str, warning: bool = False) -> None:
+        now = dt.datetime.now(dt.UTC)
+        ns = namespace or "default"
+        body = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{name}.", namespace=ns),
+            involved_object=k8s.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=obj_kind, name=name,
+                namespace=namespace, uid=uid),
+            reason=reason, message=message[:1024], type="Warning" if warning else "Normal",
+            source=k8s.V1EventSource(component=self.component),
+            first_timestamp=now, last_timestamp=now, count=1)
+        try:
+            self.core.create_namespaced_event(ns, body)
+        except ApiException as e:  # events are best effort: never fail a reconcile on them
+            log.warning("could not post event %s on %s/%s: %s", reason, ns, name, e.reason)

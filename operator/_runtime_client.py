@@ -1,0 +1,93 @@
+"""HTTP calls from the operator to a serving pod's runtime (router /metrics, control API).
+
+A pod's URLs are ``http://<podIP>:<port>``; with ``KUBEPLEX_URL_ANNOTATIONS=true`` they come
+from the pod annotations ``kubeplex.io/router-url`` and ``kubeplex.io/control-url`` instead
+(and a pod without them has none): test harnesses run the runtimes off-cluster on loopback,
+one per fake pod, and point the operator at them this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from kubeplex.autoscaler.errors import AutoscalerError
+from kubeplex.autoscaler.signals import Scrape
+from kubeplex.autoscaler.sources import SERIES_SELECTOR, WANTED, parse_query_result
+from kubeplex.operator._settings import Settings
+
+__all__ = ["CONTROL_URL_ANNOTATION", "ROUTER_URL_ANNOTATION", "PodEndpoints", "RuntimeClient"]
+
+ROUTER_URL_ANNOTATION = "kubeplex.io/router-url"
+CONTROL_URL_ANNOTATION = "kubeplex.io/control-url"
+
+
+@dataclass(frozen=True)
+class PodEndpoints:
+    router: str | None
+    control: str | None
+
+    @classmethod
+    def of(cls, settings: Settings, ip: str | None,
+           annotations: Mapping[str, str]) -> PodEndpoints:
+        router = f"http://{ip}:{settings.runtime_port}" if ip else None
+        control = f"http://{ip}:{settings.control_port}" if ip else None
+        if settings.url_annotations:  # only the annotations: no guessing at unroutable IPs
+            router = annotations.get(ROUTER_URL_ANNOTATION)
+            control = annotations.get(CONTROL_URL_ANNOTATION)
+        return cls(router, control)
+
+
+class RuntimeClient:
+    """Synchronous (called from worker threads); every call has the scrape timeout."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = httpx.Client(timeout=settings.scrape_timeout_s)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def metrics(self, router: str) -> str | None:
+        try:
+            r = self.client.get(f"{router}/metrics")
+        except httpx.HTTPError:
+            return None
+        return r.text if r.status_code == 200 else None
+
+    def status(self, control: str) -> dict[str, Any] | None:
+        try:
+            r = self.client.get(f"{control}/kubeplex/v1/status")
+        except httpx.HTTPError:
+            return None
+        if r.status_code != 200:
+            return None
+        body: dict[str, Any] = r.json()
+        return body
+
+    def load(self, control: str, model: dict[str, Any]) -> bool:
+        """Ask the runtime to load ``model`` (not waiting); True once it is requested/hosted."""
+        try:
+            r = self.client.post(f"{control}/kubeplex/v1/models", json=model)
+        except httpx.HTTPError:
+            return False
+        return r.status_code in (200, 201, 202, 409)
+
+    def drain(self, control: str) -> bool:
+        try:
+            r = self.client.post(f"{control}/kubeplex/v1/drain")
+        except httpx.HTTPError:
+            return False
+        return r.status_code < 500
+
+    def prometheus(self, base_url: str, model: str, namespace: str, now: float) -> Scrape | None:
+        """One instant query for ``model``'s raw vLLM series in ``namespace`` (every pod)."""
+        query = SERIES_SELECTOR.format(names="|".join(sorted(WANTED)), model=model)
+        query = query[:-1] + f',namespace="{namespace}"}}'
+        try:
+            r = self.client.get(base_url.rstrip("/") + "/api/v1/query", params={"query": query})
+            return parse_query_result(r.json(), now)
+        except (httpx.HTTPError, ValueError, AutoscalerError):
+            return None

@@ -1,0 +1,145 @@
+"""The operator's configuration: environment variables with documented defaults.
+
+Every setting is one ``KUBEPLEX_*`` variable (the Helm chart sets them; see
+``operator/README.md``). :meth:`Settings.from_env` names the variable and the fix on bad input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+from kubeplex.operator.errors import ConfigError
+
+__all__ = ["ENV_DOCS", "Settings"]
+
+#: Variable -> (field, default, help). The README table is generated from this.
+ENV_DOCS: dict[str, tuple[str, str, str]] = {
+    "KUBEPLEX_WATCH_NAMESPACES": ("watch_namespaces", "",
+                                  "Comma-separated namespaces to serve; empty: all namespaces."),
+    "KUBEPLEX_PEERING": ("peering", "",
+                         "kopf peering object name (one active operator); empty: standalone."),
+    "KUBEPLEX_PEERING_PRIORITY": ("peering_priority", "0",
+                                  "kopf peering priority (highest acts, others pause); 0: a "
+                                  "random one per process, so replicas never tie (a tie "
+                                  "pauses them all)."),
+    "KUBEPLEX_PEERING_LIFETIME_SECONDS": ("peering_lifetime_s", "60",
+                                          "How long a silent peer counts as alive (a killed "
+                                          "active operator is replaced after this)."),
+    "KUBEPLEX_POD_NAMESPACE": ("pod_namespace", "default",
+                               "The operator's own namespace (alert Secret, warm pods fallback)."),
+    "KUBEPLEX_BIND_ADDRESS": ("bind_address", "0.0.0.0",
+                              "Address the health, metrics and webhook servers bind."),
+    "KUBEPLEX_HEALTH_PORT": ("health_port", "8080", "Port of GET /healthz (kopf liveness)."),
+    "KUBEPLEX_METRICS_PORT": ("metrics_port", "9090", "Port of GET /metrics."),
+    "KUBEPLEX_WEBHOOK_PORT": ("webhook_port", "8443", "Port of POST /alerts (Alertmanager v4)."),
+    "KUBEPLEX_ALERT_TOKEN": ("alert_token", "",
+                             "Bearer token /alerts requires (wins over the token file)."),
+    "KUBEPLEX_ALERT_TOKEN_FILE": ("alert_token_file", "",
+                                  "File holding the token (the mounted alert Secret); re-read "
+                                  "on change. No token at all: /alerts answers 503."),
+    "KUBEPLEX_PROMETHEUS_URL": ("prometheus_url", "",
+                                "Prometheus base URL for signals; empty: scrape pods directly."),
+    "KUBEPLEX_SCRAPE": ("scrape", "auto",
+                        "Signal source: pods (direct /metrics scrape), prometheus, off, or auto "
+                        "(prometheus when KUBEPLEX_PROMETHEUS_URL is set, else pods)."),
+    "KUBEPLEX_RUNTIME_IMAGE": ("runtime_image", "ghcr.io/kubeplex/kubeplex:latest",
+                               "Image of serving and warm pods (runs kubeplex-runtime)."),
+    "KUBEPLEX_RUNTIME_PORT": ("runtime_port", "8000", "The runtime's router port (/v1, /metrics)."),
+    "KUBEPLEX_CONTROL_PORT": ("control_port", "8001",
+                              "The runtime's control API port (/readyz, /kubeplex/v1)."),
+    "KUBEPLEX_INTERVAL_SECONDS": ("interval_s", "5",
+                                  "Seconds between autoscaling/reconcile cycles of a pool."),
+    "KUBEPLEX_SCRAPE_TIMEOUT_SECONDS": ("scrape_timeout_s", "2",
+                                        "Timeout of one metrics scrape or control API call."),
+    "KUBEPLEX_URL_ANNOTATIONS": ("url_annotations", "false",
+                                 "Honour kubeplex.io/router-url and kubeplex.io/control-url pod "
+                                 "annotations (test harnesses that run runtimes off-cluster)."),
+    "KUBEPLEX_AUTOSCALER": ("autoscaler", "",
+                            "JSON object overriding autoscaler timings, e.g. "
+                            '{"stable_window_s": 10, "scale_down_delay_s": 10}.'),
+    "KUBEPLEX_PLACEMENT": ("placement", "search",
+                           "search: run the AlpaServe placement in the background to choose "
+                           "replica shapes; quick: smallest fitting shape only."),
+    "KUBEPLEX_CPU_REQUEST": ("cpu_request", "4", "CPU request of a serving pod."),
+    "KUBEPLEX_MEMORY_REQUEST": ("memory_request", "32Gi", "Memory request of a serving pod."),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    watch_namespaces: tuple[str, ...] = ()
+    peering: str = ""
+    peering_priority: int = 0
+    peering_lifetime_s: int = 60
+    pod_namespace: str = "default"
+    bind_address: str = "0.0.0.0"
+    health_port: int = 8080
+    metrics_port: int = 9090
+    webhook_port: int = 8443
+    alert_token: str = ""
+    alert_token_file: str = ""
+    prometheus_url: str = ""
+    scrape: str = "auto"
+    runtime_image: str = "ghcr.io/kubeplex/kubeplex:latest"
+    runtime_port: int = 8000
+    control_port: int = 8001
+    interval_s: float = 5.0
+    scrape_timeout_s: float = 2.0
+    url_annotations: bool = False
+    autoscaler: str = ""
+    placement: str = "search"
+    cpu_request: str = "4"
+    memory_request: str = "32Gi"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, object] = {}
+        for var, (name, default, _help) in ENV_DOCS.items():
+            raw = env.get(var, default).strip()
+            kind = types[name]
+            try:
+                if kind == "int":
+                    values[name] = int(raw)
+                elif kind == "float":
+                    values[name] = float(raw)
+                elif kind == "bool":
+                    if raw.lower() not in ("true", "false", "1", "0", "yes", "no", ""):
+                        raise ValueError(raw)
+                    values[name] = raw.lower() in ("true", "1", "yes")
+                elif kind == "tuple[str, ...]":
+                    values[name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+                else:
+                    values[name] = raw
+            except ValueError:
+                raise ConfigError(f"{var}={raw!r} is not a valid {kind}; unset it for the "
+                                  f"default ({default!r})") from None
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.scrape not in ("auto", "pods", "prometheus", "off"):
+            raise ConfigError(f"KUBEPLEX_SCRAPE={settings.scrape!r}: use auto, pods, prometheus "
+                              "or off")
+        if settings.scrape == "auto":
+            settings = replace(settings,
+                               scrape="prometheus" if settings.prometheus_url else "pods")
+        if settings.scrape == "prometheus" and not settings.prometheus_url:
+            raise ConfigError("KUBEPLEX_SCRAPE=prometheus needs KUBEPLEX_PROMETHEUS_URL")
+        if settings.placement not in ("search", "quick"):
+            raise ConfigError(f"KUBEPLEX_PLACEMENT={settings.placement!r}: use search or quick")
+        if settings.interval_s <= 0:
+            raise ConfigError("KUBEPLEX_INTERVAL_SECONDS must be > 0")
+        return settings
+
+    def token(self) -> str:
+        """The current alert token (the file is re-read so a rotated Secret applies at once)."""
+        if self.alert_token:
+            return self.alert_token
+        if self.alert_token_file:
+            try:
+                with open(self.alert_token_file, encoding="utf-8") as f:
+                    return f.read().strip()
+            except OSError:
+                return ""
+        return ""

@@ -1,0 +1,294 @@
+"""kopf handlers of the kubeplex operator (``kopf run -m kubeplex.operator.handlers`` works;
+``kubeplex operator`` runs the same registry with its settings).
+
+Thin, as in kopf's examples: parse -> decide -> execute -> status, with the work in
+:mod:`kubeplex.operator._reconcile`. Dependencies live in ``memo`` (set up at startup), never
+in module globals:
+
+* indices (kopf's in-memory caches of watched objects): ModelServices and ServingGroups by
+  pool, pods by node and by group, nodes, pools;
+* one daemon per GPUPool runs the pool cycle every ``KUBEPLEX_INTERVAL_SECONDS`` and at once
+  when poked (a ModelService changed, an alert arrived, a group or pod changed);
+* ModelService handlers check the pool exists, keep the Service, and on delete wait (through
+  kopf's finalizer) until the pool cycle drained every group that hosted the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import kubernetes
+
+from kubeplex.api import GROUP, VERSION
+from kubeplex.operator._autoscale import Scaler, parse_overrides
+from kubeplex.operator._builders import GROUP_LABEL, MANAGED_BY, service_manifest
+from kubeplex.operator._kube import Kube
+from kubeplex.operator._metrics import OperatorMetrics
+from kubeplex.operator._placement import Templates
+from kubeplex.operator._reconcile import Context, Snapshot, run_cycle
+from kubeplex.operator._runtime_client import RuntimeClient
+from kubeplex.operator._server import start_servers
+from kubeplex.operator._settings import Settings
+from kubeplex.operator._status import condition, merge_conditions
+
+__all__: list[str] = []
+
+log = logging.getLogger("kubeplex.operator")
+
+#: HTTP connections to the API server (kopf's sync-handler workers + pool cycles).
+CONNECTIONS = 32
+#: Requeue delay (s) of a ModelService deletion waiting for its groups to drain.
+DELETE_POLL_S = 1.0
+
+
+# ---- startup / cleanup ----------------------------------------------------------------------
+
+def _api_client() -> kubernetes.client.ApiClient:
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    config = kubernetes.client.Configuration.get_default_copy()
+    # One connection per concurrent writer: kopf's workers plus one cycle per pool.
+    config.connection_pool_maxsize = CONNECTIONS
+    return kubernetes.client.ApiClient(config)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: Settings = memo.get("settings") or Settings.from_env()
+    memo.settings = config
+    settings.persistence.finalizer = "kubeplex.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubeplex.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kubeplex.io", key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # kopf's own per-handler events: warnings only
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 16
+    settings.peering.lifetime = config.peering_lifetime_s
+    metrics = OperatorMetrics()
+    ctx = Context(config, Kube(await asyncio.to_thread(_api_client)), RuntimeClient(config),
+                  metrics, Scaler(parse_overrides(config.autoscaler)),
+                  Templates(background=config.placement == "search"))
+    memo.ctx = ctx
+    memo.loop = asyncio.get_running_loop()
+    memo.wakeups = {}
+    memo.triggers = {}
+    memo.pool_of = {}  # ModelService key -> pool, for alerts
+    memo.wake = lambda pool: poke(memo, pool)
+    memo.servers = await start_servers(config, metrics, memo)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    for runner in memo.get("servers") or ():
+        await runner.cleanup()
+    if "ctx" in memo:
+        memo.ctx.runtime.close()
+        memo.ctx.templates.close()
+
+
+def poke(memo: kopf.Memo, pool: str | None) -> None:
+    """Wake the pool's daemon now (alerts also record a trigger in ``memo.triggers``).
+
+    Sync handlers run in worker threads: the event is set from the operator's loop."""
+    if not pool:
+        return
+    event = memo.wakeups.setdefault(pool, asyncio.Event())
+    try:
+        in_loop = asyncio.get_running_loop() is memo.loop
+    except RuntimeError:
+        in_loop = False
+    if in_loop:
+        event.set()
+    else:
+        memo.loop.call_soon_threadsafe(event.set)
+
+
+# ---- indices --------------------------------------------------------------------------------
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {"metadata": copy.deepcopy(dict(body["metadata"])),
+            "spec": copy.deepcopy(dict(body.get("spec") or {})),
+            "status": copy.deepcopy(dict(body.get("status") or {}))}
+
+
+@kopf.index(GROUP, VERSION, "modelservices")
+def msvc_by_pool(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    return {spec.get("pool"): _plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "servinggroups")
+def groups_by_pool(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    return {spec.get("pool"): _plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "gpupools")
+def pools(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
+    return {name: _plain(body)}
+
+
+@kopf.index("", "v1", "nodes")
+def nodes(name: str, labels: kopf.Labels, status: kopf.Status, spec: kopf.Spec,
+          **_: Any) -> dict[str, Any]:
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or ())
+    return {name: {"name": name, "labels": dict(labels),
+                   "allocatable": dict(status.get("allocatable") or {}),
+                   "ready": ready and not spec.get("unschedulable")}}
+
+
+def _pod_info(name: str, namespace: str | None, meta: Mapping[str, Any], spec: Mapping[str, Any],
+              status: Mapping[str, Any]) -> dict[str, Any]:
+    gpus: dict[str, int] = {}
+    for c in spec.get("containers") or ():
+        for res, qty in ((c.get("resources") or {}).get("limits") or {}).items():
+            if "/" in res and str(qty).isdigit():
+                gpus[res] = gpus.get(res, 0) + int(qty)
+    phase = status.get("phase")
+    labels = dict(meta.get("labels") or {})
+    return {
+        "name": name, "namespace": namespace, "node": spec.get("nodeName"),
+        "labels": labels, "annotations": dict(meta.get("annotations") or {}),
+        "ip": status.get("podIP"), "phase": phase, "done": phase in ("Succeeded", "Failed"),
+        "deleting": bool(meta.get("deletionTimestamp")),
+        "ready": any(c.get("type") == "Ready" and c.get("status") == "True"
+                     for c in status.get("conditions") or ()),
+        "managed": labels.get(MANAGED_BY[0]) == MANAGED_BY[1] and GROUP_LABEL in labels,
+        "gpus": gpus,
+    }
+
+
+@kopf.index("", "v1", "pods")
+def pods_by_node(name: str, namespace: str | None, meta: kopf.Meta, spec: kopf.Spec,
+                 status: kopf.Status, **_: Any) -> dict[Any, Any] | None:
+    info = _pod_info(name, namespace, meta, spec, status)
+    if not info["node"] or not info["gpus"]:
+        return None
+    return {info["node"]: info}
+
+
+@kopf.index("", "v1", "pods", labels={GROUP_LABEL: kopf.PRESENT})
+def pods_by_group(name: str, namespace: str | None, meta: kopf.Meta, spec: kopf.Spec,
+                  status: kopf.Status, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[GROUP_LABEL]): _pod_info(name, namespace, meta, spec, status)}
+
+
+# ---- the pool daemon ------------------------------------------------------------------------
+
+def _snapshot(pool: str, triggers: dict[str, str], kw: Mapping[str, Any]) -> Snapshot | None:
+    pool_store = kw["pools"].get(pool)
+    if not pool_store:
+        return None
+    pool_body = next(iter(pool_store))
+    groups_index = kw["groups_by_pool"]
+    names: dict[str, set[str]] = {}
+    for store in groups_index.values():
+        for g in store:
+            names.setdefault(g["metadata"]["namespace"], set()).add(g["metadata"]["name"])
+    return Snapshot(
+        pool=pool_body,
+        msvcs=list(kw["msvc_by_pool"].get(pool, ())),
+        groups=list(groups_index.get(pool, ())),
+        nodes=[next(iter(s)) for s in kw["nodes"].values() if s],
+        pods_by_node={k: list(v) for k, v in kw["pods_by_node"].items()},
+        pods_by_group={k: next(iter(v)) for k, v in kw["pods_by_group"].items() if v},
+        names_taken=names,
+        triggers=triggers,
+    )
+
+
+@kopf.daemon(GROUP, VERSION, "gpupools", cancellation_timeout=10.0)
+async def pool_daemon(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
+                      **kwargs: Any) -> None:
+    ctx: Context = memo.ctx
+    wake = memo.wakeups.setdefault(name, asyncio.Event())
+    while not stopped:
+        wake.clear()
+        triggers = memo.triggers.pop(name, {})
+        snap = _snapshot(name, triggers, kwargs)
+        if snap is not None:
+            for m in snap.msvcs:
+                memo.pool_of[f"{m['metadata']['namespace']}/{m['metadata']['name']}"] = name
+            try:
+                await asyncio.to_thread(run_cycle, ctx, snap, time.time())
+            except Exception as e:  # one bad cycle must not stop the pool: log, count, retry
+                ctx.metrics.errors.labels(pool=name, kind=type(e).__name__).inc()
+                log.exception("pool %s: cycle failed", name)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=ctx.settings.interval_s)
+
+
+# ---- ModelService ---------------------------------------------------------------------------
+
+@kopf.on.resume(GROUP, VERSION, "modelservices")
+@kopf.on.create(GROUP, VERSION, "modelservices")
+@kopf.on.update(GROUP, VERSION, "modelservices")
+def modelservice_changed(name: str, namespace: str | None, uid: str, spec: kopf.Spec,
+                         status: kopf.Status, meta: kopf.Meta, memo: kopf.Memo,
+                         **kwargs: Any) -> None:
+    ctx: Context = memo.ctx
+    namespace = namespace or "default"
+    service = service_manifest(namespace, name, uid, ctx.settings.runtime_port)
+    try:
+        ctx.kube.create(service)
+    except kubernetes.client.exceptions.ApiException as e:
+        raise kopf.TemporaryError(f"cannot create Service {namespace}/{name}: {e.reason}",
+                                  delay=5) from e
+    pool = spec.get("pool")
+    if not kwargs["pools"].get(pool):
+        gen = meta.get("generation")
+        conds = [condition("Degraded", True, "UnknownPool",
+                           f"GPUPool {pool!r} does not exist; create it or set spec.pool to one "
+                           f"of: {', '.join(sorted(kwargs['pools'])) or '(none yet)'}", gen),
+                 condition("Ready", False, "UnknownPool", "cannot be served; see Degraded", gen)]
+        ctx.kube.patch("ModelService", namespace, name, {"status": {
+            "conditions": merge_conditions(status.get("conditions"), conds, time.time()),
+            "observedGeneration": gen, "ready": "0/0", "sloStatus": "Unknown"}}, status=True)
+        ctx.kube.event("ModelService", namespace, name, uid, "UnknownPool",
+                       conds[0]["message"], warning=True)
+        return
+    memo.pool_of[f"{namespace}/{name}"] = pool
+    poke(memo, pool)
+
+
+@kopf.on.delete(GROUP, VERSION, "modelservices")
+def modelservice_deleted(name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.Memo,
+                         **kwargs: Any) -> None:
+    pool = spec.get("pool")
+    hosting = [g["metadata"]["name"] for store in kwargs["groups_by_pool"].values()
+               for g in store if g["metadata"]["namespace"] == namespace
+               and any(m.get("modelService") == name for m in g["spec"].get("models") or ())]
+    if hosting:
+        poke(memo, pool)
+        raise kopf.TemporaryError(f"draining {len(hosting)} group(s): {', '.join(hosting)}",
+                                  delay=DELETE_POLL_S)
+    memo.ctx.scaler.forget(f"{namespace}/{name}")
+
+
+# ---- what else wakes a pool -----------------------------------------------------------------
+
+@kopf.on.event(GROUP, VERSION, "servinggroups")
+def group_event(spec: kopf.Spec, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    if type in ("DELETED", "ADDED"):
+        poke(memo, spec.get("pool"))
+
+
+@kopf.on.event("", "v1", "pods", labels={GROUP_LABEL: kopf.PRESENT})
+def pod_event(labels: kopf.Labels, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    pool = labels.get("kubeplex.io/pool")
+    if pool:
+        poke(memo, pool)
+
+
+@kopf.on.create(GROUP, VERSION, "gpupools")
+@kopf.on.update(GROUP, VERSION, "gpupools")
+def pool_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    poke(memo, name)

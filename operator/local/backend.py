@@ -1,0 +1,582 @@
+"""Local mode: the operator's decision core driving local ``kubeplex-runtime`` processes.
+
+:meth:`LocalMode.prepare` reads the YAML (ModelServices, GPUPools, an optional
+LocalSettings), runs placement (:func:`kubeplex.operator.planning.plan_pools`), picks each
+model's engine and builds every runtime config, raising a :class:`~kubeplex.errors.KubeplexError`
+for anything wrong *before* a process or port is opened. :meth:`LocalMode.run` then:
+
+1. opens the gateway (:mod:`kubeplex.operator.local.gateway`) on the gateway port;
+2. every tick (and at once when the gateway holds a request for a model at zero): scrapes the
+   ready replicas' ``/metrics``, asks the autoscaler (``decide``) per model, turns the
+   decisions into a fleet plan (:func:`~kubeplex.operator.planning.fleet_plan`, same code as
+   the operator) and applies its actions as background tasks:
+
+   * ``start``: a new runtime process hosting the model (cold start), routed once ready;
+   * ``start-warm``: a runtime process with the model preloaded, then put to sleep (sim; on
+     CPU vLLM cannot sleep, so it stays loaded, unrouted);
+   * ``claim``: wake (or load) the model in a warm standby and route to it;
+   * ``drain``: stop routing to the replica, wait for its in-flight requests, drain and stop
+     the process; ``stop``: stop an unused standby;
+
+3. on ``stop`` (Ctrl-C, SIGTERM): the gateway refuses new requests, in-flight ones finish,
+   every process is drained and stopped (process groups: no orphan).
+
+Everything a person wants to see is in :meth:`LocalMode.status` (served by the gateway at
+``/kubeplex/v1/status``, drawn by :mod:`kubeplex.operator.local.view`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import re
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kubeplex.api import GPUPool, ModelService, load_documents
+from kubeplex.autoscaler.errors import MetricsSourceError
+from kubeplex.autoscaler.policy import AutoscalerConfig, AutoscalerState, Decision, Observed, decide
+from kubeplex.autoscaler.signals import Scrape, Signals
+from kubeplex.autoscaler.sources import merge, parse_metrics_text
+from kubeplex.operator.local.errors import LocalModeError, ProcessError, SettingsError
+from kubeplex.operator.local.gateway import Gateway, Replica
+from kubeplex.operator.local.group import GroupProcess
+from kubeplex.operator.local.settings import LocalSettings, load_settings
+from kubeplex.operator.planning import (
+    Action,
+    ActionKind,
+    GroupPhase,
+    ModelTarget,
+    PoolBudget,
+    ReplicaTemplate,
+    autoscaler_config,
+    fleet_plan,
+    model_shape,
+    observed_fleet,
+    plan_pools,
+    pool_budget,
+)
+from kubeplex.placement.hardware import GPUS
+from kubeplex.runtime.config import parse_config
+from kubeplex.runtime.errors import RuntimeError_
+from kubeplex.runtime.harness import vllm_python_path
+
+__all__ = ["LocalMode", "ModelRun"]
+
+#: Seconds a runtime process takes to start before its engine starts (Python imports, two
+#: HTTP servers; measured 1-2 s on the 2-core machines): added to the cold start the
+#: autoscaler credits.
+RUNTIME_START_SECONDS = 2.0
+#: Expected seconds from a warm claim to ready (the sim's level-1 wake is 0.1-1 s).
+WARM_START_SECONDS = 1.0
+#: vLLM on CPU: the memory share the runtime passes (ENV.md's recipe; the KV cache size comes
+#: from VLLM_CPU_KVCACHE_SPACE there).
+CPU_VLLM_MEMORY_SHARE = 0.2
+#: A runtime not ready within this many seconds past the expected start is given up.
+READY_MARGIN_SECONDS = 120.0
+#: vLLM on CPU needs 40-50 s to start the tiny model (ENV.md); its ready timeout.
+VLLM_READY_TIMEOUT_SECONDS = 600.0
+#: Decisions and actions kept for the status view.
+EVENT_LINES = 40
+#: Seconds of scrapes kept beyond the stable window.
+SCRAPE_MARGIN_SECONDS = 10.0
+
+
+@dataclass
+class ModelRun:
+    """One ModelService in local mode: its plan, engine, autoscaler state and last decision."""
+
+    svc: ModelService
+    template: ReplicaTemplate
+    config: AutoscalerConfig
+    engine: str
+    engine_reason: str
+    entry: dict[str, Any]
+    gpu: str
+    state: AutoscalerState = field(default_factory=AutoscalerState)
+    scrapes: deque[Scrape] = field(default_factory=deque)
+    decision: Decision | None = None
+    message: str | None = None
+    last_scale: dict[str, Any] | None = None
+    claim_seconds: list[float] = field(default_factory=list)
+    cold_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.svc.key
+
+    @property
+    def served(self) -> str:
+        return self.svc.served_name
+
+    def group_config(self, warm: bool, settings: LocalSettings) -> dict[str, Any]:
+        entry = dict(self.entry)
+        if warm and self.engine == "sim":
+            entry["sleepMode"] = True
+        return {"models": [entry], "gpu": self.gpu, "device": "cpu",
+                "drainGraceSeconds": settings.drain_grace_seconds,
+                "readyTimeoutSeconds": self.ready_timeout(settings)}
+
+    def ready_timeout(self, settings: LocalSettings) -> float:
+        if self.engine == "vllm":
+            return VLLM_READY_TIMEOUT_SECONDS
+        return settings.cold_start_seconds + READY_MARGIN_SECONDS
+
+
+def _local_path(uri: str) -> Path | None:
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+def choose_engine(svc: ModelService, settings: LocalSettings) -> tuple[str, str]:
+    """``(engine, why)``: vllm where the model is a local path and the vllm-cpu venv exists
+    (and the spec or settings ask for it), else sim with the declared GPU profile."""
+    wants_vllm = settings.engine == "vllm" or (settings.engine == "auto"
+                                               and svc.spec.engine == "vllm")
+    if not wants_vllm:
+        return "sim", f"spec.engine {svc.spec.engine}" if settings.engine == "auto" \
+            else "LocalSettings engine sim"
+    path = _local_path(svc.spec.model.uri)
+    if path is None or not path.exists():
+        why = f"model {svc.spec.model.uri} is not a local path that exists"
+    elif vllm_python_path() is None:
+        why = "the vllm-cpu venv is not built (runtime_image/ensure-vllm-cpu.sh)"
+    else:
+        return "vllm", f"real vLLM on CPU ({path})"
+    if settings.engine == "vllm":
+        raise SettingsError(f"ModelService {svc.key}: LocalSettings engine vllm, but {why}")
+    return "sim", f"sim instead of vllm: {why}"
+
+
+def _entry(svc: ModelService, template: ReplicaTemplate, engine: str,
+           settings: LocalSettings) -> dict[str, Any]:
+    base: dict[str, Any] = {"name": svc.served_name, "engine": engine,
+                            "tensorParallel": template.tp, "pipelineParallel": template.pp,
+                            "maxModelLen": svc.spec.model.max_model_len}
+    if engine == "vllm":
+        path = _local_path(svc.spec.model.uri)
+        return {**base, "model": str(path), "memoryShare": CPU_VLLM_MEMORY_SHARE,
+                "args": ["--enforce-eager", *svc.spec.model.engine_args]}
+    return {**base, "model": model_shape(svc).name, "memoryShare": template.memory_share,
+            "args": ["--startup-seconds", f"{settings.cold_start_seconds:g}"]}
+
+
+def _claimed(group: GroupProcess) -> bool:
+    """A standby claimed while it was still warming up (its phase changes across awaits)."""
+    return group.phase is GroupPhase.STARTING
+
+
+def _short(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:24] or "group"
+
+
+class LocalMode:
+    """The whole system on one machine (see the module docstring)."""
+
+    def __init__(self, runs: dict[str, ModelRun], pools: dict[str, GPUPool],
+                 budgets: dict[str, PoolBudget], settings: LocalSettings,
+                 explanations: dict[str, str], workdir: Path, host: str = "127.0.0.1",
+                 port: int = 8080) -> None:
+        self.runs = runs
+        self.pools = pools
+        self.budgets = budgets
+        self.settings = settings
+        self.explanations = explanations
+        self.workdir = workdir
+        self.host = host
+        self.port = port
+        self.groups: dict[str, GroupProcess] = {}
+        self.events: deque[str] = deque(maxlen=EVENT_LINES)
+        self.listeners: list[Callable[[str], None]] = []
+        self.started = time.monotonic()
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._kick = asyncio.Event()
+        self._client: httpx.AsyncClient | None = None
+        self.gateway = Gateway(
+            {r.served: r.key for r in runs.values()},
+            hold_timeout=settings.hold_timeout_seconds, hold_limit=settings.hold_queue_limit,
+            retry_after=self._expected_start, on_hold=self._held,
+            status_source=self.status)
+        self.by_served = {r.served: r for r in runs.values()}
+
+    # ---- preparation (no side effects) ---------------------------------------------------
+    @classmethod
+    def prepare(cls, paths: Sequence[str | Path], *, port: int = 8080,
+                workdir: Path | None = None, **overrides: Any) -> LocalMode:
+        """Validate and plan everything; raises KubeplexError naming what is wrong."""
+        settings = load_settings(paths).with_overrides(**overrides)
+        services, pools = load_documents(paths).split()
+        if not services:
+            raise LocalModeError(f"no ModelService in {', '.join(map(str, paths))}; "
+                                 "declare at least one (see examples/local/)")
+        plans = plan_pools(services, pools)
+        budgets = {p.metadata.name: pool_budget(p) for p in pools}
+        by_pool = {p.metadata.name: p for p in pools}
+        served = [s.served_name for s in services]
+        if len(set(served)) != len(served):
+            raise LocalModeError(f"served model names must be unique, got {sorted(served)}")
+        runs: dict[str, ModelRun] = {}
+        for svc in services:
+            pool = by_pool[svc.spec.pool]
+            template = plans[pool.metadata.name].templates[svc.key]
+            engine, why = choose_engine(svc, settings)
+            product = pool.spec.gpu.product
+            if engine == "sim" and product not in GPUS:
+                raise LocalModeError(
+                    f"GPUPool {pool.metadata.name}: the sim engine models catalogued GPUs "
+                    f"({', '.join(GPUS)}); {product!r} is not one")
+            entry = _entry(svc, template, engine, settings)
+            cold = settings.cold_start_seconds + RUNTIME_START_SECONDS
+            config = autoscaler_config(
+                svc, template, pool.spec.gpu.spec(),
+                stable_window_s=settings.stable_window_seconds,
+                panic_window_s=settings.panic_window_seconds,
+                scale_down_delay_s=settings.scale_down_delay_seconds,
+                cold_start_s=cold, warm_start_s=WARM_START_SECONDS,
+                stale_after_s=max(5.0, 5 * settings.tick_seconds))
+            run = ModelRun(svc, template, config, engine, why, entry, product)
+            try:  # the runtime's own validation, before any process starts
+                parse_config(run.group_config(False, settings))
+            except RuntimeError_ as exc:
+                raise LocalModeError(f"ModelService {svc.key}: {exc}") from exc
+            runs[svc.key] = run
+        explanations = {name: p.placement.explanation for name, p in plans.items()}
+        workdir = workdir or Path(tempfile.mkdtemp(prefix="kubeplex-local-"))
+        return cls(runs, by_pool, budgets, settings, explanations, workdir, port=port)
+
+    # ---- events ---------------------------------------------------------------------------
+    def _event(self, line: str) -> None:
+        stamp = f"{time.monotonic() - self.started:7.1f}s"
+        self.events.append(f"{stamp} {line}")
+        for listener in self.listeners:
+            listener(f"{stamp} {line}")
+
+    def _expected_start(self, served: str) -> float:
+        run = self.by_served[served]
+        return run.config.cold_start_s
+
+    def _held(self, served: str) -> None:
+        self._kick.set()
+
+    # ---- the loop -------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event,
+                  on_tick: Callable[[LocalMode], None] | None = None) -> None:
+        """Serve until ``stop`` is set, then shut down cleanly."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._client = httpx.AsyncClient(timeout=10)
+        runner = None
+        try:
+            try:
+                runner = await self.gateway.open(self.host, self.port)
+            except OSError as exc:
+                raise LocalModeError(f"cannot listen on {self.host}:{self.port} for the "
+                                     f"gateway: {exc.strerror}; pick another --gateway-port"
+                                     ) from exc
+            self._event(f"gateway on http://{self.host}:{self.port}; models: "
+                        + ", ".join(f"{r.served} ({r.engine})" for r in self.runs.values()))
+            while not stop.is_set():
+                await self.tick(time.monotonic())
+                if on_tick is not None:
+                    on_tick(self)
+                self._kick.clear()
+                waits = [asyncio.ensure_future(stop.wait()),
+                         asyncio.ensure_future(self._kick.wait())]
+                await asyncio.wait(waits, timeout=self.settings.tick_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+        finally:
+            await self.shutdown()
+            if runner is not None:
+                await runner.cleanup()
+            await self.gateway.close()
+            await self._client.aclose()
+
+    async def tick(self, now: float) -> None:
+        await self._scrape(now)
+        targets = {key: self._decide(run, now) for key, run in self.runs.items()}
+        views = [g.view(self.gateway.in_flight_of(g.id)) for g in self.groups.values()]
+        templates = {key: run.template for key, run in self.runs.items()}
+        plan = fleet_plan(views, targets, templates, self.budgets.values())
+        for run in self.runs.values():
+            message = plan.message_for(run.key)
+            if message and message != run.message:
+                self._event(message)
+            run.message = message
+        for action in plan.actions:
+            self._apply(action, now)
+
+    async def _scrape(self, now: float) -> None:
+        if self._client is None:
+            return
+        ready = [g for g in self.groups.values() if g.phase is GroupPhase.READY]
+
+        async def one(group: GroupProcess) -> tuple[GroupProcess, str | None]:
+            try:
+                response = await self._client.get(group.url + "/metrics",  # type: ignore[union-attr]
+                                                  timeout=5)
+                return group, response.text if response.status_code == 200 else None
+            except httpx.HTTPError:
+                return group, None
+
+        texts = await asyncio.gather(*(one(g) for g in ready))
+        for run in self.runs.values():
+            parts = []
+            for group, text in texts:
+                if text is None or run.key not in group.models:
+                    continue
+                try:
+                    parts.append(parse_metrics_text(text, run.served, now, target=group.id))
+                except MetricsSourceError as exc:
+                    self._event(f"{run.served}: {exc}")
+            if parts:
+                run.scrapes.append(merge(parts, now))
+            horizon = now - run.config.stable_window_s - SCRAPE_MARGIN_SECONDS
+            while run.scrapes and run.scrapes[0].time < horizon:
+                run.scrapes.popleft()
+
+    def _decide(self, run: ModelRun, now: float) -> ModelTarget:
+        views = [g.view() for g in self.groups.values()]
+        fleet = observed_fleet(views, run.key, self.budgets.get(run.template.pool))
+        observed = Observed(scrapes=tuple(run.scrapes),
+                            held_requests=self.gateway.held.get(run.served, 0), **fleet)
+        decision = decide(observed, run.config, run.state, now)
+        run.state = decision.state
+        previous = run.decision
+        run.decision = decision
+        desired = decision.desired_replicas
+        pinned = run.svc.spec.scaling.replicas
+        if pinned is not None:
+            desired = pinned
+        if desired != observed.current:
+            run.last_scale = {"time": now, "from": observed.current, "to": desired,
+                              "reason": decision.reason if pinned is None
+                              else f"pinned by spec.scaling.replicas = {pinned}"}
+        if desired != observed.current and (previous is None or previous.reason
+                                             != decision.reason):
+            self._event(f"{run.served}: {decision.reason}")
+        return ModelTarget(run.key, desired, decision.desired_warm, decision.reason)
+
+    # ---- executing the plan ---------------------------------------------------------------
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _apply(self, action: Action, now: float) -> None:
+        run = self.runs.get(action.model) if action.model else None
+        if action.kind is ActionKind.START and run is not None:
+            group = self._new_group(run, GroupPhase.STARTING, now)
+            group.models = (run.key,)
+            self._event(f"start {group.id}: {action.reason}")
+            self._spawn_task(self._start(group, run))
+        elif action.kind is ActionKind.START_WARM and run is not None:
+            group = self._new_group(run, GroupPhase.WARMING, now, warm=True)
+            group.preloaded = (run.key,)
+            self._event(f"start warm standby {group.id} ({run.served} preloaded): "
+                        f"{action.reason}")
+            self._spawn_task(self._start_warm(group, run))
+        elif action.kind is ActionKind.CLAIM and run is not None and action.group:
+            group = self.groups[action.group]
+            preloaded = run.key in group.preloaded
+            was_warm = group.phase is GroupPhase.WARM
+            group.claimed = True
+            group.models, group.preloaded = (run.key,), ()
+            group.set_phase(GroupPhase.STARTING, now)
+            self._event(f"claim {group.id} for {run.served}: {action.reason}")
+            self._spawn_task(self._claim(group, run, preloaded, was_warm))
+        elif action.kind in (ActionKind.DRAIN, ActionKind.UNLOAD) and action.group:
+            group = self.groups[action.group]
+            group.set_phase(GroupPhase.DRAINING, now)
+            self._event(f"drain {group.id}: {action.reason}")
+            self._spawn_task(self._drain(group))
+        elif action.kind is ActionKind.STOP and action.group:
+            group = self.groups[action.group]
+            group.set_phase(GroupPhase.DRAINING, now)
+            self._event(f"stop warm standby {group.id}: {action.reason}")
+            self._spawn_task(self._stop(group))
+
+    def _new_group(self, run: ModelRun, phase: GroupPhase, now: float,
+                   warm: bool = False) -> GroupProcess:
+        group_id = f"{_short(run.served)}-{next(self._ids)}"
+        group = GroupProcess(group_id, run.template.pool, run.template.gpus,
+                             run.group_config(warm, self.settings), self.workdir, phase, now)
+        self.groups[group_id] = group
+        return group
+
+    async def _start(self, group: GroupProcess, run: ModelRun) -> None:
+        client = self._client
+        try:
+            await group.spawn()
+            if client is None:
+                raise ProcessError("local mode is not running")
+            await group.wait_ready(client, run.ready_timeout(self.settings))
+        except ProcessError as exc:
+            await self._fail(group, run, exc)
+            return
+        if group.phase is not GroupPhase.STARTING:  # drained while starting
+            return
+        run.cold_seconds.append(group.ready_seconds or 0.0)
+        self._route(group, run, time.monotonic())
+        self._event(f"{group.id} ready after a cold start of {group.ready_seconds:.1f} s")
+
+    async def _start_warm(self, group: GroupProcess, run: ModelRun) -> None:
+        client = self._client
+        try:
+            await group.spawn()
+            if client is None:
+                raise ProcessError("local mode is not running")
+            await group.wait_ready(client, run.ready_timeout(self.settings))
+            if _claimed(group):  # claimed while it was warming up
+                run.claim_seconds.append(time.monotonic() - group.since)
+                self._route(group, run, time.monotonic())
+                self._event(f"{group.id} serves {run.served} (claimed while warming)")
+                return
+            if run.engine == "sim":
+                await group.sleep(client, run.served, self.settings.drain_grace_seconds)
+        except ProcessError as exc:
+            await self._fail(group, run, exc)
+            return
+        if group.phase is GroupPhase.WARMING:
+            group.set_phase(GroupPhase.WARM, time.monotonic())
+            asleep = "asleep" if run.engine == "sim" else "loaded, not routed"
+            self._event(f"warm standby {group.id} ready ({run.served} {asleep})")
+        elif _claimed(group):  # claimed while going to sleep
+            await self._claim(group, run, preloaded=True, was_warm=True)
+
+    async def _claim(self, group: GroupProcess, run: ModelRun, preloaded: bool,
+                     was_warm: bool) -> None:
+        if not was_warm:
+            return  # still warming up: _start_warm routes it once it is up
+        client = self._client
+        started = time.monotonic()
+        try:
+            if client is None:
+                raise ProcessError("local mode is not running")
+            if preloaded and run.engine == "sim":
+                await group.wake(client, run.served, self.settings.drain_grace_seconds)
+            elif not preloaded:
+                await group.load(client, run.entry, run.ready_timeout(self.settings))
+        except ProcessError as exc:
+            await self._fail(group, run, exc)
+            return
+        seconds = time.monotonic() - started
+        run.claim_seconds.append(seconds)
+        self._route(group, run, time.monotonic())
+        self._event(f"{group.id} serves {run.served} {seconds:.2f} s after the warm claim")
+
+    def _route(self, group: GroupProcess, run: ModelRun, now: float) -> None:
+        group.set_phase(GroupPhase.READY, now)
+        self.gateway.add(Replica(run.served, group.id, group.url))
+
+    async def _fail(self, group: GroupProcess, run: ModelRun, exc: Exception) -> None:
+        run.message = f"{group.id} failed: {exc}"
+        self._event(f"{group.id} failed: {str(exc).splitlines()[0]}")
+        for key in group.models:
+            self.gateway.remove(self.runs[key].served, group.id)
+        await group.stop()
+        self.groups.pop(group.id, None)
+
+    async def _drain(self, group: GroupProcess) -> None:
+        """No new requests (removed from the gateway at once); wait for the in-flight ones the
+        gateway sent, then let the runtime drain itself and stop."""
+        grace = self.settings.drain_grace_seconds
+        replicas = [self.gateway.remove(self.runs[key].served, group.id) for key in group.models]
+        await asyncio.gather(*(r.wait_idle(grace) for r in replicas if r is not None))
+        client = self._client
+        if client is not None and group.alive:
+            with contextlib.suppress(ProcessError):
+                await group.drain(client, grace + 5)
+        await group.stop()
+        self.groups.pop(group.id, None)
+        self._event(f"{group.id} drained and stopped")
+
+    async def _stop(self, group: GroupProcess) -> None:
+        await group.stop()
+        self.groups.pop(group.id, None)
+
+    async def shutdown(self) -> None:
+        """Refuse new requests, let in-flight ones finish, drain and stop every process."""
+        self.gateway.refuse_new()
+        self._event("shutting down: draining every replica")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(self._drain(g) for g in list(self.groups.values())),
+                             return_exceptions=True)
+        for group in list(self.groups.values()):  # anything a failed drain left
+            await group.stop()
+        self.groups.clear()
+
+    def kill_now(self) -> None:
+        """A second Ctrl-C: SIGKILL every runtime process group at once (no drain)."""
+        for group in self.groups.values():
+            group.kill()
+
+    # ---- status ---------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        models = []
+        for run in self.runs.values():
+            mine = [g for g in self.groups.values() if run.key in g.models]
+            warm = [g for g in self.groups.values() if run.key in g.preloaded]
+            signals = run.decision.signals if run.decision else None
+            sig = signals if isinstance(signals, Signals) else None
+            models.append({
+                "name": run.served, "key": run.key, "pool": run.template.pool,
+                "engine": run.engine, "engineReason": run.engine_reason,
+                "shape": f"{run.template.tp}x{run.template.pp}",
+                "ready": sum(g.phase is GroupPhase.READY for g in mine),
+                "starting": sum(g.phase is GroupPhase.STARTING for g in mine),
+                "draining": sum(g.phase is GroupPhase.DRAINING for g in mine),
+                "desired": run.decision.desired_replicas if run.decision else None,
+                "warm": sum(g.phase is GroupPhase.WARM for g in warm),
+                "warming": sum(g.phase is GroupPhase.WARMING for g in warm),
+                "minReplicas": run.config.min_replicas, "maxReplicas": run.config.max_replicas,
+                "sloTTFT": run.config.slo_ttft_s, "percentile": run.config.percentile,
+                "ttft": sig.ttft_quantile if sig else None,
+                "queue": sig.waiting if sig else None,
+                "running": sig.running if sig else None,
+                "arrivalRate": sig.arrival_rate if sig else None,
+                "held": self.gateway.held.get(run.served, 0),
+                "inPanic": run.decision.in_panic if run.decision else False,
+                "decision": run.decision.reason if run.decision else None,
+                "stages": [[st.name, st.replicas, st.note]
+                           for st in (run.decision.stages if run.decision else ())],
+                "lastScale": None if run.last_scale is None else {
+                    **run.last_scale, "agoSeconds": now - run.last_scale["time"]},
+                "message": run.message,
+                "claimSeconds": run.claim_seconds[-5:],
+                "coldStartSeconds": run.cold_seconds[-5:],
+            })
+        pools = []
+        for name, budget in self.budgets.items():
+            members = [g for g in self.groups.values() if g.pool == name]
+            pools.append({
+                "name": name, "gpu": self.pools[name].spec.gpu.product,
+                "maxGPUs": budget.max_gpus, "usedGPUs": sum(g.gpus for g in members),
+                "warmSize": "auto" if budget.warm_size is None else budget.warm_size,
+                "placement": self.explanations.get(name, ""),
+                "groups": [{"id": g.id, "phase": str(g.phase), "gpus": g.gpus,
+                            "models": [self.runs[k].served for k in g.models],
+                            "preloaded": [self.runs[k].served for k in g.preloaded],
+                            "inFlight": self.gateway.in_flight_of(g.id),
+                            "forSeconds": now - g.since, "pid": g.process.pid
+                            if g.process else None, "url": g.url}
+                           for g in members]})
+        return {"gateway": f"http://{self.host}:{self.port}", "pid": os.getpid(),
+                "uptimeSeconds": now - self.started, "workdir": str(self.workdir),
+                "models": models, "pools": pools, "events": list(self.events)}

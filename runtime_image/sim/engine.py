@@ -1,0 +1,133 @@
+"""Drives the pure :class:`Scheduler` in real time (scaled by ``time_scale``) on asyncio.
+
+Simulated time is ``(loop.time() - start) / time_scale``. A lane's step is started at
+simulated time *t* and its effects (tokens, finished requests) are released when the clock
+reaches ``t + step_seconds``. When the process is CPU-starved and falls behind, a busy lane's
+next step still starts where the previous one ended (the simulated timeline does not stretch);
+the late tokens reach the stream together and go out in one chunk, like vLLM's stream
+interval. Metrics are observed in wall-clock seconds (simulated seconds x ``time_scale``), the
+same clock as the router's and Prometheus'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+from kubeplex.runtime.sim.metrics import VllmMetrics
+from kubeplex.runtime.sim.scheduler import LatencyModel, Scheduler, SimRequest, StepResult
+
+__all__ = ["EngineAsleepError", "SimEngine"]
+
+
+class EngineAsleepError(Exception):
+    """A request reached an engine that is asleep (the server answers 503)."""
+
+
+@dataclass
+class _Stream:
+    tokens: int = 0
+    done: bool = False
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SimEngine:
+    """One simulated vLLM engine core: submit requests, iterate their tokens."""
+
+    def __init__(self, latency: LatencyModel, *, kv_capacity_tokens: int, max_num_seqs: int,
+                 lanes: int, metrics: VllmMetrics, time_scale: float = 1.0) -> None:
+        self.scheduler = Scheduler(latency, kv_capacity_tokens, max_num_seqs, lanes)
+        self.metrics = metrics
+        self.time_scale = time_scale
+        self.sleep_level = 0
+        self._streams: dict[SimRequest, _Stream] = {}
+        self._pending: list[tuple[float, int, StepResult]] = []
+        self._busy: set[int] = set()
+        self._resume: dict[int, float] = {}
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._t0 = asyncio.get_running_loop().time()
+        metrics.bind_scheduler(lambda: self.scheduler.num_running,
+                               lambda: self.scheduler.num_waiting,
+                               lambda: self.scheduler.kv_usage)
+
+    def now(self) -> float:
+        """Simulated seconds since the engine started."""
+        return (asyncio.get_running_loop().time() - self._t0) / self.time_scale
+
+    async def generate(self, request_id: str, prompt_tokens: int,
+                       max_tokens: int) -> AsyncGenerator[int, None]:
+        """Yield how many new tokens each time some arrive, until ``max_tokens`` are out."""
+        if self.sleep_level:
+            raise EngineAsleepError("the engine is sleeping; wake it up first")
+        req = SimRequest(request_id, prompt_tokens, max_tokens, arrival=self.now())
+        stream = _Stream()
+        self._streams[req] = stream
+        self.scheduler.add(req)
+        self.metrics.observe_arrival(max_tokens)
+        self._wake.set()
+        try:
+            while True:
+                await stream.event.wait()
+                stream.event.clear()
+                if stream.tokens:
+                    n, stream.tokens = stream.tokens, 0
+                    yield n
+                if stream.done:
+                    return
+        finally:
+            self._streams.pop(req, None)
+            if not stream.done:  # the client went away: free the slot like vLLM's abort
+                self.scheduler.abort(req)
+                self.metrics.observe_finished(req, self.time_scale, reason="abort")
+                self._wake.set()
+
+    def _release_due(self, now: float) -> None:
+        while self._pending and self._pending[0][0] <= now:
+            _, _, result = heapq.heappop(self._pending)
+            for req, n in result.tokens:
+                stream = self._streams.get(req)
+                if stream is not None:
+                    stream.tokens += n
+                    stream.event.set()
+            for req in result.finished:
+                stream = self._streams.get(req)
+                if stream is not None:
+                    stream.done = True
+                    stream.event.set()
+                self.metrics.observe_finished(req, self.time_scale)
+            self.scheduler.complete(result)
+            self.metrics.observe_step(result.batch_tokens)
+            self._busy.discard(result.lane)
+            self._resume[result.lane] = result.ends_at
+
+    def _start_free_lanes(self, now: float) -> None:
+        lanes = self.scheduler.lanes
+        for i in sorted(set(range(len(lanes))) - self._busy, key=lambda i: len(lanes[i].running)):
+            resume = self._resume.pop(i, now)
+            start = resume if lanes[i].running else now
+            result = self.scheduler.step(i, start)
+            if result is not None:
+                self._busy.add(i)
+                heapq.heappush(self._pending, (result.ends_at, next(self._seq), result))
+
+    async def run(self) -> None:
+        """The engine loop (a task for the server's lifetime)."""
+        while True:
+            now = self.now()
+            self._release_due(now)
+            self._start_free_lanes(now)
+            self._wake.clear()
+            if self._pending:
+                delay = max(0.0, (self._pending[0][0] - self.now()) * self.time_scale)
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                else:
+                    await asyncio.sleep(0)  # let streams write before the next batch
+            else:
+                await self._wake.wait()

@@ -1,0 +1,188 @@
+"""The sim engine's continuous-batching scheduler: pure, with simulated time passed in.
+
+It follows vLLM V1's scheduler in the ways that shape latency and the metrics:
+
+* **FCFS waiting queue.** Requests are admitted in arrival order; the head of the queue
+  blocks the rest (no skipping ahead), as vLLM's default ``fcfs`` policy does.
+* **Admission** needs a free sequence slot (``max_num_seqs`` running at most) and KV cache
+  for the whole request (prompt + max_tokens), reserved at admission. vLLM allocates blocks
+  as tokens are generated and preempts when it runs out; reserving up front gives the same
+  concurrency limit without modelling preemption (``vllm:num_preemptions`` stays 0).
+* **Steps.** Each step prefills the newly admitted prompts (their first token comes out of
+  that step) and runs one decode token for every other running sequence, so the step takes
+  ``prefill_seconds(new prompt tokens) + decode_step_seconds(batch, mean context)`` from the
+  placement latency model. A request finishes after ``max_tokens`` output tokens.
+* **Pipeline parallelism.** vLLM keeps ``pipeline_depth`` micro-batches in flight: the
+  scheduler runs that many independent lanes (each with its own step clock), sharing the KV
+  cache and ``max_num_seqs``; throughput grows with ``pp`` at the same per-token latency.
+
+:class:`Scheduler` never reads a clock: :meth:`Scheduler.step` takes ``now`` and returns what
+happened (tokens emitted, requests finished) and when the lane's next step ends.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["LatencyModel", "Scheduler", "SimRequest", "StepResult"]
+
+
+class LatencyModel(Protocol):
+    """What the scheduler needs from :class:`kubeplex.placement.llm.LLMProfile`."""
+
+    def prefill_seconds(self, prompt_tokens: int) -> float: ...
+
+    def decode_step_seconds(self, batch_size: int, mean_context_tokens: int) -> float: ...
+
+
+@dataclass(eq=False)
+class SimRequest:
+    """One request's progress (mutable: the scheduler owns it while it runs; compared by
+    identity)."""
+
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int
+    arrival: float
+    admitted: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+    generated: int = 0
+    token_times: list[float] = field(default_factory=list)
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.prompt_tokens + self.max_tokens
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one lane step produced: (request, new tokens) pairs and the finished requests."""
+
+    lane: int
+    ends_at: float
+    tokens: tuple[tuple[SimRequest, int], ...]
+    finished: tuple[SimRequest, ...]
+    batch_tokens: int
+
+
+@dataclass
+class _Lane:
+    running: list[SimRequest] = field(default_factory=list)
+    busy_until: float | None = None
+
+
+class Scheduler:
+    """FCFS continuous batching over ``lanes`` pipeline micro-batches (see the module doc)."""
+
+    def __init__(self, latency: LatencyModel, kv_capacity_tokens: int, max_num_seqs: int,
+                 lanes: int = 1) -> None:
+        self.latency = latency
+        self.kv_capacity = kv_capacity_tokens
+        self.max_num_seqs = max_num_seqs
+        self.waiting: deque[SimRequest] = deque()
+        self.lanes = [_Lane() for _ in range(max(1, lanes))]
+        self.kv_used = 0
+
+    # ---- observation --------------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return sum(len(lane.running) for lane in self.lanes)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_used / self.kv_capacity if self.kv_capacity else 0.0
+
+    def idle(self) -> bool:
+        return not self.waiting and self.num_running == 0
+
+    # ---- input --------------------------------------------------------------------------
+    def fits(self, request: SimRequest) -> bool:
+        """Whether the request could ever run (its KV need is within the whole cache)."""
+        return request.kv_tokens <= self.kv_capacity
+
+    def add(self, request: SimRequest) -> None:
+        self.waiting.append(request)
+
+    def abort(self, request: SimRequest) -> None:
+        """Drop a request (client went away): frees its slot and KV reservation."""
+        if request in self.waiting:
+            self.waiting.remove(request)
+            return
+        for lane in self.lanes:
+            if request in lane.running:
+                lane.running.remove(request)
+                self.kv_used -= request.kv_tokens
+
+    # ---- stepping -----------------------------------------------------------------------
+    def next_lane(self, now: float) -> int | None:
+        """The free lane that should step now (the least loaded), None when all are busy."""
+        free = [i for i, lane in enumerate(self.lanes)
+                if lane.busy_until is None or lane.busy_until <= now]
+        if not free:
+            return None
+        return min(free, key=lambda i: len(self.lanes[i].running))
+
+    def _admit(self, lane: _Lane, now: float) -> list[SimRequest]:
+        admitted = []
+        per_lane_seqs = max(1, self.max_num_seqs // len(self.lanes))
+        while self.waiting and len(lane.running) < per_lane_seqs:
+            head = self.waiting[0]
+            if self.kv_used + head.kv_tokens > self.kv_capacity:
+                break  # FCFS: the head waits for KV, and so does everyone behind it
+            self.waiting.popleft()
+            head.admitted = max(now, head.arrival)
+            self.kv_used += head.kv_tokens
+            lane.running.append(head)
+            admitted.append(head)
+        return admitted
+
+    def step(self, lane_index: int, now: float) -> StepResult | None:
+        """Start one step of a free lane at ``now``; None when it has nothing to do.
+
+        The step's effects (tokens, finished requests) are returned at once and belong to
+        ``ends_at``: the caller releases them when simulated time reaches it, then calls
+        :meth:`complete` before the lane steps again.
+        """
+        lane = self.lanes[lane_index]
+        new = self._admit(lane, now)
+        new_ids = {id(r) for r in new}
+        decoding = [r for r in lane.running if id(r) not in new_ids]
+        if not lane.running:
+            lane.busy_until = None
+            return None
+        seconds = 0.0
+        if new:
+            seconds += self.latency.prefill_seconds(sum(r.prompt_tokens for r in new))
+        if decoding:
+            context = sum(r.prompt_tokens + r.generated for r in decoding) // len(decoding)
+            seconds += self.latency.decode_step_seconds(len(decoding), context)
+        ends = now + seconds
+        lane.busy_until = ends
+        tokens: list[tuple[SimRequest, int]] = []
+        finished: list[SimRequest] = []
+        for r in lane.running:
+            r.generated += 1
+            r.token_times.append(ends)
+            if r.first_token is None:
+                r.first_token = ends
+            tokens.append((r, 1))
+            if r.generated >= r.max_tokens:
+                r.finished = ends
+                finished.append(r)
+        batch_tokens = sum(r.prompt_tokens for r in new) + len(decoding)
+        return StepResult(lane_index, ends, tuple(tokens), tuple(finished), batch_tokens)
+
+    def complete(self, result: StepResult) -> None:
+        """Apply the end of a step (at ``result.ends_at``): finished requests free their KV."""
+        lane = self.lanes[result.lane]
+        for r in result.finished:
+            if r in lane.running:
+                lane.running.remove(r)
+                self.kv_used -= r.kv_tokens

@@ -1,0 +1,179 @@
+"""Autoscaling end to end on the real control plane, with metrics from running ``sim``
+engines: each fake KWOK pod gets a real ``kubeplex-runtime`` (sim engine) on loopback, the
+operator scrapes them (``KUBEPLEX_URL_ANNOTATIONS``), a load burst makes it scale up (claiming
+the warm pod first), the end of the burst scales down after stabilization (with a drain), and
+an idle model with minReplicas 0 scales to zero."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+
+def _load_harness() -> Any:
+    path = Path(__file__).with_name("operator_harness.py")
+    spec = importlib.util.spec_from_file_location("kubeplex_operator_harness", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = _load_harness()
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+GROUP, VERSION = harness.GROUP, harness.VERSION
+#: Short autoscaler windows so the scenario runs in about a minute (defaults: 60 s stable
+#: window, 120 s scale-down delay).
+AUTOSCALER = {"stable_window_s": 6, "panic_window_s": 3, "scale_down_delay_s": 6,
+              "cold_start_s": 3, "warm_start_s": 1, "stale_after_s": 10}
+#: Concurrent clients of the burst; the sim serves at most 4 sequences per replica, so one
+#: replica queues most of them.
+CONCURRENCY = 24
+BURST_S = 40.0
+
+
+class Load:
+    """A bounded closed-loop load on the routers of the model's serving pods."""
+
+    def __init__(self, fleet: Any, model: str, pods: Any) -> None:
+        self.fleet, self.model, self.pods = fleet, model, pods
+        self.stop = threading.Event()
+        self.ok = 0
+        self.errors = 0
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
+                        for i in range(CONCURRENCY)]
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _client(self, i: int) -> None:
+        deadline = time.monotonic() + BURST_S * 3
+        with httpx.Client(timeout=30) as client:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                routers = self.fleet.routers(self.pods())
+                if not routers:
+                    time.sleep(0.2)
+                    continue
+                url = routers[i % len(routers)]
+                try:
+                    r = client.post(f"{url}/v1/completions", json={
+                        "model": self.model, "prompt": "hello", "prompt_tokens": 512,
+                        "max_tokens": 64})
+                    if r.status_code == 200:
+                        self.ok += 1
+                    else:
+                        self.errors += 1
+                        time.sleep(0.1)
+                except httpx.HTTPError:
+                    self.errors += 1
+                    time.sleep(0.1)
+
+
+@pytest.fixture
+def scaling_operator(cluster: Any, tmp_path: Path) -> Iterator[Any]:
+    op = harness.Operator(cluster.kubeconfig, tmp_path / "operator.log", env={
+        "KUBEPLEX_SCRAPE": "pods", "KUBEPLEX_URL_ANNOTATIONS": "true",
+        "KUBEPLEX_AUTOSCALER": json.dumps(AUTOSCALER)}).start()
+    yield op
+    op.stop()
+
+
+def test_burst_scales_up_through_the_warm_pool_then_down_then_to_zero(
+        cluster: Any, scaling_operator: Any, namespace: str, k8s_client: Any,
+        tmp_path: Path) -> None:
+    op, wait_for = scaling_operator, harness.wait_for
+    pool = f"burst-{uuid.uuid4().hex[:6]}"
+    name = "burst"
+
+    def msvc() -> dict[str, Any]:
+        obj: dict[str, Any] = cluster.kubectl_json("get", "msvc", "-n", namespace, name)
+        return obj
+
+    def groups() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = cluster.kubectl_json(
+            "get", "sgroup", "-n", namespace)["items"]
+        return items
+
+    def serving_pods() -> list[str]:
+        items = cluster.kubectl_json("get", "pods", "-n", namespace, "-l",
+                                     f"model.kubeplex.io/{name}=true")["items"]
+        return [p["metadata"]["name"] for p in items]
+
+    objs = [
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": pool},
+         "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                  "gpu": {"product": "H100-80GB"}, "gpusPerNode": 8, "maxGPUs": 8,
+                  "warmPool": {"size": 1, "gpusPerPod": 1}}},
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
+         "metadata": {"name": name, "namespace": namespace},
+         "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
+                            "profile": "llama-3.1-8b",
+                            "engineArgs": ["--max-num-seqs", "4", "--startup-seconds", "1"]},
+                  "engine": "sim", "pool": pool,
+                  "slo": {"ttftSeconds": 0.5},
+                  "parallelism": {"tensor": 1, "pipeline": 1},
+                  "scaling": {"minReplicas": 1, "maxReplicas": 4, "targetQueuePerReplica": 2,
+                              "scaleToZeroAfterSeconds": 5}}},
+    ]
+    try:
+        with harness.SimFleet(k8s_client, namespace, tmp_path) as fleet:
+            cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
+            wait_for("1 replica and a warm standby", lambda: msvc().get("status", {}).get(
+                "ready") == "1/1" and any(g["status"].get("phase") == "Warm" for g in groups()
+                                          if g.get("status")), 90)
+            warm = next(g["metadata"]["name"] for g in groups() if g["spec"].get("warm"))
+            claims_before = op.metric("kubeplex_operator_warm_claims_total")
+            with Load(fleet, name, serving_pods) as load:
+                up = wait_for("a scale-up to 2+ ready replicas", lambda: (
+                    m if (m := msvc())["status"].get("readyReplicas", 0) >= 2 else None), 90)
+                print("scale-up:", up["status"]["lastScale"])
+                assert up["status"]["lastScale"]["to"] >= 2
+                assert up["status"]["observed"]["queue"] >= 0
+                # the warm standby was claimed first (same group name, now serving the model)
+                assert op.metric("kubeplex_operator_warm_claims_total") > claims_before
+                claimed = next(g for g in groups() if g["metadata"]["name"] == warm)
+                assert [m["modelService"] for m in claimed["spec"]["models"]] == [name]
+                assert warm in serving_pods()
+                assert "after the claim" in json.dumps(claimed["status"])
+                assert op.metric("kubeplex_operator_warm_claim_seconds_count") >= 1
+                # and the pool refills its warm standby
+                wait_for("the warm pool refilled", lambda: any(
+                    g["spec"].get("warm") and g["metadata"]["name"] != warm
+                    for g in groups()), 60)
+            assert load.ok > 0
+            peak = msvc()["status"]["readyReplicas"]
+            down = wait_for("a scale-down after the stabilization window", lambda: (
+                m if (m := msvc())["status"].get("desiredReplicas", peak) < peak else None), 90)
+            print("scale-down:", down["status"]["lastScale"])
+            wait_for("back to 1 serving replica", lambda: len(serving_pods()) == 1
+                     and msvc()["status"]["ready"] == "1/1", 90)
+            # idle with minReplicas 0: scale to zero after scaleToZeroAfterSeconds
+            cluster.kubectl("patch", "msvc", "-n", namespace, name, "--type=merge", "-p",
+                            json.dumps({"spec": {"scaling": {"minReplicas": 0}}}))
+            zero = wait_for("scale to zero", lambda: (
+                m if (m := msvc())["status"].get("ready") == "0/0" else None), 90)
+            print("to zero:", zero["status"]["lastScale"])
+            assert zero["status"]["sloStatus"] == "Idle"
+            wait_for("no serving pod left", lambda: not serving_pods(), 60)
+    finally:
+        cluster.kubectl("delete", "gpupool", pool, "--wait=false", check=False)

@@ -1,0 +1,316 @@
+"""The control law, walked on a fake clock through each stage.
+
+The load is synthetic: every 2 s a scrape with cumulative completions at the given rate,
+requests waiting/running, and first tokens at the given TTFT. Replicas take the cold start
+to become ready. Capacity comes from hints (10 req/s per replica, 50 ms prefills) and the
+arrival variability is fixed at Poisson, so every expected count can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from kubeplex.autoscaler import (
+    AutoscalerConfig,
+    AutoscalerConfigError,
+    AutoscalerState,
+    Decision,
+    HoltConfig,
+    NoData,
+    Observed,
+    Scrape,
+    Starting,
+    decide,
+)
+from kubeplex.autoscaler.policy import (
+    budget_clamp,
+    estimate_capacity,
+    panic,
+    queue_replicas,
+    rate_limit,
+    scale_to_zero,
+    stabilize,
+    warmup_credit,
+)
+from kubeplex.autoscaler.queueing import ReplicaCapacity
+from kubeplex.autoscaler.signals import COMPLETIONS, RUNNING, TTFT, TTFT_BUCKETS, WAITING, Signals
+
+STEP = 2.0
+CONFIG = AutoscalerConfig(
+    slo_ttft_s=1.0, percentile=95, min_replicas=1, max_replicas=50, prefill_s_hint=0.05,
+    work_s_hint=0.1, arrival_cv2=1.0, target_queue_per_replica=10, cold_start_s=60,
+    warm_start_s=2, scale_down_delay_s=120, scale_to_zero_after_s=60)
+CAPACITY = ReplicaCapacity(prefill_s=0.05, work_s=0.1, source="hint")
+
+
+def _buckets(observations: float, ttft: float) -> tuple[tuple[float, float], ...]:
+    index = bisect_left(TTFT_BUCKETS, ttft)
+    bounds = (*TTFT_BUCKETS, float("inf"))
+    return tuple((b, observations if i >= index else 0.0) for i, b in enumerate(bounds))
+
+
+@dataclass
+class Walk:
+    """A fake clock, a synthetic load and a fleet that follows the decisions."""
+
+    config: AutoscalerConfig = CONFIG
+    ready: int = 3
+    now: float = 0.0
+    completed: float = 0.0
+    first_tokens: float = 0.0
+    scrapes: list[Scrape] = field(default_factory=list)
+    starting: list[Starting] = field(default_factory=list)
+    state: AutoscalerState = field(default_factory=AutoscalerState)
+    decisions: list[Decision] = field(default_factory=list)
+    engines: bool = True
+    follow: bool = True
+
+    def run(self, seconds: float, rate: float, waiting: float = 0.0, running: float | None = None,
+            ttft: float = 0.1, warm_available: int = 0, free_gpus: int | None = None,
+            held: int = 0, grow_waiting: float = 0.0) -> Decision:
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            self.now += STEP
+            self.completed += (rate - grow_waiting) * STEP  # arrivals = done + queue growth
+            self.first_tokens += rate * STEP
+            waiting += grow_waiting * STEP
+            busy = rate * 0.5 if running is None else running
+            if self.engines:
+                values = {COMPLETIONS: {"e": self.completed}, WAITING: {"e": waiting},
+                          RUNNING: {"e": busy}}
+                hist = {TTFT: {"e": _buckets(self.first_tokens, ttft)}}
+                self.scrapes.append(Scrape(self.now, values, hist))
+            self.scrapes = [s for s in self.scrapes if s.time > self.now - 120]
+            for s in list(self.starting):
+                if self.now >= s.since + self.config.cold_start_s:
+                    self.starting.remove(s)
+                    self.ready += 1
+            observed = Observed(tuple(self.scrapes), self.ready, tuple(self.starting),
+                                warm_available, free_gpus, held)
+            decision = decide(observed, self.config, self.state, self.now)
+            self.state = decision.state
+            self.decisions.append(decision)
+            if self.follow:
+                self.apply(decision.desired_replicas)
+        return self.decisions[-1]
+
+    def apply(self, desired: int) -> None:
+        current = self.ready + len(self.starting)
+        for _ in range(desired - current):
+            self.starting.append(Starting(self.now))
+        for _ in range(current - desired):
+            if self.starting:
+                self.starting.pop()
+            else:
+                self.ready -= 1
+
+    def targets(self) -> list[int]:
+        return [d.desired_replicas for d in self.decisions]
+
+
+def test_hold_at_steady_load() -> None:
+    walk = Walk()
+    walk.run(300, rate=20)
+    assert set(walk.targets()[30:]) == {3}
+    assert walk.decisions[-1].reason.startswith("hold 3 -> 3: SLO p95 TTFT 1 s at 20.00")
+
+
+def test_scale_down_waits_for_the_delay_then_flips_up_at_once() -> None:
+    walk = Walk()
+    walk.run(300, rate=20)
+    drop = walk.now
+    walk.run(120, rate=5)
+    assert walk.ready == 3, "scale-down before the stabilization delay"
+    walk.run(120, rate=5)
+    down_at = next(d for d in walk.decisions if d.desired_replicas < 3)
+    assert walk.ready + len(walk.starting) == 1
+    assert "scale down 3 -> " in down_at.reason
+    # the target fell within the first ~stable window, the scale-down came 120 s later
+    assert walk.now - drop >= 120
+    walk.run(8, rate=20)
+    assert walk.decisions[-1].desired_replicas >= 3, "scale-up must not wait"
+
+
+def test_panic_enters_on_a_burst_holds_and_exits_after_a_stable_window() -> None:
+    walk = Walk()
+    walk.run(120, rate=20)
+    walk.run(6, rate=100)
+    assert walk.decisions[-1].in_panic
+    peak = max(walk.targets())
+    assert peak >= 10
+    assert next(d for d in walk.decisions if d.desired_replicas == peak).in_panic
+    walk.run(30, rate=20)
+    assert walk.decisions[-1].in_panic
+    assert walk.decisions[-1].desired_replicas == peak, "no scale-down in panic"
+    walk.run(60, rate=20)
+    assert not walk.decisions[-1].in_panic
+
+
+def test_warmup_credit_prevents_a_second_scale_up_while_replicas_start() -> None:
+    # Trend off: this isolates the credit from the (legitimate) predictive scale-up.
+    config = replace(CONFIG, forecast=HoltConfig(beta=0.0))
+    walk = Walk(config=config)
+    walk.run(120, rate=20)
+    # 60 req/s against 30 req/s of capacity: the queue grows 30 requests/s until help arrives.
+    # After one panic window the burst is fully visible; from then on the target must hold.
+    walk.run(6, rate=60, grow_waiting=30)
+    first = walk.decisions[-1].desired_replicas
+    assert first > 3
+    waiting = 30 * 6.0
+    walk.run(40, rate=60, waiting=waiting, grow_waiting=30)
+    later = walk.targets()[-20:]
+    assert max(later) == first, f"second scale-up {later} after {first}"
+    credit = next(s for s in walk.decisions[-1].stages if s.name == "credit")
+    queue = next(s for s in walk.decisions[-1].stages if s.name == "queue")
+    assert credit.replicas < queue.replicas
+    assert "starting credited" in credit.note
+
+
+def test_scale_to_zero_after_idle_and_back_from_zero() -> None:
+    config = replace(CONFIG, min_replicas=0)
+    walk = Walk(config=config, ready=1)
+    walk.run(60, rate=2)
+    walk.run(50, rate=0, running=0)
+    assert walk.decisions[-1].desired_replicas == 1, "zero before the idle time"
+    walk.run(20, rate=0, running=0)
+    assert walk.decisions[-1].desired_replicas == 0
+    assert "idle" in walk.decisions[-1].reason
+    walk.engines = False  # no replica, no metrics
+    walk.run(40, rate=0, running=0)
+    assert walk.decisions[-1].desired_replicas == 0
+    assert isinstance(walk.decisions[-1].signals, NoData)
+    walk.run(2, rate=0, held=3)
+    assert walk.decisions[-1].desired_replicas == 1
+    assert "scale from zero" in walk.decisions[-1].reason
+
+
+def test_budget_clamp_says_why() -> None:
+    walk = Walk()
+    walk.run(120, rate=20)
+    walk.follow = False
+    decision = walk.run(6, rate=100, free_gpus=2, warm_available=1)
+    assert decision.desired_replicas == 3 + 1 + 2
+    assert "GPU budget: wanted" in decision.reason
+    assert "2 free GPUs" in decision.reason
+
+
+def test_no_data_holds_and_keeps_the_state() -> None:
+    walk = Walk()
+    walk.run(60, rate=20)
+    state = walk.state
+    stale = Observed(tuple(walk.scrapes), 3)
+    decision = decide(stale, CONFIG, state, walk.now + 100)
+    assert decision.desired_replicas == 3
+    assert decision.state is state
+    assert decision.reason.startswith("no data (newest metrics are 100 s old")
+    empty = decide(Observed((), 2), CONFIG, state, 0.0)
+    assert empty.desired_replicas == 2 and "no metrics scraped yet" in empty.reason
+
+
+def test_max_bound_and_alert_trigger_in_reason() -> None:
+    config = replace(CONFIG, max_replicas=4)
+    walk = Walk(config=config)
+    walk.run(120, rate=20)
+    walk.run(6, rate=100)
+    assert max(walk.targets()) == 4
+    assert any("bounds [1, 4]" in d.reason for d in walk.decisions)
+    observed = Observed(tuple(walk.scrapes), walk.ready, tuple(walk.starting),
+                        trigger="KubeplexTTFTBurn")
+    assert decide(observed, config, walk.state, walk.now).reason.endswith(
+        "(alert KubeplexTTFTBurn)")
+
+
+def test_warm_standbys_follow_a_rising_forecast_or_a_fixed_pool() -> None:
+    # With a standby free, replicas only look a warm start ahead; the standbys cover what the
+    # forecast expects within one cold start.
+    walk = Walk()
+    for rate in range(20, 60, 4):
+        walk.run(10, rate=rate, warm_available=1)
+    assert walk.decisions[-1].desired_warm > 0
+    fixed = Walk(config=replace(CONFIG, warm_pool=2))
+    assert fixed.run(30, rate=20).desired_warm == 2
+
+
+# ---- stages alone --------------------------------------------------------------------------
+def test_stabilize_keeps_the_highest_recent_target() -> None:
+    history = ((0.0, 5), (50.0, 4))
+    assert stabilize(history, 2, 100.0, 120.0)[0] == 5
+    assert stabilize(history, 2, 121.0, 120.0)[0] == 4
+    assert stabilize(history, 7, 100.0, 120.0)[0] == 7
+    target, kept = stabilize(history, 2, 200.0, 120.0)
+    assert target == 2 and kept == ((200.0, 2),)
+
+
+def test_rate_limit_both_ways() -> None:
+    config = replace(CONFIG, max_scale_up_rate=2.0, max_scale_down_rate=2.0)
+    assert rate_limit(4, 20, config) == 8
+    assert rate_limit(8, 1, config) == 4
+    assert rate_limit(0, 5, config) == 5
+
+
+def test_scale_to_zero_stage() -> None:
+    zero = replace(CONFIG, min_replicas=0)
+    assert scale_to_zero(0, True, 0.0, zero, 10.0) == (1, "")
+    assert scale_to_zero(0, False, 0.0, zero, 59.0)[0] == 1
+    assert scale_to_zero(3, False, 0.0, zero, 60.0)[0] == 0
+    assert scale_to_zero(0, False, 0.0, CONFIG, 600.0)[0] == 0  # min 1 is the bounds' job
+
+
+def test_budget_clamp_stage() -> None:
+    assert budget_clamp(10, 4, 0, None, 1) == (10, "")
+    assert budget_clamp(10, 4, 1, 4, 2)[0] == 4 + 1 + 2
+    assert budget_clamp(3, 4, 0, 0, 1) == (3, "")
+
+
+def test_panic_stage() -> None:
+    state = AutoscalerState()
+    target, state, on = panic(burst_target=7, credited=3, target=4, state=state,
+                              config=CONFIG, now=10.0)
+    assert on and target == 7 and state.panic_until == 70.0
+    target, state, on = panic(2, 7, 2, state, CONFIG, 40.0)
+    assert on and target == 7
+    target, state, on = panic(2, 7, 2, state, CONFIG, 71.0)
+    assert not on and target == 2
+
+
+def test_warmup_credit_stage() -> None:
+    observed = Observed((), ready=3, starting=(Starting(0.0), Starting(0.0), Starting(0.0)))
+    # 60 req/s, 30 served until t=60, then 60 served: the backlog stops growing.
+    credited = warmup_credit(50, observed, backlog=300, arrival_rate=60, capacity=CAPACITY,
+                             config=CONFIG, now=30.0)
+    assert credited < 50
+    assert credited >= observed.current
+    assert queue_replicas(500, 10) == 50
+    alone = warmup_credit(5, Observed((), 3), 20, 20, CAPACITY, CONFIG, 0.0)
+    assert alone <= 5
+
+
+def test_capacity_correction_needs_a_saturated_steady_fleet() -> None:
+    signals = Signals(time=60, window_s=60, instances=1, waiting=50, running=30,
+                      kv_usage=0.9, arrival_rate=30, completion_rate=15,
+                      prompt_token_rate=None, generation_token_rate=None, ttft_quantile=5.0,
+                      ttft_count=900, arrival_cv2=1.0, saturated=True)
+    measured, _, correction = estimate_capacity(signals, CONFIG, 3, 1.0, steady=True)
+    assert correction < 1.0 and measured.source == "hint"
+    assert measured.work_s > CAPACITY.work_s
+    unchanged, _, same = estimate_capacity(signals, CONFIG, 3, 1.0, steady=False)
+    assert same == 1.0 and unchanged == CAPACITY
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"slo_ttft_s": -1.0}, "slo_ttft_s must be > 0"),
+        ({"percentile": 100.0}, "percentile must be in (0, 100)"),
+        ({"min_replicas": 5, "max_replicas": 2}, "min_replicas <= max_replicas"),
+        ({"cold_start_s": -1.0}, "cold_start_s must be >= 0"),
+        ({"work_s_hint": None}, "latency profile"),
+    ],
+)
+def test_config_errors(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(AutoscalerConfigError, match=message.replace("(", r"\(").replace(
+            ")", r"\)")):
+        replace(CONFIG, **changes)  # type: ignore[arg-type]

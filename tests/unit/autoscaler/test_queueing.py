@@ -1,0 +1,71 @@
+"""The queueing model and the Holt forecast."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kubeplex.autoscaler.forecast import HoltConfig, HoltState, holt_update
+from kubeplex.autoscaler.queueing import (
+    ReplicaCapacity,
+    erlang_c,
+    replicas_for_slo,
+    ttft_percentile,
+)
+
+CAPACITY = ReplicaCapacity(prefill_s=0.05, work_s=0.1, source="hint")
+
+
+def test_erlang_c_known_values() -> None:
+    assert erlang_c(1, 0.5) == pytest.approx(0.5)  # M/M/1: P(wait) = rho
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)  # textbook M/M/2 at rho 0.5
+    assert erlang_c(3, 3.0) == 1.0
+    assert erlang_c(5, 0.0) == 0.0
+
+
+def test_ttft_percentile_falls_with_replicas_and_rises_with_burstiness() -> None:
+    values = [ttft_percentile(c, 30.0, CAPACITY, 0.99) for c in range(4, 10)]
+    assert values == sorted(values, reverse=True)
+    assert ttft_percentile(3, 30.0, CAPACITY, 0.99) == math.inf  # utilization 1
+    calm = ttft_percentile(4, 30.0, CAPACITY, 0.99, arrival_cv2=1.0)
+    bursty = ttft_percentile(4, 30.0, CAPACITY, 0.99, arrival_cv2=16.0)
+    assert bursty > calm
+
+
+def test_mm1_percentile_formula() -> None:
+    # M/M/1 with the prefill as service: P(W > t) = rho * exp(-(mu - lambda) t)
+    cap = ReplicaCapacity(prefill_s=0.1, work_s=0.1, source="hint")
+    lam, mu, q = 5.0, 10.0, 0.95
+    expected = math.log(0.5 / 0.05) / (mu - lam) + 0.1
+    assert ttft_percentile(1, lam, cap, q) == pytest.approx(expected)
+
+
+def test_replicas_for_slo_is_the_fewest() -> None:
+    found = replicas_for_slo(30.0, CAPACITY, 0.2, 0.99, 0.85, arrival_cv2=4.0)
+    assert found is not None
+    assert ttft_percentile(found, 30.0, CAPACITY, 0.99, 4.0) <= 0.2
+    assert (ttft_percentile(found - 1, 30.0, CAPACITY, 0.99, 4.0) > 0.2
+            or (found - 1) * 0.85 < 30.0 * 0.1)
+    assert replicas_for_slo(0.0, CAPACITY, 0.2, 0.99, 0.85) == 0
+    assert replicas_for_slo(1.0, CAPACITY, 0.01, 0.99, 0.85) is None  # prefill > SLO
+
+
+def test_holt_tracks_a_level_and_a_trend_on_irregular_steps() -> None:
+    config = HoltConfig()
+    state = HoltState()
+    t = 0.0
+    for _ in range(200):
+        state = holt_update(state, 10.0, t, config)
+        t += 2.0
+    assert state.level == pytest.approx(10.0)
+    assert state.forecast(60) == pytest.approx(10.0, abs=1e-6)
+    ramp = HoltState()
+    t = 0.0
+    for step in (2.0, 3.0, 1.0, 4.0) * 50:  # irregular sampling of rate = t / 10
+        ramp = holt_update(ramp, t / 10, t, config)
+        t += step
+    assert ramp.trend == pytest.approx(0.1, rel=0.1)
+    assert ramp.forecast(60) > ramp.level
+    assert ramp.upper(60, config) >= ramp.forecast(60)
+    assert holt_update(ramp, 5.0, ramp.time or 0.0, config) is ramp  # no time passed

@@ -1,0 +1,150 @@
+"""Signal extraction: PromQL-compatible quantiles and rates, and "no data" as its own answer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kubeplex.autoscaler import NoData, Scrape, Signals, extract
+from kubeplex.autoscaler.signals import (
+    COMPLETIONS,
+    GENERATION_TOKENS,
+    KV_USAGE,
+    PROMPT_TOKENS,
+    RUNNING,
+    TTFT,
+    WAITING,
+    bucket_increase,
+    counter_increase,
+    histogram_quantile,
+)
+from kubeplex.autoscaler.sources import parse_metrics_text
+
+INF = math.inf
+# The example histogram of Prometheus' own tests (promql/testdata/histograms.test):
+# buckets 0.1: 50, 0.2: 70, 0.4: 90, 1: 100, +Inf: 100 (cumulative).
+BUCKETS = ((0.1, 50.0), (0.2, 70.0), (0.4, 90.0), (1.0, 100.0), (INF, 100.0))
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        (0.5, 0.1),            # rank 50: the top of the first bucket
+        (0.6, 0.15),           # rank 60: halfway through (0.1, 0.2]
+        (0.8, 0.3),            # rank 80: halfway through (0.2, 0.4]
+        (0.95, 0.7),           # rank 95: halfway through (0.4, 1]
+        (0.25, 0.05),          # the first bucket starts at 0
+        (1.0, 1.0),
+    ],
+)
+def test_histogram_quantile_matches_promql(q: float, expected: float) -> None:
+    assert histogram_quantile(q, BUCKETS) == pytest.approx(expected)
+
+
+def test_histogram_quantile_edges() -> None:
+    assert histogram_quantile(0.5, ((1.0, 0.0), (INF, 0.0))) is None  # no observations: NaN
+    assert histogram_quantile(0.5, ((1.0, 3.0),)) is None  # no +Inf bucket
+    assert histogram_quantile(0.99, ((1.0, 1.0), (2.5, 1.0), (INF, 10.0))) == 2.5  # in +Inf
+    assert histogram_quantile(-0.1, BUCKETS) == -INF
+    assert histogram_quantile(1.1, BUCKETS) == INF
+    # non-monotonic counts (scrape races) are made monotonic, as PromQL does
+    assert histogram_quantile(0.5, ((0.1, 5.0), (0.2, 4.0), (INF, 10.0))) == pytest.approx(
+        0.1 + 0.1 * (5 - 5) / 5)
+
+
+def test_counter_increase_handles_resets_and_new_instances() -> None:
+    samples = [{"a": 10.0}, {"a": 15.0, "b": 100.0}, {"a": 3.0, "b": 110.0}]
+    # a: +5, then reset -> +3; b: first seen in sample 2 (no rate yet), then +10
+    assert counter_increase(samples) == 18.0
+
+
+def test_bucket_increase_sums_instances_and_resets() -> None:
+    before = {"a": ((1.0, 10.0), (INF, 12.0)), "b": ((1.0, 1.0), (INF, 1.0))}
+    after = {"a": ((1.0, 2.0), (INF, 3.0)), "b": ((1.0, 5.0), (INF, 7.0))}
+    # a was reset (its +Inf count fell): its whole histogram counts; b: +4 and +6
+    assert bucket_increase([before, after]) == ((1.0, 6.0), (INF, 9.0))
+
+
+def _scrape(t: float, done: float, waiting: float, running: float, ttft: tuple[
+        tuple[float, float], ...]) -> Scrape:
+    values = {COMPLETIONS: {"e": done}, WAITING: {"e": waiting}, RUNNING: {"e": running},
+              KV_USAGE: {"e": 0.5}, PROMPT_TOKENS: {"e": done * 100},
+              GENERATION_TOKENS: {"e": done * 20}}
+    return Scrape(t, values, {TTFT: {"e": ttft}})
+
+
+def test_extract_rates_arrivals_and_ttft() -> None:
+    scrapes = [
+        _scrape(0, 0, 0, 0, ((1.0, 0.0), (INF, 0.0))),
+        _scrape(10, 50, 5, 10, ((1.0, 60.0), (INF, 65.0))),
+        _scrape(20, 100, 10, 10, ((1.0, 120.0), (INF, 130.0))),
+    ]
+    signals = extract(scrapes, 20.0, 60.0, 95, 30.0)
+    assert isinstance(signals, Signals)
+    assert signals.completion_rate == 5.0
+    # conservation: 100 completed + 20 more in the engines than at the start, over 20 s
+    assert signals.arrival_rate == 6.0
+    assert signals.waiting == 10 and signals.running == 10 and signals.kv_usage == 0.5
+    assert signals.ttft_count == 130
+    # rank 123.5 of 130 lies in (1, +Inf]: the highest finite bound
+    assert signals.ttft_quantile == 1.0
+    assert signals.mean_output_tokens == pytest.approx(20.0)
+    assert not signals.saturated
+
+
+@pytest.mark.parametrize(
+    ("scrapes", "now", "reason"),
+    [
+        ([], 0.0, "no metrics scraped yet"),
+        ([Scrape(0.0, {WAITING: {"e": 0}, RUNNING: {"e": 0}})], 100.0, "100 s old"),
+        ([Scrape(0.0, {WAITING: {"e": 0}, RUNNING: {"e": 0}})], 5.0, "fewer than two"),
+        ([Scrape(0.0, {WAITING: {"e": 0}}), Scrape(2.0, {WAITING: {"e": 0}})], 2.0,
+         "vllm:num_requests_running missing"),
+    ],
+)
+def test_missing_or_stale_data_is_no_data(scrapes: list[Scrape], now: float,
+                                          reason: str) -> None:
+    result = extract(scrapes, now, 60.0, 95, 30.0)
+    assert isinstance(result, NoData)
+    assert reason in result.reason
+
+
+def test_no_first_tokens_is_an_unknown_percentile_not_zero() -> None:
+    idle = [Scrape(t, {WAITING: {"e": 0}, RUNNING: {"e": 0}, COMPLETIONS: {"e": 7}},
+                   {TTFT: {"e": ((1.0, 7.0), (INF, 7.0))}}) for t in (0.0, 2.0, 4.0)]
+    signals = extract(idle, 4.0, 60.0, 95, 30.0)
+    assert isinstance(signals, Signals)
+    assert signals.ttft_quantile is None
+    assert signals.arrival_rate == 0.0
+
+
+VLLM_TEXT = """\
+# HELP vllm:num_requests_waiting Number of requests waiting.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="llama"} 4.0
+vllm:num_requests_waiting{engine="0",model_name="other"} 99.0
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="llama"} 12.0
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="llama"} 0.25
+# TYPE vllm:request_success_total counter
+vllm:request_success_total{engine="0",finished_reason="stop",model_name="llama"} 30.0
+vllm:request_success_total{engine="0",finished_reason="length",model_name="llama"} 10.0
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.5",model_name="llama"} 20.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="1.0",model_name="llama"} 38.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="llama"} 40.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="llama"} 40.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="llama"} 21.0
+"""
+
+
+def test_parse_vllm_text_keeps_one_model() -> None:
+    scrape = parse_metrics_text(VLLM_TEXT, "llama", 5.0, target="pod-a")
+    assert scrape.total(WAITING) == 4.0
+    assert scrape.total(COMPLETIONS) == 40.0  # both finished reasons
+    assert len(scrape.series(COMPLETIONS)) == 2
+    (buckets,) = scrape.histograms[TTFT].values()
+    assert buckets == ((0.5, 20.0), (1.0, 38.0), (INF, 40.0))
+    assert all(key.startswith("pod-a|") for key in scrape.series(RUNNING))

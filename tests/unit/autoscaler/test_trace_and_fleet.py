@@ -1,0 +1,154 @@
+"""Trace files and generators, and the simulated fleet on short traces."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kubeplex.autoscaler import Observed, TraceError
+from kubeplex.autoscaler.baselines import HPAPolicy, KPAPolicy, StaticPolicy
+from kubeplex.autoscaler.evaluation import replay
+from kubeplex.autoscaler.fleet import FleetConfig, simulate
+from kubeplex.autoscaler.trace import (
+    Trace,
+    diurnal_rate,
+    from_minute_counts,
+    generate,
+    read_minute_counts,
+    read_trace,
+    spike_rate,
+    write_trace,
+)
+from kubeplex.placement.llm import profile
+
+
+def test_csv_round_trip(tmp_path: Path) -> None:
+    trace = generate(lambda t: np.full_like(t, 5.0), 60, 1.0, seed=3)
+    path = tmp_path / "t.csv"
+    with path.open("w") as stream:
+        write_trace(trace, stream)
+    again = read_trace(path)
+    assert len(again) == len(trace)
+    assert np.allclose(again.arrival_s, trace.arrival_s, atol=1e-4)
+    assert (again.prompt_tokens == trace.prompt_tokens).all()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty file"),
+        ("arrival_s,prompt_tokens,output_tokens\n", "no requests"),
+        ("time,prompt,output\n1,2,3\n", "header is"),
+        ("arrival_s,prompt_tokens,output_tokens\n2.0,10,10\n1.0,10,10\n",
+         "must be ascending; request 2 arrives at 1.0 s, before 2.0 s"),
+        ("arrival_s,prompt_tokens,output_tokens\n1.0,ten,10\n", "integer"),
+        ("arrival_s,prompt_tokens,output_tokens\n1.0,0,10\n", ">= 1"),
+    ],
+)
+def test_bad_traces_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(TraceError, match=message):
+        read_trace(io.StringIO(text))
+
+
+def test_missing_file_is_a_trace_error(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="cannot read trace"):
+        read_trace(tmp_path / "absent.csv")
+
+
+def test_gamma_bursts_have_the_asked_cv_and_rate() -> None:
+    trace = generate(lambda t: np.full_like(t, 20.0), 2000, 4.0, seed=1)
+    assert len(trace) == pytest.approx(40_000, rel=0.1)
+    assert trace.interarrival_cv() == pytest.approx(4.0, rel=0.15)
+    poisson = generate(lambda t: np.full_like(t, 20.0), 500, 1.0, seed=1)
+    assert poisson.interarrival_cv() == pytest.approx(1.0, rel=0.1)
+
+
+def test_spike_and_diurnal_shapes() -> None:
+    spike = spike_rate(10, 5, at_s=100, for_s=50, ramp_s=10)
+    values = spike(np.array([0.0, 95.0, 100.0, 149.0, 155.0, 200.0]))
+    assert values.tolist() == pytest.approx([10, 30, 50, 50, 30, 10])
+    step = spike_rate(10, 5, at_s=100, for_s=50, ramp_s=0)
+    assert step(np.array([99.0, 100.0, 150.0])).tolist() == [10, 50, 10]
+    day = diurnal_rate(2, 10, 100)
+    assert day(np.array([0.0, 50.0, 100.0])).tolist() == pytest.approx([2, 10, 2])
+
+
+def test_azure_minute_counts(tmp_path: Path) -> None:
+    path = tmp_path / "invocations.csv"
+    path.write_text("HashOwner,HashApp,HashFunction,Trigger,1,2,3\n"
+                    "o,a,f1,http,2,0,5\n"
+                    "o,a,f2,timer,1,1,0\n")
+    assert read_minute_counts(path) == [3, 1, 5]
+    assert read_minute_counts(path, "f2") == [1, 1, 0]
+    trace = from_minute_counts([3, 1, 5], seed=1)
+    assert len(trace) == 9
+    assert (trace.arrival_s[:3] < 60).all() and (trace.arrival_s[3] >= 60)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(TraceError, match="no per-minute columns"):
+        read_minute_counts(bad)
+
+
+def _steady(rate: float, seconds: float) -> Trace:
+    return generate(lambda t: np.full_like(t, rate), seconds, 1.0, seed=2, prompt_tokens=256,
+                    output_tokens=64)
+
+
+def test_static_fleet_meets_an_easy_slo_and_counts_gpu_hours() -> None:
+    trace = _steady(10, 300)
+    fleet = FleetConfig(profile=profile("llama-3.1-8b", "H100-80GB"), initial_replicas=2)
+    result = simulate(trace, StaticPolicy(2), fleet, slo_ttft_s=1.0, percentile=95)
+    assert result.requests == len(trace)
+    assert result.attainment == 1.0
+    assert result.ttft_percentile < 0.2
+    assert result.gpu_hours == pytest.approx(2 * result.duration_s / 3600, rel=1e-6)
+    assert result.scale_events == 0
+    assert np.isfinite(result.ttft).all()
+
+
+def test_overloaded_fleet_misses_and_queues() -> None:
+    trace = _steady(60, 120)
+    fleet = FleetConfig(profile=profile("llama-3.1-8b", "L4"), initial_replicas=1)
+    result = simulate(trace, StaticPolicy(1), fleet, slo_ttft_s=1.0, percentile=95)
+    assert result.attainment < 0.5
+    assert result.ttft_percentile > 10
+
+
+def test_scale_from_zero_holds_requests_until_a_replica_is_ready() -> None:
+    class OneAfterZero:
+        name, interval_s = "one", 2.0
+
+        def evaluate(self, observed: Observed, now: float) -> tuple[int, int]:
+            return (1 if observed.held_requests or observed.current else 0), 0
+
+    trace = _steady(2, 60)
+    fleet = FleetConfig(profile=profile("llama-3.1-8b", "H100-80GB"), initial_replicas=0,
+                        cold_start_s=10)
+    result = simulate(trace, OneAfterZero(), fleet, slo_ttft_s=30.0, percentile=95)
+    assert result.attainment == 1.0  # nothing dropped: all held, then served
+    first = float(trace.arrival_s[0])
+    assert result.ttft[0] == pytest.approx(10 - first, abs=2.1)  # waited for the cold start
+
+
+def test_baselines_react_to_a_burst() -> None:
+    fleet_profile = profile("llama-3.1-8b", "A100-80GB")
+    trace = generate(spike_rate(10, 5, 120, 120, 0), 300, 1.0, seed=4)
+    fleet = FleetConfig(profile=fleet_profile, initial_replicas=1, cold_start_s=20)
+    for policy in (HPAPolicy(target=30, max_replicas=20), KPAPolicy(target=30, max_replicas=20)):
+        result = simulate(trace, policy, fleet, slo_ttft_s=1.0, percentile=95)
+        assert result.max_replicas > 1, policy.name
+        assert result.scale_events >= 1
+
+
+def test_replay_kubeplex_beats_an_undersized_static_fleet() -> None:
+    trace = generate(spike_rate(10, 4, 300, 200, 60), 1200, 2.0, seed=5)
+    kubeplex = replay(trace, "llama-3.1-8b", "A100-80GB", 1.0, 95, "kubeplex", 30, 2, None)
+    peak = replay(trace, "llama-3.1-8b", "A100-80GB", 1.0, 95, "static-peak", 30, 2, None)
+    assert peak.attainment > 0.99
+    assert kubeplex.attainment > 0.95
+    assert kubeplex.gpu_hours < peak.gpu_hours
+    assert math.isfinite(kubeplex.ttft_percentile)

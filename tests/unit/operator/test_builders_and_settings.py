@@ -1,0 +1,173 @@
+"""Pure pieces of the operator: manifests, settings, alert-free helpers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kubeplex.api import GPUPoolSpec, ModelServiceSpec, from_dict
+from kubeplex.operator._autoscale import parse_overrides
+from kubeplex.operator._builders import (
+    HostedModel,
+    model_label,
+    pod_manifest,
+    runtime_model,
+    selector,
+    service_manifest,
+    serving_group_manifest,
+)
+from kubeplex.operator._settings import ENV_DOCS, Settings
+from kubeplex.operator._status import merge_conditions, slo_status
+from kubeplex.operator.errors import ConfigError, UnservableError
+from kubeplex.runtime.config import parse_config
+
+
+def msvc_spec(**spec: Any) -> ModelServiceSpec:
+    body = {"apiVersion": "kubeplex.io/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": "m", "namespace": "ns"},
+            "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
+                               "profile": "llama-3.1-8b"}, "pool": "p",
+                     "slo": {"ttftSeconds": 0.5}, **spec}}
+    spec_: Any = from_dict(body).spec
+    assert isinstance(spec_, ModelServiceSpec)
+    return spec_
+
+
+def pool_spec(**spec: Any) -> GPUPoolSpec:
+    body = {"apiVersion": "kubeplex.io/v1alpha1", "kind": "GPUPool", "metadata": {"name": "p"},
+            "spec": {"gpu": {"product": "H100-80GB"},
+                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                      "effect": "NoSchedule"}], **spec}}
+    spec_: Any = from_dict(body).spec
+    assert isinstance(spec_, GPUPoolSpec)
+    return spec_
+
+
+def test_pod_requests_the_groups_gpus_on_the_planned_node_with_probes_and_config() -> None:
+    settings = Settings()
+    hosted = HostedModel("m", msvc_spec(engine="sim"), 0.9)
+    config = [runtime_model(hosted, 2, 2, "llama-3.1-8b")]
+    pod = pod_manifest(settings, "ns", "m-0", "p", pool_spec(), "node-3", 2, 2, config, ["m"],
+                       False, "uid-1")
+    c = pod["spec"]["containers"][0]
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "4"
+    terms = pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "In",
+                                       "values": ["node-3"]}]}]
+    assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                           "effect": "NoSchedule"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "control"}
+    assert pod["metadata"]["labels"][model_label("m")] == "true"
+    assert pod["metadata"]["ownerReferences"][0] | {"uid": "x"} == {
+        "apiVersion": "kubeplex.io/v1alpha1", "kind": "ServingGroup", "name": "m-0",
+        "uid": "x", "controller": True, "blockOwnerDeletion": True}
+    # the config the pod carries is one the runtime accepts
+    env = {e["name"]: e["value"] for e in c["env"]}
+    parsed = parse_config(json.loads(env["KUBEPLEX_RUNTIME_CONFIG"]))
+    assert parsed.models[0].engine == "sim"
+    assert (parsed.models[0].tensor_parallel, parsed.models[0].pipeline_parallel) == (2, 2)
+
+
+def test_custom_gpu_resource_and_warm_pods() -> None:
+    spec = pool_spec(gpu={"product": "H100-80GB", "resourceName": "example.com/gpu"})
+    pod = pod_manifest(Settings(), "ns", "warm-p-0", "p", spec, "n", 1, 1, [], [], True, "u")
+    assert pod["spec"]["containers"][0]["resources"]["limits"] == {"example.com/gpu": "1"}
+    assert pod["metadata"]["labels"]["kubeplex.io/warm"] == "true"
+    assert not any(k.startswith("model.kubeplex.io/") for k in pod["metadata"]["labels"])
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert parse_config(json.loads(env["KUBEPLEX_RUNTIME_CONFIG"])).models == ()
+
+
+def test_pvc_models_are_mounted_and_s3_is_refused_with_a_fix() -> None:
+    hosted = HostedModel("m", msvc_spec(model={"uri": "pvc://cache/meta/llama",
+                                               "profile": "llama-3.1-8b"}), 0.9)
+    cfg = runtime_model(hosted, 1, 1, "llama-3.1-8b")
+    assert cfg["model"] == "/models/cache/meta/llama"
+    assert cfg["args"][:2] == ["--dtype", "auto"]
+    pod = pod_manifest(Settings(), "ns", "m-0", "p", pool_spec(), "n", 1, 1, [cfg], ["m"],
+                       False, "u")
+    assert pod["spec"]["volumes"] == [{"name": "models-0", "persistentVolumeClaim": {
+        "claimName": "cache", "readOnly": True}}]
+    s3 = HostedModel("m", msvc_spec(model={"uri": "s3://bucket/x", "profile": "llama-3.1-8b"}),
+                     0.9)
+    with pytest.raises(UnservableError, match="pvc://"):
+        runtime_model(s3, 1, 1, "llama-3.1-8b")
+
+
+def test_served_name_falls_back_when_the_runtime_cannot_route_it() -> None:
+    spec = msvc_spec(model={"uri": "hf://a/b", "profile": "llama-3.1-8b",
+                            "servedName": "meta-llama/Llama-3.1-8B-Instruct"})
+    assert HostedModel("llama", spec, 0.9).served_name == "llama"
+    spec = msvc_spec(model={"uri": "hf://a/b", "profile": "llama-3.1-8b", "servedName": "chat"})
+    assert HostedModel("llama", spec, 0.9).served_name == "chat"
+
+
+def test_labels_service_and_group() -> None:
+    long = "x" * 100
+    label = model_label(long)
+    assert len(label.split("/", 1)[1]) <= 63
+    assert model_label(long) == label != model_label("y" * 100)
+    assert selector("m") == "model.kubeplex.io/m=true"
+    svc = service_manifest("ns", "m", "uid", 8000)
+    assert svc["spec"]["selector"] == {"model.kubeplex.io/m": "true"}
+    assert svc["spec"]["ports"][0]["targetPort"] == 8000
+    assert svc["metadata"]["ownerReferences"][0]["kind"] == "ModelService"
+    hosted = HostedModel("m", msvc_spec(), 0.9)
+    group = serving_group_manifest("ns", "m-0", "p", "n", 2, 1, [hosted], False, [])
+    assert group["spec"]["gpus"] == 2
+    assert group["spec"]["models"] == [{"modelService": "m", "servedName": "m",
+                                        "memoryShare": 0.9}]
+
+
+def test_settings_defaults_and_errors_name_the_variable() -> None:
+    s = Settings.from_env({})
+    assert (s.health_port, s.metrics_port, s.webhook_port) == (8080, 9090, 8443)
+    assert s.scrape == "pods"
+    assert Settings.from_env({"KUBEPLEX_PROMETHEUS_URL": "http://p:9090"}).scrape == "prometheus"
+    assert Settings.from_env({"KUBEPLEX_WATCH_NAMESPACES": "a, b,"}).watch_namespaces == (
+        "a", "b")
+    with pytest.raises(ConfigError, match="KUBEPLEX_WEBHOOK_PORT"):
+        Settings.from_env({"KUBEPLEX_WEBHOOK_PORT": "http"})
+    with pytest.raises(ConfigError, match="KUBEPLEX_SCRAPE"):
+        Settings.from_env({"KUBEPLEX_SCRAPE": "sometimes"})
+    with pytest.raises(ConfigError, match="needs KUBEPLEX_PROMETHEUS_URL"):
+        Settings.from_env({"KUBEPLEX_SCRAPE": "prometheus"})
+    assert all(var.startswith("KUBEPLEX_") for var in ENV_DOCS)
+
+
+def test_alert_token_file_is_reread(tmp_path: Any) -> None:
+    f = tmp_path / "token"
+    f.write_text("one\n")
+    s = Settings.from_env({"KUBEPLEX_ALERT_TOKEN_FILE": str(f)})
+    assert s.token() == "one"
+    f.write_text("two")
+    assert s.token() == "two"
+    assert Settings.from_env({"KUBEPLEX_ALERT_TOKEN_FILE": str(tmp_path / "no")}).token() == ""
+
+
+def test_autoscaler_overrides_are_checked() -> None:
+    assert parse_overrides('{"stable_window_s": 10}') == {"stable_window_s": 10.0}
+    assert parse_overrides("") == {}
+    for bad, match in (("{", "not JSON"), ('{"min_replicas": 1}', "unknown key"),
+                       ('{"stable_window_s": "x"}', "must be a number"), ("[]", "object")):
+        with pytest.raises(ConfigError, match=match):
+            parse_overrides(bad)
+
+
+def test_conditions_keep_their_transition_time() -> None:
+    first = merge_conditions(None, [{"type": "Ready", "status": "True"}], 0.0)
+    same = merge_conditions(first, [{"type": "Ready", "status": "True"}], 100.0)
+    flipped = merge_conditions(first, [{"type": "Ready", "status": "False"}], 100.0)
+    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+    assert flipped[0]["lastTransitionTime"] != first[0]["lastTransitionTime"]
+
+
+@pytest.mark.parametrize(("ttft", "rate", "expected"), [
+    (None, 0.0, "Idle"), (None, 1.0, "Unknown"), (0.1, 1.0, "Met"), (0.45, 1.0, "AtRisk"),
+    (0.6, 1.0, "Violated")])
+def test_slo_status(ttft: float | None, rate: float, expected: str) -> None:
+    assert slo_status(ttft, 0.5, rate) == expected
