@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import signal
 import sys
 import tempfile
 import threading
@@ -23,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import quote
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -75,6 +78,18 @@ def deployment(name: str, replicas: int, gpus: int) -> dict[str, Any]:
     }
 
 
+def count_running_pods(api: Any) -> int:
+    """Pods in phase Running, listed in pages (a cross-check of the Deployments' counts)."""
+    count, token = 0, ""
+    while True:
+        page = api.get("/api/v1/pods?fieldSelector=status.phase%3DRunning&limit=1000"
+                       + (f"&continue={quote(token)}" if token else ""))
+        count += len(page["items"])
+        token = page["metadata"].get("continue", "")
+        if not token:
+            return count
+
+
 def wait(what: str, progress: Progress, total: int, count: Any) -> float:
     task = progress.add_task(what, total=total)
     t0 = time.monotonic()
@@ -93,6 +108,8 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=5000)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    # A plain `kill` must still run the `finally` below that stops the cluster.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     lib = load_cluster()
     tools = lib.build(quiet=True)
     results: dict[str, Any] = {"nodes": args.nodes, "pods": args.pods,
@@ -142,9 +159,8 @@ def main() -> int:
 
                 wait("pods Running+Ready", progress, args.pods, ready_pods)
                 results["pods_ready_s"] = round(time.monotonic() - t0, 2)
-            running = api.get("/api/v1/pods?fieldSelector=status.phase%3DRunning&limit=1")
-            remaining = running["metadata"].get("remainingItemCount", 0)
-            results["pods_running_listed"] = len(running["items"]) + remaining
+            results["pods_running_listed"] = count_running_pods(api)
+            results["load_average_1m"] = round(os.getloadavg()[0], 1)
             results["rss_final_mib"] = {k: v >> 20 for k, v in lib.rss_bytes(state).items()}
             results["rss_peak_mib"] = {k: v >> 20 for k, v in sampler.peak.items()}
             results["rss_peak_total_mib"] = sum(results["rss_peak_mib"].values())

@@ -88,8 +88,16 @@ GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 # Default fake GPU: an H100 SXM as GFD reports it (product name and MiB of memory).
 DEFAULT_GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 DEFAULT_GPU_MEMORY_MIB = 81559
-# KWOK heartbeats through node leases of this duration (the kubelet's default is 40 s).
-NODE_LEASE_SECONDS = 40
+# KWOK heartbeats through node leases of this duration and renews each every quarter of it
+# (kwok pkg/kwok/controllers/controller.go), as the kubelet does with its 40 s default. 120 s
+# keeps 500 nodes at ~17 lease writes/s instead of 50 on a 2-core API server.
+NODE_LEASE_SECONDS = 120
+# How long the node lifecycle controller waits for a missed heartbeat before it marks a node
+# Unknown and its pods NotReady (upstream default 50 s). Fake nodes never really fail, but on a
+# saturated 2-core machine lease renewals can lag by tens of seconds: at 40 s leases and the
+# default grace, 70 of 500 pods of a Deployment were marked NotReady for good in the scale
+# benchmark (KWOK does not re-apply the Ready stage). Ten missed renewals of slack:
+NODE_MONITOR_GRACE_S = 300
 # How long each start-up step may take before `up` gives up with the component's log tail.
 # A cold apiserver on 2 busy cores needs ~10-20 s to install its CRDs/RBAC bootstrap.
 READY_TIMEOUT_S = 180.0
@@ -560,6 +568,7 @@ def _up(state_dir: Path, nodes: int, spec: NodeSpec, tools: Toolchain,
         f"--root-ca-file={pki / 'ca.crt'}", "--use-service-account-credentials=false",
         # Every default controller (garbage collector, node lifecycle, namespace, ...).
         "--controllers=*", "--kube-api-qps=200", "--kube-api-burst=400",
+        f"--node-monitor-grace-period={NODE_MONITOR_GRACE_S}s",
     ], state, logs)
     scheduler_config = state_dir / "scheduler.yaml"
     scheduler_config.write_text(json.dumps({

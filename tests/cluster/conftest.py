@@ -13,6 +13,7 @@ toolchain, or no Go module proxy. Any other build or start-up failure is an erro
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -118,6 +119,29 @@ class Cluster:
 
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    # Numbers for extra nodes (their names and /24 pod CIDRs), clear of the session fleet.
+    _node_numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
+
+    def add_gpu_nodes(self, count: int, gpus: int, product: str, memory_mib: int,
+                      prefix: str = "test-node") -> list[str]:
+        """Extra fake GPU nodes for one test (KWOK-managed, Ready when this returns); a test
+        that needs GPUs nobody else can take uses its own product name. Delete them after
+        with :meth:`delete_nodes` so other tests see the session fleet only."""
+        spec = cluster_lib.NodeSpec(gpus=gpus, gpu_product=product, gpu_memory_mib=memory_mib)
+        names = []
+        for _ in range(count):
+            number = next(self._node_numbers)
+            name = f"{prefix}-{number}"
+            self.api.create("/api/v1/nodes", cluster_lib.gpu_node(name, number, spec))
+            names.append(name)
+        cluster_lib.wait_nodes_ready(self.api, set(names))
+        return names
+
+    def delete_nodes(self, names: list[str]) -> None:
+        """Delete nodes; the pod garbage collector then removes pods bound to them."""
+        for name in names:
+            self.api.request("DELETE", f"/api/v1/nodes/{name}")
 
 
 @pytest.fixture(scope="session")

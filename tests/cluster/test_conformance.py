@@ -11,7 +11,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,9 @@ def small_gpu_product(cluster: Any) -> tuple[str, int]:
 def test_kubectl_lists_the_fake_gpu_nodes(cluster: Any) -> None:
     nodes = cluster.kubectl_json("get", "nodes", "-l", "kubeplex.io/fake-node=true")["items"]
     by_product: dict[str, list[int]] = {}
+    # Only the session fleet (tests may add private nodes for a while).
+    nodes = [n for n in nodes
+             if n["metadata"]["labels"]["nvidia.com/gpu.product"] in cluster.fleet]
     for node in nodes:
         labels = node["metadata"]["labels"]
         gpus = int(node["status"]["allocatable"]["nvidia.com/gpu"])
@@ -304,23 +308,39 @@ def test_deleting_the_owner_garbage_collects_its_pods(k8s_client: Any, namespace
                lambda: not core.list_namespaced_pod(namespace).items)
 
 
-def test_gpu_pod_lands_on_a_fitting_node_and_runs(cluster: Any, k8s_client: Any,
-                                                 namespace: str) -> None:
+@pytest.fixture
+def private_gpu_nodes(cluster: Any) -> Iterator[tuple[str, int, list[str]]]:
+    """Two 4-GPU nodes of a product no other test asks for: (product, GPUs per node, names)."""
+    product = f"KUBEPLEX-TEST-GPU-{uuid.uuid4().hex[:6]}"
+    names = cluster.add_gpu_nodes(2, gpus=4, product=product, memory_mib=40960,
+                                  prefix="private")
+    yield product, 4, names
+    cluster.delete_nodes(names)
+
+
+def test_gpu_pod_lands_on_a_fitting_node_and_runs(
+        k8s_client: Any, namespace: str, private_gpu_nodes: tuple[str, int, list[str]]) -> None:
     core = k8s.CoreV1Api(k8s_client)
-    product, per_node = small_gpu_product(cluster)
-    assert per_node == 4, "the session cluster has 4-GPU nodes of one product"
-    core.create_namespaced_pod(namespace, gpu_pod("tp4", 4, product=product))
+    product, per_node, names = private_gpu_nodes
+    core.create_namespaced_pod(namespace, gpu_pod("tp4", per_node, product=product))
     pod = eventually("the 4-GPU pod to be Running", lambda: (
         p if (p := _phase(core, namespace, "tp4")).status.phase == "Running" else None))
+    assert pod.spec.node_name in names
     node = core.read_node(pod.spec.node_name)
     assert node.metadata.labels["nvidia.com/gpu.product"] == product
-    assert int(node.status.allocatable["nvidia.com/gpu"]) >= 4
+    assert int(node.status.allocatable["nvidia.com/gpu"]) == per_node
     assert pod.status.pod_ip  # KWOK assigned one from the node's pod CIDR
     # The first pod filled its node, so a second one must land on the other node.
-    core.create_namespaced_pod(namespace, gpu_pod("tp4-b", 4, product=product))
+    core.create_namespaced_pod(namespace, gpu_pod("tp4-b", per_node, product=product))
     second = eventually("the second 4-GPU pod to be Running", lambda: (
         p if (p := _phase(core, namespace, "tp4-b")).status.phase == "Running" else None))
+    assert second.spec.node_name in names
     assert second.spec.node_name != pod.spec.node_name
+    # Both nodes are full now: a third pod of that product waits, Unschedulable.
+    core.create_namespaced_pod(namespace, gpu_pod("tp4-c", 1, product=product))
+    eventually("the third pod to be Unschedulable", lambda: any(
+        c.type == "PodScheduled" and c.reason == "Unschedulable"
+        for c in _phase(core, namespace, "tp4-c").status.conditions or []))
 
 
 @pytest.mark.parametrize("on_small_product", [False, True],
