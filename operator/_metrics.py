@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from kubeplex.api import ModelServiceSpec
+from kubeplex.autoscaler.alert_rules import (
+    INFO_METRIC,
+    QUEUE_TARGET_METRIC,
+    SCALE_TO_ZERO_METRIC,
+    SLO_TTFT_METRIC,
+    quantile_label,
+)
 
 __all__ = ["OperatorMetrics"]
 
@@ -41,3 +52,42 @@ class OperatorMetrics:
                                        registry=r)
         self.alerts = Counter("kubeplex_operator_alerts",
                               "Alert webhook posts by outcome.", ["outcome"], registry=r)
+        # The per-ModelService series kubeplex's alert rules join on (label contract in
+        # kubeplex.autoscaler.alert_rules): vLLM's model_name -> ModelService, and the targets.
+        self.model_info = Gauge(INFO_METRIC, "Maps vLLM's model_name to its ModelService (1).",
+                                ["namespace", "modelservice", "model_name"], registry=r)
+        self.slo_ttft = Gauge(SLO_TTFT_METRIC, "The ModelService's TTFT SLO in seconds.",
+                              ["namespace", "modelservice", "quantile"], registry=r)
+        self.queue_target = Gauge(QUEUE_TARGET_METRIC, "spec.scaling.targetQueuePerReplica.",
+                                  ["namespace", "modelservice"], registry=r)
+        self.scale_to_zero = Gauge(SCALE_TO_ZERO_METRIC,
+                                   "spec.scaling.scaleToZeroAfterSeconds (minReplicas 0 only).",
+                                   ["namespace", "modelservice"], registry=r)
+        self._exported: dict[str, dict[str, list[tuple[Gauge, tuple[str, ...]]]]] = {}
+
+    def export_services(self, pool: str,
+                        services: Mapping[str, tuple[str, ModelServiceSpec]]) -> None:
+        """Publish the rules' series for a pool's servable ModelServices.
+
+        ``services`` maps ``namespace/name`` to (the model_name its engines report, spec).
+        Series of ModelServices gone from the pool since its last cycle are removed.
+        """
+        current: dict[str, list[tuple[Gauge, tuple[str, ...]]]] = {}
+        for key, (served, spec) in services.items():
+            ns, name = key.split("/", 1)
+            series = [(self.model_info, (ns, name, served), 1.0),
+                      (self.slo_ttft, (ns, name, quantile_label(spec.slo.percentile)),
+                       spec.slo.ttft_seconds),
+                      (self.queue_target, (ns, name),
+                       float(spec.scaling.target_queue_per_replica))]
+            if spec.scaling.min_replicas == 0:
+                series.append((self.scale_to_zero, (ns, name),
+                               float(spec.scaling.scale_to_zero_after_seconds)))
+            for gauge, labels, value in series:
+                gauge.labels(*labels).set(value)
+            current[key] = [(gauge, labels) for gauge, labels, _ in series]
+        for key, series_before in self._exported.get(pool, {}).items():
+            stale = set(series_before) - set(current.get(key, []))
+            for gauge, labels in stale:
+                gauge.remove(*labels)
+        self._exported[pool] = current

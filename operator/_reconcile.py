@@ -260,6 +260,10 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         targets[key] = ModelTarget(key, ev.desired, ev.warm, ev.reason)
         ctx.metrics.evaluations.labels(trigger="alert" if trigger else "timer").inc()
 
+    ctx.metrics.export_services(pool_name, {
+        key: (HostedModel(key.split("/", 1)[1], services[key].spec, MEMORY_SHARE).served_name,
+              services[key].spec) for key in targets})
+
     # ---- plan ---------------------------------------------------------------------------------
     t0 = time.perf_counter()
     usable = {k: t for k, t in templates.items() if k in targets}

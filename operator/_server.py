@@ -64,7 +64,7 @@ def alerts_app(settings: Settings, metrics: OperatorMetrics, memo: Any) -> web.A
             if pool is None:
                 ignored.append(f"{t.key}: no such ModelService")
                 continue
-            memo.triggers.setdefault(pool, {})[t.key] = f"alert {t.alertname}"
+            memo.triggers.setdefault(pool, {})[t.key] = t.alertname
             memo.wake(pool)
             triggered.append(t.key)
         metrics.alerts.labels(outcome="accepted").inc()

@@ -11,9 +11,9 @@ with TTFT 9x the SLO and 6-13 requests queued, trusting a 256-sequence batch.
 The operator runs as a process with its default 5 s cycle: its autoscaler needs a few samples
 of history (rates, windows), which an alert alone cannot give (with a 120 s cycle the alert's
 evaluation ran but held: two scrapes 1 s apart). The alert adds an evaluation at once on top
-of the cycle. Until the operator exports the rules' per-ModelService series
-(``kubeplex_modelservice_info`` / SLO / queue target, see kubeplex.autoscaler.alert_rules), a
-prometheus_client exporter in this test publishes them from the ModelService's spec.
+of the cycle. Prometheus scrapes the operator's own /metrics for the per-ModelService series
+the rules join on (``kubeplex_modelservice_info`` / SLO / queue target, see
+kubeplex.autoscaler.alert_rules).
 """
 
 from __future__ import annotations
@@ -24,24 +24,16 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Gauge
-from promstack import PromStack, ScrapeTarget, TextExporter
+from promstack import PromStack, ScrapeTarget
 
-from kubeplex.autoscaler.alert_rules import (
-    INFO_METRIC,
-    OPERATOR_JOB,
-    QUEUE_TARGET_METRIC,
-    SLO_TTFT_METRIC,
-    RuleSettings,
-    quantile_label,
-)
+from kubeplex.autoscaler.alert_rules import OPERATOR_JOB, RuleSettings
 from kubeplex.cli._alerts import render_rules
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.slow]
@@ -124,27 +116,9 @@ class Load:
                     time.sleep(0.1)
 
 
-@pytest.fixture
-def contract_metrics() -> Iterator[tuple[str, Any]]:
-    registry = CollectorRegistry()
-    series = (
-        Gauge(INFO_METRIC, "info", ["namespace", "modelservice", "model_name"],
-              registry=registry),
-        Gauge(SLO_TTFT_METRIC, "slo", ["namespace", "modelservice", "quantile"],
-              registry=registry),
-        Gauge(QUEUE_TARGET_METRIC, "target", ["namespace", "modelservice"], registry=registry),
-    )
-    with TextExporter(registry) as exporter:
-        yield exporter.address, series
-
-
 def test_alert_path_into_the_operator_decides_a_scale_up(
         harness: Any, cluster: Any, namespace: str, k8s_client: Any, tmp_path: Path,
-        promstack: Callable[..., PromStack], contract_metrics: tuple[str, Any]) -> None:
-    address, (info, slo, target) = contract_metrics
-    info.labels(namespace, MODEL, MODEL).set(1)
-    slo.labels(namespace, MODEL, quantile_label(95)).set(SLO_TTFT_S)
-    target.labels(namespace, MODEL).set(QUEUE_TARGET)
+        promstack: Callable[..., PromStack]) -> None:
     pool = f"alerts-{uuid.uuid4().hex[:6]}"
     objs = [
         {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": pool},
@@ -185,7 +159,8 @@ def test_alert_path_into_the_operator_decides_a_scale_up(
             stack = promstack(
                 targets=[ScrapeTarget("kubeplex-runtime", router.removeprefix("http://"),
                                       labels={"namespace": namespace}),
-                         ScrapeTarget(OPERATOR_JOB, address, honor_labels=True)],
+                         ScrapeTarget(OPERATOR_JOB, f"127.0.0.1:{op.metrics_port}",
+                                      honor_labels=True)],
                 rules=render_rules(RULES), webhook_url=op.alerts_url, webhook_token=op.token)
             evaluations = op.metric("kubeplex_operator_evaluations_total", {"trigger": "alert"})
             start = time.monotonic()
