@@ -60,8 +60,11 @@ def holt_update(state: HoltState, observed_rate: float, now: float,
     steps = dt / config.reference_s
     alpha = 1.0 - (1.0 - config.alpha) ** steps
     beta = 1.0 - (1.0 - config.beta) ** steps
-    predicted = state.level + state.trend * dt
-    level = alpha * observed_rate + (1.0 - alpha) * predicted
+    # A rate is never negative: without the clamps a falling trend drives level and
+    # prediction below zero after a burst, and |0 - predicted| keeps the error band (and the
+    # replicas sized from it) up long after the traffic is gone.
+    predicted = state.forecast(dt)
+    level = max(0.0, alpha * observed_rate + (1.0 - alpha) * predicted)
     trend = beta * (level - state.level) / dt + (1.0 - beta) * state.trend
     error = alpha * abs(observed_rate - predicted) + (1.0 - alpha) * state.error
     return replace(state, level=level, trend=trend, error=error, time=now)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +54,6 @@ RUNTIME_CONFIG_PATH = "/tmp/kubeplex-runtime.json"
 LABEL_NAME_MAX = 63
 #: Where pvc:// model volumes are mounted in serving pods.
 MODELS_MOUNT = "/models"
-#: The runtime's served-name syntax (kubeplex.runtime.config.NAME_RE).
-RUNTIME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 #: Readiness probe timings: the runtime answers /readyz 200 once every engine is ready.
 READINESS_PERIOD_S = 2
 #: Liveness allows a slow start (weights, CUDA graphs); /healthz answers while the process runs.
@@ -94,8 +91,7 @@ class HostedModel:
 
     @property
     def served_name(self) -> str:
-        served = self.spec.model.served_name
-        return served if served and RUNTIME_NAME_RE.match(served) else self.name
+        return self.spec.model.served_name or self.name
 
 
 def _model_path(uri: str) -> str:

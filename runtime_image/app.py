@@ -289,9 +289,10 @@ class Runtime:
         r = app.router
         r.add_get("/kubeplex/v1/status", self.status_handler)
         r.add_post("/kubeplex/v1/models", self.load_handler)
-        r.add_delete("/kubeplex/v1/models/{name}", self.unload_handler)
-        r.add_post("/kubeplex/v1/models/{name}/sleep", self.sleep_handler)
-        r.add_post("/kubeplex/v1/models/{name}/wake", self.wake_handler)
+        # Served names may contain '/' (org/model): the segment pattern spans slashes.
+        r.add_delete("/kubeplex/v1/models/{name:.+}", self.unload_handler)
+        r.add_post("/kubeplex/v1/models/{name:.+}/sleep", self.sleep_handler)
+        r.add_post("/kubeplex/v1/models/{name:.+}/wake", self.wake_handler)
         r.add_post("/kubeplex/v1/drain", self.drain_handler)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)

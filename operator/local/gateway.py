@@ -57,14 +57,10 @@ class Gateway(Runtime):
     def __init__(self, models: Mapping[str, str], *, hold_timeout: float, hold_limit: int,
                  retry_after: Callable[[str], float],
                  on_hold: Callable[[str], None] | None = None,
-                 status_source: Callable[[], dict[str, Any]] | None = None,
-                 upstream_names: Mapping[str, str] | None = None) -> None:
+                 status_source: Callable[[], dict[str, Any]] | None = None) -> None:
         """``models``: served name -> ModelService key. ``retry_after(model)``: seconds a
-        refused client should wait (the expected start time). ``upstream_names``: served
-        name -> the name the replicas host it under, where they differ (the request's
-        ``model`` field is rewritten on the way)."""
+        refused client should wait (the expected start time)."""
         self.models = dict(models)
-        self.upstream_names = {k: v for k, v in (upstream_names or {}).items() if k != v}
         self.hold_timeout = hold_timeout
         self.hold_limit = hold_limit
         self.expected_start = retry_after
@@ -163,9 +159,6 @@ class Gateway(Runtime):
             if replica is None:
                 self.metrics.requests.labels(model, "503").inc()
                 return refusal
-        upstream = self.upstream_names.get(model)
-        if upstream is not None:
-            body = json.dumps({**json.loads(body), "model": upstream}).encode()
         return await self._proxy(request, replica, body, request_id, arrived)  # type: ignore[arg-type]
 
     async def _hold(self, model: str, arrived: float,

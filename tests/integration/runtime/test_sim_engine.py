@@ -150,6 +150,24 @@ def test_sim_sleep_mode_through_the_runtime(tmp_path: Path) -> None:
         assert httpx.post(rt.control + "/kubeplex/v1/models/s/wake").status_code == 409
 
 
+def test_served_names_with_slashes_route_and_control(tmp_path: Path) -> None:
+    """``org/model`` names (OpenAI style) work in requests and in the control API's paths."""
+    name = "meta-llama/Llama-3.1-8B-Instruct"
+    config = {"models": [model_entry(name, "sim", sleepMode=True, memory_share=0.5)]}
+    with RuntimeProcess(config, tmp_path) as rt:
+        r = httpx.post(rt.url + "/v1/completions", json={"model": name, "prompt": "x"},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == name
+        assert [m["id"] for m in httpx.get(rt.url + "/v1/models").json()["data"]] == [name]
+        base = f"{rt.control}/kubeplex/v1/models/{name}"
+        assert httpx.post(base + "/sleep", timeout=30).json()["state"] == "sleeping"
+        assert httpx.post(base + "/wake", timeout=60).json()["state"] == "ready"
+        assert httpx.delete(base, timeout=60).status_code == 200
+        assert httpx.post(rt.url + "/v1/completions",
+                          json={"model": name, "prompt": "x"}).status_code == 404
+
+
 def test_engine_that_cannot_start_backs_off_and_others_serve(tmp_path: Path) -> None:
     config = {"models": [model_entry("good", "sim", memory_share=0.5),
                          model_entry("bad", "sim", sim_profile="no-such-model",

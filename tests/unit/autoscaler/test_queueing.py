@@ -69,3 +69,23 @@ def test_holt_tracks_a_level_and_a_trend_on_irregular_steps() -> None:
     assert ramp.forecast(60) > ramp.level
     assert ramp.upper(60, config) >= ramp.forecast(60)
     assert holt_update(ramp, 5.0, ramp.time or 0.0, config) is ramp  # no time passed
+
+
+def test_holt_level_never_goes_negative_after_a_steep_fall() -> None:
+    # A falling trend used to drive the level below zero once traffic stopped; then
+    # |0 - predicted| kept the error band (and the replicas sized from it) up while idle.
+    config, state, t = HoltConfig(), HoltState(), 0.0
+    for i in range(40):
+        state = holt_update(state, 3.0 + 0.2 * i, t, config)
+        t += 1
+    for i in range(10):
+        state = holt_update(state, 11.0 - 1.1 * i, t, config)
+        t += 1
+    errors = []
+    while t < 200:
+        state = holt_update(state, 0.0, t, config)
+        assert state.level >= 0.0
+        errors.append(state.error)
+        t += 1
+    assert state.level == 0.0
+    assert errors[-1] < errors[len(errors) // 2] < errors[0]  # the band keeps shrinking

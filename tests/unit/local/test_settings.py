@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from kubeplex.operator.local import LocalMode, LocalSettings, SettingsError, load_settings
-from kubeplex.operator.local.backend import runtime_name
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 SETTINGS = "apiVersion: local.kubeplex.io/v1alpha1\nkind: LocalSettings\nspec: {spec}\n"
@@ -53,8 +52,3 @@ def test_prepare_falls_back_to_sim_and_says_why(tmp_path):
         LocalMode.prepare([EXAMPLES / "local-cpu.yaml"], engine="vllm")
 
 
-def test_hf_style_served_names_get_a_runtime_name():
-    assert runtime_name("llama-8b") == "llama-8b"
-    assert runtime_name("meta-llama/Llama-3.1-8B-Instruct") == \
-        "meta-llama-Llama-3.1-8B-Instruct"
-    assert runtime_name("org:m") == "org-m"

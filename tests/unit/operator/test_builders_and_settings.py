@@ -98,12 +98,13 @@ def test_pvc_models_are_mounted_and_s3_is_refused_with_a_fix() -> None:
         runtime_model(s3, 1, 1, "llama-3.1-8b")
 
 
-def test_served_name_falls_back_when_the_runtime_cannot_route_it() -> None:
+def test_served_name_is_the_declared_one_verbatim() -> None:
+    # Clients ask for the servedName they declared, 'org/model' style included.
     spec = msvc_spec(model={"uri": "hf://a/b", "profile": "llama-3.1-8b",
                             "servedName": "meta-llama/Llama-3.1-8B-Instruct"})
+    assert HostedModel("llama", spec, 0.9).served_name == "meta-llama/Llama-3.1-8B-Instruct"
+    spec = msvc_spec(model={"uri": "hf://a/b", "profile": "llama-3.1-8b"})
     assert HostedModel("llama", spec, 0.9).served_name == "llama"
-    spec = msvc_spec(model={"uri": "hf://a/b", "profile": "llama-3.1-8b", "servedName": "chat"})
-    assert HostedModel("llama", spec, 0.9).served_name == "chat"
 
 
 def test_labels_service_and_group() -> None:

@@ -53,6 +53,12 @@ def test_errors_name_the_field(doc: Any, message: str) -> None:
     assert str(err.value).startswith(message), str(err.value)
 
 
+@pytest.mark.parametrize("name", ["meta-llama/Llama-3.1-8B-Instruct", "org:model-v2", "m"])
+def test_openai_style_served_names_are_accepted(name: str) -> None:
+    # The CRD's spec.model.servedName rule: clients ask for these names verbatim.
+    assert parse_config({"models": [_model(name=name)]}).model_names() == [name]
+
+
 def test_shares_summing_to_one_are_fine() -> None:
     config = parse_config({"models": [_model(name=n, memoryShare=s)
                                       for n, s in (("a", 0.3), ("b", 0.3), ("c", 0.4))]})
