@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 import yaml
@@ -300,6 +300,27 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class _BackgroundServer:
+    """A :class:`_QuietServer` on a free loopback port, served from a thread while entered."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = _QuietServer(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
 @dataclass(frozen=True)
 class WebhookPost:
     """One POST Alertmanager made: when it arrived (time.monotonic() and wall-clock
@@ -312,7 +333,7 @@ class WebhookPost:
     body: Any
 
 
-class WebhookReceiver:
+class WebhookReceiver(_BackgroundServer):
     """A plain HTTP server on loopback recording every POST (a stand-in for the operator's
     /alerts that answers 200 and keeps what it got), for tests of the alert path itself."""
 
@@ -335,28 +356,18 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean
 
-        self._server = _QuietServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/alerts"
-
-    def __enter__(self) -> WebhookReceiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        return f"http://127.0.0.1:{self.port}/alerts"
 
     def received(self) -> list[WebhookPost]:
         with self._lock:
             return list(self.posts)
 
 
-class TextExporter:
+class TextExporter(_BackgroundServer):
     """Serves a prometheus_client registry on loopback in the Prometheus text format 0.0.4.
 
     Not prometheus_client's own start_http_server: with Prometheus 2.x it negotiates
@@ -379,19 +390,9 @@ class TextExporter:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean
 
-        self._server = _QuietServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def address(self) -> str:
         """host:port, for a ScrapeTarget."""
-        return f"127.0.0.1:{self._server.server_port}"
-
-    def __enter__(self) -> TextExporter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        return f"127.0.0.1:{self.port}"
