@@ -105,6 +105,8 @@ class Snapshot:
     pods_by_group: Mapping[tuple[str, str], dict[str, Any]]
     names_taken: Mapping[str, set[str]]  # namespace -> every ServingGroup name there
     triggers: Mapping[str, str] = field(default_factory=dict)  # msvc key -> why now
+    refused: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # key -> reason, msg
+    lost_nodes: str | None = None  # nodes an older overlapping pool owns (``_conflicts``)
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
             services[svc.key] = svc
         except (KubeplexError, KeyError, TypeError, ValueError) as e:
             degraded[_key(m)] = ("InvalidSpec", f"{e}; fix the spec")
+    for key, why in snap.refused.items():  # e.g. a duplicate servedName: not served
+        if services.pop(key, None) is not None:
+            degraded[key] = why
     node_gpus = sum(n.gpus - n.foreign_gpus for n in ready_nodes)
     t0 = time.perf_counter()
     templates, bad = ctx.templates.resolve(pool, list(services.values()), len(ready_nodes),
@@ -332,7 +337,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                                           degraded.get(mkey), short, warm, now))
     statuses.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
                                       list(objs.values()), budget_gpus, messages,
-                                      ctx.templates.note(pool_name), now))
+                                      ctx.templates.note(pool_name), now, snap.lost_nodes))
     _run_all(ctx, statuses)
 
     elapsed = time.perf_counter() - started
@@ -453,7 +458,7 @@ def _has(conds: Iterable[Mapping[str, Any]], kind: str, reason: str) -> bool:
 
 def _pool_status(ctx: Context, pool: Mapping[str, Any], ready_nodes: Sequence[NodeState],
                  groups: Iterable[GroupObj], total: int, messages: Sequence[str], note: str,
-                 now: float) -> None:
+                 now: float, lost_nodes: str | None = None) -> None:
     old = pool.get("status") or {}
     gen = pool["metadata"].get("generation")
     groups = list(groups)
@@ -466,7 +471,13 @@ def _pool_status(ctx: Context, pool: Mapping[str, Any], ready_nodes: Sequence[No
                        "no ready node with GPUs matches spec.nodeSelector; label nodes or fix "
                        "the selector", gen),
              condition("Degraded", bool(messages), "InsufficientGPUs" if messages
-                       else "AsExpected", "; ".join(messages) or "every plan fits", gen)]
+                       else "AsExpected", "; ".join(messages) or "every plan fits", gen),
+             condition("Overlapping", bool(lost_nodes), "NodesOfOlderPool" if lost_nodes
+                       else "NoOverlap", lost_nodes or "no other pool selects its nodes", gen)]
+    if lost_nodes and not _has(old.get("conditions") or (), "Overlapping", "NodesOfOlderPool"):
+        ctx.kube.event("GPUPool", None, pool["metadata"]["name"],
+                       str(pool["metadata"].get("uid", "")), "Overlapping", lost_nodes,
+                       warning=True)
     status = {"nodes": len(ready_nodes), "totalGPUs": total, "allocatedGPUs": allocated,
               "warmGPUs": warm_gpus, "freeGPUs": max(0, total - allocated - warm_gpus),
               "warmPods": len(warm), "groups": len(groups) - len(warm),

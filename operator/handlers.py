@@ -29,6 +29,7 @@ import kubernetes
 from kubeplex.api import GROUP, VERSION
 from kubeplex.operator._autoscale import Scaler, parse_overrides
 from kubeplex.operator._builders import GROUP_LABEL, MANAGED_BY, service_manifest
+from kubeplex.operator._conflicts import node_owners, served_name, served_name_conflicts
 from kubeplex.operator._kube import Kube
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._placement import Templates
@@ -193,15 +194,23 @@ def _snapshot(pool: str, triggers: dict[str, str], kw: Mapping[str, Any]) -> Sna
     for store in groups_index.values():
         for g in store:
             names.setdefault(g["metadata"]["namespace"], set()).add(g["metadata"]["name"])
+    msvcs = list(kw["msvc_by_pool"].get(pool, ()))
+    # Served names are unique per namespace across pools: judge against every ModelService.
+    conflicts = served_name_conflicts(m for store in kw["msvc_by_pool"].values() for m in store)
+    mine = {f"{m['metadata'].get('namespace')}/{m['metadata']['name']}" for m in msvcs}
+    all_nodes = [next(iter(s)) for s in kw["nodes"].values() if s]
+    owners = node_owners((next(iter(s)) for s in kw["pools"].values() if s), all_nodes)
     return Snapshot(
         pool=pool_body,
-        msvcs=list(kw["msvc_by_pool"].get(pool, ())),
+        msvcs=msvcs,
         groups=list(groups_index.get(pool, ())),
-        nodes=[next(iter(s)) for s in kw["nodes"].values() if s],
+        nodes=[n for n in all_nodes if owners.usable(pool, n["name"])],
         pods_by_node={k: list(v) for k, v in kw["pods_by_node"].items()},
         pods_by_group={k: next(iter(v)) for k, v in kw["pods_by_group"].items() if v},
         names_taken=names,
         triggers=triggers,
+        refused={k: (c.reason, c.message) for k, c in conflicts.items() if k in mine},
+        lost_nodes=owners.message(pool),
     )
 
 
@@ -271,6 +280,12 @@ def modelservice_deleted(name: str, namespace: str | None, spec: kopf.Spec, memo
         raise kopf.TemporaryError(f"draining {len(hosting)} group(s): {', '.join(hosting)}",
                                   delay=DELETE_POLL_S)
     memo.ctx.scaler.forget(f"{namespace}/{name}")
+    # A ModelService refused for using this one's served name may proceed now.
+    gone = served_name({"metadata": {"name": name}, "spec": dict(spec)})
+    for other_pool, store in kwargs["msvc_by_pool"].items():
+        if any(m["metadata"].get("namespace") == namespace and served_name(m) == gone
+               and m["metadata"]["name"] != name for m in store):
+            poke(memo, other_pool)
 
 
 # ---- what else wakes a pool -----------------------------------------------------------------
@@ -290,5 +305,8 @@ def pod_event(labels: kopf.Labels, status: kopf.Status, memo: kopf.Memo, **_: An
 
 @kopf.on.create(GROUP, VERSION, "gpupools")
 @kopf.on.update(GROUP, VERSION, "gpupools")
+@kopf.on.delete(GROUP, VERSION, "gpupools", optional=True)
 def pool_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    poke(memo, name)
+    # Every pool: node ownership between overlapping pools may have moved.
+    for pool in {name, *kwargs["pools"]}:
+        poke(memo, pool)
