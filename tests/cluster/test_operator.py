@@ -411,3 +411,92 @@ def test_peering_keeps_one_operator_active_and_hands_over(cluster: Any, namespac
         low.stop()
         delete_pool(cluster, pool)
         cluster.kubectl("delete", "clusterkopfpeering", peering, "--wait=false", check=False)
+
+
+# ---- two objects claiming one thing ------------------------------------------------------
+
+def events_of(cluster: Any, namespace: str, name: str, reason: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cluster.kubectl_json(
+        "get", "events", "-n", namespace, "--field-selector",
+        f"involvedObject.name={name},reason={reason}")["items"]
+    return items
+
+
+def test_duplicate_served_name_is_refused_until_the_holder_is_deleted(
+        cluster: Any, operator: Operator, namespace: str) -> None:
+    pool = uniq("dup")
+    product = f"dup-{uuid.uuid4().hex[:6]}"
+    nodes = cluster.add_gpu_nodes(1, 8, product, 81920, prefix="dup")
+    try:
+        apply(cluster, None, pool_body(pool, product))
+        apply(cluster, namespace, msvc_body("first", pool, model={
+            "uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "profile": "llama-3.1-8b",
+            "servedName": "team/llama"}))
+        wait_for("first Ready", lambda: msvc(cluster, namespace, "first").get(
+            "status", {}).get("ready") == "1/1", WAIT_S)
+        # same served name, created later (and later in name order too: either rule refuses it)
+        apply(cluster, namespace, msvc_body("second", pool, model={
+            "uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "profile": "llama-3.1-8b",
+            "servedName": "team/llama"}))
+        second = wait_for("second Degraded", lambda: (
+            m if condition(m := msvc(cluster, namespace, "second"), "Degraded").get("reason")
+            == "DuplicateServedName" else None), WAIT_S)
+        message = condition(second, "Degraded")["message"]
+        assert "ModelService first" in message and "servedName" in message, message
+        assert condition(second, "Ready")["status"] == "False"
+        assert wait_for("a DuplicateServedName Event", lambda: events_of(
+            cluster, namespace, "second", "DuplicateServedName"), WAIT_S)
+        time.sleep(2)  # a few more cycles: still only the holder's group
+        assert [g["spec"]["models"][0]["modelService"] for g in groups(cluster, namespace)
+                if not g["spec"].get("warm")] == ["first"]
+        assert msvc(cluster, namespace, "first")["status"]["ready"] == "1/1"
+        # deleting the holder lets the second one proceed
+        cluster.kubectl("delete", "msvc", "-n", namespace, "first", "--wait=false")
+        wait_for("second Ready", lambda: msvc(cluster, namespace, "second").get(
+            "status", {}).get("ready") == "1/1", WAIT_S)
+        assert condition(msvc(cluster, namespace, "second"), "Degraded")["status"] == "False"
+    finally:
+        delete_pool(cluster, pool)
+        cluster.delete_nodes(nodes)
+
+
+def test_overlapping_pools_never_count_a_node_twice(cluster: Any, operator: Operator,
+                                                    namespace: str) -> None:
+    older, newer = uniq("older"), uniq("newer")
+    product = f"ovl-{uuid.uuid4().hex[:6]}"
+    nodes = cluster.add_gpu_nodes(2, 4, product, 81920, prefix="ovl")
+    cluster.kubectl("label", "node", nodes[1], "kubeplex.test/pool=newer")
+    try:
+        apply(cluster, None, pool_body(older, product, gpusPerNode=4))
+        wait_for(f"{older} counts both nodes", lambda: cluster.kubectl_json(
+            "get", "gpupool", older).get("status", {}).get("totalGPUs") == 8, WAIT_S)
+        time.sleep(1.1)  # creationTimestamp has seconds: make "older" unambiguous
+        newer_pool = pool_body(newer, gpusPerNode=4)
+        newer_pool["spec"]["nodeSelector"] = {"kubeplex.test/pool": "newer"}
+        apply(cluster, None, newer_pool)
+        lost = wait_for(f"{newer} Overlapping", lambda: (
+            p if condition(p := cluster.kubectl_json("get", "gpupool", newer), "Overlapping")
+            .get("status") == "True" else None), WAIT_S)
+        message = condition(lost, "Overlapping")["message"]
+        assert nodes[1] in message and f"GPUPool {older}" in message, message
+        assert lost["status"]["totalGPUs"] == 0
+        assert cluster.kubectl_json("get", "gpupool", older)["status"]["totalGPUs"] == 8
+        assert condition(cluster.kubectl_json("get", "gpupool", older),
+                         "Overlapping")["status"] == "False"
+        # a ModelService of the newer pool gets no GPUs of the older pool's node
+        apply(cluster, namespace, msvc_body("late", newer))
+        time.sleep(3)
+        assert groups(cluster, namespace) == []
+        # the older pool goes: the node is the newer pool's now
+        delete_pool(cluster, older)
+        wait_for(f"{newer} owns {nodes[1]}", lambda: (
+            (p := cluster.kubectl_json("get", "gpupool", newer)).get("status", {}).get(
+                "totalGPUs") == 4 and condition(p, "Overlapping").get("status") == "False"),
+            WAIT_S)
+        wait_for("late Ready on the freed node", lambda: msvc(cluster, namespace, "late").get(
+            "status", {}).get("ready") == "1/1", WAIT_S)
+        assert {g["spec"]["nodeName"] for g in groups(cluster, namespace)} == {nodes[1]}
+    finally:
+        delete_pool(cluster, older)
+        delete_pool(cluster, newer)
+        cluster.delete_nodes(nodes)
