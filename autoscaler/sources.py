@@ -6,6 +6,10 @@ Two ways to read one model's vLLM metrics:
   Prometheus): :func:`scrape_runtime` fetches the text, :func:`parse_metrics_text` parses it
   with prometheus_client's parser and keeps the series of one model (label ``model_name``).
   Several replicas' scrapes at one moment combine with :func:`merge`.
+* **Held requests** of the cluster gateway (scale-from-zero): :func:`parse_held_text` reads
+  ``kubeplex_gateway_held_requests{namespace, modelservice, model}`` from the gateway's
+  ``/metrics``, :func:`parse_held_query` the answer to :data:`HELD_QUERY` from Prometheus;
+  both give ``{(namespace, modelservice): held}``.
 * **Prometheus HTTP API**: :func:`query_prometheus` asks one instant query for the raw
   series (``{__name__=~"vllm:...", model_name="..."}``, every pod at once) and
   :func:`parse_query_result` turns the answer into the same :class:`Scrape`, so rates and the
@@ -38,9 +42,13 @@ from kubeplex.autoscaler.signals import (
 )
 
 __all__ = [
+    "HELD_QUERY",
+    "HELD_REQUESTS",
     "SERIES_SELECTOR",
     "WANTED",
     "merge",
+    "parse_held_query",
+    "parse_held_text",
     "parse_metrics_text",
     "parse_query_result",
     "query_prometheus",
@@ -52,6 +60,12 @@ WANTED = frozenset({WAITING, RUNNING, KV_USAGE, COMPLETIONS, PROMPT_TOKENS,
                     GENERATION_TOKENS, f"{TTFT}_bucket"})
 #: PromQL selector of those series; ``{model}`` is filled with the served model name.
 SERIES_SELECTOR = ('{{__name__=~"{names}",model_name="{model}"}}')
+#: The gateway's gauge of requests it holds for a model with no ready replica (its contract:
+#: labels ``namespace``, ``modelservice``, ``model``).
+HELD_REQUESTS = "kubeplex_gateway_held_requests"
+#: PromQL for held requests per ModelService (every gateway replica summed).
+HELD_QUERY = f"sum by (namespace, modelservice) ({HELD_REQUESTS})"
+_HELD_LABELS = ("namespace", "modelservice")
 #: Seconds an HTTP read may take before the source reports itself unreachable.
 DEFAULT_TIMEOUT_S = 5.0
 _SKIP_LABELS = frozenset({"le", "__name__"})
@@ -122,21 +136,30 @@ async def scrape_runtime(client: httpx.AsyncClient, url: str, model: str,
     return parse_metrics_text(response.text, model, time, target=url)
 
 
-def parse_query_result(body: Any, time: float) -> Scrape:
-    """A Prometheus ``/api/v1/query`` answer (instant vector, JSON-decoded) as a Scrape."""
+def _vector(body: Any, query: str) -> list[tuple[dict[str, str], float]]:
+    """The ``(labels, value)`` samples of a Prometheus ``/api/v1/query`` instant vector."""
     if not isinstance(body, dict) or body.get("status") != "success":
         error = body.get("error") if isinstance(body, dict) else None
-        raise MetricsSourceError(f"Prometheus query failed: {error or body!r}")
+        raise MetricsSourceError(f"Prometheus query {query} failed: {error or body!r}")
     data = body.get("data")
     if not isinstance(data, dict) or data.get("resultType") != "vector":
         raise MetricsSourceError("Prometheus answered something other than an instant vector")
-    samples: list[tuple[str, Mapping[str, str], float]] = []
+    samples = []
     for item in data.get("result") or []:
         try:
-            labels = dict(item["metric"])
-            samples.append((labels["__name__"], labels, float(item["value"][1])))
+            samples.append((dict(item["metric"]), float(item["value"][1])))
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise MetricsSourceError(f"malformed Prometheus sample {item!r}") from err
+    return samples
+
+
+def parse_query_result(body: Any, time: float) -> Scrape:
+    """A Prometheus ``/api/v1/query`` answer (instant vector, JSON-decoded) as a Scrape."""
+    samples: list[tuple[str, Mapping[str, str], float]] = []
+    for labels, value in _vector(body, "for vLLM series"):
+        if "__name__" not in labels:
+            raise MetricsSourceError(f"Prometheus sample without __name__: {labels!r}")
+        samples.append((labels["__name__"], labels, value))
     return _build(time, samples, "")
 
 
@@ -157,3 +180,39 @@ async def query_prometheus(client: httpx.AsyncClient, base_url: str, model: str,
     except (httpx.HTTPError, ValueError) as err:
         raise MetricsSourceError(f"cannot query Prometheus at {base_url}: {err}") from err
     return parse_query_result(body, time)
+
+
+def _held(samples: Iterable[tuple[Mapping[str, str], float]],
+          where: str) -> dict[tuple[str, str], int]:
+    held: dict[tuple[str, str], int] = {}
+    for labels, value in samples:
+        if math.isnan(value):
+            continue
+        missing = [k for k in _HELD_LABELS if not labels.get(k)]
+        if missing:
+            raise MetricsSourceError(
+                f"{HELD_REQUESTS} from {where} has a sample without the {', '.join(missing)} "
+                f"label(s) ({dict(labels)}); the gateway must label every held request with "
+                f"namespace and modelservice (are operator and gateway the same version?)")
+        key = (labels["namespace"], labels["modelservice"])
+        held[key] = held.get(key, 0) + max(0, round(value))
+    return held
+
+
+def parse_held_text(text: str, where: str = "the gateway") -> dict[tuple[str, str], int]:
+    """Held requests per ``(namespace, modelservice)`` from the gateway's ``/metrics`` text
+    (samples of several models of one ModelService, or several gateways' texts joined, add).
+    Raises :class:`MetricsSourceError` naming ``where`` when the text does not parse."""
+    try:
+        families = list(text_string_to_metric_families(text))
+    except (ValueError, TypeError) as err:
+        raise MetricsSourceError(f"metrics from {where} are not in the Prometheus text "
+                                 f"format: {err}") from err
+    return _held(((s.labels, float(s.value)) for f in families for s in f.samples
+                  if s.name == HELD_REQUESTS), where)
+
+
+def parse_held_query(body: Any) -> dict[tuple[str, str], int]:
+    """Held requests per ``(namespace, modelservice)`` from Prometheus' answer to
+    :data:`HELD_QUERY` (JSON-decoded ``/api/v1/query`` body)."""
+    return _held(_vector(body, repr(HELD_QUERY)), "Prometheus")

@@ -26,6 +26,7 @@ from kubeplex.autoscaler.errors import AutoscalerError
 from kubeplex.autoscaler.policy import AutoscalerConfig, AutoscalerState, Decision, Observed, decide
 from kubeplex.autoscaler.signals import Scrape, Signals
 from kubeplex.autoscaler.sources import merge, parse_metrics_text
+from kubeplex.operator._runtime_client import HeldRequests
 from kubeplex.operator._status import iso, slo_status
 from kubeplex.operator.errors import ConfigError
 from kubeplex.operator.planning import ReplicaTemplate, autoscaler_config
@@ -100,16 +101,23 @@ class Scaler:
         self.memory.setdefault(key, _ModelMemory()).scrapes.append(scrape)
 
     def evaluate(self, svc: ModelService, template: ReplicaTemplate, gpu: GPUSpec,
-                 fleet: Mapping[str, Any], trigger: str | None, now: float) -> Evaluation:
+                 fleet: Mapping[str, Any], trigger: str | None, now: float,
+                 held: HeldRequests | None = None) -> Evaluation:
+        """``held``: the gateway's held requests this cycle (scale from zero); when they could
+        not be read, 0 is assumed and the reason says so."""
         mem = self.memory.setdefault(svc.key, _ModelMemory())
+        held = held or HeldRequests()
         config = autoscaler_config(svc, template, gpu, **self.overrides)
         horizon = max(config.stable_window_s, config.panic_window_s) * HISTORY_WINDOWS
         while mem.scrapes and now - mem.scrapes[0].time > horizon:
             mem.scrapes.popleft()
-        observed = Observed(scrapes=tuple(mem.scrapes), trigger=trigger, **fleet)
+        observed = Observed(scrapes=tuple(mem.scrapes), trigger=trigger,
+                            held_requests=held.of(svc.key), **fleet)
         decision: Decision = decide(observed, config, mem.state, now)
         mem.state = decision.state
         desired, reason = decision.desired_replicas, decision.reason
+        if held.problem:
+            reason = f"{reason} (held requests assumed 0: {held.problem})"
         pin = svc.spec.scaling.replicas
         if pin is not None:
             desired, reason = pin, f"pinned to spec.scaling.replicas={pin} (autoscaler: {reason})"

@@ -240,6 +240,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     views = [_planning_view(g, pool_name, load.get(k, 0.0)) for k, g in objs.items()]
     evaluations: dict[str, Evaluation] = {}
     targets: dict[str, ModelTarget] = {}
+    held = ctx.runtime.held_requests() if templates else None  # the gateway: once per cycle
+    if held is not None and held.problem:
+        log.warning("pool %s: %s; held requests assumed 0", pool_name, held.problem)
     for key, template in templates.items():
         svc = services[key]
         ns, name = key.split("/", 1)
@@ -257,7 +260,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         trigger = snap.triggers.get(key)
         fleet = observed_fleet(views, key, budget)
         try:
-            ev = ctx.scaler.evaluate(svc, template, gpu, fleet, trigger, now)
+            ev = ctx.scaler.evaluate(svc, template, gpu, fleet, trigger, now, held)
         except KubeplexError as e:
             degraded[key] = ("InvalidSpec", f"{e}; fix the spec")
             continue

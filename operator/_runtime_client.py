@@ -9,17 +9,25 @@ one per fake pod, and point the operator at them this way.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from kubeplex.autoscaler.errors import AutoscalerError
 from kubeplex.autoscaler.signals import Scrape
-from kubeplex.autoscaler.sources import SERIES_SELECTOR, WANTED, parse_query_result
+from kubeplex.autoscaler.sources import (
+    HELD_QUERY,
+    SERIES_SELECTOR,
+    WANTED,
+    parse_held_query,
+    parse_held_text,
+    parse_query_result,
+)
 from kubeplex.operator._settings import Settings
 
-__all__ = ["CONTROL_URL_ANNOTATION", "ROUTER_URL_ANNOTATION", "PodEndpoints", "RuntimeClient"]
+__all__ = ["CONTROL_URL_ANNOTATION", "ROUTER_URL_ANNOTATION", "HeldRequests", "PodEndpoints",
+           "RuntimeClient"]
 
 ROUTER_URL_ANNOTATION = "kubeplex.io/router-url"
 CONTROL_URL_ANNOTATION = "kubeplex.io/control-url"
@@ -41,10 +49,23 @@ class PodEndpoints:
         return cls(router, control)
 
 
+@dataclass(frozen=True)
+class HeldRequests:
+    """Requests the cluster gateway holds, per ModelService key (``namespace/name``), read once
+    per pool cycle. ``problem``: why they could not be read (then every count is 0)."""
+
+    counts: Mapping[str, int] = field(default_factory=dict)
+    problem: str | None = None
+
+    def of(self, key: str) -> int:
+        return self.counts.get(key, 0)
+
+
 class RuntimeClient:
     """Synchronous (called from worker threads); every call has the scrape timeout."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.client = httpx.Client(timeout=settings.scrape_timeout_s)
 
     def close(self) -> None:
@@ -91,3 +112,27 @@ class RuntimeClient:
             return parse_query_result(r.json(), now)
         except (httpx.HTTPError, ValueError, AutoscalerError):
             return None
+
+    def held_requests(self) -> HeldRequests:
+        """Held requests from the gateway's ``/metrics`` (``KUBEPLEX_SCRAPE=pods`` with
+        ``KUBEPLEX_GATEWAY_METRICS_URL``) or from Prometheus (``prometheus``); nothing
+        configured: none. A failed read is a :class:`HeldRequests` with its ``problem``."""
+        s = self.settings
+        try:
+            if s.scrape == "pods" and s.gateway_metrics_url:
+                where = f"the gateway at {s.gateway_metrics_url}"
+                r = self.client.get(s.gateway_metrics_url)
+                r.raise_for_status()
+                counts = parse_held_text(r.text, where)
+            elif s.scrape == "prometheus":
+                where = f"Prometheus at {s.prometheus_url}"
+                r = self.client.get(s.prometheus_url.rstrip("/") + "/api/v1/query",
+                                    params={"query": HELD_QUERY})
+                counts = parse_held_query(r.json())
+            else:
+                return HeldRequests()
+        except (httpx.HTTPError, ValueError) as e:
+            return HeldRequests(problem=f"cannot read held requests from {where}: {e}")
+        except AutoscalerError as e:
+            return HeldRequests(problem=str(e))
+        return HeldRequests({f"{ns}/{name}": n for (ns, name), n in counts.items()})

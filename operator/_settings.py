@@ -41,6 +41,11 @@ ENV_DOCS: dict[str, tuple[str, str, str]] = {
                                   "on change. No token at all: /alerts answers 503."),
     "KUBEPLEX_PROMETHEUS_URL": ("prometheus_url", "",
                                 "Prometheus base URL for signals; empty: scrape pods directly."),
+    "KUBEPLEX_GATEWAY_METRICS_URL": ("gateway_metrics_url", "",
+                                     "The cluster gateway's /metrics URL (the chart sets it "
+                                     "when the gateway is enabled): requests it holds drive "
+                                     "scale-from-zero. Read once per cycle with KUBEPLEX_SCRAPE="
+                                     "pods; with prometheus, Prometheus is asked instead."),
     "KUBEPLEX_SCRAPE": ("scrape", "auto",
                         "Signal source: pods (direct /metrics scrape), prometheus, off, or auto "
                         "(prometheus when KUBEPLEX_PROMETHEUS_URL is set, else pods)."),
@@ -81,6 +86,7 @@ class Settings:
     alert_token: str = ""
     alert_token_file: str = ""
     prometheus_url: str = ""
+    gateway_metrics_url: str = ""
     scrape: str = "auto"
     runtime_image: str = "ghcr.io/kubeplex/kubeplex:latest"
     runtime_port: int = 8000

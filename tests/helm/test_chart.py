@@ -201,6 +201,20 @@ def test_gateway_off_by_default_renders_no_gateway(rendered: dict[str, list[dict
     assert len(of_kind(docs, "Deployment")) == 1
 
 
+def test_operator_reads_held_requests_from_the_gateway_service(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    def env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+        c = named(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value") for e in c["env"]}
+
+    docs = rendered["gateway-on"]
+    svc = named(docs, "Service", "-gateway")
+    url = (f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:"
+           f"{svc['spec']['ports'][0]['port']}/metrics")
+    assert env(docs)["KUBEPLEX_GATEWAY_METRICS_URL"] == url
+    assert "KUBEPLEX_GATEWAY_METRICS_URL" not in env(rendered["defaults"])
+
+
 def test_alert_secret_generated_given_or_existing(rendered: dict[str, list[dict[str, Any]]]
                                                   ) -> None:
     import base64

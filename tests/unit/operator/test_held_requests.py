@@ -1,0 +1,176 @@
+"""Scale from zero through the cluster gateway: the operator reads the gateway's
+``kubeplex_gateway_held_requests`` once per pool cycle (a real exposition served by a real
+aiohttp server on loopback), feeds it to the autoscaler, and treats a failed read as "0 held"
+with the reason saying so, never as a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from kubeplex.autoscaler.errors import MetricsSourceError
+from kubeplex.autoscaler.sources import HELD_QUERY, parse_held_query, parse_held_text
+from kubeplex.operator._reconcile import run_cycle
+from kubeplex.operator._runtime_client import HeldRequests, RuntimeClient
+from kubeplex.operator._settings import Settings
+
+
+def _load_cycle_helpers() -> Any:
+    path = Path(__file__).with_name("test_cycle.py")
+    spec = importlib.util.spec_from_file_location("kubeplex_test_cycle_helpers", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+cyc = _load_cycle_helpers()
+
+
+def gateway_text(held: dict[tuple[str, str, str], int]) -> str:
+    """What the gateway exports (its contract), rendered by prometheus_client itself."""
+    registry = CollectorRegistry()
+    gauge = Gauge("kubeplex_gateway_held_requests", "Requests held while scaling from zero",
+                  ["namespace", "modelservice", "model"], registry=registry)
+    arrivals = Counter("kubeplex_gateway_arrivals", "Requests that arrived",
+                       ["namespace", "modelservice", "model"], registry=registry)
+    for (ns, msvc, model), n in held.items():
+        gauge.labels(ns, msvc, model).set(n)
+        arrivals.labels(ns, msvc, model).inc(n + 5)
+    return generate_latest(registry).decode()
+
+
+# ---- parsing --------------------------------------------------------------------------------
+
+def test_held_requests_per_modelservice_from_the_gateway_text() -> None:
+    text = gateway_text({("ns", "a", "org/a"): 3, ("ns", "b", "b"): 0,
+                         ("other", "a", "org/a"): 2})
+    assert "kubeplex_gateway_arrivals_total" in text  # a counter beside it is ignored
+    assert parse_held_text(text) == {("ns", "a"): 3, ("ns", "b"): 0, ("other", "a"): 2}
+
+
+def test_bad_gateway_text_is_a_clear_error() -> None:
+    with pytest.raises(MetricsSourceError, match="from the gateway at http://gw/metrics are "
+                                                 "not in the Prometheus text format"):
+        parse_held_text('kubeplex_gateway_held_requests{namespace="ns" 3\n',
+                        "the gateway at http://gw/metrics")
+    with pytest.raises(MetricsSourceError, match="without the modelservice label"):
+        parse_held_text('kubeplex_gateway_held_requests{namespace="ns",model="m"} 3\n')
+
+
+def test_held_requests_from_a_prometheus_answer() -> None:
+    body = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"namespace": "ns", "modelservice": "a"}, "value": [1.0, "4"]},
+        {"metric": {"namespace": "ns", "modelservice": "b"}, "value": [1.0, "NaN"]}]}}
+    assert parse_held_query(body) == {("ns", "a"): 4}
+    assert "sum by (namespace, modelservice)" in HELD_QUERY
+    with pytest.raises(MetricsSourceError, match="failed: 'bad_data'"):
+        parse_held_query({"status": "error", "error": "bad_data"})
+
+
+# ---- the operator's read, against a real HTTP server ----------------------------------------
+
+class Gateway:
+    """A loopback aiohttp server standing in for the gateway's /metrics."""
+
+    def __init__(self) -> None:
+        self.body, self.status, self.hits = "", 200, 0
+
+    async def handle(self, _request: web.Request) -> web.Response:
+        self.hits += 1
+        return web.Response(text=self.body, status=self.status,
+                            content_type="text/plain", charset="utf-8")
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
+    gw = Gateway()
+    app = web.Application()
+    app.router.add_get("/metrics", gw.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield gw, f"http://127.0.0.1:{port}/metrics"
+    await runner.cleanup()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_operator_reads_the_gateway_once_and_reports_failures(
+        gateway: tuple[Gateway, str]) -> None:
+    gw, url = gateway
+    client = RuntimeClient(Settings(scrape="pods", gateway_metrics_url=url,
+                                    scrape_timeout_s=2.0))
+    try:
+        gw.body = gateway_text({("ns", "a", "org/a"): 3})
+        held = await asyncio.to_thread(client.held_requests)
+        assert held == HeldRequests({"ns/a": 3}) and held.of("ns/b") == 0
+        gw.body = "this is { not metrics"
+        held = await asyncio.to_thread(client.held_requests)
+        assert held.counts == {}
+        assert held.problem is not None and "not in the Prometheus text format" in held.problem
+        assert url in held.problem
+        gw.status, gw.body = 500, "boom"
+        held = await asyncio.to_thread(client.held_requests)
+        assert held.problem is not None and "500" in held.problem
+    finally:
+        client.close()
+    down = RuntimeClient(Settings(scrape="pods", scrape_timeout_s=1.0,
+                                  gateway_metrics_url=f"http://127.0.0.1:{_closed_port()}/m"))
+    try:
+        held = await asyncio.to_thread(down.held_requests)
+        assert held.problem is not None and "cannot read held requests" in held.problem
+    finally:
+        down.close()
+    # no gateway configured: nothing to read, nothing to complain about
+    assert RuntimeClient(Settings(scrape="pods")).held_requests() == HeldRequests()
+
+
+async def test_pool_cycle_scales_from_zero_on_held_requests(
+        gateway: tuple[Gateway, str]) -> None:
+    gw, url = gateway
+    kube = cyc.FakeKube()
+    idle, busy = cyc.msvc("idle", None), cyc.msvc("busy", None)
+    cyc.register(kube, idle, busy)
+    ctx = cyc.context(kube)
+    ctx.settings = replace(ctx.settings, scrape="pods", gateway_metrics_url=url)
+    ctx.runtime = RuntimeClient(ctx.settings)
+    try:
+        gw.body = gateway_text({("ns", "busy", "busy"): 2})
+        snap = cyc.snapshot(kube, cyc.pool(), [idle, busy], cyc.nodes(1))
+        await asyncio.to_thread(run_cycle, ctx, snap, cyc.NOW)
+        assert gw.hits == 1  # once per cycle, not once per model
+        assert [g["metadata"]["name"] for g in kube.of("ServingGroup")] == ["busy-0"]
+        busy_status = kube.objects[("ModelService", "ns", "busy")]["status"]
+        assert busy_status["desiredReplicas"] == 1
+        scaling = {c["type"]: c for c in busy_status["conditions"]}["Scaling"]
+        assert "2 requests held" in scaling["message"]
+        # A broken gateway text: the cycle goes on, held assumed 0, the reason says why.
+        gw.body = "garbage { text"
+        snap = cyc.snapshot(kube, cyc.pool(), [idle, busy], cyc.nodes(1))
+        await asyncio.to_thread(run_cycle, ctx, snap, cyc.NOW + 1)
+        idle_status = kube.objects[("ModelService", "ns", "idle")]["status"]
+        scaling = {c["type"]: c for c in idle_status["conditions"]}["Scaling"]
+        assert "held requests assumed 0" in scaling["message"]
+        assert "not in the Prometheus text format" in scaling["message"]
+        # ... and busy keeps the replica it got (no data is no reason to drop it)
+        assert kube.objects[("ModelService", "ns", "busy")]["status"]["desiredReplicas"] == 1
+    finally:
+        ctx.runtime.close()
