@@ -13,7 +13,6 @@ sampled every second and final) of every component, as JSON on stdout and a Mark
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -30,23 +29,15 @@ from urllib.parse import quote
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))  # scripts run by path: shared helpers
+from cluster_lib import load_cluster  # noqa: E402
+
 # Pods per Deployment: 10 Deployments for the default 5,000 pods.
 PODS_PER_DEPLOYMENT = 500
 # Parallel node creations (the API server has 2 cores; more gains nothing).
 CREATE_WORKERS = 8
 TIMEOUT_S = 1800.0
 IMAGE = "registry.k8s.io/pause:3.10"
-
-
-def load_cluster() -> ModuleType:
-    path = REPO / "e2e" / "cluster" / "cluster.py"
-    spec = importlib.util.spec_from_file_location("kubeplex_e2e_cluster", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class RssSampler(threading.Thread):

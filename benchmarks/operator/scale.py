@@ -12,13 +12,15 @@ then applies N ModelServices (default 1,000; one replica each, 1 GPU) and measur
   showing 2/2, p50/p99 over K changes.
 
     .venv/bin/python benchmarks/operator/scale.py [--services 1000] [--nodes 500] \
-        [--pools 10] [--changes 40] [--json out.json]
+        [--pools 10] [--changes 40] [--json out.json] [--tracemalloc heap.txt]
+
+``--tracemalloc OUT`` runs the operator under tracemalloc (``traced_operator.py``) and writes
+its heap's top allocation sites to OUT once converged (timings and RSS are then inflated).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -31,13 +33,15 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import kubernetes
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))  # scripts run by path: shared helpers
+from cluster_lib import load_cluster  # noqa: E402
+
 GROUP, VERSION = "kubeplex.io", "v1alpha1"
 #: Parallel creations (the API server has 2 cores; more gains nothing).
 WORKERS = 8
@@ -45,17 +49,6 @@ TIMEOUT_S = 1800.0
 #: Clock ticks per second for /proc/<pid>/stat CPU times.
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def load_cluster() -> ModuleType:
-    path = REPO / "e2e" / "cluster" / "cluster.py"
-    spec = importlib.util.spec_from_file_location("kubeplex_e2e_cluster", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
@@ -154,8 +147,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "KUBEPLEX_SCRAPE": "off", "KUBEPLEX_PLACEMENT": "quick",
                    "KUBEPLEX_INTERVAL_SECONDS": "5", "KUBEPLEX_LOG_LEVEL": "WARNING"}
             log = (Path(tmp) / "operator.log").open("wb")
-            op_proc = subprocess.Popen([sys.executable, "-m", "kubeplex.cli", "operator"],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+            command = [sys.executable, "-m", "kubeplex.cli", "operator"]
+            if args.tracemalloc:
+                command = [sys.executable, str(Path(__file__).with_name("traced_operator.py"))]
+                env["KUBEPLEX_TRACEMALLOC_OUT"] = str(args.tracemalloc.resolve())
+                args.tracemalloc.unlink(missing_ok=True)
+            op_proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
             sampler = Sampler(op_proc.pid)
             sampler.start()
             deadline = time.monotonic() + 60
@@ -194,6 +191,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["pods_running"] = sum(1 for p in pods if p.status.phase == "Running")
             # steady state
             time.sleep(15)
+            result["operator_rss_converged_mib"] = round(proc_stats(op_proc.pid)[1] / 2**20, 1)
+            if args.tracemalloc:
+                op_proc.send_signal(signal.SIGUSR1)
+                deadline = time.monotonic() + 120
+                while not args.tracemalloc.exists() and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                result["tracemalloc"] = str(args.tracemalloc)
             s0 = metric(metrics_port, "kubeplex_operator_reconcile_seconds_sum")
             c0 = metric(metrics_port, "kubeplex_operator_reconcile_seconds_count")
             cpu_a, t_a = proc_stats(op_proc.pid)[0], time.monotonic()
@@ -239,6 +243,8 @@ def main() -> int:
     p.add_argument("--pools", type=int, default=10)
     p.add_argument("--changes", type=int, default=40)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--tracemalloc", type=Path, default=None,
+                   help="write the operator's top heap allocation sites here (slower)")
     args = p.parse_args()
     result = run(args)
     text = json.dumps(result, indent=2)

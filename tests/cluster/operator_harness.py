@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
@@ -224,3 +225,50 @@ class SimFleet:
     def routers(self, names: list[str]) -> list[str]:
         with self._lock:
             return [self.pods[n].router for n in names if n in self.pods]
+
+
+class Load:
+    """Closed-loop clients on a model's routers until stopped, bounded by ``max_s`` seconds:
+    each of ``clients`` threads posts one completion after another to the router its index
+    picks from ``routers()`` (called each time: pods come and go), and waits while there is
+    none. ``ok`` and ``errors`` count the answers."""
+
+    def __init__(self, routers: Callable[[], list[str]], model: str, clients: int,
+                 max_s: float, prompt_tokens: int = 512, max_tokens: int = 64) -> None:
+        self.routers, self.model, self.max_s = routers, model, max_s
+        self.body = {"model": model, "prompt": "hello", "prompt_tokens": prompt_tokens,
+                     "max_tokens": max_tokens}
+        self.stop = threading.Event()
+        self.ok = 0
+        self.errors = 0
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
+                        for i in range(clients)]
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _client(self, i: int) -> None:
+        deadline = time.monotonic() + self.max_s
+        with httpx.Client(timeout=30) as client:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                routers = self.routers()
+                if not routers:
+                    time.sleep(0.2)
+                    continue
+                try:
+                    r = client.post(f"{routers[i % len(routers)]}/v1/completions",
+                                    json=self.body)
+                except httpx.HTTPError:
+                    r = None
+                if r is not None and r.status_code == 200:
+                    self.ok += 1
+                else:
+                    self.errors += 1
+                    time.sleep(0.1)

@@ -21,14 +21,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from promstack import PromStack, ScrapeTarget
@@ -79,43 +77,6 @@ def harness() -> Any:
     return load_harness()
 
 
-class Load:
-    """Closed-loop clients on the model's routers until stopped (bounded by a deadline)."""
-
-    def __init__(self, routers: Callable[[], list[str]]) -> None:
-        self.routers = routers
-        self.stop = threading.Event()
-        self.ok = 0
-        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
-                        for i in range(CLIENTS)]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
-
-    def _client(self, i: int) -> None:
-        deadline = time.monotonic() + 3 * DECIDE_S
-        with httpx.Client(timeout=30) as client:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                routers = self.routers()
-                if not routers:
-                    time.sleep(0.2)
-                    continue
-                try:
-                    r = client.post(f"{routers[i % len(routers)]}/v1/completions", json={
-                        "model": MODEL, "prompt": "hello", "prompt_tokens": PROMPT_TOKENS,
-                        "max_tokens": 64})
-                    self.ok += r.status_code == 200
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-
-
 def test_alert_path_into_the_operator_decides_a_scale_up(
         harness: Any, cluster: Any, namespace: str, k8s_client: Any, tmp_path: Path,
         promstack: Callable[..., PromStack]) -> None:
@@ -164,7 +125,8 @@ def test_alert_path_into_the_operator_decides_a_scale_up(
                 rules=render_rules(RULES), webhook_url=op.alerts_url, webhook_token=op.token)
             evaluations = op.metric("kubeplex_operator_evaluations_total", {"trigger": "alert"})
             start = time.monotonic()
-            with Load(lambda: fleet.routers(serving_pods())) as load:
+            with harness.Load(lambda: fleet.routers(serving_pods()), MODEL, CLIENTS,
+                              3 * DECIDE_S, PROMPT_TOKENS) as load:
                 harness.wait_for("an evaluation triggered by an alert", lambda: op.metric(
                     "kubeplex_operator_evaluations_total", {"trigger": "alert"}) > evaluations,
                     DECIDE_S)

@@ -9,14 +9,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -45,50 +42,6 @@ AUTOSCALER = {"stable_window_s": 6, "panic_window_s": 3, "scale_down_delay_s": 6
 #: replica queues most of them.
 CONCURRENCY = 24
 BURST_S = 40.0
-
-
-class Load:
-    """A bounded closed-loop load on the routers of the model's serving pods."""
-
-    def __init__(self, fleet: Any, model: str, pods: Any) -> None:
-        self.fleet, self.model, self.pods = fleet, model, pods
-        self.stop = threading.Event()
-        self.ok = 0
-        self.errors = 0
-        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
-                        for i in range(CONCURRENCY)]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
-
-    def _client(self, i: int) -> None:
-        deadline = time.monotonic() + BURST_S * 3
-        with httpx.Client(timeout=30) as client:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                routers = self.fleet.routers(self.pods())
-                if not routers:
-                    time.sleep(0.2)
-                    continue
-                url = routers[i % len(routers)]
-                try:
-                    r = client.post(f"{url}/v1/completions", json={
-                        "model": self.model, "prompt": "hello", "prompt_tokens": 512,
-                        "max_tokens": 64})
-                    if r.status_code == 200:
-                        self.ok += 1
-                    else:
-                        self.errors += 1
-                        time.sleep(0.1)
-                except httpx.HTTPError:
-                    self.errors += 1
-                    time.sleep(0.1)
 
 
 @pytest.fixture
@@ -145,7 +98,8 @@ def test_burst_scales_up_through_the_warm_pool_then_down_then_to_zero(
                                           if g.get("status")), 90)
             warm = next(g["metadata"]["name"] for g in groups() if g["spec"].get("warm"))
             claims_before = op.metric("kubeplex_operator_warm_claims_total")
-            with Load(fleet, name, serving_pods) as load:
+            with harness.Load(lambda: fleet.routers(serving_pods()), name, CONCURRENCY,
+                              3 * BURST_S) as load:
                 up = wait_for("a scale-up to 2+ ready replicas", lambda: (
                     m if (m := msvc())["status"].get("readyReplicas", 0) >= 2 else None), 90)
                 print("scale-up:", up["status"]["lastScale"])
