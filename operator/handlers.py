@@ -31,6 +31,7 @@ from kubeplex.operator._autoscale import Scaler, parse_overrides
 from kubeplex.operator._builders import GROUP_LABEL, MANAGED_BY, service_manifest
 from kubeplex.operator._conflicts import node_owners, served_name, served_name_conflicts
 from kubeplex.operator._kube import Kube
+from kubeplex.operator._memory import limit_arenas, trim
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._placement import Templates
 from kubeplex.operator._reconcile import Context, Snapshot, run_cycle
@@ -47,6 +48,11 @@ log = logging.getLogger("kubeplex.operator")
 CONNECTIONS = 32
 #: Requeue delay (s) of a ModelService deletion waiting for its groups to drain.
 DELETE_POLL_S = 1.0
+#: The metadata the pool cycle reads; the rest (managedFields above all) is not kept.
+KEPT_METADATA = ("name", "namespace", "uid", "generation", "labels", "annotations",
+                 "creationTimestamp", "deletionTimestamp")
+#: kopf's diff-base annotation: the whole last-handled spec again, read by kopf only.
+DIFFBASE_ANNOTATION = "kubeplex.io/last-handled-configuration"
 
 
 # ---- startup / cleanup ----------------------------------------------------------------------
@@ -64,12 +70,13 @@ def _api_client() -> kubernetes.client.ApiClient:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    limit_arenas()  # before the worker threads exist (see _memory)
     config: Settings = memo.get("settings") or Settings.from_env()
     memo.settings = config
     settings.persistence.finalizer = "kubeplex.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubeplex.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kubeplex.io", key="last-handled-configuration")
+        prefix="kubeplex.io", key=DIFFBASE_ANNOTATION.split("/", 1)[1])
     settings.posting.level = logging.WARNING  # kopf's own per-handler events: warnings only
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 16
@@ -116,7 +123,14 @@ def poke(memo: kopf.Memo, pool: str | None) -> None:
 # ---- indices --------------------------------------------------------------------------------
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {"metadata": copy.deepcopy(dict(body["metadata"])),
+    """What the indices keep of an object: a copy of the fields the cycle reads (the index
+    holds one per ModelService, ServingGroup and pool, so their size is the operator's)."""
+    meta = {k: copy.deepcopy(v) for k, v in body["metadata"].items() if k in KEPT_METADATA}
+    annotations = meta.get("annotations")
+    if annotations and DIFFBASE_ANNOTATION in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items()
+                               if k != DIFFBASE_ANNOTATION}
+    return {"metadata": meta,
             "spec": copy.deepcopy(dict(body.get("spec") or {})),
             "status": copy.deepcopy(dict(body.get("status") or {}))}
 
@@ -157,7 +171,9 @@ def _pod_info(name: str, namespace: str | None, meta: Mapping[str, Any], spec: M
     labels = dict(meta.get("labels") or {})
     return {
         "name": name, "namespace": namespace, "node": spec.get("nodeName"),
-        "labels": labels, "annotations": dict(meta.get("annotations") or {}),
+        "labels": labels,  # annotations: only ours (the runtime URLs of test harnesses)
+        "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
+                        if k.startswith("kubeplex.io/")},
         "ip": status.get("podIP"), "phase": phase, "done": phase in ("Succeeded", "Failed"),
         "deleting": bool(meta.get("deletionTimestamp")),
         "ready": any(c.get("type") == "Ready" and c.get("status") == "True"
@@ -231,6 +247,8 @@ async def pool_daemon(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
             except Exception as e:  # one bad cycle must not stop the pool: log, count, retry
                 ctx.metrics.errors.labels(pool=name, kind=type(e).__name__).inc()
                 log.exception("pool %s: cycle failed", name)
+            # The cycle's garbage (parsed answers, copies) goes back to the system.
+            await asyncio.to_thread(trim)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=ctx.settings.interval_s)
 
