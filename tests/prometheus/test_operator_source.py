@@ -22,15 +22,12 @@ equal once Prometheus has scraped the state (waited for, bounded by a few interv
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import httpx
 import pytest
@@ -41,6 +38,7 @@ from kubeplex.autoscaler.signals import TTFT_BUCKETS, Scrape, Signals, extract
 from kubeplex.autoscaler.sources import merge, parse_held_text, parse_metrics_text
 from kubeplex.operator._runtime_client import HeldRequests, RuntimeClient
 from kubeplex.operator._settings import Settings
+from kubeplex.runtime.harness import RuntimeProcess, model_entry
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -66,20 +64,12 @@ LONG_TOKENS = 1500
 PERCENTILE = 95.0
 
 
-def need(module: str, why: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        pytest.skip(f"{module} is not in this checkout ({why})")
-
-
 @pytest.fixture
-def runtimes(tmp_path: Path) -> Iterator[list[Any]]:
-    harness = need("kubeplex.runtime.harness", "the serving runtime, issue 4")
-    config = {"models": [harness.model_entry(MODEL, "sim", sim_args=(
+def runtimes(tmp_path: Path) -> Iterator[list[RuntimeProcess]]:
+    config = {"models": [model_entry(MODEL, "sim", sim_args=(
         "--max-num-seqs", str(MAX_NUM_SEQS)))]}
     with ExitStack() as stack:
-        yield [stack.enter_context(harness.RuntimeProcess(config, tmp_path / f"rt{i}"))
+        yield [stack.enter_context(RuntimeProcess(config, tmp_path / f"rt{i}"))
                for i in range(RUNTIMES)]
 
 
@@ -141,7 +131,7 @@ def bucket_width(value: float) -> float:
 
 
 def test_prometheus_source_matches_direct_scrapes(
-        promstack: Callable[..., PromStack], runtimes: list[Any],
+        promstack: Callable[..., PromStack], runtimes: list[RuntimeProcess],
         gateway: tuple[str, CollectorRegistry]) -> None:
     urls = [rt.url for rt in runtimes]
     stack = promstack(

@@ -6,11 +6,9 @@ to the oldest pool selecting it). The pure rules, the pool daemon's snapshot tha
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
+import operator_fakes as cyc
 import pytest
 
 from kubeplex.operator._conflicts import (
@@ -22,19 +20,6 @@ from kubeplex.operator._conflicts import (
 from kubeplex.operator._reconcile import Snapshot, run_cycle
 from kubeplex.operator.handlers import _snapshot
 
-
-def _load_cycle_helpers() -> Any:
-    """The fake Kubernetes and object builders of test_cycle.py (tests/ is no package)."""
-    path = Path(__file__).with_name("test_cycle.py")
-    spec = importlib.util.spec_from_file_location("kubeplex_test_cycle_helpers", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
-
-
-cyc = _load_cycle_helpers()
 NOW = cyc.NOW
 
 

@@ -6,14 +6,11 @@ with the reason saying so, never as a crash."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
+import operator_fakes as cyc
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -23,19 +20,6 @@ from kubeplex.autoscaler.sources import HELD_QUERY, parse_held_query, parse_held
 from kubeplex.operator._reconcile import run_cycle
 from kubeplex.operator._runtime_client import HeldRequests, RuntimeClient
 from kubeplex.operator._settings import Settings
-
-
-def _load_cycle_helpers() -> Any:
-    path = Path(__file__).with_name("test_cycle.py")
-    spec = importlib.util.spec_from_file_location("kubeplex_test_cycle_helpers", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
-
-
-cyc = _load_cycle_helpers()
 
 
 def gateway_text(held: dict[tuple[str, str, str], int]) -> str:
