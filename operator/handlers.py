@@ -90,6 +90,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.wakeups = {}
     memo.triggers = {}
     memo.pool_of = {}  # ModelService key -> pool, for alerts
+    memo.trimmed_at = 0.0  # time.monotonic() of the last malloc trim
     memo.wake = lambda pool: poke(memo, pool)
     memo.servers = await start_servers(config, metrics, memo)
 
@@ -247,8 +248,11 @@ async def pool_daemon(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
             except Exception as e:  # one bad cycle must not stop the pool: log, count, retry
                 ctx.metrics.errors.labels(pool=name, kind=type(e).__name__).inc()
                 log.exception("pool %s: cycle failed", name)
-            # The cycle's garbage (parsed answers, copies) goes back to the system.
-            await asyncio.to_thread(trim)
+            # The cycles' garbage (parsed answers, copies) goes back to the system, once per
+            # interval whatever the number of pools (a trim walks every arena).
+            if time.monotonic() - memo.trimmed_at >= ctx.settings.interval_s:
+                memo.trimmed_at = time.monotonic()
+                await asyncio.to_thread(trim)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=ctx.settings.interval_s)
 

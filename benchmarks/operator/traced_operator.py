@@ -24,7 +24,9 @@ def dump(_signum: int, _frame: FrameType | None) -> None:
     by_line = snapshot.statistics("lineno")
     by_file = snapshot.statistics("filename")
     total = sum(s.size for s in by_line)
-    lines = [f"traced Python heap: {total / 2**20:.1f} MiB in {len(by_line)} sites", "",
+    peak = tracemalloc.get_traced_memory()[1]
+    lines = [f"traced Python heap: {total / 2**20:.1f} MiB in {len(by_line)} sites "
+             f"(peak since start: {peak / 2**20:.1f} MiB)", "",
              "## by file", ""]
     lines += [f"{s.size / 1024:10.0f} KiB {s.count:9d} blocks  {s.traceback[0].filename}"
               for s in by_file[:TOP]]
