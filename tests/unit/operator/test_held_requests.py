@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import types
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import httpx
 import operator_fakes as cyc
 import pytest
 from aiohttp import web
@@ -17,8 +19,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from kubeplex.autoscaler.errors import MetricsSourceError
 from kubeplex.autoscaler.sources import HELD_QUERY, parse_held_query, parse_held_text
+from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._reconcile import run_cycle
 from kubeplex.operator._runtime_client import HeldRequests, RuntimeClient
+from kubeplex.operator._server import alerts_app
 from kubeplex.operator._settings import Settings
 
 
@@ -158,3 +162,28 @@ async def test_pool_cycle_scales_from_zero_on_held_requests(
         assert kube.objects[("ModelService", "ns", "busy")]["status"]["desiredReplicas"] == 1
     finally:
         ctx.runtime.close()
+
+
+async def test_the_gateways_held_alert_wakes_the_models_pool() -> None:
+    """The gateway POSTs ``KubeplexRequestsHeld`` (namespace + modelservice) when it starts
+    holding: the operator's /alerts runs that model's pool cycle at once."""
+    woken: list[str] = []
+    memo = types.SimpleNamespace(pool_of={"ns/busy": "p"}, triggers={}, wake=woken.append)
+    runner = web.AppRunner(alerts_app(Settings(alert_token="t"), OperatorMetrics(), memo))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    labels = {"alertname": "KubeplexRequestsHeld", "namespace": "ns", "modelservice": "busy"}
+    body = {"version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": "firing",
+            "receiver": "kubeplex", "groupLabels": {}, "commonLabels": labels,
+            "commonAnnotations": {}, "externalURL": "http://gateway",
+            "alerts": [{"status": "firing", "labels": labels, "annotations": {},
+                        "startsAt": "2026-11-21T06:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                        "generatorURL": "http://gateway", "fingerprint": "held-1"}]}
+    try:
+        async with httpx.AsyncClient() as client:
+            r = await client.post(f"http://127.0.0.1:{runner.addresses[0][1]}/alerts",
+                                  json=body, headers={"Authorization": "Bearer t"})
+        assert r.status_code == 200 and r.json()["triggered"] == ["ns/busy"]
+        assert woken == ["p"] and memo.triggers == {"p": {"ns/busy": "KubeplexRequestsHeld"}}
+    finally:
+        await runner.cleanup()
