@@ -159,7 +159,7 @@ class Gateway(Runtime):
             if replica is None:
                 self.metrics.requests.labels(model, "503").inc()
                 return refusal
-        return await self._proxy(request, replica, body, request_id, arrived)  # type: ignore[arg-type]
+        return await self.proxy.forward(request, replica, body, request_id, arrived)
 
     async def _hold(self, model: str, arrived: float,
                     request_id: str) -> tuple[Replica | None, web.Response]:
