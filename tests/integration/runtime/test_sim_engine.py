@@ -96,6 +96,49 @@ async def test_waiting_queue_shows_in_metrics_and_costs_ttft(sim: str) -> None:
     assert success[0].value == 6
 
 
+def _counter(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    raise KeyError(name)
+
+
+def _histogram_count(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return sum(s.value for s in family.samples if s.name.endswith("_count"))
+    raise KeyError(name)
+
+
+def test_tokens_are_counted_as_they_are_made_like_vllm(sim: str) -> None:
+    """vLLM counts a request's prompt tokens (and its TTFT) when its prefill finishes and its
+    output tokens step by step, so a long request shows in the counters while it runs."""
+    body = {"model": "m", "prompt": "x", "prompt_tokens": 1000, "max_tokens": 400,
+            "stream": True}
+    with httpx.stream("POST", sim + "/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        chunks = r.iter_raw()
+        next(chunks)  # the first token is out: the prefill is done
+        text = httpx.get(sim + "/metrics").text
+        assert _gauge(text, "vllm:num_requests_running") == 1  # still generating
+        assert _counter(text, "vllm:prompt_tokens") == 1000
+        assert _histogram_count(text, "vllm:time_to_first_token_seconds") == 1
+        assert _counter(text, "vllm:request_success") == 0
+        early = _counter(text, "vllm:generation_tokens")
+        assert 1 <= early < 400
+        for _ in range(5):  # a few more decode steps
+            next(chunks)
+        later = _counter(httpx.get(sim + "/metrics").text, "vllm:generation_tokens")
+        assert early < later < 400
+        for _ in chunks:
+            pass
+    text = httpx.get(sim + "/metrics").text
+    assert _counter(text, "vllm:prompt_tokens") == 1000  # counted once
+    assert _counter(text, "vllm:generation_tokens") == 400
+    assert _histogram_count(text, "vllm:inter_token_latency_seconds") == 399
+    assert _histogram_count(text, "vllm:request_prompt_tokens") == 1
+
+
 def test_prompt_token_hint_and_context_limit(sim: str) -> None:
     r = httpx.post(sim + "/v1/completions", json={"model": "m", "prompt": "x",
                                                   "prompt_tokens": 1000, "max_tokens": 2})
