@@ -241,7 +241,7 @@ def main() -> int:
                           f"{r['machine_cpu_busy_pct']:.0f}",
                           f"{res['load_average_before']:.1f} -> {res['load_average_after']:.1f}"
                           if router else "")
-    Console().print(table)
+    Console(width=200).print(table)
     RESULTS.mkdir(exist_ok=True)
     suffix = "_lockstep" if args.token_spread == 0 else ""
     out = RESULTS / f"router_overhead_{args.engine}_c{args.concurrency}{suffix}.json"

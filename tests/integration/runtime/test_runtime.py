@@ -53,9 +53,11 @@ async def test_streaming_passes_chunks_through_as_they_come(suite: Any) -> None:
         async with client.stream("POST", rt.url + "/v1/chat/completions",
                                  json={**suite.body("alpha", max_tokens=24, stream=True,
                                                     chat=True),
-                                       "stream_options": {"include_usage": True}}) as r:
+                                       "stream_options": {"include_usage": True}},
+                                 headers={"X-Request-Id": "stream-req-1"}) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
+            assert r.headers["X-Request-Id"] == "stream-req-1"
             async for line in r.aiter_lines():
                 if line.startswith("data: "):
                     arrivals.append(time.monotonic() - start)
@@ -64,6 +66,7 @@ async def test_streaming_passes_chunks_through_as_they_come(suite: Any) -> None:
     usage = json.loads(events[-2])
     assert usage["usage"]["completion_tokens"] == 24  # stream_options.include_usage
     chunks = [json.loads(e) for e in events[:-2]]
+    assert chunks[0]["id"].endswith("stream-req-1")  # the engine saw the same id
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert text

@@ -211,6 +211,43 @@ def test_served_names_with_slashes_route_and_control(tmp_path: Path) -> None:
                           json={"model": name, "prompt": "x"}).status_code == 404
 
 
+async def test_drain_endpoint_finishes_in_flight_then_stays_up(tmp_path: Path) -> None:
+    """POST /kubeplex/v1/drain (what the operator and local mode call): new requests get 503
+    at once, the one in flight finishes, ``wait=true`` returns when the engines are stopped,
+    and the process stays up (drained, not ready) until SIGTERM."""
+    config = {"models": [model_entry("s", "sim", memory_share=0.5)]}
+    with RuntimeProcess(config, tmp_path) as rt:
+        async with httpx.AsyncClient(timeout=60) as client:
+            running = asyncio.create_task(client.post(
+                rt.url + "/v1/completions",
+                json={"model": "s", "prompt": "x", "max_tokens": 100}))  # ~1 s
+            for _ in range(1000):  # until the request is in flight (bounded)
+                status = (await client.get(rt.control + "/kubeplex/v1/status")).json()
+                if status["inFlight"] == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert status["inFlight"] == 1
+            r = await client.post(rt.control + "/kubeplex/v1/drain")
+            assert r.status_code == 202
+            assert r.json()["state"] == "draining"
+            late = await client.post(rt.url + "/v1/completions",
+                                     json={"model": "s", "prompt": "x"})
+            assert late.status_code == 503
+            assert late.headers["Retry-After"] == "1"
+            r = await client.post(rt.control + "/kubeplex/v1/drain?wait=true")
+            assert r.status_code == 200
+            assert r.json()["state"] == "drained"
+            assert r.json()["models"][0]["state"] == "stopped"
+            finished = await running
+            assert finished.status_code == 200
+            assert finished.json()["usage"]["completion_tokens"] == 100
+            assert (await client.get(rt.control + "/healthz")).status_code == 200
+            assert (await client.get(rt.control + "/readyz")).status_code == 503
+        assert rt.proc is not None
+        assert rt.proc.poll() is None  # still up until told to stop
+        assert rt.stop() == 0
+
+
 def test_engine_that_cannot_start_backs_off_and_others_serve(tmp_path: Path) -> None:
     config = {"models": [model_entry("good", "sim", memory_share=0.5),
                          model_entry("bad", "sim", sim_profile="no-such-model",
