@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from kubeplex.runtime.errors import EngineStateError, RuntimeError_
 from kubeplex.runtime.metrics import RouterMetrics
@@ -74,8 +75,8 @@ class Target(Protocol):
         """The model's served name (the ``model`` label of the router series)."""
         ...
 
-    def url(self, path: str) -> Any:
-        """The absolute URL (str or yarl.URL) for a request path such as /v1/completions."""
+    def url(self, path: str) -> str | URL:
+        """The absolute URL for a request path such as ``/v1/completions``."""
         ...
 
     def acquire(self) -> None: ...
