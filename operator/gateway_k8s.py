@@ -60,7 +60,8 @@ from kubeplex.operator._settings import parse_env, read_token
 from kubeplex.operator.errors import ConfigError
 from kubeplex.operator.local.gateway import Gateway, Replica
 
-__all__ = ["GATEWAY_ENV_DOCS", "ClusterGateway", "GatewaySettings", "KubeGateway", "serve"]
+__all__ = ["GATEWAY_ENV_DOCS", "RBAC_NEEDED", "ClusterGateway", "GatewaySettings", "KubeGateway",
+           "serve"]
 
 log = logging.getLogger("kubeplex.gateway")
 
@@ -85,6 +86,12 @@ GATEWAY_ENV_DOCS: dict[str, tuple[str, str, str]] = {
                                  "Route to the pods' kubeplex.io/router-url annotations "
                                  "(test harnesses that run runtimes off-cluster)."),
 }
+#: (apiGroup, resource, verb) of every API call below (the Helm chart grants exactly these;
+#: URL-annotation mode, for test harnesses only, also lists and watches pods).
+RBAC_NEEDED: frozenset[tuple[str, str, str]] = frozenset({
+    (GROUP, "modelservices", "list"), (GROUP, "modelservices", "watch"),
+    ("discovery.k8s.io", "endpointslices", "list"), ("discovery.k8s.io", "endpointslices", "watch"),
+})
 #: Retry-After (s) of a refused held request: a cold start of a small model takes tens of
 #: seconds (DESIGN.md, "Numbers worth knowing"); clients come back and find it held again.
 RETRY_AFTER_S = 10.0
