@@ -166,10 +166,11 @@ class _Watch(threading.Thread):
     every list, ``deliver(type, [obj])`` per change (raw API dicts)."""
 
     def __init__(self, name: str, list_fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], deliver: Deliver, stop: threading.Event) -> None:
+                 kwargs: dict[str, Any], deliver: Deliver, failed: Callable[[str], None],
+                 stop: threading.Event) -> None:
         super().__init__(name=f"watch-{name}", daemon=True)
         self.what, self.list_fn, self.args, self.kwargs = name, list_fn, args, kwargs
-        self.deliver, self.stop = deliver, stop
+        self.deliver, self.failed, self.stop = deliver, failed, stop
 
     def run(self) -> None:
         backoff = WATCH_BACKOFF_S[0]
@@ -180,11 +181,9 @@ class _Watch(threading.Thread):
             except ApiException as e:
                 if e.status == 410:  # the version expired: list again at once
                     continue
-                log.warning("watch %s: %s %s; listing again in %.1f s", self.what, e.status,
-                            e.reason, backoff)
+                self.failed(f"{e.status} {e.reason}")
             except Exception as e:  # a watch thread must outlive any failure
-                log.warning("watch %s failed (%s: %s); listing again in %.1f s", self.what,
-                            type(e).__name__, e, backoff)
+                self.failed(f"{type(e).__name__}: {e}")
             self.stop.wait(backoff)
             backoff = min(backoff * 2, WATCH_BACKOFF_S[1])
 
@@ -267,11 +266,23 @@ class ClusterGateway:
         watches = self._watches()
         self.expected = {f"{kind}:{ns or '*'}" for kind, ns, *_ in watches}
         for kind, ns, fn, args, kwargs in watches:
+            name = f"{kind}:{ns or '*'}"
+
             def deliver(event: str, objs: list[dict[str, Any]], kind: str = kind,
                         ns: str | None = ns) -> None:
                 loop.call_soon_threadsafe(self.apply, kind, event, objs, ns)
 
-            _Watch(f"{kind}:{ns or '*'}", fn, args, kwargs, deliver, self._stop).start()
+            def failed(message: str, name: str = name) -> None:
+                loop.call_soon_threadsafe(self.watch_failed, name, message)
+
+            _Watch(name, fn, args, kwargs, deliver, failed, self._stop).start()
+
+    def watch_failed(self, name: str, message: str) -> None:
+        """A list or watch failed (it retries with backoff): log it, and say it on /readyz
+        while the gateway has not synced."""
+        log.warning("watch %s failed (%s); retrying", name, message)
+        if self.gateway.not_ready is not None:
+            self.gateway.not_ready = f"cannot list {name}: {message}"
 
     def apply(self, kind: str, event: str, objs: Iterable[Mapping[str, Any]],
               scope: str | None = None) -> None:
@@ -388,7 +399,7 @@ class ClusterGateway:
 
     def status(self) -> dict[str, Any]:
         gw = self.gateway
-        return {"ready": gw.ready()[1] if gw.not_ready else True,
+        return {"kind": "cluster-gateway", "ready": gw.not_ready or True,
                 "models": [{"model": r.model, "namespace": r.namespace,
                             "modelService": r.modelservice, "held": gw.held.get(key, 0),
                             "replicas": {x.group: {"url": x.base_url, "inFlight": x.in_flight}

@@ -6,6 +6,7 @@ real control plane in tests/cluster/test_gateway.py.)"""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,3 +137,51 @@ async def test_resolution_hold_alert_and_routing(stack, tmp_path: Path) -> None:
         # only b serves meta/llama now: no header needed (held there: b has no replica)
         only_b = await client.post("/v1/completions", json=body)
         assert only_b.status_code == 503 and "no ready replica" in only_b.text
+
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: nobody}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def test_unreachable_api_server_keeps_readyz_503_saying_why(tmp_path: Path) -> None:
+    """``kubeplex gateway`` as a process with no API server behind its kubeconfig: it serves,
+    /readyz says which list fails, SIGTERM stops it cleanly."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG.replace("{port}", str(free_port())))
+    port = free_port()
+    log = (tmp_path / "gateway.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "kubeplex.cli", "gateway", "--host",
+                             "127.0.0.1", "--port", str(port), "--kubeconfig", str(kubeconfig)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline, answer = time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                if "cannot list" in answer.text:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert answer is not None and answer.status_code == 503, answer
+        assert re.match(r"cannot list (modelservices|endpointslices):\*: .*Connection refused",
+                        answer.json()["reason"]), answer.text
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        log.close()
+    output = (tmp_path / "gateway.log").read_text()
+    assert code == 0, output
+    assert "Traceback" not in output and "watch modelservices:* failed" in output, output
