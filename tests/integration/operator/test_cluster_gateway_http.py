@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from kubernetes import client as k8s
 
+from kubeplex.cli import main
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._server import alerts_app
 from kubeplex.operator._settings import Settings
@@ -68,7 +69,8 @@ async def stack() -> AsyncIterator[tuple[ClusterGateway, str, Memo, OperatorMetr
         await op_runner.cleanup()
 
 
-async def test_resolution_hold_alert_and_routing(stack, tmp_path: Path) -> None:
+async def test_resolution_hold_alert_and_routing(stack, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     cg, url, memo, _ = stack
     cg.apply("modelservices", "RESET", [msvc("llama", "a", "meta/llama"),
                                         msvc("llama", "b", "meta/llama"),
@@ -123,6 +125,10 @@ async def test_resolution_hold_alert_and_routing(stack, tmp_path: Path) -> None:
             llama_a = next(m for m in status["models"] if m["namespace"] == "a"
                            and m["modelService"] == "llama")
             assert list(llama_a["replicas"]) == ["llama-pod-1"]
+            # `kubeplex status` shows a cluster gateway's routes
+            assert await asyncio.to_thread(main, ["status", "--gateway", url]) == 0
+            shown = capsys.readouterr().out
+            assert "cluster gateway" in shown and "a/llama" in shown and "b/llama" in shown
             metrics = (await client.get("/metrics")).text
             assert ('kubeplex_gateway_replicas{model="meta/llama",modelservice="llama",'
                     'namespace="a"} 1.0') in metrics
