@@ -157,3 +157,49 @@ def test_held_request_scales_from_zero_and_is_answered(
             assert gateway.metric("kubeplex_gateway_arrivals_total", labels) == 2
     finally:
         cluster.kubectl("delete", "gpupool", pool, "--wait=false", check=False)
+
+
+def test_cluster_wide_gateway_needs_the_namespace_header_for_a_shared_served_name(
+        cluster: Any, namespace: str, tmp_path: Path) -> None:
+    """All namespaces watched (no operator: routes come from the ModelServices alone): the
+    same served name in two namespaces is refused without X-Kubeplex-Namespace, held in the
+    named namespace with it, and gone from the gateway when its ModelService is deleted."""
+    other = f"t-{uuid.uuid4().hex[:10]}"
+    served = "org/shared-model"
+    cluster.kubectl("create", "namespace", other)
+    gw = harness.GatewayProcess(cluster.kubeconfig, tmp_path / "gateway.log", env={
+        "KUBEPLEX_HOLD_TIMEOUT_SECONDS": "0.5"}).start()
+    try:
+        for ns in (namespace, other):
+            cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump({
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
+                "metadata": {"name": "shared"},
+                "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
+                                   "servedName": served},
+                         "pool": "none", "slo": {"ttftSeconds": 0.5},
+                         "scaling": {"minReplicas": 0}}}))
+
+        def roots() -> list[str]:
+            status, text = harness.http_get(f"{gw.url}/v1/models")
+            return sorted(m["root"] for m in json.loads(text)["data"]
+                          if m["id"] == served) if status == 200 else []
+
+        harness.wait_for("both namespaces routed", lambda: roots() == sorted(
+            [f"{namespace}/shared", f"{other}/shared"]), 30)
+        body = json.dumps({"model": served, "prompt": "x"}).encode()
+        plain = {"Content-Type": "application/json"}
+        status, text = harness.http_post(f"{gw.url}/v1/completions", body, plain)
+        assert status == 400 and "X-Kubeplex-Namespace" in text, text
+        status, text = harness.http_post(f"{gw.url}/v1/completions", body,
+                                         {**plain, "X-Kubeplex-Namespace": other})
+        assert status == 503 and "no ready replica" in text, text
+        assert gw.metric("kubeplex_gateway_arrivals_total", {
+            "namespace": other, "modelservice": "shared", "model": served}) == 1
+        cluster.kubectl("delete", "msvc", "-n", other, "shared")
+        harness.wait_for("the deleted one unrouted", lambda: roots() == [
+            f"{namespace}/shared"], 30)
+        status, text = harness.http_post(f"{gw.url}/v1/completions", body, plain)
+        assert status == 503, text  # one namespace left: no header needed (held, then 503)
+    finally:
+        gw.stop()
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
