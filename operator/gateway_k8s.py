@@ -398,13 +398,20 @@ class ClusterGateway:
         self._stop.set()
 
     def status(self) -> dict[str, Any]:
+        """``GET /kubeplex/v1/status``: each route with its replicas and held requests, and
+        the ModelService's own replica counts (``status.replicas``/``readyReplicas``)."""
         gw = self.gateway
-        return {"kind": "cluster-gateway", "ready": gw.not_ready or True,
-                "models": [{"model": r.model, "namespace": r.namespace,
-                            "modelService": r.modelservice, "held": gw.held.get(key, 0),
-                            "replicas": {x.group: {"url": x.base_url, "inFlight": x.in_flight}
-                                         for x in gw.replicas.get(key, [])}}
-                           for key, r in sorted(gw.routes.items())]}
+        models = []
+        for key, r in sorted(gw.routes.items()):
+            entry = self.models.get((r.namespace, r.modelservice))
+            models.append({
+                "model": r.model, "namespace": r.namespace, "modelService": r.modelservice,
+                "held": gw.held.get(key, 0),
+                "modelServiceReplicas": entry.replicas if entry else 0,
+                "modelServiceReady": entry.ready if entry else 0,
+                "replicas": {x.group: {"url": x.base_url, "inFlight": x.in_flight}
+                             for x in gw.replicas.get(key, [])}})
+        return {"kind": "cluster-gateway", "ready": gw.not_ready or True, "models": models}
 
 
 async def serve(settings: GatewaySettings, api_client: k8s.ApiClient,
