@@ -229,6 +229,7 @@ class ClusterGateway:
         self.listed: set[str] = set()  # "kind:namespace" of the watches that listed once
         self.expected: set[str] = set()  # ... of every watch
         self.source = f"http://{socket.gethostname()}:{settings.port}/"
+        self.repost_s = REPOST_S
         self._posted: dict[str, tuple[float, float]] = {}  # route -> (episode, posted at)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = threading.Event()
@@ -382,7 +383,7 @@ class ClusterGateway:
             for route, (since, posted) in list(self._posted.items()):
                 if self.gateway.hold_since.get(route) != since:
                     del self._posted[route]  # the episode ended
-                elif now - posted >= REPOST_S:
+                elif now - posted >= self.repost_s:
                     self._post_soon(route, since)
             if self.pods is None or self.gateway.session is None:
                 continue

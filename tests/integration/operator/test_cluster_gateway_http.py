@@ -102,12 +102,18 @@ async def test_resolution_hold_alert_and_routing(stack, tmp_path: Path,
         assert ('kubeplex_gateway_held_requests{model="meta/llama",modelservice="llama",'
                 'namespace="a"} 0.0') in metrics
         assert 'kubeplex_gateway_scale_signals_total{outcome="sent"} 1.0' in metrics
-        # a new hold episode posts again (new startsAt): a new trigger
+        # a new hold episode posts again (new startsAt): a new trigger; re-posts within the
+        # episode reach the operator but are duplicates there
         memo.triggers.clear()
+        cg.repost_s = 0.2
         await asyncio.sleep(0.01)
         again = await client.post("/v1/completions", json=body, headers=pick_a)
         assert again.status_code == 503
         assert memo.triggers == {"pool-1": {"a/llama": "KubeplexRequestsHeld"}}
+        assert memo.woken == ["pool-1", "pool-1"]
+        sent = re.search(r'kubeplex_gateway_scale_signals_total\{outcome="sent"\} (\S+)',
+                         (await client.get("/metrics")).text)
+        assert sent is not None and float(sent.group(1)) >= 3  # 1 + this episode's 2+
 
         # a ready endpoint in the ModelService's Service: requests are forwarded
         with RuntimeProcess({"models": [model_entry("meta/llama", "sim")]}, tmp_path) as rt:
