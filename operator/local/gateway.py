@@ -123,18 +123,15 @@ class Gateway(Runtime):
         """Serve exactly these routes: new ones start with no replica, gone ones lose theirs
         (their held requests are answered at once)."""
         for name in [r for r in self.routes if r not in routes]:
-            route = self.routes.pop(name)
+            self._forget_series(self.routes.pop(name))
             self.replicas.pop(name, None)
-            for metric in (self.arrivals, self.held_gauge, self.replica_gauge):
-                metric.remove(*route.labels)
             self._ready[name].set()  # wake its held requests: they find the route gone
         for name, route in routes.items():
             old = self.routes.get(name)
             if old == route:
                 continue
             if old is not None:
-                for metric in (self.arrivals, self.held_gauge, self.replica_gauge):
-                    metric.remove(*old.labels)
+                self._forget_series(old)
             self.routes[name] = route
             replicas = self.replicas.setdefault(name, [])
             self.held.setdefault(name, 0)
@@ -144,6 +141,10 @@ class Gateway(Runtime):
             self.arrivals.labels(*route.labels)
             self.held_gauge.labels(*route.labels).set(self.held[name])
             self.replica_gauge.labels(*route.labels).set(len(replicas))
+
+    def _forget_series(self, route: Route) -> None:
+        for metric in (self.arrivals, self.held_gauge, self.replica_gauge):
+            metric.remove(*route.labels)
 
     # ---- replicas -------------------------------------------------------------------------
     def add(self, replica: Replica) -> None:
