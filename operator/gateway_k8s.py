@@ -173,25 +173,25 @@ class _Watch(threading.Thread):
         self.deliver, self.failed, self.stop = deliver, failed, stop
 
     def run(self) -> None:
-        backoff = WATCH_BACKOFF_S[0]
+        self.backoff = WATCH_BACKOFF_S[0]
         while not self.stop.is_set():
             try:
                 self._list_and_watch()
-                backoff = WATCH_BACKOFF_S[0]
             except ApiException as e:
                 if e.status == 410:  # the version expired: list again at once
                     continue
                 self.failed(f"{e.status} {e.reason}")
             except Exception as e:  # a watch thread must outlive any failure
                 self.failed(f"{type(e).__name__}: {e}")
-            self.stop.wait(backoff)
-            backoff = min(backoff * 2, WATCH_BACKOFF_S[1])
+            self.stop.wait(self.backoff)
+            self.backoff = min(self.backoff * 2, WATCH_BACKOFF_S[1])
 
     def _list_and_watch(self) -> None:
         listed = self.list_fn(*self.args, **self.kwargs, _preload_content=False)
         body = json.loads(listed.data)
         version = body["metadata"]["resourceVersion"]
         self.deliver("RESET", body.get("items") or [])
+        self.backoff = WATCH_BACKOFF_S[0]  # listing works: a later failure starts over
         while not self.stop.is_set():
             stream = k8s_watch.Watch().stream(  # type: ignore[no-untyped-call]
                 self.list_fn, *self.args, **self.kwargs, resource_version=version,
