@@ -357,7 +357,9 @@ class GroupView:
     (the caller's clock); ``claimed``: a starting group that came from the warm pool.
     ``shape`` (``(tp, pp)``) and ``shares`` (each routed model's memory share, in the order
     of ``models``): what co-location needs to judge room in the group; a group without them
-    is treated as full (nothing is added to it).
+    (or one still unloading a model) is treated as full (nothing is added to it).
+    ``loading``: models of ``models`` added to the running group and still loading (they count
+    as starting replicas, the others as the group's phase says).
     """
 
     id: str
@@ -371,6 +373,7 @@ class GroupView:
     claimed: bool = False
     shape: tuple[int, int] | None = None
     shares: tuple[float, ...] = ()
+    loading: tuple[str, ...] = ()
 
     @property
     def serving(self) -> bool:
@@ -768,9 +771,10 @@ def observed_fleet(groups: Sequence[GroupView], model: str, budget: PoolBudget |
     if budget is not None and budget.max_gpus is not None:
         free = max(0, budget.max_gpus - sum(g.gpus for g in groups if g.pool == budget.name))
     return {
-        "ready": sum(1 for g in serving if g.phase is GroupPhase.READY),
+        "ready": sum(1 for g in serving if g.phase is GroupPhase.READY
+                     and model not in g.loading),
         "starting": tuple(Starting(g.since, g.claimed) for g in serving
-                          if g.phase is GroupPhase.STARTING),
+                          if g.phase is GroupPhase.STARTING or model in g.loading),
         "warm_available": len(warm),
         "free_gpus": free,
     }
