@@ -339,3 +339,29 @@ def test_colocated_models_share_one_pod_and_scale_one_at_a_time() -> None:
     cycle(10)
     cycle(11)
     assert kube.of("ServingGroup") == [] and kube.of("Pod") == []
+
+
+def test_an_unload_interrupted_after_the_label_converges() -> None:
+    kube = FakeKube()
+    models = [_small("chat", 1, "llama-3.1-8b", "hf://meta-llama/Llama-3.1-8B-Instruct"),
+              _small("coder", 1, "qwen-2.5-7b", "hf://Qwen/Qwen2.5-7B-Instruct")]
+    register(kube, *models)
+    settings = Settings(scrape="off")
+    ctx = Context(settings, kube, RuntimeClient(settings), OperatorMetrics(), Scaler(),
+                  Templates(background=False, inline=True))
+    ns = nodes(1, gpus=2)
+    for t in range(3):
+        run_cycle(ctx, snapshot(kube, pool(), models, ns), NOW + t)
+    # The operator died right after taking coder's label off the pod (first write of an
+    # unload): the group still lists coder. A new operator finishes the unload.
+    kube.objects[("Pod", "ns", "chat-coder-0")]["metadata"]["labels"].pop(
+        "model.kubeplex.io/coder")
+    models[1]["spec"]["scaling"]["replicas"] = 0
+    for t in range(3, 7):
+        run_cycle(ctx, snapshot(kube, pool(), models, ns), NOW + t)
+    group = kube.objects[("ServingGroup", "ns", "chat-coder-0")]
+    assert [e["modelService"] for e in group["spec"]["models"]] == ["chat"]
+    assert len(kube.of("Pod")) == 1 and len(kube.of("ServingGroup")) == 1
+    before = len(kube.writes)
+    run_cycle(ctx, snapshot(kube, pool(), models, ns), NOW + 7)
+    assert kube.writes[before:] == []
