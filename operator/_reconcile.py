@@ -61,6 +61,7 @@ from kubeplex.operator.planning import (
     observed_fleet,
     pool_budget,
 )
+from kubeplex.placement.planner import MEMORY_LIMIT
 
 __all__ = ["Context", "CycleReport", "NodeState", "Snapshot", "group_name", "run_cycle"]
 
@@ -179,10 +180,14 @@ def _planning_view(g: GroupObj, pool: str, load: float) -> GroupView:
 
 
 def _same_namespace(template: ReplicaTemplate) -> ReplicaTemplate:
-    """Partners in the model's namespace only: a shared pod joins its namespace's Services."""
+    """Partners in the model's namespace only: a shared pod joins its namespace's Services.
+    A model left with none runs alone, so it gets the whole memory share."""
     ns = template.model.split("/", 1)[0]
-    return replace(template, partners=tuple(p for p in template.partners
-                                            if p.split("/", 1)[0] == ns))
+    partners = tuple(p for p in template.partners if p.split("/", 1)[0] == ns)
+    if partners == template.partners:
+        return template
+    share = template.memory_share if partners else MEMORY_LIMIT
+    return replace(template, partners=partners, memory_share=share)
 
 
 def _best_fit(free: dict[str, int], gpus: int) -> str | None:
