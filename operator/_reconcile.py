@@ -322,7 +322,12 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     changes: dict[tuple[str, str], tuple[list[Hosted], list[str], list[str]]] = {}
     for k, g in objs.items():
         gone = [m for m in g.models if f"{k[0]}/{m}" not in present]
-        if g.models and len(gone) == len(g.models):
+        if any(f"{k[0]}/{m}" not in present for m in g.preloaded):
+            # A standby preloaded with a deleted model: stopped (the delete waits for it).
+            jobs.append(functools.partial(ex.drain, g, f"{', '.join(g.preloaded)} deleted",
+                                          now))
+            touched.add(k)
+        elif g.models and len(gone) == len(g.models):
             jobs.append(functools.partial(ex.drain, g, f"{', '.join(g.models)} deleted", now))
             touched.add(k)
         elif gone and g.phase != "Draining":

@@ -365,3 +365,21 @@ def test_an_unload_interrupted_after_the_label_converges() -> None:
     before = len(kube.writes)
     run_cycle(ctx, snapshot(kube, pool(), models, ns), NOW + 7)
     assert kube.writes[before:] == []
+
+
+def test_a_standby_preloaded_with_a_deleted_model_is_stopped() -> None:
+    kube = FakeKube()
+    models = [msvc("a", 1)]
+    register(kube, *models)
+    ctx, warm_pool = context(kube), pool(warm=1)
+    for t in range(2):
+        run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + t)
+    warm = [g for g in kube.of("ServingGroup") if g["spec"]["warm"]]
+    assert [m["modelService"] for m in warm[0]["spec"]["models"]] == ["a"]  # preloaded
+    pod = kube.objects[("Pod", "ns", warm[0]["metadata"]["name"])]
+    config = json.loads(pod["spec"]["containers"][0]["env"][0]["value"])
+    assert [m["name"] for m in config["models"]] == ["a"]
+    assert "model.kubeplex.io/a" not in pod["metadata"]["labels"]  # not routed
+    for t in range(2, 4):
+        run_cycle(ctx, snapshot(kube, warm_pool, [], nodes(1)), NOW + t)
+    assert kube.of("ServingGroup") == [] and kube.of("Pod") == []
