@@ -528,6 +528,9 @@ class LocalMode:
             await replica.wait_idle(grace)
         client = self._client
         try:
+            if client is not None and group.ready_seconds is None and group.alive:
+                # Still starting (its config loads the model): unload once it is up.
+                await group.wait_ready(client, run.ready_timeout(self.settings))
             if client is not None and group.alive:
                 await group.unload(client, run.served, grace + 5)
         except ProcessError as exc:
