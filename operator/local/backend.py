@@ -193,7 +193,8 @@ def _entry(svc: ModelService, template: ReplicaTemplate, engine: str,
         return {**base, "model": str(path), "memoryShare": CPU_VLLM_MEMORY_SHARE,
                 "args": ["--enforce-eager", *svc.spec.model.engine_args]}
     return {**base, "model": model_shape(svc).name, "memoryShare": template.memory_share,
-            "args": ["--startup-seconds", f"{settings.cold_start_seconds:g}"]}
+            "args": ["--startup-seconds", f"{settings.cold_start_seconds:g}",
+                     *svc.spec.model.engine_args]}
 
 
 def _claimed(group: GroupProcess) -> bool:
