@@ -9,6 +9,8 @@ the other one.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,10 @@ def test_partners_start_in_one_runtime_process(start_up: Any, tmp_path: Path) ->
         assert answer.json()["model"] == model
     runtime = httpx.get(group["url"] + "/v1/models", timeout=5).json()
     assert sorted(m["id"] for m in runtime["data"]) == ["chat", "coder"]
+    shown = subprocess.run([sys.executable, "-m", "kubeplex.cli", "status", "--gateway", up.url],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "chat (0." in shown.stdout and "mem)" in shown.stdout, \
+        shown.stdout
     assert up.stop() == 0 and up.leftover() == []
 
 
