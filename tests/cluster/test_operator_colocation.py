@@ -2,7 +2,8 @@
 one GPU group run in one pod (one real sim ``kubeplex-runtime`` hosting both, from the fake
 pod's runtime config), both Services select that pod and both models answer; scaling one
 model to zero unloads it from the shared pod (drain + unload in the runtime), which keeps
-serving the other; scaling it back loads it into the same pod."""
+serving the other; scaling it back loads it into the same pod; an operator killed in the
+middle of an unload is replaced by one that finishes it."""
 
 from __future__ import annotations
 
@@ -38,11 +39,15 @@ MODELS = {"chat": ("hf://meta-llama/Llama-3.1-8B-Instruct", "llama-3.1-8b"),
           "coder": ("hf://Qwen/Qwen2.5-7B-Instruct", "qwen-2.5-7b")}
 
 
-@pytest.fixture
-def coloc_operator(cluster: Any, tmp_path: Path) -> Iterator[Any]:
-    op = harness.Operator(cluster.kubeconfig, tmp_path / "operator.log", env={
+def _operator(cluster: Any, log: Path) -> Any:
+    return harness.Operator(cluster.kubeconfig, log, env={
         "KUBEPLEX_SCRAPE": "pods", "KUBEPLEX_URL_ANNOTATIONS": "true",
         "KUBEPLEX_PLACEMENT": "search"}).start()
+
+
+@pytest.fixture
+def coloc_operator(cluster: Any, tmp_path: Path) -> Iterator[Any]:
+    op = _operator(cluster, tmp_path / "operator.log")
     yield op
     op.stop()
 
@@ -142,5 +147,27 @@ def test_two_models_share_one_pod_and_scale_one_at_a_time(
             assert len(groups()) == 1
             assert "CoLocated" in cluster.kubectl("get", "events", "-n", namespace).stdout
             assert op.proc.poll() is None
+
+            # Killed mid-unload (right after coder's label came off): a new operator
+            # finishes it, with no duplicate or orphaned pod.
+            scale("coder", 0)
+            wait_for("the unload to begin", lambda: not selected("coder"), WAIT_S, 0.01)
+            op.stop(kill=True)
+            op2 = _operator(cluster, tmp_path / "operator2.log")
+            try:
+                wait_for("the unload finished by the new operator", lambda: [
+                    m["id"] for m in httpx.get(f"{router}/v1/models", timeout=5).json()[
+                        "data"]] == ["chat"] and not any(
+                    g["metadata"].get("annotations", {}).get("kubeplex.io/unloading")
+                    for g in groups()), WAIT_S, 0.5)
+                sgs = groups()
+                assert [[m["modelService"] for m in g["spec"]["models"]] for g in sgs] == [
+                    ["chat"]]
+                assert [p["metadata"]["uid"] for p in selected("chat")] == [pod_uid]
+                assert len(cluster.kubectl_json("get", "pods", "-n", namespace, "-l",
+                                                "kubeplex.io/group")["items"]) == 1
+                assert ask(router, "chat") == 200
+            finally:
+                op2.stop()
     finally:
         cluster.kubectl("delete", "gpupool", pool, "--wait=false", check=False)
