@@ -51,8 +51,8 @@ from kubeplex.operator._settings import Settings
 from kubeplex.operator._status import iso
 from kubeplex.operator.planning import ClaimStep, ReplicaTemplate, claim_step
 
-__all__ = ["CLAIMED_AT", "DRAIN_STARTED", "SLEEP", "UNLOADING", "Executor", "GroupObj",
-           "Hosted", "pod_ready"]
+__all__ = ["CHANGED_IN_PLACE", "CLAIMED_AT", "DRAIN_STARTED", "SLEEP", "UNLOADING", "Executor",
+           "GroupObj", "Hosted", "pod_ready"]
 
 log = logging.getLogger("kubeplex.operator")
 
@@ -62,6 +62,9 @@ DRAIN_STARTED = "kubeplex.io/drain-started"
 UNLOADING = "kubeplex.io/unloading"
 #: A warm standby's preloaded model: ``asleep`` or ``unsupported`` (the engine cannot sleep).
 SLEEP = "kubeplex.io/sleep"
+#: Set on a group whose models changed in place: its pod's runtime config (fixed at start) no
+#: longer matches, so after a container restart the operator re-syncs the runtime.
+CHANGED_IN_PLACE = "kubeplex.io/changed-in-place"
 #: A drain gives up waiting for the runtime after this long (the runtime's own default grace
 #: is 30 s; the pod's terminationGracePeriodSeconds covers the rest on delete).
 DRAIN_GIVE_UP_S = 45.0
@@ -234,7 +237,8 @@ class Executor:
                    for h in add if not any(o.get("name") == h.model.name for o in owners)]
         unloading = sorted({*view.unloading, *remove} - {h.model.name for h in add})
         self.kube.patch("ServingGroup", view.namespace, view.name, {
-            "metadata": {"annotations": {UNLOADING: ",".join(unloading) or None},
+            "metadata": {"annotations": {UNLOADING: ",".join(unloading) or None,
+                                         CHANGED_IN_PLACE: "true"},
                          "ownerReferences": owners},
             "spec": {"models": entries}})
         models = [e["modelService"] for e in entries]
@@ -289,6 +293,9 @@ class Executor:
             self._finish_loads(view, [h for h in hosted if h.model.name in view.loading])
         elif view.phase == "Warm" and view.preloaded and SLEEP not in view.annotations:
             self._put_to_sleep(view)
+        elif (view.phase == "Ready" and CHANGED_IN_PLACE in view.annotations
+              and not view.unloading):
+            self._resync(view, hosted)
         if view.unloading and view.pod is not None:
             self._finish_unloads(view)
         if view.phase != view.old_phase:
@@ -321,6 +328,30 @@ class Executor:
         if ready:
             self.kube.patch("Pod", view.namespace, view.name, {"metadata": {"labels": {
                 model_label(h.model.name): "true" for h in ready}}})
+
+    def _resync(self, view: GroupObj, hosted: Sequence[Hosted]) -> None:
+        """A group changed in place no longer matches the config its pod started with, and a
+        container restart brings that config back: load what the runtime lost (its label
+        comes off until it is ready again) and unload what it hosts but the group does not."""
+        if not self.talk_to_pods or not view.endpoints.control:
+            return
+        status = self.runtime.status(view.endpoints.control)
+        if status is None:
+            return
+        running = {str(e.get("name")): str(e.get("state")) for e in status.get("models", ())}
+        lost = [h for h in hosted if h.model.served_name not in running]
+        if lost:
+            self.kube.patch("Pod", view.namespace, view.name, {"metadata": {"labels": {
+                model_label(h.model.name): None for h in lost}}})
+            for h in lost:
+                self._load(view, h)
+        wanted = {e.get("servedName") or e["modelService"] for e in view.entries}
+        for name, state in running.items():
+            if name not in wanted and state != "draining":
+                self.runtime.unload(view.endpoints.control, name)
+        if lost or set(running) - wanted:
+            log.info("group %s/%s: runtime re-synced (lost %s, extra %s)", view.namespace,
+                     view.name, [h.model.name for h in lost], sorted(set(running) - wanted))
 
     def _finish_unloads(self, view: GroupObj) -> None:
         """Forget unloads the runtime has finished; ask again where a restart lost one."""

@@ -1,4 +1,5 @@
-"""Warm standbys with a preloaded model, against a real ``kubeplex-runtime`` (sim engine).
+"""The executor against a real ``kubeplex-runtime`` (sim engine): warm standbys with a
+preloaded model, and groups changed in place kept in sync with their runtime.
 
 The operator's executor puts a warm pod's preloaded model to sleep once the pod is up, and a
 claim wakes it. Where the engine cannot sleep (the sim without ``sleepMode``, like vLLM on CPU)
@@ -9,6 +10,7 @@ Kubernetes writes go to a recorder (what was patched is what the test checks).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,14 @@ import pytest
 from kubeplex.api import GPUPoolSpec, ModelServiceSpec
 from kubeplex.api._types import parse_spec
 from kubeplex.operator._builders import HostedModel, model_label
-from kubeplex.operator._executor import CLAIMED_AT, SLEEP, Executor, GroupObj, Hosted
+from kubeplex.operator._executor import (
+    CHANGED_IN_PLACE,
+    CLAIMED_AT,
+    SLEEP,
+    Executor,
+    GroupObj,
+    Hosted,
+)
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._runtime_client import (
     CONTROL_URL_ANNOTATION,
@@ -144,3 +153,46 @@ def test_sleeping_preload_is_woken_by_the_claim(executor: tuple[Executor, Record
         cycles = _claim_until_routed(ex, kube, rt, asleep=True)
         assert cycles >= 2  # one cycle wakes it, a later one routes it
         assert rt.engine("chat")["state"] == "ready"
+
+
+def _hosted_as(name: str, profile: str = "llama-3.1-8b") -> Hosted:
+    spec = parse_spec(ModelServiceSpec, {
+        "model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "profile": profile},
+        "engine": "sim", "pool": "p", "slo": {"ttftSeconds": 1.0}})
+    return Hosted(HostedModel(name, spec, 0.3), ReplicaTemplate(f"ns/{name}", "p", 1, 1, 0.3),
+                  profile, f"uid-{name}")
+
+
+def test_a_group_changed_in_place_is_resynced_after_a_runtime_restart(
+        executor: tuple[Executor, Recorder], tmp_path: Path) -> None:
+    """The pod started with chat + coder; coder was unloaded and adder added in place. A
+    container restart brings the start config back: coder is unloaded again, adder reloaded
+    (out of its Service until it is ready)."""
+    ex, kube = executor
+    config = {"models": [model_entry("chat", "sim", memory_share=0.3),
+                         model_entry("coder", "sim", memory_share=0.3)]}
+    with RuntimeProcess(config, tmp_path) as rt:
+        group = _group(False, {CHANGED_IN_PLACE: "true"})
+        group["spec"]["models"] = [
+            {"modelService": m, "servedName": m, "memoryShare": 0.3} for m in ("chat", "adder")]
+        pod = {**_pod(rt, ready=True), "labels": {model_label("chat"): "true",
+                                                   model_label("adder"): "true"}}
+        view = GroupObj.of(group, pod, SETTINGS)
+        assert view.phase == "Ready" and view.loading == ()
+        hosted = [_hosted_as("chat"), _hosted_as("adder")]
+        ex.advance(view, hosted, NOW)
+        assert any(k == "Pod" and b["metadata"]["labels"] == {model_label("adder"): None}
+                   for k, _n, b in kube.patches), kube.patches
+        names = {m["name"] for m in rt.status()["models"]}
+        assert "adder" in names  # load requested
+        # the next cycles see adder loading (no label) and label it once its engine is ready
+        view = GroupObj.of(group, {**pod, "labels": {model_label("chat"): "true"}}, SETTINGS)
+        assert view.loading == ("adder",)
+        for cycle in range(1, 60):
+            ex.advance(view, hosted, NOW + cycle)
+            if kube.labelled("adder") and "coder" not in {m["name"] for m in
+                                                           rt.status()["models"]}:
+                break
+            time.sleep(0.2)
+        assert kube.labelled("adder")
+        assert sorted(m["name"] for m in rt.status()["models"]) == ["adder", "chat"]
