@@ -64,6 +64,9 @@ class Runtime:
         self.metrics = RouterMetrics()
         self.draining = False
         self.drained = asyncio.Event()
+        #: Models loaded through the control API while the runtime was ready: their start does
+        #: not make /readyz fail (a shared pod keeps serving its other models meanwhile).
+        self.late_loads: set[str] = set()
         self._drain_task: asyncio.Task[None] | None = None
         #: Forwards requests to the engines (public: gateways built on Runtime use it too).
         self.proxy = Proxy(self.metrics)
@@ -112,7 +115,8 @@ class Runtime:
         if self.draining:
             return False, "draining"
         waiting = [f"{e.name}: {e.state}" for e in self.engines.values()
-                   if e.state is not EngineState.READY]
+                   if e.state is not EngineState.READY
+                   and not (e.state is EngineState.STARTING and e.name in self.late_loads)]
         if waiting:
             return False, "not ready: " + ", ".join(waiting)
         return True, f"{len(self.engines)} model(s) ready"
@@ -275,6 +279,8 @@ class Runtime:
         model = parse_model(data, "model")
         if model.name in self.engines:
             raise ModelConflictError(f"model {model.name!r} is already hosted; unload it first")
+        if self.engines and self.ready()[0]:
+            self.late_loads.add(model.name)
         self.config = self.config.with_model(model)
         engine = self._add_engine(model)
         if self._wait(request):
@@ -290,6 +296,7 @@ class Runtime:
         abandoned = engine.in_flight
         await engine.stop()
         self.engines.pop(engine.name, None)
+        self.late_loads.discard(engine.name)
         self.config = self.config.without_model(engine.name)
         self.metrics.forget(engine.name)
         return web.json_response({"name": engine.name, "unloaded": True, "drained": drained,
