@@ -26,6 +26,7 @@ from kubeplex.autoscaler.errors import AlertPayloadError
 
 __all__ = [
     "DEFAULT_RETENTION_S",
+    "REQUESTS_HELD_ALERT",
     "AlertLedger",
     "AlertTrigger",
     "Parsed",
@@ -36,6 +37,9 @@ __all__ = [
 #: 4 h repeat_interval is plenty.
 DEFAULT_RETENTION_S = 86_400.0
 WEBHOOK_VERSION = "4"
+#: The alert the cluster gateway posts while it holds requests for a ModelService at zero
+#: ready replicas (``kubeplex.operator.gateway_k8s``): "scale from zero now".
+REQUESTS_HELD_ALERT = "KubeplexRequestsHeld"
 STATUSES = ("firing", "resolved")
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
 from kubeplex.autoscaler.errors import AutoscalerConfigError
 from kubeplex.autoscaler.forecast import HoltConfig, HoltState, holt_update
 from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_slo
@@ -479,6 +480,10 @@ def _hold(observed: Observed, config: AutoscalerConfig, state: AutoscalerState, 
 def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
            now: float) -> Decision:
     """One evaluation for one ModelService (see the module docstring for the stages)."""
+    if observed.trigger == REQUESTS_HELD_ALERT and observed.held_requests == 0:
+        # The gateway's alert is its report that requests wait: at least one, when the caller
+        # has no fresher count of them.
+        observed = replace(observed, held_requests=1)
     stable = extract(observed.scrapes, now, config.stable_window_s, config.percentile,
                      config.stale_after_s)
     if isinstance(stable, NoData):

@@ -2,9 +2,24 @@
 
 A group's phase is derived each cycle from its objects (so a restarted operator picks up
 where the last one stopped): ``Pending`` (no pod, or not scheduled), ``Loading`` (pod starting,
-or a claimed warm pod loading its model), ``Ready``, ``Warm`` (an unclaimed warm pod, ready),
-``Draining`` (leaving: its pods carry no model label any more, the runtime finishes in-flight
-requests, then group and pod are deleted).
+or a claimed warm pod loading its model), ``Ready``, ``Warm`` (an unclaimed warm pod, ready or
+asleep), ``Draining`` (leaving: its pods carry no model label any more, the runtime finishes
+in-flight requests, then group and pod are deleted).
+
+Co-location: a group hosts every model of its ServingGroup's ``spec.models`` (one runtime
+config entry each, with its memory share). A model *joins* a running group (ADD): it is written
+to ``spec.models``, loaded through the runtime's control API, and its model label goes on the
+pod once its engine is ready (the pod then joins that model's Service too). A model *leaves* a
+shared group (UNLOAD): its label is removed first (its Service stops sending), it is taken out
+of ``spec.models`` and named in ``kubeplex.io/unloading`` until the runtime has drained and
+unloaded it (``DELETE /kubeplex/v1/models/{name}``); the pod keeps serving the others. A pod is
+deleted only when its group has no model left (drain).
+
+Warm standbys preload their pool's likeliest model (``spec.models`` of a warm group, not
+routed) and put it to sleep once ready (``kubeplex.io/sleep``: ``asleep``, or ``unsupported``
+when the runtime answers 409: the sim engine and vLLM on CPU cannot sleep and stay loaded); a
+claim then wakes it, routes it as it is, or loads it
+(:func:`~kubeplex.operator.planning.claim_step`).
 
 Every step is idempotent: objects have deterministic names, creates tolerate 409, deletes 404,
 and a claim is recorded on the group (``kubeplex.io/claimed-at``) before the pod is touched.
@@ -34,14 +49,22 @@ from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._runtime_client import PodEndpoints, RuntimeClient
 from kubeplex.operator._settings import Settings
 from kubeplex.operator._status import iso
-from kubeplex.operator.planning import ReplicaTemplate
+from kubeplex.operator.planning import ClaimStep, ReplicaTemplate, claim_step
 
-__all__ = ["CLAIMED_AT", "DRAIN_STARTED", "Executor", "GroupObj", "Hosted", "pod_ready"]
+__all__ = ["CHANGED_IN_PLACE", "CLAIMED_AT", "DRAIN_STARTED", "SLEEP", "UNLOADING", "Executor",
+           "GroupObj", "Hosted", "pod_ready"]
 
 log = logging.getLogger("kubeplex.operator")
 
 CLAIMED_AT = "kubeplex.io/claimed-at"
 DRAIN_STARTED = "kubeplex.io/drain-started"
+#: Models (ModelService names, comma-separated) being drained and unloaded from the group.
+UNLOADING = "kubeplex.io/unloading"
+#: A warm standby's preloaded model: ``asleep`` or ``unsupported`` (the engine cannot sleep).
+SLEEP = "kubeplex.io/sleep"
+#: Set on a group whose models changed in place: its pod's runtime config (fixed at start) no
+#: longer matches, so after a container restart the operator re-syncs the runtime.
+CHANGED_IN_PLACE = "kubeplex.io/changed-in-place"
 #: A drain gives up waiting for the runtime after this long (the runtime's own default grace
 #: is 30 s; the pod's terminationGracePeriodSeconds covers the rest on delete).
 DRAIN_GIVE_UP_S = 45.0
@@ -64,6 +87,12 @@ def _epoch(stamp: str | None, default: float) -> float:
         return float(calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
     except ValueError:
         return default
+
+
+def _entry(model: HostedModel) -> dict[str, Any]:
+    """One ``spec.models`` entry of a ServingGroup."""
+    return {"modelService": model.name, "servedName": model.served_name,
+            "memoryShare": model.memory_share}
 
 
 def pod_ready(pod: Mapping[str, Any] | None) -> bool:
@@ -89,30 +118,55 @@ class GroupObj:
     pod: Mapping[str, Any] | None
     endpoints: PodEndpoints
     ready_since: str | None
+    #: ``spec.models`` as written (routed models, or a warm standby's preloaded one).
+    entries: tuple[Mapping[str, Any], ...] = ()
+    owners: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def gpus(self) -> int:
         return self.tp * self.pp
+
+    @property
+    def preloaded(self) -> tuple[str, ...]:
+        return tuple(e["modelService"] for e in self.entries) if self.warm else ()
+
+    @property
+    def shares(self) -> dict[str, float]:
+        return {e["modelService"]: float(e.get("memoryShare", 1.0)) for e in self.entries}
+
+    @property
+    def loading(self) -> tuple[str, ...]:
+        """Routed models whose engine is not serving yet (no model label on the pod)."""
+        labels = (self.pod or {}).get("labels") or {}
+        return tuple(m for m in self.models if model_label(m) not in labels)
+
+    @property
+    def unloading(self) -> tuple[str, ...]:
+        return tuple(m for m in self.annotations.get(UNLOADING, "").split(",") if m)
 
     @classmethod
     def of(cls, group: Mapping[str, Any], pod: Mapping[str, Any] | None,
            settings: Settings) -> GroupObj:
         meta, spec, status = group["metadata"], group["spec"], group.get("status") or {}
         annotations = meta.get("annotations") or {}
-        models = tuple(m["modelService"] for m in spec.get("models") or ())
-        warm = bool(spec.get("warm")) and not models
+        entries = tuple(spec.get("models") or ())
+        warm = bool(spec.get("warm"))
+        models = () if warm else tuple(m["modelService"] for m in entries)
+        labels = (pod or {}).get("labels") or {}
         if meta.get("deletionTimestamp") or status.get("phase") == "Draining":
             phase = "Draining"
         elif pod is None or not pod.get("node"):
             phase = "Pending"
+        elif warm and annotations.get(SLEEP) == "asleep" and not pod.get("deleting"):
+            phase = "Warm"  # its engine sleeps, so the runtime's /readyz says not ready
         elif not pod_ready(pod):
             phase = "Loading"
         elif warm:
             phase = "Warm"
-        elif any(model_label(m) not in (pod.get("labels") or {}) for m in models):
+        elif models and all(model_label(m) not in labels for m in models):
             phase = "Loading"  # a claimed warm pod still loading its model
         else:
-            phase = "Ready"
+            phase = "Ready"  # models added to it since load beside the others (``loading``)
         now = time.time()
         return cls(meta["namespace"], meta["name"], meta.get("uid", ""),
                    spec.get("nodeName") or "", int(spec["tensorParallel"]),
@@ -120,7 +174,8 @@ class GroupObj:
                    _epoch(meta.get("creationTimestamp"), now), annotations, pod,
                    PodEndpoints.of(settings, pod.get("ip") if pod else None,
                                    (pod or {}).get("annotations") or {}),
-                   status.get("readySince"))
+                   status.get("readySince"), entries,
+                   tuple(meta.get("ownerReferences") or ()))
 
 
 class Executor:
@@ -134,18 +189,19 @@ class Executor:
     # ---- plan steps ----------------------------------------------------------------------
     def start(self, namespace: str, name: str, node: str, tp: int, pp: int,
               hosted: Sequence[Hosted], warm: bool, pool_uid: str) -> None:
-        """Create a group (a warm standby when ``warm``: ``hosted`` is then not routed)."""
+        """Create a group hosting ``hosted`` (co-located when several; a warm standby when
+        ``warm``: ``hosted`` is then preloaded, not routed)."""
         serving = [] if warm else list(hosted)
         owners = ([owner_ref("ModelService", h.model.name, h.uid, controller=i == 0)
                    for i, h in enumerate(serving)] if serving
                   else [owner_ref("GPUPool", self.pool, pool_uid)])
         body = serving_group_manifest(namespace, name, self.pool, node, tp, pp,
-                                      [h.model for h in serving], warm, owners)
+                                      [h.model for h in hosted], warm, owners)
         created = self.kube.create(body)
         if created is None:
             return  # exists already (an earlier, interrupted cycle): advance() finishes it
         self.metrics.cold_starts.labels(pool=self.pool).inc()
-        self._create_pod(namespace, name, created["metadata"]["uid"], node, tp, pp, serving,
+        self._create_pod(namespace, name, created["metadata"]["uid"], node, tp, pp, hosted,
                          warm)  # the status follows from the pod in the next cycles (advance)
 
     def claim(self, view: GroupObj, hosted: Sequence[Hosted],
@@ -157,16 +213,49 @@ class Executor:
             "metadata": {"labels": {WARM_LABEL: None},
                          "annotations": {CLAIMED_AT: f"{now:.3f}"},
                          "ownerReferences": [owner_ref("ModelService", model.name, uid)]},
-            "spec": {"warm": False, "models": [{"modelService": model.name,
-                                                "servedName": model.served_name,
-                                                "memoryShare": model.memory_share}]}})
+            "spec": {"warm": False, "models": [_entry(model)]}})
         if view.pod is not None:
             self.kube.patch("Pod", view.namespace, view.name,
                             {"metadata": {"labels": {WARM_LABEL: None}}})
         self.metrics.warm_claims.labels(pool=self.pool).inc()
         self.kube.event("ModelService", view.namespace, model.name, uid, "WarmClaim", reason)
         self._group_status(view.namespace, view.name, "Loading", view.ready_since, [model.name])
-        self._load(view, hosted[0])
+        if model.name not in view.preloaded:
+            self._load(view, hosted[0])  # a preloaded model is woken (or routed) by advance()
+
+    def change(self, view: GroupObj, add: Sequence[Hosted], remove: Sequence[str],
+               reason: str, now: float) -> None:
+        """Co-location in a running group: ``remove`` models (label off, drain + unload in the
+        runtime) and ``add`` others (load; labelled once ready). The pod stays."""
+        labels: dict[str, Any] = {model_label(m): None for m in remove}
+        if labels and view.pod is not None:
+            self.kube.patch("Pod", view.namespace, view.name, {"metadata": {"labels": labels}})
+        entries = [e for e in view.entries if e["modelService"] not in remove]
+        entries += [_entry(h.model) for h in add if h.model.name not in view.models]
+        owners = [o for o in view.owners if o.get("name") not in remove or o.get("controller")]
+        owners += [owner_ref("ModelService", h.model.name, h.uid, controller=False)
+                   for h in add if not any(o.get("name") == h.model.name for o in owners)]
+        unloading = sorted({*view.unloading, *remove} - {h.model.name for h in add})
+        self.kube.patch("ServingGroup", view.namespace, view.name, {
+            "metadata": {"annotations": {UNLOADING: ",".join(unloading) or None,
+                                         CHANGED_IN_PLACE: "true"},
+                         "ownerReferences": owners},
+            "spec": {"models": entries}})
+        models = [e["modelService"] for e in entries]
+        self._group_status(view.namespace, view.name, view.phase, view.ready_since, models)
+        if self.talk_to_pods and view.endpoints.control:
+            for name in remove:
+                served = next((e.get("servedName") or name for e in view.entries
+                               if e["modelService"] == name), name)
+                self.runtime.unload(view.endpoints.control, served)
+        for h in add:
+            self._load(view, h)
+        for h in add:
+            self.kube.event("ModelService", view.namespace, h.model.name, h.uid, "CoLocated",
+                            f"loading into {view.name} beside {', '.join(view.models)}: "
+                            f"{reason}")
+        log.info("group %s/%s: +%s -%s: %s", view.namespace, view.name,
+                 [h.model.name for h in add], list(remove), reason)
 
     def drain(self, view: GroupObj, reason: str, now: float) -> None:
         if view.phase != "Draining":
@@ -200,24 +289,117 @@ class Executor:
         elif view.phase == "Loading" and CLAIMED_AT in view.annotations and hosted:
             self._finish_claim(view, hosted, now)
             return
+        elif view.phase == "Ready" and view.loading and hosted:
+            self._finish_loads(view, [h for h in hosted if h.model.name in view.loading])
+        elif view.phase == "Warm" and view.preloaded and SLEEP not in view.annotations:
+            self._put_to_sleep(view)
+        elif (view.phase == "Ready" and CHANGED_IN_PLACE in view.annotations
+              and not view.unloading):
+            self._resync(view, hosted)
+        if view.unloading and view.pod is not None:
+            self._finish_unloads(view)
         if view.phase != view.old_phase:
             since = iso(now) if view.phase in ("Ready", "Warm") else view.ready_since
             self._group_status(view.namespace, view.name, view.phase, since, list(view.models))
 
+    def _engine_ready(self, view: GroupObj, hosted: Hosted) -> bool:
+        """Whether ``hosted``'s engine serves in the pod's runtime; otherwise take the next
+        step of getting it there (:func:`claim_step`: wake a sleeping one, load a missing one,
+        route one that stayed loaded because it cannot sleep)."""
+        if not self.talk_to_pods:
+            return True
+        if not view.endpoints.control:
+            return False
+        status = self.runtime.status(view.endpoints.control)
+        if status is None:
+            return False
+        engines = {e.get("name"): e for e in status.get("models", ())}
+        engine = engines.get(hosted.model.served_name)
+        step = claim_step(None if engine is None else str(engine.get("state")))
+        if step is ClaimStep.LOAD:
+            self._load(view, hosted)  # never loaded, or a restart lost it: ask (again)
+        elif step is ClaimStep.WAKE:
+            self.runtime.wake(view.endpoints.control, hosted.model.served_name)
+        return step is ClaimStep.ROUTE
+
+    def _finish_loads(self, view: GroupObj, added: Sequence[Hosted]) -> None:
+        """Label the pod for models added to it whose engines are ready (joins Services)."""
+        ready = [h for h in added if self._engine_ready(view, h)]
+        if ready:
+            self.kube.patch("Pod", view.namespace, view.name, {"metadata": {"labels": {
+                model_label(h.model.name): "true" for h in ready}}})
+
+    def _resync(self, view: GroupObj, hosted: Sequence[Hosted]) -> None:
+        """A group changed in place no longer matches the config its pod started with, and a
+        container restart brings that config back: load what the runtime lost (its label
+        comes off until it is ready again) and unload what it hosts but the group does not."""
+        if not self.talk_to_pods or not view.endpoints.control:
+            return
+        status = self.runtime.status(view.endpoints.control)
+        if status is None:
+            return
+        running = {str(e.get("name")): str(e.get("state")) for e in status.get("models", ())}
+        lost = [h for h in hosted if h.model.served_name not in running]
+        if lost:
+            self.kube.patch("Pod", view.namespace, view.name, {"metadata": {"labels": {
+                model_label(h.model.name): None for h in lost}}})
+            for h in lost:
+                self._load(view, h)
+        wanted = {e.get("servedName") or e["modelService"] for e in view.entries}
+        for name, state in running.items():
+            if name not in wanted and state != "draining":
+                self.runtime.unload(view.endpoints.control, name)
+        if lost or set(running) - wanted:
+            log.info("group %s/%s: runtime re-synced (lost %s, extra %s)", view.namespace,
+                     view.name, [h.model.name for h in lost], sorted(set(running) - wanted))
+
+    def _finish_unloads(self, view: GroupObj) -> None:
+        """Forget unloads the runtime has finished; ask again where a restart lost one."""
+        if self.talk_to_pods and not view.endpoints.control:
+            return
+        left = list(view.unloading)
+        if self.talk_to_pods and view.endpoints.control:
+            status = self.runtime.status(view.endpoints.control)
+            if status is None:
+                return
+            hosted = {str(e.get("name")): str(e.get("state")) for e in status.get("models", ())}
+            for name in list(left):
+                served = next((e.get("servedName") or name for e in view.entries
+                               if e["modelService"] == name), name)
+                if served not in hosted and name not in hosted:
+                    left.remove(name)
+                elif hosted.get(served) != "draining":
+                    self.runtime.unload(view.endpoints.control, served)
+        else:
+            left = []
+        if left != list(view.unloading):
+            self.kube.patch("ServingGroup", view.namespace, view.name, {"metadata": {
+                "annotations": {UNLOADING: ",".join(left) or None}}})
+
+    def _put_to_sleep(self, view: GroupObj) -> None:
+        """Put a warm standby's preloaded model to sleep (GPU engines); an engine that cannot
+        sleep (the runtime answers 409: sim, vLLM on CPU) stays loaded, unrouted."""
+        if not self.talk_to_pods or not view.endpoints.control:
+            return
+        entry = view.entries[0]
+        code = self.runtime.sleep(view.endpoints.control,
+                                  entry.get("servedName") or entry["modelService"])
+        if code == 200:
+            state = "asleep"
+            self.kube.patch("ServingGroup", view.namespace, view.name, {"spec": {"models": [
+                {**entry, "sleeping": True}]}})
+        elif code == 409:
+            state = "unsupported"
+        else:
+            return  # not reachable yet: try again next cycle
+        self.kube.patch("ServingGroup", view.namespace, view.name,
+                        {"metadata": {"annotations": {SLEEP: state}}})
+
     def _finish_claim(self, view: GroupObj, hosted: Sequence[Hosted],
                       now: float) -> None:
         model = hosted[0].model
-        if self.talk_to_pods:
-            if not view.endpoints.control:
-                return
-            status = self.runtime.status(view.endpoints.control)
-            engines = {e.get("name"): e for e in (status or {}).get("models", ())}
-            engine = engines.get(model.served_name)
-            if engine is None:
-                self._load(view, hosted[0])  # a restart lost the request: ask again
-                return
-            if engine.get("state") != "ready":
-                return
+        if not self._engine_ready(view, hosted[0]):
+            return
         self.kube.patch("Pod", view.namespace, view.name,
                         {"metadata": {"labels": {model_label(model.name): "true"}}})
         claimed = float(view.annotations.get(CLAIMED_AT, now))
@@ -251,8 +433,8 @@ class Executor:
         config = [runtime_model(h.model, tp, pp, h.profile) for h in hosted]
         self.kube.create(pod_manifest(
             self.settings, namespace, name, self.pool, self.pool_spec, node, tp, pp, config,
-            [h.model.name for h in hosted], warm, uid, image=self.pool_spec.warm_pool.image
-            if warm else None))
+            [] if warm else [h.model.name for h in hosted], warm, uid,
+            image=self.pool_spec.warm_pool.image if warm else None))
 
     def _group_status(self, namespace: str, name: str, phase: str, ready_since: str | None,
                       models: Sequence[str], message: str | None = None) -> None:

@@ -81,7 +81,10 @@ class _PoolEntry:
 class Templates:
     """Per-pool template cache with one background placement worker."""
 
-    def __init__(self, background: bool = True) -> None:
+    def __init__(self, background: bool = True, inline: bool = False) -> None:
+        """``background``: place on a worker thread; else ``inline``: place within
+        :meth:`resolve` (tests, small pools); neither: quick templates only."""
+        self._inline = inline and not background
         self._pools: dict[str, _PoolEntry] = {}
         self._lock = threading.Lock()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, "kubeplex-placement") \
@@ -107,6 +110,12 @@ class Templates:
                 bad[svc.key] = str(e)
         good = [s for s in services if s.key in templates]
         name = pool.metadata.name
+        if self._inline:
+            entry = self._pools.setdefault(name, _PoolEntry())
+            fingerprint = _fingerprint(pool, good, nodes, gpus)
+            if fingerprint != entry.fingerprint and good and nodes > 0:
+                entry.fingerprint = fingerprint
+                self._place(entry, fingerprint, pool, good, nodes, gpus)
         with self._lock:
             entry = self._pools.setdefault(name, _PoolEntry())
             fingerprint = _fingerprint(pool, good, nodes, gpus)

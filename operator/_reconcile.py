@@ -8,8 +8,11 @@ handlers. Steps:
 1. parse the pool and its ModelServices; a spec that cannot be served is Degraded (with how
    to fix it) and left out, the others go on;
 2. per ModelService: signals and the autoscaler's desired replicas (:mod:`._autoscale`);
-3. the fleet plan (:func:`kubeplex.operator._plan.plan_pool`): start / claim warm / drain,
-   bounded by the pool's free GPUs;
+3. the fleet plan (:func:`kubeplex.operator.planning.fleet_plan`): start (several co-located
+   models in one group where placement packs them) / claim warm / add to a running group /
+   unload from a shared group / drain, bounded by the pool's free GPUs and
+   :data:`MAX_MOVES` in-place changes per cycle. Co-location stays within a namespace (a pod
+   joins the Services of its namespace only);
 4. the executor (:mod:`._executor`) applies it, then advances every group's lifecycle
    (pod created, ready, warm claim loading, draining, deleted);
 5. status of every ModelService, ServingGroup and the pool; Events for scale changes.
@@ -52,11 +55,13 @@ from kubeplex.operator.planning import (
     GroupPhase,
     GroupView,
     ModelTarget,
+    ReplicaTemplate,
     fleet_plan,
     model_shape,
     observed_fleet,
     pool_budget,
 )
+from kubeplex.placement.planner import MEMORY_LIMIT
 
 __all__ = ["Context", "CycleReport", "NodeState", "Snapshot", "group_name", "run_cycle"]
 
@@ -68,6 +73,8 @@ MEMORY_SHARE = 0.9
 WRITE_CONCURRENCY = 8
 #: Object names used as DNS labels: at most 63 characters.
 DNS_LABEL_MAX = 63
+#: Running groups one cycle changes in place (models added or unloaded): bounded disruption.
+MAX_MOVES = 4
 
 
 @dataclass(frozen=True)
@@ -164,9 +171,25 @@ def _planning_view(g: GroupObj, pool: str, load: float) -> GroupView:
         phase = GroupPhase.WARM if g.phase == "Warm" else GroupPhase.WARMING
     else:
         phase = GroupPhase.READY if g.phase == "Ready" else GroupPhase.STARTING
+    shares = g.shares
     return GroupView(f"{g.namespace}/{g.name}", pool, g.gpus, phase,
-                     tuple(f"{g.namespace}/{m}" for m in g.models), (), load, g.created,
-                     CLAIMED_AT in g.annotations)
+                     tuple(f"{g.namespace}/{m}" for m in g.models),
+                     tuple(f"{g.namespace}/{m}" for m in g.preloaded), load, g.created,
+                     CLAIMED_AT in g.annotations,
+                     None if g.unloading else (g.tp, g.pp),  # changing: no room to judge
+                     tuple(shares.get(m, 1.0) for m in g.models),
+                     tuple(f"{g.namespace}/{m}" for m in g.loading))
+
+
+def _same_namespace(template: ReplicaTemplate) -> ReplicaTemplate:
+    """Partners in the model's namespace only: a shared pod joins its namespace's Services.
+    A model left with none runs alone, so it gets the whole memory share."""
+    ns = template.model.split("/", 1)[0]
+    partners = tuple(p for p in template.partners if p.split("/", 1)[0] == ns)
+    if partners == template.partners:
+        return template
+    share = template.memory_share if partners else MEMORY_LIMIT
+    return replace(template, partners=partners, memory_share=share)
 
 
 def _best_fit(free: dict[str, int], gpus: int) -> str | None:
@@ -215,9 +238,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
             services[svc.key] = svc
         except (KubeplexError, KeyError, TypeError, ValueError) as e:
             degraded[_key(m)] = ("InvalidSpec", f"{e}; fix the spec")
-    for key, why in snap.refused.items():  # e.g. a duplicate servedName: not served
+    for key, refusal in snap.refused.items():  # e.g. a duplicate servedName: not served
         if services.pop(key, None) is not None:
-            degraded[key] = why
+            degraded[key] = refusal
     node_gpus = sum(n.gpus - n.foreign_gpus for n in ready_nodes)
     t0 = time.perf_counter()
     templates, bad = ctx.templates.resolve(pool, list(services.values()), len(ready_nodes),
@@ -265,7 +288,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
             degraded[key] = ("InvalidSpec", f"{e}; fix the spec")
             continue
         evaluations[key] = ev
-        targets[key] = ModelTarget(key, ev.desired, ev.warm, ev.reason)
+        rate = float((ev.observed or {}).get("arrivalRate")
+                     or svc.spec.workload.requests_per_second)
+        targets[key] = ModelTarget(key, ev.desired, ev.warm, ev.reason, rate)
         ctx.metrics.evaluations.labels(trigger="alert" if trigger else "timer").inc()
 
     ctx.metrics.export_services(pool_name, {
@@ -274,8 +299,8 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
 
     # ---- plan ---------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    usable = {k: t for k, t in templates.items() if k in targets}
-    plan = fleet_plan(views, targets, usable, [budget])
+    usable = {k: _same_namespace(t) for k, t in templates.items() if k in targets}
+    plan = fleet_plan(views, targets, usable, [budget], MAX_MOVES)
     ctx.metrics.placement_seconds.observe(time.perf_counter() - t0)
 
     # ---- execute ------------------------------------------------------------------------------
@@ -299,19 +324,39 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     # (one job per group at most, so no two jobs touch the same object).
     jobs: list[Callable[[], None]] = []
     touched: set[tuple[str, str]] = set()
-    # Groups whose every model is gone (deleted ModelServices): the plan knows nothing of them.
+    # Deleted ModelServices: the plan knows nothing of them. A group left with none of its
+    # models is drained; a shared group that keeps others unloads the deleted ones.
     present = {_key(m) for m in live}
+    changes: dict[tuple[str, str], tuple[list[Hosted], list[str], list[str]]] = {}
     for k, g in objs.items():
-        if g.models and not any(f"{k[0]}/{m}" in present for m in g.models):
+        gone = [m for m in g.models if f"{k[0]}/{m}" not in present]
+        if any(f"{k[0]}/{m}" not in present for m in g.preloaded):
+            # A standby preloaded with a deleted model: stopped (the delete waits for it).
+            jobs.append(functools.partial(ex.drain, g, f"{', '.join(g.preloaded)} deleted",
+                                          now))
+            touched.add(k)
+        elif g.models and len(gone) == len(g.models):
             jobs.append(functools.partial(ex.drain, g, f"{', '.join(g.models)} deleted", now))
             touched.add(k)
+        elif gone and g.phase != "Draining":
+            changes[k] = ([], gone, [f"{', '.join(gone)} deleted"])
     for action in plan.actions:
         h = hosted(action.model) if action.model else None
         gk = _split(action.group)
-        if action.kind in (ActionKind.DRAIN, ActionKind.STOP, ActionKind.UNLOAD):
+        if action.kind in (ActionKind.DRAIN, ActionKind.STOP):
             if gk in objs and gk not in touched:
                 jobs.append(functools.partial(ex.drain, objs[gk], action.reason, now))
                 touched.add(gk)
+                changes.pop(gk, None)
+        elif action.kind in (ActionKind.ADD, ActionKind.UNLOAD) and action.model:
+            if gk not in objs or gk in touched or gk[0] != _split(action.model)[0]:
+                continue
+            add, remove, why = changes.setdefault(gk, ([], [], []))
+            if action.kind is ActionKind.ADD and h is not None:
+                add.append(h)
+            elif action.kind is ActionKind.UNLOAD:
+                remove.append(_split(action.model)[1])
+            why.append(action.reason)
         elif action.kind is ActionKind.CLAIM and h is not None:
             if gk in objs and gk not in touched and gk[0] == _split(action.model)[0]:
                 # Services are per namespace: only a standby of the model's namespace fits.
@@ -319,9 +364,16 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                 touched.add(gk)
             elif job := _cold(ex, h, action, free, taken, messages, snap, pool_name):
                 jobs.append(job)
-        elif (action.kind in (ActionKind.START, ActionKind.START_WARM) and h is not None
-              and (job := _cold(ex, h, action, free, taken, messages, snap, pool_name))):
-            jobs.append(job)
+        elif action.kind in (ActionKind.START, ActionKind.START_WARM) and h is not None:
+            ns = _split(action.model)[0]
+            extra = [x for m in action.with_models
+                     if _split(m)[0] == ns and (x := hosted(m)) is not None]
+            if job := _cold(ex, h, action, free, taken, messages, snap, pool_name, extra):
+                jobs.append(job)
+    for k, (add, remove, why) in changes.items():
+        if k not in touched and (add or remove):
+            jobs.append(functools.partial(ex.change, objs[k], add, remove, "; ".join(why), now))
+            touched.add(k)
     for k, g in objs.items():
         if k not in touched:
             jobs.append(functools.partial(
@@ -376,9 +428,10 @@ def _run_all(ctx: Context, jobs: Sequence[Callable[[], None]]) -> None:
 
 def _cold(ex: Executor, h: Hosted, action: Action, free: dict[str, int],
           taken: dict[str, set[str]], messages: list[str], snap: Snapshot,
-          pool: str) -> Callable[[], None] | None:
-    """The job starting a group for ``action`` on the best-fitting node (chosen now), or None
-    with a message saying why no node fits."""
+          pool: str, extra: Sequence[Hosted] = ()) -> Callable[[], None] | None:
+    """The job starting a group for ``action`` (``h``, and the models co-located with it in
+    ``extra``) on the best-fitting node (chosen now), or None with a message saying why no
+    node fits."""
     gpus = h.template.gpus
     node = _best_fit(free, gpus)
     ns = _split(h.template.model)[0]
@@ -390,10 +443,10 @@ def _cold(ex: Executor, h: Hosted, action: Action, free: dict[str, int],
             f"{'a warm standby' if warm else 'a replica'}; the largest free block is "
             f"{max(0, largest)}; add nodes to the pool or free GPUs on one node")
         return None
-    base = f"warm-{pool}" if warm else h.model.name
+    base = f"warm-{pool}" if warm else "-".join(x.model.name for x in (h, *extra))
     name = group_name(base, taken.setdefault(ns, set()))
-    return functools.partial(ex.start, ns, name, node, h.template.tp, h.template.pp, [h], warm,
-                             str(snap.pool["metadata"].get("uid", "")))
+    return functools.partial(ex.start, ns, name, node, h.template.tp, h.template.pp,
+                             [h, *extra], warm, str(snap.pool["metadata"].get("uid", "")))
 
 
 def _model_status(ctx: Context, m: Mapping[str, Any], groups: Sequence[GroupObj],
@@ -402,7 +455,7 @@ def _model_status(ctx: Context, m: Mapping[str, Any], groups: Sequence[GroupObj]
     meta, old = m["metadata"], m.get("status") or {}
     name, ns, gen = meta["name"], meta["namespace"], meta.get("generation")
     serving = [g for g in groups if g.phase != "Draining"]
-    ready = sum(1 for g in serving if g.phase == "Ready")
+    ready = sum(1 for g in serving if g.phase == "Ready" and name not in g.loading)
     desired = ev.desired if ev else 0
     old_conds = old.get("conditions") or ()
     conds = []
@@ -429,8 +482,9 @@ def _model_status(ctx: Context, m: Mapping[str, Any], groups: Sequence[GroupObj]
         "ready": ready_string(ready, desired), "selector": selector(name),
         "warmReplicas": warm,
         "placement": [{"group": g.name, "node": g.node, "tensorParallel": g.tp,
-                       "pipelineParallel": g.pp, "memoryShare": MEMORY_SHARE,
-                       "phase": g.phase} for g in sorted(serving, key=lambda g: g.name)],
+                       "pipelineParallel": g.pp, "memoryShare": g.shares.get(name, MEMORY_SHARE),
+                       "phase": "Loading" if name in g.loading else g.phase}
+                      for g in sorted(serving, key=lambda g: g.name)],
         "observedGeneration": gen,
         "sloStatus": ev.slo_status if ev else "Unknown",
     }

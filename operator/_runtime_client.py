@@ -31,6 +31,8 @@ __all__ = ["CONTROL_URL_ANNOTATION", "ROUTER_URL_ANNOTATION", "HeldRequests", "P
 
 ROUTER_URL_ANNOTATION = "kubeplex.io/router-url"
 CONTROL_URL_ANNOTATION = "kubeplex.io/control-url"
+#: An unload drains first (up to the runtime's grace, 30 s by default): send it, do not wait.
+UNLOAD_REQUEST_TIMEOUT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,34 @@ class RuntimeClient:
         except httpx.HTTPError:
             return False
         return r.status_code in (200, 201, 202, 409)
+
+    def unload(self, control: str, model: str) -> bool:
+        """Ask the runtime to drain ``model`` and unload it (not waiting: the runtime finishes
+        the drain on its own; the next cycles see the model gone from its status)."""
+        try:
+            r = self.client.delete(f"{control}/kubeplex/v1/models/{model}",
+                                   timeout=UNLOAD_REQUEST_TIMEOUT_S)
+        except httpx.TimeoutException:
+            return True  # the drain runs on in the runtime
+        except httpx.HTTPError:
+            return False
+        return r.status_code in (200, 404)
+
+    def sleep(self, control: str, model: str) -> int | None:
+        """Put ``model`` to sleep (level 1); the status code (409: the engine cannot sleep),
+        or None when the runtime could not be reached."""
+        try:
+            r = self.client.post(f"{control}/kubeplex/v1/models/{model}/sleep?level=1")
+        except httpx.HTTPError:
+            return None
+        return r.status_code
+
+    def wake(self, control: str, model: str) -> bool:
+        try:
+            r = self.client.post(f"{control}/kubeplex/v1/models/{model}/wake")
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
 
     def drain(self, control: str) -> bool:
         try:

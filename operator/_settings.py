@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 
 from kubeplex.operator.errors import ConfigError
 
-__all__ = ["ENV_DOCS", "Settings"]
+__all__ = ["ENV_DOCS", "Settings", "parse_env", "read_token"]
 
 #: Variable -> (field, default, help). The README table is generated from this.
 ENV_DOCS: dict[str, tuple[str, str, str]] = {
@@ -72,6 +72,49 @@ ENV_DOCS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def read_token(token: str, path: str) -> str:
+    """The alert webhook token: ``token`` when given, else the file's content (re-read on
+    every call, so a rotated Secret applies at once), else ""."""
+    if token:
+        return token
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+    return ""
+
+
+def parse_env(cls: type, docs: Mapping[str, tuple[str, str, str]],
+              env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The fields of dataclass ``cls`` from the variables in ``docs`` (variable -> (field,
+    default, help)), converted to the fields' types; a bad value names its variable."""
+    env = os.environ if env is None else env
+    types = {f.name: f.type for f in fields(cls)}
+    values: dict[str, object] = {}
+    for var, (name, default, _help) in docs.items():
+        raw = env.get(var, default).strip()
+        kind = types[name]
+        try:
+            if kind == "int":
+                values[name] = int(raw)
+            elif kind == "float":
+                values[name] = float(raw)
+            elif kind == "bool":
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no", ""):
+                    raise ValueError(raw)
+                values[name] = raw.lower() in ("true", "1", "yes")
+            elif kind == "tuple[str, ...]":
+                values[name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+            else:
+                values[name] = raw
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not a valid {kind}; unset it for the "
+                              f"default ({default!r})") from None
+    return values
+
+
 @dataclass(frozen=True)
 class Settings:
     watch_namespaces: tuple[str, ...] = ()
@@ -101,29 +144,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        types = {f.name: f.type for f in fields(cls)}
-        values: dict[str, object] = {}
-        for var, (name, default, _help) in ENV_DOCS.items():
-            raw = env.get(var, default).strip()
-            kind = types[name]
-            try:
-                if kind == "int":
-                    values[name] = int(raw)
-                elif kind == "float":
-                    values[name] = float(raw)
-                elif kind == "bool":
-                    if raw.lower() not in ("true", "false", "1", "0", "yes", "no", ""):
-                        raise ValueError(raw)
-                    values[name] = raw.lower() in ("true", "1", "yes")
-                elif kind == "tuple[str, ...]":
-                    values[name] = tuple(p.strip() for p in raw.split(",") if p.strip())
-                else:
-                    values[name] = raw
-            except ValueError:
-                raise ConfigError(f"{var}={raw!r} is not a valid {kind}; unset it for the "
-                                  f"default ({default!r})") from None
-        settings = cls(**values)  # type: ignore[arg-type]
+        settings = cls(**parse_env(cls, ENV_DOCS, env))  # type: ignore[arg-type]
         if settings.scrape not in ("auto", "pods", "prometheus", "off"):
             raise ConfigError(f"KUBEPLEX_SCRAPE={settings.scrape!r}: use auto, pods, prometheus "
                               "or off")
@@ -140,12 +161,4 @@ class Settings:
 
     def token(self) -> str:
         """The current alert token (the file is re-read so a rotated Secret applies at once)."""
-        if self.alert_token:
-            return self.alert_token
-        if self.alert_token_file:
-            try:
-                with open(self.alert_token_file, encoding="utf-8") as f:
-                    return f.read().strip()
-            except OSError:
-                return ""
-        return ""
+        return read_token(self.alert_token, self.alert_token_file)

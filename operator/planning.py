@@ -25,17 +25,29 @@ pool's :class:`PoolBudget`, and returns a side-effect-free :class:`FleetPlan`: a
 messages for what could not be planned (which pool, how many GPUs short, what to change).
 Rules, in order, per pool:
 
-1. Scale-down: replicas still starting are removed first, then the least loaded ready ones; a
-   model that shares its group with others is *unloaded* from it, a group hosting only that
-   model is *drained* (no request is cut; the executor stops it once empty).
-2. Scale-up: claim warm standbys first (one preloaded with the model, then an empty one with
-   the same GPU count), then cold-start new groups while the pool's GPU budget lasts
-   (``max_gpus``; draining groups still hold their GPUs); if GPUs are short, warm standbys the
-   model cannot use are stopped to make room; what still cannot be placed becomes a message,
-   never a group that cannot run. Models go in priority order (then name).
+1. Scale-down (every model first, so it can make room): replicas still starting are removed
+   first, then groups where the model runs alone (draining frees GPUs), then the least loaded
+   ready ones; a model that shares its group with others is *unloaded* from it (the group and
+   its pod stay), a group left with no model is *drained* (no request is cut; the executor
+   stops it once empty).
+2. Scale-up: claim warm standbys preloaded with the model, then *add* it to a serving group
+   with room (co-location: same ``tp x pp`` shape, every hosted model one of its placement
+   ``partners``, memory shares within :data:`MEMORY_LIMIT`; existing groups first, then the
+   groups this plan starts, so two partners scaling from zero start as one group), then claim
+   empty standbys with the same GPU count, then cold-start new groups while the pool's GPU
+   budget lasts (``max_gpus``; draining groups still hold their GPUs); if GPUs are short, warm
+   standbys the model cannot use are stopped to make room; what still cannot be placed becomes
+   a message, never a group that cannot run. Models go in priority order (then name).
 3. Warm pool: keep ``PoolBudget.warm_size`` standbys (None: the sum of the models'
-   ``ModelTarget.warm``), preloading the pool's ``preload`` models in turn (else the models
-   that asked for standbys), within the GPUs the replicas left.
+   ``ModelTarget.warm``), preloading the pool's ``preload`` models in turn (else the likeliest
+   next scale-ups first: :func:`likeliest_models`), within the GPUs the replicas left. A claim
+   then wakes the preloaded model on GPU, or routes it where the engine cannot sleep
+   (:func:`claim_step`).
+
+A model's replica is a serving group that hosts it; a group hosts several models when
+placement co-located them. ``max_moves`` bounds how many running groups one plan changes in
+place (bounded disruption). No action removes a ready replica to replace it: scale-down only
+follows the targets (starting replicas go first), scale-up only adds.
 
 The executor (local processes or pods) applies the actions in order and reports back through
 the next call's :class:`GroupView` list; running the plan on its own result yields no actions.
@@ -60,6 +72,7 @@ from kubeplex.placement.specs import demand_from_service, pool_from_resource
 __all__ = [
     "Action",
     "ActionKind",
+    "ClaimStep",
     "FleetPlan",
     "GroupPhase",
     "GroupView",
@@ -69,8 +82,10 @@ __all__ = [
     "PoolPlan",
     "ReplicaTemplate",
     "autoscaler_config",
+    "claim_step",
     "engine_max_num_seqs",
     "fleet_plan",
+    "likeliest_models",
     "model_demand",
     "model_shape",
     "observed_fleet",
@@ -153,8 +168,14 @@ def pool_spec(pool: GPUPool, nodes: int | None = None, gpus: int | None = None) 
 
 @dataclass(frozen=True)
 class ReplicaTemplate:
-    """How one replica of ``model`` runs: a ``tp x pp`` group of ``pool`` (memory share of each
-    GPU when the replica runs alone in its group)."""
+    """How one replica of ``model`` runs: a ``tp x pp`` group of ``pool`` with
+    ``memory_share`` of each GPU's memory.
+
+    Where placement co-locates the model with others (``partners``), the share is the one
+    placement gave it there (less than :data:`MEMORY_LIMIT`), so a group started for it keeps
+    room for them: the fleet plan adds a partner to such a group instead of starting another
+    (statistical multiplexing). A model placed alone gets the whole :data:`MEMORY_LIMIT`.
+    """
 
     model: str
     pool: str
@@ -162,10 +183,15 @@ class ReplicaTemplate:
     pp: int
     memory_share: float = MEMORY_LIMIT
     priority: int = 0
+    partners: tuple[str, ...] = ()
 
     @property
     def gpus(self) -> int:
         return self.tp * self.pp
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.tp, self.pp
 
 
 @dataclass(frozen=True)
@@ -178,11 +204,29 @@ class PoolPlan:
     templates: Mapping[str, ReplicaTemplate]
 
 
+def _replica_template(placement: Placement, demand: ModelDemand, pool: PoolSpec,
+                      priority: int) -> ReplicaTemplate | None:
+    """The template of ``demand``'s replicas: where placement co-locates it, the shape of that
+    group and the memory share placement gave it there (its partners named); else
+    :func:`_replica_shape` with the whole :data:`MEMORY_LIMIT`. None: placement left it out."""
+    hosting = [g for g in placement.groups if any(h.name == demand.name for h in g.models)]
+    shared = [g for g in hosting if len(g.models) > 1]
+    if shared:
+        group = shared[0]
+        share = next(h.memory_share for h in group.models if h.name == demand.name)
+        partners = tuple(sorted({h.name for g in shared for h in g.models} - {demand.name}))
+        return ReplicaTemplate(demand.name, pool.name, group.tp, group.pp, share, priority,
+                               partners)
+    shape = _replica_shape(placement, demand, pool)
+    if shape is None:
+        return None
+    return ReplicaTemplate(demand.name, pool.name, *shape, MEMORY_LIMIT, priority)
+
+
 def _replica_shape(placement: Placement, demand: ModelDemand, pool: PoolSpec
                    ) -> tuple[int, int] | None:
     """``(tp, pp)`` of a replica of ``demand`` alone in its group: the shape placement gave it
-    where it runs alone, else the smallest shape it fits alone (placement may co-locate it in
-    a bigger group with others; a scale-up adds it alone)."""
+    where it runs alone, else the smallest shape it fits alone."""
     hosting = [g for g in placement.groups if any(h.name == demand.name for h in g.models)]
     alone = [g for g in hosting if len(g.models) == 1]
     if alone:
@@ -228,14 +272,13 @@ def plan_pools(services: Sequence[ModelService], pools: Sequence[GPUPool],
             raise PlanningError(f"GPUPool {name}: {exc}") from exc
         templates = {}
         for svc, demand in zip(members, demands, strict=True):
-            shape = _replica_shape(placement, demand, spec)
-            if shape is None:
+            template = _replica_template(placement, demand, spec, svc.spec.priority)
+            if template is None:
                 raise PlanningError(
                     f"ModelService {svc.key}: placement found no room for it in GPUPool {name} "
                     f"({spec.usable_gpus} usable {spec.gpu.name} GPUs, shared with "
                     f"{len(members) - 1} other models); raise maxGPUs or move models")
-            templates[svc.key] = ReplicaTemplate(svc.key, name, *shape, MEMORY_LIMIT,
-                                                 svc.spec.priority)
+            templates[svc.key] = replace(template, pool=name)
         plans[name] = PoolPlan(name, spec, placement, templates)
     return plans
 
@@ -312,6 +355,11 @@ class GroupView:
     standbys' models loaded but not routed (asleep on GPU). ``load``: requests in it (waiting
     + running), so scale-down drains the least loaded. ``since``: when it entered its phase
     (the caller's clock); ``claimed``: a starting group that came from the warm pool.
+    ``shape`` (``(tp, pp)``) and ``shares`` (each routed model's memory share, in the order
+    of ``models``): what co-location needs to judge room in the group; a group without them
+    (or one still unloading a model) is treated as full (nothing is added to it).
+    ``loading``: models of ``models`` added to the running group and still loading (they count
+    as starting replicas, the others as the group's phase says).
     """
 
     id: str
@@ -323,6 +371,9 @@ class GroupView:
     load: float = 0.0
     since: float = 0.0
     claimed: bool = False
+    shape: tuple[int, int] | None = None
+    shares: tuple[float, ...] = ()
+    loading: tuple[str, ...] = ()
 
     @property
     def serving(self) -> bool:
@@ -335,12 +386,14 @@ class GroupView:
 
 @dataclass(frozen=True)
 class ModelTarget:
-    """What one model should have: replicas and warm standbys (and why, for messages)."""
+    """What one model should have: replicas and warm standbys (and why, for messages).
+    ``arrival_rate`` (requests/s, measured or declared) ranks models for warm preloads."""
 
     model: str
     replicas: int
     warm: int = 0
     reason: str = ""
+    arrival_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -364,9 +417,10 @@ def pool_budget(pool: GPUPool, max_gpus: int | None = None) -> PoolBudget:
 
 
 class ActionKind(enum.StrEnum):
-    START = "start"            # cold-start a new group hosting ``model``
+    START = "start"            # cold-start a new group hosting ``model`` (+ ``with_models``)
     CLAIM = "claim"            # route ``model`` to warm standby ``group`` (wake or load it)
     START_WARM = "start-warm"  # start a warm standby (preloading ``model`` when given)
+    ADD = "add"                # load ``model`` into serving ``group`` (co-location), route it
     UNLOAD = "unload"          # remove ``model`` from the shared ``group`` (drain it first)
     DRAIN = "drain"            # drain ``group`` (no new requests), then stop it
     STOP = "stop"              # stop warm standby ``group`` (nothing is routed to it)
@@ -374,6 +428,9 @@ class ActionKind(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Action:
+    """One step. ``with_models``: the other models a new group (START) hosts from the start,
+    co-located with ``model`` (each with its template's memory share)."""
+
     kind: ActionKind
     pool: str
     reason: str
@@ -382,6 +439,12 @@ class Action:
     gpus: int = 0
     tp: int = 1
     pp: int = 1
+    with_models: tuple[str, ...] = ()
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model the action concerns (``model`` first)."""
+        return (*((self.model,) if self.model else ()), *self.with_models)
 
 
 @dataclass(frozen=True)
@@ -399,13 +462,39 @@ class FleetPlan:
         return next((m for m in self.messages if f"model {model}" in m), None)
 
 
+#: Memory shares are rounded to 4 decimals by placement: a group is full past this slack.
+SHARE_TOLERANCE = 1e-3
+
+
+@dataclass
+class _Hosting:
+    """A serving group's models and their memory shares as this plan leaves them."""
+
+    shape: tuple[int, int] | None
+    models: list[str]
+    shares: list[float]
+    action: Action | None = None  # the START of a group this plan creates
+
+    def room_for(self, template: ReplicaTemplate) -> bool:
+        """Whether ``template.model`` may join: same shape, every hosted model a placement
+        partner of it, and the shares still fit :data:`MEMORY_LIMIT`."""
+        return (self.shape == template.shape and template.model not in self.models
+                and len(self.shares) == len(self.models)
+                and all(m in template.partners for m in self.models)
+                and sum(self.shares) + template.memory_share <= MEMORY_LIMIT + SHARE_TOLERANCE)
+
+
 @dataclass
 class _Pool:
     """Mutable bookkeeping of one pool while planning."""
 
     budget: PoolBudget
     used: int
+    max_moves: int | None = None
     warm: list[GroupView] = field(default_factory=list)
+    hosting: dict[str, _Hosting] = field(default_factory=dict)
+    new: list[_Hosting] = field(default_factory=list)
+    moved: set[str] = field(default_factory=set)
     actions: list[Action] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
@@ -417,40 +506,115 @@ class _Pool:
         free = self.free
         return free is None or free >= gpus
 
+    def may_change(self, group: str) -> bool:
+        """Within the disruption budget: running groups changed in place (ADD, UNLOAD)."""
+        return (self.max_moves is None or group in self.moved
+                or len(self.moved) < self.max_moves)
+
 
 def _scale_down(pool: _Pool, model: str, serving: list[GroupView], want: int,
                 why: str) -> None:
-    order = sorted(serving, key=lambda g: (g.phase is GroupPhase.READY, g.load, -g.since, g.id))
-    for g in order[:len(serving) - want]:
+    """Remove ``len(serving) - want`` replicas: starting ones first, then groups where the
+    model runs alone (draining them frees GPUs), then the least loaded. A group that keeps
+    other models only unloads it (within the move budget); one left empty is drained."""
+    serving = [g for g in serving if g.id in pool.hosting]
+    order = sorted(serving, key=lambda g: (g.phase is GroupPhase.READY,
+                                           len(pool.hosting[g.id].models) > 1, g.load,
+                                           -g.since, g.id))
+    removed = 0
+    for g in order:
+        if removed == len(serving) - want:
+            return
+        hosting = pool.hosting[g.id]
+        shared = len(hosting.models) > 1
+        if shared and not pool.may_change(g.id):
+            continue
         what = "starting" if g.phase is GroupPhase.STARTING else f"load {g.load:g}"
         reason = f"scale {model} down {len(serving)} -> {want} ({what}){why}"
-        if len(g.models) > 1:
-            pool.actions.append(Action(ActionKind.UNLOAD, pool.budget.name, reason, g.id, model))
+        if shared:
+            index = hosting.models.index(model)
+            del hosting.models[index]
+            if len(hosting.shares) > index:
+                del hosting.shares[index]
+            pool.moved.add(g.id)
+            pool.actions.append(Action(ActionKind.UNLOAD, pool.budget.name,
+                                       f"{reason}; {', '.join(hosting.models)} stay",
+                                       g.id, model))
         else:
+            del pool.hosting[g.id]
             pool.actions.append(Action(ActionKind.DRAIN, pool.budget.name, reason, g.id, model,
                                        g.gpus))
+        removed += 1
+    if removed < len(serving) - want:
+        pool.messages.append(
+            f"GPUPool {pool.budget.name}: model {model} scale-down to {want} waits: its other "
+            f"replicas share groups that the move budget ({pool.max_moves}) leaves alone now")
 
 
-def _claimable(pool: _Pool, template: ReplicaTemplate) -> list[GroupView]:
-    """Warm standbys ``template.model`` can take: preloaded with it first (ready ones first),
-    then empty ones of the same GPU count."""
-    def rank(g: GroupView) -> tuple[int, int, str]:
-        return (0 if template.model in g.preloaded else 1, g.phase is not GroupPhase.WARM, g.id)
-    fitting = [g for g in pool.warm if template.model in g.preloaded
-               or (not g.preloaded and g.gpus == template.gpus)]
-    return sorted(fitting, key=rank)
+def _claimable(pool: _Pool, template: ReplicaTemplate, preloaded: bool) -> list[GroupView]:
+    """Warm standbys ``template.model`` can take: preloaded with it (ready ones first), or
+    empty ones of the same GPU count."""
+    if preloaded:
+        fitting = [g for g in pool.warm if template.model in g.preloaded]
+    else:
+        fitting = [g for g in pool.warm if not g.preloaded and g.gpus == template.gpus]
+    return sorted(fitting, key=lambda g: (g.phase is not GroupPhase.WARM, g.id))
+
+
+def _claim(pool: _Pool, g: GroupView, template: ReplicaTemplate, have: int, want: int,
+           why: str) -> None:
+    model = template.model
+    pool.warm.remove(g)
+    pool.hosting[g.id] = _Hosting(template.shape, [model], [template.memory_share])
+    pool.actions.append(Action(
+        ActionKind.CLAIM, pool.budget.name, f"scale {model} up {have} -> {want}: claim warm "
+        f"standby {g.id} ({'preloaded' if model in g.preloaded else 'load on claim'}){why}",
+        g.id, model, g.gpus, template.tp, template.pp))
+
+
+def _add(pool: _Pool, template: ReplicaTemplate, have: int, want: int, why: str) -> bool:
+    """Add the model to a group with room (running groups first, fullest first; then groups
+    this plan starts). False when none has room."""
+    model = template.model
+    running = sorted((gid for gid, h in pool.hosting.items()
+                      if h.room_for(template) and pool.may_change(gid)),
+                     key=lambda gid: (-sum(pool.hosting[gid].shares), gid))
+    if running:
+        gid = running[0]
+        hosting = pool.hosting[gid]
+        others = ", ".join(hosting.models)
+        hosting.models.append(model)
+        hosting.shares.append(template.memory_share)
+        pool.moved.add(gid)
+        pool.actions.append(Action(
+            ActionKind.ADD, pool.budget.name, f"scale {model} up {have} -> {want}: load it "
+            f"into {gid} beside {others} (co-located by placement, memory share "
+            f"{template.memory_share:g}){why}", gid, model, 0, template.tp, template.pp))
+        return True
+    new = next((h for h in pool.new if h.room_for(template)), None)
+    if new is None or new.action is None:
+        return False
+    new.models.append(model)
+    new.shares.append(template.memory_share)
+    new.action = replace(new.action, with_models=(*new.action.with_models, model),
+                         reason=f"{new.action.reason}; co-locating {model} ({have} -> {want}"
+                                f"{why})")
+    return True
 
 
 def _scale_up(pool: _Pool, template: ReplicaTemplate, have: int, want: int,
               targets: Mapping[str, ModelTarget], why: str) -> None:
+    """Add ``want - have`` replicas: preloaded warm standbys, then room in groups of its
+    placement partners, then empty standbys, then cold starts within the GPU budget."""
     need = want - have
     name, model = pool.budget.name, template.model
-    for g in _claimable(pool, template)[:need]:
-        pool.warm.remove(g)
-        pool.actions.append(Action(
-            ActionKind.CLAIM, name, f"scale {model} up {have} -> {want}: claim warm standby "
-            f"{g.id} ({'preloaded' if model in g.preloaded else 'load on claim'}){why}",
-            g.id, model, g.gpus, template.tp, template.pp))
+    for g in _claimable(pool, template, preloaded=True)[:need]:
+        _claim(pool, g, template, have, want, why)
+        need -= 1
+    while need > 0 and _add(pool, template, have, want, why):
+        need -= 1
+    for g in _claimable(pool, template, preloaded=False)[:need]:
+        _claim(pool, g, template, have, want, why)
         need -= 1
     while need > 0:
         if not pool.fits(template.gpus):
@@ -468,10 +632,10 @@ def _scale_up(pool: _Pool, template: ReplicaTemplate, have: int, want: int,
                                        victim.id, None, victim.gpus))
             continue
         pool.used += template.gpus
-        pool.actions.append(Action(
-            ActionKind.START, name, f"scale {model} up {have} -> {want}: cold start "
-            f"({template.tp}x{template.pp} GPUs){why}", None, model, template.gpus,
-            template.tp, template.pp))
+        start = Action(ActionKind.START, name, f"scale {model} up {have} -> {want}: cold start "
+                       f"({template.tp}x{template.pp} GPUs){why}", None, model, template.gpus,
+                       template.tp, template.pp)
+        pool.new.append(_Hosting(template.shape, [model], [template.memory_share], start))
         need -= 1
     if need > 0:
         placed = want - need
@@ -489,7 +653,8 @@ def _warm_pool(pool: _Pool, templates: Sequence[ReplicaTemplate],
     if wanted is None:
         wanted = sum(targets[m].warm for m in asking)
     by_model = {t.model: t for t in templates}
-    rotation = [m for m in pool.budget.preload if m in by_model] or asking or list(by_model)
+    rotation = [m for m in pool.budget.preload if m in by_model] or likeliest_models(
+        asking or list(by_model), targets)
     if len(pool.warm) > wanted:
         extra = sorted(pool.warm, key=lambda g: (any(p in rotation for p in g.preloaded),
                                                  g.phase is GroupPhase.WARM, g.id))
@@ -514,27 +679,64 @@ def _warm_pool(pool: _Pool, templates: Sequence[ReplicaTemplate],
         preloaded.append(model)
         pool.used += template.gpus
         pool.actions.append(Action(ActionKind.START_WARM, name, f"warm pool of {name} wants "
-                                   f"{wanted}, has {have + i}", None, model, template.gpus,
+                                   f"{wanted}, has {have + i}; preload {model} (the likeliest "
+                                   "next scale-up)", None, model, template.gpus,
                                    template.tp, template.pp))
+
+
+def likeliest_models(models: Iterable[str], targets: Mapping[str, ModelTarget]) -> list[str]:
+    """``models`` in the order warm standbys preload them: the most likely next scale-up
+    first (the highest arrival rate, then the most replicas wanted, then the name)."""
+    def rank(m: str) -> tuple[float, int, str]:
+        t = targets.get(m, ModelTarget(m, 0))
+        return -t.arrival_rate, -t.replicas, m
+    return sorted(models, key=rank)
+
+
+class ClaimStep(enum.StrEnum):
+    """What claiming a warm standby for a model does next (:func:`claim_step`)."""
+
+    WAKE = "wake"    # the model is preloaded and asleep: wake it (GPU sleep mode)
+    LOAD = "load"    # not preloaded (or lost): load it through the control API
+    ROUTE = "route"  # loaded and awake (an engine that cannot sleep stays loaded): route it
+    WAIT = "wait"    # loading or waking: ask again next time
+
+
+def claim_step(engine_state: str | None) -> ClaimStep:
+    """The next step of a warm claim from the runtime's state of the model's engine (None:
+    the runtime does not host it). GPU engines preloaded into a standby sleep there, so a claim
+    wakes them; the sim engine and vLLM on CPU cannot sleep (the runtime answers the sleep
+    with 409), so they stay loaded but unrouted and a claim just routes them."""
+    if engine_state is None or engine_state in ("failed", "stopped"):
+        return ClaimStep.LOAD
+    if engine_state == "sleeping":
+        return ClaimStep.WAKE
+    if engine_state == "ready":
+        return ClaimStep.ROUTE
+    return ClaimStep.WAIT
 
 
 def fleet_plan(groups: Sequence[GroupView], targets: Mapping[str, ModelTarget],
                templates: Mapping[str, ReplicaTemplate],
-               budgets: Iterable[PoolBudget]) -> FleetPlan:
+               budgets: Iterable[PoolBudget], max_moves: int | None = None) -> FleetPlan:
     """The actions that take ``groups`` to ``targets`` within the budgets (module docstring).
 
     Models without a target keep their current replicas; groups of pools without a budget are
-    left alone.
+    left alone. ``max_moves`` bounds how many running groups of a pool one plan changes in
+    place (ADD, UNLOAD); new groups, claims and drains of single-model groups do not count.
     """
     actions: list[Action] = []
     messages: list[str] = []
     for budget in sorted(budgets, key=lambda b: b.name):
         members = [g for g in groups if g.pool == budget.name]
-        pool = _Pool(budget, used=sum(g.gpus for g in members),
-                     warm=[g for g in members if g.standby])
+        pool = _Pool(budget, used=sum(g.gpus for g in members), max_moves=max_moves,
+                     warm=[g for g in members if g.standby],
+                     hosting={g.id: _Hosting(g.shape, list(g.models), list(g.shares))
+                              for g in members if g.serving})
         mine = sorted((t for t in templates.values() if t.pool == budget.name),
                       key=lambda t: (-t.priority, t.model))
-        for template in mine:
+        ups = []
+        for template in mine:  # scale-downs first: they may make room for scale-ups
             target = targets.get(template.model)
             if target is None:
                 continue
@@ -543,9 +745,14 @@ def fleet_plan(groups: Sequence[GroupView], targets: Mapping[str, ModelTarget],
             if target.replicas < len(serving):
                 _scale_down(pool, template.model, serving, max(0, target.replicas), why)
             elif target.replicas > len(serving):
-                _scale_up(pool, template, len(serving), target.replicas, targets, why)
+                ups.append((template, len(serving), target.replicas, why))
+        for template, have, want, why in ups:
+            _scale_up(pool, template, have, want, targets, why)
+        pool.actions += [h.action for h in pool.new if h.action is not None]
         _warm_pool(pool, mine, targets)
-        actions += pool.actions
+        drained = {a.group for a in pool.actions if a.kind is ActionKind.DRAIN}
+        actions += [a for a in pool.actions
+                    if not (a.kind is ActionKind.UNLOAD and a.group in drained)]
         messages += pool.messages
     return FleetPlan(tuple(actions), tuple(messages))
 
@@ -564,9 +771,10 @@ def observed_fleet(groups: Sequence[GroupView], model: str, budget: PoolBudget |
     if budget is not None and budget.max_gpus is not None:
         free = max(0, budget.max_gpus - sum(g.gpus for g in groups if g.pool == budget.name))
     return {
-        "ready": sum(1 for g in serving if g.phase is GroupPhase.READY),
+        "ready": sum(1 for g in serving if g.phase is GroupPhase.READY
+                     and model not in g.loading),
         "starting": tuple(Starting(g.since, g.claimed) for g in serving
-                          if g.phase is GroupPhase.STARTING),
+                          if g.phase is GroupPhase.STARTING or model in g.loading),
         "warm_available": len(warm),
         "free_gpus": free,
     }

@@ -1,7 +1,10 @@
 """Run the runtime's and the sim's event loops on uvloop where it is installed.
 
-uvloop (libuv) roughly halves the CPU the router spends per proxied request compared with the
-standard selector loop, which matters most when many sim engines share a few cores.
+uvloop (libuv) cuts the CPU the router spends per proxied request by about 10% against the
+standard selector loop (2026-11-21, 32 concurrent sim requests: 432 vs 472 µs per plain
+request, 722 vs 867 µs per 16-chunk stream, median of two runs each; most of the rest is the
+loopback TCP system calls themselves), and the sim engines run on it too, which matters when
+many of them share a few cores.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import time
 import uuid
@@ -41,6 +40,7 @@ from kubeplex.runtime.errors import (
     UnknownModelError,
 )
 from kubeplex.runtime.metrics import RouterMetrics, merge_expositions
+from kubeplex.runtime.proxy import BadRequestBody, Proxy, error_response, request_model
 from kubeplex.runtime.supervisor import Engine, EngineState
 
 __all__ = ["DRAIN_RETRY_AFTER_SECONDS", "Runtime"]
@@ -51,21 +51,7 @@ DRAIN_RETRY_AFTER_SECONDS = 1
 ENGINE_SCRAPE_TIMEOUT_SECONDS = 2.0
 #: Timeout of an engine's /sleep or /wake_up call (a level-2 wake reloads weights).
 ENGINE_SLEEP_TIMEOUT_SECONDS = 300.0
-#: Status recorded when the client closed the connection mid-stream (nginx's convention).
-CLIENT_CLOSED = "499"
 ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions")
-_HOP_HEADERS = ("Content-Type", "Cache-Control")
-
-
-def _json_error(status: int, message: str, kind: str, *, param: str | None = None,
-                retry_after: int | None = None, request_id: str | None = None) -> web.Response:
-    headers = {}
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    if request_id is not None:
-        headers["X-Request-Id"] = request_id
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
-    return web.json_response(body, status=status, headers=headers)
 
 
 class Runtime:
@@ -78,18 +64,24 @@ class Runtime:
         self.metrics = RouterMetrics()
         self.draining = False
         self.drained = asyncio.Event()
+        #: Models loaded through the control API while the runtime was ready: their start does
+        #: not make /readyz fail (a shared pod keeps serving its other models meanwhile).
+        self.late_loads: set[str] = set()
         self._drain_task: asyncio.Task[None] | None = None
-        self.session: aiohttp.ClientSession | None = None
+        #: Forwards requests to the engines (public: gateways built on Runtime use it too).
+        self.proxy = Proxy(self.metrics)
         self.router_app = self._router_app()
         self.control_app = self._control_app()
 
     # ---- lifecycle ------------------------------------------------------------------
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The pooled HTTP session to the engines (the proxy's; None until started)."""
+        return self.proxy.session
+
     async def start(self) -> None:
         """Open the upstream connection pool and start every configured engine."""
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        await self.proxy.open()
         try:
             for model in self.config.models:
                 self._add_engine(model)
@@ -113,8 +105,7 @@ class Runtime:
 
     async def close(self) -> None:
         await asyncio.gather(*(e.stop() for e in self.engines.values()))
-        if self.session is not None:
-            await self.session.close()
+        await self.proxy.close()
 
     @property
     def in_flight(self) -> int:
@@ -124,7 +115,8 @@ class Runtime:
         if self.draining:
             return False, "draining"
         waiting = [f"{e.name}: {e.state}" for e in self.engines.values()
-                   if e.state is not EngineState.READY]
+                   if e.state is not EngineState.READY
+                   and not (e.state is EngineState.STARTING and e.name in self.late_loads)]
         if waiting:
             return False, "not ready: " + ", ".join(waiting)
         return True, f"{len(self.engines)} model(s) ready"
@@ -177,7 +169,7 @@ class Runtime:
 
     def _not_hosted(self, model: object, request_id: str) -> web.Response:
         hosted = ", ".join(sorted(self.engines)) or "(none)"
-        return _json_error(404, f"The model `{model}` is not hosted here. Hosted models: "
+        return error_response(404, f"The model `{model}` is not hosted here. Hosted models: "
                                 f"{hosted}.", "NotFoundError", param="model",
                            request_id=request_id)
 
@@ -186,78 +178,25 @@ class Runtime:
         arrived = time.monotonic()
         body = await request.read()
         try:
-            model = json.loads(body).get("model")
-        except (ValueError, AttributeError):
-            self.metrics.requests.labels("", "400").inc()
-            return _json_error(400, "the body must be a JSON object with a 'model' field",
-                               "BadRequestError", request_id=request_id)
+            model = request_model(body)
+        except BadRequestBody as exc:
+            self.metrics.count("", "400")
+            return error_response(400, str(exc), "BadRequestError", request_id=request_id)
         engine = self.engines.get(model) if isinstance(model, str) else None
         if self.draining:
-            self.metrics.requests.labels(engine.name if engine else "", "503").inc()
-            return _json_error(503, "this replica is draining; retry on another one",
-                               "ServiceUnavailableError", retry_after=DRAIN_RETRY_AFTER_SECONDS,
-                               request_id=request_id)
+            self.metrics.count(engine.name if engine else "", "503")
+            return error_response(503, "this replica is draining; retry on another one",
+                                  "ServiceUnavailableError",
+                                  retry_after=DRAIN_RETRY_AFTER_SECONDS, request_id=request_id)
         if engine is None:
-            self.metrics.requests.labels("", "404").inc()
+            self.metrics.count("", "404")
             return self._not_hosted(model, request_id)
         if engine.state is not EngineState.READY:
-            self.metrics.requests.labels(engine.name, "503").inc()
-            return _json_error(503, f"model {engine.name} is not ready ({engine.state}: "
-                                    f"{engine.message})", "ServiceUnavailableError",
-                               retry_after=engine.retry_after(arrived), request_id=request_id)
-        return await self._proxy(request, engine, body, request_id, arrived)
-
-    async def _proxy(self, request: web.Request, engine: Engine, body: bytes,
-                     request_id: str, arrived: float) -> web.StreamResponse:
-        if self.session is None:
-            raise EngineStateError("the runtime is not started")
-        name = engine.name
-        engine.acquire()
-        in_flight = self.metrics.in_flight.labels(name)
-        in_flight.inc()
-        code = "502"
-        response: web.StreamResponse | None = None
-        headers = {"Content-Type": request.headers.get("Content-Type", "application/json"),
-                   "X-Request-Id": request_id}
-        try:
-            async with self.session.post(engine.url(request.path), data=body,
-                                         headers=headers) as upstream:
-                out_headers = {h: upstream.headers[h] for h in _HOP_HEADERS
-                               if h in upstream.headers}
-                out_headers["X-Request-Id"] = request_id
-                code = str(upstream.status)
-                if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
-                    response = web.StreamResponse(status=upstream.status, headers=out_headers)
-                    await response.prepare(request)
-                    first = True
-                    try:
-                        async for chunk in upstream.content.iter_any():
-                            await response.write(chunk)
-                            if first:
-                                self.metrics.ttfb.labels(name).observe(
-                                    time.monotonic() - arrived)
-                                first = False
-                        await response.write_eof()
-                    except ConnectionResetError:
-                        # The client went away; leaving the block closes the upstream
-                        # connection, which makes the engine abort the request.
-                        code = CLIENT_CLOSED
-                    return response
-                data = await upstream.read()
-                self.metrics.ttfb.labels(name).observe(time.monotonic() - arrived)
-                return web.Response(body=data, status=upstream.status, headers=out_headers)
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            if response is not None:  # mid-stream: the status is out, cut the stream
-                raise ConnectionResetError(f"engine {name} went away mid-stream") from exc
-            code = "503"
-            return _json_error(503, f"model {name}'s engine went away ({exc.__class__.__name__})"
-                                    "; it is being restarted", "ServiceUnavailableError",
-                               retry_after=engine.retry_after(time.monotonic()),
-                               request_id=request_id)
-        finally:
-            in_flight.dec()
-            engine.release()
-            self.metrics.requests.labels(name, code).inc()
+            self.metrics.count(engine.name, "503")
+            return error_response(503, f"model {engine.name} is not ready ({engine.state}: "
+                                       f"{engine.message})", "ServiceUnavailableError",
+                                  retry_after=engine.retry_after(arrived), request_id=request_id)
+        return await self.proxy.forward(request, engine, body, request_id, arrived)
 
     async def list_models(self, request: web.Request) -> web.Response:
         data = [{"id": e.name, "object": "model", "created": 0, "owned_by": "kubeplex",
@@ -340,6 +279,8 @@ class Runtime:
         model = parse_model(data, "model")
         if model.name in self.engines:
             raise ModelConflictError(f"model {model.name!r} is already hosted; unload it first")
+        if self.engines and self.ready()[0]:
+            self.late_loads.add(model.name)
         self.config = self.config.with_model(model)
         engine = self._add_engine(model)
         if self._wait(request):
@@ -355,6 +296,7 @@ class Runtime:
         abandoned = engine.in_flight
         await engine.stop()
         self.engines.pop(engine.name, None)
+        self.late_loads.discard(engine.name)
         self.config = self.config.without_model(engine.name)
         self.metrics.forget(engine.name)
         return web.json_response({"name": engine.name, "unloaded": True, "drained": drained,

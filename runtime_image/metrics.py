@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kubeplex.runtime.sim.metrics import TTFT_BUCKETS
 
-__all__ = ["RouterMetrics", "merge_expositions"]
+__all__ = ["ModelSeries", "RouterMetrics", "merge_expositions"]
 
 
 def _family_of_sample(line: str) -> str:
@@ -62,6 +63,16 @@ def merge_expositions(texts: Iterable[str], prefix: str = "vllm:") -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
+class ModelSeries:
+    """One model's in-flight gauge and time-to-first-byte histogram children."""
+
+    __slots__ = ("in_flight", "ttfb")
+
+    def __init__(self, in_flight: Any, ttfb: Any) -> None:
+        self.in_flight = in_flight
+        self.ttfb = ttfb
+
+
 class RouterMetrics:
     """The router's series, labelled per hosted model (``model``)."""
 
@@ -89,9 +100,31 @@ class RouterMetrics:
         self.draining = Gauge("kubeplex_runtime_draining",
                               "1 while the runtime drains (new requests get 503).",
                               registry=self.registry)
+        # Labelled children, looked up once (``labels()`` costs a lock and a few dict
+        # operations per call, which the router would otherwise pay on every request).
+        self._series: dict[str, ModelSeries] = {}
+        self._counts: dict[tuple[str, str], Any] = {}
+
+    def series(self, model: str) -> ModelSeries:
+        """``model``'s in-flight and time-to-first-byte series (cached until :meth:`forget`)."""
+        found = self._series.get(model)
+        if found is None:
+            found = self._series[model] = ModelSeries(self.in_flight.labels(model),
+                                                      self.ttfb.labels(model))
+        return found
+
+    def count(self, model: str, code: str) -> None:
+        """Count one answered request of ``model`` ("" for none hosted) with status ``code``."""
+        child = self._counts.get((model, code))
+        if child is None:
+            child = self._counts[model, code] = self.requests.labels(model, code)
+        child.inc()
 
     def forget(self, model: str) -> None:
         """Drop an unloaded model's series."""
+        self._series.pop(model, None)
+        for key in [key for key in self._counts if key[0] == model]:
+            del self._counts[key]
         for metric in (self.in_flight, self.ttfb, self.engine_ready, self.engine_restarts):
             with contextlib.suppress(KeyError):
                 metric.remove(model)

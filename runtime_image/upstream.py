@@ -1,10 +1,12 @@
 """What the router forwards to: the request-counting half of an engine or a replica.
 
-The router (:mod:`kubeplex.runtime.app`) forwards a model's requests to an *upstream*: in a
-serving pod, the engine process hosting the model (:class:`~kubeplex.runtime.supervisor.Engine`);
-in local mode's gateway, one replica of the model (``kubeplex.operator.local.gateway``). Both
-derive from :class:`Upstream`, which keeps the parsed URLs and the in-flight count the router
-and the drain logic rely on. Subclasses provide ``name`` and ``retry_after(now)``.
+A router forwards a model's requests (with :meth:`kubeplex.runtime.proxy.Proxy.forward`) to an
+*upstream*: in a serving pod, the engine process hosting the model
+(:class:`~kubeplex.runtime.supervisor.Engine`); in local mode's gateway, one replica of the
+model (``kubeplex.operator.local.gateway``). Both derive from :class:`Upstream`, which keeps
+the parsed URLs and the in-flight count the proxy and the drain logic rely on. Subclasses
+provide ``name`` and ``retry_after(now)`` (together: the :class:`~kubeplex.runtime.proxy.Target`
+protocol).
 """
 
 from __future__ import annotations

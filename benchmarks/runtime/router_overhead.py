@@ -6,10 +6,22 @@ same machine noise. Per mode it reports throughput (requests/s) and latency p50/
 streams: time to first chunk and to the end). Targets (issue 4): <= 3% throughput loss and
 <= 2 ms added p50.
 
-    .venv/bin/python benchmarks/runtime/router_overhead.py --engine sim
+Each closed-loop client draws its requests' ``max_tokens`` from a seeded uniform spread around
+``--max-tokens`` (the same sequence in both modes). With identical requests
+(``--token-spread 0``) the clients run in lock-step: all finish in the same engine step and
+come back together, and any delay, the router's included, decides whether they are admitted
+in the same step or one step (~10 ms) later; that amplifies a sub-millisecond delay into a
+step-sized one, which real, unsynchronised traffic does not do.
+
+The load-independent number is the router's CPU per request (from /proc), next to the
+engine's; and the machine's CPU busy fraction per mode says whether the cores were saturated
+(then every extra process hop waits for a core, whatever the router does).
+
+    .venv/bin/python benchmarks/runtime/router_overhead.py --engine sim --concurrency 4
     .venv/bin/python benchmarks/runtime/router_overhead.py --engine vllm   # needs the venv
 
-Writes benchmarks/runtime/results/router_overhead_<engine>_c<concurrency>.json and a PNG.
+Writes benchmarks/runtime/results/router_overhead_<engine>_c<concurrency>[_lockstep].json
+and a PNG.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -47,6 +60,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU jiffies of the whole machine since boot (Linux /proc/stat)."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -71,30 +91,37 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
 
 
 async def _round(url: str, body: dict[str, Any], stream: bool, concurrency: int,
-                 seconds: float) -> tuple[int, list[float], list[float], float]:
+                 seconds: float, spread: float,
+                 seed: int) -> tuple[int, list[float], list[float], float]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         await _one(session, url, body, stream)  # open connections outside the window
         ttfb: list[float] = []
         total: list[float] = []
         stop_at = time.perf_counter() + seconds
+        mean = body["max_tokens"]
+        low, high = max(1, round(mean * (1 - spread))), round(mean * (1 + spread))
 
-        async def worker() -> None:
+        async def worker(i: int) -> None:
+            draw = random.Random(seed * 10_000 + i)  # same requests in both modes
             while time.perf_counter() < stop_at:
-                first, whole = await _one(session, url, body, stream)
+                request = {**body, "max_tokens": draw.randint(low, high)}
+                first, whole = await _one(session, url, request, stream)
                 ttfb.append(first)
                 total.append(whole)
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
         return len(total), ttfb, total, time.perf_counter() - start
 
 
 async def measure(direct: str, router: str, body: dict[str, Any], stream: bool,
-                  concurrency: int, seconds: float, rounds: int,
-                  router_pid: int) -> dict[str, Any]:
+                  concurrency: int, seconds: float, rounds: int, spread: float,
+                  router_pid: int, engine_pid: int) -> dict[str, Any]:
     data: dict[str, dict[str, list[float]]] = {
-        m: {"ttfb": [], "total": [], "rps": [], "router_cpu": []} for m in ("direct", "router")}
+        m: {"ttfb": [], "total": [], "rps": [], "router_cpu": [], "engine_cpu": [],
+            "machine_busy": []} for m in ("direct", "router")}
+    load_before = os.getloadavg()[0]
     with Progress(console=Console(stderr=True)) as progress:
         task = progress.add_task(f"{'stream' if stream else 'plain'} rounds", total=2 * rounds)
         for i in range(rounds):
@@ -102,9 +129,15 @@ async def measure(direct: str, router: str, body: dict[str, Any], stream: bool,
             order = ("direct", "router") if i % 2 == 0 else ("router", "direct")
             for mode in order:
                 url = (direct if mode == "direct" else router) + "/v1/completions"
-                cpu = _cpu_seconds(router_pid)
-                n, ttfb, total, elapsed = await _round(url, body, stream, concurrency, seconds)
+                cpu, engine_cpu = _cpu_seconds(router_pid), _cpu_seconds(engine_pid)
+                busy, jiffies = _machine_cpu()
+                n, ttfb, total, elapsed = await _round(url, body, stream, concurrency, seconds,
+                                                       spread, seed=i)
+                busy_after, jiffies_after = _machine_cpu()
+                data[mode]["machine_busy"].append((busy_after - busy) / (jiffies_after - jiffies))
                 data[mode]["router_cpu"].append((_cpu_seconds(router_pid) - cpu) / max(1, n))
+                data[mode]["engine_cpu"].append((_cpu_seconds(engine_pid) - engine_cpu)
+                                                / max(1, n))
                 data[mode]["ttfb"] += ttfb
                 data[mode]["total"] += total
                 data[mode]["rps"].append(n / elapsed)
@@ -118,15 +151,18 @@ async def measure(direct: str, router: str, body: dict[str, Any], stream: bool,
             "p50_ms": 1000 * _pct(d["total"], 0.5), "p99_ms": 1000 * _pct(d["total"], 0.99),
             "ttfb_p50_ms": 1000 * _pct(d["ttfb"], 0.5),
             "ttfb_p99_ms": 1000 * _pct(d["ttfb"], 0.99),
+            "machine_cpu_busy_pct": 100 * statistics.median(d["machine_busy"]),
         }
     # CPU the runtime process spent per request forwarded (noise-robust: what the router
     # costs when CPU is the bottleneck, as on a shared 2-core machine).
     out["router_cpu_us_per_request"] = 1e6 * statistics.median(data["router"]["router_cpu"])
+    out["engine_cpu_us_per_request"] = 1e6 * statistics.median(data["direct"]["engine_cpu"])
     out["throughput_loss_pct"] = 100 * (1 - out["router"]["throughput_rps_median"]
                                         / out["direct"]["throughput_rps_median"])
     out["added_p50_ms"] = out["router"]["p50_ms"] - out["direct"]["p50_ms"]
     out["added_p99_ms"] = out["router"]["p99_ms"] - out["direct"]["p99_ms"]
     out["added_ttfb_p50_ms"] = out["router"]["ttfb_p50_ms"] - out["direct"]["ttfb_p50_ms"]
+    out["load_average_before"] = load_before
     out["load_average_after"] = os.getloadavg()[0]
     out["_samples"] = data
     return out
@@ -158,7 +194,10 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--seconds", type=float, default=5.0, help="length of one round")
     p.add_argument("--rounds", type=int, default=6, help="rounds per mode (interleaved)")
-    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=16, help="mean max_tokens of a request")
+    p.add_argument("--token-spread", type=float, default=0.5,
+                   help="max_tokens uniform in mean x (1 +- spread); 0: identical requests, "
+                        "lock-step clients (see the module doc)")
     args = p.parse_args()
     tiny = None
     if args.engine == "vllm":
@@ -174,28 +213,38 @@ def main() -> int:
             RuntimeProcess(config, Path(tmp), ready_timeout=600) as rt:
         engine_port = rt.engine("m")["port"]
         router_pid = rt.proc.pid if rt.proc is not None else 0
+        engine_pid = int(rt.engine("m")["pid"])
         direct = f"http://127.0.0.1:{engine_port}"
         results = {}
         for stream in (False, True):
             name = "stream" if stream else "plain"
             results[name] = asyncio.run(measure(direct, rt.url, {**body, "stream": stream},
                                                 stream, args.concurrency, args.seconds,
-                                                args.rounds, router_pid))
-    table = Table(title=f"router overhead, {args.engine} engine, {args.concurrency} concurrent")
+                                                args.rounds, args.token_spread, router_pid,
+                                                engine_pid))
+    table = Table(title=f"router overhead, {args.engine} engine, {args.concurrency} concurrent, "
+                        f"max_tokens {args.max_tokens} ± {100 * args.token_spread:.0f}%")
     for col in ("mode", "req/s", "p50 ms", "p99 ms", "TTFB p50 ms", "loss %", "+p50 ms",
-                "router CPU µs/req"):
+                "+TTFB p50 ms", "CPU µs/req (router | engine)", "machine busy %", "load avg"):
         table.add_column(col)
     for name, res in results.items():
         for mode in ("direct", "router"):
             r = res[mode]
+            router = mode == "router"
             table.add_row(f"{name}/{mode}", f"{r['throughput_rps_median']:.1f}",
                           f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['ttfb_p50_ms']:.2f}",
-                          f"{res['throughput_loss_pct']:.2f}" if mode == "router" else "",
-                          f"{res['added_p50_ms']:.2f}" if mode == "router" else "",
-                          f"{res['router_cpu_us_per_request']:.0f}" if mode == "router" else "")
-    Console().print(table)
+                          f"{res['throughput_loss_pct']:.2f}" if router else "",
+                          f"{res['added_p50_ms']:.2f}" if router else "",
+                          f"{res['added_ttfb_p50_ms']:.2f}" if router else "",
+                          f"{res['router_cpu_us_per_request']:.0f} | "
+                          f"{res['engine_cpu_us_per_request']:.0f}" if router else "",
+                          f"{r['machine_cpu_busy_pct']:.0f}",
+                          f"{res['load_average_before']:.1f} -> {res['load_average_after']:.1f}"
+                          if router else "")
+    Console(width=200).print(table)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"router_overhead_{args.engine}_c{args.concurrency}.json"
+    suffix = "_lockstep" if args.token_spread == 0 else ""
+    out = RESULTS / f"router_overhead_{args.engine}_c{args.concurrency}{suffix}.json"
     _plot(results, out.with_suffix(".png"))
     for res in results.values():
         res.pop("_samples")

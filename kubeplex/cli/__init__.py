@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._local",
     "kubeplex.cli._operator",
     "kubeplex.cli._alerts",
+    "kubeplex.cli._gateway",
 )
 
 Handler = Callable[[argparse.Namespace], int]

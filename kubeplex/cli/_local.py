@@ -219,6 +219,20 @@ def _status(args: argparse.Namespace) -> int:
 
     from kubeplex.operator.local.view import render_status
 
+    if status.get("kind") == "cluster-gateway":  # `kubeplex gateway`: routes, no local fleet
+        from rich.table import Table
+
+        table = Table(title=f"kubeplex cluster gateway  {args.gateway}")
+        for column in ("model", "modelservice", "replicas", "in flight", "held"):
+            table.add_column(column)
+        for m in status.get("models", ()):
+            replicas = m.get("replicas") or {}
+            table.add_row(m["model"], f"{m['namespace']}/{m['modelService']}",
+                          str(len(replicas)),
+                          str(sum(r.get("inFlight", 0) for r in replicas.values())),
+                          str(m.get("held", 0)))
+        Console().print(table)
+        return 0
     Console().print(render_status(status, events=12))
     return 0
 

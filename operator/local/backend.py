@@ -11,7 +11,12 @@ for anything wrong *before* a process or port is opened. :meth:`LocalMode.run` t
    decisions into a fleet plan (:func:`~kubeplex.operator.planning.fleet_plan`, same code as
    the operator) and applies its actions as background tasks:
 
-   * ``start``: a new runtime process hosting the model (cold start), routed once ready;
+   * ``start``: a new runtime process hosting the model, and the models placement co-locates
+     with it when they scale up together (one process, each model with its memory share),
+     routed once ready;
+   * ``add``: load a model into a running process that has room (co-location), then route
+     it there too; ``unload``: stop routing a model to a shared process, let its in-flight
+     requests finish and unload it (the process keeps serving the others);
    * ``start-warm``: a runtime process with the model preloaded, then put to sleep (sim; on
      CPU vLLM cannot sleep, so it stays loaded, unrouted);
    * ``claim``: wake (or load) the model in a warm standby and route to it;
@@ -126,17 +131,28 @@ class ModelRun:
         return self.svc.served_name
 
     def group_config(self, warm: bool, settings: LocalSettings) -> dict[str, Any]:
-        entry = dict(self.entry)
-        if warm and self.engine == "sim":
-            entry["sleepMode"] = True
-        return {"models": [entry], "gpu": self.gpu, "device": "cpu",
-                "drainGraceSeconds": settings.drain_grace_seconds,
-                "readyTimeoutSeconds": self.ready_timeout(settings)}
+        return group_config([self], warm, settings)
 
     def ready_timeout(self, settings: LocalSettings) -> float:
         if self.engine == "vllm":
             return VLLM_READY_TIMEOUT_SECONDS
         return settings.cold_start_seconds + READY_MARGIN_SECONDS
+
+
+def group_config(runs: Sequence[ModelRun], warm: bool,
+                 settings: LocalSettings) -> dict[str, Any]:
+    """The runtime config of one process hosting ``runs`` (co-located: one entry each, with
+    its memory share). A warm standby's sim engine gets sleep mode (sim can sleep when asked;
+    vLLM on CPU cannot, so it stays loaded, unrouted)."""
+    entries = []
+    for run in runs:
+        entry = dict(run.entry)
+        if warm and run.engine == "sim":
+            entry["sleepMode"] = True
+        entries.append(entry)
+    return {"models": entries, "gpu": runs[0].gpu, "device": "cpu",
+            "drainGraceSeconds": settings.drain_grace_seconds,
+            "readyTimeoutSeconds": max(r.ready_timeout(settings) for r in runs)}
 
 
 def _local_path(uri: str) -> Path | None:
@@ -177,7 +193,8 @@ def _entry(svc: ModelService, template: ReplicaTemplate, engine: str,
         return {**base, "model": str(path), "memoryShare": CPU_VLLM_MEMORY_SHARE,
                 "args": ["--enforce-eager", *svc.spec.model.engine_args]}
     return {**base, "model": model_shape(svc).name, "memoryShare": template.memory_share,
-            "args": ["--startup-seconds", f"{settings.cold_start_seconds:g}"]}
+            "args": ["--startup-seconds", f"{settings.cold_start_seconds:g}",
+                     *svc.spec.model.engine_args]}
 
 
 def _claimed(group: GroupProcess) -> bool:
@@ -379,7 +396,9 @@ class LocalMode:
         if desired != observed.current and (previous is None or previous.reason
                                              != decision.reason):
             self._event(f"{run.served}: {decision.reason}")
-        return ModelTarget(run.key, desired, decision.desired_warm, decision.reason)
+        signals = decision.signals if isinstance(decision.signals, Signals) else None
+        rate = signals.arrival_rate if signals and signals.arrival_rate is not None else 0.0
+        return ModelTarget(run.key, desired, decision.desired_warm, decision.reason, rate)
 
     # ---- executing the plan ---------------------------------------------------------------
     def _spawn_task(self, coro: Any) -> None:
@@ -390,12 +409,27 @@ class LocalMode:
     def _apply(self, action: Action, now: float) -> None:
         run = self.runs.get(action.model) if action.model else None
         if action.kind is ActionKind.START and run is not None:
-            group = self._new_group(run, GroupPhase.STARTING, now)
-            group.models = (run.key,)
+            runs = [self.runs[m] for m in action.models if m in self.runs]
+            group = self._new_group(runs, GroupPhase.STARTING, now)
+            group.models = tuple(r.key for r in runs)
             self._event(f"start {group.id}: {action.reason}")
-            self._spawn_task(self._start(group, run))
+            self._spawn_task(self._start(group, runs))
+        elif action.kind is ActionKind.ADD and run is not None and action.group:
+            group = self.groups[action.group]
+            group.models = (*group.models, run.key)
+            group.shares[run.key] = run.template.memory_share
+            group.loading.add(run.key)
+            self._event(f"add {run.served} to {group.id}: {action.reason}")
+            self._spawn_task(self._add(group, run))
+        elif action.kind is ActionKind.UNLOAD and run is not None and action.group:
+            group = self.groups[action.group]
+            group.models = tuple(m for m in group.models if m != run.key)
+            group.loading.discard(run.key)
+            group.unloading.add(run.key)
+            self._event(f"unload {run.served} from {group.id}: {action.reason}")
+            self._spawn_task(self._unload(group, run))
         elif action.kind is ActionKind.START_WARM and run is not None:
-            group = self._new_group(run, GroupPhase.WARMING, now, warm=True)
+            group = self._new_group([run], GroupPhase.WARMING, now, warm=True)
             group.preloaded = (run.key,)
             self._event(f"start warm standby {group.id} ({run.served} preloaded): "
                         f"{action.reason}")
@@ -406,10 +440,11 @@ class LocalMode:
             was_warm = group.phase is GroupPhase.WARM
             group.claimed = True
             group.models, group.preloaded = (run.key,), ()
+            group.shares = {run.key: run.template.memory_share}
             group.set_phase(GroupPhase.STARTING, now)
             self._event(f"claim {group.id} for {run.served}: {action.reason}")
             self._spawn_task(self._claim(group, run, preloaded, was_warm))
-        elif action.kind in (ActionKind.DRAIN, ActionKind.UNLOAD) and action.group:
+        elif action.kind is ActionKind.DRAIN and action.group:
             group = self.groups[action.group]
             group.set_phase(GroupPhase.DRAINING, now)
             self._event(f"drain {group.id}: {action.reason}")
@@ -420,30 +455,92 @@ class LocalMode:
             self._event(f"stop warm standby {group.id}: {action.reason}")
             self._spawn_task(self._stop(group))
 
-    def _new_group(self, run: ModelRun, phase: GroupPhase, now: float,
+    def _new_group(self, runs: Sequence[ModelRun], phase: GroupPhase, now: float,
                    warm: bool = False) -> GroupProcess:
-        group_id = f"{_short(run.served)}-{next(self._ids)}"
-        group = GroupProcess(group_id, run.template.pool, run.template.gpus,
-                             run.group_config(warm, self.settings), self.workdir, phase, now)
+        first = runs[0].template
+        group_id = "-".join(_short(r.served) for r in runs) + f"-{next(self._ids)}"
+        group = GroupProcess(group_id, first.pool, first.gpus,
+                             group_config(runs, warm, self.settings), self.workdir, phase, now,
+                             first.shape)
+        group.shares = {r.key: r.template.memory_share for r in runs}
         self.groups[group_id] = group
         return group
 
-    async def _start(self, group: GroupProcess, run: ModelRun) -> None:
+    async def _start(self, group: GroupProcess, runs: Sequence[ModelRun]) -> None:
         client = self._client
         try:
             await group.spawn()
             if client is None:
                 raise ProcessError("local mode is not running")
-            await group.wait_ready(client, run.ready_timeout(self.settings))
+            await group.wait_ready(client, max(r.ready_timeout(self.settings) for r in runs))
         except ProcessError as exc:
-            await self._fail(group, run, exc)
+            for run in runs:
+                await self._fail(group, run, exc)
             return
         if group.phase is not GroupPhase.STARTING:  # drained while starting
             return
-        run.cold_seconds.append(group.ready_seconds or 0.0)
+        now = time.monotonic()
+        for run in runs:
+            if run.key not in group.models:  # unloaded while starting
+                continue
+            run.cold_seconds.append(group.ready_seconds or 0.0)
+            run.failures = 0
+            self._route(group, run, now)
+        self._event(f"{group.id} ready after a cold start of {group.ready_seconds:.1f} s"
+                    + (f" ({len(runs)} models)" if len(runs) > 1 else ""))
+
+    async def _add(self, group: GroupProcess, run: ModelRun) -> None:
+        """Load ``run``'s model into the running ``group`` (co-location), then route it."""
+        client = self._client
+        started = time.monotonic()
+        entry = {**run.entry, "memoryShare": group.shares.get(run.key, run.template.memory_share)}
+        if run.engine == "vllm":
+            entry["memoryShare"] = run.entry["memoryShare"]
+        try:
+            if client is None:
+                raise ProcessError("local mode is not running")
+            await group.load(client, entry, run.ready_timeout(self.settings))
+        except ProcessError as exc:
+            group.loading.discard(run.key)
+            group.models = tuple(m for m in group.models if m != run.key)
+            group.shares.pop(run.key, None)
+            run.failures += 1
+            delay = min(MAX_BACKOFF_SECONDS, 2.0 ** run.failures)
+            run.backoff_until = time.monotonic() + delay
+            self._event(f"adding {run.served} to {group.id} failed (next try in {delay:.0f} s)"
+                        f": {str(exc).splitlines()[0]}")
+            return
+        group.loading.discard(run.key)
+        if run.key not in group.models or group.phase is GroupPhase.DRAINING:
+            return  # unloaded or drained meanwhile
         run.failures = 0
-        self._route(group, run, time.monotonic())
-        self._event(f"{group.id} ready after a cold start of {group.ready_seconds:.1f} s")
+        run.cold_seconds.append(time.monotonic() - started)
+        self.gateway.add(Replica(run.served, group.id, group.url))
+        sharing = ", ".join(self.runs[m].served for m in group.models)
+        self._event(f"{group.id} serves {run.served} too ({sharing} share it), loaded in "
+                    f"{time.monotonic() - started:.1f} s")
+
+    async def _unload(self, group: GroupProcess, run: ModelRun) -> None:
+        """Stop routing ``run`` to the shared ``group``, let its in-flight requests finish,
+        then unload it from the runtime (the group keeps its other models)."""
+        grace = self.settings.drain_grace_seconds
+        replica = self.gateway.remove(run.served, group.id)
+        if replica is not None:
+            await replica.wait_idle(grace)
+        client = self._client
+        try:
+            if client is not None and group.ready_seconds is None and group.alive:
+                # Still starting (its config loads the model): unload once it is up.
+                await group.wait_ready(client, run.ready_timeout(self.settings))
+            if client is not None and group.alive:
+                await group.unload(client, run.served, grace + 5)
+        except ProcessError as exc:
+            self._event(f"unloading {run.served} from {group.id}: {str(exc).splitlines()[0]}")
+        finally:
+            group.unloading.discard(run.key)
+            group.shares.pop(run.key, None)
+        self._event(f"{run.served} unloaded from {group.id}; it keeps serving "
+                    + (", ".join(self.runs[m].served for m in group.models) or "nothing"))
 
     async def _start_warm(self, group: GroupProcess, run: ModelRun) -> None:
         client = self._client
@@ -588,6 +685,10 @@ class LocalMode:
                 "placement": self.explanations.get(name, ""),
                 "groups": [{"id": g.id, "phase": str(g.phase), "gpus": g.gpus,
                             "models": [self.runs[k].served for k in g.models],
+                            "loading": [self.runs[k].served for k in sorted(g.loading)],
+                            "unloading": [self.runs[k].served for k in sorted(g.unloading)],
+                            "memoryShares": {self.runs[k].served: v
+                                             for k, v in g.shares.items()},
                             "preloaded": [self.runs[k].served for k in g.preloaded],
                             "inFlight": self.gateway.in_flight_of(g.id),
                             "forSeconds": now - g.since, "pid": g.process.pid

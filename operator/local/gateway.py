@@ -11,9 +11,15 @@ replicas instead of engines as upstreams:
   calls ``on_hold`` so the autoscaler scales from zero at once, and held requests are
   forwarded as soon as a replica is ready;
 * arrivals and held requests are counted per model (``kubeplex_gateway_arrivals_total``,
-  ``kubeplex_gateway_held_requests``): the arrival-rate signal, even at zero replicas;
+  ``kubeplex_gateway_held_requests``, labels ``namespace``, ``modelservice``, ``model``): the
+  arrival-rate signal, even at zero replicas;
 * ``GET /kubeplex/v1/status`` answers ``status_source()`` (local mode's state) for
-  ``kubeplex status``.
+  ``kubeplex status``; ``GET /healthz`` and ``GET /readyz`` are the probes.
+
+Requests are routed by *route*: a key per ModelService. Local mode's routes are the served
+names themselves (they are unique there); the cluster gateway
+(:mod:`kubeplex.operator.gateway_k8s`) keys them ``namespace/name`` and overrides
+:meth:`Gateway._resolve` to pick one by the request's ``model`` and headers.
 
 Scale-down calls :meth:`Gateway.remove` first (no new requests), then waits for
 :meth:`Gateway.wait_idle` before the replica is drained, so no request is cut.
@@ -27,6 +33,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -36,16 +43,41 @@ from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import RuntimeConfig
 from kubeplex.runtime.upstream import Upstream
 
-__all__ = ["Gateway", "Replica"]
+__all__ = ["METRIC_LABELS", "Gateway", "Replica", "Route"]
+
+#: Labels of the ``kubeplex_gateway_*`` series: the contract the operator reads held requests by.
+METRIC_LABELS = ("namespace", "modelservice", "model")
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a route serves: the model clients name, and the ModelService serving it."""
+
+    model: str  # the served name (the request's "model")
+    namespace: str
+    modelservice: str
+
+    @classmethod
+    def of_key(cls, model: str, key: str) -> Route:
+        """From a ModelService key ``namespace/name`` (``name`` alone: namespace default)."""
+        namespace, _, name = key.rpartition("/")
+        return cls(model, namespace or "default", name)
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        return self.namespace, self.modelservice, self.model
 
 
 class Replica(Upstream):
-    """One replica of one model behind the gateway, the router's upstream for that model."""
+    """One replica of one model behind the gateway, the router's upstream for that model.
 
-    def __init__(self, model: str, group: str, base_url: str) -> None:
+    ``route``: the gateway route it serves (default: the served name, as in local mode)."""
+
+    def __init__(self, model: str, group: str, base_url: str, route: str | None = None) -> None:
         super().__init__(base_url)
         self.name = model
         self.group = group
+        self.route = route or model
 
     def retry_after(self, now: float) -> int:
         return 1
@@ -58,47 +90,80 @@ class Gateway(Runtime):
                  retry_after: Callable[[str], float],
                  on_hold: Callable[[str], None] | None = None,
                  status_source: Callable[[], dict[str, Any]] | None = None) -> None:
-        """``models``: served name -> ModelService key. ``retry_after(model)``: seconds a
-        refused client should wait (the expected start time)."""
-        self.models = dict(models)
+        """``models``: served name -> ModelService key (each served name is a route).
+        ``retry_after(route)``: seconds a refused client should wait (the expected start
+        time). ``on_hold(route)`` is called for every request that starts waiting."""
+        self.routes: dict[str, Route] = {}
         self.hold_timeout = hold_timeout
         self.hold_limit = hold_limit
         self.expected_start = retry_after
         self.on_hold = on_hold
         self.status_source = status_source
-        self.replicas: dict[str, list[Replica]] = {m: [] for m in self.models}
-        self.held: dict[str, int] = dict.fromkeys(self.models, 0)
-        self._ready: dict[str, asyncio.Event] = {m: asyncio.Event() for m in self.models}
+        self.replicas: dict[str, list[Replica]] = {}
+        self.held: dict[str, int] = {}
+        #: route -> wall-clock time (s) its current hold episode began (while requests wait).
+        self.hold_since: dict[str, float] = {}
+        #: Why /readyz answers 503 (None: ready); the cluster gateway sets it until synced.
+        self.not_ready: str | None = None
+        self._ready: dict[str, asyncio.Event] = {}
         super().__init__(RuntimeConfig(models=(), device="cpu"))
         registry = self.metrics.registry
         self.arrivals = Counter("kubeplex_gateway_arrivals", "Requests that arrived at the "
-                                "gateway for the model (held or not).", ["model"],
+                                "gateway for the model (held or not).", METRIC_LABELS,
                                 registry=registry)
         self.held_gauge = Gauge("kubeplex_gateway_held_requests", "Requests the gateway "
-                                "holds while the model has no ready replica.", ["model"],
+                                "holds while the model has no ready replica.", METRIC_LABELS,
                                 registry=registry)
         self.replica_gauge = Gauge("kubeplex_gateway_replicas", "Ready replicas the gateway "
-                                   "routes the model to.", ["model"], registry=registry)
-        for name in self.models:
-            self.arrivals.labels(name)
-            self.held_gauge.labels(name).set(0)
-            self.replica_gauge.labels(name).set(0)
+                                   "routes the model to.", METRIC_LABELS, registry=registry)
+        self.set_routes({m: Route.of_key(m, key) for m, key in models.items()})
+
+    # ---- routes ---------------------------------------------------------------------------
+    def set_routes(self, routes: Mapping[str, Route]) -> None:
+        """Serve exactly these routes: new ones start with no replica, gone ones lose theirs
+        (their held requests are answered at once)."""
+        for name in [r for r in self.routes if r not in routes]:
+            self._forget_series(self.routes.pop(name))
+            self.replicas.pop(name, None)
+            self._ready[name].set()  # wake its held requests: they find the route gone
+        for name, route in routes.items():
+            old = self.routes.get(name)
+            if old == route:
+                continue
+            if old is not None:
+                self._forget_series(old)
+            self.routes[name] = route
+            replicas = self.replicas.setdefault(name, [])
+            self.held.setdefault(name, 0)
+            event = self._ready.setdefault(name, asyncio.Event())
+            if not replicas:
+                event.clear()
+            self.arrivals.labels(*route.labels)
+            self.held_gauge.labels(*route.labels).set(self.held[name])
+            self.replica_gauge.labels(*route.labels).set(len(replicas))
+
+    def _forget_series(self, route: Route) -> None:
+        for metric in (self.arrivals, self.held_gauge, self.replica_gauge):
+            metric.remove(*route.labels)
 
     # ---- replicas -------------------------------------------------------------------------
     def add(self, replica: Replica) -> None:
-        """Route ``replica.name``'s requests to ``replica`` too (and release held ones)."""
-        self.replicas[replica.name].append(replica)
-        self.replica_gauge.labels(replica.name).set(len(self.replicas[replica.name]))
-        self._ready[replica.name].set()
+        """Route ``replica.route``'s requests to ``replica`` too (and release held ones)."""
+        name = replica.route
+        self.replicas[name].append(replica)
+        self.replica_gauge.labels(*self.routes[name].labels).set(len(self.replicas[name]))
+        self._ready[name].set()
 
-    def remove(self, model: str, group: str) -> Replica | None:
-        """Stop routing ``model`` to ``group``; returns the replica (to wait for it)."""
-        kept = [r for r in self.replicas[model] if r.group != group]
-        gone = next((r for r in self.replicas[model] if r.group == group), None)
-        self.replicas[model] = kept
-        self.replica_gauge.labels(model).set(len(kept))
-        if not kept:
-            self._ready[model].clear()
+    def remove(self, route: str, group: str) -> Replica | None:
+        """Stop routing ``route`` to ``group``; returns the replica (to wait for it)."""
+        replicas = self.replicas.get(route, [])
+        kept = [r for r in replicas if r.group != group]
+        gone = next((r for r in replicas if r.group == group), None)
+        if route in self.routes:
+            self.replicas[route] = kept
+            self.replica_gauge.labels(*self.routes[route].labels).set(len(kept))
+            if not kept:
+                self._ready[route].clear()
         return gone
 
     def refuse_new(self) -> None:
@@ -110,21 +175,38 @@ class Gateway(Runtime):
     def in_flight_of(self, group: str) -> int:
         return sum(r.in_flight for rs in self.replicas.values() for r in rs if r.group == group)
 
-    def _pick(self, model: str) -> Replica | None:
-        replicas = self.replicas.get(model) or []
+    def _pick(self, route: str) -> Replica | None:
+        replicas = self.replicas.get(route) or []
         return min(replicas, key=lambda r: r.in_flight) if replicas else None
+
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down"
+        if self.not_ready is not None:
+            return False, self.not_ready
+        return True, f"{len(self.routes)} model(s) routed"
 
     # ---- routing --------------------------------------------------------------------------
     def _router_app(self) -> web.Application:
         app = super()._router_app()
         app.router.add_get("/kubeplex/v1/status", self.gateway_status)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
         return app
 
     def _unknown(self, model: object, request_id: str) -> web.Response:
+        names = sorted({r.model for r in self.routes.values()})
         body = {"error": {"message": f"The model `{model}` does not exist. Models: "
-                                     f"{', '.join(sorted(self.models)) or '(none)'}.",
+                                     f"{', '.join(names) or '(none)'}.",
                           "type": "NotFoundError", "param": "model", "code": 404}}
         return web.json_response(body, status=404, headers={"X-Request-Id": request_id})
+
+    def _resolve(self, model: object, request: web.Request,
+                 request_id: str) -> str | web.Response:
+        """The route of a request for ``model``, or the error answer (here: 404)."""
+        if isinstance(model, str) and model in self.routes:
+            return model
+        return self._unknown(model, request_id)
 
     def _unavailable(self, message: str, retry_after: float, request_id: str) -> web.Response:
         body = {"error": {"message": message, "type": "ServiceUnavailableError",
@@ -146,54 +228,67 @@ class Gateway(Runtime):
                                     "param": None, "code": 400}}
             return web.json_response(body_error, status=400,
                                      headers={"X-Request-Id": request_id})
-        if not isinstance(model, str) or model not in self.models:
-            self.metrics.requests.labels("", "404").inc()
-            return self._unknown(model, request_id)
-        self.arrivals.labels(model).inc()
+        route = self._resolve(model, request, request_id)
+        if isinstance(route, web.Response):
+            self.metrics.requests.labels("", str(route.status)).inc()
+            return route
+        self.arrivals.labels(*self.routes[route].labels).inc()
         if self.draining:
             self.metrics.requests.labels(model, "503").inc()
             return self._unavailable("kubeplex is shutting down", 1, request_id)
-        replica = self._pick(model)
+        replica = self._pick(route)
         if replica is None:
-            replica, refusal = await self._hold(model, arrived, request_id)
+            replica, refusal = await self._hold(route, arrived, request_id)
             if replica is None:
                 self.metrics.requests.labels(model, "503").inc()
                 return refusal
-        return await self._proxy(request, replica, body, request_id, arrived)  # type: ignore[arg-type]
+        return await self.proxy.forward(request, replica, body, request_id, arrived)
 
-    async def _hold(self, model: str, arrived: float,
+    async def _hold(self, route: str, arrived: float,
                     request_id: str) -> tuple[Replica | None, web.Response]:
-        """Wait for a ready replica of ``model`` (bounded count and time)."""
-        wait = self.expected_start(model)
-        if self.held[model] >= self.hold_limit:
+        """Wait for a ready replica of ``route`` (bounded count and time)."""
+        wait = self.expected_start(route)
+        model = self.routes[route].model
+        if self.held[route] >= self.hold_limit:
             return None, self._unavailable(
-                f"model {model} is starting and {self.held[model]} requests already wait for "
+                f"model {model} is starting and {self.held[route]} requests already wait for "
                 f"it (the limit); retry later", wait, request_id)
-        self.held[model] += 1
-        self.held_gauge.labels(model).set(self.held[model])
+        self._count_held(route, +1)
         if self.on_hold is not None:
-            self.on_hold(model)
+            self.on_hold(route)
         try:
             deadline = arrived + self.hold_timeout
             while (left := deadline - time.monotonic()) > 0 and not self.draining:
                 try:
-                    await asyncio.wait_for(self._ready[model].wait(), left)
+                    await asyncio.wait_for(self._ready[route].wait(), left)
                 except TimeoutError:
                     break
-                replica = self._pick(model)
+                if route not in self.routes:
+                    return None, self._unavailable(
+                        f"model {model} was removed while the request waited", wait, request_id)
+                replica = self._pick(route)
                 if replica is not None:
                     return replica, web.Response()
             return None, self._unavailable(
                 f"model {model} has no ready replica after {self.hold_timeout:g} s of waiting; "
                 "it is scaling from zero, retry later", wait, request_id)
         finally:
-            self.held[model] -= 1
-            self.held_gauge.labels(model).set(self.held[model])
+            self._count_held(route, -1)
+
+    def _count_held(self, route: str, step: int) -> None:
+        self.held[route] += step
+        if self.held[route] == 0:
+            self.hold_since.pop(route, None)
+        else:
+            self.hold_since.setdefault(route, time.time())
+        if route in self.routes:
+            self.held_gauge.labels(*self.routes[route].labels).set(self.held[route])
 
     async def list_models(self, request: web.Request) -> web.Response:
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "kubeplex",
-                 "root": key, "parent": None, "replicas": len(self.replicas[name])}
-                for name, key in sorted(self.models.items())]
+        data = [{"id": r.model, "object": "model", "created": 0, "owned_by": "kubeplex",
+                 "root": f"{r.namespace}/{r.modelservice}", "parent": None,
+                 "replicas": len(self.replicas[name])}
+                for name, r in sorted(self.routes.items(), key=lambda item: item[1].labels)]
         return web.json_response({"object": "list", "data": data})
 
     async def metrics_handler(self, request: web.Request) -> web.Response:

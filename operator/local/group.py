@@ -48,10 +48,12 @@ class GroupProcess:
     """A runtime process plus what local mode knows about it (phase, routed models)."""
 
     def __init__(self, group_id: str, pool: str, gpus: int, config: dict[str, Any],
-                 workdir: Path, phase: GroupPhase, now: float) -> None:
+                 workdir: Path, phase: GroupPhase, now: float,
+                 shape: tuple[int, int] | None = None) -> None:
         self.id = group_id
         self.pool = pool
         self.gpus = gpus
+        self.shape = shape
         self.config = config
         self.workdir = workdir
         self.phase = phase
@@ -61,6 +63,11 @@ class GroupProcess:
         self.models: tuple[str, ...] = ()
         #: Models loaded but not routed (warm standbys).
         self.preloaded: tuple[str, ...] = ()
+        #: Memory share of each hosted model (co-located models share the group's GPUs).
+        self.shares: dict[str, float] = {}
+        #: Models being added to the running group (loading), and unloads under way.
+        self.loading: set[str] = set()
+        self.unloading: set[str] = set()
         self.port = free_port()
         self.control_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -72,8 +79,12 @@ class GroupProcess:
         self._log_task: asyncio.Task[None] | None = None
 
     def view(self, load: float = 0.0) -> GroupView:
+        """The planner's view; a group still unloading a model reports no shape (full)."""
         return GroupView(self.id, self.pool, self.gpus, self.phase, self.models,
-                         self.preloaded, load, self.since, self.claimed)
+                         self.preloaded, load, self.since, self.claimed,
+                         None if self.unloading else self.shape,
+                         tuple(self.shares.get(m, 1.0) for m in self.models),
+                         tuple(m for m in self.models if m in self.loading))
 
     def set_phase(self, phase: GroupPhase, now: float) -> None:
         self.phase = phase
@@ -149,6 +160,10 @@ class GroupProcess:
     async def load(self, client: httpx.AsyncClient, entry: dict[str, Any],
                    limit_s: float) -> None:
         await self._call(client, "POST", "/kubeplex/v1/models?wait=true", limit_s, entry)
+
+    async def unload(self, client: httpx.AsyncClient, model: str, limit_s: float) -> None:
+        """Drain ``model``'s engine (in-flight requests finish) and unload it."""
+        await self._call(client, "DELETE", f"/kubeplex/v1/models/{model}", limit_s)
 
     async def sleep(self, client: httpx.AsyncClient, model: str, limit_s: float) -> None:
         await self._call(client, "POST", f"/kubeplex/v1/models/{model}/sleep?level=1", limit_s)

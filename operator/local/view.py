@@ -61,7 +61,9 @@ def render_status(status: dict[str, Any], events: int = 8) -> RenderableType:
                            "-", "-", "-")
         for i, g in enumerate(pool["groups"]):
             label = f"{pool['name']} ({pool['gpu']}, {budget} GPUs)" if i == 0 else ""
-            hosted = ", ".join(g["models"]) or (
+            shares = g.get("memoryShares") or {}
+            hosted = ", ".join(f"{m} ({shares[m]:.2f} mem)" if len(g["models"]) > 1
+                               and m in shares else m for m in g["models"]) or (
                 f"({', '.join(g['preloaded'])} preloaded)" if g["preloaded"] else "-")
             groups.add_row(label, g["id"], g["phase"], str(g["gpus"]), hosted,
                            str(g["inFlight"]), f"{g['forSeconds']:.0f} s")

@@ -6,7 +6,10 @@ reaches ``t + step_seconds``. When the process is CPU-starved and falls behind, 
 next step still starts where the previous one ended (the simulated timeline does not stretch);
 the late tokens reach the stream together and go out in one chunk, like vLLM's stream
 interval. Metrics are observed in wall-clock seconds (simulated seconds x ``time_scale``), the
-same clock as the router's and Prometheus'.
+same clock as the router's and Prometheus', and when vLLM observes them: token counters, time
+to first token and inter-token latency as each step's output is released (a long request's
+prompt tokens show at its prefill, not at its end), the per-request histograms when it
+finishes.
 """
 
 from __future__ import annotations
@@ -68,7 +71,6 @@ class SimEngine:
         stream = _Stream()
         self._streams[req] = stream
         self.scheduler.add(req)
-        self.metrics.observe_arrival(max_tokens)
         self._wake.set()
         try:
             while True:
@@ -89,19 +91,21 @@ class SimEngine:
     def _release_due(self, now: float) -> None:
         while self._pending and self._pending[0][0] <= now:
             _, _, result = heapq.heappop(self._pending)
-            for req, n in result.tokens:
-                stream = self._streams.get(req)
-                if stream is not None:
-                    stream.tokens += n
-                    stream.event.set()
+            # Requests aborted while the step ran (no stream any more) get no output.
+            tokens = [(req, n) for req, n in result.tokens if req in self._streams]
+            for req, n in tokens:
+                live = self._streams[req]
+                live.tokens += n
+                live.event.set()
+            self.metrics.observe_step([r for r in result.prefilled if r in self._streams],
+                                      tokens, result.ends_at, self.time_scale)
             for req in result.finished:
                 stream = self._streams.get(req)
-                if stream is not None:
+                if stream is not None:  # else aborted meanwhile: recorded as an abort
                     stream.done = True
                     stream.event.set()
-                self.metrics.observe_finished(req, self.time_scale)
+                    self.metrics.observe_finished(req, self.time_scale)
             self.scheduler.complete(result)
-            self.metrics.observe_step(result.batch_tokens)
             self._busy.discard(result.lane)
             self._resume[result.lane] = result.ends_at
 

@@ -176,34 +176,46 @@ class VllmMetrics:
         self.sleep_state["weights_offloaded"].set(1 if level == 1 else 0)
         self.sleep_state["discard_all"].set(1 if level == 2 else 0)
 
-    def observe_arrival(self, max_tokens: int) -> None:
-        self.h_n.observe(1)
-        self.h_max_tokens.observe(max_tokens)
-
-    def observe_step(self, batch_tokens: int) -> None:
-        self.h_iteration.observe(batch_tokens)
+    def observe_step(self, prefilled: Sequence[SimRequest],
+                     tokens: Sequence[tuple[SimRequest, int]], ends_at: float,
+                     scale: float) -> None:
+        """One engine step's output, recorded when it comes out, as vLLM records each
+        iteration (``IterationStats.update_from_output``): the prompt tokens of the prefills
+        it finished, every generated token, the time to first token of the requests whose
+        first token it made and the inter-token latency of the others. Simulated seconds
+        times ``scale`` are wall seconds."""
+        prompt = sum(r.prompt_tokens for r in prefilled)
+        if prompt:
+            self.prompt_tokens.inc(prompt)
+            self.prompt_by_source["local_compute"].inc(prompt)
+            self.prefix_queries.inc(prompt)
+        generated = sum(n for _, n in tokens)
+        self.generation_tokens.inc(generated)
+        for r in prefilled:
+            self.h_ttft.observe((ends_at - r.arrival) * scale)
+        first = set(prefilled)
+        for r, _ in tokens:
+            if r not in first and len(r.token_times) >= 2:
+                self.h_itl.observe((ends_at - r.token_times[-2]) * scale)
+        self.h_iteration.observe(prompt + generated)
 
     def observe_finished(self, r: SimRequest, scale: float, reason: str = "length") -> None:
-        """Record a finished request; ``scale`` turns simulated seconds into wall seconds."""
+        """Record a finished request (vLLM's ``FinishedRequestStats``); ``scale`` turns
+        simulated seconds into wall seconds. Its tokens were counted step by step."""
         self.success[reason].inc()
-        self.prompt_tokens.inc(r.prompt_tokens)
-        self.prompt_by_source["local_compute"].inc(r.prompt_tokens)
-        self.prefix_queries.inc(r.prompt_tokens)
-        self.generation_tokens.inc(r.generated)
         self.h_prompt.observe(r.prompt_tokens)
         self.h_prefill_kv.observe(r.prompt_tokens)
         self.h_generation.observe(r.generated)
-        self.h_max_generation.observe(r.max_tokens)
+        self.h_max_generation.observe(r.generated)  # n=1: the one sequence's length
+        self.h_n.observe(1)
+        self.h_max_tokens.observe(r.max_tokens)
         self.h_preemptions.observe(0)
         if r.admitted is None or r.first_token is None or r.finished is None:
             return  # aborted before it ran: only the counts above apply
-        self.h_ttft.observe((r.first_token - r.arrival) * scale)
         self.h_queue.observe((r.admitted - r.arrival) * scale)
         self.h_prefill.observe((r.first_token - r.admitted) * scale)
         self.h_decode.observe((r.finished - r.first_token) * scale)
         self.h_inference.observe((r.finished - r.admitted) * scale)
         self.h_e2e.observe((r.finished - r.arrival) * scale)
-        for earlier, later in zip(r.token_times, r.token_times[1:], strict=False):
-            self.h_itl.observe((later - earlier) * scale)
         if r.generated > 1:
             self.h_tpot.observe((r.finished - r.first_token) / (r.generated - 1) * scale)

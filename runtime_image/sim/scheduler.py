@@ -59,13 +59,17 @@ class SimRequest:
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one lane step produced: (request, new tokens) pairs and the finished requests."""
+    """What one lane step produced: (request, new tokens) pairs, the requests whose prefill
+    it ran (their first token is among ``tokens``) and the finished requests.
+    ``batch_tokens``: prompt tokens prefilled plus tokens generated, vLLM's per-iteration
+    count (``vllm:iteration_tokens_total``)."""
 
     lane: int
     ends_at: float
     tokens: tuple[tuple[SimRequest, int], ...]
     finished: tuple[SimRequest, ...]
     batch_tokens: int
+    prefilled: tuple[SimRequest, ...] = ()
 
 
 @dataclass
@@ -176,8 +180,9 @@ class Scheduler:
             if r.generated >= r.max_tokens:
                 r.finished = ends
                 finished.append(r)
-        batch_tokens = sum(r.prompt_tokens for r in new) + len(decoding)
-        return StepResult(lane_index, ends, tuple(tokens), tuple(finished), batch_tokens)
+        batch_tokens = sum(r.prompt_tokens for r in new) + len(tokens)
+        return StepResult(lane_index, ends, tuple(tokens), tuple(finished), batch_tokens,
+                          tuple(new))
 
     def complete(self, result: StepResult) -> None:
         """Apply the end of a step (at ``result.ends_at``): finished requests free their KV."""

@@ -71,6 +71,22 @@ def http_post(url: str, body: bytes, headers: dict[str, str],
         return e.code, e.read().decode()
 
 
+def metric_sum(url: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples of ``name`` (with these labels) at ``url`` (a /metrics page); NaN
+    when it does not answer."""
+    status, text = http_get(url)
+    if status != 200:
+        return float("nan")
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if labels and not all(f'{k}="{v}"' in line for k, v in labels.items()):
+            continue
+        total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 @dataclass
 class Operator:
     """``kubeplex operator`` as a subprocess, on free loopback ports."""
@@ -122,22 +138,59 @@ class Operator:
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Sum of the samples of ``name`` (with these labels) on /metrics."""
-        status, text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-        if status != 200:
-            return float("nan")
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if labels and not all(f'{k}="{v}"' in line for k, v in labels.items()):
-                continue
-            total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metric_sum(f"http://127.0.0.1:{self.metrics_port}/metrics", name, labels)
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@dataclass
+class GatewayProcess:
+    """``kubeplex gateway`` as a subprocess on a free loopback port, out of cluster (kubeconfig),
+    routing to the SimFleet's runtimes through their URL annotations."""
+
+    kubeconfig: Path
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+               "KUBEPLEX_BIND_ADDRESS": "127.0.0.1", "KUBEPLEX_GATEWAY_PORT": str(self.port),
+               "KUBEPLEX_URL_ANNOTATIONS": "true", **self.env}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "kubeplex.cli", "gateway"], env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for("the gateway's /readyz", self._ready, OPERATOR_START_S, 0.1)
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"the gateway exited {self.proc.returncode}:\n{self.log()}")
+        return http_get(f"{self.url}/readyz")[0] == 200
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return metric_sum(f"{self.url}/metrics", name, labels)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -69,10 +69,10 @@ def test_install_upgrade_uninstall(kube: Any) -> None:
     cluster = kube
     crds = [d["metadata"]["name"] for d in crd_sources()]
     adopt_crds(cluster, crds)
-    # The gateway is off by default (until `kubeplex gateway` exists); KWOK runs no container,
-    # so its Deployment and RBAC can be installed already.
+    # The gateway is on by default (KWOK runs no container: this checks the objects and RBAC;
+    # tests/cluster/test_gateway.py runs `kubeplex gateway` itself).
     helm(cluster, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
-         "--set", "gateway.enabled=true", "--wait", "--timeout", HELM_TIMEOUT)
+         "--wait", "--timeout", HELM_TIMEOUT)
     try:
         for component in ("operator", "gateway"):
             cluster.kubectl("-n", NAMESPACE, "wait", "--for=condition=Available",
@@ -111,6 +111,9 @@ def test_install_upgrade_uninstall(kube: Any) -> None:
         assert not can(cluster, op, "create", "deployments.apps", "-n", "team-a")
         assert not can(cluster, op, "create", "clusterroles.rbac.authorization.k8s.io")
         assert can(cluster, GATEWAY_SA, "watch", "endpointslices.discovery.k8s.io")
+        assert can(cluster, GATEWAY_SA, "list", "modelservices.kubeplex.io", "-n", "team-a")
+        assert not can(cluster, GATEWAY_SA, "list", "pods", "-n", "team-a")
+        assert not can(cluster, GATEWAY_SA, "get", f"secret/{RELEASE}-alerts", "-n", NAMESPACE)
         assert not can(cluster, GATEWAY_SA, "create", "pods", "-n", "team-a")
         assert not can(cluster, GATEWAY_SA, "patch", "modelservices.kubeplex.io", "-n", "team-a")
     finally:

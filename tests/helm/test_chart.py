@@ -50,6 +50,7 @@ MATRIX: dict[str, list[str]] = {
                      "--set", "imagePullSecrets[0].name=regcred"],
     "image-digest": ["--set", f"image.digest={SHA}"],
     "gateway-on": ["--set", "gateway.enabled=true"],
+    "gateway-off": ["--set", "gateway.enabled=false"],
     "namespaced": ["--set", "operator.watchNamespaces={team-a,team-b}"],
     "no-peering": ["--set", "operator.peering.enabled=false"],
     "existing-secret": ["--set", "alerts.existingSecret=my-alert-token"],
@@ -194,11 +195,42 @@ def test_custom_image_and_digest(rendered: dict[str, list[dict[str, Any]]]) -> N
         f"ghcr.io/kubeplex/kubeplex:{app_version}"}
 
 
-def test_gateway_off_by_default_renders_no_gateway(rendered: dict[str, list[dict[str, Any]]]
-                                                   ) -> None:
-    docs = rendered["defaults"]
+def test_gateway_on_by_default_and_off_renders_no_gateway(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert len(of_kind(rendered["defaults"], "Deployment")) == 2
+    docs = rendered["gateway-off"]
     assert not [d for d in docs if d["metadata"]["name"].endswith("-gateway")]
     assert len(of_kind(docs, "Deployment")) == 1
+
+
+def test_gateway_runs_the_command_with_the_env_its_code_reads(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The Deployment's environment is the contract of `kubeplex gateway`: every variable it
+    sets is one GatewaySettings reads, and the rendered values parse."""
+    from kubeplex.operator.gateway_k8s import GATEWAY_ENV_DOCS, GatewaySettings
+
+    docs = rendered["defaults"]
+    pod = named(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["kubeplex", "gateway"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert set(env) - {"KUBEPLEX_LOG_LEVEL"} <= set(GATEWAY_ENV_DOCS), set(env)
+    settings = GatewaySettings.from_env(env)
+    assert settings.port == {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
+    assert (settings.hold_timeout_s, settings.max_held) == (300.0, 1000)
+    assert settings.operator_url == "http://kubeplex-operator.kubeplex-system.svc:8443"
+    # the token file is the alert Secret, mounted
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "alert-token")
+    assert settings.alert_token_file == f"{mount['mountPath']}/token"
+    (secret,) = of_kind(docs, "Secret")
+    volume = next(v for v in pod["volumes"] if v["name"] == "alert-token")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert {c["readinessProbe"]["httpGet"]["path"], c["livenessProbe"]["httpGet"]["path"]} == {
+        "/readyz", "/healthz"}
+    namespaced = named(rendered["namespaced"], "Deployment", "-gateway")
+    env = {e["name"]: e["value"]
+           for e in namespaced["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert GatewaySettings.from_env(env).watch_namespaces == ("team-a", "team-b")
 
 
 def test_operator_reads_held_requests_from_the_gateway_service(
@@ -207,12 +239,12 @@ def test_operator_reads_held_requests_from_the_gateway_service(
         c = named(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
         return {e["name"]: e.get("value") for e in c["env"]}
 
-    docs = rendered["gateway-on"]
+    docs = rendered["defaults"]  # the gateway is on by default
     svc = named(docs, "Service", "-gateway")
     url = (f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:"
            f"{svc['spec']['ports'][0]['port']}/metrics")
     assert env(docs)["KUBEPLEX_GATEWAY_METRICS_URL"] == url
-    assert "KUBEPLEX_GATEWAY_METRICS_URL" not in env(rendered["defaults"])
+    assert "KUBEPLEX_GATEWAY_METRICS_URL" not in env(rendered["gateway-off"])
 
 
 def test_alert_secret_generated_given_or_existing(rendered: dict[str, list[dict[str, Any]]]
@@ -305,9 +337,19 @@ def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[st
     assert ("", "configmaps", "get") in grants(rendered["ha-and-scheduling"], "-operator")
 
 
-def test_gateway_rbac_is_read_only(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    assert {verb for _, _, verb in grants(rendered["gateway-on"], "-gateway")} == {
-        "get", "list", "watch"}
+def test_gateway_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[str, Any]]]
+                                               ) -> None:
+    from kubeplex.operator.gateway_k8s import RBAC_NEEDED
+
+    assert grants(rendered["defaults"], "-gateway") == set(RBAC_NEEDED)
+    assert {verb for _, _, verb in RBAC_NEEDED} == {"list", "watch"}
+    # Namespaced mode: one Role per watched namespace, no ClusterRole.
+    docs = rendered["namespaced"]
+    roles = [d for d in docs if d["kind"] in {"Role", "ClusterRole"}
+             and d["metadata"]["name"].endswith("-gateway")]
+    assert {(d["kind"], d["metadata"]["namespace"]) for d in roles} == {
+        ("Role", "team-a"), ("Role", "team-b")}
+    assert grants(docs, "-gateway") == set(RBAC_NEEDED)
 
 
 # --- values and schema ---
@@ -475,13 +517,17 @@ def test_monitoring_objects_render_only_when_enabled(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["monitoring-on"]
     assert {d["kind"] for d in docs} >= MONITORING_KINDS | {"ConfigMap"}
-    (sm,) = of_kind(docs, "ServiceMonitor")
-    endpoint = sm["spec"]["endpoints"][0]
-    assert endpoint["port"] == "metrics"
-    assert endpoint["honorLabels"] is True
-    assert {"targetLabel": "job", "replacement": "kubeplex-operator"} in endpoint["relabelings"]
-    assert sm["spec"]["selector"]["matchLabels"] == named(
-        docs, "Service", "-operator")["spec"]["selector"]
+    for component, port in (("operator", "metrics"), ("gateway", "http")):
+        sm = named(docs, "ServiceMonitor", f"-{component}")
+        endpoint = sm["spec"]["endpoints"][0]
+        assert endpoint["port"] == port
+        assert endpoint["honorLabels"] is True
+        assert {"targetLabel": "job", "replacement": f"kubeplex-{component}"} in endpoint[
+            "relabelings"]
+        assert sm["spec"]["selector"]["matchLabels"] == named(
+            docs, "Service", f"-{component}")["spec"]["selector"]
+    off = template(*MATRIX["monitoring-on"], *MATRIX["gateway-off"])
+    assert len(of_kind(off, "ServiceMonitor")) == 1
     (pm,) = of_kind(docs, "PodMonitor")
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "http"
@@ -554,7 +600,8 @@ data:
 
 
 @pytest.mark.parametrize("flags", [["--set", "gateway.enabled=true"],
-                                   ["--set", "crds.install=false"]],
+                                   ["--set", "crds.install=false", "--set",
+                                    "gateway.enabled=false"]],
                          ids=["gateway-on", "crds-off-gateway-off"])
 def test_notes_render(tmp_path: Path, flags: list[str]) -> None:
     """NOTES.txt renders (helm template skips it, so a copy renders it into a ConfigMap)."""
@@ -568,6 +615,7 @@ def test_notes_render(tmp_path: Path, flags: list[str]) -> None:
     assert "http://kubeplex-operator.kubeplex-system.svc:8443/alerts" in notes
     gateway = "gateway.enabled=true" in flags
     assert ("port-forward svc/kubeplex-gateway" in notes) == gateway
+    assert ("X-Kubeplex-Namespace" in notes) == gateway
     assert ("kubeplex crds | kubectl apply" in notes) == (not gateway)
 
 

@@ -50,7 +50,12 @@ async def test_held_requests_time_out_with_retry_after(gateway):
         assert unknown.status_code == 404 and "Models: m" in unknown.json()["error"]["message"]
         assert (await client.get("/kubeplex/v1/status")).json() == {"hello": "status"}
         metrics = (await client.get("/metrics")).text
-        assert 'kubeplex_gateway_arrivals_total{model="m"} 3.0' in metrics
+        assert ('kubeplex_gateway_arrivals_total{model="m",modelservice="m",'
+                'namespace="default"} 3.0') in metrics
+        assert ('kubeplex_gateway_held_requests{model="m",modelservice="m",'
+                'namespace="default"} 0.0') in metrics
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_held_request_is_forwarded_once_a_replica_is_ready(gateway, tmp_path: Path):

@@ -96,6 +96,49 @@ async def test_waiting_queue_shows_in_metrics_and_costs_ttft(sim: str) -> None:
     assert success[0].value == 6
 
 
+def _counter(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    raise KeyError(name)
+
+
+def _histogram_count(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return sum(s.value for s in family.samples if s.name.endswith("_count"))
+    raise KeyError(name)
+
+
+def test_tokens_are_counted_as_they_are_made_like_vllm(sim: str) -> None:
+    """vLLM counts a request's prompt tokens (and its TTFT) when its prefill finishes and its
+    output tokens step by step, so a long request shows in the counters while it runs."""
+    body = {"model": "m", "prompt": "x", "prompt_tokens": 1000, "max_tokens": 400,
+            "stream": True}
+    with httpx.stream("POST", sim + "/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        chunks = r.iter_raw()
+        next(chunks)  # the first token is out: the prefill is done
+        text = httpx.get(sim + "/metrics").text
+        assert _gauge(text, "vllm:num_requests_running") == 1  # still generating
+        assert _counter(text, "vllm:prompt_tokens") == 1000
+        assert _histogram_count(text, "vllm:time_to_first_token_seconds") == 1
+        assert _counter(text, "vllm:request_success") == 0
+        early = _counter(text, "vllm:generation_tokens")
+        assert 1 <= early < 400
+        for _ in range(5):  # a few more decode steps
+            next(chunks)
+        later = _counter(httpx.get(sim + "/metrics").text, "vllm:generation_tokens")
+        assert early < later < 400
+        for _ in chunks:
+            pass
+    text = httpx.get(sim + "/metrics").text
+    assert _counter(text, "vllm:prompt_tokens") == 1000  # counted once
+    assert _counter(text, "vllm:generation_tokens") == 400
+    assert _histogram_count(text, "vllm:inter_token_latency_seconds") == 399
+    assert _histogram_count(text, "vllm:request_prompt_tokens") == 1
+
+
 def test_prompt_token_hint_and_context_limit(sim: str) -> None:
     r = httpx.post(sim + "/v1/completions", json={"model": "m", "prompt": "x",
                                                   "prompt_tokens": 1000, "max_tokens": 2})
@@ -166,6 +209,43 @@ def test_served_names_with_slashes_route_and_control(tmp_path: Path) -> None:
         assert httpx.delete(base, timeout=60).status_code == 200
         assert httpx.post(rt.url + "/v1/completions",
                           json={"model": name, "prompt": "x"}).status_code == 404
+
+
+async def test_drain_endpoint_finishes_in_flight_then_stays_up(tmp_path: Path) -> None:
+    """POST /kubeplex/v1/drain (what the operator and local mode call): new requests get 503
+    at once, the one in flight finishes, ``wait=true`` returns when the engines are stopped,
+    and the process stays up (drained, not ready) until SIGTERM."""
+    config = {"models": [model_entry("s", "sim", memory_share=0.5)]}
+    with RuntimeProcess(config, tmp_path) as rt:
+        async with httpx.AsyncClient(timeout=60) as client:
+            running = asyncio.create_task(client.post(
+                rt.url + "/v1/completions",
+                json={"model": "s", "prompt": "x", "max_tokens": 100}))  # ~1 s
+            for _ in range(1000):  # until the request is in flight (bounded)
+                status = (await client.get(rt.control + "/kubeplex/v1/status")).json()
+                if status["inFlight"] == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert status["inFlight"] == 1
+            r = await client.post(rt.control + "/kubeplex/v1/drain")
+            assert r.status_code == 202
+            assert r.json()["state"] == "draining"
+            late = await client.post(rt.url + "/v1/completions",
+                                     json={"model": "s", "prompt": "x"})
+            assert late.status_code == 503
+            assert late.headers["Retry-After"] == "1"
+            r = await client.post(rt.control + "/kubeplex/v1/drain?wait=true")
+            assert r.status_code == 200
+            assert r.json()["state"] == "drained"
+            assert r.json()["models"][0]["state"] == "stopped"
+            finished = await running
+            assert finished.status_code == 200
+            assert finished.json()["usage"]["completion_tokens"] == 100
+            assert (await client.get(rt.control + "/healthz")).status_code == 200
+            assert (await client.get(rt.control + "/readyz")).status_code == 503
+        assert rt.proc is not None
+        assert rt.proc.poll() is None  # still up until told to stop
+        assert rt.stop() == 0
 
 
 def test_engine_that_cannot_start_backs_off_and_others_serve(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from kubeplex.autoscaler import (
     Starting,
     decide,
 )
+from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
 from kubeplex.autoscaler.policy import (
     budget_clamp,
     estimate_capacity,
@@ -330,3 +331,21 @@ def test_slo_status() -> None:
     assert slo_status(signals(0.5), CONFIG) == "Met"
     assert slo_status(signals(0.9), CONFIG) == "AtRisk"
     assert slo_status(signals(1.5), CONFIG) == "Violated"
+
+
+def test_the_gateways_held_alert_scales_from_zero_without_a_held_count() -> None:
+    """KubeplexRequestsHeld (the cluster gateway's POST) counts as one held request when the
+    caller has no count; any other alert at zero with no data holds at zero."""
+    config = replace(CONFIG, min_replicas=0)
+    at_zero = Observed((), 0)
+    other = decide(replace(at_zero, trigger="KubeplexQueueBacklog"), config,
+                   AutoscalerState(), 100.0)
+    assert other.desired_replicas == 0
+    held = decide(replace(at_zero, trigger=REQUESTS_HELD_ALERT), config, AutoscalerState(),
+                  100.0)
+    assert held.desired_replicas == 1
+    assert "scale from zero: 1 requests held" in held.reason
+    assert "(alert KubeplexRequestsHeld)" in held.reason
+    counted = decide(replace(at_zero, trigger=REQUESTS_HELD_ALERT, held_requests=4), config,
+                     AutoscalerState(), 100.0)
+    assert "4 requests held" in counted.reason

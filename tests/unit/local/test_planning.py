@@ -156,15 +156,19 @@ def test_unneeded_standby_is_stopped_to_make_room():
     assert _kinds(plan) == [(ActionKind.STOP, "w", None), (ActionKind.START, None, M)]
 
 
-def test_scale_down_removes_starting_first_then_least_loaded_and_unloads_shared():
+def test_scale_down_removes_starting_first_then_dedicated_then_unloads_shared():
     other = "default/other"
     groups = [_g("busy", GroupPhase.READY, load=9), _g("idle", GroupPhase.READY, load=0),
               _g("new", GroupPhase.STARTING),
               _g("shared", GroupPhase.READY, models=(M, other), load=5)]
     plan = fleet_plan(groups, {M: ModelTarget(M, 1)}, {M: T1},
                       [PoolBudget("p", max_gpus=None, warm_size=0)])
+    # Draining groups where the model runs alone frees GPUs; the shared group keeps it.
     assert _kinds(plan) == [(ActionKind.DRAIN, "new", M), (ActionKind.DRAIN, "idle", M),
-                            (ActionKind.UNLOAD, "shared", M)]
+                            (ActionKind.DRAIN, "busy", M)]
+    down = fleet_plan(groups, {M: ModelTarget(M, 0)}, {M: T1},
+                      [PoolBudget("p", max_gpus=None, warm_size=0)])
+    assert (ActionKind.UNLOAD, "shared", M) in _kinds(down)
 
 
 def test_scale_to_zero_drains_everything_and_draining_holds_gpus():

@@ -4,6 +4,9 @@ warm claims. The fake makes every pod scheduled and ready on its planned node (a
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from operator_fakes import (
     NOW,
     FakeKube,
@@ -15,7 +18,12 @@ from operator_fakes import (
     snapshot,
 )
 
-from kubeplex.operator._reconcile import Snapshot, group_name, run_cycle
+from kubeplex.operator._autoscale import Scaler
+from kubeplex.operator._metrics import OperatorMetrics
+from kubeplex.operator._placement import Templates
+from kubeplex.operator._reconcile import Context, Snapshot, group_name, run_cycle
+from kubeplex.operator._runtime_client import RuntimeClient
+from kubeplex.operator._settings import Settings
 
 
 def test_cycle_creates_groups_pods_and_a_second_run_changes_nothing() -> None:
@@ -140,3 +148,123 @@ def test_other_pools_pods_on_a_shared_node_count_as_used() -> None:
     run_cycle(context(kube), snap, NOW)
     # 4 GPUs, 2 held by another pool's pod: two replicas fit, the third is a shortfall
     assert len(kube.of("Pod")) == 2
+
+
+def _small(name: str, replicas: int, profile: str, uri: str) -> dict[str, Any]:
+    m = msvc(name, replicas, uri=uri, profile=profile)
+    m["spec"]["workload"] = {"requestsPerSecond": 0.5, "burstiness": 4, "promptTokens": 512,
+                             "outputTokens": 128}
+    m["spec"]["slo"]["ttftSeconds"] = 1.0
+    return m
+
+
+def test_colocated_models_share_one_pod_and_scale_one_at_a_time() -> None:
+    kube = FakeKube()
+    models = [_small("chat", 1, "llama-3.1-8b", "hf://meta-llama/Llama-3.1-8B-Instruct"),
+              _small("coder", 1, "qwen-2.5-7b", "hf://Qwen/Qwen2.5-7B-Instruct")]
+    register(kube, *models)
+    settings = Settings(scrape="off")
+    ctx = Context(settings, kube, RuntimeClient(settings), OperatorMetrics(), Scaler(),
+                  Templates(background=False, inline=True))
+    ns = nodes(1, gpus=2)
+
+    def cycle(t: float) -> None:
+        run_cycle(ctx, snapshot(kube, pool(), models, ns), NOW + t)
+
+    cycle(0)
+    groups, pods = kube.of("ServingGroup"), kube.of("Pod")
+    assert [g["metadata"]["name"] for g in groups] == ["chat-coder-0"], groups
+    entries = groups[0]["spec"]["models"]
+    assert [e["modelService"] for e in entries] == ["chat", "coder"]
+    assert sum(e["memoryShare"] for e in entries) <= 0.9 + 1e-3
+    assert {o["name"] for o in groups[0]["metadata"]["ownerReferences"]} == {"chat", "coder"}
+    labels = pods[0]["metadata"]["labels"]
+    assert labels["model.kubeplex.io/chat"] == labels["model.kubeplex.io/coder"] == "true"
+    config = json.loads(pods[0]["spec"]["containers"][0]["env"][0]["value"])
+    assert [m["name"] for m in config["models"]] == ["chat", "coder"]
+    assert pods[0]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    cycle(1)
+    before = len(kube.writes)
+    cycle(2)
+    assert kube.writes[before:] == []  # idempotent
+    status = kube.objects[("ModelService", "ns", "coder")]["status"]
+    assert status["ready"] == "1/1" and status["placement"][0]["group"] == "chat-coder-0"
+    assert status["placement"][0]["memoryShare"] < 0.9
+
+    # coder scales to zero: unloaded from the shared pod, which keeps serving chat.
+    models[1]["spec"]["scaling"]["replicas"] = 0
+    cycle(3)
+    pod = kube.objects[("Pod", "ns", "chat-coder-0")]
+    assert "model.kubeplex.io/coder" not in pod["metadata"]["labels"]
+    assert pod["metadata"]["labels"]["model.kubeplex.io/chat"] == "true"
+    group = kube.objects[("ServingGroup", "ns", "chat-coder-0")]
+    assert [e["modelService"] for e in group["spec"]["models"]] == ["chat"]
+    for t in (4, 5):
+        cycle(t)
+    before = len(kube.writes)
+    cycle(6)
+    assert kube.writes[before:] == []
+    assert len(kube.of("Pod")) == 1
+
+    # coder back to one: loaded into the running pod beside chat (no new pod).
+    models[1]["spec"]["scaling"]["replicas"] = 1
+    cycle(7)
+    cycle(8)
+    assert len(kube.of("Pod")) == 1
+    pod = kube.objects[("Pod", "ns", "chat-coder-0")]
+    assert pod["metadata"]["labels"]["model.kubeplex.io/coder"] == "true"
+    assert ("CoLocated" in {r for r, _m in kube.events})
+
+    # coder deleted: unloaded, the pod stays for chat; chat deleted: everything goes.
+    models = models[:1]
+    cycle(9)
+    assert [e["modelService"] for e in kube.objects[("ServingGroup", "ns", "chat-coder-0")][
+        "spec"]["models"]] == ["chat"]
+    models = []
+    cycle(10)
+    cycle(11)
+    assert kube.of("ServingGroup") == [] and kube.of("Pod") == []
+
+
+def test_an_unload_interrupted_after_the_label_converges() -> None:
+    kube = FakeKube()
+    models = [_small("chat", 1, "llama-3.1-8b", "hf://meta-llama/Llama-3.1-8B-Instruct"),
+              _small("coder", 1, "qwen-2.5-7b", "hf://Qwen/Qwen2.5-7B-Instruct")]
+    register(kube, *models)
+    settings = Settings(scrape="off")
+    ctx = Context(settings, kube, RuntimeClient(settings), OperatorMetrics(), Scaler(),
+                  Templates(background=False, inline=True))
+    ns = nodes(1, gpus=2)
+    for t in range(3):
+        run_cycle(ctx, snapshot(kube, pool(), models, ns), NOW + t)
+    # The operator died right after taking coder's label off the pod (first write of an
+    # unload): the group still lists coder. A new operator finishes the unload.
+    kube.objects[("Pod", "ns", "chat-coder-0")]["metadata"]["labels"].pop(
+        "model.kubeplex.io/coder")
+    models[1]["spec"]["scaling"]["replicas"] = 0
+    for t in range(3, 7):
+        run_cycle(ctx, snapshot(kube, pool(), models, ns), NOW + t)
+    group = kube.objects[("ServingGroup", "ns", "chat-coder-0")]
+    assert [e["modelService"] for e in group["spec"]["models"]] == ["chat"]
+    assert len(kube.of("Pod")) == 1 and len(kube.of("ServingGroup")) == 1
+    before = len(kube.writes)
+    run_cycle(ctx, snapshot(kube, pool(), models, ns), NOW + 7)
+    assert kube.writes[before:] == []
+
+
+def test_a_standby_preloaded_with_a_deleted_model_is_stopped() -> None:
+    kube = FakeKube()
+    models = [msvc("a", 1)]
+    register(kube, *models)
+    ctx, warm_pool = context(kube), pool(warm=1)
+    for t in range(2):
+        run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + t)
+    warm = [g for g in kube.of("ServingGroup") if g["spec"]["warm"]]
+    assert [m["modelService"] for m in warm[0]["spec"]["models"]] == ["a"]  # preloaded
+    pod = kube.objects[("Pod", "ns", warm[0]["metadata"]["name"])]
+    config = json.loads(pod["spec"]["containers"][0]["env"][0]["value"])
+    assert [m["name"] for m in config["models"]] == ["a"]
+    assert "model.kubeplex.io/a" not in pod["metadata"]["labels"]  # not routed
+    for t in range(2, 4):
+        run_cycle(ctx, snapshot(kube, warm_pool, [], nodes(1)), NOW + t)
+    assert kube.of("ServingGroup") == [] and kube.of("Pod") == []

@@ -28,3 +28,13 @@ def test_readme_documents_every_setting() -> None:
     readme = (DOCKERFILE.parent / "README.md").read_text()
     for var, (_field, default, _help) in ENV_DOCS.items():
         assert f"| `{var}` | `{default or '(empty)'}` |" in readme, var
+
+
+def test_the_image_runs_the_gateway_too() -> None:
+    """The chart's gateway Deployment runs this image with `kubeplex gateway`."""
+    from kubeplex.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["gateway", "--port", "8080"])
+    assert args.handler.__module__ == "kubeplex.cli._gateway"
+    assert "runtime" in re.search(r"'\.\[(.+)\]'", DOCKERFILE.read_text()).group(1)

@@ -118,3 +118,23 @@ def test_real_profile_drives_it() -> None:
     s.add(r)
     t = _run_lane(s, 0.0)
     assert abs(t - prof.prefill_seconds(512)) < 1e-9
+
+
+def test_step_names_the_prefills_it_ran_and_counts_tokens_like_vllm() -> None:
+    """vLLM counts a prompt's tokens in the step that prefills it, and per iteration
+    prompt tokens + generated tokens (``vllm:iteration_tokens_total``)."""
+    s = Scheduler(Linear(), kv_capacity_tokens=10_000, max_num_seqs=8)
+    first = _req(0, prompt=10, out=3)
+    s.add(first)
+    result = s.step(0, 0.0)
+    assert result is not None
+    assert result.prefilled == (first,)
+    assert result.batch_tokens == 10 + 1
+    s.complete(result)
+    second = _req(1, prompt=7, out=3, at=result.ends_at)
+    s.add(second)
+    result = s.step(0, result.ends_at)
+    assert result is not None
+    assert result.prefilled == (second,)  # the first one only decodes now
+    assert [r for r, _ in result.tokens] == [first, second]
+    assert result.batch_tokens == 7 + 2
