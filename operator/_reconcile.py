@@ -98,6 +98,10 @@ class Context:
     #: Threads for a cycle's independent API writes (the API round trip dominates a cycle).
     writers: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(WRITE_CONCURRENCY, "kubeplex-write"))
+    #: ModelService key -> (uid, desiredReplicas) this operator last wrote to its status.
+    #: kopf's index may still hold the status from before that write when the next cycle
+    #: starts; the decision is compared with what was written, so it is recorded once.
+    recorded: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -482,7 +486,9 @@ def _model_status(ctx: Context, m: Mapping[str, Any], groups: Sequence[GroupObj]
     }
     if ev and ev.observed:
         status["observed"] = ev.observed
-    before = old.get("desiredReplicas")
+    key, uid = f"{ns}/{name}", str(meta.get("uid", ""))
+    written = ctx.recorded.get(key)
+    before = written[1] if written and written[0] == uid else old.get("desiredReplicas")
     if ev and before is not None and before != desired:
         status["lastScale"] = {"time": iso(now), "from": before, "to": desired,
                                "reason": ev.reason[:1024]}
@@ -498,6 +504,7 @@ def _model_status(ctx: Context, m: Mapping[str, Any], groups: Sequence[GroupObj]
                        warning=True)
     if _changed(old, status):
         ctx.kube.patch("ModelService", ns, name, {"status": status}, status=True)
+    ctx.recorded[key] = (uid, desired)
 
 
 def _has(conds: Iterable[Mapping[str, Any]], kind: str, reason: str) -> bool:
