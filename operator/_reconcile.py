@@ -12,7 +12,8 @@ handlers. Steps:
    models in one group where placement packs them) / claim warm / add to a running group /
    unload from a shared group / drain, bounded by the pool's free GPUs and
    :data:`MAX_MOVES` in-place changes per cycle. Co-location stays within a namespace (a pod
-   joins the Services of its namespace only);
+   joins the Services of its namespace only): placement gets the namespace as each model's
+   ``colocation_key`` and never pairs models of different ones;
 4. the executor (:mod:`._executor`) applies it, then advances every group's lifecycle
    (pod created, ready, warm claim loading, draining, deleted);
 5. status of every ModelService, ServingGroup and the pool; Events for scale changes.
@@ -55,13 +56,11 @@ from kubeplex.operator.planning import (
     GroupPhase,
     GroupView,
     ModelTarget,
-    ReplicaTemplate,
     fleet_plan,
     model_shape,
     observed_fleet,
     pool_budget,
 )
-from kubeplex.placement.planner import MEMORY_LIMIT
 
 __all__ = ["Context", "CycleReport", "NodeState", "Snapshot", "group_name", "run_cycle"]
 
@@ -183,17 +182,6 @@ def _planning_view(g: GroupObj, pool: str, load: float) -> GroupView:
                      tuple(f"{g.namespace}/{m}" for m in g.loading))
 
 
-def _same_namespace(template: ReplicaTemplate) -> ReplicaTemplate:
-    """Partners in the model's namespace only: a shared pod joins its namespace's Services.
-    A model left with none runs alone, so it gets the whole memory share."""
-    ns = template.model.split("/", 1)[0]
-    partners = tuple(p for p in template.partners if p.split("/", 1)[0] == ns)
-    if partners == template.partners:
-        return template
-    share = template.memory_share if partners else MEMORY_LIMIT
-    return replace(template, partners=partners, memory_share=share)
-
-
 def _best_fit(free: dict[str, int], gpus: int) -> str | None:
     fitting = [n for n, f in free.items() if f >= gpus]
     if not fitting:
@@ -295,7 +283,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
 
     # ---- plan ---------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    usable = {k: _same_namespace(t) for k, t in templates.items() if k in targets}
+    # Placement pairs models of one namespace only (colocation_key): a pod joins the
+    # Services of its own namespace.
+    usable = {k: t for k, t in templates.items() if k in targets}
     plan = fleet_plan(views, targets, usable, [budget], MAX_MOVES)
     ctx.metrics.placement_seconds.observe(time.perf_counter() - t0)
 
