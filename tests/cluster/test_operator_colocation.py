@@ -238,10 +238,12 @@ def test_models_started_alone_are_consolidated_once_placement_pairs_them(
                     "chat") == [name] and selected("coder") == [name], WAIT_S, 0.5)
                 router = harness.wait_for("its runtime", lambda: fleet.routers([name]),
                                           WAIT_S)[0]
+                # KWOK marks pods ready at once (no /readyz probe): wait for the engines.
                 for model in MODELS:
-                    r = httpx.post(f"{router}/v1/completions", timeout=30, json={
-                        "model": model, "prompt": "hi", "prompt_tokens": 16, "max_tokens": 4})
-                    assert r.status_code == 200, (model, r.text)
+                    harness.wait_for(f"{model} answered by the shared pod", lambda m=model: (
+                        httpx.post(f"{router}/v1/completions", timeout=30, json={
+                            "model": m, "prompt": "hi", "prompt_tokens": 16,
+                            "max_tokens": 4}).status_code == 200), WAIT_S, 0.5)
                 status = cluster.kubectl_json("get", "gpupool", pool)["status"]
                 assert status["allocatedGPUs"] <= 3
                 assert search.proc.poll() is None
