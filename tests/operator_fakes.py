@@ -53,6 +53,9 @@ class FakeKube:
               message: str, warning: bool = False) -> None:
         self.events.append((reason, message))
 
+    def endpoint_pods(self, namespace: str, service: str) -> set[str] | None:
+        return set()  # every EndpointSlice update has arrived
+
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [o for (k, _n, _m), o in sorted(self.objects.items()) if k == kind]
 
