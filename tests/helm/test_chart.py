@@ -311,6 +311,7 @@ def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[st
         ("", "services", {"get", "create", "patch"}),
         ("", "events", {"create"}),
         ("", "nodes", read),
+        ("discovery.k8s.io", "endpointslices", {"list"}),  # two-phase scale-down (main)
         ("apiextensions.k8s.io", "customresourcedefinitions", {"list", "watch"}),
         ("kopf.dev", "clusterkopfpeerings", read | {"patch"}),
         ("kopf.dev", "kopfpeerings", read | {"patch"}),
