@@ -18,15 +18,14 @@ kubeplex.autoscaler.alert_rules).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import operator_harness as harness
 import pytest
 import yaml
 from promstack import PromStack, ScrapeTarget
@@ -36,7 +35,6 @@ from kubeplex.cli._alerts import render_rules
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.slow]
 
-HARNESS = Path(__file__).with_name("operator_harness.py")
 GROUP, VERSION = "kubeplex.io", "v1alpha1"
 MODEL = "alerted"
 SLO_TTFT_S = 0.5
@@ -58,27 +56,8 @@ READY_S = 90.0
 DECIDE_S = 60.0
 
 
-if not HARNESS.exists():
-    pytest.skip("tests/cluster/operator_harness.py (the operator area, issue 7) is not in this "
-                "checkout", allow_module_level=True)
-
-
-def load_harness() -> Any:
-    spec = importlib.util.spec_from_file_location("kubeplex_operator_harness", HARNESS)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {HARNESS}")
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def harness() -> Any:
-    return load_harness()
-
-
 def test_alert_path_into_the_operator_decides_a_scale_up(
-        harness: Any, cluster: Any, namespace: str, k8s_client: Any, tmp_path: Path,
+        cluster: Any, namespace: str, k8s_client: Any, tmp_path: Path,
         promstack: Callable[..., PromStack]) -> None:
     pool = f"alerts-{uuid.uuid4().hex[:6]}"
     objs = [

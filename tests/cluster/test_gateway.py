@@ -8,9 +8,7 @@ pod's URL annotations (``KUBEPLEX_URL_ANNOTATIONS=true`` on operator and gateway
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 import time
 import uuid
@@ -19,21 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import operator_harness as harness
 import pytest
 import yaml
 
-
-def _load_harness() -> Any:
-    path = Path(__file__).with_name("operator_harness.py")
-    spec = importlib.util.spec_from_file_location("kubeplex_operator_harness", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 GROUP, VERSION = harness.GROUP, harness.VERSION

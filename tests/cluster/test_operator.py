@@ -5,32 +5,18 @@ alert webhook authenticates and triggers evaluations, and a restart converges.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import operator_harness as harness
 import pytest
 import yaml
 
-
-def _load_harness() -> Any:
-    """tests/ is no package (importlib mode): load the harness beside this file by path."""
-    path = Path(__file__).with_name("operator_harness.py")
-    spec = importlib.util.spec_from_file_location("kubeplex_operator_harness", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
 GROUP, VERSION = harness.GROUP, harness.VERSION
 Operator, http_post, wait_for = harness.Operator, harness.http_post, harness.wait_for
 

@@ -6,29 +6,16 @@ an idle model with minReplicas 0 scales to zero."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import operator_harness as harness
 import pytest
 import yaml
 
-
-def _load_harness() -> Any:
-    path = Path(__file__).with_name("operator_harness.py")
-    spec = importlib.util.spec_from_file_location("kubeplex_operator_harness", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 GROUP, VERSION = harness.GROUP, harness.VERSION
