@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -52,6 +55,8 @@ ENGINE_SCRAPE_TIMEOUT_SECONDS = 2.0
 #: Timeout of an engine's /sleep or /wake_up call (a level-2 wake reloads weights).
 ENGINE_SLEEP_TIMEOUT_SECONDS = 300.0
 ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions")
+#: The sim engines' shared device (:mod:`kubeplex.runtime.sim.device`), in :attr:`workdir`.
+SIM_DEVICE_FILE = "sim-device"
 
 
 class Runtime:
@@ -68,6 +73,9 @@ class Runtime:
         #: not make /readyz fail (a shared pod keeps serving its other models meanwhile).
         self.late_loads: set[str] = set()
         self._drain_task: asyncio.Task[None] | None = None
+        #: This process's scratch directory (the sim engines' shared device file), made on
+        #: first use, removed by :meth:`close`.
+        self.workdir: str | None = None
         #: Forwards requests to the engines (public: gateways built on Runtime use it too).
         self.proxy = Proxy(self.metrics)
         self.router_app = self._router_app()
@@ -94,10 +102,17 @@ class Runtime:
             raise EngineStateError("the runtime is not started")
         launch(model, self.config, 0, self.device)  # refuse what cannot start (400 / exit 2)
         engine = Engine(model, self.config, self.device, self.session,
-                        on_change=self._engine_changed)
+                        on_change=self._engine_changed,
+                        shared_device=self._sim_device() if model.engine == "sim" else None)
         self.engines[model.name] = engine
         engine.start()
         return engine
+
+    def _sim_device(self) -> str:
+        """The booking file of the simulated GPU group all sim engines here share."""
+        if self.workdir is None:
+            self.workdir = tempfile.mkdtemp(prefix="kubeplex-runtime-")
+        return os.path.join(self.workdir, SIM_DEVICE_FILE)
 
     def _engine_changed(self, engine: Engine) -> None:
         self.metrics.engine_ready.labels(engine.name).set(engine.state is EngineState.READY)
@@ -106,6 +121,9 @@ class Runtime:
     async def close(self) -> None:
         await asyncio.gather(*(e.stop() for e in self.engines.values()))
         await self.proxy.close()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     @property
     def in_flight(self) -> int:
