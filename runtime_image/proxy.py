@@ -15,11 +15,11 @@ mode's gateway: the least busy replica; a cluster gateway: a pod) and hands the 
 upstream sends it (one ``write`` per chunk, nothing buffered); counts the request in the
 ``kubeplex_router_*`` series; and keeps ``upstream.in_flight``, which drains wait on. An
 upstream that cannot be reached before any byte went out is answered ``503`` with
-``Retry-After: upstream.retry_after(now)``, as is an upstream's own 503, unless the caller's
-``fallback`` names another upstream to try once instead (the gateway's retry of a draining
-replica); one that goes away mid-stream cuts the client's stream (its status is already
-sent), and a started stream is never retried. A client that hangs up closes the upstream connection,
-which makes vLLM abort the request.
+``Retry-After: upstream.retry_after(now)``, and an upstream's own 503 is passed on, unless
+the caller's ``fallback`` names another upstream to try once instead (the gateway's retry of
+a draining replica); one that goes away mid-stream cuts the client's stream (its status is
+already sent), and a started stream is never sent again. A client that hangs up closes the
+upstream connection, which makes vLLM abort the request.
 
 What keeps it lean (``benchmarks/runtime/router_overhead.py`` measures it against hitting the
 engine directly): one ``aiohttp`` session for the process (keep-alive pool, no cookie jar, no
@@ -187,11 +187,12 @@ class Proxy:
                         if not in_headers.get("Content-Type", "").startswith(
                                 "text/event-stream"):
                             data = await answer.read()
-                            refused = web.Response(body=data, status=answer.status,
-                                                   headers=out_headers)
+                            reply = web.Response(body=data, status=answer.status,
+                                                 headers=out_headers)
                             if answer.status != 503 or fallback is None:
                                 series.ttfb.observe(time.monotonic() - arrived)
-                                return refused
+                                return reply
+                            refused = reply
                         else:
                             response = web.StreamResponse(status=answer.status,
                                                           headers=out_headers)
