@@ -15,6 +15,15 @@ of ``spec.models`` and named in ``kubeplex.io/unloading`` until the runtime has 
 unloaded it (``DELETE /kubeplex/v1/models/{name}``); the pod keeps serving the others. A pod is
 deleted only when its group has no model left (drain).
 
+Scale-down is two-phase, because removing a label takes a while to reach kube-proxy and the
+gateways (through the Service's EndpointSlices), and requests that still arrive at a draining
+engine would fail: phase 1 takes the label off (and records ``kubeplex.io/drain-started``, or
+the model in ``kubeplex.io/unload-waiting`` with ``kubeplex.io/unlabelled-at``); phase 2, in a
+later cycle, asks the runtime to drain or unload once the model's EndpointSlices no longer list
+the pod or ``KUBEPLEX_ENDPOINT_GRACE_SECONDS`` have passed, whichever comes first (recorded in
+``kubeplex.io/drain-asked``, or by leaving ``unload-waiting``). Both phases live in
+annotations, so an operator restarted between them carries on.
+
 Warm standbys preload their pool's likeliest model (``spec.models`` of a warm group, not
 routed) and put it to sleep once ready (``kubeplex.io/sleep``: ``asleep``, or ``unsupported``
 when the runtime answers 409: the sim engine and vLLM on CPU cannot sleep and stay loaded); a
@@ -51,13 +60,21 @@ from kubeplex.operator._settings import Settings
 from kubeplex.operator._status import iso
 from kubeplex.operator.planning import ClaimStep, ReplicaTemplate, claim_step
 
-__all__ = ["CHANGED_IN_PLACE", "CLAIMED_AT", "DRAIN_STARTED", "SLEEP", "UNLOADING", "Executor",
-           "GroupObj", "Hosted", "pod_ready"]
+__all__ = ["CHANGED_IN_PLACE", "CLAIMED_AT", "DRAIN_ASKED", "DRAIN_STARTED", "SLEEP",
+           "UNLABELLED_AT", "UNLOADING", "UNLOAD_WAITING", "Executor", "GroupObj", "Hosted",
+           "pod_ready"]
 
 log = logging.getLogger("kubeplex.operator")
 
 CLAIMED_AT = "kubeplex.io/claimed-at"
+#: Phase 1 of a drain: when the pod's model labels came off.
 DRAIN_STARTED = "kubeplex.io/drain-started"
+#: Phase 2 of a drain: when the runtime was asked to drain (its Services had dropped the pod).
+DRAIN_ASKED = "kubeplex.io/drain-asked"
+#: Unloads still in phase 1 (``model=servedName``, comma-separated): label off, the runtime not
+#: asked yet; and when the last label came off.
+UNLOAD_WAITING = "kubeplex.io/unload-waiting"
+UNLABELLED_AT = "kubeplex.io/unlabelled-at"
 #: Models (ModelService names, comma-separated) being drained and unloaded from the group.
 UNLOADING = "kubeplex.io/unloading"
 #: A warm standby's preloaded model: ``asleep`` or ``unsupported`` (the engine cannot sleep).
@@ -85,6 +102,13 @@ def _epoch(stamp: str | None, default: float) -> float:
         return default
     try:
         return float(calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return default
+
+
+def _float(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text else default
     except ValueError:
         return default
 
@@ -143,6 +167,12 @@ class GroupObj:
     @property
     def unloading(self) -> tuple[str, ...]:
         return tuple(m for m in self.annotations.get(UNLOADING, "").split(",") if m)
+
+    @property
+    def unload_waiting(self) -> dict[str, str]:
+        """Unloads in phase 1: model -> the name its runtime serves it under."""
+        pairs = (p.partition("=") for p in self.annotations.get(UNLOAD_WAITING, "").split(","))
+        return {m: served or m for m, _, served in pairs if m}
 
     @classmethod
     def of(cls, group: Mapping[str, Any], pod: Mapping[str, Any] | None,
@@ -235,19 +265,22 @@ class Executor:
         owners = [o for o in view.owners if o.get("name") not in remove or o.get("controller")]
         owners += [owner_ref("ModelService", h.model.name, h.uid, controller=False)
                    for h in add if not any(o.get("name") == h.model.name for o in owners)]
-        unloading = sorted({*view.unloading, *remove} - {h.model.name for h in add})
+        added = {h.model.name for h in add}
+        unloading = sorted({*view.unloading, *remove} - added)
+        waiting = {m: served for m, served in view.unload_waiting.items() if m not in added}
+        waiting.update({name: next((e.get("servedName") or name for e in view.entries
+                                    if e["modelService"] == name), name) for name in remove})
+        annotations: dict[str, Any] = {
+            UNLOADING: ",".join(unloading) or None, CHANGED_IN_PLACE: "true",
+            UNLOAD_WAITING: ",".join(f"{m}={v}" for m, v in sorted(waiting.items())) or None}
+        if remove:
+            annotations[UNLABELLED_AT] = f"{now:.3f}"
         self.kube.patch("ServingGroup", view.namespace, view.name, {
-            "metadata": {"annotations": {UNLOADING: ",".join(unloading) or None,
-                                         CHANGED_IN_PLACE: "true"},
-                         "ownerReferences": owners},
+            "metadata": {"annotations": annotations, "ownerReferences": owners},
             "spec": {"models": entries}})
         models = [e["modelService"] for e in entries]
         self._group_status(view.namespace, view.name, view.phase, view.ready_since, models)
-        if self.talk_to_pods and view.endpoints.control:
-            for name in remove:
-                served = next((e.get("servedName") or name for e in view.entries
-                               if e["modelService"] == name), name)
-                self.runtime.unload(view.endpoints.control, served)
+        # The runtime unloads them in a later cycle, once their Services dropped the pod.
         for h in add:
             self._load(view, h)
         for h in add:
@@ -267,8 +300,7 @@ class Executor:
                             {"metadata": {"annotations": {DRAIN_STARTED: f"{now:.3f}"}}})
             self._group_status(view.namespace, view.name, "Draining", view.ready_since,
                                list(view.models))
-            if self.talk_to_pods and view.endpoints.control:
-                self.runtime.drain(view.endpoints.control)
+            # The runtime drains in a later cycle, once the model Services dropped the pod.
             log.info("draining %s/%s: %s", view.namespace, view.name, reason)
             if not self.talk_to_pods or view.pod is None:
                 self._delete(view)
@@ -297,7 +329,7 @@ class Executor:
               and not view.unloading):
             self._resync(view, hosted)
         if view.unloading and view.pod is not None:
-            self._finish_unloads(view)
+            self._finish_unloads(view, now)
         if view.phase != view.old_phase:
             since = iso(now) if view.phase in ("Ready", "Warm") else view.ready_since
             self._group_status(view.namespace, view.name, view.phase, since, list(view.models))
@@ -353,28 +385,50 @@ class Executor:
             log.info("group %s/%s: runtime re-synced (lost %s, extra %s)", view.namespace,
                      view.name, [h.model.name for h in lost], sorted(set(running) - wanted))
 
-    def _finish_unloads(self, view: GroupObj) -> None:
-        """Forget unloads the runtime has finished; ask again where a restart lost one."""
+    def _left_services(self, view: GroupObj, models: Sequence[str], since: float,
+                       now: float) -> bool:
+        """Whether the Services of ``models`` no longer send to the pod: their EndpointSlices
+        do not list it, or ``endpoint_grace_s`` passed since its labels came off."""
+        if now - since >= self.settings.endpoint_grace_s:
+            return True
+        for model in models:
+            pods = self.kube.endpoint_pods(view.namespace, model)
+            if pods is None or view.name in pods:
+                return False
+        return True
+
+    def _finish_unloads(self, view: GroupObj, now: float) -> None:
+        """Phase 2 of unloads whose Services dropped the pod (ask the runtime); forget unloads
+        the runtime has finished; ask again where a restart lost one."""
         if self.talk_to_pods and not view.endpoints.control:
             return
         left = list(view.unloading)
+        waiting = {m: v for m, v in view.unload_waiting.items() if m in left}
         if self.talk_to_pods and view.endpoints.control:
             status = self.runtime.status(view.endpoints.control)
             if status is None:
                 return
             hosted = {str(e.get("name")): str(e.get("state")) for e in status.get("models", ())}
+            since = _float(view.annotations.get(UNLABELLED_AT), 0.0)
+            if waiting and self._left_services(view, sorted(waiting), since, now):
+                waiting = {}  # phase 2: the loop below asks the runtime
             for name in list(left):
-                served = next((e.get("servedName") or name for e in view.entries
-                               if e["modelService"] == name), name)
+                served = waiting.get(name) or next(
+                    (e.get("servedName") or name for e in view.entries
+                     if e["modelService"] == name), name)
                 if served not in hosted and name not in hosted:
                     left.remove(name)
-                elif hosted.get(served) != "draining":
+                    waiting.pop(name, None)
+                elif name not in waiting and hosted.get(served) != "draining":
                     self.runtime.unload(view.endpoints.control, served)
         else:
-            left = []
-        if left != list(view.unloading):
+            left, waiting = [], {}
+        if left != list(view.unloading) or waiting != view.unload_waiting:
             self.kube.patch("ServingGroup", view.namespace, view.name, {"metadata": {
-                "annotations": {UNLOADING: ",".join(left) or None}}})
+                "annotations": {UNLOADING: ",".join(left) or None,
+                                UNLOAD_WAITING: ",".join(f"{m}={v}" for m, v
+                                                         in sorted(waiting.items())) or None,
+                                **({} if waiting else {UNLABELLED_AT: None})}}})
 
     def _put_to_sleep(self, view: GroupObj) -> None:
         """Put a warm standby's preloaded model to sleep (GPU engines); an engine that cannot
@@ -415,12 +469,22 @@ class Executor:
                               runtime_model(hosted.model, view.tp, view.pp, hosted.profile))
 
     def _finish_drain(self, view: GroupObj, now: float) -> None:
-        started = float(view.annotations.get(DRAIN_STARTED, now))
+        """Phase 2 of a drain once the Services dropped the pod (ask the runtime to drain),
+        then delete the group once nothing is in flight (or after :data:`DRAIN_GIVE_UP_S`)."""
         done = view.pod is None or not self.talk_to_pods or not view.endpoints.control
         if not done and view.endpoints.control:
+            asked = view.annotations.get(DRAIN_ASKED)
+            if asked is None:
+                started = _float(view.annotations.get(DRAIN_STARTED), 0.0)
+                if self._left_services(view, view.models, started, now):
+                    self.runtime.drain(view.endpoints.control)
+                    self.kube.patch("ServingGroup", view.namespace, view.name, {
+                        "metadata": {"annotations": {DRAIN_ASKED: f"{now:.3f}"}}})
+                return  # the next cycle sees the runtime draining
             status = self.runtime.status(view.endpoints.control)
             done = (status is None or status.get("state") == "drained"
-                    or not status.get("inFlight") or now - started > DRAIN_GIVE_UP_S)
+                    or not status.get("inFlight")
+                    or now - _float(asked, now) > DRAIN_GIVE_UP_S)
         if done:
             self._delete(view)
 

@@ -35,6 +35,8 @@ RBAC_NEEDED: frozenset[tuple[str, str, str]] = frozenset({
     ("", "pods", "create"), ("", "pods", "patch"), ("", "pods", "delete"),
     ("", "services", "create"), ("", "services", "patch"), ("", "services", "get"),
     ("", "events", "create"),
+    # two-phase scale-down: has the model's Service dropped the pod yet (Kube.endpoint_pods)
+    ("discovery.k8s.io", "endpointslices", "list"),
 })
 
 
@@ -47,6 +49,7 @@ class KubeApi(Protocol):
     def delete(self, kind: str, namespace: str, name: str) -> None: ...
     def event(self, obj_kind: str, namespace: str | None, name: str, uid: str, reason: str,
               message: str, warning: bool = False) -> None: ...
+    def endpoint_pods(self, namespace: str, service: str) -> set[str] | None: ...
 
 
 _PLURALS = {"ServingGroup": "servinggroups", "ModelService": "modelservices",
@@ -59,6 +62,7 @@ class Kube:
     def __init__(self, api_client: k8s.ApiClient, component: str = "kubeplex-operator") -> None:
         self.custom = k8s.CustomObjectsApi(api_client)
         self.core = k8s.CoreV1Api(api_client)
+        self.discovery = k8s.DiscoveryV1Api(api_client)
         self.component = component
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -126,6 +130,19 @@ class Kube:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+    def endpoint_pods(self, namespace: str, service: str) -> set[str] | None:
+        """Names of the pods the Service's EndpointSlices list (in any condition); None when
+        they cannot be read (the caller then waits out its grace instead)."""
+        try:
+            slices = self.discovery.list_namespaced_endpoint_slice(
+                namespace, label_selector=f"kubernetes.io/service-name={service}")
+        except ApiException as e:
+            log.warning("could not list EndpointSlices of %s/%s: %s", namespace, service,
+                        e.reason)
+            return None
+        return {str(ep.target_ref.name) for s in slices.items for ep in (s.endpoints or ())
+                if ep.target_ref is not None and ep.target_ref.kind == "Pod"}
 
     def event(self, obj_kind: str, namespace: str | None, name: str, uid: str, reason: str,
               message: str, warning: bool = False) -> None:

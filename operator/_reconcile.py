@@ -12,7 +12,8 @@ handlers. Steps:
    models in one group where placement packs them) / claim warm / add to a running group /
    unload from a shared group / drain, bounded by the pool's free GPUs and
    :data:`MAX_MOVES` in-place changes per cycle. Co-location stays within a namespace (a pod
-   joins the Services of its namespace only);
+   joins the Services of its namespace only): placement gets the namespace as each model's
+   ``colocation_key`` and never pairs models of different ones;
 4. the executor (:mod:`._executor`) applies it, then advances every group's lifecycle
    (pod created, ready, warm claim loading, draining, deleted);
 5. status of every ModelService, ServingGroup and the pool; Events for scale changes.
@@ -55,13 +56,11 @@ from kubeplex.operator.planning import (
     GroupPhase,
     GroupView,
     ModelTarget,
-    ReplicaTemplate,
     fleet_plan,
     model_shape,
     observed_fleet,
     pool_budget,
 )
-from kubeplex.placement.planner import MEMORY_LIMIT
 
 __all__ = ["Context", "CycleReport", "NodeState", "Snapshot", "group_name", "run_cycle"]
 
@@ -98,6 +97,10 @@ class Context:
     #: Threads for a cycle's independent API writes (the API round trip dominates a cycle).
     writers: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(WRITE_CONCURRENCY, "kubeplex-write"))
+    #: ModelService key -> (uid, desiredReplicas) this operator last wrote to its status.
+    #: kopf's index may still hold the status from before that write when the next cycle
+    #: starts; the decision is compared with what was written, so it is recorded once.
+    recorded: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -177,17 +180,6 @@ def _planning_view(g: GroupObj, pool: str, load: float) -> GroupView:
                      None if g.unloading else (g.tp, g.pp),  # changing: no room to judge
                      tuple(shares.get(m, 1.0) for m in g.models),
                      tuple(f"{g.namespace}/{m}" for m in g.loading))
-
-
-def _same_namespace(template: ReplicaTemplate) -> ReplicaTemplate:
-    """Partners in the model's namespace only: a shared pod joins its namespace's Services.
-    A model left with none runs alone, so it gets the whole memory share."""
-    ns = template.model.split("/", 1)[0]
-    partners = tuple(p for p in template.partners if p.split("/", 1)[0] == ns)
-    if partners == template.partners:
-        return template
-    share = template.memory_share if partners else MEMORY_LIMIT
-    return replace(template, partners=partners, memory_share=share)
 
 
 def _best_fit(free: dict[str, int], gpus: int) -> str | None:
@@ -291,7 +283,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
 
     # ---- plan ---------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    usable = {k: _same_namespace(t) for k, t in templates.items() if k in targets}
+    # Placement pairs models of one namespace only (colocation_key): a pod joins the
+    # Services of its own namespace.
+    usable = {k: t for k, t in templates.items() if k in targets}
     plan = fleet_plan(views, targets, usable, [budget], MAX_MOVES)
     ctx.metrics.placement_seconds.observe(time.perf_counter() - t0)
 
@@ -482,7 +476,9 @@ def _model_status(ctx: Context, m: Mapping[str, Any], groups: Sequence[GroupObj]
     }
     if ev and ev.observed:
         status["observed"] = ev.observed
-    before = old.get("desiredReplicas")
+    key, uid = f"{ns}/{name}", str(meta.get("uid", ""))
+    written = ctx.recorded.get(key)
+    before = written[1] if written and written[0] == uid else old.get("desiredReplicas")
     if ev and before is not None and before != desired:
         status["lastScale"] = {"time": iso(now), "from": before, "to": desired,
                                "reason": ev.reason[:1024]}
@@ -498,6 +494,7 @@ def _model_status(ctx: Context, m: Mapping[str, Any], groups: Sequence[GroupObj]
                        warning=True)
     if _changed(old, status):
         ctx.kube.patch("ModelService", ns, name, {"status": status}, status=True)
+    ctx.recorded[key] = (uid, desired)
 
 
 def _has(conds: Iterable[Mapping[str, Any]], kind: str, reason: str) -> bool:

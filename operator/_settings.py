@@ -62,6 +62,10 @@ ENV_DOCS: dict[str, tuple[str, str, str]] = {
     "KUBEPLEX_PLACEMENT": ("placement", "search",
                            "search: run the AlpaServe placement in the background to choose "
                            "replica shapes; quick: smallest fitting shape only."),
+    "KUBEPLEX_ENDPOINT_GRACE_SECONDS": ("endpoint_grace_s", "2",
+                                        "Scale-down: seconds a pod keeps serving a model after "
+                                        "its label came off, unless the model's EndpointSlices "
+                                        "drop it sooner (then the runtime drains/unloads it)."),
     "KUBEPLEX_CPU_REQUEST": ("cpu_request", "4", "CPU request of a serving pod."),
     "KUBEPLEX_MEMORY_REQUEST": ("memory_request", "32Gi", "Memory request of a serving pod."),
 }
@@ -133,6 +137,7 @@ class Settings:
     url_annotations: bool = False
     autoscaler: str = ""
     placement: str = "search"
+    endpoint_grace_s: float = 2.0
     cpu_request: str = "4"
     memory_request: str = "32Gi"
 
@@ -151,6 +156,8 @@ class Settings:
             raise ConfigError(f"KUBEPLEX_PLACEMENT={settings.placement!r}: use search or quick")
         if settings.interval_s <= 0:
             raise ConfigError("KUBEPLEX_INTERVAL_SECONDS must be > 0")
+        if settings.endpoint_grace_s < 0:
+            raise ConfigError("KUBEPLEX_ENDPOINT_GRACE_SECONDS must be >= 0")
         return settings
 
     def token(self) -> str:

@@ -38,7 +38,15 @@ Rules, in order, per pool:
    budget lasts (``max_gpus``; draining groups still hold their GPUs); if GPUs are short, warm
    standbys the model cannot use are stopped to make room; what still cannot be placed becomes
    a message, never a group that cannot run. Models go in priority order (then name).
-3. Warm pool: keep ``PoolBudget.warm_size`` standbys (None: the sum of the models'
+3. Consolidation, only while the pool is stable (no scale action or message so far, nothing
+   starting or loading): a model running alone in a group that holds more memory than its
+   template gives it (started from the quick "alone" template before placement paired it)
+   moves next to its placement partners, within ``max_moves``: *added* to a running group
+   with room (no GPUs needed), else one new group *started* for it and its partners that are
+   misplaced too, when the pool's free GPUs allow it now. The old groups are drained by a
+   later plan's scale-down, once the new copies are ready: until then the plan waits rather
+   than scaling the model down, so no model loses its last ready replica.
+4. Warm pool: keep ``PoolBudget.warm_size`` standbys (None: the sum of the models'
    ``ModelTarget.warm``), preloading the pool's ``preload`` models in turn (else the likeliest
    next scale-ups first: :func:`likeliest_models`), within the GPUs the replicas left. A claim
    then wakes the preloaded model on GPU, or routes it where the engine cannot sleep
@@ -47,7 +55,8 @@ Rules, in order, per pool:
 A model's replica is a serving group that hosts it; a group hosts several models when
 placement co-located them. ``max_moves`` bounds how many running groups one plan changes in
 place (bounded disruption). No action removes a ready replica to replace it: scale-down only
-follows the targets (starting replicas go first), scale-up only adds.
+follows the targets (starting replicas go first), scale-up only adds, and consolidation
+drains a model's old group only once its new copy is ready.
 
 The executor (local processes or pods) applies the actions in order and reports back through
 the next call's :class:`GroupView` list; running the plan on its own result yields no actions.
@@ -495,6 +504,8 @@ class _Pool:
     hosting: dict[str, _Hosting] = field(default_factory=dict)
     new: list[_Hosting] = field(default_factory=list)
     moved: set[str] = field(default_factory=set)
+    #: A consolidation move is under way (the model's new copy is not ready yet).
+    moving: bool = False
     actions: list[Action] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
@@ -510,6 +521,10 @@ class _Pool:
         """Within the disruption budget: running groups changed in place (ADD, UNLOAD)."""
         return (self.max_moves is None or group in self.moved
                 or len(self.moved) < self.max_moves)
+
+    def moves_left(self) -> bool:
+        """Whether the disruption budget allows one more running group to change."""
+        return self.max_moves is None or len(self.moved) < self.max_moves
 
 
 def _scale_down(pool: _Pool, model: str, serving: list[GroupView], want: int,
@@ -684,6 +699,81 @@ def _warm_pool(pool: _Pool, templates: Sequence[ReplicaTemplate],
                                    template.tp, template.pp))
 
 
+def _misplaced(g: GroupView, template: ReplicaTemplate) -> bool:
+    """``g`` runs ``template.model`` alone with more memory than placement gives it there
+    (started from the quick "alone" template before placement paired it), so no partner can
+    join it: a candidate for consolidation."""
+    return (bool(template.partners) and g.models == (template.model,)
+            and len(g.shares) == 1 and g.shape == template.shape
+            and g.shares[0] > template.memory_share + SHARE_TOLERANCE)
+
+
+def _moving_in(template: ReplicaTemplate, serving: Sequence[GroupView]) -> bool:
+    """A consolidation of ``template.model`` under way: a ready misplaced copy, and a copy
+    beside a partner that is still starting or loading (the misplaced one is drained only
+    once that one is ready: the plan waits instead of scaling down)."""
+    model = template.model
+    old = any(_misplaced(g, template) and g.phase is GroupPhase.READY
+              and model not in g.loading for g in serving)
+    new = any((g.phase is GroupPhase.STARTING or model in g.loading)
+              and any(p in g.models for p in template.partners) for g in serving)
+    return old and new
+
+
+def _consolidate(pool: _Pool, groups: Sequence[GroupView],
+                 templates: Sequence[ReplicaTemplate]) -> None:
+    """Move models that run alone in groups placement would share (see :func:`_misplaced`)
+    next to their partners, within the move budget: ADD into a running group with room (no
+    GPUs needed), else START one group for the model and its misplaced partners if the pool
+    has the GPUs now. The old groups are drained by the scale-down of a later plan, once the
+    new copies are ready (``_moving_in`` holds the scale-down until then)."""
+    name = pool.budget.name
+    by_model = {t.model: t for t in templates}
+    misplaced = {t.model: g for t in templates for g in groups
+                 if g.serving and g.phase is GroupPhase.READY and _misplaced(g, t)}
+    done: set[str] = set()
+    for template in templates:
+        model = template.model
+        old = misplaced.get(model)
+        if old is None or model in done or not pool.moves_left():
+            continue
+        why = (f"consolidate: placement co-locates {model} with "
+               f"{', '.join(template.partners)}; {old.id} runs it alone")
+        into = sorted((g for g in groups if g.phase is GroupPhase.READY and g.id != old.id
+                       and g.id in pool.hosting and not g.loading
+                       and pool.hosting[g.id].room_for(template)),
+                      key=lambda g: (-sum(pool.hosting[g.id].shares), g.id))
+        if into:
+            target = into[0]
+            hosting = pool.hosting[target.id]
+            others = ", ".join(hosting.models)
+            hosting.models.append(model)
+            hosting.shares.append(template.memory_share)
+            pool.moved.add(target.id)
+            done.add(model)
+            pool.actions.append(Action(
+                ActionKind.ADD, name, f"{why}: load it into {target.id} beside {others}, then "
+                f"drain {old.id}", target.id, model, 0, template.tp, template.pp))
+            continue
+        new = _Hosting(template.shape, [model], [template.memory_share])
+        for partner in template.partners:
+            other = by_model.get(partner)
+            if (other is not None and partner in misplaced and partner not in done
+                    and new.room_for(other)):
+                new.models.append(partner)
+                new.shares.append(other.memory_share)
+        if len(new.models) < 2 or not pool.fits(template.gpus):
+            continue  # nothing to gain alone, or the GPUs are not free now: try later
+        pool.used += template.gpus
+        pool.moved.add(f"consolidate:{model}")  # counts against the move budget
+        done.update(new.models)
+        pool.actions.append(Action(
+            ActionKind.START, name, f"{why}: start {', '.join(new.models)} together "
+            f"({template.tp}x{template.pp} GPUs, {pool.free} left free), then drain "
+            f"{', '.join(misplaced[m].id for m in new.models)}", None, model, template.gpus,
+            template.tp, template.pp, tuple(new.models[1:])))
+
+
 def likeliest_models(models: Iterable[str], targets: Mapping[str, ModelTarget]) -> list[str]:
     """``models`` in the order warm standbys preload them: the most likely next scale-up
     first (the highest arrival rate, then the most replicas wanted, then the name)."""
@@ -742,13 +832,19 @@ def fleet_plan(groups: Sequence[GroupView], targets: Mapping[str, ModelTarget],
                 continue
             serving = [g for g in members if g.serving and template.model in g.models]
             why = f": {target.reason}" if target.reason else ""
-            if target.replicas < len(serving):
+            if target.replicas == len(serving) - 1 and _moving_in(template, serving):
+                pool.moving = True  # consolidating: drain the old copy once the new is ready
+            elif target.replicas < len(serving):
                 _scale_down(pool, template.model, serving, max(0, target.replicas), why)
             elif target.replicas > len(serving):
                 ups.append((template, len(serving), target.replicas, why))
         for template, have, want, why in ups:
             _scale_up(pool, template, have, want, targets, why)
         pool.actions += [h.action for h in pool.new if h.action is not None]
+        settled = all(g.phase is not GroupPhase.STARTING and not g.loading
+                      for g in members if g.serving)
+        if not (pool.actions or pool.messages or pool.moving) and settled:
+            _consolidate(pool, members, [t for t in mine if t.model in targets])
         _warm_pool(pool, mine, targets)
         drained = {a.group for a in pool.actions if a.kind is ActionKind.DRAIN}
         actions += [a for a in pool.actions

@@ -96,6 +96,9 @@ class ModelDemand:
     tp: int | None = None  # None: the planner chooses
     pp: int | None = None
     max_model_len: int | None = None  # KV for one such sequence must fit (vLLM refuses less)
+    #: Models with different keys never share a group (e.g. the Kubernetes namespace: a pod
+    #: joins the Services of its own namespace only). Equal keys (the default) may share.
+    colocation_key: str = ""
 
     def __post_init__(self) -> None:
         if self.arrival_rate < 0:
@@ -283,6 +286,9 @@ class _Problem:
     def fits(self, slot: _Slot, m: int) -> bool:
         share = self.min_share(m, slot.tp, slot.pp)
         if share is None or m in slot.models or (self.exclusive and slot.models):
+            return False
+        key = self.demands[m].colocation_key
+        if any(self.demands[x].colocation_key != key for x in slot.models):
             return False
         used = sum(self.min_share(x, slot.tp, slot.pp) or 0.0 for x in slot.models)
         return used + share <= MEMORY_LIMIT + 1e-12

@@ -57,6 +57,7 @@ def demand_from_service(service: ModelService) -> ModelDemand:
         tp=_degree(spec.parallelism.tensor, "tensor", key),
         pp=_degree(spec.parallelism.pipeline, "pipeline", key),
         max_model_len=spec.model.max_model_len,
+        colocation_key=service.metadata.namespace or "default",  # a pod is namespaced
     )
 
 

@@ -176,10 +176,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    """A fresh namespace per test, emptied afterwards.
+
+    Its pods and ServingGroups are removed before the test ends (they hold GPUs that the next
+    test's pools count), and the ModelServices' finalizers are dropped since the operator that
+    would clear them is already gone; the namespace itself is then deleted without waiting.
+    """
     name = f"t-{uuid.uuid4().hex[:10]}"
     cluster.kubectl("create", "namespace", name)
     yield name
+    for kind in ("modelservices.kubeplex.io", "servinggroups.kubeplex.io"):
+        listed = cluster.kubectl("get", kind, "-n", name, "-o", "name", check=False)
+        for obj in listed.stdout.split():
+            cluster.kubectl("patch", obj, "-n", name, "--type=merge",
+                            "-p", '{"metadata":{"finalizers":null}}', check=False)
+    cluster.kubectl("delete", "pods,servinggroups.kubeplex.io", "--all", "-n", name,
+                    "--grace-period=0", "--force", "--wait=true", "--timeout=60s", check=False,
+                    timeout=90)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

@@ -171,3 +171,83 @@ def test_two_models_share_one_pod_and_scale_one_at_a_time(
                 op2.stop()
     finally:
         cluster.kubectl("delete", "gpupool", pool, "--wait=false", check=False)
+
+
+def test_models_started_alone_are_consolidated_once_placement_pairs_them(
+        cluster: Any, namespace: str, k8s_client: Any, tmp_path: Path) -> None:
+    """An operator with the quick templates only starts chat and coder in a group each
+    (placement has not run: the whole 0.9 each). The next operator runs placement, which packs
+    them: the fleet is stable and the pool has a free GPU, so one shared group starts for
+    both, and the two old groups drain once it is ready; neither Service is ever empty."""
+    pool = f"consol-{uuid.uuid4().hex[:6]}"
+
+    def groups() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = cluster.kubectl_json(
+            "get", "sgroup", "-n", namespace)["items"]
+        return items
+
+    def selected(model: str) -> list[str]:
+        items = cluster.kubectl_json("get", "pods", "-n", namespace, "-l",
+                                     f"model.kubeplex.io/{model}=true")["items"]
+        return [p["metadata"]["name"] for p in items]
+
+    def hosting(g: dict[str, Any]) -> list[str]:
+        return sorted(m["modelService"] for m in g["spec"]["models"])
+
+    objs = [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": pool},
+             "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                      "gpu": {"product": "H100-80GB"}, "gpusPerNode": 8, "maxGPUs": 3,
+                      "warmPool": {"size": 0}}}]
+    for name in MODELS:
+        m = _msvc(name, namespace, pool)
+        m["spec"]["scaling"]["replicas"] = 1
+        objs.append(m)
+    env = {"KUBEPLEX_SCRAPE": "pods", "KUBEPLEX_URL_ANNOTATIONS": "true"}
+    try:
+        with harness.SimFleet(k8s_client, namespace, tmp_path) as fleet:
+            quick = harness.Operator(cluster.kubeconfig, tmp_path / "quick.log", env={
+                **env, "KUBEPLEX_PLACEMENT": "quick"}).start()
+            try:
+                cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
+                alone = harness.wait_for("a Ready group each", lambda: sorted(
+                    hosting(g) for g in groups()
+                    if g.get("status", {}).get("phase") == "Ready") == [["chat"], ["coder"]]
+                    and all(selected(m) for m in MODELS), WAIT_S, 0.5)
+                assert alone
+                old = {g["metadata"]["name"] for g in groups()}
+            finally:
+                quick.stop()
+            search = harness.Operator(cluster.kubeconfig, tmp_path / "search.log", env={
+                **env, "KUBEPLEX_PLACEMENT": "search"}).start()
+            empty: list[str] = []
+
+            def consolidated() -> bool:
+                empty.extend(m for m in MODELS if not selected(m))
+                sgs = groups()
+                return (len(sgs) == 1 and hosting(sgs[0]) == ["chat", "coder"]
+                        and sgs[0].get("status", {}).get("phase") == "Ready"
+                        and sgs[0]["metadata"]["name"] not in old)
+            try:
+                harness.wait_for("one shared group, the old ones drained", consolidated,
+                                 WAIT_S * 2, 0.5)
+                shared = groups()[0]
+                name = shared["metadata"]["name"]
+                assert sum(m["memoryShare"] for m in shared["spec"]["models"]) <= 0.9 + 1e-3
+                assert empty == [], f"a Service had no pod during the move: {empty}"
+                harness.wait_for("both Services select the shared pod", lambda: selected(
+                    "chat") == [name] and selected("coder") == [name], WAIT_S, 0.5)
+                router = harness.wait_for("its runtime", lambda: fleet.routers([name]),
+                                          WAIT_S)[0]
+                # KWOK marks pods ready at once (no /readyz probe): wait for the engines.
+                for model in MODELS:
+                    harness.wait_for(f"{model} answered by the shared pod", lambda m=model: (
+                        httpx.post(f"{router}/v1/completions", timeout=30, json={
+                            "model": m, "prompt": "hi", "prompt_tokens": 16,
+                            "max_tokens": 4}).status_code == 200), WAIT_S, 0.5)
+                status = cluster.kubectl_json("get", "gpupool", pool)["status"]
+                assert status["allocatedGPUs"] <= 3
+                assert search.proc.poll() is None
+            finally:
+                search.stop()
+    finally:
+        cluster.kubectl("delete", "gpupool", pool, "--wait=false", check=False)

@@ -23,7 +23,11 @@ from kubeplex.operator._builders import HostedModel, model_label
 from kubeplex.operator._executor import (
     CHANGED_IN_PLACE,
     CLAIMED_AT,
+    DRAIN_ASKED,
+    DRAIN_STARTED,
     SLEEP,
+    UNLOAD_WAITING,
+    UNLOADING,
     Executor,
     GroupObj,
     Hosted,
@@ -48,6 +52,26 @@ class Recorder:
     def __init__(self) -> None:
         self.patches: list[tuple[str, str, dict[str, Any]]] = []
         self.events: list[str] = []
+        #: Service -> the pods its EndpointSlices list (what kube-proxy still sends to).
+        self.endpoints: dict[str, set[str]] = {}
+
+    def endpoint_pods(self, namespace: str, service: str) -> set[str] | None:
+        return set(self.endpoints.get(service, ()))
+
+    def annotations(self) -> dict[str, str]:
+        """The group's annotations after every patch so far (None removes one)."""
+        out: dict[str, str] = {}
+        for k, _n, b in self.patches:
+            if k == "ServingGroup":
+                for key, value in b.get("metadata", {}).get("annotations", {}).items():
+                    if value is None:
+                        out.pop(key, None)
+                    else:
+                        out[key] = value
+        return out
+
+    def deleted(self) -> bool:
+        return any(b.get("deleted") for _k, _n, b in self.patches)
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         return obj
@@ -196,3 +220,101 @@ def test_a_group_changed_in_place_is_resynced_after_a_runtime_restart(
             time.sleep(0.2)
         assert kube.labelled("adder")
         assert sorted(m["name"] for m in rt.status()["models"]) == ["adder", "chat"]
+
+
+def _shared(rt: RuntimeProcess, annotations: dict[str, str], models: tuple[str, ...],
+            labelled: tuple[str, ...]) -> GroupObj:
+    group = _group(False, annotations)
+    group["metadata"]["name"] = "chat-coder-0"
+    group["spec"]["models"] = [{"modelService": m, "servedName": m, "memoryShare": 0.3}
+                               for m in models]
+    pod = {**_pod(rt, ready=True), "labels": {model_label(m): "true" for m in labelled}}
+    return GroupObj.of(group, pod, SETTINGS)
+
+
+def _two_models(tmp_path: Path) -> RuntimeProcess:
+    return RuntimeProcess({"models": [model_entry("chat", "sim", memory_share=0.3),
+                                      model_entry("coder", "sim", memory_share=0.3)]}, tmp_path)
+
+
+def test_an_unload_waits_until_the_service_dropped_the_pod(
+        executor: tuple[Executor, Recorder], tmp_path: Path) -> None:
+    """Phase 1 takes coder's label off and leaves its engine serving; phase 2 unloads it
+    only once coder's EndpointSlices stop listing the pod (requests still in flight to the
+    pod through a stale endpoint would otherwise be refused)."""
+    ex, kube = executor
+    with _two_models(tmp_path) as rt:
+        kube.endpoints = {"coder": {"chat-coder-0"}, "chat": {"chat-coder-0"}}
+        view = _shared(rt, {}, ("chat", "coder"), ("chat", "coder"))
+        ex.change(view, [], ["coder"], "scale coder down 1 -> 0", NOW)
+        assert any(k == "Pod" and b["metadata"]["labels"] == {model_label("coder"): None}
+                   for k, _n, b in kube.patches)
+        assert kube.annotations()[UNLOAD_WAITING] == "coder=coder"
+        assert rt.engine("coder")["state"] == "ready"  # still serving stale endpoints
+        for t in (0.5, 1.0):  # the Service still lists the pod, within the grace
+            view = _shared(rt, kube.annotations(), ("chat",), ("chat",))
+            ex.advance(view, [_hosted_as("chat")], NOW + t)
+            assert rt.engine("coder")["state"] == "ready"
+        kube.endpoints["coder"] = set()  # the EndpointSlice update arrived
+        for cycle in range(40):
+            view = _shared(rt, kube.annotations(), ("chat",), ("chat",))
+            ex.advance(view, [_hosted_as("chat")], NOW + 1.1 + cycle * 0.01)
+            if UNLOADING not in kube.annotations():
+                break
+            time.sleep(0.2)
+        assert [m["name"] for m in rt.status()["models"]] == ["chat"]
+        assert UNLOAD_WAITING not in kube.annotations()
+
+
+def test_an_unload_goes_on_after_the_grace_when_the_slices_never_update(
+        executor: tuple[Executor, Recorder], tmp_path: Path) -> None:
+    ex, kube = executor
+    with _two_models(tmp_path) as rt:
+        kube.endpoints = {"coder": {"chat-coder-0"}}
+        ex.change(_shared(rt, {}, ("chat", "coder"), ("chat", "coder")), [], ["coder"],
+                  "scale coder down 1 -> 0", NOW)
+        view = _shared(rt, kube.annotations(), ("chat",), ("chat",))
+        ex.advance(view, [_hosted_as("chat")], NOW + SETTINGS.endpoint_grace_s)
+        assert kube.annotations().get(UNLOAD_WAITING) is None
+        state = next((m["state"] for m in rt.status()["models"] if m["name"] == "coder"),
+                     "gone")
+        assert state in ("draining", "stopped", "gone"), state
+
+
+def test_a_drain_asks_the_runtime_only_in_phase_two_even_across_a_restart(
+        executor: tuple[Executor, Recorder], tmp_path: Path) -> None:
+    ex, kube = executor
+    with RuntimeProcess({"models": [model_entry("chat", "sim")]}, tmp_path) as rt:
+        kube.endpoints = {"chat": {"warm-p-0"}}
+        view = GroupObj.of(_group(False, {}), {**_pod(rt, ready=True), "labels": {
+            model_label("chat"): "true"}}, SETTINGS)
+        assert view.phase == "Ready"
+        ex.drain(view, "scale chat down 2 -> 1", NOW)
+        assert DRAIN_STARTED in kube.annotations() and DRAIN_ASKED not in kube.annotations()
+        assert rt.status()["state"] == "serving"
+        # The operator restarts: a new executor reads the phase from the annotations.
+        kube2 = Recorder()
+        kube2.endpoints = kube.endpoints
+        runtime2 = RuntimeClient(SETTINGS)
+        ex2 = Executor(SETTINGS, kube2, runtime2, OperatorMetrics(), "p",  # type: ignore[arg-type]
+                       ex.pool_spec)
+        group = _group(False, kube.annotations())
+        group["status"]["phase"] = "Draining"
+        draining = GroupObj.of(group, _pod(rt, ready=True), SETTINGS)
+        assert draining.phase == "Draining"
+        ex2.advance(draining, [], NOW + 1)  # still listed, within the grace: no drain yet
+        assert rt.status()["state"] == "serving" and not kube2.deleted()
+        kube.endpoints["chat"] = set()
+        ex2.advance(draining, [], NOW + 1.5)
+        assert DRAIN_ASKED in kube2.annotations()
+        assert rt.status()["state"] in ("draining", "drained")
+        group = _group(False, {**kube.annotations(), **kube2.annotations()})
+        group["status"]["phase"] = "Draining"
+        for cycle in range(40):
+            ex2.advance(GroupObj.of(group, _pod(rt, ready=True), SETTINGS), [],
+                        NOW + 2 + cycle * 0.01)
+            if kube2.deleted():
+                break
+            time.sleep(0.1)
+        runtime2.close()
+        assert kube2.deleted()

@@ -196,3 +196,18 @@ def test_warm_preload_prefers_the_likeliest_model_and_claims_wake_or_route():
 
 def replace_warm(target: ModelTarget) -> ModelTarget:
     return ModelTarget(target.model, target.replicas, 0, target.reason, target.arrival_rate)
+
+
+def test_plan_pools_never_pairs_models_of_different_namespaces(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO_SMALL.replace("name: coder, namespace: default",
+                                      "name: coder, namespace: team-b"))
+    services, pools = load_documents([path]).split()
+    plan = plan_pools(services, pools)["h100"]
+    assert all(len(g.models) == 1 for g in plan.placement.groups), plan.placement.explanation
+    chat, coder = plan.templates["default/chat"], plan.templates["team-b/coder"]
+    assert chat.partners == () and coder.partners == ()
+    assert chat.memory_share == coder.memory_share == MEMORY_LIMIT
+    start = fleet_plan([], {k: ModelTarget(k, 1) for k in plan.templates}, plan.templates,
+                       [PoolBudget("h100", max_gpus=2, warm_size=0)])
+    assert sorted(a.models for a in start.actions) == [("default/chat",), ("team-b/coder",)]

@@ -53,6 +53,9 @@ class FakeKube:
               message: str, warning: bool = False) -> None:
         self.events.append((reason, message))
 
+    def endpoint_pods(self, namespace: str, service: str) -> set[str] | None:
+        return set()  # every EndpointSlice update has arrived
+
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [o for (k, _n, _m), o in sorted(self.objects.items()) if k == kind]
 
@@ -383,3 +386,30 @@ def test_a_standby_preloaded_with_a_deleted_model_is_stopped() -> None:
     for t in range(2, 4):
         run_cycle(ctx, snapshot(kube, warm_pool, [], nodes(1)), NOW + t)
     assert kube.of("ServingGroup") == [] and kube.of("Pod") == []
+
+
+def test_a_scale_decision_is_recorded_once_even_from_a_stale_snapshot() -> None:
+    kube = FakeKube()
+    models = [msvc("a", 0)]
+    register(kube, *models)
+    ctx = context(kube)
+    run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW)
+    assert kube.objects[("ModelService", "ns", "a")]["status"]["desiredReplicas"] == 0
+    models[0]["spec"]["scaling"]["replicas"] = 1
+    snap = snapshot(kube, pool(), models, nodes(1))
+    stale = copy.deepcopy(snap.msvcs)  # kopf's index before the status patch arrives
+    run_cycle(ctx, snap, NOW + 1)
+    recorded = copy.deepcopy(kube.objects[("ModelService", "ns", "a")]["status"]["lastScale"])
+    assert (recorded["from"], recorded["to"]) == (0, 1)
+    scaled = [m for r, m in kube.events if r == "Scaled"]
+    assert len(scaled) == 1
+    # The next cycle still sees desiredReplicas 0 in its snapshot: nothing new to record.
+    fresh = snapshot(kube, pool(), models, nodes(1))
+    run_cycle(ctx, Snapshot(fresh.pool, stale, fresh.groups, fresh.nodes, fresh.pods_by_node,
+                            fresh.pods_by_group, fresh.names_taken), NOW + 2)
+    assert kube.objects[("ModelService", "ns", "a")]["status"]["lastScale"] == recorded
+    assert len([m for r, m in kube.events if r == "Scaled"]) == 1
+    # A later cycle that changes nothing leaves lastScale alone too.
+    run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW + 3)
+    assert kube.objects[("ModelService", "ns", "a")]["status"]["lastScale"] == recorded
+    assert len([m for r, m in kube.events if r == "Scaled"]) == 1

@@ -197,3 +197,27 @@ def test_pool_capacity_fills_nodes_in_order_up_to_max_gpus() -> None:
     assert all(g.node < 2 for g in placement.groups)
     assert placement.free_gpus == 12 - sum(g.gpus for g in placement.groups)
 
+
+
+def _keys_of(placement: object) -> list[set[str]]:
+    return [{m.name.split("/", 1)[0] for m in g.models}
+            for g in placement.groups]  # type: ignore[attr-defined]
+
+
+def test_models_with_different_colocation_keys_never_share_a_group() -> None:
+    pool = PoolSpec(H100, nodes=1, gpus_per_node=4)
+    names = ["team-a/x", "team-b/y", "team-a/z", "team-b/w"]
+    light = [_demand(n, rate=0.5) for n in names]
+    mixed = plan(pool, light)  # without keys: light models of both teams are packed together
+    assert any(len(keys) > 1 for keys in _keys_of(mixed))
+    keyed = [dataclasses.replace(d, colocation_key=d.name.split("/", 1)[0]) for d in light]
+    placement = plan(pool, keyed)
+    _check_well_formed(placement, pool)
+    assert all(len(keys) == 1 for keys in _keys_of(placement))
+    assert max(len(g.models) for g in placement.groups) > 1  # same key: still co-located
+    assert all(o.met for o in placement.models)
+    # Incremental re-planning (more load, new replicas) keeps the rule too.
+    hotter = [dataclasses.replace(d, arrival_rate=6.0) for d in keyed]
+    after = plan(pool, hotter, current=placement)
+    assert all(len(keys) == 1 for keys in _keys_of(after))
+    assert after.replicas("team-a/x") >= placement.replicas("team-a/x")

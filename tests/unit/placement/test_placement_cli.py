@@ -106,3 +106,9 @@ def test_spec_adapter_refuses_a_service_without_a_profile(repo_root: Path) -> No
         service, spec=dataclasses.replace(
             service.spec, parallelism=dataclasses.replace(service.spec.parallelism, tensor=2)))
     assert demand_from_service(fixed).tp == 2
+
+
+def test_spec_adapter_keys_colocation_by_namespace(repo_root: Path) -> None:
+    services, _ = load_documents([repo_root / "examples" / "multi-model-h100.yaml"]).split()
+    for service in services:
+        assert demand_from_service(service).colocation_key == service.metadata.namespace

@@ -1,0 +1,127 @@
+"""Consolidation in ``planning.fleet_plan``: models started alone (the quick template, before
+the background placement paired them) move next to their placement partners once the fleet is
+stable: ADD into a partner's group with room, or START one shared group when the GPUs are
+free; the old groups are drained only after the new copies are ready."""
+
+from __future__ import annotations
+
+from kubeplex.operator.planning import (
+    Action,
+    ActionKind,
+    FleetPlan,
+    GroupPhase,
+    GroupView,
+    ModelTarget,
+    PoolBudget,
+    ReplicaTemplate,
+    fleet_plan,
+)
+from kubeplex.placement.planner import MEMORY_LIMIT
+
+A, B, C = "ns/a", "ns/b", "ns/c"
+TEMPLATES = {A: ReplicaTemplate(A, "p", 1, 1, 0.5, partners=(B,)),
+             B: ReplicaTemplate(B, "p", 1, 1, 0.4, partners=(A,)),
+             C: ReplicaTemplate(C, "p", 1, 1)}
+ONE_EACH = {A: ModelTarget(A, 1), B: ModelTarget(B, 1)}
+
+
+def view(id_: str, models: tuple[str, ...], shares: tuple[float, ...],
+         phase: GroupPhase = GroupPhase.READY, loading: tuple[str, ...] = ()) -> GroupView:
+    return GroupView(id_, "p", 1, phase, models, (), 0.0, 0.0, False, (1, 1), shares, loading)
+
+
+def budget(gpus: int) -> list[PoolBudget]:
+    return [PoolBudget("p", max_gpus=gpus, warm_size=0)]
+
+
+def kinds(plan: FleetPlan) -> list[tuple[ActionKind, str | None, tuple[str, ...]]]:
+    return [(a.kind, a.group, a.models) for a in plan.actions]
+
+
+def ready_copies(groups: list[GroupView], model: str) -> int:
+    return sum(1 for g in groups if g.phase is GroupPhase.READY and model in g.models
+               and model not in g.loading)
+
+
+def apply(groups: list[GroupView], actions: tuple[Action, ...]) -> list[GroupView]:
+    """What the executor leaves right after the plan: new groups start, added models load."""
+    out = {g.id: g for g in groups}
+    for n, a in enumerate(actions):
+        g = out.get(a.group or "")
+        if a.kind is ActionKind.START:
+            out[f"new{n}"] = view(f"new{n}", a.models,
+                                  tuple(TEMPLATES[m].memory_share for m in a.models),
+                                  GroupPhase.STARTING)
+        elif a.kind is ActionKind.ADD and g is not None and a.model:
+            out[g.id] = view(g.id, (*g.models, a.model),
+                             (*g.shares, TEMPLATES[a.model].memory_share), g.phase,
+                             (*g.loading, a.model))
+        elif a.kind in (ActionKind.DRAIN, ActionKind.STOP) and g is not None:
+            del out[g.id]
+    return list(out.values())
+
+
+def settle(groups: list[GroupView]) -> list[GroupView]:
+    """Every start and load finished."""
+    return [view(g.id, g.models, g.shares) for g in groups]
+
+
+def test_a_model_started_alone_moves_into_its_partners_group_then_its_old_group_drains() -> None:
+    groups = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("b", (B,), (0.4,))]
+    first = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), max_moves=4)
+    assert kinds(first) == [(ActionKind.ADD, "b", (A,))]
+    assert "consolidate" in first.actions[0].reason
+    groups = apply(groups, first.actions)
+    # A loads beside B: nothing is drained meanwhile (alone-a is its only ready copy).
+    assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), max_moves=4).actions == ()
+    assert ready_copies(groups, A) == 1
+    groups = settle(groups)
+    then = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), max_moves=4)
+    assert kinds(then) == [(ActionKind.DRAIN, "alone-a", (A,))]
+    groups = apply(groups, then.actions)
+    assert ready_copies(groups, A) == ready_copies(groups, B) == 1
+    assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), max_moves=4).actions == ()
+
+
+def test_two_models_alone_start_one_shared_group_when_a_gpu_is_free() -> None:
+    groups = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("alone-b", (B,), (MEMORY_LIMIT,))]
+    first = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(3))
+    assert kinds(first) == [(ActionKind.START, None, (A, B))]
+    assert first.actions[0].gpus == 1
+    groups = apply(groups, first.actions)
+    assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(3)).actions == ()  # still starting
+    groups = settle(groups)
+    then = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(3))
+    assert sorted(kinds(then)) == [(ActionKind.DRAIN, "alone-a", (A,)),
+                                   (ActionKind.DRAIN, "alone-b", (B,))]
+    groups = apply(groups, then.actions)
+    assert [g.models for g in groups] == [(A, B)]
+    assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(3)).actions == ()
+
+
+def test_a_move_that_needs_gpus_waits_until_the_pool_has_them() -> None:
+    groups = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("alone-b", (B,), (MEMORY_LIMIT,))]
+    assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2)).actions == ()
+
+
+def test_no_consolidation_while_the_fleet_scales_or_is_short_or_out_of_moves() -> None:
+    groups = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("b", (B,), (0.4,))]
+    scaling = fleet_plan(groups, {A: ModelTarget(A, 1), B: ModelTarget(B, 2)}, TEMPLATES,
+                         budget(4))
+    assert not any("consolidate" in a.reason for a in scaling.actions)
+    short = fleet_plan([*groups, view("c", (C,), (MEMORY_LIMIT,))],
+                       {**ONE_EACH, C: ModelTarget(C, 3)}, TEMPLATES, budget(3))
+    assert short.messages and not any("consolidate" in a.reason for a in short.actions)
+    assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), max_moves=0).actions == ()
+    starting = [groups[0], view("b", (B,), (0.4,), GroupPhase.STARTING)]
+    assert fleet_plan(starting, ONE_EACH, TEMPLATES, budget(2)).actions == ()
+
+
+def test_models_placed_alone_or_already_shared_are_left_alone() -> None:
+    shared = [view("ab", (A, B), (0.5, 0.4)), view("c", (C,), (MEMORY_LIMIT,))]
+    targets = {**ONE_EACH, C: ModelTarget(C, 1)}
+    assert fleet_plan(shared, targets, TEMPLATES, budget(4)).actions == ()
+    # A alone at its placement share has room for B: scale-ups fill it, no move needed.
+    at_share = [view("a", (A,), (0.5,)), view("alone-b", (B,), (MEMORY_LIMIT,))]
+    plan = fleet_plan(at_share, ONE_EACH, TEMPLATES, budget(2))
+    assert kinds(plan) == [(ActionKind.ADD, "a", (B,))]  # B is the misplaced one
