@@ -188,7 +188,7 @@ class GroupObj:
         elif pod is None or not pod.get("node"):
             phase = "Pending"
         elif warm and annotations.get(SLEEP) == "asleep" and not pod.get("deleting"):
-            phase = "Warm"  # its engine sleeps, so the runtime's /readyz says not ready
+            phase = "Warm"  # asleep (the runtime counts a sleeping engine as ready)
         elif not pod_ready(pod):
             phase = "Loading"
         elif warm:

@@ -17,7 +17,9 @@ with endpoints discovered from Kubernetes, as the Helm chart deploys it.
   the alert is re-posted every :data:`REPOST_S` with the same startsAt (the operator drops the
   repeats; a restarted operator sees it again).
 * **Signals.** ``/metrics``: ``kubeplex_gateway_arrivals_total``,
-  ``kubeplex_gateway_held_requests``, ``kubeplex_gateway_replicas`` (labels ``namespace``,
+  ``kubeplex_gateway_held_requests``, ``kubeplex_gateway_replicas``,
+  ``kubeplex_gateway_retries_total`` (a replica refused with 503 before answering: the request
+  went once more to another replica, or was held; labels ``namespace``,
   ``modelservice``, ``model``), ``kubeplex_gateway_scale_signals_total{outcome}``, and the
   router's ``kubeplex_router_*``.
 """

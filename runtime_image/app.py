@@ -14,14 +14,19 @@ Control API (not exposed by the Service; see runtime_image/README.md for bodies)
     POST   /kubeplex/v1/models/{name}/sleep[?level=1|2]   409 when the engine cannot sleep
     POST   /kubeplex/v1/models/{name}/wake
     POST   /kubeplex/v1/drain[?wait=true]       stop accepting, finish in-flight, stop engines
-    GET    /healthz   200 while the process runs      GET /readyz   200 when all engines ready
+    GET    /healthz   200 while the process runs
+    GET    /readyz    200 unless draining or an engine is starting (with the pod) or
+                      restarting; asleep and unloading engines count as ready
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -52,6 +57,11 @@ ENGINE_SCRAPE_TIMEOUT_SECONDS = 2.0
 #: Timeout of an engine's /sleep or /wake_up call (a level-2 wake reloads weights).
 ENGINE_SLEEP_TIMEOUT_SECONDS = 300.0
 ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions")
+#: Engine states that keep the runtime ready: serving, asleep or being unloaded on
+#: purpose (see :meth:`Runtime.ready`).
+READY_STATES = (EngineState.READY, EngineState.SLEEPING, EngineState.DRAINING)
+#: The sim engines' shared device (:mod:`kubeplex.runtime.sim.device`), in :attr:`workdir`.
+SIM_DEVICE_FILE = "sim-device"
 
 
 class Runtime:
@@ -68,6 +78,9 @@ class Runtime:
         #: not make /readyz fail (a shared pod keeps serving its other models meanwhile).
         self.late_loads: set[str] = set()
         self._drain_task: asyncio.Task[None] | None = None
+        #: This process's scratch directory (the sim engines' shared device file), made on
+        #: first use, removed by :meth:`close`.
+        self.workdir: str | None = None
         #: Forwards requests to the engines (public: gateways built on Runtime use it too).
         self.proxy = Proxy(self.metrics)
         self.router_app = self._router_app()
@@ -94,10 +107,17 @@ class Runtime:
             raise EngineStateError("the runtime is not started")
         launch(model, self.config, 0, self.device)  # refuse what cannot start (400 / exit 2)
         engine = Engine(model, self.config, self.device, self.session,
-                        on_change=self._engine_changed)
+                        on_change=self._engine_changed,
+                        shared_device=self._sim_device() if model.engine == "sim" else None)
         self.engines[model.name] = engine
         engine.start()
         return engine
+
+    def _sim_device(self) -> str:
+        """The booking file of the simulated GPU group all sim engines here share."""
+        if self.workdir is None:
+            self.workdir = tempfile.mkdtemp(prefix="kubeplex-runtime-")
+        return os.path.join(self.workdir, SIM_DEVICE_FILE)
 
     def _engine_changed(self, engine: Engine) -> None:
         self.metrics.engine_ready.labels(engine.name).set(engine.state is EngineState.READY)
@@ -106,20 +126,37 @@ class Runtime:
     async def close(self) -> None:
         await asyncio.gather(*(e.stop() for e in self.engines.values()))
         await self.proxy.close()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     @property
     def in_flight(self) -> int:
         return sum(e.in_flight for e in self.engines.values())
 
     def ready(self) -> tuple[bool, str]:
+        """``/readyz``: whether this pod is healthy and can take the work it is given.
+
+        Routing is by the pod's model labels (one Service per model), not by readiness, so
+        readiness says *healthy*, not *serving every model*: an engine counts when it serves
+        (ready), is asleep on purpose (a warm standby's preloaded model: Ready means healthy and
+        claimable; a wake is one control-API call away), is being unloaded on purpose (the pod
+        keeps serving its other models), or is a model loaded into a ready pod that is still
+        starting. Not ready: the runtime drains, or an engine is starting with the pod, or
+        restarting after it died.
+        """
         if self.draining:
             return False, "draining"
         waiting = [f"{e.name}: {e.state}" for e in self.engines.values()
-                   if e.state is not EngineState.READY
+                   if e.state not in READY_STATES
                    and not (e.state is EngineState.STARTING and e.name in self.late_loads)]
         if waiting:
             return False, "not ready: " + ", ".join(waiting)
-        return True, f"{len(self.engines)} model(s) ready"
+        counts: dict[str, int] = {}
+        for e in self.engines.values():
+            counts[str(e.state)] = counts.get(str(e.state), 0) + 1
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        return True, f"{len(self.engines)} model(s){': ' + states if states else ''}"
 
     def begin_drain(self) -> asyncio.Task[None]:
         """Stop accepting requests now; the returned task finishes the drain (idempotent)."""

@@ -11,7 +11,9 @@ threads are not pinned (``VLLM_CPU_OMP_THREADS_BIND=nobind``) so co-located engi
 the cores.
 
 ``sim``: ``<this python> -m kubeplex.runtime.sim`` with the same sizes, the group's GPU
-profile, and the model field as the model profile name.
+profile, the model field as the model profile name, and the group's shared device file
+(``--shared-device``: co-located sim engines take turns on one simulated GPU group, see
+:mod:`kubeplex.runtime.sim.device`).
 """
 
 from __future__ import annotations
@@ -84,8 +86,10 @@ def _model_source(model: ModelConfig) -> str:
 
 
 def launch(model: ModelConfig, config: RuntimeConfig, port: int, device: str,
-           environ: Mapping[str, str] | None = None) -> EngineLaunch:
-    """The command line and environment of ``model``'s engine listening on ``port``."""
+           environ: Mapping[str, str] | None = None, *,
+           shared_device: str | None = None) -> EngineLaunch:
+    """The command line and environment of ``model``'s engine listening on ``port``
+    (``shared_device``: the group's sim device file, for sim engines)."""
     base_env = dict(os.environ if environ is None else environ)
     sleep = can_sleep(model, device)
     common = ["--host", LOOPBACK, "--port", str(port), "--served-model-name", model.name,
@@ -98,7 +102,10 @@ def launch(model: ModelConfig, config: RuntimeConfig, port: int, device: str,
         common.append("--enable-sleep-mode")
     if model.engine == "sim":
         argv = [sys.executable, "-m", "kubeplex.runtime.sim", "--model-profile", model.model,
-                "--gpu", config.gpu, *common, *model.args]
+                "--gpu", config.gpu, *common]
+        if shared_device is not None:
+            argv += ["--shared-device", shared_device]
+        argv += model.args
         return EngineLaunch(tuple(argv), {**base_env, **model.env})
     if sleep and device == "cpu":
         raise RuntimeConfigError(f"model {model.name}: sleepMode needs a GPU (vLLM sleep mode is "

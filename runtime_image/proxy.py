@@ -15,9 +15,11 @@ mode's gateway: the least busy replica; a cluster gateway: a pod) and hands the 
 upstream sends it (one ``write`` per chunk, nothing buffered); counts the request in the
 ``kubeplex_router_*`` series; and keeps ``upstream.in_flight``, which drains wait on. An
 upstream that cannot be reached before any byte went out is answered ``503`` with
-``Retry-After: upstream.retry_after(now)``; one that goes away mid-stream cuts the client's
-stream (its status is already sent). A client that hangs up closes the upstream connection,
-which makes vLLM abort the request.
+``Retry-After: upstream.retry_after(now)``, and an upstream's own 503 is passed on, unless
+the caller's ``fallback`` names another upstream to try once instead (the gateway's retry of
+a draining replica); one that goes away mid-stream cuts the client's stream (its status is
+already sent), and a started stream is never sent again. A client that hangs up closes the
+upstream connection, which makes vLLM abort the request.
 
 What keeps it lean (``benchmarks/runtime/router_overhead.py`` measures it against hitting the
 engine directly): one ``aiohttp`` session for the process (keep-alive pool, no cookie jar, no
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import aiohttp
@@ -37,12 +40,13 @@ from aiohttp import web
 from yarl import URL
 
 from kubeplex.runtime.errors import EngineStateError, RuntimeError_
-from kubeplex.runtime.metrics import RouterMetrics
+from kubeplex.runtime.metrics import ModelSeries, RouterMetrics
 
 __all__ = [
     "CLIENT_CLOSED",
     "UPSTREAM_KEEPALIVE_SECONDS",
     "BadRequestBody",
+    "Fallback",
     "Proxy",
     "Target",
     "error_response",
@@ -86,6 +90,10 @@ class Target(Protocol):
     def retry_after(self, now: float) -> int:
         """Seconds a refused client should wait (``Retry-After``)."""
         ...
+
+
+#: Where a refused request may go instead (see :meth:`Proxy.forward`).
+Fallback = Callable[[Target], Awaitable[Target | None]]
 
 
 def error_response(status: int, message: str, kind: str, *, param: str | None = None,
@@ -145,57 +153,87 @@ class Proxy:
             self.session = None
 
     async def forward(self, request: web.Request, upstream: Target, body: bytes,
-                      request_id: str, arrived: float) -> web.StreamResponse:
+                      request_id: str, arrived: float,
+                      fallback: Fallback | None = None) -> web.StreamResponse:
         """Send ``request`` (its path, ``body``) to ``upstream`` and answer the client.
 
         ``arrived`` (``time.monotonic()`` at arrival) starts the time-to-first-byte clock.
+        ``fallback``: when ``upstream`` refuses the request before any byte went to the
+        client (it answers 503: draining, unloading, engine restarting; or it cannot be
+        reached), ``await fallback(upstream)`` may name another upstream of the same model
+        to send it to instead, once (None: the refusal goes to the client). A response that
+        has started streaming is never sent again.
         """
         session = self.session
         if session is None:
             raise EngineStateError("the proxy is not open")
         series = self.metrics.series(upstream.name)
-        upstream.acquire()
         series.in_flight.inc()
         code = "502"
         response: web.StreamResponse | None = None
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json"),
                    "X-Request-Id": request_id}
         try:
-            async with session.post(upstream.url(request.path), data=body,
-                                    headers=headers) as answer:
-                code = str(answer.status)
-                in_headers = answer.headers
-                out_headers = {h: in_headers[h] for h in PASSED_HEADERS if h in in_headers}
-                out_headers["X-Request-Id"] = request_id
-                if not in_headers.get("Content-Type", "").startswith("text/event-stream"):
-                    data = await answer.read()
-                    series.ttfb.observe(time.monotonic() - arrived)
-                    return web.Response(body=data, status=answer.status, headers=out_headers)
-                response = web.StreamResponse(status=answer.status, headers=out_headers)
-                await response.prepare(request)
-                content = answer.content
+            while True:
+                upstream.acquire()
                 try:
-                    chunk = await content.readany()
-                    await response.write(chunk)
-                    series.ttfb.observe(time.monotonic() - arrived)
-                    while chunk := await content.readany():  # b"" at the end
-                        await response.write(chunk)
-                    await response.write_eof()
-                except ConnectionResetError:
-                    # The client went away; leaving the block closes the upstream
-                    # connection, which makes the engine abort the request.
-                    code = CLIENT_CLOSED
-                return response
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            if response is not None:  # mid-stream: the status is out, cut the stream
-                raise ConnectionResetError(
-                    f"{upstream.name}'s upstream went away mid-stream") from exc
-            code = "503"
-            return error_response(
-                503, f"model {upstream.name}'s engine went away ({exc.__class__.__name__}); "
-                     "it is being restarted", "ServiceUnavailableError",
-                retry_after=upstream.retry_after(time.monotonic()), request_id=request_id)
+                    async with session.post(upstream.url(request.path), data=body,
+                                            headers=headers) as answer:
+                        code = str(answer.status)
+                        in_headers = answer.headers
+                        out_headers = {h: in_headers[h] for h in PASSED_HEADERS
+                                       if h in in_headers}
+                        out_headers["X-Request-Id"] = request_id
+                        if not in_headers.get("Content-Type", "").startswith(
+                                "text/event-stream"):
+                            data = await answer.read()
+                            reply = web.Response(body=data, status=answer.status,
+                                                 headers=out_headers)
+                            if answer.status != 503 or fallback is None:
+                                series.ttfb.observe(time.monotonic() - arrived)
+                                return reply
+                            refused = reply
+                        else:
+                            response = web.StreamResponse(status=answer.status,
+                                                          headers=out_headers)
+                            await response.prepare(request)
+                            try:
+                                await self._stream(answer.content, response, series, arrived)
+                            except ConnectionResetError:
+                                # The client went away; leaving the block closes the upstream
+                                # connection, which makes the engine abort the request.
+                                code = CLIENT_CLOSED
+                            return response
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                    if response is not None:  # mid-stream: the status is out, cut the stream
+                        raise ConnectionResetError(
+                            f"{upstream.name}'s upstream went away mid-stream") from exc
+                    code = "503"
+                    refused = error_response(
+                        503, f"model {upstream.name}'s engine went away "
+                             f"({exc.__class__.__name__}); it is being restarted",
+                        "ServiceUnavailableError",
+                        retry_after=upstream.retry_after(time.monotonic()),
+                        request_id=request_id)
+                finally:
+                    upstream.release()
+                # Refused before any byte went out: maybe once more, elsewhere.
+                other = await fallback(upstream) if fallback is not None else None
+                fallback = None
+                if other is None:
+                    return refused
+                upstream = other
         finally:
             series.in_flight.dec()
-            upstream.release()
             self.metrics.count(upstream.name, code)
+
+    @staticmethod
+    async def _stream(content: aiohttp.StreamReader, response: web.StreamResponse,
+                      series: ModelSeries, arrived: float) -> None:
+        """Pass an SSE stream through chunk by chunk (ConnectionResetError: client gone)."""
+        chunk = await content.readany()
+        await response.write(chunk)
+        series.ttfb.observe(time.monotonic() - arrived)
+        while chunk := await content.readany():  # b"" at the end
+            await response.write(chunk)
+        await response.write_eof()

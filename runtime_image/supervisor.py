@@ -77,8 +77,10 @@ class Engine(Upstream):
 
     def __init__(self, model: ModelConfig, config: RuntimeConfig, device: str,
                  session: aiohttp.ClientSession,
-                 on_change: Callable[[Engine], None] | None = None) -> None:
+                 on_change: Callable[[Engine], None] | None = None,
+                 shared_device: str | None = None) -> None:
         super().__init__()
+        self.shared_device = shared_device
         self.model = model
         self.config = config
         self.device = device
@@ -160,7 +162,8 @@ class Engine(Upstream):
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.port = free_port()
         self.set_base_url(f"http://{LOOPBACK}:{self.port}")
-        spec = launch(self.model, self.config, self.port, self.device)
+        spec = launch(self.model, self.config, self.port, self.device,
+                      shared_device=self.shared_device)
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *spec.argv, env=dict(spec.env), stdin=asyncio.subprocess.DEVNULL,

@@ -10,16 +10,20 @@ models whose bursts alternate, on two simulated H100s.
 Replica counts are pinned (``spec.scaling.replicas``): this compares placements, not the
 autoscaler. Each engine admits at most 2 sequences (the sim engine's ``--max-num-seqs``,
 as vLLM's), so one replica cannot keep up with a burst of ``--peak`` req/s of these
-requests (512-token prompts, 128 output tokens) and two can. Model B's load starts half a
-run after model A's, so their bursts never overlap (B's quiet level runs during A's burst
-and vice versa).
+requests (512-token prompts, 128 output tokens) and two can. Two load shapes:
 
-Caveat: the sim engines of one runtime process do not slow each other down (no GPU
-contention model), so while one model bursts, the other model's quiet traffic (20% of the
-peak) costs the shared group nothing here; on a real GPU it would take a little of it.
+* **alternating** bursts: model B's load starts half a run after model A's, so their bursts
+  never overlap (B's quiet level runs during A's burst and vice versa): where co-location
+  pays;
+* **overlapping** bursts: both start together, so both models burst at once and contend for
+  the shared GPUs: where it cannot.
 
-Usage: .venv/bin/python benchmarks/placement/coloc_executed.py [--peak 2.6] [--duration 30]
-       [--repeats 2]
+The sim engines of one runtime process share their group's simulated GPU
+(``kubeplex.runtime.sim.device``): their steps take turns, so a model bursting next to a
+busy partner runs slower, as on a real GPU (time-slicing, no MPS overlap).
+
+Usage: .venv/bin/python benchmarks/placement/coloc_executed.py [--peak 3] [--duration 30]
+       [--repeats 2] [--bursts alternating,overlapping]
 Writes benchmarks/placement/results/coloc-executed.{json,png}.
 """
 
@@ -133,11 +137,15 @@ class Up:
         self.log.close()
 
 
-async def alternating(url: str, peak: float, duration: float, seed: int
-                      ) -> dict[str, LoadResult]:
-    """chat's burst run, and coder's starting half a run later (bursts never overlap)."""
+BURSTS = ("alternating", "overlapping")
+
+
+async def load(url: str, bursts: str, peak: float, duration: float, seed: int
+               ) -> dict[str, LoadResult]:
+    """chat's burst run, and coder's starting half a run later (alternating: the bursts
+    never overlap) or at the same time (overlapping: they coincide)."""
     async def later() -> LoadResult:
-        await asyncio.sleep(duration / 2)
+        await asyncio.sleep(duration / 2 if bursts == "alternating" else 0.0)
         return await run_load(url, "coder", rate=peak, duration=duration, pattern="burst",
                               prompt_tokens=PROMPT_TOKENS, max_tokens=OUTPUT_TOKENS,
                               seed=seed + 1)
@@ -161,18 +169,19 @@ def score(results: dict[str, LoadResult]) -> dict[str, Any]:
                               / max(1, len(r.samples))} for m, r in results.items()}}
 
 
-def run(kind: str, peak: float, duration: float, seed: int, root: Path) -> dict[str, Any]:
-    workdir = root / f"{kind}-{seed}"
+def run(kind: str, bursts: str, peak: float, duration: float, seed: int,
+        root: Path) -> dict[str, Any]:
+    workdir = root / f"{kind}-{bursts}-{seed}"
     workdir.mkdir(parents=True)
     path = workdir / "scenario.yaml"
     path.write_text(scenario(kind))
     up = Up(path, workdir)
     try:
         groups = up.wait_ready(2 if kind == "co-located" else 1)
-        results = asyncio.run(alternating(up.url, peak, duration, seed))
+        results = asyncio.run(load(up.url, bursts, peak, duration, seed))
     finally:
         up.stop()
-    return {"kind": kind, "seed": seed, "processes": len(groups),
+    return {"kind": kind, "bursts": bursts, "seed": seed, "processes": len(groups),
             "gpus": sum(g["gpus"] for g in groups),
             "groups": [sorted(g["models"]) for g in groups], **score(results)}
 
@@ -182,19 +191,23 @@ def plot(runs: list[dict[str, Any]], path: Path, peak: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = ["co-located", "dedicated"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for i, kind in enumerate(kinds):
-        mine = [r for r in runs if r["kind"] == kind]
-        ax.scatter([i] * len(mine), [100 * r["attainment"] for r in mine], s=40)
-        ax.bar(i, 100 * sum(r["attainment"] for r in mine) / len(mine), alpha=0.4)
-        bx.scatter([i] * len(mine), [r["p99_ttft_s"] for r in mine], s=40)
-        bx.bar(i, sum(r["p99_ttft_s"] for r in mine) / len(mine), alpha=0.4)
+    cases = [(b, k) for b in BURSTS for k in ("co-located", "dedicated")
+             if any(r["bursts"] == b and r["kind"] == k for r in runs)]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (bursts, kind) in enumerate(cases):
+        mine = [r for r in runs if r["kind"] == kind and r["bursts"] == bursts]
+        color = "C0" if kind == "co-located" else "C1"
+        ax.scatter([i] * len(mine), [100 * r["attainment"] for r in mine], s=40, color=color)
+        ax.bar(i, 100 * sum(r["attainment"] for r in mine) / len(mine), alpha=0.4, color=color)
+        bx.scatter([i] * len(mine), [r["p99_ttft_s"] for r in mine], s=40, color=color)
+        bx.bar(i, sum(r["p99_ttft_s"] for r in mine) / len(mine), alpha=0.4, color=color)
+    labels = [f"{k}\n{b} bursts" for b, k in cases]
     for axis, label in ((ax, f"% requests with TTFT <= {SLO_S:g} s"), (bx, "p99 TTFT (s)")):
-        axis.set_xticks(range(len(kinds)), kinds)
+        axis.set_xticks(range(len(cases)), labels, fontsize=8)
         axis.set_ylabel(label)
     bx.axhline(SLO_S, color="gray", linestyle="--", linewidth=1)
-    fig.suptitle(f"2 bursty models on 2 simulated H100s, alternating bursts to {peak:g} req/s")
+    fig.suptitle(f"2 bursty models on 2 simulated H100s (shared GPU time-sliced), bursts to "
+                 f"{peak:g} req/s")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -204,23 +217,31 @@ def main() -> None:
     parser.add_argument("--peak", type=float, default=3.0, help="burst rate per model (req/s)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per model run")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--bursts", default=",".join(BURSTS),
+                        help="comma-separated load shapes: alternating, overlapping")
     args = parser.parse_args()
+    shapes = [b for b in args.bursts.split(",") if b]
+    if not shapes or any(b not in BURSTS for b in shapes):
+        parser.error(f"--bursts: a comma-separated list of {', '.join(BURSTS)}, "
+                     f"got {args.bursts!r}")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     runs = []
     with tempfile.TemporaryDirectory(prefix="kubeplex-coloc-") as tmp, Progress() as bar:
-        task = bar.add_task("runs", total=2 * args.repeats)
+        task = bar.add_task("runs", total=2 * len(shapes) * args.repeats)
         for seed in range(args.repeats):
-            for kind in ("co-located", "dedicated"):  # interleaved: same machine load
-                bar.update(task, description=f"{kind}, seed {seed}")
-                runs.append(run(kind, args.peak, args.duration, seed, Path(tmp)))
-                bar.advance(task)
+            for bursts in shapes:
+                for kind in ("co-located", "dedicated"):  # interleaved: same machine load
+                    bar.update(task, description=f"{kind}, {bursts} bursts, seed {seed}")
+                    runs.append(run(kind, bursts, args.peak, args.duration, seed, Path(tmp)))
+                    bar.advance(task)
     RESULTS.mkdir(exist_ok=True)
     out = {"peak_rps": args.peak, "duration_s": args.duration, "slo_ttft_s": SLO_S,
            "max_num_seqs": MAX_NUM_SEQS, "runs": runs}
     (RESULTS / "coloc-executed.json").write_text(json.dumps(out, indent=2))
     plot(runs, RESULTS / "coloc-executed.png", args.peak)
     for r in runs:
-        print(f"{r['kind']:>10} seed {r['seed']}: {r['processes']} processes on {r['gpus']} "
+        print(f"{r['kind']:>10} {r['bursts']:>11} seed {r['seed']}: {r['processes']} "
+              f"processes on {r['gpus']} "
               f"GPUs {r['groups']}; {r['requests']} requests, {r['failed']} failed, "
               f"{100 * r['attainment']:.1f}% within {SLO_S:g} s, p99 TTFT "
               f"{r['p99_ttft_s']:.2f} s")

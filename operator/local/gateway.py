@@ -10,8 +10,16 @@ replicas instead of engines as upstreams:
   at most ``hold_timeout`` seconds, then ``503`` with ``Retry-After``; the first held request
   calls ``on_hold`` so the autoscaler scales from zero at once, and held requests are
   forwarded as soon as a replica is ready;
-* arrivals and held requests are counted per model (``kubeplex_gateway_arrivals_total``,
-  ``kubeplex_gateway_held_requests``, labels ``namespace``, ``modelservice``, ``model``): the
+* a replica that refuses a request before any byte of the answer went out (``503``: it is
+  draining, unloading the model or restarting its engine; or it cannot be reached) gets it
+  sent once more, to another ready replica of the model, or, when there is none, held like a
+  request at zero replicas (the autoscaler is told; a re-added replica is a new one). A
+  response that has started streaming is never sent again. This closes the window between a
+  replica leaving (the operator removes its model label and drains it) and the gateway seeing
+  the endpoint update;
+* arrivals, held requests and retries are counted per model
+  (``kubeplex_gateway_arrivals_total``, ``kubeplex_gateway_held_requests``,
+  ``kubeplex_gateway_retries_total``, labels ``namespace``, ``modelservice``, ``model``): the
   arrival-rate signal, even at zero replicas;
 * ``GET /kubeplex/v1/status`` answers ``status_source()`` (local mode's state) for
   ``kubeplex status``; ``GET /healthz`` and ``GET /readyz`` are the probes.
@@ -41,6 +49,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import RuntimeConfig
+from kubeplex.runtime.proxy import Target
 from kubeplex.runtime.upstream import Upstream
 
 __all__ = ["METRIC_LABELS", "Gateway", "Replica", "Route"]
@@ -105,7 +114,8 @@ class Gateway(Runtime):
         self.hold_since: dict[str, float] = {}
         #: Why /readyz answers 503 (None: ready); the cluster gateway sets it until synced.
         self.not_ready: str | None = None
-        self._ready: dict[str, asyncio.Event] = {}
+        #: route -> an event set (and replaced) whenever its replicas or the route change.
+        self._changed: dict[str, asyncio.Event] = {}
         super().__init__(RuntimeConfig(models=(), device="cpu"))
         registry = self.metrics.registry
         self.arrivals = Counter("kubeplex_gateway_arrivals", "Requests that arrived at the "
@@ -116,6 +126,10 @@ class Gateway(Runtime):
                                 registry=registry)
         self.replica_gauge = Gauge("kubeplex_gateway_replicas", "Ready replicas the gateway "
                                    "routes the model to.", METRIC_LABELS, registry=registry)
+        self.retries = Counter("kubeplex_gateway_retries", "Requests sent once more (to another "
+                               "replica, or held) after a replica refused them before "
+                               "answering (503: draining, unloading, restarting).",
+                               METRIC_LABELS, registry=registry)
         self.set_routes({m: Route.of_key(m, key) for m, key in models.items()})
 
     # ---- routes ---------------------------------------------------------------------------
@@ -125,7 +139,7 @@ class Gateway(Runtime):
         for name in [r for r in self.routes if r not in routes]:
             self._forget_series(self.routes.pop(name))
             self.replicas.pop(name, None)
-            self._ready[name].set()  # wake its held requests: they find the route gone
+            self._notify(name)  # wake its held requests: they find the route gone
         for name, route in routes.items():
             old = self.routes.get(name)
             if old == route:
@@ -135,15 +149,14 @@ class Gateway(Runtime):
             self.routes[name] = route
             replicas = self.replicas.setdefault(name, [])
             self.held.setdefault(name, 0)
-            event = self._ready.setdefault(name, asyncio.Event())
-            if not replicas:
-                event.clear()
+            self._notify(name)
             self.arrivals.labels(*route.labels)
+            self.retries.labels(*route.labels)
             self.held_gauge.labels(*route.labels).set(self.held[name])
             self.replica_gauge.labels(*route.labels).set(len(replicas))
 
     def _forget_series(self, route: Route) -> None:
-        for metric in (self.arrivals, self.held_gauge, self.replica_gauge):
+        for metric in (self.arrivals, self.held_gauge, self.replica_gauge, self.retries):
             metric.remove(*route.labels)
 
     # ---- replicas -------------------------------------------------------------------------
@@ -152,7 +165,7 @@ class Gateway(Runtime):
         name = replica.route
         self.replicas[name].append(replica)
         self.replica_gauge.labels(*self.routes[name].labels).set(len(self.replicas[name]))
-        self._ready[name].set()
+        self._notify(name)
 
     def remove(self, route: str, group: str) -> Replica | None:
         """Stop routing ``route`` to ``group``; returns the replica (to wait for it)."""
@@ -162,21 +175,32 @@ class Gateway(Runtime):
         if route in self.routes:
             self.replicas[route] = kept
             self.replica_gauge.labels(*self.routes[route].labels).set(len(kept))
-            if not kept:
-                self._ready[route].clear()
+            self._notify(route)
         return gone
 
     def refuse_new(self) -> None:
         """Shutting down: new requests get 503, held ones are answered 503 now."""
         self.draining = True
-        for event in self._ready.values():
-            event.set()
+        for route in list(self._changed):
+            self._notify(route)
 
     def in_flight_of(self, group: str) -> int:
         return sum(r.in_flight for rs in self.replicas.values() for r in rs if r.group == group)
 
-    def _pick(self, route: str) -> Replica | None:
+    def _notify(self, route: str) -> None:
+        """Wake the requests held for ``route``: its replicas (or the route) changed."""
+        event = self._changed.pop(route, None)
+        if event is not None:
+            event.set()
+        if route in self.routes:
+            self._changed[route] = asyncio.Event()
+
+    def _pick(self, route: str, exclude: object = None) -> Replica | None:
+        """The ready replica of ``route`` with the fewest requests in flight (not
+        ``exclude``: the replica that just refused the request)."""
         replicas = self.replicas.get(route) or []
+        if exclude is not None:
+            replicas = [r for r in replicas if r is not exclude]
         return min(replicas, key=lambda r: r.in_flight) if replicas else None
 
     def ready(self) -> tuple[bool, str]:
@@ -242,11 +266,30 @@ class Gateway(Runtime):
             if replica is None:
                 self.metrics.requests.labels(model, "503").inc()
                 return refusal
-        return await self.proxy.forward(request, replica, body, request_id, arrived)
 
-    async def _hold(self, route: str, arrived: float,
-                    request_id: str) -> tuple[Replica | None, web.Response]:
-        """Wait for a ready replica of ``route`` (bounded count and time)."""
+        async def elsewhere(refused: Target) -> Target | None:
+            return await self._retry(route, refused, arrived, request_id)
+
+        return await self.proxy.forward(request, replica, body, request_id, arrived,
+                                        fallback=elsewhere)
+
+    async def _retry(self, route: str, refused: Target, arrived: float,
+                     request_id: str) -> Replica | None:
+        """Where a request ``refused`` before answering goes instead: another ready replica,
+        else held until one is ready (None: nowhere; the refusal goes to the client)."""
+        if self.draining or route not in self.routes:
+            return None
+        replica = self._pick(route, exclude=refused)
+        if replica is None:
+            replica, _ = await self._hold(route, arrived, request_id, exclude=refused)
+        if replica is not None and route in self.routes:
+            self.retries.labels(*self.routes[route].labels).inc()
+        return replica
+
+    async def _hold(self, route: str, arrived: float, request_id: str,
+                    exclude: object = None) -> tuple[Replica | None, web.Response]:
+        """Wait for a ready replica of ``route`` other than ``exclude`` (bounded count and
+        time)."""
         wait = self.expected_start(route)
         model = self.routes[route].model
         if self.held[route] >= self.hold_limit:
@@ -259,16 +302,16 @@ class Gateway(Runtime):
         try:
             deadline = arrived + self.hold_timeout
             while (left := deadline - time.monotonic()) > 0 and not self.draining:
-                try:
-                    await asyncio.wait_for(self._ready[route].wait(), left)
-                except TimeoutError:
-                    break
                 if route not in self.routes:
                     return None, self._unavailable(
                         f"model {model} was removed while the request waited", wait, request_id)
-                replica = self._pick(route)
+                replica = self._pick(route, exclude)
                 if replica is not None:
                     return replica, web.Response()
+                try:
+                    await asyncio.wait_for(self._changed[route].wait(), left)
+                except TimeoutError:
+                    break
             return None, self._unavailable(
                 f"model {model} has no ready replica after {self.hold_timeout:g} s of waiting; "
                 "it is scaling from zero, retry later", wait, request_id)

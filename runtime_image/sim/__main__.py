@@ -13,6 +13,7 @@ from aiohttp import web
 from kubeplex.placement.errors import PlacementError
 from kubeplex.placement.llm import LLMProfile, profile
 from kubeplex.runtime._loop import run
+from kubeplex.runtime.sim.device import SharedDevice
 from kubeplex.runtime.sim.engine import SimEngine
 from kubeplex.runtime.sim.metrics import VllmMetrics
 from kubeplex.runtime.sim.server import SimServer
@@ -54,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
                    help="simulated cold start before the port opens (default: 0)")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="wall seconds per simulated second (0.1 = 10x faster; default: 1)")
+    p.add_argument("--shared-device", default=None, metavar="FILE",
+                   help="booking file of the GPU group this engine shares with co-located sim "
+                        "engines: their steps take turns on it (kubeplex-runtime passes one; "
+                        "default: a device of its own)")
     p.add_argument("--enable-sleep-mode", action="store_true",
                    help="serve /sleep, /wake_up and /is_sleeping like vLLM on GPU")
     return p
@@ -65,13 +70,14 @@ def _fail(message: str) -> int:
 
 
 async def _serve(args: argparse.Namespace, prof: LLMProfile, capacity: int,
-                 max_len: int) -> None:
+                 max_len: int, device: SharedDevice | None) -> None:
     started = time.monotonic()
     await asyncio.sleep(args.startup_seconds * args.time_scale)
     name = args.served_model_name or args.model_profile
     metrics = VllmMetrics(name, max_len)
     engine = SimEngine(prof, kv_capacity_tokens=capacity, max_num_seqs=args.max_num_seqs,
-                       lanes=prof.pipeline_depth, metrics=metrics, time_scale=args.time_scale)
+                       lanes=prof.pipeline_depth, metrics=metrics, time_scale=args.time_scale,
+                       device=device)
     weights = prof.weight_bytes_per_gpu / 1e9
     wake = (WAKE_FIXED_SECONDS + weights / HOST_TO_DEVICE_GBPS,
             WAKE_FIXED_SECONDS + weights / DISK_GBPS)
@@ -82,7 +88,8 @@ async def _serve(args: argparse.Namespace, prof: LLMProfile, capacity: int,
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port, backlog=1024).start()
     print(f"sim: serving {name} ({prof.model.name} on {args.tp}x{args.pp} {prof.gpu.name}, "
-          f"KV {capacity} tokens, max_model_len {max_len}) on http://{args.host}:{args.port} "
+          f"KV {capacity} tokens, max_model_len {max_len}"
+          f"{', shared device' if device else ''}) on http://{args.host}:{args.port} "
           f"after {time.monotonic() - started:.2f}s", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -116,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"of tokens that can be stored in KV cache ({capacity}); decrease "
                      "--max-model-len or increase --gpu-memory-utilization")
     try:
-        run(_serve(args, prof, capacity, max_len))
+        device = SharedDevice(args.shared_device) if args.shared_device else None
+    except OSError as exc:
+        return _fail(f"--shared-device {args.shared_device}: {exc.strerror}")
+    try:
+        run(_serve(args, prof, capacity, max_len, device))
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror}")
     return 0

@@ -10,6 +10,10 @@ same clock as the router's and Prometheus', and when vLLM observes them: token c
 to first token and inter-token latency as each step's output is released (a long request's
 prompt tokens show at its prefill, not at its end), the per-request histograms when it
 finishes.
+
+With ``device`` (a :class:`~kubeplex.runtime.sim.device.SharedDevice`, the group's simulated
+GPU shared with co-located sim engines), each step books the device first and starts when it
+is free: a partner's steps stretch this engine's timeline (see :mod:`.device`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import itertools
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
+from kubeplex.runtime.sim.device import SharedDevice
 from kubeplex.runtime.sim.metrics import VllmMetrics
 from kubeplex.runtime.sim.scheduler import LatencyModel, Scheduler, SimRequest, StepResult
 
@@ -42,10 +47,12 @@ class SimEngine:
     """One simulated vLLM engine core: submit requests, iterate their tokens."""
 
     def __init__(self, latency: LatencyModel, *, kv_capacity_tokens: int, max_num_seqs: int,
-                 lanes: int, metrics: VllmMetrics, time_scale: float = 1.0) -> None:
+                 lanes: int, metrics: VllmMetrics, time_scale: float = 1.0,
+                 device: SharedDevice | None = None) -> None:
         self.scheduler = Scheduler(latency, kv_capacity_tokens, max_num_seqs, lanes)
         self.metrics = metrics
         self.time_scale = time_scale
+        self.device = device
         self.sleep_level = 0
         self._streams: dict[SimRequest, _Stream] = {}
         self._pending: list[tuple[float, int, StepResult]] = []
@@ -114,10 +121,28 @@ class SimEngine:
         for i in sorted(set(range(len(lanes))) - self._busy, key=lambda i: len(lanes[i].running)):
             resume = self._resume.pop(i, now)
             start = resume if lanes[i].running else now
-            result = self.scheduler.step(i, start)
+            result = self._step(i, start)
             if result is not None:
                 self._busy.add(i)
                 heapq.heappush(self._pending, (result.ends_at, next(self._seq), result))
+
+    def _step(self, lane: int, start: float) -> StepResult | None:
+        """One scheduler step of ``lane`` at ``start`` or, on a shared device, once it is
+        free (simulated seconds <-> the device's clock: ``t0 + seconds * time_scale``)."""
+        scheduler = self.scheduler
+        if self.device is None or not (scheduler.lanes[lane].running or scheduler.waiting):
+            return scheduler.step(lane, start)  # no partner, or nothing to run: no booking
+        result: StepResult | None = None
+        scale, t0 = self.time_scale, self._t0
+        wanted = t0 + start * scale
+
+        def run(at: float) -> float | None:
+            nonlocal result
+            result = scheduler.step(lane, start if at <= wanted else (at - t0) / scale)
+            return None if result is None else t0 + result.ends_at * scale
+
+        self.device.book(lane, wanted, run)
+        return result
 
     async def run(self) -> None:
         """The engine loop (a task for the server's lifetime)."""

@@ -180,7 +180,11 @@ def test_sim_sleep_mode_through_the_runtime(tmp_path: Path) -> None:
         r = httpx.post(rt.url + "/v1/completions", json={"model": "s", "prompt": "x"})
         assert r.status_code == 503
         assert "Retry-After" in r.headers
-        assert httpx.get(rt.control + "/readyz").status_code == 503
+        # A standby whose only model sleeps is healthy and claimable: Ready (routing is by
+        # the pod's model labels, not by readiness).
+        ready = httpx.get(rt.control + "/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["reason"] == "1 model(s): 1 sleeping"
         metrics = httpx.get(rt.url + "/metrics").text
         assert 'vllm:engine_sleep_state{engine="0",model_name="s",sleep_state="awake"} 0.0' \
             in metrics
@@ -191,6 +195,37 @@ def test_sim_sleep_mode_through_the_runtime(tmp_path: Path) -> None:
         assert httpx.post(rt.url + "/v1/completions",
                           json={"model": "s", "prompt": "x"}).status_code == 200
         assert httpx.post(rt.control + "/kubeplex/v1/models/s/wake").status_code == 409
+
+
+async def test_unloading_one_model_keeps_the_pod_ready_for_the_others(tmp_path: Path) -> None:
+    """While a model drains for unload, /readyz stays 200 and the other model serves (a
+    shared pod must not drop out of its other models' Services)."""
+    config = {"models": [model_entry("a", "sim", memory_share=0.4),
+                         model_entry("b", "sim", memory_share=0.4)]}
+    with RuntimeProcess(config, tmp_path) as rt:
+        async with httpx.AsyncClient(timeout=60) as client:
+            long = asyncio.create_task(client.post(
+                rt.url + "/v1/completions",
+                json={"model": "b", "prompt": "x", "max_tokens": 200}))  # ~2 s
+            for _ in range(1000):  # until it is in flight (bounded)
+                if (await client.get(rt.control + "/kubeplex/v1/status")).json()["inFlight"]:
+                    break
+                await asyncio.sleep(0.01)
+            unload = asyncio.create_task(client.delete(rt.control + "/kubeplex/v1/models/b"))
+            for _ in range(1000):
+                states = {m["name"]: m["state"] for m in
+                          (await client.get(rt.control + "/kubeplex/v1/status")).json()["models"]}
+                if states.get("b") == "draining":
+                    break
+                await asyncio.sleep(0.01)
+            assert states == {"a": "ready", "b": "draining"}
+            ready = await client.get(rt.control + "/readyz")
+            assert ready.status_code == 200, ready.text
+            assert (await client.post(rt.url + "/v1/completions",
+                                      json={"model": "a", "prompt": "x"})).status_code == 200
+            assert (await long).status_code == 200
+            assert (await unload).json()["drained"] is True
+            assert [m["name"] for m in rt.status()["models"]] == ["a"]
 
 
 def test_served_names_with_slashes_route_and_control(tmp_path: Path) -> None:
