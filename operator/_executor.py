@@ -215,6 +215,9 @@ class Executor:
         self.pool, self.pool_spec = pool, pool_spec
         # No HTTP to pods when signals are off (fake clusters whose pods run nothing).
         self.talk_to_pods = settings.scrape != "off"
+        # Set when a scale-down waits for Services to drop a pod (phase 1 done, phase 2 not
+        # yet): the pool's next cycle should come after the endpoint grace, not the interval.
+        self.waiting_on_services = False
 
     # ---- plan steps ----------------------------------------------------------------------
     def start(self, namespace: str, name: str, node: str, tp: int, pp: int,
@@ -275,6 +278,7 @@ class Executor:
             UNLOAD_WAITING: ",".join(f"{m}={v}" for m, v in sorted(waiting.items())) or None}
         if remove:
             annotations[UNLABELLED_AT] = f"{now:.3f}"
+            self.waiting_on_services = True
         self.kube.patch("ServingGroup", view.namespace, view.name, {
             "metadata": {"annotations": annotations, "ownerReferences": owners},
             "spec": {"models": entries}})
@@ -300,10 +304,11 @@ class Executor:
                             {"metadata": {"annotations": {DRAIN_STARTED: f"{now:.3f}"}}})
             self._group_status(view.namespace, view.name, "Draining", view.ready_since,
                                list(view.models))
-            # The runtime drains in a later cycle, once the model Services dropped the pod.
             log.info("draining %s/%s: %s", view.namespace, view.name, reason)
             if not self.talk_to_pods or view.pod is None:
                 self._delete(view)
+            else:  # the runtime drains in a later cycle, once the Services dropped the pod
+                self.waiting_on_services = True
             return
         self._finish_drain(view, now)
 
@@ -394,6 +399,7 @@ class Executor:
         for model in models:
             pods = self.kube.endpoint_pods(view.namespace, model)
             if pods is None or view.name in pods:
+                self.waiting_on_services = True
                 return False
         return True
 

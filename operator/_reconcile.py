@@ -74,6 +74,9 @@ WRITE_CONCURRENCY = 8
 DNS_LABEL_MAX = 63
 #: Running groups one cycle changes in place (models added or unloaded): bounded disruption.
 MAX_MOVES = 4
+#: Shortest wait before re-checking a scale-down waiting on Services (with a grace of 0 the
+#: next cycle would otherwise follow at once, again and again).
+MIN_RECHECK_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ class CycleReport:
     plan: FleetPlan
     desired: dict[str, int]
     degraded: dict[str, str]
+    #: Seconds until the pool should run again, when sooner than the interval (a scale-down
+    #: waits for Services to drop a pod); None: the interval.
+    recheck_s: float | None = None
 
 
 def _key(obj: Mapping[str, Any]) -> str:
@@ -393,7 +399,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     ctx.metrics.reconciles.labels(pool=pool_name).inc()
     ctx.metrics.reconcile_seconds.labels(pool=pool_name).observe(elapsed)
     return CycleReport(plan, {k: e.desired for k, e in evaluations.items()},
-                       {k: v[1] for k, v in degraded.items()})
+                       {k: v[1] for k, v in degraded.items()},
+                       recheck_s=(max(ctx.settings.endpoint_grace_s, MIN_RECHECK_S)
+                                  if ex.waiting_on_services else None))
 
 
 def _split(group_id: str | None) -> tuple[str, str]:

@@ -240,11 +240,13 @@ async def pool_daemon(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
         wake.clear()
         triggers = memo.triggers.pop(name, {})
         snap = _snapshot(name, triggers, kwargs)
+        wait_s = ctx.settings.interval_s
         if snap is not None:
             for m in snap.msvcs:
                 memo.pool_of[f"{m['metadata']['namespace']}/{m['metadata']['name']}"] = name
             try:
-                await asyncio.to_thread(run_cycle, ctx, snap, time.time())
+                report = await asyncio.to_thread(run_cycle, ctx, snap, time.time())
+                wait_s = min(wait_s, report.recheck_s or wait_s)
             except Exception as e:  # one bad cycle must not stop the pool: log, count, retry
                 ctx.metrics.errors.labels(pool=name, kind=type(e).__name__).inc()
                 log.exception("pool %s: cycle failed", name)
@@ -254,7 +256,7 @@ async def pool_daemon(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
                 memo.trimmed_at = time.monotonic()
                 await asyncio.to_thread(trim)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=ctx.settings.interval_s)
+            await asyncio.wait_for(wake.wait(), timeout=wait_s)
 
 
 # ---- ModelService ---------------------------------------------------------------------------

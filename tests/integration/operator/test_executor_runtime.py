@@ -251,11 +251,15 @@ def test_an_unload_waits_until_the_service_dropped_the_pod(
                    for k, _n, b in kube.patches)
         assert kube.annotations()[UNLOAD_WAITING] == "coder=coder"
         assert rt.engine("coder")["state"] == "ready"  # still serving stale endpoints
+        assert ex.waiting_on_services  # the pool re-checks after the grace, not the interval
         for t in (0.5, 1.0):  # the Service still lists the pod, within the grace
             view = _shared(rt, kube.annotations(), ("chat",), ("chat",))
+            ex.waiting_on_services = False
             ex.advance(view, [_hosted_as("chat")], NOW + t)
             assert rt.engine("coder")["state"] == "ready"
+            assert ex.waiting_on_services
         kube.endpoints["coder"] = set()  # the EndpointSlice update arrived
+        ex.waiting_on_services = False
         for cycle in range(40):
             view = _shared(rt, kube.annotations(), ("chat",), ("chat",))
             ex.advance(view, [_hosted_as("chat")], NOW + 1.1 + cycle * 0.01)
@@ -264,6 +268,7 @@ def test_an_unload_waits_until_the_service_dropped_the_pod(
             time.sleep(0.2)
         assert [m["name"] for m in rt.status()["models"]] == ["chat"]
         assert UNLOAD_WAITING not in kube.annotations()
+        assert not ex.waiting_on_services  # nothing left to wait for
 
 
 def test_an_unload_goes_on_after_the_grace_when_the_slices_never_update(
@@ -292,6 +297,7 @@ def test_a_drain_asks_the_runtime_only_in_phase_two_even_across_a_restart(
         ex.drain(view, "scale chat down 2 -> 1", NOW)
         assert DRAIN_STARTED in kube.annotations() and DRAIN_ASKED not in kube.annotations()
         assert rt.status()["state"] == "serving"
+        assert ex.waiting_on_services
         # The operator restarts: a new executor reads the phase from the annotations.
         kube2 = Recorder()
         kube2.endpoints = kube.endpoints
