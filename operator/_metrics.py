@@ -63,19 +63,39 @@ class OperatorMetrics:
         self.scale_to_zero = Gauge(SCALE_TO_ZERO_METRIC,
                                    "spec.scaling.scaleToZeroAfterSeconds (minReplicas 0 only).",
                                    ["namespace", "modelservice"], registry=r)
+        # The dashboard's fleet series (helm/kubeplex/files/dashboards/kubeplex.json).
+        labels = ["namespace", "modelservice"]
+        self.desired_replicas = Gauge("kubeplex_modelservice_desired_replicas",
+                                      "Replicas the autoscaler wants.", labels, registry=r)
+        self.ready_replicas = Gauge("kubeplex_modelservice_ready_replicas",
+                                    "Replicas ready and routed.", labels, registry=r)
+        self.warm_replicas = Gauge("kubeplex_modelservice_warm_replicas",
+                                   "Warm standbys its pool keeps in its namespace.", labels,
+                                   registry=r)
+        self.pool_gpus = Gauge("kubeplex_gpupool_gpus", "The pool's GPUs by state (total, "
+                               "allocated, warm, free).", ["pool", "state"], registry=r)
+        self.warm_pods = Gauge("kubeplex_warmpool_pods", "The pool's warm pods by state (idle: "
+                               "unclaimed; claimed: loading a model for a scale-up).",
+                               ["pool", "state"], registry=r)
         self._exported: dict[str, dict[str, list[tuple[Gauge, tuple[str, ...]]]]] = {}
 
     def export_services(self, pool: str,
-                        services: Mapping[str, tuple[str, ModelServiceSpec]]) -> None:
-        """Publish the rules' series for a pool's servable ModelServices.
+                        services: Mapping[str, tuple[str, ModelServiceSpec]],
+                        replicas: Mapping[str, tuple[int, int, int]]) -> None:
+        """Publish the rules' and the dashboard's series for a pool's servable ModelServices.
 
-        ``services`` maps ``namespace/name`` to (the model_name its engines report, spec).
-        Series of ModelServices gone from the pool since its last cycle are removed.
+        ``services`` maps ``namespace/name`` to (the model_name its engines report, spec);
+        ``replicas`` maps it to (desired, ready, warm). Series of ModelServices gone from the
+        pool since its last cycle are removed.
         """
         current: dict[str, list[tuple[Gauge, tuple[str, ...]]]] = {}
         for key, (served, spec) in services.items():
             ns, name = key.split("/", 1)
+            desired, ready, warm = replicas.get(key, (0, 0, 0))
             series = [(self.model_info, (ns, name, served), 1.0),
+                      (self.desired_replicas, (ns, name), float(desired)),
+                      (self.ready_replicas, (ns, name), float(ready)),
+                      (self.warm_replicas, (ns, name), float(warm)),
                       (self.slo_ttft, (ns, name, quantile_label(spec.slo.percentile)),
                        spec.slo.ttft_seconds),
                       (self.queue_target, (ns, name),
@@ -91,3 +111,10 @@ class OperatorMetrics:
             for gauge, labels in stale:
                 gauge.remove(*labels)
         self._exported[pool] = current
+
+    def export_pool(self, pool: str, gpus: Mapping[str, int], warm_pods: Mapping[str, int]) -> None:
+        """Publish a pool's GPUs and warm pods by state."""
+        for state, n in gpus.items():
+            self.pool_gpus.labels(pool, state).set(n)
+        for state, n in warm_pods.items():
+            self.warm_pods.labels(pool, state).set(n)

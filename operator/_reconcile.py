@@ -291,10 +291,6 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         targets[key] = ModelTarget(key, ev.desired, ev.warm, ev.reason, rate)
         ctx.metrics.evaluations.labels(trigger="alert" if trigger else "timer").inc()
 
-    ctx.metrics.export_services(pool_name, {
-        key: (HostedModel(key.split("/", 1)[1], services[key].spec, MEMORY_SHARE).served_name,
-              services[key].spec) for key in targets})
-
     # ---- plan ---------------------------------------------------------------------------------
     t0 = time.perf_counter()
     # Placement pairs models of one namespace only (colocation_key): a pod joins the
@@ -382,14 +378,20 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
 
     # ---- status -------------------------------------------------------------------------------
     statuses: list[Callable[[], None]] = []
+    replicas: dict[str, tuple[int, int, int]] = {}
     for m in live:
         mkey = _key(m)
         ns, name = mkey.split("/", 1)
         mine = [g for g in objs.values() if g.namespace == ns and name in g.models]
         warm = sum(1 for g in objs.values() if g.warm and g.namespace == ns)
+        found = evaluations.get(mkey)
+        replicas[mkey] = (found.desired if found else 0, _replica_counts(name, mine)[1], warm)
         short = next((msg for msg in messages if f"model {mkey} " in msg), None)
-        statuses.append(functools.partial(_model_status, ctx, m, mine, evaluations.get(mkey),
+        statuses.append(functools.partial(_model_status, ctx, m, mine, found,
                                           degraded.get(mkey), short, warm, now))
+    ctx.metrics.export_services(pool_name, {
+        key: (HostedModel(key.split("/", 1)[1], services[key].spec, MEMORY_SHARE).served_name,
+              services[key].spec) for key in targets}, replicas)
     statuses.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
                                       list(objs.values()), budget_gpus, messages,
                                       ctx.templates.note(pool_name), now, snap.lost_nodes))
@@ -456,8 +458,7 @@ def _model_status(ctx: Context, m: Mapping[str, Any], groups: Sequence[GroupObj]
                   shortfall: str | None, warm: int, now: float) -> None:
     meta, old = m["metadata"], m.get("status") or {}
     name, ns, gen = meta["name"], meta["namespace"], meta.get("generation")
-    serving = [g for g in groups if g.phase != "Draining"]
-    ready = sum(1 for g in serving if g.phase == "Ready" and name not in g.loading)
+    serving, ready = _replica_counts(name, groups)
     desired = ev.desired if ev else 0
     old_conds = old.get("conditions") or ()
     conds = []
@@ -518,6 +519,12 @@ def _has(conds: Iterable[Mapping[str, Any]], kind: str, reason: str) -> bool:
                for c in conds)
 
 
+def _replica_counts(name: str, groups: Sequence[GroupObj]) -> tuple[list[GroupObj], int]:
+    """A ModelService's replicas (its groups not draining) and how many serve it now."""
+    serving = [g for g in groups if g.phase != "Draining"]
+    return serving, sum(1 for g in serving if g.phase == "Ready" and name not in g.loading)
+
+
 def _pool_status(ctx: Context, pool: Mapping[str, Any], ready_nodes: Sequence[NodeState],
                  groups: Iterable[GroupObj], total: int, messages: Sequence[str], note: str,
                  now: float, lost_nodes: str | None = None) -> None:
@@ -540,8 +547,13 @@ def _pool_status(ctx: Context, pool: Mapping[str, Any], ready_nodes: Sequence[No
         ctx.kube.event("GPUPool", None, pool["metadata"]["name"],
                        str(pool["metadata"].get("uid", "")), "Overlapping", lost_nodes,
                        warning=True)
+    free = max(0, total - allocated - warm_gpus)
+    claimed = sum(1 for g in groups if g.phase == "Loading" and CLAIMED_AT in g.annotations)
+    ctx.metrics.export_pool(pool["metadata"]["name"],
+                            {"total": total, "allocated": allocated, "warm": warm_gpus,
+                             "free": free}, {"idle": len(warm), "claimed": claimed})
     status = {"nodes": len(ready_nodes), "totalGPUs": total, "allocatedGPUs": allocated,
-              "warmGPUs": warm_gpus, "freeGPUs": max(0, total - allocated - warm_gpus),
+              "warmGPUs": warm_gpus, "freeGPUs": free,
               "warmPods": len(warm), "groups": len(groups) - len(warm),
               "observedGeneration": gen,
               "conditions": merge_conditions(old.get("conditions"), conds, now)}

@@ -45,6 +45,15 @@ def test_cycle_creates_groups_pods_and_a_second_run_changes_nothing() -> None:
     status = kube.objects[("ModelService", "ns", "a")]["status"]
     assert status["ready"] == "2/2"
     assert status["selector"] == "model.kubeplex.io/a=true"
+    # The dashboard's series say the same as the statuses.
+    value = ctx.metrics.registry.get_sample_value
+    assert value("kubeplex_modelservice_ready_replicas", {"namespace": "ns",
+                                                          "modelservice": "a"}) == 2
+    pool_status = kube.objects[("GPUPool", None, "p")]["status"]
+    assert {state: value("kubeplex_gpupool_gpus", {"pool": "p", "state": state})
+            for state in ("total", "allocated", "free")} == {
+        "total": pool_status["totalGPUs"], "allocated": pool_status["allocatedGPUs"],
+        "free": pool_status["freeGPUs"]}
 
 
 def test_a_pod_lost_after_its_group_was_created_is_recreated_once() -> None:

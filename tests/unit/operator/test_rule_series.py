@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from prometheus_client import generate_latest
+import kubernetes
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubeplex.api import load_documents
@@ -14,9 +16,14 @@ from kubeplex.autoscaler.alert_rules import (
     SCALE_TO_ZERO_METRIC,
     SLO_TTFT_METRIC,
 )
+from kubeplex.cli._alerts import render_rules
 from kubeplex.operator._metrics import OperatorMetrics
+from kubeplex.operator.gateway_k8s import ClusterGateway, GatewaySettings
+from kubeplex.runtime.metrics import RouterMetrics
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+DASHBOARD = (Path(__file__).resolve().parents[3] / "helm" / "kubeplex" / "files" / "dashboards"
+             / "kubeplex.json")
 
 
 def samples(metrics: OperatorMetrics) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -34,8 +41,14 @@ def test_series_follow_the_specs_and_disappear_with_the_service() -> None:
     chat, coder = by_key["team-a/chat-8b"], by_key["team-a/coder-7b"]
     metrics = OperatorMetrics()
     metrics.export_services("h100-shared", {chat.key: ("chat-8b", chat.spec),
-                                            coder.key: ("coder-7b", coder.spec)})
+                                            coder.key: ("coder-7b", coder.spec)},
+                            {chat.key: (3, 2, 1)})
     got = samples(metrics)
+    chat_labels = (("modelservice", "chat-8b"), ("namespace", "team-a"))
+    assert [got[f"kubeplex_modelservice_{kind}_replicas"][chat_labels]
+            for kind in ("desired", "ready", "warm")] == [3, 2, 1]
+    assert got["kubeplex_modelservice_ready_replicas"][(("modelservice", "coder-7b"),
+                                                        ("namespace", "team-a"))] == 0
     assert got[INFO_METRIC][(("model_name", "chat-8b"), ("modelservice", "chat-8b"),
                              ("namespace", "team-a"))] == 1
     assert got[SLO_TTFT_METRIC][(("modelservice", "chat-8b"), ("namespace", "team-a"),
@@ -47,9 +60,35 @@ def test_series_follow_the_specs_and_disappear_with_the_service() -> None:
     assert got[SCALE_TO_ZERO_METRIC][(("modelservice", "coder-7b"),
                                       ("namespace", "team-a"))] == 600
 
-    metrics.export_services("h100-shared", {chat.key: ("chat-8b", chat.spec)})
+    metrics.export_services("h100-shared", {chat.key: ("chat-8b", chat.spec)}, {})
     got = samples(metrics)
     assert all(dict(labels)["modelservice"] == "chat-8b"
-               for name in (INFO_METRIC, SLO_TTFT_METRIC, QUEUE_TARGET_METRIC)
+               for name in (INFO_METRIC, SLO_TTFT_METRIC, QUEUE_TARGET_METRIC,
+                            "kubeplex_modelservice_ready_replicas")
                for labels in got.get(name, {}))
     assert SCALE_TO_ZERO_METRIC not in got or not got[SCALE_TO_ZERO_METRIC]
+
+
+def _exposable(*registries: CollectorRegistry) -> set[str]:
+    """Every sample name the registries' families can expose (labelled families included,
+    even before a child exists)."""
+    suffixes = {"counter": ("_total", "_created"), "gauge": ("",),
+                "histogram": ("_bucket", "_sum", "_count", "_created")}
+    return {family.name + suffix for registry in registries for family in registry.collect()
+            for suffix in suffixes.get(family.type, ("",))}
+
+
+def test_every_kubeplex_series_the_dashboard_and_rules_query_is_exported() -> None:
+    """The chart's dashboard and alert rules query only ``kubeplex_*`` series that the
+    operator, the gateway or the runtime's router register (a panel on a series nobody
+    exports stays empty without an error anywhere)."""
+    gateway = ClusterGateway(GatewaySettings(), kubernetes.client.ApiClient()).gateway
+    exported = _exposable(OperatorMetrics().registry, RouterMetrics().registry,
+                          gateway.metrics.registry)
+    texts = {"dashboard": DASHBOARD.read_text(), "rules": render_rules()}
+    for where, text in texts.items():
+        # Not label names (kubeplex_receiver="operator", or a YAML key `kubeplex_receiver:`).
+        queried = set(re.findall(r"\b(kubeplex_[a-z0-9_]+)\b(?!\s*[=:!~])", text))
+        assert queried, f"no kubeplex series found in the {where}: the pattern is stale"
+        assert queried <= exported, f"{where} queries series nobody exports: " \
+            f"{sorted(queried - exported)}"
