@@ -261,9 +261,10 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     views = [_planning_view(g, pool_name, load.get(k, 0.0)) for k, g in objs.items()]
     evaluations: dict[str, Evaluation] = {}
     targets: dict[str, ModelTarget] = {}
-    held = ctx.runtime.held_requests() if templates else None  # the gateway: once per cycle
+    # The gateway: read at most once per half interval for all pools (RuntimeClient caches).
+    held = ctx.runtime.held_requests(now) if templates else None
     if held is not None and held.problem:
-        log.warning("pool %s: %s; held requests assumed 0", pool_name, held.problem)
+        log.warning("pool %s: %s; %s", pool_name, held.problem, held.caveat)
     for key, template in templates.items():
         svc = services[key]
         ns, name = key.split("/", 1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -82,7 +83,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.execution.max_workers = 16
     settings.peering.lifetime = config.peering_lifetime_s
     metrics = OperatorMetrics()
-    ctx = Context(config, Kube(await asyncio.to_thread(_api_client)), RuntimeClient(config),
+    kube = Kube(await asyncio.to_thread(_api_client))
+    gateway_urls = None
+    if config.gateway_service:  # every gateway replica, from its Service's EndpointSlices
+        gateway_ns, gateway_name = config.gateway_service.split("/", 1)
+        gateway_urls = functools.partial(kube.service_urls, gateway_ns, gateway_name,
+                                         "/metrics")
+    ctx = Context(config, kube, RuntimeClient(config, gateway_urls),
                   metrics, Scaler(parse_overrides(config.autoscaler)),
                   Templates(background=config.placement == "search"))
     memo.ctx = ctx
