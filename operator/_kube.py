@@ -35,6 +35,8 @@ RBAC_NEEDED: frozenset[tuple[str, str, str]] = frozenset({
     (GROUP, "gpupools/status", "patch"),
     ("", "pods", "create"), ("", "pods", "patch"), ("", "pods", "delete"),
     ("", "services", "create"), ("", "services", "patch"), ("", "services", "get"),
+    # a refused ModelService's Service (Kube.delete_owned_service)
+    ("", "services", "delete"),
     ("", "events", "create"),
     # two-phase scale-down: has the model's Service dropped the pod yet (Kube.endpoint_pods);
     # every gateway replica's held requests (Kube.service_urls)
@@ -52,6 +54,7 @@ class KubeApi(Protocol):
     def event(self, obj_kind: str, namespace: str | None, name: str, uid: str, reason: str,
               message: str, warning: bool = False) -> None: ...
     def endpoint_pods(self, namespace: str, service: str) -> set[str] | None: ...
+    def delete_owned_service(self, namespace: str, name: str, owner_uid: str) -> None: ...
 
 
 _PLURALS = {"ServingGroup": "servinggroups", "ModelService": "modelservices",
@@ -131,6 +134,21 @@ class Kube:
                 raise ValueError(f"cannot delete kind {kind}")
         except ApiException as e:
             if e.status != 404:
+                raise
+
+    def delete_owned_service(self, namespace: str, name: str, owner_uid: str) -> None:
+        """Delete the Service if an owner reference names ``owner_uid`` (one the operator made
+        for that ModelService; a user's Service of the same name stays). Absent: nothing."""
+        svc = self.get_service(namespace, name)
+        if svc is None or not any(ref.get("uid") == owner_uid for ref in
+                                  (svc.get("metadata") or {}).get("ownerReferences") or ()):
+            return
+        try:  # the uid precondition: never a Service re-created since the read
+            self.core.delete_namespaced_service(
+                name, namespace, body=k8s.V1DeleteOptions(
+                    preconditions=k8s.V1Preconditions(uid=svc["metadata"]["uid"])))
+        except ApiException as e:
+            if e.status not in (404, 409):
                 raise
 
     def endpoint_pods(self, namespace: str, service: str) -> set[str] | None:

@@ -40,7 +40,13 @@ from kubeplex.api import (
 from kubeplex.api._types import parse_spec
 from kubeplex.errors import KubeplexError
 from kubeplex.operator._autoscale import Evaluation, Scaler
-from kubeplex.operator._builders import POOL_LABEL, HostedModel, runtime_model, selector
+from kubeplex.operator._builders import (
+    POOL_LABEL,
+    HostedModel,
+    runtime_model,
+    selector,
+    service_manifest,
+)
 from kubeplex.operator._executor import CLAIMED_AT, Executor, GroupObj, Hosted
 from kubeplex.operator._kube import KubeApi
 from kubeplex.operator._metrics import OperatorMetrics
@@ -104,6 +110,10 @@ class Context:
     #: kopf's index may still hold the status from before that write when the next cycle
     #: starts; the decision is compared with what was written, so it is recorded once.
     recorded: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: ModelService key -> (uid, whether its Service exists) as this operator last made it:
+    #: the cycle creates or deletes a Service only when that changes (and once after a
+    #: restart), not every interval.
+    services: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -323,7 +333,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
 
     # Decisions (nodes, names) are made here in order; the API writes then run concurrently
     # (one job per group at most, so no two jobs touch the same object).
-    jobs: list[Callable[[], None]] = []
+    jobs: list[Callable[[], None]] = _service_jobs(ctx, live, snap.refused, degraded)
     touched: set[tuple[str, str]] = set()
     # Deleted ModelServices: the plan knows nothing of them. A group left with none of its
     # models is drained; a shared group that keeps others unloads the deleted ones.
@@ -403,6 +413,32 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                        {k: v[1] for k, v in degraded.items()},
                        recheck_s=(max(ctx.settings.endpoint_grace_s, MIN_RECHECK_S)
                                   if ex.waiting_on_services else None))
+
+
+def _service_jobs(ctx: Context, live: Iterable[Mapping[str, Any]],
+                  refused: Mapping[str, tuple[str, str]],
+                  degraded: Mapping[str, tuple[str, str]]) -> list[Callable[[], None]]:
+    """Each served ModelService gets its Service (same name, selecting its pods); a refused
+    one (a duplicate servedName, or Degraded: a spec that cannot be served) gets none: the
+    Service the operator made for it earlier is deleted (only one it owns), and made again
+    once it is served."""
+    jobs: list[Callable[[], None]] = []
+    for m in live:
+        key, uid = _key(m), str(m["metadata"].get("uid", ""))
+        want = key not in refused and key not in degraded
+        if ctx.services.get(key) == (uid, want):
+            continue
+        jobs.append(functools.partial(_sync_service, ctx, key, uid, want))
+    return jobs
+
+
+def _sync_service(ctx: Context, key: str, uid: str, want: bool) -> None:
+    ns, name = key.split("/", 1)
+    if want:
+        ctx.kube.create(service_manifest(ns, name, uid, ctx.settings.runtime_port))
+    else:
+        ctx.kube.delete_owned_service(ns, name, uid)
+    ctx.services[key] = (uid, want)
 
 
 def _split(group_id: str | None) -> tuple[str, str]:

@@ -9,7 +9,8 @@ in module globals:
   pool, pods by node and by group, nodes, pools;
 * one daemon per GPUPool runs the pool cycle every ``KUBEPLEX_INTERVAL_SECONDS`` and at once
   when poked (a ModelService changed, an alert arrived, a group or pod changed);
-* ModelService handlers check the pool exists, keep the Service, and on delete wait (through
+* ModelService handlers check the pool exists (the pool cycle keeps the Service), and on
+  delete wait (through
   kopf's finalizer) until the pool cycle drained every group that hosted the model.
 """
 
@@ -29,7 +30,7 @@ import kubernetes
 
 from kubeplex.api import GROUP, VERSION
 from kubeplex.operator._autoscale import Scaler, parse_overrides
-from kubeplex.operator._builders import GROUP_LABEL, MANAGED_BY, service_manifest
+from kubeplex.operator._builders import GROUP_LABEL, MANAGED_BY
 from kubeplex.operator._conflicts import node_owners, served_name, served_name_conflicts
 from kubeplex.operator._kube import Kube
 from kubeplex.operator._memory import limit_arenas, trim
@@ -276,12 +277,8 @@ def modelservice_changed(name: str, namespace: str | None, uid: str, spec: kopf.
                          **kwargs: Any) -> None:
     ctx: Context = memo.ctx
     namespace = namespace or "default"
-    service = service_manifest(namespace, name, uid, ctx.settings.runtime_port)
-    try:
-        ctx.kube.create(service)
-    except kubernetes.client.exceptions.ApiException as e:
-        raise kopf.TemporaryError(f"cannot create Service {namespace}/{name}: {e.reason}",
-                                  delay=5) from e
+    # The Service is the pool cycle's (created for a ModelService it serves, none while it is
+    # refused: _reconcile._service_jobs).
     pool = spec.get("pool")
     if not kwargs["pools"].get(pool):
         gen = meta.get("generation")
@@ -311,6 +308,7 @@ def modelservice_deleted(name: str, namespace: str | None, spec: kopf.Spec, memo
         raise kopf.TemporaryError(f"draining {len(hosting)} group(s): {', '.join(hosting)}",
                                   delay=DELETE_POLL_S)
     memo.ctx.scaler.forget(f"{namespace}/{name}")
+    memo.ctx.services.pop(f"{namespace}/{name}", None)  # the Service goes with its owner
     # A ModelService refused for using this one's served name may proceed now.
     gone = served_name({"metadata": {"name": name}, "spec": dict(spec)})
     for other_pool, store in kwargs["msvc_by_pool"].items():

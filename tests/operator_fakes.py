@@ -56,6 +56,12 @@ class FakeKube:
     def endpoint_pods(self, namespace: str, service: str) -> set[str] | None:
         return set()  # every EndpointSlice update has arrived
 
+    def delete_owned_service(self, namespace: str, name: str, owner_uid: str) -> None:
+        svc = self.objects.get(("Service", namespace, name))
+        if svc and any(r.get("uid") == owner_uid
+                       for r in svc["metadata"].get("ownerReferences") or ()):
+            self.delete("Service", namespace, name)
+
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [o for (k, _n, _m), o in sorted(self.objects.items()) if k == kind]
 

@@ -326,7 +326,7 @@ def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[st
         ("kubeplex.io", "gpupools/status", {"get", "patch"}),
         ("kubeplex.io", "servinggroups/status", {"get", "patch"}),
         ("", "pods", read | {"create", "patch", "delete"}),
-        ("", "services", {"get", "create", "patch"}),
+        ("", "services", {"get", "create", "patch", "delete"}),
         ("", "events", {"create"}),
         ("", "nodes", read),
         ("discovery.k8s.io", "endpointslices", {"list"}),  # two-phase scale-down (main)

@@ -296,3 +296,43 @@ def test_a_scale_decision_is_recorded_once_even_from_a_stale_snapshot() -> None:
     run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW + 3)
     assert kube.objects[("ModelService", "ns", "a")]["status"]["lastScale"] == recorded
     assert len([m for r, m in kube.events if r == "Scaled"]) == 1
+
+
+def test_a_refused_modelservice_gets_no_service_until_it_is_served() -> None:
+    """Served ModelServices get their Service from the cycle; a refused one (a duplicate
+    servedName, a Degraded spec) has none: the one the operator made for it before
+    is deleted (a user's Service of that name is not), and it comes back once served."""
+    from kubeplex.operator._builders import service_manifest
+
+    kube = FakeKube()
+    a, dup = msvc("a", 1, servedName="m"), msvc("b", 1, servedName="m")
+    bad = msvc("bad", 1)
+    bad["spec"]["scaling"].update(minReplicas=5, maxReplicas=1)  # Degraded: cannot serve
+    register(kube, a, dup, bad)
+    kube.create(service_manifest("ns", "b", "uid-b", 8000))  # made before b was refused
+    kube.create({**service_manifest("ns", "bad", "someone-else", 8000)})  # not ours
+    ctx = context(kube)
+    refused = {"ns/b": ("DuplicateServedName", "servedName m is served by ModelService a")}
+
+    def cycle(models: list[dict[str, Any]], now: float, refusals: dict[str, Any]) -> None:
+        snap = snapshot(kube, pool(), copy.deepcopy(models), nodes(1))
+        run_cycle(ctx, Snapshot(**{**snap.__dict__, "refused": refusals}), now)
+
+    cycle([a, dup, bad], NOW, refused)
+    services = {s["metadata"]["name"]: s for s in kube.of("Service")}
+    assert sorted(services) == ["a", "bad"]
+    assert services["a"]["spec"]["selector"] == {"model.kubeplex.io/a": "true"}
+    assert services["a"]["metadata"]["ownerReferences"][0]["uid"] == "uid-a"
+    assert services["bad"]["metadata"]["ownerReferences"][0]["uid"] == "someone-else"
+    conds = {c["type"]: c for c in kube.objects[("ModelService", "ns", "bad")]["status"][
+        "conditions"]}
+    assert conds["Degraded"]["status"] == "True", conds
+    # nothing changed: no Service write again
+    before = len(kube.writes)
+    cycle([a, dup, bad], NOW + 1, refused)
+    assert [w for w in kube.writes[before:] if w[1] == "Service"] == []
+    # a is deleted, b is served now: its Service comes back
+    cycle([dup, bad], NOW + 2, {})
+    assert sorted(s["metadata"]["name"] for s in kube.of("Service")) == ["a", "b", "bad"]
+    assert kube.objects[("Service", "ns", "b")]["spec"]["selector"] == {
+        "model.kubeplex.io/b": "true"}
