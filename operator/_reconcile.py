@@ -56,6 +56,7 @@ from kubeplex.operator._settings import Settings
 from kubeplex.operator._status import condition, iso, merge_conditions, ready_string
 from kubeplex.operator.errors import UnservableError
 from kubeplex.operator.planning import (
+    CONSOLIDATION_RETRY_S,
     Action,
     ActionKind,
     FleetPlan,
@@ -114,6 +115,9 @@ class Context:
     #: the cycle creates or deletes a Service only when that changes (and once after a
     #: restart), not every interval.
     services: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: ModelService key -> when its consolidation was last given up (``fleet_plan(gave_up=)``;
+    #: lost on restart, which allows one more try).
+    gave_up: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ def _planning_view(g: GroupObj, pool: str, load: float) -> GroupView:
                      CLAIMED_AT in g.annotations,
                      None if g.unloading else (g.tp, g.pp),  # changing: no room to judge
                      tuple(shares.get(m, 1.0) for m in g.models),
-                     tuple(f"{g.namespace}/{m}" for m in g.loading))
+                     tuple(f"{g.namespace}/{m}" for m in g.loading),
+                     g.added_at)
 
 
 def _best_fit(free: dict[str, int], gpus: int) -> str | None:
@@ -311,7 +316,16 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     # Placement pairs models of one namespace only (colocation_key): a pod joins the
     # Services of its own namespace.
     usable = {k: t for k, t in templates.items() if k in targets}
-    plan = fleet_plan(views, targets, usable, [budget], MAX_MOVES)
+    plan = fleet_plan(views, targets, usable, [budget], MAX_MOVES, now,
+                      {k: t for k, t in ctx.gave_up.items() if k in usable})
+    for key in plan.gave_up:
+        ctx.gave_up[key] = now
+        reason = next((a.reason for a in plan.actions if key in a.reason), "")
+        ns, name = key.split("/", 1)
+        ctx.kube.event("ModelService", ns, name, _uid(snap, key), "ConsolidationGivenUp",
+                       reason, warning=True)
+    for key in [k for k, t in ctx.gave_up.items() if now - t >= CONSOLIDATION_RETRY_S]:
+        del ctx.gave_up[key]
     ctx.metrics.placement_seconds.observe(time.perf_counter() - t0)
 
     # ---- execute ------------------------------------------------------------------------------
