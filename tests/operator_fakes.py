@@ -70,7 +70,9 @@ def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
     for k, v in patch.items():
         if v is None:
             into.pop(k, None)
-        elif isinstance(v, dict) and isinstance(into.get(k), dict):
+        elif isinstance(v, dict):  # a merge patch: nulls delete, also in a new object
+            if not isinstance(into.get(k), dict):
+                into[k] = {}
             _merge(into[k], v)
         else:
             into[k] = copy.deepcopy(v)
