@@ -320,7 +320,8 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                       {k: t for k, t in ctx.gave_up.items() if k in usable})
     for key in plan.gave_up:
         ctx.gave_up[key] = now
-        reason = next((a.reason for a in plan.actions if key in a.reason), "")
+        reason = next((a.reason for a in plan.actions if key in a.reason),
+                      f"consolidation of {key} given up")
         ns, name = key.split("/", 1)
         ctx.kube.event("ModelService", ns, name, _uid(snap, key), "ConsolidationGivenUp",
                        reason, warning=True)

@@ -755,14 +755,15 @@ def _give_up(pool: _Pool, model: str, stuck: Sequence[GroupView], now: float) ->
     group started for it (and its partners) is drained, a model added to a partner's group is
     unloaded from it; the old copy keeps serving. Recorded in ``pool.gave_up``."""
     for g in stuck:
-        waited = now - _started_at(g, model)
-        why = (f"consolidation of {model} given up: its copy in {g.id} is not ready after "
-               f"{waited:.0f} s (limit {CONSOLIDATION_TIMEOUT_S:.0f} s); the old copy keeps "
-               f"serving, no retry for {CONSOLIDATION_RETRY_S:.0f} s")
         hosting = pool.hosting.get(g.id)
         if hosting is None:
             continue  # already drained by this plan (a partner's give-up)
-        if g.phase is GroupPhase.STARTING:
+        starting = g.phase is GroupPhase.STARTING
+        who = ", ".join(hosting.models) if starting else model
+        why = (f"consolidation of {who} given up: the new copy in {g.id} is not ready after "
+               f"{now - _started_at(g, model):.0f} s (limit {CONSOLIDATION_TIMEOUT_S:.0f} s); "
+               f"the old copy keeps serving, no retry for {CONSOLIDATION_RETRY_S:.0f} s")
+        if starting:
             del pool.hosting[g.id]
             pool.gave_up.update(hosting.models)
             pool.actions.append(Action(ActionKind.DRAIN, pool.budget.name, why, g.id, model))

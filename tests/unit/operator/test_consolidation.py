@@ -175,7 +175,7 @@ def test_a_shared_group_started_for_partners_that_never_gets_ready_is_drained_on
                        T0 + CONSOLIDATION_TIMEOUT_S + 30)
     assert kinds(stuck) == [(ActionKind.DRAIN, "new0", (A,))]  # one drain for both models
     assert stuck.gave_up == (A, B)
-    assert "given up" in stuck.actions[0].reason
+    assert f"consolidation of {A}, {B} given up: the new copy in new0" in stuck.actions[0].reason
     after = [g for g in groups if g.id != "new0"]
     assert ready_copies(after, A) == ready_copies(after, B) == 1
     assert fleet_plan(after, ONE_EACH, TEMPLATES, budget(3), None, T0 + 1000,
