@@ -117,7 +117,7 @@ class Scaler:
         mem.state = decision.state
         desired, reason = decision.desired_replicas, decision.reason
         if held.problem:
-            reason = f"{reason} (held requests assumed 0: {held.problem})"
+            reason = f"{reason} ({held.caveat}: {held.problem})"
         pin = svc.spec.scaling.replicas
         if pin is not None:
             desired, reason = pin, f"pinned to spec.scaling.replicas={pin} (autoscaler: {reason})"

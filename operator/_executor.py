@@ -60,7 +60,7 @@ from kubeplex.operator._settings import Settings
 from kubeplex.operator._status import iso
 from kubeplex.operator.planning import ClaimStep, ReplicaTemplate, claim_step
 
-__all__ = ["CHANGED_IN_PLACE", "CLAIMED_AT", "DRAIN_ASKED", "DRAIN_STARTED", "SLEEP",
+__all__ = ["ADDED_AT", "CHANGED_IN_PLACE", "CLAIMED_AT", "DRAIN_ASKED", "DRAIN_STARTED", "SLEEP",
            "UNLABELLED_AT", "UNLOADING", "UNLOAD_WAITING", "Executor", "GroupObj", "Hosted",
            "pod_ready"]
 
@@ -82,6 +82,9 @@ SLEEP = "kubeplex.io/sleep"
 #: Set on a group whose models changed in place: its pod's runtime config (fixed at start) no
 #: longer matches, so after a container restart the operator re-syncs the runtime.
 CHANGED_IN_PLACE = "kubeplex.io/changed-in-place"
+#: When a model was last added to the running group (``planning.GroupView.loading_since``:
+#: a consolidation copy that never becomes ready is given up after a bound).
+ADDED_AT = "kubeplex.io/added-at"
 #: A drain gives up waiting for the runtime after this long (the runtime's own default grace
 #: is 30 s; the pod's terminationGracePeriodSeconds covers the rest on delete).
 DRAIN_GIVE_UP_S = 45.0
@@ -163,6 +166,11 @@ class GroupObj:
         """Routed models whose engine is not serving yet (no model label on the pod)."""
         labels = (self.pod or {}).get("labels") or {}
         return tuple(m for m in self.models if model_label(m) not in labels)
+
+    @property
+    def added_at(self) -> float:
+        """When a model was last added to the running group (0: never, or unknown)."""
+        return _float(self.annotations.get(ADDED_AT), 0.0)
 
     @property
     def unloading(self) -> tuple[str, ...]:
@@ -279,6 +287,8 @@ class Executor:
         if remove:
             annotations[UNLABELLED_AT] = f"{now:.3f}"
             self.waiting_on_services = True
+        if added - set(view.models):
+            annotations[ADDED_AT] = f"{now:.3f}"
         self.kube.patch("ServingGroup", view.namespace, view.name, {
             "metadata": {"annotations": annotations, "ownerReferences": owners},
             "spec": {"models": entries}})

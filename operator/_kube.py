@@ -16,6 +16,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from kubeplex.api import GROUP, VERSION
+from kubeplex.operator.errors import OperatorError
 
 __all__ = ["RBAC_NEEDED", "Kube", "KubeApi"]
 
@@ -34,8 +35,11 @@ RBAC_NEEDED: frozenset[tuple[str, str, str]] = frozenset({
     (GROUP, "gpupools/status", "patch"),
     ("", "pods", "create"), ("", "pods", "patch"), ("", "pods", "delete"),
     ("", "services", "create"), ("", "services", "patch"), ("", "services", "get"),
+    # a refused ModelService's Service (Kube.delete_owned_service)
+    ("", "services", "delete"),
     ("", "events", "create"),
-    # two-phase scale-down: has the model's Service dropped the pod yet (Kube.endpoint_pods)
+    # two-phase scale-down: has the model's Service dropped the pod yet (Kube.endpoint_pods);
+    # every gateway replica's held requests (Kube.service_urls)
     ("discovery.k8s.io", "endpointslices", "list"),
 })
 
@@ -50,6 +54,7 @@ class KubeApi(Protocol):
     def event(self, obj_kind: str, namespace: str | None, name: str, uid: str, reason: str,
               message: str, warning: bool = False) -> None: ...
     def endpoint_pods(self, namespace: str, service: str) -> set[str] | None: ...
+    def delete_owned_service(self, namespace: str, name: str, owner_uid: str) -> None: ...
 
 
 _PLURALS = {"ServingGroup": "servinggroups", "ModelService": "modelservices",
@@ -131,6 +136,21 @@ class Kube:
             if e.status != 404:
                 raise
 
+    def delete_owned_service(self, namespace: str, name: str, owner_uid: str) -> None:
+        """Delete the Service if an owner reference names ``owner_uid`` (one the operator made
+        for that ModelService; a user's Service of the same name stays). Absent: nothing."""
+        svc = self.get_service(namespace, name)
+        if svc is None or not any(ref.get("uid") == owner_uid for ref in
+                                  (svc.get("metadata") or {}).get("ownerReferences") or ()):
+            return
+        try:  # the uid precondition: never a Service re-created since the read
+            self.core.delete_namespaced_service(
+                name, namespace, body=k8s.V1DeleteOptions(
+                    preconditions=k8s.V1Preconditions(uid=svc["metadata"]["uid"])))
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
     def endpoint_pods(self, namespace: str, service: str) -> set[str] | None:
         """Names of the pods the Service's EndpointSlices list (in any condition); None when
         they cannot be read (the caller then waits out its grace instead)."""
@@ -143,6 +163,34 @@ class Kube:
             return None
         return {str(ep.target_ref.name) for s in slices.items for ep in (s.endpoints or ())
                 if ep.target_ref is not None and ep.target_ref.kind == "Pod"}
+
+    def service_urls(self, namespace: str, service: str, path: str,
+                     port_name: str = "http") -> list[str]:
+        """``http://<address>:<port><path>`` for every ready address of the Service's
+        EndpointSlices (the port named ``port_name``, else the slice's only port): each
+        replica behind it, e.g. every gateway pod. An API error raises OperatorError."""
+        try:
+            slices = self.discovery.list_namespaced_endpoint_slice(
+                namespace, label_selector=f"kubernetes.io/service-name={service}")
+        except ApiException as e:
+            raise OperatorError(f"listing its EndpointSlices failed: {e.status} {e.reason}; "
+                                "the operator needs list on discovery.k8s.io endpointslices "
+                                f"in namespace {namespace}") from None
+        urls: set[str] = set()
+        for s in slices.items:
+            ports = list(s.ports or ())
+            port = next((p.port for p in ports if p.name == port_name), None)
+            if port is None and len(ports) == 1:
+                port = ports[0].port
+            if port is None:
+                continue
+            for ep in s.endpoints or ():
+                if ep.conditions is not None and ep.conditions.ready is False:
+                    continue  # nil means unknown: counted as ready (the API's advice)
+                for address in ep.addresses or ():
+                    host = f"[{address}]" if ":" in address else address
+                    urls.add(f"http://{host}:{port}{path}")
+        return sorted(urls)
 
     def event(self, obj_kind: str, namespace: str | None, name: str, uid: str, reason: str,
               message: str, warning: bool = False) -> None:

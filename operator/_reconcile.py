@@ -40,7 +40,13 @@ from kubeplex.api import (
 from kubeplex.api._types import parse_spec
 from kubeplex.errors import KubeplexError
 from kubeplex.operator._autoscale import Evaluation, Scaler
-from kubeplex.operator._builders import POOL_LABEL, HostedModel, runtime_model, selector
+from kubeplex.operator._builders import (
+    POOL_LABEL,
+    HostedModel,
+    runtime_model,
+    selector,
+    service_manifest,
+)
 from kubeplex.operator._executor import CLAIMED_AT, Executor, GroupObj, Hosted
 from kubeplex.operator._kube import KubeApi
 from kubeplex.operator._metrics import OperatorMetrics
@@ -50,6 +56,7 @@ from kubeplex.operator._settings import Settings
 from kubeplex.operator._status import condition, iso, merge_conditions, ready_string
 from kubeplex.operator.errors import UnservableError
 from kubeplex.operator.planning import (
+    CONSOLIDATION_RETRY_S,
     Action,
     ActionKind,
     FleetPlan,
@@ -104,6 +111,13 @@ class Context:
     #: kopf's index may still hold the status from before that write when the next cycle
     #: starts; the decision is compared with what was written, so it is recorded once.
     recorded: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: ModelService key -> (uid, whether its Service exists) as this operator last made it:
+    #: the cycle creates or deletes a Service only when that changes (and once after a
+    #: restart), not every interval.
+    services: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: ModelService key -> when its consolidation was last given up (``fleet_plan(gave_up=)``;
+    #: lost on restart, which allows one more try).
+    gave_up: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -187,7 +201,8 @@ def _planning_view(g: GroupObj, pool: str, load: float) -> GroupView:
                      CLAIMED_AT in g.annotations,
                      None if g.unloading else (g.tp, g.pp),  # changing: no room to judge
                      tuple(shares.get(m, 1.0) for m in g.models),
-                     tuple(f"{g.namespace}/{m}" for m in g.loading))
+                     tuple(f"{g.namespace}/{m}" for m in g.loading),
+                     g.added_at)
 
 
 def _best_fit(free: dict[str, int], gpus: int) -> str | None:
@@ -261,9 +276,10 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     views = [_planning_view(g, pool_name, load.get(k, 0.0)) for k, g in objs.items()]
     evaluations: dict[str, Evaluation] = {}
     targets: dict[str, ModelTarget] = {}
-    held = ctx.runtime.held_requests() if templates else None  # the gateway: once per cycle
+    # The gateway: read at most once per half interval for all pools (RuntimeClient caches).
+    held = ctx.runtime.held_requests(now) if templates else None
     if held is not None and held.problem:
-        log.warning("pool %s: %s; held requests assumed 0", pool_name, held.problem)
+        log.warning("pool %s: %s; %s", pool_name, held.problem, held.caveat)
     for key, template in templates.items():
         svc = services[key]
         ns, name = key.split("/", 1)
@@ -296,7 +312,17 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     # Placement pairs models of one namespace only (colocation_key): a pod joins the
     # Services of its own namespace.
     usable = {k: t for k, t in templates.items() if k in targets}
-    plan = fleet_plan(views, targets, usable, [budget], MAX_MOVES)
+    plan = fleet_plan(views, targets, usable, [budget], MAX_MOVES, now,
+                      {k: t for k, t in ctx.gave_up.items() if k in usable})
+    for key in plan.gave_up:
+        ctx.gave_up[key] = now
+        reason = next((a.reason for a in plan.actions if key in a.reason),
+                      f"consolidation of {key} given up")
+        ns, name = key.split("/", 1)
+        ctx.kube.event("ModelService", ns, name, _uid(snap, key), "ConsolidationGivenUp",
+                       reason, warning=True)
+    for key in [k for k, t in ctx.gave_up.items() if now - t >= CONSOLIDATION_RETRY_S]:
+        del ctx.gave_up[key]
     ctx.metrics.placement_seconds.observe(time.perf_counter() - t0)
 
     # ---- execute ------------------------------------------------------------------------------
@@ -318,7 +344,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
 
     # Decisions (nodes, names) are made here in order; the API writes then run concurrently
     # (one job per group at most, so no two jobs touch the same object).
-    jobs: list[Callable[[], None]] = []
+    jobs: list[Callable[[], None]] = _service_jobs(ctx, live, snap.refused, degraded)
     touched: set[tuple[str, str]] = set()
     # Deleted ModelServices: the plan knows nothing of them. A group left with none of its
     # models is drained; a shared group that keeps others unloads the deleted ones.
@@ -404,6 +430,32 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                        {k: v[1] for k, v in degraded.items()},
                        recheck_s=(max(ctx.settings.endpoint_grace_s, MIN_RECHECK_S)
                                   if ex.waiting_on_services else None))
+
+
+def _service_jobs(ctx: Context, live: Iterable[Mapping[str, Any]],
+                  refused: Mapping[str, tuple[str, str]],
+                  degraded: Mapping[str, tuple[str, str]]) -> list[Callable[[], None]]:
+    """Each served ModelService gets its Service (same name, selecting its pods); a refused
+    one (a duplicate servedName, or Degraded: a spec that cannot be served) gets none: the
+    Service the operator made for it earlier is deleted (only one it owns), and made again
+    once it is served."""
+    jobs: list[Callable[[], None]] = []
+    for m in live:
+        key, uid = _key(m), str(m["metadata"].get("uid", ""))
+        want = key not in refused and key not in degraded
+        if ctx.services.get(key) == (uid, want):
+            continue
+        jobs.append(functools.partial(_sync_service, ctx, key, uid, want))
+    return jobs
+
+
+def _sync_service(ctx: Context, key: str, uid: str, want: bool) -> None:
+    ns, name = key.split("/", 1)
+    if want:
+        ctx.kube.create(service_manifest(ns, name, uid, ctx.settings.runtime_port))
+    else:
+        ctx.kube.delete_owned_service(ns, name, uid)
+    ctx.services[key] = (uid, want)
 
 
 def _split(group_id: str | None) -> tuple[str, str]:

@@ -8,7 +8,9 @@ one per fake pod, and point the operator at them this way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ from kubeplex.autoscaler.sources import (
     parse_held_text,
     parse_query_result,
 )
+from kubeplex.errors import KubeplexError
 from kubeplex.operator._settings import Settings
 
 __all__ = ["CONTROL_URL_ANNOTATION", "ROUTER_URL_ANNOTATION", "HeldRequests", "PodEndpoints",
@@ -33,6 +36,12 @@ ROUTER_URL_ANNOTATION = "kubeplex.io/router-url"
 CONTROL_URL_ANNOTATION = "kubeplex.io/control-url"
 #: An unload drains first (up to the runtime's grace, 30 s by default): send it, do not wait.
 UNLOAD_REQUEST_TIMEOUT_S = 0.5
+#: Gateway replicas scraped at once for held requests (each call has the scrape timeout, so
+#: a read takes about ceil(replicas / 8) timeouts at worst).
+GATEWAY_CONCURRENCY = 8
+#: Held requests are read at most once per this fraction of the interval, for all pools (each
+#: pool's cycle asks; the first read of an interval serves the others).
+HELD_REUSE_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,22 +62,37 @@ class PodEndpoints:
 
 @dataclass(frozen=True)
 class HeldRequests:
-    """Requests the cluster gateway holds, per ModelService key (``namespace/name``), read once
-    per pool cycle. ``problem``: why they could not be read (then every count is 0)."""
+    """Requests the cluster gateway holds, per ModelService key (``namespace/name``), summed
+    over its replicas. ``problem``: why some or all could not be read; ``partial``: the counts
+    are those of the replicas that answered (else every count is 0)."""
 
     counts: Mapping[str, int] = field(default_factory=dict)
     problem: str | None = None
+    partial: bool = False
 
     def of(self, key: str) -> int:
         return self.counts.get(key, 0)
+
+    @property
+    def caveat(self) -> str:
+        """What the counts mean given ``problem`` (for a decision's reason)."""
+        return ("held requests of the reachable gateway replicas only" if self.partial
+                else "held requests assumed 0")
 
 
 class RuntimeClient:
     """Synchronous (called from worker threads); every call has the scrape timeout."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 gateway_urls: Callable[[], Sequence[str]] | None = None) -> None:
+        """``gateway_urls``: the /metrics URL of every ready gateway replica (the operator
+        lists ``KUBEPLEX_GATEWAY_SERVICE``'s EndpointSlices); raises a KubeplexError when
+        they cannot be listed."""
         self.settings = settings
         self.client = httpx.Client(timeout=settings.scrape_timeout_s)
+        self.gateway_urls = gateway_urls
+        self._held_lock = threading.Lock()
+        self._held: tuple[float, HeldRequests] | None = None  # (when read, what)
 
     def close(self) -> None:
         self.client.close()
@@ -143,17 +167,31 @@ class RuntimeClient:
         except (httpx.HTTPError, ValueError, AutoscalerError):
             return None
 
-    def held_requests(self) -> HeldRequests:
-        """Held requests from the gateway's ``/metrics`` (``KUBEPLEX_SCRAPE=pods`` with
-        ``KUBEPLEX_GATEWAY_METRICS_URL``) or from Prometheus (``prometheus``); nothing
-        configured: none. A failed read is a :class:`HeldRequests` with its ``problem``."""
+    def held_requests(self, now: float | None = None) -> HeldRequests:
+        """Held requests of the cluster gateway, read at most once per half interval for all
+        pools (given ``now``; the pools' cycles ask concurrently, the first one reads):
+        ``KUBEPLEX_SCRAPE=pods`` sums the ``/metrics`` of every replica behind
+        ``KUBEPLEX_GATEWAY_SERVICE`` (or reads ``KUBEPLEX_GATEWAY_METRICS_URL``), ``prometheus``
+        asks Prometheus; nothing configured: none. A failed read is a :class:`HeldRequests`
+        with its ``problem``."""
+        with self._held_lock:
+            reuse_s = self.settings.interval_s * HELD_REUSE_FRACTION
+            if now is not None and self._held is not None and \
+                    0 <= now - self._held[0] < reuse_s:
+                return self._held[1]
+            held = self._read_held()
+            if now is not None:
+                self._held = (now, held)
+            return held
+
+    def _read_held(self) -> HeldRequests:
         s = self.settings
+        if s.scrape == "pods" and s.gateway_service and self.gateway_urls is not None:
+            return self._held_of_replicas(self.gateway_urls)
+        where = f"the gateway at {s.gateway_metrics_url}"
         try:
             if s.scrape == "pods" and s.gateway_metrics_url:
-                where = f"the gateway at {s.gateway_metrics_url}"
-                r = self.client.get(s.gateway_metrics_url)
-                r.raise_for_status()
-                counts = parse_held_text(r.text, where)
+                counts = self._gateway_held(s.gateway_metrics_url)
             elif s.scrape == "prometheus":
                 where = f"Prometheus at {s.prometheus_url}"
                 r = self.client.get(s.prometheus_url.rstrip("/") + "/api/v1/query",
@@ -166,3 +204,42 @@ class RuntimeClient:
         except AutoscalerError as e:
             return HeldRequests(problem=str(e))
         return HeldRequests({f"{ns}/{name}": n for (ns, name), n in counts.items()})
+
+    def _gateway_held(self, url: str) -> dict[tuple[str, str], int]:
+        r = self.client.get(url)
+        r.raise_for_status()
+        return parse_held_text(r.text, f"the gateway at {url}")
+
+    def _held_of_replicas(self, list_urls: Callable[[], Sequence[str]]) -> HeldRequests:
+        """Every ready gateway replica scraped concurrently and summed; one that fails is
+        named in ``problem`` and the others still count."""
+        service = self.settings.gateway_service
+        try:
+            urls = list(list_urls())
+        except KubeplexError as e:
+            return HeldRequests(problem=f"cannot list the gateway Service {service}: {e}")
+        if not urls:
+            return HeldRequests(problem=f"the gateway Service {service} has no ready endpoint")
+
+        def one(url: str) -> dict[tuple[str, str], int] | str:
+            try:
+                return self._gateway_held(url)
+            except (httpx.HTTPError, ValueError) as e:
+                return f"{url}: {e or type(e).__name__}"
+            except AutoscalerError as e:
+                return str(e)
+
+        with ThreadPoolExecutor(min(GATEWAY_CONCURRENCY, len(urls)),
+                                "kubeplex-gateway") as pool:
+            results = list(pool.map(one, urls))
+        counts: dict[str, int] = {}
+        failed = [r for r in results if isinstance(r, str)]
+        for r in results:
+            if not isinstance(r, str):
+                for (ns, name), n in r.items():
+                    counts[f"{ns}/{name}"] = counts.get(f"{ns}/{name}", 0) + n
+        if not failed:
+            return HeldRequests(counts)
+        return HeldRequests(counts, f"cannot read held requests from {len(failed)} of "
+                                    f"{len(urls)} replica(s) of the gateway Service {service} "
+                                    f"({'; '.join(failed)})", partial=len(failed) < len(urls))

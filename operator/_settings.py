@@ -7,6 +7,7 @@ Every setting is one ``KUBEPLEX_*`` variable (the Helm chart sets them; see
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
@@ -45,7 +46,14 @@ ENV_DOCS: dict[str, tuple[str, str, str]] = {
                                      "The cluster gateway's /metrics URL (the chart sets it "
                                      "when the gateway is enabled): requests it holds drive "
                                      "scale-from-zero. Read once per cycle with KUBEPLEX_SCRAPE="
-                                     "pods; with prometheus, Prometheus is asked instead."),
+                                     "pods; with prometheus, Prometheus is asked instead. "
+                                     "One endpoint: out of cluster, or one gateway replica."),
+    "KUBEPLEX_GATEWAY_SERVICE": ("gateway_service", "",
+                                 "namespace/name of the cluster gateway's Service (the chart "
+                                 "sets it when the gateway is enabled): with KUBEPLEX_SCRAPE="
+                                 "pods, every ready address of its EndpointSlices is scraped "
+                                 "and the held requests summed (wins over "
+                                 "KUBEPLEX_GATEWAY_METRICS_URL)."),
     "KUBEPLEX_SCRAPE": ("scrape", "auto",
                         "Signal source: pods (direct /metrics scrape), prometheus, off, or auto "
                         "(prometheus when KUBEPLEX_PROMETHEUS_URL is set, else pods)."),
@@ -134,6 +142,7 @@ class Settings:
     alert_token_file: str = ""
     prometheus_url: str = ""
     gateway_metrics_url: str = ""
+    gateway_service: str = ""
     scrape: str = "auto"
     runtime_image: str = "ghcr.io/kubeplex/kubeplex:latest"
     runtime_port: int = 8000
@@ -158,6 +167,11 @@ class Settings:
                                scrape="prometheus" if settings.prometheus_url else "pods")
         if settings.scrape == "prometheus" and not settings.prometheus_url:
             raise ConfigError("KUBEPLEX_SCRAPE=prometheus needs KUBEPLEX_PROMETHEUS_URL")
+        if settings.gateway_service and not re.fullmatch(r"[a-z0-9.-]+/[a-z0-9.-]+",
+                                                          settings.gateway_service):
+            raise ConfigError(f"KUBEPLEX_GATEWAY_SERVICE={settings.gateway_service!r}: use "
+                              "namespace/name of the gateway's Service, e.g. "
+                              "kubeplex/kubeplex-gateway")
         if settings.placement not in ("search", "quick"):
             raise ConfigError(f"KUBEPLEX_PLACEMENT={settings.placement!r}: use search or quick")
         if settings.interval_s <= 0:

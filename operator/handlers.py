@@ -9,7 +9,8 @@ in module globals:
   pool, pods by node and by group, nodes, pools;
 * one daemon per GPUPool runs the pool cycle every ``KUBEPLEX_INTERVAL_SECONDS`` and at once
   when poked (a ModelService changed, an alert arrived, a group or pod changed);
-* ModelService handlers check the pool exists, keep the Service, and on delete wait (through
+* ModelService handlers check the pool exists (the pool cycle keeps the Service), and on
+  delete wait (through
   kopf's finalizer) until the pool cycle drained every group that hosted the model.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -28,7 +30,7 @@ import kubernetes
 
 from kubeplex.api import GROUP, VERSION
 from kubeplex.operator._autoscale import Scaler, parse_overrides
-from kubeplex.operator._builders import GROUP_LABEL, MANAGED_BY, service_manifest
+from kubeplex.operator._builders import GROUP_LABEL, MANAGED_BY
 from kubeplex.operator._conflicts import node_owners, served_name, served_name_conflicts
 from kubeplex.operator._kube import Kube
 from kubeplex.operator._memory import limit_arenas, trim
@@ -82,7 +84,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.execution.max_workers = 16
     settings.peering.lifetime = config.peering_lifetime_s
     metrics = OperatorMetrics()
-    ctx = Context(config, Kube(await asyncio.to_thread(_api_client)), RuntimeClient(config),
+    kube = Kube(await asyncio.to_thread(_api_client))
+    gateway_urls = None
+    if config.gateway_service:  # every gateway replica, from its Service's EndpointSlices
+        gateway_ns, gateway_name = config.gateway_service.split("/", 1)
+        gateway_urls = functools.partial(kube.service_urls, gateway_ns, gateway_name,
+                                         "/metrics")
+    ctx = Context(config, kube, RuntimeClient(config, gateway_urls),
                   metrics, Scaler(parse_overrides(config.autoscaler)),
                   Templates(background=config.placement == "search"))
     memo.ctx = ctx
@@ -269,12 +277,8 @@ def modelservice_changed(name: str, namespace: str | None, uid: str, spec: kopf.
                          **kwargs: Any) -> None:
     ctx: Context = memo.ctx
     namespace = namespace or "default"
-    service = service_manifest(namespace, name, uid, ctx.settings.runtime_port)
-    try:
-        ctx.kube.create(service)
-    except kubernetes.client.exceptions.ApiException as e:
-        raise kopf.TemporaryError(f"cannot create Service {namespace}/{name}: {e.reason}",
-                                  delay=5) from e
+    # The Service is the pool cycle's (created for a ModelService it serves, none while it is
+    # refused: _reconcile._service_jobs).
     pool = spec.get("pool")
     if not kwargs["pools"].get(pool):
         gen = meta.get("generation")
@@ -304,6 +308,7 @@ def modelservice_deleted(name: str, namespace: str | None, spec: kopf.Spec, memo
         raise kopf.TemporaryError(f"draining {len(hosting)} group(s): {', '.join(hosting)}",
                                   delay=DELETE_POLL_S)
     memo.ctx.scaler.forget(f"{namespace}/{name}")
+    memo.ctx.services.pop(f"{namespace}/{name}", None)  # the Service goes with its owner
     # A ModelService refused for using this one's served name may proceed now.
     gone = served_name({"metadata": {"name": name}, "spec": dict(spec)})
     for other_pool, store in kwargs["msvc_by_pool"].items():

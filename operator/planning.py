@@ -45,7 +45,11 @@ Rules, in order, per pool:
    with room (no GPUs needed), else one new group *started* for it and its partners that are
    misplaced too, when the pool's free GPUs allow it now. The old groups are drained by a
    later plan's scale-down, once the new copies are ready: until then the plan waits rather
-   than scaling the model down, so no model loses its last ready replica.
+   than scaling the model down, so no model loses its last ready replica. A new copy still
+   not ready :data:`CONSOLIDATION_TIMEOUT_S` after it started (given ``now``) is given up:
+   its group drained (a started one) or the model unloaded from it (an added one), with a
+   reason, and the model is not consolidated again for :data:`CONSOLIDATION_RETRY_S` (the
+   caller passes back :attr:`FleetPlan.gave_up` as ``gave_up``).
 4. Warm pool: keep ``PoolBudget.warm_size`` standbys (None: the sum of the models'
    ``ModelTarget.warm``), preloading the pool's ``preload`` models in turn (else the likeliest
    next scale-ups first: :func:`likeliest_models`), within the GPUs the replicas left. A claim
@@ -79,6 +83,8 @@ from kubeplex.placement.planner import MEMORY_LIMIT, ModelDemand, Placement, Poo
 from kubeplex.placement.specs import demand_from_service, pool_from_resource
 
 __all__ = [
+    "CONSOLIDATION_RETRY_S",
+    "CONSOLIDATION_TIMEOUT_S",
     "Action",
     "ActionKind",
     "ClaimStep",
@@ -102,6 +108,16 @@ __all__ = [
     "pool_budget",
     "pool_spec",
 ]
+
+#: A consolidation copy (a group started for a model and its partners, or a model added
+#: beside one) still not ready this long after it started is given up (rule 3): ten times the
+#: autoscaler's default cold start (``AutoscalerConfig.cold_start_s``, 60 s), room for a large
+#: model's download and load, short enough that a copy that never comes up (an image or model
+#: that cannot load, a node that went away) does not keep the model one replica over target.
+CONSOLIDATION_TIMEOUT_S = 600.0
+#: After a consolidation of a model was given up, it is not tried again for this long (the
+#: same failure would repeat; placement or the fleet may have changed by then).
+CONSOLIDATION_RETRY_S = 1800.0
 
 
 class PlanningError(KubeplexError):
@@ -368,7 +384,8 @@ class GroupView:
     of ``models``): what co-location needs to judge room in the group; a group without them
     (or one still unloading a model) is treated as full (nothing is added to it).
     ``loading``: models of ``models`` added to the running group and still loading (they count
-    as starting replicas, the others as the group's phase says).
+    as starting replicas, the others as the group's phase says); ``loading_since``: when the
+    latest of them was added (the caller's clock; 0: unknown, taken as ``since``).
     """
 
     id: str
@@ -383,6 +400,7 @@ class GroupView:
     shape: tuple[int, int] | None = None
     shares: tuple[float, ...] = ()
     loading: tuple[str, ...] = ()
+    loading_since: float = 0.0
 
     @property
     def serving(self) -> bool:
@@ -462,6 +480,9 @@ class FleetPlan:
 
     actions: tuple[Action, ...] = ()
     messages: tuple[str, ...] = ()
+    #: Models whose consolidation this plan gave up (the caller remembers when, and passes
+    #: it back as ``fleet_plan(gave_up=...)``).
+    gave_up: tuple[str, ...] = ()
 
     def of_kind(self, kind: ActionKind) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.kind is kind)
@@ -506,6 +527,8 @@ class _Pool:
     moved: set[str] = field(default_factory=set)
     #: A consolidation move is under way (the model's new copy is not ready yet).
     moving: bool = False
+    #: Models whose consolidation this plan gave up (:func:`_give_up`).
+    gave_up: set[str] = field(default_factory=set)
     actions: list[Action] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
@@ -708,16 +731,53 @@ def _misplaced(g: GroupView, template: ReplicaTemplate) -> bool:
             and g.shares[0] > template.memory_share + SHARE_TOLERANCE)
 
 
-def _moving_in(template: ReplicaTemplate, serving: Sequence[GroupView]) -> bool:
-    """A consolidation of ``template.model`` under way: a ready misplaced copy, and a copy
-    beside a partner that is still starting or loading (the misplaced one is drained only
-    once that one is ready: the plan waits instead of scaling down)."""
+def _moving_in(template: ReplicaTemplate, serving: Sequence[GroupView]) -> list[GroupView]:
+    """A consolidation of ``template.model`` under way: its new copies (beside a partner,
+    still starting or loading) when a ready misplaced copy exists, else none (the misplaced
+    one is drained only once a new one is ready: the plan waits instead of scaling down)."""
     model = template.model
     old = any(_misplaced(g, template) and g.phase is GroupPhase.READY
               and model not in g.loading for g in serving)
-    new = any((g.phase is GroupPhase.STARTING or model in g.loading)
-              and any(p in g.models for p in template.partners) for g in serving)
-    return old and new
+    new = [g for g in serving if (g.phase is GroupPhase.STARTING or model in g.loading)
+           and any(p in g.models for p in template.partners)]
+    return new if old else []
+
+
+def _started_at(g: GroupView, model: str) -> float:
+    """When ``model``'s copy in ``g`` started: the group's start, or when it was added."""
+    if g.phase is GroupPhase.READY and model in g.loading and g.loading_since:
+        return g.loading_since
+    return g.since
+
+
+def _give_up(pool: _Pool, model: str, stuck: Sequence[GroupView], now: float) -> None:
+    """Consolidation copies of ``model`` not ready after :data:`CONSOLIDATION_TIMEOUT_S`: a
+    group started for it (and its partners) is drained, a model added to a partner's group is
+    unloaded from it; the old copy keeps serving. Recorded in ``pool.gave_up``."""
+    for g in stuck:
+        hosting = pool.hosting.get(g.id)
+        if hosting is None:
+            continue  # already drained by this plan (a partner's give-up)
+        starting = g.phase is GroupPhase.STARTING
+        who = ", ".join(hosting.models) if starting else model
+        why = (f"consolidation of {who} given up: the new copy in {g.id} is not ready after "
+               f"{now - _started_at(g, model):.0f} s (limit {CONSOLIDATION_TIMEOUT_S:.0f} s); "
+               f"the old copy keeps serving, no retry for {CONSOLIDATION_RETRY_S:.0f} s")
+        if starting:
+            del pool.hosting[g.id]
+            pool.gave_up.update(hosting.models)
+            pool.actions.append(Action(ActionKind.DRAIN, pool.budget.name, why, g.id, model))
+        elif model in hosting.models and not pool.may_change(g.id):
+            pool.moving = True  # out of moves this plan: keep waiting, give up next time
+        elif model in hosting.models:
+            index = hosting.models.index(model)
+            del hosting.models[index]
+            if len(hosting.shares) > index:
+                del hosting.shares[index]
+            pool.moved.add(g.id)
+            pool.gave_up.add(model)
+            pool.actions.append(Action(ActionKind.UNLOAD, pool.budget.name,
+                                       f"{why}; {', '.join(hosting.models)} stay", g.id, model))
 
 
 def _consolidate(pool: _Pool, groups: Sequence[GroupView],
@@ -808,15 +868,24 @@ def claim_step(engine_state: str | None) -> ClaimStep:
 
 def fleet_plan(groups: Sequence[GroupView], targets: Mapping[str, ModelTarget],
                templates: Mapping[str, ReplicaTemplate],
-               budgets: Iterable[PoolBudget], max_moves: int | None = None) -> FleetPlan:
+               budgets: Iterable[PoolBudget], max_moves: int | None = None,
+               now: float | None = None, gave_up: Mapping[str, float] | None = None
+               ) -> FleetPlan:
     """The actions that take ``groups`` to ``targets`` within the budgets (module docstring).
 
     Models without a target keep their current replicas; groups of pools without a budget are
     left alone. ``max_moves`` bounds how many running groups of a pool one plan changes in
     place (ADD, UNLOAD); new groups, claims and drains of single-model groups do not count.
+    ``now`` (the clock of the views' ``since``): consolidation copies not ready after
+    :data:`CONSOLIDATION_TIMEOUT_S` are given up (None: never). ``gave_up``: model -> when
+    its consolidation was given up (from earlier plans' :attr:`FleetPlan.gave_up`); such a
+    model is not consolidated again for :data:`CONSOLIDATION_RETRY_S`.
     """
     actions: list[Action] = []
     messages: list[str] = []
+    given_up: list[str] = []
+    paused = {m for m, t in (gave_up or {}).items()
+              if now is None or now - t < CONSOLIDATION_RETRY_S}
     for budget in sorted(budgets, key=lambda b: b.name):
         members = [g for g in groups if g.pool == budget.name]
         pool = _Pool(budget, used=sum(g.gpus for g in members), max_moves=max_moves,
@@ -832,7 +901,13 @@ def fleet_plan(groups: Sequence[GroupView], targets: Mapping[str, ModelTarget],
                 continue
             serving = [g for g in members if g.serving and template.model in g.models]
             why = f": {target.reason}" if target.reason else ""
-            if target.replicas == len(serving) - 1 and _moving_in(template, serving):
+            moving = (_moving_in(template, serving) if target.replicas == len(serving) - 1
+                      else [])
+            stuck = [g for g in moving if now is not None
+                     and now - _started_at(g, template.model) > CONSOLIDATION_TIMEOUT_S]
+            if stuck:
+                _give_up(pool, template.model, stuck, now or 0.0)
+            elif moving:
                 pool.moving = True  # consolidating: drain the old copy once the new is ready
             elif target.replicas < len(serving):
                 _scale_down(pool, template.model, serving, max(0, target.replicas), why)
@@ -844,13 +919,15 @@ def fleet_plan(groups: Sequence[GroupView], targets: Mapping[str, ModelTarget],
         settled = all(g.phase is not GroupPhase.STARTING and not g.loading
                       for g in members if g.serving)
         if not (pool.actions or pool.messages or pool.moving) and settled:
-            _consolidate(pool, members, [t for t in mine if t.model in targets])
+            _consolidate(pool, members, [t for t in mine if t.model in targets
+                                         and t.model not in paused])
         _warm_pool(pool, mine, targets)
         drained = {a.group for a in pool.actions if a.kind is ActionKind.DRAIN}
         actions += [a for a in pool.actions
                     if not (a.kind is ActionKind.UNLOAD and a.group in drained)]
         messages += pool.messages
-    return FleetPlan(tuple(actions), tuple(messages))
+        given_up += sorted(pool.gave_up)
+    return FleetPlan(tuple(actions), tuple(messages), tuple(given_up))
 
 
 def observed_fleet(groups: Sequence[GroupView], model: str, budget: PoolBudget | None = None

@@ -56,6 +56,12 @@ class FakeKube:
     def endpoint_pods(self, namespace: str, service: str) -> set[str] | None:
         return set()  # every EndpointSlice update has arrived
 
+    def delete_owned_service(self, namespace: str, name: str, owner_uid: str) -> None:
+        svc = self.objects.get(("Service", namespace, name))
+        if svc and any(r.get("uid") == owner_uid
+                       for r in svc["metadata"].get("ownerReferences") or ()):
+            self.delete("Service", namespace, name)
+
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [o for (k, _n, _m), o in sorted(self.objects.items()) if k == kind]
 
@@ -64,7 +70,9 @@ def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
     for k, v in patch.items():
         if v is None:
             into.pop(k, None)
-        elif isinstance(v, dict) and isinstance(into.get(k), dict):
+        elif isinstance(v, dict):  # a merge patch: nulls delete, also in a new object
+            if not isinstance(into.get(k), dict):
+                into[k] = {}
             _merge(into[k], v)
         else:
             into[k] = copy.deepcopy(v)

@@ -245,6 +245,24 @@ def test_operator_reads_held_requests_from_the_gateway_service(
            f"{svc['spec']['ports'][0]['port']}/metrics")
     assert env(docs)["KUBEPLEX_GATEWAY_METRICS_URL"] == url
     assert "KUBEPLEX_GATEWAY_METRICS_URL" not in env(rendered["gateway-off"])
+    from kubeplex.operator._settings import Settings
+
+    # Every replica: the operator lists the gateway Service's EndpointSlices (it may).
+    service = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
+    assert env(docs)["KUBEPLEX_GATEWAY_SERVICE"] == service
+    assert Settings.from_env({k: v for k, v in env(docs).items() if v is not None}
+                             ).gateway_service == service
+    assert svc["spec"]["ports"][0]["name"] == "http"  # the port Kube.service_urls picks
+    assert "KUBEPLEX_GATEWAY_SERVICE" not in env(rendered["gateway-off"])
+    assert ("discovery.k8s.io", "endpointslices", "list") in grants(docs, "-operator")
+    # Namespaced, the release namespace not watched: a Role there for the slices only.
+    (role,) = [d for d in of_kind(rendered["namespaced"], "Role")
+               if d["metadata"]["name"].endswith("-gateway-endpoints")]
+    assert role["metadata"]["namespace"] == svc["metadata"]["namespace"]
+    assert grants([role], "-gateway-endpoints") == {
+        ("discovery.k8s.io", "endpointslices", "list")}
+    assert not [d for d in of_kind(rendered["gateway-off"], "Role")
+                if d["metadata"]["name"].endswith("-gateway-endpoints")]
 
 
 def test_alert_secret_generated_given_or_existing(rendered: dict[str, list[dict[str, Any]]]
@@ -308,7 +326,7 @@ def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[st
         ("kubeplex.io", "gpupools/status", {"get", "patch"}),
         ("kubeplex.io", "servinggroups/status", {"get", "patch"}),
         ("", "pods", read | {"create", "patch", "delete"}),
-        ("", "services", {"get", "create", "patch"}),
+        ("", "services", {"get", "create", "patch", "delete"}),
         ("", "events", {"create"}),
         ("", "nodes", read),
         ("discovery.k8s.io", "endpointslices", {"list"}),  # two-phase scale-down (main)

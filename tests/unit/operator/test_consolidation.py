@@ -1,11 +1,16 @@
 """Consolidation in ``planning.fleet_plan``: models started alone (the quick template, before
 the background placement paired them) move next to their placement partners once the fleet is
 stable: ADD into a partner's group with room, or START one shared group when the GPUs are
-free; the old groups are drained only after the new copies are ready."""
+free; the old groups are drained only after the new copies are ready, and a new copy that
+never becomes ready is given up after a bound."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kubeplex.operator.planning import (
+    CONSOLIDATION_RETRY_S,
+    CONSOLIDATION_TIMEOUT_S,
     Action,
     ActionKind,
     FleetPlan,
@@ -125,3 +130,59 @@ def test_models_placed_alone_or_already_shared_are_left_alone() -> None:
     at_share = [view("a", (A,), (0.5,)), view("alone-b", (B,), (MEMORY_LIMIT,))]
     plan = fleet_plan(at_share, ONE_EACH, TEMPLATES, budget(2))
     assert kinds(plan) == [(ActionKind.ADD, "a", (B,))]  # B is the misplaced one
+
+
+T0 = 1_800_000_000.0
+
+
+def test_a_copy_loaded_beside_a_partner_that_never_gets_ready_is_given_up() -> None:
+    """A added beside B is still loading after the bound: A is unloaded from B's group (B
+    stays), alone-a keeps serving, and A is not consolidated again for a while."""
+    groups = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("b", (B,), (0.4,))]
+    groups = apply(groups, fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), 4, T0).actions)
+    groups = [replace(g, since=T0 - 3600, loading_since=T0) for g in groups]
+    assert [g.loading for g in groups] == [(), (A,)]
+    waiting = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), 4,
+                         T0 + CONSOLIDATION_TIMEOUT_S - 1)
+    assert waiting.actions == () and waiting.gave_up == ()
+    later = T0 + CONSOLIDATION_TIMEOUT_S + 1
+    stuck = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), 4, later)
+    assert kinds(stuck) == [(ActionKind.UNLOAD, "b", (A,))]
+    assert stuck.gave_up == (A,)
+    reason = stuck.actions[0].reason
+    assert f"consolidation of {A} given up" in reason and "not ready after 601 s" in reason
+    assert "ns/b stay" in reason
+    after = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("b", (B,), (0.4,))]
+    assert ready_copies(after, A) == ready_copies(after, B) == 1
+    # not tried again within the retry bound; tried again after it (or with no record)
+    assert fleet_plan(after, ONE_EACH, TEMPLATES, budget(2), 4, later + 60,
+                      {A: later}).actions == ()
+    assert kinds(fleet_plan(after, ONE_EACH, TEMPLATES, budget(2), 4,
+                            later + CONSOLIDATION_RETRY_S, {A: later})) == [
+        (ActionKind.ADD, "b", (A,))]
+    assert kinds(fleet_plan(after, ONE_EACH, TEMPLATES, budget(2), 4, later + 60)) == [
+        (ActionKind.ADD, "b", (A,))]
+
+
+def test_a_shared_group_started_for_partners_that_never_gets_ready_is_drained_once() -> None:
+    groups = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("alone-b", (B,), (MEMORY_LIMIT,))]
+    groups = apply(groups, fleet_plan(groups, ONE_EACH, TEMPLATES, budget(3), None, T0).actions)
+    groups = [replace(g, since=T0) for g in groups]
+    assert [g.phase for g in groups][-1] is GroupPhase.STARTING
+    assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(3), None,
+                      T0 + CONSOLIDATION_TIMEOUT_S).actions == ()
+    stuck = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(3), None,
+                       T0 + CONSOLIDATION_TIMEOUT_S + 30)
+    assert kinds(stuck) == [(ActionKind.DRAIN, "new0", (A,))]  # one drain for both models
+    assert stuck.gave_up == (A, B)
+    assert f"consolidation of {A}, {B} given up: the new copy in new0" in stuck.actions[0].reason
+    after = [g for g in groups if g.id != "new0"]
+    assert ready_copies(after, A) == ready_copies(after, B) == 1
+    assert fleet_plan(after, ONE_EACH, TEMPLATES, budget(3), None, T0 + 1000,
+                      {A: T0 + 630, B: T0 + 630}).actions == ()
+
+
+def test_without_a_clock_the_plan_waits_for_the_new_copy_as_before() -> None:
+    groups = [view("alone-a", (A,), (MEMORY_LIMIT,)),
+              view("b", (A, B), (0.5, 0.4), loading=(A,))]
+    assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2)).actions == ()

@@ -305,3 +305,92 @@ def test_a_scale_decision_is_recorded_once_even_from_a_stale_snapshot() -> None:
     run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW + 3)
     assert kube.objects[("ModelService", "ns", "a")]["status"]["lastScale"] == recorded
     assert len([m for r, m in kube.events if r == "Scaled"]) == 1
+
+
+def test_a_refused_modelservice_gets_no_service_until_it_is_served() -> None:
+    """Served ModelServices get their Service from the cycle; a refused one (a duplicate
+    servedName, a Degraded spec) has none: the one the operator made for it before
+    is deleted (a user's Service of that name is not), and it comes back once served."""
+    from kubeplex.operator._builders import service_manifest
+
+    kube = FakeKube()
+    a, dup = msvc("a", 1, servedName="m"), msvc("b", 1, servedName="m")
+    bad = msvc("bad", 1)
+    bad["spec"]["scaling"].update(minReplicas=5, maxReplicas=1)  # Degraded: cannot serve
+    register(kube, a, dup, bad)
+    kube.create(service_manifest("ns", "b", "uid-b", 8000))  # made before b was refused
+    kube.create({**service_manifest("ns", "bad", "someone-else", 8000)})  # not ours
+    ctx = context(kube)
+    refused = {"ns/b": ("DuplicateServedName", "servedName m is served by ModelService a")}
+
+    def cycle(models: list[dict[str, Any]], now: float, refusals: dict[str, Any]) -> None:
+        snap = snapshot(kube, pool(), copy.deepcopy(models), nodes(1))
+        run_cycle(ctx, Snapshot(**{**snap.__dict__, "refused": refusals}), now)
+
+    cycle([a, dup, bad], NOW, refused)
+    services = {s["metadata"]["name"]: s for s in kube.of("Service")}
+    assert sorted(services) == ["a", "bad"]
+    assert services["a"]["spec"]["selector"] == {"model.kubeplex.io/a": "true"}
+    assert services["a"]["metadata"]["ownerReferences"][0]["uid"] == "uid-a"
+    assert services["bad"]["metadata"]["ownerReferences"][0]["uid"] == "someone-else"
+    conds = {c["type"]: c for c in kube.objects[("ModelService", "ns", "bad")]["status"][
+        "conditions"]}
+    assert conds["Degraded"]["status"] == "True", conds
+    # nothing changed: no Service write again
+    before = len(kube.writes)
+    cycle([a, dup, bad], NOW + 1, refused)
+    assert [w for w in kube.writes[before:] if w[1] == "Service"] == []
+    # a is deleted, b is served now: its Service comes back
+    cycle([dup, bad], NOW + 2, {})
+    assert sorted(s["metadata"]["name"] for s in kube.of("Service")) == ["a", "b", "bad"]
+    assert kube.objects[("Service", "ns", "b")]["spec"]["selector"] == {
+        "model.kubeplex.io/b": "true"}
+
+
+def test_a_consolidation_copy_that_never_gets_ready_is_given_up_with_an_event() -> None:
+    """chat runs alone (started before placement paired it with coder); consolidation loads
+    it beside coder (``kubeplex.io/added-at``); its engine never gets ready there: after
+    ``CONSOLIDATION_TIMEOUT_S`` the cycle unloads it from coder's pod, chat's own group keeps
+    serving, an Event says why, and chat is not moved again meanwhile."""
+    from kubeplex.operator._executor import ADDED_AT
+    from kubeplex.operator.planning import CONSOLIDATION_TIMEOUT_S
+
+    kube = FakeKube()
+    chat = _small("chat", 1, "llama-3.1-8b", "hf://meta-llama/Llama-3.1-8B-Instruct")
+    coder = _small("coder", 1, "qwen-2.5-7b", "hf://Qwen/Qwen2.5-7B-Instruct")
+    register(kube, chat, coder)
+    settings = Settings(scrape="off")
+    ctx = Context(settings, kube, RuntimeClient(settings), OperatorMetrics(), Scaler(),
+                  Templates(background=False, inline=True))
+    ns = nodes(1, gpus=2)
+
+    def cycle(models: list[dict[str, Any]], t: float) -> None:
+        run_cycle(ctx, snapshot(kube, pool(), models, ns), NOW + t)
+
+    def hosted(group: str) -> list[str]:
+        return [e["modelService"] for e in kube.objects[("ServingGroup", "ns", group)][
+            "spec"]["models"]]
+
+    for t in range(2):
+        cycle([chat], t)  # alone: the whole 0.9
+    for t in range(2, 8):
+        cycle([chat, coder], t)
+        if "chat" in hosted("coder-0"):
+            break
+    assert hosted("chat-0") == ["chat"] and hosted("coder-0") == ["coder", "chat"]
+    added = float(kube.objects[("ServingGroup", "ns", "coder-0")]["metadata"]["annotations"][
+        ADDED_AT])
+    assert added == NOW + t
+    # the runtime never reports chat ready in coder-0: its label never comes
+    labels = kube.objects[("Pod", "ns", "coder-0")]["metadata"]["labels"]
+    labels.pop("model.kubeplex.io/chat", None)
+    cycle([chat, coder], t + CONSOLIDATION_TIMEOUT_S + 1)
+    assert hosted("coder-0") == ["coder"] and hosted("chat-0") == ["chat"]
+    assert kube.objects[("ServingGroup", "ns", "chat-0")].get("status", {}).get(
+        "phase") != "Draining"
+    given_up = [m for r, m in kube.events if r == "ConsolidationGivenUp"]
+    assert len(given_up) == 1 and "consolidation of ns/chat given up" in given_up[0]
+    assert ctx.gave_up == {"ns/chat": NOW + t + CONSOLIDATION_TIMEOUT_S + 1}
+    for dt in range(2, 6):  # no retry meanwhile
+        cycle([chat, coder], t + CONSOLIDATION_TIMEOUT_S + dt)
+    assert hosted("coder-0") == ["coder"] and hosted("chat-0") == ["chat"]

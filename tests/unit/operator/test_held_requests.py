@@ -6,6 +6,7 @@ with the reason saying so, never as a crash."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import types
 from collections.abc import AsyncIterator
@@ -19,11 +20,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from kubeplex.autoscaler.errors import MetricsSourceError
 from kubeplex.autoscaler.sources import HELD_QUERY, parse_held_query, parse_held_text
+from kubeplex.operator._kube import Kube
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._reconcile import run_cycle
 from kubeplex.operator._runtime_client import HeldRequests, RuntimeClient
 from kubeplex.operator._server import alerts_app
 from kubeplex.operator._settings import Settings
+from kubeplex.operator.errors import ConfigError, OperatorError
 
 
 def gateway_text(held: dict[tuple[str, str, str], int]) -> str:
@@ -81,18 +84,30 @@ class Gateway:
                             content_type="text/plain", charset="utf-8")
 
 
-@pytest.fixture
-async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
+@contextlib.asynccontextmanager
+async def serve_gateway() -> AsyncIterator[tuple[Gateway, str]]:
     gw = Gateway()
     app = web.Application()
     app.router.add_get("/metrics", gw.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield gw, f"http://127.0.0.1:{port}/metrics"
-    await runner.cleanup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield gw, f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
+    async with serve_gateway() as served:
+        yield served
+
+
+@pytest.fixture
+async def second_gateway() -> AsyncIterator[tuple[Gateway, str]]:
+    async with serve_gateway() as served:
+        yield served
 
 
 def _closed_port() -> int:
@@ -154,6 +169,10 @@ async def test_pool_cycle_scales_from_zero_on_held_requests(
         gw.body = "garbage { text"
         snap = cyc.snapshot(kube, cyc.pool(), [idle, busy], cyc.nodes(1))
         await asyncio.to_thread(run_cycle, ctx, snap, cyc.NOW + 1)
+        assert gw.hits == 1  # within half an interval: the first read serves (all pools)
+        snap = cyc.snapshot(kube, cyc.pool(), [idle, busy], cyc.nodes(1))
+        await asyncio.to_thread(run_cycle, ctx, snap, cyc.NOW + ctx.settings.interval_s)
+        assert gw.hits == 2
         idle_status = kube.objects[("ModelService", "ns", "idle")]["status"]
         scaling = {c["type"]: c for c in idle_status["conditions"]}["Scaling"]
         assert "held requests assumed 0" in scaling["message"]
@@ -162,6 +181,95 @@ async def test_pool_cycle_scales_from_zero_on_held_requests(
         assert kube.objects[("ModelService", "ns", "busy")]["status"]["desiredReplicas"] == 1
     finally:
         ctx.runtime.close()
+
+
+async def test_held_requests_are_summed_over_every_gateway_replica(
+        gateway: tuple[Gateway, str], second_gateway: tuple[Gateway, str]) -> None:
+    """Through the Service one replica would answer: the operator scrapes each ready address
+    of the gateway Service's EndpointSlices and sums; one failing replica is named in the
+    problem and the others still count."""
+    (one, url1), (two, url2) = gateway, second_gateway
+    urls = [url1, url2]
+    settings = Settings(scrape="pods", gateway_service="kp/kp-gateway", interval_s=4.0,
+                        gateway_metrics_url="http://unused.invalid/metrics",
+                        scrape_timeout_s=2.0)
+    client = RuntimeClient(settings, lambda: urls)
+    try:
+        one.body = gateway_text({("ns", "a", "org/a"): 2})
+        two.body = gateway_text({("ns", "a", "org/a"): 1, ("ns", "b", "b"): 4})
+        held = await asyncio.to_thread(client.held_requests, 100.0)
+        assert held == HeldRequests({"ns/a": 3, "ns/b": 4})
+        # read once per half interval for every pool that asks
+        assert (await asyncio.to_thread(client.held_requests, 101.9)) is held
+        assert (one.hits, two.hits) == (1, 1)
+        two.status, two.body = 500, "boom"
+        held = await asyncio.to_thread(client.held_requests, 102.0)
+        assert (one.hits, two.hits) == (2, 2)
+        assert held.counts == {"ns/a": 2} and held.partial
+        assert held.problem is not None and url2 in held.problem and url1 not in held.problem
+        assert "1 of 2 replica(s) of the gateway Service kp/kp-gateway" in held.problem
+        assert held.caveat == "held requests of the reachable gateway replicas only"
+        # an unreachable address counts the same way
+        urls[1] = f"http://127.0.0.1:{_closed_port()}/metrics"
+        held = await asyncio.to_thread(client.held_requests)
+        assert held.counts == {"ns/a": 2} and held.partial and urls[1] in str(held.problem)
+        # every replica down: nothing counted, the reason says 0 is assumed
+        one.status = 503
+        urls.pop()
+        held = await asyncio.to_thread(client.held_requests)
+        assert held.counts == {} and not held.partial
+        assert held.caveat == "held requests assumed 0" and "503" in str(held.problem)
+        urls.clear()
+        held = await asyncio.to_thread(client.held_requests)
+        assert held.problem == "the gateway Service kp/kp-gateway has no ready endpoint"
+    finally:
+        client.close()
+
+    def forbidden() -> list[str]:
+        raise OperatorError("listing its EndpointSlices failed: 403 Forbidden")
+
+    held = RuntimeClient(settings, forbidden).held_requests()
+    assert held.problem == ("cannot list the gateway Service kp/kp-gateway: listing its "
+                            "EndpointSlices failed: 403 Forbidden")
+
+
+def test_gateway_replica_urls_from_the_services_endpointslices() -> None:
+    """Ready addresses only (unknown readiness counts as ready), the port named http."""
+    from kubernetes import client as k8s
+
+    def ep(addresses: list[str], ready: bool | None) -> k8s.V1Endpoint:
+        return k8s.V1Endpoint(addresses=addresses,
+                              conditions=k8s.V1EndpointConditions(ready=ready))
+
+    slices = k8s.V1EndpointSliceList(items=[
+        k8s.V1EndpointSlice(address_type="IPv4", endpoints=[
+            ep(["10.0.0.1"], True), ep(["10.0.0.2"], False), ep(["10.0.0.3"], None)],
+            ports=[k8s.DiscoveryV1EndpointPort(name="other", port=1),
+                   k8s.DiscoveryV1EndpointPort(name="http", port=8080)]),
+        k8s.V1EndpointSlice(address_type="IPv6", endpoints=[ep(["fd00::5"], True)],
+                            ports=[k8s.DiscoveryV1EndpointPort(name="http", port=8080)])])
+    asked: list[tuple[str, str]] = []
+
+    class Discovery:
+        def list_namespaced_endpoint_slice(self, namespace: str, label_selector: str
+                                           ) -> k8s.V1EndpointSliceList:
+            asked.append((namespace, label_selector))
+            return slices
+
+    kube = Kube.__new__(Kube)
+    kube.discovery = Discovery()  # type: ignore[assignment]
+    assert kube.service_urls("kp", "kp-gateway", "/metrics") == [
+        "http://10.0.0.1:8080/metrics", "http://10.0.0.3:8080/metrics",
+        "http://[fd00::5]:8080/metrics"]
+    assert asked == [("kp", "kubernetes.io/service-name=kp-gateway")]
+
+
+def test_the_gateway_service_setting_names_namespace_and_name() -> None:
+    env = {"KUBEPLEX_GATEWAY_SERVICE": "kp/kp-gateway"}
+    assert Settings.from_env(env).gateway_service == "kp/kp-gateway"
+    with pytest.raises(ConfigError, match="KUBEPLEX_GATEWAY_SERVICE='kp-gateway': use "
+                                          "namespace/name"):
+        Settings.from_env({"KUBEPLEX_GATEWAY_SERVICE": "kp-gateway"})
 
 
 async def test_the_gateways_held_alert_wakes_the_models_pool() -> None:
