@@ -51,6 +51,19 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0,
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None,
+                 sig: signal.Signals = signal.SIGTERM) -> None:
+    """Send ``sig`` to a running ``proc`` and reap it (SIGKILL after 30 s)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -141,14 +154,7 @@ class Operator:
         return metric_sum(f"http://127.0.0.1:{self.metrics_port}/metrics", name, labels)
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc, signal.SIGKILL if kill else signal.SIGTERM)
 
 
 @dataclass
@@ -188,14 +194,7 @@ class GatewayProcess:
         return metric_sum(f"{self.url}/metrics", name, labels)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 @dataclass

@@ -168,14 +168,20 @@ def _small(name: str, replicas: int, profile: str, uri: str) -> dict[str, Any]:
     return m
 
 
-def test_colocated_models_share_one_pod_and_scale_one_at_a_time() -> None:
+def _pair() -> tuple[FakeKube, list[dict[str, Any]], Context]:
+    """Two small models that placement packs into one 2-GPU group, registered, and a cycle
+    context that plans inline (no background placement) and talks to no pod."""
     kube = FakeKube()
     models = [_small("chat", 1, "llama-3.1-8b", "hf://meta-llama/Llama-3.1-8B-Instruct"),
               _small("coder", 1, "qwen-2.5-7b", "hf://Qwen/Qwen2.5-7B-Instruct")]
     register(kube, *models)
     settings = Settings(scrape="off")
-    ctx = Context(settings, kube, RuntimeClient(settings), OperatorMetrics(), Scaler(),
-                  Templates(background=False, inline=True))
+    return kube, models, Context(settings, kube, RuntimeClient(settings), OperatorMetrics(),
+                                 Scaler(), Templates(background=False, inline=True))
+
+
+def test_colocated_models_share_one_pod_and_scale_one_at_a_time() -> None:
+    kube, models, ctx = _pair()
     ns = nodes(1, gpus=2)
 
     def cycle(t: float) -> None:
@@ -237,13 +243,7 @@ def test_colocated_models_share_one_pod_and_scale_one_at_a_time() -> None:
 
 
 def test_an_unload_interrupted_after_the_label_converges() -> None:
-    kube = FakeKube()
-    models = [_small("chat", 1, "llama-3.1-8b", "hf://meta-llama/Llama-3.1-8B-Instruct"),
-              _small("coder", 1, "qwen-2.5-7b", "hf://Qwen/Qwen2.5-7B-Instruct")]
-    register(kube, *models)
-    settings = Settings(scrape="off")
-    ctx = Context(settings, kube, RuntimeClient(settings), OperatorMetrics(), Scaler(),
-                  Templates(background=False, inline=True))
+    kube, models, ctx = _pair()
     ns = nodes(1, gpus=2)
     for t in range(3):
         run_cycle(ctx, snapshot(kube, pool(), models, ns), NOW + t)
@@ -355,13 +355,7 @@ def test_a_consolidation_copy_that_never_gets_ready_is_given_up_with_an_event() 
     from kubeplex.operator._executor import ADDED_AT
     from kubeplex.operator.planning import CONSOLIDATION_TIMEOUT_S
 
-    kube = FakeKube()
-    chat = _small("chat", 1, "llama-3.1-8b", "hf://meta-llama/Llama-3.1-8B-Instruct")
-    coder = _small("coder", 1, "qwen-2.5-7b", "hf://Qwen/Qwen2.5-7B-Instruct")
-    register(kube, chat, coder)
-    settings = Settings(scrape="off")
-    ctx = Context(settings, kube, RuntimeClient(settings), OperatorMetrics(), Scaler(),
-                  Templates(background=False, inline=True))
+    kube, (chat, coder), ctx = _pair()
     ns = nodes(1, gpus=2)
 
     def cycle(models: list[dict[str, Any]], t: float) -> None:
