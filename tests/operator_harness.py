@@ -33,6 +33,14 @@ OPERATOR_START_S = 60.0
 RUNTIME_START_S = 30.0
 
 
+def pool_body(name: str, product: str = "NVIDIA-H100-80GB-HBM3", gpu: str = "H100-80GB",
+              **spec: Any) -> dict[str, Any]:
+    """A GPUPool of the session's fake 8-GPU nodes of ``product``; ``spec`` adds fields."""
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": name},
+            "spec": {"nodeSelector": {"nvidia.com/gpu.product": product},
+                     "gpu": {"product": gpu}, "gpusPerNode": 8, **spec}}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -61,9 +61,7 @@ def test_alert_path_into_the_operator_decides_a_scale_up(
         promstack: Callable[..., PromStack]) -> None:
     pool = f"alerts-{uuid.uuid4().hex[:6]}"
     objs = [
-        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": pool},
-         "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                  "gpu": {"product": "H100-80GB"}, "gpusPerNode": 8, "maxGPUs": 4}},
+        harness.pool_body(pool, maxGPUs=4),
         {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
          "metadata": {"name": MODEL, "namespace": namespace},
          "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",

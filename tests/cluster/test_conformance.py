@@ -10,9 +10,8 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
+from operator_harness import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -30,19 +30,6 @@ BAD_SPECS = sorted((REPO / "examples" / "bad").glob("*.yaml"))
 EXPECT = re.compile(r"^#\s*expect:\s*(.+?)\s*$", re.M)
 # KWOK does not pull images; any name works. This is the kubelet's pause image.
 IMAGE = "registry.k8s.io/pause:3.10"
-WAIT_S = 60.0
-
-
-def eventually(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 def msvc(name: str, **spec: Any) -> dict[str, Any]:
@@ -299,12 +286,12 @@ def test_deleting_the_owner_garbage_collects_its_pods(k8s_client: Any, namespace
            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
     for i in range(2):
         core.create_namespaced_pod(namespace, gpu_pod(f"owned-{i}", 1, owner=ref))
-    eventually("owned pods Running", lambda: all(
+    wait_for("owned pods Running", lambda: all(
         _phase(core, namespace, f"owned-{i}").status.phase == "Running" for i in range(2)))
     api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "owner",
                                         body=k8s.V1DeleteOptions(
                                             propagation_policy="Background"))
-    eventually("the garbage collector (and KWOK) to remove the owned pods",
+    wait_for("the garbage collector (and KWOK) to remove the owned pods",
                lambda: not core.list_namespaced_pod(namespace).items)
 
 
@@ -323,7 +310,7 @@ def test_gpu_pod_lands_on_a_fitting_node_and_runs(
     core = k8s.CoreV1Api(k8s_client)
     product, per_node, names = private_gpu_nodes
     core.create_namespaced_pod(namespace, gpu_pod("tp4", per_node, product=product))
-    pod = eventually("the 4-GPU pod to be Running", lambda: (
+    pod = wait_for("the 4-GPU pod to be Running", lambda: (
         p if (p := _phase(core, namespace, "tp4")).status.phase == "Running" else None))
     assert pod.spec.node_name in names
     node = core.read_node(pod.spec.node_name)
@@ -332,13 +319,13 @@ def test_gpu_pod_lands_on_a_fitting_node_and_runs(
     assert pod.status.pod_ip  # KWOK assigned one from the node's pod CIDR
     # The first pod filled its node, so a second one must land on the other node.
     core.create_namespaced_pod(namespace, gpu_pod("tp4-b", per_node, product=product))
-    second = eventually("the second 4-GPU pod to be Running", lambda: (
+    second = wait_for("the second 4-GPU pod to be Running", lambda: (
         p if (p := _phase(core, namespace, "tp4-b")).status.phase == "Running" else None))
     assert second.spec.node_name in names
     assert second.spec.node_name != pod.spec.node_name
     # Both nodes are full now: a third pod of that product waits, Unschedulable.
     core.create_namespaced_pod(namespace, gpu_pod("tp4-c", 1, product=product))
-    eventually("the third pod to be Unschedulable", lambda: any(
+    wait_for("the third pod to be Unschedulable", lambda: any(
         c.type == "PodScheduled" and c.reason == "Unschedulable"
         for c in _phase(core, namespace, "tp4-c").status.conditions or []))
 
@@ -359,7 +346,7 @@ def test_pod_asking_for_too_many_gpus_stays_pending_unschedulable(
         conds = [c for c in pod.status.conditions or [] if c.type == "PodScheduled"]
         return pod if conds and conds[0].reason == "Unschedulable" else None
 
-    pod = eventually("the scheduler to mark the pod Unschedulable", unschedulable)
+    pod = wait_for("the scheduler to mark the pod Unschedulable", unschedulable)
     assert pod.status.phase == "Pending"
     assert pod.spec.node_name is None
     message = next(c.message for c in pod.status.conditions if c.type == "PodScheduled")
@@ -396,7 +383,7 @@ def test_kopf_operator_runs_with_the_kubeconfig_unchanged(
             obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "kopf")
             return obj.get("status", {}).get("sloStatus") == "Unknown" and obj
 
-        obj = eventually("kopf's create handler to patch the status", handled)
+        obj = wait_for("kopf's create handler to patch the status", handled)
         assert obj["status"]["desiredReplicas"] == obj["spec"]["scaling"]["minReplicas"] == 1
     finally:
         proc.terminate()

@@ -60,9 +60,7 @@ def test_held_request_scales_from_zero_and_is_answered(
     pool, name, served = f"gw-{uuid.uuid4().hex[:6]}", "zero", "org/zero-model"
     labels = {"namespace": namespace, "modelservice": name, "model": served}
     objs = [
-        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": pool},
-         "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                  "gpu": {"product": "H100-80GB"}, "gpusPerNode": 8, "maxGPUs": 8}},
+        harness.pool_body(pool, maxGPUs=8),
         {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
          "metadata": {"name": name, "namespace": namespace},
          "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",

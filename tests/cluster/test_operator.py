@@ -37,13 +37,6 @@ def uniq(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-def pool_body(name: str, product: str = "NVIDIA-H100-80GB-HBM3", gpu: str = "H100-80GB",
-              **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": name},
-            "spec": {"nodeSelector": {"nvidia.com/gpu.product": product},
-                     "gpu": {"product": gpu}, "gpusPerNode": 8, **spec}}
-
-
 def msvc_body(name: str, pool: str, **spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
                                       "profile": "llama-3.1-8b"},
@@ -201,7 +194,7 @@ def test_unservable_specs_are_degraded_and_others_still_serve(
         cluster: Any, operator: Operator, namespace: str) -> None:
     pool = uniq("a100")
     try:
-        apply(cluster, None, pool_body(pool, "NVIDIA-A100-SXM4-40GB", "A100-80GB",
+        apply(cluster, None, harness.pool_body(pool, "NVIDIA-A100-SXM4-40GB", "A100-80GB",
                                        gpusPerNode=4))
         apply(cluster, namespace,
               msvc_body("too-big", pool, model={"uri": "hf://x/y", "profile": "llama-3.1-70b"},
@@ -232,7 +225,7 @@ def test_demand_beyond_free_gpus_says_so_instead_of_pending_pods(
         cluster: Any, operator: Operator, namespace: str) -> None:
     pool = uniq("small")
     try:
-        apply(cluster, None, pool_body(pool, maxGPUs=2))
+        apply(cluster, None, harness.pool_body(pool, maxGPUs=2))
         apply(cluster, namespace, msvc_body("greedy", pool, scaling={
             "minReplicas": 4, "maxReplicas": 4}))
         m = wait_for("Scaling=InsufficientGPUs", lambda: (
@@ -273,7 +266,7 @@ def test_alert_triggers_an_evaluation_within_a_second(cluster: Any, namespace: s
                   env={"KUBEPLEX_INTERVAL_SECONDS": "120"}).start()
     pool = uniq("alerts")
     try:
-        apply(cluster, None, pool_body(pool))
+        apply(cluster, None, harness.pool_body(pool))
         apply(cluster, namespace, msvc_body("watched", pool))
         wait_for("watched Ready", lambda: msvc(cluster, namespace, "watched").get(
             "status", {}).get("ready") == "1/1", WAIT_S)
@@ -318,7 +311,7 @@ def test_killed_mid_scale_up_converges_without_duplicates(cluster: Any, namespac
     pool = uniq("crash")
     op = Operator(cluster.kubeconfig, tmp_path / "operator.log").start()
     try:
-        apply(cluster, None, pool_body(pool))
+        apply(cluster, None, harness.pool_body(pool))
         apply(cluster, namespace, msvc_body("crashy", pool, scaling={"minReplicas": 1,
                                                                      "maxReplicas": 8}))
         wait_for("1/1", lambda: msvc(cluster, namespace, "crashy").get("status", {}).get(
@@ -350,7 +343,7 @@ def test_kopf_run_serves_the_same_handlers(cluster: Any, namespace: str,
     op = Operator(cluster.kubeconfig, tmp_path / "kopf.log", kopf_run=True).start()
     pool = uniq("kopfrun")
     try:
-        apply(cluster, None, pool_body(pool))
+        apply(cluster, None, harness.pool_body(pool))
         apply(cluster, namespace, msvc_body("viakopf", pool))
         wait_for("viakopf 1/1", lambda: msvc(cluster, namespace, "viakopf").get(
             "status", {}).get("ready") == "1/1", WAIT_S)
@@ -379,7 +372,7 @@ def test_peering_keeps_one_operator_active_and_hands_over(cluster: Any, namespac
     pool = uniq("peer")
     try:
         time.sleep(3)  # a keep-alive round: each sees the other in the peering object
-        apply(cluster, None, pool_body(pool))
+        apply(cluster, None, harness.pool_body(pool))
         apply(cluster, namespace, msvc_body("served", pool))
         wait_for("served 1/1", lambda: msvc(cluster, namespace, "served").get(
             "status", {}).get("ready") == "1/1", WAIT_S)
@@ -414,7 +407,7 @@ def test_duplicate_served_name_is_refused_until_the_holder_is_deleted(
     product = f"dup-{uuid.uuid4().hex[:6]}"
     nodes = cluster.add_gpu_nodes(1, 8, product, 81920, prefix="dup")
     try:
-        apply(cluster, None, pool_body(pool, product))
+        apply(cluster, None, harness.pool_body(pool, product))
         apply(cluster, namespace, msvc_body("first", pool, model={
             "uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "profile": "llama-3.1-8b",
             "servedName": "team/llama"}))
@@ -453,11 +446,11 @@ def test_overlapping_pools_never_count_a_node_twice(cluster: Any, operator: Oper
     nodes = cluster.add_gpu_nodes(2, 4, product, 81920, prefix="ovl")
     cluster.kubectl("label", "node", nodes[1], "kubeplex.test/pool=newer")
     try:
-        apply(cluster, None, pool_body(older, product, gpusPerNode=4))
+        apply(cluster, None, harness.pool_body(older, product, gpusPerNode=4))
         wait_for(f"{older} counts both nodes", lambda: cluster.kubectl_json(
             "get", "gpupool", older).get("status", {}).get("totalGPUs") == 8, WAIT_S)
         time.sleep(1.1)  # creationTimestamp has seconds: make "older" unambiguous
-        newer_pool = pool_body(newer, gpusPerNode=4)
+        newer_pool = harness.pool_body(newer, gpusPerNode=4)
         newer_pool["spec"]["nodeSelector"] = {"kubeplex.test/pool": "newer"}
         apply(cluster, None, newer_pool)
         lost = wait_for(f"{newer} Overlapping", lambda: (

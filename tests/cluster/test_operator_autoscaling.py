@@ -62,10 +62,7 @@ def test_burst_scales_up_through_the_warm_pool_then_down_then_to_zero(
         return [p["metadata"]["name"] for p in items]
 
     objs = [
-        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": pool},
-         "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                  "gpu": {"product": "H100-80GB"}, "gpusPerNode": 8, "maxGPUs": 8,
-                  "warmPool": {"size": 1, "gpusPerPod": 1}}},
+        harness.pool_body(pool, maxGPUs=8, warmPool={"size": 1, "gpusPerPod": 1}),
         {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
          "metadata": {"name": name, "namespace": namespace},
          "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",

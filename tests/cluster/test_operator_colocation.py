@@ -78,10 +78,7 @@ def test_two_models_share_one_pod_and_scale_one_at_a_time(
         cluster.kubectl("patch", "msvc", "-n", namespace, model, "--type=merge", "-p",
                         json.dumps({"spec": {"scaling": {"replicas": replicas}}}))
 
-    objs = [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": pool},
-             "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                      "gpu": {"product": "H100-80GB"}, "gpusPerNode": 8, "maxGPUs": 2,
-                      "warmPool": {"size": 0}}},
+    objs = [harness.pool_body(pool, maxGPUs=2, warmPool={"size": 0}),
             _msvc("chat", namespace, pool), _msvc("coder", namespace, pool)]
     try:
         with harness.SimFleet(k8s_client, namespace, tmp_path) as fleet:
@@ -181,10 +178,7 @@ def test_models_started_alone_are_consolidated_once_placement_pairs_them(
     def hosting(g: dict[str, Any]) -> list[str]:
         return sorted(m["modelService"] for m in g["spec"]["models"])
 
-    objs = [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": pool},
-             "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                      "gpu": {"product": "H100-80GB"}, "gpusPerNode": 8, "maxGPUs": 3,
-                      "warmPool": {"size": 0}}}]
+    objs = [harness.pool_body(pool, maxGPUs=3, warmPool={"size": 0})]
     for name in MODELS:
         m = _msvc(name, namespace, pool)
         m["spec"]["scaling"]["replicas"] = 1
