@@ -411,9 +411,10 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         mine = [g for g in objs.values() if g.namespace == ns and name in g.models]
         warm = sum(1 for g in objs.values() if g.warm and g.namespace == ns)
         found = evaluations.get(mkey)
-        replicas[mkey] = (found.desired if found else 0, _replica_counts(name, mine)[1], warm)
+        serving, ready_count = _replica_counts(name, mine)
+        replicas[mkey] = (found.desired if found else 0, ready_count, warm)
         short = next((msg for msg in messages if f"model {mkey} " in msg), None)
-        statuses.append(functools.partial(_model_status, ctx, m, mine, found,
+        statuses.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
                                           degraded.get(mkey), short, warm, now))
     ctx.metrics.export_services(pool_name, {
         key: (HostedModel(key.split("/", 1)[1], services[key].spec, MEMORY_SHARE).served_name,
@@ -505,12 +506,11 @@ def _cold(ex: Executor, h: Hosted, action: Action, free: dict[str, int],
                              [h, *extra], warm, str(snap.pool["metadata"].get("uid", "")))
 
 
-def _model_status(ctx: Context, m: Mapping[str, Any], groups: Sequence[GroupObj],
+def _model_status(ctx: Context, m: Mapping[str, Any], serving: Sequence[GroupObj], ready: int,
                   ev: Evaluation | None, degraded: tuple[str, str] | None,
                   shortfall: str | None, warm: int, now: float) -> None:
     meta, old = m["metadata"], m.get("status") or {}
     name, ns, gen = meta["name"], meta["namespace"], meta.get("generation")
-    serving, ready = _replica_counts(name, groups)
     desired = ev.desired if ev else 0
     old_conds = old.get("conditions") or ()
     conds = []
