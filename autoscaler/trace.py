@@ -1,7 +1,11 @@
-"""Request traces: the CSV format, generators for tests and benchmarks, an Azure reader.
+"""Request traces: the CSV and Mooncake formats, generators for tests and benchmarks, an Azure
+reader.
 
 A trace is the CSV ``arrival_s,prompt_tokens,output_tokens`` (a header, then one request per
-line, arrivals ascending). Generators draw arrivals from a *renewal process with Gamma
+line, arrivals ascending), or JSON lines in the Mooncake trace format (one object a line with
+``timestamp`` in milliseconds from the start, ``input_length`` and ``output_length`` in tokens;
+other keys such as ``hash_ids`` are ignored): :func:`read_trace` tells them apart by the first
+character. Generators draw arrivals from a *renewal process with Gamma
 inter-arrival times* (shape ``1/cv^2``: cv 1 is Poisson, cv 4 is very bursty, as in AlpaServe's
 evaluation) run in "operational time": unit-rate arrivals are mapped through the inverse of the
 cumulative rate ``Lambda(t)``, so one mechanism gives a constant rate, a diurnal ramp and a step
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ import numpy.typing as npt
 from kubeplex.autoscaler.errors import TraceError
 
 __all__ = [
+    "MOONCAKE_KEYS",
     "TRACE_HEADER",
     "Trace",
     "diurnal_rate",
@@ -40,6 +46,11 @@ __all__ = [
 ]
 
 TRACE_HEADER = ("arrival_s", "prompt_tokens", "output_tokens")
+#: The keys a Mooncake JSONL line needs (kvcache-ai/Mooncake FAST'25 trace release):
+#: arrival in milliseconds, prompt and output length in tokens.
+MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+#: Milliseconds per second (Mooncake timestamps are in ms).
+MS_PER_S = 1000.0
 #: Log-normal sigma of token counts (ShareGPT-like spread: a long right tail).
 TOKEN_SIGMA = 0.6
 #: Resolution of the rate grid the operational-time mapping interpolates on.
@@ -93,15 +104,25 @@ def _validate(arrival: FloatArray, prompt: IntArray, output: IntArray, where: st
 
 
 def read_trace(source: Path | TextIO) -> Trace:
-    """Read a trace CSV (path or open text stream); bad content -> :class:`TraceError`."""
+    """Read a trace (path or open text stream): CSV, or Mooncake JSONL when the first
+    non-blank character is ``{``. Bad content -> :class:`TraceError` naming the line."""
     where = str(source) if isinstance(source, Path) else "trace"
     try:
         text = source.read_text() if isinstance(source, Path) else source.read()
     except OSError as err:
         raise TraceError(f"cannot read trace {where}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise TraceError(f"{where}: not a text file ({err.reason})") from err
+    if text.lstrip().startswith("{"):
+        return _read_jsonl(text, where)
+    return _read_csv(text, where)
+
+
+def _read_csv(text: str, where: str) -> Trace:
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
-        raise TraceError(f"{where}: empty file; expected the header {','.join(TRACE_HEADER)}")
+        raise TraceError(f"{where}: empty file; expected the header {','.join(TRACE_HEADER)} "
+                         f"(CSV) or Mooncake JSON lines")
     header = tuple(cell.strip() for cell in rows[0])
     if header != TRACE_HEADER:
         raise TraceError(f"{where}: header is {','.join(header)!r}, "
@@ -115,6 +136,34 @@ def read_trace(source: Path | TextIO) -> Trace:
         raise TraceError(f"{where}: every row needs a number arrival_s and integer "
                          f"prompt_tokens, output_tokens ({err})") from err
     return _validate(arrival, prompt, output, where)
+
+
+def _read_jsonl(text: str, where: str) -> Trace:
+    arrival: list[float] = []
+    prompt: list[int] = []
+    output: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            raise TraceError(f"{where} line {number}: not JSON ({err})") from err
+        if not isinstance(row, dict) or any(key not in row for key in MOONCAKE_KEYS):
+            raise TraceError(f"{where} line {number}: a Mooncake trace line needs the keys "
+                             f"{', '.join(MOONCAKE_KEYS)}")
+        values = [row[key] for key in MOONCAKE_KEYS]
+        if any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+               for v in values):
+            raise TraceError(f"{where} line {number}: {', '.join(MOONCAKE_KEYS)} must be "
+                             f"finite numbers, got {values}")
+        if any(v != int(v) for v in values[1:]):
+            raise TraceError(f"{where} line {number}: token counts must be integers")
+        arrival.append(float(values[0]) / MS_PER_S)
+        prompt.append(int(values[1]))
+        output.append(int(values[2]))
+    return _validate(np.array(arrival, dtype=np.float64), np.array(prompt, dtype=np.int64),
+                     np.array(output, dtype=np.int64), where)
 
 
 def write_trace(trace: Trace, stream: TextIO) -> None:

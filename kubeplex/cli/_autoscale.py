@@ -22,7 +22,8 @@ def register(cli: Commands) -> None:
                     "simulated fleet; report TTFT-SLO attainment and GPU-hours",
                     _autoscale, group="simulate")
     p.add_argument("--trace", required=True, type=Path,
-                   help="CSV with header arrival_s,prompt_tokens,output_tokens")
+                   help="CSV with header arrival_s,prompt_tokens,output_tokens, or Mooncake "
+                        "JSONL (timestamp ms, input_length, output_length)")
     p.add_argument("--model", required=True, help="model profile, e.g. llama-3.1-8b")
     p.add_argument("--gpu", required=True, help="GPU, e.g. H100-80GB, A100-80GB, L4")
     p.add_argument("--slo-ttft", required=True, type=float, metavar="SECONDS",

@@ -152,3 +152,42 @@ def test_replay_kubeplex_beats_an_undersized_static_fleet() -> None:
     assert kubeplex.attainment > 0.95
     assert kubeplex.gpu_hours < peak.gpu_hours
     assert math.isfinite(kubeplex.ttft_percentile)
+
+
+def test_mooncake_jsonl_is_read_in_seconds(tmp_path: Path) -> None:
+    path = tmp_path / "mooncake.jsonl"
+    path.write_text('{"timestamp": 0, "input_length": 6758, "output_length": 500, '
+                    '"hash_ids": [0, 1]}\n\n'
+                    '{"timestamp": 1500, "input_length": 20, "output_length": 3}\n')
+    trace = read_trace(path)
+    assert trace.arrival_s.tolist() == [0.0, 1.5]
+    assert trace.prompt_tokens.tolist() == [6758, 20]
+    assert trace.output_tokens.tolist() == [500, 3]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"timestamp": 0, "input_length": 5}\n', "line 1: a Mooncake trace line needs"),
+        ('{"timestamp": 0, "input_length": 5, "output_length": 1}\n{oops\n',
+         "line 2: not JSON"),
+        ('{"timestamp": "0", "input_length": 5, "output_length": 1}\n', "finite numbers"),
+        ('{"timestamp": 0, "input_length": 5.5, "output_length": 1}\n', "integers"),
+        ('{"timestamp": 9, "input_length": 5, "output_length": 1}\n'
+         '{"timestamp": 0, "input_length": 5, "output_length": 1}\n', "ascending"),
+    ],
+)
+def test_bad_mooncake_lines_are_named(text: str, message: str) -> None:
+    with pytest.raises(TraceError, match=message):
+        read_trace(io.StringIO(text))
+
+
+def test_shared_mooncake_trace_reads() -> None:
+    path = Path(__file__).resolve().parents[3] / ".." / "shared" / "traces" / \
+        "mooncake_conversation_trace.jsonl"
+    if not path.exists():
+        pytest.skip(f"the shared Mooncake trace is not at {path} (it sits beside the clone)")
+    trace = read_trace(path)
+    assert len(trace) == 12_031
+    assert 3500 < trace.duration_s < 3600
+    assert 11_000 < trace.prompt_tokens.mean() < 13_000
