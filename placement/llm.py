@@ -17,20 +17,33 @@ It predicts what a vLLM engine would do, from the model's shape and the GPU's da
 * **Memory**: each GPU holds ``1 / (tp * pp)`` of the weights, a fixed reserve for the CUDA
   context, activations and CUDA graphs, and the KV cache in what is left of its share.
 
+* **Batched prefill**: a step that prefills several prompts pays the linear FLOPs for all their
+  tokens but the attention products per prompt (prompts do not attend to each other), and
+  reads the weights once (:meth:`LLMProfile.prefill_batch_seconds`).
+* **Calibrated profiles**: a model shape may carry a :class:`~kubeplex.placement.calibration.
+  Calibration` (measured by ``kubeplex calibrate``; shipped ones in :data:`CALIBRATED`, looked
+  up by name through :func:`model`). Its fitted prefill and decode times and KV capacity then
+  replace the analytic ones: exactly at the shape it was measured on (model, GPU, tp, pp),
+  and scaled by the analytic model's ratio between the two shapes elsewhere (the measured
+  efficiency carries over; the physics of more GPUs comes from the model).
+
 The model ignores prefix caching, speculative decoding and quantization (dtype_bytes covers
 FP8 weights if a shape says so). Efficiency constants are named below with their sources.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
+from kubeplex.placement.calibrated import CALIBRATED
+from kubeplex.placement.calibration import Calibration
 from kubeplex.placement.errors import PlacementError, UnknownProfileError
 from kubeplex.placement.hardware import GIB, GPUSpec, gpu
 
 __all__ = [
+    "CALIBRATED",
     "DECODE_MBU",
     "MODELS",
     "PREFILL_MFU",
@@ -71,6 +84,8 @@ class ModelShape:
     vocab: int
     max_model_len: int
     dtype_bytes: int = 2
+    #: Measured latencies that replace the analytic ones (None: the analytic model).
+    calibration: Calibration | None = None
 
     @property
     def head_dim(self) -> int:
@@ -99,11 +114,28 @@ MODELS: Mapping[str, ModelShape] = MappingProxyType({
 
 
 def model(name: str) -> ModelShape:
-    """Look a model shape up by name (case-insensitive); the error lists the known names."""
+    """Look a model shape up by name (case-insensitive): a catalogued shape, or a shipped
+    calibrated profile (:data:`CALIBRATED`: its shape with the measurements attached); the
+    error lists the known names."""
     for key, shape in MODELS.items():
         if key.lower() == name.lower():
             return shape
-    raise UnknownProfileError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    for key, cal in CALIBRATED.items():
+        if key.lower() == name.lower():
+            return calibrated(cal)
+    raise UnknownProfileError(f"unknown model {name!r}; known: {', '.join(MODELS)}; "
+                              f"calibrated: {', '.join(CALIBRATED)}")
+
+
+def calibrated(cal: Calibration) -> ModelShape:
+    """The catalogue shape ``cal`` was measured on, carrying ``cal``; also checks that its GPU
+    is catalogued (the analytic ratio needs it)."""
+    base = MODELS.get(cal.model)
+    if base is None:
+        raise UnknownProfileError(f"calibrated profile {cal.name!r} names model {cal.model!r}, "
+                                  f"not in the catalogue ({', '.join(MODELS)})")
+    gpu(cal.gpu)
+    return replace(base, calibration=cal)
 
 
 @dataclass(frozen=True)
@@ -150,8 +182,21 @@ class LLMProfile:
     def kv_capacity_tokens(self, memory_fraction: float = DEFAULT_MEMORY_FRACTION) -> int:
         """Tokens of KV cache the group holds when the engine may use this share of each GPU.
 
-        Zero means the weights and reserve alone do not fit (see :meth:`fits`).
+        Zero means the weights and reserve alone do not fit (see :meth:`fits`). A calibrated
+        shape scales the analytic capacity by measured / analytic at the measured share.
         """
+        capacity = self._analytic_kv(memory_fraction)
+        cal = self.model.calibration
+        if cal is None or capacity <= 0:
+            return capacity
+        base = self._calibrated_base(cal) or replace(self, model=replace(self.model,
+                                                                          calibration=None))
+        modelled = base._analytic_kv(cal.memory_fraction)
+        if modelled <= 0:
+            return cal.kv_capacity_tokens
+        return max(1, int(capacity * cal.kv_capacity_tokens / modelled))
+
+    def _analytic_kv(self, memory_fraction: float) -> int:
         free = self.gpu.memory_bytes * memory_fraction - self.weight_bytes_per_gpu - RESERVE_BYTES
         return max(0, int(free // self.kv_bytes_per_token_per_gpu))
 
@@ -175,15 +220,47 @@ class LLMProfile:
 
     def prefill_seconds(self, prompt_tokens: int) -> float:
         """Time to first token of one prompt alone on the group (no queueing)."""
-        n = max(1, prompt_tokens)
-        m = self.model
-        flops = 2 * m.params * n + 2 * m.layers * n * n * m.hidden
-        compute = flops / (self.tp * self.gpu.bf16_tflops * 1e12 * PREFILL_MFU)
-        weights_once = m.weight_bytes / self.tp / (self.gpu.hbm_gbps * 1e9 * DECODE_MBU)
-        return max(compute, weights_once) + self._comm_seconds(n) + STEP_OVERHEAD_S
+        return self.prefill_batch_seconds((prompt_tokens,))
+
+    def prefill_batch_seconds(self, prompts: Sequence[int]) -> float:
+        """One step prefilling all of ``prompts`` (token counts) together."""
+        analytic = self._analytic_prefill(prompts)
+        cal = self.model.calibration
+        if cal is None:
+            return analytic
+        measured = cal.prefill.seconds(prompts)
+        base = self._calibrated_base(cal)
+        return measured if base is None else measured * analytic / base._analytic_prefill(
+            prompts)
 
     def decode_step_seconds(self, batch_size: int, mean_context_tokens: int) -> float:
         """One decode step: every one of ``batch_size`` sequences gains one token."""
+        analytic = self._analytic_decode(batch_size, mean_context_tokens)
+        cal = self.model.calibration
+        if cal is None:
+            return analytic
+        measured = cal.decode.seconds(batch_size, mean_context_tokens)
+        base = self._calibrated_base(cal)
+        return measured if base is None else measured * analytic / base._analytic_decode(
+            batch_size, mean_context_tokens)
+
+    def _calibrated_base(self, cal: Calibration) -> LLMProfile | None:
+        """The uncalibrated profile of the shape ``cal`` was measured on; None when that is
+        this profile's own shape (the measurement then applies as is)."""
+        if (cal.gpu.lower(), cal.tp, cal.pp) == (self.gpu.name.lower(), self.tp, self.pp):
+            return None
+        return LLMProfile(replace(self.model, calibration=None), gpu(cal.gpu), cal.tp, cal.pp)
+
+    def _analytic_prefill(self, prompts: Sequence[int]) -> float:
+        sizes = [max(1, n) for n in prompts] or [1]
+        m = self.model
+        tokens = sum(sizes)
+        flops = 2 * m.params * tokens + 2 * m.layers * m.hidden * sum(n * n for n in sizes)
+        compute = flops / (self.tp * self.gpu.bf16_tflops * 1e12 * PREFILL_MFU)
+        weights_once = m.weight_bytes / self.tp / (self.gpu.hbm_gbps * 1e9 * DECODE_MBU)
+        return max(compute, weights_once) + self._comm_seconds(tokens) + STEP_OVERHEAD_S
+
+    def _analytic_decode(self, batch_size: int, mean_context_tokens: int) -> float:
         b = max(1, batch_size)
         m = self.model
         kv = b * max(1, mean_context_tokens) * m.kv_bytes_per_token / min(self.tp, m.kv_heads)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kubeplex.placement.llm import profile
 from kubeplex.runtime.sim.scheduler import Scheduler, SimRequest
 
@@ -9,8 +11,8 @@ from kubeplex.runtime.sim.scheduler import Scheduler, SimRequest
 class Linear:
     """Prefill 10 ms per prompt token; a decode step 100 ms + 10 ms per sequence."""
 
-    def prefill_seconds(self, prompt_tokens: int) -> float:
-        return 0.01 * prompt_tokens
+    def prefill_batch_seconds(self, prompts: Sequence[int]) -> float:
+        return 0.01 * sum(prompts)
 
     def decode_step_seconds(self, batch_size: int, mean_context_tokens: int) -> float:
         return 0.1 + 0.01 * batch_size
@@ -118,6 +120,18 @@ def test_real_profile_drives_it() -> None:
     s.add(r)
     t = _run_lane(s, 0.0)
     assert abs(t - prof.prefill_seconds(512)) < 1e-9
+
+
+def test_a_batch_of_prompts_costs_attention_per_prompt() -> None:
+    """Prompts admitted together prefill in one step that costs their attention one prompt at
+    a time (issue 14: 256 x 512-token prompts were charged as one 131k-token sequence)."""
+    prof = profile("llama-3.1-8b", "H100-80GB")
+    s = Scheduler(prof, prof.kv_capacity_tokens(0.9), max_num_seqs=256)
+    for i in range(256):
+        s.add(_req(i, prompt=512, out=2))
+    t = _run_lane(s, 0.0)
+    assert abs(t - prof.prefill_batch_seconds([512] * 256)) < 1e-9
+    assert t < 0.5 * prof.prefill_seconds(256 * 512)
 
 
 def test_step_names_the_prefills_it_ran_and_counts_tokens_like_vllm() -> None:
