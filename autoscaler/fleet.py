@@ -21,6 +21,10 @@ Every replica and standby holds ``gpus`` GPUs from creation to release: that is 
 
 Each tick the fleet is scraped like a Prometheus recording rule summing the engines (one
 series that never resets), and the policy is asked for a target.
+
+``FleetConfig.speed`` runs every replica at that multiple of its latency profile's speed
+(0.7: every prefill and decode step takes 1 / 0.7 as long). The policy is not told: its
+config keeps the profile it plans with, so a benchmark tests what a wrong model costs.
 """
 
 from __future__ import annotations
@@ -41,12 +45,15 @@ from kubeplex.autoscaler.signals import (
     COMPLETIONS,
     GENERATION_TOKENS,
     KV_USAGE,
+    PROMPT_HISTOGRAM,
     PROMPT_TOKENS,
     RUNNING,
     TTFT,
     TTFT_BUCKETS,
     WAITING,
+    Buckets,
     Scrape,
+    prompt_token_buckets,
 )
 from kubeplex.autoscaler.trace import FloatArray, Trace
 from kubeplex.placement.llm import LLMProfile
@@ -82,8 +89,13 @@ class FleetConfig:
     history_s: float = 120.0
     initial_replicas: int = 1
     gpus_per_replica: int = 1
+    #: Multiple of the profile's speed the replicas really run at (unknown to the policy).
+    speed: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.speed > 0 or not math.isfinite(self.speed):
+            raise AutoscalerConfigError(f"fleet speed must be a positive number, got "
+                                        f"{self.speed}")
         if self.cold_start_s < 0 or self.warm_start_s < 0:
             raise AutoscalerConfigError("start times must be >= 0 s")
         if self.scrape_interval_s <= 0:
@@ -159,7 +171,7 @@ class _Fleet:
         profile = config.profile
         self.kv_capacity = profile.kv_capacity_tokens()
         mean_context = int(trace.prompt_tokens.mean() + trace.output_tokens.mean() / 2)
-        self.step_s = [profile.decode_step_seconds(b, mean_context)
+        self.step_s = [profile.decode_step_seconds(b, mean_context) / config.speed
                        for b in range(config.max_num_seqs + 1)]
         self.prefill_cache: dict[int, float] = {}
         n = len(trace)
@@ -179,6 +191,8 @@ class _Fleet:
         self.prompt_tokens = 0.0
         self.generated = 0.0
         self.buckets = [0.0] * (len(TTFT_BUCKETS) + 1)
+        self.prompt_bounds = prompt_token_buckets(profile.model.max_model_len)
+        self.prompt_buckets = [0.0] * (len(self.prompt_bounds) + 1)
         self.scrapes: deque[Scrape] = deque()
         self.done = 0
         self.tick_ttfts: list[float] = []
@@ -198,7 +212,8 @@ class _Fleet:
     def prefill_s(self, prompt: int) -> float:
         cached = self.prefill_cache.get(prompt)
         if cached is None:
-            cached = self.prefill_cache[prompt] = self.config.profile.prefill_seconds(prompt)
+            cached = self.prefill_cache[prompt] = (self.config.profile.prefill_seconds(prompt)
+                                                   / self.config.speed)
         return cached
 
     # ---- one replica -----------------------------------------------------------------------
@@ -258,6 +273,8 @@ class _Fleet:
             self.completions += 1
             self.done += 1
             self.generated += float(self.trace.output_tokens[req])
+            prompt = float(self.trace.prompt_tokens[req])
+            self.prompt_buckets[bisect_left(self.prompt_bounds, prompt)] += 1
             r.kv_used -= int(self.trace.prompt_tokens[req] + self.trace.output_tokens[req])
         self.admit(r, now)
         self.schedule_decode(r)
@@ -325,10 +342,8 @@ class _Fleet:
         waiting = float(sum(len(r.waiting) for r in engines))
         running = float(sum(r.admitted for r in engines))
         kv = [r.kv_used / self.kv_capacity for r in engines] or [0.0]
-        counts, cumulative = [], 0.0
-        for bound, count in zip((*TTFT_BUCKETS, math.inf), self.buckets, strict=True):
-            cumulative += count
-            counts.append((bound, cumulative))
+        ttft = _cumulative(TTFT_BUCKETS, self.buckets)
+        prompts = _cumulative(self.prompt_bounds, self.prompt_buckets)
         values: dict[str, dict[str, float]] = {
             COMPLETIONS: {FLEET_INSTANCE: self.completions},
             PROMPT_TOKENS: {FLEET_INSTANCE: self.prompt_tokens},
@@ -338,7 +353,8 @@ class _Fleet:
             values[WAITING] = {FLEET_INSTANCE: waiting}
             values[RUNNING] = {FLEET_INSTANCE: running}
             values[KV_USAGE] = {FLEET_INSTANCE: sum(kv) / len(kv)}
-        return Scrape(now, values, {TTFT: {FLEET_INSTANCE: tuple(counts)}})
+        return Scrape(now, values, {TTFT: {FLEET_INSTANCE: ttft},
+                                    PROMPT_HISTOGRAM: {FLEET_INSTANCE: prompts}})
 
     def observed(self, now: float) -> Observed:
         active = self.active()
@@ -350,6 +366,14 @@ class _Fleet:
             warm_available=sum(1 for t in self.standbys if t <= now),
             held_requests=len(self.held),
         )
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[float]) -> Buckets:
+    out, total = [], 0.0
+    for bound, count in zip((*bounds, math.inf), counts, strict=True):
+        total += count
+        out.append((bound, total))
+    return tuple(out)
 
 
 ARRIVAL, PREFILL, DECODE, READY, TICK = range(5)

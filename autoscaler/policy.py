@@ -1,30 +1,40 @@
 """The control law: ``decide(observed, config, state, now) -> Decision``.
 
-Stages, in order (each a function below, tested alone):
+Stages, in order (each a function, tested alone with a fake clock):
 
 1. **signals** (:func:`~kubeplex.autoscaler.signals.extract`) over the stable window and the
    short panic window; no data holds the current scale.
-2. **capacity** (:func:`estimate_capacity`): a replica's prefill time and GPU work per request
-   from the latency model at the measured token sizes, corrected by the service rate measured
-   whenever the fleet ran saturated.
-3. **slo** (:func:`slo_replicas`): the queueing model's fewest replicas for the TTFT percentile
-   at the larger of the measured rate and the forecast one start-up ahead; plus a guard when
-   the measured TTFT percentile exceeds the SLO although the model says it should not.
-4. **queue** (:func:`queue_replicas`): waiting requests over ``target_queue_per_replica``
-   (vLLM queues only when an engine is full, so this fires on saturation).
-5. **credit** (:func:`warmup_credit`): when the queue rule asks for more, the replicas needed
-   to drain the backlog projected to when a new replica would be ready, with the replicas
-   already starting counted as capacity arriving at their expected ready time.
+2. **capacity** (:mod:`~kubeplex.autoscaler.capacity`): token-aware: each request's prefill
+   from its own prompt length (the window's prompt histogram), decode slots and the decode
+   share from the KV cache and ``max_num_seqs``; requests whose prefill alone exceeds the SLO
+   are **infeasible**: reported, left out of the SLO's count, never a reason to add replicas.
+   The model's speed is corrected by measurement (:func:`correct_speed`: the work a saturated
+   fleet completes per second) and by **feedback** (:func:`feedback`: the feasible requests'
+   measured attainment below target while the model says the fleet suffices tightens it one
+   step per stable window, and a run of met windows relaxes it: bounded, never a ratchet).
+3. **slo** (:func:`~kubeplex.autoscaler.queueing.replicas_for_mix`): the queueing model's
+   fewest replicas for the percentile at the larger of the measured rate and the forecast one
+   start-up ahead.
+4. **queue** (:func:`backlog_trigger`): prefill work queued (requests waiting *or* admitted
+   without a first token, which vLLM counts as running) beyond one in progress per replica,
+   when it would hold a new request longer than a share of the SLO, or waiting requests over
+   ``target_queue_per_replica``: the fleet is saturated now.
+5. **credit** (:func:`warmup_credit`): how many replicas drain that backlog, projected to when
+   new ones would be ready, with the replicas already starting counted at their ready time.
 6. **panic** (:func:`panic`): the short window's demand at ``panic_threshold`` times the
    credited capacity enters panic; in panic the target never goes down; it ends one stable
    window after the last burst.
-7. **stabilize** (:func:`stabilize`): scale-up at once, scale-down to the highest target of the
-   last ``scale_down_delay_s`` (HPA-style).
+7. **hold** (:func:`stabilize` and :mod:`~kubeplex.autoscaler.memory`): scale-up at once;
+   scale-down to the highest target of the last ``scale_down_delay_s``, and never below a
+   level the demand reached in two separate bursts within the burst memory
+   (``hold_gap_cold_starts`` cold starts): a gap shorter than that costs less to hold than
+   the cold start a release would make the next burst wait for.
 8. **rate limit** (:func:`rate_limit`), **scale to zero** (:func:`scale_to_zero`), **bounds**,
    **budget** (:func:`budget_clamp`: never more replicas than the pool's free GPUs and warm
    standbys can place; the reason says so).
-9. **warm standbys** (:func:`warm_standbys`): a Holt forecast's upper bound one cold start
-   ahead, minus the replicas asked for.
+9. **warm standbys** (:func:`~kubeplex.autoscaler.memory.burst_standbys`): bursts that recur
+   within the memory but further apart than the hold keeps replicas for are met from warm
+   standbys (a fixed pool when configured).
 """
 
 from __future__ import annotations
@@ -33,10 +43,23 @@ import math
 from dataclasses import dataclass, field, replace
 
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
+from kubeplex.autoscaler.capacity import (
+    CapacityEstimate,
+    measured_speed,
+    prompt_mix,
+    token_capacity,
+)
 from kubeplex.autoscaler.errors import AutoscalerConfigError
 from kubeplex.autoscaler.forecast import HoltConfig, HoltState, holt_update
-from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_slo
-from kubeplex.autoscaler.signals import NoData, Scrape, Signals, extract
+from kubeplex.autoscaler.memory import Peaks, burst_standbys, held_level, record
+from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
+from kubeplex.autoscaler.signals import (
+    NoData,
+    Scrape,
+    Signals,
+    extract,
+    histogram_fraction_at,
+)
 from kubeplex.placement.llm import LLMProfile
 
 __all__ = [
@@ -46,32 +69,49 @@ __all__ = [
     "Observed",
     "Stage",
     "Starting",
+    "backlog_trigger",
     "budget_clamp",
+    "burst_replicas",
+    "correct_speed",
     "decide",
-    "estimate_capacity",
+    "feedback",
     "panic",
     "profile_capacity",
     "queue_replicas",
     "rate_limit",
+    "replica_capacity",
     "scale_to_zero",
     "slo_replicas",
     "slo_status",
     "stabilize",
-    "warm_standbys",
+    "target_per_replica",
     "warmup_credit",
 ]
 
 #: vLLM's default ``--max-num-seqs`` (concurrent sequences per engine) in V1.
 VLLM_MAX_NUM_SEQS = 256
-#: Weight of a new saturated measurement in the capacity correction (EWMA).
+#: Weight of a new saturated measurement in the speed correction (EWMA).
 CORRECTION_WEIGHT = 0.5
-#: The capacity correction stays within this factor of the latency model.
+#: Correction and feedback together keep the model's speed within this factor.
 CORRECTION_LIMIT = 2.0
-#: First-token observations needed before the measured TTFT percentile is trusted.
+#: A fleet counts as saturated when every scrape of the window had at least this many
+#: requests per ready replica without a first token: one in its prefill, one queued behind.
+SATURATION_PENDING = 2.0
+#: First-token observations needed before the measured attainment is trusted.
 MIN_TTFT_OBSERVATIONS = 20
+#: One feedback step scales the model's speed by this (a 10% correction per stable window).
+FEEDBACK_STEP = 0.9
+#: Stable windows in a row with the SLO met before one feedback step is undone.
+FEEDBACK_RELAX_WINDOWS = 5
+#: Queued prefill work that would hold a new request for more than this share of the SLO
+#: means the replicas are behind now (the queueing model keeps the wait well under it).
+BACKLOG_SLO_FRACTION = 0.5
 #: A backlog should clear within this many SLOs (or warm starts): long enough not to buy a
 #: replica per queued request, short enough that new arrivals soon meet the SLO again.
 BACKLOG_DRAIN_FACTOR = 10.0
+#: The burst memory reaches this many times the hold: bursts recurring within it, but too far
+#: apart to hold replicas through the gap, are met from warm standbys.
+STANDBY_MEMORY_FACTOR = 2.0
 #: Knative's defaults: max scale-up rate 1000x, max scale-down rate 2x per evaluation.
 KNATIVE_MAX_SCALE_UP_RATE = 1000.0
 KNATIVE_MAX_SCALE_DOWN_RATE = 2.0
@@ -157,8 +197,14 @@ class AutoscalerConfig:
     #: Warm standbys to keep at least (``spec.scaling.prewarm``).
     prewarm: int = 0
     #: Replicas are sized for the forecast plus this many standard deviations of its error
-    #: (1.5: chosen on the benchmark traces, docs/benchmarks.md; 0 sizes for the forecast).
-    headroom_z: float = 1.5
+    #: (0: for the forecast; bursts are the burst memory's job, which sizes them from what
+    #: they needed instead of from the forecast's noise).
+    headroom_z: float = 0.0
+    #: Burst memory, in cold starts: a level the demand reached in two bursts within this
+    #: many cold starts is held through the gap (holding a replica for a gap of g seconds
+    #: costs g; releasing it makes the next burst wait a cold start for it and pays that cold
+    #: start again; five cold starts favour the SLO, the first goal). 0: plain stabilization.
+    hold_gap_cold_starts: float = 5.0
 
     def __post_init__(self) -> None:
         positive = {"slo_ttft_s": self.slo_ttft_s, "stable_window_s": self.stable_window_s,
@@ -189,6 +235,9 @@ class AutoscalerConfig:
                 f"gpus_per_replica must be >= 1, got {self.gpus_per_replica}")
         if self.warm_pool is not None and self.warm_pool < 0:
             raise AutoscalerConfigError(f"warm_pool must be >= 0, got {self.warm_pool}")
+        if self.hold_gap_cold_starts < 0:
+            raise AutoscalerConfigError(
+                f"hold_gap_cold_starts must be >= 0, got {self.hold_gap_cold_starts}")
         if self.prewarm < 0 or not self.target_queue_per_replica > 0:
             raise AutoscalerConfigError(
                 f"prewarm must be >= 0 and target_queue_per_replica > 0, got "
@@ -200,6 +249,16 @@ class AutoscalerConfig:
     @property
     def quantile(self) -> float:
         return self.percentile / 100.0
+
+    @property
+    def hold_s(self) -> float:
+        """How far back a recurring burst holds replicas (s)."""
+        return max(self.scale_down_delay_s, self.hold_gap_cold_starts * self.cold_start_s)
+
+    @property
+    def memory_s(self) -> float:
+        """How far back the burst memory reaches (s): twice the hold, for the standbys."""
+        return STANDBY_MEMORY_FACTOR * self.hold_s
 
 
 @dataclass(frozen=True)
@@ -214,11 +273,18 @@ class AutoscalerState:
     #: Last time requests arrived or were in the system (scale to zero counts from here).
     last_busy: float | None = None
     forecast: HoltState = field(default_factory=HoltState)
-    #: Measured / modelled saturation throughput (1.0 until the fleet has run saturated).
+    #: Measured / modelled speed of a saturated replica (1.0 until the fleet ran saturated).
     capacity_correction: float = 1.0
     #: The ready count and since when it has not changed (measurements need a steady fleet).
     ready: int = 0
     ready_since: float | None = None
+    #: The feedback factor on the model's speed (<= 1), when it last moved, and how many
+    #: stable windows in a row have met the SLO since.
+    feedback: float = 1.0
+    feedback_at: float | None = None
+    met_windows: int = 0
+    #: Burst memory (:mod:`~kubeplex.autoscaler.memory`).
+    peaks: Peaks = ()
 
 
 @dataclass(frozen=True)
@@ -232,7 +298,13 @@ class Stage:
 
 @dataclass(frozen=True)
 class Decision:
-    """The answer: replicas and warm standbys to have, why (one line), and the next state."""
+    """The answer: replicas and warm standbys to have, why (one line), and the next state.
+
+    ``infeasible_fraction``: share of the window's requests whose prompt alone takes longer
+    than the SLO to prefill on a replica (no replica count serves them in time; they are left
+    out of the SLO's count and reported here). ``capacity``: the per-replica capacity the
+    decision used.
+    """
 
     desired_replicas: int
     desired_warm: int
@@ -241,16 +313,18 @@ class Decision:
     stages: tuple[Stage, ...] = ()
     signals: Signals | NoData | None = None
     in_panic: bool = False
+    infeasible_fraction: float = 0.0
+    capacity: ReplicaCapacity | None = None
 
 
 # ---- stage 2: capacity ---------------------------------------------------------------------
 def profile_capacity(profile: LLMProfile, prompt_tokens: float, output_tokens: float,
                      max_num_seqs: int = VLLM_MAX_NUM_SEQS) -> tuple[ReplicaCapacity, float]:
-    """Capacity of one replica from the latency model; also its mean request latency (s).
+    """Capacity of one replica for requests of one mean shape; also its mean latency (s).
 
     The operating batch is as many sequences as the KV cache holds at the mean context, at
     most ``max_num_seqs``; a request's work is its prefill plus its share of the batched
-    decode steps.
+    decode steps. (:func:`replica_capacity` does the same for the observed prompt mix.)
     """
     prompt, output = max(1, round(prompt_tokens)), max(1, round(output_tokens))
     context = prompt + output
@@ -262,43 +336,76 @@ def profile_capacity(profile: LLMProfile, prompt_tokens: float, output_tokens: f
     return ReplicaCapacity(prefill_s=prefill, work_s=work, source="profile"), latency
 
 
-def _modelled(config: AutoscalerConfig, signals: Signals | None) -> tuple[ReplicaCapacity, float]:
+def replica_capacity(signals: Signals | None, config: AutoscalerConfig,
+                     speed: float = 1.0) -> CapacityEstimate:
+    """One replica's token-aware capacity at ``speed`` times the model, for the window's
+    prompt mix and output length (the declared sizes before any were measured)."""
     if config.profile is None:
         if config.prefill_s_hint is None or config.work_s_hint is None:
             raise AutoscalerConfigError("give a latency profile or both capacity hints")
-        hint = ReplicaCapacity(config.prefill_s_hint, config.work_s_hint, "hint")
-        return hint, config.work_s_hint * config.max_num_seqs  # a full batch
+        hint = ReplicaCapacity(config.prefill_s_hint / speed, config.work_s_hint / speed,
+                               "hint" if speed == 1.0 else "measured")
+        return CapacityEstimate(hint, hint.work_s * config.max_num_seqs, 0.0)
     prompt = (signals.mean_prompt_tokens if signals else None) or config.mean_prompt_tokens
     output = (signals.mean_output_tokens if signals else None) or config.mean_output_tokens
-    return profile_capacity(config.profile, prompt, output, config.max_num_seqs)
+    mix = prompt_mix(signals.prompt_buckets if signals else (), prompt)
+    return token_capacity(config.profile, mix, output, config.slo_ttft_s, config.max_num_seqs,
+                          speed, "profile" if speed == 1.0 else "measured")
 
 
-def estimate_capacity(signals: Signals | None, config: AutoscalerConfig, ready: int,
-                      correction: float, steady: bool = True
-                      ) -> tuple[ReplicaCapacity, float, float]:
-    """Per-replica capacity, the mean request latency and the updated correction factor.
+def correct_speed(signals: Signals, config: AutoscalerConfig, ready: int, correction: float,
+                  steady: bool) -> float:
+    """The speed correction after this window: moves toward the measured speed
+    (:func:`~kubeplex.autoscaler.capacity.measured_speed`, EWMA, within
+    :data:`CORRECTION_LIMIT`) when every scrape showed a saturated fleet and the ready count
+    held steady; unchanged otherwise."""
+    pending = signals.min_pending
+    saturated = signals.saturated or (pending is not None and ready > 0
+                                      and pending >= SATURATION_PENDING * ready)
+    if not (saturated and steady and ready > 0):
+        return correction
+    measured = measured_speed(signals, ready, replica_capacity(signals, config).capacity)
+    if measured is None:
+        return correction
+    clamped = min(CORRECTION_LIMIT, max(1 / CORRECTION_LIMIT, measured))
+    return (1 - CORRECTION_WEIGHT) * correction + CORRECTION_WEIGHT * clamped
 
-    When every scrape of the window had requests waiting and the ready count did not change
-    (``steady``), the fleet was saturated and its completion rate per ready replica *is* the
-    service rate: the ratio to the model's folds into ``correction`` (EWMA, clamped to
-    1/2..2x), which scales the model's work per request.
+
+def feedback(signals: Signals, infeasible: float, config: AutoscalerConfig,
+             state: AutoscalerState, now: float, model_suffices: bool) -> AutoscalerState:
+    """The measured SLO, fed back into the model's speed (at most one step a stable window).
+
+    The window's attainment among the requests the SLO can count (the TTFT histogram's share
+    at or below the SLO over ``1 - infeasible``) below the percentile while the model said the
+    ready replicas suffice (``model_suffices``: steady, nothing starting, the SLO stage wanted
+    no more): one :data:`FEEDBACK_STEP` slower. :data:`FEEDBACK_RELAX_WINDOWS` met windows in
+    a row: one step back. Bounded by :data:`CORRECTION_LIMIT` together with the correction.
     """
-    model, latency = _modelled(config, signals)
-    if (signals is not None and signals.saturated and steady and ready > 0
-            and signals.completion_rate > 0):
-        measured = signals.completion_rate / ready
-        ratio = min(CORRECTION_LIMIT, max(1 / CORRECTION_LIMIT, measured * model.work_s))
-        correction = (1 - CORRECTION_WEIGHT) * correction + CORRECTION_WEIGHT * ratio
-    if correction == 1.0:
-        return model, latency, correction
-    source = "measured" if model.source == "profile" else model.source
-    return replace(model, work_s=model.work_s / correction, source=source), latency, correction
+    if state.feedback_at is not None and now - state.feedback_at < config.stable_window_s:
+        return state
+    attained = histogram_fraction_at(config.slo_ttft_s, signals.ttft_buckets)
+    if attained is None or signals.ttft_count < MIN_TTFT_OBSERVATIONS:
+        return state
+    counted = min(1.0, attained / max(1e-9, 1.0 - infeasible))
+    floor = 1 / CORRECTION_LIMIT / max(state.capacity_correction, 1e-9)
+    if counted < config.quantile:
+        if not model_suffices:
+            return state
+        return replace(state, feedback=max(min(1.0, floor), state.feedback * FEEDBACK_STEP),
+                       feedback_at=now, met_windows=0)
+    met = state.met_windows + 1
+    if met >= FEEDBACK_RELAX_WINDOWS and state.feedback < 1.0:
+        return replace(state, feedback=min(1.0, state.feedback / FEEDBACK_STEP),
+                       feedback_at=now, met_windows=0)
+    return replace(state, feedback_at=now, met_windows=met)
 
 
 # ---- stage 3: SLO (queueing model) ---------------------------------------------------------
 def slo_replicas(arrival_rate: float, capacity: ReplicaCapacity, config: AutoscalerConfig,
                  arrival_cv2: float) -> int:
-    """Fewest replicas meeting the TTFT percentile (the most that could help if none can)."""
+    """Fewest replicas meeting the TTFT percentile for requests of the mean shape (the
+    baselines' tuning; the law itself uses the mix, :func:`~kubeplex.autoscaler.queueing.
+    replicas_for_mix`). When the prefill alone misses the SLO, the throughput bound."""
     found = replicas_for_slo(arrival_rate, capacity, config.slo_ttft_s, config.quantile,
                              config.max_utilization, arrival_cv2, config.service_cv2)
     if found is None:  # the prefill alone misses the SLO: more replicas only keep queues short
@@ -306,7 +413,27 @@ def slo_replicas(arrival_rate: float, capacity: ReplicaCapacity, config: Autosca
     return found
 
 
-# ---- stage 4: queue target -----------------------------------------------------------------
+def _mix_replicas(rate: float, capacity: ReplicaCapacity, config: AutoscalerConfig,
+                  cv2: float) -> int:
+    if not capacity.mix and capacity.source == "hint":
+        return slo_replicas(rate, capacity, config, cv2)
+    return replicas_for_mix(rate, capacity, config.slo_ttft_s, config.quantile,
+                            config.max_utilization, cv2)
+
+
+def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig,
+                   cv2: float) -> int:
+    """Replicas the short window's arrivals need: the queueing model at their rate, but no
+    more than clears their prefill work within the window plus one SLO (a burst shorter than
+    the window is absorbed by a queue that drains in time; the steady-state model would size
+    it as if it lasted)."""
+    steady = _mix_replicas(burst.arrival_rate, capacity, config, cv2)
+    work = burst.arrival_rate * burst.window_s * capacity.prefill_s
+    fluid = math.ceil(work / ((burst.window_s + config.slo_ttft_s) * config.max_utilization))
+    return min(steady, max(1, fluid)) if burst.arrival_rate > 0 else 0
+
+
+# ---- stage 4: queue ------------------------------------------------------------------------
 def target_per_replica(config: AutoscalerConfig, capacity: ReplicaCapacity,
                        latency_s: float) -> float:
     """Requests in the system per replica at the planned utilization (Little's law).
@@ -319,6 +446,24 @@ def target_per_replica(config: AutoscalerConfig, capacity: ReplicaCapacity,
 def queue_replicas(waiting: float, target: float) -> int:
     """Replicas so that each has at most ``target`` requests waiting."""
     return math.ceil(waiting / target) if waiting > 0 else 0
+
+
+def backlog_trigger(waiting: float, pending: float, ready: int, current: int,
+                    capacity: ReplicaCapacity, config: AutoscalerConfig) -> tuple[int, float]:
+    """The queue stage: (replicas it asks for, the prefill backlog in requests).
+
+    ``pending``: requests with no first token (waiting or admitted), the gateway's held ones
+    included. Beyond one in progress per ready replica, that backlog holds a new request for
+    ``backlog * prefill_s / ready`` seconds; past :data:`BACKLOG_SLO_FRACTION` of the SLO the
+    stage asks for one more than the current replicas (the credit stage says how many), and
+    waiting requests over ``target_queue_per_replica`` ask for their own count, as before.
+    """
+    backlog = max(0.0, pending - ready)
+    queue = queue_replicas(waiting, config.target_queue_per_replica)
+    delay = backlog * capacity.prefill_s / max(1, ready)
+    if backlog > 0 and delay > BACKLOG_SLO_FRACTION * config.slo_ttft_s:
+        queue = max(queue, current + 1)
+    return queue, backlog
 
 
 # ---- stage 5: warm-up credit ---------------------------------------------------------------
@@ -424,22 +569,6 @@ def budget_clamp(target: int, current: int, warm_available: int, free_gpus: int 
                        f"{warm_available} warm)")
 
 
-# ---- stage 9: warm standbys ----------------------------------------------------------------
-def warm_standbys(forecast: HoltState, desired: int, capacity: ReplicaCapacity,
-                  config: AutoscalerConfig, arrival_cv2: float, spare_gpus: int | None) -> int:
-    """Standbys covering the forecast's upper bound one cold start ahead, beyond ``desired``."""
-    if config.warm_pool is not None:
-        wanted = config.warm_pool
-    else:
-        peak = forecast.upper(config.cold_start_s, config.forecast)
-        wanted = max(int(config.prewarm),
-                     slo_replicas(peak, capacity, config, arrival_cv2) - desired)
-    wanted = min(wanted, max(0, config.max_replicas - desired))
-    if spare_gpus is not None:
-        wanted = min(wanted, max(0, spare_gpus // config.gpus_per_replica))
-    return wanted
-
-
 # ---- status ----------------------------------------------------------------------------------
 #: Above this fraction of the SLO the measured percentile counts as at risk.
 AT_RISK_FRACTION = 0.8
@@ -477,6 +606,12 @@ def _hold(observed: Observed, config: AutoscalerConfig, state: AutoscalerState, 
     return Decision(target, warm, reason, state, (Stage("hold", target, note),), why)
 
 
+def _pending(signals: Signals, held: int) -> float:
+    waiting = signals.waiting + held
+    awaiting = signals.awaiting_first_token
+    return waiting + (awaiting if awaiting is not None else 0.0)
+
+
 def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
            now: float) -> Decision:
     """One evaluation for one ModelService (see the module docstring for the stages)."""
@@ -493,57 +628,59 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     burst_rate = burst.arrival_rate if isinstance(burst, Signals) else stable.arrival_rate
     stages: list[Stage] = []
     current = observed.current
+    held = observed.held_requests
 
-    ready_since = state.ready_since
-    if observed.ready != state.ready or ready_since is None:
-        ready_since = now
+    if observed.ready != state.ready or state.ready_since is None:
         state = replace(state, ready=observed.ready, ready_since=now)
-    steady = now - ready_since >= config.stable_window_s
-    capacity, _, correction = estimate_capacity(stable, config, observed.ready,
-                                                      state.capacity_correction, steady)
-    forecast = holt_update(state.forecast, burst_rate, now, config.forecast)
+    steady = now - (state.ready_since or now) >= config.stable_window_s
+    correction = correct_speed(stable, config, observed.ready, state.capacity_correction, steady)
+    if correction == state.capacity_correction and isinstance(burst, Signals):
+        # A burst that saturates the fleet for the short window measures its speed too.
+        short_steady = now - (state.ready_since or now) >= config.panic_window_s
+        correction = correct_speed(burst, config, observed.ready, correction, short_steady)
+    state = replace(state, capacity_correction=correction)
+    speed = max(1 / CORRECTION_LIMIT, correction * state.feedback)
+    estimate = replica_capacity(stable, config, speed)
+    capacity = estimate.capacity
+    forecast = holt_update(state.forecast, stable.arrival_rate, now, config.forecast)
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
         1.0, stable.arrival_cv2 or 1.0)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     rate = max(stable.arrival_rate,
                forecast.forecast(start) + config.headroom_z * 1.25 * forecast.error)
-    target = slo_replicas(rate, capacity, config, cv2)
+    target = _mix_replicas(rate, capacity, config, cv2)
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
-            f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source})")
-    measured = stable.ttft_quantile
-    recent = burst.ttft_quantile if isinstance(burst, Signals) else None
-    if (measured is not None and measured > config.slo_ttft_s
-            and recent is not None and recent > config.slo_ttft_s
-            and stable.ttft_count >= MIN_TTFT_OBSERVATIONS and not observed.starting
-            and now - ready_since >= config.panic_window_s and target <= observed.ready):
-        target = observed.ready + 1
-        note = (f"measured p{config.percentile:g} TTFT {measured:.2f} s > SLO "
-                f"{config.slo_ttft_s:g} s: one more than {observed.ready} ready")
+            f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source}"
+            f"{'' if speed == 1.0 else f' x{speed:.2f}'})")
     stages.append(Stage("slo", target, note))
     deciding = note
+    quiet = not observed.starting and steady and target <= observed.ready
+    state = feedback(stable, estimate.infeasible, config, state, now, quiet)
 
-    in_system = stable.in_system + observed.held_requests
-    waiting = stable.waiting + observed.held_requests
     per_replica = config.target_queue_per_replica
-    queue = queue_replicas(waiting, per_replica)
-    credited = warmup_credit(queue, observed, waiting, max(rate, burst_rate), capacity, config,
+    queue, backlog = backlog_trigger(stable.waiting + held, _pending(stable, held),
+                                     observed.ready, current, capacity, config)
+    credited = warmup_credit(queue, observed, backlog, max(rate, burst_rate), capacity, config,
                              now)
-    stages.append(Stage("queue", queue, f"{waiting:.0f} waiting / {per_replica:g}"))
+    stages.append(Stage("queue", queue, f"{backlog:.0f} requests of prefill backlog, "
+                                        f"{stable.waiting + held:.0f} waiting / {per_replica:g}"))
     credit_note = ("" if queue <= current else
                    f"{credited} drain the backlog, {len(observed.starting)} starting credited")
     stages.append(Stage("credit", credited, credit_note))
     if credited > target:
         target = credited
-        deciding = (f"queue {waiting:.0f} waiting over {per_replica:g} per replica: "
-                    f"{credit_note}")
+        deciding = f"prefill backlog of {backlog:.0f} requests: {credit_note}"
 
+    demand = stages[0].replicas
     burst_target = target
     if isinstance(burst, Signals):
-        burst_queue = queue_replicas(burst.waiting + observed.held_requests, per_replica)
-        burst_target = max(slo_replicas(burst.arrival_rate, capacity, config, cv2),
-                           warmup_credit(burst_queue, observed,
-                                         burst.waiting + observed.held_requests,
-                                         burst.arrival_rate, capacity, config, now))
+        burst_demand = burst_replicas(burst, capacity, config, cv2)
+        demand = max(demand, burst_demand)
+        burst_queue, burst_backlog = backlog_trigger(
+            burst.waiting + held, _pending(burst, held), observed.ready, current, capacity,
+            config)
+        burst_target = max(burst_demand, warmup_credit(
+            burst_queue, observed, burst_backlog, burst.arrival_rate, capacity, config, now))
     before = target
     target, state, in_panic = panic(burst_target, current, target, state, config, now)
     stages.append(Stage("panic", target, "in panic" if in_panic else ""))
@@ -552,12 +689,18 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
 
     before = target
     history = state.recommendations or ((now, current),)
-    target, recommendations = stabilize(history, target, now,
-                                        config.scale_down_delay_s)
-    stages.append(Stage("stabilize", target, ""))
+    target, recommendations = stabilize(history, target, now, config.scale_down_delay_s)
+    # The memory keeps replicas at the model's speed: a later correction rescales it.
+    peaks = record(state.peaks, demand * speed, now, config.memory_s)
+    recurring = math.ceil(held_level(peaks, now, config.hold_s) / speed - 1e-9)
     if target > before:
         deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "
                     f"(highest recent target {target})")
+    if recurring > target:
+        target = recurring
+        deciding = (f"burst memory: {recurring} replicas served bursts twice in the last "
+                    f"{config.hold_s:.0f} s; held through the gap")
+    stages.append(Stage("hold", target, ""))
 
     limited = rate_limit(current, target, config)
     if limited != target:
@@ -565,7 +708,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     target = limited
     stages.append(Stage("rate_limit", target, ""))
 
-    busy = in_system > 0 or burst_rate > 0 or observed.held_requests > 0
+    busy = stable.in_system > 0 or burst_rate > 0 or held > 0
     last_busy = now if busy else state.last_busy
     target, zero_note = scale_to_zero(target, busy, last_busy, config, now)
     stages.append(Stage("scale_to_zero", target, zero_note))
@@ -584,18 +727,41 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     if budget_note:
         deciding = budget_note
 
-    spare = None
-    if observed.free_gpus is not None:  # GPUs for standbys once the scale-up is placed
-        claimed = min(observed.warm_available, max(0, target - current))
-        cold = max(0, target - current - claimed)
-        kept = observed.warm_available - claimed
-        spare = observed.free_gpus + (kept - cold) * config.gpus_per_replica
-    warm = warm_standbys(forecast, target, capacity, config, cv2, spare)
+    warm = warm_standbys(peaks, target, speed, observed, config)
 
     verb = "scale up" if target > current else "scale down" if target < current else "hold"
     reason = f"{verb} {current} -> {target}: {deciding}; warm {warm}"
+    if estimate.infeasible > 0:
+        longest = estimate.longest_feasible
+        beyond = f" (prompts over ~{longest:.0f} tokens)" if longest else ""
+        reason += (f"; {estimate.infeasible:.1%} of requests{beyond} cannot meet the SLO on "
+                   f"any replica: reported, not scaled for")
     if observed.trigger is not None:
         reason += f" (alert {observed.trigger})"
     state = replace(state, recommendations=recommendations, last_busy=last_busy,
-                    forecast=forecast, capacity_correction=correction)
-    return Decision(target, warm, reason, state, tuple(stages), stable, in_panic)
+                    forecast=forecast, peaks=peaks)
+    return Decision(target, warm, reason, state, tuple(stages), stable, in_panic,
+                    estimate.infeasible, capacity)
+
+
+# ---- stage 9: warm standbys ----------------------------------------------------------------
+def warm_standbys(peaks: Peaks, desired: int, speed: float, observed: Observed,
+                  config: AutoscalerConfig) -> int:
+    """Standbys: a fixed pool when configured, else the bursts that recurred within the
+    memory but further apart than the hold keeps replicas for
+    (:func:`~kubeplex.autoscaler.memory.burst_standbys`; at least ``prewarm``); within
+    ``max_replicas`` and the GPUs left once the scale-up is placed."""
+    if config.warm_pool is not None:
+        wanted = config.warm_pool
+    else:
+        standbys = burst_standbys(peaks, desired * speed) / speed
+        wanted = max(int(config.prewarm), math.ceil(standbys - 1e-9))
+    wanted = min(wanted, max(0, config.max_replicas - desired))
+    if observed.free_gpus is not None:  # GPUs for standbys once the scale-up is placed
+        current = observed.current
+        claimed = min(observed.warm_available, max(0, desired - current))
+        cold = max(0, desired - current - claimed)
+        kept = observed.warm_available - claimed
+        spare = observed.free_gpus + (kept - cold) * config.gpus_per_replica
+        wanted = min(wanted, max(0, spare // config.gpus_per_replica))
+    return wanted

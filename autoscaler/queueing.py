@@ -17,6 +17,18 @@ as two constraints, both per replica with the gateway spreading load evenly:
    batched step). The replica's total work per request, ``work_s``, must keep the utilization
    ``lambda * work_s / c`` below ``max_utilization``, or the queue grows without bound.
 
+3. **Decode slots**: a replica runs at most ``slots`` sequences at once (``max_num_seqs`` or
+   what its KV cache holds at the mean context); by Little's law the requests in flight,
+   ``lambda * latency``, must stay within ``max_utilization`` of ``c * slots``.
+
+**Prompt mixes** (:func:`replicas_for_mix`): prompts differ in length and a request's TTFT is
+the wait plus *its own* prefill, so a long prompt has less slack under the SLO. With the
+prefill times of the requests the SLO counts given as weighted atoms ``(p_i, w_i)``, the
+predicted fraction that misses is ``sum_i w_i * min(1, P_W * exp(-theta * (SLO - p_i)))``
+(``theta`` the tail rate above), which must stay within ``1 - quantile``; the queue's service
+time is the mean prefill of *all* requests and its squared CV comes from the mix. With one
+atom at the mean this is exactly the percentile rule of point 1.
+
 Assumptions: arrivals independent of the state (no client back-off), one FIFO class, routing
 that keeps replicas evenly loaded, prefill preempting decode (vLLM's default ordering), the
 decode batch large enough that its per-request share is well estimated by the latency model.
@@ -31,6 +43,8 @@ from dataclasses import dataclass
 __all__ = [
     "ReplicaCapacity",
     "erlang_c",
+    "miss_fraction",
+    "replicas_for_mix",
     "replicas_for_slo",
     "ttft_percentile",
 ]
@@ -52,6 +66,14 @@ class ReplicaCapacity:
     prefill_s: float
     work_s: float
     source: str
+    #: Squared CV of the prefill times (1: as exponential service).
+    prefill_cv2: float = 1.0
+    #: Prefill seconds and weights of the requests the SLO counts (empty: one at prefill_s).
+    mix: tuple[tuple[float, float], ...] = ()
+    #: Sequences a replica runs at once, and how long a mean request holds one (None: no
+    #: slot limit modelled).
+    slots: float | None = None
+    latency_s: float | None = None
 
     @property
     def service_rate(self) -> float:
@@ -113,3 +135,47 @@ def replicas_for_slo(arrival_rate: float, capacity: ReplicaCapacity, slo_s: floa
         if predicted <= slo_s:
             return replicas
     return None
+
+
+def _counted(capacity: ReplicaCapacity, slo_s: float) -> tuple[tuple[float, float], ...]:
+    mix = capacity.mix or ((capacity.prefill_s, 1.0),)
+    return tuple((p, w) for p, w in mix if p <= slo_s and w > 0)
+
+
+def miss_fraction(replicas: int, arrival_rate: float, capacity: ReplicaCapacity, slo_s: float,
+                  arrival_cv2: float = 1.0) -> float:
+    """Predicted fraction of the requests the SLO can count (``capacity.mix`` atoms whose
+    prefill fits in ``slo_s``) that still miss it with ``replicas`` (1.0 when overloaded, 0.0
+    when no request can be counted)."""
+    counted = _counted(capacity, slo_s)
+    weight = math.fsum(w for _, w in counted)
+    if weight <= 0 or arrival_rate <= 0:
+        return 0.0
+    mu = 1.0 / capacity.prefill_s
+    if replicas <= 0 or arrival_rate >= replicas * mu:
+        return 1.0
+    waits = erlang_c(replicas, arrival_rate / mu)
+    theta = (replicas * mu - arrival_rate) / ((arrival_cv2 + capacity.prefill_cv2) / 2.0)
+    missed = math.fsum(w * min(1.0, waits * math.exp(-theta * (slo_s - p))) for p, w in counted)
+    return missed / weight
+
+
+def replicas_for_mix(arrival_rate: float, capacity: ReplicaCapacity, slo_s: float,
+                     quantile: float, max_utilization: float, arrival_cv2: float = 1.0) -> int:
+    """The fewest replicas within the throughput and slot bounds whose predicted miss
+    fraction (:func:`miss_fraction`) is at most ``1 - quantile``; the throughput bound alone
+    when no request's prefill fits in the SLO (more replicas would not help them), and
+    :data:`MAX_SEARCH_REPLICAS` if none is found. Zero for no arrivals."""
+    if arrival_rate <= 0:
+        return 0
+    start = math.ceil(arrival_rate * capacity.work_s / max_utilization)
+    if capacity.slots and capacity.latency_s:
+        start = max(start, math.ceil(arrival_rate * capacity.latency_s
+                                     / (capacity.slots * max_utilization)))
+    start = max(1, start, math.floor(arrival_rate * capacity.prefill_s) + 1)
+    if not _counted(capacity, slo_s):
+        return start
+    for replicas in range(start, MAX_SEARCH_REPLICAS + 1):
+        if miss_fraction(replicas, arrival_rate, capacity, slo_s, arrival_cv2) <= 1 - quantile:
+            return replicas
+    return MAX_SEARCH_REPLICAS

@@ -31,6 +31,7 @@ __all__ = [
     "COMPLETIONS",
     "GENERATION_TOKENS",
     "KV_USAGE",
+    "PROMPT_HISTOGRAM",
     "PROMPT_TOKENS",
     "RUNNING",
     "TTFT",
@@ -43,7 +44,9 @@ __all__ = [
     "bucket_increase",
     "counter_increase",
     "extract",
+    "histogram_fraction_at",
     "histogram_quantile",
+    "prompt_token_buckets",
 ]
 
 # vLLM 0.32-0.33 metric names (DESIGN.md "vLLM facts"); counters are read by their sample name.
@@ -54,6 +57,8 @@ TTFT = "vllm:time_to_first_token_seconds"
 COMPLETIONS = "vllm:request_success_total"
 PROMPT_TOKENS = "vllm:prompt_tokens_total"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
+#: Histogram of prompt lengths (tokens), observed when a request finishes.
+PROMPT_HISTOGRAM = "vllm:request_prompt_tokens"
 #: How arrivals are derived (documentation marker): completions + growth of waiting + running.
 ARRIVAL_CONSERVED = "completions + delta(waiting + running)"
 
@@ -62,6 +67,22 @@ TTFT_BUCKETS: tuple[float, ...] = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
     10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
 )
+
+
+
+def prompt_token_buckets(max_model_len: int) -> tuple[float, ...]:
+    """vLLM's prompt-token histogram bounds (``build_1_2_5_buckets(max_model_len)``): 1, 2, 5,
+    10, 20, 50, ... up to the model's context length."""
+    bounds: list[float] = []
+    exponent = 0
+    while True:
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10**exponent
+            if value > max_model_len:
+                return tuple(bounds)
+            bounds.append(float(value))
+        exponent += 1
+
 
 #: Cumulative histogram buckets ``(upper bound, count)``, ascending, ending with ``+Inf``.
 Buckets = tuple[tuple[float, float], ...]
@@ -111,6 +132,14 @@ class Signals:
     fewer than three intervals or no arrivals.
     ``saturated`` says every scrape in the window had requests waiting (the fleet ran flat
     out, so the completion rate is its capacity).
+    ``awaiting_first_token`` (latest scrape) counts the requests in the engines that have no
+    first token yet: waiting + running minus those decoding (first tokens counted minus
+    requests finished, per engine since its start); None without the TTFT histogram or the
+    completions counter. vLLM counts a request queued for its prefill as *running*, so this is
+    how prefill backlog shows. ``min_pending`` is the least ``waiting + awaiting_first_token``
+    over the window's scrapes (a backlog that never drained). ``ttft_buckets`` and
+    ``prompt_buckets`` are the window's increases of the TTFT and prompt-length histograms
+    (empty when not exposed).
     """
 
     time: float
@@ -127,6 +156,10 @@ class Signals:
     ttft_count: float
     arrival_cv2: float | None
     saturated: bool
+    awaiting_first_token: float | None = None
+    min_pending: float | None = None
+    ttft_buckets: Buckets = ()
+    prompt_buckets: Buckets = ()
 
     @property
     def in_system(self) -> float:
@@ -216,6 +249,25 @@ def histogram_quantile(q: float, buckets: Buckets) -> float | None:
     return start + (bounds[index] - start) * (rank - below) / in_bucket
 
 
+def histogram_fraction_at(bound: float, buckets: Buckets) -> float | None:
+    """The fraction of observations at or below ``bound`` (linear inside the bucket, the lowest
+    bucket starting at 0); None with no observations. The inverse of :func:`histogram_quantile`.
+    """
+    ordered = sorted(buckets)
+    if len(ordered) < 2 or not math.isinf(ordered[-1][0]) or ordered[-1][1] <= 0:
+        return None
+    total = ordered[-1][1]
+    below, start = 0.0, 0.0
+    for upper, count in ordered:
+        if bound < upper:
+            if math.isinf(upper):
+                return below / total
+            inside = max(0.0, count - below) * (bound - start) / (upper - start)
+            return min(1.0, (below + inside) / total)
+        below, start = max(below, count), upper
+    return 1.0
+
+
 def _window(scrapes: Iterable[Scrape], now: float, window_s: float) -> list[Scrape]:
     return [s for s in scrapes if now - window_s - 1e-9 <= s.time <= now + 1e-9]
 
@@ -229,6 +281,18 @@ def _in_system(scrape: Scrape) -> float | None:
     if waiting is None or running is None:
         return None
     return waiting + running
+
+
+def _awaiting(scrape: Scrape) -> float | None:
+    """Requests in the engines with no first token yet (see :class:`Signals`)."""
+    in_system = _in_system(scrape)
+    first_tokens = scrape.histograms.get(TTFT)
+    finished = scrape.total(COMPLETIONS)
+    if in_system is None or not first_tokens or finished is None:
+        return None
+    started = math.fsum(buckets[-1][1] for buckets in first_tokens.values() if buckets)
+    decoding = max(0.0, started - finished)
+    return min(in_system, max(0.0, in_system - decoding))
 
 
 def _arrivals(first: Scrape, last: Scrape, completions: float) -> float:
@@ -304,6 +368,8 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
     prompt = ([s.series(PROMPT_TOKENS) for s in window] if last.series(PROMPT_TOKENS) else None)
     generated = ([s.series(GENERATION_TOKENS) for s in window]
                  if last.series(GENERATION_TOKENS) else None)
+    pending = [None if (a := _awaiting(s)) is None else a + (s.total(WAITING) or 0.0)
+               for s in window]
     return Signals(
         time=last.time,
         window_s=span,
@@ -320,4 +386,10 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
         ttft_count=ttft_count,
         arrival_cv2=_dispersion(window),
         saturated=all((s.total(WAITING) or 0.0) > 0 for s in window),
+        awaiting_first_token=_awaiting(last),
+        min_pending=None if any(p is None for p in pending) else min(
+            p for p in pending if p is not None),
+        ttft_buckets=ttft,
+        prompt_buckets=bucket_increase([s.histograms.get(PROMPT_HISTOGRAM, {})
+                                        for s in window]),
     )

@@ -33,6 +33,7 @@ from kubeplex.autoscaler.signals import (
     COMPLETIONS,
     GENERATION_TOKENS,
     KV_USAGE,
+    PROMPT_HISTOGRAM,
     PROMPT_TOKENS,
     RUNNING,
     TTFT,
@@ -55,9 +56,12 @@ __all__ = [
     "scrape_runtime",
 ]
 
-#: Sample names the signals use (the TTFT histogram by its ``_bucket`` samples).
+#: Sample names the signals use (the TTFT and prompt-length histograms by their ``_bucket``
+#: samples).
 WANTED = frozenset({WAITING, RUNNING, KV_USAGE, COMPLETIONS, PROMPT_TOKENS,
-                    GENERATION_TOKENS, f"{TTFT}_bucket"})
+                    GENERATION_TOKENS, f"{TTFT}_bucket", f"{PROMPT_HISTOGRAM}_bucket"})
+#: Histograms kept (by their base name), read from their ``_bucket`` samples.
+HISTOGRAMS = (TTFT, PROMPT_HISTOGRAM)
 #: PromQL selector of those series; ``{model}`` is filled with the served model name.
 SERIES_SELECTOR = ('{{__name__=~"{names}",model_name="{model}"}}')
 #: The gateway's gauge of requests it holds for a model with no ready replica (its contract:
@@ -83,19 +87,22 @@ def _bound(text: str) -> float:
 def _build(time: float, samples: Iterable[tuple[str, Mapping[str, str], float]],
            prefix: str) -> Scrape:
     values: dict[str, dict[str, float]] = {}
-    buckets: dict[str, list[tuple[float, float]]] = {}
+    buckets: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    bucket_names = {f"{h}_bucket": h for h in HISTOGRAMS}
     for name, labels, value in samples:
         if name not in WANTED or math.isnan(value):
             continue
         instance = _instance(labels, prefix)
-        if name == f"{TTFT}_bucket":
+        if name in bucket_names:
             if "le" not in labels:
                 raise MetricsSourceError(f"{name} sample without an le label")
-            buckets.setdefault(instance, []).append((_bound(labels["le"]), value))
+            per_instance = buckets.setdefault(bucket_names[name], {})
+            per_instance.setdefault(instance, []).append((_bound(labels["le"]), value))
         else:
             values.setdefault(name, {})[instance] = value
-    histogram: dict[str, Buckets] = {k: tuple(sorted(v)) for k, v in buckets.items()}
-    return Scrape(time, values, {TTFT: histogram} if histogram else {})
+    histograms: dict[str, dict[str, Buckets]] = {
+        h: {k: tuple(sorted(v)) for k, v in per.items()} for h, per in buckets.items()}
+    return Scrape(time, values, histograms)
 
 
 def parse_metrics_text(text: str, model: str, time: float, target: str = "") -> Scrape:

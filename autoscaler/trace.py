@@ -36,12 +36,15 @@ __all__ = [
     "MOONCAKE_KEYS",
     "TRACE_HEADER",
     "Trace",
+    "burst_train_rate",
     "diurnal_rate",
     "from_minute_counts",
     "generate",
     "read_minute_counts",
     "read_trace",
     "spike_rate",
+    "square_rate",
+    "with_bursts",
     "write_trace",
 ]
 
@@ -195,6 +198,49 @@ def diurnal_rate(low: float, high: float, period_s: float) -> RateFn:
     def fn(t: FloatArray) -> FloatArray:
         return np.asarray(low + (high - low) * (1 - np.cos(2 * math.pi * t / period_s)) / 2,
                           dtype=np.float64)
+    return fn
+
+
+def square_rate(low: float, high: float, period_s: float, high_s: float) -> RateFn:
+    """On-off traffic: ``high`` for the first ``high_s`` of every ``period_s``, else ``low``."""
+    if period_s <= 0 or not 0 <= high_s <= period_s:
+        raise TraceError("need period_s > 0 and 0 <= high_s <= period_s")
+
+    def fn(t: FloatArray) -> FloatArray:
+        return np.asarray(np.where(np.mod(t, period_s) < high_s, high, low), dtype=np.float64)
+    return fn
+
+
+def with_bursts(rate: RateFn, bursts: Sequence[tuple[float, float, float]]) -> RateFn:
+    """``rate`` multiplied by ``factor`` during each ``(at_s, for_s, factor)`` burst."""
+    def fn(t: FloatArray) -> FloatArray:
+        out = np.array(rate(t), dtype=np.float64)
+        for at, length, factor in bursts:
+            out = np.where((t >= at) & (t < at + length), out * factor, out)
+        return out
+    return fn
+
+
+def burst_train_rate(base: float, low: float, high: float, burst_s: tuple[float, float],
+                     gap_s: float, duration_s: float, seed: int) -> RateFn:
+    """A background of ``base`` req/s with bursts: each burst lasts a uniform draw from
+    ``burst_s`` (s) at a rate drawn uniformly from ``[low, high]`` req/s; the idle gaps between
+    bursts are exponential with mean ``gap_s`` (a Poisson process of bursts)."""
+    if not 0 < burst_s[0] <= burst_s[1] or gap_s <= 0 or not 0 <= low <= high:
+        raise TraceError("need 0 < burst_s min <= max, gap_s > 0 and 0 <= low <= high")
+    rng = np.random.default_rng(seed)
+    bursts: list[tuple[float, float, float]] = []
+    t = float(rng.exponential(gap_s))
+    while t < duration_s:
+        length = float(rng.uniform(*burst_s))
+        bursts.append((t, length, float(rng.uniform(low, high))))
+        t += length + float(rng.exponential(gap_s))
+
+    def fn(t: FloatArray) -> FloatArray:
+        out = np.full(np.shape(t), base, dtype=np.float64)
+        for at, length, level in bursts:
+            out = np.where((t >= at) & (t < at + length), np.maximum(out, level), out)
+        return out
     return fn
 
 

@@ -42,6 +42,10 @@ GPUS: Mapping[str, GPUSpec] = MappingProxyType({
     # NVIDIA H100 SXM5 datasheet: 80 GB HBM3, 3.35 TB/s, BF16 dense 989 TFLOPS,
     # NVLink 4 at 900 GB/s total (450 GB/s per direction).
     "H100-80GB": GPUSpec("H100-80GB", 80, 989.0, 3350.0, "nvlink", 450.0),
+    # NVIDIA H200 SXM datasheet: 141 GB HBM3e, 4.8 TB/s, BF16 dense 989 TFLOPS, NVLink 4 at
+    # 900 GB/s total; memory as torch reports it on the H200 kubeplex was calibrated on
+    # (150,109,880,320 bytes = 139.8 GiB).
+    "H200-141GB": GPUSpec("H200-141GB", 139.8, 989.0, 4800.0, "nvlink", 450.0),
     # NVIDIA A100 SXM4 80GB datasheet: HBM2e 2,039 GB/s, BF16 dense 312 TFLOPS,
     # NVLink 3 at 600 GB/s total (300 GB/s per direction).
     "A100-80GB": GPUSpec("A100-80GB", 80, 312.0, 2039.0, "nvlink", 300.0),

@@ -49,6 +49,7 @@ __all__ = [
     "PREFILL_MFU",
     "LLMProfile",
     "ModelShape",
+    "calibrated",
     "model",
     "profile",
 ]

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING
 
 from kubeplex.cli import Commands
 
+__all__ = ["load_profile", "register"]
+
 if TYPE_CHECKING:
     from kubeplex.autoscaler.fleet import SimResult
+    from kubeplex.placement.llm import LLMProfile
 
-PATTERNS = ("gamma", "diurnal", "spike", "azure")
+PATTERNS = ("gamma", "diurnal", "spike", "bursts", "azure")
 
 
 def register(cli: Commands) -> None:
@@ -24,8 +27,21 @@ def register(cli: Commands) -> None:
     p.add_argument("--trace", required=True, type=Path,
                    help="CSV with header arrival_s,prompt_tokens,output_tokens, or Mooncake "
                         "JSONL (timestamp ms, input_length, output_length)")
-    p.add_argument("--model", required=True, help="model profile, e.g. llama-3.1-8b")
+    p.add_argument("--model", help="the model the policy plans with: a catalogue shape (e.g. "
+                   "llama-3.1-8b) or a shipped calibrated profile (e.g. llama-3.1-8b-sim-h100)")
+    p.add_argument("--profile", type=Path, metavar="FILE.json",
+                   help="plan with this calibrated profile (from `kubeplex calibrate`) instead "
+                        "of --model")
     p.add_argument("--gpu", required=True, help="GPU, e.g. H100-80GB, A100-80GB, L4")
+    p.add_argument("--fleet-model", help="what the simulated fleet really runs (a shape or "
+                   "calibrated profile name; default: the planning profile)")
+    p.add_argument("--fleet-profile", type=Path, metavar="FILE.json",
+                   help="the simulated fleet runs this calibrated profile file")
+    p.add_argument("--fleet-speed", type=float, default=1.0, metavar="F",
+                   help="the fleet runs at F times its profile's speed; the policy is not told "
+                        "(default 1.0)")
+    p.add_argument("--oracle-utilization", type=float, default=1.0, metavar="U",
+                   help="oracle only: provision need / U (lower: more headroom) (default 1.0)")
     p.add_argument("--slo-ttft", required=True, type=float, metavar="SECONDS",
                    help="TTFT SLO in seconds")
     p.add_argument("--percentile", type=float, default=95.0,
@@ -35,9 +51,11 @@ def register(cli: Commands) -> None:
     p.add_argument("--warm-start-s", type=float, default=2.0,
                    help="seconds from claiming a warm standby to ready (default 2)")
     p.add_argument("--warm-pool", default="auto", metavar="N|auto",
-                   help="warm standbys: a fixed count for every policy, or auto (kubeplex "
-                        "sizes it from its forecast; baselines keep none) (default auto)")
-    p.add_argument("--policy", required=True, choices=("kubeplex", "hpa", "kpa", "static-peak"))
+                   help="warm standbys: a fixed count for kubeplex, HPA and KPA, or auto "
+                        "(kubeplex sizes it from burst statistics; baselines keep none) "
+                        "(default auto)")
+    p.add_argument("--policy", required=True,
+                   choices=("kubeplex", "hpa", "kpa", "static-peak", "oracle"))
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="write arrivals / replicas / TTFT over time as a PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -58,12 +76,28 @@ def register(cli: Commands) -> None:
     t.add_argument("--spike-at-s", type=float, default=1200.0, help="spike start, s")
     t.add_argument("--spike-for-s", type=float, default=300.0, help="spike length, s")
     t.add_argument("--ramp-s", type=float, default=0.0, help="spike rise/fall time, s")
+    t.add_argument("--burst-rates", default="20,60", metavar="LOW,HIGH",
+                   help="bursts: each burst's rate is drawn from [LOW, HIGH] req/s")
+    t.add_argument("--burst-s", default="2,10", metavar="MIN,MAX",
+                   help="bursts: each burst lasts MIN..MAX seconds")
+    t.add_argument("--gap-s", type=float, default=60.0,
+                   help="bursts: mean idle gap between bursts, s")
     t.add_argument("--counts", type=Path, help="azure: the invocations CSV")
     t.add_argument("--function", help="azure: one HashFunction's row (default: all summed)")
     t.add_argument("--prompt-tokens", type=float, default=512.0, help="mean prompt tokens")
     t.add_argument("--output-tokens", type=float, default=128.0, help="mean output tokens")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--out", type=Path, help="write here instead of stdout")
+
+
+def _pair(text: str, flag: str) -> tuple[float, float]:
+    from kubeplex.autoscaler.errors import TraceError
+
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise TraceError(f"{flag} must be two numbers LOW,HIGH, got {text!r}") from None
+    return low, high
 
 
 def _warm_pool(text: str) -> int | None:
@@ -80,14 +114,37 @@ def _warm_pool(text: str) -> int | None:
     return value
 
 
+def load_profile(model: str | None, profile_file: Path | None, gpu_name: str,
+                 flag: str = "--model") -> LLMProfile:
+    """The latency profile a name (shape or shipped calibration) or a profile file gives on
+    ``gpu_name``; errors name the flag."""
+    import json
+
+    from kubeplex.autoscaler.errors import AutoscalerConfigError
+    from kubeplex.placement.calibration import calibration_from_dict
+    from kubeplex.placement.hardware import gpu
+    from kubeplex.placement.llm import LLMProfile, calibrated
+    from kubeplex.placement.llm import model as shape
+
+    if profile_file is not None:
+        try:
+            data = json.loads(profile_file.read_text())
+        except (OSError, ValueError) as err:
+            raise AutoscalerConfigError(f"cannot read the profile {profile_file}: {err}") from err
+        return LLMProfile(calibrated(calibration_from_dict(data, str(profile_file))),
+                          gpu(gpu_name))
+    if model is None:
+        raise AutoscalerConfigError(f"give {flag} NAME or a profile file")
+    return LLMProfile(shape(model), gpu(gpu_name))
+
+
 def _autoscale(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
     from kubeplex.autoscaler.errors import AutoscalerConfigError
-    from kubeplex.autoscaler.evaluation import replay
+    from kubeplex.autoscaler.evaluation import Scenario, replay
     from kubeplex.autoscaler.trace import read_trace
-    from kubeplex.placement.llm import profile
 
     if not args.slo_ttft > 0:
         raise AutoscalerConfigError(f"--slo-ttft must be > 0 seconds, got {args.slo_ttft}")
@@ -97,14 +154,24 @@ def _autoscale(args: argparse.Namespace) -> int:
                         ("--warm-start-s", args.warm_start_s)):
         if value < 0:
             raise AutoscalerConfigError(f"{flag} must be >= 0, got {value}")
+    if not args.fleet_speed > 0:
+        raise AutoscalerConfigError(f"--fleet-speed must be > 0, got {args.fleet_speed}")
+    if not 0 < args.oracle_utilization <= 1.5:
+        raise AutoscalerConfigError(f"--oracle-utilization must be in (0, 1.5], got "
+                                    f"{args.oracle_utilization}")
     warm = _warm_pool(args.warm_pool)
-    profile(args.model, args.gpu)  # unknown names fail here, before the progress bar
+    # Unknown names fail here, before the trace is read and the progress bar draws.
+    planning = load_profile(args.model, args.profile, args.gpu)
+    fleet = None
+    if args.fleet_model is not None or args.fleet_profile is not None:
+        fleet = load_profile(args.fleet_model, args.fleet_profile, args.gpu, "--fleet-model")
     trace = read_trace(args.trace)
-    profile(args.model, args.gpu)  # unknown names fail here, before the progress bar draws
+    scenario = Scenario(planning, args.slo_ttft, args.percentile, args.cold_start_s,
+                        args.warm_start_s, warm, fleet, args.fleet_speed,
+                        args.oracle_utilization)
     with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(f"replaying {len(trace)} requests ({args.policy})", total=1.0)
-        result = replay(trace, args.model, args.gpu, args.slo_ttft, args.percentile,
-                        args.policy, args.cold_start_s, args.warm_start_s, warm,
+        result = replay(trace, scenario, args.policy,
                         progress=lambda done: progress.update(task, completed=done))
     if args.plot is not None:
         _plot(result, args.plot, args.slo_ttft, args.percentile)
@@ -155,6 +222,7 @@ def _plot(result: SimResult, path: Path, slo: float, percentile: float) -> None:
 def _trace(args: argparse.Namespace) -> int:
     from kubeplex.autoscaler.errors import TraceError
     from kubeplex.autoscaler.trace import (
+        burst_train_rate,
         diurnal_rate,
         from_minute_counts,
         generate,
@@ -169,6 +237,15 @@ def _trace(args: argparse.Namespace) -> int:
                              "invocations per function per minute)")
         trace = from_minute_counts(read_minute_counts(args.counts, args.function), args.seed,
                                    args.prompt_tokens, args.output_tokens)
+    elif args.pattern == "bursts":
+        if args.rate < 0:
+            raise TraceError(f"--rate must be >= 0 req/s, got {args.rate}")
+        rates, lengths = _pair(args.burst_rates, "--burst-rates"), _pair(args.burst_s,
+                                                                         "--burst-s")
+        rate = burst_train_rate(args.rate, rates[0], rates[1], lengths, args.gap_s,
+                                args.duration_s, args.seed)
+        trace = generate(rate, args.duration_s, args.cv or 1.0, args.seed, args.prompt_tokens,
+                         args.output_tokens)
     else:
         if args.rate <= 0:
             raise TraceError(f"--rate must be > 0 req/s, got {args.rate}")

@@ -11,7 +11,7 @@ import pytest
 
 from kubeplex.autoscaler import Observed, TraceError
 from kubeplex.autoscaler.baselines import HPAPolicy, KPAPolicy, StaticPolicy
-from kubeplex.autoscaler.evaluation import replay
+from kubeplex.autoscaler.evaluation import Scenario, replay
 from kubeplex.autoscaler.fleet import FleetConfig, simulate
 from kubeplex.autoscaler.trace import (
     Trace,
@@ -146,8 +146,9 @@ def test_baselines_react_to_a_burst() -> None:
 
 def test_replay_kubeplex_beats_an_undersized_static_fleet() -> None:
     trace = generate(spike_rate(10, 4, 300, 200, 60), 1200, 2.0, seed=5)
-    kubeplex = replay(trace, "llama-3.1-8b", "A100-80GB", 1.0, 95, "kubeplex", 30, 2, None)
-    peak = replay(trace, "llama-3.1-8b", "A100-80GB", 1.0, 95, "static-peak", 30, 2, None)
+    scenario = Scenario(profile("llama-3.1-8b", "A100-80GB"), 1.0, 95, 30, 2)
+    kubeplex = replay(trace, scenario, "kubeplex")
+    peak = replay(trace, scenario, "static-peak")
     assert peak.attainment > 0.99
     assert kubeplex.attainment > 0.95
     assert kubeplex.gpu_hours < peak.gpu_hours

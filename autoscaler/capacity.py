@@ -1,0 +1,137 @@
+"""Token-aware capacity of one replica, from the latency model and the observed prompt mix.
+
+A replica's capacity is not a number of requests per second: a 12,000-token prompt costs ~50
+times the prefill of a 500-token one, and decode slots run out when contexts are long. This
+module turns the latency model (:class:`~kubeplex.placement.llm.LLMProfile`) and what the
+metrics say about the requests into a :class:`~kubeplex.autoscaler.queueing.ReplicaCapacity`:
+
+1. **prompt mix** (:func:`prompt_mix`): the window's prompt-length histogram
+   (``vllm:request_prompt_tokens``, 1-2-5 buckets) as weighted atoms, a few per bucket spread
+   geometrically, rescaled so their mean is the exact mean prompt (from the token counter);
+   one atom at the mean when the histogram is missing or holds too few requests;
+2. **capacity** (:func:`token_capacity`): each atom's prefill seconds at the replica's
+   *effective speed* (the model's, times the measured correction); their mean and squared CV
+   (the queue's service time), the atoms whose prefill alone fits in the SLO (what the SLO
+   counts) and the share that does not (**infeasible**: no replica count serves them in time;
+   they still cost prefill work); decode slots (``max_num_seqs``, or what the KV cache holds
+   at the mean context) and each request's share of the batched decode steps;
+3. **measured speed** (:func:`measured_speed`): while the fleet is saturated (prefill work
+   queued on every replica, or requests refused admission), every replica is busy, so the
+   model-seconds of work it completes per second *is* its speed relative to the model
+   (the first tokens times the model's mean prefill, plus the finished requests times their
+   modelled decode share). Partly idle replicas make it a lower bound: the law errs toward
+   more capacity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kubeplex.autoscaler.queueing import ReplicaCapacity
+from kubeplex.autoscaler.signals import Buckets, Signals
+from kubeplex.placement.llm import LLMProfile
+
+__all__ = [
+    "ATOMS_PER_BUCKET",
+    "MIN_MIX_REQUESTS",
+    "CapacityEstimate",
+    "PromptMix",
+    "measured_speed",
+    "prompt_mix",
+    "token_capacity",
+]
+
+#: Atoms per histogram bucket: spread geometrically inside it (1-2-5 buckets are wide).
+ATOMS_PER_BUCKET = 3
+#: Fewer prompts than this in the window's histogram: use one atom at the mean instead.
+MIN_MIX_REQUESTS = 20
+#: The open top bucket (above the largest bound) is taken to end at this multiple of its lower
+#: bound (one more step of the 1-2-5 series).
+TOP_BUCKET_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class PromptMix:
+    """Prompt lengths as ``(tokens, weight)`` atoms; the weights sum to 1."""
+
+    atoms: tuple[tuple[float, float], ...]
+
+    @property
+    def mean(self) -> float:
+        return math.fsum(n * w for n, w in self.atoms)
+
+
+@dataclass(frozen=True)
+class CapacityEstimate:
+    """One replica's capacity, a mean request's latency (s) and the infeasible share."""
+
+    capacity: ReplicaCapacity
+    latency_s: float
+    infeasible: float
+    #: Longest prompt (tokens) whose prefill still fits in the SLO, among the atoms seen.
+    longest_feasible: float | None = None
+
+
+def prompt_mix(buckets: Buckets, mean_tokens: float) -> PromptMix:
+    """The prompt mix of a histogram increase (see the module docstring)."""
+    ordered = sorted(buckets)
+    total = ordered[-1][1] if ordered and math.isinf(ordered[-1][0]) else 0.0
+    if total < MIN_MIX_REQUESTS or mean_tokens <= 0:
+        return PromptMix(((max(1.0, mean_tokens), 1.0),))
+    atoms: list[tuple[float, float]] = []
+    below, lower = 0.0, 0.5
+    for upper, cumulative in ordered:
+        count = max(0.0, cumulative - below)
+        below = max(below, cumulative)
+        top = lower * TOP_BUCKET_FACTOR if math.isinf(upper) else upper
+        if count > 0:
+            for k in range(ATOMS_PER_BUCKET):
+                fraction = (k + 0.5) / ATOMS_PER_BUCKET
+                atoms.append((lower * (top / lower) ** fraction, count / total / ATOMS_PER_BUCKET))
+        lower = top if math.isinf(upper) else upper
+    raw = math.fsum(n * w for n, w in atoms)
+    scale = mean_tokens / raw if raw > 0 else 1.0
+    return PromptMix(tuple((max(1.0, n * scale), w) for n, w in atoms))
+
+
+def token_capacity(profile: LLMProfile, mix: PromptMix, output_tokens: float, slo_s: float,
+                   max_num_seqs: int, speed: float = 1.0, source: str = "profile"
+                   ) -> CapacityEstimate:
+    """One replica's capacity for this mix at ``speed`` times the model (see the module doc)."""
+    output = max(1.0, output_tokens)
+    prompt = max(1.0, mix.mean)
+    cache: dict[int, float] = {}
+    seconds = []
+    for tokens, _ in mix.atoms:
+        n = max(1, round(tokens))
+        if n not in cache:
+            cache[n] = profile.prefill_seconds(n) / speed
+        seconds.append(cache[n])
+    weights = [w for _, w in mix.atoms]
+    mean = math.fsum(p * w for p, w in zip(seconds, weights, strict=True))
+    second_moment = math.fsum(p * p * w for p, w in zip(seconds, weights, strict=True))
+    cv2 = max(0.0, second_moment / (mean * mean) - 1.0)
+    counted = tuple((p, w) for p, w in zip(seconds, weights, strict=True) if p <= slo_s)
+    infeasible = math.fsum(w for p, w in zip(seconds, weights, strict=True) if p > slo_s)
+    fits = [n for (n, _), p in zip(mix.atoms, seconds, strict=True) if p <= slo_s]
+    context = prompt + output
+    slots = max(1, min(max_num_seqs, profile.kv_capacity_tokens() // max(1, round(context))))
+    step = profile.decode_step_seconds(slots, round(prompt + output / 2)) / speed
+    share = (output - 1) * step / slots / profile.pipeline_depth
+    latency = mean + (output - 1) * step
+    capacity = ReplicaCapacity(prefill_s=mean, work_s=mean + share, source=source,
+                               prefill_cv2=cv2 if len(mix.atoms) > 1 else 1.0, mix=counted,
+                               slots=float(slots), latency_s=latency)
+    return CapacityEstimate(capacity, latency, infeasible, max(fits) if fits else None)
+
+
+def measured_speed(signals: Signals, ready: int, model: ReplicaCapacity) -> float | None:
+    """Model-seconds of work one replica completed per second over the window (see the module
+    docstring); None without first tokens or replicas. ``model`` is at speed 1."""
+    if ready <= 0 or signals.window_s <= 0 or signals.ttft_count <= 0:
+        return None
+    first_tokens = signals.ttft_count / signals.window_s
+    done = first_tokens * model.prefill_s + signals.completion_rate * (model.work_s
+                                                                       - model.prefill_s)
+    return done / ready
