@@ -7,8 +7,9 @@ metrics say about the requests into a :class:`~kubeplex.autoscaler.queueing.Repl
 
 1. **prompt mix** (:func:`prompt_mix`): the window's prompt-length histogram
    (``vllm:request_prompt_tokens``, 1-2-5 buckets) as weighted atoms, a few per bucket spread
-   geometrically, rescaled so their mean is the exact mean prompt (from the token counter);
-   one atom at the mean when the histogram is missing or holds too few requests;
+   geometrically and weighted by a density that is log-linear across buckets, rescaled so
+   their mean is the exact mean prompt (from the token counter); one atom at the mean when
+   the histogram is missing or holds too few requests;
 2. **capacity** (:func:`token_capacity`): each atom's prefill seconds at the replica's
    *effective speed* (the model's, times the measured correction); their mean and squared CV
    (the queue's service time), the atoms whose prefill alone fits in the SLO (what the SLO
@@ -25,6 +26,7 @@ metrics say about the requests into a :class:`~kubeplex.autoscaler.queueing.Repl
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -42,8 +44,12 @@ __all__ = [
     "token_capacity",
 ]
 
-#: Atoms per histogram bucket: spread geometrically inside it (1-2-5 buckets are wide).
-ATOMS_PER_BUCKET = 3
+#: Atoms per histogram bucket, spread geometrically inside it (1-2-5 buckets are wide).
+ATOMS_PER_BUCKET = 5
+#: Lower bound taken for the first bucket (0, 1].
+FIRST_BUCKET_LOWER = 0.5
+#: Count given to an empty bucket when interpolating densities (keeps the logarithm finite).
+DENSITY_FLOOR = 0.1
 #: Fewer prompts than this in the window's histogram: use one atom at the mean instead.
 MIN_MIX_REQUESTS = 20
 #: The open top bucket (above the largest bound) is taken to end at this multiple of its lower
@@ -74,25 +80,47 @@ class CapacityEstimate:
 
 
 def prompt_mix(buckets: Buckets, mean_tokens: float) -> PromptMix:
-    """The prompt mix of a histogram increase (see the module docstring)."""
+    """The prompt mix of a histogram increase (see the module docstring).
+
+    Inside a bucket the density is log-linear, following the neighbouring buckets (a
+    power-law tail puts more of a wide bucket's prompts near its lower bound than near its
+    upper one); the open top bucket ends :data:`TOP_BUCKET_FACTOR` times above its bound.
+    """
     ordered = sorted(buckets)
     total = ordered[-1][1] if ordered and math.isinf(ordered[-1][0]) else 0.0
     if total < MIN_MIX_REQUESTS or mean_tokens <= 0:
         return PromptMix(((max(1.0, mean_tokens), 1.0),))
-    atoms: list[tuple[float, float]] = []
-    below, lower = 0.0, 0.5
+    spans: list[tuple[float, float, float]] = []  # (log lower, log upper, count)
+    below, lower = 0.0, FIRST_BUCKET_LOWER
     for upper, cumulative in ordered:
-        count = max(0.0, cumulative - below)
-        below = max(below, cumulative)
         top = lower * TOP_BUCKET_FACTOR if math.isinf(upper) else upper
-        if count > 0:
-            for k in range(ATOMS_PER_BUCKET):
-                fraction = (k + 0.5) / ATOMS_PER_BUCKET
-                atoms.append((lower * (top / lower) ** fraction, count / total / ATOMS_PER_BUCKET))
-        lower = top if math.isinf(upper) else upper
+        spans.append((math.log(lower), math.log(top), max(0.0, cumulative - below)))
+        below, lower = max(below, cumulative), top
+    centres = [(a + b) / 2 for a, b, _ in spans]
+    # log density per unit of log(tokens); empty buckets get a floor so the log exists
+    density = [math.log(max(c, DENSITY_FLOOR) / max(b - a, 1e-9)) for a, b, c in spans]
+    atoms: list[tuple[float, float]] = []
+    for _k, (a, b, count) in enumerate(spans):
+        if count <= 0:
+            continue
+        points = [a + (j + 0.5) / ATOMS_PER_BUCKET * (b - a) for j in range(ATOMS_PER_BUCKET)]
+        shape = [math.exp(_interpolate(x, centres, density)) for x in points]
+        norm = math.fsum(shape)
+        atoms += [(math.exp(x), count * w / norm / total) for x, w in zip(points, shape,
+                                                                            strict=True)]
     raw = math.fsum(n * w for n, w in atoms)
     scale = mean_tokens / raw if raw > 0 else 1.0
     return PromptMix(tuple((max(1.0, n * scale), w) for n, w in atoms))
+
+
+def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
+    """Piecewise-linear interpolation, flat beyond the ends."""
+    if x <= xs[0]:
+        return ys[0]
+    for (x0, y0), (x1, y1) in itertools.pairwise(zip(xs, ys, strict=True)):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return ys[-1]
 
 
 def token_capacity(profile: LLMProfile, mix: PromptMix, output_tokens: float, slo_s: float,

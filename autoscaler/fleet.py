@@ -6,7 +6,8 @@ Each replica behaves like one vLLM engine as the latency model
 * requests routed to it wait in its queue until a slot (``max_num_seqs``) and KV cache room
   for the whole request (prompt + output tokens) are free, then join the prefill queue;
 * prefills run one at a time and take priority over decoding (vLLM's scheduler order); the
-  first token, hence the TTFT, comes at the end of the prefill;
+  first token, hence the TTFT, comes at the end of the prefill; a request's prefill time
+  (``vllm:request_prefill_time_seconds``, counted when it finishes) is its own prefill;
 * decoding advances every running sequence one token per step; a step with ``b`` sequences
   takes ``decode_step_seconds(b, mean context)``; a sequence finishes after its output tokens.
 
@@ -19,8 +20,9 @@ start) before creating a cold replica (ready after the cold start); scale-down c
 replicas first, then drains the least loaded ready ones (no new requests; released when empty).
 Every replica and standby holds ``gpus`` GPUs from creation to release: that is the GPU-hours.
 
-Each tick the fleet is scraped like a Prometheus recording rule summing the engines (one
-series that never resets), and the policy is asked for a target.
+Each tick every ready engine is scraped, one series set per engine as Prometheus would hold
+them (its counters start when it does and vanish with it), and the policy is asked for a
+target.
 
 ``FleetConfig.speed`` runs every replica at that multiple of its latency profile's speed
 (0.7: every prefill and decode step takes 1 / 0.7 as long). The policy is not told: its
@@ -45,6 +47,8 @@ from kubeplex.autoscaler.signals import (
     COMPLETIONS,
     GENERATION_TOKENS,
     KV_USAGE,
+    PREFILL_TIME_COUNT,
+    PREFILL_TIME_SUM,
     PROMPT_HISTOGRAM,
     PROMPT_TOKENS,
     RUNNING,
@@ -60,8 +64,8 @@ from kubeplex.placement.llm import LLMProfile
 
 __all__ = ["FleetConfig", "Policy", "SimResult", "Timeline", "simulate"]
 
-#: The single series name the simulated recording rule exposes.
-FLEET_INSTANCE = "fleet"
+#: Engines are scraped as instances named this plus the replica's number.
+ENGINE_PREFIX = "engine-"
 #: After the last arrival, the simulation runs until every request finished, at most this long.
 DRAIN_LIMIT_S = 3600.0
 
@@ -133,8 +137,10 @@ class SimResult:
 class _Replica:
     """One engine: its queue, prefill server and decode batch."""
 
-    __slots__ = ("decode_heap", "decode_rate_t", "draining", "gen", "ident", "kv_used",
-                 "prefill_busy", "prefill_queue", "ready_at", "started", "v", "waiting", "warm")
+    __slots__ = ("completions", "decode_heap", "decode_rate_t", "draining", "gen", "generated",
+                 "ident", "kv_used", "prefill_busy", "prefill_queue", "prefill_seconds",
+                 "prompt_buckets", "prompt_tokens", "ready_at", "started", "ttft_buckets", "v",
+                 "waiting", "warm")
 
     def __init__(self, ident: int, started: float, ready_at: float, warm: bool) -> None:
         self.ident = ident
@@ -150,6 +156,13 @@ class _Replica:
         self.decode_rate_t = 0.0  # time ``v`` was last advanced
         self.kv_used = 0
         self.gen = 0  # bumps whenever a scheduled decode event goes stale
+        # this engine's cumulative metrics (vLLM's counters and histograms)
+        self.completions = 0.0
+        self.prefill_seconds = 0.0
+        self.prompt_tokens = 0.0
+        self.generated = 0.0
+        self.ttft_buckets = [0.0] * (len(TTFT_BUCKETS) + 1)
+        self.prompt_buckets: list[float] = []
 
     @property
     def admitted(self) -> int:
@@ -176,6 +189,7 @@ class _Fleet:
         self.prefill_cache: dict[int, float] = {}
         n = len(trace)
         self.ttft = np.full(n, math.inf)
+        self.prefill_time = np.zeros(n)  # each request's own prefill duration
         self.replicas: dict[int, _Replica] = {}
         self.standbys: list[float] = []  # ready_at of each warm standby (warming or available)
         self.held: deque[int] = deque()
@@ -186,13 +200,7 @@ class _Fleet:
         self.gpu_clock = 0.0
         self.scale_events = 0
         self.max_replicas = 0
-        # cumulative metrics of the recording rule
-        self.completions = 0.0
-        self.prompt_tokens = 0.0
-        self.generated = 0.0
-        self.buckets = [0.0] * (len(TTFT_BUCKETS) + 1)
         self.prompt_bounds = prompt_token_buckets(profile.model.max_model_len)
-        self.prompt_buckets = [0.0] * (len(self.prompt_bounds) + 1)
         self.scrapes: deque[Scrape] = deque()
         self.done = 0
         self.tick_ttfts: list[float] = []
@@ -248,7 +256,9 @@ class _Fleet:
         self.advance(r, now)
         r.prefill_busy = True
         req = r.prefill_queue[0]
-        self.push(now + self.prefill_s(int(self.trace.prompt_tokens[req])), PREFILL, r.ident)
+        seconds = self.prefill_s(int(self.trace.prompt_tokens[req]))
+        self.prefill_time[req] = seconds
+        self.push(now + seconds, PREFILL, r.ident)
         self.schedule_decode(r)
 
     def end_prefill(self, r: _Replica, now: float) -> None:
@@ -258,8 +268,8 @@ class _Fleet:
         ttft = now - float(self.trace.arrival_s[req])
         self.ttft[req] = ttft
         self.tick_ttfts.append(ttft)
-        self.buckets[bisect_left(TTFT_BUCKETS, ttft)] += 1
-        self.prompt_tokens += float(self.trace.prompt_tokens[req])
+        r.ttft_buckets[bisect_left(TTFT_BUCKETS, ttft)] += 1
+        r.prompt_tokens += float(self.trace.prompt_tokens[req])
         heapq.heappush(r.decode_heap, (r.v + float(self.trace.output_tokens[req] - 1), req))
         if r.prefill_queue:
             self.start_prefill(r, now)
@@ -270,11 +280,12 @@ class _Fleet:
         self.advance(r, now)
         while r.decode_heap and r.decode_heap[0][0] <= r.v + 1e-9:
             _, req = heapq.heappop(r.decode_heap)
-            self.completions += 1
+            r.completions += 1
+            r.prefill_seconds += float(self.prefill_time[req])
             self.done += 1
-            self.generated += float(self.trace.output_tokens[req])
+            r.generated += float(self.trace.output_tokens[req])
             prompt = float(self.trace.prompt_tokens[req])
-            self.prompt_buckets[bisect_left(self.prompt_bounds, prompt)] += 1
+            r.prompt_buckets[bisect_left(self.prompt_bounds, prompt)] += 1
             r.kv_used -= int(self.trace.prompt_tokens[req] + self.trace.output_tokens[req])
         self.admit(r, now)
         self.schedule_decode(r)
@@ -332,6 +343,7 @@ class _Fleet:
 
     def add_replica(self, now: float, ready_at: float, warm: bool) -> None:
         r = _Replica(self.next_id, now, ready_at, warm)
+        r.prompt_buckets = [0.0] * (len(self.prompt_bounds) + 1)
         self.next_id += 1
         self.replicas[r.ident] = r
         self.push(ready_at, READY, r.ident)
@@ -339,22 +351,23 @@ class _Fleet:
     # ---- observation -----------------------------------------------------------------------
     def scrape(self, now: float) -> Scrape:
         engines = [r for r in self.replicas.values() if r.ready_at <= now]
-        waiting = float(sum(len(r.waiting) for r in engines))
-        running = float(sum(r.admitted for r in engines))
-        kv = [r.kv_used / self.kv_capacity for r in engines] or [0.0]
-        ttft = _cumulative(TTFT_BUCKETS, self.buckets)
-        prompts = _cumulative(self.prompt_bounds, self.prompt_buckets)
+        names = [f"{ENGINE_PREFIX}{r.ident}" for r in engines]
         values: dict[str, dict[str, float]] = {
-            COMPLETIONS: {FLEET_INSTANCE: self.completions},
-            PROMPT_TOKENS: {FLEET_INSTANCE: self.prompt_tokens},
-            GENERATION_TOKENS: {FLEET_INSTANCE: self.generated},
+            COMPLETIONS: {n: r.completions for n, r in zip(names, engines, strict=True)},
+            PROMPT_TOKENS: {n: r.prompt_tokens for n, r in zip(names, engines, strict=True)},
+            GENERATION_TOKENS: {n: r.generated for n, r in zip(names, engines, strict=True)},
+            WAITING: {n: float(len(r.waiting)) for n, r in zip(names, engines, strict=True)},
+            RUNNING: {n: float(r.admitted) for n, r in zip(names, engines, strict=True)},
+            KV_USAGE: {n: r.kv_used / self.kv_capacity
+                       for n, r in zip(names, engines, strict=True)},
+            PREFILL_TIME_SUM: {n: r.prefill_seconds for n, r in zip(names, engines, strict=True)},
+            PREFILL_TIME_COUNT: {n: r.completions for n, r in zip(names, engines, strict=True)},
         }
-        if engines:
-            values[WAITING] = {FLEET_INSTANCE: waiting}
-            values[RUNNING] = {FLEET_INSTANCE: running}
-            values[KV_USAGE] = {FLEET_INSTANCE: sum(kv) / len(kv)}
-        return Scrape(now, values, {TTFT: {FLEET_INSTANCE: ttft},
-                                    PROMPT_HISTOGRAM: {FLEET_INSTANCE: prompts}})
+        ttft = {n: _cumulative(TTFT_BUCKETS, r.ttft_buckets)
+                for n, r in zip(names, engines, strict=True)}
+        prompts = {n: _cumulative(self.prompt_bounds, r.prompt_buckets)
+                   for n, r in zip(names, engines, strict=True)}
+        return Scrape(now, values, {TTFT: ttft, PROMPT_HISTOGRAM: prompts})
 
     def observed(self, now: float) -> Observed:
         active = self.active()

@@ -1,25 +1,30 @@
-"""Burst memory: what the demand did over the last minutes, to decide what to keep.
+"""Burst memory: what the demand did over the last half hour, to decide what to keep.
 
-Real traffic comes in bursts shorter than a cold start, separated by idle gaps. Scaling up
-when a burst arrives is too late for that burst; what a policy can do is *remember*: keep the
-capacity the last bursts needed while they keep coming, and release it when they stop. This
-module keeps that memory, a compact record of the demand target (the replicas the SLO and
-the burst rules asked for; never the backlog rule, whose spikes drain a queue that already
-formed) in :data:`BUCKET_S` buckets, each with its highest target, over the last
-``horizon_s`` seconds, and answers two questions:
+Real traffic comes in bursts, often shorter than a cold start, separated by idle gaps.
+Scaling up when a burst arrives is too late for that burst; what a policy can do is
+*remember*. The memory is a compact record, in :data:`BUCKET_S` buckets over the last
+``horizon_s`` seconds, of the highest demand (the replicas the SLO and burst rules asked for;
+never the backlog rule, whose spikes drain a queue that already formed), the highest
+short-window demand (what bursts needed), and the requests that arrived. It answers:
 
-* **hold** (:func:`held_level`): scale-down may go no lower than the highest level the demand
-  reached in **at least two separate episodes** within the hold horizon (a recurring burst;
-  the policy's stabilization already keeps any peak of the last scale-down delay). Episodes are separate when the demand fell to at most
-  :data:`EPISODE_DROP` of the level in between, so the noise of one long plateau is one
-  episode, not many. The memory horizon weighs an idle gap against the cold
-  start a release would cost: a burst that recurs within ``hold_gap_cold_starts`` cold starts
-  is cheaper to keep than to miss while a replica cold-starts for it, so its level is held
-  through the gaps; bursts further apart are served from zero (or from warm standbys).
-* **standbys** (:func:`burst_standbys`): warm standbys sized from burst statistics: the level
-  that recurred over the whole memory (longer than the hold), beyond the replicas the target
-  already holds: bursts that come back, but too far apart to keep replicas for the gap, are
-  met in a warm start instead of a cold one.
+* **hold** (:func:`held_level`): a release weighs the idle gap against what the next burst
+  would cost: a replica released now makes that burst wait a cold start for it, and the
+  requests of a burst shorter than a cold start then miss the SLO altogether. So the policy
+  keeps the highest level the demand reached in **at least two separate bursts** within the
+  memory (:func:`recurring`), if the requests that needed that level are more than the
+  SLO's miss budget can absorb (:data:`BUDGET_SHARE` of ``1 - percentile`` of the
+  requests in memory). Bursts that carry fewer requests are let go (missing them stays
+  within the budget and holding them would cost GPUs for nothing); one-off plateaus (a
+  single episode) are released after the scale-down delay. Two visits of a level are separate
+  episodes when the demand fell to at most :data:`EPISODE_DROP` of it in between, so the
+  ripple of one plateau is one episode.
+* **standbys** (:func:`burst_standbys`): a burst shorter than a cold start seen once (not yet
+  recurring) is covered by warm standbys: a claim takes a warm start, so its next occurrence
+  is served within seconds, and a standby can serve any model of a shared pool, unlike a
+  held replica.
+* **burst lengths** (:func:`typical_burst_s`, :func:`current_burst`): how long the bursts in
+  the memory lasted (runs of short-window demand a replica above its median), so the policy
+  can tell a burst that will be over before a new replica is ready.
 
 All pure; ``now`` comes in, the memory goes back in the autoscaler's state.
 """
@@ -27,31 +32,60 @@ All pure; ``now`` comes in, the memory goes back in the autoscaler's state.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-__all__ = ["BUCKET_S", "EPISODE_DROP", "Peaks", "burst_standbys", "held_level", "record",
-           "recurring_level"]
+__all__ = [
+    "BUCKET_S",
+    "BUDGET_SHARE",
+    "EPISODE_DROP",
+    "Bucket",
+    "Peaks",
+    "burst_standbys",
+    "current_burst",
+    "held_level",
+    "record",
+    "recurring",
+    "typical_burst_s",
+]
 
 #: Width of a memory bucket (s): fine enough to separate bursts a few seconds apart, coarse
-#: enough that 30 minutes of memory is 180 numbers.
+#: enough that 30 minutes of memory is 180 of them.
 BUCKET_S = 10.0
-
 #: Two visits of a level are separate episodes when the demand fell to at most this fraction
 #: of it in between: a burst that came back, not the ripple of one plateau.
 EPISODE_DROP = 0.5
+#: Share of the SLO's miss budget (``1 - percentile`` of the requests) that bursts the memory
+#: does not hold for may use: the other half is left to queueing tails and model error.
+BUDGET_SHARE = 0.5
 
-#: ``(bucket start, highest demand in it)``, oldest first. The caller chooses the unit; the
-#: policy records replicas at the model's speed, so a later speed correction rescales them.
-Peaks = tuple[tuple[float, float], ...]
+
+@dataclass(frozen=True)
+class Bucket:
+    """One bucket: its start, the highest demand and short-window demand in it (replicas at
+    the model's speed: a later speed correction rescales them), and the requests that came."""
+
+    start: float
+    demand: float
+    short: float
+    requests: float
 
 
-def record(peaks: Peaks, target: float, now: float, horizon_s: float) -> Peaks:
-    """``peaks`` with ``target`` folded in at ``now`` and buckets older than the horizon gone."""
+#: The memory, oldest bucket first.
+Peaks = tuple[Bucket, ...]
+
+
+def record(peaks: Peaks, demand: float, short: float, arrivals: float, now: float,
+           horizon_s: float) -> Peaks:
+    """``peaks`` with this evaluation folded in at ``now`` (``arrivals``: requests since the
+    last one) and the buckets older than the horizon gone."""
     start = math.floor(now / BUCKET_S) * BUCKET_S
-    kept = [(t, v) for t, v in peaks if t > now - horizon_s - BUCKET_S]
-    if kept and kept[-1][0] == start:
-        kept[-1] = (start, max(kept[-1][1], target))
+    kept = [b for b in peaks if b.start > now - horizon_s - BUCKET_S]
+    if kept and kept[-1].start == start:
+        last = kept[-1]
+        kept[-1] = Bucket(start, max(last.demand, demand), max(last.short, short),
+                          last.requests + arrivals)
     else:
-        kept.append((start, target))
+        kept.append(Bucket(start, demand, short, arrivals))
     return tuple(kept)
 
 
@@ -59,30 +93,92 @@ def _episodes(peaks: Peaks, level: float) -> int:
     """Visits of ``level`` separated by a drop to :data:`EPISODE_DROP` of it (or a missing
     bucket: no evaluation, no demand)."""
     runs, armed, previous = 0, True, None
-    for t, value in peaks:
-        if previous is not None and t - previous > BUCKET_S + 1e-9:
+    for bucket in peaks:
+        if previous is not None and bucket.start - previous > BUCKET_S + 1e-9:
             armed = True
-        previous = t
-        if value >= level and armed:
+        previous = bucket.start
+        if bucket.demand >= level and armed:
             runs, armed = runs + 1, False
-        elif value <= level * EPISODE_DROP:
+        elif bucket.demand <= level * EPISODE_DROP:
             armed = True
     return runs
 
 
-def recurring_level(peaks: Peaks) -> float:
-    """The highest level the demand reached in at least two separate episodes (0: none)."""
-    for level in sorted({v for _, v in peaks if v > 0}, reverse=True):
-        if _episodes(peaks, level) >= 2:
+def recurring(peaks: Peaks, level: float) -> bool:
+    """Whether the demand reached ``level`` in at least two separate episodes."""
+    return _episodes(peaks, level) >= 2
+
+
+def _share(peaks: Peaks, level: float) -> float:
+    total = math.fsum(b.requests for b in peaks)
+    if total <= 0:
+        return 0.0
+    return math.fsum(b.requests for b in peaks if b.demand >= level) / total
+
+
+def held_level(peaks: Peaks, quantile: float) -> float:
+    """The highest recurring level whose requests exceed the memory's share of the miss budget
+    (0: nothing to hold)."""
+    budget = BUDGET_SHARE * (1.0 - quantile)
+    for level in sorted({b.demand for b in peaks if b.demand > 0}, reverse=True):
+        if recurring(peaks, level) and _share(peaks, level) > budget:
             return level
     return 0.0
 
 
-def held_level(peaks: Peaks, now: float, hold_s: float) -> float:
-    """The recurring level over the last ``hold_s`` seconds of the memory."""
-    return recurring_level(tuple((t, v) for t, v in peaks if t + BUCKET_S > now - hold_s))
+def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: float) -> float:
+    """Standbys for a burst shorter than a cold start seen once whose requests exceed the
+    memory's share of the miss budget: its level beyond ``held`` (0 when none)."""
+    budget = BUDGET_SHARE * (1.0 - quantile)
+    for start, end in _runs(peaks):
+        if end - start >= cold_start_s:
+            continue
+        level = max(b.demand for b in peaks if start <= b.start < end)
+        if level > held and _share(peaks, level) > budget:
+            return level - held
+    return 0.0
 
 
-def burst_standbys(peaks: Peaks, held: float) -> float:
-    """Warm standbys: the recurring level over the whole memory beyond the ``held`` target."""
-    return max(0.0, recurring_level(peaks) - held)
+def _runs(peaks: Peaks) -> list[tuple[float, float]]:
+    """(start, end) of the runs of consecutive buckets whose short-window demand needs at
+    least one replica more than the memory's median (a burst)."""
+    if len(peaks) < 2:
+        return []
+    values = sorted(b.short for b in peaks)
+    base = values[len(values) // 2] + 1.0
+    runs: list[tuple[float, float]] = []
+    start: float | None = None
+    previous: float | None = None
+    for bucket in peaks:
+        contiguous = previous is not None and bucket.start - previous <= BUCKET_S + 1e-9
+        if bucket.short > base and start is not None and contiguous:
+            previous = bucket.start
+            continue
+        if start is not None and previous is not None:
+            runs.append((start, previous + BUCKET_S))
+            start = None
+        if bucket.short > base:
+            start = bucket.start
+        previous = bucket.start
+    if start is not None and previous is not None:
+        runs.append((start, previous + BUCKET_S))
+    return runs
+
+
+def typical_burst_s(peaks: Peaks) -> float | None:
+    """How long the finished bursts in the memory lasted at most (s); None with fewer than
+    two."""
+    runs = _runs(peaks)
+    last = peaks[-1].start + BUCKET_S if peaks else None
+    finished = [end - start for start, end in runs if end != last]
+    if len(finished) < 2:
+        return None
+    return max(finished)
+
+
+def current_burst(peaks: Peaks) -> float | None:
+    """When the burst going on now started (None: no burst now)."""
+    runs = _runs(peaks)
+    if not runs or not peaks or runs[-1][1] != peaks[-1].start + BUCKET_S:
+        return None
+    return runs[-1][0]

@@ -78,7 +78,8 @@ def oracle_targets(needs: FloatArray, cold_start_s: float) -> IntArray:
     ahead = math.ceil(cold_start_s) + 1
     padded = np.concatenate((needs, np.zeros(ahead)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, ahead)[: len(needs)]
-    return np.ceil(windows.max(axis=1) - 1e-9).astype(np.int64)
+    targets: IntArray = np.ceil(windows.max(axis=1) - 1e-9).astype(np.int64)
+    return targets
 
 
 @dataclass

@@ -9,9 +9,10 @@ Stages, in order (each a function, tested alone with a fake clock):
    share from the KV cache and ``max_num_seqs``; requests whose prefill alone exceeds the SLO
    are **infeasible**: reported, left out of the SLO's count, never a reason to add replicas.
    The model's speed is corrected by measurement (:func:`correct_speed`: the work a saturated
-   fleet completes per second) and by **feedback** (:func:`feedback`: the feasible requests'
-   measured attainment below target while the model says the fleet suffices tightens it one
-   step per stable window, and a run of met windows relaxes it: bounded, never a ratchet).
+   fleet completes per second) and by **SLO feedback** (:mod:`~kubeplex.autoscaler.feedback`:
+   the counted requests' measured attainment below target while the model says the fleet
+   suffices tightens it one step; a step that does not help is undone and blocked; met
+   periods relax it: bounded, never a ratchet).
 3. **slo** (:func:`~kubeplex.autoscaler.queueing.replicas_for_mix`): the queueing model's
    fewest replicas for the percentile at the larger of the measured rate and the forecast one
    start-up ahead.
@@ -21,20 +22,22 @@ Stages, in order (each a function, tested alone with a fake clock):
    ``target_queue_per_replica``: the fleet is saturated now.
 5. **credit** (:func:`warmup_credit`): how many replicas drain that backlog, projected to when
    new ones would be ready, with the replicas already starting counted at their ready time.
-6. **panic** (:func:`panic`): the short window's demand at ``panic_threshold`` times the
+6. **rise** (:func:`rising`): a short-window rate beyond Poisson noise above the stable one is
+   sized at once by the queueing model (the stable window would see it a minute later).
+   **panic** (:func:`panic`): the short window's demand at ``panic_threshold`` times the
    credited capacity enters panic; in panic the target never goes down; it ends one stable
    window after the last burst.
 7. **hold** (:func:`stabilize` and :mod:`~kubeplex.autoscaler.memory`): scale-up at once;
    scale-down to the highest target of the last ``scale_down_delay_s``, and never below a
    level the demand reached in two separate bursts within the burst memory
-   (``hold_gap_cold_starts`` cold starts): a gap shorter than that costs less to hold than
-   the cold start a release would make the next burst wait for.
+   (``burst_memory_s``) when their requests are more than the SLO's miss budget can lose: a
+   release would make the next such burst wait a cold start.
 8. **rate limit** (:func:`rate_limit`), **scale to zero** (:func:`scale_to_zero`), **bounds**,
    **budget** (:func:`budget_clamp`: never more replicas than the pool's free GPUs and warm
    standbys can place; the reason says so).
-9. **warm standbys** (:func:`~kubeplex.autoscaler.memory.burst_standbys`): bursts that recur
-   within the memory but further apart than the hold keeps replicas for are met from warm
-   standbys (a fixed pool when configured).
+9. **warm standbys** (:func:`~kubeplex.autoscaler.memory.burst_standbys`): a burst shorter
+   than a cold start, seen once, is covered by warm standbys until it recurs (a fixed pool
+   when configured).
 """
 
 from __future__ import annotations
@@ -50,16 +53,18 @@ from kubeplex.autoscaler.capacity import (
     token_capacity,
 )
 from kubeplex.autoscaler.errors import AutoscalerConfigError
+from kubeplex.autoscaler.feedback import FeedbackState, observe, step
 from kubeplex.autoscaler.forecast import HoltConfig, HoltState, holt_update
-from kubeplex.autoscaler.memory import Peaks, burst_standbys, held_level, record
-from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
-from kubeplex.autoscaler.signals import (
-    NoData,
-    Scrape,
-    Signals,
-    extract,
-    histogram_fraction_at,
+from kubeplex.autoscaler.memory import (
+    Peaks,
+    burst_standbys,
+    current_burst,
+    held_level,
+    record,
+    typical_burst_s,
 )
+from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
+from kubeplex.autoscaler.signals import NoData, Scrape, Signals, extract
 from kubeplex.placement.llm import LLMProfile
 
 __all__ = [
@@ -74,13 +79,15 @@ __all__ = [
     "burst_replicas",
     "correct_speed",
     "decide",
-    "feedback",
+    "futile",
     "panic",
     "profile_capacity",
     "queue_replicas",
     "rate_limit",
     "replica_capacity",
+    "rising",
     "scale_to_zero",
+    "short_window",
     "slo_replicas",
     "slo_status",
     "stabilize",
@@ -94,24 +101,24 @@ VLLM_MAX_NUM_SEQS = 256
 CORRECTION_WEIGHT = 0.5
 #: Correction and feedback together keep the model's speed within this factor.
 CORRECTION_LIMIT = 2.0
-#: A fleet counts as saturated when every scrape of the window had at least this many
-#: requests per ready replica without a first token: one in its prefill, one queued behind.
-SATURATION_PENDING = 2.0
+#: Prefill phases a window must time before their mean measures the engine's speed.
+MIN_TIMED_PREFILLS = 20
+#: A speed measurement needs a window this many mean prefills long (1/20: at most ~5% of
+#: the work in progress at the window's edges goes uncounted).
+MIN_PREFILLS_PER_WINDOW = 20.0
+#: A short-window rate this many Poisson standard deviations above the stable rate is a rise
+#: (about 2% of noise-only windows pass, one-sided).
+RISE_Z = 2.0
+#: The short window is widened until it counts this many arrivals (Poisson noise ~14%).
+MIN_SHORT_WINDOW_ARRIVALS = 50
 #: First-token observations needed before the measured attainment is trusted.
 MIN_TTFT_OBSERVATIONS = 20
-#: One feedback step scales the model's speed by this (a 10% correction per stable window).
-FEEDBACK_STEP = 0.9
-#: Stable windows in a row with the SLO met before one feedback step is undone.
-FEEDBACK_RELAX_WINDOWS = 5
 #: Queued prefill work that would hold a new request for more than this share of the SLO
 #: means the replicas are behind now (the queueing model keeps the wait well under it).
 BACKLOG_SLO_FRACTION = 0.5
 #: A backlog should clear within this many SLOs (or warm starts): long enough not to buy a
 #: replica per queued request, short enough that new arrivals soon meet the SLO again.
 BACKLOG_DRAIN_FACTOR = 10.0
-#: The burst memory reaches this many times the hold: bursts recurring within it, but too far
-#: apart to hold replicas through the gap, are met from warm standbys.
-STANDBY_MEMORY_FACTOR = 2.0
 #: Knative's defaults: max scale-up rate 1000x, max scale-down rate 2x per evaluation.
 KNATIVE_MAX_SCALE_UP_RATE = 1000.0
 KNATIVE_MAX_SCALE_DOWN_RATE = 2.0
@@ -200,11 +207,10 @@ class AutoscalerConfig:
     #: (0: for the forecast; bursts are the burst memory's job, which sizes them from what
     #: they needed instead of from the forecast's noise).
     headroom_z: float = 0.0
-    #: Burst memory, in cold starts: a level the demand reached in two bursts within this
-    #: many cold starts is held through the gap (holding a replica for a gap of g seconds
-    #: costs g; releasing it makes the next burst wait a cold start for it and pays that cold
-    #: start again; five cold starts favour the SLO, the first goal). 0: plain stabilization.
-    hold_gap_cold_starts: float = 5.0
+    #: How far back the burst memory reaches (s): bursts that recurred within it are held
+    #: (:mod:`~kubeplex.autoscaler.memory`); half an hour sees a pattern of bursts a few
+    #: minutes apart come back several times. 0: plain stabilization.
+    burst_memory_s: float = 1800.0
 
     def __post_init__(self) -> None:
         positive = {"slo_ttft_s": self.slo_ttft_s, "stable_window_s": self.stable_window_s,
@@ -235,9 +241,9 @@ class AutoscalerConfig:
                 f"gpus_per_replica must be >= 1, got {self.gpus_per_replica}")
         if self.warm_pool is not None and self.warm_pool < 0:
             raise AutoscalerConfigError(f"warm_pool must be >= 0, got {self.warm_pool}")
-        if self.hold_gap_cold_starts < 0:
+        if self.burst_memory_s < 0:
             raise AutoscalerConfigError(
-                f"hold_gap_cold_starts must be >= 0, got {self.hold_gap_cold_starts}")
+                f"burst_memory_s must be >= 0, got {self.burst_memory_s}")
         if self.prewarm < 0 or not self.target_queue_per_replica > 0:
             raise AutoscalerConfigError(
                 f"prewarm must be >= 0 and target_queue_per_replica > 0, got "
@@ -250,15 +256,6 @@ class AutoscalerConfig:
     def quantile(self) -> float:
         return self.percentile / 100.0
 
-    @property
-    def hold_s(self) -> float:
-        """How far back a recurring burst holds replicas (s)."""
-        return max(self.scale_down_delay_s, self.hold_gap_cold_starts * self.cold_start_s)
-
-    @property
-    def memory_s(self) -> float:
-        """How far back the burst memory reaches (s): twice the hold, for the standbys."""
-        return STANDBY_MEMORY_FACTOR * self.hold_s
 
 
 @dataclass(frozen=True)
@@ -278,11 +275,8 @@ class AutoscalerState:
     #: The ready count and since when it has not changed (measurements need a steady fleet).
     ready: int = 0
     ready_since: float | None = None
-    #: The feedback factor on the model's speed (<= 1), when it last moved, and how many
-    #: stable windows in a row have met the SLO since.
-    feedback: float = 1.0
-    feedback_at: float | None = None
-    met_windows: int = 0
+    #: The SLO feedback on the model's speed (:mod:`~kubeplex.autoscaler.feedback`).
+    slo_feedback: FeedbackState = field(default_factory=FeedbackState)
     #: Burst memory (:mod:`~kubeplex.autoscaler.memory`).
     peaks: Peaks = ()
 
@@ -336,10 +330,11 @@ def profile_capacity(profile: LLMProfile, prompt_tokens: float, output_tokens: f
     return ReplicaCapacity(prefill_s=prefill, work_s=work, source="profile"), latency
 
 
-def replica_capacity(signals: Signals | None, config: AutoscalerConfig,
-                     speed: float = 1.0) -> CapacityEstimate:
+def replica_capacity(signals: Signals | None, config: AutoscalerConfig, speed: float = 1.0,
+                     shape: Signals | None = None) -> CapacityEstimate:
     """One replica's token-aware capacity at ``speed`` times the model, for the window's
-    prompt mix and output length (the declared sizes before any were measured)."""
+    prompt mix and output length (the declared sizes before any were measured). ``shape``:
+    take the mix's shape from this (longer) window's histogram, at ``signals``' mean."""
     if config.profile is None:
         if config.prefill_s_hint is None or config.work_s_hint is None:
             raise AutoscalerConfigError("give a latency profile or both capacity hints")
@@ -348,56 +343,40 @@ def replica_capacity(signals: Signals | None, config: AutoscalerConfig,
         return CapacityEstimate(hint, hint.work_s * config.max_num_seqs, 0.0)
     prompt = (signals.mean_prompt_tokens if signals else None) or config.mean_prompt_tokens
     output = (signals.mean_output_tokens if signals else None) or config.mean_output_tokens
-    mix = prompt_mix(signals.prompt_buckets if signals else (), prompt)
+    source = shape or signals
+    mix = prompt_mix(source.prompt_buckets if source else (), prompt)
     return token_capacity(config.profile, mix, output, config.slo_ttft_s, config.max_num_seqs,
                           speed, "profile" if speed == 1.0 else "measured")
 
 
 def correct_speed(signals: Signals, config: AutoscalerConfig, ready: int, correction: float,
-                  steady: bool) -> float:
-    """The speed correction after this window: moves toward the measured speed
-    (:func:`~kubeplex.autoscaler.capacity.measured_speed`, EWMA, within
-    :data:`CORRECTION_LIMIT`) when every scrape showed a saturated fleet and the ready count
-    held steady; unchanged otherwise."""
-    pending = signals.min_pending
-    saturated = signals.saturated or (pending is not None and ready > 0
-                                      and pending >= SATURATION_PENDING * ready)
-    if not (saturated and steady and ready > 0):
-        return correction
-    measured = measured_speed(signals, ready, replica_capacity(signals, config).capacity)
+                  steady: bool, shape: Signals | None = None) -> float:
+    """The speed correction after this window (EWMA toward the measurement, within
+    :data:`CORRECTION_LIMIT`; unchanged when there is nothing to measure).
+
+    * **prefill times**: with at least :data:`MIN_TIMED_PREFILLS` prefill phases timed in the
+      window (``vllm:request_prefill_time_seconds``), the model's mean prefill for the window's
+      prompt mix over the measured mean. vLLM's phase includes the decode steps batched with
+      a chunked prefill, so under load this errs toward a slower engine (more capacity).
+    * **saturated work**, where the engine does not time prefills: when every engine was busy
+      in every scrape (:attr:`~kubeplex.autoscaler.signals.Signals.engines_saturated`), the
+      ready count held steady and the window spans :data:`MIN_PREFILLS_PER_WINDOW` mean
+      prefills (work is counted when a prefill ends), the model-seconds of work done per
+      second (:func:`~kubeplex.autoscaler.capacity.measured_speed`).
+
+    ``shape``: the window whose prompt mix to use (a longer one when this one is short).
+    """
+    model = replica_capacity(signals, config, shape=shape).capacity
+    measured: float | None = None
+    if signals.prefill_time_s and signals.prefills_timed >= MIN_TIMED_PREFILLS:
+        measured = model.prefill_s / signals.prefill_time_s
+    elif (signals.engines_saturated and steady and ready > 0
+          and signals.window_s >= MIN_PREFILLS_PER_WINDOW * model.prefill_s):
+        measured = measured_speed(signals, ready, model)
     if measured is None:
         return correction
     clamped = min(CORRECTION_LIMIT, max(1 / CORRECTION_LIMIT, measured))
     return (1 - CORRECTION_WEIGHT) * correction + CORRECTION_WEIGHT * clamped
-
-
-def feedback(signals: Signals, infeasible: float, config: AutoscalerConfig,
-             state: AutoscalerState, now: float, model_suffices: bool) -> AutoscalerState:
-    """The measured SLO, fed back into the model's speed (at most one step a stable window).
-
-    The window's attainment among the requests the SLO can count (the TTFT histogram's share
-    at or below the SLO over ``1 - infeasible``) below the percentile while the model said the
-    ready replicas suffice (``model_suffices``: steady, nothing starting, the SLO stage wanted
-    no more): one :data:`FEEDBACK_STEP` slower. :data:`FEEDBACK_RELAX_WINDOWS` met windows in
-    a row: one step back. Bounded by :data:`CORRECTION_LIMIT` together with the correction.
-    """
-    if state.feedback_at is not None and now - state.feedback_at < config.stable_window_s:
-        return state
-    attained = histogram_fraction_at(config.slo_ttft_s, signals.ttft_buckets)
-    if attained is None or signals.ttft_count < MIN_TTFT_OBSERVATIONS:
-        return state
-    counted = min(1.0, attained / max(1e-9, 1.0 - infeasible))
-    floor = 1 / CORRECTION_LIMIT / max(state.capacity_correction, 1e-9)
-    if counted < config.quantile:
-        if not model_suffices:
-            return state
-        return replace(state, feedback=max(min(1.0, floor), state.feedback * FEEDBACK_STEP),
-                       feedback_at=now, met_windows=0)
-    met = state.met_windows + 1
-    if met >= FEEDBACK_RELAX_WINDOWS and state.feedback < 1.0:
-        return replace(state, feedback=min(1.0, state.feedback / FEEDBACK_STEP),
-                       feedback_at=now, met_windows=0)
-    return replace(state, feedback_at=now, met_windows=met)
 
 
 # ---- stage 3: SLO (queueing model) ---------------------------------------------------------
@@ -421,12 +400,38 @@ def _mix_replicas(rate: float, capacity: ReplicaCapacity, config: AutoscalerConf
                             config.max_utilization, cv2)
 
 
+def futile(peaks: Peaks, now: float, config: AutoscalerConfig, warm_available: int) -> str:
+    """Why a reactive scale-up would come too late ("" when it would not): every burst in the
+    memory ended before a cold start (and no warm standby is free), and the one going on now
+    is not older than the longest of them. The held level serves such bursts; a replica
+    started for one would arrive after it. A burst outlasting them all is reacted to."""
+    typical = typical_burst_s(peaks)
+    started = current_burst(peaks)
+    if warm_available > 0 or typical is None or typical >= config.cold_start_s:
+        return ""
+    if started is not None and now - started > typical:
+        return ""
+    return (f"bursts here end within {typical:.0f} s, before a {config.cold_start_s:.0f} s "
+            f"cold start: no replica started for this one (the burst memory holds for them)")
+
+
+def rising(short_rate: float, stable_rate: float, short_window_s: float) -> bool:
+    """Whether the short window's rate is above the stable one by more than Poisson noise
+    (:data:`RISE_Z` standard deviations of a count over the short window at the stable rate):
+    a real rise, sized at once, not a minute later."""
+    if short_window_s <= 0:
+        return False
+    noise = math.sqrt(max(stable_rate, 1.0 / short_window_s) / short_window_s)
+    return short_rate > stable_rate + RISE_Z * noise
+
+
 def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig,
                    cv2: float) -> int:
-    """Replicas the short window's arrivals need: the queueing model at their rate, but no
-    more than clears their prefill work within the window plus one SLO (a burst shorter than
-    the window is absorbed by a queue that drains in time; the steady-state model would size
-    it as if it lasted)."""
+    """Replicas the short window's arrivals needed, as the burst memory records them: the
+    queueing model at their rate, but no more than clears their prefill work within the
+    window plus one SLO (a burst shorter than the window is absorbed by a queue that drains
+    in time; the steady-state model would size it as if it lasted, and the memory would hold
+    that through every gap). The panic stage reacts with the queueing model alone."""
     steady = _mix_replicas(burst.arrival_rate, capacity, config, cv2)
     work = burst.arrival_rate * burst.window_s * capacity.prefill_s
     fluid = math.ceil(work / ((burst.window_s + config.slo_ttft_s) * config.max_utilization))
@@ -606,6 +611,27 @@ def _hold(observed: Observed, config: AutoscalerConfig, state: AutoscalerState, 
     return Decision(target, warm, reason, state, (Stage("hold", target, note),), why)
 
 
+def short_window(scrapes: tuple[Scrape, ...], now: float,
+                 config: AutoscalerConfig) -> Signals | NoData:
+    """The short (panic) window's signals, widened (doubling, at most to the stable window)
+    until it holds :data:`MIN_SHORT_WINDOW_ARRIVALS` arrivals: a rate counted from a handful
+    of requests is noise, and sparse traffic would panic on it."""
+    window = config.panic_window_s
+    while True:
+        signals = extract(scrapes, now, window, config.percentile, config.stale_after_s)
+        if (not isinstance(signals, Signals) or window >= config.stable_window_s
+                or signals.arrival_rate * signals.window_s >= MIN_SHORT_WINDOW_ARRIVALS):
+            return signals
+        window = min(config.stable_window_s, 2 * window)
+
+
+def _arrived(scrapes: tuple[Scrape, ...], now: float, config: AutoscalerConfig) -> bool:
+    """Whether requests arrived within the (unwidened) panic window."""
+    recent = extract(scrapes, now, config.panic_window_s, config.percentile,
+                     config.stale_after_s)
+    return isinstance(recent, Signals) and recent.arrival_rate > 0
+
+
 def _pending(signals: Signals, held: int) -> float:
     waiting = signals.waiting + held
     awaiting = signals.awaiting_first_token
@@ -623,8 +649,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                      config.stale_after_s)
     if isinstance(stable, NoData):
         return _hold(observed, config, state, now, stable)
-    burst = extract(observed.scrapes, now, config.panic_window_s, config.percentile,
-                    config.stale_after_s)
+    burst = short_window(observed.scrapes, now, config)
     burst_rate = burst.arrival_rate if isinstance(burst, Signals) else stable.arrival_rate
     stages: list[Stage] = []
     current = observed.current
@@ -634,12 +659,15 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         state = replace(state, ready=observed.ready, ready_since=now)
     steady = now - (state.ready_since or now) >= config.stable_window_s
     correction = correct_speed(stable, config, observed.ready, state.capacity_correction, steady)
-    if correction == state.capacity_correction and isinstance(burst, Signals):
+    if (correction == state.capacity_correction and isinstance(burst, Signals)
+            and stable.prefill_time_s is None):
         # A burst that saturates the fleet for the short window measures its speed too.
         short_steady = now - (state.ready_since or now) >= config.panic_window_s
-        correction = correct_speed(burst, config, observed.ready, correction, short_steady)
+        correction = correct_speed(burst, config, observed.ready, correction, short_steady,
+                                   shape=stable)
     state = replace(state, capacity_correction=correction)
-    speed = max(1 / CORRECTION_LIMIT, correction * state.feedback)
+    fb = state.slo_feedback
+    speed = max(1 / CORRECTION_LIMIT, correction * fb.factor)
     estimate = replica_capacity(stable, config, speed)
     capacity = estimate.capacity
     forecast = holt_update(state.forecast, stable.arrival_rate, now, config.forecast)
@@ -649,19 +677,32 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     rate = max(stable.arrival_rate,
                forecast.forecast(start) + config.headroom_z * 1.25 * forecast.error)
     target = _mix_replicas(rate, capacity, config, cv2)
+    adjusted = "" if speed == 1.0 else (
+        f" at {speed:.2f}x the model's speed: measured {correction:.2f}"
+        f"{'' if fb.factor == 1.0 else f', SLO feedback {fb.factor:.2f}'}")
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
             f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source}"
-            f"{'' if speed == 1.0 else f' x{speed:.2f}'})")
+            f"{adjusted})")
     stages.append(Stage("slo", target, note))
     deciding = note
     quiet = not observed.starting and steady and target <= observed.ready
-    state = feedback(stable, estimate.infeasible, config, state, now, quiet)
+    fb = observe(fb, observed.scrapes, config.slo_ttft_s, estimate.infeasible, now)
+    fb = step(fb, config.quantile, quiet, 1 / CORRECTION_LIMIT / max(correction, 1e-9),
+              config.stable_window_s, now)
+    state = replace(state, slo_feedback=fb)
 
     per_replica = config.target_queue_per_replica
     queue, backlog = backlog_trigger(stable.waiting + held, _pending(stable, held),
                                      observed.ready, current, capacity, config)
-    credited = warmup_credit(queue, observed, backlog, max(rate, burst_rate), capacity, config,
-                             now)
+    # Arrivals to come: the planned rate, or the short window's during a real rise.
+    rise = isinstance(burst, Signals) and rising(burst.arrival_rate, stable.arrival_rate,
+                                                 burst.window_s)
+    coming = max(rate, burst_rate) if rise else rate
+    credited = warmup_credit(queue, observed, backlog, coming, capacity, config, now)
+    short = futile(state.peaks, now, config, observed.warm_available)
+    if short and credited > target:
+        stages.append(Stage("queue", queue, short))
+        credited = target
     stages.append(Stage("queue", queue, f"{backlog:.0f} requests of prefill backlog, "
                                         f"{stable.waiting + held:.0f} waiting / {per_replica:g}"))
     credit_note = ("" if queue <= current else
@@ -672,16 +713,21 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         deciding = f"prefill backlog of {backlog:.0f} requests: {credit_note}"
 
     demand = stages[0].replicas
+    short_demand = 0
     burst_target = target
     if isinstance(burst, Signals):
-        burst_demand = burst_replicas(burst, capacity, config, cv2)
-        demand = max(demand, burst_demand)
-        burst_queue, burst_backlog = backlog_trigger(
-            burst.waiting + held, _pending(burst, held), observed.ready, current, capacity,
-            config)
-        burst_target = max(burst_demand, warmup_credit(
-            burst_queue, observed, burst_backlog, burst.arrival_rate, capacity, config, now))
+        short_demand = burst_replicas(burst, capacity, config, cv2)
+        demand = max(demand, short_demand)
+        burst_target = _mix_replicas(burst.arrival_rate, capacity, config, cv2)
+        if rise and burst_target > target and not short:
+            target = burst_target
+            deciding = (f"rise: {burst.arrival_rate:.2f} req/s over the last "
+                        f"{burst.window_s:.0f} s (beyond noise around {stable.arrival_rate:.2f})"
+                        f" needs {burst_target}")
+        stages.append(Stage("rise", target, ""))
     before = target
+    if short:  # no cold start for a burst that ends before it: the panic stage stands down
+        burst_target = min(burst_target, target)
     target, state, in_panic = panic(burst_target, current, target, state, config, now)
     stages.append(Stage("panic", target, "in panic" if in_panic else ""))
     if in_panic and target > before:
@@ -691,15 +737,20 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     history = state.recommendations or ((now, current),)
     target, recommendations = stabilize(history, target, now, config.scale_down_delay_s)
     # The memory keeps replicas at the model's speed: a later correction rescales it.
-    peaks = record(state.peaks, demand * speed, now, config.memory_s)
-    recurring = math.ceil(held_level(peaks, now, config.hold_s) / speed - 1e-9)
+    # Requests since the previous evaluation, at the short window's rate.
+    last = state.recommendations[-1][0] if state.recommendations else None
+    arrivals = burst_rate * min(now - last, config.panic_window_s) if last is not None else 0.0
+    peaks = record(state.peaks, demand * speed, short_demand * speed, max(0.0, arrivals), now,
+                   config.burst_memory_s)
+    recurring = math.ceil(held_level(peaks, config.quantile) / speed - 1e-9)
     if target > before:
         deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "
                     f"(highest recent target {target})")
     if recurring > target:
         target = recurring
-        deciding = (f"burst memory: {recurring} replicas served bursts twice in the last "
-                    f"{config.hold_s:.0f} s; held through the gap")
+        deciding = (f"burst memory: bursts needing {recurring} replicas recurred in the last "
+                    f"{config.burst_memory_s:.0f} s with more requests than the SLO may miss; "
+                    f"held through the gap")
     stages.append(Stage("hold", target, ""))
 
     limited = rate_limit(current, target, config)
@@ -708,7 +759,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     target = limited
     stages.append(Stage("rate_limit", target, ""))
 
-    busy = stable.in_system > 0 or burst_rate > 0 or held > 0
+    busy = stable.in_system > 0 or held > 0 or _arrived(observed.scrapes, now, config)
     last_busy = now if busy else state.last_busy
     target, zero_note = scale_to_zero(target, busy, last_busy, config, now)
     stages.append(Stage("scale_to_zero", target, zero_note))
@@ -731,6 +782,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
 
     verb = "scale up" if target > current else "scale down" if target < current else "hold"
     reason = f"{verb} {current} -> {target}: {deciding}; warm {warm}"
+    if fb.note:
+        reason += f"; {fb.note}"
     if estimate.infeasible > 0:
         longest = estimate.longest_feasible
         beyond = f" (prompts over ~{longest:.0f} tokens)" if longest else ""
@@ -747,14 +800,14 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
 # ---- stage 9: warm standbys ----------------------------------------------------------------
 def warm_standbys(peaks: Peaks, desired: int, speed: float, observed: Observed,
                   config: AutoscalerConfig) -> int:
-    """Standbys: a fixed pool when configured, else the bursts that recurred within the
-    memory but further apart than the hold keeps replicas for
-    (:func:`~kubeplex.autoscaler.memory.burst_standbys`; at least ``prewarm``); within
-    ``max_replicas`` and the GPUs left once the scale-up is placed."""
+    """Standbys: a fixed pool when configured, else the level of a burst shorter than a cold
+    start seen once (:func:`~kubeplex.autoscaler.memory.burst_standbys`; at least
+    ``prewarm``); within ``max_replicas`` and the GPUs left once the scale-up is placed."""
     if config.warm_pool is not None:
         wanted = config.warm_pool
     else:
-        standbys = burst_standbys(peaks, desired * speed) / speed
+        standbys = burst_standbys(peaks, desired * speed, config.quantile,
+                                  config.cold_start_s) / speed
         wanted = max(int(config.prewarm), math.ceil(standbys - 1e-9))
     wanted = min(wanted, max(0, config.max_replicas - desired))
     if observed.free_gpus is not None:  # GPUs for standbys once the scale-up is placed

@@ -31,9 +31,12 @@ __all__ = [
     "COMPLETIONS",
     "GENERATION_TOKENS",
     "KV_USAGE",
+    "PREFILL_TIME_COUNT",
+    "PREFILL_TIME_SUM",
     "PROMPT_HISTOGRAM",
     "PROMPT_TOKENS",
     "RUNNING",
+    "SATURATED_PENDING",
     "TTFT",
     "TTFT_BUCKETS",
     "WAITING",
@@ -59,6 +62,10 @@ PROMPT_TOKENS = "vllm:prompt_tokens_total"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
 #: Histogram of prompt lengths (tokens), observed when a request finishes.
 PROMPT_HISTOGRAM = "vllm:request_prompt_tokens"
+#: The sum and count of vLLM's histogram of the time requests spent in their prefill phase
+#: (observed when a request finishes).
+PREFILL_TIME_SUM = "vllm:request_prefill_time_seconds_sum"
+PREFILL_TIME_COUNT = "vllm:request_prefill_time_seconds_count"
 #: How arrivals are derived (documentation marker): completions + growth of waiting + running.
 ARRIVAL_CONSERVED = "completions + delta(waiting + running)"
 
@@ -139,7 +146,9 @@ class Signals:
     how prefill backlog shows. ``min_pending`` is the least ``waiting + awaiting_first_token``
     over the window's scrapes (a backlog that never drained). ``ttft_buckets`` and
     ``prompt_buckets`` are the window's increases of the TTFT and prompt-length histograms
-    (empty when not exposed).
+    (empty when not exposed). ``engines_saturated``: in every scrape of the window every engine
+    had requests refused admission (waiting) or at least :data:`SATURATED_PENDING` without a
+    first token: every engine was busy throughout, so what they completed is their capacity.
     """
 
     time: float
@@ -160,6 +169,10 @@ class Signals:
     min_pending: float | None = None
     ttft_buckets: Buckets = ()
     prompt_buckets: Buckets = ()
+    engines_saturated: bool = False
+    #: Mean prefill-phase time of the requests that finished in the window (s) and how many.
+    prefill_time_s: float | None = None
+    prefills_timed: float = 0.0
 
     @property
     def in_system(self) -> float:
@@ -295,6 +308,28 @@ def _awaiting(scrape: Scrape) -> float | None:
     return min(in_system, max(0.0, in_system - decoding))
 
 
+def _engine_busy(scrape: Scrape) -> bool:
+    """Every engine of ``scrape`` has a request waiting, or SATURATED_PENDING requests with no
+    first token (its own counters: waiting + running - (first tokens - finished))."""
+    waiting, running = scrape.series(WAITING), scrape.series(RUNNING)
+    first_tokens = scrape.histograms.get(TTFT, {})
+    finished = scrape.series(COMPLETIONS)
+    if not running:
+        return False
+    for engine, busy in running.items():
+        queued = waiting.get(engine, 0.0)
+        buckets = first_tokens.get(engine)
+        started = buckets[-1][1] if buckets else None
+        done = finished.get(engine)
+        if queued > 0:
+            continue
+        if started is None or done is None:
+            return False
+        if queued + busy - max(0.0, started - done) < SATURATED_PENDING:
+            return False
+    return True
+
+
 def _arrivals(first: Scrape, last: Scrape, completions: float) -> float:
     """Conservation: arrived = completed + growth of what is in the engines."""
     start, end = _in_system(first), _in_system(last)
@@ -302,6 +337,9 @@ def _arrivals(first: Scrape, last: Scrape, completions: float) -> float:
     return max(0.0, completions + growth)
 
 
+#: An engine with this many requests without a first token is busy: one in its prefill and
+#: one queued behind it.
+SATURATED_PENDING = 2.0
 #: Aggregation levels (in scrape intervals) of the dispersion estimate: the index of
 #: dispersion of a bursty renewal process grows with the counting interval toward its cv^2.
 DISPERSION_SCALES = (1, 2, 4)
@@ -370,6 +408,7 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
                  if last.series(GENERATION_TOKENS) else None)
     pending = [None if (a := _awaiting(s)) is None else a + (s.total(WAITING) or 0.0)
                for s in window]
+    timed = counter_increase([s.series(PREFILL_TIME_COUNT) for s in window])
     return Signals(
         time=last.time,
         window_s=span,
@@ -386,6 +425,10 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
         ttft_count=ttft_count,
         arrival_cv2=_dispersion(window),
         saturated=all((s.total(WAITING) or 0.0) > 0 for s in window),
+        engines_saturated=all(_engine_busy(s) for s in window),
+        prefill_time_s=(None if timed <= 0 else
+                        counter_increase([s.series(PREFILL_TIME_SUM) for s in window]) / timed),
+        prefills_timed=timed,
         awaiting_first_token=_awaiting(last),
         min_pending=None if any(p is None for p in pending) else min(
             p for p in pending if p is not None),

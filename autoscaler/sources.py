@@ -15,8 +15,9 @@ Two ways to read one model's vLLM metrics:
   :func:`parse_query_result` turns the answer into the same :class:`Scrape`, so rates and the
   TTFT percentile are computed by the same pure code (reset handling included) either way.
 
-Instances are identified by their labels minus ``le`` and ``__name__`` (plus the scrape target
-for direct scrapes), so per-pod counters keep their own reset handling.
+Instances are identified by their labels minus ``le``, ``__name__`` and ``finished_reason``
+(plus the scrape target for direct scrapes), so per-pod counters keep their own reset handling
+and an engine's completions (summed over finished reasons) line up with its other series.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from kubeplex.autoscaler.signals import (
     COMPLETIONS,
     GENERATION_TOKENS,
     KV_USAGE,
+    PREFILL_TIME_COUNT,
+    PREFILL_TIME_SUM,
     PROMPT_HISTOGRAM,
     PROMPT_TOKENS,
     RUNNING,
@@ -59,7 +62,8 @@ __all__ = [
 #: Sample names the signals use (the TTFT and prompt-length histograms by their ``_bucket``
 #: samples).
 WANTED = frozenset({WAITING, RUNNING, KV_USAGE, COMPLETIONS, PROMPT_TOKENS,
-                    GENERATION_TOKENS, f"{TTFT}_bucket", f"{PROMPT_HISTOGRAM}_bucket"})
+                    GENERATION_TOKENS, f"{TTFT}_bucket", f"{PROMPT_HISTOGRAM}_bucket",
+                    PREFILL_TIME_SUM, PREFILL_TIME_COUNT})
 #: Histograms kept (by their base name), read from their ``_bucket`` samples.
 HISTOGRAMS = (TTFT, PROMPT_HISTOGRAM)
 #: PromQL selector of those series; ``{model}`` is filled with the served model name.
@@ -72,7 +76,10 @@ HELD_QUERY = f"sum by (namespace, modelservice) ({HELD_REQUESTS})"
 _HELD_LABELS = ("namespace", "modelservice")
 #: Seconds an HTTP read may take before the source reports itself unreachable.
 DEFAULT_TIMEOUT_S = 5.0
-_SKIP_LABELS = frozenset({"le", "__name__"})
+#: Labels left out of an instance's key: ``le`` (a bucket's bound), the sample name, and
+#: ``finished_reason``, whose series of one engine (stop, length, abort) are summed into one
+#: completions counter per engine, so it lines up with the engine's TTFT histogram.
+_SKIP_LABELS = frozenset({"le", "__name__", "finished_reason"})
 
 
 def _instance(labels: Mapping[str, str], prefix: str) -> str:
@@ -98,6 +105,9 @@ def _build(time: float, samples: Iterable[tuple[str, Mapping[str, str], float]],
                 raise MetricsSourceError(f"{name} sample without an le label")
             per_instance = buckets.setdefault(bucket_names[name], {})
             per_instance.setdefault(instance, []).append((_bound(labels["le"]), value))
+        elif name == COMPLETIONS:
+            per_engine = values.setdefault(name, {})
+            per_engine[instance] = per_engine.get(instance, 0.0) + value
         else:
             values.setdefault(name, {})[instance] = value
     histograms: dict[str, dict[str, Buckets]] = {

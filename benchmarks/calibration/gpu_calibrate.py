@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -141,12 +142,12 @@ def decode(model: Any, clock: Clock, report: dict[str, Any], out: Path, vocab: i
                 step_ids = torch.randint(0, vocab, (b, 1), device=clock.device)
                 times = []
                 for _ in range(DECODE_STEPS):
-                    seconds, result = clock.timed(lambda: model(
-                        input_ids=step_ids, past_key_values=cache, use_cache=True,
+                    seconds, result = clock.timed(functools.partial(
+                        model, input_ids=step_ids, past_key_values=cache, use_cache=True,
                         logits_to_keep=1))
                     cache = result.past_key_values
                     times.append(seconds)
-            del cache
+            cache = None
             rows.append([b, ctx + DECODE_STEPS // 2, statistics.median(times[1:])])
             print(f"decode b={b} ctx={ctx}: {rows[-1][2] * 1e3:.2f} ms", flush=True)
         save(out, report)
@@ -169,7 +170,7 @@ def kv_bytes(model: Any, clock: Clock, vocab: int, max_len: int) -> float | None
 
 def sleep_physics(model: Any, clock: Clock) -> dict[str, Any]:
     """Weights GPU -> pinned CPU (vLLM sleep level 1) and back (wake_up)."""
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     nbytes = sum(p.numel() * p.element_size() for p in params)
     alloc_s, pinned = clock.timed(lambda: [torch.empty(p.shape, dtype=p.dtype, pin_memory=True)
                                            for p in params])
@@ -186,7 +187,7 @@ def sleep_physics(model: Any, clock: Clock) -> dict[str, Any]:
     wake_s, _ = clock.timed(wake)
     offload2_s, _ = clock.timed(offload)
     wake2_s, _ = clock.timed(wake)
-    del pinned
+    pinned.clear()
     return {"weight_bytes": nbytes, "pin_alloc_s": alloc_s,
             "offload_s": min(offload_s, offload2_s), "wake_s": min(wake_s, wake2_s),
             "offload_gbps": nbytes / min(offload_s, offload2_s) / 1e9,
@@ -218,8 +219,8 @@ def cold_load(model: Any, clock: Clock, scratch: Path) -> dict[str, Any]:
         return {"skipped": f"{free / 1e9:.1f} GB free in {scratch}, need {nbytes / 1e9:.1f}"}
     path = scratch / "weights.safetensors"
     try:
-        save_s, _ = clock.timed(lambda: save_file(state, str(path)))
-        del state
+        save_s, _ = clock.timed(functools.partial(save_file, state, str(path)))
+        state.clear()
         evicted = _evict(path)
         device = clock.device if clock.device.startswith("cuda") else "cpu"
         load_s, loaded = clock.timed(lambda: load_file(str(path), device=device))

@@ -9,8 +9,11 @@ The measuring (HTTP, clocks) is here; the fitting is the pure
   fixed term absorbs);
 * **decode**: ``batch`` concurrent completions of ``context``-token prompts, once with
   ``--decode-short`` and once with ``--decode-long`` output tokens (``ignore_eos``); the
-  difference of the median completion times over the difference of tokens is one decode step
+  difference of the completion times over the difference of tokens is one decode step
   (prefill and HTTP cancel out);
+* each point is the **fastest of** ``--repeats`` runs: on a shared machine other work only
+  ever adds time, so the minimum is the closest to the engine's own (the fit error then
+  shows how much noise is left);
 * **KV capacity**: vLLM's ``vllm:cache_config_info`` (``num_gpu_blocks`` x ``block_size``),
   else estimated from ``vllm:kv_cache_usage_perc`` while the largest decode batch runs (the
   tokens it holds over the share used), else ``--kv-tokens``.
@@ -85,7 +88,7 @@ def register(cli: Commands) -> None:
                    help=f"prompt lengths of the decode runs (default {DEFAULT_CONTEXTS})")
     p.add_argument("--decode-short", type=int, default=8, help="output tokens, short run")
     p.add_argument("--decode-long", type=int, default=40, help="output tokens, long run")
-    p.add_argument("--repeats", type=int, default=3, help="repeats per point; the median "
+    p.add_argument("--repeats", type=int, default=3, help="repeats per point; the fastest "
                    "counts (default 3)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, required=True, help="the profile file to write (JSON)")
@@ -258,7 +261,7 @@ async def _measure(args: argparse.Namespace) -> tuple[list[Any], list[Any], int 
             for n in prompts:
                 for k in batches:
                     times = [max(await client.batch(k, n, 1)) for _ in range(args.repeats)]
-                    prefill.append(PrefillPoint(n, k, statistics.median(times)))
+                    prefill.append(PrefillPoint(n, k, min(times)))
                     progress.advance(bar)
             largest = max(decode_batches)
             for b in decode_batches:
@@ -277,9 +280,8 @@ async def _measure(args: argparse.Namespace) -> tuple[list[Any], list[Any], int 
 async def _decode_step(client: _Client, batch: int, context: int, args: argparse.Namespace,
                        watch_kv: bool) -> tuple[float, float | None]:
     """One decode step's seconds (long minus short runs), and the peak KV usage if watched."""
-    short = statistics.median([statistics.median(await client.batch(batch, context,
-                                                                     args.decode_short))
-                               for _ in range(args.repeats)])
+    short = min([statistics.median(await client.batch(batch, context, args.decode_short))
+                 for _ in range(args.repeats)])
     peak: list[float] = []
 
     async def poll(done: Callable[[], bool]) -> None:
@@ -295,7 +297,7 @@ async def _decode_step(client: _Client, batch: int, context: int, args: argparse
         if watch_kv:
             await poll(task.done)
         longs.append(statistics.median(await task))
-    step = (statistics.median(longs) - short) / (args.decode_long - args.decode_short)
+    step = (min(longs) - short) / (args.decode_long - args.decode_short)
     if step <= 0:
         raise CalibrateError(f"decode at batch {batch}, context {context}: the long run was "
                              f"not slower than the short one; raise --decode-long")

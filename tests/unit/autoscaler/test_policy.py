@@ -8,6 +8,7 @@ arrival variability is fixed at Poisson, so every expected count can be worked o
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 
@@ -28,7 +29,7 @@ from kubeplex.autoscaler import (
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
 from kubeplex.autoscaler.policy import (
     budget_clamp,
-    estimate_capacity,
+    correct_speed,
     panic,
     queue_replicas,
     rate_limit,
@@ -37,7 +38,17 @@ from kubeplex.autoscaler.policy import (
     warmup_credit,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity
-from kubeplex.autoscaler.signals import COMPLETIONS, RUNNING, TTFT, TTFT_BUCKETS, WAITING, Signals
+from kubeplex.autoscaler.signals import (
+    COMPLETIONS,
+    PROMPT_HISTOGRAM,
+    PROMPT_TOKENS,
+    RUNNING,
+    TTFT,
+    TTFT_BUCKETS,
+    WAITING,
+    Signals,
+    prompt_token_buckets,
+)
 
 STEP = 2.0
 CONFIG = AutoscalerConfig(
@@ -68,6 +79,8 @@ class Walk:
     decisions: list[Decision] = field(default_factory=list)
     engines: bool = True
     follow: bool = True
+    #: Prompt lengths the requests cycle through (empty: no prompt metrics, the declared mean).
+    prompts: tuple[int, ...] = ()
 
     def run(self, seconds: float, rate: float, waiting: float = 0.0, running: float | None = None,
             ttft: float = 0.1, warm_available: int = 0, free_gpus: int | None = None,
@@ -76,13 +89,21 @@ class Walk:
         while self.now < end - 1e-9:
             self.now += STEP
             self.completed += (rate - grow_waiting) * STEP  # arrivals = done + queue growth
-            self.first_tokens += rate * STEP
             waiting += grow_waiting * STEP
             busy = rate * 0.5 if running is None else running
+            # Every running request is decoding (it has its first token); waiting ones are not.
+            self.first_tokens = self.completed + busy
             if self.engines:
                 values = {COMPLETIONS: {"e": self.completed}, WAITING: {"e": waiting},
                           RUNNING: {"e": busy}}
                 hist = {TTFT: {"e": _buckets(self.first_tokens, ttft)}}
+                if self.prompts:
+                    share = self.first_tokens / len(self.prompts)
+                    values[PROMPT_TOKENS] = {"e": share * sum(self.prompts)}
+                    bounds = (*prompt_token_buckets(131072), float("inf"))
+                    done = self.completed / len(self.prompts)
+                    hist[PROMPT_HISTOGRAM] = {"e": tuple(
+                        (b, done * sum(1 for p in self.prompts if p <= b)) for b in bounds)}
                 self.scrapes.append(Scrape(self.now, values, hist))
             self.scrapes = [s for s in self.scrapes if s.time > self.now - 120]
             for s in list(self.starting):
@@ -110,6 +131,12 @@ class Walk:
 
     def targets(self) -> list[int]:
         return [d.desired_replicas for d in self.decisions]
+
+
+def _stalled(scrape: Scrape, running: float) -> Scrape:
+    """``scrape`` with ``running`` requests in the engine and no more first tokens."""
+    values = {**scrape.values, RUNNING: {"e": running}, WAITING: {"e": 0.0}}
+    return Scrape(scrape.time, values, scrape.histograms)
 
 
 def test_hold_at_steady_load() -> None:
@@ -224,15 +251,45 @@ def test_max_bound_and_alert_trigger_in_reason() -> None:
         "(alert KubeplexTTFTBurn)")
 
 
-def test_warm_standbys_follow_a_rising_forecast_or_a_fixed_pool() -> None:
-    # With a standby free, replicas only look a warm start ahead; the standbys cover what the
-    # forecast expects within one cold start.
-    walk = Walk()
-    for rate in range(20, 60, 4):
-        walk.run(10, rate=rate, warm_available=1)
+def test_a_short_burst_seen_once_gets_warm_standbys_a_fixed_pool_is_kept() -> None:
+    walk = Walk(config=replace(CONFIG, scale_down_delay_s=30))
+    walk.run(120, rate=20)
+    walk.run(8, rate=120)  # a burst shorter than the 60 s cold start
+    walk.run(90, rate=20)
     assert walk.decisions[-1].desired_warm > 0
     fixed = Walk(config=replace(CONFIG, warm_pool=2))
     assert fixed.run(30, rate=20).desired_warm == 2
+
+
+def test_recurring_bursts_are_held_through_the_gaps() -> None:
+    """Bursts every two minutes, each shorter than a cold start: after two of them the law
+    keeps what they needed through the quiet gap instead of scaling down in between."""
+    walk = Walk(config=replace(CONFIG, scale_down_delay_s=30))
+    walk.run(120, rate=10)
+    quiet_before = walk.decisions[-1].desired_replicas
+    for _ in range(3):
+        walk.run(8, rate=100)
+        walk.run(112, rate=10)
+    held = walk.decisions[-1]
+    assert held.desired_replicas > quiet_before
+    assert any("burst memory" in d.reason for d in walk.decisions)
+    once = Walk(config=replace(CONFIG, scale_down_delay_s=30))
+    once.run(120, rate=10)
+    once.run(8, rate=100)
+    once.run(112, rate=10)
+    assert once.decisions[-1].desired_replicas == quiet_before, "a one-off burst is let go"
+
+
+def test_prefill_backlog_counted_as_running_still_scales_up() -> None:
+    """vLLM counts requests queued for their prefill as running: 60 running of which only the
+    10 decoding have their first token is a backlog of 47 prefills over 3 replicas."""
+    walk = Walk()
+    walk.run(120, rate=20)
+    walk.follow = False
+    decision = decide(Observed((*tuple(walk.scrapes[:-1]), _stalled(walk.scrapes[-1], 60)),
+                               walk.ready), CONFIG, walk.state, walk.now)
+    assert decision.desired_replicas > 3
+    assert "prefill backlog" in decision.reason
 
 
 # ---- stages alone --------------------------------------------------------------------------
@@ -289,16 +346,46 @@ def test_warmup_credit_stage() -> None:
     assert alone <= 5
 
 
-def test_capacity_correction_needs_a_saturated_steady_fleet() -> None:
-    signals = Signals(time=60, window_s=60, instances=1, waiting=50, running=30,
-                      kv_usage=0.9, arrival_rate=30, completion_rate=15,
-                      prompt_token_rate=None, generation_token_rate=None, ttft_quantile=5.0,
-                      ttft_count=900, arrival_cv2=1.0, saturated=True)
-    measured, _, correction = estimate_capacity(signals, CONFIG, 3, 1.0, steady=True)
-    assert correction < 1.0 and measured.source == "hint"
-    assert measured.work_s > CAPACITY.work_s
-    unchanged, _, same = estimate_capacity(signals, CONFIG, 3, 1.0, steady=False)
-    assert same == 1.0 and unchanged == CAPACITY
+def _saturated(**changes: object) -> Signals:
+    base = Signals(time=60, window_s=60, instances=1, waiting=50, running=30, kv_usage=0.9,
+                   arrival_rate=30, completion_rate=15, prompt_token_rate=None,
+                   generation_token_rate=None, ttft_quantile=5.0, ttft_count=900,
+                   arrival_cv2=1.0, saturated=True, engines_saturated=True)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_speed_correction_from_prefill_times_or_a_saturated_steady_fleet() -> None:
+    # Prefill phases took twice the model's 50 ms: the engine runs at half speed.
+    timed = _saturated(engines_saturated=False, prefill_time_s=0.1, prefills_timed=200)
+    assert correct_speed(timed, CONFIG, 3, 1.0, steady=False) == pytest.approx(0.75)
+    # No timing: 900 first tokens (45 model-s of prefill) + 15 req/s x 50 ms of decode per
+    # second over 3 replicas = 0.5 of the model's work per second each.
+    assert correct_speed(_saturated(), CONFIG, 3, 1.0, steady=True) == pytest.approx(0.75)
+    assert correct_speed(_saturated(), CONFIG, 3, 1.0, steady=False) == 1.0
+    assert correct_speed(_saturated(engines_saturated=False), CONFIG, 3, 1.0, True) == 1.0
+    # A measurement far off is clamped to the correction limit.
+    wild = _saturated(engines_saturated=False, prefill_time_s=5.0, prefills_timed=200)
+    assert correct_speed(wild, CONFIG, 3, 1.0, steady=False) == pytest.approx(0.75)
+
+
+def test_infeasible_prompts_are_reported_and_not_scaled_for() -> None:
+    """Half the prompts take longer than the SLO to prefill on any replica: the decision says
+    so and sizes the fleet for the other half; the replica count does not run away."""
+    from kubeplex.placement.llm import profile
+
+    config = replace(CONFIG, slo_ttft_s=0.3, profile=profile("llama-3.1-8b", "A100-80GB"),
+                     prefill_s_hint=None, work_s_hint=None)
+    walk = Walk(config=config)
+    walk.prompts = (500, 20_000)
+    walk.run(300, rate=5)
+    last = walk.decisions[-1]
+    assert last.infeasible_fraction == pytest.approx(0.5, abs=0.1)
+    assert "cannot meet the SLO on any replica: reported, not scaled for" in last.reason
+    # Long prompts cost prefill work, and short ones wait behind them: the fleet is sized for
+    # that, steadily (no ratchet), within twice the throughput bound.
+    work = last.capacity.work_s if last.capacity else 0.0
+    assert len(set(walk.targets()[-60:])) == 1
+    assert max(walk.targets()[60:]) <= 2 * math.ceil(5 * work / config.max_utilization)
 
 
 @pytest.mark.parametrize(

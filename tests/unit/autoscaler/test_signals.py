@@ -144,7 +144,65 @@ def test_parse_vllm_text_keeps_one_model() -> None:
     scrape = parse_metrics_text(VLLM_TEXT, "llama", 5.0, target="pod-a")
     assert scrape.total(WAITING) == 4.0
     assert scrape.total(COMPLETIONS) == 40.0  # both finished reasons
-    assert len(scrape.series(COMPLETIONS)) == 2
+    assert len(scrape.series(COMPLETIONS)) == 1  # one engine: its reasons summed
     (buckets,) = scrape.histograms[TTFT].values()
     assert buckets == ((0.5, 20.0), (1.0, 38.0), (INF, 40.0))
     assert all(key.startswith("pod-a|") for key in scrape.series(RUNNING))
+
+
+@pytest.mark.parametrize(("bound", "expected"),
+                         [(0.1, 0.5), (0.15, 0.6), (0.3, 0.8), (1.0, 1.0), (5.0, 1.0),
+                          (0.05, 0.25)])
+def test_fraction_at_a_bound_inverts_the_quantile(bound: float, expected: float) -> None:
+    from kubeplex.autoscaler.signals import histogram_fraction_at
+
+    assert histogram_fraction_at(bound, BUCKETS) == pytest.approx(expected)
+    assert histogram_fraction_at(1.0, ((1.0, 0.0), (INF, 0.0))) is None
+
+
+def _engine_scrape(t: float, engines: dict[str, tuple[float, float, float, float]]) -> Scrape:
+    """engines: name -> (waiting, running, first tokens so far, finished so far)."""
+    values = {WAITING: {e: v[0] for e, v in engines.items()},
+              RUNNING: {e: v[1] for e, v in engines.items()},
+              COMPLETIONS: {e: v[3] for e, v in engines.items()}}
+    hist = {TTFT: {e: ((1.0, v[2]), (INF, v[2])) for e, v in engines.items()}}
+    return Scrape(t, values, hist)
+
+
+def test_prefill_backlog_shows_in_first_token_counts() -> None:
+    """vLLM counts a request queued for its prefill as running: 10 running, of which 4 have a
+    first token (10 first tokens so far, 6 finished), leaves 6 awaiting their prefill."""
+    first = _engine_scrape(0, {"a": (0, 10, 8, 4)})
+    last = _engine_scrape(10, {"a": (0, 10, 10, 6)})
+    signals = extract([first, last], 10, 60, 95, 30)
+    assert isinstance(signals, Signals)
+    assert signals.awaiting_first_token == 6
+    assert signals.min_pending == 6
+
+
+def test_every_engine_must_be_busy_for_a_saturated_window() -> None:
+    busy = {"a": (0, 5, 10, 8), "b": (2, 3, 10, 10)}  # a: 3 awaiting; b: 2 refused admission
+    idle_b = {"a": (0, 5, 10, 8), "b": (0, 3, 12, 10)}  # b: 1 awaiting only
+    both = extract([_engine_scrape(0, busy), _engine_scrape(10, busy)], 10, 60, 95, 30)
+    one = extract([_engine_scrape(0, busy), _engine_scrape(10, idle_b)], 10, 60, 95, 30)
+    assert isinstance(both, Signals) and both.engines_saturated
+    assert isinstance(one, Signals) and not one.engines_saturated
+
+
+def test_completions_of_one_engine_are_summed_over_finished_reasons() -> None:
+    text = "\n".join([
+        '# TYPE vllm:request_success_total counter',
+        'vllm:request_success_total{engine="0",finished_reason="stop",model_name="m"} 3',
+        'vllm:request_success_total{engine="0",finished_reason="length",model_name="m"} 4',
+        '# TYPE vllm:request_prompt_tokens histogram',
+        'vllm:request_prompt_tokens_bucket{engine="0",le="100.0",model_name="m"} 5',
+        'vllm:request_prompt_tokens_bucket{engine="0",le="+Inf",model_name="m"} 7',
+        'vllm:request_prompt_tokens_count{engine="0",model_name="m"} 7',
+        'vllm:request_prompt_tokens_sum{engine="0",model_name="m"} 500',
+    ])
+    scrape = parse_metrics_text(text, "m", 1.0)
+    assert scrape.series(COMPLETIONS) == {"engine=0,model_name=m": 7.0}
+    from kubeplex.autoscaler.signals import PROMPT_HISTOGRAM
+
+    assert scrape.histograms[PROMPT_HISTOGRAM]["engine=0,model_name=m"] == ((100.0, 5.0),
+                                                                            (INF, 7.0))

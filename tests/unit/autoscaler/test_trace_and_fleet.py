@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kubeplex.autoscaler import Observed, TraceError
+from kubeplex.autoscaler import AutoscalerConfigError, Observed, TraceError
 from kubeplex.autoscaler.baselines import HPAPolicy, KPAPolicy, StaticPolicy
 from kubeplex.autoscaler.evaluation import Scenario, replay
 from kubeplex.autoscaler.fleet import FleetConfig, simulate
+from kubeplex.autoscaler.oracle import oracle_needs, oracle_targets
+from kubeplex.autoscaler.signals import RUNNING
 from kubeplex.autoscaler.trace import (
     Trace,
     diurnal_rate,
@@ -192,3 +194,56 @@ def test_shared_mooncake_trace_reads() -> None:
     assert len(trace) == 12_031
     assert 3500 < trace.duration_s < 3600
     assert 11_000 < trace.prompt_tokens.mean() < 13_000
+
+
+def test_a_slower_fleet_takes_longer_and_the_policy_is_not_told() -> None:
+    trace = _steady(10, 120)
+    prof = profile("llama-3.1-8b", "H100-80GB")
+    fast = simulate(trace, StaticPolicy(2), FleetConfig(profile=prof, initial_replicas=2),
+                    slo_ttft_s=1.0, percentile=95)
+    slow = simulate(trace, StaticPolicy(2), FleetConfig(profile=prof, initial_replicas=2,
+                                                        speed=0.5),
+                    slo_ttft_s=1.0, percentile=95)
+    assert np.median(slow.ttft) == pytest.approx(2 * np.median(fast.ttft), rel=0.25)
+    with pytest.raises(AutoscalerConfigError, match="fleet speed"):
+        FleetConfig(profile=prof, speed=0.0)
+
+
+def test_every_engine_is_scraped_on_its_own() -> None:
+    seen: list[int] = []
+
+    class Watch:
+        name, interval_s = "watch", 2.0
+
+        def evaluate(self, observed: Observed, now: float) -> tuple[int, int]:
+            if observed.scrapes:
+                seen.append(len(observed.scrapes[-1].series(RUNNING)))
+            return 3, 0
+
+    fleet = FleetConfig(profile=profile("llama-3.1-8b", "H100-80GB"), initial_replicas=3)
+    simulate(_steady(5, 30), Watch(), fleet, slo_ttft_s=1.0, percentile=95)
+    assert set(seen) == {3}
+
+
+def test_the_oracle_provisions_one_cold_start_ahead_of_a_step() -> None:
+    prof = profile("llama-3.1-8b", "A100-80GB")
+    trace = generate(spike_rate(5, 6, 300, 120, 0), 600, 1.0, seed=7)
+    needs = oracle_needs(trace, prof, 1.0, 1.0, 256, 0.8)
+    assert needs[350] > 4 * needs[100]
+    targets = oracle_targets(needs, cold_start_s=60)
+    assert targets[250] >= math.ceil(needs[300])  # asked for 60 s before the step
+    assert targets[200] < targets[250]
+    scenario = Scenario(prof, 1.0, 99, cold_start_s=60, oracle_utilization=0.7)
+    oracle = replay(trace, scenario, "oracle")
+    assert oracle.attainment > 0.99
+    slower = oracle_needs(trace, prof, 0.5, 1.0, 256, 0.8)
+    assert slower[350] == pytest.approx(2 * needs[350], rel=0.05)  # it knows the true speed
+
+
+def test_replay_runs_the_fleet_slower_than_the_policy_plans() -> None:
+    trace = generate(spike_rate(10, 3, 200, 200, 30), 600, 1.0, seed=9)
+    prof = profile("llama-3.1-8b", "A100-80GB")
+    fast = replay(trace, Scenario(prof, 1.0, 99, 30, 2), "static-peak")
+    slow = replay(trace, Scenario(prof, 1.0, 99, 30, 2, fleet_speed=0.5), "static-peak")
+    assert fast.max_replicas == slow.max_replicas  # the same plan: it was not told
+    assert slow.attainment < fast.attainment

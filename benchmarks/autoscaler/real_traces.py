@@ -1,0 +1,326 @@
+"""Real-trace autoscaler benchmark: every policy, the oracle's curve, fleet speeds 1.0 and 0.7.
+
+Traces: the Mooncake production trace (``../shared/traces/``) and generated ones with
+different burst shapes (see :data:`TRACES`). For each trace and fleet speed it replays
+kubeplex, HPA, KPA, static-peak and the oracle at several utilizations (its cost/attainment
+curve) through :func:`kubeplex.autoscaler.evaluation.replay` (what ``kubeplex simulate
+autoscale`` runs; the policy plans with the analytic profile, the fleet runs it at the given
+speed, which the policy is not told). It then checks issue 14's bars per trace and speed:
+
+* kubeplex's attainment >= min(99%, the oracle's ceiling - 0.5 point);
+* kubeplex's GPU-hours <= 1.3 x the oracle's at kubeplex's attainment (the cheapest oracle
+  point at least as good, or the curve interpolated between its two neighbours);
+* no baseline both cheaper and better than kubeplex.
+
+Writes ``results/real_traces.json``, ``results/real_traces.md`` (the table) and
+``results/real_traces.png`` (GPU-hours vs attainment per trace, the oracle's curve drawn).
+Runs are cached in ``build/bench/real_traces/cache.json`` by what they depend on (trace,
+speed, policy, the law's source for kubeplex), so a re-run replays only what changed.
+
+Usage: python benchmarks/autoscaler/real_traces.py [--traces a,b] [--speeds 1.0,0.7]
+       [--policies kubeplex,hpa,...] [--jobs 2] [--no-plot]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RESULTS = HERE / "results"
+BUILD = ROOT / "build" / "bench" / "real_traces"
+MOONCAKE = ROOT.parent / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
+MODEL = "llama-3.1-8b"
+PERCENTILE = 99.0
+COLD_START_S, WARM_START_S = 60.0, 2.0
+SPEEDS = (1.0, 0.7)
+BASELINES = ("hpa", "kpa", "static-peak")
+ORACLE_UTILIZATIONS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: Issue 14's bars.
+ATTAINMENT_BAR, CEILING_MARGIN, COST_BAR = 0.99, 0.005, 1.3
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    name: str
+    what: str
+    gpu: str
+    slo_s: float
+    make: Callable[[], Any]
+
+
+def _bursts(gap_s: float, seed: int) -> Any:
+    from kubeplex.autoscaler.trace import burst_train_rate, generate
+
+    duration = 5400.0
+    rate = burst_train_rate(1.0, 20.0, 60.0, (2.0, 10.0), gap_s, duration, seed)
+    return generate(rate, duration, 1.0, seed)
+
+
+def _diurnal_bursts(seed: int) -> Any:
+    from kubeplex.autoscaler.trace import diurnal_rate, generate, with_bursts
+
+    bursts = ((900.0, 60.0, 3.0), (1700.0, 150.0, 2.0), (2300.0, 90.0, 2.5),
+              (3000.0, 120.0, 3.0))
+    return generate(with_bursts(diurnal_rate(4.0, 20.0, 3600.0), bursts), 3600.0, 2.0, seed)
+
+
+def _step(seed: int) -> Any:
+    from kubeplex.autoscaler.trace import generate, spike_rate
+
+    return generate(spike_rate(10.0, 5.0, 1200.0, 300.0, 60.0), 2400.0, 2.0, seed)
+
+
+def _on_off(seed: int) -> Any:
+    from kubeplex.autoscaler.trace import generate, square_rate
+
+    return generate(square_rate(3.0, 30.0, 600.0, 180.0), 3600.0, 1.5, seed)
+
+
+def _gamma(seed: int) -> Any:
+    from kubeplex.autoscaler.trace import generate
+
+    return generate(lambda t: np.full_like(t, 15.0), 3600.0, 4.0, seed)
+
+
+def _mooncake() -> Any:
+    from kubeplex.autoscaler.trace import read_trace
+
+    return read_trace(MOONCAKE)
+
+
+TRACES: dict[str, TraceSpec] = {s.name: s for s in (
+    TraceSpec("mooncake", "Mooncake conversation trace (Kimi production, 12,031 requests, "
+              "~12k-token prompts, 59 min)", "H100-80GB", 2.0, _mooncake),
+    TraceSpec("bursts", "bursts of 20-60 req/s lasting 2-10 s, exponential idle gaps of mean "
+              "60 s over 1 req/s, 90 min", "A100-80GB", 1.0, lambda: _bursts(60.0, 1)),
+    TraceSpec("bursts-sparse", "the same bursts, gaps of mean 240 s, 90 min", "A100-80GB", 1.0,
+              lambda: _bursts(240.0, 2)),
+    TraceSpec("diurnal-bursts", "diurnal 4 -> 20 -> 4 req/s over 60 min, cv 2, four bursts of "
+              "2-3x for 60-150 s", "A100-80GB", 1.0, lambda: _diurnal_bursts(3)),
+    TraceSpec("diurnal-bursts-0.3s", "the same at a 0.3 s SLO (the longest prompts cannot "
+              "meet it)", "A100-80GB", 0.3, lambda: _diurnal_bursts(3)),
+    TraceSpec("step", "10 req/s, a 5x step for 5 min with a 60 s ramp (as fast as a cold "
+              "start), cv 2, 40 min", "A100-80GB", 1.0, lambda: _step(4)),
+    TraceSpec("on-off", "3 req/s with 3 min at 30 req/s every 10 min, cv 1.5, 60 min",
+              "H100-80GB", 0.5, lambda: _on_off(5)),
+    TraceSpec("gamma", "15 req/s, Gamma inter-arrivals cv 4, 60 min", "A100-80GB", 1.0,
+              lambda: _gamma(6)),
+)}
+
+
+#: The control law's own modules: a change re-runs kubeplex only (the baselines and the oracle
+#: depend on the rest: the fleet, traces, queueing, placement's latency model).
+LAW_MODULES = ("policy.py", "capacity.py", "memory.py", "forecast.py")
+
+
+def _digests() -> tuple[str, str]:
+    """(digest of the simulated world, digest of the world and the law)."""
+    world, law = hashlib.sha256(), hashlib.sha256()
+    for folder in ("autoscaler", "placement"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            (law if path.name in LAW_MODULES and folder == "autoscaler" else world).update(
+                path.read_bytes())
+    law.update(world.digest())
+    return world.hexdigest()[:16], law.hexdigest()[:16]
+
+
+def _run(job: tuple[str, float, str, float]) -> dict[str, Any]:
+    from kubeplex.autoscaler.evaluation import Scenario, replay
+    from kubeplex.placement.llm import profile
+
+    name, speed, policy, utilization = job
+    spec = TRACES[name]
+    trace = spec.make()
+    scenario = Scenario(profile(MODEL, spec.gpu), spec.slo_s, PERCENTILE, COLD_START_S,
+                        WARM_START_S, None, None, speed, utilization)
+    start = time.monotonic()
+    result = replay(trace, scenario, policy)
+    return {"trace": name, "speed": speed, "policy": policy, "utilization": utilization,
+            "attainment": result.attainment, "gpu_hours": result.gpu_hours,
+            "max_replicas": result.max_replicas, "scale_events": result.scale_events,
+            "requests": result.requests, "seconds": round(time.monotonic() - start, 1)}
+
+
+def _key(job: tuple[str, float, str, float], digests: tuple[str, str]) -> str:
+    name, speed, policy, utilization = job
+    version = digests[1] if policy == "kubeplex" else digests[0]
+    return f"{name}|{speed}|{policy}|{utilization}|{version}"
+
+
+def oracle_cost_at(points: list[dict[str, Any]], attainment: float) -> float | None:
+    """The oracle's GPU-hours at ``attainment``: interpolated on its curve (points sorted by
+    cost), the cheapest point reaching it when it lies beyond; None if no point reaches it."""
+    curve = sorted(points, key=lambda p: p["gpu_hours"])
+    best = max(p["attainment"] for p in curve)
+    if attainment > best:
+        return None
+    previous = None
+    for p in curve:
+        if p["attainment"] >= attainment:
+            if previous is None or previous["attainment"] >= p["attainment"]:
+                return float(p["gpu_hours"])
+            span = p["attainment"] - previous["attainment"]
+            share = (attainment - previous["attainment"]) / span
+            return float(previous["gpu_hours"] + share * (p["gpu_hours"] - previous["gpu_hours"]))
+        if previous is None or p["attainment"] > previous["attainment"]:
+            previous = p
+    return None
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    oracle = [r for r in rows if r["policy"] == "oracle"]
+    mine = next(r for r in rows if r["policy"] == "kubeplex")
+    ceiling = max(r["attainment"] for r in oracle)
+    needed = min(ATTAINMENT_BAR, ceiling - CEILING_MARGIN)
+    at = oracle_cost_at(oracle, mine["attainment"])
+    dominated = [r["policy"] for r in rows if r["policy"] in BASELINES
+                 and r["gpu_hours"] < mine["gpu_hours"] and r["attainment"] > mine["attainment"]]
+    ratio = None if at is None else mine["gpu_hours"] / at
+    return {"ceiling": ceiling, "needed": needed, "attainment_ok": mine["attainment"] >= needed,
+            "oracle_cost": at, "cost_ratio": ratio,
+            "cost_ok": ratio is None or ratio <= COST_BAR, "dominated_by": dominated}
+
+
+def _table(report: dict[str, Any]) -> str:
+    lines = ["| trace | speed | kubeplex | hpa | kpa | static-peak | oracle ceiling | bar | "
+             "oracle GPU-h at kubeplex's attainment | cost ratio | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in report["results"]:
+        rows = {r["policy"]: r for r in entry["runs"] if r["policy"] != "oracle"}
+        v = entry["verdict"]
+
+        def cell(policy: str, rows: dict[str, Any] = rows) -> str:
+            r = rows.get(policy)
+            return "-" if r is None else f"{r['attainment']:.2%} / {r['gpu_hours']:.2f}"
+
+        ok = v["attainment_ok"] and v["cost_ok"] and not v["dominated_by"]
+        why = [] if ok else [w for w, bad in (
+            ("attainment", not v["attainment_ok"]), ("cost", not v["cost_ok"]),
+            (f"dominated by {', '.join(v['dominated_by'])}", bool(v["dominated_by"]))) if bad]
+        ratio = "-" if v["cost_ratio"] is None else f"{v['cost_ratio']:.2f}x"
+        at = "-" if v["oracle_cost"] is None else f"{v['oracle_cost']:.2f}"
+        lines.append(f"| {entry['trace']} | {entry['speed']:g} | **{cell('kubeplex')}** | "
+                     f"{cell('hpa')} | {cell('kpa')} | {cell('static-peak')} | "
+                     f"{v['ceiling']:.2%} | {v['needed']:.2%} | {at} | {ratio} | "
+                     f"{'pass' if ok else 'FAIL: ' + '; '.join(why)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(e["trace"] for e in report["results"]))
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    markers = {"kubeplex": "*", "hpa": "s", "kpa": "^", "static-peak": "D"}
+    colors = {1.0: "tab:blue", 0.7: "tab:red"}
+    for ax, name in zip(axes.flat, names, strict=False):
+        for entry in (e for e in report["results"] if e["trace"] == name):
+            color = colors.get(entry["speed"], "tab:gray")
+            curve = sorted((r for r in entry["runs"] if r["policy"] == "oracle"),
+                           key=lambda r: r["gpu_hours"])
+            ax.plot([r["gpu_hours"] for r in curve], [100 * r["attainment"] for r in curve],
+                    "-o", color=color, ms=3, lw=1, alpha=0.6,
+                    label=f"oracle, speed {entry['speed']:g}")
+            for r in entry["runs"]:
+                if r["policy"] in markers:
+                    ax.scatter(r["gpu_hours"], 100 * r["attainment"], color=color,
+                               marker=markers[r["policy"]], s=90 if r["policy"] == "kubeplex"
+                               else 30, zorder=3,
+                               label=f"{r['policy']}, {entry['speed']:g}")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("GPU-hours")
+        ax.set_ylabel("attainment (%)")
+        ax.set_ylim(max(50, ax.get_ylim()[0]), 100.5)
+        ax.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--traces", default=",".join(TRACES))
+    parser.add_argument("--speeds", default=",".join(f"{s:g}" for s in SPEEDS))
+    parser.add_argument("--policies", default="kubeplex," + ",".join(BASELINES) + ",oracle")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args()
+    names = [n for n in args.traces.split(",") if n]
+    unknown = [n for n in names if n not in TRACES]
+    if unknown:
+        parser.error(f"unknown traces {unknown}; known: {', '.join(TRACES)}")
+    if "mooncake" in names and not MOONCAKE.exists():
+        parser.error(f"the Mooncake trace is not at {MOONCAKE}")
+    speeds = [float(s) for s in args.speeds.split(",")]
+    policies = [p for p in args.policies.split(",") if p]
+    jobs: list[tuple[str, float, str, float]] = []
+    for name in names:
+        for speed in speeds:
+            for policy in policies:
+                for u in (ORACLE_UTILIZATIONS if policy == "oracle" else (1.0,)):
+                    jobs.append((name, speed, policy, u))
+    BUILD.mkdir(parents=True, exist_ok=True)
+    cache_path = BUILD / "cache.json"
+    cache: dict[str, dict[str, Any]] = (json.loads(cache_path.read_text())
+                                        if cache_path.exists() else {})
+    law = _digests()
+    todo = [j for j in jobs if _key(j, law) not in cache]
+    print(f"{len(jobs)} runs, {len(todo)} to replay", file=sys.stderr, flush=True)
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for done, (job, row) in enumerate(zip(todo, pool.map(_run, todo), strict=True), 1):
+            cache[_key(job, law)] = row
+            cache_path.write_text(json.dumps(cache))
+            print(f"[{done}/{len(todo)}] {row['trace']} x{row['speed']:g} {row['policy']}"
+                  f"{'' if row['policy'] != 'oracle' else ' u=' + str(row['utilization'])}: "
+                  f"{row['attainment']:.2%}, {row['gpu_hours']:.2f} GPU-h ({row['seconds']} s)",
+                  file=sys.stderr, flush=True)
+    report: dict[str, Any] = {
+        "model": MODEL, "percentile": PERCENTILE, "cold_start_s": COLD_START_S,
+        "warm_start_s": WARM_START_S, "command": "python benchmarks/autoscaler/real_traces.py",
+        "traces": {n: {"what": TRACES[n].what, "gpu": TRACES[n].gpu,
+                       "slo_ttft_s": TRACES[n].slo_s} for n in names},
+        "results": []}
+    for name in names:
+        for speed in speeds:
+            runs = [cache[_key(j, law)] for j in jobs if j[0] == name and j[1] == speed]
+            entry: dict[str, Any] = {"trace": name, "speed": speed, "runs": runs}
+            if any(r["policy"] == "kubeplex" for r in runs) and any(
+                    r["policy"] == "oracle" for r in runs):
+                entry["verdict"] = verdict(runs)
+            report["results"].append(entry)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "real_traces.json").write_text(json.dumps(report, indent=1) + "\n")
+    complete = [e for e in report["results"] if "verdict" in e]
+    table = _table({"results": complete})
+    (RESULTS / "real_traces.md").write_text(table)
+    print(table)
+    if not args.no_plot:
+        _plot(report, RESULTS / "real_traces.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

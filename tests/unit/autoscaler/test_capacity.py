@@ -1,0 +1,110 @@
+"""Token-aware capacity alone: the prompt mix, per-prompt prefill, infeasible requests, decode
+slots, the measured speed, and the queueing model over a mix."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kubeplex.autoscaler.capacity import (
+    MIN_MIX_REQUESTS,
+    PromptMix,
+    measured_speed,
+    prompt_mix,
+    token_capacity,
+)
+from kubeplex.autoscaler.queueing import (
+    ReplicaCapacity,
+    miss_fraction,
+    replicas_for_mix,
+    replicas_for_slo,
+)
+from kubeplex.autoscaler.signals import Signals, prompt_token_buckets
+from kubeplex.placement.llm import profile
+
+H100 = profile("llama-3.1-8b", "H100-80GB")
+
+
+def _histogram(prompts: list[int], max_len: int = 131072) -> tuple[tuple[float, float], ...]:
+    bounds = (*prompt_token_buckets(max_len), math.inf)
+    return tuple((b, float(sum(1 for p in prompts if p <= b))) for b in bounds)
+
+
+def test_mix_keeps_the_exact_mean_and_the_shape_of_the_histogram() -> None:
+    prompts = [500] * 80 + [30_000] * 20
+    mean = sum(prompts) / len(prompts)
+    mix = prompt_mix(_histogram(prompts), mean)
+    assert mix.mean == pytest.approx(mean)
+    assert math.fsum(w for _, w in mix.atoms) == pytest.approx(1.0)
+    # a fifth of the weight sits in the 20k-50k bucket
+    assert math.fsum(w for n, w in mix.atoms if n > 15_000) == pytest.approx(0.2, abs=0.01)
+
+
+def test_too_few_prompts_or_no_histogram_give_one_atom_at_the_mean() -> None:
+    few = _histogram([1000] * (MIN_MIX_REQUESTS - 1))
+    assert prompt_mix(few, 1000.0) == PromptMix(((1000.0, 1.0),))
+    assert prompt_mix((), 700.0) == PromptMix(((700.0, 1.0),))
+
+
+def test_prefill_is_per_prompt_and_long_prompts_are_infeasible() -> None:
+    mix = PromptMix(((1000.0, 0.9), (60_000.0, 0.1)))
+    estimate = token_capacity(H100, mix, 300, slo_s=2.0, max_num_seqs=256)
+    short, long = H100.prefill_seconds(1000), H100.prefill_seconds(60_000)
+    assert long > 2.0 > short
+    assert estimate.capacity.prefill_s == pytest.approx(0.9 * short + 0.1 * long)
+    assert estimate.infeasible == pytest.approx(0.1)
+    assert estimate.capacity.mix == ((pytest.approx(short), 0.9),)
+    assert estimate.longest_feasible == 1000.0
+    # the mean of the prefills, not the prefill of the mean prompt
+    assert estimate.capacity.prefill_s > H100.prefill_seconds(round(mix.mean))
+    assert estimate.capacity.prefill_cv2 > 1.0
+
+
+def test_decode_slots_follow_the_kv_cache_and_speed_scales_every_time() -> None:
+    mix = PromptMix(((12_000.0, 1.0),))
+    estimate = token_capacity(H100, mix, 340, slo_s=2.0, max_num_seqs=256)
+    slots = H100.kv_capacity_tokens() // (12_000 + 340)
+    assert estimate.capacity.slots == slots < 256
+    slower = token_capacity(H100, mix, 340, slo_s=2.0, max_num_seqs=256, speed=0.5)
+    assert slower.capacity.work_s == pytest.approx(2 * estimate.capacity.work_s)
+    assert slower.latency_s == pytest.approx(2 * estimate.latency_s)
+
+
+def _signals(window: float, first_tokens: float, completion_rate: float) -> Signals:
+    return Signals(time=window, window_s=window, instances=2, waiting=5, running=10,
+                   kv_usage=0.5, arrival_rate=completion_rate, completion_rate=completion_rate,
+                   prompt_token_rate=None, generation_token_rate=None, ttft_quantile=1.0,
+                   ttft_count=first_tokens, arrival_cv2=1.0, saturated=True)
+
+
+def test_measured_speed_is_model_work_done_per_second_per_replica() -> None:
+    model = ReplicaCapacity(prefill_s=0.1, work_s=0.3, source="profile")
+    # 2 replicas, 60 s: 600 first tokens (60 s of model prefill) and 5 req/s finished
+    # (5 * 0.2 = 1 model-second of decode per second): the work of (1 + 1) / 2 replicas
+    speed = measured_speed(_signals(60, 600, 5.0), 2, model)
+    assert speed == pytest.approx((10 * 0.1 + 5.0 * 0.2) / 2)
+    assert measured_speed(_signals(60, 0, 5.0), 2, model) is None
+    assert measured_speed(_signals(60, 600, 5.0), 0, model) is None
+
+
+def test_the_mix_rule_is_the_percentile_rule_for_one_atom() -> None:
+    cap = ReplicaCapacity(prefill_s=0.05, work_s=0.1, source="hint")
+    for rate in (5.0, 20.0, 80.0):
+        assert replicas_for_mix(rate, cap, 1.0, 0.95, 0.85) == replicas_for_slo(
+            rate, cap, 1.0, 0.95, 0.85)
+
+
+def test_prompts_near_the_slo_need_idle_replicas_and_infeasible_ones_are_not_counted() -> None:
+    short = ReplicaCapacity(0.2, 0.21, "profile", mix=((0.2, 1.0),))
+    near = ReplicaCapacity(0.2, 0.21, "profile", prefill_cv2=2.0,
+                           mix=((0.1, 0.9), (0.95, 0.1)))
+    assert replicas_for_mix(20, near, 1.0, 0.99, 0.85) > replicas_for_mix(20, short, 1.0,
+                                                                             0.99, 0.85)
+    assert miss_fraction(10, 20, near, 1.0) > miss_fraction(10, 20, short, 1.0)
+    # Nothing the SLO can count: the throughput bound, never a runaway search.
+    none = ReplicaCapacity(3.0, 3.5, "profile", mix=())
+    hopeless = ReplicaCapacity(3.0, 3.5, "profile", mix=((3.0, 1.0),))
+    assert replicas_for_mix(2, hopeless, 1.0, 0.99, 0.85) == math.ceil(2 * 3.5 / 0.85)
+    assert miss_fraction(4, 2, hopeless, 1.0) == 0.0
+    assert replicas_for_mix(0, none, 1.0, 0.99, 0.85) == 0

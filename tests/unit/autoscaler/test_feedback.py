@@ -1,0 +1,84 @@
+"""SLO feedback alone: periods, a step when the model is optimistic, an undone step when more
+capacity does not help (no ratchet), relaxing after met periods."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from kubeplex.autoscaler.feedback import (
+    BLOCK_PERIODS,
+    MIN_REQUESTS,
+    RELAX_PERIODS,
+    STEP,
+    FeedbackState,
+    observe,
+    step,
+)
+from kubeplex.autoscaler.signals import TTFT, TTFT_BUCKETS, Scrape
+
+PERIOD = 60.0
+FLOOR = 0.5
+
+
+def _scrape(t: float, fast: float, slow: float) -> Scrape:
+    """Cumulative first tokens: ``fast`` at 0.1 s, ``slow`` at 5 s."""
+    bounds = (*TTFT_BUCKETS, float("inf"))
+    buckets = tuple((b, (fast if b >= 0.1 else 0) + (slow if b >= 5.0 else 0)) for b in bounds)
+    return Scrape(t, {}, {TTFT: {"e": buckets}})
+
+
+def _judged(state: FeedbackState, good: float, bad: float, now: float,
+            suffices: bool = True, infeasible: float = 0.0) -> FeedbackState:
+    first = observe(state, [_scrape(now - 60, 0, 0)], 1.0, infeasible, now - 60) \
+        if state.seen is None else state
+    counted = observe(first, [_scrape(first.seen or 0.0, 0, 0), _scrape(now, good, bad)], 1.0,
+                      infeasible, now)
+    return step(counted, 0.99, suffices, FLOOR, PERIOD, now)
+
+
+def test_a_period_is_judged_only_when_it_is_long_and_large_enough() -> None:
+    state = observe(FeedbackState(), [_scrape(0, 0, 0)], 1.0, 0.0, 0.0)
+    few = observe(state, [_scrape(0, 0, 0), _scrape(60, 100, 100)], 1.0, 0.0, 60.0)
+    assert few.total == 200
+    assert step(few, 0.99, True, FLOOR, PERIOD, 60.0) is few  # under MIN_REQUESTS
+    assert MIN_REQUESTS > 200
+
+
+def test_an_optimistic_model_gets_one_step_and_a_step_that_helps_stays() -> None:
+    state = _judged(FeedbackState(), 900, 100, now=60.0)  # 90% < 99%
+    assert state.factor == pytest.approx(STEP) and state.trial == pytest.approx(0.9)
+    assert "although the model said" in state.note
+    state = _judged(state, 970, 30, now=120.0)  # 97%: won back most of the gap
+    assert state.factor == pytest.approx(STEP * STEP)
+    # without the model saying the replicas suffice, no step
+    calm = _judged(FeedbackState(), 900, 100, now=60.0, suffices=False)
+    assert calm.factor == 1.0
+
+
+def test_a_step_that_does_not_help_is_undone_and_blocked() -> None:
+    state = _judged(FeedbackState(), 900, 100, now=60.0)
+    state = _judged(state, 905, 95, now=120.0)  # 90.5%: no real gain
+    assert state.factor == 1.0 and state.trial is None
+    assert "did not help" in state.note
+    assert state.blocked_until == pytest.approx(120.0 + BLOCK_PERIODS * PERIOD)
+    blocked = _judged(state, 900, 100, now=180.0)
+    assert blocked.factor == 1.0, "no ratchet while blocked"
+
+
+def test_infeasible_requests_are_not_held_against_the_fleet() -> None:
+    # 10% of the requests cannot meet the SLO on any replica; the rest all did.
+    state = _judged(FeedbackState(), 900, 100, now=60.0, infeasible=0.1)
+    assert state.factor == 1.0 and state.met == 1
+
+
+def test_met_periods_relax_a_step() -> None:
+    state = replace(FeedbackState(), factor=STEP)
+    for i in range(RELAX_PERIODS):
+        state = _judged(state, 1000, 0, now=60.0 * (i + 1))
+    assert state.factor == pytest.approx(1.0)
+    floor = step(observe(replace(FeedbackState(), factor=FLOOR, since=0.0, seen=0.0,
+                                 good=0, total=1000), [], 1.0, 0.0, 60), 0.99, True, FLOOR,
+                 PERIOD, 60.0)
+    assert floor.factor == FLOOR, "never below the floor"

@@ -1,0 +1,79 @@
+"""The burst memory alone: recording, recurring bursts, the miss budget, standbys, lengths."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubeplex.autoscaler.memory import (
+    BUCKET_S,
+    Bucket,
+    Peaks,
+    burst_standbys,
+    current_burst,
+    held_level,
+    record,
+    recurring,
+    typical_burst_s,
+)
+
+P99 = 0.99
+
+
+def _series(demands: list[float], requests: float = 10.0, shorts: list[float] | None = None,
+            busy: float | None = None) -> Peaks:
+    """One bucket per value; ``busy``: requests in buckets above the first value's level."""
+    out = []
+    for i, d in enumerate(demands):
+        count = busy if busy is not None and d > demands[0] else requests
+        short = shorts[i] if shorts is not None else d
+        out.append(Bucket(i * BUCKET_S, d, short, count))
+    return tuple(out)
+
+
+def test_record_folds_one_bucket_and_forgets_the_old() -> None:
+    peaks = record((), 2.0, 1.0, 5.0, now=3.0, horizon_s=60.0)
+    peaks = record(peaks, 4.0, 3.0, 5.0, now=7.0, horizon_s=60.0)
+    assert peaks == (Bucket(0.0, 4.0, 3.0, 10.0),)
+    peaks = record(peaks, 1.0, 1.0, 1.0, now=12.0, horizon_s=60.0)
+    assert [b.start for b in peaks] == [0.0, 10.0]
+    later = record(peaks, 1.0, 1.0, 1.0, now=200.0, horizon_s=60.0)
+    assert [b.start for b in later] == [200.0]
+
+
+def test_a_level_recurs_only_after_the_demand_fell_between_visits() -> None:
+    bursts = _series([1, 6, 1, 1, 6, 1])
+    assert recurring(bursts, 6)
+    ripple = _series([1, 6, 5, 6, 5, 6, 1])  # one plateau: never fell to half of 6
+    assert not recurring(ripple, 6)
+    assert not recurring(_series([1, 6, 1]), 6)
+
+
+def test_recurring_bursts_are_held_when_their_requests_exceed_the_budget() -> None:
+    # Bursts carry 40 of every 80 requests: far beyond half of the 1% the SLO may miss.
+    heavy = _series([1, 6, 1, 1, 6, 1], requests=10.0, busy=20.0)
+    assert held_level(heavy, P99) == 6
+    # Bursts carrying 0.1% of the requests are let go: missing them fits the budget.
+    light = _series([1, 6, 1, 1, 6, 1] + [1] * 40, requests=1000.0, busy=5.0)
+    assert held_level(light, P99) == 0
+    # A one-off peak is never held by the memory (the scale-down delay takes care of it), nor
+    # is a steady level (one long episode: the SLO stage's business).
+    assert held_level(_series([1, 9, 1, 1]), P99) == 0
+
+
+def test_standbys_cover_a_short_burst_seen_once_beyond_what_is_held() -> None:
+    once = _series([1, 1, 5, 1, 1, 1], shorts=[1, 1, 5, 1, 1, 1])
+    assert burst_standbys(once, held=1.0, quantile=P99, cold_start_s=60.0) == pytest.approx(4)
+    assert burst_standbys(once, held=5.0, quantile=P99, cold_start_s=60.0) == 0
+    # A burst longer than a cold start is left to the reactive stages.
+    long = _series([1] + [5] * 8 + [1], shorts=[1] + [5] * 8 + [1])
+    assert burst_standbys(long, held=1.0, quantile=P99, cold_start_s=60.0) == 0
+
+
+def test_burst_lengths_and_the_one_going_on() -> None:
+    shorts = [1, 5, 1, 1, 5, 5, 1, 1, 6]
+    peaks = _series(shorts, shorts=shorts)
+    assert typical_burst_s(peaks) == 2 * BUCKET_S
+    assert current_burst(peaks) == 8 * BUCKET_S
+    quiet = _series(shorts[:-1], shorts=shorts[:-1])
+    assert current_burst(quiet) is None
+    assert typical_burst_s(_series([1, 5, 1], shorts=[1, 5, 1])) is None
