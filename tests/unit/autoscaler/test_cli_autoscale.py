@@ -25,7 +25,7 @@ def _autoscale(trace: Path, *extra: str) -> list[str]:
             "--gpu", "A100-80GB", "--slo-ttft", "1.0", "--cold-start-s", "20", *extra]
 
 
-@pytest.mark.parametrize("policy", ["kubeplex", "hpa", "kpa", "static-peak"])
+@pytest.mark.parametrize("policy", ["kubeplex", "hpa", "kpa", "static-peak", "oracle"])
 def test_json_report(trace_file: Path, policy: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_autoscale(trace_file, "--policy", policy, "--json")) == 0
     report = json.loads(capsys.readouterr().out)
@@ -53,6 +53,10 @@ def test_plot_and_text_report(trace_file: Path, tmp_path: Path,
         (["--gpu", "TPU"], "unknown GPU 'TPU'"),
         (["--percentile", "100"], "--percentile must be in (0, 100)"),
         (["--warm-pool", "some"], "--warm-pool must be a count >= 0 or 'auto'"),
+        (["--fleet-speed", "0"], "--fleet-speed must be > 0"),
+        (["--oracle-utilization", "2"], "--oracle-utilization must be in (0, 1.5]"),
+        (["--fleet-model", "gpt-9"], "unknown model 'gpt-9'"),
+        (["--fleet-profile", "/nonexistent.json"], "cannot read the profile"),
     ],
 )
 def test_bad_flags_are_one_line_errors(trace_file: Path, args: list[str], message: str,
@@ -82,3 +86,27 @@ def test_trace_generator_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--pattern azure needs --counts" in capsys.readouterr().err
     assert main(["simulate", "trace", "--pattern", "gamma", "--rate", "0"]) == 2
     assert "--rate must be > 0" in capsys.readouterr().err
+
+
+def test_a_slower_fleet_and_a_shipped_profile(trace_file: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_autoscale(trace_file, "--policy", "static-peak", "--json")) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert main(_autoscale(trace_file, "--policy", "static-peak", "--fleet-speed", "0.3",
+                           "--json")) == 0
+    slow = json.loads(capsys.readouterr().out)
+    assert slow["attainment"] < fast["attainment"]
+    assert slow["max_replicas"] == fast["max_replicas"]  # the policy was not told
+    # the fleet runs the sim's measured profile while the policy plans with the model
+    assert main(_autoscale(trace_file, "--policy", "kubeplex", "--fleet-model",
+                           "llama-3.1-8b-sim-h100", "--json")) == 0
+
+
+def test_bursts_pattern(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b.csv"
+    assert main(["simulate", "trace", "--pattern", "bursts", "--rate", "1", "--burst-rates",
+                 "20,60", "--burst-s", "2,10", "--gap-s", "60", "--duration-s", "600",
+                 "--out", str(out)]) == 0
+    assert "requests over" in capsys.readouterr().err
+    assert main(["simulate", "trace", "--pattern", "bursts", "--burst-rates", "60"]) == 2
+    assert "--burst-rates must be two numbers" in capsys.readouterr().err
