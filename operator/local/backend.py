@@ -5,7 +5,7 @@ LocalSettings), runs placement (:func:`kubeplex.operator.planning.plan_pools`), 
 model's engine and builds every runtime config, raising a :class:`~kubeplex.errors.KubeplexError`
 for anything wrong *before* a process or port is opened. :meth:`LocalMode.run` then:
 
-1. opens the gateway (:mod:`kubeplex.operator.local.gateway`) on the gateway port;
+1. opens the gateway (:mod:`kubeplex.gateway._gateway`) on the gateway port;
 2. every tick (and at once when the gateway holds a request for a model at zero): scrapes the
    ready replicas' ``/metrics``, asks the autoscaler (``decide``) per model, turns the
    decisions into a fleet plan (:func:`~kubeplex.operator.planning.fleet_plan`, same code as
@@ -52,8 +52,8 @@ from kubeplex.autoscaler.errors import MetricsSourceError
 from kubeplex.autoscaler.policy import AutoscalerConfig, AutoscalerState, Decision, Observed, decide
 from kubeplex.autoscaler.signals import Scrape, Signals
 from kubeplex.autoscaler.sources import merge, parse_metrics_text
+from kubeplex.gateway import Gateway, Replica
 from kubeplex.operator.local.errors import LocalModeError, ProcessError, SettingsError
-from kubeplex.operator.local.gateway import Gateway, Replica
 from kubeplex.operator.local.group import GroupProcess
 from kubeplex.operator.local.settings import LocalSettings, load_settings
 from kubeplex.operator.planning import (

@@ -26,7 +26,7 @@ replicas instead of engines as upstreams:
 
 Requests are routed by *route*: a key per ModelService. Local mode's routes are the served
 names themselves (they are unique there); the cluster gateway
-(:mod:`kubeplex.operator.gateway_k8s`) keys them ``namespace/name`` and overrides
+(:mod:`kubeplex.gateway.cluster`) keys them ``namespace/name`` and overrides
 :meth:`Gateway._resolve` to pick one by the request's ``model`` and headers.
 
 Scale-down calls :meth:`Gateway.remove` first (no new requests), then waits for

@@ -1,6 +1,6 @@
 """What the cluster gateway routes to, computed from Kubernetes objects (pure, no I/O).
 
-The cluster gateway (:mod:`kubeplex.operator.gateway_k8s`) keeps plain copies of three kinds of
+The cluster gateway (:mod:`kubeplex.gateway.cluster`) keeps plain copies of three kinds of
 objects from its watches and asks :func:`desired` what to route:
 
 * **ModelServices**: each is one *route*, keyed ``namespace/name``; clients name it by
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
+from kubeplex.gateway._gateway import Route
 from kubeplex.operator._runtime_client import CONTROL_URL_ANNOTATION, ROUTER_URL_ANNOTATION
-from kubeplex.operator.local.gateway import Route
 
 __all__ = [
     "NAMESPACE_HEADER",

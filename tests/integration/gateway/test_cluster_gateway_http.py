@@ -18,10 +18,10 @@ from aiohttp import web
 from kubernetes import client as k8s
 
 from kubeplex.cli import main
+from kubeplex.gateway.cluster import ClusterGateway, GatewaySettings
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._server import alerts_app
 from kubeplex.operator._settings import Settings
-from kubeplex.operator.gateway_k8s import ClusterGateway, GatewaySettings
 from kubeplex.runtime.harness import RuntimeProcess, model_entry
 from kubeplex.runtime.supervisor import free_port
 

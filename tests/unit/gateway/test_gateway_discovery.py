@@ -9,7 +9,8 @@ import pytest
 
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT, AlertLedger, parse_webhook
 from kubeplex.cli import main
-from kubeplex.operator._gateway_discovery import (
+from kubeplex.gateway import Route
+from kubeplex.gateway._discovery import (
     Endpoint,
     PodURLs,
     desired,
@@ -20,9 +21,8 @@ from kubeplex.operator._gateway_discovery import (
     parse_pod,
     resolve,
 )
+from kubeplex.gateway.cluster import GATEWAY_ENV_DOCS, GatewaySettings
 from kubeplex.operator.errors import ConfigError
-from kubeplex.operator.gateway_k8s import GATEWAY_ENV_DOCS, GatewaySettings
-from kubeplex.operator.local.gateway import Route
 
 
 def msvc(name: str, ns: str = "a", served: str | None = None, created: str = "2026-01-01T00:00:00Z",

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kubeplex.operator.local.gateway import Gateway, Replica
+from kubeplex.gateway import Gateway, Replica
 from kubeplex.runtime.harness import RuntimeProcess, model_entry
 from kubeplex.runtime.supervisor import free_port
 

@@ -1,10 +1,10 @@
-"""``kubeplex gateway``: local mode's gateway (:class:`~kubeplex.operator.local.gateway.Gateway`)
+"""``kubeplex gateway``: local mode's gateway (:class:`~kubeplex.gateway._gateway.Gateway`)
 with endpoints discovered from Kubernetes, as the Helm chart deploys it.
 
 * **Discovery.** Watches (list + watch, in threads, with the official ``kubernetes`` client like
   the operator) of ModelServices and of their Services' EndpointSlices, and with
   ``KUBEPLEX_URL_ANNOTATIONS=true`` of the serving pods; what to route follows from them
-  (:mod:`kubeplex.operator._gateway_discovery`). ``/readyz`` answers 503 until every watch
+  (:mod:`kubeplex.gateway._discovery`). ``/readyz`` answers 503 until every watch
   has listed once.
 * **Routing.** A request names a served name (``model``); with several watched namespaces
   serving the same name, the ``X-Kubeplex-Namespace`` header picks one (else 400). The ready
@@ -44,8 +44,8 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from kubeplex.api import GROUP, VERSION
-from kubeplex.operator._builders import MANAGED_BY
-from kubeplex.operator._gateway_discovery import (
+from kubeplex.gateway import Gateway, Replica
+from kubeplex.gateway._discovery import (
     NAMESPACE_HEADER,
     SERVICE_NAME_LABEL,
     ModelEntry,
@@ -58,9 +58,9 @@ from kubeplex.operator._gateway_discovery import (
     parse_pod,
     resolve,
 )
+from kubeplex.operator._builders import MANAGED_BY
 from kubeplex.operator._settings import parse_env, read_token
 from kubeplex.operator.errors import ConfigError
-from kubeplex.operator.local.gateway import Gateway, Replica
 
 __all__ = ["GATEWAY_ENV_DOCS", "RBAC_NEEDED", "ClusterGateway", "GatewaySettings", "KubeGateway",
            "serve"]
