@@ -29,7 +29,6 @@ import kopf
 import kubernetes
 
 from kubeplex.api import GROUP, VERSION
-from kubeplex.operator._autoscale import Scaler, parse_overrides
 from kubeplex.operator._builders import GROUP_LABEL, MANAGED_BY
 from kubeplex.operator._conflicts import node_owners, served_name, served_name_conflicts
 from kubeplex.operator._kube import Kube
@@ -39,7 +38,7 @@ from kubeplex.operator._placement import Templates
 from kubeplex.operator._reconcile import Context, Snapshot, run_cycle
 from kubeplex.operator._runtime_client import RuntimeClient
 from kubeplex.operator._server import start_servers
-from kubeplex.operator._settings import Settings
+from kubeplex.operator._settings import Settings, parse_overrides
 from kubeplex.operator._status import condition, merge_conditions
 
 __all__: list[str] = []
@@ -91,7 +90,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         gateway_urls = functools.partial(kube.service_urls, gateway_ns, gateway_name,
                                          "/metrics")
     ctx = Context(config, kube, RuntimeClient(config, gateway_urls),
-                  metrics, Scaler(parse_overrides(config.autoscaler)),
+                  metrics, parse_overrides(config.autoscaler),
                   Templates(background=config.placement == "search"))
     memo.ctx = ctx
     memo.loop = asyncio.get_running_loop()
@@ -307,7 +306,7 @@ def modelservice_deleted(name: str, namespace: str | None, spec: kopf.Spec, memo
         poke(memo, pool)
         raise kopf.TemporaryError(f"draining {len(hosting)} group(s): {', '.join(hosting)}",
                                   delay=DELETE_POLL_S)
-    memo.ctx.scaler.forget(f"{namespace}/{name}")
+    memo.ctx.resolved.pop(f"{namespace}/{name}", None)  # its scaling memory goes next cycle
     memo.ctx.services.pop(f"{namespace}/{name}", None)  # the Service goes with its owner
     # A ModelService refused for using this one's served name may proceed now.
     gone = served_name({"metadata": {"name": name}, "spec": dict(spec)})

@@ -19,10 +19,10 @@ from operator_fakes import (
     snapshot,
 )
 
-from kubeplex.operator._autoscale import Scaler
+from kubeplex.control import group_name
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._placement import Templates
-from kubeplex.operator._reconcile import Context, Snapshot, group_name, run_cycle
+from kubeplex.operator._reconcile import Context, Snapshot, run_cycle
 from kubeplex.operator._runtime_client import RuntimeClient
 from kubeplex.operator._settings import Settings
 
@@ -86,6 +86,7 @@ def test_fragmented_nodes_say_which_block_is_missing() -> None:
     models = [msvc("wide", 1, ), msvc("other", 1)]
     models[0]["spec"]["parallelism"] = {"tensor": 4, "pipeline": 1}
     models[0]["spec"]["priority"] = 200  # planned first: the budget (4 GPUs) allows it
+    models[0]["metadata"]["generation"] += 1  # as the API server counts spec changes
     register(kube, *models)
     # two nodes with 2 GPUs each: 4 free in total, but no node has 4
     run_cycle(context(kube), snapshot(kube, pool(), models, nodes(2, gpus=2)), NOW)
@@ -117,6 +118,7 @@ def test_scale_down_keeps_a_ready_replica_and_scale_up_claims_the_warm_pod() -> 
     assert len(warm) == 1
     warm_name = warm[0]["metadata"]["name"]
     models[0]["spec"]["scaling"]["replicas"] = 2
+    models[0]["metadata"]["generation"] += 1  # /scale changes the spec: a new generation
     run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + 2)
     claimed = kube.objects[("ServingGroup", "ns", warm_name)]
     assert claimed["spec"]["models"][0]["modelService"] == "a"
@@ -132,6 +134,7 @@ def test_scale_down_keeps_a_ready_replica_and_scale_up_claims_the_warm_pod() -> 
     assert len([g for g in kube.of("ServingGroup") if g["spec"]["warm"]]) == 1
     # scale down to 1: one serving group drained, the other kept
     models[0]["spec"]["scaling"]["replicas"] = 1
+    models[0]["metadata"]["generation"] += 1
     run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + 5)
     serving = [g for g in kube.of("ServingGroup") if not g["spec"]["warm"]]
     assert len(serving) == 1
@@ -177,7 +180,7 @@ def _pair() -> tuple[FakeKube, list[dict[str, Any]], Context]:
     register(kube, *models)
     settings = Settings(scrape="off")
     return kube, models, Context(settings, kube, RuntimeClient(settings), OperatorMetrics(),
-                                 Scaler(), Templates(background=False, inline=True))
+                                 templates=Templates(background=False, inline=True))
 
 
 def test_colocated_models_share_one_pod_and_scale_one_at_a_time() -> None:
@@ -288,6 +291,7 @@ def test_a_scale_decision_is_recorded_once_even_from_a_stale_snapshot() -> None:
     run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW)
     assert kube.objects[("ModelService", "ns", "a")]["status"]["desiredReplicas"] == 0
     models[0]["spec"]["scaling"]["replicas"] = 1
+    models[0]["metadata"]["generation"] += 1
     snap = snapshot(kube, pool(), models, nodes(1))
     stale = copy.deepcopy(snap.msvcs)  # kopf's index before the status patch arrives
     run_cycle(ctx, snap, NOW + 1)
@@ -352,8 +356,8 @@ def test_a_consolidation_copy_that_never_gets_ready_is_given_up_with_an_event() 
     it beside coder (``kubeplex.io/added-at``); its engine never gets ready there: after
     ``CONSOLIDATION_TIMEOUT_S`` the cycle unloads it from coder's pod, chat's own group keeps
     serving, an Event says why, and chat is not moved again meanwhile."""
+    from kubeplex.control import CONSOLIDATION_TIMEOUT_S
     from kubeplex.operator._executor import ADDED_AT
-    from kubeplex.operator.planning import CONSOLIDATION_TIMEOUT_S
 
     kube, (chat, coder), ctx = _pair()
     ns = nodes(1, gpus=2)
@@ -384,7 +388,7 @@ def test_a_consolidation_copy_that_never_gets_ready_is_given_up_with_an_event() 
         "phase") != "Draining"
     given_up = [m for r, m in kube.events if r == "ConsolidationGivenUp"]
     assert len(given_up) == 1 and "consolidation of ns/chat given up" in given_up[0]
-    assert ctx.gave_up == {"ns/chat": NOW + t + CONSOLIDATION_TIMEOUT_S + 1}
+    assert ctx.memory["p"].gave_up == {"ns/chat": NOW + t + CONSOLIDATION_TIMEOUT_S + 1}
     for dt in range(2, 6):  # no retry meanwhile
         cycle([chat, coder], t + CONSOLIDATION_TIMEOUT_S + dt)
     assert hosted("coder-0") == ["coder"] and hosted("chat-0") == ["chat"]
