@@ -29,6 +29,7 @@ import kopf
 import kubernetes
 
 from kubeplex.api import GROUP, VERSION
+from kubeplex.control import DegradedReason
 from kubeplex.operator._builders import GROUP_LABEL, MANAGED_BY
 from kubeplex.operator._conflicts import node_owners, served_name, served_name_conflicts
 from kubeplex.operator._kube import Kube
@@ -281,14 +282,15 @@ def modelservice_changed(name: str, namespace: str | None, uid: str, spec: kopf.
     pool = spec.get("pool")
     if not kwargs["pools"].get(pool):
         gen = meta.get("generation")
-        conds = [condition("Degraded", True, "UnknownPool",
+        reason = DegradedReason.UNKNOWN_POOL
+        conds = [condition("Degraded", True, reason,
                            f"GPUPool {pool!r} does not exist; create it or set spec.pool to one "
                            f"of: {', '.join(sorted(kwargs['pools'])) or '(none yet)'}", gen),
-                 condition("Ready", False, "UnknownPool", "cannot be served; see Degraded", gen)]
+                 condition("Ready", False, reason, "cannot be served; see Degraded", gen)]
         ctx.kube.patch("ModelService", namespace, name, {"status": {
             "conditions": merge_conditions(status.get("conditions"), conds, time.time()),
             "observedGeneration": gen, "ready": "0/0", "sloStatus": "Unknown"}}, status=True)
-        ctx.kube.event("ModelService", namespace, name, uid, "UnknownPool",
+        ctx.kube.event("ModelService", namespace, name, uid, reason,
                        conds[0]["message"], warning=True)
         return
     memo.pool_of[f"{namespace}/{name}"] = pool
