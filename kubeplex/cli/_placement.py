@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def _placement_json(placement: Any) -> dict[str, Any]:
                                            for m in g.models]} for g in placement.groups],
         "models": [{"name": o.name, "replicas": o.replicas, "attainment": round(o.attainment, 6),
                     "target": o.target,
-                    "p95_ttft_seconds": round(o.p95_ttft_s, 4) if o.p95_ttft_s < 1e300 else None}
+                    "p95_ttft_seconds": round(o.p95_ttft_s, 4) if math.isfinite(o.p95_ttft_s) else None}
                    for o in placement.models],
         "explanation": placement.explanation,
     }
@@ -124,7 +125,7 @@ def _print_placement(placement: Any) -> None:
 # ---- kubeplex bench placement -----------------------------------------------------------------
 
 def _case(args: argparse.Namespace) -> Any:
-    from kubeplex.placement.benchmark import AlpaCase
+    from kubeplex.placement.alpaserve.benchmark import AlpaCase
 
     return AlpaCase(profile=args.profile, gpus=args.gpus, models=args.models, rate=args.rate,
                     cv=args.cv, slo_scale=args.slo_scale, duration=args.duration, seed=args.seed)
@@ -132,7 +133,7 @@ def _case(args: argparse.Namespace) -> Any:
 
 def _solve(case: Any, policy: str) -> dict[str, Any]:
     """One policy on one case: the issue's JSON fields plus explanation and candidates."""
-    from kubeplex.placement.benchmark import build_case, result_json, run_policy
+    from kubeplex.placement.alpaserve.benchmark import build_case, result_json, run_policy
 
     profiles, cluster, workload = build_case(case)
     started = time.process_time()  # CPU seconds of this single-threaded process: one core
@@ -168,7 +169,7 @@ def _sweep(base: Any, sweep: str, out_dir: Path, as_json: bool) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from kubeplex.placement.benchmark import POLICIES, sweep_cases
+    from kubeplex.placement.alpaserve.benchmark import POLICIES, sweep_cases
 
     cases = sweep_cases(base, sweep)  # type: ignore[arg-type]
     rows: list[dict[str, Any]] = []

@@ -10,13 +10,18 @@ import pytest
 from kubeplex.placement.errors import DoesNotFitError, PlacementError
 from kubeplex.placement.hardware import gpu
 from kubeplex.placement.llm import model, profile
-from kubeplex.placement.llm_sim import EngineSpec, LLMGroupSpec, RequestShape, simulate_llm
 from kubeplex.placement.planner import (
     MEMORY_LIMIT,
     ModelDemand,
     PoolSpec,
     plan,
     replication_plan,
+)
+from kubeplex.placement.planner.simulator import (
+    EngineSpec,
+    LLMGroupSpec,
+    RequestShape,
+    simulate_llm,
 )
 from kubeplex.placement.workload import Workload
 

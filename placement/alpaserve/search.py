@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kubeplex.placement.alpaserve.profiles import ModelProfile, ParallelConfig
+from kubeplex.placement.alpaserve.simulator import GroupSpec, SimResult, simulate
 from kubeplex.placement.errors import DoesNotFitError, PlacementError
-from kubeplex.placement.profiles import ModelProfile, ParallelConfig
-from kubeplex.placement.simulator import GroupSpec, SimResult, simulate
+from kubeplex.placement.groups import powers_of_two_upto, split_powers_of_two
 from kubeplex.placement.workload import Workload
 
 __all__ = [
@@ -55,6 +56,7 @@ MAX_OP = 4
 SAME_LATENCY_THRESHOLD = 0.38
 #: The artifact keeps shrinking its tolerance until fewer than 100 device splits remain.
 BUCKET_PARTITION_LIMIT = 100
+#: The tolerances it tries in turn (the artifact's ``partition_devices`` list).
 _BUCKET_TOLERANCES = (1.0, 0.5, 0.3, 0.2, 0.1)
 #: Clockwork++ re-plans every 60 s (AlpaServe §6.2).
 CLOCKWORK_WINDOW_S = 60.0
@@ -105,26 +107,17 @@ class AlpaPlacement:
         return sum(len(g.models) for g in self.groups)
 
 
-def _powers_of_two_upto(n: int) -> list[int]:
-    return [1 << k for k in range(n.bit_length()) if 1 << k <= n]
-
-
-def _split_powers_of_two(n: int) -> list[int]:
-    """``n`` as a sum of distinct powers of two, largest first (``6 -> [4, 2]``)."""
-    return [1 << k for k in reversed(range(n.bit_length())) if n >> k & 1]
-
-
 def enumerate_group_configs(num_gpus: int, gpus_per_node: int = 8, max_op: int = MAX_OP,
                             max_pp: int = MAX_PP) -> list[tuple[ParallelConfig, ...]]:
     """Candidate group partitions of the cluster (see the module docstring)."""
     if num_gpus < 1:
         raise PlacementError(f"need at least one GPU, got {num_gpus}")
     sets: list[tuple[ParallelConfig, ...]] = []
-    for size in _powers_of_two_upto(num_gpus):
+    for size in powers_of_two_upto(num_gpus):
         if size > gpus_per_node and size % gpus_per_node:
             continue
-        remainder = tuple(ParallelConfig(1, s) for s in _split_powers_of_two(num_gpus % size))
-        for pp in _powers_of_two_upto(size):
+        remainder = tuple(ParallelConfig(1, s) for s in split_powers_of_two(num_gpus % size))
+        for pp in powers_of_two_upto(size):
             op = size // pp
             if pp > max_pp or op > max_op:
                 continue

@@ -1,6 +1,6 @@
 """LLM-mode placement: AlpaServe's search carried over to LLM serving on Kubernetes nodes.
 
-What changes from the AlpaServe-faithful mode (:mod:`kubeplex.placement.alpaserve`):
+What changes from the AlpaServe reproduction (:mod:`kubeplex.placement.alpaserve`):
 
 * profiles are analytic (:class:`~kubeplex.placement.llm.LLMProfile`), not measured;
 * a group is ``tp x pp`` GPUs **on one node** (one pod per group), never spanning nodes;
@@ -8,7 +8,7 @@ What changes from the AlpaServe-faithful mode (:mod:`kubeplex.placement.alpaserv
   the engine reserve and KV cache for :data:`MIN_CONCURRENT_SEQUENCES` requests (or one
   ``max_model_len`` sequence, whichever is more); shares of one group sum to at most
   :data:`MEMORY_LIMIT`, and what is left is handed out in proportion to KV demand;
-* the simulator is :func:`~kubeplex.placement.llm_sim.simulate_llm` (continuous batching,
+* the simulator is :func:`~kubeplex.placement.planner.simulator.simulate_llm` (continuous batching,
   KV-bounded admission) and a request is good when TTFT and TPOT meet the model's SLO;
 * by default the greedy stops once every model meets its attainment target and minimum
   replica count, leaving the other GPUs free (``fill=True`` uses every GPU, as AlpaServe);
@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kubeplex.placement.errors import DoesNotFitError, PlacementError
+from kubeplex.placement.groups import group_shapes, powers_of_two_upto
 from kubeplex.placement.hardware import GPUSpec
 from kubeplex.placement.llm import DEFAULT_MEMORY_FRACTION, RESERVE_BYTES, LLMProfile, ModelShape
-from kubeplex.placement.llm_sim import (
+from kubeplex.placement.planner.simulator import (
     EngineSpec,
     LLMGroupSpec,
     LLMSimResult,
@@ -76,6 +77,8 @@ PLANNING_REQUESTS = 2000
 PLANNING_MIN_HORIZON_S = 30.0
 PLANNING_MAX_HORIZON_S = 600.0
 PLANNING_SEED = 0
+#: Slack when summing memory shares (float rounding of shares that add up to the limit).
+_SHARE_EPSILON = 1e-12
 
 
 @dataclass(frozen=True)
@@ -291,7 +294,7 @@ class _Problem:
         if any(self.demands[x].colocation_key != key for x in slot.models):
             return False
         used = sum(self.min_share(x, slot.tp, slot.pp) or 0.0 for x in slot.models)
-        return used + share <= MEMORY_LIMIT + 1e-12
+        return used + share <= MEMORY_LIMIT + _SHARE_EPSILON
 
     def simulate(self, slots: Sequence[_Slot]) -> LLMSimResult:
         groups = []
@@ -396,10 +399,6 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
 
 # ---- layouts ----------------------------------------------------------------------------------
 
-def _powers_of_two_upto(n: int) -> list[int]:
-    return [1 << k for k in range(n.bit_length()) if 1 << k <= n]
-
-
 _Cut = tuple[tuple[int, ...], int, int]  # GPU indices, tp, pp
 
 
@@ -413,7 +412,7 @@ def _cut(free: list[int], sizes: Sequence[tuple[int, int]]) -> list[_Cut]:
         out.append((tuple(free[i:i + tp * pp]), tp, pp))
         i += tp * pp
     while i < len(free):
-        size = max(s for s in _powers_of_two_upto(len(free) - i))
+        size = powers_of_two_upto(len(free) - i)[-1]
         out.append((tuple(free[i:i + size]), size, 1))
         i += size
     return out
@@ -422,10 +421,10 @@ def _cut(free: list[int], sizes: Sequence[tuple[int, int]]) -> list[_Cut]:
 def _layouts(pool: PoolSpec) -> list[list[tuple[int, tuple[int, ...], int, int]]]:
     """Candidate layouts: lists of (node, gpu indices, tp, pp)."""
     caps = pool.node_capacity()
-    sizes = _powers_of_two_upto(pool.gpus_per_node)
+    sizes = powers_of_two_upto(pool.gpus_per_node)
     layouts = []
     for size in sizes:
-        for pp in _powers_of_two_upto(size):
+        for pp in powers_of_two_upto(size):
             tp = size // pp
             layout = []
             for node, cap in enumerate(caps):
@@ -470,12 +469,11 @@ def _score(problem: _Problem, slots: Sequence[_Slot], result: LLMSimResult, fill
 # ---- entry points -----------------------------------------------------------------------------
 
 def _check_feasible(problem: _Problem) -> None:
-    sizes = _powers_of_two_upto(problem.pool.gpus_per_node)
+    shapes = group_shapes(problem.pool.gpus_per_node)
     for m, d in enumerate(problem.demands):
         if not d.needed:
             continue
-        if not any(problem.min_share(m, s // pp, pp) is not None
-                   for s in sizes for pp in _powers_of_two_upto(s)):
+        if not any(problem.min_share(m, tp, pp) is not None for tp, pp in shapes):
             raise DoesNotFitError(
                 f"model {d.name!r} ({d.model.name}) fits no group of at most "
                 f"{problem.pool.gpus_per_node} {problem.pool.gpu.name} GPUs on one node"
@@ -547,8 +545,7 @@ def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
         """A new group for ``m``, on the first node with room: the shape of its existing
         replicas (what the full search chose), else its smallest fitting shape."""
         own = sorted({(s.tp, s.pp) for s in slots if m in s.models}, reverse=True)
-        sizes = _powers_of_two_upto(problem.pool.gpus_per_node)
-        shapes = own + [(size // pp, pp) for size in sizes for pp in _powers_of_two_upto(size)]
+        shapes = own + group_shapes(problem.pool.gpus_per_node)
         for tp, pp in shapes:
             size = tp * pp
             if problem.min_share(m, tp, pp) is None:
@@ -663,7 +660,7 @@ def replication_plan(pool: PoolSpec, demands: Sequence[ModelDemand], fill: bool 
     shape, replicas added by the same simulator-guided greedy."""
     problem = _Problem(pool, demands, workload or planning_workload(demands), exclusive=True)
     _check_feasible(problem)
-    sizes = _powers_of_two_upto(pool.gpus_per_node)
+    sizes = powers_of_two_upto(pool.gpus_per_node)
     smallest = min(
         (next(s for s in sizes if problem.min_share(m, s, 1) is not None)
          for m, d in enumerate(demands) if d.needed), default=1)
