@@ -25,6 +25,9 @@ def register(cli: Commands) -> None:
     plan.add_argument("--nodes", type=int, help="nodes per pool (default: what maxGPUs needs)")
     plan.add_argument("--fill", action="store_true",
                       help="use every GPU (AlpaServe) instead of stopping once SLOs are met")
+    plan.add_argument("--allow-unplaced", action="store_true",
+                      help="print the plan even when a model gets no replica (default: an "
+                           "error naming the models, exit 2)")
 
     bench = cli.command(
         "placement", "run AlpaServe's placement experiment (default: the reference case)",
@@ -67,7 +70,8 @@ def _plan(args: argparse.Namespace) -> int:
         demands = [demand_from_service(s) for s in services if s.spec.pool == pool.metadata.name]
         if not demands:
             continue
-        results.append(plan(pool_from_resource(pool, args.nodes), demands, fill=args.fill))
+        results.append(plan(pool_from_resource(pool, args.nodes), demands, fill=args.fill,
+                            allow_unplaced=args.allow_unplaced))
     if args.json:
         print(json.dumps([_placement_json(p) for p in results], indent=1))
         return 0
@@ -77,17 +81,24 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _placement_json(placement: Any) -> dict[str, Any]:
+    prediction = placement.prediction
     return {
         "pool": placement.pool,
         "attainment": round(placement.attainment, 6),
+        "attainment_range": [round(prediction.low, 6), round(prediction.high, 6)],
+        "held_out_samples": prediction.samples,
+        "requests_per_sample": prediction.requests,
         "free_gpus": placement.free_gpus,
+        "unplaced": list(placement.unplaced),
         "groups": [{"id": g.id, "node": g.node, "gpus": list(g.gpu_indices), "tp": g.tp,
                     "pp": g.pp, "models": [{"name": m.name, "memory_share": m.memory_share,
                                             "kv_capacity_tokens": m.kv_capacity_tokens}
                                            for m in g.models]} for g in placement.groups],
         "models": [{"name": o.name, "replicas": o.replicas, "attainment": round(o.attainment, 6),
-                    "target": o.target,
-                    "p95_ttft_seconds": round(o.p95_ttft_s, 4) if math.isfinite(o.p95_ttft_s) else None}
+                    "attainment_range": [round(o.low, 6), round(o.high, 6)],
+                    "target": o.target, "met": o.met,
+                    "p95_ttft_seconds": round(o.p95_ttft_s, 4)
+                    if math.isfinite(o.p95_ttft_s) else None}
                    for o in placement.models],
         "explanation": placement.explanation,
     }
@@ -104,11 +115,12 @@ def _print_placement(placement: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    attainment = {o.name: o.attainment for o in placement.models}
+    attainment = {o.name: f"{o.attainment:.1%} ({o.low:.1%}-{o.high:.1%})"
+                  for o in placement.models}
     table = Table(title=f"pool {placement.pool}: {len(placement.groups)} groups, "
                         f"{placement.free_gpus} GPUs free")
     for column in ("group", "node slice", "tp x pp", "models", "memory use",
-                   "predicted attainment"):
+                   "predicted attainment (held-out range)"):
         table.add_column(column, overflow="fold")
     for g in placement.groups:
         table.add_row(
@@ -116,7 +128,7 @@ def _print_placement(placement: Any) -> None:
             "\n".join(m.name for m in g.models),
             "\n".join(f"{m.memory_share:.0%}, {m.kv_capacity_tokens / 1000:,.0f}k KV tok"
                       for m in g.models),
-            "\n".join(f"{attainment[m.name]:.1%}" for m in g.models))
+            "\n".join(attainment[m.name] for m in g.models))
     console = Console()
     console.print(table)
     console.print(placement.explanation, highlight=False)

@@ -27,7 +27,11 @@ import numpy as np
 from kubeplex.placement.alpaserve.profiles import ModelProfile, ParallelConfig
 from kubeplex.placement.alpaserve.simulator import GroupSpec, SimResult, simulate
 from kubeplex.placement.errors import DoesNotFitError, PlacementError
-from kubeplex.placement.groups import powers_of_two_upto, split_powers_of_two
+from kubeplex.placement.groups import (
+    connected_components,
+    powers_of_two_upto,
+    split_powers_of_two,
+)
 from kubeplex.placement.workload import Workload
 
 __all__ = [
@@ -156,7 +160,7 @@ class _ComponentCache:
     def counts(self, groups: Sequence[GroupSpec]) -> tuple[list[float], list[int]]:
         unserved = self.requests.astype(np.float64).tolist()
         group_requests = [0] * len(groups)
-        for component in _components(groups):
+        for component in connected_components([g.models for g in groups]):
             key = tuple((g, groups[g].config, groups[g].models) for g in component)
             if key not in self._cache:
                 self._cache[key] = self._simulate(groups, component)
@@ -177,30 +181,6 @@ class _ComponentCache:
         unserved = result.unserved.tolist()
         return ({m: int(unserved[i]) for i, m in enumerate(models)},
                 {g: int(result.group_requests[j]) for j, g in enumerate(component)})
-
-
-def _components(groups: Sequence[GroupSpec]) -> list[list[int]]:
-    """Indices of non-empty groups, in connected components (shared models link groups)."""
-    parent = list(range(len(groups)))
-
-    def root(g: int) -> int:
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
-
-    first_host: dict[int, int] = {}
-    for g, group in enumerate(groups):
-        for m in group.models:
-            if m in first_host:
-                parent[root(g)] = root(first_host[m])
-            else:
-                first_host[m] = g
-    components: dict[int, list[int]] = {}
-    for g, group in enumerate(groups):
-        if group.models:
-            components.setdefault(root(g), []).append(g)
-    return list(components.values())
 
 
 def greedy_placement(configs: Sequence[ParallelConfig], profiles: Sequence[ModelProfile],

@@ -5,13 +5,18 @@ What changes from the AlpaServe reproduction (:mod:`kubeplex.placement.alpaserve
 * profiles are analytic (:class:`~kubeplex.placement.llm.LLMProfile`), not measured;
 * a group is ``tp x pp`` GPUs **on one node** (one pod per group), never spanning nodes;
 * memory is judged per hosted model: its memory share of each GPU must hold its weight shard,
-  the engine reserve and KV cache for :data:`MIN_CONCURRENT_SEQUENCES` requests (or one
-  ``max_model_len`` sequence, whichever is more); shares of one group sum to at most
-  :data:`MEMORY_LIMIT`, and what is left is handed out in proportion to KV demand;
-* the simulator is :func:`~kubeplex.placement.planner.simulator.simulate_llm` (continuous batching,
-  KV-bounded admission) and a request is good when TTFT and TPOT meet the model's SLO;
+  the engine reserve and KV cache for :data:`~.demand.MIN_CONCURRENT_SEQUENCES` requests (or
+  one ``max_model_len`` sequence, whichever is more); shares of one group sum to at most
+  :data:`~.demand.MEMORY_LIMIT`, and what is left is handed out in proportion to KV demand;
+* the simulator is :func:`~kubeplex.placement.planner.simulator.simulate_llm` (continuous
+  batching, KV-bounded admission, each request with its own lengths) and a request is good when
+  TTFT and TPOT meet the model's SLO;
 * by default the greedy stops once every model meets its attainment target and minimum
   replica count, leaving the other GPUs free (``fill=True`` uses every GPU, as AlpaServe);
+* every model with demand gets its first replica before any model gets a second, and when
+  memory runs out a model with several replicas gives one up to make room (others are degraded
+  before one is dropped); a model left with no replica is an :class:`UnplacedModelsError`
+  unless the caller allows it;
 * a replica also costs its neighbours KV memory and GPU time, so a placement that makes the
   simulated outcome worse is undone (AlpaServe never needs to: its weights are all it costs);
 * incremental re-planning starts from the current groups, drops models no longer demanded
@@ -19,16 +24,23 @@ What changes from the AlpaServe reproduction (:mod:`kubeplex.placement.alpaserve
   zero for idle models with ``min_replicas`` 0), then adds replicas; at most ``max_moves``
   groups change in all (the forced drops count, and are made even past the budget).
 
-Known simplifications: every request of a model has its demand's mean prompt and output
-length; engines of one group time-share it round by round; a pipeline-parallel engine runs
-one micro-batch at a time (conservative: vLLM keeps ``pp`` in flight), so the planner picks
-``pp > 1`` mainly for memory.
+**Honest prediction.** The search optimises on one sample of requests (seed
+:data:`PLANNING_SEED`); the attainment a placement reports is the median over
+:data:`HOLDOUT_SAMPLES` other samples it never saw, with their range. When a model misses its
+target there, the worst held-out sample joins the search's sample and the greedy goes on, up to
+:data:`VALIDATION_ROUNDS` times, each round judged on fresh samples again.
 
-The layouts tried: every node cut into equal groups of each size ``1, 2, 4, ... <= gpus per
-node`` and each ``tp x pp`` factorization (the remainder as smaller pure-tensor groups), plus
-mixed layouts of ``n`` big groups and the rest small (the AlpaServe bucket idea for models of
-different sizes). Each layout gets the greedy; the best score wins: more models meeting their
-target, then fewer GPUs (unless ``fill``), then higher attainment, then lower mean TTFT.
+**Speed.** Groups only interact through the models they share, so a placement is simulated one
+connected component at a time and each component's outcome is cached by its content (shape
+and models of each group): a greedy step re-simulates only the component it changed, and
+layouts reuse each other's components. Without ``fill``, a layout whose greedy already uses
+more GPUs than the best complete placement found so far is abandoned (it can only score less).
+
+Known simplifications: engines of one group time-share it round by round; a pipeline-parallel
+engine runs one micro-batch at a time (conservative: vLLM keeps ``pp`` in flight), so the
+planner picks ``pp > 1`` mainly for memory. Layouts: :mod:`~.layouts`. The best score wins:
+more models placed, then more models meeting their target, then fewer GPUs (unless ``fill``),
+then higher attainment, then lower mean TTFT.
 """
 
 from __future__ import annotations
@@ -39,207 +51,75 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kubeplex.placement.errors import DoesNotFitError, PlacementError
-from kubeplex.placement.groups import group_shapes, powers_of_two_upto
-from kubeplex.placement.hardware import GPUSpec
-from kubeplex.placement.llm import DEFAULT_MEMORY_FRACTION, RESERVE_BYTES, LLMProfile, ModelShape
+from kubeplex.placement.errors import DoesNotFitError, PlacementError, UnplacedModelsError
+from kubeplex.placement.groups import connected_components, group_shapes
+from kubeplex.placement.llm import LLMProfile
+from kubeplex.placement.planner.demand import (
+    MEMORY_LIMIT,
+    GroupPlacement,
+    HostedModel,
+    ModelDemand,
+    ModelOutcome,
+    Placement,
+    PoolSpec,
+    Prediction,
+)
+from kubeplex.placement.planner.layouts import cut, layouts
 from kubeplex.placement.planner.simulator import (
     EngineSpec,
     LLMGroupSpec,
     LLMSimResult,
-    RequestShape,
     simulate_llm,
 )
-from kubeplex.placement.workload import Workload, synthetic_workload
+from kubeplex.placement.planner.workload import LLMWorkload, draw_workload
 
 __all__ = [
-    "MEMORY_LIMIT",
-    "MIN_CONCURRENT_SEQUENCES",
-    "GroupPlacement",
-    "HostedModel",
-    "ModelDemand",
-    "ModelOutcome",
-    "Placement",
-    "PoolSpec",
+    "HOLDOUT_SAMPLES",
+    "PLANNING_REQUESTS",
+    "PLANNING_SEED",
+    "VALIDATION_ROUNDS",
     "evaluate",
     "plan",
     "planning_workload",
     "replication_plan",
 ]
 
-#: The shares of one GPU's memory that a group's engines may claim together (vLLM's default
-#: --gpu-memory-utilization, split among co-located engines).
-MEMORY_LIMIT = DEFAULT_MEMORY_FRACTION
-#: Least KV room a replica gets: this many concurrent requests of its typical shape.
-MIN_CONCURRENT_SEQUENCES = 8
 #: The planning workload: about this many requests, between these horizons (seconds).
 PLANNING_REQUESTS = 2000
 PLANNING_MIN_HORIZON_S = 30.0
 PLANNING_MAX_HORIZON_S = 600.0
 PLANNING_SEED = 0
+#: Held-out samples a prediction is the median of: with 5, their range covers the true median
+#: with probability 1 - 2 / 2^5 = 94% (the sign test's interval).
+HOLDOUT_SAMPLES = 5
+#: Times the search may go on after its plan missed a target on held-out samples.
+VALIDATION_ROUNDS = 2
 #: Slack when summing memory shares (float rounding of shares that add up to the limit).
 _SHARE_EPSILON = 1e-12
+#: Digits a memory share is rounded to (what ``--gpu-memory-utilization`` is given).
+_SHARE_DIGITS = 4
+#: The TTFT quantile reported per model.
+_REPORTED_TTFT_QUANTILE = 0.95
 
 
-@dataclass(frozen=True)
-class ModelDemand:
-    """One model the pool must serve: its shape, its load and its SLO."""
-
-    name: str
-    model: ModelShape
-    arrival_rate: float
-    cv: float = 1.0
-    prompt_tokens: int = 512
-    output_tokens: int = 128
-    ttft_slo_s: float = 1.0
-    tpot_slo_s: float | None = None
-    target_attainment: float = 0.99
-    min_replicas: int = 0
-    max_replicas: int | None = None
-    tp: int | None = None  # None: the planner chooses
-    pp: int | None = None
-    max_model_len: int | None = None  # KV for one such sequence must fit (vLLM refuses less)
-    #: Models with different keys never share a group (e.g. the Kubernetes namespace: a pod
-    #: joins the Services of its own namespace only). Equal keys (the default) may share.
-    colocation_key: str = ""
-
-    def __post_init__(self) -> None:
-        if self.arrival_rate < 0:
-            raise PlacementError(f"model {self.name!r}: arrival rate must be >= 0 req/s, "
-                                 f"got {self.arrival_rate}")
-        if self.cv <= 0:
-            raise PlacementError(f"model {self.name!r}: burstiness (cv) must be > 0")
-        if not 0 < self.target_attainment <= 1:
-            raise PlacementError(f"model {self.name!r}: target attainment must be in (0, 1]")
-        if self.min_replicas < 0 or (self.max_replicas is not None
-                                     and self.max_replicas < self.min_replicas):
-            raise PlacementError(f"model {self.name!r}: need 0 <= min_replicas <= max_replicas")
-        self.request_shape()  # validates token counts and SLOs
-
-    def request_shape(self) -> RequestShape:
-        return RequestShape(self.prompt_tokens, self.output_tokens, self.ttft_slo_s,
-                            self.tpot_slo_s)
-
-    @property
-    def needed(self) -> bool:
-        return self.arrival_rate > 0 or self.min_replicas > 0
-
-    def allows(self, tp: int, pp: int) -> bool:
-        return (self.tp is None or self.tp == tp) and (self.pp is None or self.pp == pp)
-
-    def min_share(self, gpu: GPUSpec, tp: int, pp: int) -> float | None:
-        """Least memory share of each GPU this model needs in a ``tp x pp`` group (None:
-        that shape is invalid for the model or it cannot fit even alone)."""
-        if not self.allows(tp, pp):
-            return None
-        try:
-            prof = LLMProfile(self.model, gpu, tp, pp)
-        except PlacementError:
-            return None
-        kv_tokens = max(MIN_CONCURRENT_SEQUENCES * self.request_shape().kv_tokens,
-                        self.max_model_len or 0)
-        kv_bytes = kv_tokens * prof.kv_bytes_per_token_per_gpu
-        share = (prof.weight_bytes_per_gpu + RESERVE_BYTES + kv_bytes) / gpu.memory_bytes
-        return share if share <= MEMORY_LIMIT else None
+def planning_workload(demands: Sequence[ModelDemand], seed: int = PLANNING_SEED) -> LLMWorkload:
+    """Gamma arrivals per model over a horizon that holds about :data:`PLANNING_REQUESTS`,
+    each request with lengths drawn from its model's :attr:`ModelDemand.lengths`."""
+    total = sum(d.arrival_rate for d in demands)
+    horizon = PLANNING_MAX_HORIZON_S if total == 0 else min(
+        PLANNING_MAX_HORIZON_S, max(PLANNING_MIN_HORIZON_S, PLANNING_REQUESTS / total))
+    return draw_workload([d.arrival_rate for d in demands], [d.cv for d in demands],
+                         [d.ttft_slo_s for d in demands], [d.lengths for d in demands],
+                         horizon, seed)
 
 
-@dataclass(frozen=True)
-class PoolSpec:
-    """``nodes`` x ``gpus_per_node`` GPUs of one kind, at most ``max_gpus`` of them used."""
-
-    gpu: GPUSpec
-    nodes: int
-    gpus_per_node: int
-    max_gpus: int | None = None
-    name: str = "pool"
-
-    def __post_init__(self) -> None:
-        if self.nodes < 1 or self.gpus_per_node < 1:
-            raise PlacementError(f"pool {self.name!r}: needs >= 1 node and >= 1 GPU per node")
-        if self.max_gpus is not None and self.max_gpus < 0:
-            raise PlacementError(f"pool {self.name!r}: max GPUs must be >= 0")
-        if self.usable_gpus == 0:
-            raise PlacementError(f"pool {self.name!r} has zero usable GPUs")
-
-    @property
-    def usable_gpus(self) -> int:
-        total = self.nodes * self.gpus_per_node
-        return total if self.max_gpus is None else min(total, self.max_gpus)
-
-    def node_capacity(self) -> list[int]:
-        """GPUs usable on each node (nodes filled in order up to ``max_gpus``)."""
-        left, caps = self.usable_gpus, []
-        for _ in range(self.nodes):
-            caps.append(min(left, self.gpus_per_node))
-            left -= caps[-1]
-        return caps
+def holdout_seeds(round_: int) -> list[int]:
+    """Seeds of the held-out samples of validation round ``round_`` (never the search's)."""
+    first = PLANNING_SEED + 1 + round_ * HOLDOUT_SAMPLES
+    return list(range(first, first + HOLDOUT_SAMPLES))
 
 
-@dataclass(frozen=True)
-class HostedModel:
-    name: str
-    memory_share: float  # fraction of each GPU's memory (vLLM --gpu-memory-utilization)
-    kv_capacity_tokens: int
-
-
-@dataclass(frozen=True)
-class GroupPlacement:
-    """One group: a pod requesting ``tp * pp`` GPUs on one node, hosting one engine per model."""
-
-    id: str
-    node: int
-    gpu_indices: tuple[int, ...]
-    tp: int
-    pp: int
-    models: tuple[HostedModel, ...]
-
-    @property
-    def gpus(self) -> int:
-        return self.tp * self.pp
-
-    @property
-    def memory_used(self) -> float:
-        return sum(m.memory_share for m in self.models)
-
-
-@dataclass(frozen=True)
-class ModelOutcome:
-    """Predicted service of one model under the placement."""
-
-    name: str
-    replicas: int
-    attainment: float
-    target: float
-    p95_ttft_s: float
-
-    @property
-    def met(self) -> bool:
-        return self.attainment >= self.target
-
-
-@dataclass(frozen=True)
-class Placement:
-    pool: str
-    groups: tuple[GroupPlacement, ...]
-    models: tuple[ModelOutcome, ...]
-    attainment: float
-    explanation: str
-    #: Incremental plans: groups created or changed (ids), and groups removed.
-    moved: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    free_gpus: int = 0
-
-    def replicas(self, name: str) -> int:
-        return sum(1 for g in self.groups for m in g.models if m.name == name)
-
-    def outcome(self, name: str) -> ModelOutcome:
-        for o in self.models:
-            if o.name == name:
-                return o
-        raise PlacementError(f"model {name!r} is not in this placement")
-
-
-# ---- internal state ---------------------------------------------------------------------------
+# ---- simulation, one connected component at a time --------------------------------------------
 
 @dataclass
 class _Slot:
@@ -251,24 +131,62 @@ class _Slot:
     models: list[int] = field(default_factory=list)
 
 
-def planning_workload(demands: Sequence[ModelDemand], seed: int = PLANNING_SEED) -> Workload:
-    """Gamma arrivals per model over a horizon that holds about :data:`PLANNING_REQUESTS`."""
-    total = sum(d.arrival_rate for d in demands)
-    horizon = PLANNING_MAX_HORIZON_S if total == 0 else min(
-        PLANNING_MAX_HORIZON_S, max(PLANNING_MIN_HORIZON_S, PLANNING_REQUESTS / total))
-    return synthetic_workload([d.arrival_rate for d in demands], [d.cv for d in demands],
-                              [d.ttft_slo_s for d in demands], horizon, seed)
+@dataclass(frozen=True)
+class _Part:
+    """One component's simulated outcome (its models, their good requests, its groups'
+    request counts, and the sum and count of finite TTFTs)."""
+
+    models: tuple[int, ...]
+    good: tuple[int, ...]
+    group_requests: tuple[int, ...]
+    ttft_sum: float
+    ttft_count: int
+
+
+class _Outcome:
+    """A whole placement's outcome, assembled from its components' parts."""
+
+    __slots__ = ("group_requests", "model_good", "model_requests", "ttft_count", "ttft_sum")
+
+    def __init__(self, model_requests: list[int], groups: int) -> None:
+        self.model_requests = model_requests
+        self.model_good = [0] * len(model_requests)
+        self.group_requests = [0] * groups
+        self.ttft_sum = 0.0
+        self.ttft_count = 0
+
+    @property
+    def attainment(self) -> float:
+        total = sum(self.model_requests)
+        return sum(self.model_good) / total if total else 1.0
+
+    def model_attainment(self, m: int) -> float:
+        n = self.model_requests[m]
+        return self.model_good[m] / n if n else 1.0
+
+    def unserved(self, m: int) -> int:
+        return self.model_requests[m] - self.model_good[m]
+
+    @property
+    def mean_ttft(self) -> float:
+        return self.ttft_sum / self.ttft_count if self.ttft_count else math.inf
 
 
 class _Problem:
-    """Demands, pool and workload, with cached per-shape memory needs."""
+    """Demands, pool and workload, with cached memory needs, profiles and component outcomes."""
 
-    def __init__(self, pool: PoolSpec, demands: Sequence[ModelDemand], workload: Workload,
+    def __init__(self, pool: PoolSpec, demands: Sequence[ModelDemand], workload: LLMWorkload,
                  exclusive: bool = False):
         self.pool, self.demands, self.workload = pool, list(demands), workload
         self.exclusive = exclusive  # one model per group (the replication baseline)
-        self.shapes = [d.request_shape() for d in demands]
+        self.slos = [d.slo for d in demands]
+        self.requests = workload.requests.model_counts().tolist()
+        self.kv_weight = [d.arrival_rate * (d.prompt_tokens + d.output_tokens) for d in demands]
         self._min: dict[tuple[int, int, int], float | None] = {}
+        self._profiles: dict[tuple[int, int, int], LLMProfile] = {}
+        self._parts: dict[tuple[tuple[int, int, tuple[int, ...]], ...], _Part] = {}
+        self._subsets: dict[tuple[int, ...], LLMWorkload] = {}
+        self.simulations = 0  # component simulations run (cache misses), for benchmarks
 
     def min_share(self, m: int, tp: int, pp: int) -> float | None:
         key = (m, tp, pp)
@@ -276,14 +194,20 @@ class _Problem:
             self._min[key] = self.demands[m].min_share(self.pool.gpu, tp, pp)
         return self._min[key]
 
-    def shares(self, slot: _Slot) -> list[float]:
-        """Memory shares of the slot's models: each its minimum plus a slice of what is left
+    def profile(self, m: int, tp: int, pp: int) -> LLMProfile:
+        key = (m, tp, pp)
+        if key not in self._profiles:
+            self._profiles[key] = LLMProfile(self.demands[m].model, self.pool.gpu, tp, pp)
+        return self._profiles[key]
+
+    def shares(self, tp: int, pp: int, models: Sequence[int]) -> list[float]:
+        """Memory shares of a group's models: each its minimum plus a slice of what is left
         in proportion to its KV demand (rate x tokens per request)."""
-        mins = [self.min_share(m, slot.tp, slot.pp) or 0.0 for m in slot.models]
-        weights = [self.demands[m].arrival_rate * self.shapes[m].kv_tokens for m in slot.models]
+        mins = [self.min_share(m, tp, pp) or 0.0 for m in models]
+        weights = [self.kv_weight[m] for m in models]
         left = max(0.0, MEMORY_LIMIT - sum(mins))
         total = sum(weights)
-        return [lo + left * (w / total if total else 1 / len(mins))
+        return [round(lo + left * (w / total if total else 1 / len(mins)), _SHARE_DIGITS)
                 for lo, w in zip(mins, weights, strict=True)]
 
     def fits(self, slot: _Slot, m: int) -> bool:
@@ -296,23 +220,51 @@ class _Problem:
         used = sum(self.min_share(x, slot.tp, slot.pp) or 0.0 for x in slot.models)
         return used + share <= MEMORY_LIMIT + _SHARE_EPSILON
 
-    def simulate(self, slots: Sequence[_Slot]) -> LLMSimResult:
-        groups = []
-        for slot in slots:
-            engines = []
-            for m, share in zip(slot.models, self.shares(slot), strict=True):
-                prof = LLMProfile(self.demands[m].model, self.pool.gpu, slot.tp, slot.pp)
-                engines.append(EngineSpec(m, prof, prof.kv_capacity_tokens(share)))
-            groups.append(LLMGroupSpec(tuple(engines)))
-        return simulate_llm(groups, self.shapes, self.workload)
+    def engines(self, tp: int, pp: int, models: Sequence[int], local: dict[int, int]
+                ) -> LLMGroupSpec:
+        return LLMGroupSpec(tuple(
+            EngineSpec(local[m], prof, prof.kv_capacity_tokens(share))
+            for m, share in zip(models, self.shares(tp, pp, models), strict=True)
+            for prof in (self.profile(m, tp, pp),)))
 
-    def satisfied(self, m: int, replicas: int, result: LLMSimResult) -> bool:
+    def simulate(self, slots: Sequence[_Slot]) -> _Outcome:
+        out = _Outcome(self.requests, len(slots))
+        for component in connected_components([s.models for s in slots]):
+            key = tuple((slots[g].tp, slots[g].pp, tuple(slots[g].models)) for g in component)
+            part = self._parts.get(key)
+            if part is None:
+                part = self._parts[key] = self._simulate_part(key)
+            for m, good in zip(part.models, part.good, strict=True):
+                out.model_good[m] = good
+            for g, count in zip(component, part.group_requests, strict=True):
+                out.group_requests[g] = count
+            out.ttft_sum += part.ttft_sum
+            out.ttft_count += part.ttft_count
+        return out
+
+    def _simulate_part(self, key: tuple[tuple[int, int, tuple[int, ...]], ...]) -> _Part:
+        self.simulations += 1
+        models = tuple(sorted({m for _, _, ms in key for m in ms}))
+        local = {m: i for i, m in enumerate(models)}
+        if models not in self._subsets:
+            self._subsets[models] = self.workload.subset(models)
+        groups = [self.engines(tp, pp, ms, local) for tp, pp, ms in key]
+        result = simulate_llm(groups, [self.slos[m] for m in models], self._subsets[models])
+        served = result.ttft[np.isfinite(result.ttft)]
+        return _Part(models, tuple(result.model_good.tolist()),
+                     tuple(result.group_requests.tolist()), float(served.sum()), len(served))
+
+    def satisfied(self, m: int, replicas: int, outcome: _Outcome) -> bool:
         d = self.demands[m]
         if replicas < d.min_replicas:
             return False
         if d.arrival_rate == 0:
             return True
-        return replicas > 0 and float(result.model_attainment[m]) >= d.target_attainment
+        return replicas > 0 and outcome.model_attainment(m) >= d.target_attainment
+
+    def wants_first_replica(self, m: int, replicas: int) -> bool:
+        d = self.demands[m]
+        return replicas == 0 and d.needed and d.max_replicas != 0
 
 
 def _replica_counts(slots: Sequence[_Slot], n: int) -> list[int]:
@@ -323,52 +275,73 @@ def _replica_counts(slots: Sequence[_Slot], n: int) -> list[int]:
     return counts
 
 
-def _quality(problem: _Problem, slots: Sequence[_Slot], result: LLMSimResult
-             ) -> tuple[int, float]:
-    replicas = _replica_counts(slots, len(problem.demands))
-    met = sum(problem.satisfied(m, replicas[m], result) for m in range(len(problem.demands)))
-    return met, result.attainment
+def _gpus_used(slots: Sequence[_Slot]) -> int:
+    return sum(s.tp * s.pp for s in slots if s.models)
 
+
+def _score(problem: _Problem, slots: Sequence[_Slot], outcome: _Outcome, fill: bool
+           ) -> tuple[float, ...]:
+    """More models placed first, then more meeting their target; then, unless ``fill``, fewer
+    GPUs before higher attainment (the extra GPUs stay free for the autoscaler and the warm
+    pool); then lower mean TTFT. Also the greedy's yardstick (its first two fields)."""
+    n = len(problem.demands)
+    replicas = _replica_counts(slots, n)
+    placed = sum(not problem.wants_first_replica(m, replicas[m]) for m in range(n))
+    met = sum(problem.satisfied(m, replicas[m], outcome) for m in range(n))
+    used = _gpus_used(slots)
+    if fill:
+        return (placed, met, outcome.attainment, -used, -outcome.mean_ttft)
+    return (placed, met, -used, outcome.attainment, -outcome.mean_ttft)
+
+
+# ---- the greedy -------------------------------------------------------------------------------
 
 def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
             touched: set[str] | None = None, max_moves: int | None = None,
-            spawn: Callable[[int], _Slot | None] | None = None) -> LLMSimResult:
+            spawn: Callable[[int], _Slot | None] | None = None,
+            gpu_bound: int | None = None) -> _Outcome | None:
     """AlpaServe's simulator-guided greedy on LLM slots (mutates ``slots``).
 
-    Unless ``fill``, it stops once every model is satisfied and tries groups that already host
-    something before empty ones (co-location first, free GPUs stay free). Unlike AlpaServe's
-    weights, an LLM replica also takes KV memory and GPU time from its neighbours, so a
-    placement that leaves fewer models satisfied or a lower attainment is undone and that
-    (group, model) pair is not tried again. With ``touched`` and ``max_moves``, a slot not yet
-    touched may change only while the budget lasts; ``spawn(m)`` carves a new slot for model
-    ``m`` from free GPUs when no slot takes it.
+    Models without a replica come first, then models below ``min_replicas``, then the most
+    unserved. Unless ``fill``, it stops once every model is satisfied and tries groups that
+    already host something before empty ones (co-location first, free GPUs stay free). Unlike
+    AlpaServe's weights, an LLM replica also takes KV memory and GPU time from its neighbours,
+    so a placement that leaves fewer models satisfied or a lower attainment is undone and that
+    (group, model) pair is not tried again (a model's first replica and replicas below its
+    minimum are always kept). With ``touched`` and ``max_moves``, a slot not yet touched may
+    change only while the budget lasts; ``spawn(m)`` carves a new slot for model ``m`` from
+    free GPUs when no slot takes it. Returns None as soon as more than ``gpu_bound`` GPUs are
+    in use (the caller already has a complete placement that uses fewer).
     """
     n = len(problem.demands)
     tried: set[tuple[str, int]] = set()
-    last: tuple[_Slot, int, bool, LLMSimResult] | None = None  # slot, model, newly touched
+    last: tuple[_Slot, int, bool, _Outcome] | None = None  # slot, model, newly touched, before
     while True:
-        result = problem.simulate(slots)
+        outcome = problem.simulate(slots)
         if last is not None:
             slot, m, newly, before = last
-            if _quality(problem, slots, result) < _quality(problem, slots, before) or (
-                    _quality(problem, slots, result) == _quality(problem, slots, before)
-                    and fill and result.attainment < before.attainment):
+            # (placed, met, attainment): any drop undoes the step
+            if _score(problem, slots, outcome, True)[:3] < _score(problem, slots, before,
+                                                                   True)[:3]:
                 slot.models.remove(m)
                 if newly and touched is not None:
                     touched.discard(slot.id)
-                result = before
+                outcome = before
+        if gpu_bound is not None and _gpus_used(slots) > gpu_bound:
+            return None
         replicas = _replica_counts(slots, n)
-        unmet = [not problem.satisfied(m, replicas[m], result) for m in range(n)]
+        unmet = [not problem.satisfied(m, replicas[m], outcome) for m in range(n)]
         if not fill and not any(unmet):
-            return result
-        unserved, requests = result.unserved.tolist(), result.model_requests.tolist()
+            return outcome
+        first = [problem.wants_first_replica(m, replicas[m]) for m in range(n)]
         below_min = [replicas[m] < problem.demands[m].min_replicas for m in range(n)]
         caps = [problem.demands[m].max_replicas for m in range(n)]
         model_order = [m for m in sorted(
             (m for m in range(n) if (fill and problem.demands[m].needed) or unmet[m]),
-            key=lambda m: (not below_min[m], -unserved[m], replicas[m], -requests[m], m))
+            key=lambda m: (not first[m], not below_min[m], -outcome.unserved(m), replicas[m],
+                           -problem.requests[m], m))
             if (cap := caps[m]) is None or replicas[m] < cap]
-        load = result.group_requests.tolist()
+        load = outcome.group_requests
         group_order = sorted(range(len(slots)),
                              key=lambda g: (not fill and not slots[g].models, load[g], g))
         budget_left = touched is None or max_moves is None or len(touched) < max_moves
@@ -385,85 +358,50 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
                     choice, spawned = (new, m), True
                     break
         if choice is None:
-            return result
+            return outcome
         slot, m = choice
         tried.add((slot.id, m))
         slot.models.append(m)
         newly = touched is not None and slot.id not in touched
         if touched is not None:
             touched.add(slot.id)
-        # A replica that must exist (min replicas) or that opened new GPUs is kept as is.
-        last = None if spawned or replicas[m] < problem.demands[m].min_replicas else (
-            slot, m, newly, result)
+        # A replica that must exist (first, min replicas) or that opened new GPUs stays.
+        last = None if spawned or first[m] or below_min[m] else (slot, m, newly, outcome)
 
 
-# ---- layouts ----------------------------------------------------------------------------------
-
-_Cut = tuple[tuple[int, ...], int, int]  # GPU indices, tp, pp
-
-
-def _cut(free: list[int], sizes: Sequence[tuple[int, int]]) -> list[_Cut]:
-    """Take groups of the given (tp, pp) shapes from a node's free GPU indices, in order; the
-    remainder becomes the largest pure-tensor groups that fit."""
-    out, i = [], 0
-    for tp, pp in sizes:
-        if i + tp * pp > len(free):
-            break
-        out.append((tuple(free[i:i + tp * pp]), tp, pp))
-        i += tp * pp
-    while i < len(free):
-        size = powers_of_two_upto(len(free) - i)[-1]
-        out.append((tuple(free[i:i + size]), size, 1))
-        i += size
-    return out
-
-
-def _layouts(pool: PoolSpec) -> list[list[tuple[int, tuple[int, ...], int, int]]]:
-    """Candidate layouts: lists of (node, gpu indices, tp, pp)."""
-    caps = pool.node_capacity()
-    sizes = powers_of_two_upto(pool.gpus_per_node)
-    layouts = []
-    for size in sizes:
-        for pp in powers_of_two_upto(size):
-            tp = size // pp
-            layout = []
-            for node, cap in enumerate(caps):
-                cuts = _cut(list(range(cap)), [(tp, pp)] * (cap // size))
-                layout += [(node, *cut) for cut in cuts]
-            layouts.append(layout)
-    for small in sizes:
-        for big in (s for s in sizes if s > small):
-            per_node = [cap // big for cap in caps]
-            for n_big in range(1, sum(per_node)):
-                layout, left = [], n_big
-                for node, cap in enumerate(caps):
-                    k = min(left, per_node[node])
-                    left -= k
-                    plan_ = [(big, 1)] * k + [(small, 1)] * ((cap - k * big) // small)
-                    layout += [(node, *cut) for cut in _cut(list(range(cap)), plan_)]
-                layouts.append(layout)
-    unique, seen = [], set()
-    for layout in layouts:
-        key = tuple(sorted((g[0], len(g[1]), g[2], g[3]) for g in layout))
-        if key not in seen:
-            seen.add(key)
-            unique.append(layout)
-    return unique
-
-
-def _score(problem: _Problem, slots: Sequence[_Slot], result: LLMSimResult, fill: bool
-           ) -> tuple[float, ...]:
-    """More models meeting their target first; then, unless ``fill``, fewer GPUs before higher
-    attainment (the extra GPUs stay free for the autoscaler and the warm pool); then lower
-    mean TTFT."""
-    replicas = _replica_counts(slots, len(problem.demands))
-    met = sum(problem.satisfied(m, replicas[m], result) for m in range(len(problem.demands)))
-    used = sum(s.tp * s.pp for s in slots if s.models)
-    served = result.ttft[np.isfinite(result.ttft)]
-    mean_ttft = float(served.mean()) if len(served) else math.inf
-    if fill:
-        return (met, result.attainment, -used, -mean_ttft)
-    return (met, -used, result.attainment, -mean_ttft)
+def _make_room(problem: _Problem, slots: list[_Slot]) -> bool:
+    """Give each model still without a replica one, taking replicas from models that have more
+    than one (and more than their minimum): others are degraded before one is dropped. Slots
+    where the fewest replicas must go are tried first. Returns whether anything moved."""
+    n = len(problem.demands)
+    moved = False
+    for m in range(n):
+        replicas = _replica_counts(slots, n)
+        if not problem.wants_first_replica(m, replicas[m]):
+            continue
+        options = []
+        for slot in slots:
+            if problem.min_share(m, slot.tp, slot.pp) is None:
+                continue
+            spare = [x for x in slot.models
+                     if replicas[x] > max(1, problem.demands[x].min_replicas)]
+            keep = [x for x in slot.models if x not in spare]
+            trial = _Slot(slot.id, slot.node, slot.gpu_indices, slot.tp, slot.pp, list(keep))
+            if not problem.fits(trial, m):
+                continue
+            # Give back as few of the spare replicas as it takes, the most replicated first.
+            for x in sorted(spare, key=lambda x: (-replicas[x], x)):
+                more = _Slot(slot.id, slot.node, slot.gpu_indices, slot.tp, slot.pp,
+                             [*trial.models, x])
+                if problem.fits(more, m):
+                    trial = more
+            options.append((len(slot.models) - len(trial.models), slot.id, slot, trial))
+        if not options:
+            continue
+        _, _, slot, trial = min(options, key=lambda o: (o[0], o[1]))
+        slot.models[:] = [x for x in slot.models if x in trial.models] + [m]
+        moved = True
+    return moved
 
 
 # ---- entry points -----------------------------------------------------------------------------
@@ -481,43 +419,80 @@ def _check_feasible(problem: _Problem) -> None:
                 + "; use bigger nodes or GPUs, a shorter max_model_len, or another parallelism")
 
 
-def plan(pool: PoolSpec, demands: Sequence[ModelDemand], current: Placement | None = None,
-         max_moves: int | None = None, fill: bool = False,
-         workload: Workload | None = None) -> Placement:
-    """Place ``demands`` on ``pool``.
-
-    Without ``current``: search every layout (see the module docstring). With ``current``:
-    keep its groups, drop models no longer demanded, and add replicas (to existing groups or
-    new groups carved from free GPUs) changing at most ``max_moves`` groups; the result's
-    ``moved`` and ``removed`` name the groups that change. ``workload`` overrides the planning
-    workload (default: :func:`planning_workload` of the demands).
-    """
+def _check_inputs(demands: Sequence[ModelDemand], max_moves: int | None) -> None:
     names = [d.name for d in demands]
     if len(set(names)) != len(names):
         raise PlacementError(f"model names must be unique, got {names}")
     if max_moves is not None and max_moves < 0:
         raise PlacementError(f"max_moves must be >= 0, got {max_moves}")
+
+
+def plan(pool: PoolSpec, demands: Sequence[ModelDemand], current: Placement | None = None,
+         max_moves: int | None = None, fill: bool = False,
+         workload: LLMWorkload | None = None, allow_unplaced: bool = False) -> Placement:
+    """Place ``demands`` on ``pool``.
+
+    Without ``current``: search every layout (see the module docstring), then check the plan
+    on held-out samples (and go on searching while a target is missed there). With
+    ``current``: keep its groups, drop models no longer demanded, and add replicas (to existing
+    groups or new groups carved from free GPUs) changing at most ``max_moves`` groups; the
+    result's ``moved`` and ``removed`` name the groups that change. ``workload`` overrides the
+    search's sample (default: :func:`planning_workload` of the demands). A model with demand
+    left without a replica raises :class:`UnplacedModelsError` unless ``allow_unplaced``.
+    """
+    _check_inputs(demands, max_moves)
     problem = _Problem(pool, demands, workload or planning_workload(demands))
     _check_feasible(problem)
     if current is not None:
-        return _incremental(problem, current, max_moves, fill)
-    best: tuple[tuple[float, ...], list[_Slot], LLMSimResult] | None = None
-    layouts = _layouts(pool)
-    for layout in layouts:
+        return _incremental(problem, current, max_moves, fill, allow_unplaced)
+    slots, tried, pruned = _search(problem, fill)
+    how = f"best of {tried} layouts" + (f", {pruned} abandoned early" if pruned else "")
+    rounds = 0
+    forecast = _predict(problem, slots, holdout_seeds(0))
+    while rounds < VALIDATION_ROUNDS and _missed(problem, slots, forecast):
+        worst = min(forecast.samples, key=lambda s: s.attainment)
+        problem = _Problem(pool, demands, problem.workload.then(worst.workload))
+        before = [list(s.models) for s in slots]
+        _greedy(problem, slots, fill)
+        rounds += 1
+        if [s.models for s in slots] == before:
+            break  # nothing more to add: the last held-out check stands
+        forecast = _predict(problem, slots, holdout_seeds(rounds))
+    if rounds:
+        how += (f"; {rounds} more search round{'s' if rounds > 1 else ''} after held-out "
+                "samples missed a target")
+    return _placement(problem, slots, how, forecast, allow_unplaced)
+
+
+def _search(problem: _Problem, fill: bool) -> tuple[list[_Slot], int, int]:
+    """The best layout's slots after its greedy, how many layouts were tried, and how many of
+    them were abandoned early."""
+    best: tuple[tuple[float, ...], list[_Slot]] | None = None
+    bound: int | None = None
+    pruned = 0
+    candidates = layouts(problem.pool)
+    n = len(problem.demands)
+    for layout in candidates:
         slots = [_Slot(f"g{i}", node, gpus, tp, pp) for i, (node, gpus, tp, pp)
                  in enumerate(layout)]
-        result = _greedy(problem, slots, fill)
-        s = _score(problem, slots, result, fill)
+        outcome = _greedy(problem, slots, fill, gpu_bound=bound)
+        if outcome is None:
+            pruned += 1
+            continue
+        if _make_room(problem, slots):
+            outcome = _greedy(problem, slots, fill) or problem.simulate(slots)
+        s = _score(problem, slots, outcome, fill)
         if best is None or s > best[0]:
-            best = (s, slots, result)
-    if best is None:  # unreachable: a pool always has at least one layout
-        raise DoesNotFitError(f"pool {pool.name!r} has no layout")
-    _, slots, result = best
-    return _placement(problem, slots, result, f"best of {len(layouts)} layouts")
+            best = (s, slots)
+            if not fill and s[0] == s[1] == n:  # everything placed and met: bound the rest
+                bound = _gpus_used(slots)
+    if best is None:  # unreachable: the first layout is never pruned
+        raise DoesNotFitError(f"pool {problem.pool.name!r} has no layout")
+    return best[1], len(candidates), pruned
 
 
 def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
-                 fill: bool) -> Placement:
+                 fill: bool, allow_unplaced: bool) -> Placement:
     index = {d.name: m for m, d in enumerate(problem.demands)}
     touched: set[str] = set()
     slots: list[_Slot] = []
@@ -530,8 +505,9 @@ def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
         busy.setdefault(g.node, set()).update(g.gpu_indices)
     # Over max_replicas now: drop the extra replicas from the last groups.
     for m, d in enumerate(problem.demands):
-        extra = sum(m in s.models for s in slots) - (d.max_replicas if d.max_replicas
-                                                     is not None else 10**9)
+        if d.max_replicas is None:
+            continue
+        extra = sum(m in s.models for s in slots) - d.max_replicas
         for slot in reversed(slots):
             if extra > 0 and m in slot.models:
                 slot.models.remove(m)
@@ -545,8 +521,7 @@ def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
         """A new group for ``m``, on the first node with room: the shape of its existing
         replicas (what the full search chose), else its smallest fitting shape."""
         own = sorted({(s.tp, s.pp) for s in slots if m in s.models}, reverse=True)
-        shapes = own + group_shapes(problem.pool.gpus_per_node)
-        for tp, pp in shapes:
+        for tp, pp in own + group_shapes(problem.pool.gpus_per_node):
             size = tp * pp
             if problem.min_share(m, tp, pp) is None:
                 continue
@@ -560,14 +535,15 @@ def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
 
     if not fill:
         _shrink(problem, slots, touched, max_moves)
-    result = _greedy(problem, slots, fill, touched, max_moves, spawn)
+    _greedy(problem, slots, fill, touched, max_moves, spawn)
     before = {g.id for g in current.groups}
     removed = tuple(sorted(s.id for s in slots if s.id in before and not s.models))
     moved = tuple(sorted(s.id for s in slots if s.id in touched and s.models))
     budget = "unbounded" if max_moves is None else f"at most {max_moves}"
     how = (f"incremental from {len(current.groups)} groups, {budget} moves: "
            f"changed {list(moved) or 'none'}, removed {list(removed) or 'none'}")
-    return _placement(problem, slots, result, how, moved, removed)
+    return _placement(problem, slots, how, _predict(problem, slots, holdout_seeds(0)),
+                      allow_unplaced, moved, removed)
 
 
 def _shrink(problem: _Problem, slots: list[_Slot], touched: set[str],
@@ -577,11 +553,11 @@ def _shrink(problem: _Problem, slots: list[_Slot], touched: set[str],
     within the move budget. Each (group, model) pair is tried once."""
     n = len(problem.demands)
     tried: set[tuple[str, int]] = set()
-    result = problem.simulate(slots)
+    outcome = problem.simulate(slots)
     while True:
         replicas = _replica_counts(slots, n)
-        ok = [problem.satisfied(m, replicas[m], result) for m in range(n)]
-        load = result.group_requests.tolist()
+        ok = [problem.satisfied(m, replicas[m], outcome) for m in range(n)]
+        load = outcome.group_requests
         candidates = [(slot, m) for g, slot in sorted(enumerate(slots), key=lambda x: load[x[0]])
                       for m in slot.models
                       if (slot.id, m) not in tried and ok[m]
@@ -596,49 +572,126 @@ def _shrink(problem: _Problem, slots: list[_Slot], touched: set[str],
         after = _replica_counts(slots, n)
         if all(problem.satisfied(x, after[x], trial) for x in range(n) if ok[x]):
             touched.add(slot.id)
-            result = trial
+            outcome = trial
         else:
             slot.models.append(m)
 
 
-def _placement(problem: _Problem, slots: Sequence[_Slot], result: LLMSimResult, how: str,
-               moved: tuple[str, ...] = (), removed: tuple[str, ...] = ()) -> Placement:
+# ---- honest prediction ------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class _Sample:
+    workload: LLMWorkload
+    result: LLMSimResult
+
+    @property
+    def attainment(self) -> float:
+        return self.result.attainment
+
+
+@dataclass(frozen=True, eq=False)
+class _Forecast:
+    """A placement simulated on held-out samples."""
+
+    samples: tuple[_Sample, ...]
+
+    def model_attainments(self, m: int) -> list[float]:
+        return [float(s.result.model_attainment[m]) for s in self.samples]
+
+
+def _groups_of(problem: _Problem, slots: Sequence[_Slot]) -> list[LLMGroupSpec]:
+    identity = {m: m for m in range(len(problem.demands))}
+    return [problem.engines(s.tp, s.pp, s.models, identity) for s in slots if s.models]
+
+
+def _predict(problem: _Problem, slots: Sequence[_Slot], seeds: Sequence[int]) -> _Forecast:
+    groups = _groups_of(problem, slots)
+    samples = []
+    for seed in seeds:
+        workload = planning_workload(problem.demands, seed)
+        samples.append(_Sample(workload, simulate_llm(groups, problem.slos, workload)))
+    return _Forecast(tuple(samples))
+
+
+def _missed(problem: _Problem, slots: Sequence[_Slot], forecast: _Forecast) -> bool:
+    """Whether a model that met its target on the search's sample misses it (median) on the
+    held-out samples, while the greedy could still add a replica somewhere."""
+    replicas = _replica_counts(slots, len(problem.demands))
+    for m, d in enumerate(problem.demands):
+        if d.arrival_rate == 0 or replicas[m] == 0:
+            continue
+        if float(np.median(forecast.model_attainments(m))) < d.target_attainment:
+            return True
+    return False
+
+
+def _placement(problem: _Problem, slots: Sequence[_Slot], how: str, forecast: _Forecast,
+               allow_unplaced: bool, moved: tuple[str, ...] = (),
+               removed: tuple[str, ...] = ()) -> Placement:
+    n = len(problem.demands)
+    replicas = _replica_counts(slots, n)
+    unplaced = tuple(d.name for m, d in enumerate(problem.demands)
+                     if problem.wants_first_replica(m, replicas[m]))
+    if unplaced and not allow_unplaced:
+        raise UnplacedModelsError(
+            f"pool {problem.pool.name!r}: no room for {', '.join(unplaced)} even with every "
+            f"other model held to one replica ({problem.pool.usable_gpus} usable "
+            f"{problem.pool.gpu.name} GPUs for {n} models); raise the pool's maxGPUs, move "
+            "models to another pool, or allow unplaced models", unplaced, problem.pool.name)
     groups = []
     for slot in slots:
         if not slot.models:
             continue
         hosted = []
-        for m, share in zip(slot.models, problem.shares(slot), strict=True):
-            prof = LLMProfile(problem.demands[m].model, problem.pool.gpu, slot.tp, slot.pp)
-            hosted.append(HostedModel(problem.demands[m].name, round(share, 4),
-                                      prof.kv_capacity_tokens(round(share, 4))))
+        for m, share in zip(slot.models, problem.shares(slot.tp, slot.pp, slot.models),
+                            strict=True):
+            prof = problem.profile(m, slot.tp, slot.pp)
+            hosted.append(HostedModel(problem.demands[m].name, share,
+                                      prof.kv_capacity_tokens(share)))
         groups.append(GroupPlacement(slot.id, slot.node, slot.gpu_indices, slot.tp, slot.pp,
                                      tuple(hosted)))
-    replicas = _replica_counts(slots, len(problem.demands))
-    outcomes = tuple(
-        ModelOutcome(d.name, replicas[m], float(result.model_attainment[m]),
-                     d.target_attainment,
-                     result.ttft_quantile(m, problem.workload.model_ids, 0.95))
-        for m, d in enumerate(problem.demands))
+    trained = problem.simulate(slots)
+    ids = np.concatenate([s.workload.model_ids for s in forecast.samples])
+    ttfts = np.concatenate([s.result.ttft for s in forecast.samples])
+    outcomes = []
+    for m, d in enumerate(problem.demands):
+        values = forecast.model_attainments(m)
+        outcomes.append(ModelOutcome(
+            d.name, replicas[m], float(np.median(values)), d.target_attainment,
+            _quantile(ttfts[ids == m], _REPORTED_TTFT_QUANTILE), min(values), max(values),
+            trained.model_attainment(m)))
+    totals = [s.attainment for s in forecast.samples]
+    prediction = Prediction(float(np.median(totals)), min(totals), max(totals), len(totals),
+                            int(np.median([len(s.workload) for s in forecast.samples])))
     used = sum(g.gpus for g in groups)
-    free = problem.pool.usable_gpus - used
     lines = [f"{len(groups)} groups on {used} of {problem.pool.usable_gpus} "
-             f"{problem.pool.gpu.name} GPUs ({how}); predicted attainment "
-             f"{result.attainment:.1%} of {len(problem.workload)} simulated requests"]
+             f"{problem.pool.gpu.name} GPUs ({how}); predicted attainment {prediction} of "
+             f"~{prediction.requests} requests each ({trained.attainment:.1%} on the sample "
+             "searched)"]
     for o, d in zip(outcomes, problem.demands, strict=True):
         slo = f"TTFT <= {d.ttft_slo_s:g} s" + (f", TPOT <= {d.tpot_slo_s:g} s"
                                                if d.tpot_slo_s else "")
-        verdict = "meets" if problem.satisfied(problem.demands.index(d), o.replicas, result) \
-            else "MISSES"
-        lines.append(f"{d.name}: {o.replicas} replicas, {o.attainment:.1%} within {slo} "
-                     f"({verdict} target {d.target_attainment:.0%}), p95 TTFT "
-                     f"{o.p95_ttft_s:.3f} s")
-    return Placement(problem.pool.name, tuple(groups), outcomes, result.attainment,
-                     "\n".join(lines), moved, removed, free)
+        verdict = "meets" if o.met and o.replicas >= d.min_replicas else "MISSES"
+        lines.append(f"{d.name}: {o.replicas} replicas, {o.attainment:.1%} "
+                     f"({o.low:.1%}-{o.high:.1%}) within {slo} ({verdict} target "
+                     f"{d.target_attainment:.1%}), p95 TTFT {o.p95_ttft_s:.3f} s")
+    if unplaced:
+        lines.append(f"left without a replica (allowed): {', '.join(unplaced)}")
+    return Placement(problem.pool.name, tuple(groups), tuple(outcomes), prediction.median,
+                     "\n".join(lines), moved, removed, problem.pool.usable_gpus - used,
+                     prediction, unplaced)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """Nearest-rank quantile (inf when that many were never served; 0 with no requests)."""
+    if not len(values):
+        return 0.0
+    ordered = np.sort(values)
+    return float(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
 
 
 def evaluate(pool: PoolSpec, demands: Sequence[ModelDemand], placement: Placement,
-             workload: Workload) -> LLMSimResult:
+             workload: LLMWorkload) -> LLMSimResult:
     """Simulate ``placement`` (with its memory shares) on another ``workload``, e.g. a held-out
     seed, to check a plan beyond the arrivals it was optimized on."""
     index = {d.name: m for m, d in enumerate(demands)}
@@ -651,21 +704,24 @@ def evaluate(pool: PoolSpec, demands: Sequence[ModelDemand], placement: Placemen
             prof = LLMProfile(demands[index[hosted.name]].model, pool.gpu, g.tp, g.pp)
             engines.append(EngineSpec(index[hosted.name], prof, hosted.kv_capacity_tokens))
         groups.append(LLMGroupSpec(tuple(engines)))
-    return simulate_llm(groups, [d.request_shape() for d in demands], workload)
+    return simulate_llm(groups, [d.slo for d in demands], workload)
 
 
 def replication_plan(pool: PoolSpec, demands: Sequence[ModelDemand], fill: bool = True,
-                     workload: Workload | None = None) -> Placement:
+                     workload: LLMWorkload | None = None,
+                     allow_unplaced: bool = False) -> Placement:
     """Baseline: one model per group (no co-location), each model on its smallest group
     shape, replicas added by the same simulator-guided greedy."""
+    _check_inputs(demands, None)
     problem = _Problem(pool, demands, workload or planning_workload(demands), exclusive=True)
     _check_feasible(problem)
-    sizes = powers_of_two_upto(pool.gpus_per_node)
     smallest = min(
-        (next(s for s in sizes if problem.min_share(m, s, 1) is not None)
+        (next(tp for tp, pp in group_shapes(pool.gpus_per_node)
+              if pp == 1 and problem.min_share(m, tp, 1) is not None)
          for m, d in enumerate(demands) if d.needed), default=1)
     slots = [_Slot(f"g{i}", node, gpus, tp, pp) for i, (node, gpus, tp, pp) in enumerate(
-        (node, *cut) for node, cap in enumerate(pool.node_capacity())
-        for cut in _cut(list(range(cap)), [(smallest, 1)] * (cap // smallest)))]
-    result = _greedy(problem, slots, fill)
-    return _placement(problem, slots, result, "one model per group (replication)")
+        (node, *c) for node, cap in enumerate(pool.node_capacity())
+        for c in cut(range(cap), [(smallest, 1)] * (cap // smallest)))]
+    _greedy(problem, slots, fill)
+    return _placement(problem, slots, "one model per group (replication)",
+                      _predict(problem, slots, holdout_seeds(0)), allow_unplaced)

@@ -20,24 +20,28 @@ from kubeplex.placement.planner import (
 from kubeplex.placement.planner.simulator import (
     EngineSpec,
     LLMGroupSpec,
-    RequestShape,
+    ModelSLO,
     simulate_llm,
 )
+from kubeplex.placement.planner.workload import LLMWorkload
 from kubeplex.placement.workload import Workload
 
 H100 = gpu("H100-80GB")
 
 
-def _wl(arrivals: list[float], models: list[int], n_models: int) -> Workload:
-    return Workload(np.array(arrivals), np.array(models, dtype=np.int64),
-                    np.ones(len(arrivals)), n_models)
+def _wl(arrivals: list[float], models: list[int], n_models: int, prompt: int | list[int],
+        output: int | list[int]) -> LLMWorkload:
+    n = len(arrivals)
+    requests = Workload(np.array(arrivals), np.array(models, dtype=np.int64), np.ones(n),
+                        n_models)
+    return LLMWorkload(requests, np.broadcast_to(np.array(prompt, dtype=np.int64), n).copy(),
+                       np.broadcast_to(np.array(output, dtype=np.int64), n).copy())
 
 
 def test_a_lone_request_takes_prefill_then_decode_steps() -> None:
     prof = profile("llama-3.1-8b", "H100-80GB")
-    shape = RequestShape(512, 3, 10.0)
-    res = simulate_llm([LLMGroupSpec((EngineSpec(0, prof, 100_000),))], [shape],
-                       _wl([1.0], [0], 1))
+    res = simulate_llm([LLMGroupSpec((EngineSpec(0, prof, 100_000),))], [ModelSLO(10.0)],
+                       _wl([1.0], [0], 1, 512, 3))
     assert res.ttft[0] == pytest.approx(prof.prefill_seconds(512))
     assert res.tpot[0] == pytest.approx(prof.decode_step_seconds(1, 513))
     assert res.good.all()
@@ -45,11 +49,11 @@ def test_a_lone_request_takes_prefill_then_decode_steps() -> None:
 
 def test_admission_waits_for_kv_capacity() -> None:
     prof = profile("llama-3.1-8b", "H100-80GB")
-    shape = RequestShape(100, 11, 10.0)
+    slo = [ModelSLO(10.0)]
     one_fits = [LLMGroupSpec((EngineSpec(0, prof, 111),))]
     both_fit = [LLMGroupSpec((EngineSpec(0, prof, 222),))]
-    wl = _wl([0.0, 0.0], [0, 0], 1)
-    serial, batched = simulate_llm(one_fits, [shape], wl), simulate_llm(both_fit, [shape], wl)
+    wl = _wl([0.0, 0.0], [0, 0], 1, 100, 11)
+    serial, batched = simulate_llm(one_fits, slo, wl), simulate_llm(both_fit, slo, wl)
     # With room for one request the second waits for the first's 10 decode steps.
     assert serial.ttft[1] > serial.ttft[0] + 10 * prof.decode_step_seconds(1, 101)
     assert batched.ttft[1] == pytest.approx(batched.ttft[0])
@@ -57,8 +61,8 @@ def test_admission_waits_for_kv_capacity() -> None:
 
 def test_co_located_engines_time_share_their_group() -> None:
     prof = profile("llama-3.1-8b", "H100-80GB")
-    shapes = [RequestShape(256, 50, 10.0), RequestShape(256, 50, 10.0)]
-    wl = _wl([0.0, 0.0], [0, 1], 2)
+    shapes = [ModelSLO(10.0), ModelSLO(10.0)]
+    wl = _wl([0.0, 0.0], [0, 1], 2, 256, 50)
     alone = simulate_llm([LLMGroupSpec((EngineSpec(0, prof, 10_000),)),
                           LLMGroupSpec((EngineSpec(1, prof, 10_000),))], shapes, wl)
     shared = simulate_llm([LLMGroupSpec((EngineSpec(0, prof, 10_000),
@@ -68,10 +72,10 @@ def test_co_located_engines_time_share_their_group() -> None:
 
 def test_requests_go_to_the_least_loaded_replica_and_slo_judges_tpot() -> None:
     prof = profile("llama-3.1-8b", "H100-80GB")
-    shape = RequestShape(128, 20, 10.0, tpot_slo_s=1e-6)  # no engine decodes that fast
+    slo = ModelSLO(10.0, tpot_s=1e-6)  # no engine decodes that fast
     groups = [LLMGroupSpec((EngineSpec(0, prof, 10_000),)),
               LLMGroupSpec((EngineSpec(0, prof, 10_000),))]
-    res = simulate_llm(groups, [shape], _wl([0.0, 0.0], [0, 0], 1))
+    res = simulate_llm(groups, [slo], _wl([0.0, 0.0], [0, 0], 1, 128, 20))
     assert res.group_requests.tolist() == [1, 1]
     assert not res.good.any()
 
@@ -102,7 +106,7 @@ def test_planner_co_locates_light_models_and_meets_their_targets() -> None:
     assert all(o.met for o in placement.models)
     assert max(len(g.models) for g in placement.groups) > 1  # statistical multiplexing
     assert placement.free_gpus > 0  # SLOs met without every GPU
-    assert "meets target 99%" in placement.explanation
+    assert "meets target 99.0%" in placement.explanation
 
 
 def test_fill_uses_every_gpu() -> None:
@@ -174,7 +178,7 @@ def test_a_model_capped_at_zero_replicas_is_reported_as_missing() -> None:
     capped = placement.outcome("capped")
     assert (capped.replicas, capped.attainment, capped.met) == (0, 0.0, False)
     assert capped.p95_ttft_s == float("inf")
-    assert "capped: 0 replicas, 0.0% within TTFT <= 1 s, TPOT <= 0.1 s (MISSES" in \
+    assert "capped: 0 replicas, 0.0% (0.0%-0.0%) within TTFT <= 1 s, TPOT <= 0.1 s (MISSES" in \
         placement.explanation
 
 
