@@ -84,8 +84,11 @@ __all__ = [
     "replication_plan",
 ]
 
-#: The planning workload: about this many requests, between these horizons (seconds).
+#: The planning workload: about this many requests in all, and at least this many of the
+#: least requested model (a rare, bursty model is judged on more than one or two bursts),
+#: between these horizons (seconds).
 PLANNING_REQUESTS = 2000
+PLANNING_MODEL_REQUESTS = 200
 PLANNING_MIN_HORIZON_S = 30.0
 PLANNING_MAX_HORIZON_S = 600.0
 PLANNING_SEED = 0
@@ -103,11 +106,13 @@ _REPORTED_TTFT_QUANTILE = 0.95
 
 
 def planning_workload(demands: Sequence[ModelDemand], seed: int = PLANNING_SEED) -> LLMWorkload:
-    """Gamma arrivals per model over a horizon that holds about :data:`PLANNING_REQUESTS`,
-    each request with lengths drawn from its model's :attr:`ModelDemand.lengths`."""
-    total = sum(d.arrival_rate for d in demands)
-    horizon = PLANNING_MAX_HORIZON_S if total == 0 else min(
-        PLANNING_MAX_HORIZON_S, max(PLANNING_MIN_HORIZON_S, PLANNING_REQUESTS / total))
+    """Gamma arrivals per model over a horizon that holds about :data:`PLANNING_REQUESTS`
+    (and :data:`PLANNING_MODEL_REQUESTS` of the least requested model), each request with
+    lengths drawn from its model's :attr:`ModelDemand.lengths`."""
+    rates = [d.arrival_rate for d in demands if d.arrival_rate > 0]
+    horizon = PLANNING_MAX_HORIZON_S if not rates else min(PLANNING_MAX_HORIZON_S, max(
+        PLANNING_MIN_HORIZON_S, PLANNING_REQUESTS / sum(rates),
+        PLANNING_MODEL_REQUESTS / min(rates)))
     return draw_workload([d.arrival_rate for d in demands], [d.cv for d in demands],
                          [d.ttft_slo_s for d in demands], [d.lengths for d in demands],
                          horizon, seed)
@@ -281,15 +286,16 @@ def _gpus_used(slots: Sequence[_Slot]) -> int:
 
 def _score(problem: _Problem, slots: Sequence[_Slot], outcome: _Outcome, fill: bool
            ) -> tuple[float, ...]:
-    """More models placed first, then more meeting their target; then, unless ``fill``, fewer
-    GPUs before higher attainment (the extra GPUs stay free for the autoscaler and the warm
-    pool); then lower mean TTFT. Also the greedy's yardstick (its first two fields)."""
+    """More models placed first, then more meeting their target; then, unless ``fill`` and
+    once every target is met, fewer GPUs before higher attainment (the extra GPUs stay free for
+    the autoscaler and the warm pool), else higher attainment before fewer GPUs; then lower
+    mean TTFT. The greedy's yardstick is the first three fields (placed, met, attainment)."""
     n = len(problem.demands)
     replicas = _replica_counts(slots, n)
     placed = sum(not problem.wants_first_replica(m, replicas[m]) for m in range(n))
     met = sum(problem.satisfied(m, replicas[m], outcome) for m in range(n))
     used = _gpus_used(slots)
-    if fill:
+    if fill or met < n:
         return (placed, met, outcome.attainment, -used, -outcome.mean_ttft)
     return (placed, met, -used, outcome.attainment, -outcome.mean_ttft)
 
@@ -321,8 +327,8 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
         if last is not None:
             slot, m, newly, before = last
             # (placed, met, attainment): any drop undoes the step
-            if _score(problem, slots, outcome, True)[:3] < _score(problem, slots, before,
-                                                                   True)[:3]:
+            if _score(problem, slots, outcome, fill=True)[:3] < \
+                    _score(problem, slots, before, fill=True)[:3]:
                 slot.models.remove(m)
                 if newly and touched is not None:
                     touched.discard(slot.id)
@@ -369,19 +375,21 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
         last = None if spawned or first[m] or below_min[m] else (slot, m, newly, outcome)
 
 
-def _make_room(problem: _Problem, slots: list[_Slot]) -> bool:
+def _make_room(problem: _Problem, slots: list[_Slot],
+               may_change: Callable[[_Slot], bool] = lambda _: True) -> set[str]:
     """Give each model still without a replica one, taking replicas from models that have more
     than one (and more than their minimum): others are degraded before one is dropped. Slots
-    where the fewest replicas must go are tried first. Returns whether anything moved."""
+    where the fewest replicas must go are tried first, among those ``may_change`` allows.
+    Returns the ids of the slots that changed."""
     n = len(problem.demands)
-    moved = False
+    changed: set[str] = set()
     for m in range(n):
         replicas = _replica_counts(slots, n)
         if not problem.wants_first_replica(m, replicas[m]):
             continue
         options = []
         for slot in slots:
-            if problem.min_share(m, slot.tp, slot.pp) is None:
+            if problem.min_share(m, slot.tp, slot.pp) is None or not may_change(slot):
                 continue
             spare = [x for x in slot.models
                      if replicas[x] > max(1, problem.demands[x].min_replicas)]
@@ -400,8 +408,8 @@ def _make_room(problem: _Problem, slots: list[_Slot]) -> bool:
             continue
         _, _, slot, trial = min(options, key=lambda o: (o[0], o[1]))
         slot.models[:] = [x for x in slot.models if x in trial.models] + [m]
-        moved = True
-    return moved
+        changed.add(slot.id)
+    return changed
 
 
 # ---- entry points -----------------------------------------------------------------------------
@@ -536,6 +544,11 @@ def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
     if not fill:
         _shrink(problem, slots, touched, max_moves)
     _greedy(problem, slots, fill, touched, max_moves, spawn)
+    made = _make_room(problem, slots, lambda slot: max_moves is None or slot.id in touched
+                      or len(touched) < max_moves)
+    if made:
+        touched |= made
+        _greedy(problem, slots, fill, touched, max_moves, spawn)
     before = {g.id for g in current.groups}
     removed = tuple(sorted(s.id for s in slots if s.id in before and not s.models))
     moved = tuple(sorted(s.id for s in slots if s.id in touched and s.models))
