@@ -54,6 +54,7 @@ import numpy as np
 from kubeplex.placement.errors import DoesNotFitError, PlacementError, UnplacedModelsError
 from kubeplex.placement.groups import connected_components, group_shapes
 from kubeplex.placement.llm import LLMProfile
+from kubeplex.placement.planner.costs import CostTables
 from kubeplex.placement.planner.demand import (
     MEMORY_LIMIT,
     GroupPlacement,
@@ -66,6 +67,7 @@ from kubeplex.placement.planner.demand import (
 )
 from kubeplex.placement.planner.layouts import cut, layouts
 from kubeplex.placement.planner.simulator import (
+    Core,
     EngineSpec,
     LLMGroupSpec,
     LLMSimResult,
@@ -181,9 +183,12 @@ class _Problem:
     """Demands, pool and workload, with cached memory needs, profiles and component outcomes."""
 
     def __init__(self, pool: PoolSpec, demands: Sequence[ModelDemand], workload: LLMWorkload,
-                 exclusive: bool = False):
+                 exclusive: bool = False, core: Core = "compiled",
+                 tables: CostTables | None = None):
         self.pool, self.demands, self.workload = pool, list(demands), workload
         self.exclusive = exclusive  # one model per group (the replication baseline)
+        self.core = core
+        self.tables = tables or CostTables()
         self.slos = [d.slo for d in demands]
         self.requests = workload.requests.model_counts().tolist()
         self.kv_weight = [d.arrival_rate * (d.prompt_tokens + d.output_tokens) for d in demands]
@@ -254,7 +259,8 @@ class _Problem:
         if models not in self._subsets:
             self._subsets[models] = self.workload.subset(models)
         groups = [self.engines(tp, pp, ms, local) for tp, pp, ms in key]
-        result = simulate_llm(groups, [self.slos[m] for m in models], self._subsets[models])
+        result = simulate_llm(groups, [self.slos[m] for m in models], self._subsets[models],
+                              self.tables, self.core)
         served = result.ttft[np.isfinite(result.ttft)]
         return _Part(models, tuple(result.model_good.tolist()),
                      tuple(result.group_requests.tolist()), float(served.sum()), len(served))
@@ -437,7 +443,8 @@ def _check_inputs(demands: Sequence[ModelDemand], max_moves: int | None) -> None
 
 def plan(pool: PoolSpec, demands: Sequence[ModelDemand], current: Placement | None = None,
          max_moves: int | None = None, fill: bool = False,
-         workload: LLMWorkload | None = None, allow_unplaced: bool = False) -> Placement:
+         workload: LLMWorkload | None = None, allow_unplaced: bool = False,
+         core: Core = "compiled") -> Placement:
     """Place ``demands`` on ``pool``.
 
     Without ``current``: search every layout (see the module docstring), then check the plan
@@ -447,9 +454,10 @@ def plan(pool: PoolSpec, demands: Sequence[ModelDemand], current: Placement | No
     result's ``moved`` and ``removed`` name the groups that change. ``workload`` overrides the
     search's sample (default: :func:`planning_workload` of the demands). A model with demand
     left without a replica raises :class:`UnplacedModelsError` unless ``allow_unplaced``.
+    ``core="reference"`` runs the pure-Python simulator (same results, slower).
     """
     _check_inputs(demands, max_moves)
-    problem = _Problem(pool, demands, workload or planning_workload(demands))
+    problem = _Problem(pool, demands, workload or planning_workload(demands), core=core)
     _check_feasible(problem)
     if current is not None:
         return _incremental(problem, current, max_moves, fill, allow_unplaced)
@@ -459,7 +467,8 @@ def plan(pool: PoolSpec, demands: Sequence[ModelDemand], current: Placement | No
     forecast = _predict(problem, slots, holdout_seeds(0))
     while rounds < VALIDATION_ROUNDS and _missed(problem, slots, forecast):
         worst = min(forecast.samples, key=lambda s: s.attainment)
-        problem = _Problem(pool, demands, problem.workload.then(worst.workload))
+        problem = _Problem(pool, demands, problem.workload.then(worst.workload), core=core,
+                           tables=problem.tables)
         before = [list(s.models) for s in slots]
         _greedy(problem, slots, fill)
         rounds += 1
@@ -480,7 +489,13 @@ def _search(problem: _Problem, fill: bool) -> tuple[list[_Slot], int, int]:
     pruned = 0
     candidates = layouts(problem.pool)
     n = len(problem.demands)
-    for layout in candidates:
+    # A layout with no group some model fits is beaten by any layout where every model fits
+    # (it places fewer models): skip those while one exists.
+    hostable = [layout for layout in candidates if all(
+        any(problem.min_share(m, tp, pp) is not None for _, _, tp, pp in layout)
+        for m, d in enumerate(problem.demands) if d.needed)]
+    pruned = len(candidates) - len(hostable) if hostable else 0
+    for layout in hostable or candidates:
         slots = [_Slot(f"g{i}", node, gpus, tp, pp) for i, (node, gpus, tp, pp)
                  in enumerate(layout)]
         outcome = _greedy(problem, slots, fill, gpu_bound=bound)
@@ -622,7 +637,8 @@ def _predict(problem: _Problem, slots: Sequence[_Slot], seeds: Sequence[int]) ->
     samples = []
     for seed in seeds:
         workload = planning_workload(problem.demands, seed)
-        samples.append(_Sample(workload, simulate_llm(groups, problem.slos, workload)))
+        samples.append(_Sample(workload, simulate_llm(groups, problem.slos, workload,
+                                                      problem.tables, problem.core)))
     return _Forecast(tuple(samples))
 
 
