@@ -102,23 +102,19 @@ class SimResult:
 
 def stage_latencies(profile: ModelProfile, config: ParallelConfig) -> tuple[float, ...] | None:
     """Simulated per-stage latency of ``profile`` in a group of ``config`` (None: no profile)."""
-    stage = profile.get(config)
-    if stage is None:
-        return None
-    factor = 1.0 + PIPELINE_PENALTY_PER_STAGE * config.pp
-    return tuple(latency * factor for latency in stage.stage_latencies)
+    return profile.simulated_stages(config, 1.0 + PIPELINE_PENALTY_PER_STAGE * config.pp)
 
 
 def simulate(groups: Sequence[GroupSpec], profiles: Sequence[ModelProfile],
              workload: Workload, core: Core = "compiled") -> SimResult:
     """Run ``workload`` through ``groups``; ``profiles[i]`` is model ``i``'s profile."""
-    num_models, num_groups = workload.num_models, len(groups)
+    num_models = workload.num_models
     if len(profiles) != num_models:
         raise PlacementError(
             f"the workload has {num_models} models but {len(profiles)} profiles were given")
-    hosts: list[list[int]] = [[] for _ in range(num_models)]
-    latencies: list[list[tuple[float, ...]]] = [[() for _ in range(num_groups)]
-                                                for _ in range(num_models)]
+    # Per model: (group, stage latencies) of each host, in group order; a 1-stage host keeps
+    # its clock in last_free alone.
+    routes: list[list[tuple[int, tuple[float, ...]]]] = [[] for _ in range(num_models)]
     for g, group in enumerate(groups):
         for m in group.models:
             if not 0 <= m < num_models:
@@ -128,12 +124,7 @@ def simulate(groups: Sequence[GroupSpec], profiles: Sequence[ModelProfile],
                 raise PlacementError(
                     f"group {g} ({group.config}) hosts {profiles[m].name!r}, "
                     f"which has no profile for that config")
-            hosts[m].append(g)
-            latencies[m][g] = stages
-
-    # Per model: (group, stage latencies) of each host; a 1-stage host keeps its clock in
-    # last_free alone.
-    routes = [[(g, latencies[m][g]) for g in hosts[m]] for m in range(num_models)]
+            routes[m].append((g, stages))
     if core == "compiled":
         good_arr, latency_arr, requests_arr = _compiled.run(
             workload.arrivals, workload.model_ids, workload.slos, routes,

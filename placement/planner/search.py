@@ -93,6 +93,10 @@ PLANNING_REQUESTS = 2000
 PLANNING_MODEL_REQUESTS = 200
 PLANNING_MIN_HORIZON_S = 30.0
 PLANNING_MAX_HORIZON_S = 600.0
+#: ... but never more than this many in all: each greedy step simulates them (about 50 ns a
+#: request in the compiled core), so this bounds a fleet-scale search; a pool with many rare
+#: models then judges each on fewer requests (its held-out range says how much that costs).
+PLANNING_MAX_REQUESTS = 20_000
 PLANNING_SEED = 0
 #: Held-out samples a prediction is the median of: with 5, their range covers the true median
 #: with probability 1 - 2 / 2^5 = 94% (the sign test's interval).
@@ -112,9 +116,10 @@ def planning_workload(demands: Sequence[ModelDemand], seed: int = PLANNING_SEED)
     (and :data:`PLANNING_MODEL_REQUESTS` of the least requested model), each request with
     lengths drawn from its model's :attr:`ModelDemand.lengths`."""
     rates = [d.arrival_rate for d in demands if d.arrival_rate > 0]
-    horizon = PLANNING_MAX_HORIZON_S if not rates else min(PLANNING_MAX_HORIZON_S, max(
-        PLANNING_MIN_HORIZON_S, PLANNING_REQUESTS / sum(rates),
-        PLANNING_MODEL_REQUESTS / min(rates)))
+    horizon = PLANNING_MAX_HORIZON_S if not rates else min(
+        PLANNING_MAX_HORIZON_S, PLANNING_MAX_REQUESTS / sum(rates), max(
+            PLANNING_MIN_HORIZON_S, PLANNING_REQUESTS / sum(rates),
+            PLANNING_MODEL_REQUESTS / min(rates)))
     return draw_workload([d.arrival_rate for d in demands], [d.cv for d in demands],
                          [d.ttft_slo_s for d in demands], [d.lengths for d in demands],
                          horizon, seed)
@@ -178,6 +183,19 @@ class _Outcome:
     def mean_ttft(self) -> float:
         return self.ttft_sum / self.ttft_count if self.ttft_count else math.inf
 
+    def placed(self, m: int, group: int, requests: int) -> _Outcome:
+        """This outcome with model ``m``'s first replica on ``group`` taken as serving all of
+        its ``requests`` (an estimate, until the next simulation)."""
+        out = _Outcome(self.model_requests, len(self.group_requests))
+        out.model_good = list(self.model_good)
+        out.model_good[m] = requests
+        out.group_requests = list(self.group_requests)
+        if group == len(out.group_requests):  # a slot spawned just now
+            out.group_requests.append(0)
+        out.group_requests[group] += requests
+        out.ttft_sum, out.ttft_count = self.ttft_sum, self.ttft_count
+        return out
+
 
 class _Problem:
     """Demands, pool and workload, with cached memory needs, profiles and component outcomes."""
@@ -220,6 +238,11 @@ class _Problem:
         return [round(lo + left * (w / total if total else 1 / len(mins)), _SHARE_DIGITS)
                 for lo, w in zip(mins, weights, strict=True)]
 
+    def free_share(self, slot: _Slot) -> float:
+        """What is left of :data:`MEMORY_LIMIT` in ``slot`` after its models' minimum shares."""
+        return MEMORY_LIMIT + _SHARE_EPSILON - sum(
+            self.min_share(x, slot.tp, slot.pp) or 0.0 for x in slot.models)
+
     def fits(self, slot: _Slot, m: int) -> bool:
         share = self.min_share(m, slot.tp, slot.pp)
         if share is None or m in slot.models or (self.exclusive and slot.models):
@@ -227,8 +250,7 @@ class _Problem:
         key = self.demands[m].colocation_key
         if any(self.demands[x].colocation_key != key for x in slot.models):
             return False
-        used = sum(self.min_share(x, slot.tp, slot.pp) or 0.0 for x in slot.models)
-        return used + share <= MEMORY_LIMIT + _SHARE_EPSILON
+        return share <= self.free_share(slot)
 
     def engines(self, tp: int, pp: int, models: Sequence[int], local: dict[int, int]
                 ) -> LLMGroupSpec:
@@ -328,8 +350,10 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
     n = len(problem.demands)
     tried: set[tuple[str, int]] = set()
     last: tuple[_Slot, int, bool, _Outcome] | None = None  # slot, model, newly touched, before
+    estimate: _Outcome | None = None
     while True:
-        outcome = problem.simulate(slots)
+        outcome = estimate or problem.simulate(slots)
+        estimate = None
         if last is not None:
             slot, m, newly, before = last
             # (placed, met, attainment): any drop undoes the step
@@ -357,10 +381,9 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
         group_order = sorted(range(len(slots)),
                              key=lambda g: (not fill and not slots[g].models, load[g], g))
         budget_left = touched is None or max_moves is None or len(touched) < max_moves
-        choice = next(((slots[g], m) for g in group_order
-                       if budget_left or slots[g].id in (touched or ())
-                       for m in model_order
-                       if (slots[g].id, m) not in tried and problem.fits(slots[g], m)), None)
+        choice = _first_fit(problem, [slots[g] for g in group_order
+                                      if budget_left or slots[g].id in (touched or ())],
+                            model_order, tried)
         spawned = False
         if choice is None and spawn is not None and budget_left:
             for m in model_order:
@@ -379,6 +402,29 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
             touched.add(slot.id)
         # A replica that must exist (first, min replicas) or that opened new GPUs stays.
         last = None if spawned or first[m] or below_min[m] else (slot, m, newly, outcome)
+        if first[m] and sum(first) > 1:
+            # More first replicas to place, none of them ever undone: skip the simulation
+            # in between and take this model's requests as served by its group.
+            estimate = outcome.placed(m, slots.index(slot), problem.requests[m])
+
+
+def _first_fit(problem: _Problem, slots: Sequence[_Slot], model_order: Sequence[int],
+               tried: set[tuple[str, int]]) -> tuple[_Slot, int] | None:
+    """The first (slot, model) pair, slots and models in the given orders, not tried yet
+    whose model fits the slot (:meth:`_Problem.fits`, with each slot's free memory summed
+    once)."""
+    for slot in slots:
+        if problem.exclusive and slot.models:
+            continue
+        free = problem.free_share(slot)
+        key = problem.demands[slot.models[0]].colocation_key if slot.models else None
+        for m in model_order:
+            share = problem.min_share(m, slot.tp, slot.pp)
+            if share is None or share > free or m in slot.models or (slot.id, m) in tried:
+                continue
+            if key is None or problem.demands[m].colocation_key == key:
+                return slot, m
+    return None
 
 
 def _make_room(problem: _Problem, slots: list[_Slot],
