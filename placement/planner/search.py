@@ -65,7 +65,7 @@ from kubeplex.placement.planner.demand import (
     PoolSpec,
     Prediction,
 )
-from kubeplex.placement.planner.layouts import cut, layouts
+from kubeplex.placement.planner.layouts import Layout, cut, layouts
 from kubeplex.placement.planner.simulator import (
     Core,
     EngineSpec,
@@ -103,6 +103,11 @@ PLANNING_SEED = 0
 HOLDOUT_SAMPLES = 5
 #: Times the search may go on after its plan missed a target on held-out samples.
 VALIDATION_ROUNDS = 2
+#: Layouts that get the greedy on the whole sample; the others are screened out by their
+#: greedy on the first quarter of it (a layout search at 512 GPUs has dozens of layouts, and
+#: the screen keeps the search's cost near that of a handful).
+SCREEN_KEEP = 4
+SCREEN_FRACTION = 0.25
 #: Slack when summing memory shares (float rounding of shares that add up to the limit).
 _SHARE_EPSILON = 1e-12
 #: Digits a memory share is rounded to (what ``--gpu-memory-utilization`` is given).
@@ -413,10 +418,18 @@ def _first_fit(problem: _Problem, slots: Sequence[_Slot], model_order: Sequence[
     """The first (slot, model) pair, slots and models in the given orders, not tried yet
     whose model fits the slot (:meth:`_Problem.fits`, with each slot's free memory summed
     once)."""
+    smallest: dict[tuple[int, int], float] = {}
     for slot in slots:
         if problem.exclusive and slot.models:
             continue
+        shape = (slot.tp, slot.pp)
+        if shape not in smallest:
+            smallest[shape] = min((share for m in model_order
+                                   if (share := problem.min_share(m, *shape)) is not None),
+                                  default=math.inf)
         free = problem.free_share(slot)
+        if free < smallest[shape]:
+            continue  # full for every candidate
         key = problem.demands[slot.models[0]].colocation_key if slot.models else None
         for m in model_order:
             share = problem.min_share(m, slot.tp, slot.pp)
@@ -508,7 +521,7 @@ def plan(pool: PoolSpec, demands: Sequence[ModelDemand], current: Placement | No
     if current is not None:
         return _incremental(problem, current, max_moves, fill, allow_unplaced)
     slots, tried, pruned = _search(problem, fill)
-    how = f"best of {tried} layouts" + (f", {pruned} abandoned early" if pruned else "")
+    how = f"best of {tried} layouts" + (f", {pruned} set aside early" if pruned else "")
     rounds = 0
     forecast = _predict(problem, slots, holdout_seeds(0))
     while rounds < VALIDATION_ROUNDS and _missed(problem, slots, forecast):
@@ -528,36 +541,60 @@ def plan(pool: PoolSpec, demands: Sequence[ModelDemand], current: Placement | No
 
 
 def _search(problem: _Problem, fill: bool) -> tuple[list[_Slot], int, int]:
-    """The best layout's slots after its greedy, how many layouts were tried, and how many of
-    them were abandoned early."""
-    best: tuple[tuple[float, ...], list[_Slot]] | None = None
-    bound: int | None = None
-    pruned = 0
+    """The best layout's slots after its greedy, how many layouts there were, and how many of
+    them were set aside (dominated, screened out, or abandoned early).
+
+    With more than :data:`SCREEN_KEEP` layouts, each is first screened by its greedy on the
+    first :data:`SCREEN_FRACTION` of the sample, and only the best :data:`SCREEN_KEEP` get
+    the greedy on the whole sample."""
     candidates = layouts(problem.pool)
-    n = len(problem.demands)
     # A layout with no group some model fits is beaten by any layout where every model fits
     # (it places fewer models): skip those while one exists.
     hostable = [layout for layout in candidates if all(
         any(problem.min_share(m, tp, pp) is not None for _, _, tp, pp in layout)
-        for m, d in enumerate(problem.demands) if d.needed)]
-    pruned = len(candidates) - len(hostable) if hostable else 0
-    for layout in hostable or candidates:
-        slots = [_Slot(f"g{i}", node, gpus, tp, pp) for i, (node, gpus, tp, pp)
-                 in enumerate(layout)]
-        outcome = _greedy(problem, slots, fill, gpu_bound=bound)
+        for m, d in enumerate(problem.demands) if d.needed)] or candidates
+    finalists = hostable
+    if len(hostable) > SCREEN_KEEP:
+        screen = _Problem(problem.pool, problem.demands,
+                          problem.workload.head(SCREEN_FRACTION), problem.exclusive,
+                          problem.core, problem.tables)
+        ranked = _best_layouts(screen, hostable, fill)
+        finalists = [hostable[i] for i in ranked[:SCREEN_KEEP]]
+    order = _best_layouts(problem, finalists, fill)
+    slots = _greedy_slots(problem, finalists[order[0]], fill)[0]
+    return slots, len(candidates), len(candidates) - len(order)
+
+
+def _greedy_slots(problem: _Problem, layout: Layout, fill: bool, gpu_bound: int | None = None
+                  ) -> tuple[list[_Slot], _Outcome | None]:
+    """``layout``'s slots after the greedy (and :func:`_make_room`); the outcome is None when
+    the greedy gave up past ``gpu_bound``."""
+    slots = [_Slot(f"g{i}", node, gpus, tp, pp) for i, (node, gpus, tp, pp)
+             in enumerate(layout)]
+    outcome = _greedy(problem, slots, fill, gpu_bound=gpu_bound)
+    if outcome is not None and _make_room(problem, slots):
+        outcome = _greedy(problem, slots, fill) or problem.simulate(slots)
+    return slots, outcome
+
+
+def _best_layouts(problem: _Problem, candidates: Sequence[Layout], fill: bool) -> list[int]:
+    """Indices of ``candidates`` whose greedy finished, best score first (ties: in order).
+    Without ``fill``, once a layout places and meets everything, a layout whose greedy goes
+    past its GPU count is abandoned: it can only score less."""
+    scored: list[tuple[tuple[float, ...], int]] = []
+    bound: int | None = None
+    n = len(problem.demands)
+    for i, layout in enumerate(candidates):
+        slots, outcome = _greedy_slots(problem, layout, fill, bound)
         if outcome is None:
-            pruned += 1
             continue
-        if _make_room(problem, slots):
-            outcome = _greedy(problem, slots, fill) or problem.simulate(slots)
         s = _score(problem, slots, outcome, fill)
-        if best is None or s > best[0]:
-            best = (s, slots)
-            if not fill and s[0] == s[1] == n:  # everything placed and met: bound the rest
-                bound = _gpus_used(slots)
-    if best is None:  # unreachable: the first layout is never pruned
-        raise DoesNotFitError(f"pool {problem.pool.name!r} has no layout")
-    return best[1], len(candidates), pruned
+        scored.append((s, i))
+        if not fill and s[0] == s[1] == n:  # everything placed and met: bound the rest
+            used = _gpus_used(slots)
+            bound = used if bound is None else min(bound, used)
+    scored.sort(key=lambda x: (x[0], -x[1]), reverse=True)
+    return [i for _, i in scored]
 
 
 def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
