@@ -75,8 +75,11 @@ __all__ = ["Context", "CycleReport", "NodeState", "Snapshot", "run_cycle"]
 
 log = logging.getLogger("kubeplex.operator")
 
-#: Concurrent API writes of one cycle (shared by all pools).
-WRITE_CONCURRENCY = 8
+#: Concurrent API writes of one cycle (shared by all pools). Measured on the test control
+#: plane (benchmarks/operator/scale.py): the API server's write rate is flat from 8 to 32
+#: concurrent writers; 16 keeps it busy while one pool's slow writes (Services allocate an
+#: IP, ~120/s) wait.
+WRITE_CONCURRENCY = 16
 #: Shortest wait before re-checking a scale-down waiting on Services (with a grace of 0 the
 #: next cycle would otherwise follow at once, again and again).
 MIN_RECHECK_S = 0.5
@@ -293,19 +296,18 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     ctx.metrics.evaluations.labels(trigger="alert").inc(
         sum(1 for k in models if k in snap.triggers))
     plan = result.plan
+    uids = {_key(m): str(m["metadata"].get("uid", "")) for m in snap.msvcs}
     for key, why in plan.gave_up.items():
-        ctx.kube.event("ModelService", namespace_of(key), name_of(key), _uid(snap, key),
+        ctx.kube.event("ModelService", namespace_of(key), name_of(key), uids.get(key, ""),
                        "ConsolidationGivenUp", why, warning=True)
 
     # ---- execute -----------------------------------------------------------------------------
     ex = Executor(ctx.settings, ctx.kube, ctx.runtime, ctx.metrics, pool_name, pool.spec)
     jobs = _service_jobs(ctx, live, snap.refused, degraded)
-    jobs += _plan_jobs(ex, plan, objs, {k: Hosted(m, _uid(snap, k)) for k, m in models.items()},
+    jobs += _plan_jobs(ex, plan, objs, {k: Hosted(m, uids.get(k, "")) for k, m in models.items()},
                        str(snap.pool["metadata"].get("uid", "")), now)
-    _run_all(ctx, jobs)
 
-    # ---- status ------------------------------------------------------------------------------
-    statuses: list[Callable[[], None]] = []
+    # ---- status (written with the plan's writes: each job touches one object) ---------------
     replicas: dict[str, tuple[int, int, int]] = {}
     for m in live:
         mkey = _key(m)
@@ -315,15 +317,14 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         found = result.decisions.get(mkey)
         serving, ready_count = _replica_counts(name, mine)
         replicas[mkey] = (found.desired if found else 0, ready_count, warm)
-        statuses.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
-                                          degraded.get(mkey), plan.shortfall_of(mkey), warm,
-                                          now))
+        jobs.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
+                                      degraded.get(mkey), plan.shortfall_of(mkey), warm, now))
     ctx.metrics.export_services(pool_name, {
         key: (model.served_name, model.spec) for key, model in models.items()}, replicas)
-    statuses.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
-                                      list(objs.values()), budget_gpus, plan.messages,
-                                      ctx.templates.note(pool_name), now, snap.lost_nodes))
-    _run_all(ctx, statuses)
+    jobs.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
+                                  list(objs.values()), budget_gpus, plan.messages,
+                                  ctx.templates.note(pool_name), now, snap.lost_nodes))
+    _run_all(ctx, jobs)
 
     elapsed = time.perf_counter() - started
     ctx.metrics.reconciles.labels(pool=pool_name).inc()
@@ -411,10 +412,6 @@ def _sync_service(ctx: Context, key: str, uid: str, want: bool) -> None:
     else:
         ctx.kube.delete_owned_service(ns, name, uid)
     ctx.services[key] = (uid, want)
-
-
-def _uid(snap: Snapshot, key: str) -> str:
-    return next((str(m["metadata"].get("uid", "")) for m in snap.msvcs if _key(m) == key), "")
 
 
 def _run_all(ctx: Context, jobs: Sequence[Callable[[], None]]) -> None:

@@ -233,6 +233,8 @@ class LocalMode:
         #: Namespace -> every group name used so far (a name is never reused, so a runtime's
         #: log file and the events stay its own).
         self.names: dict[str, set[str]] = {}
+        #: Model -> the group that died under it, until a new replica is planned (for events).
+        self.replacing: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._kick = asyncio.Event()
         self._client: httpx.AsyncClient | None = None
@@ -337,6 +339,7 @@ class LocalMode:
 
     async def tick(self, now: float) -> None:
         """One control cycle: read the metrics, run the control layer, apply its plan."""
+        self._bury_dead()
         scrapes = await self._scrape(now)
         views = tuple(g.view(self.gateway.in_flight_of(g.id)) for g in self.groups.values())
         inputs = {key: ModelInputs(
@@ -403,8 +406,43 @@ class LocalMode:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _bury_dead(self) -> None:
+        """Runtime processes that exited on their own (killed, crashed) while serving or
+        standing by: out of routing at once and out of the fleet, so this tick's plan replaces
+        their replicas (a warm standby first, then a cold start). Groups still starting, being
+        claimed or draining are their own tasks' to finish."""
+        for group in list(self.groups.values()):
+            if group.process is None or group.alive or group.phase not in (
+                    GroupPhase.READY, GroupPhase.WARM):
+                continue
+            served = [self.runs[key].served for key in group.models]
+            for name in served:
+                self.gateway.remove(name, group.id)
+            del self.groups[group.id]
+            self.replacing.update(dict.fromkeys(group.models, group.id))
+            code = group.process.returncode
+            self._event(f"{group.id} exited (code {code}) while "
+                        f"{'serving ' + ', '.join(served) if served else 'standing by'}: out of "
+                        "routing; the plan replaces it")
+
+    def _watch(self, group: GroupProcess) -> None:
+        """Wake the loop the moment ``group``'s runtime process exits (see :meth:`_bury_dead`)."""
+        process = group.process
+        if process is None:
+            return
+
+        async def wait() -> None:
+            await process.wait()
+            self._kick.set()
+
+        self._spawn_task(wait())
+
     def _apply(self, action: Action, now: float) -> None:
         run = self.runs.get(action.model) if action.model else None
+        dead = self.replacing.pop(action.model, None) if action.model and action.kind in (
+            ActionKind.START, ActionKind.CLAIM, ActionKind.ADD) else None
+        if dead is not None:
+            action = replace(action, reason=f"replaces {dead}, which died; {action.reason}")
         if action.kind is ActionKind.START and run is not None:
             runs = [self.runs[m] for m in action.models if m in self.runs]
             group = self._new_group(action, runs, GroupPhase.STARTING, now)
@@ -471,6 +509,7 @@ class LocalMode:
         client = self._client
         try:
             await group.spawn()
+            self._watch(group)
             if client is None:
                 raise ProcessError("local mode is not running")
             await group.wait_ready(client, max(r.ready_timeout(self.settings) for r in runs))
@@ -547,6 +586,7 @@ class LocalMode:
         client = self._client
         try:
             await group.spawn()
+            self._watch(group)
             if client is None:
                 raise ProcessError("local mode is not running")
             await group.wait_ready(client, run.ready_timeout(self.settings))
