@@ -227,7 +227,7 @@ def _free_per_node(ready_nodes: Sequence[NodeState], groups: Iterable[GroupObj]
     groups (draining ones still hold theirs)."""
     free = {n.name: n.gpus - n.foreign_gpus for n in ready_nodes}
     for g in groups:
-        if g.node in free:
+        if g.node in free and g.phase != "Lost":
             free[g.node] -= g.gpus
     return free
 
@@ -280,8 +280,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         log.warning("pool %s: %s; %s", pool_name, held.problem, held.caveat)
     inputs, load = observe_models(ctx.settings, ctx.runtime, models, objs, snap.triggers, held,
                                   now)
-    fleet = FleetState(
-        groups=tuple(_view(g, pool_name, load.get(gid, 0.0)) for gid, g in objs.items()),
+    fleet = FleetState(  # a lost group holds nothing: its replicas are replaced
+        groups=tuple(_view(g, pool_name, load.get(gid, 0.0)) for gid, g in objs.items()
+                     if g.phase != "Lost"),
         models=models, budgets=(budget,), present={_key(m) for m in live},
         nodes={pool_name: _free_per_node(ready_nodes, objs.values())},
         taken=snap.names_taken)
@@ -512,7 +513,7 @@ def _has(conds: Iterable[Mapping[str, Any]], kind: str, reason: str) -> bool:
 
 def _replica_counts(name: str, groups: Sequence[GroupObj]) -> tuple[list[GroupObj], int]:
     """A ModelService's replicas (its groups not draining) and how many serve it now."""
-    serving = [g for g in groups if g.phase != "Draining"]
+    serving = [g for g in groups if g.phase not in ("Draining", "Lost")]
     return serving, sum(1 for g in serving if g.phase == "Ready" and name not in g.loading)
 
 
@@ -521,7 +522,7 @@ def _pool_status(ctx: Context, pool: Mapping[str, Any], ready_nodes: Sequence[No
                  now: float, lost_nodes: str | None = None) -> None:
     old = pool.get("status") or {}
     gen = pool["metadata"].get("generation")
-    groups = list(groups)
+    groups = [g for g in groups if g.phase != "Lost"]
     warm = [g for g in groups if g.warm]
     allocated = sum(g.gpus for g in groups if not g.warm)
     warm_gpus = sum(g.gpus for g in warm)

@@ -19,7 +19,7 @@ from operator_fakes import (
     snapshot,
 )
 
-from kubeplex.control import group_name
+from kubeplex.control import ActionKind, group_name
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._placement import Templates
 from kubeplex.operator._reconcile import Context, Snapshot, run_cycle
@@ -66,6 +66,24 @@ def test_a_pod_lost_after_its_group_was_created_is_recreated_once() -> None:
     run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW + 1)
     assert [p["metadata"]["name"] for p in kube.of("Pod")] == ["a-0"]
     assert len(kube.of("ServingGroup")) == 1
+
+
+def test_a_pod_lost_after_it_served_is_replaced_by_the_warm_standby() -> None:
+    kube = FakeKube()
+    models = [msvc("a", 1)]
+    register(kube, *models)
+    ctx, warm_pool = context(kube), pool(warm=1)
+    for t in range(3):
+        run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + t)
+    assert kube.objects[("ServingGroup", "ns", "a-0")]["status"]["phase"] == "Ready"
+    standby = next(g["metadata"]["name"] for g in kube.of("ServingGroup") if g["spec"]["warm"])
+    kube.objects.pop(("Pod", "ns", "a-0"))  # deleted by someone, or the node went away
+    report = run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + 3)
+    assert ("ServingGroup", "ns", "a-0") not in kube.objects
+    assert [(a.kind, a.group) for a in report.plan.actions][0] == (ActionKind.CLAIM,
+                                                                   f"ns/{standby}")
+    lost = [m for r, m in kube.events if r == "ReplicaLost"]
+    assert len(lost) == 1 and "a-0" in lost[0]
 
 
 def test_demand_beyond_the_gpus_is_a_scaling_condition_not_a_pod() -> None:
