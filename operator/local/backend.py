@@ -99,6 +99,14 @@ EVENT_LINES = 40
 #: Longest wait before starting a model again after its runtime failed to start (the wait
 #: doubles per consecutive failure from 2 s, like Kubernetes' CrashLoopBackOff).
 MAX_BACKOFF_SECONDS = 60.0
+#: HTTP to a local runtime: its control calls answer in milliseconds, so 10 s means it hangs;
+#: a /metrics read gets half that, so one slow runtime does not hold the tick.
+HTTP_TIMEOUT_SECONDS = 10.0
+SCRAPE_TIMEOUT_SECONDS = 5.0
+#: Metrics older than this many ticks are stale (at least STALE_MIN_SECONDS): a few missed
+#: scrapes, as the operator's 30 s at its 5 s interval.
+STALE_TICKS = 5
+STALE_MIN_SECONDS = 5.0
 
 
 @dataclass
@@ -278,7 +286,7 @@ class LocalMode:
                 panic_window_s=settings.panic_window_seconds,
                 scale_down_delay_s=settings.scale_down_delay_seconds,
                 cold_start_s=cold, warm_start_s=WARM_START_SECONDS,
-                stale_after_s=max(5.0, 5 * settings.tick_seconds))
+                stale_after_s=max(STALE_MIN_SECONDS, STALE_TICKS * settings.tick_seconds))
             run = ModelRun(svc, model, engine, why, _entry(model, engine, settings), product)
             try:  # the runtime's own validation, before any process starts
                 parse_config(run.group_config(False, settings))
@@ -308,7 +316,7 @@ class LocalMode:
                   on_tick: Callable[[LocalMode], None] | None = None) -> None:
         """Serve until ``stop`` is set, then shut down cleanly."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._client = httpx.AsyncClient(timeout=10)
+        self._client = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS)
         runner = None
         try:
             try:
@@ -370,7 +378,8 @@ class LocalMode:
 
         async def one(group: GroupProcess) -> tuple[GroupProcess, str | None]:
             try:
-                response = await client.get(group.url + "/metrics", timeout=5)
+                response = await client.get(group.url + "/metrics",
+                                            timeout=SCRAPE_TIMEOUT_SECONDS)
                 return group, response.text if response.status_code == 200 else None
             except httpx.HTTPError:
                 return group, None
