@@ -80,8 +80,8 @@ def test_a_pod_lost_after_it_served_is_replaced_by_the_warm_standby() -> None:
     kube.objects.pop(("Pod", "ns", "a-0"))  # deleted by someone, or the node went away
     report = run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + 3)
     assert ("ServingGroup", "ns", "a-0") not in kube.objects
-    assert [(a.kind, a.group) for a in report.plan.actions][0] == (ActionKind.CLAIM,
-                                                                   f"ns/{standby}")
+    first = report.plan.actions[0]
+    assert (first.kind, first.group) == (ActionKind.CLAIM, f"ns/{standby}")
     lost = [m for r, m in kube.events if r == "ReplicaLost"]
     assert len(lost) == 1 and "a-0" in lost[0]
 
