@@ -24,6 +24,7 @@ from kubeplex.control.errors import (
     PlanningError,
     UnknownPoolError,
     UnknownProfileError,
+    UnplacedError,
 )
 from kubeplex.placement import errors as placement_errors
 from kubeplex.placement.groups import group_shapes as _shapes
@@ -45,6 +46,8 @@ __all__ = [
 
 def _typed(exc: placement_errors.PlacementError, message: str) -> PlanningError:
     """Placement's error as the control layer's, keeping what kind of failure it was."""
+    if isinstance(exc, placement_errors.UnplacedModelsError):
+        return UnplacedError(message, exc.models, exc.pool)
     if isinstance(exc, placement_errors.UnknownProfileError):
         return UnknownProfileError(message)
     if isinstance(exc, placement_errors.DoesNotFitError):
