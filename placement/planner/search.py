@@ -462,8 +462,9 @@ def _make_room(problem: _Problem, slots: list[_Slot],
             trial = _Slot(slot.id, slot.node, slot.gpu_indices, slot.tp, slot.pp, list(keep))
             if not problem.fits(trial, m):
                 continue
-            # Give back as few of the spare replicas as it takes, the most replicated first.
-            for x in sorted(spare, key=lambda x: (-replicas[x], x)):
+            # Keep every spare replica that still leaves room, the least replicated first:
+            # the most replicated models give theirs up.
+            for x in sorted(spare, key=lambda x: (replicas[x], x)):
                 more = _Slot(slot.id, slot.node, slot.gpu_indices, slot.tp, slot.pp,
                              [*trial.models, x])
                 if problem.fits(more, m):
