@@ -20,6 +20,7 @@ import yaml
 from kubeplex.api._crds import API_VERSION, GROUP, VERSION, crd_manifests, crd_text, schema_for
 from kubeplex.api._types import (
     SLO,
+    Adapter,
     GPUPool,
     GPUPoolSpec,
     GPUSource,
@@ -44,6 +45,7 @@ __all__ = [
     "API_VERSION",
     "GROUP",
     "SLO",
+    "Adapter",
     "VERSION",
     "ApiError",
     "CheckedDocument",

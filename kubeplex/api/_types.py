@@ -23,6 +23,7 @@ from kubeplex.placement.hardware import GPUS, GPUSpec
 
 __all__ = [
     "SLO",
+    "Adapter",
     "GPUPool",
     "GPUPoolSpec",
     "GPUSource",
@@ -66,6 +67,15 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter served on the ModelService's base model under its own name."""
+
+    name: str
+    uri: str
+    rank: int
+
+
+@dataclass(frozen=True)
 class SLO:
     ttft_seconds: float
     percentile: float
@@ -102,6 +112,7 @@ class Parallelism:
 @dataclass(frozen=True)
 class ModelServiceSpec:
     model: ModelSource
+    adapters: tuple[Adapter, ...]
     engine: str
     pool: str
     slo: SLO
@@ -228,6 +239,11 @@ class ModelService:
     @property
     def served_name(self) -> str:
         return self.spec.model.served_name or self.metadata.name
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The names clients use for its LoRA adapters (in the ``model`` field)."""
+        return tuple(a.name for a in self.spec.adapters)
 
     @property
     def key(self) -> str:
