@@ -207,7 +207,8 @@ class Runtime:
         return app
 
     def _not_hosted(self, model: object, request_id: str) -> web.Response:
-        hosted = ", ".join(sorted(self.engines)) or "(none)"
+        names = [*self.engines, *(card["id"] for card in adapter_cards(self.engines))]
+        hosted = ", ".join(sorted(names)) or "(none)"
         return error_response(404, f"The model `{model}` is not hosted here. Hosted models: "
                                 f"{hosted}.", "NotFoundError", param="model",
                            request_id=request_id)
