@@ -1,7 +1,8 @@
 """The runtime process: router (``--port``) and control API (``--control-port``) over engines.
 
 Router (OpenAI-compatible, what the Service exposes):
-    POST /v1/completions, /v1/chat/completions  forwarded to the engine named by ``model``;
+    POST /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/rerank
+         forwarded to the engine named by ``model`` (a hosted model or its LoRA adapter);
          streams (SSE) pass through chunk by chunk; ``X-Request-Id`` is kept or made, sent to
          the engine and returned. 404 lists the hosted models; 503 + Retry-After while the
          runtime drains or the model's engine is not ready (starting, restarting, asleep).
@@ -13,7 +14,7 @@ Control API (not exposed by the Service; see runtime_image/README.md for bodies)
     DELETE /kubeplex/v1/models/{name}           drain the model, then unload it
     POST   /kubeplex/v1/models/{name}/sleep[?level=1|2]   409 when the engine cannot sleep
     POST   /kubeplex/v1/models/{name}/wake
-    PUT    /kubeplex/v1/models/{name}/adapters  the model's LoRA adapters (kubeplex.runtime.adapters)
+    PUT    /kubeplex/v1/models/{name}/adapters  its LoRA adapters (kubeplex.runtime.adapters)
     POST   /kubeplex/v1/drain[?wait=true]       stop accepting, finish in-flight, stop engines
     GET    /healthz   200 while the process runs
     GET    /readyz    200 unless draining or an engine is starting (with the pod) or
@@ -58,7 +59,9 @@ DRAIN_RETRY_AFTER_SECONDS = 1
 ENGINE_SCRAPE_TIMEOUT_SECONDS = 2.0
 #: Timeout of an engine's /sleep or /wake_up call (a level-2 wake reloads weights).
 ENGINE_SLEEP_TIMEOUT_SECONDS = 300.0
-ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions")
+#: OpenAI-style requests routed by their body's ``model`` (pass-through: the engine answers).
+ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses",
+                "/v1/rerank")
 #: Engine states that keep the runtime ready: serving, asleep or being unloaded on
 #: purpose (see :meth:`Runtime.ready`).
 READY_STATES = (EngineState.READY, EngineState.SLEEPING, EngineState.DRAINING)

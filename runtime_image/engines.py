@@ -38,8 +38,8 @@ from kubeplex.runtime.config import DEFAULT_VLLM_VENV, AdapterConfig, ModelConfi
 from kubeplex.runtime.errors import RuntimeConfigError
 
 __all__ = [
-    "LORA_RUNTIME_ENV",
     "LOOPBACK",
+    "LORA_RUNTIME_ENV",
     "EngineLaunch",
     "adapter_source",
     "can_sleep",

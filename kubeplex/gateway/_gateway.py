@@ -221,7 +221,7 @@ class Gateway(Runtime):
         return app
 
     def _unknown(self, model: object, request_id: str) -> web.Response:
-        names = sorted({r.model for r in self.routes.values()})
+        names = sorted({n for r in self.routes.values() for n in (r.model, *r.adapters)})
         body = {"error": {"message": f"The model `{model}` does not exist. Models: "
                                      f"{', '.join(names) or '(none)'}.",
                           "type": "NotFoundError", "param": "model", "code": 404}}

@@ -15,6 +15,7 @@ from kubeplex.placement.errors import PlacementError
 from kubeplex.placement.llm import LLMProfile, profile
 from kubeplex.placement.lora import DEFAULT_ADAPTER_RANK, VLLM_LORA_RANKS, with_adapters
 from kubeplex.runtime._loop import run
+from kubeplex.runtime.sim import apis
 from kubeplex.runtime.sim.device import SharedDevice
 from kubeplex.runtime.sim.engine import SimEngine
 from kubeplex.runtime.sim.lora import LoraRegistry, parse_modules
@@ -96,6 +97,7 @@ async def _serve(args: argparse.Namespace, prof: LLMProfile, capacity: int,
                          metrics.registry) if args.enable_lora else None)
     server = SimServer(engine, served_name=name, root=args.model_profile, max_model_len=max_len,
                        sleep_mode=args.enable_sleep_mode, wake_seconds=wake, lora=lora)
+    apis.attach(server)  # /v1/embeddings, /v1/responses, /v1/rerank
     loop_task = asyncio.create_task(engine.run())
     runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()

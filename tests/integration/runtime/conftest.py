@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import httpx
+import pytest
 
 from kubeplex.runtime.harness import (
     VLLM_MISSING_REASON,

@@ -11,6 +11,7 @@ from kubeplex.api import GPUPoolSpec, ModelServiceSpec, from_dict
 from kubeplex.operator._autoscale import parse_overrides
 from kubeplex.operator._builders import (
     HostedModel,
+    adapters_fingerprint,
     model_label,
     pod_manifest,
     runtime_model,
@@ -172,3 +173,31 @@ def test_conditions_keep_their_transition_time() -> None:
     (0.6, 1.0, "Violated")])
 def test_slo_status(ttft: float | None, rate: float, expected: str) -> None:
     assert slo_status(ttft, 0.5, rate) == expected
+
+
+def test_adapters_follow_the_models_sources_and_mark_the_group() -> None:
+    adapters = [{"name": "sql", "uri": "pvc://loras/sql", "rank": 8},
+                {"name": "chat", "uri": "hf://org/chat-lora"}]
+    hosted = HostedModel("m", msvc_spec(adapters=adapters), 0.9)
+    cfg = runtime_model(hosted, 1, 1, "llama-3.1-8b")
+    assert cfg["adapters"] == [{"name": "sql", "path": "/models/loras/sql", "rank": 8},
+                               {"name": "chat", "path": "hf://org/chat-lora", "rank": 16}]
+    pod = pod_manifest(Settings(), "ns", "m-0", "p", pool_spec(), "n", 1, 1, [cfg], ["m"],
+                       False, "u")
+    assert [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]] == \
+        ["loras"]
+    assert parse_config({"models": [cfg]}).models[0].adapters[0].path == "/models/loras/sql"
+    sim = runtime_model(HostedModel("m", msvc_spec(engine="sim", adapters=adapters), 0.9),
+                        1, 1, "llama-3.1-8b")
+    assert [a["path"] for a in sim["adapters"]] == ["pvc://loras/sql", "hf://org/chat-lora"]
+    s3 = HostedModel("m", msvc_spec(adapters=[{"name": "x", "uri": "s3://bucket/x"}]), 0.9)
+    with pytest.raises(UnservableError, match=r"spec.adapters\[\].uri 's3://bucket/x'"):
+        runtime_model(s3, 1, 1, "llama-3.1-8b")
+    group = serving_group_manifest("ns", "m-0", "p", "n", 1, 1, [hosted], False, [])
+    fingerprint = group["metadata"]["annotations"]["kubeplex.io/adapters"]
+    assert fingerprint == adapters_fingerprint([hosted])
+    other = HostedModel("m", msvc_spec(adapters=adapters[:1]), 0.9)
+    assert adapters_fingerprint([other]) not in ("", fingerprint)
+    plain = serving_group_manifest("ns", "m-0", "p", "n", 1, 1,
+                                   [HostedModel("m", msvc_spec(), 0.9)], False, [])
+    assert "annotations" not in plain["metadata"]
