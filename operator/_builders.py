@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeplex.api import API_VERSION, Adapter, GPUPoolSpec, ModelServiceSpec
+from kubeplex.operator._dra import use_claim
 from kubeplex.operator._settings import Settings
 from kubeplex.operator.errors import UnservableError
 
@@ -179,7 +180,9 @@ def pod_manifest(settings: Settings, namespace: str, name: str, pool: str, pool_
                  node: str, tp: int, pp: int, config_models: Sequence[dict[str, Any]],
                  serving: Sequence[str], warm: bool, group_uid: str,
                  image: str | None = None) -> dict[str, Any]:
-    """The pod of one group: the runtime with the group's config, pinned to the planned node.
+    """The pod of one group: the runtime with the group's config, pinned to the planned node,
+    with the group's GPUs as the pool's extended resource or, for a DRA pool, a claim from the
+    group's ResourceClaimTemplate (:mod:`kubeplex.operator._dra`).
 
     ``serving``: ModelService names whose model label the pod carries from the start (a cold
     pod serves its models once its readiness probe passes; a claimed warm pod gets the label
@@ -227,7 +230,7 @@ def pod_manifest(settings: Settings, namespace: str, name: str, pool: str, pool_
                       "limits": {resource: str(gpus)}},
         "volumeMounts": mounts,
     }
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -246,6 +249,9 @@ def pod_manifest(settings: Settings, namespace: str, name: str, pool: str, pool_
             "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
         },
     }
+    if pool_spec.gpu.device_class_name is not None:  # DRA: the group's claim template
+        return use_claim(pod, resource, name)
+    return pod
 
 
 def service_manifest(namespace: str, msvc: str, uid: str, port: int,

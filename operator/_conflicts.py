@@ -142,6 +142,8 @@ def _selects(pool: GPUPoolSpec, node: Mapping[str, Any]) -> bool:
     labels = node.get("labels") or {}
     if not all(labels.get(k) == v for k, v in pool.node_selector.items()):
         return False
+    if pool.gpu.device_class_name is not None:
+        return True  # DRA: the node's GPUs are devices in ResourceSlices, not allocatable
     gpus = str((node.get("allocatable") or {}).get(pool.gpu.resource_name, "0"))
     return gpus.isdigit() and int(gpus) > 0
 

@@ -54,6 +54,7 @@ from kubeplex.operator._builders import (
     runtime_model,
     serving_group_manifest,
 )
+from kubeplex.operator._dra import claim_template_manifest
 from kubeplex.operator._kube import KubeApi
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._runtime_client import PodEndpoints, RuntimeClient
@@ -516,6 +517,8 @@ class Executor:
     def _create_pod(self, namespace: str, name: str, uid: str, node: str, tp: int, pp: int,
                     hosted: Sequence[Hosted], warm: bool) -> None:
         config = [runtime_model(h.model, tp, pp, h.profile) for h in hosted]
+        if (device_class := self.pool_spec.gpu.device_class_name) is not None:  # DRA
+            self.kube.create(claim_template_manifest(namespace, name, uid, device_class, tp * pp))
         self.kube.create(pod_manifest(
             self.settings, namespace, name, self.pool, self.pool_spec, node, tp, pp, config,
             [] if warm else [h.model.name for h in hosted], warm, uid,

@@ -16,7 +16,8 @@ It unloads the adapters that are gone or changed and loads the new ones through 
 list (field named); 404: unknown model; 409: the engine is not ready, was started without
 adapters (``--enable-lora`` is fixed at start: a replica started with adapters serves them), or
 an adapter's rank is above the engine's ``--max-lora-rank`` (a restart sizes it anew). In-flight
-requests on an unloaded adapter finish; an engine restart starts with the current list.
+requests on an unloaded adapter finish; new ones get 503 + Retry-After for a while
+(:mod:`.departures`); an engine restart starts with the current list.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from kubeplex.runtime.config import AdapterConfig, check_names, parse_adapters
+from kubeplex.runtime.departures import Departures
 from kubeplex.runtime.engines import adapter_source, lora_slots_of
 from kubeplex.runtime.errors import (
     EngineStateError,
@@ -54,6 +56,7 @@ class _Host(Protocol):
     """What the routes need of the runtime (:class:`kubeplex.runtime.app.Runtime`)."""
 
     engines: dict[str, Engine]
+    departures: Departures
 
     @property
     def session(self) -> aiohttp.ClientSession | None: ...
@@ -150,8 +153,14 @@ def add_control_routes(host: _Host, router: web.UrlDispatcher) -> None:
         check_names([*others, replace(engine.model, adapters=wanted)], "models")
         if host.session is None:
             raise EngineStateError("the runtime is not started")
+        before = {a.name for a in engine.model.adapters}
         async with locks.setdefault(name, asyncio.Lock()):
-            await update_adapters(host.session, engine, wanted)
+            try:
+                await update_adapters(host.session, engine, wanted)
+            finally:
+                now_served = {a.name for a in engine.model.adapters}
+                host.departures.note(before - now_served, time.monotonic())
+                host.departures.back(now_served)
         return web.json_response(engine.status(time.monotonic()))
 
     router.add_put("/kubeplex/v1/models/{name:.+}/adapters", put_adapters)

@@ -39,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubeplex.runtime.adapters import adapter_cards, add_control_routes, engine_for
 from kubeplex.runtime.config import ModelConfig, RuntimeConfig, parse_model
+from kubeplex.runtime.departures import Departures
 from kubeplex.runtime.engines import launch, resolve_device
 from kubeplex.runtime.errors import (
     EngineStateError,
@@ -47,7 +48,12 @@ from kubeplex.runtime.errors import (
     RuntimeError_,
     UnknownModelError,
 )
-from kubeplex.runtime.metrics import RouterMetrics, merge_expositions
+from kubeplex.runtime.metrics import (
+    RouterMetrics,
+    merge_expositions,
+    only_model,
+    with_model_name,
+)
 from kubeplex.runtime.proxy import BadRequestBody, Proxy, error_response, request_model
 from kubeplex.runtime.supervisor import Engine, EngineState
 
@@ -88,6 +94,8 @@ class Runtime:
         self.workdir: str | None = None
         #: Forwards requests to the engines (public: gateways built on Runtime use it too).
         self.proxy = Proxy(self.metrics)
+        #: Models and adapters unloaded a moment ago: 503 + Retry-After, not 404.
+        self.departures = Departures()
         self.router_app = self._router_app()
         self.control_app = self._control_app()
 
@@ -232,6 +240,13 @@ class Runtime:
                                   "ServiceUnavailableError",
                                   retry_after=DRAIN_RETRY_AFTER_SECONDS, request_id=request_id)
         if engine is None:
+            if self.departures.recent(model, arrived):  # it left a moment ago: retry elsewhere
+                self.metrics.count("", "503")
+                return error_response(503, f"model {model} was just taken off this replica; "
+                                           "retry (another replica serves it)",
+                                      "ServiceUnavailableError",
+                                      retry_after=DRAIN_RETRY_AFTER_SECONDS,
+                                      request_id=request_id)
             self.metrics.count("", "404")
             return self._not_hosted(model, request_id)
         if engine.state is not EngineState.READY:
@@ -261,9 +276,23 @@ class Runtime:
             return ""
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
-        texts = await asyncio.gather(*(self._engine_metrics(e) for e in self.engines.values()))
-        body = merge_expositions(texts).encode() + generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        """Every engine's ``vllm:*`` series plus the router's; ``?model=NAME`` (a hosted model
+        or adapter): that model's engine and router series only (an endpoint picker's view
+        of this pod, e.g. the Inference Extension's EPP of that model's InferencePool)."""
+        scope = request.query.get("model")
+        engines = list(self.engines.values())
+        if scope is not None:
+            engine = engine_for(self.engines, scope)
+            if engine is None:
+                return self._not_hosted(scope, uuid.uuid4().hex)
+            engines = [engine]
+        texts = await asyncio.gather(*(self._engine_metrics(e) for e in engines))
+        router = generate_latest(self.metrics.registry).decode()
+        if scope is not None:
+            router = only_model(router, engines[0].name)
+        body = merge_expositions(with_model_name(text, e.name)
+                                 for text, e in zip(texts, engines, strict=True)) + router
+        return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # ---- control API ----------------------------------------------------------------
     def _control_app(self) -> web.Application:
@@ -327,6 +356,7 @@ class Runtime:
             self.late_loads.add(model.name)
         self.config = self.config.with_model(model)
         engine = self._add_engine(model)
+        self.departures.back([model.name, *(a.name for a in model.adapters)])
         if self._wait(request):
             ready = await engine.wait_ready(self.config.ready_timeout_seconds)
             return web.json_response(engine.status(time.monotonic()), status=201 if ready
@@ -340,6 +370,8 @@ class Runtime:
         abandoned = engine.in_flight
         await engine.stop()
         self.engines.pop(engine.name, None)
+        self.departures.note([engine.name, *(a.name for a in engine.model.adapters)],
+                             time.monotonic())
         self.late_loads.discard(engine.name)
         self.config = self.config.without_model(engine.name)
         self.metrics.forget(engine.name)

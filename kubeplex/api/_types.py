@@ -137,11 +137,20 @@ class Toleration:
 class GPUSource:
     product: str
     resource_name: str
+    device_class_name: str | None  # DRA: GPUs come from ResourceClaims of this DeviceClass
+    driver: str | None
     memory_gib: float | None = field(metadata={"json": "memoryGiB"})
     bf16_tflops: float | None = field(metadata={"json": "bf16TFLOPs"})
     hbm_gbps: float | None = field(metadata={"json": "hbmGBps"})
     interconnect: str | None
     interconnect_gbps: float | None = field(metadata={"json": "interconnectGBps"})
+
+    @property
+    def dra_driver(self) -> str | None:
+        """The DRA driver publishing this pool's GPUs (None: the device plugin path)."""
+        if self.device_class_name is None:
+            return None
+        return self.driver or self.device_class_name
 
     def spec(self) -> GPUSpec:
         """The GPU as the planner sees it: the catalogue entry, overridden by stated numbers."""
