@@ -194,7 +194,8 @@ class Kube:
                 return
             self.custom.delete_namespaced_custom_object(
                 group, version, namespace, plural, name,
-                body={"preconditions": {"uid": obj["metadata"]["uid"]}})
+                body=k8s.V1DeleteOptions(
+                    preconditions=k8s.V1Preconditions(uid=obj["metadata"]["uid"])))
         except ApiException as e:
             if e.status not in (404, 409):
                 raise
