@@ -60,7 +60,7 @@ def resync(ex: Executor, view: GroupObj, hosted: Sequence[Hosted],
         engine = engines.get(h.model.served_name)
         if engine is None or engine.get("state") != "ready":
             continue  # loading or lost: loaded with the current adapters, or next cycle
-        want = runtime_model(h.model, view.tp, view.pp, h.profile)["adapters"]
+        want = runtime_model(h.model, view.tp, view.pp)["adapters"]
         if (engine.get("config") or {}).get("adapters", []) == want:
             continue
         code, answer = ex.runtime.set_adapters(control, h.model.served_name, want)

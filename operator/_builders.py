@@ -23,13 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from kubeplex.api import API_VERSION, Adapter, GPUPoolSpec, ModelServiceSpec
+from kubeplex.api import API_VERSION, Adapter, GPUPoolSpec
+from kubeplex.control import ResolvedModel, UnsupportedSourceError
 from kubeplex.operator._dra import use_claim
 from kubeplex.operator._settings import Settings
-from kubeplex.operator.errors import UnservableError
 
 __all__ = [
     "ADAPTERS",
@@ -38,7 +37,6 @@ __all__ = [
     "POOL_LABEL",
     "RUNTIME_CONFIG_ENV",
     "WARM_LABEL",
-    "HostedModel",
     "adapters_fingerprint",
     "model_label",
     "owner_ref",
@@ -94,25 +92,11 @@ def owner_ref(kind: str, name: str, uid: str, controller: bool = True) -> dict[s
             "controller": controller, "blockOwnerDeletion": True}
 
 
-@dataclass(frozen=True)
-class HostedModel:
-    """One model in a group: its ModelService's name, spec, and memory share."""
-
-    name: str
-    spec: ModelServiceSpec
-    memory_share: float
-
-    @property
-    def served_name(self) -> str:
-        return self.spec.model.served_name or self.name
-
-
 def _model_path(uri: str, field: str = "spec.model.uri") -> str:
     if uri.startswith("pvc://"):
         return f"{MODELS_MOUNT}/{uri.removeprefix('pvc://')}"
     if uri.startswith("s3://"):
-        raise UnservableError(
-            "UnsupportedSource",
+        raise UnsupportedSourceError(
             f"{field} {uri!r}: the runtime loads hf://, file:// and pvc:// sources; "
             "copy the weights to a PersistentVolumeClaim and use pvc://CLAIM/PATH")
     return uri
@@ -130,7 +114,7 @@ def runtime_adapters(adapters: Sequence[Adapter], engine: str,
              "rank": a.rank} for a in adapters]
 
 
-def adapters_fingerprint(models: Sequence[HostedModel]) -> str:
+def adapters_fingerprint(models: Sequence[ResolvedModel]) -> str:
     """A short digest of the adapters of ``models`` ("" when none has any)."""
     pairs = [(m.served_name, [(a.name, a.uri, a.rank) for a in m.spec.adapters])
              for m in models if m.spec.adapters]
@@ -140,13 +124,13 @@ def adapters_fingerprint(models: Sequence[HostedModel]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_DIGITS]
 
 
-def runtime_model(m: HostedModel, tp: int, pp: int, profile: str) -> dict[str, Any]:
+def runtime_model(m: ResolvedModel, tp: int, pp: int) -> dict[str, Any]:
     """One entry of the runtime config's ``models`` (also the control API's load body)."""
     spec = m.spec
     return {
         "name": m.served_name,
         "engine": spec.engine,
-        "model": profile if spec.engine == "sim" else _model_path(spec.model.uri),
+        "model": m.shape.name if spec.engine == "sim" else _model_path(spec.model.uri),
         "tensorParallel": tp,
         "pipelineParallel": pp,
         "memoryShare": m.memory_share,
@@ -158,7 +142,7 @@ def runtime_model(m: HostedModel, tp: int, pp: int, profile: str) -> dict[str, A
 
 
 def serving_group_manifest(namespace: str, name: str, pool: str, node: str, tp: int, pp: int,
-                           models: Sequence[HostedModel], warm: bool,
+                           models: Sequence[ResolvedModel], warm: bool,
                            owners: Sequence[dict[str, Any]]) -> dict[str, Any]:
     fingerprint = adapters_fingerprint(models)
     return {
