@@ -87,9 +87,7 @@ class _Apis:
 
     def _check_model(self, body: Mapping[str, Any]) -> None:
         model = body.get("model")
-        lora = self.server.lora
-        if model is not None and model != self.server.served_name and not (
-                lora is not None and lora.serves(model)):
+        if model is not None and not self.server.serves(model):
             raise LookupError(f"The model `{model}` does not exist. "
                               f"Valid aliases: {self.server.served_name}.")
 

@@ -143,6 +143,10 @@ class SimServer:
         if lora is not None:
             lora.attach(self.app)
 
+    def serves(self, model: object) -> bool:
+        """Whether a request's ``model`` names this engine: its served name or an adapter."""
+        return model == self.served_name or (self.lora is not None and self.lora.serves(model))
+
     # ---- plain endpoints -------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -188,8 +192,7 @@ class SimServer:
         if not isinstance(body, Mapping):
             raise BadRequest("the body must be a JSON object")
         model = body.get("model")
-        if model is not None and model != self.served_name and not (
-                self.lora is not None and self.lora.serves(model)):
+        if model is not None and not self.serves(model):
             raise LookupError(f"The model `{model}` does not exist. "
                               f"Valid aliases: {self.served_name}.")
         prompt_tokens = count_prompt_tokens(body, chat)
