@@ -105,29 +105,29 @@ async def update_adapters(session: aiohttp.ClientSession, engine: Engine,
                                "it serves")
     current = {a.name: a for a in engine.model.adapters}
     target = {a.name: a for a in wanted}
-    kept = {n: a for n, a in current.items() if target.get(n) == a}
+    loaded = dict(current)  # what the engine serves, kept up to date call by call
     try:
-        for name in [n for n in current if n not in kept]:
+        for name in [n for n, a in current.items() if target.get(n) != a]:
             code, text = await _call(session, engine, UNLOAD_PATH, {"lora_name": name})
             if code not in (200, 404):  # 404: the engine lost it already (a restart)
                 raise EngineStateError(f"model {engine.name}: unloading adapter {name} "
                                        f"answered {code}: {text}")
+            del loaded[name]
         for name, adapter in target.items():
-            if name in kept:
+            if loaded.get(name) == adapter:
                 continue
             code, text = await _call(session, engine, LOAD_PATH, {
                 "lora_name": name, "lora_path": adapter_source(engine.model, adapter)})
             if code != 200:
                 raise EngineStateError(f"model {engine.name}: loading adapter {name} from "
                                        f"{adapter.path} answered {code}: {text}")
-            kept[name] = adapter
+            loaded[name] = adapter
     except aiohttp.ClientError as exc:
         raise EngineStateError(f"model {engine.name}: its engine went away while changing "
                                f"adapters ({exc.__class__.__name__})") from exc
     finally:  # what the engine serves now, in the wanted order where it got that far
-        served = [target[n] for n in target if n in kept]
-        served += [a for n, a in kept.items() if n not in target]
-        engine.model = replace(engine.model, adapters=tuple(served))
+        order = [n for n in target if n in loaded] + [n for n in loaded if n not in target]
+        engine.model = replace(engine.model, adapters=tuple(loaded[n] for n in order))
 
 
 def add_control_routes(host: _Host, router: web.UrlDispatcher) -> None:
