@@ -26,7 +26,10 @@ on a tie).
 Between events (arrivals, completions) nothing changes but the context length, so rounds of
 pure decoding are taken in one jump, and a decode step's time is recomputed only when the
 batch changes (the context growth in between is ignored); the cost is O(events), not
-O(tokens). Time is simulated, never read.
+O(tokens). Step costs come from :mod:`~.costs` tables filled by the profile's own functions.
+Two cores run the loop: :func:`_reference` here (pure Python, the definition) and the compiled
+one in :mod:`._compiled` (numba, the default), held to identical results by the tests. Time is
+simulated, never read.
 """
 
 from __future__ import annotations
