@@ -38,7 +38,7 @@ __all__ = [
 DEFAULT_RETENTION_S = 86_400.0
 WEBHOOK_VERSION = "4"
 #: The alert the cluster gateway posts while it holds requests for a ModelService at zero
-#: ready replicas (``kubeplex.operator.gateway_k8s``): "scale from zero now".
+#: ready replicas (``kubeplex.gateway.cluster``): "scale from zero now".
 REQUESTS_HELD_ALERT = "KubeplexRequestsHeld"
 STATUSES = ("firing", "resolved")
 

@@ -20,11 +20,10 @@ from kubeplex.autoscaler.errors import AutoscalerError
 from kubeplex.autoscaler.signals import Scrape
 from kubeplex.autoscaler.sources import (
     HELD_QUERY,
-    SERIES_SELECTOR,
-    WANTED,
     parse_held_query,
     parse_held_text,
     parse_query_result,
+    series_query,
 )
 from kubeplex.errors import KubeplexError
 from kubeplex.operator._settings import Settings
@@ -36,6 +35,10 @@ ROUTER_URL_ANNOTATION = "kubeplex.io/router-url"
 CONTROL_URL_ANNOTATION = "kubeplex.io/control-url"
 #: An unload drains first (up to the runtime's grace, 30 s by default): send it, do not wait.
 UNLOAD_REQUEST_TIMEOUT_S = 0.5
+#: Changing a model's LoRA adapters waits for the loads: a local adapter loads in well under a
+#: second; a hub download may take longer, and the next cycle asks again (the runtime keeps
+#: loading meanwhile, one change at a time per model).
+ADAPTERS_REQUEST_TIMEOUT_S = 30.0
 #: Gateway replicas scraped at once for held requests (each call has the scrape timeout, so
 #: a read takes about ceil(replicas / 8) timeouts at worst).
 GATEWAY_CONCURRENCY = 8
@@ -134,6 +137,17 @@ class RuntimeClient:
             return False
         return r.status_code in (200, 404)
 
+    def set_adapters(self, control: str, model: str,
+                     adapters: list[dict[str, Any]]) -> tuple[int | None, str]:
+        """Make ``model``'s engine serve exactly ``adapters`` (the runtime loads and unloads
+        them); the status code and answer (None: the runtime could not be reached)."""
+        try:
+            r = self.client.put(f"{control}/kubeplex/v1/models/{model}/adapters",
+                                json={"adapters": adapters}, timeout=ADAPTERS_REQUEST_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            return None, type(exc).__name__
+        return r.status_code, r.text[:500]
+
     def sleep(self, control: str, model: str) -> int | None:
         """Put ``model`` to sleep (level 1); the status code (409: the engine cannot sleep),
         or None when the runtime could not be reached."""
@@ -157,10 +171,11 @@ class RuntimeClient:
             return False
         return r.status_code < 500
 
-    def prometheus(self, base_url: str, model: str, namespace: str, now: float) -> Scrape | None:
-        """One instant query for ``model``'s raw vLLM series in ``namespace`` (every pod)."""
-        query = SERIES_SELECTOR.format(names="|".join(sorted(WANTED)), model=model)
-        query = query[:-1] + f',namespace="{namespace}"}}'
+    def prometheus(self, base_url: str, model: str, namespace: str | None,
+                   now: float) -> Scrape | None:
+        """One instant query for ``model``'s raw vLLM series (every pod; those of
+        ``namespace`` when given); None when Prometheus cannot be read or answers nonsense."""
+        query = series_query(model, namespace)
         try:
             r = self.client.get(base_url.rstrip("/") + "/api/v1/query", params={"query": query})
             return parse_query_result(r.json(), now)

@@ -6,14 +6,16 @@ Every setting is one ``KUBEPLEX_*`` variable (the Helm chart sets them; see
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+from kubeplex.autoscaler.policy import AutoscalerConfig
 from kubeplex.operator.errors import ConfigError
 
-__all__ = ["ENV_DOCS", "Settings", "parse_env", "read_token"]
+__all__ = ["ENV_DOCS", "Settings", "parse_env", "parse_overrides", "read_token"]
 
 #: Variable -> (field, default, help). The README table is generated from this.
 ENV_DOCS: dict[str, tuple[str, str, str]] = {
@@ -79,6 +81,14 @@ ENV_DOCS: dict[str, tuple[str, str, str]] = {
                                         "Scale-down: seconds a pod keeps serving a model after "
                                         "its label came off, unless the model's EndpointSlices "
                                         "drop it sooner (then the runtime drains/unloads it)."),
+    "KUBEPLEX_INFERENCE_POOLS": ("inference_pools", "false",
+                                 "Keep one Gateway API Inference Extension InferencePool "
+                                 "(inference.networking.k8s.io/v1) per served ModelService; "
+                                 "needs that CRD installed (chart: inferencePool.enabled)."),
+    "KUBEPLEX_INFERENCE_POOL_EPP": ("inference_pool_epp", "{name}-epp:9002",
+                                    "The endpoint picker Service each InferencePool names, as "
+                                    "NAME:PORT; {name} is the ModelService's name (the "
+                                    "upstream inferencepool chart's <release>-epp on 9002)."),
     "KUBEPLEX_CPU_REQUEST": ("cpu_request", "4", "CPU request of a serving pod."),
     "KUBEPLEX_MEMORY_REQUEST": ("memory_request", "32Gi", "Memory request of a serving pod."),
 }
@@ -153,6 +163,8 @@ class Settings:
     autoscaler: str = ""
     placement: str = "search"
     endpoint_grace_s: float = 2.0
+    inference_pools: bool = False
+    inference_pool_epp: str = "{name}-epp:9002"
     cpu_request: str = "4"
     memory_request: str = "32Gi"
 
@@ -178,8 +190,36 @@ class Settings:
             raise ConfigError("KUBEPLEX_INTERVAL_SECONDS must be > 0")
         if settings.endpoint_grace_s < 0:
             raise ConfigError("KUBEPLEX_ENDPOINT_GRACE_SECONDS must be >= 0")
+        if not re.fullmatch(r"[a-z0-9{}.-]+:[0-9]{1,5}", settings.inference_pool_epp) or not \
+                0 < int(settings.inference_pool_epp.rpartition(":")[2]) < 65536:
+            raise ConfigError(f"KUBEPLEX_INFERENCE_POOL_EPP={settings.inference_pool_epp!r}: "
+                              "use SERVICE:PORT, e.g. {name}-epp:9002 ({name}: the "
+                              "ModelService's name)")
         return settings
 
     def token(self) -> str:
         """The current alert token (the file is re-read so a rotated Secret applies at once)."""
         return read_token(self.alert_token, self.alert_token_file)
+
+
+def parse_overrides(text: str) -> dict[str, float]:
+    """``KUBEPLEX_AUTOSCALER``: a JSON object of AutoscalerConfig numbers, e.g.
+    ``{"stable_window_s": 10, "scale_down_delay_s": 10}`` (for tests and demos)."""
+    if not text.strip():
+        return {}
+    allowed = {f.name for f in fields(AutoscalerConfig)} - {
+        "slo_ttft_s", "percentile", "min_replicas", "max_replicas", "gpus_per_replica",
+        "profile", "forecast", "warm_pool"}
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"KUBEPLEX_AUTOSCALER is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("KUBEPLEX_AUTOSCALER must be a JSON object")
+    for k, v in data.items():
+        if k not in allowed:
+            raise ConfigError(f"KUBEPLEX_AUTOSCALER: unknown key {k!r}; allowed: "
+                              f"{', '.join(sorted(allowed))}")
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"KUBEPLEX_AUTOSCALER: {k} must be a number, got {v!r}")
+    return {k: float(v) for k, v in data.items()}

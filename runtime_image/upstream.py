@@ -3,7 +3,7 @@
 A router forwards a model's requests (with :meth:`kubeplex.runtime.proxy.Proxy.forward`) to an
 *upstream*: in a serving pod, the engine process hosting the model
 (:class:`~kubeplex.runtime.supervisor.Engine`); in local mode's gateway, one replica of the
-model (``kubeplex.operator.local.gateway``). Both derive from :class:`Upstream`, which keeps
+model (``kubeplex.gateway._gateway``). Both derive from :class:`Upstream`, which keeps
 the parsed URLs and the in-flight count the proxy and the drain logic rely on. Subclasses
 provide ``name`` and ``retry_after(now)`` (together: the :class:`~kubeplex.runtime.proxy.Target`
 protocol).

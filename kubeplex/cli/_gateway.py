@@ -1,6 +1,6 @@
 """``kubeplex gateway``: the cluster gateway (one OpenAI endpoint for every ModelService; holds
 requests while a model scales from zero). Configured by ``KUBEPLEX_*`` variables (the Helm
-chart's contract, see ``kubeplex.operator.gateway_k8s``); flags override them."""
+chart's contract, see ``kubeplex.gateway.cluster``); flags override them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from kubeplex.cli import Commands
 from kubeplex.errors import KubeplexError
 
 if TYPE_CHECKING:
-    from kubeplex.operator.gateway_k8s import GatewaySettings
+    from kubeplex.gateway.cluster import GatewaySettings
 
 #: Flag -> the variable it overrides (errors name both).
 FLAGS = {"port": "KUBEPLEX_GATEWAY_PORT", "host": "KUBEPLEX_BIND_ADDRESS",
@@ -49,8 +49,8 @@ def register(cli: Commands) -> None:
 
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
+    from kubeplex.gateway.cluster import GatewaySettings
     from kubeplex.operator.errors import ConfigError
-    from kubeplex.operator.gateway_k8s import GatewaySettings
 
     env = dict(os.environ)
     given = {var: flag for flag, var in FLAGS.items() if getattr(args, flag) is not None}
@@ -83,7 +83,7 @@ def _api_client(kubeconfig: str | None) -> Any:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from kubeplex.operator.gateway_k8s import serve
+    from kubeplex.gateway.cluster import serve
 
     settings = _settings(args)  # bad values fail here, before any connection
     level = "DEBUG" if args.verbose else os.environ.get("KUBEPLEX_LOG_LEVEL", "INFO").upper()

@@ -4,9 +4,9 @@
 runtime process wrapper and the settings document are in their own modules.
 """
 
+from kubeplex.gateway import Gateway, Replica
 from kubeplex.operator.local.backend import LocalMode, ModelRun
 from kubeplex.operator.local.errors import LocalModeError, ProcessError, SettingsError
-from kubeplex.operator.local.gateway import Gateway, Replica
 from kubeplex.operator.local.settings import LocalSettings, load_settings
 
 __all__ = [

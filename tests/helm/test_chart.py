@@ -207,7 +207,7 @@ def test_gateway_runs_the_command_with_the_env_its_code_reads(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
     """The Deployment's environment is the contract of `kubeplex gateway`: every variable it
     sets is one GatewaySettings reads, and the rendered values parse."""
-    from kubeplex.operator.gateway_k8s import GATEWAY_ENV_DOCS, GatewaySettings
+    from kubeplex.gateway.cluster import GATEWAY_ENV_DOCS, GatewaySettings
 
     docs = rendered["defaults"]
     pod = named(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]
@@ -330,6 +330,8 @@ def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[st
         ("", "events", {"create"}),
         ("", "nodes", read),
         ("discovery.k8s.io", "endpointslices", {"list"}),  # two-phase scale-down (main)
+        ("resource.k8s.io", "resourceclaimtemplates", {"create"}),  # DRA pools
+        ("resource.k8s.io", "resourceslices", {"list"}),
         ("apiextensions.k8s.io", "customresourcedefinitions", {"list", "watch"}),
         ("kopf.dev", "clusterkopfpeerings", read | {"patch"}),
         ("kopf.dev", "kopfpeerings", read | {"patch"}),
@@ -358,7 +360,7 @@ def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[st
 
 def test_gateway_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[str, Any]]]
                                                ) -> None:
-    from kubeplex.operator.gateway_k8s import RBAC_NEEDED
+    from kubeplex.gateway.cluster import RBAC_NEEDED
 
     assert grants(rendered["defaults"], "-gateway") == set(RBAC_NEEDED)
     assert {verb for _, _, verb in RBAC_NEEDED} == {"list", "watch"}

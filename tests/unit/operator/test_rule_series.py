@@ -17,8 +17,8 @@ from kubeplex.autoscaler.alert_rules import (
     SLO_TTFT_METRIC,
 )
 from kubeplex.cli._alerts import render_rules
+from kubeplex.gateway.cluster import ClusterGateway, GatewaySettings
 from kubeplex.operator._metrics import OperatorMetrics
-from kubeplex.operator.gateway_k8s import ClusterGateway, GatewaySettings
 from kubeplex.runtime.metrics import RouterMetrics
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"

@@ -1,0 +1,12 @@
+"""kubeplex.gateway: one OpenAI-compatible endpoint for every model, in front of the replicas.
+
+Both modes run it: local mode (``kubeplex up``) feeds it replicas from its own processes, and
+the cluster gateway (``kubeplex gateway``, :mod:`kubeplex.gateway.cluster`, which imports the
+Kubernetes client) feeds it routes and replicas from ModelService and EndpointSlice watches
+(the pure mapping is in :mod:`kubeplex.gateway._discovery`). The router itself, holding
+requests at zero replicas and the retry on a leaving replica, is :class:`Gateway`.
+"""
+
+from kubeplex.gateway._gateway import METRIC_LABELS, Gateway, Replica, Route
+
+__all__ = ["METRIC_LABELS", "Gateway", "Replica", "Route"]

@@ -1,0 +1,357 @@
+"""The gateway: one OpenAI-compatible endpoint for every model, in front of the replicas.
+
+It is the runtime's router (:class:`kubeplex.runtime.app.Runtime`: the same forwarding,
+streaming pass-through, request ids, error bodies and ``kubeplex_router_*`` metrics), with
+replicas instead of engines as upstreams:
+
+* a request goes to the ready replica of its model with the fewest requests in flight through
+  the gateway (the least queued work);
+* a model with no ready replica *holds* the request: at most ``hold_limit`` per model, each
+  at most ``hold_timeout`` seconds, then ``503`` with ``Retry-After``; the first held request
+  calls ``on_hold`` so the autoscaler scales from zero at once, and held requests are
+  forwarded as soon as a replica is ready;
+* a replica that refuses a request before any byte of the answer went out (``503``: it is
+  draining, unloading the model or restarting its engine; or it cannot be reached) gets it
+  sent once more, to another ready replica of the model, or, when there is none, held like a
+  request at zero replicas (the autoscaler is told; a re-added replica is a new one). A
+  response that has started streaming is never sent again. This closes the window between a
+  replica leaving (the operator removes its model label and drains it) and the gateway seeing
+  the endpoint update;
+* arrivals, held requests and retries are counted per model
+  (``kubeplex_gateway_arrivals_total``, ``kubeplex_gateway_held_requests``,
+  ``kubeplex_gateway_retries_total``, labels ``namespace``, ``modelservice``, ``model``): the
+  arrival-rate signal, even at zero replicas;
+* ``GET /kubeplex/v1/status`` answers ``status_source()`` (local mode's state) for
+  ``kubeplex status``; ``GET /healthz`` and ``GET /readyz`` are the probes.
+
+Requests are routed by *route*: a key per ModelService. Local mode's routes are the served
+names themselves (they are unique there); the cluster gateway
+(:mod:`kubeplex.gateway.cluster`) keys them ``namespace/name`` and overrides
+:meth:`Gateway._resolve` to pick one by the request's ``model`` and headers.
+
+Scale-down calls :meth:`Gateway.remove` first (no new requests), then waits for
+:meth:`Gateway.wait_idle` before the replica is drained, so no request is cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+from kubeplex.gateway._adapters import adapter_cards
+from kubeplex.runtime.app import Runtime
+from kubeplex.runtime.config import RuntimeConfig
+from kubeplex.runtime.proxy import Target
+from kubeplex.runtime.upstream import Upstream
+
+__all__ = ["METRIC_LABELS", "Gateway", "Replica", "Route"]
+
+#: Labels of the ``kubeplex_gateway_*`` series: the contract the operator reads held requests by.
+METRIC_LABELS = ("namespace", "modelservice", "model")
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a route serves: the model clients name, and the ModelService serving it."""
+
+    model: str  # the served name (the request's "model")
+    namespace: str
+    modelservice: str
+    adapters: tuple[str, ...] = ()  # its LoRA adapters' names (also routed here)
+
+    @classmethod
+    def of_key(cls, model: str, key: str) -> Route:
+        """From a ModelService key ``namespace/name`` (``name`` alone: namespace default)."""
+        namespace, _, name = key.rpartition("/")
+        return cls(model, namespace or "default", name)
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        return self.namespace, self.modelservice, self.model
+
+
+class Replica(Upstream):
+    """One replica of one model behind the gateway, the router's upstream for that model.
+
+    ``route``: the gateway route it serves (default: the served name, as in local mode)."""
+
+    def __init__(self, model: str, group: str, base_url: str, route: str | None = None) -> None:
+        super().__init__(base_url)
+        self.name = model
+        self.group = group
+        self.route = route or model
+
+    def retry_after(self, now: float) -> int:
+        return 1
+
+
+class Gateway(Runtime):
+    """The runtime's router over local-mode replicas (see the module docstring)."""
+
+    def __init__(self, models: Mapping[str, str], *, hold_timeout: float, hold_limit: int,
+                 retry_after: Callable[[str], float],
+                 on_hold: Callable[[str], None] | None = None,
+                 status_source: Callable[[], dict[str, Any]] | None = None) -> None:
+        """``models``: served name -> ModelService key (each served name is a route).
+        ``retry_after(route)``: seconds a refused client should wait (the expected start
+        time). ``on_hold(route)`` is called for every request that starts waiting."""
+        self.routes: dict[str, Route] = {}
+        self.hold_timeout = hold_timeout
+        self.hold_limit = hold_limit
+        self.expected_start = retry_after
+        self.on_hold = on_hold
+        self.status_source = status_source
+        self.replicas: dict[str, list[Replica]] = {}
+        self.held: dict[str, int] = {}
+        #: route -> wall-clock time (s) its current hold episode began (while requests wait).
+        self.hold_since: dict[str, float] = {}
+        #: Why /readyz answers 503 (None: ready); the cluster gateway sets it until synced.
+        self.not_ready: str | None = None
+        #: route -> an event set (and replaced) whenever its replicas or the route change.
+        self._changed: dict[str, asyncio.Event] = {}
+        super().__init__(RuntimeConfig(models=(), device="cpu"))
+        registry = self.metrics.registry
+        self.arrivals = Counter("kubeplex_gateway_arrivals", "Requests that arrived at the "
+                                "gateway for the model (held or not).", METRIC_LABELS,
+                                registry=registry)
+        self.held_gauge = Gauge("kubeplex_gateway_held_requests", "Requests the gateway "
+                                "holds while the model has no ready replica.", METRIC_LABELS,
+                                registry=registry)
+        self.replica_gauge = Gauge("kubeplex_gateway_replicas", "Ready replicas the gateway "
+                                   "routes the model to.", METRIC_LABELS, registry=registry)
+        self.retries = Counter("kubeplex_gateway_retries", "Requests sent once more (to another "
+                               "replica, or held) after a replica refused them before "
+                               "answering (503: draining, unloading, restarting).",
+                               METRIC_LABELS, registry=registry)
+        self.set_routes({m: Route.of_key(m, key) for m, key in models.items()})
+
+    # ---- routes ---------------------------------------------------------------------------
+    def set_routes(self, routes: Mapping[str, Route]) -> None:
+        """Serve exactly these routes: new ones start with no replica, gone ones lose theirs
+        (their held requests are answered at once)."""
+        for name in [r for r in self.routes if r not in routes]:
+            self._forget_series(self.routes.pop(name))
+            self.replicas.pop(name, None)
+            self._notify(name)  # wake its held requests: they find the route gone
+        for name, route in routes.items():
+            old = self.routes.get(name)
+            if old == route:
+                continue
+            if old is not None:
+                self._forget_series(old)
+            self.routes[name] = route
+            replicas = self.replicas.setdefault(name, [])
+            self.held.setdefault(name, 0)
+            self._notify(name)
+            self.arrivals.labels(*route.labels)
+            self.retries.labels(*route.labels)
+            self.held_gauge.labels(*route.labels).set(self.held[name])
+            self.replica_gauge.labels(*route.labels).set(len(replicas))
+
+    def _forget_series(self, route: Route) -> None:
+        for metric in (self.arrivals, self.held_gauge, self.replica_gauge, self.retries):
+            metric.remove(*route.labels)
+
+    # ---- replicas -------------------------------------------------------------------------
+    def add(self, replica: Replica) -> None:
+        """Route ``replica.route``'s requests to ``replica`` too (and release held ones)."""
+        name = replica.route
+        self.replicas[name].append(replica)
+        self.replica_gauge.labels(*self.routes[name].labels).set(len(self.replicas[name]))
+        self._notify(name)
+
+    def remove(self, route: str, group: str) -> Replica | None:
+        """Stop routing ``route`` to ``group``; returns the replica (to wait for it)."""
+        replicas = self.replicas.get(route, [])
+        kept = [r for r in replicas if r.group != group]
+        gone = next((r for r in replicas if r.group == group), None)
+        if route in self.routes:
+            self.replicas[route] = kept
+            self.replica_gauge.labels(*self.routes[route].labels).set(len(kept))
+            self._notify(route)
+        return gone
+
+    def refuse_new(self) -> None:
+        """Shutting down: new requests get 503, held ones are answered 503 now."""
+        self.draining = True
+        for route in list(self._changed):
+            self._notify(route)
+
+    def in_flight_of(self, group: str) -> int:
+        return sum(r.in_flight for rs in self.replicas.values() for r in rs if r.group == group)
+
+    def _notify(self, route: str) -> None:
+        """Wake the requests held for ``route``: its replicas (or the route) changed."""
+        event = self._changed.pop(route, None)
+        if event is not None:
+            event.set()
+        if route in self.routes:
+            self._changed[route] = asyncio.Event()
+
+    def _pick(self, route: str, exclude: object = None) -> Replica | None:
+        """The ready replica of ``route`` with the fewest requests in flight (not
+        ``exclude``: the replica that just refused the request)."""
+        replicas = self.replicas.get(route) or []
+        if exclude is not None:
+            replicas = [r for r in replicas if r is not exclude]
+        return min(replicas, key=lambda r: r.in_flight) if replicas else None
+
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down"
+        if self.not_ready is not None:
+            return False, self.not_ready
+        return True, f"{len(self.routes)} model(s) routed"
+
+    # ---- routing --------------------------------------------------------------------------
+    def _router_app(self) -> web.Application:
+        app = super()._router_app()
+        app.router.add_get("/kubeplex/v1/status", self.gateway_status)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        return app
+
+    def _unknown(self, model: object, request_id: str) -> web.Response:
+        names = sorted({n for r in self.routes.values() for n in (r.model, *r.adapters)})
+        body = {"error": {"message": f"The model `{model}` does not exist. Models: "
+                                     f"{', '.join(names) or '(none)'}.",
+                          "type": "NotFoundError", "param": "model", "code": 404}}
+        return web.json_response(body, status=404, headers={"X-Request-Id": request_id})
+
+    def _resolve(self, model: object, request: web.Request,
+                 request_id: str) -> str | web.Response:
+        """The route of a request for ``model``, or the error answer (here: 404)."""
+        if isinstance(model, str) and model in self.routes:
+            return model
+        adapter_of = next((name for name, r in self.routes.items() if model in r.adapters), None)
+        return adapter_of or self._unknown(model, request_id)  # an adapter: its model's route
+
+    def _unavailable(self, message: str, retry_after: float, request_id: str) -> web.Response:
+        body = {"error": {"message": message, "type": "ServiceUnavailableError",
+                          "param": None, "code": 503}}
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after))),
+                   "X-Request-Id": request_id}
+        return web.json_response(body, status=503, headers=headers)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        arrived = time.monotonic()
+        body = await request.read()
+        try:
+            model = json.loads(body).get("model")
+        except (ValueError, AttributeError):
+            self.metrics.requests.labels("", "400").inc()
+            body_error = {"error": {"message": "the body must be a JSON object with a 'model' "
+                                               "field", "type": "BadRequestError",
+                                    "param": None, "code": 400}}
+            return web.json_response(body_error, status=400,
+                                     headers={"X-Request-Id": request_id})
+        route = self._resolve(model, request, request_id)
+        if isinstance(route, web.Response):
+            self.metrics.requests.labels("", str(route.status)).inc()
+            return route
+        self.arrivals.labels(*self.routes[route].labels).inc()
+        if self.draining:
+            self.metrics.requests.labels(model, "503").inc()
+            return self._unavailable("kubeplex is shutting down", 1, request_id)
+        replica = self._pick(route)
+        if replica is None:
+            replica, refusal = await self._hold(route, arrived, request_id)
+            if replica is None:
+                self.metrics.requests.labels(model, "503").inc()
+                return refusal
+
+        async def elsewhere(refused: Target) -> Target | None:
+            return await self._retry(route, refused, arrived, request_id)
+
+        return await self.proxy.forward(request, replica, body, request_id, arrived,
+                                        fallback=elsewhere)
+
+    async def _retry(self, route: str, refused: Target, arrived: float,
+                     request_id: str) -> Replica | None:
+        """Where a request ``refused`` before answering goes instead: another ready replica,
+        else held until one is ready (None: nowhere; the refusal goes to the client)."""
+        if self.draining or route not in self.routes:
+            return None
+        replica = self._pick(route, exclude=refused)
+        if replica is None:
+            replica, _ = await self._hold(route, arrived, request_id, exclude=refused)
+        if replica is not None and route in self.routes:
+            self.retries.labels(*self.routes[route].labels).inc()
+        return replica
+
+    async def _hold(self, route: str, arrived: float, request_id: str,
+                    exclude: object = None) -> tuple[Replica | None, web.Response]:
+        """Wait for a ready replica of ``route`` other than ``exclude`` (bounded count and
+        time)."""
+        wait = self.expected_start(route)
+        model = self.routes[route].model
+        if self.held[route] >= self.hold_limit:
+            return None, self._unavailable(
+                f"model {model} is starting and {self.held[route]} requests already wait for "
+                f"it (the limit); retry later", wait, request_id)
+        self._count_held(route, +1)
+        if self.on_hold is not None:
+            self.on_hold(route)
+        try:
+            deadline = arrived + self.hold_timeout
+            while (left := deadline - time.monotonic()) > 0 and not self.draining:
+                if route not in self.routes:
+                    return None, self._unavailable(
+                        f"model {model} was removed while the request waited", wait, request_id)
+                replica = self._pick(route, exclude)
+                if replica is not None:
+                    return replica, web.Response()
+                try:
+                    await asyncio.wait_for(self._changed[route].wait(), left)
+                except TimeoutError:
+                    break
+            return None, self._unavailable(
+                f"model {model} has no ready replica after {self.hold_timeout:g} s of waiting; "
+                "it is scaling from zero, retry later", wait, request_id)
+        finally:
+            self._count_held(route, -1)
+
+    def _count_held(self, route: str, step: int) -> None:
+        self.held[route] += step
+        if self.held[route] == 0:
+            self.hold_since.pop(route, None)
+        else:
+            self.hold_since.setdefault(route, time.time())
+        if route in self.routes:
+            self.held_gauge.labels(*self.routes[route].labels).set(self.held[route])
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        data = [{"id": r.model, "object": "model", "created": 0, "owned_by": "kubeplex",
+                 "root": f"{r.namespace}/{r.modelservice}", "parent": None,
+                 "replicas": len(self.replicas[name])}
+                for name, r in sorted(self.routes.items(), key=lambda item: item[1].labels)]
+        data += adapter_cards(self.routes, self.replicas)
+        return web.json_response({"object": "list", "data": data})
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def gateway_status(self, request: web.Request) -> web.Response:
+        state = self.status_source() if self.status_source is not None else {}
+        return web.json_response(state)
+
+    # ---- serving --------------------------------------------------------------------------
+    async def open(self, host: str, port: int) -> web.AppRunner:
+        """Start serving on ``host:port`` (the caller cleans the runner up)."""
+        await self.start()
+        runner = web.AppRunner(self.router_app, access_log=None, handle_signals=False,
+                               shutdown_timeout=5.0)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, backlog=1024).start()
+        return runner
