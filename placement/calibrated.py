@@ -1,5 +1,7 @@
-"""Shipped calibrated latency profiles (measured with ``kubeplex calibrate``; see
-docs/benchmarks.md "Calibration" for how, where, and each fit's error).
+"""Shipped calibrated latency profiles.
+
+Measured with ``kubeplex calibrate``; docs/benchmarks.md "Calibration" says how, where, and
+each fit's error.
 
 A name here works wherever a model shape name does (``spec.model.profile``, ``kubeplex
 simulate autoscale --model``): :func:`kubeplex.placement.llm.model` returns the catalogue shape

@@ -133,8 +133,10 @@ def gpu(points: Path) -> None:
 
 SHIPPED = ("llama-3.1-8b-sim-h100", "tiny-llama-vllm-cpu", "llama-3.1-8b-h200-hf")
 CATALOGUE = ROOT / "placement" / "calibrated.py"
-CATALOGUE_HEAD = '''"""Shipped calibrated latency profiles (measured with ``kubeplex calibrate``; see
-docs/benchmarks.md "Calibration" for how, where, and each fit's error).
+CATALOGUE_HEAD = '''"""Shipped calibrated latency profiles.
+
+Measured with ``kubeplex calibrate``; docs/benchmarks.md "Calibration" says how, where, and
+each fit's error.
 
 A name here works wherever a model shape name does (``spec.model.profile``, ``kubeplex
 simulate autoscale --model``): :func:`kubeplex.placement.llm.model` returns the catalogue shape
