@@ -166,7 +166,9 @@ class _Replica:
 
     @property
     def admitted(self) -> int:
-        return len(self.prefill_queue) + int(self.prefill_busy) + len(self.decode_heap)
+        """Admitted requests (vLLM's running): queued for or in their prefill, or decoding
+        (the one in its prefill is the head of ``prefill_queue``)."""
+        return len(self.prefill_queue) + len(self.decode_heap)
 
     @property
     def unstarted(self) -> int:

@@ -21,7 +21,9 @@ Stages, in order (each a function, tested alone with a fake clock):
    when it would hold a new request longer than a share of the SLO, or waiting requests over
    ``target_queue_per_replica``: the fleet is saturated now.
 5. **credit** (:func:`warmup_credit`): how many replicas drain that backlog, projected to when
-   new ones would be ready, with the replicas already starting counted at their ready time.
+   new ones would be ready, with the replicas already starting counted at their ready time
+   (at the throughput the busy engines measurably reach, :func:`draining_capacity`); none
+   for a burst that will be over before a cold start (:func:`futile`).
 6. **rise** (:func:`rising`): a short-window rate beyond Poisson noise above the stable one is
    sized at once by the queueing model (the stable window would see it a minute later).
    **panic** (:func:`panic`): the short window's demand at ``panic_threshold`` times the
@@ -79,6 +81,7 @@ __all__ = [
     "burst_replicas",
     "correct_speed",
     "decide",
+    "draining_capacity",
     "futile",
     "panic",
     "profile_capacity",
@@ -633,9 +636,21 @@ def _arrived(scrapes: tuple[Scrape, ...], now: float, config: AutoscalerConfig) 
 
 
 def _pending(signals: Signals, held: int) -> float:
-    waiting = signals.waiting + held
+    """Requests with no first token: in the engines (waiting ones included) and held."""
     awaiting = signals.awaiting_first_token
-    return waiting + (awaiting if awaiting is not None else 0.0)
+    return held + (awaiting if awaiting is not None else signals.waiting)
+
+
+def draining_capacity(signals: Signals, capacity: ReplicaCapacity,
+                      ready: int) -> ReplicaCapacity:
+    """The capacity a backlog drains at: while every engine is busy, what they completed per
+    replica is measured throughput and wins over a faster model (measured, not bounded by
+    the speed correction's limit)."""
+    if not (signals.engines_saturated and ready > 0 and signals.completion_rate > 0):
+        return capacity
+    measured = ready / signals.completion_rate
+    return capacity if measured <= capacity.work_s else replace(capacity, work_s=measured,
+                                                                source="measured")
 
 
 def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
@@ -698,7 +713,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     rise = isinstance(burst, Signals) and rising(burst.arrival_rate, stable.arrival_rate,
                                                  burst.window_s)
     coming = max(rate, burst_rate) if rise else rate
-    credited = warmup_credit(queue, observed, backlog, coming, capacity, config, now)
+    credited = warmup_credit(queue, observed, backlog, coming,
+                             draining_capacity(stable, capacity, observed.ready), config, now)
     short = futile(state.peaks, now, config, observed.warm_available)
     if short and credited > target:
         stages.append(Stage("queue", queue, short))
@@ -733,9 +749,6 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     if in_panic and target > before:
         deciding = f"panic: burst {burst_rate:.2f} req/s needs {burst_target}"
 
-    before = target
-    history = state.recommendations or ((now, current),)
-    target, recommendations = stabilize(history, target, now, config.scale_down_delay_s)
     # The memory keeps replicas at the model's speed: a later correction rescales it.
     # Requests since the previous evaluation, at the short window's rate.
     last = state.recommendations[-1][0] if state.recommendations else None
@@ -743,14 +756,19 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     peaks = record(state.peaks, demand * speed, short_demand * speed, max(0.0, arrivals), now,
                    config.burst_memory_s)
     recurring = math.ceil(held_level(peaks, config.quantile) / speed - 1e-9)
-    if target > before:
-        deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "
-                    f"(highest recent target {target})")
     if recurring > target:
         target = recurring
         deciding = (f"burst memory: bursts needing {recurring} replicas recurred in the last "
                     f"{config.burst_memory_s:.0f} s with more requests than the SLO may miss; "
                     f"held through the gap")
+    # Stabilization comes last: a held level that wavers with the speed estimate does not
+    # turn into a scale-down and back.
+    before = target
+    history = state.recommendations or ((now, current),)
+    target, recommendations = stabilize(history, target, now, config.scale_down_delay_s)
+    if target > before:
+        deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "
+                    f"(highest recent target {target})")
     stages.append(Stage("hold", target, ""))
 
     limited = rate_limit(current, target, config)

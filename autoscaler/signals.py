@@ -143,8 +143,8 @@ class Signals:
     first token yet: waiting + running minus those decoding (first tokens counted minus
     requests finished, per engine since its start); None without the TTFT histogram or the
     completions counter. vLLM counts a request queued for its prefill as *running*, so this is
-    how prefill backlog shows. ``min_pending`` is the least ``waiting + awaiting_first_token``
-    over the window's scrapes (a backlog that never drained). ``ttft_buckets`` and
+    how prefill backlog shows. ``min_pending`` is the least ``awaiting_first_token`` over the
+    window's scrapes (a backlog that never drained). ``ttft_buckets`` and
     ``prompt_buckets`` are the window's increases of the TTFT and prompt-length histograms
     (empty when not exposed). ``engines_saturated``: in every scrape of the window every engine
     had requests refused admission (waiting) or at least :data:`SATURATED_PENDING` without a
@@ -406,8 +406,7 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
     prompt = ([s.series(PROMPT_TOKENS) for s in window] if last.series(PROMPT_TOKENS) else None)
     generated = ([s.series(GENERATION_TOKENS) for s in window]
                  if last.series(GENERATION_TOKENS) else None)
-    pending = [None if (a := _awaiting(s)) is None else a + (s.total(WAITING) or 0.0)
-               for s in window]
+    pending = [_awaiting(s) for s in window]
     timed = counter_increase([s.series(PREFILL_TIME_COUNT) for s in window])
     return Signals(
         time=last.time,
