@@ -116,6 +116,7 @@ def vllm() -> None:
                   f"{VLLM_CPU_KV_GIB} GiB), the tiny random Llama of runtime_image/tiny_model.py",
                   "--prompts", "64,256,1024,1900", "--batches", "1,4,16",
                   "--decode-batches", "1,8,32", "--contexts", "64,1024",
+                  "--decode-tokens", "64", "--repeats", "5",
                   "--out", str(RESULTS / "tiny-llama-vllm-cpu.json"))
 
 

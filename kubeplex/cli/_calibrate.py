@@ -7,10 +7,12 @@ The measuring (HTTP, clocks) is here; the fitting is the pure
   every time so a prefix cache cannot answer) with ``max_tokens`` 1; the time until the last
   answer is the batched prefill of ``k`` prompts (plus one HTTP round trip, which the fit's
   fixed term absorbs);
-* **decode**: ``batch`` concurrent completions of ``context``-token prompts, once with
-  ``--decode-short`` and once with ``--decode-long`` output tokens (``ignore_eos``); the
-  difference of the completion times over the difference of tokens is one decode step
-  (prefill and HTTP cancel out);
+* **decode**: ``batch`` concurrent completions of ``context``-token prompts, with 1/8, 1/2 and
+  all of ``--decode-tokens`` output tokens (``ignore_eos``); the slope of the completion time
+  over the output tokens (the median of the pairwise slopes, Theil-Sen: one stalled run does
+  not move it) is one decode step: the prefill and the HTTP round trip are the same in all
+  three and drop out (a streamed response cannot time tokens: engines deliver them in
+  bursts);
 * each point is the **fastest of** ``--repeats`` runs: on a shared machine other work only
   ever adds time, so the minimum is the closest to the engine's own (the fit error then
   shows how much noise is left);
@@ -86,8 +88,8 @@ def register(cli: Commands) -> None:
                    help=f"sequences per decode batch (default {DEFAULT_DECODE_BATCHES})")
     p.add_argument("--contexts", default=DEFAULT_CONTEXTS,
                    help=f"prompt lengths of the decode runs (default {DEFAULT_CONTEXTS})")
-    p.add_argument("--decode-short", type=int, default=8, help="output tokens, short run")
-    p.add_argument("--decode-long", type=int, default=40, help="output tokens, long run")
+    p.add_argument("--decode-tokens", type=int, default=40,
+                   help="output tokens of each decode run (default 40)")
     p.add_argument("--repeats", type=int, default=3, help="repeats per point; the fastest "
                    "counts (default 3)")
     p.add_argument("--seed", type=int, default=1)
@@ -244,8 +246,8 @@ async def _measure(args: argparse.Namespace) -> tuple[list[Any], list[Any], int 
     batches = _counts(args.batches, "--batches")
     decode_batches = _counts(args.decode_batches, "--decode-batches")
     contexts = _counts(args.contexts, "--contexts")
-    if not 1 <= args.decode_short < args.decode_long or args.repeats < 1:
-        raise CalibrateError("need 1 <= --decode-short < --decode-long and --repeats >= 1")
+    if args.decode_tokens < 2 or args.repeats < 1:
+        raise CalibrateError("need --decode-tokens >= 2 and --repeats >= 1")
     async with httpx.AsyncClient(timeout=30) as probe:
         model = args.served_model or await _served_model(probe, args.url)
     client = _Client(args.url, model, args.seed)
@@ -260,6 +262,7 @@ async def _measure(args: argparse.Namespace) -> tuple[list[Any], list[Any], int 
             bar = progress.add_task(f"calibrating {model}", total=total)
             for n in prompts:
                 for k in batches:
+                    await client.batch(k, n, 1)  # warm-up: a new shape may compile
                     times = [max(await client.batch(k, n, 1)) for _ in range(args.repeats)]
                     prefill.append(PrefillPoint(n, k, min(times)))
                     progress.advance(bar)
@@ -269,8 +272,8 @@ async def _measure(args: argparse.Namespace) -> tuple[list[Any], list[Any], int 
                     watch = kv is None and b == largest and ctx == max(contexts)
                     step, usage = await _decode_step(client, b, ctx, args, watch)
                     if usage:
-                        kv = round(b * (ctx + args.decode_long) / usage)
-                    decode.append(DecodePoint(b, ctx + args.decode_long // 2, step))
+                        kv = round(b * (ctx + args.decode_tokens) / usage)
+                    decode.append(DecodePoint(b, ctx + args.decode_tokens // 2, step))
                     progress.advance(bar)
     finally:
         await client.http.aclose()
@@ -279,9 +282,8 @@ async def _measure(args: argparse.Namespace) -> tuple[list[Any], list[Any], int 
 
 async def _decode_step(client: _Client, batch: int, context: int, args: argparse.Namespace,
                        watch_kv: bool) -> tuple[float, float | None]:
-    """One decode step's seconds (long minus short runs), and the peak KV usage if watched."""
-    short = min([statistics.median(await client.batch(batch, context, args.decode_short))
-                 for _ in range(args.repeats)])
+    """One decode step's seconds (see the module docstring), and the peak KV usage when
+    watched."""
     peak: list[float] = []
 
     async def poll(done: Callable[[], bool]) -> None:
@@ -291,15 +293,22 @@ async def _decode_step(client: _Client, batch: int, context: int, args: argparse
                 peak.append(usage)
             await asyncio.sleep(KV_POLL_S)
 
-    longs = []
-    for _ in range(args.repeats):
-        task = asyncio.ensure_future(client.batch(batch, context, args.decode_long))
-        if watch_kv:
-            await poll(task.done)
-        longs.append(statistics.median(await task))
-    step = (min(longs) - short) / (args.decode_long - args.decode_short)
-    if step <= 0:
-        raise CalibrateError(f"decode at batch {batch}, context {context}: the long run was "
-                             f"not slower than the short one; raise --decode-long")
-    return step, (max(peak) if peak else None)
-
+    outputs = sorted({max(1, args.decode_tokens // 8), max(2, args.decode_tokens // 2),
+                      args.decode_tokens})
+    await client.batch(batch, context, outputs[0])  # warm-up: a new shape may compile
+    times = []
+    for tokens in outputs:
+        runs = []
+        for _ in range(args.repeats):
+            task = asyncio.ensure_future(client.batch(batch, context, tokens))
+            if watch_kv and tokens == outputs[-1]:
+                await poll(task.done)
+            runs.append(statistics.median(await task))
+        times.append(min(runs))
+    # Theil-Sen: the median of the pairwise slopes shrugs off one stalled run.
+    slope = statistics.median((times[j] - times[i]) / (outputs[j] - outputs[i])
+                              for i in range(len(outputs)) for j in range(i + 1, len(outputs)))
+    if slope <= 0:
+        raise CalibrateError(f"decode at batch {batch}, context {context}: longer outputs were "
+                             f"not slower ({times}); raise --decode-tokens or --repeats")
+    return slope, (max(peak) if peak else None)

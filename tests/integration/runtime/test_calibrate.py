@@ -49,7 +49,7 @@ def test_calibrating_the_sim_recovers_its_model(sim: str, tmp_path: Path,
     code = main(["calibrate", "--url", sim, "--model", "llama-3.1-8b", "--gpu", "H100-80GB",
                  "--name", "sim-test", "--engine", "sim", "--prompts", "256,2048,8192",
                  "--batches", "1,4", "--decode-batches", "1,16", "--contexts", "256,2048",
-                 "--decode-long", "24", "--repeats", "2", "--out", str(out)])
+                 "--decode-tokens", "24", "--repeats", "2", "--out", str(out)])
     assert code == 0
     assert "fit error median" in capsys.readouterr().out
     data = json.loads(out.read_text())
