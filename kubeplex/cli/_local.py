@@ -43,6 +43,10 @@ def register(cli: Commands) -> None:
                     help="override the sim engine's simulated cold start (seconds)")
     up.add_argument("--tick", type=float, default=None, metavar="S",
                     help="override the autoscaling loop period (seconds)")
+    up.add_argument("--migrate-after", type=float, default=None, metavar="S",
+                    help="override LocalSettings migrateAfterSeconds: how long a replica "
+                         "leaving routing keeps its in-flight generations before they resume "
+                         "on another replica")
     up.add_argument("--workdir", type=Path, default=None,
                     help="where runtime configs and logs go (default: a new temp dir)")
     up.add_argument("--no-live", action="store_true",
@@ -78,14 +82,19 @@ def register(cli: Commands) -> None:
 # ---- kubeplex up ---------------------------------------------------------------------------
 
 def _up(args: argparse.Namespace) -> int:
+    from kubeplex.gateway import MigrationPolicy
     from kubeplex.operator.local import LocalMode
 
     if not 0 < args.gateway_port < 65536:
         raise CLIError(f"--gateway-port must be a TCP port (1-65535), got {args.gateway_port}")
     mode = LocalMode.prepare(args.paths, port=args.gateway_port, workdir=args.workdir,
                              engine=args.engine, cold_start_seconds=args.cold_start,
-                             tick_seconds=args.tick)
+                             tick_seconds=args.tick,
+                             migrate_after_seconds=args.migrate_after)
     mode.host = args.host
+    # The gateway's migration policy from the settings (LocalMode builds the gateway).
+    mode.gateway.migrator.policy = MigrationPolicy(
+        migrate_after_s=mode.settings.migrate_after_seconds)
     for name, text in mode.explanations.items():
         print(f"placement of {name}:\n  " + text.replace("\n", "\n  "), flush=True)
     for run in mode.runs.values():
