@@ -136,8 +136,9 @@ class GatewaySettings:
         s = cls(**parse_env(cls, GATEWAY_ENV_DOCS, env))  # type: ignore[arg-type]
         if not 0 < s.port < 65536:
             raise ConfigError(f"KUBEPLEX_GATEWAY_PORT={s.port}: must be a TCP port (1-65535)")
-        if not s.hold_timeout_s > 0:
-            raise ConfigError(f"KUBEPLEX_HOLD_TIMEOUT_SECONDS={s.hold_timeout_s:g}: must be > 0")
+        if not 0 < s.hold_timeout_s < float("inf"):
+            raise ConfigError(f"KUBEPLEX_HOLD_TIMEOUT_SECONDS={s.hold_timeout_s:g}: must be a "
+                              "finite number > 0")
         if s.max_held < 0:
             raise ConfigError(f"KUBEPLEX_MAX_HELD_REQUESTS={s.max_held}: must be >= 0 "
                               "(0: never hold, answer 503 at once)")

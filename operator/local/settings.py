@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from kubeplex.api import FileError, read_yaml
 from kubeplex.gateway import DEFAULT_MIGRATE_AFTER_SECONDS
 from kubeplex.operator.local.errors import SettingsError
 
@@ -110,9 +109,9 @@ def load_settings(paths: Iterable[str | Path]) -> LocalSettings:
     found: list[tuple[str, Any]] = []
     for path in _files(paths):
         try:
-            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-        except yaml.YAMLError:
-            continue  # kubeplex.api reports YAML errors with their position
+            docs = read_yaml(path)
+        except FileError:
+            continue  # kubeplex.api reports unreadable files, naming the problem
         for doc in docs:
             if isinstance(doc, dict) and doc.get("kind") == KIND \
                     and doc.get("apiVersion") == API_VERSION:
