@@ -3,8 +3,8 @@
 Three measurements, each repeated, medians reported (issue 15):
 
 * **detection**: from ``kill -9`` of a runtime to the gateway routing around it, two ways:
-  ``exit-watch`` (local mode's :class:`GroupProcess` sees its child exit and calls
-  ``Gateway.mark_down``) and ``passive`` (nothing told: eight closed-loop clients keep
+  ``exit-watch`` (as local mode does: ``await process.wait()`` on the runtime's process, then
+  ``Gateway.remove``; no load) and ``passive`` (nothing told: eight closed-loop clients keep
   sending, and the first request that meets the dead replica marks it down);
 * **engine restart**: an engine killed inside its runtime (which restarts it); a request
   sent meanwhile is held by the gateway: how long after the engine was serving again the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -81,8 +82,16 @@ async def detection(workdir: Path, watch: bool) -> float:
     async with httpx.AsyncClient(timeout=60) as client:
         groups = await _groups(workdir, ["a", "b"], client, gw)
         victim = groups[0]
-        if watch:
-            victim.on_exit = lambda g, code: gw.mark_down(g.id, f"exited with {code}")
+        assert victim.process is not None
+        process = victim.process
+        removed: list[float] = []
+
+        async def exit_watch() -> None:  # local mode's LocalMode._watch, then _bury_dead
+            await process.wait()
+            gw.remove("m", victim.id)
+            removed.append(time.monotonic())
+
+        watcher = asyncio.create_task(exit_watch()) if watch else None
         stop = asyncio.Event()
 
         async def client_loop() -> None:
@@ -92,15 +101,18 @@ async def detection(workdir: Path, watch: bool) -> float:
                     async for _ in r.aiter_raw():
                         pass
 
-        loops = [asyncio.create_task(client_loop()) for _ in range(CLIENTS)]
+        loops = [] if watch else [asyncio.create_task(client_loop()) for _ in range(CLIENTS)]
         await asyncio.sleep(1.0)
-        assert victim.process is not None
         killed = time.monotonic()
-        os.kill(victim.process.pid, signal.SIGKILL)
+        os.kill(process.pid, signal.SIGKILL)
         replica = gw.replicas["m"][0]
-        while replica.down_since is None:
-            await asyncio.sleep(0.001)
-        seen = replica.down_since - killed
+        if watcher is not None:
+            await watcher
+            seen = removed[0] - killed
+        else:
+            while replica.down_since is None:  # noqa: ASYNC110 - a 1 ms clock, no event
+                await asyncio.sleep(0.001)
+            seen = replica.down_since - killed
         stop.set()
         await asyncio.gather(*loops)
         for group in groups:
@@ -159,7 +171,7 @@ async def migration_gap(workdir: Path, tokens: int, cause: str) -> dict[str, flo
                     else:
                         gw.remove("m", "a")
         cut = tokens // 3 - 1
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         fresh_sent = time.monotonic()
         short = {**body, "max_tokens": 1}
         async with client.stream("POST", url + "/v1/completions", json=short) as answer:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -146,7 +147,7 @@ async def end_to_end(tiny: Path, workdir: Path, tokens: int, cut: int) -> dict[s
                         gw.replicas["m"][1].release()
                         assert a.proc is not None
                         a.proc.send_signal(signal.SIGKILL)
-        gaps = [y - x for x, y in zip(times, times[1:], strict=False)]
+        gaps = [y - x for x, y in itertools.pairwise(times)]
         expected = uncut["choices"][0]["text"]
         same = next((i for i, (x, y) in enumerate(zip(text, expected, strict=False))
                      if x != y), min(len(text), len(expected)))

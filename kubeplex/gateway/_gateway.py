@@ -218,17 +218,6 @@ class Gateway(Runtime):
                     self.migrator.policy.migrate_after_s, self._evacuate, gone)
         return gone
 
-    def mark_down(self, group: str, reason: str) -> int:
-        """Route nothing to ``group``'s replicas until a probe finds them serving again (its
-        process exited: local mode's exit watch calls this). Returns how many were up."""
-        count = 0
-        for route, replicas in self.replicas.items():
-            for replica in replicas:
-                if replica.group == group and self.replica_health.mark_down(replica, reason):
-                    count += 1
-                    self._replicas_changed(route, notify=False)
-        return count
-
     def _evacuate(self, replica: Replica) -> None:
         self._evacuations.pop(id(replica), None)
         self.migrator.evacuate(replica)

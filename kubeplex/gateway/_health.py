@@ -9,9 +9,8 @@ asks it ``GET /health?model=NAME`` (the runtime answers 200 only while that mode
 serves) after :data:`PROBE_FIRST_SECONDS`, backing off to :data:`PROBE_MAX_SECONDS`. The first
 200 marks it up again and calls ``on_up``, which releases the requests held for its model.
 
-A process known to be gone (local mode sees its runtime exit) is marked down directly with
-:meth:`ReplicaHealth.mark_down`; the probe then brings it back only if something answers
-on its address again.
+A process known to be gone (local mode sees its runtime exit) is taken out of the gateway by
+its control loop (``Gateway.remove``), which also stops the probe.
 """
 
 from __future__ import annotations

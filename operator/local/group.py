@@ -4,13 +4,6 @@ The process runs in its own process group (so a stop reaches the engines it fork
 SIGTERM when local mode dies (``PR_SET_PDEATHSIG``), so nothing is orphaned. Its router and
 control API listen on free loopback ports; everything else goes through the runtime's control
 API (``/kubeplex/v1/...``): load, wake, sleep, drain.
-
-Its exit is watched from the moment it is spawned: when the process ends without being
-stopped on purpose (``kill -9``, a crash), :attr:`GroupProcess.exit_code` and
-:attr:`GroupProcess.exited_at` are set and ``on_exit(group, code)`` is called at once (within
-:data:`EXIT_POLL_SECONDS`), so local mode can take its replicas out of the gateway
-(:meth:`kubeplex.gateway.Gateway.mark_down`) and replace it; :meth:`GroupProcess.wait_exit`
-is the same as an awaitable.
 """
 
 from __future__ import annotations
@@ -25,7 +18,6 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +37,6 @@ READY_POLL_SECONDS = 0.1
 STOP_TIMEOUT_SECONDS = 15.0
 #: Output lines of the runtime kept for errors and `kubeplex status`.
 LOG_LINES = 30
-#: How often a running runtime process is checked for exit (seconds): the exit code is set
-#: by the event loop's child watcher at exit; ``Process.wait()`` would also wait for the
-#: output pipe to close, which a surviving engine of the group can hold open.
-EXIT_POLL_SECONDS = 0.05
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -89,13 +77,6 @@ class GroupProcess:
         self.started_at = time.monotonic()
         self.ready_seconds: float | None = None
         self._log_task: asyncio.Task[None] | None = None
-        #: Called once with (this group, exit code) when the process ends unasked.
-        self.on_exit: Callable[[GroupProcess, int], None] | None = None
-        self.exit_code: int | None = None
-        #: time.monotonic() when the exit was seen (None while it runs or once stopped).
-        self.exited_at: float | None = None
-        self._stopping = False
-        self._exit_task: asyncio.Task[int] | None = None
 
     @property
     def file_stem(self) -> str:
@@ -132,25 +113,6 @@ class GroupProcess:
             raise ProcessError(f"group {self.id}: cannot start kubeplex-runtime: "
                                f"{exc.strerror}") from exc
         self._log_task = asyncio.create_task(self._collect_output())
-        self._exit_task = asyncio.create_task(self._watch_exit(self.process))
-
-    async def _watch_exit(self, process: asyncio.subprocess.Process) -> int:
-        while process.returncode is None:  # noqa: ASYNC110 - nothing to wait on but the flag
-            await asyncio.sleep(EXIT_POLL_SECONDS)
-        code = process.returncode
-        if not self._stopping:
-            self.exit_code = code
-            self.exited_at = time.monotonic()
-            self.log.append(f"kubeplex: runtime exited with {code} (not stopped by kubeplex)")
-            if self.on_exit is not None:
-                self.on_exit(self, code)
-        return code
-
-    async def wait_exit(self) -> int:
-        """The exit code once the process has ended (for any reason)."""
-        if self._exit_task is None:
-            raise ProcessError(f"group {self.id}: its runtime was never started")
-        return await asyncio.shield(self._exit_task)
 
     async def _collect_output(self) -> None:
         process = self.process
@@ -227,7 +189,6 @@ class GroupProcess:
         process = self.process
         if process is None:
             return
-        self._stopping = True
         if process.returncode is None:
             self._signal(signal.SIGTERM)
             try:
@@ -242,7 +203,6 @@ class GroupProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group now (the runtime and its engines)."""
-        self._stopping = True
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:

@@ -7,8 +7,8 @@ is exactly the uncut generation (the sim's text is a function of its context, so
 repeated token shows), a plain answer has every token; usage counts each token once.
 
 Killing every runtime needs the control loop to replace dead groups (warm standby first,
-then cold; issue 15 part 1, the lead's half): that case is skipped until
-``REPLACES_DEAD_GROUPS`` is set to True alongside that change.
+then cold: ``LocalMode._bury_dead``); ``REPLACES_DEAD_GROUPS`` switches that case off where
+the control loop does not replace them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kubeplex.runtime.sim.sampling import Sampling, generate
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 #: Set when local mode replaces a group whose runtime died (the control loop's half).
-REPLACES_DEAD_GROUPS = False
+REPLACES_DEAD_GROUPS = True
 CLIENTS = 8
 RUN_S = 45.0
 KILL_AT_S = 12.0
