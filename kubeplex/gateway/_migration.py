@@ -200,15 +200,15 @@ class _Exchange:
                     if refusals > REFUSALS_PER_MOVE * (self.progress.moves + 1):
                         return await self._give_up(f"replicas of the model refused it ({why})")
                 else:  # cut mid-generation
-                    if self.progress.stuck is not None:
-                        return await self._give_up(f"it cannot be resumed: {self.progress.stuck}")
+                    if why != LEFT:
+                        self.m.failed(upstream, why)
                     if self.progress.finished or not self.progress.budget_left():
                         return await self._complete()
                     if self.progress.moves >= self.m.policy.max_moves:
                         return await self._give_up(f"it was moved {self.progress.moves} times")
-                    if why != LEFT:
-                        self.m.failed(upstream, why)
                     self.progress.next_attempt()
+                    if self.progress.stuck is not None:
+                        return await self._give_up(f"it cannot be resumed: {self.progress.stuck}")
                     self.m.moved(self.route, "replica-left" if why == LEFT else "replica-failed")
                     body = self.progress.resume_body()
                 upstream = await self.m.replacement(self.route, self.request_id)

@@ -12,28 +12,35 @@ is :mod:`kubeplex.gateway._migration`.
 
 How each field carries over:
 
-* completions: ``prompt`` + generated text; chat: the messages plus an assistant message with
-  the generated text and ``continue_final_message: true``, ``add_generation_prompt: false``
-  (vLLM's way to continue a reply; a request that already continued its own last assistant
-  message gets the text appended to it);
+* completions, exactly: the gateway asks the replica for token ids (``return_token_ids``,
+  vLLM's; the fields are in every vLLM 0.32 chunk anyway, null unless asked), and the resumed
+  ``prompt`` is the prompt's token ids plus the generated ones (Llumnix's recomputation: the
+  same tokens, so greedy decoding continues with the very same text). Trailing tokens whose
+  text was still held back (part of a UTF-8 character) are generated again rather than
+  carried, so their text reaches the client. A replica that returns no prompt ids (the sim
+  for a text prompt) falls back to text;
+* completions from text: ``prompt`` + generated text; chat: the messages plus an assistant
+  message with the generated text and ``continue_final_message: true``,
+  ``add_generation_prompt: false`` (vLLM's way to continue a reply; a request that already
+  continued its own last assistant message gets the text appended to it);
 * ``max_tokens`` / ``max_completion_tokens`` / ``min_tokens`` lose the tokens generated; the
   sim engine's ``prompt_tokens`` size hint gains them;
 * the resumed stream's ``id`` becomes the first one's, a chat stream's second role chunk is
-  dropped, and usage counts the tokens of every attempt: ``completion_tokens`` is the sum,
+  dropped, so is the resumed prompt's ``prompt_token_ids``, and usage counts the tokens of
+  every attempt: ``completion_tokens`` is the sum,
   ``prompt_tokens`` the first attempt's (when the stream told it, else the resumed prompt's
   count less the tokens carried over).
 
 What is not resumed (the request is forwarded as before, and a cut stream stays cut; see
 :func:`resumable` for the exact list): several choices (``n`` > 1, ``best_of``, beam search),
-``echo``, prompts given as token ids or lists, tools and structured output (a grammar would
+``echo``, batched prompts (a list of prompts), tools and structured output (a grammar would
 restart mid-answer), logprobs, and a reply that streams reasoning content.
 
-Limits of recomputation from text: the resumed prompt is tokenized again, so a token that
-straddled the cut may come out split differently; with sampling (temperature > 0) the
-continuation is a fresh sample from that point, with greedy decoding it is the same text.
-Tokens are counted one per streamed event (vLLM sends one event per decode step; exact when
-the stream carries ``continuous_usage_stats``), so with speculative decoding the budget left
-can be a few tokens too large.
+Limits of recomputation from text (chats, and replicas without token ids): the resumed prompt
+is tokenized again, so a token that straddled the cut may come out split differently. With
+sampling (temperature > 0) any continuation is a fresh sample from the cut on. Without token
+ids, tokens are counted one per streamed event (vLLM sends one event per decode step), so
+with speculative decoding the budget left can be a few tokens too large.
 """
 
 from __future__ import annotations
@@ -67,12 +74,26 @@ class Resumable:
     fields: Mapping[str, Any]
 
     def upstream_body(self) -> bytes | None:
-        """What to send the first replica: None for the client's own bytes (a stream), else
-        the plain request turned into a stream with usage, so what was generated is known."""
-        if self.client_stream:
+        """What to send the first replica: None for the client's own bytes (a chat stream),
+        else the request with what resuming needs: token ids (completions) and, for a plain
+        request, a stream with usage, so what was generated is known."""
+        if self.client_stream and self.chat:
             return None
-        return _DUMPS({**self.fields, "stream": True,
-                       "stream_options": {"include_usage": True}}).encode()
+        return _DUMPS(self._upstream(dict(self.fields))).encode()
+
+    def _upstream(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not self.chat:
+            body["return_token_ids"] = True
+        if not self.client_stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    @property
+    def prompt_ids(self) -> list[int] | None:
+        """The prompt's token ids when the client gave them."""
+        prompt = self.fields.get("prompt")
+        return list(prompt) if isinstance(prompt, list) else None
 
 
 def _int(fields: Mapping[str, Any], name: str) -> int | None:
@@ -113,9 +134,15 @@ def resumable(path: str, fields: Mapping[str, Any], plain_too: bool) -> Resumabl
         messages = fields.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, Mapping) for m in messages):
             return "messages is not a list of objects"
-    elif not isinstance(fields.get("prompt"), str):
-        return "the prompt is not one string"
+    elif not _one_prompt(fields.get("prompt")):
+        return "the prompt is not one string or one list of token ids"
     return Resumable(chat, stream, fields)
+
+
+def _one_prompt(prompt: object) -> bool:
+    return isinstance(prompt, str) or (
+        isinstance(prompt, list) and bool(prompt)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt))
 
 
 def events(data: bytes) -> Iterator[bytes]:
@@ -143,6 +170,11 @@ class Progress:
 
     request: Resumable
     text: list[str] = field(default_factory=list)
+    #: Token ids of the prompt and of what was generated, when the replica reports them (one
+    #: text piece per generated id: ``pieces[i]`` is the text token ``ids[i]`` released).
+    prompt_ids: list[int] | None = None
+    ids: list[int] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
     #: Tokens generated by the attempts before the current one, and by the current one.
     carried: int = 0
     tokens: int = 0
@@ -177,6 +209,8 @@ class Progress:
         if "error" in data:
             self.stuck = "the replica reported an error mid-stream"
             return
+        if self.prompt_ids is None and self.moves == 0:
+            self.prompt_ids = self.request.prompt_ids
         self.id = self.id or data.get("id")
         self.created = self.created or data.get("created")
         self.model = self.model or data.get("model")
@@ -198,7 +232,7 @@ class Progress:
                 counts = "role" not in delta
             else:
                 piece = choice.get("text")
-                counts = True
+                counts = not self._token_ids(choice, piece)
             if isinstance(piece, str) and piece:
                 self.text.append(piece)
             if counts:
@@ -209,6 +243,22 @@ class Progress:
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int) \
                 and data.get("choices"):
             self.tokens = usage["completion_tokens"]  # continuous usage: exact
+
+    def _token_ids(self, choice: Mapping[str, Any], piece: object) -> bool:
+        """Record a completion chunk's token ids; False when it has none (count the event)."""
+        first = choice.get("prompt_token_ids")
+        if self.moves == 0 and self.prompt_ids is None and isinstance(first, list) \
+                and all(isinstance(t, int) for t in first):
+            self.prompt_ids = list(first)
+        ids = choice.get("token_ids")
+        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+            return False
+        self.ids.extend(ids)
+        # A chunk's text belongs to its last token (earlier ones in it released nothing
+        # alone), so a chunk with no text marks all its tokens as held back.
+        self.pieces.extend([""] * (len(ids) - 1) + [piece if isinstance(piece, str) else ""])
+        self.tokens += len(ids)
+        return True
 
     def absorb_all(self, data: bytes) -> None:
         for event in events(data):
@@ -223,23 +273,35 @@ class Progress:
             limit = self.request.fields.get("max_tokens")
         return not isinstance(limit, int) or self.carried + self.tokens < limit
 
+    def _exact(self) -> bool:
+        """Whether every generated token's id is known (the resume is by token ids)."""
+        return self.prompt_ids is not None and len(self.ids) == self.carried
+
     def next_attempt(self) -> None:
-        """The current attempt was cut: its tokens are carried into the next one."""
+        """The current attempt was cut: its tokens are carried into the next one. Resuming by
+        token ids, trailing tokens whose text was held back (the start of a UTF-8 character)
+        are dropped, to be generated again with their text."""
         self.carried += self.tokens
         self.tokens = 0
         self.usage = None
         self.moves += 1
+        if self._exact():
+            while self.ids and not self.pieces[-1]:
+                self.ids.pop()
+                self.pieces.pop()
+                self.carried -= 1
+        elif self.request.prompt_ids is not None and self.carried:
+            self.stuck = "the replica reported no token ids to continue a token-id prompt"
 
     def resume_body(self) -> bytes:
         """The request that continues this generation (the plain ones as streams)."""
-        body = dict(self.request.fields)
+        body = self.request._upstream(dict(self.request.fields))
         text, done = self.generated, self.carried
-        if not self.request.client_stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
         if done == 0 and not text:
             return _DUMPS(body).encode()
-        if self.request.chat:
+        if not self.request.chat and self.prompt_ids is not None and self._exact():
+            body["prompt"] = self.prompt_ids + self.ids
+        elif self.request.chat:
             messages = list(body["messages"])
             last = messages[-1] if messages else None
             if as_bool(body.get("continue_final_message"), "continue_final_message") \
@@ -283,6 +345,9 @@ class Progress:
             return None  # the client had its role chunk
         if self.id is not None:
             data["id"] = self.id
+        for choice in choices:
+            if isinstance(choice, dict) and choice.get("prompt_token_ids") is not None:
+                choice["prompt_token_ids"] = None  # the resumed prompt's, not the client's
         if isinstance(data.get("usage"), dict):
             data["usage"] = self._usage(data["usage"])
         return b"data: " + _DUMPS(data).encode()
@@ -297,6 +362,8 @@ class Progress:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
+            if as_bool(self.request.fields.get("return_token_ids"), "return_token_ids"):
+                choice.update(token_ids=self.ids, prompt_token_ids=self.prompt_ids)
         usage = self._usage(self.usage or {"prompt_tokens": self.prompt_tokens,
                                            "completion_tokens": self.tokens})
         return {"id": self.id, "object": "chat.completion" if self.request.chat

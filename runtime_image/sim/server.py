@@ -132,6 +132,10 @@ class _Parsed:
     include_usage: bool
     sampling: Sampling
     output: Output
+    #: vLLM's ``return_token_ids``: token ids in each choice (and the prompt's, when the
+    #: prompt was given as ids: the sim has no tokenizer for text).
+    token_ids: bool = False
+    prompt_ids: tuple[int, ...] | None = None
 
 
 class SimServer:
@@ -228,8 +232,15 @@ class SimServer:
         options = body.get("stream_options") or {}
         if not isinstance(options, Mapping):
             raise BadRequest("stream_options must be an object", "stream_options")
+        try:
+            token_ids = as_bool(body.get("return_token_ids"), "return_token_ids")
+        except BadRequestBody as exc:
+            raise BadRequest(str(exc), exc.param) from exc
+        prompt = body.get("prompt")
         return _Parsed(chat, prompt_tokens, max_tokens, stream,
-                       bool(options.get("include_usage")), sampling, output)
+                       bool(options.get("include_usage")), sampling, output,
+                       token_ids and not chat,
+                       tuple(prompt) if isinstance(prompt, list) else None)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
@@ -288,6 +299,10 @@ class SimServer:
                                   "finish_reason": output.finish_reason if last else None}
         if plain or not parsed.chat or last:
             choice["stop_reason"] = output.stop_reason if last else None
+        if parsed.token_ids:
+            choice["token_ids"] = list(output.token_ids[first:first + count])
+            prompt = parsed.prompt_ids if first == 0 else None
+            choice["prompt_token_ids"] = list(prompt) if prompt is not None else None
         return choice
 
     async def _tokens(self, request_id: str,

@@ -230,3 +230,32 @@ async def test_held_requests_go_as_soon_as_the_engine_is_back(gateway, tmp_path:
     # Restart backoff 1 s + a sim start (~1 s) + a probe interval, far below the 60 s hold.
     assert waited < 8, waited
     assert gw.replicas["m"][0].down is None
+
+
+async def test_a_completion_resumes_from_token_ids(gateway, tmp_path: Path) -> None:
+    """Given token ids (the sim reports them only for a token-id prompt; vLLM for every
+    prompt), the resumed prompt is the prompt's ids plus the generated ids: recomputation of
+    the very same tokens."""
+    gw, url = gateway
+    prompt = [3, 1, 7]  # ends with token 7, " lazy": the reply goes on " dog."
+    with _runtime(tmp_path, "a") as a, _runtime(tmp_path, "b") as b:
+        gw.add(Replica("m", "a", a.url))
+        gw.add(Replica("m", "b", b.url))
+        gw.replicas["m"][1].acquire()
+        body = {"model": "m", "prompt": prompt, "max_tokens": TOKENS, "stream": True}
+        text, ids = "", []
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client, \
+                client.stream("POST", "/v1/completions", json=body) as answer:
+            async for line in answer.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                choice = json.loads(line[6:])["choices"][0]
+                text += choice["text"]
+                ids += choice["token_ids"]
+                if len(ids) == 40:
+                    _kill(a)
+                    gw.replicas["m"][1].release()
+        assert b.proc is not None and b.proc.poll() is None
+    expected = generate(7, TOKENS, Sampling())
+    assert text == expected.text
+    assert ids == list(expected.token_ids)

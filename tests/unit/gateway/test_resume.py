@@ -41,7 +41,7 @@ def _chunk(text: str, finish: str | None = None, ident: str = "cmpl-1") -> bytes
     (COMPLETIONS, {"logprobs": 1}, "logprobs"),
     (CHAT, {"tools": [{"type": "function"}]}, "tools or structured output"),
     (CHAT, {"response_format": {"type": "json_object"}}, "tools or structured output"),
-    (COMPLETIONS, {"prompt": [1, 2, 3]}, "not one string"),
+    (COMPLETIONS, {"prompt": ["a", "b"]}, "not one string or one list of token ids"),
     (CHAT, {"messages": "hi"}, "not a list of objects"),
     (COMPLETIONS, {"stream": False}, "resume_plain is off"),
 ])
@@ -150,3 +150,35 @@ def test_the_budget_and_what_cannot_continue() -> None:
     error = Progress(_plan())
     error.absorb(_event({"error": {"message": "boom"}}))
     assert error.stuck is not None
+
+
+def _ids_chunk(text: str, ids: list[int], prompt_ids: list[int] | None = None) -> bytes:
+    return _event({"id": "cmpl-1", "choices": [{"index": 0, "text": text, "token_ids": ids,
+                                                "prompt_token_ids": prompt_ids,
+                                                "finish_reason": None}]})
+
+
+def test_a_completion_with_token_ids_resumes_from_them() -> None:
+    progress = Progress(_plan(max_tokens=10))
+    body = json.loads(_plan().upstream_body() or b"{}")
+    assert body["return_token_ids"] is True  # asked of the replica
+    progress.absorb(_ids_chunk(" upon", [11], prompt_ids=[5, 6]))
+    progress.absorb(_ids_chunk(" a", [12]))
+    progress.absorb(_ids_chunk("", [13]))  # the start of a character, held back
+    assert progress.tokens == 3
+    progress.sent = 3  # the client had the three events
+    progress.next_attempt()
+    assert progress.carried == 2  # the held-back token is generated again
+    resumed = json.loads(progress.resume_body())
+    assert resumed["prompt"] == [5, 6, 11, 12]
+    assert resumed["max_tokens"] == 8
+    rewritten = progress.rewrite(_ids_chunk(" time", [14], prompt_ids=[5, 6, 11, 12]))
+    assert rewritten is not None
+    assert json.loads(rewritten[6:])["choices"][0]["prompt_token_ids"] is None
+
+
+def test_a_token_id_prompt_without_reported_ids_cannot_resume() -> None:
+    progress = Progress(_plan(prompt=[1, 2, 3]))
+    progress.absorb(_chunk(" x"))
+    progress.next_attempt()
+    assert progress.stuck is not None
