@@ -399,7 +399,7 @@ class Gateway(Runtime):
     async def list_models(self, request: web.Request) -> web.Response:
         data = [{"id": r.model, "object": "model", "created": 0, "owned_by": "kubeplex",
                  "root": f"{r.namespace}/{r.modelservice}", "parent": None,
-                 "replicas": sum(r.down is None for r in self.replicas[name])}
+                 "replicas": sum(rep.down is None for rep in self.replicas[name])}
                 for name, r in sorted(self.routes.items(), key=lambda item: item[1].labels)]
         return web.json_response({"object": "list", "data": data})
 

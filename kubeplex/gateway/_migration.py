@@ -3,8 +3,9 @@
 The gateway hands every request :func:`~kubeplex.gateway._resume.resumable` accepts to
 :meth:`Migrator.forward` instead of the plain proxy. Per attempt it:
 
-* sends the request (a client's stream as the client's own bytes; a plain request as a stream
-  with usage, so the gateway knows what was generated) to a replica;
+* sends the request to a replica: a chat stream as the client's own bytes; a completion
+  asking for token ids too; a plain request as a stream with usage, so the gateway knows
+  what was generated (:meth:`Resumable.upstream_body`);
 * passes the replica's SSE events to the client whole (a partial event is held back until its
   end arrives, so a cut never leaves half an event on the client's stream), keeping a copy
   that is parsed only if the attempt is cut; a plain request's events are collected and
@@ -12,7 +13,8 @@ The gateway hands every request :func:`~kubeplex.gateway._resume.resumable` acce
 * when the replica fails mid-generation (connection reset, a cut chunked body, EOF before
   ``[DONE]``), marks it down (:mod:`kubeplex.gateway._health`) and *moves* the request: the
   next attempt goes to another ready replica (or waits, held, for one) with the prompt plus
-  the text generated so far and the rest of the budget (:meth:`Progress.resume_body`), and
+  what was generated so far (token ids, or text) and the rest of the budget
+  (:meth:`Progress.resume_body`), and
   its events are rewritten into the client's stream (:meth:`Progress.rewrite`);
 * when the replica *leaves* (scale-down, drain: :meth:`Migrator.evacuate`, called
   ``migrate_after_s`` after the gateway stopped routing to it), closes the upstream response,

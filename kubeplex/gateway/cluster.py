@@ -423,7 +423,8 @@ class ClusterGateway:
                 "held": gw.held.get(key, 0),
                 "modelServiceReplicas": entry.replicas if entry else 0,
                 "modelServiceReady": entry.ready if entry else 0,
-                "replicas": {x.group: {"url": x.base_url, "inFlight": x.in_flight}
+                "replicas": {x.group: {"url": x.base_url, "inFlight": x.in_flight,
+                                       "down": x.down}
                              for x in gw.replicas.get(key, [])}})
         return {"kind": "cluster-gateway", "ready": gw.not_ready or True, "models": models}
 
