@@ -19,6 +19,7 @@ from kubeplex.api._crds import API_VERSION, GROUP, VERSION, crd_manifests, crd_t
 from kubeplex.api._files import read_yaml
 from kubeplex.api._types import (
     SLO,
+    Adapter,
     GPUPool,
     GPUPoolSpec,
     GPUSource,
@@ -44,6 +45,7 @@ __all__ = [
     "GROUP",
     "SLO",
     "VERSION",
+    "Adapter",
     "ApiError",
     "CheckedDocument",
     "Documents",

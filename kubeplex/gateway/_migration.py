@@ -41,6 +41,7 @@ from yarl import URL
 from kubeplex.gateway._resume import DONE, Progress, Resumable, events
 from kubeplex.gateway.errors import GatewayConfigError
 from kubeplex.runtime.proxy import CLIENT_CLOSED, PASSED_HEADERS, Proxy, error_response
+from kubeplex.runtime.tracing import trace_headers
 
 __all__ = [
     "DEFAULT_MAX_MOVES",
@@ -221,6 +222,11 @@ class _Exchange:
         finally:
             self.series.in_flight.dec()
             self.m.proxy.metrics.count(self.model, self.code)
+            log = self.m.proxy.access_log
+            if log is not None:
+                log.write(self.request.method, self.request.path, self.model, self.code,
+                          time.monotonic() - self.arrived, self.request_id,
+                          self.request.headers)
 
     async def _attempt(self, upstream: Movable, body: bytes) -> tuple[_End, str]:
         """One upstream attempt: how it ended, and why it was cut or refused."""
@@ -235,7 +241,8 @@ class _Exchange:
         try:
             async with session.post(upstream.url(self.request.path), data=body,
                                     headers={"Content-Type": "application/json",
-                                             "X-Request-Id": self.request_id}) as answer:
+                                             "X-Request-Id": self.request_id,
+                                             **trace_headers(self.request.headers)}) as answer:
                 handle.response = answer
                 end, why = await self._read(answer, handle, raw)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:

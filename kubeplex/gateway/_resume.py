@@ -112,6 +112,8 @@ def resumable(path: str, fields: Mapping[str, Any], plain_too: bool) -> Resumabl
     (the engine would refuse them too). ``plain_too``: whether a non-streaming request is
     resumed (it is then streamed from the replica and answered whole by the gateway).
     """
+    if not path.endswith("/completions"):
+        return "only completions and chat completions are resumed"
     chat = path.endswith("/chat/completions")
     stream = as_bool(fields.get("stream"), "stream")
     options = fields.get("stream_options")
@@ -159,7 +161,7 @@ def _json(event: bytes) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(event[5:])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
