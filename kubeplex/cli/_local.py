@@ -88,7 +88,6 @@ def register(cli: Commands) -> None:
 # ---- kubeplex up ---------------------------------------------------------------------------
 
 def _up(args: argparse.Namespace) -> int:
-    from kubeplex.gateway import MigrationPolicy
     from kubeplex.operator.local import LocalMode
 
     if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
@@ -99,9 +98,6 @@ def _up(args: argparse.Namespace) -> int:
                              tick_seconds=args.tick,
                              migrate_after_seconds=args.migrate_after)
     mode.host = args.host
-    # The gateway's migration policy from the settings (LocalMode builds the gateway).
-    mode.gateway.migrator.policy = MigrationPolicy(
-        migrate_after_s=mode.settings.migrate_after_seconds)
     for name, text in mode.explanations.items():
         print(f"placement of {name}:\n  " + text.replace("\n", "\n  "), flush=True)
     for run in mode.runs.values():
