@@ -61,8 +61,11 @@ DEFAULT_MIGRATE_AFTER_SECONDS = 5.0
 #: for a replica failure during a scale-down, few enough that a request the replicas keep
 #: failing on ends instead of making its rounds.
 DEFAULT_MAX_MOVES = 3
-#: Refusals (503 before any byte, connection refused) a request may meet per move before
-#: the gateway gives up on it: the fleet is failing faster than the health checks see.
+#: Repeated refusals (503 before any byte, connection refused, from a replica that refused
+#: this request before and was handed out again) a request may meet per move before the
+#: gateway gives up on it: the fleet is failing faster than the health checks see. A first
+#: refusal by each replica does not count: it marks that replica down, so a request that
+#: meets a whole dead fleet ends up held until a replica is back, not refused.
 REFUSALS_PER_MOVE = 2
 _DUMPS = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -191,14 +194,15 @@ class _Exchange:
     async def run(self, replica: Movable, body: bytes) -> web.StreamResponse:
         self.series.in_flight.inc()
         upstream: Movable | None = replica
-        refusals = 0
+        refusals, refused_by = 0, set()
         try:
             while upstream is not None:
                 end, why = await self._attempt(upstream, body)
                 if end is _End.DONE:
                     return self._finish()
                 if end is _End.REFUSED:
-                    refusals += 1
+                    refusals += upstream.name in refused_by
+                    refused_by.add(upstream.name)
                     self.m.failed(upstream, why)
                     if refusals > REFUSALS_PER_MOVE * (self.progress.moves + 1):
                         return await self._give_up(f"replicas of the model refused it ({why})")
