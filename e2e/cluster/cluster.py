@@ -519,13 +519,16 @@ def wait_component(comp: Component, probe: Callable[[], bool], what: str) -> Non
 
 def up(state_dir: Path = DEFAULT_STATE_DIR, nodes: int = 4, spec: NodeSpec | None = None,
        tools: Toolchain | None = None, say: Callable[[str], None] = print,
-       real_node: NodeSpec | None = None) -> ClusterState:
+       real_node: NodeSpec | None = None, real_node_wait_s: float | None = None
+       ) -> ClusterState:
     """Start the control plane and `nodes` fake GPU nodes; return the saved state.
 
     ``real_node``: also one real node (containerd + kubelet, realnode.py) offering that many
     (fake) GPUs; the API server then listens beyond loopback (pods reach it), mounts service
     account tokens and talks to the kubelet with the admin certificate. Raises
-    ``realnode.RealNodeUnavailable`` (with the reason) where no real node can run.
+    ``realnode.RealNodeUnavailable`` (with the reason) where no real node can run, and
+    ``realnode.RealNodeBusy`` when another session's real node holds this machine for
+    longer than ``real_node_wait_s`` (default: realnode's).
 
     Idempotent: when a healthy cluster already runs from `state_dir`, it is returned as is.
     On failure everything already started is stopped again before the error propagates.
@@ -550,7 +553,8 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, nodes: int = 4, spec: NodeSpec | Non
     try:
         state = _up(state_dir, nodes, spec, tools, say, t0, real_node is not None)
         if real_node is not None:
-            state.real_node = _realnode().up(state, tools, real_node, say)
+            wait = {} if real_node_wait_s is None else {"lock_wait_s": real_node_wait_s}
+            state.real_node = _realnode().up(state, tools, real_node, say, **wait)
             state.save()
         return state
     except BaseException:

@@ -81,6 +81,7 @@ __all__ = [
     "check_available",
     "down",
     "images",
+    "prepare",
     "setup",
     "status",
     "up",
@@ -206,7 +207,7 @@ def _k8s_module(tools: Toolchain) -> Path:
     return gomodcache / "k8s.io" / f"kubernetes@v{tools.k8s_version}"
 
 
-def _build(tools: Toolchain, say: Callable[[str], None]) -> dict[str, Path]:
+def prepare(tools: Toolchain, say: Callable[[str], None] = _say) -> dict[str, Path]:
     """Packages, the kubelet and the images (each cached): name -> image archive."""
     _ensure_packages(say)
     kubelet = _kubelet(tools)
@@ -235,7 +236,7 @@ def setup(say: Callable[[str], None] = _say) -> None:
         return
     cluster = load_module(HERE / "cluster.py", "kubeplex_e2e_cluster")
     tools = cluster.build(quiet=True)
-    for name, archive in _build(tools, say).items():
+    for name, archive in prepare(tools, say).items():
         say(f"{name}: {archive}")
 
 
@@ -243,7 +244,7 @@ def images(state: ClusterState | None, say: Callable[[str], None] = _say) -> Non
     """`make images`: build (cached) and load into the running real node, if there is one."""
     check_available()
     cluster = load_module(HERE / "cluster.py", "kubeplex_e2e_cluster")
-    archives = _build(cluster.build(quiet=True), say)
+    archives = prepare(cluster.build(quiet=True), say)
     record = _read_record()
     if state is None or not state.real_node or record is None or \
             record.get("state_dir") != state.state_dir:
@@ -434,12 +435,12 @@ def _guard() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _acquire(state: ClusterState, say: Callable[[str], None]) -> dict[str, Any]:
+def _acquire(state: ClusterState, wait_s: float, say: Callable[[str], None]) -> dict[str, Any]:
     """Take the machine's real-node lock for this cluster (waiting for a live holder; undoing
     a dead one's host changes first) and record the host as it is now."""
     me = os.getpid()
     ticks = Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    deadline = time.monotonic() + LOCK_WAIT_S
+    deadline = time.monotonic() + wait_s
     said = False
     while True:
         with _guard():
@@ -459,7 +460,7 @@ def _acquire(state: ClusterState, say: Callable[[str], None]) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise RealNodeBusy(f"another real node holds {RECORD} (cluster "
                                f"{record.get('state_dir')}, since {record.get('since')}) after "
-                               f"{LOCK_WAIT_S:.0f} s of waiting; one real node runs per machine")
+                               f"{wait_s:.0f} s of waiting; one real node runs per machine")
         if not said:
             say(f"waiting for the real node of {record.get('state_dir')} to go (one per "
                 "machine)")
@@ -602,13 +603,14 @@ def _api_service_nat(apiserver_port: int) -> None:
 
 
 def up(state: ClusterState, tools: Toolchain, spec: NodeSpec,
-       say: Callable[[str], None] = _say) -> str:
-    """Start the real node for a running control plane; return its name. The caller
-    (cluster.up) runs :func:`down` if this raises."""
+       say: Callable[[str], None] = _say, lock_wait_s: float = LOCK_WAIT_S) -> str:
+    """Start the real node for a running control plane; return its name. Waits up to
+    ``lock_wait_s`` for another session's real node to go (:class:`RealNodeBusy` after). The
+    caller (cluster.up) runs :func:`down` if this raises."""
     check_available()
     t0 = time.monotonic()
-    archives = _build(tools, say)
-    record = _acquire(state, say)
+    archives = prepare(tools, say)
+    record = _acquire(state, lock_wait_s, say)
     state_dir = Path(state.state_dir)
     node_dir, pki, logs = state_dir / "realnode", state_dir / "pki", state_dir / "logs"
     for d in ("containerd", "cni/net.d", "cni/ipam", "kubelet", "pod-logs", "runc"):
