@@ -61,6 +61,7 @@ from kubeplex_e2e_cluster import (  # type: ignore[import-not-found]  # loaded b
     Component,
     NodeSpec,
     Toolchain,
+    build,
     free_port,
     is_alive,
     load_module,
@@ -234,17 +235,14 @@ def setup(say: Callable[[str], None] = _say) -> None:
     except RealNodeUnavailable as e:
         say(f"SKIPPED: {e}; tests marked 'realpods' will skip")
         return
-    cluster = load_module(HERE / "cluster.py", "kubeplex_e2e_cluster")
-    tools = cluster.build(quiet=True)
-    for name, archive in prepare(tools, say).items():
+    for name, archive in prepare(build(quiet=True), say).items():
         say(f"{name}: {archive}")
 
 
 def images(state: ClusterState | None, say: Callable[[str], None] = _say) -> None:
     """`make images`: build (cached) and load into the running real node, if there is one."""
     check_available()
-    cluster = load_module(HERE / "cluster.py", "kubeplex_e2e_cluster")
-    archives = prepare(cluster.build(quiet=True), say)
+    archives = prepare(build(quiet=True), say)
     record = _read_record()
     if state is None or not state.real_node or record is None or \
             record.get("state_dir") != state.state_dir:
@@ -327,7 +325,8 @@ def _parse_save(text: str) -> dict[str, tuple[dict[str, str], list[tuple[str, ..
 
 def _iptables_added(before: str, after: str
                     ) -> tuple[list[tuple[str, tuple[str, ...]]], list[tuple[str, str]]]:
-    """Rules (table, args) and chains (table, name) in ``after`` that ``before`` lacks."""
+    """Rules (table, args) and user-defined chains (table, name) in ``after`` that ``before``
+    lacks."""
     old, new = _parse_save(before), _parse_save(after)
     rules: list[tuple[str, tuple[str, ...]]] = []
     chains: list[tuple[str, str]] = []
@@ -335,7 +334,9 @@ def _iptables_added(before: str, after: str
         old_policies, old_rules = old.get(table, ({}, []))
         extra = Counter(table_rules) - Counter(old_rules)
         rules += [(table, r) for r in table_rules if extra[r] > 0 and not extra.subtract([r])]
-        chains += [(table, c) for c in policies if c not in old_policies]
+        # user-defined chains ("-" policy); built-in ones exist with their table
+        chains += [(table, c) for c, policy in policies.items()
+                   if policy == "-" and c not in old_policies]
     return rules, chains
 
 
