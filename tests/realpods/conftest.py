@@ -44,6 +44,9 @@ REAL_NODE_GPUS = 4
 #: machine) before skipping; CI runs one session per machine and never waits.
 LOCK_WAIT_S = 180.0
 HELM_TIMEOUT = "240s"
+#: Per-test limit of the tier (pytest's default is 300 s): its first test also starts the
+#: cluster (control plane, real node, helm install: 1-2 min on a busy 2-core machine).
+TEST_TIMEOUT_S = 600
 #: Readiness of a new runtime pod: image unpacked, sim engine started, probe passed.
 POD_READY_S = 120.0
 #: The sim engine as the scaling tests of the cluster tier run it: 4 sequences at a time per
@@ -65,6 +68,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     last = [i for i in ours if "host_after_down" in getattr(i, "fixturenames", ())]
     items[:] = [i for i in items if i not in last] + last
+    for item in ours:
+        item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S))
     try:
         realnode.check_available()
     except realnode.RealNodeUnavailable as e:
