@@ -241,14 +241,17 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealPods]:
 @pytest.fixture
 def namespace(real: RealPods) -> Iterator[str]:
     """A fresh namespace (with its default ServiceAccount: the API server checks it for every
-    pod here), deleted with everything in it after the test."""
+    pod here), deleted with everything in it after the test, and the test's GPUPool."""
     name = f"rp-{uuid.uuid4().hex[:8]}"
     real.kubectl("create", "namespace", name)
     wait_for("the namespace's default ServiceAccount", lambda: real.kubectl(
         "get", "serviceaccount", "default", "-n", name, check=False).returncode == 0, 30)
     yield name
     if not real.is_down:
-        real.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s",
+        # The next test needs the GPUs its pods hold: wait for the pods, not for the
+        # namespace controller's last sweep (~10 s more).
+        real.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        real.kubectl("wait", "--for=delete", "pods", "--all", "-n", name, "--timeout=120s",
                      check=False, timeout=150)
         real.delete_pool(f"{name}-pool")
 
