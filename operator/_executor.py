@@ -4,7 +4,9 @@ A group's phase is derived each cycle from its objects (so a restarted operator 
 where the last one stopped): ``Pending`` (no pod, or not scheduled), ``Loading`` (pod starting,
 or a claimed warm pod loading its model), ``Ready``, ``Warm`` (an unclaimed warm pod, ready or
 asleep), ``Draining`` (leaving: its pods carry no model label any more, the runtime finishes
-in-flight requests, then group and pod are deleted).
+in-flight requests, then group and pod are deleted), ``Lost`` (its pod was deleted or failed
+after it served: the group is deleted with a ``ReplicaLost`` Event and the control layer,
+which no longer counts it, replaces it: a warm standby first).
 
 Co-location: a group hosts every model of its ServingGroup's ``spec.models`` (one runtime
 config entry each, with its memory share). A model *joins* a running group (ADD): it is written
@@ -190,6 +192,8 @@ class GroupObj:
         labels = (pod or {}).get("labels") or {}
         if meta.get("deletionTimestamp") or status.get("phase") == "Draining":
             phase = "Draining"
+        elif status.get("readySince") and (pod is None or pod.get("done")):
+            phase = "Lost"  # its pod was deleted or failed after it served: replace it
         elif pod is None or not pod.get("node"):
             phase = "Pending"
         elif warm and annotations.get(SLEEP) == "asleep" and not pod.get("deleting"):
@@ -324,6 +328,9 @@ class Executor:
         if view.phase == "Draining":
             self._finish_drain(view, now)
             return
+        if view.phase == "Lost":
+            self._forget_lost(view, hosted)
+            return
         if view.pod is None:
             if view.models and len(hosted) != len(view.models):
                 return  # its model is gone: the plan drains it
@@ -344,6 +351,21 @@ class Executor:
         if view.phase != view.old_phase:
             since = iso(now) if view.phase in ("Ready", "Warm") else view.ready_since
             self._group_status(view.namespace, view.name, view.phase, since, list(view.models))
+
+    def _forget_lost(self, view: GroupObj, hosted: Sequence[Hosted]) -> None:
+        """A group whose pod was deleted or failed after it served is deleted, so the control
+        layer no longer counts it and replaces its replicas (a warm standby first, then a cold
+        start) instead of waiting for a new pod in its place."""
+        self.kube.delete("Pod", view.namespace, view.name)  # a failed pod, if one is left
+        self.kube.delete("ServingGroup", view.namespace, view.name)
+        what = ", ".join(view.models) or "a warm standby"
+        log.warning("group %s/%s (%s) lost its pod on %s; replacing it", view.namespace,
+                    view.name, what, view.node)
+        for h in hosted:
+            self.kube.event("ModelService", view.namespace, h.model.name, h.uid, "ReplicaLost",
+                            f"the pod of {view.name} on {view.node or 'its node'} was deleted "
+                            "or failed after it served; the plan replaces it (a warm standby "
+                            "first)", warning=True)
 
     def _engine_ready(self, view: GroupObj, hosted: Hosted) -> bool:
         """Whether ``hosted``'s engine serves in the pod's runtime; otherwise take the next

@@ -8,8 +8,9 @@ new replica of a model gets. Two sources, both from the control layer:
   seconds per pool) whenever the pool's inputs change (specs, nodes, GPUs); its templates
   replace the quick ones when it finishes. Only new replicas take a new shape.
 
-A model that cannot be served (unknown profile, fits no group of the pool) gets its typed
-:class:`~kubeplex.control.PlanningError` instead of a template; the other models go on.
+A model that cannot be served (unknown profile, fits no group of the pool, or one placement
+could give no replica at all beside the others) gets its typed
+:class:`~kubeplex.control.PlanningError` instead of a template (Degraded); the others go on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kubeplex.api import GPUPool, ModelService
-from kubeplex.control import PlanningError, ReplicaTemplate, plan_pools, quick_template
+from kubeplex.control import (
+    DoesNotFitError,
+    PlanningError,
+    ReplicaTemplate,
+    UnplacedError,
+    plan_pools,
+    quick_template,
+)
 
 __all__ = ["Templates"]
 
@@ -34,6 +42,8 @@ log = logging.getLogger("kubeplex.operator")
 class _PoolEntry:
     fingerprint: str = ""
     placed: dict[str, ReplicaTemplate] = field(default_factory=dict)
+    #: Models placement could give no replica at all: Degraded until the pool changes.
+    unplaced: dict[str, PlanningError] = field(default_factory=dict)
     note: str = ""
     running: concurrent.futures.Future[None] | None = None
 
@@ -88,6 +98,9 @@ class Templates:
             for key, placed in entry.placed.items():
                 if key in templates:
                     templates[key] = placed
+            for key, error in entry.unplaced.items():
+                if templates.pop(key, None) is not None:
+                    bad[key] = error
         return templates, bad
 
     def _place(self, entry: _PoolEntry, fingerprint: str, pool: GPUPool,
@@ -95,6 +108,15 @@ class Templates:
         name = pool.metadata.name
         try:
             plans = plan_pools(services, [pool], nodes={name: nodes}, gpus={name: gpus})
+        except UnplacedError as e:
+            with self._lock:
+                if entry.fingerprint == fingerprint:
+                    entry.placed, entry.note = {}, f"placement kept the smallest shapes: {e}"
+                    entry.unplaced = {m: DoesNotFitError(
+                        f"ModelService {m}: GPUPool {name} cannot give it a single replica "
+                        f"beside the others ({e}); raise the pool's maxGPUs or nodes, or "
+                        "lower other models' minReplicas") for m in e.models}
+            return
         except PlanningError as e:
             with self._lock:
                 entry.note = f"placement kept the smallest shapes: {e}"
@@ -105,6 +127,7 @@ class Templates:
         with self._lock:
             if entry.fingerprint == fingerprint:
                 entry.placed = dict(plans[name].templates) if name in plans else {}
+                entry.unplaced = {}
                 entry.note = plans[name].placement.explanation if name in plans else ""
 
 

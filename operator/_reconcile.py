@@ -75,8 +75,11 @@ __all__ = ["Context", "CycleReport", "NodeState", "Snapshot", "run_cycle"]
 
 log = logging.getLogger("kubeplex.operator")
 
-#: Concurrent API writes of one cycle (shared by all pools).
-WRITE_CONCURRENCY = 8
+#: Concurrent API writes of one cycle (shared by all pools). Measured on the test control
+#: plane (benchmarks/operator/scale.py): the API server's write rate is flat from 8 to 32
+#: concurrent writers; 16 keeps it busy while one pool's slow writes (Services allocate an
+#: IP, ~120/s) wait.
+WRITE_CONCURRENCY = 16
 #: Shortest wait before re-checking a scale-down waiting on Services (with a grace of 0 the
 #: next cycle would otherwise follow at once, again and again).
 MIN_RECHECK_S = 0.5
@@ -224,7 +227,7 @@ def _free_per_node(ready_nodes: Sequence[NodeState], groups: Iterable[GroupObj]
     groups (draining ones still hold theirs)."""
     free = {n.name: n.gpus - n.foreign_gpus for n in ready_nodes}
     for g in groups:
-        if g.node in free:
+        if g.node in free and g.phase != "Lost":
             free[g.node] -= g.gpus
     return free
 
@@ -277,8 +280,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         log.warning("pool %s: %s; %s", pool_name, held.problem, held.caveat)
     inputs, load = observe_models(ctx.settings, ctx.runtime, models, objs, snap.triggers, held,
                                   now)
-    fleet = FleetState(
-        groups=tuple(_view(g, pool_name, load.get(gid, 0.0)) for gid, g in objs.items()),
+    fleet = FleetState(  # a lost group holds nothing: its replicas are replaced
+        groups=tuple(_view(g, pool_name, load.get(gid, 0.0)) for gid, g in objs.items()
+                     if g.phase != "Lost"),
         models=models, budgets=(budget,), present={_key(m) for m in live},
         nodes={pool_name: _free_per_node(ready_nodes, objs.values())},
         taken=snap.names_taken)
@@ -293,19 +297,18 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     ctx.metrics.evaluations.labels(trigger="alert").inc(
         sum(1 for k in models if k in snap.triggers))
     plan = result.plan
+    uids = {_key(m): str(m["metadata"].get("uid", "")) for m in snap.msvcs}
     for key, why in plan.gave_up.items():
-        ctx.kube.event("ModelService", namespace_of(key), name_of(key), _uid(snap, key),
+        ctx.kube.event("ModelService", namespace_of(key), name_of(key), uids.get(key, ""),
                        "ConsolidationGivenUp", why, warning=True)
 
     # ---- execute -----------------------------------------------------------------------------
     ex = Executor(ctx.settings, ctx.kube, ctx.runtime, ctx.metrics, pool_name, pool.spec)
     jobs = _service_jobs(ctx, live, snap.refused, degraded)
-    jobs += _plan_jobs(ex, plan, objs, {k: Hosted(m, _uid(snap, k)) for k, m in models.items()},
+    jobs += _plan_jobs(ex, plan, objs, {k: Hosted(m, uids.get(k, "")) for k, m in models.items()},
                        str(snap.pool["metadata"].get("uid", "")), now)
-    _run_all(ctx, jobs)
 
-    # ---- status ------------------------------------------------------------------------------
-    statuses: list[Callable[[], None]] = []
+    # ---- status (written with the plan's writes: each job touches one object) ---------------
     replicas: dict[str, tuple[int, int, int]] = {}
     for m in live:
         mkey = _key(m)
@@ -315,15 +318,14 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         found = result.decisions.get(mkey)
         serving, ready_count = _replica_counts(name, mine)
         replicas[mkey] = (found.desired if found else 0, ready_count, warm)
-        statuses.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
-                                          degraded.get(mkey), plan.shortfall_of(mkey), warm,
-                                          now))
+        jobs.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
+                                      degraded.get(mkey), plan.shortfall_of(mkey), warm, now))
     ctx.metrics.export_services(pool_name, {
         key: (model.served_name, model.spec) for key, model in models.items()}, replicas)
-    statuses.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
-                                      list(objs.values()), budget_gpus, plan.messages,
-                                      ctx.templates.note(pool_name), now, snap.lost_nodes))
-    _run_all(ctx, statuses)
+    jobs.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
+                                  list(objs.values()), budget_gpus, plan.messages,
+                                  ctx.templates.note(pool_name), now, snap.lost_nodes))
+    _run_all(ctx, jobs)
 
     elapsed = time.perf_counter() - started
     ctx.metrics.reconciles.labels(pool=pool_name).inc()
@@ -411,10 +413,6 @@ def _sync_service(ctx: Context, key: str, uid: str, want: bool) -> None:
     else:
         ctx.kube.delete_owned_service(ns, name, uid)
     ctx.services[key] = (uid, want)
-
-
-def _uid(snap: Snapshot, key: str) -> str:
-    return next((str(m["metadata"].get("uid", "")) for m in snap.msvcs if _key(m) == key), "")
 
 
 def _run_all(ctx: Context, jobs: Sequence[Callable[[], None]]) -> None:
@@ -515,7 +513,7 @@ def _has(conds: Iterable[Mapping[str, Any]], kind: str, reason: str) -> bool:
 
 def _replica_counts(name: str, groups: Sequence[GroupObj]) -> tuple[list[GroupObj], int]:
     """A ModelService's replicas (its groups not draining) and how many serve it now."""
-    serving = [g for g in groups if g.phase != "Draining"]
+    serving = [g for g in groups if g.phase not in ("Draining", "Lost")]
     return serving, sum(1 for g in serving if g.phase == "Ready" and name not in g.loading)
 
 
@@ -524,7 +522,7 @@ def _pool_status(ctx: Context, pool: Mapping[str, Any], ready_nodes: Sequence[No
                  now: float, lost_nodes: str | None = None) -> None:
     old = pool.get("status") or {}
     gen = pool["metadata"].get("generation")
-    groups = list(groups)
+    groups = [g for g in groups if g.phase != "Lost"]
     warm = [g for g in groups if g.warm]
     allocated = sum(g.gpus for g in groups if not g.warm)
     warm_gpus = sum(g.gpus for g in warm)

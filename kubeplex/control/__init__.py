@@ -72,6 +72,7 @@ from kubeplex.control.errors import (
     PlanningError,
     UnknownPoolError,
     UnknownProfileError,
+    UnplacedError,
     UnsupportedSourceError,
 )
 
@@ -110,6 +111,7 @@ __all__ = [
     "SloStatus",
     "UnknownPoolError",
     "UnknownProfileError",
+    "UnplacedError",
     "UnsupportedSourceError",
     "autoscaler_config",
     "check_source",

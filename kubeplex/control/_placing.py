@@ -24,8 +24,10 @@ from kubeplex.control.errors import (
     PlanningError,
     UnknownPoolError,
     UnknownProfileError,
+    UnplacedError,
 )
 from kubeplex.placement import errors as placement_errors
+from kubeplex.placement.groups import group_shapes as _shapes
 from kubeplex.placement.llm import MODELS, ModelShape, model
 from kubeplex.placement.planner import MEMORY_LIMIT, ModelDemand, Placement, PoolSpec, plan
 from kubeplex.placement.specs import demand_from_service, pool_from_resource
@@ -44,6 +46,8 @@ __all__ = [
 
 def _typed(exc: placement_errors.PlacementError, message: str) -> PlanningError:
     """Placement's error as the control layer's, keeping what kind of failure it was."""
+    if isinstance(exc, placement_errors.UnplacedModelsError):
+        return UnplacedError(message, exc.models, exc.pool)
     if isinstance(exc, placement_errors.UnknownProfileError):
         return UnknownProfileError(message)
     if isinstance(exc, placement_errors.DoesNotFitError):
@@ -163,12 +167,6 @@ class PoolPlan:
     spec: PoolSpec
     placement: Placement
     templates: Mapping[str, ReplicaTemplate]
-
-
-def _shapes(gpus_per_node: int) -> list[tuple[int, int]]:
-    """Group shapes ``(tp, pp)`` of one node, smallest group first, tensor before pipeline."""
-    sizes = [1 << k for k in range(gpus_per_node.bit_length())]
-    return [(size // pp, pp) for size in sizes for pp in sizes if pp <= size]
 
 
 def quick_template(svc: ModelService, pool: GPUPool) -> ReplicaTemplate:

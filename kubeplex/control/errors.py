@@ -19,6 +19,7 @@ __all__ = [
     "PlanningError",
     "UnknownPoolError",
     "UnknownProfileError",
+    "UnplacedError",
     "UnsupportedSourceError",
 ]
 
@@ -54,6 +55,16 @@ class UnknownProfileError(PlanningError):
 
 class DoesNotFitError(PlanningError):
     reason = DegradedReason.DOES_NOT_FIT
+
+
+class UnplacedError(DoesNotFitError):
+    """Placement could give ``models`` (model keys) no replica at all in ``pool``, even with
+    every other model held to one: code reads ``models``, never the message."""
+
+    def __init__(self, message: str, models: tuple[str, ...], pool: str) -> None:
+        super().__init__(message)
+        self.models = models
+        self.pool = pool
 
 
 class UnsupportedSourceError(PlanningError):

@@ -99,6 +99,14 @@ EVENT_LINES = 40
 #: Longest wait before starting a model again after its runtime failed to start (the wait
 #: doubles per consecutive failure from 2 s, like Kubernetes' CrashLoopBackOff).
 MAX_BACKOFF_SECONDS = 60.0
+#: HTTP to a local runtime: its control calls answer in milliseconds, so 10 s means it hangs;
+#: a /metrics read gets half that, so one slow runtime does not hold the tick.
+HTTP_TIMEOUT_SECONDS = 10.0
+SCRAPE_TIMEOUT_SECONDS = 5.0
+#: Metrics older than this many ticks are stale (at least STALE_MIN_SECONDS): a few missed
+#: scrapes, as the operator's 30 s at its 5 s interval.
+STALE_TICKS = 5
+STALE_MIN_SECONDS = 5.0
 
 
 @dataclass
@@ -233,6 +241,8 @@ class LocalMode:
         #: Namespace -> every group name used so far (a name is never reused, so a runtime's
         #: log file and the events stay its own).
         self.names: dict[str, set[str]] = {}
+        #: Model -> the group that died under it, until a new replica is planned (for events).
+        self.replacing: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._kick = asyncio.Event()
         self._client: httpx.AsyncClient | None = None
@@ -276,7 +286,7 @@ class LocalMode:
                 panic_window_s=settings.panic_window_seconds,
                 scale_down_delay_s=settings.scale_down_delay_seconds,
                 cold_start_s=cold, warm_start_s=WARM_START_SECONDS,
-                stale_after_s=max(5.0, 5 * settings.tick_seconds))
+                stale_after_s=max(STALE_MIN_SECONDS, STALE_TICKS * settings.tick_seconds))
             run = ModelRun(svc, model, engine, why, _entry(model, engine, settings), product)
             try:  # the runtime's own validation, before any process starts
                 parse_config(run.group_config(False, settings))
@@ -306,7 +316,7 @@ class LocalMode:
                   on_tick: Callable[[LocalMode], None] | None = None) -> None:
         """Serve until ``stop`` is set, then shut down cleanly."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._client = httpx.AsyncClient(timeout=10)
+        self._client = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS)
         runner = None
         try:
             try:
@@ -337,6 +347,7 @@ class LocalMode:
 
     async def tick(self, now: float) -> None:
         """One control cycle: read the metrics, run the control layer, apply its plan."""
+        self._bury_dead()
         scrapes = await self._scrape(now)
         views = tuple(g.view(self.gateway.in_flight_of(g.id)) for g in self.groups.values())
         inputs = {key: ModelInputs(
@@ -367,7 +378,8 @@ class LocalMode:
 
         async def one(group: GroupProcess) -> tuple[GroupProcess, str | None]:
             try:
-                response = await client.get(group.url + "/metrics", timeout=5)
+                response = await client.get(group.url + "/metrics",
+                                            timeout=SCRAPE_TIMEOUT_SECONDS)
                 return group, response.text if response.status_code == 200 else None
             except httpx.HTTPError:
                 return group, None
@@ -403,8 +415,43 @@ class LocalMode:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _bury_dead(self) -> None:
+        """Runtime processes that exited on their own (killed, crashed) while serving or
+        standing by: out of routing at once and out of the fleet, so this tick's plan replaces
+        their replicas (a warm standby first, then a cold start). Groups still starting, being
+        claimed or draining are their own tasks' to finish."""
+        for group in list(self.groups.values()):
+            if group.process is None or group.alive or group.phase not in (
+                    GroupPhase.READY, GroupPhase.WARM):
+                continue
+            served = [self.runs[key].served for key in group.models]
+            for name in served:
+                self.gateway.remove(name, group.id)
+            del self.groups[group.id]
+            self.replacing.update(dict.fromkeys(group.models, group.id))
+            code = group.process.returncode
+            self._event(f"{group.id} exited (code {code}) while "
+                        f"{'serving ' + ', '.join(served) if served else 'standing by'}: out of "
+                        "routing; the plan replaces it")
+
+    def _watch(self, group: GroupProcess) -> None:
+        """Wake the loop the moment ``group``'s runtime process exits (see :meth:`_bury_dead`)."""
+        process = group.process
+        if process is None:
+            return
+
+        async def wait() -> None:
+            await process.wait()
+            self._kick.set()
+
+        self._spawn_task(wait())
+
     def _apply(self, action: Action, now: float) -> None:
         run = self.runs.get(action.model) if action.model else None
+        dead = self.replacing.pop(action.model, None) if action.model and action.kind in (
+            ActionKind.START, ActionKind.CLAIM, ActionKind.ADD) else None
+        if dead is not None:
+            action = replace(action, reason=f"replaces {dead}, which died; {action.reason}")
         if action.kind is ActionKind.START and run is not None:
             runs = [self.runs[m] for m in action.models if m in self.runs]
             group = self._new_group(action, runs, GroupPhase.STARTING, now)
@@ -471,6 +518,7 @@ class LocalMode:
         client = self._client
         try:
             await group.spawn()
+            self._watch(group)
             if client is None:
                 raise ProcessError("local mode is not running")
             await group.wait_ready(client, max(r.ready_timeout(self.settings) for r in runs))
@@ -547,6 +595,7 @@ class LocalMode:
         client = self._client
         try:
             await group.spawn()
+            self._watch(group)
             if client is None:
                 raise ProcessError("local mode is not running")
             await group.wait_ready(client, run.ready_timeout(self.settings))

@@ -19,7 +19,7 @@ from operator_fakes import (
     snapshot,
 )
 
-from kubeplex.control import group_name
+from kubeplex.control import ActionKind, group_name
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._placement import Templates
 from kubeplex.operator._reconcile import Context, Snapshot, run_cycle
@@ -66,6 +66,24 @@ def test_a_pod_lost_after_its_group_was_created_is_recreated_once() -> None:
     run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW + 1)
     assert [p["metadata"]["name"] for p in kube.of("Pod")] == ["a-0"]
     assert len(kube.of("ServingGroup")) == 1
+
+
+def test_a_pod_lost_after_it_served_is_replaced_by_the_warm_standby() -> None:
+    kube = FakeKube()
+    models = [msvc("a", 1)]
+    register(kube, *models)
+    ctx, warm_pool = context(kube), pool(warm=1)
+    for t in range(3):
+        run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + t)
+    assert kube.objects[("ServingGroup", "ns", "a-0")]["status"]["phase"] == "Ready"
+    standby = next(g["metadata"]["name"] for g in kube.of("ServingGroup") if g["spec"]["warm"])
+    kube.objects.pop(("Pod", "ns", "a-0"))  # deleted by someone, or the node went away
+    report = run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + 3)
+    assert ("ServingGroup", "ns", "a-0") not in kube.objects
+    first = report.plan.actions[0]
+    assert (first.kind, first.group) == (ActionKind.CLAIM, f"ns/{standby}")
+    lost = [m for r, m in kube.events if r == "ReplicaLost"]
+    assert len(lost) == 1 and "a-0" in lost[0]
 
 
 def test_demand_beyond_the_gpus_is_a_scaling_condition_not_a_pod() -> None:
@@ -392,3 +410,24 @@ def test_a_consolidation_copy_that_never_gets_ready_is_given_up_with_an_event() 
     for dt in range(2, 6):  # no retry meanwhile
         cycle([chat, coder], t + CONSOLIDATION_TIMEOUT_S + dt)
     assert hosted("coder-0") == ["coder"] and hosted("chat-0") == ["chat"]
+
+
+def test_a_model_placement_cannot_fit_beside_the_others_is_degraded() -> None:
+    """Placement gives every model one replica before any gets two; a model still left
+    without one (the pool is too small for all) is Degraded, naming the pool and the fix."""
+    kube = FakeKube()
+    models = [msvc(f"m{i}", None, profile="llama-3.1-70b") for i in range(3)]
+    for m in models:
+        m["spec"]["scaling"]["minReplicas"] = 1
+        m["spec"]["parallelism"] = {"tensor": "auto", "pipeline": "auto"}
+    register(kube, *models)
+    settings = Settings(scrape="off")
+    ctx = Context(settings, kube, RuntimeClient(settings), OperatorMetrics(),
+                  templates=Templates(background=False, inline=True))
+    report = run_cycle(ctx, snapshot(kube, pool(max_gpus=4), models, nodes(1, gpus=4)), NOW)
+    degraded = {k: v for k, v in report.degraded.items() if "single replica" in v}
+    assert degraded, report.degraded
+    for key in degraded:
+        status = kube.objects[("ModelService", "ns", key.split("/")[1])]["status"]
+        cond = {c["type"]: c for c in status["conditions"]}["Degraded"]
+        assert cond["reason"] == "DoesNotFit" and "maxGPUs" in cond["message"]
