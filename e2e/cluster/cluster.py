@@ -71,6 +71,7 @@ __all__ = [
     "node_ready",
     "openssl",
     "spawn",
+    "start_ticks",
     "status",
     "stop_all",
     "tail",
@@ -255,7 +256,7 @@ class ClusterState:
         return cls(components=comps, **raw)
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -265,7 +266,7 @@ def _start_ticks(pid: int) -> int | None:
 
 
 def is_alive(c: Component) -> bool:
-    return _start_ticks(c.pid) == c.start_ticks
+    return start_ticks(c.pid) == c.start_ticks
 
 
 def free_port() -> int:
@@ -467,7 +468,7 @@ def spawn(name: str, argv: list[str], logs: Path) -> Component:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     _CHILDREN[proc.pid] = proc
-    ticks = _start_ticks(proc.pid)
+    ticks = start_ticks(proc.pid)
     if ticks is None:
         raise ClusterError(f"{name} exited at once; see {log}:\n{tail(log)}")
     return Component(name, proc.pid, ticks, argv[0], str(log))
@@ -734,8 +735,9 @@ def down(state_dir: Path = DEFAULT_STATE_DIR, keep_logs: bool = False,
     if state is None:
         say(f"no cluster state in {state_dir}: nothing to stop")
     else:
-        if state.real_node:
-            _realnode().down(state, say)
+        # Also when `up` died before it could record its real node: the machine's lock
+        # record says whether this cluster holds one.
+        _realnode().down(state, say)
         for line in stop_all(list(reversed(state.components))):
             say(line)
     if keep_logs:

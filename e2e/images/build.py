@@ -28,6 +28,7 @@ Standard library only.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import io
 import json
@@ -693,9 +694,12 @@ def build_all(names: Sequence[str] = (), k8s_module: Path | None = None
     if unknown:
         raise ImageBuildError(f"unknown image(s) {', '.join(unknown)}; known: "
                               f"{', '.join(IMAGES)}")
-    out = {n: build_image(IMAGES[n]) for n in (names or IMAGES)}
-    if k8s_module is not None:
-        out[PAUSE.name] = build_pause(k8s_module)
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with (cache_dir() / "build.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per cache (other checkouts)
+        out = {n: build_image(IMAGES[n]) for n in (names or IMAGES)}
+        if k8s_module is not None:
+            out[PAUSE.name] = build_pause(k8s_module)
     return out
 
 
