@@ -20,7 +20,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["KUBECTL", "REPO", "Cluster", "cluster_lib", "why_unbuildable"]
+import pytest
+
+__all__ = ["KUBECTL", "REPO", "Cluster", "cluster_lib", "prepare_control_plane", "require",
+           "why_unbuildable"]
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_PY = REPO / "e2e" / "cluster" / "cluster.py"
@@ -66,6 +69,31 @@ def why_unbuildable(tools: Any) -> str | None:
     except (OSError, urllib.error.URLError) as e:
         return (f"control-plane binaries not cached ({missing}) and the Go module proxy does "
                 f"not answer ({url}: {e})")
+
+
+def prepare_control_plane(into: dict[str, Any]) -> bool:
+    """Build (or find cached) the control plane at collection time, outside any test's
+    timeout: ``into`` gets ``tools``, or the ``skip`` reason, or the build ``error``; True when
+    the tools are there."""
+    tools = cluster_lib.Toolchain.from_build_script()
+    if (reason := why_unbuildable(tools)) is not None:
+        into["skip"] = reason
+        return False
+    try:
+        into["tools"] = cluster_lib.build(quiet=True)
+    except cluster_lib.ClusterError as e:
+        into["error"] = str(e)
+        return False
+    return True
+
+
+def require(prepared: dict[str, Any], what: str) -> None:
+    """In a fixture: skip with the reason, or fail with the error, that collection left in
+    ``prepared`` (see :func:`prepare_control_plane`)."""
+    if "skip" in prepared:
+        pytest.skip(prepared["skip"])
+    if "error" in prepared:
+        pytest.fail(f"{what} failed: {prepared['error']}", pytrace=False)
 
 
 @dataclass(frozen=True)

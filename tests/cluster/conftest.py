@@ -19,7 +19,7 @@ from typing import Any
 
 import kubernetes
 import pytest
-from clusterkit import KUBECTL, REPO, Cluster, cluster_lib, why_unbuildable
+from clusterkit import KUBECTL, REPO, Cluster, cluster_lib, prepare_control_plane, require
 
 CRDS = REPO / "crds"
 # Fake nodes of the session cluster: 4 x 8 H100 (the `up` default) plus 2 x 4 A100-40GB,
@@ -34,22 +34,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Build (or find cached) binaries once, before any test timeout starts ticking."""
     if config.option.collectonly or not any(i.get_closest_marker("cluster") for i in items):
         return
-    tools = cluster_lib.Toolchain.from_build_script()
-    if (reason := why_unbuildable(tools)) is not None:
-        _BUILD["skip"] = reason
-        return
-    try:
-        _BUILD["tools"] = cluster_lib.build(quiet=True)
-    except cluster_lib.ClusterError as e:
-        _BUILD["error"] = str(e)
+    prepare_control_plane(_BUILD)
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if "skip" in _BUILD:
-        pytest.skip(_BUILD["skip"])
-    if "error" in _BUILD:
-        pytest.fail(f"building the control plane failed: {_BUILD['error']}", pytrace=False)
+    require(_BUILD, "building the control plane")
     if not Path(KUBECTL).exists():
         pytest.fail(f"kubectl not found (looked on PATH and at {KUBECTL})", pytrace=False)
     state_dir = tmp_path_factory.mktemp("cluster")

@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from clusterkit import KUBECTL, Cluster, cluster_lib, why_unbuildable
-from helmtool import CHART, helm_binary, helm_missing_reason
+from clusterkit import KUBECTL, Cluster, cluster_lib, prepare_control_plane, require
+from helmtool import CHART, helm_binary, helm_missing_reason, run_helm
 from operator_harness import GROUP, VERSION, wait_for
 
 realnode = cluster_lib.load_module(cluster_lib.REALNODE_PY, "kubeplex_e2e_realnode")
@@ -75,12 +75,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     except realnode.RealNodeUnavailable as e:
         _PREPARED["skip"] = str(e)
         return
-    tools = cluster_lib.Toolchain.from_build_script()
-    if (reason := why_unbuildable(tools)) is not None:
-        _PREPARED["skip"] = reason
+    if not prepare_control_plane(_PREPARED):
         return
     try:
-        _PREPARED["tools"] = cluster_lib.build(quiet=True)
         _PREPARED["images"] = realnode.prepare(_PREPARED["tools"], say=lambda _m: None)
     except realnode.RealNodeUnavailable as e:
         _PREPARED["skip"] = str(e)
@@ -198,22 +195,9 @@ class RealPods:
             cluster_lib.down(self.state_dir, keep_logs=True, say=lambda _m: None)
 
 
-def _helm(cluster: Cluster, *args: str) -> None:
-    binary = helm_binary()
-    if binary is None:
-        pytest.fail(helm_missing_reason(), pytrace=False)
-    proc = subprocess.run([str(binary), f"--kubeconfig={cluster.kubeconfig}", *args],
-                          capture_output=True, text=True, check=False, timeout=300)
-    if proc.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)}:\n{proc.stderr}{proc.stdout}")
-
-
 @pytest.fixture(scope="session")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealPods]:
-    if "skip" in _PREPARED:
-        pytest.skip(_PREPARED["skip"])
-    if "error" in _PREPARED:
-        pytest.fail(f"preparing the real node failed: {_PREPARED['error']}", pytrace=False)
+    require(_PREPARED, "preparing the real node")
     if helm_binary() is None:
         pytest.skip(helm_missing_reason())
     if not Path(KUBECTL).exists():
@@ -230,9 +214,10 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealPods]:
                               cluster_lib.Api.from_state(state), {}), state_dir, before,
                       dict(realnode._read_record() or {}))
     try:
-        _helm(handle.cluster, "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
-              "--create-namespace", "-f", str(CI_VALUES), "-f", str(TEST_VALUES), "--wait",
-              "--timeout", HELM_TIMEOUT)
+        helm = run_helm([f"--kubeconfig={state.kubeconfig}", "install", RELEASE, str(CHART),
+                         "--namespace", NAMESPACE, "--create-namespace", "-f", str(CI_VALUES),
+                         "-f", str(TEST_VALUES), "--wait", "--timeout", HELM_TIMEOUT])
+        assert helm.returncode == 0, f"helm install:\n{helm.stderr}{helm.stdout}"
         yield handle
     finally:
         handle.down()
