@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from clusterkit import cluster_lib
 
 realnode = cluster_lib.load_module(cluster_lib.REALNODE_PY, "kubeplex_e2e_realnode")
@@ -67,3 +68,15 @@ def test_runtime_configs_keep_every_path_in_the_state_dir(tmp_path: Path) -> Non
     assert kubelet["authentication"]["anonymous"]["enabled"] is False
     assert kubelet["podLogsDir"].startswith(str(node_dir))
     assert kubelet["makeIPTablesUtilChains"] is False
+
+
+def test_no_root_or_no_apt_is_a_reason_to_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(realnode.os, "geteuid", lambda: 1000)
+    with pytest.raises(realnode.RealNodeUnavailable, match="needs root"):
+        realnode.check_available()
+    monkeypatch.setattr(realnode.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(realnode, "_missing_packages", lambda: ["containerd", "runc"])
+    monkeypatch.setattr(realnode.shutil, "which", lambda _name: None)
+    with pytest.raises(realnode.RealNodeUnavailable,
+                       match="containerd, runc are missing and there is no apt-get"):
+        realnode.check_available()
