@@ -311,7 +311,9 @@ def _acquire(state: ClusterState, wait_s: float, say: Callable[[str], None]) -> 
         if time.monotonic() > deadline:
             raise RealNodeBusy(f"another real node holds {RECORD} (cluster "
                                f"{record.get('state_dir')}, since {record.get('since')}) after "
-                               f"{wait_s:.0f} s of waiting; one real node runs per machine")
+                               f"{wait_s:.0f} s of waiting; one real node runs per machine. If "
+                               "its session is gone, stop it: python e2e/cluster/cluster.py "
+                               f"down --state-dir {record.get('state_dir')}")
         if not said:
             say(f"waiting for the real node of {record.get('state_dir')} to go (one per "
                 "machine)")
