@@ -1,7 +1,8 @@
 """The runtime process: router (``--port``) and control API (``--control-port``) over engines.
 
 Router (OpenAI-compatible, what the Service exposes):
-    POST /v1/completions, /v1/chat/completions  forwarded to the engine named by ``model``;
+    POST /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/rerank
+         forwarded to the engine named by ``model`` (a hosted model or its LoRA adapter);
          streams (SSE) pass through chunk by chunk; ``X-Request-Id`` is kept or made, sent to
          the engine and returned. 404 lists the hosted models; 503 + Retry-After while the
          runtime drains or the model's engine is not ready (starting, restarting, asleep).
@@ -13,6 +14,7 @@ Control API (not exposed by the Service; see runtime_image/README.md for bodies)
     DELETE /kubeplex/v1/models/{name}           drain the model, then unload it
     POST   /kubeplex/v1/models/{name}/sleep[?level=1|2]   409 when the engine cannot sleep
     POST   /kubeplex/v1/models/{name}/wake
+    PUT    /kubeplex/v1/models/{name}/adapters  its LoRA adapters (kubeplex.runtime.adapters)
     POST   /kubeplex/v1/drain[?wait=true]       stop accepting, finish in-flight, stop engines
     GET    /healthz   200 while the process runs
     GET    /readyz    200 unless draining or an engine is starting (with the pod) or
@@ -35,7 +37,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubeplex.runtime.adapters import adapter_cards, add_control_routes, engine_for
 from kubeplex.runtime.config import ModelConfig, RuntimeConfig, parse_model
+from kubeplex.runtime.departures import Departures
 from kubeplex.runtime.engines import launch, resolve_device
 from kubeplex.runtime.errors import (
     EngineStateError,
@@ -44,7 +48,12 @@ from kubeplex.runtime.errors import (
     RuntimeError_,
     UnknownModelError,
 )
-from kubeplex.runtime.metrics import RouterMetrics, merge_expositions
+from kubeplex.runtime.metrics import (
+    RouterMetrics,
+    merge_expositions,
+    only_model,
+    with_model_name,
+)
 from kubeplex.runtime.proxy import BadRequestBody, Proxy, error_response, request_model
 from kubeplex.runtime.supervisor import Engine, EngineState
 
@@ -56,7 +65,9 @@ DRAIN_RETRY_AFTER_SECONDS = 1
 ENGINE_SCRAPE_TIMEOUT_SECONDS = 2.0
 #: Timeout of an engine's /sleep or /wake_up call (a level-2 wake reloads weights).
 ENGINE_SLEEP_TIMEOUT_SECONDS = 300.0
-ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions")
+#: OpenAI-style requests routed by their body's ``model`` (pass-through: the engine answers).
+ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses",
+                "/v1/rerank")
 #: Engine states that keep the runtime ready: serving, asleep or being unloaded on
 #: purpose (see :meth:`Runtime.ready`).
 READY_STATES = (EngineState.READY, EngineState.SLEEPING, EngineState.DRAINING)
@@ -83,6 +94,8 @@ class Runtime:
         self.workdir: str | None = None
         #: Forwards requests to the engines (public: gateways built on Runtime use it too).
         self.proxy = Proxy(self.metrics)
+        #: Models and adapters unloaded a moment ago: 503 + Retry-After, not 404.
+        self.departures = Departures()
         self.router_app = self._router_app()
         self.control_app = self._control_app()
 
@@ -205,7 +218,8 @@ class Runtime:
         return app
 
     def _not_hosted(self, model: object, request_id: str) -> web.Response:
-        hosted = ", ".join(sorted(self.engines)) or "(none)"
+        names = [*self.engines, *(card["id"] for card in adapter_cards(self.engines))]
+        hosted = ", ".join(sorted(names)) or "(none)"
         return error_response(404, f"The model `{model}` is not hosted here. Hosted models: "
                                 f"{hosted}.", "NotFoundError", param="model",
                            request_id=request_id)
@@ -219,13 +233,20 @@ class Runtime:
         except BadRequestBody as exc:
             self.metrics.count("", "400")
             return error_response(400, str(exc), "BadRequestError", request_id=request_id)
-        engine = self.engines.get(model) if isinstance(model, str) else None
+        engine = engine_for(self.engines, model)  # a hosted model's, or its LoRA adapter's
         if self.draining:
             self.metrics.count(engine.name if engine else "", "503")
             return error_response(503, "this replica is draining; retry on another one",
                                   "ServiceUnavailableError",
                                   retry_after=DRAIN_RETRY_AFTER_SECONDS, request_id=request_id)
         if engine is None:
+            if self.departures.recent(model, arrived):  # it left a moment ago: retry elsewhere
+                self.metrics.count("", "503")
+                return error_response(503, f"model {model} was just taken off this replica; "
+                                           "retry (another replica serves it)",
+                                      "ServiceUnavailableError",
+                                      retry_after=DRAIN_RETRY_AFTER_SECONDS,
+                                      request_id=request_id)
             self.metrics.count("", "404")
             return self._not_hosted(model, request_id)
         if engine.state is not EngineState.READY:
@@ -240,7 +261,7 @@ class Runtime:
                  "root": e.model.model, "parent": None,
                  "max_model_len": e.model.max_model_len}
                 for e in self.engines.values()]
-        return web.json_response({"object": "list", "data": data})
+        return web.json_response({"object": "list", "data": data + adapter_cards(self.engines)})
 
     async def _engine_metrics(self, engine: Engine) -> str:
         if self.session is None or engine.state not in (EngineState.READY, EngineState.SLEEPING,
@@ -255,9 +276,23 @@ class Runtime:
             return ""
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
-        texts = await asyncio.gather(*(self._engine_metrics(e) for e in self.engines.values()))
-        body = merge_expositions(texts).encode() + generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        """Every engine's ``vllm:*`` series plus the router's; ``?model=NAME`` (a hosted model
+        or adapter): that model's engine and router series only (an endpoint picker's view
+        of this pod, e.g. the Inference Extension's EPP of that model's InferencePool)."""
+        scope = request.query.get("model")
+        engines = list(self.engines.values())
+        if scope is not None:
+            engine = engine_for(self.engines, scope)
+            if engine is None:
+                return self._not_hosted(scope, uuid.uuid4().hex)
+            engines = [engine]
+        texts = await asyncio.gather(*(self._engine_metrics(e) for e in engines))
+        router = generate_latest(self.metrics.registry).decode()
+        if scope is not None:
+            router = only_model(router, engines[0].name)
+        body = merge_expositions(with_model_name(text, e.name)
+                                 for text, e in zip(texts, engines, strict=True)) + router
+        return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # ---- control API ----------------------------------------------------------------
     def _control_app(self) -> web.Application:
@@ -270,6 +305,7 @@ class Runtime:
         r.add_post("/kubeplex/v1/models/{name:.+}/sleep", self.sleep_handler)
         r.add_post("/kubeplex/v1/models/{name:.+}/wake", self.wake_handler)
         r.add_post("/kubeplex/v1/drain", self.drain_handler)
+        add_control_routes(self, r)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         return app
@@ -320,6 +356,7 @@ class Runtime:
             self.late_loads.add(model.name)
         self.config = self.config.with_model(model)
         engine = self._add_engine(model)
+        self.departures.back([model.name, *(a.name for a in model.adapters)])
         if self._wait(request):
             ready = await engine.wait_ready(self.config.ready_timeout_seconds)
             return web.json_response(engine.status(time.monotonic()), status=201 if ready
@@ -333,6 +370,8 @@ class Runtime:
         abandoned = engine.in_flight
         await engine.stop()
         self.engines.pop(engine.name, None)
+        self.departures.note([engine.name, *(a.name for a in engine.model.adapters)],
+                             time.monotonic())
         self.late_loads.discard(engine.name)
         self.config = self.config.without_model(engine.name)
         self.metrics.forget(engine.name)

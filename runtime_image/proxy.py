@@ -25,7 +25,9 @@ What keeps it lean (``benchmarks/runtime/router_overhead.py`` measures it agains
 engine directly): one ``aiohttp`` session for the process (keep-alive pool, no cookie jar, no
 decompression, no per-request timers); the body is parsed once, only to read ``model``, and
 forwarded as the original bytes; labelled metric children are looked up once per model and
-status code, not per request; no log line per request.
+status code, not per request; no log line per request unless ``KUBEPLEX_ACCESS_LOG`` asks for
+one (:mod:`kubeplex.runtime.tracing`, which also forwards the W3C ``traceparent`` and
+``tracestate`` headers).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from yarl import URL
 
 from kubeplex.runtime.errors import EngineStateError, RuntimeError_
 from kubeplex.runtime.metrics import ModelSeries, RouterMetrics
+from kubeplex.runtime.tracing import AccessLog, trace_headers
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -131,6 +134,8 @@ class Proxy:
     def __init__(self, metrics: RouterMetrics) -> None:
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None
+        #: One line per forwarded request (``KUBEPLEX_ACCESS_LOG``; :mod:`.tracing`).
+        self.access_log = AccessLog.from_env()
 
     async def open(self) -> None:
         """Open the connection pool (idempotent)."""
@@ -172,7 +177,8 @@ class Proxy:
         code = "502"
         response: web.StreamResponse | None = None
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json"),
-                   "X-Request-Id": request_id}
+                   "X-Request-Id": request_id,
+                   **trace_headers(request.headers)}  # W3C traceparent, tracestate
         try:
             while True:
                 upstream.acquire()
@@ -226,6 +232,9 @@ class Proxy:
         finally:
             series.in_flight.dec()
             self.metrics.count(upstream.name, code)
+            if self.access_log is not None:
+                self.access_log.write(request.method, request.path, upstream.name, code,
+                                      time.monotonic() - arrived, request_id, request.headers)
 
     @staticmethod
     async def _stream(content: aiohttp.StreamReader, response: web.StreamResponse,

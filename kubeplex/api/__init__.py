@@ -20,6 +20,7 @@ import yaml
 from kubeplex.api._crds import API_VERSION, GROUP, VERSION, crd_manifests, crd_text, schema_for
 from kubeplex.api._types import (
     SLO,
+    Adapter,
     GPUPool,
     GPUPoolSpec,
     GPUSource,
@@ -45,6 +46,7 @@ __all__ = [
     "GROUP",
     "SLO",
     "VERSION",
+    "Adapter",
     "ApiError",
     "CheckedDocument",
     "Documents",

@@ -47,6 +47,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
+from kubeplex.gateway._adapters import adapter_cards
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import RuntimeConfig
 from kubeplex.runtime.proxy import Target
@@ -65,6 +66,7 @@ class Route:
     model: str  # the served name (the request's "model")
     namespace: str
     modelservice: str
+    adapters: tuple[str, ...] = ()  # its LoRA adapters' names (also routed here)
 
     @classmethod
     def of_key(cls, model: str, key: str) -> Route:
@@ -219,7 +221,7 @@ class Gateway(Runtime):
         return app
 
     def _unknown(self, model: object, request_id: str) -> web.Response:
-        names = sorted({r.model for r in self.routes.values()})
+        names = sorted({n for r in self.routes.values() for n in (r.model, *r.adapters)})
         body = {"error": {"message": f"The model `{model}` does not exist. Models: "
                                      f"{', '.join(names) or '(none)'}.",
                           "type": "NotFoundError", "param": "model", "code": 404}}
@@ -230,7 +232,8 @@ class Gateway(Runtime):
         """The route of a request for ``model``, or the error answer (here: 404)."""
         if isinstance(model, str) and model in self.routes:
             return model
-        return self._unknown(model, request_id)
+        adapter_of = next((name for name, r in self.routes.items() if model in r.adapters), None)
+        return adapter_of or self._unknown(model, request_id)  # an adapter: its model's route
 
     def _unavailable(self, message: str, retry_after: float, request_id: str) -> web.Response:
         body = {"error": {"message": message, "type": "ServiceUnavailableError",
@@ -332,6 +335,7 @@ class Gateway(Runtime):
                  "root": f"{r.namespace}/{r.modelservice}", "parent": None,
                  "replicas": len(self.replicas[name])}
                 for name, r in sorted(self.routes.items(), key=lambda item: item[1].labels)]
+        data += adapter_cards(self.routes, self.replicas)
         return web.json_response({"object": "list", "data": data})
 
     async def metrics_handler(self, request: web.Request) -> web.Response:

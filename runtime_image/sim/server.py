@@ -32,6 +32,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubeplex.runtime.sim.engine import EngineAsleepError, SimEngine
+from kubeplex.runtime.sim.lora import LoraRegistry
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -117,8 +118,10 @@ class SimServer:
     """The aiohttp application around one :class:`SimEngine`."""
 
     def __init__(self, engine: SimEngine, *, served_name: str, root: str, max_model_len: int,
-                 sleep_mode: bool, wake_seconds: tuple[float, float]) -> None:
+                 sleep_mode: bool, wake_seconds: tuple[float, float],
+                 lora: LoraRegistry | None = None) -> None:
         self.engine = engine
+        self.lora = lora  # LoRA adapters served beside the base model (--enable-lora)
         self.served_name = served_name
         self.root = root
         self.max_model_len = max_model_len
@@ -137,6 +140,12 @@ class SimServer:
             r.add_post("/sleep", self.sleep)
             r.add_post("/wake_up", self.wake_up)
             r.add_get("/is_sleeping", self.is_sleeping)
+        if lora is not None:
+            lora.attach(self.app)
+
+    def serves(self, model: object) -> bool:
+        """Whether a request's ``model`` names this engine: its served name or an adapter."""
+        return model == self.served_name or (self.lora is not None and self.lora.serves(model))
 
     # ---- plain endpoints -------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -153,7 +162,8 @@ class SimServer:
         card = {"id": self.served_name, "object": "model", "created": self.created,
                 "owned_by": "vllm", "root": self.root, "parent": None,
                 "max_model_len": self.max_model_len}
-        return web.json_response({"object": "list", "data": [card]})
+        adapters = self.lora.cards(self.created) if self.lora is not None else []
+        return web.json_response({"object": "list", "data": [card, *adapters]})
 
     # ---- sleep mode ------------------------------------------------------------------
     async def sleep(self, request: web.Request) -> web.Response:
@@ -182,7 +192,7 @@ class SimServer:
         if not isinstance(body, Mapping):
             raise BadRequest("the body must be a JSON object")
         model = body.get("model")
-        if model is not None and model != self.served_name:
+        if model is not None and not self.serves(model):
             raise LookupError(f"The model `{model}` does not exist. "
                               f"Valid aliases: {self.served_name}.")
         prompt_tokens = count_prompt_tokens(body, chat)

@@ -330,6 +330,8 @@ def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[st
         ("", "events", {"create"}),
         ("", "nodes", read),
         ("discovery.k8s.io", "endpointslices", {"list"}),  # two-phase scale-down (main)
+        ("resource.k8s.io", "resourceclaimtemplates", {"create"}),  # DRA pools
+        ("resource.k8s.io", "resourceslices", {"list"}),
         ("apiextensions.k8s.io", "customresourcedefinitions", {"list", "watch"}),
         ("kopf.dev", "clusterkopfpeerings", read | {"patch"}),
         ("kopf.dev", "kopfpeerings", read | {"patch"}),
