@@ -131,6 +131,20 @@ class RealPods:
     def logs(self, namespace: str, pod: str) -> str:
         return self.kubectl("logs", "-n", namespace, pod).stdout
 
+    def diagnosis(self) -> str:
+        """Every pod, and the last log lines of those not ready (their previous run too)."""
+        out = [self.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout]
+        for pod in self.kubectl_json("get", "pods", "-A")["items"]:
+            if all(c.get("ready") for c in pod["status"].get("containerStatuses", [{}])):
+                continue
+            meta = pod["metadata"]
+            for previous in ("--previous=false", "--previous=true"):
+                log = self.kubectl("logs", "-n", meta["namespace"], meta["name"], previous,
+                                   "--tail=15", check=False)
+                out.append(f"--- {meta['namespace']}/{meta['name']} {previous}:\n"
+                           f"{log.stdout}{log.stderr}")
+        return "\n".join(out)
+
     # ---- ModelServices on the real node -------------------------------------------------
 
     def serve(self, namespace: str, name: str, min_replicas: int, max_replicas: int,
@@ -217,7 +231,8 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealPods]:
         helm = run_helm([f"--kubeconfig={state.kubeconfig}", "install", RELEASE, str(CHART),
                          "--namespace", NAMESPACE, "--create-namespace", "-f", str(CI_VALUES),
                          "-f", str(TEST_VALUES), "--wait", "--timeout", HELM_TIMEOUT])
-        assert helm.returncode == 0, f"helm install:\n{helm.stderr}{helm.stdout}"
+        assert helm.returncode == 0, (f"helm install:\n{helm.stderr}{helm.stdout}\n"
+                                      f"{handle.diagnosis()}")
         yield handle
     finally:
         handle.down()
