@@ -2,18 +2,21 @@
 kube-controller-manager, kube-scheduler and KWOK, with fake GPU nodes.
 
     python e2e/cluster/cluster.py up [--nodes 4] [--gpus-per-node 8] [--state-dir DIR]
+                                     [--real-node [--real-node-gpus 4]]
     python e2e/cluster/cluster.py status [--state-dir DIR]
     python e2e/cluster/cluster.py down [--state-dir DIR]
+    python e2e/cluster/cluster.py setup-real-node | images
 
-(or ``make cluster-up`` / ``make cluster-down``). The binaries come from ``build.sh`` beside
-this file (built once, cached in ``~/.cache/kubeplex``). ``up`` generates a CA, a serving
-certificate and an admin client certificate (group ``system:masters``) with ``openssl``,
-starts every component on free 127.0.0.1 ports with its log in ``<state>/logs/``, waits on
-``/readyz`` and ``/healthz`` and for every fake node to be Ready, and writes a kubeconfig
-(``<state>/kubeconfig``, default ``.cache/cluster/kubeconfig`` in the clone) that kubectl,
-kopf and the kubernetes client use unchanged. ``down`` stops exactly the processes whose pid
-files it wrote (checking each pid's start time, so a reused pid is never signalled) and
-removes the state directory.
+(or ``make cluster-up`` / ``make cluster-down`` / ``make images``). ``--real-node`` adds one
+real kubelet node (``realnode.py`` beside this file; root). The binaries come from ``build.sh``
+beside this file (built once, cached in ``~/.cache/kubeplex``). ``up`` generates a CA, a
+serving certificate and an admin client certificate (group ``system:masters``) with
+``openssl``, starts every component on free 127.0.0.1 ports with its log in ``<state>/logs/``,
+waits on ``/readyz`` and ``/healthz`` and for every fake node to be Ready, and writes a
+kubeconfig (``<state>/kubeconfig``, default ``.cache/cluster/kubeconfig`` in the clone) that
+kubectl, kopf and the kubernetes client use unchanged. ``down`` stops exactly the processes
+whose pid files it wrote (checking each pid's start time, so a reused pid is never signalled)
+and removes the state directory.
 
 Fake nodes carry the annotation ``kwok.x-k8s.io/node: fake`` (KWOK manages only those: it
 keeps them Ready through node leases and moves their pods to Running), capacity
