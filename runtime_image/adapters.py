@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from kubeplex.runtime._limits import BadRequestBody, parse_json
 from kubeplex.runtime.config import AdapterConfig, check_names, parse_adapters
 from kubeplex.runtime.departures import Departures
 from kubeplex.runtime.engines import adapter_source, lora_slots_of
@@ -142,9 +143,10 @@ def add_control_routes(host: _Host, router: web.UrlDispatcher) -> None:
             raise UnknownModelError(f"model {name!r} is not hosted here; hosted: "
                                     f"{', '.join(sorted(host.engines)) or '(none)'}")
         try:
-            data = await request.json()
-        except ValueError as exc:
-            raise RuntimeConfigError("the body must be JSON: {\"adapters\": [...]}") from exc
+            data = parse_json(await request.read())
+        except BadRequestBody as exc:
+            raise RuntimeConfigError(f"the body must be JSON: {{\"adapters\": [...]}} ({exc})"
+                                     ) from exc
         if not isinstance(data, Mapping) or "adapters" not in data:
             raise RuntimeConfigError("adapters: is required (the body is {\"adapters\": "
                                      "[{name, path, rank}, ...]})")

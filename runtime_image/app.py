@@ -7,6 +7,10 @@ Router (OpenAI-compatible, what the Service exposes):
          the engine and returned. 404 lists the hosted models; 503 + Retry-After while the
          runtime drains or the model's engine is not ready (starting, restarting, asleep).
     GET  /v1/models   the hosted models.      GET /metrics   engines' vllm:* + kubeplex_*.
+    GET  /health[?model=NAME]   200 while the process runs; with ``model``: 200 only while
+         that model's engine serves (the gateway's per-model probe of a replica it marked
+         down), else 503 (404: not hosted). Bodies over 64 MiB get 413, bodies nested deeper
+         than 64 levels or without a string ``model`` 400, all as OpenAI JSON errors.
 
 Control API (not exposed by the Service; see runtime_image/README.md for bodies):
     GET    /kubeplex/v1/status                  models, engine states, in-flight counts
@@ -17,8 +21,10 @@ Control API (not exposed by the Service; see runtime_image/README.md for bodies)
     PUT    /kubeplex/v1/models/{name}/adapters  its LoRA adapters (kubeplex.runtime.adapters)
     POST   /kubeplex/v1/drain[?wait=true]       stop accepting, finish in-flight, stop engines
     GET    /healthz   200 while the process runs
-    GET    /readyz    200 unless draining or an engine is starting (with the pod) or
-                      restarting; asleep and unloading engines count as ready
+    GET    /readyz    200 unless draining, or an engine is starting (with the pod), or no
+                      engine serves (every one restarting); asleep and unloading engines
+                      count as ready, and so does a pod whose other models serve while one
+                      engine restarts (the gateway routes around that model meanwhile)
 """
 
 from __future__ import annotations
@@ -37,6 +43,14 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubeplex.runtime._limits import (
+    MAX_BODY_BYTES,
+    BadRequestBody,
+    json_errors,
+    parse_json,
+    parse_request,
+)
+from kubeplex.runtime._limits import request_id as read_request_id
 from kubeplex.runtime.adapters import adapter_cards, add_control_routes, engine_for
 from kubeplex.runtime.config import ModelConfig, RuntimeConfig, parse_model
 from kubeplex.runtime.departures import Departures
@@ -54,7 +68,7 @@ from kubeplex.runtime.metrics import (
     only_model,
     with_model_name,
 )
-from kubeplex.runtime.proxy import BadRequestBody, Proxy, error_response, request_model
+from kubeplex.runtime.proxy import Proxy, error_response
 from kubeplex.runtime.supervisor import Engine, EngineState
 
 __all__ = ["DRAIN_RETRY_AFTER_SECONDS", "Runtime"]
@@ -73,6 +87,11 @@ ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v
 READY_STATES = (EngineState.READY, EngineState.SLEEPING, EngineState.DRAINING)
 #: The sim engines' shared device (:mod:`kubeplex.runtime.sim.device`), in :attr:`workdir`.
 SIM_DEVICE_FILE = "sim-device"
+
+
+def _control_error(status: int, message: str) -> dict[str, str]:
+    """The control API's error shape (also for the web framework's own 404, 405, 413)."""
+    return {"error": message, "kind": "HTTPError"}
 
 
 class Runtime:
@@ -155,14 +174,22 @@ class Runtime:
         (ready), is asleep on purpose (a warm standby's preloaded model: Ready means healthy and
         claimable; a wake is one control-API call away), is being unloaded on purpose (the pod
         keeps serving its other models), or is a model loaded into a ready pod that is still
-        starting. Not ready: the runtime drains, or an engine is starting with the pod, or
-        restarting after it died.
+        starting, or is restarting after it served and died while another engine of the pod
+        serves (the gateway probes each model and routes around the restarting one; taking the
+        pod out of its Services would cut the healthy models too). Not ready: the runtime
+        drains, or an engine is starting with the pod, or one never came up (crash loop), or
+        every engine is restarting.
         """
         if self.draining:
             return False, "draining"
+        serving = any(e.state in READY_STATES for e in self.engines.values())
+        # Engines that served and died: restarting them is the runtime's own business.
+        restarting = [e for e in self.engines.values() if e.state is EngineState.RESTARTING
+                      and e.startup_seconds is not None]
         waiting = [f"{e.name}: {e.state}" for e in self.engines.values()
                    if e.state not in READY_STATES
-                   and not (e.state is EngineState.STARTING and e.name in self.late_loads)]
+                   and not (e.state is EngineState.STARTING and e.name in self.late_loads)
+                   and not (e in restarting and serving)]
         if waiting:
             return False, "not ready: " + ", ".join(waiting)
         counts: dict[str, int] = {}
@@ -209,13 +236,28 @@ class Runtime:
 
     # ---- router ---------------------------------------------------------------------
     def _router_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024**2)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors()])
         for path in ROUTED_PATHS:
             app.router.add_post(path, self.forward)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/metrics", self.metrics_handler)
-        app.router.add_get("/health", self.healthz)
+        app.router.add_get("/health", self.health)
         return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        """``/health``: 200 while the process runs; ``?model=NAME``: whether it serves NAME."""
+        name = request.query.get("model")
+        if name is None:
+            return web.json_response({"status": "ok"})
+        engine = engine_for(self.engines, name)
+        if engine is None:
+            return self._not_hosted(name, "-")
+        if self.draining or engine.state is not EngineState.READY:
+            state = "draining" if self.draining else str(engine.state)
+            return error_response(503, f"model {name} is not serving ({state})",
+                                  "ServiceUnavailableError",
+                                  retry_after=engine.retry_after(time.monotonic()))
+        return web.json_response({"status": "ok", "model": name})
 
     def _not_hosted(self, model: object, request_id: str) -> web.Response:
         names = [*self.engines, *(card["id"] for card in adapter_cards(self.engines))]
@@ -225,14 +267,15 @@ class Runtime:
                            request_id=request_id)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = read_request_id(request.headers)
         arrived = time.monotonic()
         body = await request.read()
         try:
-            model = request_model(body)
+            model = parse_request(body).model
         except BadRequestBody as exc:
             self.metrics.count("", "400")
-            return error_response(400, str(exc), "BadRequestError", request_id=request_id)
+            return error_response(400, str(exc), "BadRequestError", param=exc.param,
+                                  request_id=request_id)
         engine = engine_for(self.engines, model)  # a hosted model's, or its LoRA adapter's
         if self.draining:
             self.metrics.count(engine.name if engine else "", "503")
@@ -296,7 +339,7 @@ class Runtime:
 
     # ---- control API ----------------------------------------------------------------
     def _control_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors])
+        app = web.Application(middlewares=[json_errors(_control_error), self._errors])
         r = app.router
         r.add_get("/kubeplex/v1/status", self.status_handler)
         r.add_post("/kubeplex/v1/models", self.load_handler)
@@ -345,10 +388,10 @@ class Runtime:
         if self.draining:
             raise EngineStateError("the runtime is draining; it loads no more models")
         try:
-            data = await request.json()
-        except ValueError as exc:
-            raise RuntimeConfigError("the body must be one model of the config file, as JSON"
-                                     ) from exc
+            data = parse_json(await request.read())
+        except BadRequestBody as exc:
+            raise RuntimeConfigError(f"the body must be one model of the config file, as JSON: "
+                                     f"{exc}") from exc
         model = parse_model(data, "model")
         if model.name in self.engines:
             raise ModelConflictError(f"model {model.name!r} is already hosted; unload it first")

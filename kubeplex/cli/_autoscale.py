@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kubeplex.autoscaler.trace import MAX_TRACE_SECONDS
 from kubeplex.cli import Commands
+from kubeplex.cli._args import MAX_RATE, MAX_SECONDS, MAX_TOKENS, number
 
 __all__ = ["load_profile", "register"]
 
@@ -18,6 +20,12 @@ if TYPE_CHECKING:
     from kubeplex.placement.llm import LLMProfile
 
 PATTERNS = ("gamma", "diurnal", "spike", "bursts", "azure")
+#: Largest inter-arrival coefficient of variation a flag takes: the burstiest production
+#: traces measured (AlpaServe's, Azure Functions') stay below 10.
+MAX_CV = 100.0
+#: Largest --oracle-utilization: past 1.5 the oracle provisions a third less than the demand
+#: it sees, which is no longer a reference curve.
+MAX_ORACLE_UTILIZATION = 1.5
 
 
 def register(cli: Commands) -> None:
@@ -37,18 +45,20 @@ def register(cli: Commands) -> None:
                    "calibrated profile name; default: the planning profile)")
     p.add_argument("--fleet-profile", type=Path, metavar="FILE.json",
                    help="the simulated fleet runs this calibrated profile file")
-    p.add_argument("--fleet-speed", type=float, default=1.0, metavar="F",
+    p.add_argument("--fleet-speed", type=number(0, above=True), default=1.0, metavar="F",
                    help="the fleet runs at F times its profile's speed; the policy is not told "
                         "(default 1.0)")
-    p.add_argument("--oracle-utilization", type=float, default=1.0, metavar="U",
+    p.add_argument("--oracle-utilization", type=number(0, MAX_ORACLE_UTILIZATION, above=True),
+                   default=1.0, metavar="U",
                    help="oracle only: provision need / U (lower: more headroom) (default 1.0)")
-    p.add_argument("--slo-ttft", required=True, type=float, metavar="SECONDS",
+    p.add_argument("--slo-ttft", required=True, type=number(0, MAX_SECONDS, above=True),
+                   metavar="SECONDS",
                    help="TTFT SLO in seconds")
-    p.add_argument("--percentile", type=float, default=95.0,
+    p.add_argument("--percentile", type=number(0, 100, above=True), default=95.0,
                    help="SLO percentile in (0, 100) (default 95)")
-    p.add_argument("--cold-start-s", type=float, default=60.0,
+    p.add_argument("--cold-start-s", type=number(0, MAX_SECONDS), default=60.0,
                    help="seconds from creating a replica to ready (default 60)")
-    p.add_argument("--warm-start-s", type=float, default=2.0,
+    p.add_argument("--warm-start-s", type=number(0, MAX_SECONDS), default=2.0,
                    help="seconds from claiming a warm standby to ready (default 2)")
     p.add_argument("--warm-pool", default="auto", metavar="N|auto",
                    help="warm standbys: a fixed count for kubeplex, HPA and KPA, or auto "
@@ -66,27 +76,38 @@ def register(cli: Commands) -> None:
                    help="gamma: bursty renewal arrivals (with an optional spike); diurnal: a "
                         "day's ramp compressed into --period-s; spike: Poisson with a step "
                         "spike; azure: per-minute counts from an Azure Functions CSV")
-    t.add_argument("--rate", type=float, default=10.0, help="base arrival rate, req/s")
-    t.add_argument("--peak-rate", type=float, help="diurnal: the rate at mid-period")
-    t.add_argument("--period-s", type=float, default=3600.0, help="diurnal period, s")
-    t.add_argument("--cv", type=float, help="inter-arrival coefficient of variation "
+    t.add_argument("--rate", type=number(0, MAX_RATE, above=True), default=10.0,
+                   help="base arrival rate, req/s")
+    t.add_argument("--peak-rate", type=number(0, MAX_RATE),
+                   help="diurnal: the rate at mid-period")
+    t.add_argument("--period-s", type=number(0, MAX_TRACE_SECONDS, above=True), default=3600.0,
+                   help="diurnal period, s")
+    t.add_argument("--cv", type=number(0, MAX_CV, above=True),
+                   help="inter-arrival coefficient of variation "
                    "(default 4 for gamma, 1 otherwise)")
-    t.add_argument("--duration-s", type=float, default=3600.0, help="trace length, s")
-    t.add_argument("--spike-factor", type=float, default=1.0, help="spike: rate multiplier")
-    t.add_argument("--spike-at-s", type=float, default=1200.0, help="spike start, s")
-    t.add_argument("--spike-for-s", type=float, default=300.0, help="spike length, s")
-    t.add_argument("--ramp-s", type=float, default=0.0, help="spike rise/fall time, s")
+    t.add_argument("--duration-s", type=number(0, MAX_TRACE_SECONDS, above=True),
+                   default=3600.0, help="trace length, s")
+    t.add_argument("--spike-factor", type=number(0, MAX_RATE, above=True), default=1.0,
+                   help="spike: rate multiplier")
+    t.add_argument("--spike-at-s", type=number(0, MAX_TRACE_SECONDS), default=1200.0,
+                   help="spike start, s")
+    t.add_argument("--spike-for-s", type=number(0, MAX_TRACE_SECONDS), default=300.0,
+                   help="spike length, s")
+    t.add_argument("--ramp-s", type=number(0, MAX_TRACE_SECONDS), default=0.0,
+                   help="spike rise/fall time, s")
     t.add_argument("--burst-rates", default="20,60", metavar="LOW,HIGH",
                    help="bursts: each burst's rate is drawn from [LOW, HIGH] req/s")
     t.add_argument("--burst-s", default="2,10", metavar="MIN,MAX",
                    help="bursts: each burst lasts MIN..MAX seconds")
-    t.add_argument("--gap-s", type=float, default=60.0,
+    t.add_argument("--gap-s", type=number(0, MAX_TRACE_SECONDS, above=True), default=60.0,
                    help="bursts: mean idle gap between bursts, s")
     t.add_argument("--counts", type=Path, help="azure: the invocations CSV")
     t.add_argument("--function", help="azure: one HashFunction's row (default: all summed)")
-    t.add_argument("--prompt-tokens", type=float, default=512.0, help="mean prompt tokens")
-    t.add_argument("--output-tokens", type=float, default=128.0, help="mean output tokens")
-    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--prompt-tokens", type=number(1, MAX_TOKENS), default=512.0,
+                   help="mean prompt tokens")
+    t.add_argument("--output-tokens", type=number(1, MAX_TOKENS), default=128.0,
+                   help="mean output tokens")
+    t.add_argument("--seed", type=number(0, integer=True), default=1)
     t.add_argument("--out", type=Path, help="write here instead of stdout")
 
 
@@ -154,11 +175,6 @@ def _autoscale(args: argparse.Namespace) -> int:
                         ("--warm-start-s", args.warm_start_s)):
         if value < 0:
             raise AutoscalerConfigError(f"{flag} must be >= 0, got {value}")
-    if not args.fleet_speed > 0:
-        raise AutoscalerConfigError(f"--fleet-speed must be > 0, got {args.fleet_speed}")
-    if not 0 < args.oracle_utilization <= 1.5:
-        raise AutoscalerConfigError(f"--oracle-utilization must be in (0, 1.5], got "
-                                    f"{args.oracle_utilization}")
     warm = _warm_pool(args.warm_pool)
     # Unknown names fail here, before the trace is read and the progress bar draws.
     planning = load_profile(args.model, args.profile, args.gpu)
@@ -238,8 +254,6 @@ def _trace(args: argparse.Namespace) -> int:
         trace = from_minute_counts(read_minute_counts(args.counts, args.function), args.seed,
                                    args.prompt_tokens, args.output_tokens)
     elif args.pattern == "bursts":
-        if args.rate < 0:
-            raise TraceError(f"--rate must be >= 0 req/s, got {args.rate}")
         rates, lengths = _pair(args.burst_rates, "--burst-rates"), _pair(args.burst_s,
                                                                          "--burst-s")
         rate = burst_train_rate(args.rate, rates[0], rates[1], lengths, args.gap_s,

@@ -70,7 +70,7 @@ from kubeplex.control import (
     pool_budget,
     resolve_model,
 )
-from kubeplex.gateway import Gateway, Replica, Route
+from kubeplex.gateway import Gateway, MigrationPolicy, Replica, Route
 from kubeplex.operator._builders import runtime_adapters
 from kubeplex.operator.local.errors import LocalModeError, ProcessError, SettingsError
 from kubeplex.operator.local.group import GroupProcess
@@ -268,7 +268,8 @@ class LocalMode:
             {r.served: r.key for r in runs.values()},
             hold_timeout=settings.hold_timeout_seconds, hold_limit=settings.hold_queue_limit,
             retry_after=self._expected_start, on_hold=self._held,
-            status_source=self.status)
+            status_source=self.status,
+            migration=MigrationPolicy(migrate_after_s=settings.migrate_after_seconds))
         self.by_served = {r.served: r for r in runs.values()}
         self.gateway.set_routes({r.served: replace(Route.of_key(r.served, r.key),
                                                    adapters=r.svc.adapter_names)

@@ -29,16 +29,17 @@ import json
 import math
 import struct
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 
+from kubeplex.runtime._limits import BadRequestBody, parse_json
+from kubeplex.runtime._limits import request_id as read_request_id
 from kubeplex.runtime.sim.engine import EngineAsleepError
+from kubeplex.runtime.sim.sampling import Sampling, generate
 from kubeplex.runtime.sim.server import (
     DEFAULT_MAX_TOKENS,
-    WORDS,
     BadRequest,
     SimServer,
     count_prompt_tokens,
@@ -105,18 +106,18 @@ class _Apis:
         return produced
 
     async def _handle(self, request: web.Request, answer: Any) -> web.Response:
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = read_request_id(request.headers)
         headers = {"X-Request-Id": request_id}
         try:
-            body = json.loads(await request.read())
+            body = parse_json(await request.read())
             if not isinstance(body, Mapping):
                 raise BadRequest("the body must be a JSON object")
             self._check_model(body)
             if self.server.engine.sleep_level:
                 raise EngineAsleepError("the engine is sleeping")
             out = await answer(body, request_id)
-        except ValueError:
-            return _error(400, "the body is not valid JSON", "BadRequestError", None, headers)
+        except BadRequestBody as exc:  # not JSON, or nested too deep
+            return _error(400, str(exc), "BadRequestError", None, headers)
         except BadRequest as exc:
             return _error(400, str(exc), "BadRequestError", exc.param, headers)
         except LookupError as exc:
@@ -161,7 +162,7 @@ class _Apis:
                 raise BadRequest("max_output_tokens must be a positive integer",
                                  "max_output_tokens")
             produced = await self._run(request_id, prompt, limit)
-            text = "".join(WORDS[i % len(WORDS)] for i in range(produced))
+            text = generate("", produced, Sampling()).text if produced else ""
             return {"id": f"resp_{request_id}", "object": "response",
                     "created_at": int(time.time()), "status": "completed",
                     "model": body.get("model"), "output": [{

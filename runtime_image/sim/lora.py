@@ -28,6 +28,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
+from kubeplex.runtime._limits import BadRequestBody, parse_json
+
 __all__ = ["RUNTIME_UPDATES_ENV", "LoraRegistry", "parse_modules"]
 
 #: The variable that enables vLLM's adapter endpoints (vllm/envs.py, 0.32).
@@ -116,9 +118,9 @@ class LoraRegistry:
         name = None
         if request.method == "POST" and request.path in GENERATION_PATHS:
             try:
-                body = json.loads(await request.read())  # aiohttp keeps it for the handler
-            except ValueError:
-                body = None
+                body = parse_json(await request.read())  # aiohttp keeps it for the handler
+            except BadRequestBody:
+                body = None  # the handler refuses it
             name = body.get("model") if isinstance(body, Mapping) else None
         if not isinstance(name, str) or not self.serves(name):
             response: web.StreamResponse = await handler(request)
@@ -138,8 +140,8 @@ class LoraRegistry:
     @staticmethod
     async def _body(request: web.Request) -> Mapping[str, Any] | None:
         try:
-            body = await request.json()
-        except ValueError:
+            body = parse_json(await request.read())
+        except BadRequestBody:
             return None
         return body if isinstance(body, Mapping) else None
 

@@ -208,6 +208,7 @@ def test_settings_defaults_match_the_chart_contract() -> None:
 @pytest.mark.parametrize(("var", "value"), [
     ("KUBEPLEX_GATEWAY_PORT", "http"), ("KUBEPLEX_GATEWAY_PORT", "70000"),
     ("KUBEPLEX_HOLD_TIMEOUT_SECONDS", "0"), ("KUBEPLEX_HOLD_TIMEOUT_SECONDS", "soon"),
+    ("KUBEPLEX_HOLD_TIMEOUT_SECONDS", "inf"), ("KUBEPLEX_MIGRATE_AFTER_SECONDS", "nan"),
     ("KUBEPLEX_MAX_HELD_REQUESTS", "-1"), ("KUBEPLEX_OPERATOR_URL", "kubeplex-operator:8443"),
     ("KUBEPLEX_URL_ANNOTATIONS", "maybe"),
 ])
