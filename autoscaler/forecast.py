@@ -11,9 +11,14 @@ traffic, whose forecast errors are large, gets more headroom than smooth traffic
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
-__all__ = ["HoltConfig", "HoltState", "holt_update"]
+__all__ = ["MAD_TO_SD", "HoltConfig", "HoltState", "holt_update"]
+
+#: Standard deviation over mean absolute deviation of a normal distribution, sqrt(pi/2)
+#: (~1.25): turns the smoothed absolute forecast error into a standard deviation.
+MAD_TO_SD = math.sqrt(math.pi / 2)
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,8 @@ class HoltConfig:
 
     Defaults: alpha 0.3 / beta 0.1 per 10 s are textbook values for a responsive level and a
     slower trend (Hyndman & Athanasopoulos, FPP3 ch. 8); z = 2 covers ~95% of errors if they
-    were normal (the mean absolute error times 1.25 estimates the standard deviation).
+    were normal (the mean absolute error times :data:`MAD_TO_SD` estimates the standard
+    deviation).
     """
 
     alpha: float = 0.3
@@ -44,9 +50,9 @@ class HoltState:
         """The expected rate ``horizon_s`` seconds after the last update (never negative)."""
         return max(0.0, self.level + self.trend * horizon_s)
 
-    def upper(self, horizon_s: float, config: HoltConfig) -> float:
+    def upper(self, horizon_s: float, z: float) -> float:
         """The forecast plus ``z`` standard deviations of the one-step error."""
-        return self.forecast(horizon_s) + config.z * 1.25 * self.error
+        return self.forecast(horizon_s) + z * MAD_TO_SD * self.error
 
 
 def holt_update(state: HoltState, observed_rate: float, now: float,

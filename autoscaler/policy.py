@@ -689,8 +689,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
         1.0, stable.arrival_cv2 or 1.0)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
-    rate = max(stable.arrival_rate,
-               forecast.forecast(start) + config.headroom_z * 1.25 * forecast.error)
+    rate = max(stable.arrival_rate, forecast.upper(start, config.headroom_z))
     target = _mix_replicas(rate, capacity, config, cv2)
     adjusted = "" if speed == 1.0 else (
         f" at {speed:.2f}x the model's speed: measured {correction:.2f}"
