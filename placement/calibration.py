@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +49,14 @@ __all__ = [
     "FitError",
     "PrefillFit",
     "PrefillPoint",
+    "attention_tokens2",
     "calibration_from_dict",
     "calibration_to_dict",
     "fit_calibration",
     "fit_decode",
     "fit_prefill",
     "points_from_dict",
+    "prefill_prompts",
 ]
 
 #: The ``kind`` and ``version`` every profile file carries.
@@ -102,11 +104,25 @@ class PrefillFit:
     per_token_s: float
     per_token2_s: float
 
-    def seconds(self, prompts: Sequence[int]) -> float:
-        """One prefill step of these prompts (token counts)."""
-        linear = float(sum(max(1, n) for n in prompts))
-        square = float(sum(max(1, n) ** 2 for n in prompts))
-        return self.fixed_s + self.per_token_s * linear + self.per_token2_s * square
+    def seconds(self, prompts: Iterable[tuple[int, int]]) -> float:
+        """One prefill step of these prompts: (tokens to compute, cached tokens before them)."""
+        batch = prefill_prompts(prompts)
+        linear = float(sum(n for n, _ in batch))
+        return (self.fixed_s + self.per_token_s * linear
+                + self.per_token2_s * float(attention_tokens2(batch)))
+
+
+def prefill_prompts(prompts: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """A prefill step's prompts as (tokens to compute >= 1, cached tokens >= 0); an empty
+    step counts as one token (its fixed cost)."""
+    return tuple((max(1, n), max(0, c)) for n, c in prompts) or ((1, 0),)
+
+
+def attention_tokens2(prompts: tuple[tuple[int, int], ...]) -> int:
+    """The attention products of a prefill step, in token pairs: each prompt's ``n`` new
+    tokens attend causally to themselves (``n^2``, the constant halves folded into the
+    coefficient) and fully to its ``c`` cached ones (``2 n c`` on the same scale)."""
+    return sum(n * (n + 2 * c) for n, c in prompts)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ It predicts what a vLLM engine would do, from the model's shape and the GPU's da
 
 * **Batched prefill**: a step that prefills several prompts pays the linear FLOPs for all their
   tokens but the attention products per prompt (prompts do not attend to each other), and
-  reads the weights once (:meth:`LLMProfile.prefill_batch_seconds`).
+  reads the weights once (:meth:`LLMProfile.batch_prefill_seconds`). A prompt may start from
+  a cached prefix (vLLM's prefix caching): only its new tokens are computed, attending to the
+  cached ones too.
 * **Calibrated profiles**: a model shape may carry a :class:`~kubeplex.placement.calibration.
   Calibration` (measured by ``kubeplex calibrate``; shipped ones in :data:`CALIBRATED`, looked
   up by name through :func:`model`). Its fitted prefill and decode times and KV capacity then
@@ -27,18 +29,18 @@ It predicts what a vLLM engine would do, from the model's shape and the GPU's da
   and scaled by the analytic model's ratio between the two shapes elsewhere (the measured
   efficiency carries over; the physics of more GPUs comes from the model).
 
-The model ignores prefix caching, speculative decoding and quantization (dtype_bytes covers
+The model ignores speculative decoding and quantization (dtype_bytes covers
 FP8 weights if a shape says so). Efficiency constants are named below with their sources.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from kubeplex.placement.calibrated import CALIBRATED
-from kubeplex.placement.calibration import Calibration
+from kubeplex.placement.calibration import Calibration, attention_tokens2, prefill_prompts
 from kubeplex.placement.errors import PlacementError, UnknownProfileError
 from kubeplex.placement.hardware import GIB, GPUSpec, gpu
 
@@ -219,20 +221,27 @@ class LLMProfile:
             seconds += (self.pp - 1) * (activation / link + COLLECTIVE_LATENCY_S)
         return seconds
 
-    def prefill_seconds(self, prompt_tokens: int) -> float:
-        """Time to first token of one prompt alone on the group (no queueing)."""
-        return self.prefill_batch_seconds((prompt_tokens,))
+    def prefill_seconds(self, prompt_tokens: int, cached_tokens: int = 0) -> float:
+        """Time to first token of one prompt alone on the group (no queueing).
 
-    def prefill_batch_seconds(self, prompts: Sequence[int]) -> float:
-        """One step prefilling all of ``prompts`` (token counts) together."""
-        analytic = self._analytic_prefill(prompts)
+        ``prompt_tokens`` are computed; ``cached_tokens`` more precede them in the KV cache
+        (a prefix-cache hit): the new tokens attend to those too (2 x the causal attention
+        cost per new-to-cached pair), nothing else is recomputed."""
+        return self.batch_prefill_seconds(((prompt_tokens, cached_tokens),))
+
+    def batch_prefill_seconds(self, prompts: Iterable[tuple[int, int]]) -> float:
+        """One engine step prefilling several prompts, each given as (tokens to compute,
+        cached tokens before them): the weights are read once and the linear FLOPs add up,
+        but each prompt attends only to itself and its own cached prefix. A calibrated shape
+        applies its measured fit (see the module docstring)."""
+        batch = prefill_prompts(prompts)
+        analytic = self._analytic_prefill(batch)
         cal = self.model.calibration
         if cal is None:
             return analytic
-        measured = cal.prefill.seconds(prompts)
+        measured = cal.prefill.seconds(batch)
         base = self._calibrated_base(cal)
-        return measured if base is None else measured * analytic / base._analytic_prefill(
-            prompts)
+        return measured if base is None else measured * analytic / base._analytic_prefill(batch)
 
     def decode_step_seconds(self, batch_size: int, mean_context_tokens: int) -> float:
         """One decode step: every one of ``batch_size`` sequences gains one token."""
@@ -252,11 +261,10 @@ class LLMProfile:
             return None
         return LLMProfile(replace(self.model, calibration=None), gpu(cal.gpu), cal.tp, cal.pp)
 
-    def _analytic_prefill(self, prompts: Sequence[int]) -> float:
-        sizes = [max(1, n) for n in prompts] or [1]
+    def _analytic_prefill(self, prompts: tuple[tuple[int, int], ...]) -> float:
         m = self.model
-        tokens = sum(sizes)
-        flops = 2 * m.params * tokens + 2 * m.layers * m.hidden * sum(n * n for n in sizes)
+        tokens = sum(n for n, _ in prompts)
+        flops = 2 * m.params * tokens + 2 * m.layers * m.hidden * attention_tokens2(prompts)
         compute = flops / (self.tp * self.gpu.bf16_tflops * 1e12 * PREFILL_MFU)
         weights_once = m.weight_bytes / self.tp / (self.gpu.hbm_gbps * 1e9 * DECODE_MBU)
         return max(compute, weights_once) + self._comm_seconds(tokens) + STEP_OVERHEAD_S

@@ -10,7 +10,7 @@ It follows vLLM V1's scheduler in the ways that shape latency and the metrics:
   concurrency limit without modelling preemption (``vllm:num_preemptions`` stays 0).
 * **Steps.** Each step prefills the newly admitted prompts (their first token comes out of
   that step) and runs one decode token for every other running sequence, so the step takes
-  ``prefill_batch_seconds(new prompts) + decode_step_seconds(batch, mean context)`` from the
+  ``batch_prefill_seconds(new prompts) + decode_step_seconds(batch, mean context)`` from the
   placement latency model (attention is quadratic per prompt, not in the step's total).
   A request finishes after ``max_tokens`` output tokens.
 * **Pipeline parallelism.** vLLM keeps ``pipeline_depth`` micro-batches in flight: the
@@ -34,7 +34,7 @@ __all__ = ["LatencyModel", "Scheduler", "SimRequest", "StepResult"]
 class LatencyModel(Protocol):
     """What the scheduler needs from :class:`kubeplex.placement.llm.LLMProfile`."""
 
-    def prefill_batch_seconds(self, prompts: Sequence[int]) -> float: ...
+    def batch_prefill_seconds(self, prompts: Sequence[tuple[int, int]]) -> float: ...
 
     def decode_step_seconds(self, batch_size: int, mean_context_tokens: int) -> float: ...
 
@@ -165,7 +165,7 @@ class Scheduler:
             return None
         seconds = 0.0
         if new:
-            seconds += self.latency.prefill_batch_seconds([r.prompt_tokens for r in new])
+            seconds += self.latency.batch_prefill_seconds([(r.prompt_tokens, 0) for r in new])
         if decoding:
             context = sum(r.prompt_tokens + r.generated for r in decoding) // len(decoding)
             seconds += self.latency.decode_step_seconds(len(decoding), context)

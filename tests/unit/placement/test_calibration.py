@@ -12,6 +12,7 @@ import pytest
 from kubeplex.placement.calibration import (
     CalibrationError,
     DecodePoint,
+    PrefillFit,
     PrefillPoint,
     calibration_from_dict,
     calibration_to_dict,
@@ -63,8 +64,8 @@ def test_noise_shows_in_the_fit_error_and_coefficients_stay_non_negative() -> No
 
 def test_batched_prefill_is_quadratic_per_prompt() -> None:
     fit, _ = fit_prefill(_prefill_points())
-    assert fit.seconds([512] * 4) < fit.seconds([2048])
-    assert fit.seconds([512] * 4) == pytest.approx(0.004 + 2e-5 * 2048 + 3e-10 * 4 * 512**2)
+    assert fit.seconds([(512, 0)] * 4) < fit.seconds([(2048, 0)])
+    assert fit.seconds([(512, 0)] * 4) == pytest.approx(0.004 + 2e-5 * 2048 + 3e-10 * 4 * 512**2)
 
 
 @pytest.mark.parametrize(
@@ -128,9 +129,9 @@ def test_a_calibrated_shape_uses_its_measurements_on_its_own_shape() -> None:
     cal = _calibration()
     prof = profile("llama-3.1-8b", "H100-80GB")
     measured = replace(prof, model=calibrated(cal))
-    assert measured.prefill_seconds(2048) == pytest.approx(cal.prefill.seconds([2048]))
-    assert measured.prefill_batch_seconds([512] * 4) == pytest.approx(
-        cal.prefill.seconds([512] * 4))
+    assert measured.prefill_seconds(2048) == pytest.approx(cal.prefill.seconds([(2048, 0)]))
+    assert measured.batch_prefill_seconds([(512, 0)] * 4) == pytest.approx(
+        cal.prefill.seconds([(512, 0)] * 4))
     assert measured.decode_step_seconds(64, 4096) == pytest.approx(cal.decode.seconds(64, 4096))
     assert measured.kv_capacity_tokens(0.9) == pytest.approx(300_000, rel=1e-5)
     # Less memory: the measured capacity scaled by the analytic model's ratio.
@@ -143,7 +144,7 @@ def test_elsewhere_a_calibration_scales_by_the_analytic_ratio() -> None:
     measured = replace(on_a100, model=calibrated(cal))
     h100 = profile("llama-3.1-8b", "H100-80GB")
     ratio = on_a100.prefill_seconds(4096) / h100.prefill_seconds(4096)
-    assert measured.prefill_seconds(4096) == pytest.approx(cal.prefill.seconds([4096]) * ratio)
+    assert measured.prefill_seconds(4096) == pytest.approx(cal.prefill.seconds([(4096, 0)]) * ratio)
     tp2 = replace(profile("llama-3.1-8b", "H100-80GB", tp=2), model=calibrated(cal))
     assert tp2.decode_step_seconds(8, 1024) < cal.decode.seconds(8, 1024)
 
@@ -160,7 +161,18 @@ def test_calibrations_must_name_catalogued_shapes() -> None:
 def test_batched_analytic_prefill_charges_attention_per_prompt() -> None:
     """Issue 14: 256 prompts of 512 tokens cost 13.4 s as one sequence, ~4.3 s per prompt."""
     prof = profile("llama-3.1-8b", "A100-80GB")
-    batched = prof.prefill_batch_seconds([512] * 256)
+    batched = prof.batch_prefill_seconds([(512, 0)] * 256)
     assert batched < 0.4 * prof.prefill_seconds(256 * 512)
     assert batched == pytest.approx(256 * (prof.prefill_seconds(512) - 0.002), rel=0.05)
-    assert prof.prefill_batch_seconds([700]) == prof.prefill_seconds(700)
+    assert prof.batch_prefill_seconds([(700, 0)]) == prof.prefill_seconds(700)
+
+
+def test_a_cached_prefix_costs_attention_only_in_the_fit_and_the_model() -> None:
+    """New tokens attend to a cached prefix (2 n c pairs) but recompute none of it."""
+    fit = PrefillFit(0.004, 2e-5, 3e-10)
+    assert fit.seconds([(512, 4096)]) == pytest.approx(
+        0.004 + 2e-5 * 512 + 3e-10 * 512 * (512 + 2 * 4096))
+    measured = replace(profile("llama-3.1-8b", "H100-80GB"), model=calibrated(_calibration()))
+    for prof in (measured, profile("llama-3.1-8b", "H100-80GB")):
+        hit = prof.prefill_seconds(512, cached_tokens=4096)
+        assert prof.prefill_seconds(512) < hit < prof.prefill_seconds(4608)

@@ -11,8 +11,8 @@ from kubeplex.runtime.sim.scheduler import Scheduler, SimRequest
 class Linear:
     """Prefill 10 ms per prompt token; a decode step 100 ms + 10 ms per sequence."""
 
-    def prefill_batch_seconds(self, prompts: Sequence[int]) -> float:
-        return 0.01 * sum(prompts)
+    def batch_prefill_seconds(self, prompts: Sequence[tuple[int, int]]) -> float:
+        return 0.01 * sum(n for n, _ in prompts)
 
     def decode_step_seconds(self, batch_size: int, mean_context_tokens: int) -> float:
         return 0.1 + 0.01 * batch_size
@@ -130,7 +130,7 @@ def test_a_batch_of_prompts_costs_attention_per_prompt() -> None:
     for i in range(256):
         s.add(_req(i, prompt=512, out=2))
     t = _run_lane(s, 0.0)
-    assert abs(t - prof.prefill_batch_seconds([512] * 256)) < 1e-9
+    assert abs(t - prof.batch_prefill_seconds([(512, 0)] * 256)) < 1e-9
     assert t < 0.5 * prof.prefill_seconds(256 * 512)
 
 
