@@ -88,6 +88,7 @@ __all__ = [
     "queue_replicas",
     "rate_limit",
     "replica_capacity",
+    "replicas_at",
     "rising",
     "scale_to_zero",
     "short_window",
@@ -122,6 +123,12 @@ BACKLOG_SLO_FRACTION = 0.5
 #: A backlog should clear within this many SLOs (or warm starts): long enough not to buy a
 #: replica per queued request, short enough that new arrivals soon meet the SLO again.
 BACKLOG_DRAIN_FACTOR = 10.0
+#: Relative change of the speed estimate below which the burst memory's levels are not
+#: rescaled up: the estimate of a steady fleet moves by a few percent between windows (an
+#: EWMA of the prefill-time ratio over >= MIN_TIMED_PREFILLS prefills), and a ceiling taken
+#: on that noise would add a replica to every held level (2 replicas recorded at 1.004x,
+#: recalled at 0.99x, became 3).
+SPEED_NOISE = 0.05
 #: Knative's defaults: max scale-up rate 1000x, max scale-down rate 2x per evaluation.
 KNATIVE_MAX_SCALE_UP_RATE = 1000.0
 KNATIVE_MAX_SCALE_DOWN_RATE = 2.0
@@ -531,6 +538,17 @@ def panic(burst_target: int, credited: int, target: int, state: AutoscalerState,
 
 
 # ---- stage 7: stabilization and rate limits ------------------------------------------------
+def replicas_at(level: float, speed: float) -> int:
+    """Replicas for a burst-memory ``level`` (replicas at the model's speed) at the estimated
+    ``speed``: rescaled, but a fraction of a replica within :data:`SPEED_NOISE` of the whole
+    count below it (the speed estimate's noise) adds no replica."""
+    needed = level / speed
+    whole = math.floor(needed)
+    if whole > 0 and needed <= whole * (1 + SPEED_NOISE):
+        return whole
+    return max(0, math.ceil(needed - 1e-9))
+
+
 def stabilize(recommendations: tuple[tuple[float, int], ...], target: int, now: float,
               delay_s: float) -> tuple[int, tuple[tuple[float, int], ...]]:
     """Scale up at once; scale down only to the highest target of the last ``delay_s``."""
@@ -754,7 +772,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     arrivals = burst_rate * min(now - last, config.panic_window_s) if last is not None else 0.0
     peaks = record(state.peaks, demand * speed, short_demand * speed, max(0.0, arrivals), now,
                    config.burst_memory_s)
-    recurring = math.ceil(held_level(peaks, config.quantile) / speed - 1e-9)
+    recurring = replicas_at(held_level(peaks, config.quantile), speed)
     if recurring > target:
         target = recurring
         deciding = (f"burst memory: bursts needing {recurring} replicas recurred in the last "
@@ -824,8 +842,8 @@ def warm_standbys(peaks: Peaks, desired: int, speed: float, observed: Observed,
         wanted = config.warm_pool
     else:
         standbys = burst_standbys(peaks, desired * speed, config.quantile,
-                                  config.cold_start_s) / speed
-        wanted = max(int(config.prewarm), math.ceil(standbys - 1e-9))
+                                  config.cold_start_s)
+        wanted = max(int(config.prewarm), replicas_at(standbys, speed))
     wanted = min(wanted, max(0, config.max_replicas - desired))
     if observed.free_gpus is not None:  # GPUs for standbys once the scale-up is placed
         current = observed.current

@@ -33,6 +33,7 @@ from kubeplex.autoscaler.policy import (
     panic,
     queue_replicas,
     rate_limit,
+    replicas_at,
     scale_to_zero,
     stabilize,
     warmup_credit,
@@ -436,3 +437,16 @@ def test_the_gateways_held_alert_scales_from_zero_without_a_held_count() -> None
     counted = decide(replace(at_zero, trigger=REQUESTS_HELD_ALERT, held_requests=4), config,
                      AutoscalerState(), 100.0)
     assert "4 requests held" in counted.reason
+
+
+def test_a_held_level_does_not_gain_a_replica_from_speed_noise() -> None:
+    """2 replicas recorded at a speed estimate of 1.004 and recalled at 0.99 stay 2 (the ceiling
+    of 2.03 held 3 on a steady fleet); a real slowdown still rescales, in both directions of
+    size, and nothing recorded holds nothing."""
+    assert replicas_at(2 * 1.004, 0.99) == 2
+    assert replicas_at(40 * 1.004, 0.99) == 40
+    assert replicas_at(2.0, 0.7) == 3
+    assert replicas_at(40.0, 0.7) == 57  # 57.1: the 0.1 is within the estimate's noise
+    assert replicas_at(10.0, 0.7) == 15  # 14.3: 0.3 of 14 is beyond it
+    assert replicas_at(0.95, 1.0) == 1
+    assert replicas_at(0.0, 0.9) == 0
