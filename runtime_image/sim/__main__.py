@@ -13,6 +13,7 @@ from aiohttp import web
 from kubeplex.placement.errors import PlacementError
 from kubeplex.placement.llm import LLMProfile, profile
 from kubeplex.runtime._loop import run
+from kubeplex.runtime.prefix import VLLM_BLOCK_SIZE
 from kubeplex.runtime.sim.device import SharedDevice
 from kubeplex.runtime.sim.engine import SimEngine
 from kubeplex.runtime.sim.metrics import VllmMetrics
@@ -61,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
                         "default: a device of its own)")
     p.add_argument("--enable-sleep-mode", action="store_true",
                    help="serve /sleep, /wake_up and /is_sleeping like vLLM on GPU")
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                   default=True, help="reuse the KV cache of prompt prefixes seen before "
+                                      "(vLLM's automatic prefix caching; on by default)")
+    p.add_argument("--block-size", type=int, default=VLLM_BLOCK_SIZE,
+                   help="tokens per KV-cache block: the prefix cache's unit for text and "
+                        "token-id prompts (default: %(default)s, vLLM's)")
     return p
 
 
@@ -77,12 +84,13 @@ async def _serve(args: argparse.Namespace, prof: LLMProfile, capacity: int,
     metrics = VllmMetrics(name, max_len)
     engine = SimEngine(prof, kv_capacity_tokens=capacity, max_num_seqs=args.max_num_seqs,
                        lanes=prof.pipeline_depth, metrics=metrics, time_scale=args.time_scale,
-                       device=device)
+                       device=device, prefix_caching=args.enable_prefix_caching)
     weights = prof.weight_bytes_per_gpu / 1e9
     wake = (WAKE_FIXED_SECONDS + weights / HOST_TO_DEVICE_GBPS,
             WAKE_FIXED_SECONDS + weights / DISK_GBPS)
     server = SimServer(engine, served_name=name, root=args.model_profile, max_model_len=max_len,
-                       sleep_mode=args.enable_sleep_mode, wake_seconds=wake)
+                       sleep_mode=args.enable_sleep_mode, wake_seconds=wake,
+                       block_size=args.block_size)
     loop_task = asyncio.create_task(engine.run())
     runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
@@ -108,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("--gpu-memory-utilization must be in (0, 1]")
     if args.max_num_seqs < 1:
         return _fail("--max-num-seqs must be >= 1")
+    if args.block_size < 1:
+        return _fail("--block-size must be >= 1")
     try:
         prof = profile(args.model_profile, args.gpu, args.tp, args.pp)
     except PlacementError as exc:

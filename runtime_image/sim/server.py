@@ -14,6 +14,10 @@ Token accounting (there is no real tokenizer):
   chat-format accounting);
 * output tokens: exactly ``max_tokens`` (``max_completion_tokens`` for chat), default
   :data:`DEFAULT_MAX_TOKENS`: the sim never stops early (as with vLLM's ``ignore_eos``).
+
+Prefix caching keys on the prompt's chained block hashes (:mod:`kubeplex.runtime.prefix`):
+cut from the text or token ids (``--block-size`` tokens a block), or given by the request as
+``block_hashes`` (with ``block_size``) when it replays a trace.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubeplex.runtime.prefix import VLLM_BLOCK_SIZE, PromptBlocks, prompt_blocks
 from kubeplex.runtime.sim.engine import EngineAsleepError, SimEngine
 
 __all__ = [
@@ -111,14 +116,17 @@ class _Parsed:
     max_tokens: int
     stream: bool
     include_usage: bool
+    blocks: PromptBlocks
 
 
 class SimServer:
     """The aiohttp application around one :class:`SimEngine`."""
 
     def __init__(self, engine: SimEngine, *, served_name: str, root: str, max_model_len: int,
-                 sleep_mode: bool, wake_seconds: tuple[float, float]) -> None:
+                 sleep_mode: bool, wake_seconds: tuple[float, float],
+                 block_size: int = VLLM_BLOCK_SIZE) -> None:
         self.engine = engine
+        self.block_size = block_size
         self.served_name = served_name
         self.root = root
         self.max_model_len = max_model_len
@@ -201,8 +209,13 @@ class SimServer:
                 f"{prompt_tokens} input tokens, for a total of {prompt_tokens + max_tokens} "
                 f"tokens.", key)
         options = body.get("stream_options") or {}
+        try:
+            blocks = prompt_blocks(body, chat, self.block_size)
+        except ValueError as exc:
+            raise BadRequest(str(exc), "block_hashes") from exc
         return _Parsed(chat, prompt_tokens, max_tokens, bool(body.get("stream", False)),
-                       bool(isinstance(options, Mapping) and options.get("include_usage")))
+                       bool(isinstance(options, Mapping) and options.get("include_usage")),
+                       blocks)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
@@ -227,7 +240,8 @@ class SimServer:
             return _error(503, "the engine is sleeping", "ServiceUnavailableError",
                           headers=headers)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
-        tokens = self.engine.generate(request_id, parsed.prompt_tokens, parsed.max_tokens)
+        tokens = self.engine.generate(request_id, parsed.prompt_tokens, parsed.max_tokens,
+                                      parsed.blocks)
         if parsed.stream:
             return await self._stream(request, parsed, ident, tokens, headers)
         produced = 0

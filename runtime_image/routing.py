@@ -1,0 +1,303 @@
+"""Which replica serves a request: the routing policies (pure code: no I/O, no clock).
+
+The gateway (:mod:`kubeplex.gateway`), the in-pod router's users and the trace replay
+(``kubeplex simulate routing``, :mod:`kubeplex.runtime.sim.replay`) all run this code, so what
+the simulator measures is what the gateway does. A :class:`Router` keeps, per replica, what
+the router itself knows: its requests in flight and the KV tokens they reserve (prompt +
+``max_tokens``), and an index of the prompt blocks it recently sent there.
+
+Policies (``spec.routing`` of a ModelService):
+
+``least-loaded``
+    the replica with the fewest requests in flight (ties: fewest reserved KV tokens).
+``round-robin``
+    replicas in turn.
+``prefix-aware`` (default)
+    prefix affinity balanced against load. Every replica's :class:`PrefixIndex` holds the
+    chained block hashes (:mod:`kubeplex.runtime.prefix`) of the prompts routed there, in LRU
+    order and bounded by the replica's KV capacity, like the engine's own prefix cache (vLLM
+    evicts its free cached blocks LRU). Each replica is given the prompt tokens a new request
+    would wait for there: the prefill still queued there (the uncached prompt tokens of its
+    requests that have no output yet) plus the request's own uncached tokens, ``prompt -
+    cached``, where ``cached`` is the leading run of its blocks the replica's index holds
+    (KV-aware routing as in Dynamo's KV router: both terms in one unit, no weights to tune).
+    A replica is a candidate only while its load stays within a bound of the mean
+    (*consistent hashing with bounded loads*, Mirrokni, Thorup and Zadimoghaddam, SODA 2018):
+    ``in_flight + 1 <= ceil(LOAD_BOUND * (total in flight + 1) / replicas)``. The candidate
+    with the least tokens to wait for wins (then the fewest in flight, then the least KV
+    reserved). So a conversation's next turn, or the next request behind a shared system
+    prompt or document, goes where its prefix is cached, unless the prefill queued there
+    costs more than recomputing the prefix elsewhere; and a hot prefix spills to other
+    replicas once its first replica carries more than its share (they then cache it too),
+    instead of melting it.
+
+In flight through the router is the engine's queue plus its running batch when the router is
+the replica's only client (the gateway is, for the replicas it routes), and the reserved KV
+tokens are the engine's KV usage under the sim's reservation (vLLM allocates as tokens come,
+so it uses less); the router needs no scrape to see either. A replica that is new, or whose
+engine restarted, starts with an empty index: a *cold cache* (see :data:`COLD_CACHE_NOTE`).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from kubeplex.runtime.prefix import PromptBlocks
+
+__all__ = [
+    "COLD_CACHE_NOTE",
+    "DEFAULT_INDEX_TOKENS",
+    "DEFAULT_POLICY",
+    "LOAD_BOUND",
+    "POLICIES",
+    "Cause",
+    "Choice",
+    "Policy",
+    "PrefixIndex",
+    "Request",
+    "Router",
+    "Ticket",
+]
+
+
+class Policy(enum.StrEnum):
+    """A ModelService's ``spec.routing``."""
+
+    PREFIX_AWARE = "prefix-aware"
+    LEAST_LOADED = "least-loaded"
+    ROUND_ROBIN = "round-robin"
+
+
+DEFAULT_POLICY = Policy.PREFIX_AWARE
+POLICIES = tuple(p.value for p in Policy)
+
+#: The load bound of consistent hashing with bounded loads: no replica takes a request that
+#: would put it above this multiple of the mean number in flight. 1.25 is where HAProxy's
+#: ``hash-balance-factor`` guidance (125-150) starts; it keeps every replica within 25% of
+#: its fair share of the requests in flight.
+LOAD_BOUND = 1.25
+#: Index size per replica when its KV capacity is unknown (a replica the cluster gateway
+#: discovered): the KV cache of llama-3.1-8b on one H100-80GB at vLLM's default 0.9 memory
+#: share, ~400k tokens (``kubeplex.placement.llm``). Too small an index forgets prefixes the
+#: engine still holds (fewer hits); too large sends requests for prefixes it has evicted
+#: (recomputed there, still within the load bound).
+DEFAULT_INDEX_TOKENS = 400_000
+#: What the autoscaler should know (a note, not a control input): a replica added by a
+#: scale-up starts with an empty prefix cache, so until its cache warms up it prefills whole
+#: prompts, and the prefix-aware policy sends it only requests with no cached prefix elsewhere
+#: or those the load bound spills. Right after a scale-up the fleet's prefill work per
+#: request rises, and TTFT falls back more slowly than the replica count suggests.
+COLD_CACHE_NOTE = (
+    "a new replica starts with a cold prefix cache: it prefills whole prompts until its cache "
+    "warms up, and prefix-aware routing sends it mostly requests with no cached prefix "
+    "elsewhere, so TTFT recovers more slowly after a scale-up than the added capacity "
+    "suggests")
+
+
+class PrefixIndex:
+    """The block hashes a router recently sent to one replica, LRU, bounded in tokens."""
+
+    def __init__(self, capacity_tokens: int) -> None:
+        self.capacity = capacity_tokens
+        self.tokens = 0
+        self._blocks: OrderedDict[int, int] = OrderedDict()  # hash -> tokens
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def match(self, blocks: PromptBlocks) -> int:
+        """How many leading blocks of ``blocks`` the index holds."""
+        held = self._blocks
+        n = 0
+        for h in blocks.hashes:
+            if h not in held:
+                break
+            n += 1
+        return n
+
+    def add(self, blocks: PromptBlocks) -> None:
+        """The replica is about to cache ``blocks``: most recent, oldest evicted past the
+        capacity. The leading blocks end up most recent (they are shared the most)."""
+        held = self._blocks
+        size = blocks.block_size
+        for h in reversed(blocks.hashes):
+            if h in held:
+                held.move_to_end(h)
+            else:
+                held[h] = size
+                self.tokens += size
+        while self.tokens > self.capacity and held:
+            _, tokens = held.popitem(last=False)
+            self.tokens -= tokens
+
+
+class Cause(enum.Enum):
+    """Why a replica was chosen (typed; :attr:`Choice.reason` says it for people)."""
+
+    ONLY_REPLICA = "only-replica"
+    LEAST_LOADED = "least-loaded"
+    ROUND_ROBIN = "round-robin"
+    PREFIX = "prefix"
+    LESS_QUEUED = "less-queued"
+    NO_PREFIX = "no-prefix"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The replica a request goes to (its index in the candidates), why, and how many of its
+    prompt tokens the router expects cached there."""
+
+    index: int
+    cause: Cause
+    reason: str
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the router needs of a request: its prompt's blocks and token counts."""
+
+    blocks: PromptBlocks
+    prompt_tokens: int
+    max_tokens: int
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV cache the engine reserves for it (prompt + max_tokens)."""
+        return self.prompt_tokens + self.max_tokens
+
+    @property
+    def cacheable_blocks(self) -> int:
+        """Leading blocks a cache hit may cover: vLLM recomputes the last prompt token."""
+        return max(0, self.prompt_tokens - 1) // self.blocks.block_size
+
+
+@dataclass
+class _Replica:
+    index: PrefixIndex
+    in_flight: int = 0
+    reserved: int = 0  # KV tokens (prompt + max_tokens) of the requests in flight
+    prefill: int = 0  # uncached prompt tokens of the requests with no output yet
+
+    def cached(self, request: Request) -> int:
+        """Prompt tokens of ``request`` the index says are cached here."""
+        blocks = min(self.index.match(request.blocks), request.cacheable_blocks)
+        return blocks * request.blocks.block_size
+
+    def wait(self, request: Request, cached: int) -> int:
+        """Prompt tokens the request would wait for here: the queued prefill, then its own."""
+        return self.prefill + request.prompt_tokens - cached
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request in flight, as the router accounts for it (:meth:`Router.sent`)."""
+
+    key: Hashable
+    kv_tokens: int
+    prefill_tokens: int
+    started: bool = False
+
+
+class Router:
+    """One route's policy and what it knows of each replica (see the module doc).
+
+    Replicas are named by any hashable key (the gateway's replica objects, the replay's
+    numbers). :meth:`choose` picks among the given candidates; the caller then reports
+    :meth:`sent` (whichever replica it sent the request to), :meth:`started` when the first
+    output arrives, and :meth:`done` when the request is over.
+    """
+
+    def __init__(self, policy: Policy | str = DEFAULT_POLICY, *,
+                 load_bound: float = LOAD_BOUND) -> None:
+        self.policy = Policy(policy)
+        self.load_bound = load_bound
+        self._replicas: dict[Hashable, _Replica] = {}
+        self._turn = 0
+
+    # ---- replicas ----------------------------------------------------------------------
+    def add(self, key: Hashable, capacity_tokens: int | None = None) -> None:
+        """A replica to route to, with an empty (cold) index of ``capacity_tokens``."""
+        self._replicas[key] = _Replica(PrefixIndex(capacity_tokens or DEFAULT_INDEX_TOKENS))
+
+    def remove(self, key: Hashable) -> None:
+        self._replicas.pop(key, None)
+
+    def _state(self, key: Hashable) -> _Replica:
+        state = self._replicas.get(key)
+        if state is None:
+            state = self._replicas[key] = _Replica(PrefixIndex(DEFAULT_INDEX_TOKENS))
+        return state
+
+    def in_flight(self, key: Hashable) -> int:
+        return self._state(key).in_flight
+
+    def index(self, key: Hashable) -> PrefixIndex:
+        return self._state(key).index
+
+    # ---- the decision --------------------------------------------------------------------
+    def choose(self, candidates: Sequence[Hashable], request: Request) -> Choice:
+        """The candidate to send ``request`` to (``candidates`` must not be empty)."""
+        if not candidates:
+            raise ValueError("no replica to choose from")
+        if len(candidates) == 1:
+            return Choice(0, Cause.ONLY_REPLICA, "the only ready replica")
+        states = [self._state(k) for k in candidates]
+        if self.policy is Policy.ROUND_ROBIN:
+            self._turn = (self._turn + 1) % len(candidates)
+            return Choice(self._turn, Cause.ROUND_ROBIN, "next in turn")
+        least = min(range(len(states)), key=lambda i: (states[i].in_flight, states[i].reserved))
+        if self.policy is Policy.LEAST_LOADED:
+            return Choice(least, Cause.LEAST_LOADED,
+                          f"fewest requests in flight ({states[least].in_flight})")
+        return self._prefix_aware(states, request, least)
+
+    def _prefix_aware(self, states: list[_Replica], request: Request, least: int) -> Choice:
+        cached = [s.cached(request) for s in states]
+        cap = math.ceil(self.load_bound * (sum(s.in_flight for s in states) + 1) / len(states))
+        allowed = [i for i, s in enumerate(states) if s.in_flight + 1 <= cap] or [least]
+        pick = min(allowed, key=lambda i: (states[i].wait(request, cached[i]),
+                                           states[i].in_flight, states[i].reserved))
+        most = max(cached)
+        here = cached[pick]
+        if most == 0:
+            return Choice(pick, Cause.NO_PREFIX, "no replica holds a prefix of it: the least "
+                          f"prefill to wait for ({states[pick].wait(request, 0)} tokens)")
+        if here == most:
+            return Choice(pick, Cause.PREFIX, f"{here} of its {request.prompt_tokens} prompt "
+                                              "tokens cached there", here)
+        return Choice(pick, Cause.LESS_QUEUED,
+                      f"a replica caching {most} of its tokens has more prefill queued or is "
+                      f"above {self.load_bound:g}x the mean load; {here} cached here", here)
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+    def sent(self, key: Hashable, request: Request) -> Ticket:
+        """``request`` went to ``key``: it is in flight there with its uncached prompt to
+        prefill, and (prefix-aware) its blocks will be cached there."""
+        state = self._state(key)
+        ticket = Ticket(key, request.kv_tokens, request.prompt_tokens - state.cached(request))
+        state.in_flight += 1
+        state.reserved += ticket.kv_tokens
+        state.prefill += ticket.prefill_tokens
+        if self.policy is Policy.PREFIX_AWARE and request.blocks.hashes:
+            state.index.add(request.blocks)
+        return ticket
+
+    def started(self, ticket: Ticket) -> None:
+        """The request's first output arrived: its prefill is over."""
+        state = self._replicas.get(ticket.key)
+        if not ticket.started and state is not None:
+            state.prefill -= ticket.prefill_tokens
+        ticket.started = True
+
+    def done(self, ticket: Ticket) -> None:
+        """A request is over (answered, failed or cut)."""
+        self.started(ticket)
+        state = self._replicas.get(ticket.key)
+        if state is not None:
+            state.in_flight -= 1
+            state.reserved -= ticket.kv_tokens
