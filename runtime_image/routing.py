@@ -21,6 +21,10 @@ Policies (``spec.routing`` of a ModelService):
     requests that have no output yet) plus the request's own uncached tokens, ``prompt -
     cached``, where ``cached`` is the leading run of its blocks the replica's index holds
     (KV-aware routing as in Dynamo's KV router: both terms in one unit, no weights to tune).
+    The queued prefill drains while the router waits for first outputs: it is counted down at
+    the prefill rate the router measures (prompt tokens per second between a replica's first
+    outputs, averaged over about the last :data:`RATE_MEMORY` of them), so a replica half way
+    through a long prompt is seen half way.
     A replica is a candidate only while its load stays within a bound of the mean
     (*consistent hashing with bounded loads*, Mirrokni, Thorup and Zadimoghaddam, SODA 2018):
     ``in_flight + 1 <= ceil(LOAD_BOUND * (total in flight + 1) / replicas)``. The candidate
@@ -54,6 +58,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "LOAD_BOUND",
     "POLICIES",
+    "RATE_MEMORY",
     "Cause",
     "Choice",
     "Policy",
@@ -80,6 +85,10 @@ POLICIES = tuple(p.value for p in Policy)
 #: ``hash-balance-factor`` guidance (125-150) starts; it keeps every replica within 25% of
 #: its fair share of the requests in flight.
 LOAD_BOUND = 1.25
+#: How many recent prefills the measured prefill rate averages over (an exponential moving
+#: average with weight ``1 / RATE_MEMORY``): enough to smooth one odd batch, few enough to
+#: follow a change of load within a minute at a few requests per second.
+RATE_MEMORY = 20
 #: Index size per replica when its KV capacity is unknown (a replica the cluster gateway
 #: discovered): the KV cache of llama-3.1-8b on one H100-80GB at vLLM's default 0.9 memory
 #: share, ~400k tokens (``kubeplex.placement.llm``). Too small an index forgets prefixes the
@@ -182,15 +191,18 @@ class _Replica:
     in_flight: int = 0
     reserved: int = 0  # KV tokens (prompt + max_tokens) of the requests in flight
     prefill: int = 0  # uncached prompt tokens of the requests with no output yet
+    since: float = 0.0  # when its prefill last made known progress (or started)
 
     def cached(self, request: Request) -> int:
         """Prompt tokens of ``request`` the index says are cached here."""
         blocks = min(self.index.match(request.blocks), request.cacheable_blocks)
         return blocks * request.blocks.block_size
 
-    def wait(self, request: Request, cached: int) -> int:
-        """Prompt tokens the request would wait for here: the queued prefill, then its own."""
-        return self.prefill + request.prompt_tokens - cached
+    def queued(self, rate: float | None, now: float) -> float:
+        """Prefill still queued here, counted down at ``rate`` tokens/s since ``since``."""
+        if rate is None or self.prefill <= 0:
+            return float(self.prefill)
+        return max(0.0, self.prefill - rate * max(0.0, now - self.since))
 
 
 @dataclass(eq=False)
@@ -218,6 +230,8 @@ class Router:
         self.load_bound = load_bound
         self._replicas: dict[Hashable, _Replica] = {}
         self._turn = 0
+        #: The measured prefill rate (prompt tokens/s; None until a first output is seen).
+        self.prefill_rate: float | None = None
 
     # ---- replicas ----------------------------------------------------------------------
     def add(self, key: Hashable, capacity_tokens: int | None = None) -> None:
@@ -240,8 +254,9 @@ class Router:
         return self._state(key).index
 
     # ---- the decision --------------------------------------------------------------------
-    def choose(self, candidates: Sequence[Hashable], request: Request) -> Choice:
-        """The candidate to send ``request`` to (``candidates`` must not be empty)."""
+    def choose(self, candidates: Sequence[Hashable], request: Request, now: float) -> Choice:
+        """The candidate to send ``request`` to at ``now`` (seconds, any monotonic clock);
+        ``candidates`` must not be empty."""
         if not candidates:
             raise ValueError("no replica to choose from")
         if len(candidates) == 1:
@@ -254,19 +269,21 @@ class Router:
         if self.policy is Policy.LEAST_LOADED:
             return Choice(least, Cause.LEAST_LOADED,
                           f"fewest requests in flight ({states[least].in_flight})")
-        return self._prefix_aware(states, request, least)
+        return self._prefix_aware(states, request, least, now)
 
-    def _prefix_aware(self, states: list[_Replica], request: Request, least: int) -> Choice:
+    def _prefix_aware(self, states: list[_Replica], request: Request, least: int,
+                      now: float) -> Choice:
         cached = [s.cached(request) for s in states]
+        wait = [s.queued(self.prefill_rate, now) + request.prompt_tokens - c
+                for s, c in zip(states, cached, strict=True)]
         cap = math.ceil(self.load_bound * (sum(s.in_flight for s in states) + 1) / len(states))
         allowed = [i for i, s in enumerate(states) if s.in_flight + 1 <= cap] or [least]
-        pick = min(allowed, key=lambda i: (states[i].wait(request, cached[i]),
-                                           states[i].in_flight, states[i].reserved))
+        pick = min(allowed, key=lambda i: (wait[i], states[i].in_flight, states[i].reserved))
         most = max(cached)
         here = cached[pick]
         if most == 0:
             return Choice(pick, Cause.NO_PREFIX, "no replica holds a prefix of it: the least "
-                          f"prefill to wait for ({states[pick].wait(request, 0)} tokens)")
+                          f"prefill to wait for ({wait[pick]:.0f} tokens)")
         if here == most:
             return Choice(pick, Cause.PREFIX, f"{here} of its {request.prompt_tokens} prompt "
                                               "tokens cached there", here)
@@ -275,11 +292,13 @@ class Router:
                       f"above {self.load_bound:g}x the mean load; {here} cached here", here)
 
     # ---- bookkeeping -----------------------------------------------------------------------
-    def sent(self, key: Hashable, request: Request) -> Ticket:
-        """``request`` went to ``key``: it is in flight there with its uncached prompt to
-        prefill, and (prefix-aware) its blocks will be cached there."""
+    def sent(self, key: Hashable, request: Request, now: float) -> Ticket:
+        """``request`` went to ``key`` at ``now``: it is in flight there with its uncached
+        prompt to prefill, and (prefix-aware) its blocks will be cached there."""
         state = self._state(key)
         ticket = Ticket(key, request.kv_tokens, request.prompt_tokens - state.cached(request))
+        if state.prefill <= 0:
+            state.since = now  # an idle replica starts on it now
         state.in_flight += 1
         state.reserved += ticket.kv_tokens
         state.prefill += ticket.prefill_tokens
@@ -287,16 +306,23 @@ class Router:
             state.index.add(request.blocks)
         return ticket
 
-    def started(self, ticket: Ticket) -> None:
-        """The request's first output arrived: its prefill is over."""
+    def started(self, ticket: Ticket, now: float) -> None:
+        """The request's first output arrived at ``now``: its prefill is over, and the time
+        since the replica's last known progress measures the prefill rate."""
         state = self._replicas.get(ticket.key)
         if not ticket.started and state is not None:
             state.prefill -= ticket.prefill_tokens
+            if now > state.since and ticket.prefill_tokens > 0:
+                sample = ticket.prefill_tokens / (now - state.since)
+                rate = self.prefill_rate
+                self.prefill_rate = sample if rate is None else \
+                    rate + (sample - rate) / RATE_MEMORY
+            state.since = now
         ticket.started = True
 
-    def done(self, ticket: Ticket) -> None:
-        """A request is over (answered, failed or cut)."""
-        self.started(ticket)
+    def done(self, ticket: Ticket, now: float) -> None:
+        """A request is over (answered, failed or cut) at ``now``."""
+        self.started(ticket, now)
         state = self._replicas.get(ticket.key)
         if state is not None:
             state.in_flight -= 1

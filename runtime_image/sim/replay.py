@@ -144,12 +144,12 @@ def replay(requests: Sequence[TraceRequest], latency: LatencyModel, *, replicas:
             fleet.busy[i].discard(result.lane)
             for r in result.prefilled:
                 k, ticket = served[r]
-                router.started(ticket)
+                router.started(ticket, now)
                 ttft[k] = now - r.arrival
                 totals["hit_blocks"] += r.cached_tokens // r.blocks.block_size
                 totals["cached_tokens"] += r.cached_tokens
             for r in result.finished:
-                router.done(served[r][1])
+                router.done(served[r][1], now)
                 totals["generated"] += r.generated
                 del served[r]
             fleet.start_free_lanes(i, now)
@@ -164,10 +164,10 @@ def replay(requests: Sequence[TraceRequest], latency: LatencyModel, *, replicas:
         if shape.kv_tokens > min(max_model_len, kv_capacity_tokens):
             rejected += 1
             continue
-        choice = router.choose(range(replicas), shape)
+        choice = router.choose(range(replicas), shape, now)
         causes[choice.cause.value] += 1
         i = choice.index
-        ticket = router.sent(i, shape)
+        ticket = router.sent(i, shape, now)
         sim = SimRequest(str(pending), req.prompt_tokens, req.output_tokens, arrival=now,
                          blocks=req.blocks)
         served[sim] = (len(ttft), ticket)
