@@ -31,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "DEFAULT_MAX_TOKENS",
     "NO_BLOCKS",
     "VLLM_BLOCK_SIZE",
     "PromptBlocks",
@@ -41,9 +42,11 @@ __all__ = [
 
 #: vLLM's default KV-cache block size in tokens (``CacheConfig.DEFAULT_BLOCK_SIZE``, 0.32).
 VLLM_BLOCK_SIZE = 16
-#: Characters per token of text prompts: OpenAI's rule of thumb, the sim's token accounting
-#: (``kubeplex.runtime.sim.server.CHARS_PER_TOKEN``).
+#: OpenAI's rule of thumb: one token is about four characters of English text (the sim's
+#: token accounting, and the router's estimate of a text prompt's tokens).
 CHARS_PER_TOKEN = 4
+#: OpenAI's documented default max_tokens for completions (the sim uses it for chat too).
+DEFAULT_MAX_TOKENS = 16
 #: Bytes of one block hash (a 64-bit digest: collisions are negligible below ~10^9 blocks).
 HASH_BYTES = 8
 _ROOT = bytes(HASH_BYTES)

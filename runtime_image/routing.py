@@ -47,10 +47,19 @@ from __future__ import annotations
 import enum
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from kubeplex.runtime.prefix import PromptBlocks
+from kubeplex.runtime.prefix import (
+    CHARS_PER_TOKEN,
+    DEFAULT_MAX_TOKENS,
+    NO_BLOCKS,
+    VLLM_BLOCK_SIZE,
+    PromptBlocks,
+    prompt_blocks,
+    text_of,
+)
 
 __all__ = [
     "COLD_CACHE_NOTE",
@@ -59,6 +68,7 @@ __all__ = [
     "LOAD_BOUND",
     "POLICIES",
     "RATE_MEMORY",
+    "UNKNOWN_REQUEST",
     "Cause",
     "Choice",
     "Policy",
@@ -66,6 +76,7 @@ __all__ = [
     "Request",
     "Router",
     "Ticket",
+    "request_of",
 ]
 
 
@@ -183,6 +194,10 @@ class Request:
     def cacheable_blocks(self) -> int:
         """Leading blocks a cache hit may cover: vLLM recomputes the last prompt token."""
         return max(0, self.prompt_tokens - 1) // self.blocks.block_size
+
+
+#: A request the router knows nothing of (no prefix, one prompt token).
+UNKNOWN_REQUEST = Request(NO_BLOCKS, 1, DEFAULT_MAX_TOKENS)
 
 
 @dataclass
@@ -327,3 +342,33 @@ class Router:
         if state is not None:
             state.in_flight -= 1
             state.reserved -= ticket.kv_tokens
+
+
+def request_of(body: Mapping[str, Any], chat: bool,
+               block_size: int = VLLM_BLOCK_SIZE) -> Request:
+    """What the router needs of an OpenAI request body (never raises: a malformed body is
+    routed as one with no prefix, and the engine answers it with its own error).
+
+    Prompt tokens: the body's ``prompt_tokens`` (the sim's extension), else the length of a
+    token-id prompt, else the text's characters / :data:`CHARS_PER_TOKEN`; output tokens:
+    ``max_tokens`` (``max_completion_tokens`` for chat), else :data:`DEFAULT_MAX_TOKENS`.
+    """
+    try:
+        blocks = prompt_blocks(body, chat, block_size)
+    except ValueError:
+        blocks = NO_BLOCKS
+    hint = body.get("prompt_tokens")
+    prompt = body.get("prompt")
+    if isinstance(hint, int) and not isinstance(hint, bool) and hint > 0:
+        tokens = hint
+    elif not chat and isinstance(prompt, list):
+        tokens = len(prompt)
+    else:
+        text = text_of(body, chat) or ""
+        tokens = -(-len(text) // CHARS_PER_TOKEN)
+    tokens = max(tokens, blocks.tokens, 1)
+    key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+    out = body.get(key)
+    if isinstance(out, bool) or not isinstance(out, int) or out < 1:
+        out = DEFAULT_MAX_TOKENS
+    return Request(blocks, tokens, out)

@@ -103,6 +103,7 @@ class Parallelism:
 class ModelServiceSpec:
     model: ModelSource
     engine: str
+    routing: str
     pool: str
     slo: SLO
     scaling: Scaling

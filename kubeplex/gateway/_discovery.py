@@ -35,6 +35,7 @@ from typing import Any
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
 from kubeplex.gateway._gateway import Route
 from kubeplex.operator._runtime_client import CONTROL_URL_ANNOTATION, ROUTER_URL_ANNOTATION
+from kubeplex.runtime.routing import DEFAULT_POLICY, POLICIES
 
 __all__ = [
     "NAMESPACE_HEADER",
@@ -74,6 +75,7 @@ class ModelEntry:
     created: str  # creationTimestamp (RFC 3339 sorts by time)
     replicas: int
     ready: int
+    routing: str = DEFAULT_POLICY.value  # spec.routing
 
     @property
     def key(self) -> str:
@@ -81,7 +83,7 @@ class ModelEntry:
 
     @property
     def route(self) -> Route:
-        return Route(self.served, self.namespace, self.name)
+        return Route(self.served, self.namespace, self.name, self.routing)
 
 
 @dataclass(frozen=True)
@@ -116,12 +118,15 @@ def parse_modelservice(obj: Mapping[str, Any]) -> ModelEntry | None:
     meta = obj.get("metadata") or {}
     if meta.get("deletionTimestamp") or not meta.get("name"):
         return None
-    model = (obj.get("spec") or {}).get("model") or {}
+    spec = obj.get("spec") or {}
+    model = spec.get("model") or {}
     status = obj.get("status") or {}
+    routing = spec.get("routing")  # the CRD's enum; anything else (an old object): the default
     return ModelEntry(str(meta.get("namespace") or "default"), str(meta["name"]),
                       str(model.get("servedName") or meta["name"]),
                       str(meta.get("creationTimestamp") or ""),
-                      _int(status.get("replicas")), _int(status.get("readyReplicas")))
+                      _int(status.get("replicas")), _int(status.get("readyReplicas")),
+                      routing if routing in POLICIES else DEFAULT_POLICY.value)
 
 
 def _host(address: str) -> str:

@@ -4,8 +4,12 @@ It is the runtime's router (:class:`kubeplex.runtime.app.Runtime`: the same forw
 streaming pass-through, request ids, error bodies and ``kubeplex_router_*`` metrics), with
 replicas instead of engines as upstreams:
 
-* a request goes to the ready replica of its model with the fewest requests in flight through
-  the gateway (the least queued work);
+* a request goes to a ready replica of its model chosen by the route's policy
+  (:mod:`kubeplex.runtime.routing`, the ModelService's ``spec.routing``): by default
+  ``prefix-aware`` (where its prompt prefix is cached, balanced against the prefill queued
+  there and bounded to 1.25x the mean load), else ``least-loaded`` (fewest requests in flight
+  through the gateway) or ``round-robin``; the policy sees what the gateway sent where, and
+  when each stream's first byte came back;
 * a model with no ready replica *holds* the request: at most ``hold_limit`` per model, each
   at most ``hold_timeout`` seconds, then ``503`` with ``Retry-After``; the first held request
   calls ``on_hold`` so the autoscaler scales from zero at once, and held requests are
@@ -50,6 +54,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import RuntimeConfig
 from kubeplex.runtime.proxy import Target
+from kubeplex.runtime.routing import (
+    DEFAULT_POLICY,
+    UNKNOWN_REQUEST,
+    Request,
+    Router,
+    request_of,
+)
 from kubeplex.runtime.upstream import Upstream
 
 __all__ = ["METRIC_LABELS", "Gateway", "Replica", "Route"]
@@ -65,12 +76,13 @@ class Route:
     model: str  # the served name (the request's "model")
     namespace: str
     modelservice: str
+    routing: str = DEFAULT_POLICY.value  # the ModelService's spec.routing
 
     @classmethod
-    def of_key(cls, model: str, key: str) -> Route:
+    def of_key(cls, model: str, key: str, routing: str = DEFAULT_POLICY.value) -> Route:
         """From a ModelService key ``namespace/name`` (``name`` alone: namespace default)."""
         namespace, _, name = key.rpartition("/")
-        return cls(model, namespace or "default", name)
+        return cls(model, namespace or "default", name, routing)
 
     @property
     def labels(self) -> tuple[str, str, str]:
@@ -80,13 +92,16 @@ class Route:
 class Replica(Upstream):
     """One replica of one model behind the gateway, the router's upstream for that model.
 
-    ``route``: the gateway route it serves (default: the served name, as in local mode)."""
+    ``route``: the gateway route it serves (default: the served name, as in local mode);
+    ``cache_tokens``: its engine's KV capacity, the size of its prefix index (None: unknown)."""
 
-    def __init__(self, model: str, group: str, base_url: str, route: str | None = None) -> None:
+    def __init__(self, model: str, group: str, base_url: str, route: str | None = None,
+                 cache_tokens: int | None = None) -> None:
         super().__init__(base_url)
         self.name = model
         self.group = group
         self.route = route or model
+        self.cache_tokens = cache_tokens
 
     def retry_after(self, now: float) -> int:
         return 1
@@ -109,6 +124,8 @@ class Gateway(Runtime):
         self.on_hold = on_hold
         self.status_source = status_source
         self.replicas: dict[str, list[Replica]] = {}
+        #: route -> its routing policy and what it knows of the route's replicas.
+        self.routers: dict[str, Router] = {}
         self.held: dict[str, int] = {}
         #: route -> wall-clock time (s) its current hold episode began (while requests wait).
         self.hold_since: dict[str, float] = {}
@@ -139,6 +156,7 @@ class Gateway(Runtime):
         for name in [r for r in self.routes if r not in routes]:
             self._forget_series(self.routes.pop(name))
             self.replicas.pop(name, None)
+            self.routers.pop(name, None)
             self._notify(name)  # wake its held requests: they find the route gone
         for name, route in routes.items():
             old = self.routes.get(name)
@@ -148,6 +166,10 @@ class Gateway(Runtime):
                 self._forget_series(old)
             self.routes[name] = route
             replicas = self.replicas.setdefault(name, [])
+            if old is None or old.routing != route.routing:
+                self.routers[name] = router = Router(route.routing)
+                for replica in replicas:
+                    router.add(replica, replica.cache_tokens)
             self.held.setdefault(name, 0)
             self._notify(name)
             self.arrivals.labels(*route.labels)
@@ -164,6 +186,7 @@ class Gateway(Runtime):
         """Route ``replica.route``'s requests to ``replica`` too (and release held ones)."""
         name = replica.route
         self.replicas[name].append(replica)
+        self.routers[name].add(replica, replica.cache_tokens)
         self.replica_gauge.labels(*self.routes[name].labels).set(len(self.replicas[name]))
         self._notify(name)
 
@@ -172,6 +195,8 @@ class Gateway(Runtime):
         replicas = self.replicas.get(route, [])
         kept = [r for r in replicas if r.group != group]
         gone = next((r for r in replicas if r.group == group), None)
+        if gone is not None and route in self.routers:
+            self.routers[route].remove(gone)
         if route in self.routes:
             self.replicas[route] = kept
             self.replica_gauge.labels(*self.routes[route].labels).set(len(kept))
@@ -195,13 +220,16 @@ class Gateway(Runtime):
         if route in self.routes:
             self._changed[route] = asyncio.Event()
 
-    def _pick(self, route: str, exclude: object = None) -> Replica | None:
-        """The ready replica of ``route`` with the fewest requests in flight (not
-        ``exclude``: the replica that just refused the request)."""
+    def _pick(self, route: str, exclude: object = None,
+              request: Request = UNKNOWN_REQUEST) -> Replica | None:
+        """The ready replica of ``route`` the route's policy picks for ``request`` (not
+        ``exclude``: the replica that just refused it)."""
         replicas = self.replicas.get(route) or []
         if exclude is not None:
             replicas = [r for r in replicas if r is not exclude]
-        return min(replicas, key=lambda r: r.in_flight) if replicas else None
+        if not replicas:
+            return None
+        return replicas[self.routers[route].choose(replicas, request, time.monotonic()).index]
 
     def ready(self) -> tuple[bool, str]:
         if self.draining:
@@ -244,7 +272,8 @@ class Gateway(Runtime):
         arrived = time.monotonic()
         body = await request.read()
         try:
-            model = json.loads(body).get("model")
+            parsed = json.loads(body)
+            model = parsed.get("model")
         except (ValueError, AttributeError):
             self.metrics.requests.labels("", "400").inc()
             body_error = {"error": {"message": "the body must be a JSON object with a 'model' "
@@ -260,34 +289,50 @@ class Gateway(Runtime):
         if self.draining:
             self.metrics.requests.labels(model, "503").inc()
             return self._unavailable("kubeplex is shutting down", 1, request_id)
-        replica = self._pick(route)
+        shape = request_of(parsed, chat=request.path.endswith("/chat/completions"))
+        replica = self._pick(route, request=shape)
         if replica is None:
-            replica, refusal = await self._hold(route, arrived, request_id)
+            replica, refusal = await self._hold(route, arrived, request_id, request=shape)
             if replica is None:
                 self.metrics.requests.labels(model, "503").inc()
                 return refusal
+        router = self.routers[route]
+        tickets = [router.sent(replica, shape, time.monotonic())]
 
         async def elsewhere(refused: Target) -> Target | None:
-            return await self._retry(route, refused, arrived, request_id)
+            router.done(tickets.pop(), time.monotonic())
+            other = await self._retry(route, refused, arrived, request_id, shape)
+            if other is not None:
+                tickets.append(router.sent(other, shape, time.monotonic()))
+            return other
 
-        return await self.proxy.forward(request, replica, body, request_id, arrived,
-                                        fallback=elsewhere)
+        def first_byte() -> None:
+            router.started(tickets[-1], time.monotonic())
+
+        try:
+            return await self.proxy.forward(request, replica, body, request_id, arrived,
+                                            fallback=elsewhere, first_byte=first_byte)
+        finally:
+            for ticket in tickets:
+                router.done(ticket, time.monotonic())
 
     async def _retry(self, route: str, refused: Target, arrived: float,
-                     request_id: str) -> Replica | None:
+                     request_id: str, request: Request) -> Replica | None:
         """Where a request ``refused`` before answering goes instead: another ready replica,
         else held until one is ready (None: nowhere; the refusal goes to the client)."""
         if self.draining or route not in self.routes:
             return None
-        replica = self._pick(route, exclude=refused)
+        replica = self._pick(route, exclude=refused, request=request)
         if replica is None:
-            replica, _ = await self._hold(route, arrived, request_id, exclude=refused)
+            replica, _ = await self._hold(route, arrived, request_id, exclude=refused,
+                                          request=request)
         if replica is not None and route in self.routes:
             self.retries.labels(*self.routes[route].labels).inc()
         return replica
 
-    async def _hold(self, route: str, arrived: float, request_id: str,
-                    exclude: object = None) -> tuple[Replica | None, web.Response]:
+    async def _hold(self, route: str, arrived: float, request_id: str, exclude: object = None,
+                    request: Request = UNKNOWN_REQUEST
+                    ) -> tuple[Replica | None, web.Response]:
         """Wait for a ready replica of ``route`` other than ``exclude`` (bounded count and
         time)."""
         wait = self.expected_start(route)
@@ -305,7 +350,7 @@ class Gateway(Runtime):
                 if route not in self.routes:
                     return None, self._unavailable(
                         f"model {model} was removed while the request waited", wait, request_id)
-                replica = self._pick(route, exclude)
+                replica = self._pick(route, exclude, request)
                 if replica is not None:
                     return replica, web.Response()
                 try:

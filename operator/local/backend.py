@@ -52,7 +52,7 @@ from kubeplex.autoscaler.errors import MetricsSourceError
 from kubeplex.autoscaler.policy import AutoscalerConfig, AutoscalerState, Decision, Observed, decide
 from kubeplex.autoscaler.signals import Scrape, Signals
 from kubeplex.autoscaler.sources import merge, parse_metrics_text
-from kubeplex.gateway import Gateway, Replica
+from kubeplex.gateway import Gateway, Replica, Route
 from kubeplex.operator.local.errors import LocalModeError, ProcessError, SettingsError
 from kubeplex.operator.local.group import GroupProcess
 from kubeplex.operator.local.settings import LocalSettings, load_settings
@@ -129,6 +129,14 @@ class ModelRun:
     def served(self) -> str:
         """The name clients use (``spec.model.servedName``, else the ModelService name)."""
         return self.svc.served_name
+
+    def replica(self, group: GroupProcess) -> Replica:
+        """The gateway's replica of this model in ``group``; a sim engine's KV capacity
+        sizes its prefix index (vllm on CPU: the gateway's default)."""
+        profile = self.config.profile
+        cache = profile.kv_capacity_tokens(self.template.memory_share) \
+            if self.engine == "sim" and profile is not None else None
+        return Replica(self.served, group.id, group.url, cache_tokens=cache)
 
     def group_config(self, warm: bool, settings: LocalSettings) -> dict[str, Any]:
         return group_config([self], warm, settings)
@@ -234,6 +242,8 @@ class LocalMode:
             hold_timeout=settings.hold_timeout_seconds, hold_limit=settings.hold_queue_limit,
             retry_after=self._expected_start, on_hold=self._held,
             status_source=self.status)
+        self.gateway.set_routes({r.served: Route.of_key(r.served, r.key, r.svc.spec.routing)
+                                 for r in runs.values()})
         self.by_served = {r.served: r for r in runs.values()}
 
     # ---- preparation (no side effects) ---------------------------------------------------
@@ -515,7 +525,7 @@ class LocalMode:
             return  # unloaded or drained meanwhile
         run.failures = 0
         run.cold_seconds.append(time.monotonic() - started)
-        self.gateway.add(Replica(run.served, group.id, group.url))
+        self.gateway.add(run.replica(group))
         sharing = ", ".join(self.runs[m].served for m in group.models)
         self._event(f"{group.id} serves {run.served} too ({sharing} share it), loaded in "
                     f"{time.monotonic() - started:.1f} s")
@@ -589,7 +599,7 @@ class LocalMode:
 
     def _route(self, group: GroupProcess, run: ModelRun, now: float) -> None:
         group.set_phase(GroupPhase.READY, now)
-        self.gateway.add(Replica(run.served, group.id, group.url))
+        self.gateway.add(run.replica(group))
 
     async def _fail(self, group: GroupProcess, run: ModelRun, exc: Exception) -> None:
         run.failures += 1

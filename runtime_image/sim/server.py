@@ -35,7 +35,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kubeplex.runtime.prefix import VLLM_BLOCK_SIZE, PromptBlocks, prompt_blocks
+from kubeplex.runtime.prefix import (
+    CHARS_PER_TOKEN,
+    DEFAULT_MAX_TOKENS,
+    VLLM_BLOCK_SIZE,
+    PromptBlocks,
+    prompt_blocks,
+)
 from kubeplex.runtime.sim.engine import EngineAsleepError, SimEngine
 
 __all__ = [
@@ -47,14 +53,10 @@ __all__ = [
     "count_prompt_tokens",
 ]
 
-#: OpenAI's rule of thumb: one token is about four characters of English text.
-CHARS_PER_TOKEN = 4
 #: OpenAI's chat accounting: each message costs its role/separator tokens ...
 CHAT_TOKENS_PER_MESSAGE = 4
 #: ... and every reply is primed with the assistant header.
 CHAT_REPLY_PRIMING = 2
-#: OpenAI's documented default max_tokens for completions (the sim uses it for chat too).
-DEFAULT_MAX_TOKENS = 16
 #: Words the sim "generates", one per output token.
 WORDS = ("the", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
 SIM_VERSION = "0.32.0+kubeplex-sim"
