@@ -24,12 +24,12 @@ Policies (``spec.routing`` of a ModelService):
     The queued prefill drains while the router waits for first outputs: it is counted down at
     the prefill rate the router measures (prompt tokens per second between a replica's first
     outputs, averaged over about the last :data:`RATE_MEMORY` of them), so a replica half way
-    through a long prompt is seen half way.
-    A replica is a candidate only while its load stays within a bound of the mean
-    (*consistent hashing with bounded loads*, Mirrokni, Thorup and Zadimoghaddam, SODA 2018):
-    ``in_flight + 1 <= ceil(LOAD_BOUND * (total in flight + 1) / replicas)``. The candidate
-    with the least tokens to wait for wins (then the fewest in flight, then the least KV
-    reserved). So a conversation's next turn, or the next request behind a shared system
+    through a long prompt is seen half way. A replica is a candidate only while its load
+    stays within a bound of the mean (*consistent hashing with bounded loads*, Mirrokni,
+    Thorup and Zadimoghaddam, SODA 2018):
+    ``in_flight + 1 <= ceil(LOAD_BOUND * (total in flight + 1) / replicas) + LOAD_SLACK``.
+    The candidate with the least tokens to wait for wins (then the fewest in flight, then the
+    least KV reserved). So a conversation's next turn, or the next request behind a shared system
     prompt or document, goes where its prefix is cached, unless the prefill queued there
     costs more than recomputing the prefix elsewhere; and a hot prefix spills to other
     replicas once its first replica carries more than its share (they then cache it too),
@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_INDEX_TOKENS",
     "DEFAULT_POLICY",
     "LOAD_BOUND",
+    "LOAD_SLACK",
     "POLICIES",
     "RATE_MEMORY",
     "UNKNOWN_REQUEST",
@@ -96,6 +97,10 @@ POLICIES = tuple(p.value for p in Policy)
 #: ``hash-balance-factor`` guidance (125-150) starts; it keeps every replica within 25% of
 #: its fair share of the requests in flight.
 LOAD_BOUND = 1.25
+#: Requests in flight a replica may take beyond the bound: at low load the bound alone (a
+#: mean below one) would send a conversation's next turn away from its cache whenever its
+#: replica is still busy with anything, even with every other replica idle.
+LOAD_SLACK = 1
 #: How many recent prefills the measured prefill rate averages over (an exponential moving
 #: average with weight ``1 / RATE_MEMORY``): enough to smooth one odd batch, few enough to
 #: follow a change of load within a minute at a few requests per second.
@@ -228,6 +233,7 @@ class Ticket:
     kv_tokens: int
     prefill_tokens: int
     started: bool = False
+    finished: bool = False
 
 
 class Router:
@@ -291,7 +297,8 @@ class Router:
         cached = [s.cached(request) for s in states]
         wait = [s.queued(self.prefill_rate, now) + request.prompt_tokens - c
                 for s, c in zip(states, cached, strict=True)]
-        cap = math.ceil(self.load_bound * (sum(s.in_flight for s in states) + 1) / len(states))
+        mean = (sum(s.in_flight for s in states) + 1) / len(states)
+        cap = math.ceil(self.load_bound * mean) + LOAD_SLACK
         allowed = [i for i, s in enumerate(states) if s.in_flight + 1 <= cap] or [least]
         pick = min(allowed, key=lambda i: (wait[i], states[i].in_flight, states[i].reserved))
         most = max(cached)
@@ -339,9 +346,10 @@ class Router:
         """A request is over (answered, failed or cut) at ``now``."""
         self.started(ticket, now)
         state = self._replicas.get(ticket.key)
-        if state is not None:
+        if state is not None and not ticket.finished:
             state.in_flight -= 1
             state.reserved -= ticket.kv_tokens
+        ticket.finished = True
 
 
 def request_of(body: Mapping[str, Any], chat: bool,
