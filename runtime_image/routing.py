@@ -39,7 +39,8 @@ In flight through the router is the engine's queue plus its running batch when t
 the replica's only client (the gateway is, for the replicas it routes), and the reserved KV
 tokens are the engine's KV usage under the sim's reservation (vLLM allocates as tokens come,
 so it uses less); the router needs no scrape to see either. A replica that is new, or whose
-engine restarted, starts with an empty index: a *cold cache* (see :data:`COLD_CACHE_NOTE`).
+engine restarted, starts with an empty index: a *cold cache*, as its engine's
+(:mod:`kubeplex.autoscaler.cold_cache` says what that costs after a scale-up).
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ from kubeplex.runtime.prefix import (
 )
 
 __all__ = [
-    "COLD_CACHE_NOTE",
     "DEFAULT_INDEX_TOKENS",
     "DEFAULT_POLICY",
     "LOAD_BOUND",
@@ -111,18 +111,6 @@ RATE_MEMORY = 20
 #: engine still holds (fewer hits); too large sends requests for prefixes it has evicted
 #: (recomputed there, still within the load bound).
 DEFAULT_INDEX_TOKENS = 400_000
-#: What the autoscaler should know (a note, not a control input): a replica added by a
-#: scale-up starts with an empty prefix cache, so until its cache warms up it prefills whole
-#: prompts, and the prefix-aware policy sends it only requests with no cached prefix elsewhere
-#: or those the load bound spills. Right after a scale-up the fleet's prefill work per
-#: request rises, and TTFT falls back more slowly than the replica count suggests.
-COLD_CACHE_NOTE = (
-    "a new replica starts with a cold prefix cache: it prefills whole prompts until its cache "
-    "warms up, and prefix-aware routing sends it mostly requests with no cached prefix "
-    "elsewhere, so TTFT recovers more slowly after a scale-up than the added capacity "
-    "suggests")
-
-
 class PrefixIndex:
     """The block hashes a router recently sent to one replica, LRU, bounded in tokens."""
 

