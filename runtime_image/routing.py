@@ -69,6 +69,7 @@ __all__ = [
     "LOAD_SLACK",
     "POLICIES",
     "RATE_MEMORY",
+    "ROUTER_BLOCK_SIZE",
     "UNKNOWN_REQUEST",
     "Cause",
     "Choice",
@@ -101,6 +102,12 @@ LOAD_BOUND = 1.25
 #: mean below one) would send a conversation's next turn away from its cache whenever its
 #: replica is still busy with anything, even with every other replica idle.
 LOAD_SLACK = 1
+#: Tokens per block of a text or token-id prompt in the router's index: four of vLLM's
+#: blocks. A router needs no finer match (at most 63 tokens of a cached prefix go unseen) and
+#: hashes a quarter as often: a 12,000-token prompt costs ~120 µs of CPU instead of ~330 µs
+#: (docs/benchmarks.md, "Routing policy cost"). Requests that bring their own
+#: ``block_hashes`` keep their ``block_size``.
+ROUTER_BLOCK_SIZE = 4 * VLLM_BLOCK_SIZE
 #: How many recent prefills the measured prefill rate averages over (an exponential moving
 #: average with weight ``1 / RATE_MEMORY``): enough to smooth one odd batch, few enough to
 #: follow a change of load within a minute at a few requests per second.
@@ -341,7 +348,7 @@ class Router:
 
 
 def request_of(body: Mapping[str, Any], chat: bool,
-               block_size: int = VLLM_BLOCK_SIZE) -> Request:
+               block_size: int = ROUTER_BLOCK_SIZE) -> Request:
     """What the router needs of an OpenAI request body (never raises: a malformed body is
     routed as one with no prefix, and the engine answers it with its own error).
 

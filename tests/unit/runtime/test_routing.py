@@ -8,6 +8,7 @@ from kubeplex.runtime.prefix import NO_BLOCKS, PromptBlocks, chain
 from kubeplex.runtime.routing import (
     LOAD_BOUND,
     LOAD_SLACK,
+    ROUTER_BLOCK_SIZE,
     Cause,
     Policy,
     PrefixIndex,
@@ -134,7 +135,8 @@ def test_the_index_is_lru_and_bounded_in_tokens() -> None:
 def test_request_of_reads_what_the_router_needs_and_never_raises() -> None:
     text = "x" * 800
     shape = request_of({"prompt": text, "max_tokens": 7}, chat=False)
-    assert (shape.prompt_tokens, shape.max_tokens, len(shape.blocks.hashes)) == (200, 7, 12)
+    assert (shape.prompt_tokens, shape.max_tokens, len(shape.blocks.hashes)) == (200, 7, 3)
+    assert shape.blocks.block_size == ROUTER_BLOCK_SIZE  # 200 tokens: 3 full blocks of 64
     chat = request_of({"messages": [{"role": "user", "content": text}],
                        "max_completion_tokens": 3}, chat=True)
     assert chat.max_tokens == 3 and chat.blocks.hashes
