@@ -1,15 +1,16 @@
 """kubeplex.autoscaler: how many replicas (and warm standbys) each ModelService needs.
 
-A pure decision core (no Kubernetes, no HTTP, no clock reads) plus one adapter module for
-metric sources. The operator and local mode call it every few seconds per ModelService, and at
-once when an alert arrives::
+A pure decision core (no Kubernetes, no HTTP, no clock reads); the callers read the metrics
+and :mod:`kubeplex.autoscaler.sources` parses them. The control layer (:mod:`kubeplex.control`,
+for the operator and local mode) calls it every few seconds per ModelService, and at once when
+an alert arrives::
 
     from kubeplex.autoscaler import AutoscalerConfig, AutoscalerState, Observed, decide
 
     config = AutoscalerConfig(slo_ttft_s=1.0, percentile=95, min_replicas=0, max_replicas=8,
                               profile=profile("llama-3.1-8b", "H100-80GB"))
     state = AutoscalerState()                      # keep it per ModelService
-    scrapes.append(await scrape_runtime(client, url, "llama", now))   # or query_prometheus
+    scrapes.append(parse_metrics_text(text_of_metrics, "llama", now))  # or parse_query_result
     decision = decide(Observed(tuple(scrapes), ready=2, starting=(Starting(since=t0),),
                                warm_available=1, free_gpus=3, trigger=None),
                       config, state, now)
@@ -39,7 +40,7 @@ Contracts:
 * Errors are :class:`AutoscalerError` subclasses (config, alert payload, metrics source, trace).
 
 Modules: ``signals`` (metric math), ``queueing`` (the M/G/c model), ``forecast`` (Holt),
-``policy`` (the control law stages and ``decide``), ``alerts``, ``sources`` (HTTP adapters),
+``policy`` (the control law stages and ``decide``), ``alerts``, ``sources`` (metric parsers),
 ``trace`` (CSV and generators), ``fleet`` (the simulated fleet), ``baselines`` (HPA, KPA,
 static), ``evaluation`` (``replay``, behind ``kubeplex simulate autoscale``).
 """

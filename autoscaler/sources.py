@@ -1,17 +1,19 @@
-"""Metric sources: the only I/O in the autoscaler, adapters that produce :class:`Scrape`\\ s.
+"""Metric sources: what a backend read, turned into :class:`Scrape`\\ s (pure parsing).
 
-Two ways to read one model's vLLM metrics:
+The backends do the HTTP (local mode and the operator's direct scrape GET each runtime's
+``/metrics``; the operator's Prometheus mode asks :func:`series_query`); this module only
+parses what they read. Three kinds of reads:
 
 * **Direct scrape** of a runtime's ``/metrics`` (local mode, or an operator without
-  Prometheus): :func:`scrape_runtime` fetches the text, :func:`parse_metrics_text` parses it
-  with prometheus_client's parser and keeps the series of one model (label ``model_name``).
-  Several replicas' scrapes at one moment combine with :func:`merge`.
+  Prometheus): :func:`parse_metrics_text` parses the text with prometheus_client's parser and
+  keeps the series of one model (label ``model_name``). Several replicas' scrapes at one
+  moment combine with :func:`merge`.
 * **Held requests** of the cluster gateway (scale-from-zero): :func:`parse_held_text` reads
   ``kubeplex_gateway_held_requests{namespace, modelservice, model}`` from the gateway's
   ``/metrics``, :func:`parse_held_query` the answer to :data:`HELD_QUERY` from Prometheus;
   both give ``{(namespace, modelservice): held}``.
-* **Prometheus HTTP API**: :func:`query_prometheus` asks one instant query for the raw
-  series (``{__name__=~"vllm:...", model_name="..."}``, every pod at once) and
+* **Prometheus HTTP API**: one instant query, :func:`series_query`, for the raw series
+  (``{__name__=~"vllm:...", model_name="..."}``, every pod at once);
   :func:`parse_query_result` turns the answer into the same :class:`Scrape`, so rates and the
   TTFT percentile are computed by the same pure code (reset handling included) either way.
 
@@ -25,7 +27,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubeplex.autoscaler.errors import MetricsSourceError
@@ -51,8 +52,7 @@ __all__ = [
     "parse_held_text",
     "parse_metrics_text",
     "parse_query_result",
-    "query_prometheus",
-    "scrape_runtime",
+    "series_query",
 ]
 
 #: Sample names the signals use (the TTFT histogram by its ``_bucket`` samples).
@@ -66,8 +66,6 @@ HELD_REQUESTS = "kubeplex_gateway_held_requests"
 #: PromQL for held requests per ModelService (every gateway replica summed).
 HELD_QUERY = f"sum by (namespace, modelservice) ({HELD_REQUESTS})"
 _HELD_LABELS = ("namespace", "modelservice")
-#: Seconds an HTTP read may take before the source reports itself unreachable.
-DEFAULT_TIMEOUT_S = 5.0
 _SKIP_LABELS = frozenset({"le", "__name__"})
 
 
@@ -125,17 +123,6 @@ def merge(scrapes: Sequence[Scrape], time: float) -> Scrape:
     return Scrape(time, values, histograms)
 
 
-async def scrape_runtime(client: httpx.AsyncClient, url: str, model: str,
-                         time: float) -> Scrape:
-    """GET ``url`` (a runtime's ``/metrics``) and parse ``model``'s series."""
-    try:
-        response = await client.get(url, timeout=DEFAULT_TIMEOUT_S)
-        response.raise_for_status()
-    except httpx.HTTPError as err:
-        raise MetricsSourceError(f"cannot scrape {url}: {err}") from err
-    return parse_metrics_text(response.text, model, time, target=url)
-
-
 def _vector(body: Any, query: str) -> list[tuple[dict[str, str], float]]:
     """The ``(labels, value)`` samples of a Prometheus ``/api/v1/query`` instant vector."""
     if not isinstance(body, dict) or body.get("status") != "success":
@@ -163,23 +150,13 @@ def parse_query_result(body: Any, time: float) -> Scrape:
     return _build(time, samples, "")
 
 
-async def query_prometheus(client: httpx.AsyncClient, base_url: str, model: str,
-                           time: float, extra_matchers: str = "") -> Scrape:
-    """Read ``model``'s raw vLLM series from Prometheus (one instant query).
-
-    ``extra_matchers`` narrows the selector (e.g. ``namespace="prod"``).
-    """
-    names = "|".join(sorted(WANTED))
-    selector = SERIES_SELECTOR.format(names=names, model=model)
-    if extra_matchers:
-        selector = selector[:-1] + "," + extra_matchers + "}"
-    url = base_url.rstrip("/") + "/api/v1/query"
-    try:
-        response = await client.get(url, params={"query": selector}, timeout=DEFAULT_TIMEOUT_S)
-        body = response.json()
-    except (httpx.HTTPError, ValueError) as err:
-        raise MetricsSourceError(f"cannot query Prometheus at {base_url}: {err}") from err
-    return parse_query_result(body, time)
+def series_query(model: str, namespace: str | None = None) -> str:
+    """The PromQL instant query for ``model``'s raw vLLM series (every pod at once), in
+    ``namespace`` when given; its answer parses with :func:`parse_query_result`."""
+    selector = SERIES_SELECTOR.format(names="|".join(sorted(WANTED)), model=model)
+    if namespace is not None:
+        selector = selector[:-1] + f',namespace="{namespace}"}}'
+    return selector
 
 
 def _held(samples: Iterable[tuple[Mapping[str, str], float]],

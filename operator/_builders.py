@@ -18,12 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from kubeplex.api import API_VERSION, GPUPoolSpec, ModelServiceSpec
+from kubeplex.api import API_VERSION, GPUPoolSpec
+from kubeplex.control import ResolvedModel, UnsupportedSourceError
 from kubeplex.operator._settings import Settings
-from kubeplex.operator.errors import UnservableError
 
 __all__ = [
     "GROUP_LABEL",
@@ -31,7 +30,6 @@ __all__ = [
     "POOL_LABEL",
     "RUNTIME_CONFIG_ENV",
     "WARM_LABEL",
-    "HostedModel",
     "model_label",
     "owner_ref",
     "pod_manifest",
@@ -81,37 +79,23 @@ def owner_ref(kind: str, name: str, uid: str, controller: bool = True) -> dict[s
             "controller": controller, "blockOwnerDeletion": True}
 
 
-@dataclass(frozen=True)
-class HostedModel:
-    """One model in a group: its ModelService's name, spec, and memory share."""
-
-    name: str
-    spec: ModelServiceSpec
-    memory_share: float
-
-    @property
-    def served_name(self) -> str:
-        return self.spec.model.served_name or self.name
-
-
 def _model_path(uri: str) -> str:
     if uri.startswith("pvc://"):
         return f"{MODELS_MOUNT}/{uri.removeprefix('pvc://')}"
     if uri.startswith("s3://"):
-        raise UnservableError(
-            "UnsupportedSource",
+        raise UnsupportedSourceError(
             f"spec.model.uri {uri!r}: the runtime loads hf://, file:// and pvc:// models; "
             "copy the weights to a PersistentVolumeClaim and use pvc://CLAIM/PATH")
     return uri
 
 
-def runtime_model(m: HostedModel, tp: int, pp: int, profile: str) -> dict[str, Any]:
+def runtime_model(m: ResolvedModel, tp: int, pp: int) -> dict[str, Any]:
     """One entry of the runtime config's ``models`` (also the control API's load body)."""
     spec = m.spec
     return {
         "name": m.served_name,
         "engine": spec.engine,
-        "model": profile if spec.engine == "sim" else _model_path(spec.model.uri),
+        "model": m.shape.name if spec.engine == "sim" else _model_path(spec.model.uri),
         "tensorParallel": tp,
         "pipelineParallel": pp,
         "memoryShare": m.memory_share,
@@ -122,7 +106,7 @@ def runtime_model(m: HostedModel, tp: int, pp: int, profile: str) -> dict[str, A
 
 
 def serving_group_manifest(namespace: str, name: str, pool: str, node: str, tp: int, pp: int,
-                           models: Sequence[HostedModel], warm: bool,
+                           models: Sequence[ResolvedModel], warm: bool,
                            owners: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,

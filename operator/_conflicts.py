@@ -24,6 +24,7 @@ from typing import Any
 
 from kubeplex.api import GPUPoolSpec
 from kubeplex.api._types import parse_spec
+from kubeplex.control import DegradedReason
 from kubeplex.errors import KubeplexError
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 #: Condition reason (and Event reason) of a refused ModelService.
-DUPLICATE_SERVED_NAME = "DuplicateServedName"
+DUPLICATE_SERVED_NAME = DegradedReason.DUPLICATE_SERVED_NAME
 
 
 def _age(obj: Mapping[str, Any]) -> tuple[str, str]:

@@ -1,10 +1,12 @@
-"""Applies a fleet plan (:mod:`kubeplex.operator.planning`) and moves groups through their life.
+"""Applies a fleet plan (:func:`kubeplex.control.fleet_plan`) and moves groups through their life.
 
 A group's phase is derived each cycle from its objects (so a restarted operator picks up
 where the last one stopped): ``Pending`` (no pod, or not scheduled), ``Loading`` (pod starting,
 or a claimed warm pod loading its model), ``Ready``, ``Warm`` (an unclaimed warm pod, ready or
 asleep), ``Draining`` (leaving: its pods carry no model label any more, the runtime finishes
-in-flight requests, then group and pod are deleted).
+in-flight requests, then group and pod are deleted), ``Lost`` (its pod was deleted or failed
+after it served: the group is deleted with a ``ReplicaLost`` Event and the control layer,
+which no longer counts it, replaces it: a warm standby first).
 
 Co-location: a group hosts every model of its ServingGroup's ``spec.models`` (one runtime
 config entry each, with its memory share). A model *joins* a running group (ADD): it is written
@@ -28,7 +30,7 @@ Warm standbys preload their pool's likeliest model (``spec.models`` of a warm gr
 routed) and put it to sleep once ready (``kubeplex.io/sleep``: ``asleep``, or ``unsupported``
 when the runtime answers 409: the sim engine and vLLM on CPU cannot sleep and stay loaded); a
 claim then wakes it, routes it as it is, or loads it
-(:func:`~kubeplex.operator.planning.claim_step`).
+(:func:`~kubeplex.control.claim_step`).
 
 Every step is idempotent: objects have deterministic names, creates tolerate 409, deletes 404,
 and a claim is recorded on the group (``kubeplex.io/claimed-at``) before the pod is touched.
@@ -44,9 +46,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeplex.api import GPUPoolSpec
+from kubeplex.control import ClaimStep, ResolvedModel, claim_step
 from kubeplex.operator._builders import (
     WARM_LABEL,
-    HostedModel,
     model_label,
     owner_ref,
     pod_manifest,
@@ -58,7 +60,6 @@ from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._runtime_client import PodEndpoints, RuntimeClient
 from kubeplex.operator._settings import Settings
 from kubeplex.operator._status import iso
-from kubeplex.operator.planning import ClaimStep, ReplicaTemplate, claim_step
 
 __all__ = ["ADDED_AT", "CHANGED_IN_PLACE", "CLAIMED_AT", "DRAIN_ASKED", "DRAIN_STARTED", "SLEEP",
            "UNLABELLED_AT", "UNLOADING", "UNLOAD_WAITING", "Executor", "GroupObj", "Hosted",
@@ -82,7 +83,7 @@ SLEEP = "kubeplex.io/sleep"
 #: Set on a group whose models changed in place: its pod's runtime config (fixed at start) no
 #: longer matches, so after a container restart the operator re-syncs the runtime.
 CHANGED_IN_PLACE = "kubeplex.io/changed-in-place"
-#: When a model was last added to the running group (``planning.GroupView.loading_since``:
+#: When a model was last added to the running group (``control.GroupView.loading_since``:
 #: a consolidation copy that never becomes ready is given up after a bound).
 ADDED_AT = "kubeplex.io/added-at"
 #: A drain gives up waiting for the runtime after this long (the runtime's own default grace
@@ -92,11 +93,9 @@ DRAIN_GIVE_UP_S = 45.0
 
 @dataclass(frozen=True)
 class Hosted:
-    """A model a group hosts: runtime view, replica template, latency profile, owner uid."""
+    """A model a group hosts (resolved by the control layer) and its ModelService's uid."""
 
-    model: HostedModel
-    template: ReplicaTemplate
-    profile: str
+    model: ResolvedModel
     uid: str
 
 
@@ -116,7 +115,7 @@ def _float(text: str | None, default: float) -> float:
         return default
 
 
-def _entry(model: HostedModel) -> dict[str, Any]:
+def _entry(model: ResolvedModel) -> dict[str, Any]:
     """One ``spec.models`` entry of a ServingGroup."""
     return {"modelService": model.name, "servedName": model.served_name,
             "memoryShare": model.memory_share}
@@ -184,7 +183,7 @@ class GroupObj:
 
     @classmethod
     def of(cls, group: Mapping[str, Any], pod: Mapping[str, Any] | None,
-           settings: Settings) -> GroupObj:
+           settings: Settings, now: float) -> GroupObj:
         meta, spec, status = group["metadata"], group["spec"], group.get("status") or {}
         annotations = meta.get("annotations") or {}
         entries = tuple(spec.get("models") or ())
@@ -193,6 +192,8 @@ class GroupObj:
         labels = (pod or {}).get("labels") or {}
         if meta.get("deletionTimestamp") or status.get("phase") == "Draining":
             phase = "Draining"
+        elif status.get("readySince") and (pod is None or pod.get("done")):
+            phase = "Lost"  # its pod was deleted or failed after it served: replace it
         elif pod is None or not pod.get("node"):
             phase = "Pending"
         elif warm and annotations.get(SLEEP) == "asleep" and not pod.get("deleting"):
@@ -205,7 +206,6 @@ class GroupObj:
             phase = "Loading"  # a claimed warm pod still loading its model
         else:
             phase = "Ready"  # models added to it since load beside the others (``loading``)
-        now = time.time()
         return cls(meta["namespace"], meta["name"], meta.get("uid", ""),
                    spec.get("nodeName") or "", int(spec["tensorParallel"]),
                    int(spec["pipelineParallel"]), models, warm, phase, status.get("phase"),
@@ -328,6 +328,9 @@ class Executor:
         if view.phase == "Draining":
             self._finish_drain(view, now)
             return
+        if view.phase == "Lost":
+            self._forget_lost(view, hosted)
+            return
         if view.pod is None:
             if view.models and len(hosted) != len(view.models):
                 return  # its model is gone: the plan drains it
@@ -348,6 +351,21 @@ class Executor:
         if view.phase != view.old_phase:
             since = iso(now) if view.phase in ("Ready", "Warm") else view.ready_since
             self._group_status(view.namespace, view.name, view.phase, since, list(view.models))
+
+    def _forget_lost(self, view: GroupObj, hosted: Sequence[Hosted]) -> None:
+        """A group whose pod was deleted or failed after it served is deleted, so the control
+        layer no longer counts it and replaces its replicas (a warm standby first, then a cold
+        start) instead of waiting for a new pod in its place."""
+        self.kube.delete("Pod", view.namespace, view.name)  # a failed pod, if one is left
+        self.kube.delete("ServingGroup", view.namespace, view.name)
+        what = ", ".join(view.models) or "a warm standby"
+        log.warning("group %s/%s (%s) lost its pod on %s; replacing it", view.namespace,
+                    view.name, what, view.node)
+        for h in hosted:
+            self.kube.event("ModelService", view.namespace, h.model.name, h.uid, "ReplicaLost",
+                            f"the pod of {view.name} on {view.node or 'its node'} was deleted "
+                            "or failed after it served; the plan replaces it (a warm standby "
+                            "first)", warning=True)
 
     def _engine_ready(self, view: GroupObj, hosted: Hosted) -> bool:
         """Whether ``hosted``'s engine serves in the pod's runtime; otherwise take the next
@@ -482,7 +500,7 @@ class Executor:
     def _load(self, view: GroupObj, hosted: Hosted) -> None:
         if self.talk_to_pods and view.endpoints.control:
             self.runtime.load(view.endpoints.control,
-                              runtime_model(hosted.model, view.tp, view.pp, hosted.profile))
+                              runtime_model(hosted.model, view.tp, view.pp))
 
     def _finish_drain(self, view: GroupObj, now: float) -> None:
         """Phase 2 of a drain once the Services dropped the pod (ask the runtime to drain),
@@ -510,7 +528,7 @@ class Executor:
 
     def _create_pod(self, namespace: str, name: str, uid: str, node: str, tp: int, pp: int,
                     hosted: Sequence[Hosted], warm: bool) -> None:
-        config = [runtime_model(h.model, tp, pp, h.profile) for h in hosted]
+        config = [runtime_model(h.model, tp, pp) for h in hosted]
         self.kube.create(pod_manifest(
             self.settings, namespace, name, self.pool, self.pool_spec, node, tp, pp, config,
             [] if warm else [h.model.name for h in hosted], warm, uid,
@@ -521,7 +539,7 @@ class Executor:
         status: dict[str, Any] = {"phase": phase, "podName": name, "models": ",".join(models)}
         if ready_since:
             status["readySince"] = ready_since
-        if message:
+        if message:  # only a claim says more; it became Ready when its ready_since says
             status["conditions"] = [{"type": "Ready", "status": "True", "reason": "WarmClaim",
-                                     "message": message, "lastTransitionTime": iso(time.time())}]
+                                     "message": message, "lastTransitionTime": ready_since}]
         self.kube.patch("ServingGroup", namespace, name, {"status": status}, status=True)

@@ -9,7 +9,9 @@ Helm chart's rules against :data:`RBAC_NEEDED`). Every write is idempotent: crea
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from kubernetes import client as k8s
@@ -59,31 +61,44 @@ class KubeApi(Protocol):
 
 _PLURALS = {"ServingGroup": "servinggroups", "ModelService": "modelservices",
             "GPUPool": "gpupools"}
+#: Writes whose answer the operator does not read: the client then skips turning the JSON
+#: into its model objects (for a Pod that costs more CPU than the request itself).
+NO_ANSWER: dict[str, Any] = {"_preload_content": False}
+
+
+def _done(response: Any) -> None:
+    """Read a raw answer (``NO_ANSWER``) to its end, so its connection goes back to the pool
+    (an unread one would be dropped, and every write would pay a new TLS handshake)."""
+    response.data  # noqa: B018 - reading it releases the connection
 
 
 class Kube:
     """The real client (``kubernetes`` 37, synchronous; called from worker threads)."""
 
-    def __init__(self, api_client: k8s.ApiClient, component: str = "kubeplex-operator") -> None:
+    def __init__(self, api_client: k8s.ApiClient, component: str = "kubeplex-operator",
+                 on_write: Callable[[str, str], None] | None = None) -> None:
+        """``on_write(verb, kind)`` is called before every write (the writes counter)."""
         self.custom = k8s.CustomObjectsApi(api_client)
         self.core = k8s.CoreV1Api(api_client)
         self.discovery = k8s.DiscoveryV1Api(api_client)
         self.component = component
+        self.on_write = on_write or (lambda verb, kind: None)
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         kind, meta = obj["kind"], obj["metadata"]
         ns = meta.get("namespace")
+        self.on_write("create", kind)
         try:
             if kind in _PLURALS:
                 created: Any = self.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, ns, _PLURALS[kind], obj)
-                return dict(created)
+                    GROUP, VERSION, ns, _PLURALS[kind], obj, **NO_ANSWER)
+                return dict(json.loads(created.data))
             body: Any = obj  # the client accepts plain dicts as well as its models
             if kind == "Pod":
-                self.core.create_namespaced_pod(ns, body)
+                _done(self.core.create_namespaced_pod(ns, body, **NO_ANSWER))
                 return obj
             if kind == "Service":
-                self.core.create_namespaced_service(ns, body)
+                _done(self.core.create_namespaced_service(ns, body, **NO_ANSWER))
                 return obj
         except ApiException as e:
             if e.status == 409:
@@ -104,18 +119,19 @@ class Kube:
     def patch(self, kind: str, namespace: str | None, name: str, body: dict[str, Any],
               status: bool = False) -> None:
         ns = namespace or "default"
+        self.on_write("patch", f"{kind}/status" if status else kind)
         try:
             if kind == "GPUPool":
-                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, "gpupools",
-                                                              name, body)
+                _done(self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, "gpupools", name, body, **NO_ANSWER))
             elif kind in _PLURALS:
                 fn = (self.custom.patch_namespaced_custom_object_status if status
                       else self.custom.patch_namespaced_custom_object)
-                fn(GROUP, VERSION, ns, _PLURALS[kind], name, body)
+                _done(fn(GROUP, VERSION, ns, _PLURALS[kind], name, body, **NO_ANSWER))
             elif kind == "Pod":
-                self.core.patch_namespaced_pod(name, ns, body)
+                _done(self.core.patch_namespaced_pod(name, ns, body, **NO_ANSWER))
             elif kind == "Service":
-                self.core.patch_namespaced_service(name, ns, body)
+                _done(self.core.patch_namespaced_service(name, ns, body, **NO_ANSWER))
             else:
                 raise ValueError(f"cannot patch kind {kind}")
         except ApiException as e:
@@ -123,13 +139,14 @@ class Kube:
                 raise
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.on_write("delete", kind)
         try:
             if kind in _PLURALS:
-                self.custom.delete_namespaced_custom_object(
+                _done(self.custom.delete_namespaced_custom_object(
                     GROUP, VERSION, namespace, _PLURALS[kind], name,
-                    propagation_policy="Background")
+                    propagation_policy="Background", **NO_ANSWER))
             elif kind == "Pod":
-                self.core.delete_namespaced_pod(name, namespace)
+                _done(self.core.delete_namespaced_pod(name, namespace, **NO_ANSWER))
             else:
                 raise ValueError(f"cannot delete kind {kind}")
         except ApiException as e:
@@ -143,6 +160,7 @@ class Kube:
         if svc is None or not any(ref.get("uid") == owner_uid for ref in
                                   (svc.get("metadata") or {}).get("ownerReferences") or ()):
             return
+        self.on_write("delete", "Service")
         try:  # the uid precondition: never a Service re-created since the read
             self.core.delete_namespaced_service(
                 name, namespace, body=k8s.V1DeleteOptions(
@@ -196,6 +214,7 @@ class Kube:
               message: str, warning: bool = False) -> None:
         now = dt.datetime.now(dt.UTC)
         ns = namespace or "default"
+        self.on_write("create", "Event")
         body = k8s.CoreV1Event(
             metadata=k8s.V1ObjectMeta(generate_name=f"{name}.", namespace=ns),
             involved_object=k8s.V1ObjectReference(
@@ -205,6 +224,6 @@ class Kube:
             source=k8s.V1EventSource(component=self.component),
             first_timestamp=now, last_timestamp=now, count=1)
         try:
-            self.core.create_namespaced_event(ns, body)
+            _done(self.core.create_namespaced_event(ns, body, **NO_ANSWER))
         except ApiException as e:  # events are best effort: never fail a reconcile on them
             log.warning("could not post event %s on %s/%s: %s", reason, ns, name, e.reason)

@@ -50,6 +50,10 @@ class OperatorMetrics:
         self.claim_seconds = Histogram("kubeplex_operator_warm_claim_seconds",
                                        "Warm claim to model ready.", buckets=CLAIM_BUCKETS,
                                        registry=r)
+        self.api_writes = Counter("kubeplex_operator_api_writes",
+                                  "Kubernetes API writes the operator made (create, patch, "
+                                  "delete, event), by verb and kind.", ["verb", "kind"],
+                                  registry=r)
         self.alerts = Counter("kubeplex_operator_alerts",
                               "Alert webhook posts by outcome.", ["outcome"], registry=r)
         # The per-ModelService series kubeplex's alert rules join on (label contract in

@@ -1,17 +1,16 @@
 """Replica templates per pool: the slow placement loop beside the fast autoscaling loop.
 
-A replica template (:class:`kubeplex.operator.planning.ReplicaTemplate`) says which
-``tp x pp`` group a new replica of a model gets. Two sources, both through the shared
-adapters of :mod:`kubeplex.operator.planning`:
+A replica template (:class:`kubeplex.control.ReplicaTemplate`) says which ``tp x pp`` group a
+new replica of a model gets. Two sources, both from the control layer:
 
-* at once, the **quick template**: the smallest group whose memory share holds the model (its
-  placement demand's ``min_share``), honouring a fixed ``spec.parallelism``;
-* in the background, **placement** (:func:`~kubeplex.operator.planning.plan_pools`, the
-  AlpaServe search: seconds per pool) whenever the pool's inputs change (specs, nodes, GPUs);
-  its templates replace the quick ones when it finishes. Only new replicas take a new shape.
+* at once, :func:`kubeplex.control.quick_template`: the smallest group that holds the model;
+* in the background, placement (:func:`kubeplex.control.plan_pools`, the AlpaServe search:
+  seconds per pool) whenever the pool's inputs change (specs, nodes, GPUs); its templates
+  replace the quick ones when it finishes. Only new replicas take a new shape.
 
-A model that cannot be served (unknown profile, fits no group of the pool) gets a Degraded
-reason instead of a template; the other models of the pool go on.
+A model that cannot be served (unknown profile, fits no group of the pool, or one placement
+could give no replica at all beside the others) gets its typed
+:class:`~kubeplex.control.PlanningError` instead of a template (Degraded); the others go on.
 """
 
 from __future__ import annotations
@@ -25,55 +24,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kubeplex.api import GPUPool, ModelService
-from kubeplex.operator.planning import (
+from kubeplex.control import (
+    DoesNotFitError,
     PlanningError,
     ReplicaTemplate,
-    model_demand,
-    model_shape,
+    UnplacedError,
     plan_pools,
-    pool_spec,
+    quick_template,
 )
-from kubeplex.placement.errors import PlacementError
-from kubeplex.placement.planner import MEMORY_LIMIT
 
-__all__ = ["Templates", "quick_template"]
+__all__ = ["Templates"]
 
 log = logging.getLogger("kubeplex.operator")
-
-
-def quick_template(svc: ModelService, pool: GPUPool) -> ReplicaTemplate:
-    """The smallest fitting shape (tensor before pipeline); :class:`PlanningError` if none."""
-    model_shape(svc)  # an unknown profile fails here with the list of known ones
-    demand = model_demand(svc)
-    spec = pool_spec(pool, nodes=1)
-    sizes = [1 << k for k in range(spec.gpus_per_node.bit_length())]
-    for size in sizes:
-        for pp in (p for p in sizes if p <= size):
-            tp = size // pp
-            if not demand.allows(tp, pp):
-                continue
-            try:
-                if demand.min_share(spec.gpu, tp, pp) is not None:
-                    return ReplicaTemplate(svc.key, pool.metadata.name, tp, pp, MEMORY_LIMIT,
-                                           svc.spec.priority)
-            except PlacementError:
-                continue
-    raise PlanningError(
-        f"ModelService {svc.key}: {demand.model.name} fits no group of at most "
-        f"{spec.gpus_per_node} {spec.gpu.name} GPUs on one node of GPUPool {pool.metadata.name}"
-        f"{'' if _auto(svc) else ' with the fixed spec.parallelism'}; use "
-        "a pool with more or bigger GPUs per node, a shorter spec.model.maxModelLen, or "
-        "parallelism auto")
-
-
-def _auto(svc: ModelService) -> bool:
-    return svc.spec.parallelism.tensor == "auto" and svc.spec.parallelism.pipeline == "auto"
 
 
 @dataclass
 class _PoolEntry:
     fingerprint: str = ""
     placed: dict[str, ReplicaTemplate] = field(default_factory=dict)
+    #: Models placement could give no replica at all: Degraded until the pool changes.
+    unplaced: dict[str, PlanningError] = field(default_factory=dict)
     note: str = ""
     running: concurrent.futures.Future[None] | None = None
 
@@ -98,16 +68,16 @@ class Templates:
         entry = self._pools.get(pool)
         return entry.note if entry else ""
 
-    def resolve(self, pool: GPUPool, services: Sequence[ModelService], nodes: int,
-                gpus: int) -> tuple[dict[str, ReplicaTemplate], dict[str, str]]:
-        """Templates of the servable services and Degraded messages of the others."""
+    def resolve(self, pool: GPUPool, services: Sequence[ModelService], nodes: int, gpus: int
+                ) -> tuple[dict[str, ReplicaTemplate], dict[str, PlanningError]]:
+        """Templates of the servable services, and why each of the others cannot be served."""
         templates: dict[str, ReplicaTemplate] = {}
-        bad: dict[str, str] = {}
+        bad: dict[str, PlanningError] = {}
         for svc in services:
             try:
                 templates[svc.key] = quick_template(svc, pool)
-            except (PlanningError, PlacementError) as e:
-                bad[svc.key] = str(e)
+            except PlanningError as e:
+                bad[svc.key] = e
         good = [s for s in services if s.key in templates]
         name = pool.metadata.name
         if self._inline:
@@ -128,6 +98,9 @@ class Templates:
             for key, placed in entry.placed.items():
                 if key in templates:
                     templates[key] = placed
+            for key, error in entry.unplaced.items():
+                if templates.pop(key, None) is not None:
+                    bad[key] = error
         return templates, bad
 
     def _place(self, entry: _PoolEntry, fingerprint: str, pool: GPUPool,
@@ -135,7 +108,16 @@ class Templates:
         name = pool.metadata.name
         try:
             plans = plan_pools(services, [pool], nodes={name: nodes}, gpus={name: gpus})
-        except (PlanningError, PlacementError) as e:
+        except UnplacedError as e:
+            with self._lock:
+                if entry.fingerprint == fingerprint:
+                    entry.placed, entry.note = {}, f"placement kept the smallest shapes: {e}"
+                    entry.unplaced = {m: DoesNotFitError(
+                        f"ModelService {m}: GPUPool {name} cannot give it a single replica "
+                        f"beside the others ({e}); raise the pool's maxGPUs or nodes, or "
+                        "lower other models' minReplicas") for m in e.models}
+            return
+        except PlanningError as e:
             with self._lock:
                 entry.note = f"placement kept the smallest shapes: {e}"
             return
@@ -145,6 +127,7 @@ class Templates:
         with self._lock:
             if entry.fingerprint == fingerprint:
                 entry.placed = dict(plans[name].templates) if name in plans else {}
+                entry.unplaced = {}
                 entry.note = plans[name].placement.explanation if name in plans else ""
 
 

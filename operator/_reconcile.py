@@ -1,33 +1,31 @@
-"""One reconcile cycle of a GPUPool: observe -> decide -> plan -> execute -> status.
+"""One reconcile cycle of a GPUPool: observe -> control -> execute -> status.
 
 The pool's daemon (``handlers.py``) takes a :class:`Snapshot` of kopf's indices (ModelServices,
 ServingGroups, pods, nodes) and calls :func:`run_cycle` in a worker thread. Only this cycle
 writes a pool's groups and pods, so there is one writer per pool and no races between
 handlers. Steps:
 
-1. parse the pool and its ModelServices; a spec that cannot be served is Degraded (with how
-   to fix it) and left out, the others go on;
-2. per ModelService: signals and the autoscaler's desired replicas (:mod:`._autoscale`);
-3. the fleet plan (:func:`kubeplex.operator.planning.fleet_plan`): start (several co-located
-   models in one group where placement packs them) / claim warm / add to a running group /
-   unload from a shared group / drain, bounded by the pool's free GPUs and
-   :data:`MAX_MOVES` in-place changes per cycle. Co-location stays within a namespace (a pod
-   joins the Services of its namespace only): placement gets the namespace as each model's
-   ``colocation_key`` and never pairs models of different ones;
-4. the executor (:mod:`._executor`) applies it, then advances every group's lifecycle
-   (pod created, ready, warm claim loading, draining, deleted);
-5. status of every ModelService, ServingGroup and the pool; Events for scale changes.
+1. **observe**: parse the pool and its ModelServices; resolve each servable one (replica
+   template from :mod:`._placement`, then :func:`kubeplex.control.resolve_model`, cached per
+   spec generation); a spec that cannot be served is Degraded with its typed reason and left
+   out, the others go on; read metrics and held requests (:mod:`._observe`); build the
+   :class:`~kubeplex.control.FleetState` (groups, free GPUs per node, names in use);
+2. **control**: :func:`kubeplex.control.control_cycle`, the same code local mode runs: every
+   model's scaling step and the fleet plan, with nodes and group names bound;
+3. **execute**: each action becomes an executor call (:mod:`._executor`), run concurrently
+   (one job per group at most); untouched groups advance through their lifecycle;
+4. **status** of every ModelService and the pool; Events for scale changes, refusals and
+   consolidations given up.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubeplex.api import (
@@ -38,49 +36,50 @@ from kubeplex.api import (
     ObjectMeta,
 )
 from kubeplex.api._types import parse_spec
-from kubeplex.errors import KubeplexError
-from kubeplex.operator._autoscale import Evaluation, Scaler
-from kubeplex.operator._builders import (
-    POOL_LABEL,
-    HostedModel,
-    runtime_model,
-    selector,
-    service_manifest,
+from kubeplex.control import (
+    Action,
+    ActionKind,
+    ControlMemory,
+    DegradedReason,
+    FleetPlan,
+    FleetState,
+    GroupId,
+    GroupPhase,
+    GroupView,
+    ModelDecision,
+    ModelKey,
+    PlanningError,
+    ReplicaTemplate,
+    ResolvedModel,
+    Shortfall,
+    ShortfallCause,
+    control_cycle,
+    name_of,
+    namespace_of,
+    pool_budget,
+    resolve_model,
 )
+from kubeplex.errors import KubeplexError
+from kubeplex.operator._builders import POOL_LABEL, selector, service_manifest
 from kubeplex.operator._executor import CLAIMED_AT, Executor, GroupObj, Hosted
 from kubeplex.operator._kube import KubeApi
 from kubeplex.operator._metrics import OperatorMetrics
+from kubeplex.operator._observe import observe_models
 from kubeplex.operator._placement import Templates
 from kubeplex.operator._runtime_client import RuntimeClient
 from kubeplex.operator._settings import Settings
 from kubeplex.operator._status import condition, iso, merge_conditions, ready_string
-from kubeplex.operator.errors import UnservableError
-from kubeplex.operator.planning import (
-    CONSOLIDATION_RETRY_S,
-    Action,
-    ActionKind,
-    FleetPlan,
-    GroupPhase,
-    GroupView,
-    ModelTarget,
-    fleet_plan,
-    model_shape,
-    observed_fleet,
-    pool_budget,
-)
+from kubeplex.placement.planner import MEMORY_LIMIT
 
-__all__ = ["Context", "CycleReport", "NodeState", "Snapshot", "group_name", "run_cycle"]
+__all__ = ["Context", "CycleReport", "NodeState", "Snapshot", "run_cycle"]
 
 log = logging.getLogger("kubeplex.operator")
 
-#: A replica alone on its group gets vLLM's default --gpu-memory-utilization.
-MEMORY_SHARE = 0.9
-#: Concurrent API writes of one cycle (shared by all pools).
-WRITE_CONCURRENCY = 8
-#: Object names used as DNS labels: at most 63 characters.
-DNS_LABEL_MAX = 63
-#: Running groups one cycle changes in place (models added or unloaded): bounded disruption.
-MAX_MOVES = 4
+#: Concurrent API writes of one cycle (shared by all pools). Measured on the test control
+#: plane (benchmarks/operator/scale.py): the API server's write rate is flat from 8 to 32
+#: concurrent writers; 16 keeps it busy while one pool's slow writes (Services allocate an
+#: IP, ~120/s) wait.
+WRITE_CONCURRENCY = 16
 #: Shortest wait before re-checking a scale-down waiting on Services (with a grace of 0 the
 #: next cycle would otherwise follow at once, again and again).
 MIN_RECHECK_S = 0.5
@@ -102,11 +101,20 @@ class Context:
     kube: KubeApi
     runtime: RuntimeClient
     metrics: OperatorMetrics
-    scaler: Scaler = field(default_factory=Scaler)
+    #: ``KUBEPLEX_AUTOSCALER``: autoscaler settings every ModelService gets (tests, demos).
+    overrides: Mapping[str, float] = field(default_factory=dict)
     templates: Templates = field(default_factory=Templates)
     #: Threads for a cycle's independent API writes (the API round trip dominates a cycle).
     writers: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(WRITE_CONCURRENCY, "kubeplex-write"))
+    #: Pool -> what the control layer remembers between its cycles (in memory: a restarted
+    #: operator starts afresh, which only delays a scale-down and allows one more
+    #: consolidation try).
+    memory: dict[str, ControlMemory] = field(default_factory=dict)
+    #: ModelService key -> ((uid, template), resolved): resolved again only when its spec
+    #: (a new generation) or its template changes.
+    resolved: dict[str, tuple[tuple[str, ReplicaTemplate], ResolvedModel]] = field(
+        default_factory=dict)
     #: ModelService key -> (uid, desiredReplicas) this operator last wrote to its status.
     #: kopf's index may still hold the status from before that write when the next cycle
     #: starts; the decision is compared with what was written, so it is recorded once.
@@ -115,9 +123,16 @@ class Context:
     #: the cycle creates or deletes a Service only when that changes (and once after a
     #: restart), not every interval.
     services: dict[str, tuple[str, bool]] = field(default_factory=dict)
-    #: ModelService key -> when its consolidation was last given up (``fleet_plan(gave_up=)``;
-    #: lost on restart, which allows one more try).
-    gave_up: dict[str, float] = field(default_factory=dict)
+
+    def resolve(self, svc: ModelService, template: ReplicaTemplate, gpu: Any) -> ResolvedModel:
+        """``svc`` resolved (cached while its uid, spec and template stay the same)."""
+        key = (svc.metadata.uid or "", template)
+        found = self.resolved.get(svc.key)
+        if found is not None and found[0] == key and found[1].spec == svc.spec:
+            return found[1]
+        model = resolve_model(svc, template, gpu, **self.overrides)
+        self.resolved[svc.key] = (key, model)
+        return model
 
 
 @dataclass(frozen=True)
@@ -187,7 +202,8 @@ def _service(m: Mapping[str, Any]) -> ModelService:
                         parse_spec(ModelServiceSpec, m["spec"]))
 
 
-def _planning_view(g: GroupObj, pool: str, load: float) -> GroupView:
+def _view(g: GroupObj, pool: str, load: float) -> GroupView:
+    """The control layer's view of one group (model keys, phase, shares, node)."""
     if g.phase == "Draining":
         phase = GroupPhase.DRAINING
     elif g.warm:
@@ -202,30 +218,18 @@ def _planning_view(g: GroupObj, pool: str, load: float) -> GroupView:
                      None if g.unloading else (g.tp, g.pp),  # changing: no room to judge
                      tuple(shares.get(m, 1.0) for m in g.models),
                      tuple(f"{g.namespace}/{m}" for m in g.loading),
-                     g.added_at)
+                     g.added_at, g.node or None)
 
 
-def _best_fit(free: dict[str, int], gpus: int) -> str | None:
-    fitting = [n for n, f in free.items() if f >= gpus]
-    if not fitting:
-        return None
-    node = min(fitting, key=lambda n: (free[n], n))  # best fit keeps big holes for big groups
-    free[node] -= gpus
-    return node
-
-
-def group_name(base: str, taken: set[str]) -> str:
-    """``<base>-<n>`` with the lowest free ``n``, cut to a DNS label (deterministic, so a
-    re-run after a crash finds the object it made instead of making another)."""
-    n = 0
-    while True:
-        suffix = f"-{n}"
-        head = re.sub(r"[^a-z0-9-]", "-", base.lower())[: DNS_LABEL_MAX - len(suffix)]
-        name = head.rstrip("-") + suffix
-        if name not in taken:
-            taken.add(name)
-            return name
-        n += 1
+def _free_per_node(ready_nodes: Sequence[NodeState], groups: Iterable[GroupObj]
+                   ) -> dict[str, int]:
+    """GPUs free on each ready node: allocatable, less other workloads and this pool's
+    groups (draining ones still hold theirs)."""
+    free = {n.name: n.gpus - n.foreign_gpus for n in ready_nodes}
+    for g in groups:
+        if g.node in free and g.phase != "Lost":
+            free[g.node] -= g.gpus
+    return free
 
 
 def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
@@ -237,11 +241,11 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     gpu = pool.spec.gpu.spec()
     nodes = node_states(snap, pool.spec)
     ready_nodes = [n for n in nodes if n.ready]
-    objs = {(g["metadata"]["namespace"], g["metadata"]["name"]): GroupObj.of(
+    objs = {f"{g['metadata']['namespace']}/{g['metadata']['name']}": GroupObj.of(
         g, snap.pods_by_group.get((g["metadata"]["namespace"], g["metadata"]["name"])),
-        ctx.settings) for g in snap.groups}
+        ctx.settings, now) for g in snap.groups}
 
-    # ---- parse; templates (placement) ------------------------------------------------------
+    # ---- observe: parse, resolve (templates from placement), metrics -------------------------
     degraded: dict[str, tuple[str, str]] = {}
     services: dict[str, ModelService] = {}
     live = [m for m in snap.msvcs if not m["metadata"].get("deletionTimestamp")]
@@ -250,187 +254,139 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
             svc = _service(m)
             services[svc.key] = svc
         except (KubeplexError, KeyError, TypeError, ValueError) as e:
-            degraded[_key(m)] = ("InvalidSpec", f"{e}; fix the spec")
+            degraded[_key(m)] = (DegradedReason.INVALID_SPEC, f"{e}; fix the spec")
     for key, refusal in snap.refused.items():  # e.g. a duplicate servedName: not served
         if services.pop(key, None) is not None:
             degraded[key] = refusal
     node_gpus = sum(n.gpus - n.foreign_gpus for n in ready_nodes)
     t0 = time.perf_counter()
-    templates, bad = ctx.templates.resolve(pool, list(services.values()), len(ready_nodes),
-                                           node_gpus)
+    templates, refused = ctx.templates.resolve(pool, list(services.values()), len(ready_nodes),
+                                               node_gpus)
     ctx.metrics.placement_seconds.observe(time.perf_counter() - t0)
-    for key, message in bad.items():
-        degraded[key] = ("UnknownProfile" if "profile" in message else "DoesNotFit", message)
-    for key in list(templates):
+    for key, error in refused.items():
+        degraded[key] = (error.reason, str(error))
+    models: dict[ModelKey, ResolvedModel] = {}
+    for key, template in templates.items():
         try:
-            _check_source(services[key])
-        except UnservableError as e:
-            degraded[key] = (e.reason, e.message)
-            del templates[key]
-
-    # ---- observe + decide (autoscaler) -------------------------------------------------------
+            models[key] = ctx.resolve(services[key], template, gpu)
+        except PlanningError as e:
+            degraded[key] = (e.reason, str(e))
     budget_gpus = node_gpus if pool.spec.max_gpus is None else min(node_gpus,
                                                                     pool.spec.max_gpus)
-    budget = replace(pool_budget(pool), max_gpus=budget_gpus)
-    load: dict[tuple[str, str], float] = {}
-    views = [_planning_view(g, pool_name, load.get(k, 0.0)) for k, g in objs.items()]
-    evaluations: dict[str, Evaluation] = {}
-    targets: dict[str, ModelTarget] = {}
+    budget = pool_budget(pool, budget_gpus)
     # The gateway: read at most once per half interval for all pools (RuntimeClient caches).
-    held = ctx.runtime.held_requests(now) if templates else None
+    held = ctx.runtime.held_requests(now) if models else None
     if held is not None and held.problem:
         log.warning("pool %s: %s; %s", pool_name, held.problem, held.caveat)
-    for key, template in templates.items():
-        svc = services[key]
-        ns, name = key.split("/", 1)
-        ready = [g for g in objs.values() if g.namespace == ns and name in g.models
-                 and g.phase == "Ready"]
-        served = HostedModel(name, svc.spec, MEMORY_SHARE).served_name
-        if ctx.settings.scrape == "pods":
-            texts = [(g.name, text) for g in ready if g.endpoints.router
-                     and (text := ctx.runtime.metrics(g.endpoints.router)) is not None]
-            ctx.scaler.record(key, served, texts, now)
-        elif ctx.settings.scrape == "prometheus" and ready:
-            scrape = ctx.runtime.prometheus(ctx.settings.prometheus_url, served, ns, now)
-            if scrape is not None:
-                ctx.scaler.record_scrape(key, scrape)
-        trigger = snap.triggers.get(key)
-        fleet = observed_fleet(views, key, budget)
-        try:
-            ev = ctx.scaler.evaluate(svc, template, gpu, fleet, trigger, now, held)
-        except KubeplexError as e:
-            degraded[key] = ("InvalidSpec", f"{e}; fix the spec")
-            continue
-        evaluations[key] = ev
-        rate = float((ev.observed or {}).get("arrivalRate")
-                     or svc.spec.workload.requests_per_second)
-        targets[key] = ModelTarget(key, ev.desired, ev.warm, ev.reason, rate)
-        ctx.metrics.evaluations.labels(trigger="alert" if trigger else "timer").inc()
+    inputs, load = observe_models(ctx.settings, ctx.runtime, models, objs, snap.triggers, held,
+                                  now)
+    fleet = FleetState(  # a lost group holds nothing: its replicas are replaced
+        groups=tuple(_view(g, pool_name, load.get(gid, 0.0)) for gid, g in objs.items()
+                     if g.phase != "Lost"),
+        models=models, budgets=(budget,), present={_key(m) for m in live},
+        nodes={pool_name: _free_per_node(ready_nodes, objs.values())},
+        taken=snap.names_taken)
 
-    # ---- plan ---------------------------------------------------------------------------------
+    # ---- control -----------------------------------------------------------------------------
     t0 = time.perf_counter()
-    # Placement pairs models of one namespace only (colocation_key): a pod joins the
-    # Services of its own namespace.
-    usable = {k: t for k, t in templates.items() if k in targets}
-    plan = fleet_plan(views, targets, usable, [budget], MAX_MOVES, now,
-                      {k: t for k, t in ctx.gave_up.items() if k in usable})
-    for key in plan.gave_up:
-        ctx.gave_up[key] = now
-        reason = next((a.reason for a in plan.actions if key in a.reason),
-                      f"consolidation of {key} given up")
-        ns, name = key.split("/", 1)
-        ctx.kube.event("ModelService", ns, name, _uid(snap, key), "ConsolidationGivenUp",
-                       reason, warning=True)
-    for key in [k for k, t in ctx.gave_up.items() if now - t >= CONSOLIDATION_RETRY_S]:
-        del ctx.gave_up[key]
+    result = control_cycle(fleet, inputs, ctx.memory.get(pool_name, ControlMemory()), now)
+    ctx.memory[pool_name] = result.memory
     ctx.metrics.placement_seconds.observe(time.perf_counter() - t0)
+    ctx.metrics.evaluations.labels(trigger="timer").inc(
+        sum(1 for k in models if k not in snap.triggers))
+    ctx.metrics.evaluations.labels(trigger="alert").inc(
+        sum(1 for k in models if k in snap.triggers))
+    plan = result.plan
+    uids = {_key(m): str(m["metadata"].get("uid", "")) for m in snap.msvcs}
+    for key, why in plan.gave_up.items():
+        ctx.kube.event("ModelService", namespace_of(key), name_of(key), uids.get(key, ""),
+                       "ConsolidationGivenUp", why, warning=True)
 
-    # ---- execute ------------------------------------------------------------------------------
+    # ---- execute -----------------------------------------------------------------------------
     ex = Executor(ctx.settings, ctx.kube, ctx.runtime, ctx.metrics, pool_name, pool.spec)
-    free = {n.name: n.gpus - n.foreign_gpus for n in ready_nodes}
-    for g in objs.values():
-        if g.node in free:
-            free[g.node] -= g.gpus
-    taken = {ns: set(names) for ns, names in snap.names_taken.items()}
-    messages = list(plan.messages)
+    jobs = _service_jobs(ctx, live, snap.refused, degraded)
+    jobs += _plan_jobs(ex, plan, objs, {k: Hosted(m, uids.get(k, "")) for k, m in models.items()},
+                       str(snap.pool["metadata"].get("uid", "")), now)
 
-    def hosted(key: str) -> Hosted | None:
-        svc, template = services.get(key), usable.get(key)
-        if svc is None or template is None:
-            return None
-        shape = model_shape(svc)
-        return Hosted(HostedModel(svc.metadata.name, svc.spec, template.memory_share),
-                      template, shape.name, _uid(snap, key))
-
-    # Decisions (nodes, names) are made here in order; the API writes then run concurrently
-    # (one job per group at most, so no two jobs touch the same object).
-    jobs: list[Callable[[], None]] = _service_jobs(ctx, live, snap.refused, degraded)
-    touched: set[tuple[str, str]] = set()
-    # Deleted ModelServices: the plan knows nothing of them. A group left with none of its
-    # models is drained; a shared group that keeps others unloads the deleted ones.
-    present = {_key(m) for m in live}
-    changes: dict[tuple[str, str], tuple[list[Hosted], list[str], list[str]]] = {}
-    for k, g in objs.items():
-        gone = [m for m in g.models if f"{k[0]}/{m}" not in present]
-        if any(f"{k[0]}/{m}" not in present for m in g.preloaded):
-            # A standby preloaded with a deleted model: stopped (the delete waits for it).
-            jobs.append(functools.partial(ex.drain, g, f"{', '.join(g.preloaded)} deleted",
-                                          now))
-            touched.add(k)
-        elif g.models and len(gone) == len(g.models):
-            jobs.append(functools.partial(ex.drain, g, f"{', '.join(g.models)} deleted", now))
-            touched.add(k)
-        elif gone and g.phase != "Draining":
-            changes[k] = ([], gone, [f"{', '.join(gone)} deleted"])
-    for action in plan.actions:
-        h = hosted(action.model) if action.model else None
-        gk = _split(action.group)
-        if action.kind in (ActionKind.DRAIN, ActionKind.STOP):
-            if gk in objs and gk not in touched:
-                jobs.append(functools.partial(ex.drain, objs[gk], action.reason, now))
-                touched.add(gk)
-                changes.pop(gk, None)
-        elif action.kind in (ActionKind.ADD, ActionKind.UNLOAD) and action.model:
-            if gk not in objs or gk in touched or gk[0] != _split(action.model)[0]:
-                continue
-            add, remove, why = changes.setdefault(gk, ([], [], []))
-            if action.kind is ActionKind.ADD and h is not None:
-                add.append(h)
-            elif action.kind is ActionKind.UNLOAD:
-                remove.append(_split(action.model)[1])
-            why.append(action.reason)
-        elif action.kind is ActionKind.CLAIM and h is not None:
-            if gk in objs and gk not in touched and gk[0] == _split(action.model)[0]:
-                # Services are per namespace: only a standby of the model's namespace fits.
-                jobs.append(functools.partial(ex.claim, objs[gk], [h], action.reason, now))
-                touched.add(gk)
-            elif job := _cold(ex, h, action, free, taken, messages, snap, pool_name):
-                jobs.append(job)
-        elif action.kind in (ActionKind.START, ActionKind.START_WARM) and h is not None:
-            ns = _split(action.model)[0]
-            extra = [x for m in action.with_models
-                     if _split(m)[0] == ns and (x := hosted(m)) is not None]
-            if job := _cold(ex, h, action, free, taken, messages, snap, pool_name, extra):
-                jobs.append(job)
-    for k, (add, remove, why) in changes.items():
-        if k not in touched and (add or remove):
-            jobs.append(functools.partial(ex.change, objs[k], add, remove, "; ".join(why), now))
-            touched.add(k)
-    for k, g in objs.items():
-        if k not in touched:
-            jobs.append(functools.partial(
-                ex.advance, g, [h for m in g.models if (h := hosted(f"{k[0]}/{m}"))], now))
-    _run_all(ctx, jobs)
-
-    # ---- status -------------------------------------------------------------------------------
-    statuses: list[Callable[[], None]] = []
+    # ---- status (written with the plan's writes: each job touches one object) ---------------
     replicas: dict[str, tuple[int, int, int]] = {}
     for m in live:
         mkey = _key(m)
         ns, name = mkey.split("/", 1)
         mine = [g for g in objs.values() if g.namespace == ns and name in g.models]
         warm = sum(1 for g in objs.values() if g.warm and g.namespace == ns)
-        found = evaluations.get(mkey)
+        found = result.decisions.get(mkey)
         serving, ready_count = _replica_counts(name, mine)
         replicas[mkey] = (found.desired if found else 0, ready_count, warm)
-        short = next((msg for msg in messages if f"model {mkey} " in msg), None)
-        statuses.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
-                                          degraded.get(mkey), short, warm, now))
+        jobs.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
+                                      degraded.get(mkey), plan.shortfall_of(mkey), warm, now))
     ctx.metrics.export_services(pool_name, {
-        key: (HostedModel(key.split("/", 1)[1], services[key].spec, MEMORY_SHARE).served_name,
-              services[key].spec) for key in targets}, replicas)
-    statuses.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
-                                      list(objs.values()), budget_gpus, messages,
-                                      ctx.templates.note(pool_name), now, snap.lost_nodes))
-    _run_all(ctx, statuses)
+        key: (model.served_name, model.spec) for key, model in models.items()}, replicas)
+    jobs.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
+                                  list(objs.values()), budget_gpus, plan.messages,
+                                  ctx.templates.note(pool_name), now, snap.lost_nodes))
+    _run_all(ctx, jobs)
 
     elapsed = time.perf_counter() - started
     ctx.metrics.reconciles.labels(pool=pool_name).inc()
     ctx.metrics.reconcile_seconds.labels(pool=pool_name).observe(elapsed)
-    return CycleReport(plan, {k: e.desired for k, e in evaluations.items()},
+    return CycleReport(plan, {k: d.desired for k, d in result.decisions.items()},
                        {k: v[1] for k, v in degraded.items()},
                        recheck_s=(max(ctx.settings.endpoint_grace_s, MIN_RECHECK_S)
                                   if ex.waiting_on_services else None))
+
+
+def _plan_jobs(ex: Executor, plan: FleetPlan, objs: Mapping[GroupId, GroupObj],
+               hosted: Mapping[ModelKey, Hosted], pool_uid: str, now: float
+               ) -> list[Callable[[], None]]:
+    """One executor job per group the plan touches (adds and unloads of a group in one
+    change), then a lifecycle step for every other group."""
+    jobs: list[Callable[[], None]] = []
+    touched: set[GroupId] = set()
+    changes: dict[GroupId, tuple[list[Hosted], list[str], list[str]]] = {}
+    for action in plan.actions:
+        gid = action.group or ""
+        h = hosted.get(action.model) if action.model else None
+        if action.kind in (ActionKind.DRAIN, ActionKind.STOP):
+            if gid in objs and gid not in touched:
+                jobs.append(functools.partial(ex.drain, objs[gid], action.reason, now))
+                touched.add(gid)
+                changes.pop(gid, None)
+        elif action.kind in (ActionKind.ADD, ActionKind.UNLOAD) and action.model:
+            if gid not in objs or gid in touched:
+                continue
+            add, remove, why = changes.setdefault(gid, ([], [], []))
+            if action.kind is ActionKind.ADD and h is not None:
+                add.append(h)
+            elif action.kind is ActionKind.UNLOAD:
+                remove.append(name_of(action.model))
+            why.append(action.reason)
+        elif action.kind is ActionKind.CLAIM and h is not None and gid in objs \
+                and gid not in touched:
+            jobs.append(functools.partial(ex.claim, objs[gid], [h], action.reason, now))
+            touched.add(gid)
+        elif action.kind in (ActionKind.START, ActionKind.START_WARM) and h is not None:
+            jobs.append(_start_job(ex, action, h, hosted, pool_uid))
+    for gid, (add, remove, why) in changes.items():
+        if add or remove:
+            jobs.append(functools.partial(ex.change, objs[gid], add, remove, "; ".join(why),
+                                          now))
+            touched.add(gid)
+    for gid, g in objs.items():
+        if gid not in touched:
+            mine = [h for m in g.models if (h := hosted.get(f"{g.namespace}/{m}"))]
+            jobs.append(functools.partial(ex.advance, g, mine, now))
+    return jobs
+
+
+def _start_job(ex: Executor, action: Action, h: Hosted, hosted: Mapping[ModelKey, Hosted],
+               pool_uid: str) -> Callable[[], None]:
+    """The job creating the group the plan bound for ``action`` (its node and name)."""
+    others = [x for m in action.with_models if (x := hosted.get(m)) is not None]
+    return functools.partial(ex.start, namespace_of(action.group or ""),
+                             name_of(action.group or ""), action.node or "",
+                             action.tp, action.pp, [h, *others],
+                             action.kind is ActionKind.START_WARM, pool_uid)
 
 
 def _service_jobs(ctx: Context, live: Iterable[Mapping[str, Any]],
@@ -459,21 +415,6 @@ def _sync_service(ctx: Context, key: str, uid: str, want: bool) -> None:
     ctx.services[key] = (uid, want)
 
 
-def _split(group_id: str | None) -> tuple[str, str]:
-    ns, _, name = (group_id or "/").partition("/")
-    return ns, name
-
-
-def _uid(snap: Snapshot, key: str) -> str:
-    return next((str(m["metadata"].get("uid", "")) for m in snap.msvcs if _key(m) == key), "")
-
-
-def _check_source(svc: ModelService) -> None:
-    """Model sources the runtime cannot load become Degraded before any pod starts."""
-    if svc.spec.engine == "vllm" and svc.spec.model.uri.startswith("s3://"):
-        runtime_model(HostedModel(svc.metadata.name, svc.spec, MEMORY_SHARE), 1, 1, "")
-
-
 def _run_all(ctx: Context, jobs: Sequence[Callable[[], None]]) -> None:
     """Run independent API writes on the context's writer threads; re-raise the first error
     once all have finished (a failed write is retried by the next cycle)."""
@@ -483,35 +424,32 @@ def _run_all(ctx: Context, jobs: Sequence[Callable[[], None]]) -> None:
         raise errors[0]
 
 
-def _cold(ex: Executor, h: Hosted, action: Action, free: dict[str, int],
-          taken: dict[str, set[str]], messages: list[str], snap: Snapshot,
-          pool: str, extra: Sequence[Hosted] = ()) -> Callable[[], None] | None:
-    """The job starting a group for ``action`` (``h``, and the models co-located with it in
-    ``extra``) on the best-fitting node (chosen now), or None with a message saying why no
-    node fits."""
-    gpus = h.template.gpus
-    node = _best_fit(free, gpus)
-    ns = _split(h.template.model)[0]
-    warm = action.kind is ActionKind.START_WARM
-    if node is None:
-        largest = max(free.values(), default=0)
-        messages.append(
-            f"GPUPool {pool}: model {h.template.model} needs a node with {gpus} free GPUs for "
-            f"{'a warm standby' if warm else 'a replica'}; the largest free block is "
-            f"{max(0, largest)}; add nodes to the pool or free GPUs on one node")
+#: The Scaling condition's reason (and Event) for each kind of shortfall of a model.
+SHORTFALL_REASONS = {ShortfallCause.GPU_BUDGET: "InsufficientGPUs",
+                     ShortfallCause.NO_NODE: "InsufficientGPUs",
+                     ShortfallCause.MOVE_BUDGET: "WaitingForMoves"}
+
+
+def _observed(decision: ModelDecision, now: float) -> dict[str, Any] | None:
+    """``status.observed``: what the metrics said at this decision."""
+    sig = decision.signals
+    if sig is None:
         return None
-    base = f"warm-{pool}" if warm else "-".join(x.model.name for x in (h, *extra))
-    name = group_name(base, taken.setdefault(ns, set()))
-    return functools.partial(ex.start, ns, name, node, h.template.tp, h.template.pp,
-                             [h, *extra], warm, str(snap.pool["metadata"].get("uid", "")))
+    observed: dict[str, Any] = {"queue": round(sig.waiting, 3),
+                                "arrivalRate": round(sig.arrival_rate, 3), "time": iso(now)}
+    if sig.ttft_quantile is not None:
+        observed["ttftSeconds"] = round(sig.ttft_quantile, 4)
+    if sig.kv_usage is not None:
+        observed["kvCacheUsage"] = round(sig.kv_usage, 4)
+    return observed
 
 
 def _model_status(ctx: Context, m: Mapping[str, Any], serving: Sequence[GroupObj], ready: int,
-                  ev: Evaluation | None, degraded: tuple[str, str] | None,
-                  shortfall: str | None, warm: int, now: float) -> None:
+                  decision: ModelDecision | None, degraded: tuple[str, str] | None,
+                  shortfall: Shortfall | None, warm: int, now: float) -> None:
     meta, old = m["metadata"], m.get("status") or {}
     name, ns, gen = meta["name"], meta["namespace"], meta.get("generation")
-    desired = ev.desired if ev else 0
+    desired = decision.desired if decision else 0
     old_conds = old.get("conditions") or ()
     conds = []
     if degraded:
@@ -524,42 +462,44 @@ def _model_status(ctx: Context, m: Mapping[str, Any], serving: Sequence[GroupObj
         conds.append(condition(
             "Ready", ok, ("ScaledToZero" if desired == 0 else "ReplicasReady") if ok
             else "ReplicasStarting", f"{ready} of {desired} replicas ready", gen))
-    if shortfall is not None:
-        conds.append(condition("Scaling", True, "InsufficientGPUs", shortfall, gen))
-    elif ev is not None and len(serving) != desired:
+    short = SHORTFALL_REASONS.get(shortfall.cause) if shortfall is not None else None
+    if shortfall is not None and short is not None:
+        conds.append(condition("Scaling", True, short, shortfall.message, gen))
+    elif decision is not None and len(serving) != desired:
         conds.append(condition("Scaling", True, "Scaling",
-                               f"{len(serving)} -> {desired} replicas: {ev.reason}", gen))
+                               f"{len(serving)} -> {desired} replicas: {decision.reason}", gen))
     else:
         conds.append(condition("Scaling", False, "Stable",
-                               ev.reason if ev else "not evaluated", gen))
+                               decision.reason if decision else "not evaluated", gen))
     status: dict[str, Any] = {
         "replicas": len(serving), "readyReplicas": ready, "desiredReplicas": desired,
         "ready": ready_string(ready, desired), "selector": selector(name),
         "warmReplicas": warm,
         "placement": [{"group": g.name, "node": g.node, "tensorParallel": g.tp,
-                       "pipelineParallel": g.pp, "memoryShare": g.shares.get(name, MEMORY_SHARE),
+                       "pipelineParallel": g.pp, "memoryShare": g.shares.get(name, MEMORY_LIMIT),
                        "phase": "Loading" if name in g.loading else g.phase}
                       for g in sorted(serving, key=lambda g: g.name)],
         "observedGeneration": gen,
-        "sloStatus": ev.slo_status if ev else "Unknown",
+        "sloStatus": str(decision.slo) if decision else "Unknown",
     }
-    if ev and ev.observed:
-        status["observed"] = ev.observed
+    observed = _observed(decision, now) if decision else None
+    if observed:
+        status["observed"] = observed
     key, uid = f"{ns}/{name}", str(meta.get("uid", ""))
     written = ctx.recorded.get(key)
     before = written[1] if written and written[0] == uid else old.get("desiredReplicas")
-    if ev and before is not None and before != desired:
+    if decision and before is not None and before != desired:
         status["lastScale"] = {"time": iso(now), "from": before, "to": desired,
-                               "reason": ev.reason[:1024]}
+                               "reason": decision.reason[:1024]}
         ctx.metrics.decisions.labels(direction="up" if desired > before else "down").inc()
         ctx.kube.event("ModelService", ns, name, meta["uid"], "Scaled",
-                       f"{before} -> {desired}: {ev.reason}")
+                       f"{before} -> {desired}: {decision.reason}")
     status["conditions"] = merge_conditions(old_conds, conds, now)
     if degraded and not _has(old_conds, "Degraded", degraded[0]):
         ctx.kube.event("ModelService", ns, name, meta["uid"], degraded[0], degraded[1],
                        warning=True)
-    if shortfall is not None and not _has(old_conds, "Scaling", "InsufficientGPUs"):
-        ctx.kube.event("ModelService", ns, name, meta["uid"], "InsufficientGPUs", shortfall,
+    if shortfall is not None and short is not None and not _has(old_conds, "Scaling", short):
+        ctx.kube.event("ModelService", ns, name, meta["uid"], short, shortfall.message,
                        warning=True)
     if _changed(old, status):
         ctx.kube.patch("ModelService", ns, name, {"status": status}, status=True)
@@ -573,7 +513,7 @@ def _has(conds: Iterable[Mapping[str, Any]], kind: str, reason: str) -> bool:
 
 def _replica_counts(name: str, groups: Sequence[GroupObj]) -> tuple[list[GroupObj], int]:
     """A ModelService's replicas (its groups not draining) and how many serve it now."""
-    serving = [g for g in groups if g.phase != "Draining"]
+    serving = [g for g in groups if g.phase not in ("Draining", "Lost")]
     return serving, sum(1 for g in serving if g.phase == "Ready" and name not in g.loading)
 
 
@@ -582,7 +522,7 @@ def _pool_status(ctx: Context, pool: Mapping[str, Any], ready_nodes: Sequence[No
                  now: float, lost_nodes: str | None = None) -> None:
     old = pool.get("status") or {}
     gen = pool["metadata"].get("generation")
-    groups = list(groups)
+    groups = [g for g in groups if g.phase != "Lost"]
     warm = [g for g in groups if g.warm]
     allocated = sum(g.gpus for g in groups if not g.warm)
     warm_gpus = sum(g.gpus for g in warm)

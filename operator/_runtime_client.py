@@ -20,11 +20,10 @@ from kubeplex.autoscaler.errors import AutoscalerError
 from kubeplex.autoscaler.signals import Scrape
 from kubeplex.autoscaler.sources import (
     HELD_QUERY,
-    SERIES_SELECTOR,
-    WANTED,
     parse_held_query,
     parse_held_text,
     parse_query_result,
+    series_query,
 )
 from kubeplex.errors import KubeplexError
 from kubeplex.operator._settings import Settings
@@ -157,10 +156,11 @@ class RuntimeClient:
             return False
         return r.status_code < 500
 
-    def prometheus(self, base_url: str, model: str, namespace: str, now: float) -> Scrape | None:
-        """One instant query for ``model``'s raw vLLM series in ``namespace`` (every pod)."""
-        query = SERIES_SELECTOR.format(names="|".join(sorted(WANTED)), model=model)
-        query = query[:-1] + f',namespace="{namespace}"}}'
+    def prometheus(self, base_url: str, model: str, namespace: str | None,
+                   now: float) -> Scrape | None:
+        """One instant query for ``model``'s raw vLLM series (every pod; those of
+        ``namespace`` when given); None when Prometheus cannot be read or answers nonsense."""
+        query = series_query(model, namespace)
         try:
             r = self.client.get(base_url.rstrip("/") + "/api/v1/query", params={"query": query})
             return parse_query_result(r.json(), now)

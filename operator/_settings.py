@@ -6,14 +6,16 @@ Every setting is one ``KUBEPLEX_*`` variable (the Helm chart sets them; see
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+from kubeplex.autoscaler.policy import AutoscalerConfig
 from kubeplex.operator.errors import ConfigError
 
-__all__ = ["ENV_DOCS", "Settings", "parse_env", "read_token"]
+__all__ = ["ENV_DOCS", "Settings", "parse_env", "parse_overrides", "read_token"]
 
 #: Variable -> (field, default, help). The README table is generated from this.
 ENV_DOCS: dict[str, tuple[str, str, str]] = {
@@ -183,3 +185,26 @@ class Settings:
     def token(self) -> str:
         """The current alert token (the file is re-read so a rotated Secret applies at once)."""
         return read_token(self.alert_token, self.alert_token_file)
+
+
+def parse_overrides(text: str) -> dict[str, float]:
+    """``KUBEPLEX_AUTOSCALER``: a JSON object of AutoscalerConfig numbers, e.g.
+    ``{"stable_window_s": 10, "scale_down_delay_s": 10}`` (for tests and demos)."""
+    if not text.strip():
+        return {}
+    allowed = {f.name for f in fields(AutoscalerConfig)} - {
+        "slo_ttft_s", "percentile", "min_replicas", "max_replicas", "gpus_per_replica",
+        "profile", "forecast", "warm_pool"}
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"KUBEPLEX_AUTOSCALER is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("KUBEPLEX_AUTOSCALER must be a JSON object")
+    for k, v in data.items():
+        if k not in allowed:
+            raise ConfigError(f"KUBEPLEX_AUTOSCALER: unknown key {k!r}; allowed: "
+                              f"{', '.join(sorted(allowed))}")
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"KUBEPLEX_AUTOSCALER: {k} must be a number, got {v!r}")
+    return {k: float(v) for k, v in data.items()}

@@ -1,5 +1,5 @@
-"""Pure status helpers: conditions that keep their transition time, and the status trees of
-ModelServices, ServingGroups and GPUPools."""
+"""Pure status helpers: conditions that keep their transition time, timestamps, READY text.
+(The SLO status rule is the control layer's: :func:`kubeplex.control.slo_status`.)"""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["condition", "iso", "merge_conditions", "ready_string", "slo_status"]
-
-#: Observed TTFT above this fraction of the target counts as AtRisk (below: Met).
-AT_RISK_FRACTION = 0.8
+__all__ = ["condition", "iso", "merge_conditions", "ready_string"]
 
 
 def iso(t: float) -> str:
@@ -40,14 +37,3 @@ def merge_conditions(previous: Sequence[Mapping[str, Any]] | None,
 
 def ready_string(ready: int, desired: int) -> str:
     return f"{ready}/{desired}"
-
-
-def slo_status(ttft: float | None, target: float, arrival_rate: float | None) -> str:
-    """Met, AtRisk, Violated, Idle (no traffic) or Unknown (no data yet)."""
-    if arrival_rate is not None and arrival_rate == 0 and ttft is None:
-        return "Idle"
-    if ttft is None:
-        return "Unknown"
-    if ttft > target:
-        return "Violated"
-    return "AtRisk" if ttft > AT_RISK_FRACTION * target else "Met"

@@ -29,7 +29,7 @@ import kopf
 import kubernetes
 
 from kubeplex.api import GROUP, VERSION
-from kubeplex.operator._autoscale import Scaler, parse_overrides
+from kubeplex.control import DegradedReason
 from kubeplex.operator._builders import GROUP_LABEL, MANAGED_BY
 from kubeplex.operator._conflicts import node_owners, served_name, served_name_conflicts
 from kubeplex.operator._kube import Kube
@@ -39,7 +39,7 @@ from kubeplex.operator._placement import Templates
 from kubeplex.operator._reconcile import Context, Snapshot, run_cycle
 from kubeplex.operator._runtime_client import RuntimeClient
 from kubeplex.operator._server import start_servers
-from kubeplex.operator._settings import Settings
+from kubeplex.operator._settings import Settings, parse_overrides
 from kubeplex.operator._status import condition, merge_conditions
 
 __all__: list[str] = []
@@ -84,20 +84,22 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.execution.max_workers = 16
     settings.peering.lifetime = config.peering_lifetime_s
     metrics = OperatorMetrics()
-    kube = Kube(await asyncio.to_thread(_api_client))
+    kube = Kube(await asyncio.to_thread(_api_client),
+                on_write=lambda verb, kind: metrics.api_writes.labels(verb, kind).inc())
     gateway_urls = None
     if config.gateway_service:  # every gateway replica, from its Service's EndpointSlices
         gateway_ns, gateway_name = config.gateway_service.split("/", 1)
         gateway_urls = functools.partial(kube.service_urls, gateway_ns, gateway_name,
                                          "/metrics")
     ctx = Context(config, kube, RuntimeClient(config, gateway_urls),
-                  metrics, Scaler(parse_overrides(config.autoscaler)),
+                  metrics, parse_overrides(config.autoscaler),
                   Templates(background=config.placement == "search"))
     memo.ctx = ctx
     memo.loop = asyncio.get_running_loop()
     memo.wakeups = {}
     memo.triggers = {}
     memo.pool_of = {}  # ModelService key -> pool, for alerts
+    memo.seen = {}  # ModelService key -> (uid, generation) last handled
     memo.trimmed_at = 0.0  # time.monotonic() of the last malloc trim
     memo.wake = lambda pool: poke(memo, pool)
     memo.servers = await start_servers(config, metrics, memo)
@@ -269,30 +271,41 @@ async def pool_daemon(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
 
 # ---- ModelService ---------------------------------------------------------------------------
 
-@kopf.on.resume(GROUP, VERSION, "modelservices")
-@kopf.on.create(GROUP, VERSION, "modelservices")
-@kopf.on.update(GROUP, VERSION, "modelservices")
-def modelservice_changed(name: str, namespace: str | None, uid: str, spec: kopf.Spec,
-                         status: kopf.Status, meta: kopf.Meta, memo: kopf.Memo,
-                         **kwargs: Any) -> None:
+@kopf.on.event(GROUP, VERSION, "modelservices")
+def modelservice_event(type: str | None, name: str, namespace: str | None, uid: str,
+                       spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+                       memo: kopf.Memo, **kwargs: Any) -> None:
+    """A ModelService appeared or its spec changed (a new generation): check its pool exists
+    and wake the pool. An event handler, not create/update: kopf then writes no diff-base
+    annotation per change (one API write less per ModelService and per spec change); status
+    writes and annotations (same generation) are ignored here."""
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        return
     ctx: Context = memo.ctx
     namespace = namespace or "default"
+    key, generation = f"{namespace}/{name}", meta.get("generation")
+    if memo.seen.get(key) == (uid, generation):
+        return
+    memo.seen[key] = (uid, generation)
     # The Service is the pool cycle's (created for a ModelService it serves, none while it is
     # refused: _reconcile._service_jobs).
     pool = spec.get("pool")
     if not kwargs["pools"].get(pool):
-        gen = meta.get("generation")
-        conds = [condition("Degraded", True, "UnknownPool",
+        reason = DegradedReason.UNKNOWN_POOL
+        conds = [condition("Degraded", True, reason,
                            f"GPUPool {pool!r} does not exist; create it or set spec.pool to one "
-                           f"of: {', '.join(sorted(kwargs['pools'])) or '(none yet)'}", gen),
-                 condition("Ready", False, "UnknownPool", "cannot be served; see Degraded", gen)]
+                           f"of: {', '.join(sorted(kwargs['pools'])) or '(none yet)'}",
+                           generation),
+                 condition("Ready", False, reason, "cannot be served; see Degraded",
+                           generation)]
         ctx.kube.patch("ModelService", namespace, name, {"status": {
             "conditions": merge_conditions(status.get("conditions"), conds, time.time()),
-            "observedGeneration": gen, "ready": "0/0", "sloStatus": "Unknown"}}, status=True)
-        ctx.kube.event("ModelService", namespace, name, uid, "UnknownPool",
+            "observedGeneration": generation, "ready": "0/0", "sloStatus": "Unknown"}},
+            status=True)
+        ctx.kube.event("ModelService", namespace, name, uid, reason,
                        conds[0]["message"], warning=True)
         return
-    memo.pool_of[f"{namespace}/{name}"] = pool
+    memo.pool_of[key] = pool
     poke(memo, pool)
 
 
@@ -307,7 +320,8 @@ def modelservice_deleted(name: str, namespace: str | None, spec: kopf.Spec, memo
         poke(memo, pool)
         raise kopf.TemporaryError(f"draining {len(hosting)} group(s): {', '.join(hosting)}",
                                   delay=DELETE_POLL_S)
-    memo.ctx.scaler.forget(f"{namespace}/{name}")
+    memo.ctx.resolved.pop(f"{namespace}/{name}", None)  # its scaling memory goes next cycle
+    memo.seen.pop(f"{namespace}/{name}", None)
     memo.ctx.services.pop(f"{namespace}/{name}", None)  # the Service goes with its owner
     # A ModelService refused for using this one's served name may proceed now.
     gone = served_name({"metadata": {"name": name}, "spec": dict(spec)})

@@ -26,17 +26,22 @@ models that share a group multiplex it statistically.
   tokens, TTFT/TPOT SLO and target attainment, min/max replicas, fixed or auto tp/pp,
   max_model_len) and :class:`PoolSpec` (GPU spec, nodes x GPUs per node, max GPUs).
   :mod:`kubeplex.placement.specs` builds them from ModelService / GPUPool specs.
-* Models: :mod:`~kubeplex.placement.hardware` (GPU catalogue), :mod:`~kubeplex.placement.llm`
-  (analytic latency/memory model), :mod:`~kubeplex.placement.llm_sim` (continuous batching
-  simulator), :mod:`~kubeplex.placement.planner` (layouts, greedy, incremental, replication
-  baseline).
+* Layout of the package: two sub-packages and what they share.
 
-**AlpaServe-faithful mode** (``kubeplex bench placement``): :mod:`~kubeplex.placement.profiles`
-(profiled stage latencies, built-in ``alpa-bert-1.3b``), :mod:`~kubeplex.placement.workload`
-(Gamma arrivals as the artifact draws them), :mod:`~kubeplex.placement.simulator` (the fast
-pipelined simulator), :mod:`~kubeplex.placement.alpaserve` (config enumeration, greedy, bucket
-separation, SR and Clockwork++ baselines), :mod:`~kubeplex.placement.benchmark` (the reference
-experiment and sweeps).
+  - :mod:`~kubeplex.placement.planner` (**the production LLM planner**):
+    :mod:`~kubeplex.placement.planner.simulator` (continuous batching of vLLM engines) and
+    :mod:`~kubeplex.placement.planner.search` (layouts, greedy, incremental, replication
+    baseline).
+  - :mod:`~kubeplex.placement.alpaserve` (**the AlpaServe reproduction**,
+    ``kubeplex bench placement``): profiled stage latencies, the artifact's pipelined
+    simulator, its search with bucket separation, the SR and Clockwork++ baselines, and the
+    reference experiment with its sweeps.
+  - Shared at the top: :mod:`~kubeplex.placement.hardware` (GPU catalogue),
+    :mod:`~kubeplex.placement.llm` (analytic latency/memory model),
+    :mod:`~kubeplex.placement.groups` (group sizes and shapes),
+    :mod:`~kubeplex.placement.workload` (Gamma arrivals as the artifact draws them),
+    :mod:`~kubeplex.placement.specs` (resource -> planner adapters) and
+    :mod:`~kubeplex.placement.errors`.
 
 Errors: every deliberate failure is a :class:`PlacementError` (unknown names:
 :class:`UnknownProfileError`; memory that cannot hold a model: :class:`DoesNotFitError`).

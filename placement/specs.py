@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 from kubeplex.placement.errors import PlacementError, UnknownProfileError
 from kubeplex.placement.llm import model
 from kubeplex.placement.planner import ModelDemand, PoolSpec
+from kubeplex.placement.planner.workload import DEFAULT_LENGTH_CV
 
 if TYPE_CHECKING:
     from kubeplex.api import GPUPool, ModelService
 
-__all__ = ["demand_from_service", "pool_from_resource", "service_key"]
+__all__ = ["demand_from_service", "pool_from_resource", "service_key", "slo_target"]
 
 
 def service_key(service: ModelService) -> str:
@@ -32,6 +33,14 @@ def _degree(value: int | str, what: str, key: str) -> int | None:
     if isinstance(value, int) and value >= 1:
         return value
     raise PlacementError(f"{key}: spec.parallelism.{what} must be 'auto' or a power of two")
+
+
+def slo_target(percentile: float, attainment: float | None) -> float:
+    """The one rule for ``spec.slo.percentile`` and ``spec.slo.attainment``: the fraction of
+    requests that must meet every target. "pP TTFT within ttftSeconds" asks P% of requests to
+    start in time and ``attainment`` asks that fraction to meet every target, so planning for
+    the larger of the two meets both (an unset ``attainment`` is ``percentile / 100``)."""
+    return max(percentile / 100, attainment or 0.0)
 
 
 def demand_from_service(service: ModelService) -> ModelDemand:
@@ -51,14 +60,21 @@ def demand_from_service(service: ModelService) -> ModelDemand:
         output_tokens=spec.workload.output_tokens,
         ttft_slo_s=spec.slo.ttft_seconds,
         tpot_slo_s=spec.slo.tpot_seconds,
-        target_attainment=spec.slo.attainment,
+        target_attainment=slo_target(spec.slo.percentile, spec.slo.attainment),
         min_replicas=spec.scaling.min_replicas,
         max_replicas=spec.scaling.max_replicas,
         tp=_degree(spec.parallelism.tensor, "tensor", key),
         pp=_degree(spec.parallelism.pipeline, "pipeline", key),
         max_model_len=spec.model.max_model_len,
         colocation_key=service.metadata.namespace or "default",  # a pod is namespaced
+        prompt_cv=_spread(spec.workload.prompt_tokens_cv),
+        output_cv=_spread(spec.workload.output_tokens_cv),
     )
+
+
+def _spread(declared: float | None) -> float:
+    """A declared length coefficient of variation, or the planner's default when unset."""
+    return DEFAULT_LENGTH_CV if declared is None else declared
 
 
 def pool_from_resource(pool: GPUPool, nodes: int | None = None) -> PoolSpec:

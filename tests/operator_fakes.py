@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kubeplex.operator._autoscale import Scaler
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._placement import Templates
 from kubeplex.operator._reconcile import Context, Snapshot
@@ -141,8 +140,8 @@ def snapshot(kube: FakeKube, pool_obj: dict[str, Any], msvcs: list[dict[str, Any
 
 def context(kube: FakeKube) -> Context:
     settings = Settings(scrape="off")
-    return Context(settings, kube, RuntimeClient(settings), OperatorMetrics(), Scaler(),
-                   Templates(background=False))
+    return Context(settings, kube, RuntimeClient(settings), OperatorMetrics(),
+                   templates=Templates(background=False))
 
 
 def register(kube: FakeKube, *objs: dict[str, Any]) -> None:

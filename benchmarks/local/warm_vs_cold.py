@@ -31,8 +31,8 @@ from typing import Any
 
 import httpx
 
+from kubeplex.control import GroupPhase
 from kubeplex.operator.local.group import GroupProcess
-from kubeplex.operator.planning import GroupPhase
 from kubeplex.runtime.harness import VLLM_MISSING_REASON, vllm_python_path
 from kubeplex.runtime.tiny_model import ensure_tiny_model
 

@@ -5,7 +5,11 @@ nodes (default 500 x 8 H100), labels them into P GPUPools of disjoint node sets,
 operator (`kubeplex operator`, direct scraping off: KWOK pods run nothing; quick placement),
 then applies N ModelServices (default 1,000; one replica each, 1 GPU) and measures:
 
-* time from the first apply to every ModelService reporting ``status.ready == 1/1``;
+* the control plane's floor first, on the same cluster: N pods (1 GPU each) and N Services
+  created directly, the time until every pod is Running (then they are deleted);
+* time from the first apply to every ModelService reporting ``status.ready == 1/1``, and its
+  ratio to the floor; the operator's API writes per ModelService until then
+  (``kubeplex_operator_api_writes_total``, kopf's own finalizer patches not included);
 * the operator's CPU seconds and peak RSS (sampled every second from /proc);
 * steady state: the pool cycle time (``kubeplex_operator_reconcile_seconds`` sum/count), and
   the latency from a spec change (``kubectl scale`` 1 -> 2 of one ModelService) to its status
@@ -46,6 +50,9 @@ GROUP, VERSION = "kubeplex.io", "v1alpha1"
 #: Parallel creations (the API server has 2 cores; more gains nothing).
 WORKERS = 8
 TIMEOUT_S = 1800.0
+#: How often both phases poll for "all Running" / "all Ready" (the same for both, so the
+#: ratio does not favour either).
+POLL_S = 0.2
 #: Clock ticks per second for /proc/<pid>/stat CPU times.
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -96,6 +103,43 @@ def msvc(i: int, pools: int) -> dict[str, Any]:
                      "scaling": {"minReplicas": 1, "maxReplicas": 4}}}
 
 
+def floor_pod(i: int) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"floor-{i:04d}", "labels": {"app": f"floor-{i:04d}"}},
+            "spec": {"containers": [{"name": "c", "image": "floor",
+                                     "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
+
+
+def floor_service(i: int) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"floor-{i:04d}"},
+            "spec": {"selector": {"app": f"floor-{i:04d}"}, "ports": [{"port": 80}]}}
+
+
+def measure_floor(core: Any, count: int) -> float:
+    """Seconds to create ``count`` pods and Services directly (the same parallelism the
+    benchmark creates ModelServices with) until every pod is Running; then delete them and
+    wait until their GPUs are free again."""
+    ns = "floor"
+    core.create_namespace({"metadata": {"name": ns}})
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(lambda i: (core.create_namespaced_pod(ns, floor_pod(i)),
+                                 core.create_namespaced_service(ns, floor_service(i))),
+                      range(count)))
+    while True:
+        pods = core.list_namespaced_pod(ns).items
+        if sum(1 for p in pods if p.status.phase == "Running") == count:
+            break
+        if time.monotonic() - t0 > TIMEOUT_S:
+            raise TimeoutError("the floor's pods never all ran")
+        time.sleep(POLL_S)
+    took = time.monotonic() - t0
+    core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+    while core.list_namespaced_pod(ns).items:
+        time.sleep(0.5)
+    return took
+
+
 def percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
@@ -138,6 +182,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "metadata": {"name": f"bench-{p}"},
                     "spec": {"nodeSelector": {"kubeplex.io/bench-pool": f"bench-{p}"},
                              "gpu": {"product": "H100-80GB"}, "gpusPerNode": 8}})
+            if not args.no_floor:
+                result["floor_all_running_s"] = round(measure_floor(core, args.services), 1)
             metrics_port = free_port()
             env = {**os.environ, "KUBECONFIG": state.kubeconfig,
                    "KUBEPLEX_BIND_ADDRESS": "127.0.0.1",
@@ -173,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with Progress(TextColumn("ModelServices Ready"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), transient=True) as progress:
                 task = progress.add_task("ready", total=args.services)
-                ready = 0
+                ready, half = 0, None
                 while ready < args.services:
                     if time.monotonic() - t_apply > TIMEOUT_S:
                         raise TimeoutError(f"only {ready} of {args.services} Ready")
@@ -182,8 +228,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     ready = sum(1 for m in items
                                 if m.get("status", {}).get("ready") == "1/1")
                     progress.update(task, completed=ready)
-                    time.sleep(1.0)
+                    if half is None and 2 * ready >= args.services:
+                        half = time.monotonic() - t_apply
+                    time.sleep(POLL_S)
             result["all_ready_s"] = round(time.monotonic() - t_apply, 1)
+            result["half_ready_s"] = round(half or 0.0, 1)
+            if "floor_all_running_s" in result:
+                result["ready_over_floor"] = round(
+                    result["all_ready_s"] / max(0.1, result["floor_all_running_s"]), 2)
+            result["api_writes_per_service"] = round(
+                metric(metrics_port, "kubeplex_operator_api_writes_total") / args.services, 1)
             cpu1 = proc_stats(op_proc.pid)[0]
             result["operator_cpu_s_to_ready"] = round(cpu1 - cpu0, 1)
             pods = core.list_namespaced_pod(ns, label_selector="kubeplex.io/group").items
@@ -242,6 +296,8 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=500)
     p.add_argument("--pools", type=int, default=10)
     p.add_argument("--changes", type=int, default=40)
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip the control plane's floor (pods and Services created directly)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--tracemalloc", type=Path, default=None,
                    help="write the operator's top heap allocation sites here (slower)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from kubeplex.placement.benchmark import AlpaCase, build_case, run_policy
+from kubeplex.placement.alpaserve.benchmark import AlpaCase, build_case, run_policy
 
 SIZES = ((8, 16), (16, 32), (32, 64), (64, 96))
 RATE_PER_GPU = 4.0  # the reference experiment: 32 req/s on 8 GPUs

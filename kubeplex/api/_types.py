@@ -70,7 +70,7 @@ class SLO:
     ttft_seconds: float
     percentile: float
     tpot_seconds: float | None
-    attainment: float
+    attainment: float | None
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,8 @@ class Workload:
     burstiness: float
     prompt_tokens: int
     output_tokens: int
+    prompt_tokens_cv: float | None = field(metadata={"json": "promptTokensCV"})
+    output_tokens_cv: float | None = field(metadata={"json": "outputTokensCV"})
 
 
 @dataclass(frozen=True)

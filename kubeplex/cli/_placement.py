@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ def register(cli: Commands) -> None:
     plan.add_argument("--nodes", type=int, help="nodes per pool (default: what maxGPUs needs)")
     plan.add_argument("--fill", action="store_true",
                       help="use every GPU (AlpaServe) instead of stopping once SLOs are met")
+    plan.add_argument("--allow-unplaced", action="store_true",
+                      help="print the plan even when a model gets no replica (default: an "
+                           "error naming the models, exit 2)")
 
     bench = cli.command(
         "placement", "run AlpaServe's placement experiment (default: the reference case)",
@@ -66,7 +70,8 @@ def _plan(args: argparse.Namespace) -> int:
         demands = [demand_from_service(s) for s in services if s.spec.pool == pool.metadata.name]
         if not demands:
             continue
-        results.append(plan(pool_from_resource(pool, args.nodes), demands, fill=args.fill))
+        results.append(plan(pool_from_resource(pool, args.nodes), demands, fill=args.fill,
+                            allow_unplaced=args.allow_unplaced))
     if args.json:
         print(json.dumps([_placement_json(p) for p in results], indent=1))
         return 0
@@ -76,17 +81,24 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _placement_json(placement: Any) -> dict[str, Any]:
+    prediction = placement.prediction
     return {
         "pool": placement.pool,
         "attainment": round(placement.attainment, 6),
+        "attainment_range": [round(prediction.low, 6), round(prediction.high, 6)],
+        "held_out_samples": prediction.samples,
+        "requests_per_sample": prediction.requests,
         "free_gpus": placement.free_gpus,
+        "unplaced": list(placement.unplaced),
         "groups": [{"id": g.id, "node": g.node, "gpus": list(g.gpu_indices), "tp": g.tp,
                     "pp": g.pp, "models": [{"name": m.name, "memory_share": m.memory_share,
                                             "kv_capacity_tokens": m.kv_capacity_tokens}
                                            for m in g.models]} for g in placement.groups],
         "models": [{"name": o.name, "replicas": o.replicas, "attainment": round(o.attainment, 6),
-                    "target": o.target,
-                    "p95_ttft_seconds": round(o.p95_ttft_s, 4) if o.p95_ttft_s < 1e300 else None}
+                    "attainment_range": [round(o.low, 6), round(o.high, 6)],
+                    "target": o.target, "met": o.met,
+                    "p95_ttft_seconds": round(o.p95_ttft_s, 4)
+                    if math.isfinite(o.p95_ttft_s) else None}
                    for o in placement.models],
         "explanation": placement.explanation,
     }
@@ -103,11 +115,12 @@ def _print_placement(placement: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    attainment = {o.name: o.attainment for o in placement.models}
+    attainment = {o.name: f"{o.attainment:.1%} ({o.low:.1%}-{o.high:.1%})"
+                  for o in placement.models}
     table = Table(title=f"pool {placement.pool}: {len(placement.groups)} groups, "
                         f"{placement.free_gpus} GPUs free")
     for column in ("group", "node slice", "tp x pp", "models", "memory use",
-                   "predicted attainment"):
+                   "predicted attainment (held-out range)"):
         table.add_column(column, overflow="fold")
     for g in placement.groups:
         table.add_row(
@@ -115,7 +128,7 @@ def _print_placement(placement: Any) -> None:
             "\n".join(m.name for m in g.models),
             "\n".join(f"{m.memory_share:.0%}, {m.kv_capacity_tokens / 1000:,.0f}k KV tok"
                       for m in g.models),
-            "\n".join(f"{attainment[m.name]:.1%}" for m in g.models))
+            "\n".join(attainment[m.name] for m in g.models))
     console = Console()
     console.print(table)
     console.print(placement.explanation, highlight=False)
@@ -124,7 +137,7 @@ def _print_placement(placement: Any) -> None:
 # ---- kubeplex bench placement -----------------------------------------------------------------
 
 def _case(args: argparse.Namespace) -> Any:
-    from kubeplex.placement.benchmark import AlpaCase
+    from kubeplex.placement.alpaserve.benchmark import AlpaCase
 
     return AlpaCase(profile=args.profile, gpus=args.gpus, models=args.models, rate=args.rate,
                     cv=args.cv, slo_scale=args.slo_scale, duration=args.duration, seed=args.seed)
@@ -132,7 +145,7 @@ def _case(args: argparse.Namespace) -> Any:
 
 def _solve(case: Any, policy: str) -> dict[str, Any]:
     """One policy on one case: the issue's JSON fields plus explanation and candidates."""
-    from kubeplex.placement.benchmark import build_case, result_json, run_policy
+    from kubeplex.placement.alpaserve.benchmark import build_case, result_json, run_policy
 
     profiles, cluster, workload = build_case(case)
     started = time.process_time()  # CPU seconds of this single-threaded process: one core
@@ -168,7 +181,7 @@ def _sweep(base: Any, sweep: str, out_dir: Path, as_json: bool) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from kubeplex.placement.benchmark import POLICIES, sweep_cases
+    from kubeplex.placement.alpaserve.benchmark import POLICIES, sweep_cases
 
     cases = sweep_cases(base, sweep)  # type: ignore[arg-type]
     rows: list[dict[str, Any]] = []

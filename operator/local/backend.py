@@ -1,15 +1,17 @@
-"""Local mode: the operator's decision core driving local ``kubeplex-runtime`` processes.
+"""Local mode: the control layer (:mod:`kubeplex.control`) driving local runtime processes.
 
 :meth:`LocalMode.prepare` reads the YAML (ModelServices, GPUPools, an optional
-LocalSettings), runs placement (:func:`kubeplex.operator.planning.plan_pools`), picks each
-model's engine and builds every runtime config, raising a :class:`~kubeplex.errors.KubeplexError`
-for anything wrong *before* a process or port is opened. :meth:`LocalMode.run` then:
+LocalSettings), runs placement (:func:`kubeplex.control.plan_pools`), resolves each model,
+picks its engine and builds every runtime config, raising a
+:class:`~kubeplex.errors.KubeplexError` for anything wrong *before* a process or port is
+opened. :meth:`LocalMode.run` then:
 
-1. opens the gateway (:mod:`kubeplex.gateway._gateway`) on the gateway port;
+1. opens the gateway (:mod:`kubeplex.gateway`) on the gateway port;
 2. every tick (and at once when the gateway holds a request for a model at zero): scrapes the
-   ready replicas' ``/metrics``, asks the autoscaler (``decide``) per model, turns the
-   decisions into a fleet plan (:func:`~kubeplex.operator.planning.fleet_plan`, same code as
-   the operator) and applies its actions as background tasks:
+   ready replicas' ``/metrics`` and runs one control cycle
+   (:func:`kubeplex.control.control_cycle`, the same code as the operator: every model's
+   scaling step, then the fleet plan with group ids bound), then applies its actions as
+   background tasks:
 
    * ``start``: a new runtime process hosting the model, and the models placement co-locates
      with it when they scale up together (one process, each model with its memory share),
@@ -34,9 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
-import re
 import tempfile
 import time
 from collections import deque
@@ -49,27 +49,31 @@ import httpx
 
 from kubeplex.api import GPUPool, ModelService, load_documents
 from kubeplex.autoscaler.errors import MetricsSourceError
-from kubeplex.autoscaler.policy import AutoscalerConfig, AutoscalerState, Decision, Observed, decide
-from kubeplex.autoscaler.signals import Scrape, Signals
+from kubeplex.autoscaler.policy import AutoscalerConfig
+from kubeplex.autoscaler.signals import Scrape
 from kubeplex.autoscaler.sources import merge, parse_metrics_text
+from kubeplex.control import (
+    Action,
+    ActionKind,
+    ControlMemory,
+    FleetState,
+    GroupPhase,
+    ModelDecision,
+    ModelInputs,
+    PoolBudget,
+    ReplicaTemplate,
+    ResolvedModel,
+    control_cycle,
+    name_of,
+    namespace_of,
+    plan_pools,
+    pool_budget,
+    resolve_model,
+)
 from kubeplex.gateway import Gateway, Replica, Route
 from kubeplex.operator.local.errors import LocalModeError, ProcessError, SettingsError
 from kubeplex.operator.local.group import GroupProcess
 from kubeplex.operator.local.settings import LocalSettings, load_settings
-from kubeplex.operator.planning import (
-    Action,
-    ActionKind,
-    GroupPhase,
-    ModelTarget,
-    PoolBudget,
-    ReplicaTemplate,
-    autoscaler_config,
-    fleet_plan,
-    model_shape,
-    observed_fleet,
-    plan_pools,
-    pool_budget,
-)
 from kubeplex.placement.hardware import GPUS
 from kubeplex.runtime.config import parse_config
 from kubeplex.runtime.errors import RuntimeError_
@@ -95,24 +99,27 @@ EVENT_LINES = 40
 #: Longest wait before starting a model again after its runtime failed to start (the wait
 #: doubles per consecutive failure from 2 s, like Kubernetes' CrashLoopBackOff).
 MAX_BACKOFF_SECONDS = 60.0
-#: Seconds of scrapes kept beyond the stable window.
-SCRAPE_MARGIN_SECONDS = 10.0
+#: HTTP to a local runtime: its control calls answer in milliseconds, so 10 s means it hangs;
+#: a /metrics read gets half that, so one slow runtime does not hold the tick.
+HTTP_TIMEOUT_SECONDS = 10.0
+SCRAPE_TIMEOUT_SECONDS = 5.0
+#: Metrics older than this many ticks are stale (at least STALE_MIN_SECONDS): a few missed
+#: scrapes, as the operator's 30 s at its 5 s interval.
+STALE_TICKS = 5
+STALE_MIN_SECONDS = 5.0
 
 
 @dataclass
 class ModelRun:
-    """One ModelService in local mode: its plan, engine, autoscaler state and last decision."""
+    """One ModelService in local mode: resolved model, engine, and its last decision."""
 
     svc: ModelService
-    template: ReplicaTemplate
-    config: AutoscalerConfig
+    model: ResolvedModel
     engine: str
     engine_reason: str
     entry: dict[str, Any]
     gpu: str
-    state: AutoscalerState = field(default_factory=AutoscalerState)
-    scrapes: deque[Scrape] = field(default_factory=deque)
-    decision: Decision | None = None
+    decision: ModelDecision | None = None
     message: str | None = None
     last_scale: dict[str, Any] | None = None
     claim_seconds: list[float] = field(default_factory=list)
@@ -123,12 +130,20 @@ class ModelRun:
 
     @property
     def key(self) -> str:
-        return self.svc.key
+        return self.model.key
 
     @property
     def served(self) -> str:
         """The name clients use (``spec.model.servedName``, else the ModelService name)."""
-        return self.svc.served_name
+        return self.model.served_name
+
+    @property
+    def template(self) -> ReplicaTemplate:
+        return self.model.template
+
+    @property
+    def config(self) -> AutoscalerConfig:
+        return self.model.config
 
     def replica(self, group: GroupProcess) -> Replica:
         """The gateway's replica of this model in ``group``; a sim engine's KV capacity
@@ -191,27 +206,23 @@ def choose_engine(svc: ModelService, settings: LocalSettings) -> tuple[str, str]
     return "sim", f"sim instead of vllm: {why}"
 
 
-def _entry(svc: ModelService, template: ReplicaTemplate, engine: str,
-           settings: LocalSettings) -> dict[str, Any]:
-    base: dict[str, Any] = {"name": svc.served_name, "engine": engine,
+def _entry(model: ResolvedModel, engine: str, settings: LocalSettings) -> dict[str, Any]:
+    spec, template = model.spec, model.template
+    base: dict[str, Any] = {"name": model.served_name, "engine": engine,
                             "tensorParallel": template.tp, "pipelineParallel": template.pp,
-                            "maxModelLen": svc.spec.model.max_model_len}
+                            "maxModelLen": spec.model.max_model_len}
     if engine == "vllm":
-        path = _local_path(svc.spec.model.uri)
+        path = _local_path(spec.model.uri)
         return {**base, "model": str(path), "memoryShare": CPU_VLLM_MEMORY_SHARE,
-                "args": ["--enforce-eager", *svc.spec.model.engine_args]}
-    return {**base, "model": model_shape(svc).name, "memoryShare": template.memory_share,
+                "args": ["--enforce-eager", *spec.model.engine_args]}
+    return {**base, "model": model.shape.name, "memoryShare": model.memory_share,
             "args": ["--startup-seconds", f"{settings.cold_start_seconds:g}",
-                     *svc.spec.model.engine_args]}
+                     *spec.model.engine_args]}
 
 
 def _claimed(group: GroupProcess) -> bool:
     """A standby claimed while it was still warming up (its phase changes across awaits)."""
     return group.phase is GroupPhase.STARTING
-
-
-def _short(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:24].strip("-") or "group"
 
 
 class LocalMode:
@@ -233,7 +244,13 @@ class LocalMode:
         self.events: deque[str] = deque(maxlen=EVENT_LINES)
         self.listeners: list[Callable[[str], None]] = []
         self.started = time.monotonic()
-        self._ids = itertools.count(1)
+        #: What the control layer remembers between ticks.
+        self.memory = ControlMemory()
+        #: Namespace -> every group name used so far (a name is never reused, so a runtime's
+        #: log file and the events stay its own).
+        self.names: dict[str, set[str]] = {}
+        #: Model -> the group that died under it, until a new replica is planned (for events).
+        self.replacing: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._kick = asyncio.Event()
         self._client: httpx.AsyncClient | None = None
@@ -272,16 +289,15 @@ class LocalMode:
                 raise LocalModeError(
                     f"GPUPool {pool.metadata.name}: the sim engine models catalogued GPUs "
                     f"({', '.join(GPUS)}); {product!r} is not one")
-            entry = _entry(svc, template, engine, settings)
             cold = settings.cold_start_seconds + RUNTIME_START_SECONDS
-            config = autoscaler_config(
-                svc, template, pool.spec.gpu.spec(),
-                stable_window_s=settings.stable_window_seconds,
+            model = resolve_model(  # as the engine local mode runs (sim may stand in)
+                replace(svc, spec=replace(svc.spec, engine=engine)), template,
+                pool.spec.gpu.spec(), stable_window_s=settings.stable_window_seconds,
                 panic_window_s=settings.panic_window_seconds,
                 scale_down_delay_s=settings.scale_down_delay_seconds,
                 cold_start_s=cold, warm_start_s=WARM_START_SECONDS,
-                stale_after_s=max(5.0, 5 * settings.tick_seconds))
-            run = ModelRun(svc, template, config, engine, why, entry, product)
+                stale_after_s=max(STALE_MIN_SECONDS, STALE_TICKS * settings.tick_seconds))
+            run = ModelRun(svc, model, engine, why, _entry(model, engine, settings), product)
             try:  # the runtime's own validation, before any process starts
                 parse_config(run.group_config(False, settings))
             except RuntimeError_ as exc:
@@ -310,7 +326,7 @@ class LocalMode:
                   on_tick: Callable[[LocalMode], None] | None = None) -> None:
         """Serve until ``stop`` is set, then shut down cleanly."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._client = httpx.AsyncClient(timeout=10)
+        self._client = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS)
         runner = None
         try:
             try:
@@ -340,37 +356,46 @@ class LocalMode:
             await self._client.aclose()
 
     async def tick(self, now: float) -> None:
-        await self._scrape(now)
-        targets = {key: self._decide(run, now) for key, run in self.runs.items()}
-        views = [g.view(self.gateway.in_flight_of(g.id)) for g in self.groups.values()]
-        for key, run in self.runs.items():  # after a failed start: no new one until the backoff
-            serving = sum(1 for v in views if v.serving and key in v.models)
-            if now < run.backoff_until and targets[key].replicas > serving:
-                targets[key] = replace(targets[key], replicas=serving)
-        templates = {key: run.template for key, run in self.runs.items()}
-        plan = fleet_plan(views, targets, templates, self.budgets.values())
-        for run in self.runs.values():
-            message = plan.message_for(run.key)
+        """One control cycle: read the metrics, run the control layer, apply its plan."""
+        self._bury_dead()
+        scrapes = await self._scrape(now)
+        views = tuple(g.view(self.gateway.in_flight_of(g.id)) for g in self.groups.values())
+        inputs = {key: ModelInputs(
+            scrapes.get(key), held=self.gateway.held.get(run.served, 0),
+            no_new_replica=(f"its last start failed, next try in "
+                            f"{run.backoff_until - now:.0f} s" if now < run.backoff_until
+                            else None))
+            for key, run in self.runs.items()}
+        fleet = FleetState(views, {key: run.model for key, run in self.runs.items()},
+                           tuple(self.budgets.values()), taken=self.names)
+        result = control_cycle(fleet, inputs, self.memory, now)
+        self.memory = result.memory
+        for key, run in self.runs.items():
+            self._record(run, result.decisions[key], now)
+            message = result.plan.message_for(key)
             if message and message != run.message:
                 self._event(message)
             run.message = message
-        for action in plan.actions:
+        for action in result.plan.actions:
             self._apply(action, now)
 
-    async def _scrape(self, now: float) -> None:
-        if self._client is None:
-            return
+    async def _scrape(self, now: float) -> dict[str, Scrape]:
+        """Each model's merged scrape of its ready replicas (none: no entry)."""
+        client = self._client
+        if client is None:
+            return {}
         ready = [g for g in self.groups.values() if g.phase is GroupPhase.READY]
 
         async def one(group: GroupProcess) -> tuple[GroupProcess, str | None]:
             try:
-                response = await self._client.get(group.url + "/metrics",  # type: ignore[union-attr]
-                                                  timeout=5)
+                response = await client.get(group.url + "/metrics",
+                                            timeout=SCRAPE_TIMEOUT_SECONDS)
                 return group, response.text if response.status_code == 200 else None
             except httpx.HTTPError:
                 return group, None
 
         texts = await asyncio.gather(*(one(g) for g in ready))
+        scrapes = {}
         for run in self.runs.values():
             parts = []
             for group, text in texts:
@@ -381,34 +406,18 @@ class LocalMode:
                 except MetricsSourceError as exc:
                     self._event(f"{run.served}: {exc}")
             if parts:
-                run.scrapes.append(merge(parts, now))
-            horizon = now - run.config.stable_window_s - SCRAPE_MARGIN_SECONDS
-            while run.scrapes and run.scrapes[0].time < horizon:
-                run.scrapes.popleft()
+                scrapes[run.key] = merge(parts, now)
+        return scrapes
 
-    def _decide(self, run: ModelRun, now: float) -> ModelTarget:
-        views = [g.view() for g in self.groups.values()]
-        fleet = observed_fleet(views, run.key, self.budgets.get(run.template.pool))
-        observed = Observed(scrapes=tuple(run.scrapes),
-                            held_requests=self.gateway.held.get(run.served, 0), **fleet)
-        decision = decide(observed, run.config, run.state, now)
-        run.state = decision.state
-        previous = run.decision
-        run.decision = decision
-        desired = decision.desired_replicas
-        pinned = run.svc.spec.scaling.replicas
-        if pinned is not None:
-            desired = pinned
-        if desired != observed.current:
-            run.last_scale = {"time": now, "from": observed.current, "to": desired,
-                              "reason": decision.reason if pinned is None
-                              else f"pinned by spec.scaling.replicas = {pinned}"}
-        if desired != observed.current and (previous is None or previous.reason
-                                             != decision.reason):
+    def _record(self, run: ModelRun, decision: ModelDecision, now: float) -> None:
+        """Keep ``run``'s decision for the status view; a scale change is an event."""
+        previous, run.decision = run.decision, decision
+        if decision.desired == decision.current:
+            return
+        run.last_scale = {"time": now, "from": decision.current, "to": decision.desired,
+                          "reason": decision.reason}
+        if previous is None or previous.reason != decision.reason:
             self._event(f"{run.served}: {decision.reason}")
-        signals = decision.signals if isinstance(decision.signals, Signals) else None
-        rate = signals.arrival_rate if signals and signals.arrival_rate is not None else 0.0
-        return ModelTarget(run.key, desired, decision.desired_warm, decision.reason, rate)
 
     # ---- executing the plan ---------------------------------------------------------------
     def _spawn_task(self, coro: Any) -> None:
@@ -416,11 +425,46 @@ class LocalMode:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _bury_dead(self) -> None:
+        """Runtime processes that exited on their own (killed, crashed) while serving or
+        standing by: out of routing at once and out of the fleet, so this tick's plan replaces
+        their replicas (a warm standby first, then a cold start). Groups still starting, being
+        claimed or draining are their own tasks' to finish."""
+        for group in list(self.groups.values()):
+            if group.process is None or group.alive or group.phase not in (
+                    GroupPhase.READY, GroupPhase.WARM):
+                continue
+            served = [self.runs[key].served for key in group.models]
+            for name in served:
+                self.gateway.remove(name, group.id)
+            del self.groups[group.id]
+            self.replacing.update(dict.fromkeys(group.models, group.id))
+            code = group.process.returncode
+            self._event(f"{group.id} exited (code {code}) while "
+                        f"{'serving ' + ', '.join(served) if served else 'standing by'}: out of "
+                        "routing; the plan replaces it")
+
+    def _watch(self, group: GroupProcess) -> None:
+        """Wake the loop the moment ``group``'s runtime process exits (see :meth:`_bury_dead`)."""
+        process = group.process
+        if process is None:
+            return
+
+        async def wait() -> None:
+            await process.wait()
+            self._kick.set()
+
+        self._spawn_task(wait())
+
     def _apply(self, action: Action, now: float) -> None:
         run = self.runs.get(action.model) if action.model else None
+        dead = self.replacing.pop(action.model, None) if action.model and action.kind in (
+            ActionKind.START, ActionKind.CLAIM, ActionKind.ADD) else None
+        if dead is not None:
+            action = replace(action, reason=f"replaces {dead}, which died; {action.reason}")
         if action.kind is ActionKind.START and run is not None:
             runs = [self.runs[m] for m in action.models if m in self.runs]
-            group = self._new_group(runs, GroupPhase.STARTING, now)
+            group = self._new_group(action, runs, GroupPhase.STARTING, now)
             group.models = tuple(r.key for r in runs)
             self._event(f"start {group.id}: {action.reason}")
             self._spawn_task(self._start(group, runs))
@@ -439,7 +483,7 @@ class LocalMode:
             self._event(f"unload {run.served} from {group.id}: {action.reason}")
             self._spawn_task(self._unload(group, run))
         elif action.kind is ActionKind.START_WARM and run is not None:
-            group = self._new_group([run], GroupPhase.WARMING, now, warm=True)
+            group = self._new_group(action, [run], GroupPhase.WARMING, now, warm=True)
             group.preloaded = (run.key,)
             self._event(f"start warm standby {group.id} ({run.served} preloaded): "
                         f"{action.reason}")
@@ -465,10 +509,14 @@ class LocalMode:
             self._event(f"stop warm standby {group.id}: {action.reason}")
             self._spawn_task(self._stop(group))
 
-    def _new_group(self, runs: Sequence[ModelRun], phase: GroupPhase, now: float,
-                   warm: bool = False) -> GroupProcess:
+    def _new_group(self, action: Action, runs: Sequence[ModelRun], phase: GroupPhase,
+                   now: float, warm: bool = False) -> GroupProcess:
+        """The process for a group the plan starts, under the id the plan bound."""
         first = runs[0].template
-        group_id = "-".join(_short(r.served) for r in runs) + f"-{next(self._ids)}"
+        group_id = action.group
+        if group_id is None:  # the plan binds every new group's id: a bug if not
+            raise LocalModeError(f"the plan's {action.kind} of {action.model} has no group id")
+        self.names.setdefault(namespace_of(group_id), set()).add(name_of(group_id))
         group = GroupProcess(group_id, first.pool, first.gpus,
                              group_config(runs, warm, self.settings), self.workdir, phase, now,
                              first.shape)
@@ -480,6 +528,7 @@ class LocalMode:
         client = self._client
         try:
             await group.spawn()
+            self._watch(group)
             if client is None:
                 raise ProcessError("local mode is not running")
             await group.wait_ready(client, max(r.ready_timeout(self.settings) for r in runs))
@@ -556,6 +605,7 @@ class LocalMode:
         client = self._client
         try:
             await group.spawn()
+            self._watch(group)
             if client is None:
                 raise ProcessError("local mode is not running")
             await group.wait_ready(client, run.ready_timeout(self.settings))
@@ -656,8 +706,7 @@ class LocalMode:
         for run in self.runs.values():
             mine = [g for g in self.groups.values() if run.key in g.models]
             warm = [g for g in self.groups.values() if run.key in g.preloaded]
-            signals = run.decision.signals if run.decision else None
-            sig = signals if isinstance(signals, Signals) else None
+            sig = run.decision.signals if run.decision else None
             models.append({
                 "name": run.served, "key": run.key, "pool": run.template.pool,
                 "engine": run.engine, "engineReason": run.engine_reason,
@@ -665,7 +714,7 @@ class LocalMode:
                 "ready": sum(g.phase is GroupPhase.READY for g in mine),
                 "starting": sum(g.phase is GroupPhase.STARTING for g in mine),
                 "draining": sum(g.phase is GroupPhase.DRAINING for g in mine),
-                "desired": run.decision.desired_replicas if run.decision else None,
+                "desired": run.decision.desired if run.decision else None,
                 "warm": sum(g.phase is GroupPhase.WARM for g in warm),
                 "warming": sum(g.phase is GroupPhase.WARMING for g in warm),
                 "minReplicas": run.config.min_replicas, "maxReplicas": run.config.max_replicas,
@@ -675,10 +724,10 @@ class LocalMode:
                 "running": sig.running if sig else None,
                 "arrivalRate": sig.arrival_rate if sig else None,
                 "held": self.gateway.held.get(run.served, 0),
-                "inPanic": run.decision.in_panic if run.decision else False,
+                "inPanic": run.decision.decision.in_panic if run.decision else False,
                 "decision": run.decision.reason if run.decision else None,
                 "stages": [[st.name, st.replicas, st.note]
-                           for st in (run.decision.stages if run.decision else ())],
+                           for st in (run.decision.decision.stages if run.decision else ())],
                 "lastScale": None if run.last_scale is None else {
                     **run.last_scale, "agoSeconds": now - run.last_scale["time"]},
                 "message": run.message,

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
+from kubeplex.control import GroupPhase, GroupView
 from kubeplex.operator.local.errors import ProcessError
-from kubeplex.operator.planning import GroupPhase, GroupView
 from kubeplex.runtime.supervisor import free_port
 
 __all__ = ["GroupProcess"]
@@ -78,6 +78,11 @@ class GroupProcess:
         self.ready_seconds: float | None = None
         self._log_task: asyncio.Task[None] | None = None
 
+    @property
+    def file_stem(self) -> str:
+        """The group id as a file name (``namespace.name``: neither part has a dot)."""
+        return self.id.replace("/", ".")
+
     def view(self, load: float = 0.0) -> GroupView:
         """The planner's view; a group still unloading a model reports no shape (full)."""
         return GroupView(self.id, self.pool, self.gpus, self.phase, self.models,
@@ -93,7 +98,7 @@ class GroupProcess:
     # ---- process ------------------------------------------------------------------------
     async def spawn(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        path = self.workdir / f"{self.id}.json"
+        path = self.workdir / f"{self.file_stem}.json"
         path.write_text(json.dumps(self.config, indent=2))
         argv = [sys.executable, "-m", "kubeplex.runtime", "--config", str(path),
                 "--port", str(self.port), "--control-port", str(self.control_port)]
@@ -113,7 +118,7 @@ class GroupProcess:
         process = self.process
         if process is None or process.stdout is None:
             return
-        log_file = (self.workdir / f"{self.id}.log").open("ab")
+        log_file = (self.workdir / f"{self.file_stem}.log").open("ab")
         try:
             while line := await process.stdout.readline():
                 self.log.append(line.decode(errors="replace").rstrip())

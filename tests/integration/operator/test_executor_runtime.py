@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from kubeplex.api import GPUPoolSpec, ModelServiceSpec
+from kubeplex.api import GPUPoolSpec, ModelService, from_dict
 from kubeplex.api._types import parse_spec
-from kubeplex.operator._builders import HostedModel, model_label
+from kubeplex.control import ReplicaTemplate, resolve_model
+from kubeplex.operator._builders import model_label
 from kubeplex.operator._executor import (
     CHANGED_IN_PLACE,
     CLAIMED_AT,
@@ -39,7 +40,7 @@ from kubeplex.operator._runtime_client import (
     RuntimeClient,
 )
 from kubeplex.operator._settings import Settings
-from kubeplex.operator.planning import ReplicaTemplate
+from kubeplex.placement.hardware import gpu
 from kubeplex.runtime.harness import RuntimeProcess, model_entry
 
 NOW = 1_800_000_000.0
@@ -99,11 +100,7 @@ class Recorder:
 
 
 def _hosted() -> Hosted:
-    spec = parse_spec(ModelServiceSpec, {
-        "model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "profile": "llama-3.1-8b"},
-        "engine": "sim", "pool": "p", "slo": {"ttftSeconds": 1.0}})
-    return Hosted(HostedModel("chat", spec, 0.45), ReplicaTemplate("ns/chat", "p", 1, 1, 0.45),
-                  "llama-3.1-8b", "uid-chat")
+    return _hosted_as("chat", share=0.45)
 
 
 def _group(warm: bool, annotations: dict[str, str]) -> dict[str, Any]:
@@ -133,11 +130,11 @@ def _claim_until_routed(ex: Executor, kube: Recorder, rt: RuntimeProcess,
                         asleep: bool) -> int:
     """Claim the standby, then advance it as the next cycles would; the cycles it took."""
     annotations = {SLEEP: "asleep"} if asleep else {}
-    warm = GroupObj.of(_group(True, annotations), _pod(rt, ready=not asleep), SETTINGS)
+    warm = GroupObj.of(_group(True, annotations), _pod(rt, ready=not asleep), SETTINGS, NOW)
     assert warm.phase == "Warm" and warm.preloaded == ("chat",)
     ex.claim(warm, [_hosted()], "scale chat up 0 -> 1", NOW)
     claimed = GroupObj.of(_group(False, {**annotations, CLAIMED_AT: f"{NOW:.3f}"}),
-                          _pod(rt, ready=True), SETTINGS)
+                          _pod(rt, ready=True), SETTINGS, NOW)
     assert claimed.phase == "Loading"
     for cycle in range(1, 40):
         ex.advance(claimed, [_hosted()], NOW + cycle)
@@ -152,7 +149,7 @@ def test_engine_that_cannot_sleep_stays_loaded_and_the_claim_routes_it(
         executor: tuple[Executor, Recorder], tmp_path: Path) -> None:
     ex, kube = executor
     with RuntimeProcess({"models": [model_entry("chat", "sim")]}, tmp_path) as rt:
-        standby = GroupObj.of(_group(True, {}), _pod(rt, ready=True), SETTINGS)
+        standby = GroupObj.of(_group(True, {}), _pod(rt, ready=True), SETTINGS, NOW)
         ex.advance(standby, [], NOW)
         assert kube.annotation(SLEEP) == "unsupported"  # the runtime answered 409
         assert rt.engine("chat")["state"] == "ready"
@@ -167,7 +164,7 @@ def test_sleeping_preload_is_woken_by_the_claim(executor: tuple[Executor, Record
     ex, kube = executor
     config = {"models": [model_entry("chat", "sim", sleepMode=True)]}
     with RuntimeProcess(config, tmp_path) as rt:
-        standby = GroupObj.of(_group(True, {}), _pod(rt, ready=True), SETTINGS)
+        standby = GroupObj.of(_group(True, {}), _pod(rt, ready=True), SETTINGS, NOW)
         ex.advance(standby, [], NOW)
         assert kube.annotation(SLEEP) == "asleep"
         assert rt.engine("chat")["state"] == "sleeping"
@@ -179,12 +176,16 @@ def test_sleeping_preload_is_woken_by_the_claim(executor: tuple[Executor, Record
         assert rt.engine("chat")["state"] == "ready"
 
 
-def _hosted_as(name: str, profile: str = "llama-3.1-8b") -> Hosted:
-    spec = parse_spec(ModelServiceSpec, {
-        "model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "profile": profile},
-        "engine": "sim", "pool": "p", "slo": {"ttftSeconds": 1.0}})
-    return Hosted(HostedModel(name, spec, 0.3), ReplicaTemplate(f"ns/{name}", "p", 1, 1, 0.3),
-                  profile, f"uid-{name}")
+def _hosted_as(name: str, profile: str = "llama-3.1-8b", share: float = 0.3) -> Hosted:
+    """A sim model of namespace ``ns`` as the control layer resolves it."""
+    svc = from_dict({"apiVersion": "kubeplex.io/v1alpha1", "kind": "ModelService",
+                     "metadata": {"name": name, "namespace": "ns"},
+                     "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
+                                        "profile": profile},
+                              "engine": "sim", "pool": "p", "slo": {"ttftSeconds": 1.0}}})
+    assert isinstance(svc, ModelService)
+    model = resolve_model(svc, ReplicaTemplate(svc.key, "p", 1, 1, share), gpu("H100-80GB"))
+    return Hosted(model, f"uid-{name}")
 
 
 def test_a_group_changed_in_place_is_resynced_after_a_runtime_restart(
@@ -201,7 +202,7 @@ def test_a_group_changed_in_place_is_resynced_after_a_runtime_restart(
             {"modelService": m, "servedName": m, "memoryShare": 0.3} for m in ("chat", "adder")]
         pod = {**_pod(rt, ready=True), "labels": {model_label("chat"): "true",
                                                    model_label("adder"): "true"}}
-        view = GroupObj.of(group, pod, SETTINGS)
+        view = GroupObj.of(group, pod, SETTINGS, NOW)
         assert view.phase == "Ready" and view.loading == ()
         hosted = [_hosted_as("chat"), _hosted_as("adder")]
         ex.advance(view, hosted, NOW)
@@ -210,7 +211,7 @@ def test_a_group_changed_in_place_is_resynced_after_a_runtime_restart(
         names = {m["name"] for m in rt.status()["models"]}
         assert "adder" in names  # load requested
         # the next cycles see adder loading (no label) and label it once its engine is ready
-        view = GroupObj.of(group, {**pod, "labels": {model_label("chat"): "true"}}, SETTINGS)
+        view = GroupObj.of(group, {**pod, "labels": {model_label("chat"): "true"}}, SETTINGS, NOW)
         assert view.loading == ("adder",)
         for cycle in range(1, 60):
             ex.advance(view, hosted, NOW + cycle)
@@ -229,7 +230,7 @@ def _shared(rt: RuntimeProcess, annotations: dict[str, str], models: tuple[str, 
     group["spec"]["models"] = [{"modelService": m, "servedName": m, "memoryShare": 0.3}
                                for m in models]
     pod = {**_pod(rt, ready=True), "labels": {model_label(m): "true" for m in labelled}}
-    return GroupObj.of(group, pod, SETTINGS)
+    return GroupObj.of(group, pod, SETTINGS, NOW)
 
 
 def _two_models(tmp_path: Path) -> RuntimeProcess:
@@ -292,7 +293,7 @@ def test_a_drain_asks_the_runtime_only_in_phase_two_even_across_a_restart(
     with RuntimeProcess({"models": [model_entry("chat", "sim")]}, tmp_path) as rt:
         kube.endpoints = {"chat": {"warm-p-0"}}
         view = GroupObj.of(_group(False, {}), {**_pod(rt, ready=True), "labels": {
-            model_label("chat"): "true"}}, SETTINGS)
+            model_label("chat"): "true"}}, SETTINGS, NOW)
         assert view.phase == "Ready"
         ex.drain(view, "scale chat down 2 -> 1", NOW)
         assert DRAIN_STARTED in kube.annotations() and DRAIN_ASKED not in kube.annotations()
@@ -306,7 +307,7 @@ def test_a_drain_asks_the_runtime_only_in_phase_two_even_across_a_restart(
                        ex.pool_spec)
         group = _group(False, kube.annotations())
         group["status"]["phase"] = "Draining"
-        draining = GroupObj.of(group, _pod(rt, ready=True), SETTINGS)
+        draining = GroupObj.of(group, _pod(rt, ready=True), SETTINGS, NOW)
         assert draining.phase == "Draining"
         ex2.advance(draining, [], NOW + 1)  # still listed, within the grace: no drain yet
         assert rt.status()["state"] == "serving" and not kube2.deleted()
@@ -317,7 +318,7 @@ def test_a_drain_asks_the_runtime_only_in_phase_two_even_across_a_restart(
         group = _group(False, {**kube.annotations(), **kube2.annotations()})
         group["status"]["phase"] = "Draining"
         for cycle in range(40):
-            ex2.advance(GroupObj.of(group, _pod(rt, ready=True), SETTINGS), [],
+            ex2.advance(GroupObj.of(group, _pod(rt, ready=True), SETTINGS, NOW), [],
                         NOW + 2 + cycle * 0.01)
             if kube2.deleted():
                 break

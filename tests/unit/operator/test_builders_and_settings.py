@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from kubeplex.api import GPUPoolSpec, ModelServiceSpec, from_dict
-from kubeplex.operator._autoscale import parse_overrides
+from kubeplex.api import GPUPoolSpec, ModelService, ModelServiceSpec, ObjectMeta, from_dict
+from kubeplex.control import (
+    ReplicaTemplate,
+    ResolvedModel,
+    UnsupportedSourceError,
+    resolve_model,
+)
 from kubeplex.operator._builders import (
-    HostedModel,
     model_label,
     pod_manifest,
     runtime_model,
@@ -18,9 +23,10 @@ from kubeplex.operator._builders import (
     service_manifest,
     serving_group_manifest,
 )
-from kubeplex.operator._settings import ENV_DOCS, Settings
-from kubeplex.operator._status import merge_conditions, slo_status
-from kubeplex.operator.errors import ConfigError, UnservableError
+from kubeplex.operator._settings import ENV_DOCS, Settings, parse_overrides
+from kubeplex.operator._status import merge_conditions
+from kubeplex.operator.errors import ConfigError
+from kubeplex.placement.hardware import gpu
 from kubeplex.runtime.config import parse_config
 
 
@@ -35,6 +41,12 @@ def msvc_spec(**spec: Any) -> ModelServiceSpec:
     return spec_
 
 
+def hosted(spec: ModelServiceSpec, share: float = 0.9, name: str = "m") -> ResolvedModel:
+    """``spec`` resolved as the control layer does, placed on one H100 with ``share``."""
+    svc = ModelService(ObjectMeta.from_dict({"name": name, "namespace": "ns"}), spec)
+    return resolve_model(svc, ReplicaTemplate(svc.key, "p", 1, 1, share), gpu("H100-80GB"))
+
+
 def pool_spec(**spec: Any) -> GPUPoolSpec:
     body = {"apiVersion": "kubeplex.io/v1alpha1", "kind": "GPUPool", "metadata": {"name": "p"},
             "spec": {"gpu": {"product": "H100-80GB"},
@@ -47,8 +59,7 @@ def pool_spec(**spec: Any) -> GPUPoolSpec:
 
 def test_pod_requests_the_groups_gpus_on_the_planned_node_with_probes_and_config() -> None:
     settings = Settings()
-    hosted = HostedModel("m", msvc_spec(engine="sim"), 0.9)
-    config = [runtime_model(hosted, 2, 2, "llama-3.1-8b")]
+    config = [runtime_model(hosted(msvc_spec(engine="sim")), 2, 2)]
     pod = pod_manifest(settings, "ns", "m-0", "p", pool_spec(), "node-3", 2, 2, config, ["m"],
                        False, "uid-1")
     c = pod["spec"]["containers"][0]
@@ -83,28 +94,28 @@ def test_custom_gpu_resource_and_warm_pods() -> None:
 
 
 def test_pvc_models_are_mounted_and_s3_is_refused_with_a_fix() -> None:
-    hosted = HostedModel("m", msvc_spec(model={"uri": "pvc://cache/meta/llama",
-                                               "profile": "llama-3.1-8b"}), 0.9)
-    cfg = runtime_model(hosted, 1, 1, "llama-3.1-8b")
+    cfg = runtime_model(hosted(msvc_spec(model={"uri": "pvc://cache/meta/llama",
+                                                "profile": "llama-3.1-8b"})), 1, 1)
     assert cfg["model"] == "/models/cache/meta/llama"
     assert cfg["args"][:2] == ["--dtype", "auto"]
     pod = pod_manifest(Settings(), "ns", "m-0", "p", pool_spec(), "n", 1, 1, [cfg], ["m"],
                        False, "u")
     assert pod["spec"]["volumes"] == [{"name": "models-0", "persistentVolumeClaim": {
         "claimName": "cache", "readOnly": True}}]
-    s3 = HostedModel("m", msvc_spec(model={"uri": "s3://bucket/x", "profile": "llama-3.1-8b"}),
-                     0.9)
-    with pytest.raises(UnservableError, match="pvc://"):
-        runtime_model(s3, 1, 1, "llama-3.1-8b")
+    s3_spec = msvc_spec(model={"uri": "s3://bucket/x", "profile": "llama-3.1-8b"})
+    with pytest.raises(UnsupportedSourceError, match="pvc://"):
+        hosted(s3_spec)  # refused when resolved: Degraded before any pod
+    with pytest.raises(UnsupportedSourceError, match="pvc://"):
+        runtime_model(replace(hosted(msvc_spec()), spec=s3_spec), 1, 1)
 
 
 def test_served_name_is_the_declared_one_verbatim() -> None:
     # Clients ask for the servedName they declared, 'org/model' style included.
     spec = msvc_spec(model={"uri": "hf://a/b", "profile": "llama-3.1-8b",
                             "servedName": "meta-llama/Llama-3.1-8B-Instruct"})
-    assert HostedModel("llama", spec, 0.9).served_name == "meta-llama/Llama-3.1-8B-Instruct"
+    assert hosted(spec, name="llama").served_name == "meta-llama/Llama-3.1-8B-Instruct"
     spec = msvc_spec(model={"uri": "hf://a/b", "profile": "llama-3.1-8b"})
-    assert HostedModel("llama", spec, 0.9).served_name == "llama"
+    assert hosted(spec, name="llama").served_name == "llama"
 
 
 def test_labels_service_and_group() -> None:
@@ -117,8 +128,8 @@ def test_labels_service_and_group() -> None:
     assert svc["spec"]["selector"] == {"model.kubeplex.io/m": "true"}
     assert svc["spec"]["ports"][0]["targetPort"] == 8000
     assert svc["metadata"]["ownerReferences"][0]["kind"] == "ModelService"
-    hosted = HostedModel("m", msvc_spec(), 0.9)
-    group = serving_group_manifest("ns", "m-0", "p", "n", 2, 1, [hosted], False, [])
+    group = serving_group_manifest("ns", "m-0", "p", "n", 2, 1, [hosted(msvc_spec())], False,
+                                   [])
     assert group["spec"]["gpus"] == 2
     assert group["spec"]["models"] == [{"modelService": "m", "servedName": "m",
                                         "memoryShare": 0.9}]
@@ -165,10 +176,3 @@ def test_conditions_keep_their_transition_time() -> None:
     flipped = merge_conditions(first, [{"type": "Ready", "status": "False"}], 100.0)
     assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
     assert flipped[0]["lastTransitionTime"] != first[0]["lastTransitionTime"]
-
-
-@pytest.mark.parametrize(("ttft", "rate", "expected"), [
-    (None, 0.0, "Idle"), (None, 1.0, "Unknown"), (0.1, 1.0, "Met"), (0.45, 1.0, "AtRisk"),
-    (0.6, 1.0, "Violated")])
-def test_slo_status(ttft: float | None, rate: float, expected: str) -> None:
-    assert slo_status(ttft, 0.5, rate) == expected

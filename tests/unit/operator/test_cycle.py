@@ -19,10 +19,10 @@ from operator_fakes import (
     snapshot,
 )
 
-from kubeplex.operator._autoscale import Scaler
+from kubeplex.control import ActionKind, group_name
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._placement import Templates
-from kubeplex.operator._reconcile import Context, Snapshot, group_name, run_cycle
+from kubeplex.operator._reconcile import Context, Snapshot, run_cycle
 from kubeplex.operator._runtime_client import RuntimeClient
 from kubeplex.operator._settings import Settings
 
@@ -68,6 +68,24 @@ def test_a_pod_lost_after_its_group_was_created_is_recreated_once() -> None:
     assert len(kube.of("ServingGroup")) == 1
 
 
+def test_a_pod_lost_after_it_served_is_replaced_by_the_warm_standby() -> None:
+    kube = FakeKube()
+    models = [msvc("a", 1)]
+    register(kube, *models)
+    ctx, warm_pool = context(kube), pool(warm=1)
+    for t in range(3):
+        run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + t)
+    assert kube.objects[("ServingGroup", "ns", "a-0")]["status"]["phase"] == "Ready"
+    standby = next(g["metadata"]["name"] for g in kube.of("ServingGroup") if g["spec"]["warm"])
+    kube.objects.pop(("Pod", "ns", "a-0"))  # deleted by someone, or the node went away
+    report = run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + 3)
+    assert ("ServingGroup", "ns", "a-0") not in kube.objects
+    first = report.plan.actions[0]
+    assert (first.kind, first.group) == (ActionKind.CLAIM, f"ns/{standby}")
+    lost = [m for r, m in kube.events if r == "ReplicaLost"]
+    assert len(lost) == 1 and "a-0" in lost[0]
+
+
 def test_demand_beyond_the_gpus_is_a_scaling_condition_not_a_pod() -> None:
     kube = FakeKube()
     models = [msvc("big", 5)]
@@ -86,6 +104,7 @@ def test_fragmented_nodes_say_which_block_is_missing() -> None:
     models = [msvc("wide", 1, ), msvc("other", 1)]
     models[0]["spec"]["parallelism"] = {"tensor": 4, "pipeline": 1}
     models[0]["spec"]["priority"] = 200  # planned first: the budget (4 GPUs) allows it
+    models[0]["metadata"]["generation"] += 1  # as the API server counts spec changes
     register(kube, *models)
     # two nodes with 2 GPUs each: 4 free in total, but no node has 4
     run_cycle(context(kube), snapshot(kube, pool(), models, nodes(2, gpus=2)), NOW)
@@ -117,6 +136,7 @@ def test_scale_down_keeps_a_ready_replica_and_scale_up_claims_the_warm_pod() -> 
     assert len(warm) == 1
     warm_name = warm[0]["metadata"]["name"]
     models[0]["spec"]["scaling"]["replicas"] = 2
+    models[0]["metadata"]["generation"] += 1  # /scale changes the spec: a new generation
     run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + 2)
     claimed = kube.objects[("ServingGroup", "ns", warm_name)]
     assert claimed["spec"]["models"][0]["modelService"] == "a"
@@ -132,6 +152,7 @@ def test_scale_down_keeps_a_ready_replica_and_scale_up_claims_the_warm_pod() -> 
     assert len([g for g in kube.of("ServingGroup") if g["spec"]["warm"]]) == 1
     # scale down to 1: one serving group drained, the other kept
     models[0]["spec"]["scaling"]["replicas"] = 1
+    models[0]["metadata"]["generation"] += 1
     run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + 5)
     serving = [g for g in kube.of("ServingGroup") if not g["spec"]["warm"]]
     assert len(serving) == 1
@@ -177,7 +198,7 @@ def _pair() -> tuple[FakeKube, list[dict[str, Any]], Context]:
     register(kube, *models)
     settings = Settings(scrape="off")
     return kube, models, Context(settings, kube, RuntimeClient(settings), OperatorMetrics(),
-                                 Scaler(), Templates(background=False, inline=True))
+                                 templates=Templates(background=False, inline=True))
 
 
 def test_colocated_models_share_one_pod_and_scale_one_at_a_time() -> None:
@@ -288,6 +309,7 @@ def test_a_scale_decision_is_recorded_once_even_from_a_stale_snapshot() -> None:
     run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW)
     assert kube.objects[("ModelService", "ns", "a")]["status"]["desiredReplicas"] == 0
     models[0]["spec"]["scaling"]["replicas"] = 1
+    models[0]["metadata"]["generation"] += 1
     snap = snapshot(kube, pool(), models, nodes(1))
     stale = copy.deepcopy(snap.msvcs)  # kopf's index before the status patch arrives
     run_cycle(ctx, snap, NOW + 1)
@@ -352,8 +374,8 @@ def test_a_consolidation_copy_that_never_gets_ready_is_given_up_with_an_event() 
     it beside coder (``kubeplex.io/added-at``); its engine never gets ready there: after
     ``CONSOLIDATION_TIMEOUT_S`` the cycle unloads it from coder's pod, chat's own group keeps
     serving, an Event says why, and chat is not moved again meanwhile."""
+    from kubeplex.control import CONSOLIDATION_TIMEOUT_S
     from kubeplex.operator._executor import ADDED_AT
-    from kubeplex.operator.planning import CONSOLIDATION_TIMEOUT_S
 
     kube, (chat, coder), ctx = _pair()
     ns = nodes(1, gpus=2)
@@ -384,7 +406,28 @@ def test_a_consolidation_copy_that_never_gets_ready_is_given_up_with_an_event() 
         "phase") != "Draining"
     given_up = [m for r, m in kube.events if r == "ConsolidationGivenUp"]
     assert len(given_up) == 1 and "consolidation of ns/chat given up" in given_up[0]
-    assert ctx.gave_up == {"ns/chat": NOW + t + CONSOLIDATION_TIMEOUT_S + 1}
+    assert ctx.memory["p"].gave_up == {"ns/chat": NOW + t + CONSOLIDATION_TIMEOUT_S + 1}
     for dt in range(2, 6):  # no retry meanwhile
         cycle([chat, coder], t + CONSOLIDATION_TIMEOUT_S + dt)
     assert hosted("coder-0") == ["coder"] and hosted("chat-0") == ["chat"]
+
+
+def test_a_model_placement_cannot_fit_beside_the_others_is_degraded() -> None:
+    """Placement gives every model one replica before any gets two; a model still left
+    without one (the pool is too small for all) is Degraded, naming the pool and the fix."""
+    kube = FakeKube()
+    models = [msvc(f"m{i}", None, profile="llama-3.1-70b") for i in range(3)]
+    for m in models:
+        m["spec"]["scaling"]["minReplicas"] = 1
+        m["spec"]["parallelism"] = {"tensor": "auto", "pipeline": "auto"}
+    register(kube, *models)
+    settings = Settings(scrape="off")
+    ctx = Context(settings, kube, RuntimeClient(settings), OperatorMetrics(),
+                  templates=Templates(background=False, inline=True))
+    report = run_cycle(ctx, snapshot(kube, pool(max_gpus=4), models, nodes(1, gpus=4)), NOW)
+    degraded = {k: v for k, v in report.degraded.items() if "single replica" in v}
+    assert degraded, report.degraded
+    for key in degraded:
+        status = kube.objects[("ModelService", "ns", key.split("/")[1])]["status"]
+        cond = {c["type"]: c for c in status["conditions"]}["Degraded"]
+        assert cond["reason"] == "DoesNotFit" and "maxGPUs" in cond["message"]

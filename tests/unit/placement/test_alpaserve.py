@@ -14,15 +14,15 @@ from kubeplex.placement.alpaserve import (
     latency_buckets,
     selective_replication,
 )
-from kubeplex.placement.errors import DoesNotFitError, PlacementError, UnknownProfileError
-from kubeplex.placement.profiles import (
+from kubeplex.placement.alpaserve.profiles import (
     GIB,
     ModelProfile,
     ParallelConfig,
     StageProfile,
     model_profile,
 )
-from kubeplex.placement.simulator import FIXED_OVERHEAD_S, GroupSpec, simulate
+from kubeplex.placement.alpaserve.simulator import FIXED_OVERHEAD_S, GroupSpec, simulate
+from kubeplex.placement.errors import DoesNotFitError, PlacementError, UnknownProfileError
 from kubeplex.placement.workload import (
     Workload,
     gamma_arrivals,
@@ -222,7 +222,7 @@ def test_alpaserve_never_scores_below_selective_replication_on_its_training_load
 
 
 def test_component_cache_matches_one_whole_simulation() -> None:
-    from kubeplex.placement.alpaserve import _ComponentCache
+    from kubeplex.placement.alpaserve.search import _ComponentCache
 
     base = model_profile("alpa-bert-1.3b")
     profiles = [base.renamed(f"m{i}") for i in range(8)]

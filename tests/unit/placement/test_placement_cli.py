@@ -9,7 +9,7 @@ import pytest
 
 from kubeplex.api import load_documents
 from kubeplex.cli import main
-from kubeplex.placement.specs import demand_from_service, pool_from_resource
+from kubeplex.placement.specs import demand_from_service, pool_from_resource, slo_target
 
 SMALL = ["--gpus", "4", "--models", "4", "--rate", "8", "--duration", "40"]
 
@@ -84,7 +84,9 @@ def test_spec_adapters_read_the_multi_model_example(repo_root: Path) -> None:
     chat = demands["team-a/chat-8b"]
     assert (chat.model.name, chat.arrival_rate, chat.cv) == ("llama-3.1-8b", 30, 3)
     assert (chat.ttft_slo_s, chat.tpot_slo_s, chat.max_replicas) == (0.5, 0.05, 6)
-    assert chat.tp is None and chat.target_attainment == 0.99
+    assert chat.tp is None
+    assert chat.target_attainment == 0.95  # percentile 95 by default, attainment unset
+    assert (chat.prompt_cv, chat.output_cv) == (1.0, 1.0)  # the planner's default spread
     pool = pool_from_resource(pools[0])
     assert (pool.nodes, pool.gpus_per_node, pool.usable_gpus) == (2, 8, 16)
     assert pool.gpu.name == "H100-80GB"
@@ -108,7 +110,59 @@ def test_spec_adapter_refuses_a_service_without_a_profile(repo_root: Path) -> No
     assert demand_from_service(fixed).tp == 2
 
 
+@pytest.mark.parametrize(("percentile", "attainment", "target"), [
+    (95, None, 0.95),    # unset attainment: the percentile's fraction
+    (95, 0.99, 0.99),    # both: the stricter
+    (99.9, 0.95, 0.999),
+])
+def test_one_rule_turns_percentile_and_attainment_into_the_planning_target(
+        percentile: float, attainment: float | None, target: float) -> None:
+    assert slo_target(percentile, attainment) == pytest.approx(target)
+
+
+def test_spec_adapter_reads_declared_length_spreads(repo_root: Path) -> None:
+    import dataclasses
+
+    services, _ = load_documents([repo_root / "examples" / "sim-h100.yaml"]).split()
+    service = services[0]
+    workload = dataclasses.replace(service.spec.workload, prompt_tokens_cv=0.0,
+                                   output_tokens_cv=2.5)
+    declared = dataclasses.replace(service, spec=dataclasses.replace(service.spec,
+                                                                     workload=workload))
+    demand = demand_from_service(declared)
+    assert (demand.prompt_cv, demand.output_cv) == (0.0, 2.5)
+
+
 def test_spec_adapter_keys_colocation_by_namespace(repo_root: Path) -> None:
     services, _ = load_documents([repo_root / "examples" / "multi-model-h100.yaml"]).split()
     for service in services:
         assert demand_from_service(service).colocation_key == service.metadata.namespace
+
+
+def _crowded_pool(tmp_path: Path, models: int) -> Path:
+    docs = ["apiVersion: kubeplex.io/v1alpha1\nkind: GPUPool\nmetadata: {name: one}\n"
+            "spec: {gpu: {product: H100-80GB}, gpusPerNode: 1, maxGPUs: 1}\n"]
+    docs += [f"apiVersion: kubeplex.io/v1alpha1\nkind: ModelService\n"
+             f"metadata: {{name: m{i}, namespace: default}}\n"
+             "spec:\n  model: {uri: 'hf://meta-llama/Llama-3.1-8B', profile: llama-3.1-8b}\n"
+             "  pool: one\n  slo: {ttftSeconds: 1.0}\n"
+             "  workload: {requestsPerSecond: 0.2, promptTokens: 512, outputTokens: 64}\n"
+             for i in range(models)]
+    path = tmp_path / "crowded.yaml"
+    path.write_text("---\n".join(docs))
+    return path
+
+
+def test_plan_fails_naming_the_models_left_without_a_replica(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _crowded_pool(tmp_path, 6)  # one H100 holds 4 of them
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: pool 'one': no room for default/m") and "Traceback" not in err
+    assert err.count("default/m") == 2
+    assert main(["plan", str(path), "--allow-unplaced", "--json"]) == 0
+    [placement] = json.loads(capsys.readouterr().out)
+    assert len(placement["unplaced"]) == 2
+    assert placement["held_out_samples"] == 5
+    low, high = placement["attainment_range"]
+    assert low <= placement["attainment"] <= high

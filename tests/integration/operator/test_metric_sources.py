@@ -1,5 +1,6 @@
-"""Metric sources against real HTTP: a vLLM-style /metrics endpoint on loopback, scraped
-directly and through a real Prometheus; both must give the same signals."""
+"""The operator's metric reads against real HTTP: a vLLM-style /metrics endpoint on loopback,
+scraped directly (``RuntimeClient.metrics``) and through a real Prometheus
+(``RuntimeClient.prometheus``); both parse into the same signals."""
 
 from __future__ import annotations
 
@@ -16,9 +17,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kubeplex.autoscaler import MetricsSourceError, Signals, extract
-from kubeplex.autoscaler.signals import COMPLETIONS, RUNNING, TTFT, WAITING
-from kubeplex.autoscaler.sources import query_prometheus, scrape_runtime
+from kubeplex.autoscaler import Signals, extract
+from kubeplex.autoscaler.signals import COMPLETIONS, RUNNING, TTFT, WAITING, Scrape
+from kubeplex.autoscaler.sources import parse_metrics_text
+from kubeplex.operator._runtime_client import RuntimeClient
+from kubeplex.operator._settings import Settings
+
+CLIENT = RuntimeClient(Settings(scrape_timeout_s=5.0))
+
+
+def scrape(address: str, now: float) -> Scrape:
+    text = CLIENT.metrics(f"http://{address}")
+    assert text is not None, f"no /metrics from {address}"
+    return parse_metrics_text(text, "llama", now, target=address)
 
 TEMPLATE = """\
 # TYPE vllm:num_requests_waiting gauge
@@ -75,12 +86,11 @@ def engine() -> Iterator[tuple[Engine, str]]:
     server.server_close()
 
 
-async def test_direct_scrape_over_http(engine: tuple[Engine, str]) -> None:
+def test_direct_scrape_over_http(engine: tuple[Engine, str]) -> None:
     state, address = engine
-    async with httpx.AsyncClient() as client:
-        first = await scrape_runtime(client, f"http://{address}/metrics", "llama", 0.0)
-        state.done, state.fast, state.waiting = 120, 100, 4
-        second = await scrape_runtime(client, f"http://{address}/metrics", "llama", 10.0)
+    first = scrape(address, 0.0)
+    state.done, state.fast, state.waiting = 120, 100, 4
+    second = scrape(address, 10.0)
     assert first.total(WAITING) == 2 and first.total(RUNNING) == 8
     assert second.total(COMPLETIONS) == 120  # the other model's 5 are not counted
     signals = extract([first, second], 10.0, 60.0, 95, 30.0)
@@ -91,10 +101,8 @@ async def test_direct_scrape_over_http(engine: tuple[Engine, str]) -> None:
     assert signals.ttft_quantile == pytest.approx(0.95)
 
 
-async def test_unreachable_runtime_is_a_source_error() -> None:
-    async with httpx.AsyncClient() as client:
-        with pytest.raises(MetricsSourceError, match="cannot scrape"):
-            await scrape_runtime(client, "http://127.0.0.1:9/metrics", "llama", 0.0)
+def test_an_unreachable_runtime_gives_no_scrape() -> None:
+    assert CLIENT.metrics("http://127.0.0.1:9") is None
 
 
 PROMETHEUS = shutil.which("prometheus")
@@ -146,13 +154,13 @@ async def test_prometheus_source_matches_the_direct_scrape(engine: tuple[Engine,
             if time.monotonic() > deadline:
                 pytest.fail("Prometheus never scraped the engine within 60 s")
             await asyncio.sleep(0.2)
-        scrape = await query_prometheus(client, base, "llama", 1.0)
-        direct = await scrape_runtime(client, f"http://{address}/metrics", "llama", 1.0)
-        with pytest.raises(MetricsSourceError, match="cannot query Prometheus"):
-            await query_prometheus(client, "http://127.0.0.1:9", "llama", 1.0)
+    through = CLIENT.prometheus(base, "llama", None, 1.0)
+    direct = scrape(address, 1.0)
+    assert CLIENT.prometheus("http://127.0.0.1:9", "llama", None, 1.0) is None
+    assert through is not None
     for name in (WAITING, RUNNING, COMPLETIONS):
-        assert scrape.total(name) == direct.total(name), name
-    (buckets,) = scrape.histograms[TTFT].values()
+        assert through.total(name) == direct.total(name), name
+    (buckets,) = through.histograms[TTFT].values()
     (expected,) = direct.histograms[TTFT].values()
     assert buckets == expected
     assert state.done == 100

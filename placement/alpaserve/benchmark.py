@@ -11,16 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from kubeplex.placement.alpaserve import (
+from kubeplex.placement.alpaserve.profiles import (
+    ALPA_REFERENCE_BUDGET_BYTES,
+    ModelProfile,
+    model_profile,
+)
+from kubeplex.placement.alpaserve.search import (
     AlpaPlacement,
     Cluster,
     alpaserve_search,
     clockwork_plus,
     selective_replication,
 )
+from kubeplex.placement.alpaserve.simulator import SimResult, simulate
 from kubeplex.placement.errors import PlacementError
-from kubeplex.placement.profiles import ALPA_REFERENCE_BUDGET_BYTES, ModelProfile, model_profile
-from kubeplex.placement.simulator import SimResult, simulate
 from kubeplex.placement.workload import Workload, power_law_rates, synthetic_workload
 
 __all__ = [

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from kubeplex.placement.alpaserve.profiles import ModelProfile, ParallelConfig
 from kubeplex.placement.errors import PlacementError
-from kubeplex.placement.profiles import ModelProfile, ParallelConfig
 from kubeplex.placement.workload import Workload
 
 __all__ = [

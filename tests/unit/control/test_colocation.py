@@ -1,7 +1,7 @@
 """Co-location in the fleet plan: several models in one group, scaled one at a time.
 
-Pure tests of :func:`kubeplex.operator.planning.fleet_plan` and of the templates
-:func:`~kubeplex.operator.planning.plan_pools` derives from placement's co-located groups.
+Pure tests of :func:`kubeplex.control.fleet_plan` and of the templates
+:func:`~kubeplex.control.plan_pools` derives from placement's co-located groups.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from kubeplex.api import load_documents
-from kubeplex.operator.planning import (
+from kubeplex.control import (
     ActionKind,
     ClaimStep,
     GroupPhase,
@@ -93,14 +93,15 @@ def _apply(groups: list[GroupView], plan, templates=TEMPLATES) -> list[GroupView
 
 def test_partners_scaling_from_zero_start_as_one_group():
     plan = fleet_plan([], {A: ModelTarget(A, 1), B: ModelTarget(B, 1)}, TEMPLATES, BUDGET)
-    assert _kinds(plan) == [(ActionKind.START, None, (A, B))]
+    assert _kinds(plan) == [(ActionKind.START, "default/a-b-0", (A, B))]
     assert "co-locating default/b" in plan.actions[0].reason
     assert plan.actions[0].gpus == 1
 
 
 def test_models_placed_alone_are_never_packed():
     plan = fleet_plan([], {A: ModelTarget(A, 1), C: ModelTarget(C, 1)}, TEMPLATES, BUDGET)
-    assert _kinds(plan) == [(ActionKind.START, None, (A,)), (ActionKind.START, None, (C,))]
+    assert _kinds(plan) == [(ActionKind.START, "default/a-0", (A,)),
+                            (ActionKind.START, "default/c-0", (C,))]
 
 
 def test_scale_up_adds_to_a_running_group_with_room():
@@ -113,13 +114,13 @@ def test_scale_up_adds_to_a_running_group_with_room():
 def test_a_full_group_gets_no_partner():
     groups = [_view("g", GroupPhase.READY, (A,), (MEMORY_LIMIT,))]  # started alone, whole GPU
     plan = fleet_plan(groups, {A: ModelTarget(A, 1), B: ModelTarget(B, 1)}, TEMPLATES, BUDGET)
-    assert _kinds(plan) == [(ActionKind.START, None, (B,))]
+    assert _kinds(plan) == [(ActionKind.START, "default/b-0", (B,))]
 
 
 def test_scale_one_model_inside_a_shared_group():
     shared = [_view("g", GroupPhase.READY, (A, B), (0.5, 0.4))]
     up = fleet_plan(shared, {A: ModelTarget(A, 2), B: ModelTarget(B, 1)}, TEMPLATES, BUDGET)
-    assert _kinds(up) == [(ActionKind.START, None, (A,))]  # a second replica: a new group
+    assert _kinds(up) == [(ActionKind.START, "default/a-0", (A,))]  # a second replica: new group
     down = fleet_plan(shared, {A: ModelTarget(A, 1), B: ModelTarget(B, 0)}, TEMPLATES, BUDGET)
     assert _kinds(down) == [(ActionKind.UNLOAD, "g", (B,))]  # B leaves, the group stays
     assert "default/a stay" in down.actions[0].reason

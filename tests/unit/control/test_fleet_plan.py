@@ -1,4 +1,4 @@
-"""kubeplex.operator.planning: adapters and the fleet plan (pure, no processes)."""
+"""kubeplex.control: adapters and the fleet plan (pure, no processes)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kubeplex.api import load_documents
-from kubeplex.operator.planning import (
+from kubeplex.control import (
+    ActionCause,
     ActionKind,
     GroupPhase,
     GroupView,
@@ -16,6 +17,7 @@ from kubeplex.operator.planning import (
     PlanningError,
     PoolBudget,
     ReplicaTemplate,
+    ShortfallCause,
     autoscaler_config,
     engine_max_num_seqs,
     fleet_plan,
@@ -132,7 +134,7 @@ def test_scale_up_claims_warm_standbys_first_then_cold_starts():
     plan = fleet_plan(groups, {M: ModelTarget(M, 3, reason="burst")}, {M: T1},
                       [PoolBudget("p", max_gpus=8, warm_size=0)])
     assert _kinds(plan) == [(ActionKind.CLAIM, "w1", M), (ActionKind.CLAIM, "w2", M),
-                            (ActionKind.START, None, M)]
+                            (ActionKind.START, "default/m-0", M)]
     assert "burst" in plan.actions[0].reason and "preloaded" in plan.actions[0].reason
     assert plan.messages == ()
 
@@ -143,6 +145,7 @@ def test_budget_shortfall_becomes_a_message_naming_the_pool():
                       [PoolBudget("p", max_gpus=5, warm_size=0)])
     assert [a.kind for a in plan.actions] == [ActionKind.START, ActionKind.START]
     assert len(plan.messages) == 1
+    assert plan.shortfalls[0].cause is ShortfallCause.GPU_BUDGET
     assert "GPUPool p" in plan.messages[0] and "only 3 fit" in plan.messages[0]
     assert plan.message_for(M) == plan.messages[0]
 
@@ -153,7 +156,8 @@ def test_unneeded_standby_is_stopped_to_make_room():
     templates = {M: T1, other: ReplicaTemplate(other, "p", 1, 1)}
     plan = fleet_plan(groups, {M: ModelTarget(M, 2)}, templates,
                       [PoolBudget("p", max_gpus=2, warm_size=0)])
-    assert _kinds(plan) == [(ActionKind.STOP, "w", None), (ActionKind.START, None, M)]
+    assert _kinds(plan) == [(ActionKind.STOP, "w", None), (ActionKind.START, "default/m-0", M)]
+    assert plan.actions[0].cause is ActionCause.MAKE_ROOM
 
 
 def test_scale_down_removes_starting_first_then_dedicated_then_unloads_shared():
@@ -185,7 +189,8 @@ def test_warm_pool_is_refilled_within_budget_and_trimmed():
     groups = [_g("a", GroupPhase.READY)]
     plan = fleet_plan(groups, {M: ModelTarget(M, 1, warm=2)}, {M: T1},
                       [PoolBudget("p", max_gpus=2)])
-    assert _kinds(plan) == [(ActionKind.START_WARM, None, M)]
+    assert _kinds(plan) == [(ActionKind.START_WARM, "default/warm-p-0", M)]
+    assert plan.shortfalls[0].cause is ShortfallCause.WARM_POOL
     assert "warm pool" in plan.messages[0]
     extra = [*groups, _g("w1", GroupPhase.WARM, preloaded=(M,)), _g("w2", GroupPhase.WARMING)]
     trim = fleet_plan(extra, {M: ModelTarget(M, 1)}, {M: T1},

@@ -1,5 +1,5 @@
-"""Consolidation in ``planning.fleet_plan``: models started alone (the quick template, before
-the background placement paired them) move next to their placement partners once the fleet is
+"""Consolidation in ``kubeplex.control.fleet_plan``: models started alone (the quick template,
+before the background placement paired them) move next to their placement partners once the fleet is
 stable: ADD into a partner's group with room, or START one shared group when the GPUs are
 free; the old groups are drained only after the new copies are ready, and a new copy that
 never becomes ready is given up after a bound."""
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from kubeplex.operator.planning import (
+from kubeplex.control import (
     CONSOLIDATION_RETRY_S,
     CONSOLIDATION_TIMEOUT_S,
     Action,
+    ActionCause,
     ActionKind,
     FleetPlan,
     GroupPhase,
@@ -32,7 +33,9 @@ ONE_EACH = {A: ModelTarget(A, 1), B: ModelTarget(B, 1)}
 
 def view(id_: str, models: tuple[str, ...], shares: tuple[float, ...],
          phase: GroupPhase = GroupPhase.READY, loading: tuple[str, ...] = ()) -> GroupView:
-    return GroupView(id_, "p", 1, phase, models, (), 0.0, 0.0, False, (1, 1), shares, loading)
+    """A group of namespace ``ns`` (where the models are): ``id_`` is its name."""
+    gid = id_ if "/" in id_ else f"ns/{id_}"
+    return GroupView(gid, "p", 1, phase, models, (), 0.0, 0.0, False, (1, 1), shares, loading)
 
 
 def budget(gpus: int) -> list[PoolBudget]:
@@ -40,7 +43,8 @@ def budget(gpus: int) -> list[PoolBudget]:
 
 
 def kinds(plan: FleetPlan) -> list[tuple[ActionKind, str | None, tuple[str, ...]]]:
-    return [(a.kind, a.group, a.models) for a in plan.actions]
+    """Each action's kind, group name (its namespace cut off) and models."""
+    return [(a.kind, a.group and a.group.removeprefix("ns/"), a.models) for a in plan.actions]
 
 
 def ready_copies(groups: list[GroupView], model: str) -> int:
@@ -51,10 +55,10 @@ def ready_copies(groups: list[GroupView], model: str) -> int:
 def apply(groups: list[GroupView], actions: tuple[Action, ...]) -> list[GroupView]:
     """What the executor leaves right after the plan: new groups start, added models load."""
     out = {g.id: g for g in groups}
-    for n, a in enumerate(actions):
+    for a in actions:
         g = out.get(a.group or "")
-        if a.kind is ActionKind.START:
-            out[f"new{n}"] = view(f"new{n}", a.models,
+        if a.kind is ActionKind.START and a.group:
+            out[a.group] = view(a.group, a.models,
                                   tuple(TEMPLATES[m].memory_share for m in a.models),
                                   GroupPhase.STARTING)
         elif a.kind is ActionKind.ADD and g is not None and a.model:
@@ -75,7 +79,7 @@ def test_a_model_started_alone_moves_into_its_partners_group_then_its_old_group_
     groups = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("b", (B,), (0.4,))]
     first = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), max_moves=4)
     assert kinds(first) == [(ActionKind.ADD, "b", (A,))]
-    assert "consolidate" in first.actions[0].reason
+    assert first.actions[0].cause is ActionCause.CONSOLIDATE
     groups = apply(groups, first.actions)
     # A loads beside B: nothing is drained meanwhile (alone-a is its only ready copy).
     assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), max_moves=4).actions == ()
@@ -91,7 +95,7 @@ def test_a_model_started_alone_moves_into_its_partners_group_then_its_old_group_
 def test_two_models_alone_start_one_shared_group_when_a_gpu_is_free() -> None:
     groups = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("alone-b", (B,), (MEMORY_LIMIT,))]
     first = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(3))
-    assert kinds(first) == [(ActionKind.START, None, (A, B))]
+    assert kinds(first) == [(ActionKind.START, "a-b-0", (A, B))]
     assert first.actions[0].gpus == 1
     groups = apply(groups, first.actions)
     assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(3)).actions == ()  # still starting
@@ -113,10 +117,11 @@ def test_no_consolidation_while_the_fleet_scales_or_is_short_or_out_of_moves() -
     groups = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("b", (B,), (0.4,))]
     scaling = fleet_plan(groups, {A: ModelTarget(A, 1), B: ModelTarget(B, 2)}, TEMPLATES,
                          budget(4))
-    assert not any("consolidate" in a.reason for a in scaling.actions)
+    assert not any(a.cause is ActionCause.CONSOLIDATE for a in scaling.actions)
     short = fleet_plan([*groups, view("c", (C,), (MEMORY_LIMIT,))],
                        {**ONE_EACH, C: ModelTarget(C, 3)}, TEMPLATES, budget(3))
-    assert short.messages and not any("consolidate" in a.reason for a in short.actions)
+    assert short.messages and not any(a.cause is ActionCause.CONSOLIDATE
+                                      for a in short.actions)
     assert fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), max_moves=0).actions == ()
     starting = [groups[0], view("b", (B,), (0.4,), GroupPhase.STARTING)]
     assert fleet_plan(starting, ONE_EACH, TEMPLATES, budget(2)).actions == ()
@@ -144,12 +149,14 @@ def test_a_copy_loaded_beside_a_partner_that_never_gets_ready_is_given_up() -> N
     assert [g.loading for g in groups] == [(), (A,)]
     waiting = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), 4,
                          T0 + CONSOLIDATION_TIMEOUT_S - 1)
-    assert waiting.actions == () and waiting.gave_up == ()
+    assert waiting.actions == () and not waiting.gave_up
     later = T0 + CONSOLIDATION_TIMEOUT_S + 1
     stuck = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(2), 4, later)
     assert kinds(stuck) == [(ActionKind.UNLOAD, "b", (A,))]
-    assert stuck.gave_up == (A,)
+    assert list(stuck.gave_up) == [A]
+    assert stuck.actions[0].cause is ActionCause.CONSOLIDATION_GIVEN_UP
     reason = stuck.actions[0].reason
+    assert reason.startswith(stuck.gave_up[A])
     assert f"consolidation of {A} given up" in reason and "not ready after 601 s" in reason
     assert "ns/b stay" in reason
     after = [view("alone-a", (A,), (MEMORY_LIMIT,)), view("b", (B,), (0.4,))]
@@ -173,10 +180,11 @@ def test_a_shared_group_started_for_partners_that_never_gets_ready_is_drained_on
                       T0 + CONSOLIDATION_TIMEOUT_S).actions == ()
     stuck = fleet_plan(groups, ONE_EACH, TEMPLATES, budget(3), None,
                        T0 + CONSOLIDATION_TIMEOUT_S + 30)
-    assert kinds(stuck) == [(ActionKind.DRAIN, "new0", (A,))]  # one drain for both models
-    assert stuck.gave_up == (A, B)
-    assert f"consolidation of {A}, {B} given up: the new copy in new0" in stuck.actions[0].reason
-    after = [g for g in groups if g.id != "new0"]
+    assert kinds(stuck) == [(ActionKind.DRAIN, "a-b-0", (A,))]  # one drain for both models
+    assert sorted(stuck.gave_up) == [A, B]
+    assert (f"consolidation of {A}, {B} given up: the new copy in ns/a-b-0"
+            in stuck.actions[0].reason)
+    after = [g for g in groups if g.id != "ns/a-b-0"]
     assert ready_copies(after, A) == ready_copies(after, B) == 1
     assert fleet_plan(after, ONE_EACH, TEMPLATES, budget(3), None, T0 + 1000,
                       {A: T0 + 630, B: T0 + 630}).actions == ()

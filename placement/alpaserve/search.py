@@ -24,9 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kubeplex.placement.alpaserve.profiles import ModelProfile, ParallelConfig
+from kubeplex.placement.alpaserve.simulator import GroupSpec, SimResult, simulate
 from kubeplex.placement.errors import DoesNotFitError, PlacementError
-from kubeplex.placement.profiles import ModelProfile, ParallelConfig
-from kubeplex.placement.simulator import GroupSpec, SimResult, simulate
+from kubeplex.placement.groups import (
+    connected_components,
+    powers_of_two_upto,
+    split_powers_of_two,
+)
 from kubeplex.placement.workload import Workload
 
 __all__ = [
@@ -55,6 +60,7 @@ MAX_OP = 4
 SAME_LATENCY_THRESHOLD = 0.38
 #: The artifact keeps shrinking its tolerance until fewer than 100 device splits remain.
 BUCKET_PARTITION_LIMIT = 100
+#: The tolerances it tries in turn (the artifact's ``partition_devices`` list).
 _BUCKET_TOLERANCES = (1.0, 0.5, 0.3, 0.2, 0.1)
 #: Clockwork++ re-plans every 60 s (AlpaServe §6.2).
 CLOCKWORK_WINDOW_S = 60.0
@@ -105,26 +111,17 @@ class AlpaPlacement:
         return sum(len(g.models) for g in self.groups)
 
 
-def _powers_of_two_upto(n: int) -> list[int]:
-    return [1 << k for k in range(n.bit_length()) if 1 << k <= n]
-
-
-def _split_powers_of_two(n: int) -> list[int]:
-    """``n`` as a sum of distinct powers of two, largest first (``6 -> [4, 2]``)."""
-    return [1 << k for k in reversed(range(n.bit_length())) if n >> k & 1]
-
-
 def enumerate_group_configs(num_gpus: int, gpus_per_node: int = 8, max_op: int = MAX_OP,
                             max_pp: int = MAX_PP) -> list[tuple[ParallelConfig, ...]]:
     """Candidate group partitions of the cluster (see the module docstring)."""
     if num_gpus < 1:
         raise PlacementError(f"need at least one GPU, got {num_gpus}")
     sets: list[tuple[ParallelConfig, ...]] = []
-    for size in _powers_of_two_upto(num_gpus):
+    for size in powers_of_two_upto(num_gpus):
         if size > gpus_per_node and size % gpus_per_node:
             continue
-        remainder = tuple(ParallelConfig(1, s) for s in _split_powers_of_two(num_gpus % size))
-        for pp in _powers_of_two_upto(size):
+        remainder = tuple(ParallelConfig(1, s) for s in split_powers_of_two(num_gpus % size))
+        for pp in powers_of_two_upto(size):
             op = size // pp
             if pp > max_pp or op > max_op:
                 continue
@@ -163,7 +160,7 @@ class _ComponentCache:
     def counts(self, groups: Sequence[GroupSpec]) -> tuple[list[float], list[int]]:
         unserved = self.requests.astype(np.float64).tolist()
         group_requests = [0] * len(groups)
-        for component in _components(groups):
+        for component in connected_components([g.models for g in groups]):
             key = tuple((g, groups[g].config, groups[g].models) for g in component)
             if key not in self._cache:
                 self._cache[key] = self._simulate(groups, component)
@@ -184,30 +181,6 @@ class _ComponentCache:
         unserved = result.unserved.tolist()
         return ({m: int(unserved[i]) for i, m in enumerate(models)},
                 {g: int(result.group_requests[j]) for j, g in enumerate(component)})
-
-
-def _components(groups: Sequence[GroupSpec]) -> list[list[int]]:
-    """Indices of non-empty groups, in connected components (shared models link groups)."""
-    parent = list(range(len(groups)))
-
-    def root(g: int) -> int:
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
-
-    first_host: dict[int, int] = {}
-    for g, group in enumerate(groups):
-        for m in group.models:
-            if m in first_host:
-                parent[root(g)] = root(first_host[m])
-            else:
-                first_host[m] = g
-    components: dict[int, list[int]] = {}
-    for g, group in enumerate(groups):
-        if group.models:
-            components.setdefault(root(g), []).append(g)
-    return list(components.values())
 
 
 def greedy_placement(configs: Sequence[ParallelConfig], profiles: Sequence[ModelProfile],
