@@ -263,6 +263,11 @@ class Router:
             state = self._replicas[key] = _Replica(PrefixIndex(DEFAULT_INDEX_TOKENS))
         return state
 
+    @property
+    def uses_prefixes(self) -> bool:
+        """Whether the policy looks at the prompt's blocks (else they need not be hashed)."""
+        return self.policy is Policy.PREFIX_AWARE
+
     def in_flight(self, key: Hashable) -> int:
         return self._state(key).in_flight
 
@@ -347,17 +352,18 @@ class Router:
         ticket.finished = True
 
 
-def request_of(body: Mapping[str, Any], chat: bool,
-               block_size: int = ROUTER_BLOCK_SIZE) -> Request:
+def request_of(body: Mapping[str, Any], chat: bool, block_size: int = ROUTER_BLOCK_SIZE,
+               hashed: bool = True) -> Request:
     """What the router needs of an OpenAI request body (never raises: a malformed body is
-    routed as one with no prefix, and the engine answers it with its own error).
+    routed as one with no prefix, and the engine answers it with its own error). Without
+    ``hashed`` the prompt is not cut into blocks (policies that ignore prefixes).
 
     Prompt tokens: the body's ``prompt_tokens`` (the sim's extension), else the length of a
     token-id prompt, else the text's characters / :data:`CHARS_PER_TOKEN`; output tokens:
     ``max_tokens`` (``max_completion_tokens`` for chat), else :data:`DEFAULT_MAX_TOKENS`.
     """
     try:
-        blocks = prompt_blocks(body, chat, block_size)
+        blocks = prompt_blocks(body, chat, block_size) if hashed else NO_BLOCKS
     except ValueError:
         blocks = NO_BLOCKS
     hint = body.get("prompt_tokens")

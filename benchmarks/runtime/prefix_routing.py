@@ -51,14 +51,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from kubeplex.gateway import Gateway, Replica, Route
-from kubeplex.runtime.harness import (
-    VLLM_MISSING_REASON,
-    RuntimeProcess,
-    model_entry,
-    vllm_python_path,
-)
+from kubeplex.runtime.harness import RuntimeProcess, benchmark_tiny_model, model_entry
 from kubeplex.runtime.supervisor import free_port
-from kubeplex.runtime.tiny_model import ensure_tiny_model
 
 RESULTS = Path(__file__).parent / "results"
 POLICIES = ("prefix-aware", "least-loaded")
@@ -264,11 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tiny = None
     if args.engine == "vllm":
-        python = vllm_python_path()
-        if python is None:
-            print(VLLM_MISSING_REASON, file=sys.stderr)
+        tiny = benchmark_tiny_model(wide=args.model == "wide")
+        if tiny is None:
             return 2
-        tiny = ensure_tiny_model(python, wide=args.model == "wide")
     with tempfile.TemporaryDirectory() as tmp:
         runtimes = _start(args.engine, tiny, Path(tmp))
         try:

@@ -53,15 +53,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from kubeplex.runtime._loop import run
-from kubeplex.runtime.harness import (
-    VLLM_MISSING_REASON,
-    RuntimeProcess,
-    model_entry,
-    vllm_python_path,
-)
+from kubeplex.runtime.harness import RuntimeProcess, benchmark_tiny_model, model_entry
 from kubeplex.runtime.routing import POLICIES
 from kubeplex.runtime.supervisor import free_port
-from kubeplex.runtime.tiny_model import ensure_tiny_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -266,11 +260,9 @@ def main() -> int:
         return 0
     tiny = None
     if args.engine == "vllm":
-        python = vllm_python_path()
-        if python is None:
-            print(VLLM_MISSING_REASON, file=sys.stderr)
+        tiny = benchmark_tiny_model()
+        if tiny is None:
             return 2
-        tiny = ensure_tiny_model(python)
     config = {"models": [model_entry("m", args.engine, tiny_model=tiny, memory_share=0.9)]}
     prompt = " ".join(["the model serves tokens"] * max(1, args.prompt_chars // 24))
     body = {"model": "m", "prompt": prompt, "max_tokens": args.max_tokens,

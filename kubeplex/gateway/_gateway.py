@@ -289,14 +289,15 @@ class Gateway(Runtime):
         if self.draining:
             self.metrics.requests.labels(model, "503").inc()
             return self._unavailable("kubeplex is shutting down", 1, request_id)
-        shape = request_of(parsed, chat=request.path.endswith("/chat/completions"))
+        router = self.routers[route]
+        shape = request_of(parsed, chat=request.path.endswith("/chat/completions"),
+                           hashed=router.uses_prefixes)
         replica = self._pick(route, request=shape)
         if replica is None:
             replica, refusal = await self._hold(route, arrived, request_id, request=shape)
             if replica is None:
                 self.metrics.requests.labels(model, "503").inc()
                 return refusal
-        router = self.routers[route]
         tickets = [router.sent(replica, shape, time.monotonic())]
 
         async def elsewhere(refused: Target) -> Target | None:

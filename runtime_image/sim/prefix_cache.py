@@ -70,11 +70,6 @@ class KVCache:
         """``vllm:kv_cache_usage_perc``: the share held by running requests."""
         return self.used / self.capacity if self.capacity else 0.0
 
-    @property
-    def cached_tokens(self) -> int:
-        """Tokens of every registered block (held or free): what a lookup can hit."""
-        return sum(e.tokens for e in self._entries.values())
-
     def lookup(self, blocks: PromptBlocks, prompt_tokens: int) -> int:
         """Prompt tokens a request would find cached now (no state change)."""
         return self._hits(blocks, prompt_tokens) * blocks.block_size
