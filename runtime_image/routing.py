@@ -1,10 +1,11 @@
 """Which replica serves a request: the routing policies (pure code: no I/O, no clock).
 
-The gateway (:mod:`kubeplex.gateway`), the in-pod router's users and the trace replay
-(``kubeplex simulate routing``, :mod:`kubeplex.runtime.sim.replay`) all run this code, so what
-the simulator measures is what the gateway does. A :class:`Router` keeps, per replica, what
-the router itself knows: its requests in flight and the KV tokens they reserve (prompt +
-``max_tokens``), and an index of the prompt blocks it recently sent there.
+The gateway (:mod:`kubeplex.gateway`) and the trace replay (``kubeplex simulate routing``,
+:mod:`kubeplex.runtime.sim.replay`) both run this code, so what the simulator measures is what
+the gateway does (a serving pod's own router has one engine per model: no choice to make). A
+:class:`Router` keeps, per replica, what the router itself knows: its requests in flight and
+the KV tokens they reserve (prompt + ``max_tokens``), and an index of the prompt blocks it
+recently sent there.
 
 Policies (``spec.routing`` of a ModelService):
 
@@ -118,6 +119,8 @@ RATE_MEMORY = 20
 #: engine still holds (fewer hits); too large sends requests for prefixes it has evicted
 #: (recomputed there, still within the load bound).
 DEFAULT_INDEX_TOKENS = 400_000
+
+
 class PrefixIndex:
     """The block hashes a router recently sent to one replica, LRU, bounded in tokens."""
 
@@ -343,9 +346,13 @@ class Router:
         ticket.started = True
 
     def done(self, ticket: Ticket, now: float) -> None:
-        """A request is over (answered, failed or cut) at ``now``."""
-        self.started(ticket, now)
+        """A request is over (answered, failed or cut) at ``now``. One that never reported a
+        first output (not streamed) leaves the queued prefill now, without a rate sample:
+        its prefill ended at some unknown time before."""
         state = self._replicas.get(ticket.key)
+        if not ticket.started and state is not None:
+            state.prefill -= ticket.prefill_tokens
+        ticket.started = True
         if state is not None and not ticket.finished:
             state.in_flight -= 1
             state.reserved -= ticket.kv_tokens

@@ -50,10 +50,13 @@ def test_least_loaded_picks_the_fewest_in_flight_and_round_robin_takes_turns() -
 
 def test_a_shared_prefix_goes_where_it_is_cached() -> None:
     router = _router()
-    home = _route(router, _req("sys", "conv1", "turn1"))
-    ticket_free = [router.sent(k, _req(f"other{k}"), 0.0) for k in REPLICAS if k != home]
-    for t in ticket_free:
-        router.done(t, 0.1)
+    turn1 = _req("sys", "conv1", "turn1")
+    home = REPLICAS[router.choose(REPLICAS, turn1, 0.0).index]
+    first = router.sent(home, turn1, 0.0)
+    others = [router.sent(k, _req(f"other{k}"), 0.0) for k in REPLICAS if k != home]
+    router.started(first, 0.5)  # its first output: nothing queued at home any more
+    for t in others:
+        router.done(t, 0.6)
     choice = router.choose(REPLICAS, _req("sys", "conv1", "turn1", "turn2"), 1.0)
     assert REPLICAS[choice.index] == home
     assert choice.cause is Cause.PREFIX and choice.cached_tokens == 300
