@@ -4,8 +4,9 @@ vLLM's automatic prefix caching cuts the prompt into blocks of ``block_size`` to
 default) and names every *full* block by a hash of its tokens *and* of its parent block's hash
 (``vllm/v1/core/kv_cache_utils.py``, ``hash_block_tokens``): equal hashes at position *i* mean
 an equal prompt up to the end of block *i*. The sim engine's cache
-(:mod:`kubeplex.runtime.sim.prefix_cache`), the routing policy (:mod:`kubeplex.runtime.routing`)
-and the trace replay all key on the same chain, computed here from a request body:
+(:mod:`kubeplex.runtime.sim.prefix_cache`), the routing policy (:mod:`kubeplex.runtime.routing`,
+in blocks of its own size) and the trace replay all key on such chains, computed here from a
+request body:
 
 * ``block_hashes`` (a kubeplex extension for trace replay, like the sim's ``prompt_tokens``):
   one id per block of ``block_size`` tokens (default :data:`VLLM_BLOCK_SIZE`), e.g. a Mooncake
