@@ -106,8 +106,10 @@ def _routing(args: argparse.Namespace) -> int:
           f"{len(result.ttft_s)} requests ({summary['rejected']} too long for a replica)")
     print(f"  TTFT p50 {summary['ttft_p50_s']:.3f} s, p95 {summary['ttft_p95_s']:.3f} s, "
           f"p99 {summary['ttft_p99_s']:.3f} s")
-    print(f"  prefix hits {summary['prefix_hit_rate']:.1%} of prompt blocks (one shared cache "
-          f"of the same total size: {shared:.1%}; {summary['hit_rate_vs_shared']:.0%} of it)")
+    reference = (f"one shared cache of the same total size: {shared:.1%}; "
+                 f"{summary['hit_rate_vs_shared']:.0%} of it" if shared
+                 else "no prompt prefix repeats in this trace")
+    print(f"  prefix hits {summary['prefix_hit_rate']:.1%} of prompt blocks ({reference})")
     print(f"  requests per replica {summary['requests_per_replica']} (busiest "
           f"{summary['max_fair_share']:.2f}x its fair share); output "
           f"{summary['throughput_tokens_s']:.0f} tokens/s")

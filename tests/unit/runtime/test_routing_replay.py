@@ -141,6 +141,16 @@ def test_simulate_routing_command(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "policy round-robin" in capsys.readouterr().out
 
 
+def test_simulate_routing_on_a_trace_without_block_ids(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    trace = tmp_path / "plain.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0,500,20\n0.5,700,30\n")
+    assert main(["simulate", "routing", "--trace", str(trace), "--model", "llama-3.1-8b",
+                 "--gpu", "H100-80GB", "--replicas", "2"]) == 0
+    assert "no prompt prefix repeats in this trace" in capsys.readouterr().out
+
+
 def test_simulate_routing_refuses_bad_input(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     missing = ["simulate", "routing", "--trace", str(tmp_path / "none.jsonl"), "--model",
