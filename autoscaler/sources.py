@@ -75,7 +75,14 @@ def _instance(labels: Mapping[str, str], prefix: str) -> str:
 
 
 def _bound(text: str) -> float:
-    return math.inf if text in ("+Inf", "Inf", "inf") else float(text)
+    """A histogram bucket's ``le`` bound (MetricsSourceError when it is not a number)."""
+    if text in ("+Inf", "Inf", "inf"):
+        return math.inf
+    try:
+        return float(text)
+    except ValueError as err:
+        raise MetricsSourceError(f"histogram bucket bound le={text[:40]!r} is not a number"
+                                 ) from err
 
 
 def _build(time: float, samples: Iterable[tuple[str, Mapping[str, str], float]],

@@ -28,6 +28,8 @@ import numpy.typing as npt
 from kubeplex.autoscaler.errors import TraceError
 
 __all__ = [
+    "MAX_TRACE_REQUESTS",
+    "MAX_TRACE_SECONDS",
     "TRACE_HEADER",
     "Trace",
     "diurnal_rate",
@@ -44,6 +46,12 @@ TRACE_HEADER = ("arrival_s", "prompt_tokens", "output_tokens")
 TOKEN_SIGMA = 0.6
 #: Resolution of the rate grid the operational-time mapping interpolates on.
 RATE_GRID_S = 1.0
+#: Longest trace kubeplex replays or generates (seconds): a week. The fleet simulator steps
+#: every scrape interval (2 s) however sparse the arrivals, so a week is about 300,000 steps
+#: (a minute or so with a progress bar); an arrival_s of 1e12 would never finish.
+MAX_TRACE_SECONDS = 7 * 86_400.0
+#: Most requests in one trace: ten million rows (a few hundred MB of arrays).
+MAX_TRACE_REQUESTS = 10_000_000
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 RateFn = Callable[[FloatArray], FloatArray]
@@ -82,6 +90,12 @@ def _validate(arrival: FloatArray, prompt: IntArray, output: IntArray, where: st
         raise TraceError(f"{where}: the trace has no requests")
     if not np.all(np.isfinite(arrival)) or arrival[0] < 0:
         raise TraceError(f"{where}: arrival_s must be finite and >= 0")
+    if arrival.size > MAX_TRACE_REQUESTS:
+        raise TraceError(f"{where}: {arrival.size} requests is more than the "
+                         f"{MAX_TRACE_REQUESTS} kubeplex replays at once; split the trace")
+    if arrival[-1] > MAX_TRACE_SECONDS:
+        raise TraceError(f"{where}: arrival_s {arrival[-1]:g} is past the longest trace kubeplex "
+                         f"replays ({MAX_TRACE_SECONDS:g} s, a week); split the trace")
     unsorted = np.nonzero(np.diff(arrival) < 0)[0]
     if unsorted.size:
         i = int(unsorted[0]) + 1
@@ -96,9 +110,13 @@ def read_trace(source: Path | TextIO) -> Trace:
     """Read a trace CSV (path or open text stream); bad content -> :class:`TraceError`."""
     where = str(source) if isinstance(source, Path) else "trace"
     try:
-        text = source.read_text() if isinstance(source, Path) else source.read()
+        text = source.read_text(encoding="utf-8") if isinstance(source, Path) \
+            else source.read()
     except OSError as err:
         raise TraceError(f"cannot read trace {where}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise TraceError(f"{where}: not UTF-8 text (a binary file?); a trace is a CSV with "
+                         f"the header {','.join(TRACE_HEADER)}") from err
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         raise TraceError(f"{where}: empty file; expected the header {','.join(TRACE_HEADER)}")
@@ -111,7 +129,7 @@ def read_trace(source: Path | TextIO) -> Trace:
         arrival = np.array([float(r[0]) for r in body], dtype=np.float64)
         prompt = np.array([int(r[1]) for r in body], dtype=np.int64)
         output = np.array([int(r[2]) for r in body], dtype=np.int64)
-    except (ValueError, IndexError) as err:
+    except (ValueError, IndexError, OverflowError) as err:
         raise TraceError(f"{where}: every row needs a number arrival_s and integer "
                          f"prompt_tokens, output_tokens ({err})") from err
     return _validate(arrival, prompt, output, where)
@@ -152,10 +170,14 @@ def diurnal_rate(low: float, high: float, period_s: float) -> RateFn:
 def generate(rate: RateFn, duration_s: float, cv: float, seed: int,
              prompt_tokens: float = 512.0, output_tokens: float = 128.0) -> Trace:
     """A Gamma renewal process (inter-arrival cv ``cv``) with time-varying rate ``rate(t)``."""
-    if duration_s <= 0:
-        raise TraceError(f"duration must be > 0 s, got {duration_s}")
-    if cv <= 0:
-        raise TraceError(f"cv must be > 0, got {cv}")
+    if not 0 < duration_s <= MAX_TRACE_SECONDS:
+        raise TraceError(f"duration must be > 0 s and at most {MAX_TRACE_SECONDS:g} s (a "
+                         f"week), got {duration_s}")
+    if not 0 < cv < math.inf:
+        raise TraceError(f"cv must be a finite number > 0, got {cv}")
+    if not 1 <= prompt_tokens < math.inf or not 1 <= output_tokens < math.inf:
+        raise TraceError(f"mean token counts must be finite numbers >= 1, got "
+                         f"{prompt_tokens} and {output_tokens}")
     grid = np.arange(0.0, duration_s + RATE_GRID_S, RATE_GRID_S)
     rates = rate(grid)
     if np.any(rates < 0) or not np.all(np.isfinite(rates)):
@@ -164,6 +186,9 @@ def generate(rate: RateFn, duration_s: float, cv: float, seed: int,
     total = float(cumulative[-1])
     if total <= 0:
         raise TraceError("the rate is zero everywhere: no requests to generate")
+    if total > MAX_TRACE_REQUESTS:
+        raise TraceError(f"about {total:.3g} requests is more than the {MAX_TRACE_REQUESTS} "
+                         "kubeplex generates at once; lower the rate or the duration")
     rng = np.random.default_rng(seed)
     shape = 1.0 / cv**2
     expected = int(total * 1.2 + 10 * math.sqrt(total) + 100)
@@ -182,9 +207,11 @@ def read_minute_counts(path: Path, function: str | None = None) -> list[int]:
     """Per-minute counts from an Azure Functions invocation CSV (summed over rows, or one
     function's row when ``function`` names its HashFunction)."""
     try:
-        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
     except OSError as err:
         raise TraceError(f"cannot read {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise TraceError(f"{path}: not UTF-8 text (a binary file?)") from err
     if not rows:
         raise TraceError(f"{path}: no rows")
     minutes = sorted((k for k in rows[0] if k and k.strip().isdigit()), key=int)
@@ -196,7 +223,7 @@ def read_minute_counts(path: Path, function: str | None = None) -> list[int]:
             raise TraceError(f"{path}: no row with HashFunction {function!r}")
     try:
         return [sum(int(float(r[m] or 0)) for r in rows) for m in minutes]
-    except ValueError as err:
+    except (ValueError, OverflowError) as err:
         raise TraceError(f"{path}: per-minute counts must be numbers ({err})") from err
 
 
@@ -205,6 +232,10 @@ def from_minute_counts(counts: Sequence[int], seed: int, prompt_tokens: float = 
     """Arrivals spread uniformly within each minute's count."""
     if any(c < 0 for c in counts):
         raise TraceError("per-minute counts must be >= 0")
+    if sum(counts) > MAX_TRACE_REQUESTS or len(counts) * minute_s > MAX_TRACE_SECONDS:
+        raise TraceError(f"{sum(counts)} requests over {len(counts)} minutes is more than "
+                         f"kubeplex replays at once ({MAX_TRACE_REQUESTS} requests, "
+                         f"{MAX_TRACE_SECONDS:g} s)")
     rng = np.random.default_rng(seed)
     parts = [np.sort(rng.uniform(i * minute_s, (i + 1) * minute_s, c))
              for i, c in enumerate(counts) if c]

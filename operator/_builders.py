@@ -11,28 +11,37 @@ Labels (the contract other components rely on):
 * ``model.kubeplex.io/<ModelService name>: "true"`` on a pod once it serves that model. The
   ModelService's Service and its ``status.selector`` (hence ``/scale``) select on it, so a pod
   joins a model's Service exactly when this label appears.
+
+A model's LoRA adapters (``spec.adapters``) go into its runtime config entry (``adapters``, with
+the same sources as the model: pvc:// mounted, s3:// refused); the group records what its pod's
+runtime was given in the ``kubeplex.io/adapters`` annotation (:func:`adapters_fingerprint`), so
+a later change of ``spec.adapters`` is noticed (:mod:`kubeplex.operator._adapters`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kubeplex.api import API_VERSION, GPUPoolSpec
+from kubeplex.api import API_VERSION, Adapter, GPUPoolSpec
 from kubeplex.control import ResolvedModel, UnsupportedSourceError
+from kubeplex.operator._dra import use_claim
 from kubeplex.operator._settings import Settings
 
 __all__ = [
+    "ADAPTERS",
     "GROUP_LABEL",
     "MANAGED_BY",
     "POOL_LABEL",
     "RUNTIME_CONFIG_ENV",
     "WARM_LABEL",
+    "adapters_fingerprint",
     "model_label",
     "owner_ref",
     "pod_manifest",
+    "runtime_adapters",
     "runtime_model",
     "selector",
     "service_manifest",
@@ -44,6 +53,10 @@ POOL_LABEL = "kubeplex.io/pool"
 GROUP_LABEL = "kubeplex.io/group"
 WARM_LABEL = "kubeplex.io/warm"
 MODEL_LABEL_PREFIX = "model.kubeplex.io/"
+#: On a ServingGroup: the fingerprint of the adapters its pod's runtime serves.
+ADAPTERS = "kubeplex.io/adapters"
+#: Hex digits of that fingerprint (a sha256 prefix: enough to tell two adapter lists apart).
+FINGERPRINT_DIGITS = 16
 #: The env var carrying the runtime config (JSON) into the pod; no ConfigMap, no extra RBAC.
 RUNTIME_CONFIG_ENV = "KUBEPLEX_RUNTIME_CONFIG"
 #: Where the pod writes that config for `kubeplex-runtime --config`.
@@ -79,14 +92,36 @@ def owner_ref(kind: str, name: str, uid: str, controller: bool = True) -> dict[s
             "controller": controller, "blockOwnerDeletion": True}
 
 
-def _model_path(uri: str) -> str:
+def _model_path(uri: str, field: str = "spec.model.uri") -> str:
     if uri.startswith("pvc://"):
         return f"{MODELS_MOUNT}/{uri.removeprefix('pvc://')}"
     if uri.startswith("s3://"):
         raise UnsupportedSourceError(
-            f"spec.model.uri {uri!r}: the runtime loads hf://, file:// and pvc:// models; "
+            f"{field} {uri!r}: the runtime loads hf://, file:// and pvc:// sources; "
             "copy the weights to a PersistentVolumeClaim and use pvc://CLAIM/PATH")
     return uri
+
+
+def _adapter_path(uri: str) -> str:
+    return _model_path(uri, "spec.adapters[].uri")
+
+
+def runtime_adapters(adapters: Sequence[Adapter], engine: str,
+                     path_of: Callable[[str], str]) -> list[dict[str, Any]]:
+    """A model's ``adapters`` entry of the runtime config: ``path_of`` turns a vllm adapter's
+    URI into what the runtime loads (the sim takes the URI as written)."""
+    return [{"name": a.name, "path": a.uri if engine == "sim" else path_of(a.uri),
+             "rank": a.rank} for a in adapters]
+
+
+def adapters_fingerprint(models: Sequence[ResolvedModel]) -> str:
+    """A short digest of the adapters of ``models`` ("" when none has any)."""
+    pairs = [(m.served_name, [(a.name, a.uri, a.rank) for a in m.spec.adapters])
+             for m in models if m.spec.adapters]
+    if not pairs:
+        return ""
+    text = json.dumps(sorted(pairs), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_DIGITS]
 
 
 def runtime_model(m: ResolvedModel, tp: int, pp: int) -> dict[str, Any]:
@@ -100,6 +135,7 @@ def runtime_model(m: ResolvedModel, tp: int, pp: int) -> dict[str, Any]:
         "pipelineParallel": pp,
         "memoryShare": m.memory_share,
         "maxModelLen": spec.model.max_model_len,
+        "adapters": runtime_adapters(spec.adapters, spec.engine, _adapter_path),
         "args": [*(["--dtype", spec.model.dtype] if spec.engine == "vllm" else []),
                  *spec.model.engine_args],
     }
@@ -108,12 +144,14 @@ def runtime_model(m: ResolvedModel, tp: int, pp: int) -> dict[str, Any]:
 def serving_group_manifest(namespace: str, name: str, pool: str, node: str, tp: int, pp: int,
                            models: Sequence[ResolvedModel], warm: bool,
                            owners: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    fingerprint = adapters_fingerprint(models)
     return {
         "apiVersion": API_VERSION,
         "kind": "ServingGroup",
         "metadata": {"name": name, "namespace": namespace,
                      "labels": {MANAGED_BY[0]: MANAGED_BY[1], POOL_LABEL: pool,
                                 **({WARM_LABEL: "true"} if warm else {})},
+                     **({"annotations": {ADAPTERS: fingerprint}} if fingerprint else {}),
                      "ownerReferences": list(owners)},
         "spec": {"pool": pool, "nodeName": node, "gpus": tp * pp, "tensorParallel": tp,
                  "pipelineParallel": pp, "warm": warm,
@@ -126,7 +164,9 @@ def pod_manifest(settings: Settings, namespace: str, name: str, pool: str, pool_
                  node: str, tp: int, pp: int, config_models: Sequence[dict[str, Any]],
                  serving: Sequence[str], warm: bool, group_uid: str,
                  image: str | None = None) -> dict[str, Any]:
-    """The pod of one group: the runtime with the group's config, pinned to the planned node.
+    """The pod of one group: the runtime with the group's config, pinned to the planned node,
+    with the group's GPUs as the pool's extended resource or, for a DRA pool, a claim from the
+    group's ResourceClaimTemplate (:mod:`kubeplex.operator._dra`).
 
     ``serving``: ModelService names whose model label the pod carries from the start (a cold
     pod serves its models once its readiness probe passes; a claimed warm pod gets the label
@@ -140,8 +180,10 @@ def pod_manifest(settings: Settings, namespace: str, name: str, pool: str, pool_
     if warm:
         labels[WARM_LABEL] = "true"
     volumes, mounts = [], []
-    claims = sorted({m["model"].split("/")[2] for m in config_models
-                     if str(m["model"]).startswith(MODELS_MOUNT + "/")})
+    sources = [str(m["model"]) for m in config_models]
+    sources += [str(a["path"]) for m in config_models for a in m.get("adapters") or ()]
+    claims = sorted({path.split("/")[2] for path in sources
+                     if path.startswith(MODELS_MOUNT + "/")})
     for i, claim in enumerate(claims):
         volumes.append({"name": f"models-{i}", "persistentVolumeClaim": {
             "claimName": claim, "readOnly": True}})
@@ -172,7 +214,7 @@ def pod_manifest(settings: Settings, namespace: str, name: str, pool: str, pool_
                       "limits": {resource: str(gpus)}},
         "volumeMounts": mounts,
     }
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -191,6 +233,9 @@ def pod_manifest(settings: Settings, namespace: str, name: str, pool: str, pool_
             "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
         },
     }
+    if pool_spec.gpu.device_class_name is not None:  # DRA: the group's claim template
+        return use_claim(pod, resource, name)
+    return pod
 
 
 def service_manifest(namespace: str, msvc: str, uid: str, port: int,

@@ -5,7 +5,9 @@ hold (``{"metadata": ..., "spec": ...}``); no I/O, no clock.
   ``spec.model.servedName`` (default: the ModelService's name) would share the gateway's route
   and the alert rules' ``(namespace, model)`` joins. :func:`served_name_conflicts` keeps the
   oldest serving and refuses the others (``Degraded``, reason ``DuplicateServedName``); once the
-  holder is deleted (or being deleted) the next oldest proceeds.
+  holder is deleted (or being deleted) the next oldest proceeds. The names of LoRA adapters
+  (``spec.adapters[].name``) are served names too: one that an older ModelService serves (as
+  its model or an adapter) refuses the younger ModelService the same way.
 * **One pool per node.** Two GPUPools whose nodeSelectors match one node could both allocate
   its GPUs. :func:`node_owners` gives each node to the oldest pool that selects it (and has
   GPUs of that pool's resource there); the other pools neither count nor use it, and say in
@@ -31,6 +33,7 @@ __all__ = [
     "DUPLICATE_SERVED_NAME",
     "NameConflict",
     "NodeOwnership",
+    "adapter_names",
     "node_owners",
     "served_name",
     "served_name_conflicts",
@@ -64,10 +67,18 @@ class NameConflict:
     holder: str
     served_name: str
     reason: str = DUPLICATE_SERVED_NAME
+    #: True when the clashing name is one of this ModelService's adapters (spec.adapters).
+    adapter: bool = False
 
     @property
     def message(self) -> str:
         namespace, holder = self.holder.split("/", 1)
+        if self.adapter:
+            return (f"spec.adapters: the adapter name {self.served_name!r} is already served in "
+                    f"namespace {namespace} by ModelService {holder} (created earlier; as its "
+                    f"model or one of its adapters), so this one is not served. Fix: rename "
+                    f"the adapter, or delete {holder}; this one is served as soon as the name "
+                    f"is free")
         return (f"spec.model.servedName {self.served_name!r} is already served in namespace "
                 f"{namespace} by ModelService {holder} (created earlier); two ModelServices "
                 f"with one served name cannot be routed or alerted apart, so this one is not "
@@ -76,22 +87,28 @@ class NameConflict:
                 f"one is served as soon as the name is free")
 
 
+def adapter_names(msvc: Mapping[str, Any]) -> list[str]:
+    """The names of its LoRA adapters (``spec.adapters[].name``)."""
+    return [str(a.get("name")) for a in (msvc.get("spec") or {}).get("adapters") or ()
+            if isinstance(a, Mapping) and a.get("name")]
+
+
 def served_name_conflicts(msvcs: Iterable[Mapping[str, Any]]) -> dict[str, NameConflict]:
-    """Every refused ModelService (key ``namespace/name``) -> its conflict; the oldest of each
-    ``(namespace, served name)`` is not in the result."""
-    holders: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for m in msvcs:
-        if _alive(m):
-            ns = str(m["metadata"].get("namespace") or "default")
-            holders.setdefault((ns, served_name(m)), []).append(m)
+    """Every refused ModelService (key ``namespace/name``) -> its conflict. Oldest first, each
+    claims its served name and adapter names in its namespace unless an older one holds one
+    of them (then it is refused and claims nothing)."""
+    claimed: dict[tuple[str, str], str] = {}  # (namespace, name) -> holder key
     out: dict[str, NameConflict] = {}
-    for (ns, name), same in holders.items():
-        if len(same) < 2:
+    for m in sorted((m for m in msvcs if _alive(m)), key=_age):
+        ns = str(m["metadata"].get("namespace") or "default")
+        key = f"{ns}/{m['metadata']['name']}"
+        names = [(served_name(m), False), *((a, True) for a in adapter_names(m))]
+        clash = next(((n, a) for n, a in names if (ns, n) in claimed), None)
+        if clash is not None:
+            out[key] = NameConflict(key, claimed[ns, clash[0]], clash[0], adapter=clash[1])
             continue
-        first, *rest = sorted(same, key=_age)
-        for m in rest:
-            key = f"{ns}/{m['metadata']['name']}"
-            out[key] = NameConflict(key, f"{ns}/{first['metadata']['name']}", name)
+        for name, _ in names:
+            claimed[ns, name] = key
     return out
 
 
@@ -126,6 +143,8 @@ def _selects(pool: GPUPoolSpec, node: Mapping[str, Any]) -> bool:
     labels = node.get("labels") or {}
     if not all(labels.get(k) == v for k, v in pool.node_selector.items()):
         return False
+    if pool.gpu.device_class_name is not None:
+        return True  # DRA: the node's GPUs are devices in ResourceSlices, not allocatable
     gpus = str((node.get("allocatable") or {}).get(pool.gpu.resource_name, "0"))
     return gpus.isdigit() and int(gpus) > 0
 

@@ -47,6 +47,7 @@ from typing import Any
 
 from kubeplex.api import GPUPoolSpec
 from kubeplex.control import ClaimStep, ResolvedModel, claim_step
+from kubeplex.operator import _adapters
 from kubeplex.operator._builders import (
     WARM_LABEL,
     model_label,
@@ -55,6 +56,7 @@ from kubeplex.operator._builders import (
     runtime_model,
     serving_group_manifest,
 )
+from kubeplex.operator._dra import claim_template_manifest
 from kubeplex.operator._kube import KubeApi
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._runtime_client import PodEndpoints, RuntimeClient
@@ -348,6 +350,9 @@ class Executor:
             self._resync(view, hosted)
         if view.unloading and view.pod is not None:
             self._finish_unloads(view, now)
+        if view.phase == "Ready" and (adapters := _adapters.change_patch(view, hosted)):
+            self.kube.patch("ServingGroup", view.namespace, view.name, {"metadata": {
+                "annotations": {**adapters, CHANGED_IN_PLACE: "true"}}})  # resynced next
         if view.phase != view.old_phase:
             since = iso(now) if view.phase in ("Ready", "Warm") else view.ready_since
             self._group_status(view.namespace, view.name, view.phase, since, list(view.models))
@@ -404,6 +409,7 @@ class Executor:
         if status is None:
             return
         running = {str(e.get("name")): str(e.get("state")) for e in status.get("models", ())}
+        _adapters.resync(self, view, hosted, status)  # spec.adapters changed since the start
         lost = [h for h in hosted if h.model.served_name not in running]
         if lost:
             self.kube.patch("Pod", view.namespace, view.name, {"metadata": {"labels": {
@@ -529,6 +535,8 @@ class Executor:
     def _create_pod(self, namespace: str, name: str, uid: str, node: str, tp: int, pp: int,
                     hosted: Sequence[Hosted], warm: bool) -> None:
         config = [runtime_model(h.model, tp, pp) for h in hosted]
+        if (device_class := self.pool_spec.gpu.device_class_name) is not None:  # DRA
+            self.kube.create(claim_template_manifest(namespace, name, uid, device_class, tp * pp))
         self.kube.create(pod_manifest(
             self.settings, namespace, name, self.pool, self.pool_spec, node, tp, pp, config,
             [] if warm else [h.model.name for h in hosted], warm, uid,

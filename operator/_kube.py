@@ -18,9 +18,10 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from kubeplex.api import GROUP, VERSION
+from kubeplex.operator._dra import node_devices
 from kubeplex.operator.errors import OperatorError
 
-__all__ = ["RBAC_NEEDED", "Kube", "KubeApi"]
+__all__ = ["RBAC_INFERENCE_POOLS", "RBAC_NEEDED", "Kube", "KubeApi"]
 
 log = logging.getLogger("kubeplex.operator")
 
@@ -43,7 +44,16 @@ RBAC_NEEDED: frozenset[tuple[str, str, str]] = frozenset({
     # two-phase scale-down: has the model's Service dropped the pod yet (Kube.endpoint_pods);
     # every gateway replica's held requests (Kube.service_urls)
     ("discovery.k8s.io", "endpointslices", "list"),
+    # GPUPools that take GPUs through DRA (operator/_dra.py): a claim template per group,
+    # and the devices the drivers publish per node
+    ("resource.k8s.io", "resourceclaimtemplates", "create"),
+    ("resource.k8s.io", "resourceslices", "list"),
 })
+#: The calls of KUBEPLEX_INFERENCE_POOLS=true (operator/_inference_pool.py); the chart grants
+#: them with inferencePool.enabled only.
+RBAC_INFERENCE_POOLS: frozenset[tuple[str, str, str]] = frozenset(
+    ("inference.networking.k8s.io", "inferencepools", verb)
+    for verb in ("create", "patch", "get", "delete"))
 
 
 class KubeApi(Protocol):
@@ -57,10 +67,15 @@ class KubeApi(Protocol):
               message: str, warning: bool = False) -> None: ...
     def endpoint_pods(self, namespace: str, service: str) -> set[str] | None: ...
     def delete_owned_service(self, namespace: str, name: str, owner_uid: str) -> None: ...
+    def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> None: ...
+    def device_counts(self, driver: str) -> dict[str, int] | None: ...
 
 
 _PLURALS = {"ServingGroup": "servinggroups", "ModelService": "modelservices",
             "GPUPool": "gpupools"}
+#: Namespaced kinds of other API groups the operator writes: kind -> (group, version, plural).
+_FOREIGN = {"InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
+            "ResourceClaimTemplate": ("resource.k8s.io", "v1", "resourceclaimtemplates")}
 #: Writes whose answer the operator does not read: the client then skips turning the JSON
 #: into its model objects (for a Pod that costs more CPU than the request itself).
 NO_ANSWER: dict[str, Any] = {"_preload_content": False}
@@ -93,6 +108,18 @@ class Kube:
                 created: Any = self.custom.create_namespaced_custom_object(
                     GROUP, VERSION, ns, _PLURALS[kind], obj, **NO_ANSWER)
                 return dict(json.loads(created.data))
+            if kind in _FOREIGN:
+                group, version, plural = _FOREIGN[kind]
+                try:
+                    _done(self.custom.create_namespaced_custom_object(
+                        group, version, ns, plural, obj, **NO_ANSWER))
+                except ApiException as e:
+                    if e.status == 404:
+                        raise OperatorError(
+                            f"the API server does not serve {plural}.{group}/{version} (404): "
+                            f"install its CRD, or turn off what creates {kind}s") from None
+                    raise
+                return obj
             body: Any = obj  # the client accepts plain dicts as well as its models
             if kind == "Pod":
                 _done(self.core.create_namespaced_pod(ns, body, **NO_ANSWER))
@@ -132,6 +159,10 @@ class Kube:
                 _done(self.core.patch_namespaced_pod(name, ns, body, **NO_ANSWER))
             elif kind == "Service":
                 _done(self.core.patch_namespaced_service(name, ns, body, **NO_ANSWER))
+            elif kind in _FOREIGN:
+                group, version, plural = _FOREIGN[kind]
+                _done(self.custom.patch_namespaced_custom_object(group, version, ns, plural,
+                                                                 name, body, **NO_ANSWER))
             else:
                 raise ValueError(f"cannot patch kind {kind}")
         except ApiException as e:
@@ -168,6 +199,35 @@ class Kube:
         except ApiException as e:
             if e.status not in (404, 409):
                 raise
+
+    def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> None:
+        """Delete a namespaced object of another API group (an InferencePool) if an owner
+        reference names ``owner_uid``; a user's object of the same name stays."""
+        group, version, plural = _FOREIGN[kind]
+        try:
+            obj: Any = self.custom.get_namespaced_custom_object(group, version, namespace,
+                                                                plural, name)
+            if not any(ref.get("uid") == owner_uid for ref in
+                       (obj.get("metadata") or {}).get("ownerReferences") or ()):
+                return
+            self.custom.delete_namespaced_custom_object(
+                group, version, namespace, plural, name,
+                body=k8s.V1DeleteOptions(
+                    preconditions=k8s.V1Preconditions(uid=obj["metadata"]["uid"])))
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
+    def device_counts(self, driver: str) -> dict[str, int] | None:
+        """Devices of ``driver`` per node, from its ResourceSlices (DRA; the newest generation
+        of each pool); None when they cannot be listed."""
+        try:
+            listed: Any = self.custom.list_cluster_custom_object(
+                "resource.k8s.io", "v1", "resourceslices", field_selector=f"spec.driver={driver}")
+        except ApiException as e:
+            log.warning("could not list ResourceSlices of driver %s: %s", driver, e.reason)
+            return None
+        return node_devices(listed.get("items") or (), driver)
 
     def endpoint_pods(self, namespace: str, service: str) -> set[str] | None:
         """Names of the pods the Service's EndpointSlices list (in any condition); None when

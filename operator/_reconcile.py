@@ -62,6 +62,7 @@ from kubeplex.control import (
 from kubeplex.errors import KubeplexError
 from kubeplex.operator._builders import POOL_LABEL, selector, service_manifest
 from kubeplex.operator._executor import CLAIMED_AT, Executor, GroupObj, Hosted
+from kubeplex.operator._inference_pool import sync_inference_pool
 from kubeplex.operator._kube import KubeApi
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._observe import observe_models
@@ -178,16 +179,20 @@ def _gpus(value: Any) -> int:
         return 0
 
 
-def node_states(snap: Snapshot, spec: GPUPoolSpec) -> list[NodeState]:
+def node_states(snap: Snapshot, spec: GPUPoolSpec,
+                devices: Mapping[str, int] | None = None) -> list[NodeState]:
     """The pool's nodes; ``foreign_gpus`` counts every pod on the node except this pool's own
-    groups (counted from the groups, pods or not): other workloads and other pools."""
+    groups (counted from the groups, pods or not): other workloads and other pools.
+    ``devices``: a DRA pool's GPUs per node (from ResourceSlices, ``_dra``) instead of the
+    nodes' allocatable extended resource."""
     resource = spec.gpu.resource_name
     pool = snap.pool["metadata"]["name"]
     out = []
     for n in snap.nodes:
         if not _selected(n, spec.node_selector):
             continue
-        gpus = _gpus((n.get("allocatable") or {}).get(resource, 0))
+        gpus = (devices.get(n["name"], 0) if devices is not None
+                else _gpus((n.get("allocatable") or {}).get(resource, 0)))
         if gpus <= 0:
             continue
         foreign = sum(p["gpus"].get(resource, 0) for p in snap.pods_by_node.get(n["name"], ())
@@ -239,7 +244,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     pool = GPUPool(ObjectMeta.from_dict(snap.pool["metadata"]),
                    parse_spec(GPUPoolSpec, snap.pool["spec"]))
     gpu = pool.spec.gpu.spec()
-    nodes = node_states(snap, pool.spec)
+    driver = pool.spec.gpu.dra_driver  # DRA: the nodes' GPUs are their published devices
+    nodes = node_states(snap, pool.spec, (ctx.kube.device_counts(driver) or {})
+                        if driver is not None else None)
     ready_nodes = [n for n in nodes if n.ready]
     objs = {f"{g['metadata']['namespace']}/{g['metadata']['name']}": GroupObj.of(
         g, snap.pods_by_group.get((g["metadata"]["namespace"], g["metadata"]["name"])),
@@ -412,6 +419,7 @@ def _sync_service(ctx: Context, key: str, uid: str, want: bool) -> None:
         ctx.kube.create(service_manifest(ns, name, uid, ctx.settings.runtime_port))
     else:
         ctx.kube.delete_owned_service(ns, name, uid)
+    sync_inference_pool(ctx.kube, ctx.settings, ns, name, uid, want)  # opt-in, beside it
     ctx.services[key] = (uid, want)
 
 

@@ -35,6 +35,10 @@ ROUTER_URL_ANNOTATION = "kubeplex.io/router-url"
 CONTROL_URL_ANNOTATION = "kubeplex.io/control-url"
 #: An unload drains first (up to the runtime's grace, 30 s by default): send it, do not wait.
 UNLOAD_REQUEST_TIMEOUT_S = 0.5
+#: Changing a model's LoRA adapters waits for the loads: a local adapter loads in well under a
+#: second; a hub download may take longer, and the next cycle asks again (the runtime keeps
+#: loading meanwhile, one change at a time per model).
+ADAPTERS_REQUEST_TIMEOUT_S = 30.0
 #: Gateway replicas scraped at once for held requests (each call has the scrape timeout, so
 #: a read takes about ceil(replicas / 8) timeouts at worst).
 GATEWAY_CONCURRENCY = 8
@@ -132,6 +136,17 @@ class RuntimeClient:
         except httpx.HTTPError:
             return False
         return r.status_code in (200, 404)
+
+    def set_adapters(self, control: str, model: str,
+                     adapters: list[dict[str, Any]]) -> tuple[int | None, str]:
+        """Make ``model``'s engine serve exactly ``adapters`` (the runtime loads and unloads
+        them); the status code and answer (None: the runtime could not be reached)."""
+        try:
+            r = self.client.put(f"{control}/kubeplex/v1/models/{model}/adapters",
+                                json={"adapters": adapters}, timeout=ADAPTERS_REQUEST_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            return None, type(exc).__name__
+        return r.status_code, r.text[:500]
 
     def sleep(self, control: str, model: str) -> int | None:
         """Put ``model`` to sleep (level 1); the status code (409: the engine cannot sleep),

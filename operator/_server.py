@@ -1,8 +1,11 @@
 """The operator's HTTP endpoints (aiohttp, in kopf's event loop):
 
 * ``POST /alerts`` on ``KUBEPLEX_WEBHOOK_PORT``: Alertmanager webhook v4 with
-  ``Authorization: Bearer <token>``. 401 without the right token, 400 on a malformed body
-  (Alertmanager does not retry 4xx), 200 with what was triggered and what was ignored. Each
+  ``Authorization: Bearer <token>``. 503 while no token is configured (Alertmanager retries
+  5xx: the alerts arrive once the Secret is mounted), 401 without the right token, 400 on a
+  malformed body (not JSON, nested deeper than 64 levels, not v4; Alertmanager does not retry
+  4xx), 413 over :data:`MAX_BODY_BYTES`, all as JSON ``{"error": ...}``; 200 with what was
+  triggered and what was ignored. Each
   firing alert labelled ``namespace`` + ``modelservice`` wakes that model's pool at once;
   duplicates (same fingerprint and startsAt) are dropped. The decision itself always reads
   fresh metrics: an alert only says "look now".
@@ -13,7 +16,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from typing import Any
 
@@ -24,6 +26,7 @@ from kubeplex.autoscaler.alerts import AlertLedger, parse_webhook
 from kubeplex.autoscaler.errors import AutoscalerError
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._settings import Settings
+from kubeplex.runtime._limits import BadRequestBody, json_errors, parse_json
 
 __all__ = ["MAX_BODY_BYTES", "start_servers"]
 
@@ -31,8 +34,12 @@ __all__ = ["MAX_BODY_BYTES", "start_servers"]
 MAX_BODY_BYTES = 1 << 20
 
 
+def _shape(status: int, message: str) -> dict[str, str]:
+    return {"error": message}
+
+
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return web.json_response(_shape(status, message), status=status)
 
 
 def alerts_app(settings: Settings, metrics: OperatorMetrics, memo: Any) -> web.Application:
@@ -40,18 +47,21 @@ def alerts_app(settings: Settings, metrics: OperatorMetrics, memo: Any) -> web.A
 
     async def alerts(request: web.Request) -> web.Response:
         token = settings.token()
-        given = request.headers.get("Authorization", "")
-        if not token or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        if not token:
+            metrics.alerts.labels(outcome="unauthorized").inc()
+            return _error(503, "no alert token configured on the operator "
+                               "(KUBEPLEX_ALERT_TOKEN or KUBEPLEX_ALERT_TOKEN_FILE)")
+        # Header values arrive as str (undecodable bytes as surrogates): compare bytes.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             metrics.alerts.labels(outcome="unauthorized").inc()
             return _error(401, "missing or wrong bearer token (Authorization: Bearer <token> "
-                               "from the alert webhook Secret)"
-                          if token else "no alert token configured on the operator "
-                                        "(KUBEPLEX_ALERT_TOKEN or KUBEPLEX_ALERT_TOKEN_FILE)")
+                               "from the alert webhook Secret)")
         raw = await request.read()
         try:
-            payload = json.loads(raw)
+            payload = parse_json(raw)
             parsed = parse_webhook(payload, state["ledger"], time.time())
-        except (ValueError, UnicodeDecodeError) as e:
+        except BadRequestBody as e:
             metrics.alerts.labels(outcome="malformed").inc()
             return _error(400, f"body is not JSON: {e}")
         except AutoscalerError as e:
@@ -70,7 +80,7 @@ def alerts_app(settings: Settings, metrics: OperatorMetrics, memo: Any) -> web.A
         metrics.alerts.labels(outcome="accepted").inc()
         return web.json_response({"triggered": triggered, "ignored": ignored})
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors(_shape)])
     app.router.add_post("/alerts", alerts)
     return app
 
@@ -80,7 +90,7 @@ def metrics_app(metrics: OperatorMetrics) -> web.Application:
         return web.Response(body=generate_latest(metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors(_shape)])
     app.router.add_get("/metrics", serve)
     return app
 

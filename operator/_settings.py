@@ -81,6 +81,14 @@ ENV_DOCS: dict[str, tuple[str, str, str]] = {
                                         "Scale-down: seconds a pod keeps serving a model after "
                                         "its label came off, unless the model's EndpointSlices "
                                         "drop it sooner (then the runtime drains/unloads it)."),
+    "KUBEPLEX_INFERENCE_POOLS": ("inference_pools", "false",
+                                 "Keep one Gateway API Inference Extension InferencePool "
+                                 "(inference.networking.k8s.io/v1) per served ModelService; "
+                                 "needs that CRD installed (chart: inferencePool.enabled)."),
+    "KUBEPLEX_INFERENCE_POOL_EPP": ("inference_pool_epp", "{name}-epp:9002",
+                                    "The endpoint picker Service each InferencePool names, as "
+                                    "NAME:PORT; {name} is the ModelService's name (the "
+                                    "upstream inferencepool chart's <release>-epp on 9002)."),
     "KUBEPLEX_CPU_REQUEST": ("cpu_request", "4", "CPU request of a serving pod."),
     "KUBEPLEX_MEMORY_REQUEST": ("memory_request", "32Gi", "Memory request of a serving pod."),
 }
@@ -155,6 +163,8 @@ class Settings:
     autoscaler: str = ""
     placement: str = "search"
     endpoint_grace_s: float = 2.0
+    inference_pools: bool = False
+    inference_pool_epp: str = "{name}-epp:9002"
     cpu_request: str = "4"
     memory_request: str = "32Gi"
 
@@ -180,6 +190,11 @@ class Settings:
             raise ConfigError("KUBEPLEX_INTERVAL_SECONDS must be > 0")
         if settings.endpoint_grace_s < 0:
             raise ConfigError("KUBEPLEX_ENDPOINT_GRACE_SECONDS must be >= 0")
+        if not re.fullmatch(r"[a-z0-9{}.-]+:[0-9]{1,5}", settings.inference_pool_epp) or not \
+                0 < int(settings.inference_pool_epp.rpartition(":")[2]) < 65536:
+            raise ConfigError(f"KUBEPLEX_INFERENCE_POOL_EPP={settings.inference_pool_epp!r}: "
+                              "use SERVICE:PORT, e.g. {name}-epp:9002 ({name}: the "
+                              "ModelService's name)")
         return settings
 
     def token(self) -> str:

@@ -14,18 +14,23 @@ models that share a group multiplex it statistically.
     placement = plan(pool, demands)                      # a fresh plan
     later = plan(pool, new_demands, current=placement, max_moves=2)   # incremental
 
-* :func:`plan` ``(pool, demands, current=None, max_moves=None, fill=False) -> Placement``.
-  ``Placement.groups`` lists :class:`GroupPlacement` (``id``, ``node``, ``gpu_indices`` on that
-  node, ``tp``, ``pp``, hosted models with ``memory_share`` = vLLM's
-  ``--gpu-memory-utilization`` and ``kv_capacity_tokens``); ``Placement.models`` the predicted
-  :class:`ModelOutcome` per model (replicas, attainment vs target, p95 TTFT); ``attainment``,
-  ``free_gpus`` and a human-readable ``explanation``. A group never spans nodes (one pod per
-  group). With ``current``, ``moved`` names the groups created or changed and ``removed`` the
-  ones to delete; every other group stays exactly as it was, and at most ``max_moves`` change.
-* Inputs: :class:`ModelDemand` (name, :class:`ModelShape`, arrival rate and cv, prompt/output
-  tokens, TTFT/TPOT SLO and target attainment, min/max replicas, fixed or auto tp/pp,
-  max_model_len) and :class:`PoolSpec` (GPU spec, nodes x GPUs per node, max GPUs).
-  :mod:`kubeplex.placement.specs` builds them from ModelService / GPUPool specs.
+* :func:`plan` ``(pool, demands, current=None, max_moves=None, fill=False,
+  allow_unplaced=False) -> Placement``. ``Placement.groups`` lists :class:`GroupPlacement`
+  (``id``, ``node``, ``gpu_indices`` on that node, ``tp``, ``pp``, hosted models with
+  ``memory_share`` = vLLM's ``--gpu-memory-utilization`` and ``kv_capacity_tokens``);
+  ``Placement.models`` the predicted :class:`ModelOutcome` per model (replicas, attainment vs
+  target with its range, p95 TTFT); ``attainment`` (the median over samples held out from the
+  search, ``prediction`` has its range), ``free_gpus`` and a human-readable ``explanation``.
+  A group never spans nodes (one pod per group). With ``current``, ``moved`` names the groups
+  created or changed and ``removed`` the ones to delete; every other group stays exactly as it
+  was, and at most ``max_moves`` change. A model with demand left without a replica raises
+  :class:`UnplacedModelsError` (``models`` names them) unless ``allow_unplaced``.
+* Inputs: :class:`ModelDemand` (name, :class:`ModelShape`, arrival rate and cv, mean
+  prompt/output tokens and their spread or observed lengths, TTFT/TPOT SLO and target
+  attainment, min/max replicas, fixed or auto tp/pp, max_model_len) and :class:`PoolSpec`
+  (GPU spec, nodes x GPUs per node, max GPUs). :mod:`kubeplex.placement.specs` builds them
+  from ModelService / GPUPool specs (``slo_target``: the one rule for percentile and
+  attainment).
 * Layout of the package: two sub-packages and what they share.
 
   - :mod:`~kubeplex.placement.planner` (**the production LLM planner**):
@@ -48,7 +53,12 @@ Errors: every deliberate failure is a :class:`PlacementError` (unknown names:
 """
 
 from kubeplex.placement.alpaserve import AlpaPlacement, Cluster, alpaserve_search
-from kubeplex.placement.errors import DoesNotFitError, PlacementError, UnknownProfileError
+from kubeplex.placement.errors import (
+    DoesNotFitError,
+    PlacementError,
+    UnknownProfileError,
+    UnplacedModelsError,
+)
 from kubeplex.placement.hardware import GPUS, GPUSpec, gpu
 from kubeplex.placement.llm import MODELS, LLMProfile, ModelShape, model, profile
 from kubeplex.placement.planner import (
@@ -79,6 +89,7 @@ __all__ = [
     "PlacementError",
     "PoolSpec",
     "UnknownProfileError",
+    "UnplacedModelsError",
     "alpaserve_search",
     "gpu",
     "model",

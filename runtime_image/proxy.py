@@ -25,12 +25,13 @@ What keeps it lean (``benchmarks/runtime/router_overhead.py`` measures it agains
 engine directly): one ``aiohttp`` session for the process (keep-alive pool, no cookie jar, no
 decompression, no per-request timers); the body is parsed once, only to read ``model``, and
 forwarded as the original bytes; labelled metric children are looked up once per model and
-status code, not per request; no log line per request.
+status code, not per request; no log line per request unless ``KUBEPLEX_ACCESS_LOG`` asks for
+one (:mod:`kubeplex.runtime.tracing`, which also forwards the W3C ``traceparent`` and
+``tracestate`` headers).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -39,8 +40,10 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from kubeplex.runtime.errors import EngineStateError, RuntimeError_
+from kubeplex.runtime._limits import BadRequestBody, parse_request
+from kubeplex.runtime.errors import EngineStateError
 from kubeplex.runtime.metrics import ModelSeries, RouterMetrics
+from kubeplex.runtime.tracing import AccessLog, trace_headers
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -64,10 +67,6 @@ UPSTREAM_CONNECT_TIMEOUT_SECONDS = 5.0
 #: Response headers passed back from the upstream (besides ``X-Request-Id``, which the
 #: router sets). Content-Length and Transfer-Encoding are the router's own framing.
 PASSED_HEADERS = ("Content-Type", "Cache-Control")
-
-
-class BadRequestBody(RuntimeError_):
-    """The request body is not a JSON object with a ``model`` (the router answers 400)."""
 
 
 class Target(Protocol):
@@ -109,20 +108,15 @@ def error_response(status: int, message: str, kind: str, *, param: str | None = 
     return web.json_response(body, status=status, headers=headers)
 
 
-def request_model(body: bytes) -> object:
-    """The ``model`` field of an OpenAI request body (any JSON value; None when absent).
+def request_model(body: bytes) -> str:
+    """The ``model`` of an OpenAI request body (see :func:`kubeplex.runtime._limits.parse_request`).
 
-    Raises :class:`BadRequestBody` when the body is not a JSON object. (A full parse with the
-    C decoder: about 2 µs for a typical request, 0.1 ms for a 100 KB prompt; a hand-written
-    scan for the top-level key would be slower in Python and easy to fool.)
+    Raises :class:`BadRequestBody` unless the body is a JSON object (within the depth limit)
+    with a non-empty string ``model``. (A full parse with the C decoder: about 2 µs for a
+    typical request, 0.1 ms for a 100 KB prompt; a hand-written scan for the top-level key
+    would be slower in Python and easy to fool.)
     """
-    try:
-        parsed = json.loads(body)
-    except ValueError as exc:
-        raise BadRequestBody("the body must be a JSON object with a 'model' field") from exc
-    if not isinstance(parsed, dict):
-        raise BadRequestBody("the body must be a JSON object with a 'model' field")
-    return parsed.get("model")
+    return parse_request(body).model
 
 
 class Proxy:
@@ -131,6 +125,8 @@ class Proxy:
     def __init__(self, metrics: RouterMetrics) -> None:
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None
+        #: One line per forwarded request (``KUBEPLEX_ACCESS_LOG``; :mod:`.tracing`).
+        self.access_log = AccessLog.from_env()
 
     async def open(self) -> None:
         """Open the connection pool (idempotent)."""
@@ -173,7 +169,8 @@ class Proxy:
         code = "502"
         response: web.StreamResponse | None = None
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json"),
-                   "X-Request-Id": request_id}
+                   "X-Request-Id": request_id,
+                   **trace_headers(request.headers)}  # W3C traceparent, tracestate
         try:
             while True:
                 upstream.acquire()
@@ -228,6 +225,9 @@ class Proxy:
         finally:
             series.in_flight.dec()
             self.metrics.count(upstream.name, code)
+            if self.access_log is not None:
+                self.access_log.write(request.method, request.path, upstream.name, code,
+                                      time.monotonic() - arrived, request_id, request.headers)
 
     @staticmethod
     async def _stream(content: aiohttp.StreamReader, response: web.StreamResponse,

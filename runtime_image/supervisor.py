@@ -82,6 +82,9 @@ class Engine(Upstream):
         super().__init__()
         self.shared_device = shared_device
         self.model = model
+        #: The config its running process was started with (``model`` may have changed since:
+        #: adapters updated at run time; a restart starts from ``model``).
+        self.launched = model
         self.config = config
         self.device = device
         self.session = session
@@ -164,6 +167,7 @@ class Engine(Upstream):
         self.set_base_url(f"http://{LOOPBACK}:{self.port}")
         spec = launch(self.model, self.config, self.port, self.device,
                       shared_device=self.shared_device)
+        self.launched = self.model
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *spec.argv, env=dict(spec.env), stdin=asyncio.subprocess.DEVNULL,

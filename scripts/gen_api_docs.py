@@ -76,6 +76,11 @@ def render() -> str:
             out.extend(_rows(sub, part, set(sub.get("required", []))))
             for rule in sub.get("x-kubernetes-validations", []):
                 out.append(f"| `{part}` | | | CEL: {rule['message'].strip()} |")
+            if part == "spec":  # rules on the whole object (they see metadata.name)
+                for rule in schema.get("x-kubernetes-validations", []):
+                    where = rule.get("fieldPath", "").lstrip(".") or "(object)"
+                    message = " ".join(rule["message"].split())
+                    out.append(f"| `{where}` | | | CEL (on the object): {message} |")
             out.append("")
     return "\n".join(out)
 

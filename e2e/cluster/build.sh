@@ -39,25 +39,36 @@ have_all() {
   done
 }
 
-if have_all; then
-  log "cached: k8s v$K8S_VERSION, etcd v$ETCD_VERSION, kwok v$KWOK_VERSION under $CACHE"
-  exit 0
-fi
+# `build.sh` builds the control plane; `build.sh kubelet` only the kubelet of a real node
+# (e2e/realnode), in its own cache folder and wrapper module, so the control-plane binaries are
+# never rebuilt or touched by it (the shared Go build cache compiles only what the kubelet adds).
+MODE=${1:-control-plane}
+KUBELET=$CACHE/kubelet/$K8S_VERSION/kubelet
+case $MODE in
+  control-plane) TIER=cluster
+    if have_all; then
+      log "cached: k8s v$K8S_VERSION, etcd v$ETCD_VERSION, kwok v$KWOK_VERSION under $CACHE"
+      exit 0
+    fi ;;
+  kubelet) TIER=realpods
+    if [[ -x $KUBELET ]]; then log "cached: kubelet v$K8S_VERSION in ${KUBELET%/*}"; exit 0; fi ;;
+  *) echo "usage: build.sh [kubelet]" >&2; exit 2 ;;
+esac
 
 # Without a Go toolchain or a module proxy nothing can be built here: say so and succeed, so
 # `make setup` goes on; the `cluster` tests then skip with the same reason. Any failure past
 # this point is a real error.
 if ! command -v go >/dev/null; then
-  log "SKIPPED: no Go toolchain (need Go >= 1.26); tests marked 'cluster' will skip"
+  log "SKIPPED: no Go toolchain (need Go >= 1.26); tests marked '$TIER' will skip"
   exit 0
 fi
 if ! probe=$(go list -m -json "k8s.io/kubernetes@v$K8S_VERSION" 2>&1 >/dev/null); then
   log "SKIPPED: the Go module proxy ($(go env GOPROXY)) does not answer: $probe"
-  log "tests marked 'cluster' will skip"
+  log "tests marked '$TIER' will skip"
   exit 0
 fi
 
-mkdir -p "$K8S_DIR" "$ETCD_DIR" "$KWOK_DIR" "$CACHE/go"
+mkdir -p "$CACHE/go"
 START=$(date +%s)
 
 # Prints one line every 25 packages compiled (go build -v names each package as it builds).
@@ -74,7 +85,8 @@ progress() {
 }
 
 # ---- KWOK -----------------------------------------------------------------------------
-if [[ ! -x $KWOK_DIR/kwok || ! -f $KWOK_DIR/stages/node-initialize.yaml ]]; then
+if [[ $MODE == control-plane && ( ! -x $KWOK_DIR/kwok || ! -f $KWOK_DIR/stages/node-initialize.yaml ) ]]; then
+  mkdir -p "$KWOK_DIR"
   log "kwok v$KWOK_VERSION: building (go install sigs.k8s.io/kwok/cmd/kwok)"
   tmp=$(mktemp -d)
   GOBIN=$tmp go install -v -trimpath -ldflags="-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" 2>&1 | progress kwok
@@ -93,20 +105,20 @@ if [[ ! -x $KWOK_DIR/kwok || ! -f $KWOK_DIR/stages/node-initialize.yaml ]]; then
   log "kwok: $KWOK_DIR/kwok ($(ls "$KWOK_DIR/stages" | tr '\n' ' '))"
 fi
 
-# ---- Kubernetes + etcd ----------------------------------------------------------------
-need_k8s=0
-for b in kube-apiserver kube-controller-manager kube-scheduler; do
-  [[ -x $K8S_DIR/$b ]] || need_k8s=1
-done
-[[ -x $ETCD_DIR/etcd ]] || need_k8s=1
-if (( need_k8s )); then
-  mod=$CACHE/go/wrapper-k8s-$K8S_VERSION
+# ---- Kubernetes + etcd (+ the kubelet) -------------------------------------------------
+vpkg=k8s.io/component-base/version
+minor=${K8S_VERSION#*.}; minor=${minor%%.*}
+K8S_LDFLAGS="-s -w -X $vpkg.gitVersion=v$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor"
+K8S_LDFLAGS+=" -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
+
+# build_k8s WRAPPER_DIR OUT_DIR EXTRA_REQUIRE PACKAGE...: write the wrapper module (staging
+# modules replaced by their published versions, the packages as `tool` lines), resolve it
+# and compile the packages into OUT_DIR in one `go build`.
+build_k8s() {
+  local mod=$1 out=$2 extra_require=$3; shift 3
+  local staging_version=v0.${K8S_VERSION#*.} upstream_mod staging m p
   mkdir -p "$mod"
-  minor=${K8S_VERSION#*.}; minor=${minor%%.*}
-  staging_version=v0.${K8S_VERSION#*.}
-  pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager"
-  pkgs+=" k8s.io/kubernetes/cmd/kube-scheduler go.etcd.io/etcd/server/v3"
-  log "kubernetes v$K8S_VERSION: resolving modules (staging modules -> $staging_version)"
+  log "kubernetes v$K8S_VERSION: resolving modules in $mod (staging modules -> $staging_version)"
   upstream_mod=$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
   staging=$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$upstream_mod")
   {
@@ -118,7 +130,7 @@ if (( need_k8s )); then
     echo
     echo "require ("
     echo "	k8s.io/kubernetes v$K8S_VERSION"
-    echo "	go.etcd.io/etcd/server/v3 v$ETCD_VERSION"
+    [[ -z $extra_require ]] || echo "	$extra_require"
     echo ")"
     echo
     echo "replace ("
@@ -128,22 +140,45 @@ if (( need_k8s )); then
     # Main packages cannot be imported; `tool` lines (Go >= 1.24) make `go mod tidy`
     # resolve exactly their dependencies at the versions required above (never upgrading).
     echo "tool ("
-    for p in $pkgs; do echo "	$p"; done
+    for p in "$@"; do echo "	$p"; done
     echo ")"
   } > "$mod/go.mod"
   log "kubernetes: $(echo "$staging" | wc -w) staging modules replaced"
-  cd "$mod"
-  go mod tidy 2>&1 | grep -v '^go: \(downloading\|finding\|found\)' || true
-  [[ -s go.sum ]] || { echo "error: go mod tidy failed in $mod" >&2; exit 1; }
-  grep -Eq "k8s.io/kubernetes v${K8S_VERSION}( //.*)?$" go.mod \
-    || { echo "error: module resolution moved k8s.io/kubernetes off v$K8S_VERSION" >&2; exit 1; }
-  log "kubernetes: modules downloaded; compiling ~2,200 packages (2 idle cores: ~6 min)"
-  vpkg=k8s.io/component-base/version
-  ldflags="-s -w -X $vpkg.gitVersion=v$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor"
-  ldflags+=" -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
+  (
+    cd "$mod"
+    go mod tidy 2>&1 | grep -v '^go: \(downloading\|finding\|found\)' || true
+    [[ -s go.sum ]] || { echo "error: go mod tidy failed in $mod" >&2; exit 1; }
+    grep -Eq "k8s.io/kubernetes v${K8S_VERSION}( //.*)?$" go.mod \
+      || { echo "error: module resolution moved k8s.io/kubernetes off v$K8S_VERSION" >&2; exit 1; }
+    log "kubernetes: modules downloaded; compiling $*"
+    go build -v -trimpath -tags=selinux,notest -ldflags="$K8S_LDFLAGS" -o "$out/" "$@" 2>&1 | progress kubernetes
+    [[ ${PIPESTATUS[0]} -eq 0 ]]
+  )
+}
+
+if [[ $MODE == kubelet ]]; then
+  mkdir -p "${KUBELET%/*}"
   out=$(mktemp -d)
-  go build -v -trimpath -tags=selinux,notest -ldflags="$ldflags" -o "$out/" $pkgs 2>&1 | progress kubernetes
-  [[ ${PIPESTATUS[0]} -eq 0 ]]
+  build_k8s "$CACHE/go/wrapper-kubelet-$K8S_VERSION" "$out" "" k8s.io/kubernetes/cmd/kubelet
+  mv "$out/kubelet" "$KUBELET"
+  rm -rf "$out"
+  "$KUBELET" --version
+  log "done in $(( $(date +%s) - START )) s: $KUBELET"
+  exit 0
+fi
+
+need_k8s=0
+for b in kube-apiserver kube-controller-manager kube-scheduler; do
+  [[ -x $K8S_DIR/$b ]] || need_k8s=1
+done
+[[ -x $ETCD_DIR/etcd ]] || need_k8s=1
+if (( need_k8s )); then
+  mkdir -p "$K8S_DIR" "$ETCD_DIR"
+  out=$(mktemp -d)
+  log "kubernetes v$K8S_VERSION: ~2,200 packages to compile (2 idle cores: ~6 min)"
+  build_k8s "$CACHE/go/wrapper-k8s-$K8S_VERSION" "$out" "go.etcd.io/etcd/server/v3 v$ETCD_VERSION" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler go.etcd.io/etcd/server/v3
   for b in kube-apiserver kube-controller-manager kube-scheduler; do mv "$out/$b" "$K8S_DIR/$b"; done
   mv "$out/v3" "$ETCD_DIR/etcd" 2>/dev/null || mv "$out/server" "$ETCD_DIR/etcd" 2>/dev/null || mv "$out"/* "$ETCD_DIR/etcd"
   rm -rf "$out"

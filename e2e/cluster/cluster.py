@@ -2,18 +2,21 @@
 kube-controller-manager, kube-scheduler and KWOK, with fake GPU nodes.
 
     python e2e/cluster/cluster.py up [--nodes 4] [--gpus-per-node 8] [--state-dir DIR]
+                                     [--real-node [--real-node-gpus 4]]
     python e2e/cluster/cluster.py status [--state-dir DIR]
     python e2e/cluster/cluster.py down [--state-dir DIR]
+    python e2e/cluster/cluster.py setup-real-node | images
 
-(or ``make cluster-up`` / ``make cluster-down``). The binaries come from ``build.sh`` beside
-this file (built once, cached in ``~/.cache/kubeplex``). ``up`` generates a CA, a serving
-certificate and an admin client certificate (group ``system:masters``) with ``openssl``,
-starts every component on free 127.0.0.1 ports with its log in ``<state>/logs/``, waits on
-``/readyz`` and ``/healthz`` and for every fake node to be Ready, and writes a kubeconfig
-(``<state>/kubeconfig``, default ``.cache/cluster/kubeconfig`` in the clone) that kubectl,
-kopf and the kubernetes client use unchanged. ``down`` stops exactly the processes whose pid
-files it wrote (checking each pid's start time, so a reused pid is never signalled) and
-removes the state directory.
+(or ``make cluster-up`` / ``make cluster-down`` / ``make images``). ``--real-node`` adds one
+real kubelet node (``realnode.py`` beside this file; root). The binaries come from ``build.sh``
+beside this file (built once, cached in ``~/.cache/kubeplex``). ``up`` generates a CA, a
+serving certificate and an admin client certificate (group ``system:masters``) with
+``openssl``, starts every component on free 127.0.0.1 ports with its log in ``<state>/logs/``,
+waits on ``/readyz`` and ``/healthz`` and for every fake node to be Ready, and writes a
+kubeconfig (``<state>/kubeconfig``, default ``.cache/cluster/kubeconfig`` in the clone) that
+kubectl, kopf and the kubernetes client use unchanged. ``down`` stops exactly the processes
+whose pid files it wrote (checking each pid's start time, so a reused pid is never signalled)
+and removes the state directory.
 
 Fake nodes carry the annotation ``kwok.x-k8s.io/node: fake`` (KWOK manages only those: it
 keeps them Ready through node leases and moves their pods to Running), capacity
@@ -30,6 +33,7 @@ import argparse
 import base64
 import contextlib
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -44,13 +48,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 __all__ = [
     "DEFAULT_STATE_DIR",
     "FAKE_NODE_LABEL",
+    "MODULE_NAME",
     "Api",
     "ApiError",
     "ClusterError",
@@ -60,11 +66,21 @@ __all__ = [
     "Toolchain",
     "build",
     "down",
+    "free_port",
     "gpu_node",
+    "is_alive",
+    "load_module",
     "main",
     "node_ready",
+    "openssl",
+    "spawn",
+    "start_ticks",
     "status",
+    "stop_all",
+    "tail",
     "up",
+    "wait_component",
+    "wait_for",
     "wait_nodes_ready",
 ]
 
@@ -72,6 +88,28 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 BUILD_SCRIPT = HERE / "build.sh"
 DEFAULT_STATE_DIR = REPO / ".cache" / "cluster"
+REALNODE_PY = HERE / "realnode.py"
+# The name this module is known by however it was loaded (script, tests, benchmarks): the
+# real-node module beside it imports it by this name, so there is only ever one copy.
+MODULE_NAME = "kubeplex_e2e_cluster"
+sys.modules.setdefault(MODULE_NAME, sys.modules[__name__])
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import a script of e2e/ by path, once (later calls return the same module)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def _realnode() -> ModuleType:
+    return load_module(REALNODE_PY, "kubeplex_e2e_realnode")
 
 # KWOK manages only nodes with this annotation (we start it with
 # --manage-nodes-with-annotation-selector), so a real node would never be touched.
@@ -200,6 +238,7 @@ class ClusterState:
     k8s_version: str
     ports: dict[str, int] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
+    real_node: str = ""  # the name of the real kubelet node (realnode.py), if one was asked
 
     @property
     def path(self) -> Path:
@@ -220,7 +259,7 @@ class ClusterState:
         return cls(components=comps, **raw)
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -229,11 +268,11 @@ def _start_ticks(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def _alive(c: Component) -> bool:
-    return _start_ticks(c.pid) == c.start_ticks
+def is_alive(c: Component) -> bool:
+    return start_ticks(c.pid) == c.start_ticks
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -243,7 +282,7 @@ def _free_port() -> int:
 # PKI with openssl.
 
 
-def _openssl(*args: str, cwd: Path) -> None:
+def openssl(*args: str, cwd: Path) -> None:
     proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:
@@ -257,7 +296,7 @@ def _make_pki(pki: Path) -> None:
         raise ClusterError("openssl is not installed (apt-get install -y openssl)")
     pki.mkdir(parents=True, exist_ok=True)
     days = "3650"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
              "-out", "ca.crt", "-days", days, "-subj", "/CN=kubeplex-test-ca", cwd=pki)
     sans = ("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
             "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.96.0.1")
@@ -265,13 +304,13 @@ def _make_pki(pki: Path) -> None:
     (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, subj, ext in (("apiserver", "/CN=kube-apiserver", "server.ext"),
                             ("admin", f"/O=system:masters/CN={ADMIN_USER}", "client.ext")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
                  "-out", f"{name}.csr", "-subj", subj, cwd=pki)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
                  "-CAcreateserial", "-out", f"{name}.crt", "-days", days, "-extfile", ext,
                  cwd=pki)
-    _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
-    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
+    openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
 
 def _b64(path: Path) -> str:
@@ -385,18 +424,18 @@ def node_ready(node: dict[str, Any]) -> bool:
                              for t in taints)
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float,
+def wait_for(what: str, check: Callable[[], bool], timeout: float,
           logs: Sequence[Path] = ()) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(POLL_S)
-    tails = "".join(f"\n--- last lines of {p}:\n{_tail(p)}" for p in logs)
+    tails = "".join(f"\n--- last lines of {p}:\n{tail(p)}" for p in logs)
     raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}{tails}")
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -412,7 +451,7 @@ def wait_nodes_ready(api: Api, names: set[str], timeout: float = READY_TIMEOUT_S
         ok = {n["metadata"]["name"] for n in items if node_ready(n)}
         return names <= ok
 
-    _wait(f"{len(names)} fake nodes to be Ready without not-ready taints", ready, timeout)
+    wait_for(f"{len(names)} fake nodes to be Ready without not-ready taints", ready, timeout)
 
 
 # --------------------------------------------------------------------------------------
@@ -424,20 +463,26 @@ def wait_nodes_ready(api: Api, names: set[str], timeout: float = READY_TIMEOUT_S
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def _spawn(name: str, argv: list[str], state: ClusterState, logs: Path) -> Component:
+def spawn(name: str, argv: list[str], logs: Path) -> Component:
+    """Start one process in its own session, logging to ``logs/<name>.log``; its pid and
+    start time identify it for :func:`stop_all`."""
     log = logs / f"{name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     _CHILDREN[proc.pid] = proc
-    ticks = _start_ticks(proc.pid)
+    ticks = start_ticks(proc.pid)
     if ticks is None:
-        raise ClusterError(f"{name} exited at once; see {log}:\n{_tail(log)}")
-    comp = Component(name, proc.pid, ticks, argv[0], str(log))
+        raise ClusterError(f"{name} exited at once; see {log}:\n{tail(log)}")
+    return Component(name, proc.pid, ticks, argv[0], str(log))
+
+
+def _spawn(name: str, argv: list[str], state: ClusterState, logs: Path) -> Component:
+    comp = spawn(name, argv, logs)
     state.components.append(comp)
     state.save()  # pid files first: `down` can clean up even if a later step fails
     (Path(state.state_dir) / "pids").mkdir(exist_ok=True)
-    (Path(state.state_dir) / "pids" / f"{name}.pid").write_text(f"{proc.pid}\n")
+    (Path(state.state_dir) / "pids" / f"{name}.pid").write_text(f"{comp.pid}\n")
     return comp
 
 
@@ -460,25 +505,34 @@ def _http_ok(url: str) -> bool:
 
 def _require_alive(comp: Component) -> Callable[[], None]:
     def check() -> None:
-        if not _alive(comp):
+        if not is_alive(comp):
             raise ClusterError(f"{comp.name} exited; last lines of {comp.log}:\n"
-                               f"{_tail(Path(comp.log), 30)}")
+                               f"{tail(Path(comp.log), 30)}")
     return check
 
 
-def _wait_component(comp: Component, probe: Callable[[], bool], what: str) -> None:
+def wait_component(comp: Component, probe: Callable[[], bool], what: str) -> None:
     alive = _require_alive(comp)
 
     def check() -> bool:
         alive()
         return probe()
 
-    _wait(what, check, READY_TIMEOUT_S, [Path(comp.log)])
+    wait_for(what, check, READY_TIMEOUT_S, [Path(comp.log)])
 
 
 def up(state_dir: Path = DEFAULT_STATE_DIR, nodes: int = 4, spec: NodeSpec | None = None,
-       tools: Toolchain | None = None, say: Callable[[str], None] = print) -> ClusterState:
+       tools: Toolchain | None = None, say: Callable[[str], None] = print,
+       real_node: NodeSpec | None = None, real_node_wait_s: float | None = None
+       ) -> ClusterState:
     """Start the control plane and `nodes` fake GPU nodes; return the saved state.
+
+    ``real_node``: also one real node (containerd + kubelet, realnode.py) offering that many
+    (fake) GPUs; the API server then listens beyond loopback (pods reach it), mounts service
+    account tokens and talks to the kubelet with the admin certificate. Raises
+    ``realnode.RealNodeUnavailable`` (with the reason) where no real node can run, and
+    ``realnode.RealNodeBusy`` when another session's real node holds this machine for
+    longer than ``real_node_wait_s`` (default: realnode's).
 
     Idempotent: when a healthy cluster already runs from `state_dir`, it is returned as is.
     On failure everything already started is stopped again before the error propagates.
@@ -487,16 +541,26 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, nodes: int = 4, spec: NodeSpec | Non
     state_dir = state_dir.resolve()
     existing = ClusterState.load(state_dir)
     if existing is not None:
-        if all(_alive(c) for c in existing.components) and len(existing.components) == 5:
+        if all(is_alive(c) for c in existing.components) and len(existing.components) == 5:
+            if real_node is not None and not existing.real_node:
+                raise ClusterError(f"a cluster without a real node runs from {state_dir}; "
+                                   "stop it first (make cluster-down)")
             say(f"cluster already up; kubeconfig: {existing.kubeconfig}")
             return existing
         say(f"stale state in {state_dir}: stopping what is left of it")
         down(state_dir, say=say)
+    if real_node is not None:
+        _realnode().check_available()  # before anything starts: a clear reason, no cleanup
     tools = tools or build()
     t0 = time.monotonic()
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _up(state_dir, nodes, spec, tools, say, t0)
+        state = _up(state_dir, nodes, spec, tools, say, t0, real_node is not None)
+        if real_node is not None:
+            wait = {} if real_node_wait_s is None else {"lock_wait_s": real_node_wait_s}
+            state.real_node = _realnode().up(state, tools, real_node, say, **wait)
+            state.save()
+        return state
     except BaseException:
         with contextlib.suppress(Exception):
             down(state_dir, keep_logs=True, say=lambda _m: None)
@@ -504,13 +568,13 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, nodes: int = 4, spec: NodeSpec | Non
 
 
 def _up(state_dir: Path, nodes: int, spec: NodeSpec, tools: Toolchain,
-        say: Callable[[str], None], t0: float) -> ClusterState:
+        say: Callable[[str], None], t0: float, for_real_node: bool) -> ClusterState:
     pki, logs = state_dir / "pki", state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     _make_pki(pki)
     token = secrets.token_hex(16)
     (pki / "tokens.csv").write_text(f'{token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
-    ports = {k: _free_port() for k in ("etcd", "etcd_peer", "apiserver",
+    ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver",
                                        "controller_manager", "scheduler", "kwok")}
     server = f"https://127.0.0.1:{ports['apiserver']}"
     state = ClusterState(str(state_dir), str(state_dir / "kubeconfig"), server, token,
@@ -532,12 +596,26 @@ def _up(state_dir: Path, nodes: int, spec: NodeSpec, tools: Toolchain,
         # Tests throw the data away: skip fsync (much faster on a shared disk).
         "--unsafe-no-fsync", "--log-level=warn",
     ], state, logs)
-    _wait_component(etcd, lambda: _http_ok(f"{etcd_url}/health"), "etcd /health")
+    wait_component(etcd, lambda: _http_ok(f"{etcd_url}/health"), "etcd /health")
     say(f"etcd ready on {etcd_url} ({time.monotonic() - t0:.1f} s)")
 
+    # Real pods reach the API server through the node's bridge (realnode.py), and their
+    # in-cluster clients need service account tokens; KWOK-only clusters need neither.
+    real_node_flags = [
+        "--bind-address=0.0.0.0",
+        f"--kubelet-client-certificate={pki / 'admin.crt'}",
+        f"--kubelet-client-key={pki / 'admin.key'}",
+        # The node's name does not resolve here; its InternalIP (the pod bridge) does.
+        "--kubelet-preferred-address-types=InternalIP",
+    ] if for_real_node else [
+        "--bind-address=127.0.0.1",
+        # As envtest does: pods need no ServiceAccount object (no token-controller race in
+        # fresh namespaces; KWOK runs no containers that could use the token).
+        "--disable-admission-plugins=ServiceAccount",
+    ]
     apiserver = _spawn("kube-apiserver", [
-        str(tools.k8s("kube-apiserver")), f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+        str(tools.k8s("kube-apiserver")), f"--etcd-servers={etcd_url}", *real_node_flags,
+        "--advertise-address=127.0.0.1",
         f"--secure-port={ports['apiserver']}", f"--cert-dir={pki}",
         f"--tls-cert-file={pki / 'apiserver.crt'}",
         f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -549,12 +627,9 @@ def _up(state_dir: Path, nodes: int, spec: NodeSpec, tools: Toolchain,
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
-        # As envtest does: pods need no ServiceAccount object (no token-controller race in
-        # fresh namespaces; KWOK runs no containers that could use the token).
-        "--disable-admission-plugins=ServiceAccount",
         "--allow-privileged=true", "--profiling=false",
     ], state, logs)
-    _wait_component(apiserver, lambda: _https_ok(f"{server}/readyz", token, trusted),
+    wait_component(apiserver, lambda: _https_ok(f"{server}/readyz", token, trusted),
                     "kube-apiserver /readyz")
     say(f"kube-apiserver {tools.k8s_version} ready on {server} ({time.monotonic() - t0:.1f} s)")
 
@@ -597,9 +672,9 @@ def _up(state_dir: Path, nodes: int, spec: NodeSpec, tools: Toolchain,
     for comp, url, ctx in (
             (cm, f"https://127.0.0.1:{ports['controller_manager']}/healthz", insecure),
             (sched, f"https://127.0.0.1:{ports['scheduler']}/healthz", insecure)):
-        _wait_component(comp, functools.partial(_https_ok, url, token, ctx),
+        wait_component(comp, functools.partial(_https_ok, url, token, ctx),
                         f"{comp.name} /healthz")
-    _wait_component(kwok, lambda: _http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"),
+    wait_component(kwok, lambda: _http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"),
                     "kwok /healthz")
     say(f"controller-manager, scheduler, kwok healthy ({time.monotonic() - t0:.1f} s)")
 
@@ -621,14 +696,14 @@ def add_nodes(api: Api, count: int, spec: NodeSpec, start: int = 0,
     return names
 
 
-def _stop_all(comps: Sequence[Component], timeout: float = 15.0) -> list[str]:
+def stop_all(comps: Sequence[Component], timeout: float = 15.0) -> list[str]:
     """SIGTERM every live component at once (state is thrown away, so shutdown order does
     not matter), wait for each, SIGKILL what outlives `timeout`."""
     said: list[str] = []
     live: list[tuple[Component, subprocess.Popen[bytes] | None]] = []
     for comp in comps:
         child = _CHILDREN.pop(comp.pid, None)
-        if not _alive(comp):
+        if not is_alive(comp):
             if child is not None:
                 child.wait()
             said.append(f"{comp.name} (pid {comp.pid}) was not running")
@@ -638,7 +713,7 @@ def _stop_all(comps: Sequence[Component], timeout: float = 15.0) -> list[str]:
 
     def gone(comp: Component, child: subprocess.Popen[bytes] | None) -> bool:
         # Our own children must be reaped (poll) or they linger as zombies.
-        return child.poll() is not None if child is not None else not _alive(comp)
+        return child.poll() is not None if child is not None else not is_alive(comp)
 
     deadline = time.monotonic() + timeout
     while live and time.monotonic() < deadline:
@@ -663,7 +738,10 @@ def down(state_dir: Path = DEFAULT_STATE_DIR, keep_logs: bool = False,
     if state is None:
         say(f"no cluster state in {state_dir}: nothing to stop")
     else:
-        for line in _stop_all(list(reversed(state.components))):
+        # Also when `up` died before it could record its real node: the machine's lock
+        # record says whether this cluster holds one.
+        _realnode().down(state, say)
+        for line in stop_all(list(reversed(state.components))):
             say(line)
     if keep_logs:
         for child in state_dir.iterdir() if state_dir.exists() else ():
@@ -678,7 +756,7 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
     state = ClusterState.load(state_dir.resolve())
     if state is None:
         return {"up": False, "reason": f"no cluster state in {state_dir}"}
-    alive = {c.name: _alive(c) for c in state.components}
+    alive = {c.name: is_alive(c) for c in state.components}
     result: dict[str, Any] = {"up": all(alive.values()), "components": alive,
                               "kubeconfig": state.kubeconfig, "server": state.server}
     if alive.get("kube-apiserver"):
@@ -688,6 +766,9 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
             nodes = api.get("/api/v1/nodes")["items"]
             result["nodes_ready"] = sum(node_ready(n) for n in nodes)
             result["nodes"] = len(nodes)
+    if state.real_node:
+        result["real_node"] = _realnode().status(state)
+        result["up"] = result["up"] and result["real_node"]["up"]
     return result
 
 
@@ -706,7 +787,11 @@ def rss_bytes(state: ClusterState) -> dict[str, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cluster.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["build", "up", "down", "status"])
+    parser.add_argument("command", choices=["build", "up", "down", "status", "setup-real-node",
+                                            "images"],
+                        help="setup-real-node: install and build what --real-node needs (a "
+                             "no-op when cached; says why where it cannot run); images: build "
+                             "the images and load them into the running real node")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                         help=f"where pids, certs, logs and the kubeconfig go "
                              f"(default {DEFAULT_STATE_DIR})")
@@ -714,18 +799,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gpus-per-node", type=int, default=8, help="default 8")
     parser.add_argument("--gpu-product", default=DEFAULT_GPU_PRODUCT)
     parser.add_argument("--gpu-memory-mib", type=int, default=DEFAULT_GPU_MEMORY_MIB)
+    parser.add_argument("--real-node", action="store_true",
+                        help="up: also one real node (containerd + kubelet) running real pods")
+    parser.add_argument("--real-node-gpus", type=int, default=4,
+                        help="GPUs the real node advertises (a count for scheduling; the sim "
+                             "engine serves; default 4)")
     parser.add_argument("--keep-logs", action="store_true", help="down: keep <state>/logs")
     args = parser.parse_args(argv)
-    if args.nodes < 0 or args.gpus_per_node < 0 or args.gpu_memory_mib <= 0:
-        parser.error("--nodes and --gpus-per-node must be >= 0, --gpu-memory-mib > 0")
+    if (args.nodes < 0 or args.gpus_per_node < 0 or args.gpu_memory_mib <= 0
+            or args.real_node_gpus < 0):
+        parser.error("--nodes, --gpus-per-node and --real-node-gpus must be >= 0, "
+                     "--gpu-memory-mib > 0")
     try:
         if args.command == "build":
             build()
         elif args.command == "up":
             spec = NodeSpec(args.gpus_per_node, args.gpu_product, args.gpu_memory_mib)
-            up(args.state_dir, args.nodes, spec)
+            real = replace(spec, gpus=args.real_node_gpus) if args.real_node else None
+            up(args.state_dir, args.nodes, spec, real_node=real)
         elif args.command == "down":
             down(args.state_dir, keep_logs=args.keep_logs)
+        elif args.command == "setup-real-node":
+            _realnode().setup()
+        elif args.command == "images":
+            _realnode().images(ClusterState.load(args.state_dir.resolve()))
         else:
             report = status(args.state_dir)
             print(json.dumps(report, indent=2))

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kubeplex.api._crds import API_VERSION, GROUP, VERSION, crd_manifests, crd_text, schema_for
+from kubeplex.api._files import read_yaml
 from kubeplex.api._types import (
     SLO,
+    Adapter,
     GPUPool,
     GPUPoolSpec,
     GPUSource,
@@ -38,17 +38,19 @@ from kubeplex.api._types import (
     parse_spec,
 )
 from kubeplex.api._validate import apply_defaults, validate_object
-from kubeplex.api.errors import ApiError, FieldError, ValidationError
+from kubeplex.api.errors import ApiError, FieldError, FileError, ValidationError
 
 __all__ = [
     "API_VERSION",
     "GROUP",
     "SLO",
     "VERSION",
+    "Adapter",
     "ApiError",
     "CheckedDocument",
     "Documents",
     "FieldError",
+    "FileError",
     "GPUPool",
     "GPUPoolSpec",
     "GPUSource",
@@ -70,8 +72,10 @@ __all__ = [
     "check_documents",
     "crd_manifests",
     "crd_text",
+    "foreign_kinds",
     "from_dict",
     "load_documents",
+    "read_yaml",
     "schema_for",
     "validate_object",
 ]
@@ -153,17 +157,26 @@ def _foreign(doc: Any) -> bool:
 def check_documents(paths: Sequence[str | Path]) -> list[CheckedDocument]:
     """Validate every kubeplex.io document of every file (directories: their YAML/JSON files).
 
-    Documents of other API groups are skipped; everything else is checked and reported.
+    Documents of other API groups are skipped; everything else is checked and reported. A
+    file that cannot be read as YAML (binary, too large, too deep, invalid) is reported as one
+    invalid document naming the problem.
     """
+    return _check(paths, report_files=True)
+
+
+def _check(paths: Sequence[str | Path], report_files: bool) -> list[CheckedDocument]:
     checked = []
     for path in _expand(paths):
         try:
-            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-        except yaml.YAMLError as exc:
-            checked.append(CheckedDocument(str(path), 0, "?", "?",
-                                           (FieldError("", f"not valid YAML: {exc}"),), None))
+            docs = read_yaml(path)
+        except FileError as exc:
+            if not report_files:
+                raise
+            problem = str(exc).removeprefix(f"{path}: ")
+            checked.append(CheckedDocument(str(path), 0, "?", "?", (FieldError("", problem),),
+                                           None))
             continue
-        for index, doc in enumerate(d for d in docs if d is not None):
+        for index, doc in enumerate(docs):
             if _foreign(doc):
                 continue
             kind = str(doc.get("kind", "?")) if isinstance(doc, dict) else "?"
@@ -175,10 +188,23 @@ def check_documents(paths: Sequence[str | Path]) -> list[CheckedDocument]:
     return checked
 
 
+def foreign_kinds(paths: Sequence[str | Path]) -> list[str]:
+    """``apiVersion kind`` of the documents :func:`check_documents` skipped as not kubeplex's
+    (to say what a file holds instead, e.g. ``apps/v1 Deployment``)."""
+    found = []
+    for path in _expand(paths):
+        try:
+            docs = read_yaml(path)
+        except FileError:
+            continue
+        found += [f"{doc['apiVersion']} {doc.get('kind', '?')}" for doc in docs if _foreign(doc)]
+    return found
+
+
 def load_documents(paths: Sequence[str | Path]) -> Documents:
     """Load and validate files; :class:`ValidationError` on the first invalid document."""
     resources = []
-    for doc in check_documents(paths):
+    for doc in _check(paths, report_files=False):
         if doc.errors:
             raise ValidationError(doc.where, list(doc.errors))
         if doc.resource is not None:

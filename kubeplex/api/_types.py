@@ -23,6 +23,7 @@ from kubeplex.placement.hardware import GPUS, GPUSpec
 
 __all__ = [
     "SLO",
+    "Adapter",
     "GPUPool",
     "GPUPoolSpec",
     "GPUSource",
@@ -66,6 +67,15 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter served on the ModelService's base model under its own name."""
+
+    name: str
+    uri: str
+    rank: int
+
+
+@dataclass(frozen=True)
 class SLO:
     ttft_seconds: float
     percentile: float
@@ -104,6 +114,7 @@ class Parallelism:
 @dataclass(frozen=True)
 class ModelServiceSpec:
     model: ModelSource
+    adapters: tuple[Adapter, ...]
     engine: str
     routing: str
     pool: str
@@ -129,11 +140,20 @@ class Toleration:
 class GPUSource:
     product: str
     resource_name: str
+    device_class_name: str | None  # DRA: GPUs come from ResourceClaims of this DeviceClass
+    driver: str | None
     memory_gib: float | None = field(metadata={"json": "memoryGiB"})
     bf16_tflops: float | None = field(metadata={"json": "bf16TFLOPs"})
     hbm_gbps: float | None = field(metadata={"json": "hbmGBps"})
     interconnect: str | None
     interconnect_gbps: float | None = field(metadata={"json": "interconnectGBps"})
+
+    @property
+    def dra_driver(self) -> str | None:
+        """The DRA driver publishing this pool's GPUs (None: the device plugin path)."""
+        if self.device_class_name is None:
+            return None
+        return self.driver or self.device_class_name
 
     def spec(self) -> GPUSpec:
         """The GPU as the planner sees it: the catalogue entry, overridden by stated numbers."""
@@ -231,6 +251,11 @@ class ModelService:
     @property
     def served_name(self) -> str:
         return self.spec.model.served_name or self.metadata.name
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The names clients use for its LoRA adapters (in the ``model`` field)."""
+        return tuple(a.name for a in self.spec.adapters)
 
     @property
     def key(self) -> str:

@@ -219,7 +219,8 @@ def _cel_errors(obj: dict[str, Any], schema: Schema, old: dict[str, Any] | None
             activation = {"self": _to_cel(value, node)}
             if transition:
                 activation["oldSelf"] = _to_cel(old_value, node)
-            field_path = _path(path) + rule.get("fieldPath", "")
+            # fieldPath is relative (".minReplicas"); a rule on the object root has no prefix.
+            field_path = (_path(path) + rule.get("fieldPath", "")).lstrip(".")
             try:
                 ok = _program(expression).evaluate(activation)
             except Exception as exc:  # celpy raises several unrelated types

@@ -6,11 +6,16 @@ from dataclasses import dataclass
 
 from kubeplex.errors import KubeplexError
 
-__all__ = ["ApiError", "FieldError", "ValidationError"]
+__all__ = ["ApiError", "FieldError", "FileError", "ValidationError"]
 
 
 class ApiError(KubeplexError):
     """Base class of every error :mod:`kubeplex.api` raises on purpose."""
+
+
+class FileError(ApiError):
+    """A file that cannot be read as YAML (missing, binary, too large, too deep); the message
+    is one line naming the file."""
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 Each area contributes one module with a ``register(cli: Commands)`` function; the modules are
 listed in :data:`COMMAND_MODULES` and imported when the parser is built. Command handlers take
 the parsed arguments and return an exit code. Errors from kubeplex's libraries
-(:class:`~kubeplex.errors.KubeplexError`) are printed as one ``error: ...`` line and exit 2;
-anything else is a bug and keeps its traceback.
+(:class:`~kubeplex.errors.KubeplexError`), bad arguments (numbers go through
+:func:`kubeplex.cli._args.number`: finite, within range) and files the system cannot open
+or write (``OSError``) are printed as one ``error: ...`` line and exit 2; anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from kubeplex.errors import KubeplexError
 
@@ -33,6 +36,13 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class Commands:
@@ -59,7 +69,7 @@ class Commands:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kubeplex",
         description="Serve LLMs on Kubernetes under latency SLOs.",
     )
@@ -71,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed on one line
+        return done.code if isinstance(done.code, int) else 2
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         (getattr(args, "group_parser", None) or parser).print_help(sys.stderr)
@@ -80,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KubeplexError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path the user gave that cannot be opened, written, listened on
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

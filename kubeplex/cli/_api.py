@@ -43,11 +43,15 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from kubeplex.api import check_documents
+    from kubeplex.api import check_documents, foreign_kinds
 
     results = check_documents(args.files)
     if not results:
-        print("error: no YAML documents found in " + " ".join(args.files), file=sys.stderr)
+        others = foreign_kinds(args.files)
+        found = f" (found {', '.join(sorted(set(others))[:5])})" if others else ""
+        print(f"error: no kubeplex.io documents in {' '.join(args.files)}{found}; validate "
+              "checks ModelService, GPUPool and ServingGroup (apiVersion kubeplex.io/v1alpha1)",
+              file=sys.stderr)
         return 2
     bad = 0
     for doc in results:

@@ -9,12 +9,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kubeplex.autoscaler.trace import MAX_TRACE_SECONDS
 from kubeplex.cli import Commands
+from kubeplex.cli._args import MAX_RATE, MAX_SECONDS, MAX_TOKENS, number
 
 if TYPE_CHECKING:
     from kubeplex.autoscaler.fleet import SimResult
 
 PATTERNS = ("gamma", "diurnal", "spike", "azure")
+#: Largest inter-arrival coefficient of variation a flag takes: the burstiest production
+#: traces measured (AlpaServe's, Azure Functions') stay below 10.
+MAX_CV = 100.0
 
 
 def register(cli: Commands) -> None:
@@ -25,13 +30,14 @@ def register(cli: Commands) -> None:
                    help="CSV with header arrival_s,prompt_tokens,output_tokens")
     p.add_argument("--model", required=True, help="model profile, e.g. llama-3.1-8b")
     p.add_argument("--gpu", required=True, help="GPU, e.g. H100-80GB, A100-80GB, L4")
-    p.add_argument("--slo-ttft", required=True, type=float, metavar="SECONDS",
+    p.add_argument("--slo-ttft", required=True, type=number(0, MAX_SECONDS, above=True),
+                   metavar="SECONDS",
                    help="TTFT SLO in seconds")
-    p.add_argument("--percentile", type=float, default=95.0,
+    p.add_argument("--percentile", type=number(0, 100, above=True), default=95.0,
                    help="SLO percentile in (0, 100) (default 95)")
-    p.add_argument("--cold-start-s", type=float, default=60.0,
+    p.add_argument("--cold-start-s", type=number(0, MAX_SECONDS), default=60.0,
                    help="seconds from creating a replica to ready (default 60)")
-    p.add_argument("--warm-start-s", type=float, default=2.0,
+    p.add_argument("--warm-start-s", type=number(0, MAX_SECONDS), default=2.0,
                    help="seconds from claiming a warm standby to ready (default 2)")
     p.add_argument("--warm-pool", default="auto", metavar="N|auto",
                    help="warm standbys: a fixed count for every policy, or auto (kubeplex "
@@ -47,21 +53,32 @@ def register(cli: Commands) -> None:
                    help="gamma: bursty renewal arrivals (with an optional spike); diurnal: a "
                         "day's ramp compressed into --period-s; spike: Poisson with a step "
                         "spike; azure: per-minute counts from an Azure Functions CSV")
-    t.add_argument("--rate", type=float, default=10.0, help="base arrival rate, req/s")
-    t.add_argument("--peak-rate", type=float, help="diurnal: the rate at mid-period")
-    t.add_argument("--period-s", type=float, default=3600.0, help="diurnal period, s")
-    t.add_argument("--cv", type=float, help="inter-arrival coefficient of variation "
+    t.add_argument("--rate", type=number(0, MAX_RATE, above=True), default=10.0,
+                   help="base arrival rate, req/s")
+    t.add_argument("--peak-rate", type=number(0, MAX_RATE),
+                   help="diurnal: the rate at mid-period")
+    t.add_argument("--period-s", type=number(0, MAX_TRACE_SECONDS, above=True), default=3600.0,
+                   help="diurnal period, s")
+    t.add_argument("--cv", type=number(0, MAX_CV, above=True),
+                   help="inter-arrival coefficient of variation "
                    "(default 4 for gamma, 1 otherwise)")
-    t.add_argument("--duration-s", type=float, default=3600.0, help="trace length, s")
-    t.add_argument("--spike-factor", type=float, default=1.0, help="spike: rate multiplier")
-    t.add_argument("--spike-at-s", type=float, default=1200.0, help="spike start, s")
-    t.add_argument("--spike-for-s", type=float, default=300.0, help="spike length, s")
-    t.add_argument("--ramp-s", type=float, default=0.0, help="spike rise/fall time, s")
+    t.add_argument("--duration-s", type=number(0, MAX_TRACE_SECONDS, above=True),
+                   default=3600.0, help="trace length, s")
+    t.add_argument("--spike-factor", type=number(0, MAX_RATE, above=True), default=1.0,
+                   help="spike: rate multiplier")
+    t.add_argument("--spike-at-s", type=number(0, MAX_TRACE_SECONDS), default=1200.0,
+                   help="spike start, s")
+    t.add_argument("--spike-for-s", type=number(0, MAX_TRACE_SECONDS), default=300.0,
+                   help="spike length, s")
+    t.add_argument("--ramp-s", type=number(0, MAX_TRACE_SECONDS), default=0.0,
+                   help="spike rise/fall time, s")
     t.add_argument("--counts", type=Path, help="azure: the invocations CSV")
     t.add_argument("--function", help="azure: one HashFunction's row (default: all summed)")
-    t.add_argument("--prompt-tokens", type=float, default=512.0, help="mean prompt tokens")
-    t.add_argument("--output-tokens", type=float, default=128.0, help="mean output tokens")
-    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--prompt-tokens", type=number(1, MAX_TOKENS), default=512.0,
+                   help="mean prompt tokens")
+    t.add_argument("--output-tokens", type=number(1, MAX_TOKENS), default=128.0,
+                   help="mean output tokens")
+    t.add_argument("--seed", type=number(0, integer=True), default=1)
     t.add_argument("--out", type=Path, help="write here instead of stdout")
 
 

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 #: Flag -> the variable it overrides (errors name both).
 FLAGS = {"port": "KUBEPLEX_GATEWAY_PORT", "host": "KUBEPLEX_BIND_ADDRESS",
          "hold_timeout": "KUBEPLEX_HOLD_TIMEOUT_SECONDS",
-         "max_held": "KUBEPLEX_MAX_HELD_REQUESTS", "operator_url": "KUBEPLEX_OPERATOR_URL"}
+         "max_held": "KUBEPLEX_MAX_HELD_REQUESTS", "operator_url": "KUBEPLEX_OPERATOR_URL",
+         "migrate_after": "KUBEPLEX_MIGRATE_AFTER_SECONDS"}
 
 
 class GatewayCLIError(KubeplexError):
@@ -38,6 +39,10 @@ def register(cli: Commands) -> None:
                                           "(KUBEPLEX_HOLD_TIMEOUT_SECONDS, default 300)")
     p.add_argument("--max-held", help="requests held per model at zero replicas "
                                       "(KUBEPLEX_MAX_HELD_REQUESTS, default 1000)")
+    p.add_argument("--migrate-after", metavar="S",
+                   help="seconds a replica leaving routing keeps its in-flight generations "
+                        "before they resume on another replica (KUBEPLEX_MIGRATE_AFTER_SECONDS, "
+                        "default 5)")
     p.add_argument("--operator-url", help="operator webhook base URL for scale-from-zero "
                                           "alerts (KUBEPLEX_OPERATOR_URL)")
     p.add_argument("--namespace", "-n", action="append", default=None,

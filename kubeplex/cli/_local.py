@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeplex.cli import Commands
+from kubeplex.cli._args import MAX_RATE, MAX_SECONDS, MAX_TOKENS, number, port
 from kubeplex.errors import KubeplexError
 
 __all__ = ["register"]
@@ -34,15 +35,20 @@ def register(cli: Commands) -> None:
                            "autoscaling (local mode)", _up)
     up.add_argument("paths", nargs="+", metavar="DIR-or-FILE",
                     help="YAML with ModelServices, GPUPools and optionally LocalSettings")
-    up.add_argument("--gateway-port", type=int, default=8080,
+    up.add_argument("--gateway-port", type=port, default=8080,
                     help="port of the OpenAI-compatible gateway (default: %(default)s)")
     up.add_argument("--host", default="127.0.0.1", help="gateway address (default: loopback)")
     up.add_argument("--engine", choices=("auto", "sim", "vllm"), default=None,
                     help="override LocalSettings engine (auto: vllm where it can run)")
-    up.add_argument("--cold-start", type=float, default=None, metavar="S",
+    up.add_argument("--cold-start", type=number(0, MAX_SECONDS), default=None, metavar="S",
                     help="override the sim engine's simulated cold start (seconds)")
-    up.add_argument("--tick", type=float, default=None, metavar="S",
+    up.add_argument("--tick", type=number(0, MAX_SECONDS, above=True), default=None,
+                    metavar="S",
                     help="override the autoscaling loop period (seconds)")
+    up.add_argument("--migrate-after", type=number(0, MAX_SECONDS), default=None, metavar="S",
+                    help="override LocalSettings migrateAfterSeconds: how long a replica "
+                         "leaving routing keeps its in-flight generations before they resume "
+                         "on another replica")
     up.add_argument("--workdir", type=Path, default=None,
                     help="where runtime configs and logs go (default: a new temp dir)")
     up.add_argument("--no-live", action="store_true",
@@ -50,9 +56,11 @@ def register(cli: Commands) -> None:
     up.add_argument("--demo", action="store_true",
                     help="run a built-in scenario (first request from zero, a burst, idle) "
                          "against the first model, print what happened, and exit")
-    up.add_argument("--demo-rate", type=float, default=None, metavar="REQ/S",
+    up.add_argument("--demo-rate", type=number(0, MAX_RATE, above=True), default=None,
+                    metavar="REQ/S",
                     help="the demo burst's peak rate (default: 2.5x one replica's capacity)")
-    up.add_argument("--demo-duration", type=float, default=45.0, metavar="S",
+    up.add_argument("--demo-duration", type=number(0, MAX_SECONDS, above=True), default=45.0,
+                    metavar="S",
                     help="length of the demo's load run (default: %(default)s)")
 
     status = cli.command("status", "show what a running `kubeplex up` is doing", _status)
@@ -65,12 +73,14 @@ def register(cli: Commands) -> None:
                       help="gateway URL (default: %(default)s)")
     load.add_argument("--model", default=None,
                       help="served model name (default: the gateway's first model)")
-    load.add_argument("--rate", type=float, required=True, help="peak arrival rate, req/s")
-    load.add_argument("--duration", type=float, required=True, help="seconds of arrivals")
+    load.add_argument("--rate", type=number(0, MAX_RATE, above=True), required=True,
+                      help="peak arrival rate, req/s")
+    load.add_argument("--duration", type=number(0, MAX_SECONDS, above=True), required=True,
+                      help="seconds of arrivals")
     load.add_argument("--pattern", choices=("constant", "burst", "ramp"), default="constant")
-    load.add_argument("--prompt-tokens", type=int, default=512)
-    load.add_argument("--max-tokens", type=int, default=64)
-    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--prompt-tokens", type=number(1, MAX_TOKENS, integer=True), default=512)
+    load.add_argument("--max-tokens", type=number(1, MAX_TOKENS, integer=True), default=64)
+    load.add_argument("--seed", type=number(0, integer=True), default=0)
     load.add_argument("--plot", type=Path, default=None, metavar="PNG",
                       help="write TTFT over time to this PNG")
 
@@ -80,11 +90,13 @@ def register(cli: Commands) -> None:
 def _up(args: argparse.Namespace) -> int:
     from kubeplex.operator.local import LocalMode
 
-    if not 0 < args.gateway_port < 65536:
-        raise CLIError(f"--gateway-port must be a TCP port (1-65535), got {args.gateway_port}")
+    if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
+        raise CLIError(f"--workdir {args.workdir}: exists and is not a directory; give a "
+                       "directory (it is made if missing)")
     mode = LocalMode.prepare(args.paths, port=args.gateway_port, workdir=args.workdir,
                              engine=args.engine, cold_start_seconds=args.cold_start,
-                             tick_seconds=args.tick)
+                             tick_seconds=args.tick,
+                             migrate_after_seconds=args.migrate_after)
     mode.host = args.host
     for name, text in mode.explanations.items():
         print(f"placement of {name}:\n  " + text.replace("\n", "\n  "), flush=True)

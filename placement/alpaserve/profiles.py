@@ -10,7 +10,7 @@ stages). A :class:`ModelProfile` maps the configs that were profiled to a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from kubeplex.placement.errors import PlacementError, UnknownProfileError
@@ -75,8 +75,14 @@ class ModelProfile:
 
     name: str
     configs: tuple[tuple[ParallelConfig, StageProfile], ...]
+    # Lookups derived from ``configs`` (not part of the value).
+    _by_config: dict[ParallelConfig, StageProfile] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    _scaled: dict[tuple[ParallelConfig, float], tuple[float, ...] | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._by_config.update(self.configs)
         for config, stage in self.configs:
             if len(stage.stage_latencies) != config.pp:
                 raise PlacementError(
@@ -84,10 +90,18 @@ class ModelProfile:
                     f"{len(stage.stage_latencies)} stage latencies")
 
     def get(self, config: ParallelConfig) -> StageProfile | None:
-        for known, stage in self.configs:
-            if known == config:
-                return stage
-        return None
+        return self._by_config.get(config)
+
+    def simulated_stages(self, config: ParallelConfig, factor: float
+                         ) -> tuple[float, ...] | None:
+        """Stage latencies of ``config`` times ``factor`` (None: not profiled), remembered:
+        the search asks for the same ones on every simulation."""
+        key = (config, factor)
+        if key not in self._scaled:
+            stage = self.get(config)
+            self._scaled[key] = None if stage is None else tuple(
+                latency * factor for latency in stage.stage_latencies)
+        return self._scaled[key]
 
     @property
     def single_gpu_latency(self) -> float:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kubeplex.placement.alpaserve.profiles import ModelProfile, ParallelConfig
-from kubeplex.placement.alpaserve.simulator import GroupSpec, SimResult, simulate
+from kubeplex.placement.alpaserve.simulator import Core, GroupSpec, SimResult, simulate
 from kubeplex.placement.errors import DoesNotFitError, PlacementError
 from kubeplex.placement.groups import (
     connected_components,
@@ -151,8 +151,9 @@ class _ComponentCache:
     exactly those of one simulation of the whole placement.
     """
 
-    def __init__(self, profiles: Sequence[ModelProfile], workload: Workload) -> None:
-        self.profiles, self.workload = profiles, workload
+    def __init__(self, profiles: Sequence[ModelProfile], workload: Workload,
+                 core: Core = "compiled") -> None:
+        self.profiles, self.workload, self.core = profiles, workload, core
         self.requests = workload.model_counts()
         self._cache: dict[tuple[tuple[int, ParallelConfig, tuple[int, ...]], ...],
                           tuple[dict[int, int], dict[int, int]]] = {}
@@ -177,20 +178,23 @@ class _ComponentCache:
         local = {m: i for i, m in enumerate(models)}
         sub = [GroupSpec(groups[g].config, tuple(local[m] for m in groups[g].models))
                for g in component]
-        result = simulate(sub, [self.profiles[m] for m in models], self.workload.subset(models))
+        result = simulate(sub, [self.profiles[m] for m in models], self.workload.subset(models),
+                          self.core)
         unserved = result.unserved.tolist()
         return ({m: int(unserved[i]) for i, m in enumerate(models)},
                 {g: int(result.group_requests[j]) for j, g in enumerate(component)})
 
 
 def greedy_placement(configs: Sequence[ParallelConfig], profiles: Sequence[ModelProfile],
-                     cluster: Cluster, workload: Workload) -> tuple[GroupSpec, ...]:
-    """The artifact's ``replica_placement_fast_greedy`` on groups of the given configs."""
+                     cluster: Cluster, workload: Workload, core: Core = "compiled"
+                     ) -> tuple[GroupSpec, ...]:
+    """The artifact's ``replica_placement_fast_greedy`` on groups of the given configs (the
+    simulator ``core`` changes the speed, never the result)."""
     weights = {c: _weights(profiles, c) for c in set(configs)}
     models: list[list[int]] = [[] for _ in configs]
     used = [0.0] * len(configs)
     budget = cluster.memory_budget_bytes
-    stats = _ComponentCache(profiles, workload)
+    stats = _ComponentCache(profiles, workload, core)
     requests = stats.requests.tolist()
     while True:
         groups = tuple(GroupSpec(c, tuple(sorted(ms))) for c, ms in zip(configs, models,
@@ -238,15 +242,15 @@ def _label(configs: Sequence[ParallelConfig]) -> str:
     return "+".join(f"{n}x({c})" for c, n in counts.items())
 
 
-def _best_config_set(profiles: Sequence[ModelProfile], cluster: Cluster, workload: Workload
-                     ) -> tuple[tuple[GroupSpec, ...], Score, list[tuple[str, float]]]:
+def _best_config_set(profiles: Sequence[ModelProfile], cluster: Cluster, workload: Workload,
+                     core: Core) -> tuple[tuple[GroupSpec, ...], Score, list[tuple[str, float]]]:
     best: tuple[tuple[GroupSpec, ...], Score] | None = None
     tried: list[tuple[str, float]] = []
     for configs in enumerate_group_configs(cluster.num_gpus, cluster.gpus_per_node):
         if not any(p.get(c) is not None for p in profiles for c in configs):
             continue  # no model has a profile for any group here: nothing could be placed
-        groups = greedy_placement(configs, profiles, cluster, workload)
-        s = score(groups, simulate(groups, profiles, workload))
+        groups = greedy_placement(configs, profiles, cluster, workload, core)
+        s = score(groups, simulate(groups, profiles, workload, core))
         tried.append((_label(configs), s.attainment))
         if best is None or s > best[1]:
             best = (groups, s)
@@ -294,10 +298,10 @@ def _device_splits(num_gpus: int, rates: Sequence[float], latencies: Sequence[fl
 
 
 def alpaserve_search(profiles: Sequence[ModelProfile], cluster: Cluster,
-                     workload: Workload) -> AlpaPlacement:
+                     workload: Workload, core: Core = "compiled") -> AlpaPlacement:
     """AlpaServe: greedy placement on every config set, plus bucket separation."""
     _check_fits(profiles, cluster)
-    groups, best, tried = _best_config_set(profiles, cluster, workload)
+    groups, best, tried = _best_config_set(profiles, cluster, workload, core)
     how = f"best of {len(tried)} group configurations with all models mixed"
     buckets = latency_buckets(profiles)
     if len(buckets) > 1:
@@ -312,12 +316,12 @@ def alpaserve_search(profiles: Sequence[ModelProfile], cluster: Cluster,
                     sub_profiles = [profiles[m] for m in bucket]
                     _check_fits(sub_profiles, sub_cluster)
                     sub, _, _ = _best_config_set(sub_profiles, sub_cluster,
-                                                 workload.subset(bucket))
+                                                 workload.subset(bucket), core)
                     combined += [GroupSpec(g.config, tuple(sorted(bucket[m] for m in g.models)))
                                  for g in sub]
             except DoesNotFitError:
                 continue
-            s = score(combined, simulate(combined, profiles, workload))
+            s = score(combined, simulate(combined, profiles, workload, core))
             if s > best:
                 groups, best = tuple(combined), s
                 how = (f"{len(buckets)} latency buckets on {'+'.join(map(str, split))} GPUs "

@@ -6,18 +6,21 @@ request has left stage ``k - 1``; each stage takes the profiled stage latency ti
 ``1 + 0.009 * pp``, and the reply costs a fixed 0.011 s more. A request that would finish later
 than ``arrival + SLO`` is dropped at once and takes no capacity (AlpaServe's admission control).
 
-The loop is plain Python over lists (no numpy scalars inside it): one request costs about a
-microsecond, which keeps the reference search under two seconds. Time is simulated, never read.
+Two cores run that loop: a compiled one (:mod:`._compiled`, numba; the default) and the
+pure-Python reference (plain lists, about a microsecond a request) that tests hold the compiled
+one to, result for result. Time is simulated, never read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from kubeplex.placement.alpaserve import _compiled
 from kubeplex.placement.alpaserve.profiles import ModelProfile, ParallelConfig
 from kubeplex.placement.errors import PlacementError
 from kubeplex.placement.workload import Workload
@@ -26,6 +29,7 @@ __all__ = [
     "FIXED_OVERHEAD_S",
     "PIPELINE_PENALTY_PER_STAGE",
     "WARMUP_S",
+    "Core",
     "GroupSpec",
     "SimResult",
     "simulate",
@@ -40,6 +44,9 @@ PIPELINE_PENALTY_PER_STAGE = 0.009
 WARMUP_S = 10.0
 
 _INF = float("inf")
+
+#: Which core runs: the compiled one, or the pure-Python reference (identical results).
+Core = Literal["compiled", "reference"]
 
 
 @dataclass(frozen=True)
@@ -95,23 +102,19 @@ class SimResult:
 
 def stage_latencies(profile: ModelProfile, config: ParallelConfig) -> tuple[float, ...] | None:
     """Simulated per-stage latency of ``profile`` in a group of ``config`` (None: no profile)."""
-    stage = profile.get(config)
-    if stage is None:
-        return None
-    factor = 1.0 + PIPELINE_PENALTY_PER_STAGE * config.pp
-    return tuple(latency * factor for latency in stage.stage_latencies)
+    return profile.simulated_stages(config, 1.0 + PIPELINE_PENALTY_PER_STAGE * config.pp)
 
 
 def simulate(groups: Sequence[GroupSpec], profiles: Sequence[ModelProfile],
-             workload: Workload) -> SimResult:
+             workload: Workload, core: Core = "compiled") -> SimResult:
     """Run ``workload`` through ``groups``; ``profiles[i]`` is model ``i``'s profile."""
-    num_models, num_groups = workload.num_models, len(groups)
+    num_models = workload.num_models
     if len(profiles) != num_models:
         raise PlacementError(
             f"the workload has {num_models} models but {len(profiles)} profiles were given")
-    hosts: list[list[int]] = [[] for _ in range(num_models)]
-    latencies: list[list[tuple[float, ...]]] = [[() for _ in range(num_groups)]
-                                                for _ in range(num_models)]
+    # Per model: (group, stage latencies) of each host, in group order; a 1-stage host keeps
+    # its clock in last_free alone.
+    routes: list[list[tuple[int, tuple[float, ...]]]] = [[] for _ in range(num_models)]
     for g, group in enumerate(groups):
         for m in group.models:
             if not 0 <= m < num_models:
@@ -121,9 +124,25 @@ def simulate(groups: Sequence[GroupSpec], profiles: Sequence[ModelProfile],
                 raise PlacementError(
                     f"group {g} ({group.config}) hosts {profiles[m].name!r}, "
                     f"which has no profile for that config")
-            hosts[m].append(g)
-            latencies[m][g] = stages
+            routes[m].append((g, stages))
+    if core == "compiled":
+        good_arr, latency_arr, requests_arr = _compiled.run(
+            workload.arrivals, workload.model_ids, workload.slos, routes,
+            [g.config.pp for g in groups], FIXED_OVERHEAD_S)
+    else:
+        good_list, latency_list, requests_list = _reference(groups, routes, workload)
+        good_arr = np.array(good_list, dtype=np.bool_)
+        latency_arr = np.array(latency_list, dtype=np.float64)
+        requests_arr = np.array(requests_list, dtype=np.int64)
+    model_requests = workload.model_counts()
+    model_good = np.bincount(workload.model_ids[good_arr], minlength=num_models).astype(np.int64)
+    return SimResult(good_arr, latency_arr, model_requests, model_good, requests_arr)
 
+
+def _reference(groups: Sequence[GroupSpec], routes: list[list[tuple[int, tuple[float, ...]]]],
+               workload: Workload) -> tuple[list[bool], list[float], list[int]]:
+    """The pure-Python core (see the module docstring)."""
+    num_groups = len(groups)
     n = len(workload)
     good = [False] * n
     latency = [0.0] * n
@@ -131,9 +150,6 @@ def simulate(groups: Sequence[GroupSpec], profiles: Sequence[ModelProfile],
     stage_free = [[0.0] * group.config.pp for group in groups]
     spare = [[0.0] * group.config.pp for group in groups]  # scratch, swapped on success
     last_free = [0.0] * num_groups  # when each group's last stage frees
-    # Per model: (group, stage latencies) of each host; a 1-stage host keeps its clock in
-    # last_free alone.
-    routes = [[(g, latencies[m][g]) for g in hosts[m]] for m in range(num_models)]
     overhead = FIXED_OVERHEAD_S
     arrivals = workload.arrivals.tolist()
     model_ids = workload.model_ids.tolist()
@@ -170,8 +186,4 @@ def simulate(groups: Sequence[GroupSpec], profiles: Sequence[ModelProfile],
             good[i] = True
             latency[i] = t + overhead - arrival
 
-    good_arr = np.array(good, dtype=np.bool_)
-    model_requests = workload.model_counts()
-    model_good = np.bincount(workload.model_ids[good_arr], minlength=num_models).astype(np.int64)
-    return SimResult(good_arr, np.array(latency, dtype=np.float64), model_requests, model_good,
-                     np.array(group_requests, dtype=np.int64))
+    return good, latency, group_requests

@@ -3,7 +3,8 @@
 * every node cut into equal groups of each size ``1, 2, 4, ... <= gpus per node`` and each
   ``tp x pp`` factorization (the remainder as smaller pure-tensor groups);
 * mixed layouts of ``n`` big groups and the rest small (the AlpaServe bucket idea, for models
-  of different sizes), for every pair of sizes and every ``n``.
+  of different sizes), for every pair of sizes and ``n = 1, 2, 4, ...`` (powers of two keep a
+  pool of hundreds of GPUs to a few dozen layouts, not hundreds).
 
 Layouts with the same multiset of (node, size, tp, pp) are tried once.
 """
@@ -53,7 +54,7 @@ def layouts(pool: PoolSpec) -> list[Layout]:
     for small in sizes:
         for big in (s for s in sizes if s > small):
             per_node = [cap // big for cap in caps]
-            for n_big in range(1, sum(per_node)):
+            for n_big in powers_of_two_upto(sum(per_node) - 1):
                 layout, left = [], n_big
                 for node, cap in enumerate(caps):
                     k = min(left, per_node[node])

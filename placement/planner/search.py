@@ -54,6 +54,7 @@ import numpy as np
 from kubeplex.placement.errors import DoesNotFitError, PlacementError, UnplacedModelsError
 from kubeplex.placement.groups import connected_components, group_shapes
 from kubeplex.placement.llm import LLMProfile
+from kubeplex.placement.planner.costs import CostTables
 from kubeplex.placement.planner.demand import (
     MEMORY_LIMIT,
     GroupPlacement,
@@ -64,8 +65,9 @@ from kubeplex.placement.planner.demand import (
     PoolSpec,
     Prediction,
 )
-from kubeplex.placement.planner.layouts import cut, layouts
+from kubeplex.placement.planner.layouts import Layout, cut, layouts
 from kubeplex.placement.planner.simulator import (
+    Core,
     EngineSpec,
     LLMGroupSpec,
     LLMSimResult,
@@ -91,12 +93,21 @@ PLANNING_REQUESTS = 2000
 PLANNING_MODEL_REQUESTS = 200
 PLANNING_MIN_HORIZON_S = 30.0
 PLANNING_MAX_HORIZON_S = 600.0
+#: ... but never more than this many in all: each greedy step simulates them (about 50 ns a
+#: request in the compiled core), so this bounds a fleet-scale search; a pool with many rare
+#: models then judges each on fewer requests (its held-out range says how much that costs).
+PLANNING_MAX_REQUESTS = 20_000
 PLANNING_SEED = 0
 #: Held-out samples a prediction is the median of: with 5, their range covers the true median
 #: with probability 1 - 2 / 2^5 = 94% (the sign test's interval).
 HOLDOUT_SAMPLES = 5
 #: Times the search may go on after its plan missed a target on held-out samples.
 VALIDATION_ROUNDS = 2
+#: Layouts that get the greedy on the whole sample; the others are screened out by their
+#: greedy on the first quarter of it (a layout search at 512 GPUs has dozens of layouts, and
+#: the screen keeps the search's cost near that of a handful).
+SCREEN_KEEP = 4
+SCREEN_FRACTION = 0.25
 #: Slack when summing memory shares (float rounding of shares that add up to the limit).
 _SHARE_EPSILON = 1e-12
 #: Digits a memory share is rounded to (what ``--gpu-memory-utilization`` is given).
@@ -110,9 +121,10 @@ def planning_workload(demands: Sequence[ModelDemand], seed: int = PLANNING_SEED)
     (and :data:`PLANNING_MODEL_REQUESTS` of the least requested model), each request with
     lengths drawn from its model's :attr:`ModelDemand.lengths`."""
     rates = [d.arrival_rate for d in demands if d.arrival_rate > 0]
-    horizon = PLANNING_MAX_HORIZON_S if not rates else min(PLANNING_MAX_HORIZON_S, max(
-        PLANNING_MIN_HORIZON_S, PLANNING_REQUESTS / sum(rates),
-        PLANNING_MODEL_REQUESTS / min(rates)))
+    horizon = PLANNING_MAX_HORIZON_S if not rates else min(
+        PLANNING_MAX_HORIZON_S, PLANNING_MAX_REQUESTS / sum(rates), max(
+            PLANNING_MIN_HORIZON_S, PLANNING_REQUESTS / sum(rates),
+            PLANNING_MODEL_REQUESTS / min(rates)))
     return draw_workload([d.arrival_rate for d in demands], [d.cv for d in demands],
                          [d.ttft_slo_s for d in demands], [d.lengths for d in demands],
                          horizon, seed)
@@ -176,14 +188,30 @@ class _Outcome:
     def mean_ttft(self) -> float:
         return self.ttft_sum / self.ttft_count if self.ttft_count else math.inf
 
+    def placed(self, m: int, group: int, requests: int) -> _Outcome:
+        """This outcome with model ``m``'s first replica on ``group`` taken as serving all of
+        its ``requests`` (an estimate, until the next simulation)."""
+        out = _Outcome(self.model_requests, len(self.group_requests))
+        out.model_good = list(self.model_good)
+        out.model_good[m] = requests
+        out.group_requests = list(self.group_requests)
+        if group == len(out.group_requests):  # a slot spawned just now
+            out.group_requests.append(0)
+        out.group_requests[group] += requests
+        out.ttft_sum, out.ttft_count = self.ttft_sum, self.ttft_count
+        return out
+
 
 class _Problem:
     """Demands, pool and workload, with cached memory needs, profiles and component outcomes."""
 
     def __init__(self, pool: PoolSpec, demands: Sequence[ModelDemand], workload: LLMWorkload,
-                 exclusive: bool = False):
+                 exclusive: bool = False, core: Core = "compiled",
+                 tables: CostTables | None = None):
         self.pool, self.demands, self.workload = pool, list(demands), workload
         self.exclusive = exclusive  # one model per group (the replication baseline)
+        self.core = core
+        self.tables = tables or CostTables()
         self.slos = [d.slo for d in demands]
         self.requests = workload.requests.model_counts().tolist()
         self.kv_weight = [d.arrival_rate * (d.prompt_tokens + d.output_tokens) for d in demands]
@@ -215,6 +243,11 @@ class _Problem:
         return [round(lo + left * (w / total if total else 1 / len(mins)), _SHARE_DIGITS)
                 for lo, w in zip(mins, weights, strict=True)]
 
+    def free_share(self, slot: _Slot) -> float:
+        """What is left of :data:`MEMORY_LIMIT` in ``slot`` after its models' minimum shares."""
+        return MEMORY_LIMIT + _SHARE_EPSILON - sum(
+            self.min_share(x, slot.tp, slot.pp) or 0.0 for x in slot.models)
+
     def fits(self, slot: _Slot, m: int) -> bool:
         share = self.min_share(m, slot.tp, slot.pp)
         if share is None or m in slot.models or (self.exclusive and slot.models):
@@ -222,8 +255,7 @@ class _Problem:
         key = self.demands[m].colocation_key
         if any(self.demands[x].colocation_key != key for x in slot.models):
             return False
-        used = sum(self.min_share(x, slot.tp, slot.pp) or 0.0 for x in slot.models)
-        return used + share <= MEMORY_LIMIT + _SHARE_EPSILON
+        return share <= self.free_share(slot)
 
     def engines(self, tp: int, pp: int, models: Sequence[int], local: dict[int, int]
                 ) -> LLMGroupSpec:
@@ -254,7 +286,8 @@ class _Problem:
         if models not in self._subsets:
             self._subsets[models] = self.workload.subset(models)
         groups = [self.engines(tp, pp, ms, local) for tp, pp, ms in key]
-        result = simulate_llm(groups, [self.slos[m] for m in models], self._subsets[models])
+        result = simulate_llm(groups, [self.slos[m] for m in models], self._subsets[models],
+                              self.tables, self.core)
         served = result.ttft[np.isfinite(result.ttft)]
         return _Part(models, tuple(result.model_good.tolist()),
                      tuple(result.group_requests.tolist()), float(served.sum()), len(served))
@@ -322,8 +355,10 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
     n = len(problem.demands)
     tried: set[tuple[str, int]] = set()
     last: tuple[_Slot, int, bool, _Outcome] | None = None  # slot, model, newly touched, before
+    estimate: _Outcome | None = None
     while True:
-        outcome = problem.simulate(slots)
+        outcome = estimate or problem.simulate(slots)
+        estimate = None
         if last is not None:
             slot, m, newly, before = last
             # (placed, met, attainment): any drop undoes the step
@@ -351,10 +386,9 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
         group_order = sorted(range(len(slots)),
                              key=lambda g: (not fill and not slots[g].models, load[g], g))
         budget_left = touched is None or max_moves is None or len(touched) < max_moves
-        choice = next(((slots[g], m) for g in group_order
-                       if budget_left or slots[g].id in (touched or ())
-                       for m in model_order
-                       if (slots[g].id, m) not in tried and problem.fits(slots[g], m)), None)
+        choice = _first_fit(problem, [slots[g] for g in group_order
+                                      if budget_left or slots[g].id in (touched or ())],
+                            model_order, tried)
         spawned = False
         if choice is None and spawn is not None and budget_left:
             for m in model_order:
@@ -373,6 +407,37 @@ def _greedy(problem: _Problem, slots: list[_Slot], fill: bool,
             touched.add(slot.id)
         # A replica that must exist (first, min replicas) or that opened new GPUs stays.
         last = None if spawned or first[m] or below_min[m] else (slot, m, newly, outcome)
+        if first[m] and sum(first) > 1:
+            # More first replicas to place, none of them ever undone: skip the simulation
+            # in between and take this model's requests as served by its group.
+            estimate = outcome.placed(m, slots.index(slot), problem.requests[m])
+
+
+def _first_fit(problem: _Problem, slots: Sequence[_Slot], model_order: Sequence[int],
+               tried: set[tuple[str, int]]) -> tuple[_Slot, int] | None:
+    """The first (slot, model) pair, slots and models in the given orders, not tried yet
+    whose model fits the slot (:meth:`_Problem.fits`, with each slot's free memory summed
+    once)."""
+    smallest: dict[tuple[int, int], float] = {}
+    for slot in slots:
+        if problem.exclusive and slot.models:
+            continue
+        shape = (slot.tp, slot.pp)
+        if shape not in smallest:
+            smallest[shape] = min((share for m in model_order
+                                   if (share := problem.min_share(m, *shape)) is not None),
+                                  default=math.inf)
+        free = problem.free_share(slot)
+        if free < smallest[shape]:
+            continue  # full for every candidate
+        key = problem.demands[slot.models[0]].colocation_key if slot.models else None
+        for m in model_order:
+            share = problem.min_share(m, slot.tp, slot.pp)
+            if share is None or share > free or m in slot.models or (slot.id, m) in tried:
+                continue
+            if key is None or problem.demands[m].colocation_key == key:
+                return slot, m
+    return None
 
 
 def _make_room(problem: _Problem, slots: list[_Slot],
@@ -397,8 +462,9 @@ def _make_room(problem: _Problem, slots: list[_Slot],
             trial = _Slot(slot.id, slot.node, slot.gpu_indices, slot.tp, slot.pp, list(keep))
             if not problem.fits(trial, m):
                 continue
-            # Give back as few of the spare replicas as it takes, the most replicated first.
-            for x in sorted(spare, key=lambda x: (-replicas[x], x)):
+            # Keep every spare replica that still leaves room, the least replicated first:
+            # the most replicated models give theirs up.
+            for x in sorted(spare, key=lambda x: (replicas[x], x)):
                 more = _Slot(slot.id, slot.node, slot.gpu_indices, slot.tp, slot.pp,
                              [*trial.models, x])
                 if problem.fits(more, m):
@@ -437,7 +503,8 @@ def _check_inputs(demands: Sequence[ModelDemand], max_moves: int | None) -> None
 
 def plan(pool: PoolSpec, demands: Sequence[ModelDemand], current: Placement | None = None,
          max_moves: int | None = None, fill: bool = False,
-         workload: LLMWorkload | None = None, allow_unplaced: bool = False) -> Placement:
+         workload: LLMWorkload | None = None, allow_unplaced: bool = False,
+         core: Core = "compiled") -> Placement:
     """Place ``demands`` on ``pool``.
 
     Without ``current``: search every layout (see the module docstring), then check the plan
@@ -447,19 +514,21 @@ def plan(pool: PoolSpec, demands: Sequence[ModelDemand], current: Placement | No
     result's ``moved`` and ``removed`` name the groups that change. ``workload`` overrides the
     search's sample (default: :func:`planning_workload` of the demands). A model with demand
     left without a replica raises :class:`UnplacedModelsError` unless ``allow_unplaced``.
+    ``core="reference"`` runs the pure-Python simulator (same results, slower).
     """
     _check_inputs(demands, max_moves)
-    problem = _Problem(pool, demands, workload or planning_workload(demands))
+    problem = _Problem(pool, demands, workload or planning_workload(demands), core=core)
     _check_feasible(problem)
     if current is not None:
         return _incremental(problem, current, max_moves, fill, allow_unplaced)
     slots, tried, pruned = _search(problem, fill)
-    how = f"best of {tried} layouts" + (f", {pruned} abandoned early" if pruned else "")
+    how = f"best of {tried} layouts" + (f", {pruned} set aside early" if pruned else "")
     rounds = 0
     forecast = _predict(problem, slots, holdout_seeds(0))
     while rounds < VALIDATION_ROUNDS and _missed(problem, slots, forecast):
         worst = min(forecast.samples, key=lambda s: s.attainment)
-        problem = _Problem(pool, demands, problem.workload.then(worst.workload))
+        problem = _Problem(pool, demands, problem.workload.then(worst.workload), core=core,
+                           tables=problem.tables)
         before = [list(s.models) for s in slots]
         _greedy(problem, slots, fill)
         rounds += 1
@@ -473,30 +542,60 @@ def plan(pool: PoolSpec, demands: Sequence[ModelDemand], current: Placement | No
 
 
 def _search(problem: _Problem, fill: bool) -> tuple[list[_Slot], int, int]:
-    """The best layout's slots after its greedy, how many layouts were tried, and how many of
-    them were abandoned early."""
-    best: tuple[tuple[float, ...], list[_Slot]] | None = None
-    bound: int | None = None
-    pruned = 0
+    """The best layout's slots after its greedy, how many layouts there were, and how many of
+    them were set aside (dominated, screened out, or abandoned early).
+
+    With more than :data:`SCREEN_KEEP` layouts, each is first screened by its greedy on the
+    first :data:`SCREEN_FRACTION` of the sample, and only the best :data:`SCREEN_KEEP` get
+    the greedy on the whole sample."""
     candidates = layouts(problem.pool)
+    # A layout with no group some model fits is beaten by any layout where every model fits
+    # (it places fewer models): skip those while one exists.
+    hostable = [layout for layout in candidates if all(
+        any(problem.min_share(m, tp, pp) is not None for _, _, tp, pp in layout)
+        for m, d in enumerate(problem.demands) if d.needed)] or candidates
+    finalists = hostable
+    if len(hostable) > SCREEN_KEEP:
+        screen = _Problem(problem.pool, problem.demands,
+                          problem.workload.head(SCREEN_FRACTION), problem.exclusive,
+                          problem.core, problem.tables)
+        ranked = _best_layouts(screen, hostable, fill)
+        finalists = [hostable[i] for i in ranked[:SCREEN_KEEP]]
+    order = _best_layouts(problem, finalists, fill)
+    slots = _greedy_slots(problem, finalists[order[0]], fill)[0]
+    return slots, len(candidates), len(candidates) - len(order)
+
+
+def _greedy_slots(problem: _Problem, layout: Layout, fill: bool, gpu_bound: int | None = None
+                  ) -> tuple[list[_Slot], _Outcome | None]:
+    """``layout``'s slots after the greedy (and :func:`_make_room`); the outcome is None when
+    the greedy gave up past ``gpu_bound``."""
+    slots = [_Slot(f"g{i}", node, gpus, tp, pp) for i, (node, gpus, tp, pp)
+             in enumerate(layout)]
+    outcome = _greedy(problem, slots, fill, gpu_bound=gpu_bound)
+    if outcome is not None and _make_room(problem, slots):
+        outcome = _greedy(problem, slots, fill) or problem.simulate(slots)
+    return slots, outcome
+
+
+def _best_layouts(problem: _Problem, candidates: Sequence[Layout], fill: bool) -> list[int]:
+    """Indices of ``candidates`` whose greedy finished, best score first (ties: in order).
+    Without ``fill``, once a layout places and meets everything, a layout whose greedy goes
+    past its GPU count is abandoned: it can only score less."""
+    scored: list[tuple[tuple[float, ...], int]] = []
+    bound: int | None = None
     n = len(problem.demands)
-    for layout in candidates:
-        slots = [_Slot(f"g{i}", node, gpus, tp, pp) for i, (node, gpus, tp, pp)
-                 in enumerate(layout)]
-        outcome = _greedy(problem, slots, fill, gpu_bound=bound)
+    for i, layout in enumerate(candidates):
+        slots, outcome = _greedy_slots(problem, layout, fill, bound)
         if outcome is None:
-            pruned += 1
             continue
-        if _make_room(problem, slots):
-            outcome = _greedy(problem, slots, fill) or problem.simulate(slots)
         s = _score(problem, slots, outcome, fill)
-        if best is None or s > best[0]:
-            best = (s, slots)
-            if not fill and s[0] == s[1] == n:  # everything placed and met: bound the rest
-                bound = _gpus_used(slots)
-    if best is None:  # unreachable: the first layout is never pruned
-        raise DoesNotFitError(f"pool {problem.pool.name!r} has no layout")
-    return best[1], len(candidates), pruned
+        scored.append((s, i))
+        if not fill and s[0] == s[1] == n:  # everything placed and met: bound the rest
+            used = _gpus_used(slots)
+            bound = used if bound is None else min(bound, used)
+    scored.sort(key=lambda x: (x[0], -x[1]), reverse=True)
+    return [i for _, i in scored]
 
 
 def _incremental(problem: _Problem, current: Placement, max_moves: int | None,
@@ -622,7 +721,8 @@ def _predict(problem: _Problem, slots: Sequence[_Slot], seeds: Sequence[int]) ->
     samples = []
     for seed in seeds:
         workload = planning_workload(problem.demands, seed)
-        samples.append(_Sample(workload, simulate_llm(groups, problem.slos, workload)))
+        samples.append(_Sample(workload, simulate_llm(groups, problem.slos, workload,
+                                                      problem.tables, problem.core)))
     return _Forecast(tuple(samples))
 
 

@@ -26,7 +26,10 @@ on a tie).
 Between events (arrivals, completions) nothing changes but the context length, so rounds of
 pure decoding are taken in one jump, and a decode step's time is recomputed only when the
 batch changes (the context growth in between is ignored); the cost is O(events), not
-O(tokens). Time is simulated, never read.
+O(tokens). Step costs come from :mod:`~.costs` tables filled by the profile's own functions.
+Two cores run the loop: :func:`_reference` here (pure Python, the definition) and the compiled
+one in :mod:`._compiled` (numba, the default), held to identical results by the tests. Time is
+simulated, never read.
 """
 
 from __future__ import annotations
@@ -36,17 +39,21 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from kubeplex.placement.errors import PlacementError
 from kubeplex.placement.llm import LLMProfile
+from kubeplex.placement.planner import _compiled
+from kubeplex.placement.planner.costs import MAX_NUM_SEQS, CostTable, CostTables
 from kubeplex.placement.planner.workload import LLMWorkload
 
 __all__ = [
     "MAX_NUM_BATCHED_TOKENS",
     "MAX_NUM_SEQS",
+    "Core",
     "EngineSpec",
     "LLMGroupSpec",
     "LLMSimResult",
@@ -54,8 +61,10 @@ __all__ = [
     "simulate_llm",
 ]
 
-#: vLLM's default ``--max-num-seqs``: the most sequences one engine runs in a batch.
-MAX_NUM_SEQS = 256
+#: Which simulator core runs: the compiled one (numba), or the pure-Python reference that
+#: tests hold it to (identical results).
+Core = Literal["compiled", "reference"]
+
 #: vLLM V1's default ``--max-num-batched-tokens`` for the OpenAI server on GPUs with 70 GiB or
 #: more (chunked prefill is always on in V1): the tokens one engine step processes.
 MAX_NUM_BATCHED_TOKENS = 8192
@@ -114,12 +123,12 @@ class LLMSimResult:
 class _Engine:
     """One engine's queue and batch; ``running`` is a heap of (finish step, request)."""
 
-    __slots__ = ("capacity", "context_base", "decode_s", "kv_used", "model", "prefilling",
-                 "profile", "running", "steps", "waiting")
+    __slots__ = ("capacity", "context_base", "costs", "decode_s", "kv_used", "model",
+                 "prefilling", "running", "steps", "waiting")
 
-    def __init__(self, spec: EngineSpec) -> None:
+    def __init__(self, spec: EngineSpec, costs: CostTable) -> None:
         self.model = spec.model
-        self.profile = spec.profile
+        self.costs = costs
         self.capacity = spec.kv_capacity_tokens
         self.kv_used = 0
         self.steps = 0  # decode steps this engine has run
@@ -137,11 +146,27 @@ class _Engine:
 
 
 def simulate_llm(groups: Sequence[LLMGroupSpec], slos: Sequence[ModelSLO],
-                 workload: LLMWorkload) -> LLMSimResult:
-    """Serve ``workload`` on ``groups``; model ``i``'s requests are judged by ``slos[i]``."""
+                 workload: LLMWorkload, tables: CostTables | None = None,
+                 core: Core = "compiled") -> LLMSimResult:
+    """Serve ``workload`` on ``groups``; model ``i``'s requests are judged by ``slos[i]``.
+    ``tables`` caches step costs across calls (one search shares one)."""
     if len(slos) != workload.num_models:
         raise PlacementError(
             f"the workload has {workload.num_models} models but {len(slos)} SLOs")
+    tables = tables or CostTables()
+    max_prompt = int(workload.prompt_tokens.max()) if len(workload) else 1
+    max_context = max_prompt + (int(workload.output_tokens.max()) if len(workload) else 1)
+    costs = [[tables.get(e.profile, max_prompt, max_context) for e in g.engines] for g in groups]
+    if core == "reference":
+        return _result(*_reference(groups, costs, len(slos), workload), slos, workload)
+    return _result(*_compiled.run(groups, costs, tables, len(slos), workload, MAX_NUM_SEQS,
+                                  MAX_NUM_BATCHED_TOKENS), slos, workload)
+
+
+def _reference(groups: Sequence[LLMGroupSpec], costs: Sequence[Sequence[CostTable]],
+               num_models: int, workload: LLMWorkload
+               ) -> tuple[list[float], list[float], list[int]]:
+    """The pure-Python core: readable, and what the compiled core is tested against."""
     n = len(workload)
     ttft = [math.inf] * n
     tpot = [0.0] * n
@@ -149,9 +174,10 @@ def simulate_llm(groups: Sequence[LLMGroupSpec], slos: Sequence[ModelSLO],
     prompts = workload.prompt_tokens.tolist()
     outputs = workload.output_tokens.tolist()
     kv_need = [p + o for p, o in zip(prompts, outputs, strict=True)]
-    engines_of = [[_Engine(e) for e in g.engines] for g in groups]
+    engines_of = [[_Engine(e, c) for e, c in zip(g.engines, cs, strict=True)]
+                  for g, cs in zip(groups, costs, strict=True)]
     clocks = [0.0] * len(groups)
-    hosts: list[list[tuple[int, _Engine]]] = [[] for _ in slos]
+    hosts: list[list[tuple[int, _Engine]]] = [[] for _ in range(num_models)]
     for gi, engines in enumerate(engines_of):
         for engine in engines:
             hosts[engine.model].append((gi, engine))
@@ -176,13 +202,13 @@ def simulate_llm(groups: Sequence[LLMGroupSpec], slos: Sequence[ModelSLO],
                     chunks.append([request, 0])
                     engine.kv_used += kv_need[request]
                     room -= 1
-                prefill = engine.profile.prefill_seconds
+                prefill = engine.costs.prefill
                 for chunk in chunks:
                     if budget <= 0:
                         break
                     request, done = chunk
                     size = min(prompts[request] - done, budget)
-                    step += prefill(done + size) - (prefill(done) if done else 0.0)
+                    step += float(prefill[done + size]) - (float(prefill[done]) if done else 0.0)
                     chunk[1] = done + size
                     budget -= size
                     prefilling = True
@@ -192,7 +218,7 @@ def simulate_llm(groups: Sequence[LLMGroupSpec], slos: Sequence[ModelSLO],
                     if not engine.decode_s:
                         count = len(engine.running)
                         context = (engine.context_base + count * engine.steps) // count
-                        engine.decode_s = engine.profile.decode_step_seconds(count, context)
+                        engine.decode_s = engine.costs.decode_seconds(count, context)
                     step += engine.decode_s
             if step == 0.0:
                 clocks[gi] = until
@@ -243,17 +269,19 @@ def simulate_llm(groups: Sequence[LLMGroupSpec], slos: Sequence[ModelSLO],
         engine.waiting.append(i)
     for gi in range(len(groups)):
         advance(gi, math.inf)
-    return _result(ttft, tpot, slos, workload, group_requests)
+    return ttft, tpot, group_requests
 
 
-def _result(ttft: list[float], tpot: list[float], slos: Sequence[ModelSLO],
-            workload: LLMWorkload, group_requests: list[int]) -> LLMSimResult:
+def _result(ttft: Sequence[float] | npt.NDArray[np.float64],
+            tpot: Sequence[float] | npt.NDArray[np.float64],
+            group_requests: Sequence[int] | npt.NDArray[np.int64], slos: Sequence[ModelSLO],
+            workload: LLMWorkload) -> LLMSimResult:
     ids = workload.model_ids
-    ttft_arr = np.array(ttft, dtype=np.float64)
-    tpot_arr = np.array(tpot, dtype=np.float64)
+    ttft_arr = np.asarray(ttft, dtype=np.float64)
+    tpot_arr = np.asarray(tpot, dtype=np.float64)
     ttft_slo = np.array([s.ttft_s for s in slos])[ids]
     tpot_slo = np.array([math.inf if s.tpot_s is None else s.tpot_s for s in slos])[ids]
     good = (ttft_arr <= ttft_slo) & (tpot_arr <= tpot_slo)
     model_good = np.bincount(ids[good], minlength=len(slos)).astype(np.int64)
     return LLMSimResult(ttft_arr, tpot_arr, good, workload.requests.model_counts(), model_good,
-                        np.array(group_requests, dtype=np.int64))
+                        np.asarray(group_requests, dtype=np.int64))

@@ -121,6 +121,15 @@ class LLMWorkload:
         return LLMWorkload(self.requests.subset(models), self.prompt_tokens[keep],
                            self.output_tokens[keep])
 
+    def head(self, fraction: float) -> LLMWorkload:
+        """The requests that arrive in the first ``fraction`` of this sample's span."""
+        arrivals = self.requests.arrivals
+        end = float(arrivals[-1]) * fraction if len(arrivals) else 0.0
+        n = int(np.searchsorted(arrivals, end, side="right"))
+        r = self.requests
+        return LLMWorkload(Workload(r.arrivals[:n], r.model_ids[:n], r.slos[:n], r.num_models),
+                           self.prompt_tokens[:n], self.output_tokens[:n])
+
     def then(self, later: LLMWorkload) -> LLMWorkload:
         """This workload followed by ``later`` (shifted to start after this one's last arrival):
         one longer sample to search on."""

@@ -7,15 +7,19 @@ import asyncio
 import signal
 import sys
 import time
+from dataclasses import replace
 
 from aiohttp import web
 
 from kubeplex.placement.errors import PlacementError
 from kubeplex.placement.llm import LLMProfile, profile
+from kubeplex.placement.lora import DEFAULT_ADAPTER_RANK, VLLM_LORA_RANKS, with_adapters
 from kubeplex.runtime._loop import run
 from kubeplex.runtime.prefix import VLLM_BLOCK_SIZE
+from kubeplex.runtime.sim import apis
 from kubeplex.runtime.sim.device import SharedDevice
 from kubeplex.runtime.sim.engine import SimEngine
+from kubeplex.runtime.sim.lora import LoraRegistry, parse_modules
 from kubeplex.runtime.sim.metrics import VllmMetrics
 from kubeplex.runtime.sim.server import SimServer
 
@@ -68,6 +72,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=VLLM_BLOCK_SIZE,
                    help="tokens per KV-cache block: the prefix cache's unit for text and "
                         "token-id prompts (default: %(default)s, vLLM's)")
+    p.add_argument("--enable-lora", action="store_true",
+                   help="serve LoRA adapters (kubeplex.runtime.sim.lora); their slots' memory "
+                        "comes out of the KV cache")
+    p.add_argument("--max-loras", type=int, default=1, help="adapter slots (default 1)")
+    p.add_argument("--max-lora-rank", type=int, default=DEFAULT_ADAPTER_RANK,
+                   help="rank of each slot (default %(default)s)")
+    p.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH",
+                   help="adapters served from the start: name=path or JSON {name, path}")
     return p
 
 
@@ -88,9 +100,12 @@ async def _serve(args: argparse.Namespace, prof: LLMProfile, capacity: int,
     weights = prof.weight_bytes_per_gpu / 1e9
     wake = (WAKE_FIXED_SECONDS + weights / HOST_TO_DEVICE_GBPS,
             WAKE_FIXED_SECONDS + weights / DISK_GBPS)
+    lora = (LoraRegistry(name, args.max_loras, parse_modules(args.lora_modules),
+                         metrics.registry) if args.enable_lora else None)
     server = SimServer(engine, served_name=name, root=args.model_profile, max_model_len=max_len,
-                       sleep_mode=args.enable_sleep_mode, wake_seconds=wake,
+                       sleep_mode=args.enable_sleep_mode, wake_seconds=wake, lora=lora,
                        block_size=args.block_size)
+    apis.attach(server)  # /v1/embeddings, /v1/responses, /v1/rerank
     loop_task = asyncio.create_task(engine.run())
     runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
@@ -118,10 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("--max-num-seqs must be >= 1")
     if args.block_size < 1:
         return _fail("--block-size must be >= 1")
+    if args.enable_lora and (args.max_loras < 1 or args.max_lora_rank not in VLLM_LORA_RANKS):
+        return _fail(f"--max-loras must be >= 1 and --max-lora-rank one of {VLLM_LORA_RANKS}")
     try:
+        parse_modules(args.lora_modules)
         prof = profile(args.model_profile, args.gpu, args.tp, args.pp)
-    except PlacementError as exc:
+    except (PlacementError, ValueError) as exc:
         return _fail(str(exc))
+    if args.enable_lora:  # the slots take GPU memory like weights (as placement counts them)
+        prof = replace(prof, model=with_adapters(prof.model, [args.max_lora_rank] *
+                                                  args.max_loras))
     capacity = prof.kv_capacity_tokens(args.gpu_memory_utilization)
     if capacity <= 0:
         return _fail(f"{prof.model.name} does not fit {args.gpu_memory_utilization:g} of "

@@ -12,12 +12,18 @@ Token accounting (there is no real tokenizer):
   text counts ``ceil(characters / 4)`` (OpenAI's rule of thumb for English), and a chat adds
   :data:`CHAT_TOKENS_PER_MESSAGE` per message plus :data:`CHAT_REPLY_PRIMING` (OpenAI's
   chat-format accounting);
-* output tokens: exactly ``max_tokens`` (``max_completion_tokens`` for chat), default
-  :data:`DEFAULT_MAX_TOKENS`: the sim never stops early (as with vLLM's ``ignore_eos``).
+* output tokens: ``max_tokens`` (``max_completion_tokens`` for chat), default
+  :data:`DEFAULT_MAX_TOKENS`, unless a ``stop`` string or ``stop_token_ids`` ends the reply
+  sooner: the sim never emits an end-of-sequence token (as with vLLM's ``ignore_eos``). What
+  the text is, and how ``stop``, ``n`` and ``logprobs`` apply, is
+  :mod:`kubeplex.runtime.sim.sampling`; a stream carries one event per token, like vLLM's.
 
 Prefix caching keys on the prompt's chained block hashes (:mod:`kubeplex.runtime.prefix`):
 cut from the text or token ids (``--block-size`` tokens a block), or given by the request as
 ``block_hashes`` (with ``block_size``) when it replays a trace.
+
+Bodies are bounded like every kubeplex surface's (:mod:`kubeplex.runtime._limits`: 64 MiB,
+64 levels of nesting); ``"stream": "false"`` does not stream (vLLM's lax booleans).
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import contextlib
 import json
 import math
 import time
-import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +40,32 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubeplex.runtime._limits import (
+    MAX_BODY_BYTES,
+    BadRequestBody,
+    as_bool,
+    json_errors,
+    parse_json,
+)
+from kubeplex.runtime._limits import request_id as read_request_id
 from kubeplex.runtime.prefix import (
     CHARS_PER_TOKEN,
     DEFAULT_MAX_TOKENS,
+    NO_BLOCKS,
     VLLM_BLOCK_SIZE,
     PromptBlocks,
     prompt_blocks,
 )
 from kubeplex.runtime.sim.engine import EngineAsleepError, SimEngine
+from kubeplex.runtime.sim.lora import LoraRegistry
+from kubeplex.runtime.sim.sampling import (
+    Output,
+    Sampling,
+    choice_logprobs,
+    context_of,
+    generate,
+    parse_sampling,
+)
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -57,8 +80,6 @@ __all__ = [
 CHAT_TOKENS_PER_MESSAGE = 4
 #: ... and every reply is primed with the assistant header.
 CHAT_REPLY_PRIMING = 2
-#: Words the sim "generates", one per output token.
-WORDS = ("the", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
 SIM_VERSION = "0.32.0+kubeplex-sim"
 _DUMPS = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -118,7 +139,14 @@ class _Parsed:
     max_tokens: int
     stream: bool
     include_usage: bool
-    blocks: PromptBlocks
+    sampling: Sampling
+    output: Output
+    #: vLLM's ``return_token_ids``: token ids in each choice (and the prompt's, when the
+    #: prompt was given as ids: the sim has no tokenizer for text).
+    token_ids: bool = False
+    prompt_ids: tuple[int, ...] | None = None
+    #: The prompt's block hashes (its prefix-cache keys).
+    blocks: PromptBlocks = NO_BLOCKS
 
 
 class SimServer:
@@ -126,16 +154,17 @@ class SimServer:
 
     def __init__(self, engine: SimEngine, *, served_name: str, root: str, max_model_len: int,
                  sleep_mode: bool, wake_seconds: tuple[float, float],
-                 block_size: int = VLLM_BLOCK_SIZE) -> None:
+                 lora: LoraRegistry | None = None, block_size: int = VLLM_BLOCK_SIZE) -> None:
         self.engine = engine
-        self.block_size = block_size
+        self.block_size = block_size  # tokens per prefix-cache block of text prompts
+        self.lora = lora  # LoRA adapters served beside the base model (--enable-lora)
         self.served_name = served_name
         self.root = root
         self.max_model_len = max_model_len
         self.sleep_mode = sleep_mode
         self.wake_seconds = wake_seconds  # (level 1, level 2), in simulated seconds
         self.created = int(time.time())
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors()])
         r = self.app.router
         r.add_post("/v1/completions", self.completions)
         r.add_post("/v1/chat/completions", self.chat_completions)
@@ -147,6 +176,12 @@ class SimServer:
             r.add_post("/sleep", self.sleep)
             r.add_post("/wake_up", self.wake_up)
             r.add_get("/is_sleeping", self.is_sleeping)
+        if lora is not None:
+            lora.attach(self.app)
+
+    def serves(self, model: object) -> bool:
+        """Whether a request's ``model`` names this engine: its served name or an adapter."""
+        return model == self.served_name or (self.lora is not None and self.lora.serves(model))
 
     # ---- plain endpoints -------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -163,7 +198,8 @@ class SimServer:
         card = {"id": self.served_name, "object": "model", "created": self.created,
                 "owned_by": "vllm", "root": self.root, "parent": None,
                 "max_model_len": self.max_model_len}
-        return web.json_response({"object": "list", "data": [card]})
+        adapters = self.lora.cards(self.created) if self.lora is not None else []
+        return web.json_response({"object": "list", "data": [card, *adapters]})
 
     # ---- sleep mode ------------------------------------------------------------------
     async def sleep(self, request: web.Request) -> web.Response:
@@ -192,7 +228,7 @@ class SimServer:
         if not isinstance(body, Mapping):
             raise BadRequest("the body must be a JSON object")
         model = body.get("model")
-        if model is not None and model != self.served_name:
+        if model is not None and not self.serves(model):
             raise LookupError(f"The model `{model}` does not exist. "
                               f"Valid aliases: {self.served_name}.")
         prompt_tokens = count_prompt_tokens(body, chat)
@@ -202,22 +238,34 @@ class SimServer:
             max_tokens = DEFAULT_MAX_TOKENS
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise BadRequest(f"{key} must be a positive integer, got {max_tokens!r}", key)
-        if body.get("n", 1) != 1:
-            raise BadRequest("the sim engine serves n=1 only", "n")
         if prompt_tokens + max_tokens > self.max_model_len:
             raise BadRequest(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, "
                 f"you requested {max_tokens} output tokens and your prompt contains "
                 f"{prompt_tokens} input tokens, for a total of {prompt_tokens + max_tokens} "
                 f"tokens.", key)
+        try:
+            sampling = parse_sampling(body, chat, max_tokens)
+            stream = as_bool(body.get("stream"), "stream")
+            output = generate(context_of(body, chat), max_tokens, sampling)
+        except BadRequestBody as exc:
+            raise BadRequest(str(exc), exc.param) from exc
         options = body.get("stream_options") or {}
+        if not isinstance(options, Mapping):
+            raise BadRequest("stream_options must be an object", "stream_options")
+        try:
+            token_ids = as_bool(body.get("return_token_ids"), "return_token_ids")
+        except BadRequestBody as exc:
+            raise BadRequest(str(exc), exc.param) from exc
         try:
             blocks = prompt_blocks(body, chat, self.block_size)
         except ValueError as exc:
             raise BadRequest(str(exc), "block_hashes") from exc
-        return _Parsed(chat, prompt_tokens, max_tokens, bool(body.get("stream", False)),
-                       bool(isinstance(options, Mapping) and options.get("include_usage")),
-                       blocks)
+        prompt = body.get("prompt")
+        return _Parsed(chat, prompt_tokens, max_tokens, stream,
+                       bool(options.get("include_usage")), sampling, output,
+                       token_ids and not chat,
+                       tuple(prompt) if isinstance(prompt, list) else None, blocks)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
@@ -226,12 +274,12 @@ class SimServer:
         return await self._generate(request, chat=True)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = read_request_id(request.headers)
         headers = {"X-Request-Id": request_id}
         try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return _error(400, "the body is not valid JSON", "BadRequestError", headers=headers)
+            body = parse_json(await request.read())
+        except BadRequestBody as exc:
+            return _error(400, str(exc), "BadRequestError", headers=headers)
         try:
             parsed = self._parse(body, chat)
         except BadRequest as exc:
@@ -242,28 +290,87 @@ class SimServer:
             return _error(503, "the engine is sleeping", "ServiceUnavailableError",
                           headers=headers)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
-        tokens = self.engine.generate(request_id, parsed.prompt_tokens, parsed.max_tokens,
-                                      parsed.blocks)
         if parsed.stream:
-            return await self._stream(request, parsed, ident, tokens, headers)
+            return await self._stream(request, parsed, ident, request_id, headers)
         produced = 0
         try:
-            async with contextlib.aclosing(tokens) as stream:
-                async for n in stream:
+            async with contextlib.aclosing(self._tokens(request_id, parsed)) as tokens:
+                async for _, n in tokens:
                     produced += n
         except EngineAsleepError as exc:
             return _error(503, str(exc), "ServiceUnavailableError", headers=headers)
-        text = "".join(WORDS[i % len(WORDS)] for i in range(produced))
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": "length",
-                                  "stop_reason": None}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
+        output = parsed.output
+        choices = []
+        for index in range(parsed.sampling.n):
+            choice = self._choice(parsed, index, 0, output.tokens, plain=True)
+            if chat:
+                choice["message"] = {"role": "assistant", "content": output.text}
+            else:
+                choice["text"] = output.text
+            choices.append(choice)
         out = {"id": ident, "object": "chat.completion" if chat else "text_completion",
-               "created": int(time.time()), "model": self.served_name, "choices": [choice],
+               "created": int(time.time()), "model": self.served_name, "choices": choices,
                "usage": self._usage(parsed, produced)}
         return web.Response(body=_DUMPS(out), content_type="application/json", headers=headers)
+
+    def _choice(self, parsed: _Parsed, index: int, first: int, count: int,
+                plain: bool = False) -> dict[str, Any]:
+        """A choice's fields for tokens ``first .. first + count`` (not its text)."""
+        output, top = parsed.output, parsed.sampling.logprobs
+        last = first + count >= output.tokens
+        choice: dict[str, Any] = {"index": index, "logprobs": None if top is None else
+                                  choice_logprobs(output, first, count, top, parsed.chat,
+                                                  len("".join(output.pieces[:first]))),
+                                  "finish_reason": output.finish_reason if last else None}
+        if plain or not parsed.chat or last:
+            choice["stop_reason"] = output.stop_reason if last else None
+        if parsed.token_ids:
+            choice["token_ids"] = list(output.token_ids[first:first + count])
+            prompt = parsed.prompt_ids if first == 0 else None
+            choice["prompt_token_ids"] = list(prompt) if prompt is not None else None
+        return choice
+
+    async def _tokens(self, request_id: str,
+                      parsed: _Parsed) -> AsyncGenerator[tuple[int, int], None]:
+        """(choice, new tokens) as the engine makes them: ``n`` requests in the engine, like
+        vLLM's parallel sampling."""
+        count = parsed.sampling.n
+        streams = [self.engine.generate(request_id if count == 1 else f"{request_id}-{i}",
+                                        parsed.prompt_tokens, parsed.output.tokens,
+                                        parsed.blocks)
+                   for i in range(count)]
+        if count == 1:
+            async with contextlib.aclosing(streams[0]) as only:
+                async for n in only:
+                    yield 0, n
+            return
+        queue: asyncio.Queue[tuple[int, int, BaseException | None]] = asyncio.Queue()
+
+        async def pump(index: int, stream: AsyncGenerator[int, None]) -> None:
+            try:
+                async with contextlib.aclosing(stream) as tokens:
+                    async for n in tokens:
+                        queue.put_nowait((index, n, None))
+            except EngineAsleepError as exc:
+                queue.put_nowait((index, 0, exc))
+                return
+            queue.put_nowait((index, 0, None))
+
+        tasks = [asyncio.create_task(pump(i, st)) for i, st in enumerate(streams)]
+        try:
+            finished = 0
+            while finished < count:
+                index, n, error = await queue.get()
+                if error is not None:
+                    raise error
+                if n:
+                    yield index, n
+                else:
+                    finished += 1
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     @staticmethod
     def _usage(parsed: _Parsed, produced: int) -> dict[str, int]:
@@ -271,47 +378,51 @@ class SimServer:
                 "total_tokens": parsed.prompt_tokens + produced}
 
     async def _stream(self, request: web.Request, parsed: _Parsed, ident: str,
-                      tokens: AsyncGenerator[int, None], headers: dict[str, str]
-                      ) -> web.StreamResponse:
+                      request_id: str, headers: dict[str, str]) -> web.StreamResponse:
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         created = int(time.time())
         kind = "chat.completion.chunk" if parsed.chat else "text_completion"
+        pieces = parsed.output.pieces
 
-        def chunk(piece: str | None, finish: str | None) -> bytes:
-            choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
-            if parsed.chat:
-                choice["delta"] = {"content": piece} if piece is not None else {}
-            else:
-                choice["text"] = piece or ""
-                choice["stop_reason"] = None
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             out = {"id": ident, "object": kind, "created": created, "model": self.served_name,
-                   "choices": [choice]}
+                   "choices": choices, **extra}
             return b"data: " + _DUMPS(out).encode() + b"\n\n"
 
-        if parsed.chat:  # vLLM opens a chat stream with the role
-            first = {"id": ident, "object": kind, "created": created, "model": self.served_name,
-                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                  "logprobs": None, "finish_reason": None}]}
-            await response.write(b"data: " + _DUMPS(first).encode() + b"\n\n")
-        produced = 0
+        def token(index: int, at: int) -> bytes:  # one event per token, like vLLM
+            choice = self._choice(parsed, index, at, 1)
+            if parsed.chat:
+                choice["delta"] = {"content": pieces[at]}
+            else:
+                choice["text"] = pieces[at]
+                choice.setdefault("stop_reason", None)
+            return event([choice])
+
+        produced = [0] * parsed.sampling.n
         try:
+            if parsed.chat:  # vLLM opens each choice of a chat stream with the role
+                await response.write(b"".join(event([{
+                    "index": i, "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None, "finish_reason": None}])
+                    for i in range(parsed.sampling.n)))
             # aclosing: a client that hangs up aborts the request in the engine at once.
-            async with contextlib.aclosing(tokens) as stream:
-                async for n in stream:
-                    piece = "".join(WORDS[i % len(WORDS)]
-                                    for i in range(produced, produced + n))
-                    produced += n
-                    done = produced >= parsed.max_tokens
-                    await response.write(chunk(piece, "length" if done else None))
+            async with contextlib.aclosing(self._tokens(request_id, parsed)) as tokens:
+                async for index, n in tokens:
+                    start = produced[index]
+                    produced[index] += n
+                    await response.write(b"".join(token(index, at)
+                                                  for at in range(start, start + n)))
             if parsed.include_usage:
-                usage = {"id": ident, "object": kind, "created": created,
-                         "model": self.served_name, "choices": [],
-                         "usage": self._usage(parsed, produced)}
-                await response.write(b"data: " + _DUMPS(usage).encode() + b"\n\n")
+                usage = self._usage(parsed, sum(produced))
+                await response.write(event([], usage=usage))
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
+        except EngineAsleepError as exc:
+            error = {"error": {"message": str(exc), "type": "ServiceUnavailableError",
+                               "param": None, "code": 503}}
+            await response.write(b"data: " + _DUMPS(error).encode() + b"\n\n")
         except ConnectionResetError:
             pass  # the client went away (vLLM logs nothing either)
         return response

@@ -12,74 +12,21 @@ toolchain, or no Go module proxy. Any other build or start-up failure is an erro
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
-import json
-import shutil
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import kubernetes
 import pytest
+from clusterkit import KUBECTL, REPO, Cluster, cluster_lib, prepare_control_plane, require
 
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER_PY = REPO / "e2e" / "cluster" / "cluster.py"
 CRDS = REPO / "crds"
-# Where `kubectl` is on these machines (ENV.md); PATH wins when it has one.
-KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 # Fake nodes of the session cluster: 4 x 8 H100 (the `up` default) plus 2 x 4 A100-40GB,
 # so scheduling tests can tell "fits on some node" from "fits on the node it asked for".
 H100_NODES = 4
 A100: dict[str, Any] = {"gpus": 4, "gpu_product": "NVIDIA-A100-SXM4-40GB", "gpu_memory_mib": 40960}
 A100_NODES = 2
-# Seconds to wait for the module proxy to answer before calling it unreachable.
-PROXY_PROBE_TIMEOUT_S = 15
-
-
-def _load_cluster_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kubeplex_e2e_cluster", CLUSTER_PY)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {CLUSTER_PY}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-cluster_lib = _load_cluster_module()
-
-
-def _why_unbuildable(tools: Any) -> str | None:
-    """A skip reason when the binaries are neither cached nor buildable here, else None."""
-    if not tools.missing():
-        return None
-    missing = ", ".join(str(p) for p in tools.missing())
-    go = shutil.which("go")
-    if go is None:
-        return (f"control-plane binaries not cached ({missing}) and the Go toolchain is not "
-                f"installed (no `go` on PATH), so e2e/cluster/build.sh cannot build them")
-    proxy = subprocess.run([go, "env", "GOPROXY"], capture_output=True, text=True,
-                           check=False).stdout.strip().split(",")[0].split("|")[0]
-    if proxy in ("", "off", "direct"):
-        return (f"control-plane binaries not cached ({missing}) and GOPROXY={proxy!r}: "
-                f"build.sh needs a Go module proxy")
-    url = f"{proxy.rstrip('/')}/k8s.io/kubernetes/@v/v{tools.k8s_version}.info"
-    try:
-        with urllib.request.urlopen(url, timeout=PROXY_PROBE_TIMEOUT_S):
-            return None
-    except (OSError, urllib.error.URLError) as e:
-        return (f"control-plane binaries not cached ({missing}) and the Go module proxy does "
-                f"not answer ({url}: {e})")
-
-
 _BUILD: dict[str, Any] = {}
 
 
@@ -87,69 +34,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Build (or find cached) binaries once, before any test timeout starts ticking."""
     if config.option.collectonly or not any(i.get_closest_marker("cluster") for i in items):
         return
-    tools = cluster_lib.Toolchain.from_build_script()
-    if (reason := _why_unbuildable(tools)) is not None:
-        _BUILD["skip"] = reason
-        return
-    try:
-        _BUILD["tools"] = cluster_lib.build(quiet=True)
-    except cluster_lib.ClusterError as e:
-        _BUILD["error"] = str(e)
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """What tests get: the kubeconfig, the API server URL and a kubectl helper."""
-
-    kubeconfig: Path
-    server: str
-    state: Any  # cluster_lib.ClusterState
-    api: Any  # cluster_lib.Api (stdlib REST client with the admin certificate)
-    fleet: dict[str, tuple[int, int]]  # GPU product -> (nodes, GPUs per node)
-
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([KUBECTL, f"--kubeconfig={self.kubeconfig}", *args],
-                              input=stdin, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stderr}{proc.stdout}")
-        return proc
-
-    def kubectl_json(self, *args: str) -> Any:
-        return json.loads(self.kubectl(*args, "-o", "json").stdout)
-
-    # Numbers for extra nodes (their names and /24 pod CIDRs), clear of the session fleet.
-    _node_numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
-
-    def add_gpu_nodes(self, count: int, gpus: int, product: str, memory_mib: int,
-                      prefix: str = "test-node") -> list[str]:
-        """Extra fake GPU nodes for one test (KWOK-managed, Ready when this returns); a test
-        that needs GPUs nobody else can take uses its own product name. Delete them after
-        with :meth:`delete_nodes` so other tests see the session fleet only."""
-        spec = cluster_lib.NodeSpec(gpus=gpus, gpu_product=product, gpu_memory_mib=memory_mib)
-        names = []
-        for _ in range(count):
-            number = next(self._node_numbers)
-            name = f"{prefix}-{number}"
-            self.api.create("/api/v1/nodes", cluster_lib.gpu_node(name, number, spec))
-            names.append(name)
-        cluster_lib.wait_nodes_ready(self.api, set(names))
-        return names
-
-    def delete_nodes(self, names: list[str]) -> None:
-        """Delete nodes; the pod garbage collector then removes pods bound to them."""
-        for name in names:
-            self.api.request("DELETE", f"/api/v1/nodes/{name}")
+    prepare_control_plane(_BUILD)
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if "skip" in _BUILD:
-        pytest.skip(_BUILD["skip"])
-    if "error" in _BUILD:
-        pytest.fail(f"building the control plane failed: {_BUILD['error']}", pytrace=False)
+    require(_BUILD, "building the control plane")
     if not Path(KUBECTL).exists():
         pytest.fail(f"kubectl not found (looked on PATH and at {KUBECTL})", pytrace=False)
     state_dir = tmp_path_factory.mktemp("cluster")

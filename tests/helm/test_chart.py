@@ -214,7 +214,7 @@ def test_gateway_runs_the_command_with_the_env_its_code_reads(
     (c,) = pod["containers"]
     assert c["command"] == ["kubeplex", "gateway"]
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert set(env) - {"KUBEPLEX_LOG_LEVEL"} <= set(GATEWAY_ENV_DOCS), set(env)
+    assert set(env) - {"KUBEPLEX_LOG_LEVEL", "NUMBA_CACHE_DIR"} <= set(GATEWAY_ENV_DOCS), set(env)
     settings = GatewaySettings.from_env(env)
     assert settings.port == {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
     assert (settings.hold_timeout_s, settings.max_held) == (300.0, 1000)
@@ -330,6 +330,8 @@ def test_operator_rbac_is_exactly_what_it_needs(rendered: dict[str, list[dict[st
         ("", "events", {"create"}),
         ("", "nodes", read),
         ("discovery.k8s.io", "endpointslices", {"list"}),  # two-phase scale-down (main)
+        ("resource.k8s.io", "resourceclaimtemplates", {"create"}),  # DRA pools
+        ("resource.k8s.io", "resourceslices", {"list"}),
         ("apiextensions.k8s.io", "customresourcedefinitions", {"list", "watch"}),
         ("kopf.dev", "clusterkopfpeerings", read | {"patch"}),
         ("kopf.dev", "kopfpeerings", read | {"patch"}),
@@ -666,3 +668,18 @@ def test_ensure_helm_is_idempotent_and_prints_the_binary() -> None:
     version = subprocess.run([str(path), "version", "--template", "{{.Version}}"],
                              capture_output=True, text=True, check=True).stdout
     assert version == "v3.19.0"
+
+
+def test_numba_caches_where_the_read_only_pods_can_write(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Every `kubeplex` command imports numba-compiled code with an on-disk cache; with a
+    read-only root filesystem it must point into the writable emptyDir, or the process dies at
+    import ("no locator available"; seen on the real-node tier, tests/realpods)."""
+    for component in ("-operator", "-gateway"):
+        pod = named(rendered["defaults"], "Deployment", component)["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        writable = [m["mountPath"] for m in c["volumeMounts"]
+                    if any(v["name"] == m["name"] and "emptyDir" in v for v in pod["volumes"])]
+        assert any(env["NUMBA_CACHE_DIR"].startswith(w + "/") for w in writable), (env, writable)

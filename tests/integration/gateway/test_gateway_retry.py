@@ -122,27 +122,3 @@ async def test_last_replica_draining_holds_until_another_is_ready(gateway,
                 assert await pending == (200, TOKENS)
                 assert await _retries(client) == 1
             assert gw.held["m"] == 0
-
-
-async def test_a_started_stream_is_never_sent_again(gateway, tmp_path: Path) -> None:
-    """A replica that dies mid-stream cuts that stream (its status is out); no retry."""
-    gw, url, _ = gateway
-    with _runtime(tmp_path, "a") as a, _runtime(tmp_path, "b") as b:
-        gw.add(Replica("m", "a", a.url))
-        gw.add(Replica("m", "b", b.url))
-        gw.replicas["m"][1].acquire()  # b looks busy: the stream goes to a
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            async def cut_stream() -> None:
-                body = {"model": "m", "prompt": "x", "max_tokens": 2000, "stream": True}
-                async with client.stream("POST", "/v1/completions", json=body) as answer:
-                    assert answer.status_code == 200
-                    async for _ in answer.aiter_raw():
-                        assert a.proc is not None
-                        a.proc.kill()  # its engine dies with it
-
-            with pytest.raises(httpx.HTTPError):
-                await cut_stream()
-            gw.replicas["m"][1].release()
-            assert await _retries(client) == 0
-            assert gw.replicas["m"][1].in_flight == 0
-        assert b.proc is not None and b.proc.poll() is None

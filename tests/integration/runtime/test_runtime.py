@@ -186,8 +186,9 @@ def test_load_unload_and_restart_after_a_kill(suite: Any) -> None:
     r = httpx.delete(rt.control + "/kubeplex/v1/models/gamma", timeout=120)
     assert r.status_code == 200
     assert r.json()["drained"] is True
-    assert httpx.post(rt.url + "/v1/completions", json=suite.body("gamma"),
-                      timeout=10).status_code == 404
+    gone = httpx.post(rt.url + "/v1/completions", json=suite.body("gamma"), timeout=10)
+    assert gone.status_code == 503  # unloaded a moment ago: retry elsewhere (departures.py)
+    assert gone.headers["Retry-After"] == "1"
     assert {m["name"] for m in rt.status()["models"]} == {"alpha", "beta"}
     bad = httpx.post(rt.control + "/kubeplex/v1/models", json={**body, "memoryShare": 2},
                      timeout=10)

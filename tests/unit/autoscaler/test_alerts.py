@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from kubeplex.autoscaler import AlertLedger, AlertPayloadError, parse_webhook
+from kubeplex.autoscaler.errors import AutoscalerConfigError
 
 FIRING = "0001-01-01T00:00:00Z"
 
@@ -94,3 +95,23 @@ def test_malformed_payloads_name_the_field_and_change_nothing(mutate: Any, field
 def test_body_must_be_an_object() -> None:
     with pytest.raises(AlertPayloadError, match="must be a JSON object"):
         parse_webhook([1, 2], AlertLedger(), 0.0)
+
+
+def test_the_ledger_is_bounded_and_forgets_the_oldest_first() -> None:
+    ledger = AlertLedger(capacity=100)
+    for batch in range(7):  # 7 webhooks of 30 new alerts each: 210 > 100
+        body = _payload(*(_alert("Flood", f"f{batch}-{i}", namespace="a", modelservice="b")
+                          for i in range(30)))
+        ledger = parse_webhook(body, ledger, now=float(batch)).ledger
+        assert len(ledger) <= 100
+    assert len(ledger) == 100
+    assert ledger.contains("f6-29", "2026-11-21T05:00:00.000Z")  # the newest are kept
+    assert not ledger.contains("f0-0", "2026-11-21T05:00:00.000Z")  # the oldest went first
+    again = parse_webhook(_payload(_alert("Flood", "f0-0", namespace="a", modelservice="b")),
+                          ledger, now=8.0)
+    assert [t.key for t in again.triggers] == ["a/b"]  # forgotten: one more "look now"
+
+
+def test_a_ledger_needs_room() -> None:
+    with pytest.raises(AutoscalerConfigError, match="capacity must be an integer >= 1"):
+        AlertLedger(capacity=0)

@@ -113,6 +113,27 @@ def test_the_oldest_modelservice_of_a_served_name_in_a_namespace_wins() -> None:
     assert sorted(routes) == ["a/old", "b/other-ns"]
 
 
+def _lora(obj: dict[str, Any], *names: str) -> dict[str, Any]:
+    obj["spec"]["adapters"] = [{"name": n, "uri": f"hf://o/{n}"} for n in names]
+    return obj
+
+
+def test_adapters_route_to_their_modelservice_and_names_taken_first_are_kept() -> None:
+    models = _entries(
+        _lora(msvc("llama", created="2026-01-01T00:00:00Z"), "sql", "chat"),
+        _lora(msvc("qwen", created="2026-02-01T00:00:00Z"), "chat", "poem", "llama"),
+        _lora(msvc("other", ns="b"), "sql"))
+    routes, _ = desired(models, [])
+    assert routes["a/llama"] == Route("llama", "a", "llama", ("sql", "chat"))
+    assert routes["a/qwen"].adapters == ("poem",)  # chat is llama's, llama its served name
+    assert resolve("sql", "a", routes).route == "a/llama"
+    assert resolve("poem", None, routes).route == "a/qwen"
+    assert resolve("sql", None, routes).status == 400  # an adapter name in two namespaces
+    assert resolve("llama", None, routes).route == "a/llama"  # a served name first
+    missing = resolve("nope", None, routes)
+    assert missing.status == 404 and "poem" in missing.message
+
+
 def test_url_annotation_mode_needs_the_annotation_and_a_ready_probe() -> None:
     models = _entries(msvc("llama"))
     slices = _slices(eslice("llama", "a", ep("p1", "10.0.0.1", ready=True),
@@ -187,6 +208,7 @@ def test_settings_defaults_match_the_chart_contract() -> None:
 @pytest.mark.parametrize(("var", "value"), [
     ("KUBEPLEX_GATEWAY_PORT", "http"), ("KUBEPLEX_GATEWAY_PORT", "70000"),
     ("KUBEPLEX_HOLD_TIMEOUT_SECONDS", "0"), ("KUBEPLEX_HOLD_TIMEOUT_SECONDS", "soon"),
+    ("KUBEPLEX_HOLD_TIMEOUT_SECONDS", "inf"), ("KUBEPLEX_MIGRATE_AFTER_SECONDS", "nan"),
     ("KUBEPLEX_MAX_HELD_REQUESTS", "-1"), ("KUBEPLEX_OPERATOR_URL", "kubeplex-operator:8443"),
     ("KUBEPLEX_URL_ANNOTATIONS", "maybe"),
 ])

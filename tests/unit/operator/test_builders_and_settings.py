@@ -16,6 +16,7 @@ from kubeplex.control import (
     resolve_model,
 )
 from kubeplex.operator._builders import (
+    adapters_fingerprint,
     model_label,
     pod_manifest,
     runtime_model,
@@ -176,3 +177,30 @@ def test_conditions_keep_their_transition_time() -> None:
     flipped = merge_conditions(first, [{"type": "Ready", "status": "False"}], 100.0)
     assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
     assert flipped[0]["lastTransitionTime"] != first[0]["lastTransitionTime"]
+def test_adapters_follow_the_models_sources_and_mark_the_group() -> None:
+    adapters = [{"name": "sql", "uri": "pvc://loras/sql", "rank": 8},
+                {"name": "chat", "uri": "hf://org/chat-lora"}]
+    model = hosted(msvc_spec(adapters=adapters))
+    cfg = runtime_model(model, 1, 1)
+    assert cfg["adapters"] == [{"name": "sql", "path": "/models/loras/sql", "rank": 8},
+                               {"name": "chat", "path": "hf://org/chat-lora", "rank": 16}]
+    pod = pod_manifest(Settings(), "ns", "m-0", "p", pool_spec(), "n", 1, 1, [cfg], ["m"],
+                       False, "u")
+    assert [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]] == \
+        ["loras"]
+    assert parse_config({"models": [cfg]}).models[0].adapters[0].path == "/models/loras/sql"
+    sim = runtime_model(hosted(msvc_spec(engine="sim", adapters=adapters)), 1, 1)
+    assert [a["path"] for a in sim["adapters"]] == ["pvc://loras/sql", "hf://org/chat-lora"]
+    s3_spec = msvc_spec(adapters=[{"name": "x", "uri": "s3://bucket/x"}])
+    with pytest.raises(UnsupportedSourceError, match=r"spec.adapters\[\].uri 's3://bucket/x'"):
+        hosted(s3_spec)  # refused when resolved: Degraded before any pod
+    with pytest.raises(UnsupportedSourceError, match=r"spec.adapters\[\].uri 's3://bucket/x'"):
+        runtime_model(replace(hosted(msvc_spec()), spec=s3_spec), 1, 1)
+    group = serving_group_manifest("ns", "m-0", "p", "n", 1, 1, [model], False, [])
+    fingerprint = group["metadata"]["annotations"]["kubeplex.io/adapters"]
+    assert fingerprint == adapters_fingerprint([model])
+    other = hosted(msvc_spec(adapters=adapters[:1]))
+    assert adapters_fingerprint([other]) not in ("", fingerprint)
+    plain = serving_group_manifest("ns", "m-0", "p", "n", 1, 1, [hosted(msvc_spec())], False,
+                                   [])
+    assert "annotations" not in plain["metadata"]

@@ -208,3 +208,27 @@ def test_pool_status_says_which_nodes_it_lost_and_counts_only_its_own() -> None:
     conds = {c["type"]: c for c in kube.objects[("GPUPool", None, "p")]["status"][
         "conditions"]}
     assert conds["Overlapping"]["status"] == "False"
+
+
+def _with_adapters(m: dict[str, Any], *names: str) -> dict[str, Any]:
+    m["spec"]["adapters"] = [{"name": n, "uri": f"hf://org/{n}", "rank": 16} for n in names]
+    return m
+
+
+def test_adapter_names_are_served_names_the_oldest_holder_keeps() -> None:
+    old = _with_adapters(_msvc("llama", "2027-01-01T00:00:00Z"), "sql", "chat")
+    clash_model = _msvc("sql", "2027-01-02T00:00:00Z")  # served name = an older adapter
+    clash_adapter = _with_adapters(_msvc("qwen", "2027-01-03T00:00:00Z"), "chat")
+    other_ns = _with_adapters(_msvc("qwen", "2027-01-03T00:00:00Z", ns="other"), "chat")
+    fine = _with_adapters(_msvc("mistral", "2027-01-04T00:00:00Z"), "poem")
+    out = served_name_conflicts([fine, other_ns, clash_adapter, clash_model, old])
+    assert set(out) == {"ns/sql", "ns/qwen"}
+    assert out["ns/sql"].holder == "ns/llama" and not out["ns/sql"].adapter
+    assert out["ns/qwen"].adapter and out["ns/qwen"].served_name == "chat"
+    assert out["ns/qwen"].message.startswith("spec.adapters: the adapter name 'chat' is "
+                                             "already served in namespace ns by ModelService "
+                                             "llama")
+    # A refused ModelService claims nothing: its adapters stay free for younger ones.
+    late = _with_adapters(_msvc("late", "2027-01-05T00:00:00Z"), "qwen-only")
+    refused = _with_adapters(_msvc("qwen", "2027-01-03T00:00:00Z"), "chat", "qwen-only")
+    assert set(served_name_conflicts([old, refused, late])) == {"ns/qwen"}

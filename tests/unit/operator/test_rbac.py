@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from helmtool import helm_binary, helm_missing_reason, template
 
-from kubeplex.operator._kube import RBAC_NEEDED
+from kubeplex.operator._kube import RBAC_INFERENCE_POOLS, RBAC_NEEDED
 
 pytestmark = pytest.mark.helm
 
@@ -19,7 +19,7 @@ KOPF_NEEDS = {("apiextensions.k8s.io", "customresourcedefinitions", "list"),
               ("kopf.dev", "clusterkopfpeerings", "patch"),
               ("kopf.dev", "clusterkopfpeerings", "watch")}
 CLUSTER_SCOPED = {"nodes", "gpupools", "gpupools/status", "customresourcedefinitions",
-                  "clusterkopfpeerings"}
+                  "clusterkopfpeerings", "resourceslices"}
 
 
 def grants(docs: list[dict[str, Any]], kinds: tuple[str, ...]) -> set[tuple[str, str, str]]:
@@ -56,3 +56,11 @@ def test_namespaced_roles_cover_every_namespaced_call() -> None:
     for need in set(RBAC_NEEDED):
         where = cluster if need[1] in CLUSTER_SCOPED else namespaced
         assert need in where, f"{need} not granted with watchNamespaces set"
+
+
+def test_inference_pools_are_granted_only_when_enabled() -> None:
+    for args in ((), ("--set", "operator.watchNamespaces={team-a}")):
+        assert not RBAC_INFERENCE_POOLS & grants(template(*args), ("ClusterRole", "Role"))
+        granted = grants(template("--set", "inferencePool.enabled=true", *args),
+                         ("ClusterRole", "Role"))
+        assert granted >= RBAC_INFERENCE_POOLS, sorted(RBAC_INFERENCE_POOLS - granted)

@@ -354,10 +354,11 @@ def test_component_outcomes_match_one_whole_simulation() -> None:
 
 def test_a_new_model_takes_a_replica_from_a_model_that_has_two() -> None:
     pool = PoolSpec(H100, nodes=1, gpus_per_node=2)
-    hot = _demand("hot", rate=40.0)
+    hot = _demand("hot", rate=8.0, min_replicas=2)
     small = [_demand(f"s{i}", rate=0.2) for i in range(6)]
-    before = plan(pool, [hot, *small], allow_unplaced=True)
+    before = plan(pool, [hot, *small])
     assert before.replicas("hot") == 2  # 2 GPUs hold 8 such models: room for a second one
-    after = plan(pool, [hot, *small, _demand("late", rate=0.2)], current=before)
+    later = [dataclasses.replace(hot, min_replicas=1), *small, _demand("late", rate=0.2)]
+    after = plan(pool, later, current=before)
     assert after.replicas("late") == 1 and after.replicas("hot") == 1
     assert not after.unplaced and after.moved

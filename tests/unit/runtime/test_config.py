@@ -46,6 +46,21 @@ def test_minimal_config_gets_defaults() -> None:
     ({"models": [], "drainGraceSeconds": -1}, "drainGraceSeconds: must be >= 0"),
     ({"models": [], "graceSeconds": 1}, "graceSeconds: unknown key"),
     ([1, 2], "(top level): must be a mapping"),
+    ({"models": [_model(adapters={"a": "x"})]}, "models[0].adapters: must be a list"),
+    ({"models": [_model(adapters=[{"name": "a"}])]}, "models[0].adapters[0].path: is required"),
+    ({"models": [_model(adapters=[{"name": "a", "path": "p", "alpha": 2}])]},
+     "models[0].adapters[0].alpha: unknown key"),
+    ({"models": [_model(adapters=[{"name": "m", "path": "p"}])]},
+     "models[0].adapters[0].name: 'm' is the model's own name"),
+    ({"models": [_model(adapters=[{"name": "a", "path": "p"}, {"name": "a", "path": "q"}])]},
+     "models[0].adapters[1].name: 'a' is used by another adapter"),
+    ({"models": [_model(adapters=[{"name": "a", "path": "p", "rank": 1024}])]},
+     "models[0].adapters[0].rank: must be <= 512"),
+    ({"models": [_model(engine="vllm", model="/m", adapters=[{"name": "a", "path": "s3://b/a"}])]},
+     "models[0].adapters[0].path: 's3://b/a': the runtime loads local paths"),
+    ({"models": [_model(), _model(name="b", memoryShare=0.05,
+                                  adapters=[{"name": "m", "path": "p"}])]},
+     "models[1].adapters[0].name: 'm' is already used by models[0]"),
 ])
 def test_errors_name_the_field(doc: Any, message: str) -> None:
     with pytest.raises(RuntimeConfigError) as err:
@@ -85,3 +100,9 @@ def test_load_yaml_and_json(tmp_path: Path) -> None:
         load_config(j)
     with pytest.raises(RuntimeConfigError, match="cannot read the config file"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_adapters_default_to_rank_16_and_show_in_the_status_config() -> None:
+    model = parse_config({"models": [_model(adapters=[{"name": "a", "path": "hf://o/a"}])]}
+                         ).models[0]
+    assert model.to_dict()["adapters"] == [{"name": "a", "path": "hf://o/a", "rank": 16}]

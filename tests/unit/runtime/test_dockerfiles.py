@@ -14,7 +14,8 @@ from kubeplex.runtime.config import DEFAULT_VLLM_VENV
 
 REPO = Path(__file__).resolve().parents[3]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-DOCKERFILES = ["runtime_image/Dockerfile", "runtime_image/Dockerfile.cpu"]
+DOCKERFILES = ["runtime_image/Dockerfile", "runtime_image/Dockerfile.cpu",
+               "runtime_image/Dockerfile.sim"]
 
 
 def _instructions(path: str) -> list[tuple[str, str]]:

@@ -74,3 +74,40 @@ def test_interpreter_and_device_resolution(tmp_path: Path) -> None:
     assert resolve_device(config, tmp_path / "nvidia0") == "cpu"
     (tmp_path / "nvidia0").touch()
     assert resolve_device(config, tmp_path / "nvidia0") == "gpu"
+
+
+def _lora_args(argv: tuple[str, ...]) -> list[str]:
+    start = argv.index("--lora-modules") + 1
+    end = next((i for i in range(start, len(argv)) if argv[i].startswith("--")), len(argv))
+    return list(argv[start:end])
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sim"])
+def test_adapters_enable_lora_sized_from_them_and_runtime_updates(engine: str) -> None:
+    config = _config(engine=engine, model="hf://org/llama" if engine == "vllm" else "llama-3.1-8b",
+                     adapters=[{"name": "sql", "path": "hf://org/sql", "rank": 8},
+                               {"name": "chat", "path": "file:///loras/chat", "rank": 20}])
+    spec = launch(config.models[0], config, 9000, "gpu", environ={})
+    argv = spec.argv
+    assert "--enable-lora" in argv
+    assert _flag(argv, "--max-loras") == "2"
+    assert _flag(argv, "--max-lora-rank") == "32"  # 20 rounded up to a rank vLLM accepts
+    paths = {"vllm": ("org/sql", "/loras/chat"), "sim": ("hf://org/sql", "file:///loras/chat")}
+    assert _lora_args(argv) == [f'{{"name":"sql","path":"{paths[engine][0]}"}}',
+                                f'{{"name":"chat","path":"{paths[engine][1]}"}}']
+    assert spec.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    plain = _config(engine=engine, model="hf://org/llama" if engine == "vllm"
+                    else "llama-3.1-8b")
+    spec = launch(plain.models[0], plain, 9000, "gpu", environ={})
+    assert "--enable-lora" not in spec.argv
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in spec.env
+
+
+def test_a_local_adapter_with_a_larger_rank_than_declared_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "adapter_config.json").write_text('{"r": 64, "peft_type": "LORA"}')
+    config = _config(adapters=[{"name": "sql", "path": str(tmp_path), "rank": 16}])
+    with pytest.raises(RuntimeConfigError, match="declare rank: 64"):
+        launch(config.models[0], config, 9000, "gpu", environ={})
+    config = _config(adapters=[{"name": "sql", "path": str(tmp_path), "rank": 64}])
+    assert _flag(launch(config.models[0], config, 9000, "gpu", environ={}).argv,
+                 "--max-lora-rank") == "64"
