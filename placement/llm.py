@@ -17,13 +17,15 @@ It predicts what a vLLM engine would do, from the model's shape and the GPU's da
 * **Memory**: each GPU holds ``1 / (tp * pp)`` of the weights, a fixed reserve for the CUDA
   context, activations and CUDA graphs, and the KV cache in what is left of its share.
 
-The model ignores prefix caching, speculative decoding and quantization (dtype_bytes covers
-FP8 weights if a shape says so). Efficiency constants are named below with their sources.
+A prefill may start from a cached prefix (vLLM's prefix caching): only the new tokens are
+computed, attending to the cached ones too. The model ignores speculative decoding and
+quantization (dtype_bytes covers FP8 weights if a shape says so). Efficiency constants are
+named below with their sources.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -173,14 +175,29 @@ class LLMProfile:
             seconds += (self.pp - 1) * (activation / link + COLLECTIVE_LATENCY_S)
         return seconds
 
-    def prefill_seconds(self, prompt_tokens: int) -> float:
-        """Time to first token of one prompt alone on the group (no queueing)."""
-        n = max(1, prompt_tokens)
+    def prefill_seconds(self, prompt_tokens: int, cached_tokens: int = 0) -> float:
+        """Time to first token of one prompt alone on the group (no queueing).
+
+        ``prompt_tokens`` are computed; ``cached_tokens`` more precede them in the KV cache
+        (a prefix-cache hit): the new tokens attend to those too (2 x the causal attention
+        cost per new-to-cached pair), nothing else is recomputed."""
+        return self.batch_prefill_seconds(((prompt_tokens, cached_tokens),))
+
+    def batch_prefill_seconds(self, prompts: Iterable[tuple[int, int]]) -> float:
+        """One engine step prefilling several prompts, each given as (tokens to compute,
+        cached tokens before them): the weights are read once and the linear FLOPs add up,
+        but each prompt attends only to itself and its own cached prefix."""
         m = self.model
-        flops = 2 * m.params * n + 2 * m.layers * n * n * m.hidden
+        total = 0
+        attention = 0
+        for tokens, cached in prompts:
+            n = max(1, tokens)
+            total += n
+            attention += n * (n + 2 * max(0, cached))
+        flops = 2 * m.params * total + 2 * m.layers * attention * m.hidden
         compute = flops / (self.tp * self.gpu.bf16_tflops * 1e12 * PREFILL_MFU)
         weights_once = m.weight_bytes / self.tp / (self.gpu.hbm_gbps * 1e9 * DECODE_MBU)
-        return max(compute, weights_once) + self._comm_seconds(n) + STEP_OVERHEAD_S
+        return max(compute, weights_once) + self._comm_seconds(total) + STEP_OVERHEAD_S
 
     def decode_step_seconds(self, batch_size: int, mean_context_tokens: int) -> float:
         """One decode step: every one of ``batch_size`` sequences gains one token."""

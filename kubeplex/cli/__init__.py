@@ -26,6 +26,7 @@ __all__ = ["COMMAND_MODULES", "Commands", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._basic",
     "kubeplex.cli._autoscale",
+    "kubeplex.cli._routing",
     "kubeplex.cli._api",
     "kubeplex.cli._placement",
     "kubeplex.cli._local",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kubeplex.placement.llm import profile
 from kubeplex.runtime.sim.scheduler import Scheduler, SimRequest
 
 
 class Linear:
-    """Prefill 10 ms per prompt token; a decode step 100 ms + 10 ms per sequence."""
+    """Prefill 10 ms per computed prompt token (cached ones are free); a decode step 100 ms
+    + 10 ms per sequence."""
 
-    def prefill_seconds(self, prompt_tokens: int) -> float:
-        return 0.01 * prompt_tokens
+    def batch_prefill_seconds(self, prompts: Sequence[tuple[int, int]]) -> float:
+        return 0.01 * sum(tokens for tokens, _ in prompts)
 
     def decode_step_seconds(self, batch_size: int, mean_context_tokens: int) -> float:
         return 0.1 + 0.01 * batch_size
