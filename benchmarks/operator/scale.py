@@ -92,6 +92,20 @@ def metric(port: int, name: str) -> float:
                if line.startswith((name + "{", name + " ")))
 
 
+def writes_by_kind(port: int) -> dict[str, float]:
+    """The operator's API writes so far, by "verb kind" (``kubeplex_operator_api_writes``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("kubeplex_operator_api_writes_total{"):
+            labels = dict(part.split("=", 1) for part in
+                          line[line.index("{") + 1:line.index("}")].split(","))
+            key = f"{labels['verb'].strip(chr(34))} {labels['kind'].strip(chr(34))}"
+            out[key] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def msvc(i: int, pools: int) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
             "metadata": {"name": f"m-{i:04d}"},
@@ -238,6 +252,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     result["all_ready_s"] / max(0.1, result["floor_all_running_s"]), 2)
             result["api_writes_per_service"] = round(
                 metric(metrics_port, "kubeplex_operator_api_writes_total") / args.services, 1)
+            result["api_writes_per_service_by_kind"] = {
+                k: round(v / args.services, 2) for k, v in writes_by_kind(metrics_port).items()}
             cpu1 = proc_stats(op_proc.pid)[0]
             result["operator_cpu_s_to_ready"] = round(cpu1 - cpu0, 1)
             pods = core.list_namespaced_pod(ns, label_selector="kubeplex.io/group").items

@@ -34,9 +34,8 @@ from rich.table import Table
 
 from kubeplex.runtime.config import parse_config
 from kubeplex.runtime.engines import launch
-from kubeplex.runtime.harness import VLLM_MISSING_REASON, model_entry, vllm_python_path
+from kubeplex.runtime.harness import benchmark_tiny_model, model_entry
 from kubeplex.runtime.supervisor import free_port
-from kubeplex.runtime.tiny_model import ensure_tiny_model
 
 RESULTS = Path(__file__).parent / "results"
 #: vLLM 0.32 log lines that end each start-up phase (first match wins), in order.
@@ -136,11 +135,9 @@ def main() -> int:
     env = dict(item.split("=", 1) for item in args.env)
     tiny = None
     if args.engine == "vllm":
-        python = vllm_python_path()
-        if python is None:
-            print(VLLM_MISSING_REASON, file=sys.stderr)
+        tiny = benchmark_tiny_model()
+        if tiny is None:
             return 2
-        tiny = ensure_tiny_model(python)
     runs = []
     with tempfile.TemporaryDirectory() as tmp, Progress(console=Console(stderr=True)) as bar:
         task = bar.add_task(f"{args.engine} cold starts", total=args.repeats)

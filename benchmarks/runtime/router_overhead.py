@@ -20,8 +20,14 @@ engine's; and the machine's CPU busy fraction per mode says whether the cores we
     .venv/bin/python benchmarks/runtime/router_overhead.py --engine sim --concurrency 4
     .venv/bin/python benchmarks/runtime/router_overhead.py --engine vllm   # needs the venv
 
-Writes benchmarks/runtime/results/router_overhead_<engine>_c<concurrency>[_lockstep].json
-and a PNG.
+``--gateway`` measures the gateway instead of the runtime's router: one gateway process per
+routing policy named (``kubeplex.gateway.Gateway``, two replicas that both point at the
+engine, so the policy has a choice to make every request), each mode against the engine
+directly, rounds interleaved over all modes. ``--prompt-chars`` sends longer prompts (the
+prefix-aware policy hashes every 64 characters of them).
+
+Writes benchmarks/runtime/results/router_overhead_<engine>_c<concurrency>[_lockstep]
+[_gateway].json and a PNG.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ import asyncio
 import json
 import os
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,17 +47,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from kubeplex.runtime.harness import (
-    VLLM_MISSING_REASON,
-    RuntimeProcess,
-    model_entry,
-    vllm_python_path,
-)
-from kubeplex.runtime.tiny_model import ensure_tiny_model
+from kubeplex.runtime._loop import run
+from kubeplex.runtime.harness import RuntimeProcess, benchmark_tiny_model, model_entry
+from kubeplex.runtime.routing import POLICIES
+from kubeplex.runtime.supervisor import free_port
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -115,20 +121,25 @@ async def _round(url: str, body: dict[str, Any], stream: bool, concurrency: int,
         return len(total), ttfb, total, time.perf_counter() - start
 
 
-async def measure(direct: str, router: str, body: dict[str, Any], stream: bool,
+async def measure(urls: dict[str, str], body: dict[str, Any], stream: bool,
                   concurrency: int, seconds: float, rounds: int, spread: float,
-                  router_pid: int, engine_pid: int) -> dict[str, Any]:
+                  pids: dict[str, int], engine_pid: int) -> dict[str, Any]:
+    """``urls``: mode -> base URL, ``direct`` (the engine) first; ``pids``: the router
+    process of every other mode."""
+    modes = list(urls)
     data: dict[str, dict[str, list[float]]] = {
         m: {"ttfb": [], "total": [], "rps": [], "router_cpu": [], "engine_cpu": [],
-            "machine_busy": []} for m in ("direct", "router")}
+            "machine_busy": []} for m in modes}
     load_before = os.getloadavg()[0]
     with Progress(console=Console(stderr=True)) as progress:
-        task = progress.add_task(f"{'stream' if stream else 'plain'} rounds", total=2 * rounds)
+        task = progress.add_task(f"{'stream' if stream else 'plain'} rounds",
+                                 total=len(modes) * rounds)
         for i in range(rounds):
-            # Alternate which mode goes first so drift does not favour one.
-            order = ("direct", "router") if i % 2 == 0 else ("router", "direct")
+            # Rotate which mode goes first so drift does not favour one.
+            order = modes[i % len(modes):] + modes[:i % len(modes)]
             for mode in order:
-                url = (direct if mode == "direct" else router) + "/v1/completions"
+                url = urls[mode] + "/v1/completions"
+                router_pid = pids.get(mode, engine_pid)
                 cpu, engine_cpu = _cpu_seconds(router_pid), _cpu_seconds(engine_pid)
                 busy, jiffies = _machine_cpu()
                 n, ttfb, total, elapsed = await _round(url, body, stream, concurrency, seconds,
@@ -153,15 +164,17 @@ async def measure(direct: str, router: str, body: dict[str, Any], stream: bool,
             "ttfb_p99_ms": 1000 * _pct(d["ttfb"], 0.99),
             "machine_cpu_busy_pct": 100 * statistics.median(d["machine_busy"]),
         }
-    # CPU the runtime process spent per request forwarded (noise-robust: what the router
+    # CPU the router process spent per request forwarded (noise-robust: what the router
     # costs when CPU is the bottleneck, as on a shared 2-core machine).
-    out["router_cpu_us_per_request"] = 1e6 * statistics.median(data["router"]["router_cpu"])
     out["engine_cpu_us_per_request"] = 1e6 * statistics.median(data["direct"]["engine_cpu"])
-    out["throughput_loss_pct"] = 100 * (1 - out["router"]["throughput_rps_median"]
-                                        / out["direct"]["throughput_rps_median"])
-    out["added_p50_ms"] = out["router"]["p50_ms"] - out["direct"]["p50_ms"]
-    out["added_p99_ms"] = out["router"]["p99_ms"] - out["direct"]["p99_ms"]
-    out["added_ttfb_p50_ms"] = out["router"]["ttfb_p50_ms"] - out["direct"]["ttfb_p50_ms"]
+    for mode in modes[1:]:
+        r, d = out[mode], out["direct"]
+        r["router_cpu_us_per_request"] = 1e6 * statistics.median(data[mode]["router_cpu"])
+        r["throughput_loss_pct"] = 100 * (1 - r["throughput_rps_median"]
+                                          / d["throughput_rps_median"])
+        r["added_p50_ms"] = r["p50_ms"] - d["p50_ms"]
+        r["added_p99_ms"] = r["p99_ms"] - d["p99_ms"]
+        r["added_ttfb_p50_ms"] = r["ttfb_p50_ms"] - d["ttfb_p50_ms"]
     out["load_average_before"] = load_before
     out["load_average_after"] = os.getloadavg()[0]
     out["_samples"] = data
@@ -176,16 +189,51 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
     for ax, (name, res) in zip(axes[0], results.items(), strict=True):
-        for mode, style in (("direct", "-"), ("router", "--")):
+        modes = list(res["_samples"])
+        for mode, style in zip(modes, ("-", "--", ":", "-."), strict=False):
             values = sorted(1000 * v for v in res["_samples"][mode]["total"])
             ax.plot(values, [i / len(values) for i in range(len(values))], style, label=mode)
-        ax.set_title(f"{name}: loss {res['throughput_loss_pct']:.1f}%, "
-                     f"+{res['added_p50_ms']:.2f} ms p50")
+        ax.set_title(f"{name}: " + ", ".join(
+            f"{m} {res[m]['throughput_loss_pct']:.1f}% / +{res[m]['added_p50_ms']:.2f} ms"
+            for m in modes[1:]), fontsize=8)
         ax.set_xlabel("request latency (ms)")
         ax.set_ylabel("CDF")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+async def _serve_gateway(port: int, policy: str, engine_url: str) -> None:
+    """This process as a gateway over two replicas, both the engine at ``engine_url``."""
+    from kubeplex.gateway import Gateway, Replica, Route
+
+    gateway = Gateway({"m": "default/m"}, hold_timeout=10, hold_limit=10,
+                      retry_after=lambda route: 1.0)
+    gateway.set_routes({"m": Route.of_key("m", "default/m", policy)})
+    for group in ("a", "b"):
+        gateway.add(Replica("m", group, engine_url))
+    runner = await gateway.open("127.0.0.1", port)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    await gateway.close()
+
+
+def _start_gateway(policy: str, engine_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-gateway", policy,
+                             "--gateway-port", str(port), "--engine-url", engine_url])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError(f"the {policy} gateway did not start")
 
 
 def main() -> int:
@@ -198,52 +246,77 @@ def main() -> int:
     p.add_argument("--token-spread", type=float, default=0.5,
                    help="max_tokens uniform in mean x (1 +- spread); 0: identical requests, "
                         "lock-step clients (see the module doc)")
+    p.add_argument("--gateway", nargs="*", choices=POLICIES, metavar="POLICY",
+                   help="measure the gateway with these routing policies instead of the "
+                        f"runtime's router ({', '.join(POLICIES)})")
+    p.add_argument("--prompt-chars", type=int, default=0,
+                   help="prompt length in characters (default: a 4-token prompt)")
+    p.add_argument("--serve-gateway", help=argparse.SUPPRESS)
+    p.add_argument("--gateway-port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--engine-url", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.serve_gateway:
+        run(_serve_gateway(args.gateway_port, args.serve_gateway, args.engine_url))
+        return 0
     tiny = None
     if args.engine == "vllm":
-        python = vllm_python_path()
-        if python is None:
-            print(VLLM_MISSING_REASON, file=sys.stderr)
+        tiny = benchmark_tiny_model()
+        if tiny is None:
             return 2
-        tiny = ensure_tiny_model(python)
     config = {"models": [model_entry("m", args.engine, tiny_model=tiny, memory_share=0.9)]}
-    body = {"model": "m", "prompt": "the model serves tokens", "max_tokens": args.max_tokens,
+    prompt = " ".join(["the model serves tokens"] * max(1, args.prompt_chars // 24))
+    body = {"model": "m", "prompt": prompt, "max_tokens": args.max_tokens,
             "ignore_eos": True, "temperature": 0}
+    gateways: dict[str, subprocess.Popen[bytes]] = {}
     with tempfile.TemporaryDirectory() as tmp, \
             RuntimeProcess(config, Path(tmp), ready_timeout=600) as rt:
-        engine_port = rt.engine("m")["port"]
-        router_pid = rt.proc.pid if rt.proc is not None else 0
         engine_pid = int(rt.engine("m")["pid"])
-        direct = f"http://127.0.0.1:{engine_port}"
-        results = {}
-        for stream in (False, True):
-            name = "stream" if stream else "plain"
-            results[name] = asyncio.run(measure(direct, rt.url, {**body, "stream": stream},
-                                                stream, args.concurrency, args.seconds,
-                                                args.rounds, args.token_spread, router_pid,
-                                                engine_pid))
-    table = Table(title=f"router overhead, {args.engine} engine, {args.concurrency} concurrent, "
-                        f"max_tokens {args.max_tokens} ± {100 * args.token_spread:.0f}%")
+        direct = f"http://127.0.0.1:{rt.engine('m')['port']}"
+        urls = {"direct": direct}
+        pids = {}
+        try:
+            if args.gateway:
+                for policy in args.gateway:
+                    gateways[policy], urls[policy] = _start_gateway(policy, direct)
+                    pids[policy] = gateways[policy].pid
+            else:
+                urls["router"] = rt.url
+                pids["router"] = rt.proc.pid if rt.proc is not None else 0
+            results = {}
+            for stream in (False, True):
+                name = "stream" if stream else "plain"
+                results[name] = asyncio.run(measure(
+                    urls, {**body, "stream": stream}, stream, args.concurrency, args.seconds,
+                    args.rounds, args.token_spread, pids, engine_pid))
+        finally:
+            for proc in gateways.values():
+                proc.terminate()
+                proc.wait(10)
+    what = f"gateway ({', '.join(args.gateway)})" if args.gateway else "router"
+    table = Table(title=f"{what} overhead, {args.engine} engine, {args.concurrency} concurrent, "
+                        f"max_tokens {args.max_tokens} ± {100 * args.token_spread:.0f}%, "
+                        f"prompt {len(prompt)} characters")
     for col in ("mode", "req/s", "p50 ms", "p99 ms", "TTFB p50 ms", "loss %", "+p50 ms",
                 "+TTFB p50 ms", "CPU µs/req (router | engine)", "machine busy %", "load avg"):
         table.add_column(col)
     for name, res in results.items():
-        for mode in ("direct", "router"):
+        for mode in urls:
             r = res[mode]
-            router = mode == "router"
+            router = mode != "direct"
             table.add_row(f"{name}/{mode}", f"{r['throughput_rps_median']:.1f}",
                           f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['ttfb_p50_ms']:.2f}",
-                          f"{res['throughput_loss_pct']:.2f}" if router else "",
-                          f"{res['added_p50_ms']:.2f}" if router else "",
-                          f"{res['added_ttfb_p50_ms']:.2f}" if router else "",
-                          f"{res['router_cpu_us_per_request']:.0f} | "
+                          f"{r['throughput_loss_pct']:.2f}" if router else "",
+                          f"{r['added_p50_ms']:.2f}" if router else "",
+                          f"{r['added_ttfb_p50_ms']:.2f}" if router else "",
+                          f"{r['router_cpu_us_per_request']:.0f} | "
                           f"{res['engine_cpu_us_per_request']:.0f}" if router else "",
                           f"{r['machine_cpu_busy_pct']:.0f}",
                           f"{res['load_average_before']:.1f} -> {res['load_average_after']:.1f}"
                           if router else "")
     Console(width=200).print(table)
     RESULTS.mkdir(exist_ok=True)
-    suffix = "_lockstep" if args.token_spread == 0 else ""
+    suffix = ("_lockstep" if args.token_spread == 0 else "") + ("_gateway" if args.gateway
+                                                                else "")
     out = RESULTS / f"router_overhead_{args.engine}_c{args.concurrency}{suffix}.json"
     _plot(results, out.with_suffix(".png"))
     for res in results.values():

@@ -116,6 +116,7 @@ class ModelServiceSpec:
     model: ModelSource
     adapters: tuple[Adapter, ...]
     engine: str
+    routing: str
     pool: str
     slo: SLO
     scaling: Scaling

@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubeplex.cli._basic",
     "kubeplex.cli._autoscale",
     "kubeplex.cli._calibrate",
+    "kubeplex.cli._routing",
     "kubeplex.cli._api",
     "kubeplex.cli._placement",
     "kubeplex.cli._local",

@@ -38,6 +38,7 @@ from typing import Any
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
 from kubeplex.gateway._gateway import Route
 from kubeplex.operator._runtime_client import CONTROL_URL_ANNOTATION, ROUTER_URL_ANNOTATION
+from kubeplex.runtime.routing import DEFAULT_POLICY, POLICIES
 
 __all__ = [
     "NAMESPACE_HEADER",
@@ -78,6 +79,7 @@ class ModelEntry:
     replicas: int
     ready: int
     adapters: tuple[str, ...] = ()  # its LoRA adapters' names
+    routing: str = DEFAULT_POLICY.value  # spec.routing
 
     @property
     def key(self) -> str:
@@ -85,7 +87,7 @@ class ModelEntry:
 
     @property
     def route(self) -> Route:
-        return Route(self.served, self.namespace, self.name, self.adapters)
+        return Route(self.served, self.namespace, self.name, self.adapters, self.routing)
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,12 @@ def parse_modelservice(obj: Mapping[str, Any]) -> ModelEntry | None:
     status = obj.get("status") or {}
     adapters = tuple(str(a["name"]) for a in spec.get("adapters") or ()
                      if isinstance(a, Mapping) and a.get("name"))
+    routing = spec.get("routing")  # the CRD's enum; anything else (an old object): the default
     return ModelEntry(str(meta.get("namespace") or "default"), str(meta["name"]),
                       str(model.get("servedName") or meta["name"]),
                       str(meta.get("creationTimestamp") or ""),
-                      _int(status.get("replicas")), _int(status.get("readyReplicas")), adapters)
+                      _int(status.get("replicas")), _int(status.get("readyReplicas")), adapters,
+                      routing if routing in POLICIES else DEFAULT_POLICY.value)
 
 
 def _host(address: str) -> str:

@@ -4,8 +4,12 @@ It is the runtime's router (:class:`kubeplex.runtime.app.Runtime`: the same forw
 streaming pass-through, request ids, error bodies and ``kubeplex_router_*`` metrics), with
 replicas instead of engines as upstreams:
 
-* a request goes to the ready replica of its model with the fewest requests in flight through
-  the gateway (the least queued work), skipping replicas marked down: a replica that refuses
+* a request goes to a ready replica of its model chosen by the route's policy
+  (:mod:`kubeplex.runtime.routing`, the ModelService's ``spec.routing``): by default
+  ``prefix-aware`` (where its prompt prefix is cached, balanced against the prefill queued
+  there and bounded to 1.25x the mean load), else ``least-loaded`` (fewest requests in flight
+  through the gateway) or ``round-robin``; the policy sees what the gateway sent where, and
+  when each answer's first bytes came back. Replicas marked down are skipped: a replica that refuses
   or resets a connection, cuts a response or answers 503 is out of routing at once and back
   when a probe of ``/health?model=NAME`` answers 200 (:mod:`kubeplex.gateway._health`), which
   also releases the requests held for its model;
@@ -56,12 +60,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from kubeplex.gateway._adapters import adapter_cards
 from kubeplex.gateway._health import ReplicaHealth
 from kubeplex.gateway._migration import Handle, MigrationPolicy, Migrator
-from kubeplex.gateway._resume import resumable
+from kubeplex.gateway._resume import Resumable, resumable
 from kubeplex.runtime._limits import BadRequestBody, parse_request
 from kubeplex.runtime._limits import request_id as read_request_id
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import RuntimeConfig
 from kubeplex.runtime.proxy import Target, error_response
+from kubeplex.runtime.routing import (
+    DEFAULT_POLICY,
+    UNKNOWN_REQUEST,
+    Request,
+    Router,
+    Ticket,
+    request_of,
+)
 from kubeplex.runtime.upstream import Upstream
 
 __all__ = ["METRIC_LABELS", "MOVE_CAUSES", "Gateway", "Replica", "Route"]
@@ -70,6 +82,8 @@ __all__ = ["METRIC_LABELS", "MOVE_CAUSES", "Gateway", "Replica", "Route"]
 METRIC_LABELS = ("namespace", "modelservice", "model")
 #: Why a request moved to another replica (the ``cause`` label of migrations).
 MOVE_CAUSES = ("replica-failed", "replica-left")
+#: Requests to paths ending so are chats: their prompt is the messages.
+CHAT_SUFFIX = "/chat/completions"
 
 
 @dataclass(frozen=True)
@@ -80,12 +94,13 @@ class Route:
     namespace: str
     modelservice: str
     adapters: tuple[str, ...] = ()  # its LoRA adapters' names (also routed here)
+    routing: str = DEFAULT_POLICY.value  # the ModelService's spec.routing
 
     @classmethod
-    def of_key(cls, model: str, key: str) -> Route:
+    def of_key(cls, model: str, key: str, routing: str = DEFAULT_POLICY.value) -> Route:
         """From a ModelService key ``namespace/name`` (``name`` alone: namespace default)."""
         namespace, _, name = key.rpartition("/")
-        return cls(model, namespace or "default", name)
+        return cls(model, namespace or "default", name, routing=routing)
 
     @property
     def labels(self) -> tuple[str, str, str]:
@@ -95,13 +110,16 @@ class Route:
 class Replica(Upstream):
     """One replica of one model behind the gateway, the router's upstream for that model.
 
-    ``route``: the gateway route it serves (default: the served name, as in local mode)."""
+    ``route``: the gateway route it serves (default: the served name, as in local mode);
+    ``cache_tokens``: its engine's KV capacity, the size of its prefix index (None: unknown)."""
 
-    def __init__(self, model: str, group: str, base_url: str, route: str | None = None) -> None:
+    def __init__(self, model: str, group: str, base_url: str, route: str | None = None,
+                 cache_tokens: int | None = None) -> None:
         super().__init__(base_url)
         self.name = model
         self.group = group
         self.route = route or model
+        self.cache_tokens = cache_tokens
         #: Why routing skips this replica (None: it serves), and since when (monotonic).
         self.down: str | None = None
         self.down_since: float | None = None
@@ -110,6 +128,16 @@ class Replica(Upstream):
 
     def retry_after(self, now: float) -> int:
         return 1
+
+
+@dataclass
+class _Routed:
+    """One request in flight, as its route's policy accounts for it: the router, what it
+    asks for, and its ticket on the replica serving it now."""
+
+    router: Router
+    request: Request
+    ticket: Ticket | None = None
 
 
 class Gateway(Runtime):
@@ -132,6 +160,10 @@ class Gateway(Runtime):
         self.on_hold = on_hold
         self.status_source = status_source
         self.replicas: dict[str, list[Replica]] = {}
+        #: route -> its routing policy and what it knows of the route's replicas.
+        self.routers: dict[str, Router] = {}
+        #: request id -> its routing bookkeeping while it is in flight (moves look it up).
+        self._routed: dict[str, _Routed] = {}
         self.held: dict[str, int] = {}
         #: route -> wall-clock time (s) its current hold episode began (while requests wait).
         self.hold_since: dict[str, float] = {}
@@ -142,7 +174,7 @@ class Gateway(Runtime):
         super().__init__(RuntimeConfig(models=(), device="cpu"))
         self.replica_health = ReplicaHealth(lambda: self.proxy.session, self._replica_up)
         self.migrator = Migrator(self.proxy, migration or MigrationPolicy(), self._replacement,
-                                 self._replica_failed, self._count_move)
+                                 self._replica_failed, self._count_move, self._first_output)
         #: Replica id -> the timer that moves its requests (it left routing).
         self._evacuations: dict[int, asyncio.TimerHandle] = {}
         registry = self.metrics.registry
@@ -171,6 +203,7 @@ class Gateway(Runtime):
         for name in [r for r in self.routes if r not in routes]:
             self._forget_series(self.routes.pop(name))
             self.replicas.pop(name, None)
+            self.routers.pop(name, None)
             self._notify(name)  # wake its held requests: they find the route gone
         for name, route in routes.items():
             old = self.routes.get(name)
@@ -180,6 +213,10 @@ class Gateway(Runtime):
                 self._forget_series(old)
             self.routes[name] = route
             replicas = self.replicas.setdefault(name, [])
+            if old is None or old.routing != route.routing:
+                self.routers[name] = router = Router(route.routing)
+                for replica in replicas:
+                    router.add(replica, replica.cache_tokens)
             self.held.setdefault(name, 0)
             self._notify(name)
             self.arrivals.labels(*route.labels)
@@ -200,6 +237,7 @@ class Gateway(Runtime):
         """Route ``replica.route``'s requests to ``replica`` too (and release held ones)."""
         name = replica.route
         self.replicas[name].append(replica)
+        self.routers[name].add(replica, replica.cache_tokens)
         self._replicas_changed(name)
 
     def remove(self, route: str, group: str) -> Replica | None:
@@ -210,6 +248,8 @@ class Gateway(Runtime):
         replicas = self.replicas.get(route, [])
         kept = [r for r in replicas if r.group != group]
         gone = next((r for r in replicas if r.group == group), None)
+        if gone is not None and route in self.routers:
+            self.routers[route].remove(gone)
         if route in self.routes:
             self.replicas[route] = kept
             self._replicas_changed(route)
@@ -262,10 +302,27 @@ class Gateway(Runtime):
         if route in self.routes:
             self._changed[route] = asyncio.Event()
 
-    def _pick(self, route: str) -> Replica | None:
-        """The replica of ``route`` that is up with the fewest requests in flight."""
+    def _pick(self, route: str, request: Request = UNKNOWN_REQUEST) -> Replica | None:
+        """The replica of ``route`` that is up that the route's policy picks for ``request``."""
         replicas = [r for r in self.replicas.get(route) or () if r.down is None]
-        return min(replicas, key=lambda r: r.in_flight) if replicas else None
+        if not replicas:
+            return None
+        return replicas[self.routers[route].choose(replicas, request, time.monotonic()).index]
+
+    def _send(self, routed: _Routed, replica: Replica | None) -> None:
+        """``routed``'s request goes to ``replica`` now (None: it is over): the policy hears of
+        it, and of the end of its previous attempt."""
+        now = time.monotonic()
+        if routed.ticket is not None:
+            routed.router.done(routed.ticket, now)
+        routed.ticket = None if replica is None else routed.router.sent(replica, routed.request,
+                                                                         now)
+
+    def _first_output(self, request_id: str) -> None:
+        """The replica serving ``request_id`` sent its first bytes: its prefill is over."""
+        routed = self._routed.get(request_id)
+        if routed is not None and routed.ticket is not None:
+            routed.router.started(routed.ticket, time.monotonic())
 
     def ready(self) -> tuple[bool, str]:
         if self.draining:
@@ -325,42 +382,67 @@ class Gateway(Runtime):
         if self.draining:
             self.metrics.requests.labels(model, "503").inc()
             return self._unavailable("kubeplex is shutting down", 1, request_id)
-        replica = self._pick(route)
+        router = self.routers[route]
+        routed = _Routed(router, request_of(parsed.fields, request.path.endswith(CHAT_SUFFIX),
+                                            hashed=router.uses_prefixes))
+        self._routed[request_id] = routed
+        try:
+            return await self._forward(request, route, model, routed, plan, body, request_id,
+                                       arrived)
+        finally:
+            self._send(routed, None)
+            if self._routed.get(request_id) is routed:
+                del self._routed[request_id]
+
+    async def _forward(self, request: web.Request, route: str, model: str, routed: _Routed,
+                       plan: Resumable | str, body: bytes, request_id: str,
+                       arrived: float) -> web.StreamResponse:
+        """Pick a replica (or hold), then proxy the request or hand it to the migrator."""
+        replica = self._pick(route, routed.request)
         if replica is None:
-            replica, refusal = await self._hold(route, arrived, request_id)
+            replica, refusal = await self._hold(route, arrived, request_id, routed.request)
             if replica is None:
                 self.metrics.requests.labels(model, "503").inc()
                 return refusal
-
+        self._send(routed, replica)
         if not isinstance(plan, str):
             return await self.migrator.forward(request, route, replica, plan, body,
                                                request_id, arrived)
 
         async def elsewhere(refused: Target) -> Target | None:
             self._replica_failed(refused, "refused a request")
-            return await self._retry(route, arrived, request_id)
+            other = await self._retry(route, arrived, request_id)
+            self._send(routed, other)
+            return other
 
         return await self.proxy.forward(request, replica, body, request_id, arrived,
-                                        fallback=elsewhere)
+                                        fallback=elsewhere,
+                                        first_byte=lambda: self._first_output(request_id))
 
     async def _replacement(self, route: str, request_id: str) -> Replica | None:
         """Where a moving request goes next (held from now if no replica is up)."""
-        return await self._retry(route, time.monotonic(), request_id)
+        replica = await self._retry(route, time.monotonic(), request_id)
+        routed = self._routed.get(request_id)
+        if routed is not None:
+            self._send(routed, replica)
+        return replica
 
     async def _retry(self, route: str, arrived: float, request_id: str) -> Replica | None:
         """Where a refused or moving request goes instead: a replica that is up, else held
         until one is (None: nowhere; the refusal goes to the client)."""
         if self.draining or route not in self.routes:
             return None
-        replica = self._pick(route)
+        routed = self._routed.get(request_id)
+        request = routed.request if routed is not None else UNKNOWN_REQUEST
+        replica = self._pick(route, request)
         if replica is None:
-            replica, _ = await self._hold(route, arrived, request_id)
+            replica, _ = await self._hold(route, arrived, request_id, request)
         if replica is not None and route in self.routes:
             self.retries.labels(*self.routes[route].labels).inc()
         return replica
 
-    async def _hold(self, route: str, arrived: float,
-                    request_id: str) -> tuple[Replica | None, web.Response]:
+    async def _hold(self, route: str, arrived: float, request_id: str,
+                    request: Request = UNKNOWN_REQUEST) -> tuple[Replica | None, web.Response]:
         """Wait for a replica of ``route`` that is up (bounded count and time)."""
         wait = self.expected_start(route)
         model = self.routes[route].model
@@ -377,7 +459,7 @@ class Gateway(Runtime):
                 if route not in self.routes:
                     return None, self._unavailable(
                         f"model {model} was removed while the request waited", wait, request_id)
-                replica = self._pick(route)
+                replica = self._pick(route, request)
                 if replica is not None:
                     return replica, web.Response()
                 try:

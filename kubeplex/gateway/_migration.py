@@ -148,12 +148,16 @@ class Migrator:
 
     def __init__(self, proxy: Proxy, policy: MigrationPolicy, replacement: Replacement,
                  failed: Callable[[Movable, str], None],
-                 moved: Callable[[str, str], None]) -> None:
+                 moved: Callable[[str, str], None],
+                 first_output: Callable[[str], None] | None = None) -> None:
+        """``first_output(request_id)``: an attempt's first bytes came from its replica (the
+        routing policy's signal that the engine's prefill is over)."""
         self.proxy = proxy
         self.policy = policy
         self.replacement = replacement
         self.failed = failed
         self.moved = moved
+        self.first_output = first_output
 
     @staticmethod
     def evacuate(replica: Movable) -> int:
@@ -271,11 +275,15 @@ class _Exchange:
             return _End.DONE, ""
         await self._open_client(answer)
         pending = b""
+        first = self.m.first_output
         while True:
             try:
                 chunk = await answer.content.readany()
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                 return _End.CUT, LEFT if handle.moving else type(exc).__name__
+            if first is not None and chunk:
+                first(self.request_id)
+                first = None
             if not chunk:
                 done = self.saw_done or raw.endswith(DONE + b"\n\n")
                 return (_End.DONE, "") if done else (_End.CUT, "the stream ended early")

@@ -420,7 +420,7 @@ class ClusterGateway:
             entry = self.models.get((r.namespace, r.modelservice))
             models.append({
                 "model": r.model, "namespace": r.namespace, "modelService": r.modelservice,
-                "held": gw.held.get(key, 0),
+                "routing": r.routing, "held": gw.held.get(key, 0),
                 "modelServiceReplicas": entry.replicas if entry else 0,
                 "modelServiceReady": entry.ready if entry else 0,
                 "replicas": {x.group: {"url": x.base_url, "inFlight": x.in_flight,

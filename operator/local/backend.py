@@ -150,6 +150,14 @@ class ModelRun:
     def config(self) -> AutoscalerConfig:
         return self.model.config
 
+    def replica(self, group: GroupProcess) -> Replica:
+        """The gateway's replica of this model in ``group``; a sim engine's KV capacity
+        sizes its prefix index (vllm on CPU: the gateway's default)."""
+        profile = self.config.profile
+        cache = profile.kv_capacity_tokens(self.template.memory_share) \
+            if self.engine == "sim" and profile is not None else None
+        return Replica(self.served, group.id, group.url, cache_tokens=cache)
+
     def group_config(self, warm: bool, settings: LocalSettings) -> dict[str, Any]:
         return group_config([self], warm, settings)
 
@@ -271,9 +279,10 @@ class LocalMode:
             status_source=self.status,
             migration=MigrationPolicy(migrate_after_s=settings.migrate_after_seconds))
         self.by_served = {r.served: r for r in runs.values()}
-        self.gateway.set_routes({r.served: replace(Route.of_key(r.served, r.key),
-                                                   adapters=r.svc.adapter_names)
-                                 for r in runs.values()})  # LoRA adapters route to their model
+        self.gateway.set_routes({  # LoRA adapters route to their model; spec.routing picks
+            r.served: replace(Route.of_key(r.served, r.key, r.svc.spec.routing),
+                              adapters=r.svc.adapter_names)
+            for r in runs.values()})
 
     # ---- preparation (no side effects) ---------------------------------------------------
     @classmethod
@@ -587,7 +596,7 @@ class LocalMode:
             return  # unloaded or drained meanwhile
         run.failures = 0
         run.cold_seconds.append(time.monotonic() - started)
-        self.gateway.add(Replica(run.served, group.id, group.url))
+        self.gateway.add(run.replica(group))
         sharing = ", ".join(self.runs[m].served for m in group.models)
         self._event(f"{group.id} serves {run.served} too ({sharing} share it), loaded in "
                     f"{time.monotonic() - started:.1f} s")
@@ -662,7 +671,7 @@ class LocalMode:
 
     def _route(self, group: GroupProcess, run: ModelRun, now: float) -> None:
         group.set_phase(GroupPhase.READY, now)
-        self.gateway.add(Replica(run.served, group.id, group.url))
+        self.gateway.add(run.replica(group))
 
     async def _fail(self, group: GroupProcess, run: ModelRun, exc: Exception) -> None:
         run.failures += 1

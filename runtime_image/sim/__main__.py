@@ -15,6 +15,7 @@ from kubeplex.placement.errors import PlacementError
 from kubeplex.placement.llm import LLMProfile, profile
 from kubeplex.placement.lora import DEFAULT_ADAPTER_RANK, VLLM_LORA_RANKS, with_adapters
 from kubeplex.runtime._loop import run
+from kubeplex.runtime.prefix import VLLM_BLOCK_SIZE
 from kubeplex.runtime.sim import apis
 from kubeplex.runtime.sim.device import SharedDevice
 from kubeplex.runtime.sim.engine import SimEngine
@@ -65,6 +66,12 @@ def parser() -> argparse.ArgumentParser:
                         "default: a device of its own)")
     p.add_argument("--enable-sleep-mode", action="store_true",
                    help="serve /sleep, /wake_up and /is_sleeping like vLLM on GPU")
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                   default=True, help="reuse the KV cache of prompt prefixes seen before "
+                                      "(vLLM's automatic prefix caching; on by default)")
+    p.add_argument("--block-size", type=int, default=VLLM_BLOCK_SIZE,
+                   help="tokens per KV-cache block: the prefix cache's unit for text and "
+                        "token-id prompts (default: %(default)s, vLLM's)")
     p.add_argument("--enable-lora", action="store_true",
                    help="serve LoRA adapters (kubeplex.runtime.sim.lora); their slots' memory "
                         "comes out of the KV cache")
@@ -89,14 +96,15 @@ async def _serve(args: argparse.Namespace, prof: LLMProfile, capacity: int,
     metrics = VllmMetrics(name, max_len)
     engine = SimEngine(prof, kv_capacity_tokens=capacity, max_num_seqs=args.max_num_seqs,
                        lanes=prof.pipeline_depth, metrics=metrics, time_scale=args.time_scale,
-                       device=device)
+                       device=device, prefix_caching=args.enable_prefix_caching)
     weights = prof.weight_bytes_per_gpu / 1e9
     wake = (WAKE_FIXED_SECONDS + weights / HOST_TO_DEVICE_GBPS,
             WAKE_FIXED_SECONDS + weights / DISK_GBPS)
     lora = (LoraRegistry(name, args.max_loras, parse_modules(args.lora_modules),
                          metrics.registry) if args.enable_lora else None)
     server = SimServer(engine, served_name=name, root=args.model_profile, max_model_len=max_len,
-                       sleep_mode=args.enable_sleep_mode, wake_seconds=wake, lora=lora)
+                       sleep_mode=args.enable_sleep_mode, wake_seconds=wake, lora=lora,
+                       block_size=args.block_size)
     apis.attach(server)  # /v1/embeddings, /v1/responses, /v1/rerank
     loop_task = asyncio.create_task(engine.run())
     runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=5.0)
@@ -123,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("--gpu-memory-utilization must be in (0, 1]")
     if args.max_num_seqs < 1:
         return _fail("--max-num-seqs must be >= 1")
+    if args.block_size < 1:
+        return _fail("--block-size must be >= 1")
     if args.enable_lora and (args.max_loras < 1 or args.max_lora_rank not in VLLM_LORA_RANKS):
         return _fail(f"--max-loras must be >= 1 and --max-lora-rank one of {VLLM_LORA_RANKS}")
     try:

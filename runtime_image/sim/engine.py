@@ -25,6 +25,7 @@ import itertools
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
+from kubeplex.runtime.prefix import NO_BLOCKS, PromptBlocks
 from kubeplex.runtime.sim.device import SharedDevice
 from kubeplex.runtime.sim.metrics import VllmMetrics
 from kubeplex.runtime.sim.scheduler import LatencyModel, Scheduler, SimRequest, StepResult
@@ -48,8 +49,9 @@ class SimEngine:
 
     def __init__(self, latency: LatencyModel, *, kv_capacity_tokens: int, max_num_seqs: int,
                  lanes: int, metrics: VllmMetrics, time_scale: float = 1.0,
-                 device: SharedDevice | None = None) -> None:
-        self.scheduler = Scheduler(latency, kv_capacity_tokens, max_num_seqs, lanes)
+                 device: SharedDevice | None = None, prefix_caching: bool = True) -> None:
+        self.scheduler = Scheduler(latency, kv_capacity_tokens, max_num_seqs, lanes,
+                                   prefix_caching)
         self.metrics = metrics
         self.time_scale = time_scale
         self.device = device
@@ -69,12 +71,14 @@ class SimEngine:
         """Simulated seconds since the engine started."""
         return (asyncio.get_running_loop().time() - self._t0) / self.time_scale
 
-    async def generate(self, request_id: str, prompt_tokens: int,
-                       max_tokens: int) -> AsyncGenerator[int, None]:
-        """Yield how many new tokens each time some arrive, until ``max_tokens`` are out."""
+    async def generate(self, request_id: str, prompt_tokens: int, max_tokens: int,
+                       blocks: PromptBlocks = NO_BLOCKS) -> AsyncGenerator[int, None]:
+        """Yield how many new tokens each time some arrive, until ``max_tokens`` are out.
+        ``blocks``: the prompt's block hashes (its prefix-cache keys)."""
         if self.sleep_level:
             raise EngineAsleepError("the engine is sleeping; wake it up first")
-        req = SimRequest(request_id, prompt_tokens, max_tokens, arrival=self.now())
+        req = SimRequest(request_id, prompt_tokens, max_tokens, arrival=self.now(),
+                         blocks=blocks)
         stream = _Stream()
         self._streams[req] = stream
         self.scheduler.add(req)

@@ -185,10 +185,15 @@ class VllmMetrics:
         first token it made and the inter-token latency of the others. Simulated seconds
         times ``scale`` are wall seconds."""
         prompt = sum(r.prompt_tokens for r in prefilled)
+        cached = sum(r.cached_tokens for r in prefilled)
         if prompt:
+            # vLLM: prompt_tokens counts whole prompts, by source split into computed and
+            # cache hits; the prefix-cache counters are in tokens (queried / found cached).
             self.prompt_tokens.inc(prompt)
-            self.prompt_by_source["local_compute"].inc(prompt)
+            self.prompt_by_source["local_compute"].inc(prompt - cached)
+            self.prompt_by_source["local_cache_hit"].inc(cached)
             self.prefix_queries.inc(prompt)
+            self.prefix_hits.inc(cached)
         generated = sum(n for _, n in tokens)
         self.generation_tokens.inc(generated)
         for r in prefilled:
@@ -197,14 +202,14 @@ class VllmMetrics:
         for r, _ in tokens:
             if r not in first and len(r.token_times) >= 2:
                 self.h_itl.observe((ends_at - r.token_times[-2]) * scale)
-        self.h_iteration.observe(prompt + generated)
+        self.h_iteration.observe(prompt - cached + generated)
 
     def observe_finished(self, r: SimRequest, scale: float, reason: str = "length") -> None:
         """Record a finished request (vLLM's ``FinishedRequestStats``); ``scale`` turns
         simulated seconds into wall seconds. Its tokens were counted step by step."""
         self.success[reason].inc()
         self.h_prompt.observe(r.prompt_tokens)
-        self.h_prefill_kv.observe(r.prompt_tokens)
+        self.h_prefill_kv.observe(r.prompt_tokens - r.cached_tokens)
         self.h_generation.observe(r.generated)
         self.h_max_generation.observe(r.generated)  # n=1: the one sequence's length
         self.h_n.observe(1)

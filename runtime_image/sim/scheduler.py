@@ -8,11 +8,14 @@ It follows vLLM V1's scheduler in the ways that shape latency and the metrics:
   for the whole request (prompt + max_tokens), reserved at admission. vLLM allocates blocks
   as tokens are generated and preempts when it runs out; reserving up front gives the same
   concurrency limit without modelling preemption (``vllm:num_preemptions`` stays 0).
+* **Prefix caching** (on by default, as in vLLM V1): the KV cache is a
+  :class:`~kubeplex.runtime.sim.prefix_cache.KVCache`; a request's cached leading blocks are
+  reused at admission and only its uncached suffix is prefilled.
 * **Steps.** Each step prefills the newly admitted prompts (their first token comes out of
   that step) and runs one decode token for every other running sequence, so the step takes
-  ``batch_prefill_seconds(new prompts) + decode_step_seconds(batch, mean context)`` from the
-  placement latency model (attention is quadratic per prompt, not in the step's total).
-  A request finishes after ``max_tokens`` output tokens.
+  ``batch_prefill_seconds`` (the new prompts' uncached tokens, each attending to its own
+  prompt and cached prefix) ``+ decode_step_seconds(batch, mean context)`` from the placement
+  latency model. A request finishes after ``max_tokens`` output tokens.
 * **Pipeline parallelism.** vLLM keeps ``pipeline_depth`` micro-batches in flight: the
   scheduler runs that many independent lanes (each with its own step clock), sharing the KV
   cache and ``max_num_seqs``; throughput grows with ``pp`` at the same per-token latency.
@@ -27,6 +30,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from kubeplex.runtime.prefix import NO_BLOCKS, PromptBlocks
+from kubeplex.runtime.sim.prefix_cache import Allocation, KVCache
 
 __all__ = ["LatencyModel", "Scheduler", "SimRequest", "StepResult"]
 
@@ -53,10 +59,19 @@ class SimRequest:
     finished: float | None = None
     generated: int = 0
     token_times: list[float] = field(default_factory=list)
+    #: The prompt's chained block hashes (none: nothing to cache or reuse).
+    blocks: PromptBlocks = NO_BLOCKS
+    #: The KV cache it holds while admitted.
+    allocation: Allocation | None = None
 
     @property
     def kv_tokens(self) -> int:
         return self.prompt_tokens + self.max_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens found in the prefix cache at admission (0 before)."""
+        return self.allocation.cached_tokens if self.allocation is not None else 0
 
 
 @dataclass(frozen=True)
@@ -84,13 +99,13 @@ class Scheduler:
     """FCFS continuous batching over ``lanes`` pipeline micro-batches (see the module doc)."""
 
     def __init__(self, latency: LatencyModel, kv_capacity_tokens: int, max_num_seqs: int,
-                 lanes: int = 1) -> None:
+                 lanes: int = 1, prefix_caching: bool = True) -> None:
         self.latency = latency
         self.kv_capacity = kv_capacity_tokens
         self.max_num_seqs = max_num_seqs
         self.waiting: deque[SimRequest] = deque()
         self.lanes = [_Lane() for _ in range(max(1, lanes))]
-        self.kv_used = 0
+        self.kv = KVCache(kv_capacity_tokens, prefix_caching)
 
     # ---- observation --------------------------------------------------------------------
     @property
@@ -102,8 +117,12 @@ class Scheduler:
         return len(self.waiting)
 
     @property
+    def kv_used(self) -> int:
+        return self.kv.used
+
+    @property
     def kv_usage(self) -> float:
-        return self.kv_used / self.kv_capacity if self.kv_capacity else 0.0
+        return self.kv.usage
 
     def idle(self) -> bool:
         return not self.waiting and self.num_running == 0
@@ -124,7 +143,11 @@ class Scheduler:
         for lane in self.lanes:
             if request in lane.running:
                 lane.running.remove(request)
-                self.kv_used -= request.kv_tokens
+                self._release(request)
+
+    def _release(self, request: SimRequest) -> None:
+        if request.allocation is not None:
+            self.kv.free(request.allocation)
 
     # ---- stepping -----------------------------------------------------------------------
     def next_lane(self, now: float) -> int | None:
@@ -140,11 +163,12 @@ class Scheduler:
         per_lane_seqs = max(1, self.max_num_seqs // len(self.lanes))
         while self.waiting and len(lane.running) < per_lane_seqs:
             head = self.waiting[0]
-            if self.kv_used + head.kv_tokens > self.kv_capacity:
+            allocation = self.kv.allocate(head.blocks, head.prompt_tokens, head.kv_tokens)
+            if allocation is None:
                 break  # FCFS: the head waits for KV, and so does everyone behind it
             self.waiting.popleft()
             head.admitted = max(now, head.arrival)
-            self.kv_used += head.kv_tokens
+            head.allocation = allocation
             lane.running.append(head)
             admitted.append(head)
         return admitted
@@ -165,7 +189,8 @@ class Scheduler:
             return None
         seconds = 0.0
         if new:
-            seconds += self.latency.batch_prefill_seconds([(r.prompt_tokens, 0) for r in new])
+            seconds += self.latency.batch_prefill_seconds(
+                [(r.prompt_tokens - r.cached_tokens, r.cached_tokens) for r in new])
         if decoding:
             context = sum(r.prompt_tokens + r.generated for r in decoding) // len(decoding)
             seconds += self.latency.decode_step_seconds(len(decoding), context)
@@ -182,7 +207,7 @@ class Scheduler:
             if r.generated >= r.max_tokens:
                 r.finished = ends
                 finished.append(r)
-        batch_tokens = sum(r.prompt_tokens for r in new) + len(tokens)
+        batch_tokens = sum(r.prompt_tokens - r.cached_tokens for r in new) + len(tokens)
         return StepResult(lane_index, ends, tuple(tokens), tuple(finished), batch_tokens,
                           tuple(new))
 
@@ -192,4 +217,4 @@ class Scheduler:
         for r in result.finished:
             if r in lane.running:
                 lane.running.remove(r)
-                self.kv_used -= r.kv_tokens
+                self._release(r)

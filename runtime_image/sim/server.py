@@ -18,6 +18,10 @@ Token accounting (there is no real tokenizer):
   the text is, and how ``stop``, ``n`` and ``logprobs`` apply, is
   :mod:`kubeplex.runtime.sim.sampling`; a stream carries one event per token, like vLLM's.
 
+Prefix caching keys on the prompt's chained block hashes (:mod:`kubeplex.runtime.prefix`):
+cut from the text or token ids (``--block-size`` tokens a block), or given by the request as
+``block_hashes`` (with ``block_size``) when it replays a trace.
+
 Bodies are bounded like every kubeplex surface's (:mod:`kubeplex.runtime._limits`: 64 MiB,
 64 levels of nesting); ``"stream": "false"`` does not stream (vLLM's lax booleans).
 """
@@ -44,6 +48,14 @@ from kubeplex.runtime._limits import (
     parse_json,
 )
 from kubeplex.runtime._limits import request_id as read_request_id
+from kubeplex.runtime.prefix import (
+    CHARS_PER_TOKEN,
+    DEFAULT_MAX_TOKENS,
+    NO_BLOCKS,
+    VLLM_BLOCK_SIZE,
+    PromptBlocks,
+    prompt_blocks,
+)
 from kubeplex.runtime.sim.engine import EngineAsleepError, SimEngine
 from kubeplex.runtime.sim.lora import LoraRegistry
 from kubeplex.runtime.sim.sampling import (
@@ -64,14 +76,10 @@ __all__ = [
     "count_prompt_tokens",
 ]
 
-#: OpenAI's rule of thumb: one token is about four characters of English text.
-CHARS_PER_TOKEN = 4
 #: OpenAI's chat accounting: each message costs its role/separator tokens ...
 CHAT_TOKENS_PER_MESSAGE = 4
 #: ... and every reply is primed with the assistant header.
 CHAT_REPLY_PRIMING = 2
-#: OpenAI's documented default max_tokens for completions (the sim uses it for chat too).
-DEFAULT_MAX_TOKENS = 16
 SIM_VERSION = "0.32.0+kubeplex-sim"
 _DUMPS = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -137,6 +145,8 @@ class _Parsed:
     #: prompt was given as ids: the sim has no tokenizer for text).
     token_ids: bool = False
     prompt_ids: tuple[int, ...] | None = None
+    #: The prompt's block hashes (its prefix-cache keys).
+    blocks: PromptBlocks = NO_BLOCKS
 
 
 class SimServer:
@@ -144,8 +154,9 @@ class SimServer:
 
     def __init__(self, engine: SimEngine, *, served_name: str, root: str, max_model_len: int,
                  sleep_mode: bool, wake_seconds: tuple[float, float],
-                 lora: LoraRegistry | None = None) -> None:
+                 lora: LoraRegistry | None = None, block_size: int = VLLM_BLOCK_SIZE) -> None:
         self.engine = engine
+        self.block_size = block_size  # tokens per prefix-cache block of text prompts
         self.lora = lora  # LoRA adapters served beside the base model (--enable-lora)
         self.served_name = served_name
         self.root = root
@@ -246,11 +257,15 @@ class SimServer:
             token_ids = as_bool(body.get("return_token_ids"), "return_token_ids")
         except BadRequestBody as exc:
             raise BadRequest(str(exc), exc.param) from exc
+        try:
+            blocks = prompt_blocks(body, chat, self.block_size)
+        except ValueError as exc:
+            raise BadRequest(str(exc), "block_hashes") from exc
         prompt = body.get("prompt")
         return _Parsed(chat, prompt_tokens, max_tokens, stream,
                        bool(options.get("include_usage")), sampling, output,
                        token_ids and not chat,
-                       tuple(prompt) if isinstance(prompt, list) else None)
+                       tuple(prompt) if isinstance(prompt, list) else None, blocks)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
@@ -321,7 +336,8 @@ class SimServer:
         vLLM's parallel sampling."""
         count = parsed.sampling.n
         streams = [self.engine.generate(request_id if count == 1 else f"{request_id}-{i}",
-                                        parsed.prompt_tokens, parsed.output.tokens)
+                                        parsed.prompt_tokens, parsed.output.tokens,
+                                        parsed.blocks)
                    for i in range(count)]
         if count == 1:
             async with contextlib.aclosing(streams[0]) as only:

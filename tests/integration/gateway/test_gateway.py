@@ -12,6 +12,7 @@ import pytest
 
 from kubeplex.gateway import Gateway, Replica
 from kubeplex.runtime.harness import RuntimeProcess, model_entry
+from kubeplex.runtime.routing import UNKNOWN_REQUEST
 from kubeplex.runtime.supervisor import free_port
 
 
@@ -72,12 +73,11 @@ async def test_held_request_is_forwarded_once_a_replica_is_ready(gateway, tmp_pa
             answer = await pending
             assert answer.status_code == 200
             assert answer.json()["usage"]["completion_tokens"] == 2
-            # Least in-flight routing: a second replica gets the next request when the
-            # first is busy.
+            # A second replica gets the next request when the first is busy.
             gw.add(Replica("m", "g2", rt.url))
-            gw.replicas["m"][0].acquire()
+            busy = gw.routers["m"].sent(gw.replicas["m"][0], UNKNOWN_REQUEST, 0.0)
             assert gw._pick("m").group == "g2"
-            gw.replicas["m"][0].release()
+            gw.routers["m"].done(busy, 0.0)
             assert gw.remove("m", "g1") is not None and [r.group for r in gw.replicas["m"]] \
                 == ["g2"]
 

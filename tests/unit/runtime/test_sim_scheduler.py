@@ -9,10 +9,11 @@ from kubeplex.runtime.sim.scheduler import Scheduler, SimRequest
 
 
 class Linear:
-    """Prefill 10 ms per prompt token; a decode step 100 ms + 10 ms per sequence."""
+    """Prefill 10 ms per computed prompt token (cached ones are free); a decode step 100 ms
+    + 10 ms per sequence."""
 
     def batch_prefill_seconds(self, prompts: Sequence[tuple[int, int]]) -> float:
-        return 0.01 * sum(n for n, _ in prompts)
+        return 0.01 * sum(tokens for tokens, _ in prompts)
 
     def decode_step_seconds(self, batch_size: int, mean_context_tokens: int) -> float:
         return 0.1 + 0.01 * batch_size
