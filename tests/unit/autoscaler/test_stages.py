@@ -1,0 +1,97 @@
+"""The control law's issue-14 stages, each alone: queue (backlog trigger), draining capacity,
+futility, rise and the burst size the memory records."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from kubeplex.autoscaler.memory import BUCKET_S, Bucket
+from kubeplex.autoscaler.policy import (
+    AutoscalerConfig,
+    backlog_trigger,
+    burst_replicas,
+    draining_capacity,
+    futile,
+    rising,
+    slo_replicas,
+)
+from kubeplex.autoscaler.queueing import ReplicaCapacity
+from kubeplex.autoscaler.signals import Signals
+
+CONFIG = AutoscalerConfig(
+    slo_ttft_s=1.0, percentile=95, min_replicas=1, max_replicas=50, prefill_s_hint=0.05,
+    work_s_hint=0.1, arrival_cv2=1.0, target_queue_per_replica=10, cold_start_s=60,
+    warm_start_s=2)
+CAPACITY = ReplicaCapacity(prefill_s=0.05, work_s=0.1, source="hint")
+
+
+def _signals(**changes: object) -> Signals:
+    base = Signals(time=60, window_s=60, instances=2, waiting=0, running=4, kv_usage=0.2,
+                   arrival_rate=10, completion_rate=10, prompt_token_rate=None,
+                   generation_token_rate=None, ttft_quantile=0.2, ttft_count=600,
+                   arrival_cv2=1.0, saturated=False)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_backlog_trigger_fires_when_queued_prefill_would_hold_a_request_half_the_slo() -> None:
+    # 2 ready replicas; 30 requests beyond one in progress each: 30 x 50 ms / 2 = 0.75 s > 0.5 s
+    assert backlog_trigger(0, 32, 2, 2, CAPACITY, CONFIG) == (3, 30)
+    # 10 beyond: 0.25 s of wait, within half the SLO: no trigger
+    assert backlog_trigger(0, 12, 2, 2, CAPACITY, CONFIG) == (0, 10)
+    # one prefill in progress per replica is no backlog at all
+    assert backlog_trigger(0, 2, 2, 2, CAPACITY, CONFIG) == (0, 0)
+    # waiting requests over target_queue_per_replica ask for their own count
+    assert backlog_trigger(25, 27, 2, 2, CAPACITY, CONFIG)[0] == 3
+
+
+def test_a_saturated_fleet_drains_at_its_measured_throughput() -> None:
+    # 2 busy replicas finished 5 req/s: 0.4 s of work each, slower than the model's 0.1 s
+    busy = _signals(engines_saturated=True, completion_rate=5)
+    drained = draining_capacity(busy, CAPACITY, 2)
+    assert drained.work_s == pytest.approx(0.4) and drained.source == "measured"
+    # faster than the model, or not saturated: the model stands
+    assert draining_capacity(_signals(engines_saturated=True, completion_rate=40), CAPACITY,
+                             2) is CAPACITY
+    assert draining_capacity(_signals(completion_rate=5), CAPACITY, 2) is CAPACITY
+
+
+def _memory(bursts: list[float], now: float) -> tuple[Bucket, ...]:
+    """Ten-second buckets up to ``now``: short-window demand 1, and 5 in each burst bucket."""
+    return tuple(Bucket(t, 5.0 if t in bursts else 1.0, 5.0 if t in bursts else 1.0, 10.0)
+                 for t in (BUCKET_S * i for i in range(int(now // BUCKET_S) + 1)))
+
+
+def test_no_cold_start_for_a_burst_shorter_than_one() -> None:
+    """Two finished 10 s bursts: a new one is over before a 60 s cold start, so scaling up
+    for it is futile; not so with a free warm standby, a short cold start, a burst that
+    already outlasts them, or no burst history."""
+    peaks = _memory([100.0, 300.0, 500.0], 500.0)
+    assert "before a 60 s cold start" in futile(peaks, 505.0, CONFIG, 0)
+    assert futile(peaks, 505.0, CONFIG, 1) == ""
+    assert futile(peaks, 505.0, replace(CONFIG, cold_start_s=5.0), 0) == ""
+    long_burst = _memory([100.0, 300.0, 480.0, 490.0, 500.0], 500.0)
+    assert futile(long_burst, 505.0, CONFIG, 0) == ""
+    assert futile(_memory([], 500.0), 505.0, CONFIG, 0) == ""
+
+
+def test_a_rise_is_a_short_window_rate_beyond_poisson_noise() -> None:
+    # 5 req/s over 6 s: one standard deviation is sqrt(5 / 6) ~ 0.91 req/s
+    assert rising(7.0, 5.0, 6.0)
+    assert not rising(6.5, 5.0, 6.0)
+    assert not rising(100.0, 5.0, 0.0)
+    # from idle, a handful of arrivals in a long window is not a rise; many in a short one is
+    assert not rising(0.3, 0.0, 6.0)
+    assert rising(5.0, 0.0, 6.0)
+
+
+def test_a_burst_is_recorded_at_what_clears_its_work_not_at_its_steady_state_need() -> None:
+    # 60 req/s for 6 s: 18 s of prefill work to clear within 6 s + 1 s at 85%: 4 replicas,
+    # where serving 60 req/s for good needs 8 (0.1 s of work each at 85%)
+    short = _signals(window_s=6.0, arrival_rate=60.0)
+    assert burst_replicas(short, CAPACITY, CONFIG, 1.0) == 4
+    assert slo_replicas(60.0, CAPACITY, CONFIG, 1.0) == 8
+    # a 1 s burst leaves a queue that drains within the SLO on fewer
+    assert burst_replicas(replace(short, window_s=1.0), CAPACITY, CONFIG, 1.0) == 2
+    assert burst_replicas(_signals(arrival_rate=0.0), CAPACITY, CONFIG, 1.0) == 0
