@@ -22,6 +22,9 @@ __all__ = ["register"]
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 #: The demo's burst peaks at this multiple of one replica's modelled capacity.
 DEMO_BURST_FACTOR = 2.5
+#: When the demo reads the autoscaler's decision, as a share of the burst's run: the middle of
+#: the load pattern's peak third.
+DEMO_PEAK_AT = 0.5
 #: The demo gives up waiting for scale-to-zero after this many seconds past the idle delay.
 DEMO_IDLE_MARGIN_S = 30.0
 
@@ -168,11 +171,17 @@ async def _demo(mode: Any, args: argparse.Namespace, stop: asyncio.Event) -> int
         rate = args.demo_rate or round(DEMO_BURST_FACTOR * (capacity.service_rate
                                                             if capacity else 1.0), 1)
         print(f"demo: burst to {rate:g} req/s over {args.demo_duration:g} s", flush=True)
-        result = await run_load(url, run.served, rate=rate, duration=args.demo_duration,
-                                pattern="burst", prompt_tokens=workload.prompt_tokens,
-                                max_tokens=workload.output_tokens)
+        load = asyncio.ensure_future(run_load(
+            url, run.served, rate=rate, duration=args.demo_duration, pattern="burst",
+            prompt_tokens=workload.prompt_tokens, max_tokens=workload.output_tokens))
+        # The autoscaler's own account of the burst's peak (the middle third): what it wanted
+        # and what held it, e.g. the pool's GPU budget.
+        await asyncio.sleep(args.demo_duration * DEMO_PEAK_AT)
+        during = run.decision.reason if run.decision is not None else "no decision yet"
+        result = await load
         for key, value in result.summary():
             print(f"demo: {key:>24}: {value}", flush=True)
+        print(f"demo: the autoscaler at the burst's peak: {during}", flush=True)
         limit = time.monotonic() + run.config.scale_to_zero_after_s + \
             run.config.scale_down_delay_s + DEMO_IDLE_MARGIN_S
         print("demo: idle; waiting for the fleet to scale to zero", flush=True)
