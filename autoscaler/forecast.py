@@ -23,18 +23,16 @@ MAD_TO_SD = math.sqrt(math.pi / 2)
 
 @dataclass(frozen=True)
 class HoltConfig:
-    """Smoothing constants (per ``reference_s`` seconds) and the error multiplier ``z``.
+    """Smoothing constants (per ``reference_s`` seconds).
 
     Defaults: alpha 0.3 / beta 0.1 per 10 s are textbook values for a responsive level and a
-    slower trend (Hyndman & Athanasopoulos, FPP3 ch. 8); z = 2 covers ~95% of errors if they
-    were normal (the mean absolute error times :data:`MAD_TO_SD` estimates the standard
-    deviation).
+    slower trend (Hyndman & Athanasopoulos, FPP3 ch. 8). The band above the forecast is the
+    caller's choice of ``z`` (:meth:`HoltState.upper`; the law's ``headroom_z``).
     """
 
     alpha: float = 0.3
     beta: float = 0.1
     reference_s: float = 10.0
-    z: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,9 @@ class HoltState:
         return max(0.0, self.level + self.trend * horizon_s)
 
     def upper(self, horizon_s: float, z: float) -> float:
-        """The forecast plus ``z`` standard deviations of the one-step error."""
+        """The forecast plus ``z`` standard deviations of the one-step error (the smoothed
+        absolute error times :data:`MAD_TO_SD`; z = 2 covers ~95% of errors were they
+        normal)."""
         return self.forecast(horizon_s) + z * MAD_TO_SD * self.error
 
 

@@ -67,7 +67,7 @@ def test_holt_tracks_a_level_and_a_trend_on_irregular_steps() -> None:
         t += step
     assert ramp.trend == pytest.approx(0.1, rel=0.1)
     assert ramp.forecast(60) > ramp.level
-    assert ramp.error > 0 and ramp.upper(60, config.z) > ramp.forecast(60)
+    assert ramp.error > 0 and ramp.upper(60, 2.0) > ramp.forecast(60)
     assert ramp.upper(60, 0.0) == ramp.forecast(60)
     assert holt_update(ramp, 5.0, ramp.time or 0.0, config) is ramp  # no time passed
 
