@@ -335,6 +335,9 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     _run_all(ctx, jobs)
 
     elapsed = time.perf_counter() - started
+    if plan.actions:
+        log.info("pool %s: %d models, %d actions, %d jobs in %.2f s", pool_name, len(models),
+                 len(plan.actions), len(jobs), elapsed)
     ctx.metrics.reconciles.labels(pool=pool_name).inc()
     ctx.metrics.reconcile_seconds.labels(pool=pool_name).observe(elapsed)
     return CycleReport(plan, {k: d.desired for k, d in result.decisions.items()},

@@ -53,8 +53,22 @@ DELETE_POLL_S = 1.0
 #: The metadata the pool cycle reads; the rest (managedFields above all) is not kept.
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "labels", "annotations",
                  "creationTimestamp", "deletionTimestamp")
-#: kopf's diff-base annotation: the whole last-handled spec again, read by kopf only.
+#: kopf's diff-base annotation (the whole last-handled spec again), which operators before
+#: :class:`NoDiffBase` wrote on every ModelService; left on old objects, never read.
 DIFFBASE_ANNOTATION = "kubeplex.io/last-handled-configuration"
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's diff-base store when the only change handler is ``on.delete`` (everything else
+    is ``on.event``, keyed on the generation): every body is its own base, so kopf sees no
+    create or update cause and writes no copy of the spec into an annotation (one API write
+    per ModelService less). Deletion is a cause of its own, found without a diff base."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return self.build(body=body)
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 # ---- startup / cleanup ----------------------------------------------------------------------
@@ -77,8 +91,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.settings = config
     settings.persistence.finalizer = "kubeplex.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubeplex.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kubeplex.io", key=DIFFBASE_ANNOTATION.split("/", 1)[1])
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING  # kopf's own per-handler events: warnings only
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 16
@@ -100,6 +113,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.triggers = {}
     memo.pool_of = {}  # ModelService key -> pool, for alerts
     memo.seen = {}  # ModelService key -> (uid, generation) last handled
+    memo.pools_seen = {}  # GPUPool name -> (uid, generation) last handled; None: gone
     memo.trimmed_at = 0.0  # time.monotonic() of the last malloc trim
     memo.wake = lambda pool: poke(memo, pool)
     memo.servers = await start_servers(config, metrics, memo)
@@ -346,10 +360,15 @@ def pod_event(labels: kopf.Labels, status: kopf.Status, memo: kopf.Memo, **_: An
         poke(memo, pool)
 
 
-@kopf.on.create(GROUP, VERSION, "gpupools")
-@kopf.on.update(GROUP, VERSION, "gpupools")
-@kopf.on.delete(GROUP, VERSION, "gpupools", optional=True)
-def pool_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    # Every pool: node ownership between overlapping pools may have moved.
+@kopf.on.event(GROUP, VERSION, "gpupools")
+def pool_changed(type: str | None, name: str, uid: str, meta: kopf.Meta, memo: kopf.Memo,
+                 **kwargs: Any) -> None:
+    """A GPUPool appeared, went or has a new spec (its own status writes are not changes):
+    wake every pool, since node ownership between overlapping pools may have moved."""
+    seen = memo.pools_seen
+    version = None if type == "DELETED" else (uid, meta.get("generation"))
+    if seen.get(name, ()) == version:
+        return
+    seen[name] = version
     for pool in {name, *kwargs["pools"]}:
         poke(memo, pool)

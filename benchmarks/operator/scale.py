@@ -6,9 +6,11 @@ operator (`kubeplex operator`, direct scraping off: KWOK pods run nothing; quick
 then applies N ModelServices (default 1,000; one replica each, 1 GPU) and measures:
 
 * the control plane's floor first, on the same cluster: N pods (1 GPU each) and N Services
-  created directly, the time until every pod is Running (then they are deleted);
+  created directly, the time until every pod is Running (then the pods are deleted); and
+  again with N ModelService objects stored as well (the user's apply, which kubeplex's time
+  includes);
 * time from the first apply to every ModelService reporting ``status.ready == 1/1``, and its
-  ratio to the floor; the operator's API writes per ModelService until then
+  ratios to both floors; the operator's API writes per ModelService until then
   (``kubeplex_operator_api_writes_total``, kopf's own finalizer patches not included);
 * the operator's CPU seconds and peak RSS (sampled every second from /proc);
 * steady state: the pool cycle time (``kubeplex_operator_reconcile_seconds`` sum/count), and
@@ -50,9 +52,6 @@ GROUP, VERSION = "kubeplex.io", "v1alpha1"
 #: Parallel creations (the API server has 2 cores; more gains nothing).
 WORKERS = 8
 TIMEOUT_S = 1800.0
-#: How often both phases poll for "all Running" / "all Ready" (the same for both, so the
-#: ratio does not favour either).
-POLL_S = 0.2
 #: Clock ticks per second for /proc/<pid>/stat CPU times.
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -92,6 +91,36 @@ def metric(port: int, name: str) -> float:
                if line.startswith((name + "{", name + " ")))
 
 
+def apiserver_time(api: Any) -> dict[str, tuple[float, float]]:
+    """The API server's own request seconds and count so far, by "VERB resource[/sub]"
+    (``apiserver_request_duration_seconds``; long-running watches excluded by the server)."""
+    out: dict[str, tuple[float, float]] = {}
+    for line in api.get("/metrics").splitlines():
+        for suffix, slot in (("_sum{", 0), ("_count{", 1)):
+            head = "apiserver_request_duration_seconds" + suffix
+            if line.startswith(head):
+                labels = dict(part.split("=", 1) for part in
+                              line[len(head):line.index("}")].split(","))
+                key = " ".join(v.strip('"') for v in (
+                    labels.get("verb", ""), labels.get("resource", "")) if v.strip('"'))
+                if labels.get("subresource", '""').strip('"'):
+                    key += "/" + labels["subresource"].strip('"')
+                now = list(out.get(key, (0.0, 0.0)))
+                now[slot] += float(line.rsplit(" ", 1)[1])
+                out[key] = (now[0], now[1])
+    return out
+
+
+def top_server_time(before: dict[str, tuple[float, float]],
+                    after: dict[str, tuple[float, float]], n: int = 8) -> dict[str, str]:
+    """The ``n`` request kinds that took the API server the most seconds between two
+    :func:`apiserver_time` readings: "seconds s / count"."""
+    delta = {k: (v[0] - before.get(k, (0.0, 0.0))[0], v[1] - before.get(k, (0.0, 0.0))[1])
+             for k, v in after.items()}
+    top = sorted(delta.items(), key=lambda kv: -kv[1][0])[:n]
+    return {k: f"{s:.1f} s / {c:.0f}" for k, (s, c) in top if c}
+
+
 def writes_by_kind(port: int) -> dict[str, float]:
     """The operator's API writes so far, by "verb kind" (``kubeplex_operator_api_writes``)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -129,29 +158,64 @@ def floor_service(i: int) -> dict[str, Any]:
             "spec": {"selector": {"app": f"floor-{i:04d}"}, "ports": [{"port": 80}]}}
 
 
-def measure_floor(core: Any, count: int) -> float:
-    """Seconds to create ``count`` pods and Services directly (the same parallelism the
-    benchmark creates ModelServices with) until every pod is Running; then delete them and
-    wait until their GPUs are free again."""
-    ns = "floor"
+def measure_floor(core: Any, custom: Any, count: int, pools: int, ns: str,
+                  with_msvcs: bool) -> float:
+    """Seconds for the control plane to run ``count`` pods (1 GPU each) and store ``count``
+    Services created directly, with the parallelism the benchmark applies ModelServices with,
+    until every pod is Running (the issue's floor). ``with_msvcs``: the user's ModelService
+    objects are stored too, one before each pod (kubeplex's clock starts at the first apply,
+    so that is the least any controller's run includes). Then the pods and ModelServices are
+    deleted (no operator runs yet: nothing acts on them) and the GPUs are free again."""
     core.create_namespace({"metadata": {"name": ns}})
     t0 = time.monotonic()
     with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(lambda i: (core.create_namespaced_pod(ns, floor_pod(i)),
-                                 core.create_namespaced_service(ns, floor_service(i))),
-                      range(count)))
-    while True:
-        pods = core.list_namespaced_pod(ns).items
-        if sum(1 for p in pods if p.status.phase == "Running") == count:
-            break
-        if time.monotonic() - t0 > TIMEOUT_S:
-            raise TimeoutError("the floor's pods never all ran")
-        time.sleep(POLL_S)
+        list(pool.map(lambda i: (
+            with_msvcs and custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, "modelservices", msvc(i, pools)),
+            core.create_namespaced_pod(ns, floor_pod(i)),
+            core.create_namespaced_service(ns, floor_service(i))), range(count)))
+    wait_all(core.list_namespaced_pod, (ns,),
+             lambda pod: pod.get("status", {}).get("phase") == "Running", count, t0,
+             "floor: pods Running")
     took = time.monotonic() - t0
     core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, "modelservices")
     while core.list_namespaced_pod(ns).items:
         time.sleep(0.5)
     return took
+
+
+def wait_all(list_fn: Any, args: tuple[Any, ...], is_ready: Any, count: int, t0: float,
+             label: str) -> list[tuple[float, int]]:
+    """Watch ``list_fn(*args)``'s objects (plain JSON: no model classes, so the benchmark's
+    own CPU stays small) until ``count`` of them are ready; return the timeline of the ready
+    count, (seconds since ``t0``, ready), one entry per change. A watch, not a list poll: the
+    API server sends each change once, and the two phases cost it the same."""
+    ready: set[str] = set()
+    timeline: list[tuple[float, int]] = []
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as progress:
+        task = progress.add_task("ready", total=count)
+        while len(ready) < count:
+            remaining = TIMEOUT_S - (time.monotonic() - t0)
+            if remaining <= 0:
+                raise TimeoutError(f"only {len(ready)} of {count} ready")
+            for event in kubernetes.watch.Watch().stream(
+                    list_fn, *args, deserialize=False,
+                    timeout_seconds=max(1, int(min(remaining, 60)))):
+                obj = event["object"]
+                name = obj.get("metadata", {}).get("name", "")
+                before = len(ready)
+                if event["type"] != "DELETED" and is_ready(obj):
+                    ready.add(name)
+                else:
+                    ready.discard(name)
+                if len(ready) != before:
+                    timeline.append((round(time.monotonic() - t0, 2), len(ready)))
+                    progress.update(task, completed=len(ready))
+                if len(ready) >= count:
+                    break
+    return timeline
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -197,7 +261,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "spec": {"nodeSelector": {"kubeplex.io/bench-pool": f"bench-{p}"},
                              "gpu": {"product": "H100-80GB"}, "gpusPerNode": 8}})
             if not args.no_floor:
-                result["floor_all_running_s"] = round(measure_floor(core, args.services), 1)
+                for key, with_msvcs in (("floor", False), ("floor_with_apply", True)):
+                    server0 = apiserver_time(api)
+                    took = measure_floor(core, custom, args.services, args.pools,
+                                         key.replace("_", "-"), with_msvcs)
+                    result[f"{key}_s"] = round(took, 1)
+                    result[f"{key}_server_time"] = top_server_time(server0,
+                                                                   apiserver_time(api))
             metrics_port = free_port()
             env = {**os.environ, "KUBECONFIG": state.kubeconfig,
                    "KUBEPLEX_BIND_ADDRESS": "127.0.0.1",
@@ -205,8 +275,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "KUBEPLEX_METRICS_PORT": str(metrics_port),
                    "KUBEPLEX_WEBHOOK_PORT": str(free_port()),
                    "KUBEPLEX_SCRAPE": "off", "KUBEPLEX_PLACEMENT": "quick",
-                   "KUBEPLEX_INTERVAL_SECONDS": "5", "KUBEPLEX_LOG_LEVEL": "WARNING"}
-            log = (Path(tmp) / "operator.log").open("wb")
+                   "KUBEPLEX_INTERVAL_SECONDS": "5",
+                   "KUBEPLEX_LOG_LEVEL": "INFO" if args.operator_log else "WARNING"}
+            log = (args.operator_log or Path(tmp) / "operator.log").open("wb")
             command = [sys.executable, "-m", "kubeplex.cli", "operator"]
             if args.tracemalloc:
                 command = [sys.executable, str(Path(__file__).with_name("traced_operator.py"))]
@@ -224,32 +295,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     time.sleep(0.5)
             cpu0 = proc_stats(op_proc.pid)[0]
             ns = "default"
+            server0 = apiserver_time(api)
             t_apply = time.monotonic()
             with ThreadPoolExecutor(WORKERS) as pool:
                 list(pool.map(lambda i: custom.create_namespaced_custom_object(
                     GROUP, VERSION, ns, "modelservices", msvc(i, args.pools)),
                     range(args.services)))
             result["apply_s"] = round(time.monotonic() - t_apply, 1)
-            with Progress(TextColumn("ModelServices Ready"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), transient=True) as progress:
-                task = progress.add_task("ready", total=args.services)
-                ready, half = 0, None
-                while ready < args.services:
-                    if time.monotonic() - t_apply > TIMEOUT_S:
-                        raise TimeoutError(f"only {ready} of {args.services} Ready")
-                    items = custom.list_namespaced_custom_object(
-                        GROUP, VERSION, ns, "modelservices")["items"]
-                    ready = sum(1 for m in items
-                                if m.get("status", {}).get("ready") == "1/1")
-                    progress.update(task, completed=ready)
-                    if half is None and 2 * ready >= args.services:
-                        half = time.monotonic() - t_apply
-                    time.sleep(POLL_S)
+            timeline = wait_all(
+                custom.list_namespaced_custom_object, (GROUP, VERSION, ns, "modelservices"),
+                lambda m: m.get("status", {}).get("ready") == "1/1", args.services, t_apply,
+                "ModelServices Ready")
             result["all_ready_s"] = round(time.monotonic() - t_apply, 1)
-            result["half_ready_s"] = round(half or 0.0, 1)
-            if "floor_all_running_s" in result:
-                result["ready_over_floor"] = round(
-                    result["all_ready_s"] / max(0.1, result["floor_all_running_s"]), 2)
+            result["server_time"] = top_server_time(server0, apiserver_time(api))
+            result["ready_s_at_percent"] = {
+                pct: next(t for t, n in timeline if 100 * n >= pct * args.services)
+                for pct in (1, 10, 50, 90, 100)}
+            for key in ("floor", "floor_with_apply"):
+                if f"{key}_s" in result:
+                    result[f"ready_over_{key}"] = round(
+                        result["all_ready_s"] / max(0.1, result[f"{key}_s"]), 2)
             result["api_writes_per_service"] = round(
                 metric(metrics_port, "kubeplex_operator_api_writes_total") / args.services, 1)
             result["api_writes_per_service_by_kind"] = {
@@ -315,6 +380,8 @@ def main() -> int:
     p.add_argument("--no-floor", action="store_true",
                    help="skip the control plane's floor (pods and Services created directly)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--operator-log", type=Path, default=None,
+                   help="keep the operator's log (at INFO) here")
     p.add_argument("--tracemalloc", type=Path, default=None,
                    help="write the operator's top heap allocation sites here (slower)")
     args = p.parse_args()

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import platform
 
+import kopf
 import pytest
 
 from kubeplex.operator._memory import limit_arenas, trim
-from kubeplex.operator.handlers import DIFFBASE_ANNOTATION, _plain, _pod_info
+from kubeplex.operator.handlers import (
+    DIFFBASE_ANNOTATION,
+    NoDiffBase,
+    _plain,
+    _pod_info,
+    modelservice_deleted,
+)
 
 
 def test_index_copies_drop_managed_fields_and_kopfs_diffbase() -> None:
@@ -43,3 +50,22 @@ def test_allocator_knobs_work_on_glibc() -> None:
     junk = [bytearray(4096) for _ in range(20_000)]  # ~80 MiB freed below: something to trim
     del junk
     assert isinstance(trim(), bool)
+
+
+
+def test_kopf_runs_no_change_handler_but_deletions() -> None:
+    """NoDiffBase makes kopf blind to creations and updates (it writes no diff base): an
+    on.create, on.update, on.resume or on.field handler added later would never run. Changes
+    reach the operator through on.event handlers keyed on the generation."""
+    changing = kopf.get_default_registry()._changing.get_all_handlers()
+    assert modelservice_deleted in {h.fn for h in changing}
+    assert all(h.reason == kopf.Reason.DELETE for h in changing), [
+        (h.id, h.reason) for h in changing]
+
+
+def test_no_diff_base_sees_every_body_as_its_own_base() -> None:
+    storage, patch = NoDiffBase(), kopf.Patch()
+    body = kopf.Body({"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"pool": "p"}})
+    assert storage.fetch(body=body) == storage.build(body=body)
+    storage.store(body=body, patch=patch, essence=storage.build(body=body))
+    assert not patch  # nothing written back to the object
