@@ -97,6 +97,7 @@ __all__ = [
     "stabilize",
     "target_per_replica",
     "warmup_credit",
+    "window_demand",
 ]
 
 #: vLLM's default ``--max-num-seqs`` (concurrent sequences per engine) in V1.
@@ -448,6 +449,18 @@ def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: Autoscaler
     return min(steady, max(1, fluid)) if burst.arrival_rate > 0 else 0
 
 
+def window_demand(slo_target: int, rate: float, capacity: ReplicaCapacity,
+                  config: AutoscalerConfig, cv2: float) -> int:
+    """What the stable window needed, as the burst memory records it: the SLO stage's replicas
+    for its rate at Poisson variability. The bursts inside the window are measured by the
+    short windows (:func:`burst_replicas`), so the window's dispersion, which those bursts
+    make, is not counted twice (it made a minute with a 10 s burst "need" a replica more,
+    held through every gap after)."""
+    if cv2 <= 1.0:
+        return slo_target
+    return min(slo_target, _mix_replicas(rate, capacity, config, 1.0))
+
+
 # ---- stage 4: queue ------------------------------------------------------------------------
 def target_per_replica(config: AutoscalerConfig, capacity: ReplicaCapacity,
                        latency_s: float) -> float:
@@ -745,7 +758,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         target = credited
         deciding = f"prefill backlog of {backlog:.0f} requests: {credit_note}"
 
-    demand = stages[0].replicas
+    demand = window_demand(stages[0].replicas, rate, capacity, config, cv2)
     short_demand = 0
     burst_target = target
     if isinstance(burst, Signals):

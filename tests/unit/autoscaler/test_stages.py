@@ -16,6 +16,7 @@ from kubeplex.autoscaler.policy import (
     futile,
     rising,
     slo_replicas,
+    window_demand,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity
 from kubeplex.autoscaler.signals import Signals
@@ -95,3 +96,15 @@ def test_a_burst_is_recorded_at_what_clears_its_work_not_at_its_steady_state_nee
     # a 1 s burst leaves a queue that drains within the SLO on fewer
     assert burst_replicas(replace(short, window_s=1.0), CAPACITY, CONFIG, 1.0) == 2
     assert burst_replicas(_signals(arrival_rate=0.0), CAPACITY, CONFIG, 1.0) == 0
+
+
+def test_the_memory_records_a_window_at_poisson_variability() -> None:
+    """A minute with a burst has a large index of dispersion; the SLO stage hedges for it,
+    but the memory records the window's rate at Poisson variability (the burst itself is the
+    short windows' to measure)."""
+    # a large index of dispersion, such as a minute holding one short burst can have
+    bursty = slo_replicas(12.0, CAPACITY, CONFIG, 400.0)
+    poisson = slo_replicas(12.0, CAPACITY, CONFIG, 1.0)
+    assert bursty > poisson
+    assert window_demand(bursty, 12.0, CAPACITY, CONFIG, 400.0) == poisson
+    assert window_demand(poisson, 12.0, CAPACITY, CONFIG, 1.0) == poisson
