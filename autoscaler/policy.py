@@ -124,12 +124,11 @@ BACKLOG_SLO_FRACTION = 0.5
 #: A backlog should clear within this many SLOs (or warm starts): long enough not to buy a
 #: replica per queued request, short enough that new arrivals soon meet the SLO again.
 BACKLOG_DRAIN_FACTOR = 10.0
-#: Relative change of the speed estimate below which the burst memory's levels are not
-#: rescaled up: the estimate of a steady fleet moves by a few percent between windows (an
-#: EWMA of the prefill-time ratio over >= MIN_TIMED_PREFILLS prefills), and a ceiling taken
-#: on that noise would add a replica to every held level (2 replicas recorded at 1.004x,
-#: recalled at 0.99x, became 3).
-SPEED_NOISE = 0.05
+#: Relative noise of the speed estimate: the standard error of a mean of MIN_TIMED_PREFILLS
+#: prefill-time ratios whose coefficient of variation is ~1 (mixed prompt lengths), 1/sqrt(20).
+#: The burst memory's levels are not rescaled up by less: a ceiling taken on that noise added a
+#: replica to every held level (2 replicas recorded at 1.004x, recalled at 0.99x, became 3).
+SPEED_NOISE = 1 / math.sqrt(MIN_TIMED_PREFILLS)
 #: Knative's defaults: max scale-up rate 1000x, max scale-down rate 2x per evaluation.
 KNATIVE_MAX_SCALE_UP_RATE = 1000.0
 KNATIVE_MAX_SCALE_DOWN_RATE = 2.0

@@ -447,6 +447,7 @@ def test_a_held_level_does_not_gain_a_replica_from_speed_noise() -> None:
     assert replicas_at(40 * 1.004, 0.99) == 40
     assert replicas_at(2.0, 0.7) == 3
     assert replicas_at(40.0, 0.7) == 57  # 57.1: the 0.1 is within the estimate's noise
-    assert replicas_at(3.0, 0.7) == 5  # 4.29: 0.29 of 4 is beyond it
+    assert replicas_at(1.0, 0.7) == 2  # 1.43: 0.43 of 1 is beyond it
+    assert replicas_at(3.0, 0.7) == 4  # 4.29: within the noise of 4
     assert replicas_at(0.95, 1.0) == 1
     assert replicas_at(0.0, 0.9) == 0
