@@ -294,13 +294,18 @@ class Load:
     none. ``ok`` and ``errors`` count the answers."""
 
     def __init__(self, routers: Callable[[], list[str]], model: str, clients: int,
-                 max_s: float, prompt_tokens: int = 512, max_tokens: int = 64) -> None:
+                 max_s: float, prompt_tokens: int = 512, max_tokens: int = 64,
+                 stream: bool = False) -> None:
+        """``stream``: every request streams, and counts as answered only if its stream
+        ends with ``data: [DONE]``."""
         self.routers, self.model, self.max_s = routers, model, max_s
         self.body = {"model": model, "prompt": "hello", "prompt_tokens": prompt_tokens,
-                     "max_tokens": max_tokens}
+                     "max_tokens": max_tokens, "stream": stream}
         self.stop = threading.Event()
         self.ok = 0
         self.errors = 0
+        #: time.monotonic() of every answer, in order.
+        self.answered_at: list[float] = []
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
                         for i in range(clients)]
 
@@ -323,12 +328,16 @@ class Load:
                     time.sleep(0.2)
                     continue
                 try:
-                    r = client.post(f"{routers[i % len(routers)]}/v1/completions",
-                                    json=self.body)
+                    with client.stream("POST", f"{routers[i % len(routers)]}/v1/completions",
+                                       json=self.body) as r:
+                        lines = [line for line in r.iter_lines() if line.strip()]
+                    answered = r.status_code == 200 and (
+                        not self.body["stream"] or lines[-1:] == ["data: [DONE]"])
                 except httpx.HTTPError:
-                    r = None
-                if r is not None and r.status_code == 200:
+                    answered = False
+                if answered:
                     self.ok += 1
+                    self.answered_at.append(time.monotonic())
                 else:
                     self.errors += 1
                     time.sleep(0.1)

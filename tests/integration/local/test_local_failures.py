@@ -6,9 +6,8 @@ Every request must complete with the whole answer: a stream ends with ``[DONE]``
 is exactly the uncut generation (the sim's text is a function of its context, so a gap or a
 repeated token shows), a plain answer has every token; usage counts each token once.
 
-Killing every runtime needs the control loop to replace dead groups (warm standby first,
-then cold: ``LocalMode._bury_dead``); ``REPLACES_DEAD_GROUPS`` switches that case off where
-the control loop does not replace them.
+Killing every runtime needs the control loop to replace the dead groups (warm standby
+first, then cold: ``LocalMode._bury_dead``): answers must resume within ``BACK_WITHIN_S``.
 """
 
 from __future__ import annotations
@@ -28,8 +27,6 @@ from kubeplex.runtime.sim.sampling import Sampling, generate
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
-#: Set when local mode replaces a group whose runtime died (the control loop's half).
-REPLACES_DEAD_GROUPS = True
 CLIENTS = 8
 RUN_S = 45.0
 KILL_AT_S = 12.0
@@ -155,12 +152,7 @@ def _scenario(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kill_all", [
-    False,
-    pytest.param(True, marks=pytest.mark.skipif(
-        not REPLACES_DEAD_GROUPS, reason="needs the control loop to replace dead groups "
-                                         "(issue 15 part 1, the lead's half)")),
-], ids=["one-of-three", "all"])
+@pytest.mark.parametrize("kill_all", [False, True], ids=["one-of-three", "all"])
 def test_killed_runtimes_cost_no_request(start_up, tmp_path: Path, kill_all: bool) -> None:
     up = start_up([_scenario(tmp_path)])
     up.wait_for("three ready replicas", lambda: up.model()["ready"] == 3, 120)
