@@ -21,9 +21,8 @@ __all__ = ["register"]
 #: Where ``kubeplex status`` and ``kubeplex load`` look by default (``kubeplex up``'s port).
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 #: The demo's burst peaks at this share of what ``maxReplicas`` replicas serve at their
-#: modelled capacity: it needs most of them (a scale-up from one, warm standby first), at a
-#: utilization whose queues a 1 s TTFT target survives even when the machine runs the sim
-#: engines slower than the model (0.7x measured on a loaded 2-core machine).
+#: modelled capacity: it needs a scale-up from one replica (warm standby first) to most of
+#: them, and stays within what ``maxReplicas`` allows, whatever one replica's shape.
 DEMO_FLEET_SHARE = 0.5
 #: When the demo reads the autoscaler's decision, as a share of the burst's run: the middle of
 #: the load pattern's peak third.
