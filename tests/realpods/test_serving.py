@@ -19,9 +19,11 @@ RUNTIME_IMAGE = "kubeplex.local/kubeplex-runtime:dev-sim"
 REAL_NODE = "real-node-0"
 POD_SUBNET = ipaddress.ip_network("10.244.0.0/24")
 #: Closed-loop clients through the gateway: 16 against 4 sequences per replica queue enough
-#: for the operator to add replicas; 2 keep traffic flowing while it drains them again.
+#: for the operator to add replicas; 1 keeps traffic flowing while it drains some again (how
+#: many replicas a trickle needs depends on how fast this machine runs the engines, which the
+#: autoscaler measures: at 0.57x the model once, 2 clients kept 2 replicas busy).
 BURST_CLIENTS = 16
-TRICKLE_CLIENTS = 2
+TRICKLE_CLIENTS = 1
 SCALE_S = 120.0
 #: Issue 15: 8 clients, half streaming; answers again within 30 s of a runtime's death.
 HEALING_CLIENTS = 8
@@ -92,14 +94,24 @@ def test_scale_up_and_drain_under_load_lose_no_request(real: Any, namespace: str
         up = harness.wait_for("a scale-up to 2+ ready replicas", lambda: (
             m if (m := real.msvc(namespace, "busy"))["status"].get("readyReplicas", 0) >= 2
             else None), SCALE_S)
-    peak = up["status"]["readyReplicas"]
+    most = [up["status"]["readyReplicas"]]  # replicas started in the burst may still come
+
+    def drained() -> int | None:  # fewer replicas than the most seen, none left draining
+        ready = real.msvc(namespace, "busy")["status"].get("readyReplicas", 0)
+        most[0] = max(most[0], ready)
+        pods = real.serving_pods(namespace, "busy", ready_only=False)
+        return ready if 0 < ready < most[0] and len(pods) == ready else None
+
     with harness.Load(lambda: [gateway], "busy", TRICKLE_CLIENTS, 3 * SCALE_S) as trickle:
-        harness.wait_for("the drain back to one replica", lambda: real.msvc(
-            namespace, "busy")["status"].get("ready") == "1/1" and len(
-            real.serving_pods(namespace, "busy", ready_only=False)) == 1, SCALE_S)
-    print(f"\nburst: {burst.ok} ok, {burst.errors} failed; scaled to {peak} "
-          f"({up['status']['lastScale']['reason']}); drained under {trickle.ok} ok, "
-          f"{trickle.errors} failed")
+        try:
+            after = harness.wait_for("a drain to fewer replicas", drained, SCALE_S)
+        except AssertionError as e:  # say what the autoscaler thought
+            status = real.msvc(namespace, "busy")["status"]
+            raise AssertionError(f"{e}; ready {status.get('ready')}, last scale "
+                                 f"{status.get('lastScale')}") from None
+    print(f"\nburst: {burst.ok} ok, {burst.errors} failed; scaled to {most[0]} "
+          f"({up['status']['lastScale']['reason']}); drained to {after} under {trickle.ok} "
+          f"ok, {trickle.errors} failed")
     assert burst.ok > 0 and trickle.ok > 0
     assert (burst.errors, trickle.errors) == (0, 0)
 
