@@ -37,11 +37,13 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import kubernetes
+from prometheus_client.parser import text_string_to_metric_families
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,30 +86,38 @@ class Sampler(threading.Thread):
                 return
 
 
-def metric(port: int, name: str) -> float:
+def samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample in Prometheus text (the client's own parser: a
+    label value may hold a comma or a brace)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            yield sample.name, sample.labels, sample.value
+
+
+def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith((name + "{", name + " ")))
+        return str(r.read().decode())
+
+
+def metric(port: int, name: str) -> float:
+    return sum(value for sample, _, value in samples(scrape(port)) if sample == name)
 
 
 def apiserver_time(api: Any) -> dict[str, tuple[float, float]]:
     """The API server's own request seconds and count so far, by "VERB resource[/sub]"
     (``apiserver_request_duration_seconds``; long-running watches excluded by the server)."""
+    slots = {"apiserver_request_duration_seconds_sum": 0,
+             "apiserver_request_duration_seconds_count": 1}
     out: dict[str, tuple[float, float]] = {}
-    for line in api.get("/metrics").splitlines():
-        for suffix, slot in (("_sum{", 0), ("_count{", 1)):
-            head = "apiserver_request_duration_seconds" + suffix
-            if line.startswith(head):
-                labels = dict(part.split("=", 1) for part in
-                              line[len(head):line.index("}")].split(","))
-                key = " ".join(v.strip('"') for v in (
-                    labels.get("verb", ""), labels.get("resource", "")) if v.strip('"'))
-                if labels.get("subresource", '""').strip('"'):
-                    key += "/" + labels["subresource"].strip('"')
-                now = list(out.get(key, (0.0, 0.0)))
-                now[slot] += float(line.rsplit(" ", 1)[1])
-                out[key] = (now[0], now[1])
+    for name, labels, value in samples(api.get("/metrics")):
+        if name not in slots:
+            continue
+        key = " ".join(v for v in (labels.get("verb", ""), labels.get("resource", "")) if v)
+        if labels.get("subresource"):
+            key += "/" + labels["subresource"]
+        now = list(out.get(key, (0.0, 0.0)))
+        now[slots[name]] += value
+        out[key] = (now[0], now[1])
     return out
 
 
@@ -123,16 +133,9 @@ def top_server_time(before: dict[str, tuple[float, float]],
 
 def writes_by_kind(port: int) -> dict[str, float]:
     """The operator's API writes so far, by "verb kind" (``kubeplex_operator_api_writes``)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("kubeplex_operator_api_writes_total{"):
-            labels = dict(part.split("=", 1) for part in
-                          line[line.index("{") + 1:line.index("}")].split(","))
-            key = f"{labels['verb'].strip(chr(34))} {labels['kind'].strip(chr(34))}"
-            out[key] = float(line.rsplit(" ", 1)[1])
-    return out
+    return {f"{labels['verb']} {labels['kind']}": value
+            for name, labels, value in samples(scrape(port))
+            if name == "kubeplex_operator_api_writes_total"}
 
 
 def msvc(i: int, pools: int) -> dict[str, Any]:
