@@ -15,7 +15,9 @@ metrics say about the requests into a :class:`~kubeplex.autoscaler.queueing.Repl
    (the queue's service time), the atoms whose prefill alone fits in the SLO (what the SLO
    counts) and the share that does not (**infeasible**: no replica count serves them in time;
    they still cost prefill work); decode slots (``max_num_seqs``, or what the KV cache holds
-   at the mean context) and each request's share of the batched decode steps;
+   at the mean context), the decode step as a line in the batch size
+   (:func:`decode_step_line`, for the queueing model's decode bound) and each request's share
+   of the batched decode steps;
 3. **measured speed** (:func:`measured_speed`): while the fleet is saturated (prefill work
    queued on every replica, or requests refused admission), every replica is busy, so the
    model-seconds of work it completes per second *is* its speed relative to the model
@@ -39,6 +41,7 @@ __all__ = [
     "MIN_MIX_REQUESTS",
     "CapacityEstimate",
     "PromptMix",
+    "decode_step_line",
     "measured_speed",
     "prompt_mix",
     "token_capacity",
@@ -145,13 +148,28 @@ def token_capacity(profile: LLMProfile, mix: PromptMix, output_tokens: float, sl
     fits = [n for (n, _), p in zip(mix.atoms, seconds, strict=True) if p <= slo_s]
     context = prompt + output
     slots = max(1, min(max_num_seqs, profile.kv_capacity_tokens() // max(1, round(context))))
-    step = profile.decode_step_seconds(slots, round(prompt + output / 2)) / speed
-    share = (output - 1) * step / slots / profile.pipeline_depth
-    latency = mean + (output - 1) * step
+    base, per_seq = decode_step_line(profile, slots, round(prompt + output / 2), speed)
+    step = base + per_seq * slots
+    share = (output - 1) * step / slots
+    latency = mean + (output - 1) * step * profile.pipeline_depth
     capacity = ReplicaCapacity(prefill_s=mean, work_s=mean + share, source=source,
                                prefill_cv2=cv2 if len(mix.atoms) > 1 else 1.0, mix=counted,
-                               slots=float(slots), latency_s=latency)
+                               slots=float(slots), latency_s=latency, decode_tokens=output - 1,
+                               step_base_s=base, step_per_seq_s=per_seq)
     return CapacityEstimate(capacity, latency, infeasible, max(fits) if fits else None)
+
+
+def decode_step_line(profile: LLMProfile, slots: int, context: int,
+                     speed: float) -> tuple[float, float]:
+    """One decode step's seconds as ``(base, per sequence)``, the line through the model's
+    step at batch 1 and at ``slots`` (memory-bound decoding: the weights are read once per
+    step, each sequence adds its KV cache), at ``speed`` times the model. ``pipeline_depth``
+    micro-batches decode at once, so per token of throughput a step costs 1/depth of it."""
+    one = profile.decode_step_seconds(1, context)
+    full = profile.decode_step_seconds(slots, context)
+    per_seq = (full - one) / (slots - 1) if slots > 1 else 0.0
+    depth = speed * profile.pipeline_depth
+    return (one - per_seq) / depth, per_seq / depth
 
 
 def measured_speed(signals: Signals, ready: int, model: ReplicaCapacity) -> float | None:

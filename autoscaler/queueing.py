@@ -13,13 +13,20 @@ as two constraints, both per replica with the gateway spreading load evenly:
    arrival and service squared coefficients of variation (1 and 1 for M/M/c; bursty traffic
    has ca2 well above 1). The p-th percentile of the wait is 0 when ``P_W <= 1 - p``, else
    ``ln(P_W / (1 - p)) * (ca2 + cs2) / 2 / (c*mu - lambda)``; TTFT = that wait + the prefill.
-2. **Throughput**: each request also costs GPU time for its decode steps (its share of a
-   batched step). The replica's total work per request, ``work_s``, must keep the utilization
-   ``lambda * work_s / c`` below ``max_utilization``, or the queue grows without bound.
-
-3. **Decode slots**: a replica runs at most ``slots`` sequences at once (``max_num_seqs`` or
-   what its KV cache holds at the mean context); by Little's law the requests in flight,
-   ``lambda * latency``, must stay within ``max_utilization`` of ``c * slots``.
+2. **Decode** (:func:`decode_batch`, :func:`decode_replicas`): prefills run ahead of decoding,
+   so decoding gets the time the prefills leave, ``1 - lambda * prefill``, and a step with
+   ``b`` sequences (``step_base_s + step_per_seq_s * b``) yields ``b`` tokens. The batch
+   grows until that covers the output tokens (Little's law on the decode phase):
+   ``b = lambda * n * base / (1 - lambda * prefill - lambda * n * per_seq)`` for ``n`` tokens
+   after the first; it must stay within ``max_utilization`` of the ``slots`` (``max_num_seqs``
+   or what the KV cache holds at the mean context), or requests queue for admission and their
+   TTFT grows. The replica count is the **larger** of this bound and the TTFT one, not one
+   bound on the sum of prefill and decode work: the prefill queue sees only prefills. (The
+   simulated fleet preempts decoding for a prefill; vLLM V1 runs one decode step with each
+   prefill step, and its prefill phase, ``vllm:request_prefill_time_seconds``, then includes
+   it: the measured speed correction scales the TTFT service time by what the engine really
+   does.) A capacity without a decode model (``decode_tokens`` None, e.g. from hints) keeps
+   the throughput bound: ``lambda * work_s / c <= max_utilization``.
 
 **Prompt mixes** (:func:`replicas_for_mix`): prompts differ in length and a request's TTFT is
 the wait plus *its own* prefill, so a long prompt has less slack under the SLO. With the
@@ -42,6 +49,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "ReplicaCapacity",
+    "decode_batch",
+    "decode_replicas",
     "erlang_c",
     "miss_fraction",
     "replicas_for_mix",
@@ -74,6 +83,12 @@ class ReplicaCapacity:
     #: slot limit modelled).
     slots: float | None = None
     latency_s: float | None = None
+    #: The decode model (:func:`decode_batch`): output tokens per request after the first
+    #: (None: no decode model, the throughput bound on ``work_s`` applies), and one decode
+    #: step's seconds as ``step_base_s + step_per_seq_s * batch`` at the mean context.
+    decode_tokens: float | None = None
+    step_base_s: float = 0.0
+    step_per_seq_s: float = 0.0
 
     @property
     def service_rate(self) -> float:
@@ -114,6 +129,33 @@ def ttft_percentile(replicas: int, arrival_rate: float, capacity: ReplicaCapacit
     variability = (arrival_cv2 + service_cv2) / 2.0
     wait = math.log(waits / tail) * variability / (replicas * mu - arrival_rate)
     return wait + capacity.prefill_s
+
+
+def decode_batch(rate: float, capacity: ReplicaCapacity) -> float:
+    """Sequences one replica decodes at once at ``rate`` requests/s in steady state (see the
+    module docstring); ``inf`` when prefills and decode steps together cannot keep up, 0
+    without a decode model or arrivals."""
+    tokens = capacity.decode_tokens
+    if tokens is None or rate <= 0:
+        return 0.0
+    demand = rate * tokens  # decode tokens per second
+    free = 1.0 - rate * capacity.prefill_s - demand * capacity.step_per_seq_s
+    if free <= 0:
+        return math.inf
+    return demand * capacity.step_base_s / free
+
+
+def decode_replicas(arrival_rate: float, capacity: ReplicaCapacity,
+                    max_utilization: float) -> int:
+    """The fewest replicas whose steady decode batch (:func:`decode_batch`) stays within
+    ``max_utilization`` of the slots (0 without a decode model or slot count, or arrivals)."""
+    if capacity.decode_tokens is None or not capacity.slots or arrival_rate <= 0:
+        return 0
+    limit = max_utilization * capacity.slots
+    for replicas in range(1, MAX_SEARCH_REPLICAS + 1):
+        if decode_batch(arrival_rate / replicas, capacity) <= limit:
+            return replicas
+    return MAX_SEARCH_REPLICAS
 
 
 def replicas_for_slo(arrival_rate: float, capacity: ReplicaCapacity, slo_s: float,
@@ -162,16 +204,17 @@ def miss_fraction(replicas: int, arrival_rate: float, capacity: ReplicaCapacity,
 
 def replicas_for_mix(arrival_rate: float, capacity: ReplicaCapacity, slo_s: float,
                      quantile: float, max_utilization: float, arrival_cv2: float = 1.0) -> int:
-    """The fewest replicas within the throughput and slot bounds whose predicted miss
-    fraction (:func:`miss_fraction`) is at most ``1 - quantile``; the throughput bound alone
-    when no request's prefill fits in the SLO (more replicas would not help them), and
+    """The fewest replicas within the decode bound (:func:`decode_replicas`; the throughput
+    bound without a decode model) whose predicted miss fraction (:func:`miss_fraction`) is at
+    most ``1 - quantile``: the larger of the two bounds. The decode bound alone when no
+    request's prefill fits in the SLO (more replicas would not help them), and
     :data:`MAX_SEARCH_REPLICAS` if none is found. Zero for no arrivals."""
     if arrival_rate <= 0:
         return 0
-    start = math.ceil(arrival_rate * capacity.work_s / max_utilization)
-    if capacity.slots and capacity.latency_s:
-        start = max(start, math.ceil(arrival_rate * capacity.latency_s
-                                     / (capacity.slots * max_utilization)))
+    if capacity.decode_tokens is not None:
+        start = decode_replicas(arrival_rate, capacity, max_utilization)
+    else:
+        start = math.ceil(arrival_rate * capacity.work_s / max_utilization)
     start = max(1, start, math.floor(arrival_rate * capacity.prefill_s) + 1)
     if not _counted(capacity, slo_s):
         return start

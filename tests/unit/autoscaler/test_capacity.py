@@ -4,18 +4,22 @@ slots, the measured speed, and the queueing model over a mix."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from kubeplex.autoscaler.capacity import (
     MIN_MIX_REQUESTS,
     PromptMix,
+    decode_step_line,
     measured_speed,
     prompt_mix,
     token_capacity,
 )
 from kubeplex.autoscaler.queueing import (
     ReplicaCapacity,
+    decode_batch,
+    decode_replicas,
     miss_fraction,
     replicas_for_mix,
     replicas_for_slo,
@@ -108,3 +112,43 @@ def test_prompts_near_the_slo_need_idle_replicas_and_infeasible_ones_are_not_cou
     assert replicas_for_mix(2, hopeless, 1.0, 0.99, 0.85) == math.ceil(2 * 3.5 / 0.85)
     assert miss_fraction(4, 2, hopeless, 1.0) == 0.0
     assert replicas_for_mix(0, none, 1.0, 0.99, 0.85) == 0
+
+
+def test_the_decode_step_line_passes_through_the_model_at_one_and_at_the_slots() -> None:
+    base, per_seq = decode_step_line(H100, 256, 600, speed=1.0)
+    assert base + per_seq == pytest.approx(H100.decode_step_seconds(1, 600))
+    assert base + 256 * per_seq == pytest.approx(H100.decode_step_seconds(256, 600))
+    slow_base, slow_per_seq = decode_step_line(H100, 256, 600, speed=0.5)
+    assert (slow_base, slow_per_seq) == (pytest.approx(2 * base), pytest.approx(2 * per_seq))
+
+
+def test_the_steady_decode_batch_produces_the_decode_tokens_in_the_time_prefills_leave() -> None:
+    cap = ReplicaCapacity(prefill_s=0.02, work_s=0.03, source="profile", slots=256.0,
+                          decode_tokens=127.0, step_base_s=0.009, step_per_seq_s=3e-5)
+    rate = 20.0
+    batch = decode_batch(rate, cap)
+    free = 1 - rate * cap.prefill_s  # the share of time decode steps get
+    produced = free * batch / (cap.step_base_s + cap.step_per_seq_s * batch)
+    assert produced == pytest.approx(rate * 127.0)
+    # more arrivals than prefills and decode steps can serve together: no steady batch
+    assert decode_batch(45.0, cap) == math.inf
+    assert decode_batch(rate, replace(cap, decode_tokens=None)) == 0.0
+
+
+def test_replicas_are_the_larger_of_the_ttft_and_decode_bounds_not_their_sum() -> None:
+    # 510-token prompts, 129-token answers on an H100 at a 0.5 s SLO (the on-off trace): the
+    # prefills use 64% of one replica at 34 req/s and decoding the rest fits in its slots, so
+    # one replica holds the SLO; a bound on prefill + decode work at 85% asked for two.
+    estimate = token_capacity(H100, PromptMix(((510.0, 1.0),)), 129, slo_s=0.5,
+                              max_num_seqs=256)
+    cap = estimate.capacity
+    assert math.ceil(34 * cap.work_s / 0.85) == 2
+    assert decode_replicas(34, cap, 0.85) == 1
+    assert replicas_for_mix(34, cap, 0.5, 0.99, 0.85, arrival_cv2=2.25) == 1
+    # long answers: decoding binds, and the answer is its bound, above the TTFT one
+    chatty = token_capacity(H100, PromptMix(((510.0, 1.0),)), 2000, slo_s=0.5,
+                            max_num_seqs=256).capacity
+    ttft_only = replicas_for_mix(34, replace(chatty, decode_tokens=None, work_s=1e-9), 0.5,
+                                 0.99, 0.85, arrival_cv2=2.25)
+    assert replicas_for_mix(34, chatty, 0.5, 0.99, 0.85, arrival_cv2=2.25) == decode_replicas(
+        34, chatty, 0.85) > ttft_only
