@@ -10,10 +10,15 @@ prompts blocking a replica, bursts within a scrape interval). This stage watches
   attainment among the requests the SLO can count is compared with the percentile:
   - **below** while the model said the ready replicas suffice: the model's speed is scaled by
     :data:`STEP` (one step: about 10% more replicas);
-  - but a step that did not help (the next period's attainment rose by less than
-    :data:`MIN_GAIN_SHARE` of the shortfall) is **undone**, and no step is tried for
-    :data:`BLOCK_PERIODS` periods: those misses do not respond to capacity (the decision says
-    so); this is what keeps the feedback from ratcheting toward an SLO no replica count meets;
+  - a step is then **on trial**: its period is judged once it holds enough requests
+    (:func:`trial_requests`) that the gain the step must bring is :data:`GAIN_Z` standard
+    errors of the measured attainment; that gain (:func:`needed_gain`) is the shortfall's
+    share such that the steps left down to the speed floor, each as good, would close it.
+    A step that brought less is **undone**, and no step is tried for :data:`BLOCK_PERIODS`
+    periods: those misses do not respond to capacity (the decision says so); this is what
+    keeps the feedback from ratcheting toward an SLO no replica count meets (a step that
+    changed nothing passes by chance in ~2% of trials), while a step that wins back a small
+    but sufficient share is kept and the next one tried;
   - **met** for :data:`RELAX_PERIODS` periods in a row: one step back toward the model.
 
 All pure: the caller passes the scrapes and ``now`` and keeps the :class:`FeedbackState`.
@@ -21,21 +26,24 @@ All pure: the caller passes the scrapes and ``now`` and keeps the :class:`Feedba
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from kubeplex.autoscaler.signals import TTFT, Scrape, bucket_increase, histogram_fraction_at
 
-__all__ = ["BLOCK_PERIODS", "MIN_GAIN_SHARE", "MIN_REQUESTS", "RELAX_PERIODS", "STEP",
-           "FeedbackState", "observe", "step"]
+__all__ = ["BLOCK_PERIODS", "GAIN_Z", "MIN_REQUESTS", "RELAX_PERIODS", "STEP",
+           "FeedbackState", "needed_gain", "observe", "step", "trial_requests"]
 
 #: One step scales the model's speed by this: about 10% more replicas.
 STEP = 0.9
 #: Requests a period needs before its attainment is judged (the attainment of 500 requests
 #: near 99% has a standard error under half a point).
 MIN_REQUESTS = 500
-#: A step must win back at least this share of the shortfall it answered, or it is undone.
-MIN_GAIN_SHARE = 1 / 3
+#: A trial is judged when the gain it needs is this many standard errors of the measured
+#: attainment (one-sided: a step that changed nothing passes by chance in ~2% of trials; as
+#: the autoscaler's rise test, RISE_Z).
+GAIN_Z = 2.0
 #: After an undone step, no step is tried for this many periods.
 BLOCK_PERIODS = 10
 #: Periods in a row with the SLO met before one step is taken back.
@@ -82,12 +90,30 @@ def observe(state: FeedbackState, scrapes: Sequence[Scrape], slo_s: float,
                    infeasible=state.infeasible + infeasible_share * total)
 
 
+def needed_gain(shortfall: float, factor: float, floor: float) -> float:
+    """The least gain a step must bring for the steps left to the floor, each as good, to
+    close ``shortfall``: ``shortfall / (1 + steps left)``, the step just taken included."""
+    left = max(0, math.floor(math.log(max(floor, 1e-9) / factor) / math.log(STEP) + 1e-9))
+    return shortfall / (1 + left)
+
+
+def trial_requests(attainment: float, gain: float) -> float:
+    """Requests a trial's period needs before its attainment is judged: enough that ``gain``
+    is :data:`GAIN_Z` standard errors of a binomial attainment near ``attainment``."""
+    return GAIN_Z ** 2 * attainment * (1 - attainment) / max(gain, 1e-9) ** 2
+
+
 def step(state: FeedbackState, quantile: float, model_suffices: bool, floor: float,
          period_s: float, now: float) -> FeedbackState:
     """Judge the period when it is complete (see the module docstring); else unchanged."""
     if state.since is None or now - state.since < period_s or state.total < MIN_REQUESTS:
         return state
-    counted = min(1.0, state.good / max(1e-9, state.total - state.infeasible))
+    counted_n = max(1e-9, state.total - state.infeasible)
+    counted = min(1.0, state.good / counted_n)
+    if state.trial is not None and counted < quantile:
+        needed = needed_gain(quantile - state.trial, state.factor, floor)
+        if counted_n < trial_requests(state.trial, needed):
+            return state  # not yet enough requests to tell the gain a step needs from none
     fresh = replace(state, since=now, good=0.0, total=0.0, infeasible=0.0, note="")
     if counted >= quantile:
         met = state.met + 1
@@ -95,8 +121,7 @@ def step(state: FeedbackState, quantile: float, model_suffices: bool, floor: flo
             return replace(fresh, factor=min(1.0, state.factor / STEP), met=0, trial=None)
         return replace(fresh, met=met, trial=None)
     fresh = replace(fresh, met=0)
-    if state.trial is not None and counted - state.trial < MIN_GAIN_SHARE * (quantile
-                                                                              - state.trial):
+    if state.trial is not None and counted - state.trial < needed:
         return replace(fresh, factor=min(1.0, state.factor / STEP), trial=None,
                        blocked_until=now + BLOCK_PERIODS * period_s,
                        note=(f"SLO feedback: a step to more capacity did not help "

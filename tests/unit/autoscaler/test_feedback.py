@@ -9,12 +9,15 @@ import pytest
 
 from kubeplex.autoscaler.feedback import (
     BLOCK_PERIODS,
+    GAIN_Z,
     MIN_REQUESTS,
     RELAX_PERIODS,
     STEP,
     FeedbackState,
+    needed_gain,
     observe,
     step,
+    trial_requests,
 )
 from kubeplex.autoscaler.signals import TTFT, TTFT_BUCKETS, Scrape
 
@@ -50,7 +53,7 @@ def test_an_optimistic_model_gets_one_step_and_a_step_that_helps_stays() -> None
     state = _judged(FeedbackState(), 900, 100, now=60.0)  # 90% < 99%
     assert state.factor == pytest.approx(STEP) and state.trial == pytest.approx(0.9)
     assert "although the model said" in state.note
-    state = _judged(state, 970, 30, now=120.0)  # 97%: won back most of the gap
+    state = _judged(state, 1940, 60, now=120.0)  # 97%: won back most of the gap
     assert state.factor == pytest.approx(STEP * STEP)
     # without the model saying the replicas suffice, no step
     calm = _judged(FeedbackState(), 900, 100, now=60.0, suffices=False)
@@ -59,7 +62,7 @@ def test_an_optimistic_model_gets_one_step_and_a_step_that_helps_stays() -> None
 
 def test_a_step_that_does_not_help_is_undone_and_blocked() -> None:
     state = _judged(FeedbackState(), 900, 100, now=60.0)
-    state = _judged(state, 905, 95, now=120.0)  # 90.5%: no real gain
+    state = _judged(state, 1810, 190, now=120.0)  # 90.5%: far less than a step must bring
     assert state.factor == 1.0 and state.trial is None
     assert "did not help" in state.note
     assert state.blocked_until == pytest.approx(120.0 + BLOCK_PERIODS * PERIOD)
@@ -82,3 +85,24 @@ def test_met_periods_relax_a_step() -> None:
                                  good=0, total=1000), [], 1.0, 0.0, 60), 0.99, True, FLOOR,
                  PERIOD, 60.0)
     assert floor.factor == FLOOR, "never below the floor"
+
+
+def test_a_step_must_bring_its_share_of_the_shortfall_for_the_steps_left() -> None:
+    # from 0.9 to the floor 0.5 five more steps of 0.9 fit: with the one taken, six must
+    # close the shortfall
+    assert needed_gain(0.06, STEP, FLOOR) == pytest.approx(0.01)
+    assert needed_gain(0.06, FLOOR, FLOOR) == pytest.approx(0.06)  # the last step: all of it
+
+
+def test_a_trial_is_judged_once_its_requests_can_tell_the_needed_gain_from_noise() -> None:
+    needed = needed_gain(0.08, STEP, FLOOR)
+    n = trial_requests(0.91, needed)
+    assert GAIN_Z * (0.91 * 0.09 / n) ** 0.5 == pytest.approx(needed)
+    state = _judged(FeedbackState(), 910, 90, now=60.0)  # 91%: a step
+    waiting = _judged(state, 920, 80, now=120.0)  # 1,000 requests: too few to judge
+    assert n > 1000 and waiting.trial == pytest.approx(0.91)
+    assert waiting.factor == pytest.approx(STEP) and waiting.total == 1000
+    # 92.4% over enough requests: a small gain, but six like it close the gap; kept
+    total = 1.01 * n
+    kept = _judged(waiting, 0.924 * total - 920, 0.076 * total - 80, now=180.0)
+    assert kept.factor == pytest.approx(STEP * STEP) and "did not help" not in kept.note
