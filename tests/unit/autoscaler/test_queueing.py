@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from kubeplex.autoscaler.errors import AutoscalerConfigError
 from kubeplex.autoscaler.forecast import HoltConfig, HoltState, holt_update
 from kubeplex.autoscaler.queueing import (
     ReplicaCapacity,
@@ -52,7 +53,7 @@ def test_replicas_for_slo_is_the_fewest() -> None:
 
 
 def test_holt_tracks_a_level_and_a_trend_on_irregular_steps() -> None:
-    config = HoltConfig()
+    config = HoltConfig(damping_s=None)
     state = HoltState()
     t = 0.0
     for _ in range(200):
@@ -90,3 +91,29 @@ def test_holt_level_never_goes_negative_after_a_steep_fall() -> None:
         t += 1
     assert state.level == 0.0
     assert errors[-1] < errors[len(errors) // 2] < errors[0]  # the band keeps shrinking
+
+
+def _fed(rates: list[float], config: HoltConfig, every_s: float = 2.0) -> HoltState:
+    state = HoltState()
+    for i, rate in enumerate(rates):
+        state = holt_update(state, rate, i * every_s, config)
+    return state
+
+
+def test_a_damped_trend_fades_after_a_level_change_and_keeps_a_ramp_going() -> None:
+    # 3 -> 30 req/s seen through a 60 s window: a 60 s ramp, then the plateau for 90 s
+    window = [3.0] * 60 + [3.0 + 27.0 * min(1.0, i / 30) for i in range(1, 76)]
+    damped, linear = _fed(window, HoltConfig()), _fed(window, HoltConfig(damping_s=None))
+    # the linear trend extrapolates the ramp a minute past its end (~41 req/s); the damped
+    # one stays within a tenth of the plateau
+    assert linear.forecast(60) > 38.0
+    assert 30.0 < damped.forecast(60) < 33.0
+    # a ramp that goes on keeps a rising forecast: the trend settles at
+    # beta / (beta + reference / damping) of the slope
+    config = HoltConfig()
+    ramp = _fed([0.05 * 2 * i for i in range(600)], config)
+    settled = config.beta / (config.beta + config.reference_s / (config.damping_s or 1.0))
+    assert ramp.trend == pytest.approx(0.05 * settled, rel=0.15)
+    assert ramp.forecast(60) > ramp.level
+    with pytest.raises(AutoscalerConfigError, match="damping"):
+        HoltConfig(damping_s=0.0)
