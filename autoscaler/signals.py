@@ -343,6 +343,12 @@ SATURATED_PENDING = 2.0
 #: Aggregation levels (in scrape intervals) of the dispersion estimate: the index of
 #: dispersion of a bursty renewal process grows with the counting interval toward its cv^2.
 DISPERSION_SCALES = (1, 2, 4)
+#: A difference of successive counts this many times the others' root mean square is a level
+#: change (traffic switching between rates), left out of the dispersion: were the differences
+#: normal, one this large would come by chance in 0.3% of them (3 sigma).
+LEVEL_CHANGE_Z = 3.0
+#: A level change makes one such difference, or two when it falls inside a counting interval.
+LEVEL_CHANGE_DIFFERENCES = 2
 
 
 def _allan(counts: Sequence[float]) -> float | None:
@@ -351,8 +357,13 @@ def _allan(counts: Sequence[float]) -> float | None:
     mean = math.fsum(counts) / len(counts)
     if mean <= 0:
         return None
-    allan = math.fsum((b - a) ** 2 for a, b in itertools.pairwise(counts))
-    return allan / (2 * (len(counts) - 1)) / mean
+    squares = sorted((b - a) ** 2 for a, b in itertools.pairwise(counts))
+    for _ in range(LEVEL_CHANGE_DIFFERENCES):  # a level change, not variability
+        rest = squares[:-1]
+        if len(rest) < 2 or squares[-1] <= LEVEL_CHANGE_Z ** 2 * math.fsum(rest) / len(rest):
+            break
+        squares = rest
+    return math.fsum(squares) / (2 * len(squares)) / mean
 
 
 def _dispersion(window: Sequence[Scrape]) -> float | None:
@@ -361,7 +372,11 @@ def _dispersion(window: Sequence[Scrape]) -> float | None:
     Half the mean squared difference of successive counts over their mean: for a renewal
     process it estimates Var(N)/E[N] (about the squared CV of inter-arrival times when the
     intervals are long enough), while a slow change of the rate, which would inflate a plain
-    variance, adds only one difference.
+    variance, adds only one difference. A level change (traffic switching from 3 to 30
+    req/s) adds one or two very large ones, which made a window over the switch look like
+    cv^2 ~60 and asked for replicas the new level did not need: differences beyond
+    :data:`LEVEL_CHANGE_Z` times the others' root mean square (at most
+    :data:`LEVEL_CHANGE_DIFFERENCES`) are left out; bursts, which make many, still count.
     """
     counts: list[float] = []
     for prev, cur in itertools.pairwise(window):

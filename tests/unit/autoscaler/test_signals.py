@@ -206,3 +206,26 @@ def test_completions_of_one_engine_are_summed_over_finished_reasons() -> None:
 
     assert scrape.histograms[PROMPT_HISTOGRAM]["engine=0,model_name=m"] == ((100.0, 5.0),
                                                                             (INF, 7.0))
+
+
+def _counted(counts: list[float]) -> Signals:
+    """Signals over scrapes 2 s apart whose arrivals per interval are ``counts`` (every request
+    completes within its interval)."""
+    done, scrapes = 0.0, [_scrape(0, 0, 0, 0, ((INF, 0.0),))]
+    for i, count in enumerate(counts):
+        done += count
+        scrapes.append(_scrape(2.0 * (i + 1), done, 0, 0, ((INF, done),)))
+    signals = extract(scrapes, 2.0 * len(counts), 2.0 * len(counts), 95, 30.0)
+    assert isinstance(signals, Signals)
+    return signals
+
+
+def test_a_level_change_is_not_burstiness_but_bursts_still_are() -> None:
+    # Poisson-like counts at 6, then at 60 per interval: one large difference, a level change
+    steady = [6.0, 4.0, 7.0, 5.0, 8.0, 6.0, 5.0, 7.0, 4.0, 6.0, 5.0, 7.0, 6.0, 5.0, 6.0]
+    switched = _counted(steady + [v + 54.0 for v in steady])
+    assert switched.arrival_cv2 is not None and switched.arrival_cv2 < 1.0
+    # bursts every few intervals make many large differences: still counted
+    bursty = _counted([2.0, 2.0, 40.0, 3.0, 1.0, 2.0, 35.0, 2.0, 3.0, 45.0, 1.0, 2.0, 2.0,
+                       38.0, 2.0, 3.0, 1.0, 42.0, 2.0, 2.0, 3.0, 36.0, 1.0, 2.0, 44.0, 3.0])
+    assert bursty.arrival_cv2 is not None and bursty.arrival_cv2 > 10.0
