@@ -14,8 +14,9 @@ Stages, in order (each a function, tested alone with a fake clock):
    suffices tightens it one step; a step that does not help is undone and blocked; met
    periods relax it: bounded, never a ratchet).
 3. **slo** (:func:`~kubeplex.autoscaler.queueing.replicas_for_mix`): the queueing model's
-   fewest replicas for the percentile at the larger of the measured rate and the forecast one
-   start-up ahead.
+   fewest replicas for the percentile at the larger of the measured rate and the (damped)
+   forecast one start-up ahead: the larger of the TTFT bound (the prefill queue) and the
+   decode bound (the steady decode batch within the slots), not a bound on their sum.
 4. **queue** (:func:`backlog_trigger`): prefill work queued (requests waiting *or* admitted
    without a first token, which vLLM counts as running) beyond one in progress per replica,
    when it would hold a new request longer than a share of the SLO, or waiting requests over
