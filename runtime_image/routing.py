@@ -25,7 +25,19 @@ Policies (``spec.routing`` of a ModelService):
     The queued prefill drains while the router waits for first outputs: it is counted down at
     the prefill rate the router measures (prompt tokens per second between a replica's first
     outputs, averaged over about the last :data:`RATE_MEMORY` of them), so a replica half way
-    through a long prompt is seen half way. A replica is a candidate only while its load
+    through a long prompt is seen half way.
+
+    **Engine reports** (:meth:`Router.observe`, :mod:`kubeplex.runtime.kv_events`): where a
+    replica's engine publishes its KV events (vLLM's ``BlockStored`` / ``BlockRemoved`` /
+    ``AllBlocksCleared``, as llm-d's precise prefix scorer consumes them), they are applied
+    to its index, which then holds what the engine caches (plus what was sent there and is
+    not stored yet) instead of a guess; and where it reports its queue
+    (:class:`~kubeplex.runtime.kv_events.EngineLoad`: uncached prompt tokens waiting, and
+    when its running step ends), the queued prefill is that report (the step's remainder
+    converted at the measured rate) plus what was sent there since, instead of the router's
+    own count. The trace replay feeds both; the gateway does not (docs/gateway.md says why).
+
+    A replica is a candidate only while its load
     stays within a bound of the mean (*consistent hashing with bounded loads*, Mirrokni,
     Thorup and Zadimoghaddam, SODA 2018):
     ``in_flight + 1 <= ceil(LOAD_BOUND * (total in flight + 1) / replicas) + LOAD_SLACK``.
@@ -49,10 +61,17 @@ from __future__ import annotations
 import enum
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubeplex.runtime.kv_events import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    EngineLoad,
+    KVEvent,
+)
 from kubeplex.runtime.prefix import (
     CHARS_PER_TOKEN,
     DEFAULT_MAX_TOKENS,
@@ -95,10 +114,13 @@ DEFAULT_POLICY = Policy.PREFIX_AWARE
 POLICIES = tuple(p.value for p in Policy)
 
 #: The load bound of consistent hashing with bounded loads: no replica takes a request that
-#: would put it above this multiple of the mean number in flight. 1.25 is where HAProxy's
-#: ``hash-balance-factor`` guidance (125-150) starts; it keeps every replica within 25% of
-#: its fair share of the requests in flight.
-LOAD_BOUND = 1.25
+#: would put it above this multiple of the mean number in flight. 1.5 is the most unequal
+#: share the issue tolerates (no replica above 1.5x its fair share of requests) and the top
+#: of HAProxy's ``hash-balance-factor`` guidance (125-150). Within it, the queued-prefill
+#: term balances the load that delays a first token; a tighter bound (1.25 before) turns
+#: requests away from their cache to even out counts of mostly decoding requests, which
+#: delay nobody's first token much.
+LOAD_BOUND = 1.5
 #: Requests in flight a replica may take beyond the bound: at low load the bound alone (a
 #: mean below one) would send a conversation's next turn away from its cache whenever its
 #: replica is still busy with anything, even with every other replica idle.
@@ -142,20 +164,37 @@ class PrefixIndex:
             n += 1
         return n
 
-    def add(self, blocks: PromptBlocks) -> None:
-        """The replica is about to cache ``blocks``: most recent, oldest evicted past the
-        capacity. The leading blocks end up most recent (they are shared the most)."""
+    def add(self, blocks: PromptBlocks, count: int | None = None) -> None:
+        """The replica is about to cache the first ``count`` (default: all) of ``blocks``:
+        most recent, oldest evicted past the capacity. The leading blocks end up most recent
+        (they are shared the most)."""
+        self.store(blocks.hashes[:count], blocks.block_size)
+
+    def store(self, hashes: Sequence[int], block_size: int) -> None:
+        """Blocks ``hashes`` (prompt order) are cached: :meth:`add`, or a ``BlockStored``
+        event."""
         held = self._blocks
-        size = blocks.block_size
-        for h in reversed(blocks.hashes):
+        for h in reversed(hashes):
             if h in held:
                 held.move_to_end(h)
             else:
-                held[h] = size
-                self.tokens += size
+                held[h] = block_size
+                self.tokens += block_size
         while self.tokens > self.capacity and held:
             _, tokens = held.popitem(last=False)
             self.tokens -= tokens
+
+    def remove(self, hashes: Sequence[int]) -> None:
+        """Blocks ``hashes`` were evicted (a ``BlockRemoved`` event)."""
+        for h in hashes:
+            tokens = self._blocks.pop(h, None)
+            if tokens is not None:
+                self.tokens -= tokens
+
+    def clear(self) -> None:
+        """The replica's cache was dropped (``AllBlocksCleared``)."""
+        self._blocks.clear()
+        self.tokens = 0
 
 
 class Cause(enum.Enum):
@@ -210,6 +249,8 @@ class _Replica:
     reserved: int = 0  # KV tokens (prompt + max_tokens) of the requests in flight
     prefill: int = 0  # uncached prompt tokens of the requests with no output yet
     since: float = 0.0  # when its prefill last made known progress (or started)
+    load: EngineLoad | None = None  # the engine's last report of its queue
+    sent_since_load: int = 0  # uncached prompt tokens sent here after that report
 
     def cached(self, request: Request) -> int:
         """Prompt tokens of ``request`` the index says are cached here."""
@@ -217,7 +258,13 @@ class _Replica:
         return blocks * request.blocks.block_size
 
     def queued(self, rate: float | None, now: float) -> float:
-        """Prefill still queued here, counted down at ``rate`` tokens/s since ``since``."""
+        """Prefill tokens a request sent here at ``now`` waits for: with an engine report,
+        its waiting prefill plus the rest of its running step (at ``rate``) plus what was sent
+        here since; else the router's own count, counted down at ``rate`` since ``since``."""
+        load = self.load
+        if load is not None:
+            step = 0.0 if rate is None else rate * max(0.0, load.step_ends_at - now)
+            return load.prefill_tokens + step + self.sent_since_load
         if rate is None or self.prefill <= 0:
             return float(self.prefill)
         return max(0.0, self.prefill - rate * max(0.0, now - self.since))
@@ -327,9 +374,28 @@ class Router:
         state.in_flight += 1
         state.reserved += ticket.kv_tokens
         state.prefill += ticket.prefill_tokens
+        state.sent_since_load += ticket.prefill_tokens
         if self.policy is Policy.PREFIX_AWARE and request.blocks.hashes:
-            state.index.add(request.blocks)
+            state.index.add(request.blocks, request.prompt_tokens // request.blocks.block_size)
         return ticket
+
+    def observe(self, key: Hashable, events: Iterable[KVEvent] = (),
+                load: EngineLoad | None = None) -> None:
+        """What replica ``key``'s engine reported (:mod:`kubeplex.runtime.kv_events`): its KV
+        events, applied to its index in order (which then holds what the engine caches, plus
+        what was sent there and not stored yet), and its queue, which from now on replaces
+        the router's own count of the prefill queued there."""
+        state = self._state(key)
+        for event in events:
+            if isinstance(event, BlockStored):
+                state.index.store(event.block_hashes, event.block_size)
+            elif isinstance(event, BlockRemoved):
+                state.index.remove(event.block_hashes)
+            elif isinstance(event, AllBlocksCleared):
+                state.index.clear()
+        if load is not None:
+            state.load = load
+            state.sent_since_load = 0
 
     def started(self, ticket: Ticket, now: float) -> None:
         """The request's first output arrived at ``now``: its prefill is over, and the time

@@ -90,12 +90,16 @@ class ReplayResult:
 
 
 class _Fleet:
-    """The replicas' schedulers and their busy lanes, stepped in simulated time."""
+    """The replicas' schedulers and their busy lanes, stepped in simulated time; with
+    ``router`` set, every replica reports its KV events and queue to it after every change
+    (an engine's event stream, with no delay)."""
 
-    def __init__(self, make: Callable[[], Scheduler], replicas: int) -> None:
+    def __init__(self, make: Callable[[], Scheduler], replicas: int,
+                 router: Router | None) -> None:
         self.schedulers = [make() for _ in range(replicas)]
         self.busy = [set[int]() for _ in range(replicas)]
         self.events: list[tuple[float, int, int, StepResult]] = []
+        self.router = router
         self._seq = 0
 
     def start_free_lanes(self, replica: int, now: float) -> None:
@@ -108,20 +112,26 @@ class _Fleet:
                 self.busy[replica].add(lane)
                 self._seq += 1
                 heapq.heappush(self.events, (result.ends_at, self._seq, replica, result))
+        if self.router is not None:
+            self.router.observe(replica, scheduler.kv.take_events(), scheduler.load(now))
 
 
 def replay(requests: Sequence[TraceRequest], latency: LatencyModel, *, replicas: int,
            policy: Policy | str, kv_capacity_tokens: int, max_model_len: int,
            max_num_seqs: int = 256, lanes: int = 1, sample_s: float = 1.0,
+           kv_events: bool = True,
            progress: Callable[[float], None] | None = None) -> ReplayResult:
     """Replay ``requests`` (arrivals ascending) through ``replicas`` sim replicas behind the
     ``policy`` router. A request longer than ``max_model_len`` or the KV capacity is refused
-    (counted in ``rejected``), as vLLM refuses it."""
+    (counted in ``rejected``), as vLLM refuses it. With ``kv_events`` the router is fed the
+    replicas' KV events and queues (:mod:`kubeplex.runtime.kv_events`); without, it knows only
+    what it sent and when first tokens came back (the gateway's view today)."""
     router = Router(policy)
     for i in range(replicas):
         router.add(i, kv_capacity_tokens)
-    fleet = _Fleet(lambda: Scheduler(latency, kv_capacity_tokens, max_num_seqs, lanes),
-                   replicas)
+    fleet = _Fleet(lambda: Scheduler(latency, kv_capacity_tokens, max_num_seqs, lanes,
+                                     publish_events=kv_events),
+                   replicas, router if kv_events else None)
     served: dict[SimRequest, tuple[int, Ticket]] = {}  # -> (served index, router ticket)
     arrival: list[float] = []
     ttft: list[float] = []
