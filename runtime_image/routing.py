@@ -164,11 +164,10 @@ class PrefixIndex:
             n += 1
         return n
 
-    def add(self, blocks: PromptBlocks, count: int | None = None) -> None:
-        """The replica is about to cache the first ``count`` (default: all) of ``blocks``:
-        most recent, oldest evicted past the capacity. The leading blocks end up most recent
-        (they are shared the most)."""
-        self.store(blocks.hashes[:count], blocks.block_size)
+    def add(self, blocks: PromptBlocks) -> None:
+        """The replica is about to cache ``blocks``: most recent, oldest evicted past the
+        capacity. The leading blocks end up most recent (they are shared the most)."""
+        self.store(blocks.hashes, blocks.block_size)
 
     def store(self, hashes: Sequence[int], block_size: int) -> None:
         """Blocks ``hashes`` (prompt order) are cached: :meth:`add`, or a ``BlockStored``
@@ -376,7 +375,7 @@ class Router:
         state.prefill += ticket.prefill_tokens
         state.sent_since_load += ticket.prefill_tokens
         if self.policy is Policy.PREFIX_AWARE and request.blocks.hashes:
-            state.index.add(request.blocks, request.prompt_tokens // request.blocks.block_size)
+            state.index.add(request.blocks)
         return ticket
 
     def observe(self, key: Hashable, events: Iterable[KVEvent] = (),
