@@ -4,8 +4,10 @@
 (:class:`~kubeplex.runtime.sim.scheduler.Scheduler`: continuous batching, KV capacity of the
 replica's memory share, vLLM's prefix cache), driven in simulated time by a discrete-event
 loop instead of the sim server's real-time one; the router in front is
-:class:`kubeplex.runtime.routing.Router`, the gateway's. The router sees what the gateway sees
-(requests in flight, what it sent where), never the replicas' caches.
+:class:`kubeplex.runtime.routing.Router`, the gateway's. By default the router is also fed
+each replica's KV events and queue (:mod:`kubeplex.runtime.kv_events`), as an engine would
+publish them; with ``kv_events=False`` it sees only what the gateway sees (requests in flight,
+what it sent where, when first tokens came back).
 
 Time to first token is counted from arrival, as vLLM's histogram does (queueing included).
 :func:`shared_cache_hit_rate` is the reference: the hit rate of one LRU prefix cache as large
