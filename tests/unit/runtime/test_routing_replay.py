@@ -158,6 +158,9 @@ def test_simulate_routing_command(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert plot.stat().st_size > 10_000
     assert main([*args, "--policy", "round-robin"]) == 0
     assert "policy round-robin" in capsys.readouterr().out
+    assert main([*args, "--json", "--no-kv-events"]) == 0  # the gateway's own view
+    own = json.loads(capsys.readouterr().out)
+    assert own["requests"] == report["requests"] and 0 < own["prefix_hit_rate"] <= 1
 
 
 def test_simulate_routing_on_a_trace_without_block_ids(tmp_path: Path,
