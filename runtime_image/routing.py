@@ -23,9 +23,12 @@ Policies (``spec.routing`` of a ModelService):
     cached``, where ``cached`` is the leading run of its blocks the replica's index holds
     (KV-aware routing as in Dynamo's KV router: both terms in one unit, no weights to tune).
     The queued prefill drains while the router waits for first outputs: it is counted down at
-    the prefill rate the router measures (prompt tokens per second between a replica's first
-    outputs, averaged over about the last :data:`RATE_MEMORY` of them), so a replica half way
-    through a long prompt is seen half way.
+    the prefill rate the router measures (the prompt tokens of about the last
+    :data:`RATE_MEMORY` first outputs over the time a replica took for them: a ratio of
+    averages, so a batch whose first outputs come out microseconds apart counts as one batch),
+    so a replica half way through a long prompt is seen half way; not while its requests in
+    flight reserve more KV cache than it has (some then wait for memory, which frees only as
+    others finish, however fast it prefills).
 
     **Engine reports** (:meth:`Router.observe`, :mod:`kubeplex.runtime.kv_events`): where a
     replica's engine publishes its KV events (vLLM's ``BlockStored`` / ``BlockRemoved`` /
@@ -259,12 +262,13 @@ class _Replica:
     def queued(self, rate: float | None, now: float) -> float:
         """Prefill tokens a request sent here at ``now`` waits for: with an engine report,
         its waiting prefill plus the rest of its running step (at ``rate``) plus what was sent
-        here since; else the router's own count, counted down at ``rate`` since ``since``."""
+        here since; else the router's own count, counted down at ``rate`` since ``since``
+        unless the replica is short of KV cache (see the module doc)."""
         load = self.load
         if load is not None:
             step = 0.0 if rate is None else rate * max(0.0, load.step_ends_at - now)
             return load.prefill_tokens + step + self.sent_since_load
-        if rate is None or self.prefill <= 0:
+        if rate is None or self.prefill <= 0 or self.reserved > self.index.capacity:
             return float(self.prefill)
         return max(0.0, self.prefill - rate * max(0.0, now - self.since))
 
@@ -295,8 +299,11 @@ class Router:
         self.load_bound = load_bound
         self._replicas: dict[Hashable, _Replica] = {}
         self._turn = 0
-        #: The measured prefill rate (prompt tokens/s; None until a first output is seen).
-        self.prefill_rate: float | None = None
+        # Moving averages of the prefill tokens and the seconds between first outputs (a
+        # plain mean over the first RATE_MEMORY of them).
+        self._rate_tokens = 0.0
+        self._rate_seconds = 0.0
+        self._rate_samples = 0
 
     # ---- replicas ----------------------------------------------------------------------
     def add(self, key: Hashable, capacity_tokens: int | None = None) -> None:
@@ -396,17 +403,27 @@ class Router:
             state.load = load
             state.sent_since_load = 0
 
+    @property
+    def prefill_rate(self) -> float | None:
+        """The measured prefill rate: prompt tokens per second of a replica's progress, over
+        about the last :data:`RATE_MEMORY` first outputs (None until one took time)."""
+        if self._rate_seconds <= 0:
+            return None
+        return self._rate_tokens / self._rate_seconds
+
     def started(self, ticket: Ticket, now: float) -> None:
-        """The request's first output arrived at ``now``: its prefill is over, and the time
-        since the replica's last known progress measures the prefill rate."""
+        """The request's first output arrived at ``now``: its prefill is over, and its tokens
+        and the time since the replica's last known progress measure the prefill rate. The
+        rate is a ratio of averages (tokens over seconds), not an average of ratios: the
+        requests of one batch come out together, the first with all the batch's time, the
+        others with almost none, and only their sum is the batch's rate."""
         state = self._replicas.get(ticket.key)
         if not ticket.started and state is not None:
             state.prefill -= ticket.prefill_tokens
-            if now > state.since and ticket.prefill_tokens > 0:
-                sample = ticket.prefill_tokens / (now - state.since)
-                rate = self.prefill_rate
-                self.prefill_rate = sample if rate is None else \
-                    rate + (sample - rate) / RATE_MEMORY
+            self._rate_samples += 1
+            weight = 1 / min(self._rate_samples, RATE_MEMORY)
+            self._rate_tokens += (ticket.prefill_tokens - self._rate_tokens) * weight
+            self._rate_seconds += (max(0.0, now - state.since) - self._rate_seconds) * weight
             state.since = now
         ticket.started = True
 
