@@ -63,7 +63,7 @@ KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
 class EngineLoad:
     """An engine's queue as of ``at`` (seconds, on the router's clock): the uncached prompt
     tokens of its ``waiting`` requests (not admitted yet), and when the step it is running
-    ends (``at`` or earlier when it is idle): a request that arrives now starts its prefill
+    ends (``at`` when it is idle): a request that arrives now starts its prefill
     after both."""
 
     at: float

@@ -134,9 +134,10 @@ LOAD_SLACK = 1
 #: (docs/benchmarks.md, "Routing policy cost"). Requests that bring their own
 #: ``block_hashes`` keep their ``block_size``.
 ROUTER_BLOCK_SIZE = 4 * VLLM_BLOCK_SIZE
-#: How many recent prefills the measured prefill rate averages over (an exponential moving
-#: average with weight ``1 / RATE_MEMORY``): enough to smooth one odd batch, few enough to
-#: follow a change of load within a minute at a few requests per second.
+#: How many recent prefills the measured prefill rate averages over (exponential moving
+#: averages of their tokens and seconds with weight ``1 / RATE_MEMORY``): enough to smooth
+#: one odd batch, few enough to follow a change of load within a minute at a few requests per
+#: second.
 RATE_MEMORY = 20
 #: Index size per replica when its KV capacity is unknown (a replica the cluster gateway
 #: discovered): the KV cache of llama-3.1-8b on one H100-80GB at vLLM's default 0.9 memory

@@ -28,7 +28,13 @@ from kubeplex.runtime.routing import Policy, Request, Router, Ticket
 from kubeplex.runtime.sim.prefix_cache import KVCache
 from kubeplex.runtime.sim.scheduler import LatencyModel, Scheduler, SimRequest, StepResult
 
-__all__ = ["ReplayResult", "TraceRequest", "replay", "shared_cache_hit_rate"]
+__all__ = ["FIRST_OUTPUT_SPACING_S", "ReplayResult", "TraceRequest", "replay",
+           "shared_cache_hit_rate"]
+
+#: The first outputs of one engine step reach the router this far apart, one after another,
+#: as a gateway reads them off its connections (tens of microseconds apart on one event loop),
+#: not at one instant: a router that divides by the time between them must survive that.
+FIRST_OUTPUT_SPACING_S = 1e-5
 
 
 @dataclass(frozen=True)
@@ -154,9 +160,9 @@ def replay(requests: Sequence[TraceRequest], latency: LatencyModel, *, replicas:
             scheduler = fleet.schedulers[i]
             scheduler.complete(result)
             fleet.busy[i].discard(result.lane)
-            for r in result.prefilled:
+            for n, r in enumerate(result.prefilled):
                 k, ticket = served[r]
-                router.started(ticket, now)
+                router.started(ticket, now + n * FIRST_OUTPUT_SPACING_S)
                 ttft[k] = now - r.arrival
                 totals["hit_blocks"] += r.cached_tokens // r.blocks.block_size
                 totals["cached_tokens"] += r.cached_tokens
