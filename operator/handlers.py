@@ -9,9 +9,11 @@ in module globals:
   pool, pods by node and by group, nodes, pools;
 * one daemon per GPUPool runs the pool cycle every ``KUBEPLEX_INTERVAL_SECONDS`` and at once
   when poked (a ModelService changed, an alert arrived, a group or pod changed);
-* ModelService handlers check the pool exists (the pool cycle keeps the Service), and on
-  delete wait (through
-  kopf's finalizer) until the pool cycle drained every group that hosted the model.
+* the ModelService handler checks the pool exists (the pool cycle keeps the Service). A
+  deleted ModelService goes at once, without a finalizer (one API write less per object): its
+  Service and groups follow by owner references (the garbage collector) and by the pool
+  cycle, which drains the groups of models no longer declared; a pod going away drains its
+  in-flight requests in its termination grace period.
 """
 
 from __future__ import annotations
@@ -48,8 +50,6 @@ log = logging.getLogger("kubeplex.operator")
 
 #: HTTP connections to the API server (kopf's sync-handler workers + pool cycles).
 CONNECTIONS = 32
-#: Requeue delay (s) of a ModelService deletion waiting for its groups to drain.
-DELETE_POLL_S = 1.0
 #: The metadata the pool cycle reads; the rest (managedFields above all) is not kept.
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "labels", "annotations",
                  "creationTimestamp", "deletionTimestamp")
@@ -293,11 +293,15 @@ def modelservice_event(type: str | None, name: str, namespace: str | None, uid: 
     and wake the pool. An event handler, not create/update: kopf then writes no diff-base
     annotation per change (one API write less per ModelService and per spec change); status
     writes and annotations (same generation) are ignored here."""
-    if type == "DELETED" or meta.get("deletionTimestamp"):
-        return
     ctx: Context = memo.ctx
     namespace = namespace or "default"
     key, generation = f"{namespace}/{name}", meta.get("generation")
+    if type == "DELETED":
+        _forget(memo, namespace, name, spec, kwargs["msvc_by_pool"])
+        return
+    if meta.get("deletionTimestamp"):  # held by someone else's finalizer: drain it now
+        poke(memo, spec.get("pool"))
+        return
     if memo.seen.get(key) == (uid, generation):
         return
     memo.seen[key] = (uid, generation)
@@ -323,23 +327,18 @@ def modelservice_event(type: str | None, name: str, namespace: str | None, uid: 
     poke(memo, pool)
 
 
-@kopf.on.delete(GROUP, VERSION, "modelservices")
-def modelservice_deleted(name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.Memo,
-                         **kwargs: Any) -> None:
-    pool = spec.get("pool")
-    hosting = [g["metadata"]["name"] for store in kwargs["groups_by_pool"].values()
-               for g in store if g["metadata"]["namespace"] == namespace
-               and any(m.get("modelService") == name for m in g["spec"].get("models") or ())]
-    if hosting:
-        poke(memo, pool)
-        raise kopf.TemporaryError(f"draining {len(hosting)} group(s): {', '.join(hosting)}",
-                                  delay=DELETE_POLL_S)
-    memo.ctx.resolved.pop(f"{namespace}/{name}", None)  # its scaling memory goes next cycle
-    memo.seen.pop(f"{namespace}/{name}", None)
-    memo.ctx.services.pop(f"{namespace}/{name}", None)  # the Service goes with its owner
+def _forget(memo: kopf.Memo, namespace: str, name: str, spec: Mapping[str, Any],
+            msvc_by_pool: Mapping[str, Any]) -> None:
+    """A ModelService is gone: its pool drains its groups next cycle, and the operator drops
+    what it kept of it."""
+    key = f"{namespace}/{name}"
+    poke(memo, spec.get("pool"))
+    memo.ctx.resolved.pop(key, None)  # its scaling memory goes next cycle
+    memo.seen.pop(key, None)
+    memo.ctx.services.pop(key, None)  # the Service goes with its owner
     # A ModelService refused for using this one's served name may proceed now.
     gone = served_name({"metadata": {"name": name}, "spec": dict(spec)})
-    for other_pool, store in kwargs["msvc_by_pool"].items():
+    for other_pool, store in msvc_by_pool.items():
         if any(m["metadata"].get("namespace") == namespace and served_name(m) == gone
                and m["metadata"]["name"] != name for m in store):
             poke(memo, other_pool)

@@ -23,9 +23,24 @@ Policies (``spec.routing`` of a ModelService):
     cached``, where ``cached`` is the leading run of its blocks the replica's index holds
     (KV-aware routing as in Dynamo's KV router: both terms in one unit, no weights to tune).
     The queued prefill drains while the router waits for first outputs: it is counted down at
-    the prefill rate the router measures (prompt tokens per second between a replica's first
-    outputs, averaged over about the last :data:`RATE_MEMORY` of them), so a replica half way
-    through a long prompt is seen half way. A replica is a candidate only while its load
+    the prefill rate the router measures (the prompt tokens of about the last
+    :data:`RATE_MEMORY` first outputs over the time a replica took for them: a ratio of
+    averages, so a batch whose first outputs come out microseconds apart counts as one batch),
+    so a replica half way through a long prompt is seen half way; not while its requests in
+    flight reserve more KV cache than it has (some then wait for memory, which frees only as
+    others finish, however fast it prefills).
+
+    **Engine reports** (:meth:`Router.observe`, :mod:`kubeplex.runtime.kv_events`): where a
+    replica's engine publishes its KV events (vLLM's ``BlockStored`` / ``BlockRemoved`` /
+    ``AllBlocksCleared``, as llm-d's precise prefix scorer consumes them), they are applied
+    to its index, which then holds what the engine caches (plus what was sent there and is
+    not stored yet) instead of a guess; and where it reports its queue
+    (:class:`~kubeplex.runtime.kv_events.EngineLoad`: uncached prompt tokens waiting, and
+    when its running step ends), the queued prefill is that report (the step's remainder
+    converted at the measured rate) plus what was sent there since, instead of the router's
+    own count. The trace replay feeds both; the gateway does not (docs/gateway.md says why).
+
+    A replica is a candidate only while its load
     stays within a bound of the mean (*consistent hashing with bounded loads*, Mirrokni,
     Thorup and Zadimoghaddam, SODA 2018):
     ``in_flight + 1 <= ceil(LOAD_BOUND * (total in flight + 1) / replicas) + LOAD_SLACK``.
@@ -49,10 +64,17 @@ from __future__ import annotations
 import enum
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubeplex.runtime.kv_events import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    EngineLoad,
+    KVEvent,
+)
 from kubeplex.runtime.prefix import (
     CHARS_PER_TOKEN,
     DEFAULT_MAX_TOKENS,
@@ -95,10 +117,13 @@ DEFAULT_POLICY = Policy.PREFIX_AWARE
 POLICIES = tuple(p.value for p in Policy)
 
 #: The load bound of consistent hashing with bounded loads: no replica takes a request that
-#: would put it above this multiple of the mean number in flight. 1.25 is where HAProxy's
-#: ``hash-balance-factor`` guidance (125-150) starts; it keeps every replica within 25% of
-#: its fair share of the requests in flight.
-LOAD_BOUND = 1.25
+#: would put it above this multiple of the mean number in flight. 1.5 is the most unequal
+#: share the issue tolerates (no replica above 1.5x its fair share of requests) and the top
+#: of HAProxy's ``hash-balance-factor`` guidance (125-150). Within it, the queued-prefill
+#: term balances the load that delays a first token; a tighter bound (1.25 before) turns
+#: requests away from their cache to even out counts of mostly decoding requests, which
+#: delay nobody's first token much.
+LOAD_BOUND = 1.5
 #: Requests in flight a replica may take beyond the bound: at low load the bound alone (a
 #: mean below one) would send a conversation's next turn away from its cache whenever its
 #: replica is still busy with anything, even with every other replica idle.
@@ -109,9 +134,10 @@ LOAD_SLACK = 1
 #: (docs/benchmarks.md, "Routing policy cost"). Requests that bring their own
 #: ``block_hashes`` keep their ``block_size``.
 ROUTER_BLOCK_SIZE = 4 * VLLM_BLOCK_SIZE
-#: How many recent prefills the measured prefill rate averages over (an exponential moving
-#: average with weight ``1 / RATE_MEMORY``): enough to smooth one odd batch, few enough to
-#: follow a change of load within a minute at a few requests per second.
+#: How many recent prefills the measured prefill rate averages over (exponential moving
+#: averages of their tokens and seconds with weight ``1 / RATE_MEMORY``): enough to smooth
+#: one odd batch, few enough to follow a change of load within a minute at a few requests per
+#: second.
 RATE_MEMORY = 20
 #: Index size per replica when its KV capacity is unknown (a replica the cluster gateway
 #: discovered): the KV cache of llama-3.1-8b on one H100-80GB at vLLM's default 0.9 memory
@@ -145,17 +171,33 @@ class PrefixIndex:
     def add(self, blocks: PromptBlocks) -> None:
         """The replica is about to cache ``blocks``: most recent, oldest evicted past the
         capacity. The leading blocks end up most recent (they are shared the most)."""
+        self.store(blocks.hashes, blocks.block_size)
+
+    def store(self, hashes: Sequence[int], block_size: int) -> None:
+        """Blocks ``hashes`` (prompt order) are cached: :meth:`add`, or a ``BlockStored``
+        event."""
         held = self._blocks
-        size = blocks.block_size
-        for h in reversed(blocks.hashes):
+        for h in reversed(hashes):
             if h in held:
                 held.move_to_end(h)
             else:
-                held[h] = size
-                self.tokens += size
+                held[h] = block_size
+                self.tokens += block_size
         while self.tokens > self.capacity and held:
             _, tokens = held.popitem(last=False)
             self.tokens -= tokens
+
+    def remove(self, hashes: Sequence[int]) -> None:
+        """Blocks ``hashes`` were evicted (a ``BlockRemoved`` event)."""
+        for h in hashes:
+            tokens = self._blocks.pop(h, None)
+            if tokens is not None:
+                self.tokens -= tokens
+
+    def clear(self) -> None:
+        """The replica's cache was dropped (``AllBlocksCleared``)."""
+        self._blocks.clear()
+        self.tokens = 0
 
 
 class Cause(enum.Enum):
@@ -210,6 +252,8 @@ class _Replica:
     reserved: int = 0  # KV tokens (prompt + max_tokens) of the requests in flight
     prefill: int = 0  # uncached prompt tokens of the requests with no output yet
     since: float = 0.0  # when its prefill last made known progress (or started)
+    load: EngineLoad | None = None  # the engine's last report of its queue
+    sent_since_load: int = 0  # uncached prompt tokens sent here after that report
 
     def cached(self, request: Request) -> int:
         """Prompt tokens of ``request`` the index says are cached here."""
@@ -217,8 +261,15 @@ class _Replica:
         return blocks * request.blocks.block_size
 
     def queued(self, rate: float | None, now: float) -> float:
-        """Prefill still queued here, counted down at ``rate`` tokens/s since ``since``."""
-        if rate is None or self.prefill <= 0:
+        """Prefill tokens a request sent here at ``now`` waits for: with an engine report,
+        its waiting prefill plus the rest of its running step (at ``rate``) plus what was sent
+        here since; else the router's own count, counted down at ``rate`` since ``since``
+        unless the replica is short of KV cache (see the module doc)."""
+        load = self.load
+        if load is not None:
+            step = 0.0 if rate is None else rate * max(0.0, load.step_ends_at - now)
+            return load.prefill_tokens + step + self.sent_since_load
+        if rate is None or self.prefill <= 0 or self.reserved > self.index.capacity:
             return float(self.prefill)
         return max(0.0, self.prefill - rate * max(0.0, now - self.since))
 
@@ -249,8 +300,11 @@ class Router:
         self.load_bound = load_bound
         self._replicas: dict[Hashable, _Replica] = {}
         self._turn = 0
-        #: The measured prefill rate (prompt tokens/s; None until a first output is seen).
-        self.prefill_rate: float | None = None
+        # Moving averages of the prefill tokens and the seconds between first outputs (a
+        # plain mean over the first RATE_MEMORY of them).
+        self._rate_tokens = 0.0
+        self._rate_seconds = 0.0
+        self._rate_samples = 0
 
     # ---- replicas ----------------------------------------------------------------------
     def add(self, key: Hashable, capacity_tokens: int | None = None) -> None:
@@ -327,21 +381,50 @@ class Router:
         state.in_flight += 1
         state.reserved += ticket.kv_tokens
         state.prefill += ticket.prefill_tokens
+        state.sent_since_load += ticket.prefill_tokens
         if self.policy is Policy.PREFIX_AWARE and request.blocks.hashes:
             state.index.add(request.blocks)
         return ticket
 
+    def observe(self, key: Hashable, events: Iterable[KVEvent] = (),
+                load: EngineLoad | None = None) -> None:
+        """What replica ``key``'s engine reported (:mod:`kubeplex.runtime.kv_events`): its KV
+        events, applied to its index in order (which then holds what the engine caches, plus
+        what was sent there and not stored yet), and its queue, which from now on replaces
+        the router's own count of the prefill queued there."""
+        state = self._state(key)
+        for event in events:
+            if isinstance(event, BlockStored):
+                state.index.store(event.block_hashes, event.block_size)
+            elif isinstance(event, BlockRemoved):
+                state.index.remove(event.block_hashes)
+            elif isinstance(event, AllBlocksCleared):
+                state.index.clear()
+        if load is not None:
+            state.load = load
+            state.sent_since_load = 0
+
+    @property
+    def prefill_rate(self) -> float | None:
+        """The measured prefill rate: prompt tokens per second of a replica's progress, over
+        about the last :data:`RATE_MEMORY` first outputs (None until one took time)."""
+        if self._rate_seconds <= 0:
+            return None
+        return self._rate_tokens / self._rate_seconds
+
     def started(self, ticket: Ticket, now: float) -> None:
-        """The request's first output arrived at ``now``: its prefill is over, and the time
-        since the replica's last known progress measures the prefill rate."""
+        """The request's first output arrived at ``now``: its prefill is over, and its tokens
+        and the time since the replica's last known progress measure the prefill rate. The
+        rate is a ratio of averages (tokens over seconds), not an average of ratios: the
+        requests of one batch come out together, the first with all the batch's time, the
+        others with almost none, and only their sum is the batch's rate."""
         state = self._replicas.get(ticket.key)
         if not ticket.started and state is not None:
             state.prefill -= ticket.prefill_tokens
-            if now > state.since and ticket.prefill_tokens > 0:
-                sample = ticket.prefill_tokens / (now - state.since)
-                rate = self.prefill_rate
-                self.prefill_rate = sample if rate is None else \
-                    rate + (sample - rate) / RATE_MEMORY
+            self._rate_samples += 1
+            weight = 1 / min(self._rate_samples, RATE_MEMORY)
+            self._rate_tokens += (ticket.prefill_tokens - self._rate_tokens) * weight
+            self._rate_seconds += (max(0.0, now - state.since) - self._rate_seconds) * weight
             state.since = now
         ticket.started = True
 

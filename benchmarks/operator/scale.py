@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -327,6 +327,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pods = core.list_namespaced_pod(ns, label_selector="kubeplex.io/group").items
             result["pods"] = len(pods)
             result["pods_running"] = sum(1 for p in pods if p.status.phase == "Running")
+            if args.no_steady:
+                sampler.stop.set()
+                return result
             # steady state
             time.sleep(15)
             result["operator_rss_converged_mib"] = round(proc_stats(op_proc.pid)[1] / 2**20, 1)
@@ -359,8 +362,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         raise TimeoutError(f"{name} never reached 2/2")
                     time.sleep(0.05)
                 latencies.append(time.monotonic() - t)
-            result["change_to_ready_p50_s"] = round(percentile(latencies, 50), 2)
-            result["change_to_ready_p99_s"] = round(percentile(latencies, 99), 2)
+            if latencies:
+                result["change_to_ready_p50_s"] = round(percentile(latencies, 50), 2)
+                result["change_to_ready_p99_s"] = round(percentile(latencies, 99), 2)
             result["operator_peak_rss_mib"] = round(sampler.peak_rss / 2**20, 1)
             sampler.stop.set()
         finally:
@@ -374,14 +378,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def count(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``least``, or an error naming the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is below {least}")
+        return value
+    return parse
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--services", type=int, default=1000)
-    p.add_argument("--nodes", type=int, default=500)
-    p.add_argument("--pools", type=int, default=10)
-    p.add_argument("--changes", type=int, default=40)
+    p.add_argument("--services", type=count(1), default=1000)
+    p.add_argument("--nodes", type=count(1), default=500)
+    p.add_argument("--pools", type=count(1), default=10)
+    p.add_argument("--changes", type=count(0), default=40,
+                   help="spec changes timed after convergence (0: none)")
     p.add_argument("--no-floor", action="store_true",
                    help="skip the control plane's floor (pods and Services created directly)")
+    p.add_argument("--no-steady", action="store_true",
+                   help="stop at all Ready (no steady-state cycle, memory or spec changes)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--operator-log", type=Path, default=None,
                    help="keep the operator's log (at INFO) here")

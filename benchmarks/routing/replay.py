@@ -1,7 +1,8 @@
 """Routing policies replayed on simulated replicas: the Mooncake trace and generated shapes.
 
-For each trace, every policy (``prefix-aware``, ``least-loaded``, ``round-robin``) is replayed
-through the same simulated replicas (``kubeplex simulate routing``'s code: the sim engine's
+For each trace, every policy (``prefix-aware``, fed the replicas' KV events and queue reports
+or routing on its own view, ``least-loaded``, ``round-robin``) is replayed through the same
+simulated replicas (``kubeplex simulate routing``'s code: the sim engine's
 scheduler and prefix cache, the gateway's routing code), next to the hit rate of one ideal
 shared cache of the same total size. Deterministic: the same command gives the same numbers
 on any machine.
@@ -32,11 +33,18 @@ from kubeplex.runtime.sim.traces import generate, read_trace, write_jsonl
 RESULTS = Path(__file__).parent / "results"
 MOONCAKE = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / \
     "mooncake_conversation_trace.jsonl"
-POLICIES = ("prefix-aware", "least-loaded", "round-robin")
+#: What is compared: (row name, policy, whether the router is fed the replicas' KV events and
+#: queue reports). ``prefix-aware`` is what ``kubeplex simulate routing`` does by default;
+#: ``prefix-aware (own view)`` routes on what the router sent and saw come back only (the
+#: gateway's view today); the other policies look at neither.
+RUNS = (("prefix-aware", "prefix-aware", True), ("prefix-aware (own view)", "prefix-aware", False),
+        ("least-loaded", "least-loaded", False), ("round-robin", "round-robin", False))
 #: Generated traces: (shape, requests/s, inter-arrival cv), 10 minutes each; the rates load
-#: four H100 replicas of llama-3.1-8b moderately (chat, documents) to heavily (bursty).
+#: four H100 replicas of llama-3.1-8b moderately (chat, documents) to heavily (bursty;
+#: agents at 6/s overload least-loaded routing, whose replicas recompute long contexts).
 GENERATED = (("chat", 14.0, 1.0), ("chat", 10.0, 3.0), ("system-prompts", 14.0, 1.0),
-             ("system-prompts", 30.0, 2.0), ("documents", 12.0, 2.0), ("documents", 16.0, 1.0))
+             ("system-prompts", 30.0, 2.0), ("documents", 12.0, 2.0), ("documents", 16.0, 1.0),
+             ("agents", 4.0, 1.0), ("agents", 6.0, 2.0))
 
 
 def _summary(result: ReplayResult, shared: float) -> dict[str, Any]:
@@ -93,28 +101,29 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"args": vars(args), "kv_capacity_tokens": capacity, "traces": {}}
     with Progress(console=Console(stderr=True)) as progress:
-        task = progress.add_task("replays", total=len(traces) * len(POLICIES))
+        task = progress.add_task("replays", total=len(traces) * len(RUNS))
         for name, trace in traces.items():
             fits = [r for r in trace if r.prompt_tokens + r.output_tokens <= max_len]
             shared = shared_cache_hit_rate(fits, capacity * args.replicas)
             results = {}
-            for policy in POLICIES:
-                results[policy] = replay(fits, prof, replicas=args.replicas, policy=policy,
-                                         kv_capacity_tokens=capacity, max_model_len=max_len)
+            for run, policy, kv_events in RUNS:
+                results[run] = replay(fits, prof, replicas=args.replicas, policy=policy,
+                                      kv_capacity_tokens=capacity, max_model_len=max_len,
+                                      kv_events=kv_events)
                 progress.advance(task)
             slug = name.replace(" ", "_").replace("/", "")
             _plot(f"{name}, {args.replicas} x {args.model} on {args.gpu}", results,
                   RESULTS / f"replay_{slug}.png")
             report["traces"][name] = {"requests": len(fits), "shared_cache_hit_rate": shared,
-                                      **{p: _summary(r, shared) for p, r in results.items()}}
+                                      **{k: _summary(r, shared) for k, r in results.items()}}
     print("| trace | policy | TTFT p50 s | TTFT p95 s | p95 vs least-loaded | prefix hits | "
           "vs shared cache | busiest replica vs fair |")
     print("|---|---|---|---|---|---|---|---|")
     for name, entry in report["traces"].items():
         base = entry["least-loaded"]["ttft_p95_s"]
-        for policy in POLICIES:
-            r = entry[policy]
-            print(f"| {name} | {policy} | {r['ttft_p50_s']:.3f} | {r['ttft_p95_s']:.3f} | "
+        for run, _, _ in RUNS:
+            r = entry[run]
+            print(f"| {name} | {run} | {r['ttft_p50_s']:.3f} | {r['ttft_p95_s']:.3f} | "
                   f"{r['ttft_p95_s'] / base:.2f}x | {r['prefix_hit_rate']:.1%} | "
                   f"{r['hit_rate_vs_shared']:.0%} of {entry['shared_cache_hit_rate']:.1%} | "
                   f"{r['max_fair_share']:.2f}x |")

@@ -43,6 +43,9 @@ def register(cli: Commands) -> None:
                    help="vLLM's --max-num-seqs (default %(default)s)")
     p.add_argument("--block-size", type=int, default=512,
                    help="tokens per hash id of the trace (Mooncake's: %(default)s)")
+    p.add_argument("--no-kv-events", dest="kv_events", action="store_false",
+                   help="route on what the router sent and saw come back only (the gateway's "
+                        "view), not on the replicas' KV events and queue reports")
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="write TTFT and requests in flight per replica over time as a PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -52,7 +55,8 @@ def register(cli: Commands) -> None:
     t.add_argument("--shape", required=True,
                    help="chat: multi-turn conversations; system-prompts: single turns behind "
                         "a few long system prompts (a hot prefix); documents: questions about "
-                        "shared documents (RAG)")
+                        "shared documents (RAG); agents: tool-calling loops (long sessions "
+                        "whose next step comes within seconds)")
     t.add_argument("--rate", type=float, default=10.0, help="requests/s (default %(default)s)")
     t.add_argument("--duration-s", type=float, default=600.0, help="default %(default)s")
     t.add_argument("--cv", type=float, default=1.0,
@@ -93,6 +97,7 @@ def _routing(args: argparse.Namespace) -> int:
         result = replay(fits, prof, replicas=args.replicas, policy=args.policy,
                         kv_capacity_tokens=capacity, max_model_len=max_len,
                         max_num_seqs=args.max_num_seqs, lanes=prof.pipeline_depth,
+                        kv_events=args.kv_events,
                         progress=lambda done: progress.update(task, completed=done))
     shared = shared_cache_hit_rate(fits, capacity * args.replicas)
     summary = _summary(result, shared, len(trace) - len(fits), capacity)

@@ -24,6 +24,12 @@ last block is not rounded up); never-cached free space is used before a cached b
 evicted (vLLM's free queue interleaves both by the time they were freed, so it may evict a
 little earlier); output tokens are never cached (a later turn that repeats an earlier answer
 recomputes it). With ``prefix_caching=False`` nothing is registered: plain reservation.
+
+**KV events.** With ``publish_events`` the cache records what a vLLM engine with
+``--kv-events-config`` publishes (:mod:`kubeplex.runtime.kv_events`): a
+:class:`~kubeplex.runtime.kv_events.BlockStored` for the blocks an allocation registers, a
+:class:`~kubeplex.runtime.kv_events.BlockRemoved` for the blocks it evicts;
+:meth:`KVCache.take_events` hands them over.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from kubeplex.runtime.kv_events import BlockRemoved, BlockStored, KVEvent
 from kubeplex.runtime.prefix import PromptBlocks
 
 __all__ = ["Allocation", "KVCache"]
@@ -56,9 +63,12 @@ class _Entry:
 class KVCache:
     """One engine's KV cache with prefix caching (see the module doc)."""
 
-    def __init__(self, capacity_tokens: int, prefix_caching: bool = True) -> None:
+    def __init__(self, capacity_tokens: int, prefix_caching: bool = True,
+                 publish_events: bool = False) -> None:
         self.capacity = capacity_tokens
         self.prefix_caching = prefix_caching
+        #: KV events not taken yet (None: not recorded).
+        self._events: list[KVEvent] | None = [] if publish_events else None
         self.used = 0  # tokens held by running requests (shared blocks once)
         self._entries: dict[int, _Entry] = {}
         self._free_lru: OrderedDict[int, None] = OrderedDict()  # free registered blocks
@@ -69,6 +79,11 @@ class KVCache:
     def usage(self) -> float:
         """``vllm:kv_cache_usage_perc``: the share held by running requests."""
         return self.used / self.capacity if self.capacity else 0.0
+
+    def take_events(self) -> list[KVEvent]:
+        """The KV events since the last call, oldest first (none unless ``publish_events``)."""
+        events, self._events = self._events, None if self._events is None else []
+        return events or []
 
     def lookup(self, blocks: PromptBlocks, prompt_tokens: int) -> int:
         """Prompt tokens a request would find cached now (no state change)."""
@@ -107,9 +122,11 @@ class KVCache:
                 self._free_cached -= entry.tokens
                 self.used += entry.tokens
             entry.refs += 1
+        evicted: list[int] = []
         while self.capacity - self.used - self._free_cached < new:
             victim, _ = self._free_lru.popitem(last=False)
             self._free_cached -= self._entries.pop(victim).tokens
+            evicted.append(victim)
         self.used += new
         registered: list[int] = []
         if self.prefix_caching:
@@ -119,6 +136,12 @@ class KVCache:
                     break  # already registered by another request: this copy stays plain
                 self._entries[h] = _Entry(size, refs=1)
                 registered.append(h)
+        if self._events is not None:
+            if evicted:
+                self._events.append(BlockRemoved(tuple(evicted)))
+            if registered:
+                parent = hit_hashes[-1] if hit_hashes else None
+                self._events.append(BlockStored(tuple(registered), parent, size))
         held = (*hit_hashes, *registered)
         tokens = tuple(self._entries[h].tokens for h in held)
         return Allocation(held, tokens, new - len(registered) * size, cached)

@@ -4,8 +4,10 @@
 (:class:`~kubeplex.runtime.sim.scheduler.Scheduler`: continuous batching, KV capacity of the
 replica's memory share, vLLM's prefix cache), driven in simulated time by a discrete-event
 loop instead of the sim server's real-time one; the router in front is
-:class:`kubeplex.runtime.routing.Router`, the gateway's. The router sees what the gateway sees
-(requests in flight, what it sent where), never the replicas' caches.
+:class:`kubeplex.runtime.routing.Router`, the gateway's. By default the router is also fed
+each replica's KV events and queue (:mod:`kubeplex.runtime.kv_events`), as an engine would
+publish them; with ``kv_events=False`` it sees only what the gateway sees (requests in flight,
+what it sent where, when first tokens came back).
 
 Time to first token is counted from arrival, as vLLM's histogram does (queueing included).
 :func:`shared_cache_hit_rate` is the reference: the hit rate of one LRU prefix cache as large
@@ -26,7 +28,13 @@ from kubeplex.runtime.routing import Policy, Request, Router, Ticket
 from kubeplex.runtime.sim.prefix_cache import KVCache
 from kubeplex.runtime.sim.scheduler import LatencyModel, Scheduler, SimRequest, StepResult
 
-__all__ = ["ReplayResult", "TraceRequest", "replay", "shared_cache_hit_rate"]
+__all__ = ["FIRST_OUTPUT_SPACING_S", "ReplayResult", "TraceRequest", "replay",
+           "shared_cache_hit_rate"]
+
+#: The first outputs of one engine step reach the router this far apart, one after another,
+#: as a gateway reads them off its connections (tens of microseconds apart on one event loop),
+#: not at one instant: a router that divides by the time between them must survive that.
+FIRST_OUTPUT_SPACING_S = 1e-5
 
 
 @dataclass(frozen=True)
@@ -90,12 +98,16 @@ class ReplayResult:
 
 
 class _Fleet:
-    """The replicas' schedulers and their busy lanes, stepped in simulated time."""
+    """The replicas' schedulers and their busy lanes, stepped in simulated time; with
+    ``router`` set, every replica reports its KV events and queue to it after every change
+    (an engine's event stream, with no delay)."""
 
-    def __init__(self, make: Callable[[], Scheduler], replicas: int) -> None:
+    def __init__(self, make: Callable[[], Scheduler], replicas: int,
+                 router: Router | None) -> None:
         self.schedulers = [make() for _ in range(replicas)]
         self.busy = [set[int]() for _ in range(replicas)]
         self.events: list[tuple[float, int, int, StepResult]] = []
+        self.router = router
         self._seq = 0
 
     def start_free_lanes(self, replica: int, now: float) -> None:
@@ -108,20 +120,26 @@ class _Fleet:
                 self.busy[replica].add(lane)
                 self._seq += 1
                 heapq.heappush(self.events, (result.ends_at, self._seq, replica, result))
+        if self.router is not None:
+            self.router.observe(replica, scheduler.kv.take_events(), scheduler.load(now))
 
 
 def replay(requests: Sequence[TraceRequest], latency: LatencyModel, *, replicas: int,
            policy: Policy | str, kv_capacity_tokens: int, max_model_len: int,
            max_num_seqs: int = 256, lanes: int = 1, sample_s: float = 1.0,
+           kv_events: bool = True,
            progress: Callable[[float], None] | None = None) -> ReplayResult:
     """Replay ``requests`` (arrivals ascending) through ``replicas`` sim replicas behind the
     ``policy`` router. A request longer than ``max_model_len`` or the KV capacity is refused
-    (counted in ``rejected``), as vLLM refuses it."""
+    (counted in ``rejected``), as vLLM refuses it. With ``kv_events`` the router is fed the
+    replicas' KV events and queues (:mod:`kubeplex.runtime.kv_events`); without, it knows only
+    what it sent and when first tokens came back (the gateway's view today)."""
     router = Router(policy)
     for i in range(replicas):
         router.add(i, kv_capacity_tokens)
-    fleet = _Fleet(lambda: Scheduler(latency, kv_capacity_tokens, max_num_seqs, lanes),
-                   replicas)
+    fleet = _Fleet(lambda: Scheduler(latency, kv_capacity_tokens, max_num_seqs, lanes,
+                                     publish_events=kv_events),
+                   replicas, router if kv_events else None)
     served: dict[SimRequest, tuple[int, Ticket]] = {}  # -> (served index, router ticket)
     arrival: list[float] = []
     ttft: list[float] = []
@@ -142,9 +160,9 @@ def replay(requests: Sequence[TraceRequest], latency: LatencyModel, *, replicas:
             scheduler = fleet.schedulers[i]
             scheduler.complete(result)
             fleet.busy[i].discard(result.lane)
-            for r in result.prefilled:
+            for n, r in enumerate(result.prefilled):
                 k, ticket = served[r]
-                router.started(ticket, now)
+                router.started(ticket, now + n * FIRST_OUTPUT_SPACING_S)
                 ttft[k] = now - r.arrival
                 totals["hit_blocks"] += r.cached_tokens // r.blocks.block_size
                 totals["cached_tokens"] += r.cached_tokens

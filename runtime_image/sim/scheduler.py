@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kubeplex.runtime.kv_events import EngineLoad
 from kubeplex.runtime.prefix import NO_BLOCKS, PromptBlocks
 from kubeplex.runtime.sim.prefix_cache import Allocation, KVCache
 
@@ -99,13 +100,14 @@ class Scheduler:
     """FCFS continuous batching over ``lanes`` pipeline micro-batches (see the module doc)."""
 
     def __init__(self, latency: LatencyModel, kv_capacity_tokens: int, max_num_seqs: int,
-                 lanes: int = 1, prefix_caching: bool = True) -> None:
+                 lanes: int = 1, prefix_caching: bool = True,
+                 publish_events: bool = False) -> None:
         self.latency = latency
         self.kv_capacity = kv_capacity_tokens
         self.max_num_seqs = max_num_seqs
         self.waiting: deque[SimRequest] = deque()
         self.lanes = [_Lane() for _ in range(max(1, lanes))]
-        self.kv = KVCache(kv_capacity_tokens, prefix_caching)
+        self.kv = KVCache(kv_capacity_tokens, prefix_caching, publish_events)
 
     # ---- observation --------------------------------------------------------------------
     @property
@@ -123,6 +125,15 @@ class Scheduler:
     @property
     def kv_usage(self) -> float:
         return self.kv.usage
+
+    def load(self, now: float) -> EngineLoad:
+        """The queue a request arriving at ``now`` finds (:class:`EngineLoad`): the uncached
+        prompt tokens waiting, and when a lane is next free to admit it."""
+        prefill = sum(r.prompt_tokens - self.kv.lookup(r.blocks, r.prompt_tokens)
+                      for r in self.waiting)
+        ends = min((now if lane.busy_until is None else max(now, lane.busy_until))
+                   for lane in self.lanes)
+        return EngineLoad(now, prefill, ends, len(self.waiting))
 
     def idle(self) -> bool:
         return not self.waiting and self.num_running == 0

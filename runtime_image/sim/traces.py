@@ -12,8 +12,9 @@ Formats (:func:`read_trace`):
 :func:`generate` writes Mooncake-format traces of other shapes (seeded, so tests and
 benchmarks can replay them): ``chat`` (multi-turn conversations: every turn repeats the
 conversation so far behind one of a few system prompts), ``system-prompts`` (single turns
-behind a few long system prompts of Zipf popularity: a hot prefix) and ``documents``
-(questions about shared documents of Zipf popularity, RAG-style). Arrivals are a Gamma renewal
+behind a few long system prompts of Zipf popularity: a hot prefix), ``documents`` (questions
+about shared documents of Zipf popularity, RAG-style) and ``agents`` (tool-calling loops:
+long, fast-growing sessions whose next step arrives within seconds). Arrivals are a Gamma renewal
 process (``cv`` 1: Poisson; larger: burstier), token counts log-normal.
 """
 
@@ -26,6 +27,7 @@ import json
 import math
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ __all__ = ["MOONCAKE_BLOCK_SIZE", "SHAPES", "generate", "read_trace", "write_jso
 #: Tokens per ``hash_ids`` entry in Mooncake's released traces (their README).
 MOONCAKE_BLOCK_SIZE = 512
 CSV_HEADER = ("arrival_s", "prompt_tokens", "output_tokens")
-SHAPES = ("chat", "system-prompts", "documents")
+SHAPES = ("chat", "system-prompts", "documents", "agents")
 #: Log-normal sigma of generated token counts (a long right tail, like chat traffic).
 TOKEN_SIGMA = 0.6
 #: Zipf exponent of prompt/document popularity (web and chat popularity measure ~0.8-1.2).
@@ -198,8 +200,8 @@ def generate(shape: str, *, rate: float, duration_s: float, seed: int = 1, cv: f
         raise TraceFormatError("rate, duration and cv must be > 0")
     draw = _Draw(seed, cv)
     rows: list[dict[str, Any]] = []
-    if shape == "chat":
-        _chat(draw, rate, duration_s, block_size, rows)
+    if shape in ("chat", "agents"):
+        _sessions(draw, CHAT if shape == "chat" else AGENTS, rate, duration_s, block_size, rows)
     else:
         prefixes = 10 if shape == "system-prompts" else 200  # how many shared prefixes
         mean_prefix = 3000 if shape == "system-prompts" else 6000  # their tokens
@@ -217,27 +219,46 @@ def generate(shape: str, *, rate: float, duration_s: float, seed: int = 1, cv: f
     return rows
 
 
-#: Chat shape: system prompts, turns per conversation (mean), user and answer tokens (means)
-#: and the user's think time between turns (mean seconds).
-CHAT_SYSTEMS, CHAT_TURNS, CHAT_USER, CHAT_ANSWER, CHAT_THINK_S = 8, 5, 300, 250, 20.0
+@dataclass(frozen=True)
+class _Sessions:
+    """A session shape: ``systems`` shared system prompts (mean ``system_tokens``, Zipf
+    popularity), sessions of ``turns`` turns on average (geometric), each turn appending a
+    user message (or tool output) of mean ``user`` tokens and repeating the whole session so
+    far, the answer (mean ``answer`` tokens) appended after it, ``think_s`` seconds between
+    turns on average (exponential)."""
+
+    systems: int
+    system_tokens: float
+    turns: float
+    user: float
+    answer: float
+    think_s: float
 
 
-def _chat(draw: _Draw, rate: float, duration_s: float, block_size: int,
-          rows: list[dict[str, Any]]) -> None:
-    systems = [draw.tokens(1500) for _ in range(CHAT_SYSTEMS)]
+#: Chat: people typing, ~20 s between turns.
+CHAT = _Sessions(systems=8, system_tokens=1500, turns=5, user=300, answer=250, think_s=20.0)
+#: Agents: tool-calling loops behind a few long tool-definition prompts; every step appends a
+#: tool's output (a file, a search result) and comes back within seconds, often while the
+#: previous step's replica is still busy; contexts grow to tens of thousands of tokens.
+AGENTS = _Sessions(systems=4, system_tokens=4000, turns=8, user=1500, answer=150, think_s=2.0)
+
+
+def _sessions(draw: _Draw, shape: _Sessions, rate: float, duration_s: float, block_size: int,
+              rows: list[dict[str, Any]]) -> None:
+    systems = [draw.tokens(shape.system_tokens) for _ in range(shape.systems)]
     t = 0.0
-    for n, gap in enumerate(draw.gaps(rate / CHAT_TURNS)):  # conversations start
+    for n, gap in enumerate(draw.gaps(rate / shape.turns)):  # sessions start
         t += gap
         if t > duration_s:
             return
-        k = draw.zipf(CHAT_SYSTEMS)
+        k = draw.zipf(shape.systems)
         history: list[tuple[str, int]] = [(f"system{k}", systems[k])]
         at = t
         while at <= duration_s:
-            history.append((f"c{n}user{len(history)}", draw.tokens(CHAT_USER)))
-            answer = draw.tokens(CHAT_ANSWER)
+            history.append((f"c{n}user{len(history)}", draw.tokens(shape.user)))
+            answer = draw.tokens(shape.answer)
             rows.append(_row(at, history, answer, block_size))
             history.append((f"c{n}answer{len(history)}", answer))
-            if draw.rng.random() < 1 / CHAT_TURNS:
+            if draw.rng.random() < 1 / shape.turns:
                 break
-            at += draw.rng.expovariate(1 / CHAT_THINK_S)
+            at += draw.rng.expovariate(1 / shape.think_s)

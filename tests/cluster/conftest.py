@@ -69,8 +69,8 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     """A fresh namespace per test, emptied afterwards.
 
     Its pods and ServingGroups are removed before the test ends (they hold GPUs that the next
-    test's pools count), and the ModelServices' finalizers are dropped since the operator that
-    would clear them is already gone; the namespace itself is then deleted without waiting.
+    test's pools count), and any finalizers left on them (a test's own, or kopf's on objects
+    of an older operator) are dropped; the namespace itself is then deleted without waiting.
     """
     name = f"t-{uuid.uuid4().hex[:10]}"
     cluster.kubectl("create", "namespace", name)

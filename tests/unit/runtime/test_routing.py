@@ -112,6 +112,29 @@ def test_queued_prefill_counts_down_at_the_measured_rate() -> None:
     assert REPLICAS[unmeasured.choose(REPLICAS, _req("x"), 2.0).index] == "b"
 
 
+def test_a_batch_whose_first_outputs_come_microseconds_apart_measures_its_throughput() -> None:
+    """Three 1000-token prompts prefilled in one 1 s step: 3000 tokens/s, not the 1000 of the
+    first output nor the ~10^8 of the two that came out 10 µs after it."""
+    router = _router()
+    tickets = [router.sent("a", _req(tokens=1000), 0.0) for _ in range(3)]
+    for k, ticket in enumerate(tickets):
+        router.started(ticket, 1.0 + k * 1e-5)
+    assert router.prefill_rate == pytest.approx(3000.0, rel=1e-3)
+
+
+def test_a_replica_short_of_kv_cache_is_not_counted_down() -> None:
+    """Requests that wait for memory start only as others finish: b's queue, beyond its KV
+    capacity, stays in full while a's drains at the measured rate."""
+    router = Router(Policy.PREFIX_AWARE)
+    router.add("a", 10_000)
+    router.add("b", 10_000)
+    router.started(router.sent("a", _req(tokens=1000), 0.0), 1.0)  # 1000 tokens/s
+    router.sent("a", _req(tokens=3000, out=10), 1.0)
+    router.sent("b", _req(tokens=2500, out=9000), 1.0)  # reserves 11,500 of 10,000
+    at_3s = router.choose(["a", "b"], _req("x"), 3.0)  # a: 1000 left; b: 2500, not 500
+    assert at_3s.index == 0
+
+
 def test_done_releases_load_and_a_removed_replica_is_forgotten() -> None:
     router = _router(Policy.LEAST_LOADED)
     ticket = router.sent("a", _req(1), 0.0)

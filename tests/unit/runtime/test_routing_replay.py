@@ -4,6 +4,7 @@ simulations: no timing of this machine is measured)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -30,9 +31,10 @@ def _trace(tmp: Path, shape: str, rate: float, seed: int, cv: float = 1.0) -> li
     return read_trace(path)
 
 
-def _replay(trace: list[TraceRequest], policy: str, replicas: int = 4) -> ReplayResult:
+def _replay(trace: list[TraceRequest], policy: str, replicas: int = 4,
+            kv_events: bool = True) -> ReplayResult:
     return replay(trace, PROF, replicas=replicas, policy=policy, kv_capacity_tokens=CAPACITY,
-                  max_model_len=PROF.model.max_model_len)
+                  max_model_len=PROF.model.max_model_len, kv_events=kv_events)
 
 
 def _fair_share(result: ReplayResult) -> float:
@@ -41,7 +43,7 @@ def _fair_share(result: ReplayResult) -> float:
 
 @pytest.mark.parametrize(("shape", "rate", "cv"), [
     ("chat", 14.0, 1.0), ("chat", 10.0, 3.0), ("system-prompts", 14.0, 1.0),
-    ("documents", 12.0, 2.0)])
+    ("documents", 12.0, 2.0), ("agents", 4.0, 1.0)])
 def test_prefix_aware_beats_least_loaded_on_generated_traces(tmp_path: Path, shape: str,
                                                              rate: float, cv: float) -> None:
     trace = _trace(tmp_path, shape, rate, seed=7, cv=cv)
@@ -75,13 +77,18 @@ def test_more_replicas_than_one_cache_needs_still_reuse_prefixes(tmp_path: Path)
 def test_mooncake_trace_with_four_h100_replicas() -> None:
     """Issue 17's acceptance case (docs/benchmarks.md has the numbers): >= 75% of the shared
     cache's hit rate, no replica above 1.5x its fair share, TTFT p95 well below
-    least-loaded's (0.65x measured; the issue's 0.6x is not reached, see the benchmark)."""
+    least-loaded's: measured 0.59x with the replicas' KV events and queue reports, 0.74x on
+    the router's own view (the margins leave room for changes that move them a little)."""
     trace = read_trace(MOONCAKE)
     shared = shared_cache_hit_rate(trace, CAPACITY * 4)
-    aware, least = _replay(trace, "prefix-aware"), _replay(trace, "least-loaded")
-    assert aware.prefix_hit_rate >= MIN_HIT_VS_SHARED * shared
-    assert _fair_share(aware) <= MAX_FAIR_SHARE
-    assert aware.ttft_percentile(95) <= 0.7 * least.ttft_percentile(95)
+    least = _replay(trace, "least-loaded")
+    aware, own = _replay(trace, "prefix-aware"), _replay(trace, "prefix-aware", kv_events=False)
+    for result in (aware, own):
+        assert result.prefix_hit_rate >= MIN_HIT_VS_SHARED * shared
+        assert _fair_share(result) <= MAX_FAIR_SHARE
+    assert aware.ttft_percentile(95) <= 0.65 * least.ttft_percentile(95)
+    assert own.ttft_percentile(95) <= 0.85 * least.ttft_percentile(95)
+    assert aware.ttft_percentile(95) < own.ttft_percentile(95)
 
 
 # ---- traces and the command line -----------------------------------------------------------
@@ -93,6 +100,18 @@ def test_generated_traces_are_seeded_and_share_prefixes(tmp_path: Path) -> None:
         assert one != generate(shape, rate=5, duration_s=60, seed=3)
         firsts = [row["hash_ids"][0] for row in one]
         assert len(set(firsts)) < len(firsts)  # some requests share their first block
+
+
+def test_agent_sessions_grow_fast_and_come_back_within_seconds() -> None:
+    rows = generate("agents", rate=4, duration_s=120, seed=1)
+    # A session's later steps repeat its first step's prompt (all but its partial last block).
+    sessions = [[r for r in rows if r["hash_ids"][:len(first["hash_ids"]) - 1]
+                 == first["hash_ids"][:-1]] for first in rows[:20]]
+    longest = max(sessions, key=len)
+    assert len(longest) >= 3
+    gaps = [b["timestamp"] - a["timestamp"] for a, b in itertools.pairwise(longest)]
+    assert sorted(gaps)[len(gaps) // 2] < 10_000  # ms: the next step comes within seconds
+    assert longest[-1]["input_length"] > longest[0]["input_length"] + 2000
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -139,6 +158,9 @@ def test_simulate_routing_command(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert plot.stat().st_size > 10_000
     assert main([*args, "--policy", "round-robin"]) == 0
     assert "policy round-robin" in capsys.readouterr().out
+    assert main([*args, "--json", "--no-kv-events"]) == 0  # the gateway's own view
+    own = json.loads(capsys.readouterr().out)
+    assert own["requests"] == report["requests"] and 0 < own["prefix_hit_rate"] <= 1
 
 
 def test_simulate_routing_on_a_trace_without_block_ids(tmp_path: Path,
