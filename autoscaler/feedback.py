@@ -6,7 +6,9 @@ prompts blocking a replica, bursts within a scrape interval). This stage watches
 * it **accumulates** the TTFT histogram's requests at or below the SLO, and all of them, since
   the start of an observation period, with the share of infeasible requests (their prompt
   alone takes longer than the SLO to prefill) the capacity stage estimated;
-* when a period holds :data:`MIN_REQUESTS` requests and lasts a stable window, the
+* when a period lasts a stable window and holds :data:`MIN_REQUESTS` requests, or fewer that
+  already show the attainment below the percentile beyond doubt (:func:`evident_shortfall`:
+  a burst of a hundred requests with a third of them late need not wait for 500), the
   attainment among the requests the SLO can count is compared with the percentile:
   - **below** while the model said the ready replicas suffice: the model's speed is scaled by
     :data:`STEP` (one step: about 10% more replicas);
@@ -33,7 +35,8 @@ from dataclasses import dataclass, replace
 from kubeplex.autoscaler.signals import TTFT, Scrape, bucket_increase, histogram_fraction_at
 
 __all__ = ["BLOCK_PERIODS", "GAIN_Z", "MIN_REQUESTS", "RELAX_PERIODS", "STEP",
-           "FeedbackState", "needed_gain", "observe", "step", "trial_requests"]
+           "FeedbackState", "evident_shortfall", "needed_gain", "observe", "step",
+           "trial_requests"]
 
 #: One step scales the model's speed by this: about 10% more replicas.
 STEP = 0.9
@@ -90,6 +93,19 @@ def observe(state: FeedbackState, scrapes: Sequence[Scrape], slo_s: float,
                    infeasible=state.infeasible + infeasible_share * total)
 
 
+def evident_shortfall(attainment: float, requests: float, quantile: float) -> bool:
+    """Whether ``requests`` already show the attainment below ``quantile``: the Wilson score
+    upper bound of a binomial proportion, at :data:`GAIN_Z` standard errors, lies under it
+    (40 requests with 30 misses against a p95 target do; 40 with 3 do not)."""
+    if requests <= 0:
+        return False
+    z2 = GAIN_Z ** 2
+    spread = GAIN_Z * math.sqrt(attainment * (1 - attainment) / requests
+                                + z2 / (4 * requests * requests))
+    upper = (attainment + z2 / (2 * requests) + spread) / (1 + z2 / requests)
+    return upper < quantile
+
+
 def needed_gain(shortfall: float, factor: float, floor: float) -> float:
     """The least gain a step must bring for the steps left to the floor, each as good, to
     close ``shortfall``: ``shortfall / (1 + steps left)``, the step just taken included."""
@@ -106,10 +122,12 @@ def trial_requests(attainment: float, gain: float) -> float:
 def step(state: FeedbackState, quantile: float, model_suffices: bool, floor: float,
          period_s: float, now: float) -> FeedbackState:
     """Judge the period when it is complete (see the module docstring); else unchanged."""
-    if state.since is None or now - state.since < period_s or state.total < MIN_REQUESTS:
+    if state.since is None or now - state.since < period_s or state.total <= 0:
         return state
     counted_n = max(1e-9, state.total - state.infeasible)
     counted = min(1.0, state.good / counted_n)
+    if state.total < MIN_REQUESTS and not evident_shortfall(counted, counted_n, quantile):
+        return state
     if state.trial is not None and counted < quantile:
         needed = needed_gain(quantile - state.trial, state.factor, floor)
         if counted_n < trial_requests(state.trial, needed):

@@ -14,6 +14,7 @@ from kubeplex.autoscaler.feedback import (
     RELAX_PERIODS,
     STEP,
     FeedbackState,
+    evident_shortfall,
     needed_gain,
     observe,
     step,
@@ -43,10 +44,22 @@ def _judged(state: FeedbackState, good: float, bad: float, now: float,
 
 def test_a_period_is_judged_only_when_it_is_long_and_large_enough() -> None:
     state = observe(FeedbackState(), [_scrape(0, 0, 0)], 1.0, 0.0, 0.0)
-    few = observe(state, [_scrape(0, 0, 0), _scrape(60, 100, 100)], 1.0, 0.0, 60.0)
+    few = observe(state, [_scrape(0, 0, 0), _scrape(60, 197, 3)], 1.0, 0.0, 60.0)
     assert few.total == 200
-    assert step(few, 0.99, True, FLOOR, PERIOD, 60.0) is few  # under MIN_REQUESTS
+    # 98.5% of 200 does not show p99 missed beyond doubt: wait for MIN_REQUESTS
+    assert step(few, 0.99, True, FLOOR, PERIOD, 60.0) is few
     assert MIN_REQUESTS > 200
+    assert step(few, 0.99, True, FLOOR, PERIOD, 30.0) is few  # shorter than a period
+
+
+def test_a_few_requests_that_show_the_slo_missed_beyond_doubt_are_judged_at_once() -> None:
+    assert evident_shortfall(30 / 40, 40, 0.95)  # a burst with a quarter of it late
+    assert not evident_shortfall(37 / 40, 40, 0.95)  # 92.5% of 40: could be 95%
+    assert not evident_shortfall(0.0, 0, 0.95)
+    state = observe(FeedbackState(), [_scrape(0, 0, 0)], 1.0, 0.0, 0.0)
+    burst = observe(state, [_scrape(0, 0, 0), _scrape(60, 90, 36)], 1.0, 0.0, 60.0)
+    stepped = step(burst, 0.95, True, FLOOR, PERIOD, 60.0)
+    assert burst.total < MIN_REQUESTS and stepped.factor == pytest.approx(STEP)
 
 
 def test_an_optimistic_model_gets_one_step_and_a_step_that_helps_stays() -> None:
