@@ -124,6 +124,9 @@ class Context:
     #: the cycle creates or deletes a Service only when that changes (and once after a
     #: restart), not every interval.
     services: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: New ModelServices whose first status the last cycle left to this one (it started their
+    #: first group) -> (replicas, reason) of that decision, written as their lastScale.
+    first_scale: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def resolve(self, svc: ModelService, template: ReplicaTemplate, gpu: Any) -> ResolvedModel:
         """``svc`` resolved (cached while its uid, spec and template stay the same)."""
@@ -316,6 +319,17 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                        str(snap.pool["metadata"].get("uid", "")), now)
 
     # ---- status (written with the plan's writes: each job touches one object) ---------------
+    # A new ModelService whose first group this cycle starts would get a first status
+    # ("0 of 1 ready", nothing placed) stale at once: the next cycle, woken by the new group,
+    # writes it with the group placed and this decision as its lastScale (one write less per
+    # ModelService, in a mass apply the API server's busiest moment). Once only: a start that
+    # keeps failing does not hold the status back; a refused or short model is reported now.
+    starting = {m for a in plan.actions if a.kind is ActionKind.START for m in a.models}
+    first_scale, ctx.first_scale = ctx.first_scale, {
+        k: (d.desired, d.reason) for m in live
+        if (k := _key(m)) in starting and not m.get("status") and k not in degraded
+        and plan.shortfall_of(k) is None and k not in ctx.first_scale
+        and (d := result.decisions.get(k)) is not None}
     replicas: dict[str, tuple[int, int, int]] = {}
     for m in live:
         mkey = _key(m)
@@ -325,8 +339,11 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         found = result.decisions.get(mkey)
         serving, ready_count = _replica_counts(name, mine)
         replicas[mkey] = (found.desired if found else 0, ready_count, warm)
+        if mkey in ctx.first_scale:
+            continue
         jobs.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
-                                      degraded.get(mkey), plan.shortfall_of(mkey), warm, now))
+                                      degraded.get(mkey), plan.shortfall_of(mkey), warm, now,
+                                      first_scale.get(mkey)))
     ctx.metrics.export_services(pool_name, {
         key: (model.served_name, model.spec) for key, model in models.items()}, replicas)
     jobs.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
@@ -457,7 +474,10 @@ def _observed(decision: ModelDecision, now: float) -> dict[str, Any] | None:
 
 def _model_status(ctx: Context, m: Mapping[str, Any], serving: Sequence[GroupObj], ready: int,
                   decision: ModelDecision | None, degraded: tuple[str, str] | None,
-                  shortfall: Shortfall | None, warm: int, now: float) -> None:
+                  shortfall: Shortfall | None, warm: int, now: float,
+                  first_scale: tuple[int, str] | None = None) -> None:
+    """Write ``m``'s status if it changed. ``first_scale``: (replicas, reason) of the cycle
+    that started a new ModelService's first group and left its first status to this one."""
     meta, old = m["metadata"], m.get("status") or {}
     name, ns, gen = meta["name"], meta["namespace"], meta.get("generation")
     desired = decision.desired if decision else 0
@@ -505,6 +525,9 @@ def _model_status(ctx: Context, m: Mapping[str, Any], serving: Sequence[GroupObj
         ctx.metrics.decisions.labels(direction="up" if desired > before else "down").inc()
         ctx.kube.event("ModelService", ns, name, meta["uid"], "Scaled",
                        f"{before} -> {desired}: {decision.reason}")
+    elif first_scale is not None and not old:
+        status["lastScale"] = {"time": iso(now), "from": 0, "to": first_scale[0],
+                               "reason": first_scale[1][:1024]}
     status["conditions"] = merge_conditions(old_conds, conds, now)
     if degraded and not _has(old_conds, "Degraded", degraded[0]):
         ctx.kube.event("ModelService", ns, name, meta["uid"], degraded[0], degraded[1],
