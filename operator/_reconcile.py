@@ -324,9 +324,12 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
 
     # ---- execute -----------------------------------------------------------------------------
     ex = Executor(ctx.settings, ctx.kube, ctx.runtime, ctx.metrics, pool_name, pool.spec)
-    jobs = _service_jobs(ctx, live, snap.refused, degraded)
-    jobs += _plan_jobs(ex, plan, objs, {k: Hosted(m, uids.get(k, "")) for k, m in models.items()},
-                       str(snap.pool["metadata"].get("uid", "")), now)
+    # Groups and pods first: the writer threads take jobs in order, and a Service create (it
+    # allocates a cluster IP) is the API server's slowest write: pods queued behind a mass
+    # apply's Services would start that much later.
+    jobs = _plan_jobs(ex, plan, objs, {k: Hosted(m, uids.get(k, "")) for k, m in models.items()},
+                      str(snap.pool["metadata"].get("uid", "")), now)
+    jobs += _service_jobs(ctx, live, snap.refused, degraded)
 
     # ---- status (written with the plan's writes: each job touches one object) ---------------
     # A new ModelService whose first group this cycle starts would get a first status
