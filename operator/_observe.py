@@ -51,9 +51,13 @@ def observe_models(settings: Settings, runtime: RuntimeClient,
     texts: dict[GroupId, str | None] = {}
     load: dict[GroupId, float] = {}
     inputs: dict[ModelKey, ModelInputs] = {}
+    ready_groups: dict[ModelKey, list[GroupObj]] = {}
+    for g in groups.values():
+        if g.phase == "Ready":
+            for name in g.models:
+                ready_groups.setdefault(f"{g.namespace}/{name}", []).append(g)
     for key, model in models.items():
-        ready = [g for g in groups.values() if g.namespace == model.namespace
-                 and model.name in g.models and g.phase == "Ready"]
+        ready = ready_groups.get(f"{model.namespace}/{model.name}", [])
         scrape = None
         if settings.scrape == "pods":
             scrape = _scrape_pods(runtime, model, ready, texts, load, now)

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kubeplex.api import GPUPool, ModelService
+from kubeplex.api import GPUPool, GPUPoolSpec, ModelService, ModelServiceSpec
 from kubeplex.control import (
     DoesNotFitError,
     PlanningError,
@@ -36,6 +36,9 @@ from kubeplex.control import (
 __all__ = ["Templates"]
 
 log = logging.getLogger("kubeplex.operator")
+
+
+_Quick = tuple[ModelServiceSpec, GPUPoolSpec, ReplicaTemplate | PlanningError]
 
 
 @dataclass
@@ -56,6 +59,9 @@ class Templates:
         :meth:`resolve` (tests, small pools); neither: quick templates only."""
         self._inline = inline and not background
         self._pools: dict[str, _PoolEntry] = {}
+        #: Pool -> ModelService key -> (its spec, the pool's spec, its quick template or why
+        #: none): made again only when either spec changes.
+        self._quick: dict[str, dict[str, _Quick]] = {}
         self._lock = threading.Lock()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, "kubeplex-placement") \
             if background else None
@@ -73,11 +79,13 @@ class Templates:
         """Templates of the servable services, and why each of the others cannot be served."""
         templates: dict[str, ReplicaTemplate] = {}
         bad: dict[str, PlanningError] = {}
+        known, self._quick[pool.metadata.name] = self._quick.get(pool.metadata.name, {}), {}
         for svc in services:
-            try:
-                templates[svc.key] = quick_template(svc, pool)
-            except PlanningError as e:
-                bad[svc.key] = e
+            quick = self._quick_template(svc, pool, known.get(svc.key))
+            if isinstance(quick, PlanningError):
+                bad[svc.key] = quick
+            else:
+                templates[svc.key] = quick
         good = [s for s in services if s.key in templates]
         name = pool.metadata.name
         if self._inline:
@@ -102,6 +110,18 @@ class Templates:
                 if templates.pop(key, None) is not None:
                     bad[key] = error
         return templates, bad
+
+    def _quick_template(self, svc: ModelService, pool: GPUPool, known: _Quick | None
+                        ) -> ReplicaTemplate | PlanningError:
+        if known is not None and known[0] is svc.spec and known[1] == pool.spec:
+            found = known[2]  # the same parsed spec (the cycle parses a changed one anew)
+        else:
+            try:
+                found = quick_template(svc, pool)
+            except PlanningError as e:
+                found = e
+        self._quick[pool.metadata.name][svc.key] = (svc.spec, pool.spec, found)
+        return found
 
     def _place(self, entry: _PoolEntry, fingerprint: str, pool: GPUPool,
                services: Sequence[ModelService], nodes: int, gpus: int) -> None:

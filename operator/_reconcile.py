@@ -124,6 +124,11 @@ class Context:
     #: the cycle creates or deletes a Service only when that changes (and once after a
     #: restart), not every interval.
     services: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: ModelService key -> (its spec's repr, the spec parsed): parsed again when it changes.
+    specs: dict[str, tuple[str, ModelServiceSpec]] = field(default_factory=dict)
+    #: New ModelServices whose first status the last cycle left to this one (it started their
+    #: first group) -> (replicas, reason) of that decision, written as their lastScale.
+    first_scale: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def resolve(self, svc: ModelService, template: ReplicaTemplate, gpu: Any) -> ResolvedModel:
         """``svc`` resolved (cached while its uid, spec and template stay the same)."""
@@ -202,9 +207,17 @@ def node_states(snap: Snapshot, spec: GPUPoolSpec,
     return out
 
 
-def _service(m: Mapping[str, Any]) -> ModelService:
-    return ModelService(ObjectMeta.from_dict(m["metadata"]),
-                        parse_spec(ModelServiceSpec, m["spec"]))
+def _service(ctx: Context, m: Mapping[str, Any]) -> ModelService:
+    """``m`` parsed; its spec parsed again only when it changed (parsing every spec every
+    cycle was a quarter of a pool cycle's CPU)."""
+    text = repr(m["spec"])
+    known = ctx.specs.get(_key(m))
+    if known is not None and known[0] == text:
+        spec = known[1]
+    else:
+        spec = parse_spec(ModelServiceSpec, m["spec"])
+        ctx.specs[_key(m)] = (text, spec)
+    return ModelService(ObjectMeta.from_dict(m["metadata"]), spec)
 
 
 def _view(g: GroupObj, pool: str, load: float) -> GroupView:
@@ -258,7 +271,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     live = [m for m in snap.msvcs if not m["metadata"].get("deletionTimestamp")]
     for m in live:
         try:
-            svc = _service(m)
+            svc = _service(ctx, m)
             services[svc.key] = svc
         except (KubeplexError, KeyError, TypeError, ValueError) as e:
             degraded[_key(m)] = (DegradedReason.INVALID_SPEC, f"{e}; fix the spec")
@@ -311,22 +324,40 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
 
     # ---- execute -----------------------------------------------------------------------------
     ex = Executor(ctx.settings, ctx.kube, ctx.runtime, ctx.metrics, pool_name, pool.spec)
-    jobs = _service_jobs(ctx, live, snap.refused, degraded)
-    jobs += _plan_jobs(ex, plan, objs, {k: Hosted(m, uids.get(k, "")) for k, m in models.items()},
-                       str(snap.pool["metadata"].get("uid", "")), now)
+    # Groups and pods first: the writer threads take jobs in order, and a Service create (it
+    # allocates a cluster IP) is the API server's slowest write: pods queued behind a mass
+    # apply's Services would start that much later.
+    jobs = _plan_jobs(ex, plan, objs, {k: Hosted(m, uids.get(k, "")) for k, m in models.items()},
+                      str(snap.pool["metadata"].get("uid", "")), now)
+    jobs += _service_jobs(ctx, live, snap.refused, degraded)
 
     # ---- status (written with the plan's writes: each job touches one object) ---------------
+    # A new ModelService whose first group this cycle starts would get a first status
+    # ("0 of 1 ready", nothing placed) stale at once: the next cycle, woken by the new group,
+    # writes it with the group placed and this decision as its lastScale (one write less per
+    # ModelService, in a mass apply the API server's busiest moment). Once only: a start that
+    # keeps failing does not hold the status back; a refused or short model is reported now.
+    starting = {m for a in plan.actions if a.kind is ActionKind.START for m in a.models}
+    first_scale, ctx.first_scale = ctx.first_scale, {
+        k: (d.desired, d.reason) for m in live
+        if (k := _key(m)) in starting and not m.get("status") and k not in degraded
+        and plan.shortfall_of(k) is None and k not in ctx.first_scale
+        and (d := result.decisions.get(k)) is not None}
     replicas: dict[str, tuple[int, int, int]] = {}
+    hosting, warm_in = _by_model(objs.values())
     for m in live:
         mkey = _key(m)
         ns, name = mkey.split("/", 1)
-        mine = [g for g in objs.values() if g.namespace == ns and name in g.models]
-        warm = sum(1 for g in objs.values() if g.warm and g.namespace == ns)
+        mine = hosting.get(mkey, [])
+        warm = warm_in.get(ns, 0)
         found = result.decisions.get(mkey)
         serving, ready_count = _replica_counts(name, mine)
         replicas[mkey] = (found.desired if found else 0, ready_count, warm)
+        if mkey in ctx.first_scale:
+            continue
         jobs.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
-                                      degraded.get(mkey), plan.shortfall_of(mkey), warm, now))
+                                      degraded.get(mkey), plan.shortfall_of(mkey), warm, now,
+                                      first_scale.get(mkey)))
     ctx.metrics.export_services(pool_name, {
         key: (model.served_name, model.spec) for key, model in models.items()}, replicas)
     jobs.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
@@ -457,7 +488,10 @@ def _observed(decision: ModelDecision, now: float) -> dict[str, Any] | None:
 
 def _model_status(ctx: Context, m: Mapping[str, Any], serving: Sequence[GroupObj], ready: int,
                   decision: ModelDecision | None, degraded: tuple[str, str] | None,
-                  shortfall: Shortfall | None, warm: int, now: float) -> None:
+                  shortfall: Shortfall | None, warm: int, now: float,
+                  first_scale: tuple[int, str] | None = None) -> None:
+    """Write ``m``'s status if it changed. ``first_scale``: (replicas, reason) of the cycle
+    that started a new ModelService's first group and left its first status to this one."""
     meta, old = m["metadata"], m.get("status") or {}
     name, ns, gen = meta["name"], meta["namespace"], meta.get("generation")
     desired = decision.desired if decision else 0
@@ -505,6 +539,9 @@ def _model_status(ctx: Context, m: Mapping[str, Any], serving: Sequence[GroupObj
         ctx.metrics.decisions.labels(direction="up" if desired > before else "down").inc()
         ctx.kube.event("ModelService", ns, name, meta["uid"], "Scaled",
                        f"{before} -> {desired}: {decision.reason}")
+    elif first_scale is not None and not old:
+        status["lastScale"] = {"time": iso(now), "from": 0, "to": first_scale[0],
+                               "reason": first_scale[1][:1024]}
     status["conditions"] = merge_conditions(old_conds, conds, now)
     if degraded and not _has(old_conds, "Degraded", degraded[0]):
         ctx.kube.event("ModelService", ns, name, meta["uid"], degraded[0], degraded[1],
@@ -520,6 +557,18 @@ def _model_status(ctx: Context, m: Mapping[str, Any], serving: Sequence[GroupObj
 def _has(conds: Iterable[Mapping[str, Any]], kind: str, reason: str) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True" and c.get("reason") == reason
                for c in conds)
+
+
+def _by_model(groups: Iterable[GroupObj]) -> tuple[dict[str, list[GroupObj]], dict[str, int]]:
+    """The groups hosting each model (by key) and the warm groups of each namespace."""
+    hosting: dict[str, list[GroupObj]] = {}
+    warm: dict[str, int] = {}
+    for g in groups:
+        for name in g.models:
+            hosting.setdefault(f"{g.namespace}/{name}", []).append(g)
+        if g.warm:
+            warm[g.namespace] = warm.get(g.namespace, 0) + 1
+    return hosting, warm
 
 
 def _replica_counts(name: str, groups: Sequence[GroupObj]) -> tuple[list[GroupObj], int]:

@@ -33,6 +33,7 @@ from kubeplex.control._placing import (
 )
 from kubeplex.control._scaling import (
     HISTORY_WINDOWS,
+    GroupIndex,
     ModelDecision,
     ModelInputs,
     ModelMemory,
@@ -94,6 +95,7 @@ __all__ = [
     "FleetPlan",
     "FleetState",
     "GroupId",
+    "GroupIndex",
     "GroupPhase",
     "GroupView",
     "ModelDecision",

@@ -113,8 +113,12 @@ def consolidate(pool: PoolBook, groups: Sequence[GroupView],
     has the GPUs now. The old groups are drained by the scale-down of a later plan, once the
     new copies are ready (:func:`moving_in` holds the scale-down until then)."""
     by_model = {t.model: t for t in templates}
-    misplaced = {t.model: g for t in templates for g in groups
-                 if g.serving and g.phase is GroupPhase.READY and _misplaced(g, t)}
+    alone: dict[ModelKey, list[GroupView]] = {}  # ready groups of one model, by model
+    for g in groups:
+        if g.phase is GroupPhase.READY and len(g.models) == 1:
+            alone.setdefault(g.models[0], []).append(g)
+    misplaced = {t.model: g for t in templates for g in alone.get(t.model, ())
+                 if _misplaced(g, t)}
     done: set[ModelKey] = set()
     for template in templates:
         model = template.model

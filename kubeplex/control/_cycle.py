@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from kubeplex.control._consolidation import CONSOLIDATION_RETRY_S
 from kubeplex.control._fleet import MAX_MOVES, fleet_plan
 from kubeplex.control._scaling import (
+    GroupIndex,
     ModelDecision,
     ModelInputs,
     ModelMemory,
@@ -69,9 +70,10 @@ def control_cycle(fleet: FleetState, inputs: Mapping[ModelKey, ModelInputs],
     budgets = {b.name: b for b in fleet.budgets}
     decisions: dict[ModelKey, ModelDecision] = {}
     remembered: dict[ModelKey, ModelMemory] = {}
+    index = GroupIndex.of(fleet.groups)
     for key, model in sorted(fleet.models.items()):
         decision, remembered[key] = scale_model(
-            model, fleet.groups, budgets.get(model.template.pool),
+            model, index, budgets.get(model.template.pool),
             inputs.get(key, ModelInputs()), memory.models.get(key, ModelMemory()), now)
         decisions[key] = decision
     present = set(fleet.models) if fleet.present is None else set(fleet.present)

@@ -18,7 +18,7 @@ back.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +42,7 @@ from kubeplex.placement.llm import LLMProfile, ModelShape
 
 __all__ = [
     "HISTORY_WINDOWS",
+    "GroupIndex",
     "ModelDecision",
     "ModelInputs",
     "ModelMemory",
@@ -169,20 +170,47 @@ def resolve_model(svc: ModelService, template: ReplicaTemplate, gpu: GPUSpec,
 
 # ---- the per-model step ------------------------------------------------------------------------
 
-def observed_fleet(groups: Sequence[GroupView], model: ModelKey,
+@dataclass(frozen=True)
+class GroupIndex:
+    """A cycle's groups indexed once, for every model's step (a scan of all groups per model
+    made a pool's cycle quadratic in its models): the serving groups hosting each model,
+    the standbys of each (pool, namespace), the GPUs each pool's groups hold."""
+
+    serving: Mapping[ModelKey, tuple[GroupView, ...]]
+    standbys: Mapping[tuple[str, str], tuple[GroupView, ...]]
+    gpus: Mapping[str, int]
+
+    @classmethod
+    def of(cls, groups: Sequence[GroupView]) -> GroupIndex:
+        serving: dict[ModelKey, list[GroupView]] = {}
+        standbys: dict[tuple[str, str], list[GroupView]] = {}
+        gpus: dict[str, int] = {}
+        for g in groups:
+            gpus[g.pool] = gpus.get(g.pool, 0) + g.gpus
+            if g.serving:
+                for m in g.models:
+                    serving.setdefault(m, []).append(g)
+            elif g.standby:
+                standbys.setdefault((g.pool, g.namespace), []).append(g)
+        return cls({m: tuple(gs) for m, gs in serving.items()},
+                   {k: tuple(gs) for k, gs in standbys.items()}, gpus)
+
+
+def observed_fleet(groups: Sequence[GroupView] | GroupIndex, model: ModelKey,
                    budget: PoolBudget | None = None) -> dict[str, Any]:
     """The fleet part of ``autoscaler.Observed`` for ``model``: ``ready``, ``starting``
     (:class:`~kubeplex.autoscaler.policy.Starting` with its start time and whether it came
     from the warm pool), ``warm_available`` (standbys of its pool and namespace it could claim)
     and ``free_gpus`` (None without a budget). Use as ``Observed(scrapes=..., **fields)``."""
-    serving = [g for g in groups if g.serving and model in g.models]
+    index = groups if isinstance(groups, GroupIndex) else GroupIndex.of(groups)
+    serving = index.serving.get(model, ())
     pool = serving[0].pool if serving else (budget.name if budget else None)
     namespace = model.partition("/")[0]
-    warm = [g for g in groups if g.standby and g.pool == pool and g.namespace == namespace
-            and (model in g.preloaded or not g.preloaded)]
+    warm = [g for g in index.standbys.get((pool or "", namespace), ())
+            if model in g.preloaded or not g.preloaded]
     free = None
     if budget is not None and budget.max_gpus is not None:
-        free = max(0, budget.max_gpus - sum(g.gpus for g in groups if g.pool == budget.name))
+        free = max(0, budget.max_gpus - index.gpus.get(budget.name, 0))
     return {
         "ready": sum(1 for g in serving if g.phase is GroupPhase.READY
                      and model not in g.loading),
@@ -271,12 +299,14 @@ def _history(scrapes: tuple[Scrape, ...], new: Scrape | None, config: Autoscaler
     return tuple(s for s in kept if now - s.time <= horizon)
 
 
-def scale_model(model: ResolvedModel, groups: Sequence[GroupView], budget: PoolBudget | None,
-                inputs: ModelInputs, memory: ModelMemory, now: float
+def scale_model(model: ResolvedModel, groups: Sequence[GroupView] | GroupIndex,
+                budget: PoolBudget | None, inputs: ModelInputs, memory: ModelMemory, now: float
                 ) -> tuple[ModelDecision, ModelMemory]:
-    """One evaluation of ``model`` (module docstring); pure: the clock is ``now``."""
+    """One evaluation of ``model`` (module docstring); pure: the clock is ``now``. ``groups``:
+    the fleet's groups, or their :class:`GroupIndex` (built once for many models)."""
     scrapes = _history(memory.scrapes, inputs.scrape, model.config, now)
-    fleet = observed_fleet(groups, model.key, budget)
+    index = groups if isinstance(groups, GroupIndex) else GroupIndex.of(groups)
+    fleet = observed_fleet(index, model.key, budget)
     observed = Observed(scrapes=scrapes, trigger=inputs.trigger, held_requests=inputs.held,
                         **fleet)
     decision = decide(observed, model.config, memory.state, now)
@@ -286,7 +316,7 @@ def scale_model(model: ResolvedModel, groups: Sequence[GroupView], budget: PoolB
     pinned = model.spec.scaling.replicas
     if pinned is not None:
         desired, reason = pinned, f"pinned to spec.scaling.replicas={pinned} (autoscaler: {reason})"
-    serving = sum(1 for g in groups if g.serving and model.key in g.models)
+    serving = len(index.serving.get(model.key, ()))
     if inputs.no_new_replica and desired > serving:
         desired, reason = serving, f"hold at {serving}: {inputs.no_new_replica} ({reason})"
     signals = decision.signals if isinstance(decision.signals, Signals) else None

@@ -161,10 +161,16 @@ async def test_pool_cycle_scales_from_zero_on_held_requests(
         await asyncio.to_thread(run_cycle, ctx, snap, cyc.NOW)
         assert gw.hits == 1  # once per cycle, not once per model
         assert [g["metadata"]["name"] for g in kube.of("ServingGroup")] == ["busy-0"]
+        # its first status comes with the next cycle (the new group wakes it), group placed,
+        # and says why it started
+        assert not kube.objects[("ModelService", "ns", "busy")].get("status")
+        snap = cyc.snapshot(kube, cyc.pool(), [idle, busy], cyc.nodes(1))
+        await asyncio.to_thread(run_cycle, ctx, snap, cyc.NOW + 0.5)
         busy_status = kube.objects[("ModelService", "ns", "busy")]["status"]
+        assert [p["group"] for p in busy_status["placement"]] == ["busy-0"]
         assert busy_status["desiredReplicas"] == 1
-        scaling = {c["type"]: c for c in busy_status["conditions"]}["Scaling"]
-        assert "2 requests held" in scaling["message"]
+        assert (busy_status["lastScale"]["from"], busy_status["lastScale"]["to"]) == (0, 1)
+        assert "2 requests held" in busy_status["lastScale"]["reason"]
         # A broken gateway text: the cycle goes on, held assumed 0, the reason says why.
         gw.body = "garbage { text"
         snap = cyc.snapshot(kube, cyc.pool(), [idle, busy], cyc.nodes(1))
