@@ -154,7 +154,7 @@ def token_capacity(profile: LLMProfile, mix: PromptMix, output_tokens: float, sl
     latency = mean + (output - 1) * step * profile.pipeline_depth
     capacity = ReplicaCapacity(prefill_s=mean, work_s=mean + share, source=source,
                                prefill_cv2=cv2 if len(mix.atoms) > 1 else 1.0, mix=counted,
-                               slots=float(slots), latency_s=latency, decode_tokens=output - 1,
+                               slots=float(slots), decode_tokens=output - 1,
                                step_base_s=base, step_per_seq_s=per_seq)
     return CapacityEstimate(capacity, latency, infeasible, max(fits) if fits else None)
 

@@ -79,10 +79,8 @@ class ReplicaCapacity:
     prefill_cv2: float = 1.0
     #: Prefill seconds and weights of the requests the SLO counts (empty: one at prefill_s).
     mix: tuple[tuple[float, float], ...] = ()
-    #: Sequences a replica runs at once, and how long a mean request holds one (None: no
-    #: slot limit modelled).
+    #: Sequences a replica runs at once (None: no slot limit modelled).
     slots: float | None = None
-    latency_s: float | None = None
     #: The decode model (:func:`decode_batch`): output tokens per request after the first
     #: (None: no decode model, the throughput bound on ``work_s`` applies), and one decode
     #: step's seconds as ``step_base_s + step_per_seq_s * batch`` at the mean context.

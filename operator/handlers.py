@@ -48,7 +48,7 @@ __all__: list[str] = []
 
 log = logging.getLogger("kubeplex.operator")
 
-#: HTTP connections to the API server (kopf's sync-handler workers + pool cycles).
+#: HTTP connections to the API server (the pool cycles' writer threads and the handlers').
 CONNECTIONS = 32
 #: The metadata the pool cycle reads; the rest (managedFields above all) is not kept.
 KEPT_METADATA = ("name", "namespace", "uid", "generation", "labels", "annotations",
@@ -185,7 +185,7 @@ async def pools(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
 
 @kopf.index("", "v1", "nodes")
 async def nodes(name: str, labels: kopf.Labels, status: kopf.Status, spec: kopf.Spec,
-          **_: Any) -> dict[str, Any]:
+                **_: Any) -> dict[str, Any]:
     ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                 for c in status.get("conditions") or ())
     return {name: {"name": name, "labels": dict(labels),
@@ -218,7 +218,7 @@ def _pod_info(name: str, namespace: str | None, meta: Mapping[str, Any], spec: M
 
 @kopf.index("", "v1", "pods")
 async def pods_by_node(name: str, namespace: str | None, meta: kopf.Meta, spec: kopf.Spec,
-                 status: kopf.Status, **_: Any) -> dict[Any, Any] | None:
+                       status: kopf.Status, **_: Any) -> dict[Any, Any] | None:
     info = _pod_info(name, namespace, meta, spec, status)
     if not info["node"] or not info["gpus"]:
         return None
@@ -227,7 +227,8 @@ async def pods_by_node(name: str, namespace: str | None, meta: kopf.Meta, spec: 
 
 @kopf.index("", "v1", "pods", labels={GROUP_LABEL: kopf.PRESENT})
 async def pods_by_group(name: str, namespace: str | None, meta: kopf.Meta, spec: kopf.Spec,
-                  status: kopf.Status, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+                        status: kopf.Status, labels: kopf.Labels,
+                        **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[GROUP_LABEL]): _pod_info(name, namespace, meta, spec, status)}
 
 
@@ -370,7 +371,7 @@ async def pod_event(labels: kopf.Labels, status: kopf.Status, memo: kopf.Memo, *
 
 @kopf.on.event(GROUP, VERSION, "gpupools")
 async def pool_changed(type: str | None, name: str, uid: str, meta: kopf.Meta, memo: kopf.Memo,
-                 **kwargs: Any) -> None:
+                       **kwargs: Any) -> None:
     """A GPUPool appeared, went or has a new spec (its own status writes are not changes):
     wake every pool, since node ownership between overlapping pools may have moved."""
     seen = memo.pools_seen

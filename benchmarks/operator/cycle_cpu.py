@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from operator_fakes import NOW, FakeKube, context, msvc, nodes, pool, register, snapshot
 
+from kubeplex.cli._args import MAX_COUNT, number
 from kubeplex.operator._reconcile import run_cycle
 
 WARMUP_CYCLES = 3  # the first cycles start every group; the later ones are the steady state
@@ -43,14 +44,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="25,100,200,400",
                    help="comma-separated pool sizes (models per pool)")
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=number(1, MAX_COUNT, integer=True), default=10)
     args = p.parse_args()
+    models = number(1, MAX_COUNT, integer=True)
     try:
-        sizes = [int(x) for x in args.models.split(",")]
-    except ValueError:
-        p.error(f"--models: {args.models!r} is not a comma-separated list of integers")
-    if any(n < 1 for n in sizes) or args.repeats < 1:
-        p.error("--models and --repeats must be positive")
+        sizes = [int(models(x)) for x in args.models.split(",")]
+    except argparse.ArgumentTypeError as e:
+        p.error(f"argument --models: each size {e}")
     print("| models in the pool | cycle CPU | per model |\n|---|---|---|")
     for n in sizes:
         ms = cycle_ms(n, args.repeats)

@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ from typing import Any
 import kubernetes
 from prometheus_client.parser import text_string_to_metric_families
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kubeplex.cli._args import MAX_COUNT, number
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))  # scripts run by path: shared helpers
@@ -378,25 +380,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def count(least: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``least``, or an error naming the value."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{value} is below {least}")
-        return value
-    return parse
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--services", type=count(1), default=1000)
-    p.add_argument("--nodes", type=count(1), default=500)
-    p.add_argument("--pools", type=count(1), default=10)
-    p.add_argument("--changes", type=count(0), default=40,
+    p.add_argument("--services", type=number(1, MAX_COUNT, integer=True), default=1000)
+    p.add_argument("--nodes", type=number(1, MAX_COUNT, integer=True), default=500)
+    p.add_argument("--pools", type=number(1, MAX_COUNT, integer=True), default=10)
+    p.add_argument("--changes", type=number(0, MAX_COUNT, integer=True), default=40,
                    help="spec changes timed after convergence (0: none)")
     p.add_argument("--no-floor", action="store_true",
                    help="skip the control plane's floor (pods and Services created directly)")

@@ -33,7 +33,6 @@ from kubeplex.control._placing import (
 )
 from kubeplex.control._scaling import (
     HISTORY_WINDOWS,
-    GroupIndex,
     ModelDecision,
     ModelInputs,
     ModelMemory,
@@ -54,6 +53,7 @@ from kubeplex.control._types import (
     ActionKind,
     FleetPlan,
     GroupId,
+    GroupIndex,
     GroupPhase,
     GroupView,
     ModelKey,

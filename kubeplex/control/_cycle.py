@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from kubeplex.control._consolidation import CONSOLIDATION_RETRY_S
 from kubeplex.control._fleet import MAX_MOVES, fleet_plan
 from kubeplex.control._scaling import (
-    GroupIndex,
     ModelDecision,
     ModelInputs,
     ModelMemory,
     ResolvedModel,
     scale_model,
 )
-from kubeplex.control._types import FleetPlan, GroupView, ModelKey, PoolBudget
+from kubeplex.control._types import FleetPlan, GroupIndex, GroupView, ModelKey, PoolBudget
 
 __all__ = ["ControlMemory", "CycleResult", "FleetState", "control_cycle"]
 

@@ -53,6 +53,7 @@ from kubeplex.control._types import (
     ActionCause,
     ActionKind,
     FleetPlan,
+    GroupIndex,
     GroupPhase,
     GroupView,
     ModelKey,
@@ -316,16 +317,12 @@ def fleet_plan(groups: Sequence[GroupView], targets: Mapping[ModelKey, ModelTarg
         mine = sorted((t for t in templates.values() if t.pool == budget.name),
                       key=lambda t: (-t.priority, t.model))
         ups = []
-        hosting: dict[ModelKey, list[GroupView]] = {}  # each model's serving groups, in order
-        for g in live:
-            if g.serving:
-                for m in g.models:
-                    hosting.setdefault(m, []).append(g)
+        hosting = GroupIndex.of(live).serving
         for template in mine:  # scale-downs first: they may make room for scale-ups
             target = targets.get(template.model)
             if target is None:
                 continue
-            serving = hosting.get(template.model, [])
+            serving = list(hosting.get(template.model, ()))
             why = f": {target.reason}" if target.reason else ""
             moving = (moving_in(template, serving) if target.replicas == len(serving) - 1
                       else [])

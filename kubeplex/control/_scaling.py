@@ -18,7 +18,7 @@ back.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,7 +34,14 @@ from kubeplex.autoscaler.policy import (
 )
 from kubeplex.autoscaler.signals import NoData, Scrape, Signals
 from kubeplex.control._placing import ReplicaTemplate, model_shape
-from kubeplex.control._types import GroupPhase, GroupView, ModelKey, ModelTarget, PoolBudget
+from kubeplex.control._types import (
+    GroupIndex,
+    GroupPhase,
+    GroupView,
+    ModelKey,
+    ModelTarget,
+    PoolBudget,
+)
 from kubeplex.control.errors import PlanningError, UnsupportedSourceError
 from kubeplex.errors import KubeplexError
 from kubeplex.placement.hardware import GPUSpec
@@ -42,7 +49,6 @@ from kubeplex.placement.llm import LLMProfile, ModelShape
 
 __all__ = [
     "HISTORY_WINDOWS",
-    "GroupIndex",
     "ModelDecision",
     "ModelInputs",
     "ModelMemory",
@@ -169,32 +175,6 @@ def resolve_model(svc: ModelService, template: ReplicaTemplate, gpu: GPUSpec,
 
 
 # ---- the per-model step ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GroupIndex:
-    """A cycle's groups indexed once, for every model's step (a scan of all groups per model
-    made a pool's cycle quadratic in its models): the serving groups hosting each model,
-    the standbys of each (pool, namespace), the GPUs each pool's groups hold."""
-
-    serving: Mapping[ModelKey, tuple[GroupView, ...]]
-    standbys: Mapping[tuple[str, str], tuple[GroupView, ...]]
-    gpus: Mapping[str, int]
-
-    @classmethod
-    def of(cls, groups: Sequence[GroupView]) -> GroupIndex:
-        serving: dict[ModelKey, list[GroupView]] = {}
-        standbys: dict[tuple[str, str], list[GroupView]] = {}
-        gpus: dict[str, int] = {}
-        for g in groups:
-            gpus[g.pool] = gpus.get(g.pool, 0) + g.gpus
-            if g.serving:
-                for m in g.models:
-                    serving.setdefault(m, []).append(g)
-            elif g.standby:
-                standbys.setdefault((g.pool, g.namespace), []).append(g)
-        return cls({m: tuple(gs) for m, gs in serving.items()},
-                   {k: tuple(gs) for k, gs in standbys.items()}, gpus)
-
 
 def observed_fleet(groups: Sequence[GroupView] | GroupIndex, model: ModelKey,
                    budget: PoolBudget | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "ActionKind",
     "FleetPlan",
     "GroupId",
+    "GroupIndex",
     "GroupPhase",
     "GroupView",
     "ModelKey",
@@ -133,6 +134,32 @@ class ModelTarget:
     warm: int = 0
     reason: str = ""
     arrival_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class GroupIndex:
+    """A cycle's groups indexed once, for every model's step (a scan of all groups per model
+    made a pool's cycle quadratic in its models): the serving groups hosting each model,
+    the standbys of each (pool, namespace), the GPUs each pool's groups hold."""
+
+    serving: Mapping[ModelKey, tuple[GroupView, ...]]
+    standbys: Mapping[tuple[str, str], tuple[GroupView, ...]]
+    gpus: Mapping[str, int]
+
+    @classmethod
+    def of(cls, groups: Sequence[GroupView]) -> GroupIndex:
+        serving: dict[ModelKey, list[GroupView]] = {}
+        standbys: dict[tuple[str, str], list[GroupView]] = {}
+        gpus: dict[str, int] = {}
+        for g in groups:
+            gpus[g.pool] = gpus.get(g.pool, 0) + g.gpus
+            if g.serving:
+                for m in g.models:
+                    serving.setdefault(m, []).append(g)
+            elif g.standby:
+                standbys.setdefault((g.pool, g.namespace), []).append(g)
+        return cls({m: tuple(gs) for m, gs in serving.items()},
+                   {k: tuple(gs) for k, gs in standbys.items()}, gpus)
 
 
 @dataclass(frozen=True)
