@@ -7,6 +7,9 @@ Router (OpenAI-compatible, what the Service exposes):
          the engine and returned. 404 lists the hosted models; 503 + Retry-After while the
          runtime drains or the model's engine is not ready (starting, restarting, asleep).
     GET  /v1/models   the hosted models.      GET /metrics   engines' vllm:* + kubeplex_*.
+    GET  /kubeplex/v1/load/NAME   the model's engine queue as server-sent events (the sim's;
+         404 for an engine that publishes none): what the gateway's prefix-aware routing
+         follows (kubeplex.runtime.kv_events).
     GET  /health[?model=NAME]   200 while the process runs; with ``model``: 200 only while
          that model's engine serves (the gateway's per-model probe of a replica it marked
          down), else 503 (404: not hosted). Bodies over 64 MiB get 413, bodies nested deeper
