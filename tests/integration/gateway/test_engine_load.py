@@ -12,26 +12,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from gatewaykit import opened_gateway
 
 from kubeplex.gateway import Gateway, Replica, Route
 from kubeplex.runtime.harness import RuntimeProcess, model_entry
 from kubeplex.runtime.kv_events import LOAD_PATH, decode_load
-from kubeplex.runtime.supervisor import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
-    gw = Gateway({"m": "default/m"}, hold_timeout=30, hold_limit=100,
-                 retry_after=lambda model: 1.0)
-    port = free_port()
-    runner = await gw.open("127.0.0.1", port)
-    try:
-        yield gw, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-        await gw.close()
+    async with opened_gateway() as served:
+        yield served
 
 
 def _runtime(tmp_path: Path, name: str) -> RuntimeProcess:

@@ -21,11 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from gatewaykit import opened_gateway
 
 from kubeplex.gateway import Gateway, MigrationPolicy, Replica
 from kubeplex.runtime.harness import RuntimeProcess, model_entry
 from kubeplex.runtime.sim.sampling import Sampling, generate
-from kubeplex.runtime.supervisor import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -43,16 +43,8 @@ def _runtime(tmp_path: Path, name: str, **config: Any) -> RuntimeProcess:
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
-    gw = Gateway({"m": "default/m"}, hold_timeout=60, hold_limit=100,
-                 retry_after=lambda model: 3.0,
-                 migration=MigrationPolicy(migrate_after_s=0.3))
-    port = free_port()
-    runner = await gw.open("127.0.0.1", port)
-    try:
-        yield gw, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-        await gw.close()
+    async with opened_gateway(migration=MigrationPolicy(migrate_after_s=0.3)) as served:
+        yield served
 
 
 def _expected(chat: bool) -> str:
@@ -167,18 +159,13 @@ async def test_without_resume_plain_a_cut_plain_request_starts_again(tmp_path: P
     """``resume_plain`` off (``KUBEPLEX_RESUME_PLAIN_REQUESTS=false``): a plain request goes
     upstream as it came, and one whose replica dies is sent again from the start (nothing
     was sent to the client yet): the whole answer, no migration counted."""
-    gw = Gateway({"m": "default/m"}, hold_timeout=60, hold_limit=100,
-                 retry_after=lambda model: 3.0,
-                 migration=MigrationPolicy(migrate_after_s=0.3, resume_plain=False))
-    port = free_port()
-    runner = await gw.open("127.0.0.1", port)
-    try:
+    policy = MigrationPolicy(migrate_after_s=0.3, resume_plain=False)
+    async with opened_gateway(migration=policy) as (gw, url):
         with _runtime(tmp_path, "a") as a, _runtime(tmp_path, "b") as b:
             gw.add(Replica("m", "a", a.url))
             gw.add(Replica("m", "b", b.url))
             gw.replicas["m"][1].acquire()
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
-                                         timeout=60) as client:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
                 pending = asyncio.create_task(client.post("/v1/completions",
                                                           json=_body(False, False)))
                 await asyncio.sleep(1.0)  # about a third of the generation
@@ -188,9 +175,6 @@ async def test_without_resume_plain_a_cut_plain_request_starts_again(tmp_path: P
                 moved = await _metric(client, MIGRATIONS)
             async with httpx.AsyncClient(base_url=b.url, timeout=10) as client_b:
                 generated_on_b = await _metric(client_b, "vllm:generation_tokens_total")
-    finally:
-        await runner.cleanup()
-        await gw.close()
     assert answer.status_code == 200, answer.text
     out = answer.json()
     assert out["choices"][0]["text"] == _expected(False)
