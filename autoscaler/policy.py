@@ -97,6 +97,7 @@ __all__ = [
     "slo_status",
     "stabilize",
     "target_per_replica",
+    "warm_standbys",
     "warmup_credit",
     "window_demand",
 ]
@@ -437,16 +438,22 @@ def rising(short_rate: float, stable_rate: float, short_window_s: float) -> bool
 
 
 def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig,
-                   cv2: float) -> int:
+                   cv2: float) -> float:
     """Replicas the short window's arrivals needed, as the burst memory records them: the
     queueing model at their rate, but no more than clears their prefill work within the
     window plus one SLO (a burst shorter than the window is absorbed by a queue that drains
     in time; the steady-state model would size it as if it lasted, and the memory would hold
-    that through every gap). The panic stage reacts with the queueing model alone."""
+    that through every gap). The panic stage reacts with the queueing model alone.
+
+    Not rounded: the memory keeps the fraction and the hold rounds once, at recall
+    (:func:`replicas_at`); rounded here, every level between two counts was remembered as the
+    higher one (a burst clearing on 3.1 replicas held 4 through every gap)."""
+    if burst.arrival_rate <= 0:
+        return 0.0
     steady = _mix_replicas(burst.arrival_rate, capacity, config, cv2)
     work = burst.arrival_rate * burst.window_s * capacity.prefill_s
-    fluid = math.ceil(work / ((burst.window_s + config.slo_ttft_s) * config.max_utilization))
-    return min(steady, max(1, fluid)) if burst.arrival_rate > 0 else 0
+    fluid = work / ((burst.window_s + config.slo_ttft_s) * config.max_utilization)
+    return min(float(steady), max(1.0, fluid))
 
 
 def window_demand(slo_target: int, rate: float, capacity: ReplicaCapacity,
@@ -758,8 +765,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         target = credited
         deciding = f"prefill backlog of {backlog:.0f} requests: {credit_note}"
 
-    demand = window_demand(stages[0].replicas, rate, capacity, config, cv2)
-    short_demand = 0
+    demand: float = window_demand(stages[0].replicas, rate, capacity, config, cv2)
+    short_demand = 0.0
     burst_target = target
     if isinstance(burst, Signals):
         short_demand = burst_replicas(burst, capacity, config, cv2)
@@ -854,9 +861,12 @@ def warm_standbys(peaks: Peaks, desired: int, speed: float, observed: Observed,
     if config.warm_pool is not None:
         wanted = config.warm_pool
     else:
-        standbys = burst_standbys(peaks, desired * speed, config.quantile,
-                                  config.cold_start_s)
-        wanted = max(int(config.prewarm), replicas_at(standbys, speed))
+        held = desired * speed
+        beyond = burst_standbys(peaks, held, config.quantile, config.cold_start_s)
+        # The burst's level rounded as a held level is (replicas_at), less the replicas held:
+        # a fraction of a replica beyond them that the hold would not add is no standby.
+        standbys = max(0, replicas_at(held + beyond, speed) - desired) if beyond > 0 else 0
+        wanted = max(int(config.prewarm), standbys)
     wanted = min(wanted, max(0, config.max_replicas - desired))
     if observed.free_gpus is not None:  # GPUs for standbys once the scale-up is placed
         current = observed.current
