@@ -80,6 +80,7 @@ __all__ = [
     "backlog_trigger",
     "budget_clamp",
     "burst_replicas",
+    "claim_standbys",
     "correct_speed",
     "decide",
     "draining_capacity",
@@ -778,6 +779,13 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                         f"{burst.window_s:.0f} s (beyond noise around {stable.arrival_rate:.2f})"
                         f" needs {burst_target}")
         stages.append(Stage("rise", target, ""))
+    claimed = claim_standbys(state.peaks, current, speed, observed.warm_available,
+                             rise or queue > current, config)
+    if claimed > target:
+        target = claimed
+        deciding = (f"burst: the {claimed - current} warm standbys kept for it claimed at once "
+                    f"(they cost the same GPUs claimed or not)")
+    stages.append(Stage("claim", target, ""))
     before = target
     if short:  # no cold start for a burst that ends before it: the panic stage stands down
         burst_target = min(burst_target, target)
@@ -853,6 +861,29 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
 
 
 # ---- stage 9: warm standbys ----------------------------------------------------------------
+def claim_standbys(peaks: Peaks, current: int, speed: float, warm_available: int,
+                   bursting: bool, config: AutoscalerConfig) -> int:
+    """The replicas to have when a burst begins (``bursting``: a rise or a backlog) and the
+    burst memory kept warm standbys for it: the current ones plus every such standby that is
+    free (0: no claim). A standby costs its GPU whether claimed or not, while claiming only
+    what the first few seconds of the burst show (the backlog rule's projection) took the
+    rest a decision later, another warm start of the burst's requests late."""
+    if not bursting or warm_available <= 0 or config.warm_pool is not None:
+        return 0
+    kept = _memory_standbys(peaks, current, speed, config)
+    return current + min(warm_available, kept) if kept > 0 else 0
+
+
+def _memory_standbys(peaks: Peaks, desired: int, speed: float,
+                     config: AutoscalerConfig) -> int:
+    """Standbys the burst memory keeps beyond ``desired`` replicas: a short burst seen once,
+    its level rounded as a held level is (:func:`replicas_at`), less the replicas held (a
+    fraction of a replica beyond them that the hold would not add is no standby)."""
+    held = desired * speed
+    beyond = burst_standbys(peaks, held, config.quantile, config.cold_start_s)
+    return max(0, replicas_at(held + beyond, speed) - desired) if beyond > 0 else 0
+
+
 def warm_standbys(peaks: Peaks, desired: int, speed: float, observed: Observed,
                   config: AutoscalerConfig) -> int:
     """Standbys: a fixed pool when configured, else the level of a burst shorter than a cold
@@ -861,12 +892,7 @@ def warm_standbys(peaks: Peaks, desired: int, speed: float, observed: Observed,
     if config.warm_pool is not None:
         wanted = config.warm_pool
     else:
-        held = desired * speed
-        beyond = burst_standbys(peaks, held, config.quantile, config.cold_start_s)
-        # The burst's level rounded as a held level is (replicas_at), less the replicas held:
-        # a fraction of a replica beyond them that the hold would not add is no standby.
-        standbys = max(0, replicas_at(held + beyond, speed) - desired) if beyond > 0 else 0
-        wanted = max(int(config.prewarm), standbys)
+        wanted = max(int(config.prewarm), _memory_standbys(peaks, desired, speed, config))
     wanted = min(wanted, max(0, config.max_replicas - desired))
     if observed.free_gpus is not None:  # GPUs for standbys once the scale-up is placed
         current = observed.current
