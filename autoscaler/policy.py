@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, replace
 
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
 from kubeplex.autoscaler.capacity import (
+    MIN_TIMED_PREFILLS,
     CapacityEstimate,
     measured_speed,
     prompt_mix,
@@ -64,6 +65,7 @@ from kubeplex.autoscaler.memory import (
     current_burst,
     held_level,
     record,
+    replicas_at,
     typical_burst_s,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
@@ -109,8 +111,6 @@ VLLM_MAX_NUM_SEQS = 256
 CORRECTION_WEIGHT = 0.5
 #: Correction and feedback together keep the model's speed within this factor.
 CORRECTION_LIMIT = 2.0
-#: Prefill phases a window must time before their mean measures the engine's speed.
-MIN_TIMED_PREFILLS = 20
 #: A speed measurement needs a window this many mean prefills long (1/20: at most ~5% of
 #: the work in progress at the window's edges goes uncounted).
 MIN_PREFILLS_PER_WINDOW = 20.0
@@ -127,11 +127,6 @@ BACKLOG_SLO_FRACTION = 0.5
 #: A backlog should clear within this many SLOs (or warm starts): long enough not to buy a
 #: replica per queued request, short enough that new arrivals soon meet the SLO again.
 BACKLOG_DRAIN_FACTOR = 10.0
-#: Relative noise of the speed estimate: the standard error of a mean of MIN_TIMED_PREFILLS
-#: prefill-time ratios whose coefficient of variation is ~1 (mixed prompt lengths), 1/sqrt(20).
-#: The burst memory's levels are not rescaled up by less: a ceiling taken on that noise added a
-#: replica to every held level (2 replicas recorded at 1.004x, recalled at 0.99x, became 3).
-SPEED_NOISE = 1 / math.sqrt(MIN_TIMED_PREFILLS)
 #: Knative's defaults: max scale-up rate 1000x, max scale-down rate 2x per evaluation.
 KNATIVE_MAX_SCALE_UP_RATE = 1000.0
 KNATIVE_MAX_SCALE_DOWN_RATE = 2.0
@@ -559,17 +554,6 @@ def panic(burst_target: int, credited: int, target: int, state: AutoscalerState,
 
 
 # ---- stage 7: stabilization and rate limits ------------------------------------------------
-def replicas_at(level: float, speed: float) -> int:
-    """Replicas for a burst-memory ``level`` (replicas at the model's speed) at the estimated
-    ``speed``: rescaled, but a fraction of a replica within :data:`SPEED_NOISE` of the whole
-    count below it (the speed estimate's noise) adds no replica."""
-    needed = level / speed
-    whole = math.floor(needed)
-    if whole > 0 and needed <= whole * (1 + SPEED_NOISE):
-        return whole
-    return max(0, math.ceil(needed - 1e-9))
-
-
 def stabilize(recommendations: tuple[tuple[float, int], ...], target: int, now: float,
               delay_s: float) -> tuple[int, tuple[tuple[float, int], ...]]:
     """Scale up at once; scale down only to the highest target of the last ``delay_s``."""
