@@ -60,6 +60,7 @@ from kubeplex.autoscaler.errors import AutoscalerConfigError
 from kubeplex.autoscaler.feedback import FeedbackState, observe, step
 from kubeplex.autoscaler.forecast import HoltConfig, HoltState, holt_update
 from kubeplex.autoscaler.memory import (
+    BUCKET_S,
     Peaks,
     burst_standbys,
     current_burst,
@@ -412,12 +413,15 @@ def futile(peaks: Peaks, now: float, config: AutoscalerConfig, warm_available: i
     """Why a reactive scale-up would come too late ("" when it would not): every burst in the
     memory ended before a cold start (and no warm standby is free), and the one going on now
     is not older than the longest of them. The held level serves such bursts; a replica
-    started for one would arrive after it. A burst outlasting them all is reacted to."""
+    started for one would arrive after it. A burst outlasting them all is reacted to; the
+    memory knows when a burst began to a bucket (:data:`~kubeplex.autoscaler.memory.
+    BUCKET_S`), so one outlasts them once it is a bucket older than the longest (a 4 s burst
+    straddling two buckets looked 12 s old against 10 s bursts and got cold starts)."""
     typical = typical_burst_s(peaks)
     started = current_burst(peaks)
     if warm_available > 0 or typical is None or typical >= config.cold_start_s:
         return ""
-    if started is not None and now - started > typical:
+    if started is not None and now - started - BUCKET_S > typical:
         return ""
     return (f"bursts here end within {typical:.0f} s, before a {config.cold_start_s:.0f} s "
             f"cold start: no replica started for this one (the burst memory holds for them)")

@@ -77,6 +77,15 @@ def test_no_cold_start_for_a_burst_shorter_than_one() -> None:
     assert futile(_memory([], 500.0), 505.0, CONFIG, 0) == ""
 
 
+def test_a_burst_outlasts_the_others_only_beyond_the_memory_buckets_resolution() -> None:
+    """Burst lengths are known to a bucket: the finished ones lasted at most 10 s, and one in
+    its second bucket 15 s after its bucket began may have started 9 s into it (6 s ago):
+    still futile. 25 s after, it surely outlasts them: reacted to."""
+    assert "before a 60 s cold start" in futile(_memory([100.0, 300.0, 500.0, 510.0], 515.0),
+                                                515.0, CONFIG, 0)
+    assert futile(_memory([100.0, 300.0, 500.0, 510.0, 520.0], 525.0), 525.0, CONFIG, 0) == ""
+
+
 def test_a_rise_is_a_short_window_rate_beyond_poisson_noise() -> None:
     # 5 req/s over 6 s: one standard deviation is sqrt(5 / 6) ~ 0.91 req/s
     assert rising(7.0, 5.0, 6.0)
