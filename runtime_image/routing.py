@@ -26,9 +26,11 @@ Policies (``spec.routing`` of a ModelService):
     the prefill rate the router measures (the prompt tokens of about the last
     :data:`RATE_MEMORY` first outputs over the time a replica took for them: a ratio of
     averages, so a batch whose first outputs come out microseconds apart counts as one batch),
-    so a replica half way through a long prompt is seen half way; not while its requests in
-    flight reserve more KV cache than it has (some then wait for memory, which frees only as
-    others finish, however fast it prefills).
+    so a replica half way through a long prompt is seen half way; but what was sent there
+    while a step ran waits whole for that replica's next first output (an engine's step takes
+    what waits when it starts), and nothing is counted down while its requests in flight
+    reserve more KV cache than it has (some then wait for memory, which frees only as others
+    finish, however fast it prefills).
 
     **Engine reports** (:meth:`Router.observe`, :mod:`kubeplex.runtime.kv_events`): where a
     replica's engine publishes its KV events (vLLM's ``BlockStored`` / ``BlockRemoved`` /
@@ -252,6 +254,7 @@ class _Replica:
     reserved: int = 0  # KV tokens (prompt + max_tokens) of the requests in flight
     prefill: int = 0  # uncached prompt tokens of the requests with no output yet
     since: float = 0.0  # when its prefill last made known progress (or started)
+    later: int = 0  # of ``prefill``, what was sent while a step ran: waits for the next
     load: EngineLoad | None = None  # the engine's last report of its queue
     sent_since_load: int = 0  # uncached prompt tokens sent here after that report
 
@@ -271,7 +274,8 @@ class _Replica:
             return load.prefill_tokens + step + self.sent_since_load
         if rate is None or self.prefill <= 0 or self.reserved > self.index.capacity:
             return float(self.prefill)
-        return max(0.0, self.prefill - rate * max(0.0, now - self.since))
+        later = min(self.later, self.prefill)
+        return later + max(0.0, self.prefill - later - rate * max(0.0, now - self.since))
 
 
 @dataclass(eq=False)
@@ -378,6 +382,8 @@ class Router:
         ticket = Ticket(key, request.kv_tokens, request.prompt_tokens - state.cached(request))
         if state.prefill <= 0:
             state.since = now  # an idle replica starts on it now
+        else:
+            state.later += ticket.prefill_tokens
         state.in_flight += 1
         state.reserved += ticket.kv_tokens
         state.prefill += ticket.prefill_tokens
@@ -426,6 +432,7 @@ class Router:
             self._rate_tokens += (ticket.prefill_tokens - self._rate_tokens) * weight
             self._rate_seconds += (max(0.0, now - state.since) - self._rate_seconds) * weight
             state.since = now
+            state.later = 0  # a new step starts and takes what waited
         ticket.started = True
 
     def done(self, ticket: Ticket, now: float) -> None:

@@ -24,7 +24,9 @@ engine's; and the machine's CPU busy fraction per mode says whether the cores we
 routing policy named (``kubeplex.gateway.Gateway``, two replicas that both point at the
 engine, so the policy has a choice to make every request), each mode against the engine
 directly, rounds interleaved over all modes. ``--prompt-chars`` sends longer prompts (the
-prefix-aware policy hashes every 64 characters of them).
+prefix-aware policy hashes every 64 characters of them). ``--no-resume-plain`` adds, per
+policy, a gateway that forwards plain requests as they came (``resume_plain`` off) beside the
+default one, which streams them from the engine so that they can resume mid-generation.
 
 Writes benchmarks/runtime/results/router_overhead_<engine>_c<concurrency>[_lockstep]
 [_gateway].json and a PNG.
@@ -203,12 +205,18 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-async def _serve_gateway(port: int, policy: str, engine_url: str) -> None:
-    """This process as a gateway over two replicas, both the engine at ``engine_url``."""
-    from kubeplex.gateway import Gateway, Replica, Route
+#: A gateway mode's name suffix when it forwards plain requests as plain (``resume_plain`` off).
+PLAIN_UPSTREAM = " (plain upstream)"
 
+
+async def _serve_gateway(port: int, mode: str, engine_url: str) -> None:
+    """This process as a gateway over two replicas, both the engine at ``engine_url``."""
+    from kubeplex.gateway import Gateway, MigrationPolicy, Replica, Route
+
+    policy = mode.removesuffix(PLAIN_UPSTREAM)
     gateway = Gateway({"m": "default/m"}, hold_timeout=10, hold_limit=10,
-                      retry_after=lambda route: 1.0)
+                      retry_after=lambda route: 1.0,
+                      migration=MigrationPolicy(resume_plain=policy == mode))
     gateway.set_routes({"m": Route.of_key("m", "default/m", policy)})
     for group in ("a", "b"):
         gateway.add(Replica("m", group, engine_url))
@@ -249,6 +257,9 @@ def main() -> int:
     p.add_argument("--gateway", nargs="*", choices=POLICIES, metavar="POLICY",
                    help="measure the gateway with these routing policies instead of the "
                         f"runtime's router ({', '.join(POLICIES)})")
+    p.add_argument("--no-resume-plain", action="store_true",
+                   help="with --gateway: also measure each policy with plain requests "
+                        "forwarded as plain (not streamed from the engine to be resumable)")
     p.add_argument("--prompt-chars", type=int, default=0,
                    help="prompt length in characters (default: a 4-token prompt)")
     p.add_argument("--serve-gateway", help=argparse.SUPPRESS)
@@ -276,9 +287,11 @@ def main() -> int:
         pids = {}
         try:
             if args.gateway:
-                for policy in args.gateway:
-                    gateways[policy], urls[policy] = _start_gateway(policy, direct)
-                    pids[policy] = gateways[policy].pid
+                modes = [m for policy in args.gateway for m in (
+                    policy, *((policy + PLAIN_UPSTREAM,) if args.no_resume_plain else ()))]
+                for mode in modes:
+                    gateways[mode], urls[mode] = _start_gateway(mode, direct)
+                    pids[mode] = gateways[mode].pid
             else:
                 urls["router"] = rt.url
                 pids["router"] = rt.proc.pid if rt.proc is not None else 0
@@ -316,7 +329,8 @@ def main() -> int:
     Console(width=200).print(table)
     RESULTS.mkdir(exist_ok=True)
     suffix = ("_lockstep" if args.token_spread == 0 else "") + ("_gateway" if args.gateway
-                                                                else "")
+                                                                else "") \
+        + ("_plain_upstream" if args.gateway and args.no_resume_plain else "")
     out = RESULTS / f"router_overhead_{args.engine}_c{args.concurrency}{suffix}.json"
     _plot(results, out.with_suffix(".png"))
     for res in results.values():

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 FLAGS = {"port": "KUBEPLEX_GATEWAY_PORT", "host": "KUBEPLEX_BIND_ADDRESS",
          "hold_timeout": "KUBEPLEX_HOLD_TIMEOUT_SECONDS",
          "max_held": "KUBEPLEX_MAX_HELD_REQUESTS", "operator_url": "KUBEPLEX_OPERATOR_URL",
-         "migrate_after": "KUBEPLEX_MIGRATE_AFTER_SECONDS"}
+         "migrate_after": "KUBEPLEX_MIGRATE_AFTER_SECONDS",
+         "resume_plain": "KUBEPLEX_RESUME_PLAIN_REQUESTS"}
 
 
 class GatewayCLIError(KubeplexError):
@@ -43,6 +44,10 @@ def register(cli: Commands) -> None:
                    help="seconds a replica leaving routing keeps its in-flight generations "
                         "before they resume on another replica (KUBEPLEX_MIGRATE_AFTER_SECONDS, "
                         "default 5)")
+    p.add_argument("--resume-plain", choices=("true", "false"),
+                   help="stream plain requests from the replica so they resume mid-generation "
+                        "too (KUBEPLEX_RESUME_PLAIN_REQUESTS, default true; false saves the "
+                        "engine an SSE event per token)")
     p.add_argument("--operator-url", help="operator webhook base URL for scale-from-zero "
                                           "alerts (KUBEPLEX_OPERATOR_URL)")
     p.add_argument("--namespace", "-n", action="append", default=None,

@@ -88,6 +88,11 @@ GATEWAY_ENV_DOCS: dict[str, tuple[str, str, str]] = {
                                        "Seconds a replica leaving routing (scale-down, drain) "
                                        "keeps its in-flight generations before they resume on "
                                        "another replica."),
+    "KUBEPLEX_RESUME_PLAIN_REQUESTS": ("resume_plain", "true",
+                                       "Send plain (non-streaming) requests to the replica as "
+                                       "streams so they too resume mid-generation; false "
+                                       "saves the engine an SSE event per token (a plain "
+                                       "request cut by a failure then starts again)."),
     "KUBEPLEX_URL_ANNOTATIONS": ("url_annotations", "false",
                                  "Route to the pods' kubeplex.io/router-url annotations "
                                  "(test harnesses that run runtimes off-cluster)."),
@@ -128,6 +133,7 @@ class GatewaySettings:
     alert_token: str = ""
     alert_token_file: str = ""
     migrate_after_s: float = DEFAULT_MIGRATE_AFTER_SECONDS
+    resume_plain: bool = True
     url_annotations: bool = False
 
     @classmethod
@@ -232,7 +238,8 @@ class ClusterGateway:
                                    retry_after=lambda route: RETRY_AFTER_S,
                                    on_hold=self._on_hold, status_source=self.status,
                                    migration=MigrationPolicy(
-                                       migrate_after_s=settings.migrate_after_s))
+                                       migrate_after_s=settings.migrate_after_s,
+                                       resume_plain=settings.resume_plain))
         self.gateway.not_ready = "waiting for the first lists of ModelServices and endpoints"
         self.models: dict[tuple[str, str], ModelEntry] = {}
         self.slices: dict[tuple[str, str], SliceEntry] = {}

@@ -277,7 +277,8 @@ class LocalMode:
             hold_timeout=settings.hold_timeout_seconds, hold_limit=settings.hold_queue_limit,
             retry_after=self._expected_start, on_hold=self._held,
             status_source=self.status,
-            migration=MigrationPolicy(migrate_after_s=settings.migrate_after_seconds))
+            migration=MigrationPolicy(migrate_after_s=settings.migrate_after_seconds,
+                                      resume_plain=settings.resume_plain_requests))
         self.by_served = {r.served: r for r in runs.values()}
         self.gateway.set_routes({  # LoRA adapters route to their model; spec.routing picks
             r.served: replace(Route.of_key(r.served, r.key, r.svc.spec.routing),

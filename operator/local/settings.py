@@ -16,6 +16,8 @@ it: it is not in the ``kubeplex.io`` API group)::
       drainGraceSeconds: 30     # in-flight requests get this long when a replica drains
       migrateAfterSeconds: 5    # ... and generations still running after this long resume
                                 # on another replica instead (request migration)
+      resumePlainRequests: true # plain requests too (streamed from the replica; false
+                                # saves the engine an SSE event per token)
       engine: auto              # auto | sim | vllm (auto: vllm where it can run, else sim)
 
 Every key is optional; unknown keys are refused with the list of known ones.
@@ -52,6 +54,7 @@ class LocalSettings:
     hold_queue_limit: int = 256
     drain_grace_seconds: float = 30.0
     migrate_after_seconds: float = DEFAULT_MIGRATE_AFTER_SECONDS
+    resume_plain_requests: bool = True
     engine: str = "auto"
 
     def __post_init__(self) -> None:
@@ -61,6 +64,10 @@ class LocalSettings:
                 if value not in ENGINES:
                     raise SettingsError(f"LocalSettings spec.engine: must be one of "
                                         f"{', '.join(ENGINES)}, got {value!r}")
+            elif f.name == "resume_plain_requests":
+                if not isinstance(value, bool):
+                    raise SettingsError(f"LocalSettings spec.resumePlainRequests: must be true "
+                                        f"or false, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, int | float) \
                     or not 0 <= value < float("inf") \
                     or (value == 0 and f.name in ("tick_seconds", "stable_window_seconds",

@@ -218,6 +218,7 @@ def test_gateway_runs_the_command_with_the_env_its_code_reads(
     settings = GatewaySettings.from_env(env)
     assert settings.port == {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
     assert (settings.hold_timeout_s, settings.max_held) == (300.0, 1000)
+    assert settings.resume_plain
     assert settings.operator_url == "http://kubeplex-operator.kubeplex-system.svc:8443"
     # the token file is the alert Secret, mounted
     mount = next(m for m in c["volumeMounts"] if m["name"] == "alert-token")

@@ -163,6 +163,42 @@ async def test_a_plain_request_whose_replica_dies_gets_one_whole_answer(gateway,
     assert moved == 1
 
 
+async def test_without_resume_plain_a_cut_plain_request_starts_again(tmp_path: Path) -> None:
+    """``resume_plain`` off (``KUBEPLEX_RESUME_PLAIN_REQUESTS=false``): a plain request goes
+    upstream as it came, and one whose replica dies is sent again from the start (nothing
+    was sent to the client yet): the whole answer, no migration counted."""
+    gw = Gateway({"m": "default/m"}, hold_timeout=60, hold_limit=100,
+                 retry_after=lambda model: 3.0,
+                 migration=MigrationPolicy(migrate_after_s=0.3, resume_plain=False))
+    port = free_port()
+    runner = await gw.open("127.0.0.1", port)
+    try:
+        with _runtime(tmp_path, "a") as a, _runtime(tmp_path, "b") as b:
+            gw.add(Replica("m", "a", a.url))
+            gw.add(Replica("m", "b", b.url))
+            gw.replicas["m"][1].acquire()
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                         timeout=60) as client:
+                pending = asyncio.create_task(client.post("/v1/completions",
+                                                          json=_body(False, False)))
+                await asyncio.sleep(1.0)  # about a third of the generation
+                _kill(a)
+                gw.replicas["m"][1].release()
+                answer = await pending
+                moved = await _metric(client, MIGRATIONS)
+            async with httpx.AsyncClient(base_url=b.url, timeout=10) as client_b:
+                generated_on_b = await _metric(client_b, "vllm:generation_tokens_total")
+    finally:
+        await runner.cleanup()
+        await gw.close()
+    assert answer.status_code == 200, answer.text
+    out = answer.json()
+    assert out["choices"][0]["text"] == _expected(False)
+    assert out["usage"]["completion_tokens"] == TOKENS
+    assert moved == 0
+    assert generated_on_b == TOKENS  # b generated all of it again, not the rest
+
+
 async def test_a_leaving_replica_hands_its_requests_over(gateway, tmp_path: Path) -> None:
     """Scale-down: the gateway stops routing to a, whose long generations move to b
     ``migrate_after_s`` later, so waiting for a takes that long, not the whole generation."""

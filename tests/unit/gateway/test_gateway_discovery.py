@@ -200,6 +200,8 @@ def test_settings_defaults_match_the_chart_contract() -> None:
                                   "KUBEPLEX_OPERATOR_URL": "http://op.kubeplex.svc:8443",
                                   "KUBEPLEX_URL_ANNOTATIONS": "true"})
     assert s.watch_namespaces == ("a", "b") and s.url_annotations
+    assert s.resume_plain  # plain requests resume by default
+    assert not GatewaySettings.from_env({"KUBEPLEX_RESUME_PLAIN_REQUESTS": "false"}).resume_plain
     assert {"KUBEPLEX_GATEWAY_PORT", "KUBEPLEX_HOLD_TIMEOUT_SECONDS", "KUBEPLEX_MAX_HELD_REQUESTS",
             "KUBEPLEX_WATCH_NAMESPACES", "KUBEPLEX_OPERATOR_URL",
             "KUBEPLEX_ALERT_TOKEN_FILE"} <= set(GATEWAY_ENV_DOCS)
@@ -210,7 +212,7 @@ def test_settings_defaults_match_the_chart_contract() -> None:
     ("KUBEPLEX_HOLD_TIMEOUT_SECONDS", "0"), ("KUBEPLEX_HOLD_TIMEOUT_SECONDS", "soon"),
     ("KUBEPLEX_HOLD_TIMEOUT_SECONDS", "inf"), ("KUBEPLEX_MIGRATE_AFTER_SECONDS", "nan"),
     ("KUBEPLEX_MAX_HELD_REQUESTS", "-1"), ("KUBEPLEX_OPERATOR_URL", "kubeplex-operator:8443"),
-    ("KUBEPLEX_URL_ANNOTATIONS", "maybe"),
+    ("KUBEPLEX_URL_ANNOTATIONS", "maybe"), ("KUBEPLEX_RESUME_PLAIN_REQUESTS", "sometimes"),
 ])
 def test_bad_settings_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(ConfigError, match=var):

@@ -20,6 +20,9 @@ def test_settings_document_is_read_and_overridden(tmp_path):
     (tmp_path / "s.yaml").write_text(SETTINGS.format(spec="{tickSeconds: 2, engine: sim}"))
     settings = load_settings([tmp_path]).with_overrides(tick_seconds=None, engine="vllm")
     assert (settings.tick_seconds, settings.engine) == (2, "vllm")
+    assert settings.resume_plain_requests  # the default
+    (tmp_path / "s.yaml").write_text(SETTINGS.format(spec="{resumePlainRequests: false}"))
+    assert not load_settings([tmp_path]).resume_plain_requests
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -27,6 +30,8 @@ def test_settings_document_is_read_and_overridden(tmp_path):
     ("{tickSeconds: 0}", "spec.tickSeconds: must be"),
     ("{holdQueueLimit: -1}", "spec.holdQueueLimit: must be"),
     ("{engine: tpu}", "spec.engine: must be one of auto, sim, vllm"),
+    ("{resumePlainRequests: 1}", "spec.resumePlainRequests: must be true or false"),
+    ("{migrateAfterSeconds: true}", "spec.migrateAfterSeconds: must be"),
     ("[1, 2]", "spec must be a mapping"),
 ])
 def test_bad_settings_name_the_key(tmp_path, spec, message):

@@ -112,6 +112,28 @@ def test_queued_prefill_counts_down_at_the_measured_rate() -> None:
     assert REPLICAS[unmeasured.choose(REPLICAS, _req("x"), 2.0).index] == "b"
 
 
+def test_prefill_sent_while_a_step_runs_waits_for_the_next_step() -> None:
+    """An engine's step takes what waits when it starts: a prompt sent to a busy replica is
+    not counted down before that replica's next first output (its next step), while the
+    prefill of the running step is. b's queue is a fixed yardstick: beyond its KV capacity,
+    it is not counted down."""
+    router = Router(Policy.PREFIX_AWARE)
+    router.add("a")
+    router.add("b", 10_000)
+    router.started(router.sent("a", _req(tokens=1000), 0.0), 1.0)  # 1000 tokens/s
+    running = router.sent("a", _req(tokens=3000), 1.0)  # a is idle: a step starts with it
+    router.sent("a", _req(tokens=2000), 1.5)  # sent while that step runs
+    router.sent("b", _req(tokens=1800, out=9000), 1.5)  # 1800 queued, reserves 10,800
+    # At t=4.5 a's running 3000 are counted down (0 left), its waiting 2000 not: 2000 > 1800.
+    # Counting a's 5000 down as one would see 1500 there and pick a.
+    assert router.choose(["a", "b"], _req("x"), 4.5).index == 1
+    # The step ends at 5 s (3000 tokens in 4 s: the rate becomes 800 tokens/s) and the next
+    # one takes the 2000 that waited: at t=6 they are 1200, less than b's 1800.
+    router.started(running, 5.0)
+    assert router.prefill_rate == pytest.approx(800.0)
+    assert router.choose(["a", "b"], _req("x"), 6.0).index == 0
+
+
 def test_a_batch_whose_first_outputs_come_microseconds_apart_measures_its_throughput() -> None:
     """Three 1000-token prompts prefilled in one 1 s step: 3000 tokens/s, not the 1000 of the
     first output nor the ~10^8 of the two that came out 10 µs after it."""
