@@ -23,8 +23,8 @@ short-window demand (what bursts needed), and the requests that arrived. It answ
   is served within seconds, and a standby can serve any model of a shared pool, unlike a
   held replica.
 * **burst lengths** (:func:`typical_burst_s`, :func:`current_burst`): how long the bursts in
-  the memory lasted (runs of short-window demand a whole replica above its median), so the policy
-  can tell a burst that will be over before a new replica is ready.
+  the memory lasted (runs of short-window demand a whole replica above its median), so the
+  policy can tell a burst that will be over before a new replica is ready.
 
 All pure; ``now`` comes in, the memory goes back in the autoscaler's state.
 """

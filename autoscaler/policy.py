@@ -27,6 +27,8 @@ Stages, in order (each a function, tested alone with a fake clock):
    for a burst that will be over before a cold start (:func:`futile`).
 6. **rise** (:func:`rising`): a short-window rate beyond Poisson noise above the stable one is
    sized at once by the queueing model (the stable window would see it a minute later).
+   **claim** (:func:`claim_standbys`): when a burst begins (a rise or a backlog), every warm
+   standby the burst memory kept for it is claimed at once (it costs its GPU either way).
    **panic** (:func:`panic`): the short window's demand at ``panic_threshold`` times the
    credited capacity enters panic; in panic the target never goes down; it ends one stable
    window after the last burst.
@@ -414,9 +416,9 @@ def futile(peaks: Peaks, now: float, config: AutoscalerConfig, warm_available: i
     memory ended before a cold start (and no warm standby is free), and the one going on now
     is not older than the longest of them. The held level serves such bursts; a replica
     started for one would arrive after it. A burst outlasting them all is reacted to; the
-    memory knows when a burst began to a bucket (:data:`~kubeplex.autoscaler.memory.
-    BUCKET_S`), so one outlasts them once it is a bucket older than the longest (a 4 s burst
-    straddling two buckets looked 12 s old against 10 s bursts and got cold starts)."""
+    memory knows when a burst began to a bucket (``BUCKET_S``), so one outlasts them once it
+    is a bucket older than the longest (a 4 s burst straddling two buckets looked 12 s old
+    against 10 s bursts and got cold starts)."""
     typical = typical_burst_s(peaks)
     started = current_burst(peaks)
     if warm_available > 0 or typical is None or typical >= config.cold_start_s:
