@@ -7,6 +7,9 @@ Router (OpenAI-compatible, what the Service exposes):
          the engine and returned. 404 lists the hosted models; 503 + Retry-After while the
          runtime drains or the model's engine is not ready (starting, restarting, asleep).
     GET  /v1/models   the hosted models.      GET /metrics   engines' vllm:* + kubeplex_*.
+    GET  /kubeplex/v1/load/NAME   the model's engine queue as server-sent events (the sim's;
+         404 for an engine that publishes none): what the gateway's prefix-aware routing
+         follows (kubeplex.runtime.kv_events).
     GET  /health[?model=NAME]   200 while the process runs; with ``model``: 200 only while
          that model's engine serves (the gateway's per-model probe of a replica it marked
          down), else 503 (404: not hosted). Bodies over 64 MiB get 413, bodies nested deeper
@@ -62,6 +65,7 @@ from kubeplex.runtime.errors import (
     RuntimeError_,
     UnknownModelError,
 )
+from kubeplex.runtime.kv_events import LOAD_PATH
 from kubeplex.runtime.metrics import (
     RouterMetrics,
     merge_expositions,
@@ -242,7 +246,39 @@ class Runtime:
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/metrics", self.metrics_handler)
         app.router.add_get("/health", self.health)
+        app.router.add_get(LOAD_PATH + "/{name:.+}", self.load_stream)
         return app
+
+    async def load_stream(self, request: web.Request) -> web.StreamResponse:
+        """A hosted model's engine load (:mod:`kubeplex.runtime.kv_events`), forwarded as it
+        streams: the sim engine publishes it; vLLM does not (404, and the gateway routes on
+        its own view)."""
+        name = request.match_info["name"]
+        engine = engine_for(self.engines, name)
+        if engine is None:
+            return self._not_hosted(name, "-")
+        if engine.model.engine != "sim":
+            return error_response(404, f"model {engine.name}'s {engine.model.engine} engine "
+                                       "publishes no load", "NotFoundError")
+        if self.session is None or engine.state is not EngineState.READY:
+            return error_response(503, f"model {engine.name} is not serving ({engine.state})",
+                                  "ServiceUnavailableError",
+                                  retry_after=engine.retry_after(time.monotonic()))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        try:
+            async with self.session.get(engine.base_url + LOAD_PATH,
+                                        timeout=aiohttp.ClientTimeout(total=None)) as upstream:
+                if upstream.status != 200:
+                    return error_response(502, f"engine {engine.name} answered its load "
+                                               f"stream with {upstream.status}",
+                                          "BadGatewayError")
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+        except (aiohttp.ClientError, ConnectionResetError):
+            pass  # the engine or the follower went away: the stream ends
+        return response
 
     async def health(self, request: web.Request) -> web.Response:
         """``/health``: 200 while the process runs; ``?model=NAME``: whether it serves NAME."""

@@ -24,15 +24,28 @@ prompt tokens, and the rest of the step it is running), which vLLM's
 
 The sim engine (:class:`kubeplex.runtime.sim.prefix_cache.KVCache`) emits these events, and
 the trace replay feeds them, with each replica's :class:`EngineLoad` after every change, to
-:meth:`kubeplex.runtime.routing.Router.observe`. The gateway does not subscribe to a live
-engine (docs/gateway.md, "Routing policy", says why).
+:meth:`kubeplex.runtime.routing.Router.observe`. A live sim engine publishes its load as a
+stream of server-sent events at :data:`LOAD_PATH` (one :func:`encode_load` per change, and
+at least every :data:`LOAD_HEARTBEAT_S`), which a runtime forwards and the gateway follows
+(:func:`decode_load`); its KV events stay inside the process (a text prompt's block hashes
+are Python's string hash, which differs between processes), and vLLM publishes no load
+(docs/gateway.md, "Routing policy").
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 
-__all__ = ["AllBlocksCleared", "BlockRemoved", "BlockStored", "EngineLoad", "KVEvent"]
+__all__ = ["LOAD_HEARTBEAT_S", "LOAD_PATH", "AllBlocksCleared", "BlockRemoved", "BlockStored",
+           "EngineLoad", "KVEvent", "decode_load", "encode_load"]
+
+#: Where an engine (and a runtime, per model: ``LOAD_PATH + "/" + model``) streams its load.
+LOAD_PATH = "/kubeplex/v1/load"
+#: An engine repeats its load at least this often (seconds) when nothing changes, so that a
+#: follower tells a quiet engine from a lost connection.
+LOAD_HEARTBEAT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,3 +83,34 @@ class EngineLoad:
     prefill_tokens: int
     step_ends_at: float
     waiting: int
+
+
+def encode_load(load: EngineLoad) -> bytes:
+    """One server-sent event of ``load``; times are relative (``step_ends_in_s``: the
+    engine's and the follower's clocks differ)."""
+    body = {"prefill_tokens": load.prefill_tokens, "waiting": load.waiting,
+            "step_ends_in_s": round(max(0.0, load.step_ends_at - load.at), 6)}
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def decode_load(data: str | bytes, now: float) -> EngineLoad:
+    """An :func:`encode_load` event's JSON (the text after ``data: ``) received at ``now``
+    (the follower's clock). Raises ValueError naming what is wrong."""
+    try:
+        body = json.loads(data)
+    except ValueError as e:
+        raise ValueError(f"a load event must be JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"a load event must be a JSON object, got {body!r}")
+    counts = []
+    for name in ("prefill_tokens", "waiting"):
+        value = body.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"a load event's {name} must be an integer >= 0, got {value!r}")
+        counts.append(value)
+    ends_in = body.get("step_ends_in_s")
+    if isinstance(ends_in, bool) or not isinstance(ends_in, int | float) \
+            or not 0 <= ends_in < math.inf:
+        raise ValueError(f"a load event's step_ends_in_s must be a number >= 0, got "
+                         f"{ends_in!r}")
+    return EngineLoad(now, counts[0], now + ends_in, counts[1])

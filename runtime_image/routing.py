@@ -410,6 +410,13 @@ class Router:
             state.load = load
             state.sent_since_load = 0
 
+    def forget_load(self, key: Hashable) -> None:
+        """Replica ``key``'s engine stopped reporting its queue: back to the router's own
+        count (kept all along)."""
+        state = self._state(key)
+        state.load = None
+        state.sent_since_load = 0
+
     @property
     def prefill_rate(self) -> float | None:
         """The measured prefill rate: prompt tokens per second of a replica's progress, over

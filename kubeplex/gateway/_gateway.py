@@ -59,12 +59,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 
 from kubeplex.gateway._adapters import adapter_cards
 from kubeplex.gateway._health import ReplicaHealth
+from kubeplex.gateway._load import LoadFollower
 from kubeplex.gateway._migration import Handle, MigrationPolicy, Migrator
 from kubeplex.gateway._resume import Resumable, resumable
 from kubeplex.runtime._limits import BadRequestBody, parse_request
 from kubeplex.runtime._limits import request_id as read_request_id
 from kubeplex.runtime.app import Runtime
 from kubeplex.runtime.config import RuntimeConfig
+from kubeplex.runtime.kv_events import EngineLoad
 from kubeplex.runtime.proxy import Target, error_response
 from kubeplex.runtime.routing import (
     DEFAULT_POLICY,
@@ -173,6 +175,7 @@ class Gateway(Runtime):
         self._changed: dict[str, asyncio.Event] = {}
         super().__init__(RuntimeConfig(models=(), device="cpu"))
         self.replica_health = ReplicaHealth(lambda: self.proxy.session, self._replica_up)
+        self.loads = LoadFollower(lambda: self.proxy.session, self._engine_load)
         self.migrator = Migrator(self.proxy, migration or MigrationPolicy(), self._replacement,
                                  self._replica_failed, self._count_move, self._first_output)
         #: Replica id -> the timer that moves its requests (it left routing).
@@ -202,7 +205,8 @@ class Gateway(Runtime):
         (their held requests are answered at once)."""
         for name in [r for r in self.routes if r not in routes]:
             self._forget_series(self.routes.pop(name))
-            self.replicas.pop(name, None)
+            for replica in self.replicas.pop(name, ()):
+                self.loads.forget(replica)
             self.routers.pop(name, None)
             self._notify(name)  # wake its held requests: they find the route gone
         for name, route in routes.items():
@@ -217,6 +221,7 @@ class Gateway(Runtime):
                 self.routers[name] = router = Router(route.routing)
                 for replica in replicas:
                     router.add(replica, replica.cache_tokens)
+                    self._follow_load(replica, router)
             self.held.setdefault(name, 0)
             self._notify(name)
             self.arrivals.labels(*route.labels)
@@ -238,7 +243,24 @@ class Gateway(Runtime):
         name = replica.route
         self.replicas[name].append(replica)
         self.routers[name].add(replica, replica.cache_tokens)
+        self._follow_load(replica, self.routers[name])
         self._replicas_changed(name)
+
+    def _follow_load(self, replica: Replica, router: Router) -> None:
+        """Follow ``replica``'s engine load while its route's policy counts queues."""
+        if router.uses_prefixes:
+            self.loads.follow(replica)
+        else:
+            self.loads.forget(replica)
+
+    def _engine_load(self, replica: object, load: EngineLoad | None) -> None:
+        router = self.routers.get(replica.route) if isinstance(replica, Replica) else None
+        if router is None:
+            return
+        if load is None:
+            router.forget_load(replica)
+        else:
+            router.observe(replica, load=load)
 
     def remove(self, route: str, group: str) -> Replica | None:
         """Stop routing ``route`` to ``group``; returns the replica (to wait for it).
@@ -255,6 +277,7 @@ class Gateway(Runtime):
             self._replicas_changed(route)
         if gone is not None:
             self.replica_health.forget(gone)
+            self.loads.forget(gone)
             if gone.streams and self.migrator.policy.enabled:
                 self._evacuations[id(gone)] = asyncio.get_running_loop().call_later(
                     self.migrator.policy.migrate_after_s, self._evacuate, gone)
@@ -503,6 +526,7 @@ class Gateway(Runtime):
             timer.cancel()
         self._evacuations.clear()
         await self.replica_health.close()
+        await self.loads.close()
         await super().close()
 
     async def open(self, host: str, port: int) -> web.AppRunner:

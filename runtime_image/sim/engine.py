@@ -25,6 +25,7 @@ import itertools
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
+from kubeplex.runtime.kv_events import EngineLoad
 from kubeplex.runtime.prefix import NO_BLOCKS, PromptBlocks
 from kubeplex.runtime.sim.device import SharedDevice
 from kubeplex.runtime.sim.metrics import VllmMetrics
@@ -62,6 +63,7 @@ class SimEngine:
         self._resume: dict[int, float] = {}
         self._seq = itertools.count()
         self._wake = asyncio.Event()
+        self._load_changed = asyncio.Event()  # replaced at every change (a broadcast)
         self._t0 = asyncio.get_running_loop().time()
         metrics.bind_scheduler(lambda: self.scheduler.num_running,
                                lambda: self.scheduler.num_waiting,
@@ -70,6 +72,24 @@ class SimEngine:
     def now(self) -> float:
         """Simulated seconds since the engine started."""
         return (asyncio.get_running_loop().time() - self._t0) / self.time_scale
+
+    def load(self) -> EngineLoad:
+        """The queue a request arriving now finds, on the event loop's clock (wall seconds):
+        the uncached prompt tokens waiting, and when the running step ends."""
+        now = self.now()
+        load = self.scheduler.load(now)
+        wall = asyncio.get_running_loop().time()
+        return EngineLoad(wall, load.prefill_tokens,
+                          wall + max(0.0, load.step_ends_at - now) * self.time_scale,
+                          load.waiting)
+
+    async def load_change(self) -> None:
+        """Return once the queue changes (a request arrives, a step starts or ends)."""
+        await self._load_changed.wait()
+
+    def _changed(self) -> None:
+        self._load_changed.set()
+        self._load_changed = asyncio.Event()
 
     async def generate(self, request_id: str, prompt_tokens: int, max_tokens: int,
                        blocks: PromptBlocks = NO_BLOCKS) -> AsyncGenerator[int, None]:
@@ -83,6 +103,7 @@ class SimEngine:
         self._streams[req] = stream
         self.scheduler.add(req)
         self._wake.set()
+        self._changed()
         try:
             while True:
                 await stream.event.wait()
@@ -154,6 +175,7 @@ class SimEngine:
             now = self.now()
             self._release_due(now)
             self._start_free_lanes(now)
+            self._changed()
             self._wake.clear()
             if self._pending:
                 delay = max(0.0, (self._pending[0][0] - self.now()) * self.time_scale)

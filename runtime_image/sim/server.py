@@ -2,8 +2,10 @@
 
 Endpoints: ``POST /v1/completions`` and ``/v1/chat/completions`` (``stream`` true or false,
 ``stream_options.include_usage``), ``GET /v1/models``, ``/health``, ``/metrics``,
-``/version``; with ``--enable-sleep-mode`` also ``POST /sleep?level=1|2``, ``POST /wake_up``
-and ``GET /is_sleeping`` (vLLM's dev-mode sleep API). Errors use vLLM's JSON error shape.
+``/version``, ``/kubeplex/v1/load`` (the engine's queue as a stream of server-sent events:
+:mod:`kubeplex.runtime.kv_events`); with ``--enable-sleep-mode`` also
+``POST /sleep?level=1|2``, ``POST /wake_up`` and ``GET /is_sleeping`` (vLLM's dev-mode sleep
+API). Errors use vLLM's JSON error shape.
 
 Token accounting (there is no real tokenizer):
 
@@ -48,6 +50,7 @@ from kubeplex.runtime._limits import (
     parse_json,
 )
 from kubeplex.runtime._limits import request_id as read_request_id
+from kubeplex.runtime.kv_events import LOAD_HEARTBEAT_S, LOAD_PATH, encode_load
 from kubeplex.runtime.prefix import (
     CHARS_PER_TOKEN,
     DEFAULT_MAX_TOKENS,
@@ -172,6 +175,7 @@ class SimServer:
         r.add_get("/health", self.health)
         r.add_get("/metrics", self.metrics)
         r.add_get("/version", self.version)
+        r.add_get(LOAD_PATH, self.load)
         if sleep_mode:
             r.add_post("/sleep", self.sleep)
             r.add_post("/wake_up", self.wake_up)
@@ -189,6 +193,20 @@ class SimServer:
 
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": SIM_VERSION})
+
+    async def load(self, request: web.Request) -> web.StreamResponse:
+        """The engine's queue now and after every change (at least every
+        :data:`LOAD_HEARTBEAT_S`), until the follower hangs up."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):
+            while True:
+                await response.write(encode_load(self.engine.load()))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(LOAD_HEARTBEAT_S):
+                        await self.engine.load_change()
+        return response
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.engine.metrics.registry)

@@ -6,7 +6,14 @@ import random
 
 import pytest
 
-from kubeplex.runtime.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EngineLoad
+from kubeplex.runtime.kv_events import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    EngineLoad,
+    decode_load,
+    encode_load,
+)
 from kubeplex.runtime.prefix import PromptBlocks, chain
 from kubeplex.runtime.routing import Request, Router
 from kubeplex.runtime.sim.prefix_cache import KVCache
@@ -100,3 +107,42 @@ def test_the_scheduler_reports_its_waiting_prefill_and_step_end() -> None:
     scheduler.add(SimRequest("2", 250, 2, 0.5, blocks=_blocks("a", "c")))
     load = scheduler.load(0.5)
     assert load == EngineLoad(0.5, 250 - SIZE, 1.0, 1)  # block "a" is cached already
+
+
+def test_a_load_event_round_trips_with_times_made_relative() -> None:
+    """The engine's and the follower's clocks differ: the event carries how long the step
+    has left, and the follower dates it on its own clock."""
+    event = encode_load(EngineLoad(100.0, 1234, 100.25, 3))
+    assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+    assert decode_load(event[6:].strip(), 7.0) == EngineLoad(7.0, 1234, 7.25, 3)
+    assert decode_load(encode_load(EngineLoad(5.0, 0, 4.0, 0))[6:], 1.0) == \
+        EngineLoad(1.0, 0, 1.0, 0)  # a step end in the past: idle now
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"{", "must be JSON"),
+    (b"[1]", "must be a JSON object"),
+    (b'{"waiting": 0, "step_ends_in_s": 0}', "prefill_tokens must be an integer >= 0, got None"),
+    (b'{"prefill_tokens": -1, "waiting": 0, "step_ends_in_s": 0}', "prefill_tokens"),
+    (b'{"prefill_tokens": 1, "waiting": true, "step_ends_in_s": 0}', "waiting"),
+    (b'{"prefill_tokens": 1, "waiting": 0, "step_ends_in_s": "soon"}', "step_ends_in_s"),
+    (b'{"prefill_tokens": 1, "waiting": 0, "step_ends_in_s": -2}', "step_ends_in_s"),
+])
+def test_a_bad_load_event_is_refused_naming_the_field(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        decode_load(data, 0.0)
+
+
+def test_without_reports_the_router_goes_back_to_its_own_count() -> None:
+    router = Router("prefix-aware")
+    for key in ("a", "b"):
+        router.add(key)
+    router.sent("a", Request(PromptBlocks((), SIZE), 5000, 1), 0.0)
+    router.sent("b", Request(PromptBlocks((), SIZE), 1000, 1), 0.0)
+    router.observe("a", load=EngineLoad(0.0, 0, 0.0, 0))  # a says it is idle
+    router.observe("b", load=EngineLoad(0.0, 3000, 0.0, 1))
+    request = Request(PromptBlocks((), SIZE), 10, 1)
+    assert router.choose(["a", "b"], request, 0.0).index == 0
+    router.forget_load("a")  # a's stream broke: its 5000 queued count again
+    router.forget_load("b")
+    assert router.choose(["a", "b"], request, 0.0).index == 1
