@@ -39,6 +39,8 @@ from kubeplex.placement.llm import LLMProfile
 __all__ = [
     "ATOMS_PER_BUCKET",
     "MIN_MIX_REQUESTS",
+    "MIN_TIMED_PREFILLS",
+    "SPEED_NOISE",
     "CapacityEstimate",
     "PromptMix",
     "decode_step_line",
@@ -47,6 +49,13 @@ __all__ = [
     "token_capacity",
 ]
 
+#: Prefill phases a window must time before their mean measures the engine's speed.
+MIN_TIMED_PREFILLS = 20
+#: Relative noise of the speed estimate: the standard error of a mean of MIN_TIMED_PREFILLS
+#: prefill-time ratios whose coefficient of variation is ~1 (mixed prompt lengths), 1/sqrt(20).
+#: The burst memory's levels are not rescaled up by less: a ceiling taken on that noise added a
+#: replica to every held level (2 replicas recorded at 1.004x, recalled at 0.99x, became 3).
+SPEED_NOISE = 1 / math.sqrt(MIN_TIMED_PREFILLS)
 #: Atoms per histogram bucket, spread geometrically inside it (1-2-5 buckets are wide).
 ATOMS_PER_BUCKET = 5
 #: Lower bound taken for the first bucket (0, 1].

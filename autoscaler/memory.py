@@ -23,8 +23,8 @@ short-window demand (what bursts needed), and the requests that arrived. It answ
   is served within seconds, and a standby can serve any model of a shared pool, unlike a
   held replica.
 * **burst lengths** (:func:`typical_burst_s`, :func:`current_burst`): how long the bursts in
-  the memory lasted (runs of short-window demand a replica above its median), so the policy
-  can tell a burst that will be over before a new replica is ready.
+  the memory lasted (runs of short-window demand a whole replica above its median), so the
+  policy can tell a burst that will be over before a new replica is ready.
 
 All pure; ``now`` comes in, the memory goes back in the autoscaler's state.
 """
@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from kubeplex.autoscaler.capacity import SPEED_NOISE
 
 __all__ = [
     "BUCKET_S",
@@ -45,6 +47,7 @@ __all__ = [
     "held_level",
     "record",
     "recurring",
+    "replicas_at",
     "typical_burst_s",
 ]
 
@@ -139,25 +142,40 @@ def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: flo
     return 0.0
 
 
+def replicas_at(level: float, speed: float) -> int:
+    """Replicas for a memory ``level`` (replicas at the model's speed) at the estimated
+    ``speed``: rescaled, but a fraction of a replica within :data:`SPEED_NOISE` of the whole
+    count below it (the speed estimate's noise) adds no replica."""
+    needed = level / speed
+    whole = math.floor(needed)
+    if whole > 0 and needed <= whole * (1 + SPEED_NOISE):
+        return whole
+    return max(0, math.ceil(needed - 1e-9))
+
+
 def _runs(peaks: Peaks) -> list[tuple[float, float]]:
     """(start, end) of the runs of consecutive buckets whose short-window demand needs at
-    least one replica more than the memory's median (a burst)."""
+    least one replica more than the memory's median (a burst), both counted as a held level
+    is (:func:`replicas_at`): the levels are kept unrounded, and a burst needing 1.45 replicas
+    over a median of 1.03 needs a second replica (it was not a burst while the test was
+    ``short > median + 1``, so the burst seen once got no standby)."""
     if len(peaks) < 2:
         return []
     values = sorted(b.short for b in peaks)
-    base = values[len(values) // 2] + 1.0
+    base = replicas_at(values[len(values) // 2], 1.0)
     runs: list[tuple[float, float]] = []
     start: float | None = None
     previous: float | None = None
     for bucket in peaks:
         contiguous = previous is not None and bucket.start - previous <= BUCKET_S + 1e-9
-        if bucket.short > base and start is not None and contiguous:
+        bursting = replicas_at(bucket.short, 1.0) > base
+        if bursting and start is not None and contiguous:
             previous = bucket.start
             continue
         if start is not None and previous is not None:
             runs.append((start, previous + BUCKET_S))
             start = None
-        if bucket.short > base:
+        if bursting:
             start = bucket.start
         previous = bucket.start
     if start is not None and previous is not None:

@@ -27,6 +27,8 @@ Stages, in order (each a function, tested alone with a fake clock):
    for a burst that will be over before a cold start (:func:`futile`).
 6. **rise** (:func:`rising`): a short-window rate beyond Poisson noise above the stable one is
    sized at once by the queueing model (the stable window would see it a minute later).
+   **claim** (:func:`claim_standbys`): when a burst begins (a rise or a backlog), every warm
+   standby the burst memory kept for it is claimed at once (it costs its GPU either way).
    **panic** (:func:`panic`): the short window's demand at ``panic_threshold`` times the
    credited capacity enters panic; in panic the target never goes down; it ends one stable
    window after the last burst.
@@ -50,6 +52,7 @@ from dataclasses import dataclass, field, replace
 
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
 from kubeplex.autoscaler.capacity import (
+    MIN_TIMED_PREFILLS,
     CapacityEstimate,
     measured_speed,
     prompt_mix,
@@ -59,11 +62,13 @@ from kubeplex.autoscaler.errors import AutoscalerConfigError
 from kubeplex.autoscaler.feedback import FeedbackState, observe, step
 from kubeplex.autoscaler.forecast import HoltConfig, HoltState, holt_update
 from kubeplex.autoscaler.memory import (
+    BUCKET_S,
     Peaks,
     burst_standbys,
     current_burst,
     held_level,
     record,
+    replicas_at,
     typical_burst_s,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
@@ -80,6 +85,7 @@ __all__ = [
     "backlog_trigger",
     "budget_clamp",
     "burst_replicas",
+    "claim_standbys",
     "correct_speed",
     "decide",
     "draining_capacity",
@@ -97,6 +103,7 @@ __all__ = [
     "slo_status",
     "stabilize",
     "target_per_replica",
+    "warm_standbys",
     "warmup_credit",
     "window_demand",
 ]
@@ -107,8 +114,6 @@ VLLM_MAX_NUM_SEQS = 256
 CORRECTION_WEIGHT = 0.5
 #: Correction and feedback together keep the model's speed within this factor.
 CORRECTION_LIMIT = 2.0
-#: Prefill phases a window must time before their mean measures the engine's speed.
-MIN_TIMED_PREFILLS = 20
 #: A speed measurement needs a window this many mean prefills long (1/20: at most ~5% of
 #: the work in progress at the window's edges goes uncounted).
 MIN_PREFILLS_PER_WINDOW = 20.0
@@ -125,11 +130,6 @@ BACKLOG_SLO_FRACTION = 0.5
 #: A backlog should clear within this many SLOs (or warm starts): long enough not to buy a
 #: replica per queued request, short enough that new arrivals soon meet the SLO again.
 BACKLOG_DRAIN_FACTOR = 10.0
-#: Relative noise of the speed estimate: the standard error of a mean of MIN_TIMED_PREFILLS
-#: prefill-time ratios whose coefficient of variation is ~1 (mixed prompt lengths), 1/sqrt(20).
-#: The burst memory's levels are not rescaled up by less: a ceiling taken on that noise added a
-#: replica to every held level (2 replicas recorded at 1.004x, recalled at 0.99x, became 3).
-SPEED_NOISE = 1 / math.sqrt(MIN_TIMED_PREFILLS)
 #: Knative's defaults: max scale-up rate 1000x, max scale-down rate 2x per evaluation.
 KNATIVE_MAX_SCALE_UP_RATE = 1000.0
 KNATIVE_MAX_SCALE_DOWN_RATE = 2.0
@@ -415,12 +415,15 @@ def futile(peaks: Peaks, now: float, config: AutoscalerConfig, warm_available: i
     """Why a reactive scale-up would come too late ("" when it would not): every burst in the
     memory ended before a cold start (and no warm standby is free), and the one going on now
     is not older than the longest of them. The held level serves such bursts; a replica
-    started for one would arrive after it. A burst outlasting them all is reacted to."""
+    started for one would arrive after it. A burst outlasting them all is reacted to; the
+    memory knows when a burst began to a bucket (``BUCKET_S``), so one outlasts them once it
+    is a bucket older than the longest (a 4 s burst straddling two buckets looked 12 s old
+    against 10 s bursts and got cold starts)."""
     typical = typical_burst_s(peaks)
     started = current_burst(peaks)
     if warm_available > 0 or typical is None or typical >= config.cold_start_s:
         return ""
-    if started is not None and now - started > typical:
+    if started is not None and now - started - BUCKET_S > typical:
         return ""
     return (f"bursts here end within {typical:.0f} s, before a {config.cold_start_s:.0f} s "
             f"cold start: no replica started for this one (the burst memory holds for them)")
@@ -437,16 +440,22 @@ def rising(short_rate: float, stable_rate: float, short_window_s: float) -> bool
 
 
 def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig,
-                   cv2: float) -> int:
+                   cv2: float) -> float:
     """Replicas the short window's arrivals needed, as the burst memory records them: the
     queueing model at their rate, but no more than clears their prefill work within the
     window plus one SLO (a burst shorter than the window is absorbed by a queue that drains
     in time; the steady-state model would size it as if it lasted, and the memory would hold
-    that through every gap). The panic stage reacts with the queueing model alone."""
+    that through every gap). The panic stage reacts with the queueing model alone.
+
+    Not rounded: the memory keeps the fraction and the hold rounds once, at recall
+    (:func:`replicas_at`); rounded here, every level between two counts was remembered as the
+    higher one (a burst clearing on 3.1 replicas held 4 through every gap)."""
+    if burst.arrival_rate <= 0:
+        return 0.0
     steady = _mix_replicas(burst.arrival_rate, capacity, config, cv2)
     work = burst.arrival_rate * burst.window_s * capacity.prefill_s
-    fluid = math.ceil(work / ((burst.window_s + config.slo_ttft_s) * config.max_utilization))
-    return min(steady, max(1, fluid)) if burst.arrival_rate > 0 else 0
+    fluid = work / ((burst.window_s + config.slo_ttft_s) * config.max_utilization)
+    return min(float(steady), max(1.0, fluid))
 
 
 def window_demand(slo_target: int, rate: float, capacity: ReplicaCapacity,
@@ -551,17 +560,6 @@ def panic(burst_target: int, credited: int, target: int, state: AutoscalerState,
 
 
 # ---- stage 7: stabilization and rate limits ------------------------------------------------
-def replicas_at(level: float, speed: float) -> int:
-    """Replicas for a burst-memory ``level`` (replicas at the model's speed) at the estimated
-    ``speed``: rescaled, but a fraction of a replica within :data:`SPEED_NOISE` of the whole
-    count below it (the speed estimate's noise) adds no replica."""
-    needed = level / speed
-    whole = math.floor(needed)
-    if whole > 0 and needed <= whole * (1 + SPEED_NOISE):
-        return whole
-    return max(0, math.ceil(needed - 1e-9))
-
-
 def stabilize(recommendations: tuple[tuple[float, int], ...], target: int, now: float,
               delay_s: float) -> tuple[int, tuple[tuple[float, int], ...]]:
     """Scale up at once; scale down only to the highest target of the last ``delay_s``."""
@@ -758,8 +756,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         target = credited
         deciding = f"prefill backlog of {backlog:.0f} requests: {credit_note}"
 
-    demand = window_demand(stages[0].replicas, rate, capacity, config, cv2)
-    short_demand = 0
+    demand: float = window_demand(stages[0].replicas, rate, capacity, config, cv2)
+    short_demand = 0.0
     burst_target = target
     if isinstance(burst, Signals):
         short_demand = burst_replicas(burst, capacity, config, cv2)
@@ -771,6 +769,13 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                         f"{burst.window_s:.0f} s (beyond noise around {stable.arrival_rate:.2f})"
                         f" needs {burst_target}")
         stages.append(Stage("rise", target, ""))
+    claimed = claim_standbys(state.peaks, current, speed, observed.warm_available,
+                             rise or queue > current, config)
+    if claimed > target:
+        target = claimed
+        deciding = (f"burst: the {claimed - current} warm standbys kept for it claimed at once "
+                    f"(they cost the same GPUs claimed or not)")
+    stages.append(Stage("claim", target, ""))
     before = target
     if short:  # no cold start for a burst that ends before it: the panic stage stands down
         burst_target = min(burst_target, target)
@@ -846,6 +851,29 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
 
 
 # ---- stage 9: warm standbys ----------------------------------------------------------------
+def claim_standbys(peaks: Peaks, current: int, speed: float, warm_available: int,
+                   bursting: bool, config: AutoscalerConfig) -> int:
+    """The replicas to have when a burst begins (``bursting``: a rise or a backlog) and the
+    burst memory kept warm standbys for it: the current ones plus every such standby that is
+    free (0: no claim). A standby costs its GPU whether claimed or not, while claiming only
+    what the first few seconds of the burst show (the backlog rule's projection) took the
+    rest a decision later, another warm start of the burst's requests late."""
+    if not bursting or warm_available <= 0 or config.warm_pool is not None:
+        return 0
+    kept = _memory_standbys(peaks, current, speed, config)
+    return current + min(warm_available, kept) if kept > 0 else 0
+
+
+def _memory_standbys(peaks: Peaks, desired: int, speed: float,
+                     config: AutoscalerConfig) -> int:
+    """Standbys the burst memory keeps beyond ``desired`` replicas: a short burst seen once,
+    its level rounded as a held level is (:func:`replicas_at`), less the replicas held (a
+    fraction of a replica beyond them that the hold would not add is no standby)."""
+    held = desired * speed
+    beyond = burst_standbys(peaks, held, config.quantile, config.cold_start_s)
+    return max(0, replicas_at(held + beyond, speed) - desired) if beyond > 0 else 0
+
+
 def warm_standbys(peaks: Peaks, desired: int, speed: float, observed: Observed,
                   config: AutoscalerConfig) -> int:
     """Standbys: a fixed pool when configured, else the level of a burst shorter than a cold
@@ -854,9 +882,7 @@ def warm_standbys(peaks: Peaks, desired: int, speed: float, observed: Observed,
     if config.warm_pool is not None:
         wanted = config.warm_pool
     else:
-        standbys = burst_standbys(peaks, desired * speed, config.quantile,
-                                  config.cold_start_s)
-        wanted = max(int(config.prewarm), replicas_at(standbys, speed))
+        wanted = max(int(config.prewarm), _memory_standbys(peaks, desired, speed, config))
     wanted = min(wanted, max(0, config.max_replicas - desired))
     if observed.free_gpus is not None:  # GPUs for standbys once the scale-up is placed
         current = observed.current

@@ -358,11 +358,15 @@ def _allan(counts: Sequence[float]) -> float | None:
     if mean <= 0:
         return None
     squares = sorted((b - a) ** 2 for a, b in itertools.pairwise(counts))
-    for _ in range(LEVEL_CHANGE_DIFFERENCES):  # a level change, not variability
-        rest = squares[:-1]
-        if len(rest) < 2 or squares[-1] <= LEVEL_CHANGE_Z ** 2 * math.fsum(rest) / len(rest):
+    # A level change, not variability: the largest differences (two when the change falls
+    # inside a counting interval), each beyond LEVEL_CHANGE_Z of the others, these two left
+    # out of the others (tested one at a time, each level-change difference hid the other).
+    for changes in range(LEVEL_CHANGE_DIFFERENCES, 0, -1):
+        rest = squares[:-changes]
+        if (len(rest) >= 2
+                and squares[-changes] > LEVEL_CHANGE_Z ** 2 * math.fsum(rest) / len(rest)):
+            squares = rest
             break
-        squares = rest
     return math.fsum(squares) / (2 * len(squares)) / mean
 
 
@@ -376,7 +380,9 @@ def _dispersion(window: Sequence[Scrape]) -> float | None:
     req/s) adds one or two very large ones, which made a window over the switch look like
     cv^2 ~60 and asked for replicas the new level did not need: differences beyond
     :data:`LEVEL_CHANGE_Z` times the others' root mean square (at most
-    :data:`LEVEL_CHANGE_DIFFERENCES`) are left out; bursts, which make many, still count.
+    :data:`LEVEL_CHANGE_DIFFERENCES`) are left out; bursts, which make many, still count (one
+    short burst alone in the window, a rise and a fall, reads as a level change: the short
+    window and the burst memory size it).
     """
     counts: list[float] = []
     for prev, cur in itertools.pairwise(window):

@@ -69,6 +69,18 @@ def test_standbys_cover_a_short_burst_seen_once_beyond_what_is_held() -> None:
     assert burst_standbys(long, held=1.0, quantile=P99, cold_start_s=60.0) == 0
 
 
+def test_a_burst_needs_a_whole_replica_more_than_the_median_rounded_as_a_held_level() -> None:
+    """Levels are kept unrounded: 1.45 replicas over a median of 1.03 needs a second replica,
+    a burst with its standby; 1.2 is within the speed estimate's noise of one, no burst."""
+    def once(level: float) -> Peaks:
+        shorts = [1.03] * 5 + [level] + [1.03] * 5
+        return _series(shorts, shorts=shorts)
+
+    assert burst_standbys(once(1.45), held=1.03, quantile=P99,
+                          cold_start_s=60.0) == pytest.approx(0.42)
+    assert burst_standbys(once(1.2), held=1.03, quantile=P99, cold_start_s=60.0) == 0
+
+
 def test_burst_lengths_and_the_one_going_on() -> None:
     shorts = [1, 5, 1, 1, 5, 5, 1, 1, 6]
     peaks = _series(shorts, shorts=shorts)

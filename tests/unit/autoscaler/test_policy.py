@@ -27,8 +27,10 @@ from kubeplex.autoscaler import (
     decide,
 )
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
+from kubeplex.autoscaler.memory import BUCKET_S, Bucket
 from kubeplex.autoscaler.policy import (
     budget_clamp,
+    claim_standbys,
     correct_speed,
     panic,
     queue_replicas,
@@ -36,6 +38,7 @@ from kubeplex.autoscaler.policy import (
     replicas_at,
     scale_to_zero,
     stabilize,
+    warm_standbys,
     warmup_credit,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity
@@ -451,3 +454,32 @@ def test_a_held_level_does_not_gain_a_replica_from_speed_noise() -> None:
     assert replicas_at(3.0, 0.7) == 4  # 4.29: within the noise of 4
     assert replicas_at(0.95, 1.0) == 1
     assert replicas_at(0.0, 0.9) == 0
+
+
+def test_standbys_round_a_burst_level_as_the_hold_does() -> None:
+    """A burst seen once at 3.2 replicas beyond 3 held needs no standby (the hold would keep 3
+    for it too: the 0.2 is within the speed estimate's noise); one at 5.2 needs 2."""
+    def once(level: float) -> tuple[Bucket, ...]:
+        shorts = [1.0, 1.0, level, 1.0, 1.0, 1.0]
+        return tuple(Bucket(i * BUCKET_S, s, s, 50.0) for i, s in enumerate(shorts))
+
+    observed = Observed(scrapes=(), ready=3)
+    config = replace(CONFIG, percentile=99)
+    assert warm_standbys(once(3.2), 3, 1.0, observed, config) == 0
+    assert warm_standbys(once(5.2), 3, 1.0, observed, config) == 2
+    # at a measured 0.7x the same 3.2 is 4.6 replicas, rounded as a held level to 4: 1 more
+    assert warm_standbys(once(3.2), 3, 0.7, observed, config) == 1
+
+
+def test_a_burst_claims_every_standby_kept_for_it_at_once() -> None:
+    """Standbys the memory kept for a burst seen once (5 replicas' worth over 1 held: 4) are
+    all claimed when a burst begins, not only what its first seconds' backlog projects; none
+    without a burst, none beyond those free, none from a fixed pool (the user's, kept)."""
+    peaks = tuple(Bucket(i * BUCKET_S, s, s, 50.0)
+                  for i, s in enumerate([1.0, 1.0, 5.0, 1.0, 1.0, 1.0]))
+    config = replace(CONFIG, percentile=99)
+    assert claim_standbys(peaks, 1, 1.0, 4, True, config) == 5
+    assert claim_standbys(peaks, 1, 1.0, 2, True, config) == 3
+    assert claim_standbys(peaks, 1, 1.0, 4, False, config) == 0
+    assert claim_standbys(peaks, 5, 1.0, 4, True, config) == 0  # held already covers it
+    assert claim_standbys(peaks, 1, 1.0, 4, True, replace(config, warm_pool=4)) == 0

@@ -225,6 +225,11 @@ def test_a_level_change_is_not_burstiness_but_bursts_still_are() -> None:
     steady = [6.0, 4.0, 7.0, 5.0, 8.0, 6.0, 5.0, 7.0, 4.0, 6.0, 5.0, 7.0, 6.0, 5.0, 6.0]
     switched = _counted(steady + [v + 54.0 for v in steady])
     assert switched.arrival_cv2 is not None and switched.arrival_cv2 < 1.0
+    # a switch inside an 8 s counting interval makes two large differences there (22 -> 125
+    # -> 240), each of which hid the other from the 3-sigma test one at a time (read 15.4)
+    high = [v + 54.0 for v in steady]
+    split = _counted(steady[:14] + high + high[:1])
+    assert split.arrival_cv2 is not None and split.arrival_cv2 < 1.0
     # bursts every few intervals make many large differences: still counted
     bursty = _counted([2.0, 2.0, 40.0, 3.0, 1.0, 2.0, 35.0, 2.0, 3.0, 45.0, 1.0, 2.0, 2.0,
                        38.0, 2.0, 3.0, 1.0, 42.0, 2.0, 2.0, 3.0, 36.0, 1.0, 2.0, 44.0, 3.0])

@@ -77,6 +77,15 @@ def test_no_cold_start_for_a_burst_shorter_than_one() -> None:
     assert futile(_memory([], 500.0), 505.0, CONFIG, 0) == ""
 
 
+def test_a_burst_outlasts_the_others_only_beyond_the_memory_buckets_resolution() -> None:
+    """Burst lengths are known to a bucket: the finished ones lasted at most 10 s, and one in
+    its second bucket 15 s after its bucket began may have started 9 s into it (6 s ago):
+    still futile. 25 s after, it surely outlasts them: reacted to."""
+    assert "before a 60 s cold start" in futile(_memory([100.0, 300.0, 500.0, 510.0], 515.0),
+                                                515.0, CONFIG, 0)
+    assert futile(_memory([100.0, 300.0, 500.0, 510.0, 520.0], 525.0), 525.0, CONFIG, 0) == ""
+
+
 def test_a_rise_is_a_short_window_rate_beyond_poisson_noise() -> None:
     # 5 req/s over 6 s: one standard deviation is sqrt(5 / 6) ~ 0.91 req/s
     assert rising(7.0, 5.0, 6.0)
@@ -88,13 +97,17 @@ def test_a_rise_is_a_short_window_rate_beyond_poisson_noise() -> None:
 
 
 def test_a_burst_is_recorded_at_what_clears_its_work_not_at_its_steady_state_need() -> None:
-    # 60 req/s for 6 s: 18 s of prefill work to clear within 6 s + 1 s at 85%: 4 replicas,
-    # where serving 60 req/s for good needs 8 (0.1 s of work each at 85%)
+    # 60 req/s for 6 s: 18 s of prefill work to clear within 6 s + 1 s at 85%: 3.03 replicas
+    # (kept unrounded: the hold rounds once, at recall), where serving 60 req/s for good
+    # needs 8 (0.1 s of work each at 85%)
     short = _signals(window_s=6.0, arrival_rate=60.0)
-    assert burst_replicas(short, CAPACITY, CONFIG, 1.0) == 4
+    assert burst_replicas(short, CAPACITY, CONFIG, 1.0) == pytest.approx(18.0 / (7.0 * 0.85))
     assert slo_replicas(60.0, CAPACITY, CONFIG, 1.0) == 8
     # a 1 s burst leaves a queue that drains within the SLO on fewer
-    assert burst_replicas(replace(short, window_s=1.0), CAPACITY, CONFIG, 1.0) == 2
+    assert burst_replicas(replace(short, window_s=1.0), CAPACITY, CONFIG, 1.0) == (
+        pytest.approx(3.0 / (2.0 * 0.85)))
+    # a handful of requests still records one replica; no arrivals record none
+    assert burst_replicas(_signals(window_s=6.0, arrival_rate=0.5), CAPACITY, CONFIG, 1.0) == 1
     assert burst_replicas(_signals(arrival_rate=0.0), CAPACITY, CONFIG, 1.0) == 0
 
 
