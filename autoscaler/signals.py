@@ -349,6 +349,9 @@ DISPERSION_SCALES = (1, 2, 4)
 LEVEL_CHANGE_Z = 3.0
 #: A level change makes one such difference, or two when it falls inside a counting interval.
 LEVEL_CHANGE_DIFFERENCES = 2
+#: Counts on each side of a level change, at least (three make two differences: an Allan
+#: variance and a mean shift measured against it).
+MIN_SEGMENT_COUNTS = 3
 
 
 def _allan(counts: Sequence[float]) -> float | None:
@@ -370,6 +373,28 @@ def _allan(counts: Sequence[float]) -> float | None:
     return math.fsum(squares) / (2 * len(squares)) / mean
 
 
+def _level_change(counts: Sequence[float]) -> int | None:
+    """Where the counts switch between two rates: the split ``k`` (counts[:k] | counts[k:])
+    whose difference of means is the most standard errors from zero, each side's error from
+    its own Allan variance, when that is beyond :data:`LEVEL_CHANGE_Z` (None: no split is).
+
+    A mean shift is measured on every count of both sides, where one count difference at a
+    coarse interval (a few to the window) cannot tell a switch from noise."""
+    best, split = LEVEL_CHANGE_Z, None
+    for k in range(MIN_SEGMENT_COUNTS, len(counts) - MIN_SEGMENT_COUNTS + 1):
+        left, right = counts[:k], counts[k:]
+        error = math.fsum(_allan_variance(side) / len(side) for side in (left, right))
+        shift = abs(math.fsum(right) / len(right) - math.fsum(left) / len(left))
+        if error > 0 and shift / math.sqrt(error) > best:
+            best, split = shift / math.sqrt(error), k
+    return split
+
+
+def _allan_variance(counts: Sequence[float]) -> float:
+    return math.fsum((b - a) ** 2 for a, b in itertools.pairwise(counts)) / (
+        2 * max(1, len(counts) - 1))
+
+
 def _dispersion(window: Sequence[Scrape]) -> float | None:
     """Allan-style index of dispersion of arrival counts, the largest over a few interval sizes.
 
@@ -388,13 +413,22 @@ def _dispersion(window: Sequence[Scrape]) -> float | None:
     for prev, cur in itertools.pairwise(window):
         done = counter_increase([prev.series(COMPLETIONS), cur.series(COMPLETIONS)])
         counts.append(_arrivals(prev, cur, done))
+    split = _level_change(counts)
+    # Each side of a switch is counted at its own rate; the counts at the switch, one of
+    # which it may fall inside, are left out.
+    segments = [counts] if split is None else [counts[:split - 1], counts[split + 1:]]
     estimates = []
     for scale in DISPERSION_SCALES:
-        grouped = [math.fsum(counts[i:i + scale])
-                   for i in range(0, len(counts) - scale + 1, scale)]
-        value = _allan(grouped)
-        if value is not None:
-            estimates.append(value)
+        pooled, weight = 0.0, 0
+        for segment in segments:
+            grouped = [math.fsum(segment[i:i + scale])
+                       for i in range(0, len(segment) - scale + 1, scale)]
+            value = _allan(grouped)
+            if value is not None:
+                pooled += value * (len(grouped) - 1)
+                weight += len(grouped) - 1
+        if weight > 0:
+            estimates.append(pooled / weight)
     return max(estimates) if estimates else None
 
 
