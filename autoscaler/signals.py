@@ -407,7 +407,11 @@ def _dispersion(window: Sequence[Scrape]) -> float | None:
     :data:`LEVEL_CHANGE_Z` times the others' root mean square (at most
     :data:`LEVEL_CHANGE_DIFFERENCES`) are left out; bursts, which make many, still count (one
     short burst alone in the window, a rise and a fall, reads as a level change: the short
-    window and the burst memory size it).
+    window and the burst memory size it). A switch is also looked for as a shift of the
+    mean (:func:`_level_change`): at the coarser intervals a window holds a handful of
+    differences, too few for the 3-sigma test to see the switch's two among them (an on-off
+    switch read cv^2 10-16 there), so each side of a switch found is measured on its own
+    (pooled by their differences) and the counts at the switch are left out.
     """
     counts: list[float] = []
     for prev, cur in itertools.pairwise(window):
