@@ -176,6 +176,8 @@ class Gateway(Runtime):
         super().__init__(RuntimeConfig(models=(), device="cpu"))
         self.replica_health = ReplicaHealth(lambda: self.proxy.session, self._replica_up)
         self.loads = LoadFollower(lambda: self.proxy.session, self._engine_load)
+        #: Whether prefix-aware routes follow their replicas' engine load (kubeplex.gateway._load).
+        self.follow_engine_load = True
         self.migrator = Migrator(self.proxy, migration or MigrationPolicy(), self._replacement,
                                  self._replica_failed, self._count_move, self._first_output)
         #: Replica id -> the timer that moves its requests (it left routing).
@@ -246,12 +248,21 @@ class Gateway(Runtime):
         self._follow_load(replica, self.routers[name])
         self._replicas_changed(name)
 
+    def set_follow_engine_load(self, on: bool) -> None:
+        """Follow the replicas' engine load or not (off: every prefix-aware route routes on
+        the gateway's own view; benchmarks compare the two)."""
+        self.follow_engine_load = on
+        for route, replicas in self.replicas.items():
+            for replica in replicas:
+                self._follow_load(replica, self.routers[route])
+
     def _follow_load(self, replica: Replica, router: Router) -> None:
         """Follow ``replica``'s engine load while its route's policy counts queues."""
-        if router.uses_prefixes:
+        if router.uses_prefixes and self.follow_engine_load:
             self.loads.follow(replica)
         else:
             self.loads.forget(replica)
+            router.forget_load(replica)
 
     def _engine_load(self, replica: object, load: EngineLoad | None) -> None:
         router = self.routers.get(replica.route) if isinstance(replica, Replica) else None

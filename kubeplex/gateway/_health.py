@@ -23,7 +23,7 @@ from typing import Protocol
 
 import aiohttp
 
-__all__ = ["PROBE_FIRST_SECONDS", "PROBE_MAX_SECONDS", "Probed", "ReplicaHealth"]
+__all__ = ["PROBE_FIRST_SECONDS", "PROBE_MAX_SECONDS", "Probed", "ReplicaHealth", "untrack"]
 
 #: First re-probe of a replica marked down (seconds): a runtime that refused one connection
 #: during a hiccup is back within this.
@@ -34,6 +34,13 @@ PROBE_FIRST_SECONDS = 0.1
 PROBE_MAX_SECONDS = 0.5
 #: Timeout of one probe (seconds): the runtime answers /health from its event loop at once.
 PROBE_TIMEOUT_SECONDS = 2.0
+
+
+def untrack(tasks: dict[int, asyncio.Task[None]], key: int, done: asyncio.Task[None]) -> None:
+    """A finished per-replica task leaves its table, unless a newer one for the same replica
+    (started after the old one was cancelled) took its place."""
+    if tasks.get(key) is done:
+        del tasks[key]
 
 
 class Probed(Protocol):
@@ -64,7 +71,7 @@ class ReplicaHealth:
         if key not in self._probes:
             task = asyncio.get_running_loop().create_task(self._probe(replica))
             self._probes[key] = task
-            task.add_done_callback(lambda _: self._probes.pop(key, None))
+            task.add_done_callback(lambda done: untrack(self._probes, key, done))
         return True
 
     def forget(self, replica: Probed) -> None:

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import aiohttp
 
+from kubeplex.gateway._health import untrack
 from kubeplex.runtime.kv_events import LOAD_HEARTBEAT_S, LOAD_PATH, EngineLoad, decode_load
 
 __all__ = ["STALE_AFTER_S", "Followed", "LoadFollower"]
@@ -58,7 +59,7 @@ class LoadFollower:
         if key not in self._tasks:
             task = asyncio.get_running_loop().create_task(self._follow(replica))
             self._tasks[key] = task
-            task.add_done_callback(lambda _: self._tasks.pop(key, None))
+            task.add_done_callback(lambda done: untrack(self._tasks, key, done))
 
     def forget(self, replica: Followed) -> None:
         """Close ``replica``'s stream (it left, or its route no longer needs it)."""
