@@ -131,13 +131,14 @@ async def test_a_stream_whose_replica_dies_continues_elsewhere(gateway, tmp_path
     assert gw.replicas["m"][0].down is not None  # a is out of routing
 
 
-async def test_a_plain_request_whose_replica_dies_gets_one_whole_answer(gateway,
-                                                                        tmp_path: Path) -> None:
-    gw, url = gateway
+async def _cut_plain_request(gw: Gateway, url: str,
+                             tmp_path: Path) -> tuple[httpx.Response, float, float]:
+    """A plain request starts on replica a, killed a third of the way in: its answer, the
+    migrations counted, and the tokens replica b generated."""
     with _runtime(tmp_path, "a") as a, _runtime(tmp_path, "b") as b:
         gw.add(Replica("m", "a", a.url))
         gw.add(Replica("m", "b", b.url))
-        gw.replicas["m"][1].acquire()
+        gw.replicas["m"][1].acquire()  # b looks busy: the request starts on a
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             pending = asyncio.create_task(client.post("/v1/completions",
                                                       json=_body(False, False)))
@@ -145,7 +146,15 @@ async def test_a_plain_request_whose_replica_dies_gets_one_whole_answer(gateway,
             _kill(a)
             gw.replicas["m"][1].release()
             answer = await pending
-            moved = await _metric(client, MIGRATIONS, cause="replica-failed")
+            moved = await _metric(client, MIGRATIONS)
+        async with httpx.AsyncClient(base_url=b.url, timeout=10) as client_b:
+            generated_on_b = await _metric(client_b, "vllm:generation_tokens_total")
+    return answer, moved, generated_on_b
+
+
+async def test_a_plain_request_whose_replica_dies_gets_one_whole_answer(gateway,
+                                                                        tmp_path: Path) -> None:
+    answer, moved, generated_on_b = await _cut_plain_request(*gateway, tmp_path)
     assert answer.status_code == 200, answer.text
     out = answer.json()
     assert out["object"] == "text_completion"
@@ -153,6 +162,7 @@ async def test_a_plain_request_whose_replica_dies_gets_one_whole_answer(gateway,
     assert out["choices"][0]["finish_reason"] == "length"
     assert out["usage"]["completion_tokens"] == TOKENS
     assert moved == 1
+    assert generated_on_b < TOKENS  # b generated the rest only
 
 
 async def test_without_resume_plain_a_cut_plain_request_starts_again(tmp_path: Path) -> None:
@@ -161,20 +171,7 @@ async def test_without_resume_plain_a_cut_plain_request_starts_again(tmp_path: P
     was sent to the client yet): the whole answer, no migration counted."""
     policy = MigrationPolicy(migrate_after_s=0.3, resume_plain=False)
     async with opened_gateway(migration=policy) as (gw, url):
-        with _runtime(tmp_path, "a") as a, _runtime(tmp_path, "b") as b:
-            gw.add(Replica("m", "a", a.url))
-            gw.add(Replica("m", "b", b.url))
-            gw.replicas["m"][1].acquire()
-            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                pending = asyncio.create_task(client.post("/v1/completions",
-                                                          json=_body(False, False)))
-                await asyncio.sleep(1.0)  # about a third of the generation
-                _kill(a)
-                gw.replicas["m"][1].release()
-                answer = await pending
-                moved = await _metric(client, MIGRATIONS)
-            async with httpx.AsyncClient(base_url=b.url, timeout=10) as client_b:
-                generated_on_b = await _metric(client_b, "vllm:generation_tokens_total")
+        answer, moved, generated_on_b = await _cut_plain_request(gw, url, tmp_path)
     assert answer.status_code == 200, answer.text
     out = answer.json()
     assert out["choices"][0]["text"] == _expected(False)
