@@ -40,7 +40,8 @@ Policies (``spec.routing`` of a ModelService):
     (:class:`~kubeplex.runtime.kv_events.EngineLoad`: uncached prompt tokens waiting, and
     when its running step ends), the queued prefill is that report (the step's remainder
     converted at the measured rate) plus what was sent there since, instead of the router's
-    own count. The trace replay feeds both; the gateway does not (docs/gateway.md says why).
+    own count. The trace replay feeds both; the gateway feeds the queue reports a live sim
+    engine streams (:mod:`kubeplex.gateway._load`), not KV events (docs/gateway.md says why).
 
     A replica is a candidate only while its load
     stays within a bound of the mean (*consistent hashing with bounded loads*, Mirrokni,
