@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import aiohttp
 
-__all__ = ["PROBE_FIRST_SECONDS", "PROBE_MAX_SECONDS", "Probed", "ReplicaHealth", "untrack"]
+__all__ = ["PROBE_FIRST_SECONDS", "PROBE_MAX_SECONDS", "Probed", "ReplicaHealth", "ReplicaTasks"]
 
 #: First re-probe of a replica marked down (seconds): a runtime that refused one connection
 #: during a hiccup is back within this.
@@ -36,11 +36,43 @@ PROBE_MAX_SECONDS = 0.5
 PROBE_TIMEOUT_SECONDS = 2.0
 
 
-def untrack(tasks: dict[int, asyncio.Task[None]], key: int, done: asyncio.Task[None]) -> None:
-    """A finished per-replica task leaves its table, unless a newer one for the same replica
-    (started after the old one was cancelled) took its place."""
-    if tasks.get(key) is done:
-        del tasks[key]
+class ReplicaTasks:
+    """At most one background task per replica (a probe, a load stream), cancelled when the
+    replica goes and all of them at :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    def start(self, replica: object, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work()`` for ``replica`` unless a task of its runs already."""
+        key = id(replica)
+        if key in self._tasks:
+            return
+        task = asyncio.get_running_loop().create_task(work())
+        self._tasks[key] = task
+        task.add_done_callback(lambda done: self._untrack(key, done))
+
+    def _untrack(self, key: int, done: asyncio.Task[None]) -> None:
+        # Unless a newer task for the same replica (started after this one was cancelled)
+        # took its place.
+        if self._tasks.get(key) is done:
+            del self._tasks[key]
+
+    def stop(self, replica: object) -> None:
+        task = self._tasks.pop(id(replica), None)
+        if task is not None:
+            task.cancel()
+
+    def running(self, replica: object) -> bool:
+        return id(replica) in self._tasks
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class Probed(Protocol):
@@ -59,7 +91,7 @@ class ReplicaHealth:
                  on_up: Callable[[Probed], None]) -> None:
         self._session = session
         self._on_up = on_up
-        self._probes: dict[int, asyncio.Task[None]] = {}
+        self._probes = ReplicaTasks()
 
     def mark_down(self, replica: Probed, reason: str) -> bool:
         """Take ``replica`` out of routing and start probing it; False if it was down already."""
@@ -67,26 +99,15 @@ class ReplicaHealth:
             return False
         replica.down = reason
         replica.down_since = time.monotonic()
-        key = id(replica)
-        if key not in self._probes:
-            task = asyncio.get_running_loop().create_task(self._probe(replica))
-            self._probes[key] = task
-            task.add_done_callback(lambda done: untrack(self._probes, key, done))
+        self._probes.start(replica, lambda: self._probe(replica))
         return True
 
     def forget(self, replica: Probed) -> None:
         """Stop probing ``replica`` (it left the gateway)."""
-        task = self._probes.pop(id(replica), None)
-        if task is not None:
-            task.cancel()
+        self._probes.stop(replica)
 
     async def close(self) -> None:
-        tasks = list(self._probes.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._probes.close()
 
     async def _probe(self, replica: Probed) -> None:
         delay = PROBE_FIRST_SECONDS

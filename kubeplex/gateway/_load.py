@@ -18,14 +18,13 @@ falls back to its own view) and is opened again after a back-off.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 import aiohttp
 
-from kubeplex.gateway._health import untrack
+from kubeplex.gateway._health import ReplicaTasks
 from kubeplex.runtime.kv_events import LOAD_HEARTBEAT_S, LOAD_PATH, EngineLoad, decode_load
 
 __all__ = ["STALE_AFTER_S", "Followed", "LoadFollower"]
@@ -51,32 +50,21 @@ class LoadFollower:
                  on_load: Callable[[Followed, EngineLoad | None], None]) -> None:
         self._session = session
         self._on_load = on_load
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._streams = ReplicaTasks()
 
     def follow(self, replica: Followed) -> None:
         """Open ``replica``'s load stream (once)."""
-        key = id(replica)
-        if key not in self._tasks:
-            task = asyncio.get_running_loop().create_task(self._follow(replica))
-            self._tasks[key] = task
-            task.add_done_callback(lambda done: untrack(self._tasks, key, done))
+        self._streams.start(replica, lambda: self._follow(replica))
 
     def forget(self, replica: Followed) -> None:
         """Close ``replica``'s stream (it left, or its route no longer needs it)."""
-        task = self._tasks.pop(id(replica), None)
-        if task is not None:
-            task.cancel()
+        self._streams.stop(replica)
 
     def following(self, replica: Followed) -> bool:
-        return id(replica) in self._tasks
+        return self._streams.running(replica)
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._streams.close()
 
     async def _follow(self, replica: Followed) -> None:
         delay = RETRY_S[0]
