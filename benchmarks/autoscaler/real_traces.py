@@ -121,9 +121,11 @@ TRACES: dict[str, TraceSpec] = {s.name: s for s in (
 )}
 
 
-#: The control law's own modules: a change re-runs kubeplex only (the baselines and the oracle
-#: depend on the rest: the fleet, traces, queueing, placement's latency model).
-LAW_MODULES = ("policy.py", "capacity.py", "memory.py", "forecast.py")
+#: The control law's own modules (imported by the law alone): a change re-runs kubeplex only.
+#: Every other module of ``autoscaler/`` and ``placement/`` is the simulated world (the fleet,
+#: traces, queueing, signals, placement's latency model: the baselines and the oracle use them
+#: too), and a change there re-runs every policy.
+LAW_MODULES = ("policy.py", "capacity.py", "memory.py", "forecast.py", "feedback.py")
 
 
 def _digests() -> tuple[str, str]:
