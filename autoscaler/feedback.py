@@ -5,7 +5,9 @@ prompts blocking a replica, bursts within a scrape interval). This stage watches
 
 * it **accumulates** the TTFT histogram's requests at or below the SLO, and all of them, since
   the start of an observation period, with the share of infeasible requests (their prompt
-  alone takes longer than the SLO to prefill) the capacity stage estimated;
+  alone takes longer than the SLO to prefill at the measured speed, never at the feedback's)
+  the capacity stage estimated, at most the requests that missed (the counted attainment
+  cannot exceed 100%);
 * when a period lasts a stable window and holds :data:`MIN_REQUESTS` requests, or fewer that
   already show the attainment below the percentile beyond doubt (:func:`evident_shortfall`:
   a burst of a hundred requests with a third of them late need not wait for 500), the
@@ -88,9 +90,11 @@ def observe(state: FeedbackState, scrapes: Sequence[Scrape], slo_s: float,
     attained = histogram_fraction_at(slo_s, increase) if total > 0 else None
     if attained is None:
         return replace(state, seen=newest)
+    # An infeasible request misses the SLO: an estimated share beyond the misses observed is
+    # the estimate's error, and counting it would read the attainment over 100%.
+    infeasible = min(infeasible_share, 1.0 - attained) * total
     return replace(state, seen=newest, good=state.good + attained * total,
-                   total=state.total + total,
-                   infeasible=state.infeasible + infeasible_share * total)
+                   total=state.total + total, infeasible=state.infeasible + infeasible)
 
 
 def evident_shortfall(attainment: float, requests: float, quantile: float) -> bool:

@@ -12,7 +12,8 @@ Stages, in order (each a function, tested alone with a fake clock):
    fleet completes per second) and by **SLO feedback** (:mod:`~kubeplex.autoscaler.feedback`:
    the counted requests' measured attainment below target while the model says the fleet
    suffices tightens it one step; a step that does not help is undone and blocked; met
-   periods relax it: bounded, never a ratchet).
+   periods relax it: bounded, never a ratchet). The feedback is a margin on the planned work
+   only: which requests are infeasible is judged at the measured speed.
 3. **slo** (:func:`~kubeplex.autoscaler.queueing.replicas_for_mix`): the queueing model's
    fewest replicas for the percentile at the larger of the measured rate and the (damped)
    forecast one start-up ahead: the larger of the TTFT bound (the prefill queue) and the
@@ -342,22 +343,25 @@ def profile_capacity(profile: LLMProfile, prompt_tokens: float, output_tokens: f
 
 
 def replica_capacity(signals: Signals | None, config: AutoscalerConfig, speed: float = 1.0,
-                     shape: Signals | None = None) -> CapacityEstimate:
+                     shape: Signals | None = None, margin: float = 1.0) -> CapacityEstimate:
     """One replica's token-aware capacity at ``speed`` times the model, for the window's
     prompt mix and output length (the declared sizes before any were measured). ``shape``:
-    take the mix's shape from this (longer) window's histogram, at ``signals``' mean."""
+    take the mix's shape from this (longer) window's histogram, at ``signals``' mean.
+    ``margin``: the SLO feedback's factor on the planned work (not on what is infeasible,
+    :func:`~kubeplex.autoscaler.capacity.token_capacity`)."""
     if config.profile is None:
         if config.prefill_s_hint is None or config.work_s_hint is None:
             raise AutoscalerConfigError("give a latency profile or both capacity hints")
-        hint = ReplicaCapacity(config.prefill_s_hint / speed, config.work_s_hint / speed,
-                               "hint" if speed == 1.0 else "measured")
+        planned = speed * margin
+        hint = ReplicaCapacity(config.prefill_s_hint / planned, config.work_s_hint / planned,
+                               "hint" if planned == 1.0 else "measured")
         return CapacityEstimate(hint, hint.work_s * config.max_num_seqs, 0.0)
     prompt = (signals.mean_prompt_tokens if signals else None) or config.mean_prompt_tokens
     output = (signals.mean_output_tokens if signals else None) or config.mean_output_tokens
     source = shape or signals
     mix = prompt_mix(source.prompt_buckets if source else (), prompt)
     return token_capacity(config.profile, mix, output, config.slo_ttft_s, config.max_num_seqs,
-                          speed, "profile" if speed == 1.0 else "measured")
+                          speed, "profile" if speed * margin == 1.0 else "measured", margin)
 
 
 def correct_speed(signals: Signals, config: AutoscalerConfig, ready: int, correction: float,
@@ -712,7 +716,9 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     state = replace(state, capacity_correction=correction)
     fb = state.slo_feedback
     speed = max(1 / CORRECTION_LIMIT, correction * fb.factor)
-    estimate = replica_capacity(stable, config, speed)
+    # The feedback is a margin on the planned work: what no replica serves in time is judged
+    # at the measured speed (else the feedback's own count would lose requests met in time).
+    estimate = replica_capacity(stable, config, correction, margin=speed / correction)
     capacity = estimate.capacity
     forecast = holt_update(state.forecast, stable.arrival_rate, now, config.forecast)
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(

@@ -89,6 +89,16 @@ def test_infeasible_requests_are_not_held_against_the_fleet() -> None:
     assert state.factor == 1.0 and state.met == 1
 
 
+def test_the_counted_attainment_never_exceeds_every_request() -> None:
+    # The capacity stage estimates 10% infeasible, yet every request met the SLO: the estimate
+    # is wrong, not the attainment over 100%; no more are left out than missed.
+    state = observe(FeedbackState(), [_scrape(0, 0, 0)], 1.0, 0.1, 0.0)
+    state = observe(state, [_scrape(0, 0, 0), _scrape(60, 1000, 0)], 1.0, 0.1, 60.0)
+    assert state.infeasible == 0.0 and state.good == state.total == 1000
+    partly = observe(state, [_scrape(60, 1000, 0), _scrape(120, 1960, 40)], 1.0, 0.1, 120.0)
+    assert partly.infeasible == pytest.approx(40.0)  # 4% missed: at most those were infeasible
+
+
 def test_met_periods_relax_a_step() -> None:
     state = replace(FeedbackState(), factor=STEP)
     for i in range(RELAX_PERIODS):

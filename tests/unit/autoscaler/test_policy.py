@@ -392,6 +392,32 @@ def test_infeasible_prompts_are_reported_and_not_scaled_for() -> None:
     assert max(walk.targets()[60:]) <= 2 * math.ceil(5 * work / config.max_utilization)
 
 
+def test_slo_feedback_is_a_margin_not_a_change_in_what_a_replica_can_do() -> None:
+    """The SLO feedback provisions more (a factor < 1 on the model's speed) but does not make
+    a replica slower at serving one request: which prompts cannot meet the SLO on any replica
+    is judged at the measured speed alone. Judged at the feedback's speed, requests a replica
+    serves in time were counted infeasible and left out of the feedback's own count, whose
+    attainment then read over 100% (every request here meets the SLO)."""
+    from kubeplex.autoscaler.feedback import FeedbackState
+    from kubeplex.placement.llm import profile
+
+    config = replace(CONFIG, slo_ttft_s=0.3, profile=profile("llama-3.1-8b", "A100-80GB"),
+                     prefill_s_hint=None, work_s_hint=None)
+    last: dict[float, Decision] = {}
+    for factor in (1.0, 0.6):  # 2,000 tokens: ~0.21 s of prefill; ~0.36 s at 0.6x
+        walk = Walk(config=config, state=AutoscalerState(slo_feedback=FeedbackState(factor)))
+        walk.prompts = (500, 2000)
+        walk.run(300, rate=5)
+        last[factor] = walk.decisions[-1]
+        for decision in walk.decisions:
+            fb = decision.state.slo_feedback
+            assert fb.infeasible <= fb.total - fb.good + 1e-9, "counted attainment over 100%"
+    assert last[0.6].infeasible_fraction == last[1.0].infeasible_fraction == 0.0
+    assert last[0.6].state.slo_feedback.factor < 1.0
+    planned = {f: d.capacity.work_s if d.capacity else 0.0 for f, d in last.items()}
+    assert planned[0.6] > planned[1.0], "the feedback's margin still plans more capacity"
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
