@@ -6,8 +6,8 @@ prompts blocking a replica, bursts within a scrape interval). This stage watches
 * it **accumulates** the TTFT histogram's requests at or below the SLO, and all of them, since
   the start of an observation period, with the share of infeasible requests (their prompt
   alone takes longer than the SLO to prefill at the measured speed, never at the feedback's)
-  the capacity stage estimated, at most the requests that missed (the counted attainment
-  cannot exceed 100%);
+  the capacity stage estimated; over the period, at most the requests that missed
+  (:attr:`FeedbackState.counted`: the counted attainment cannot exceed 100%);
 * when a period lasts a stable window and holds :data:`MIN_REQUESTS` requests, or fewer that
   already show the attainment below the percentile beyond doubt (:func:`evident_shortfall`:
   a burst of a hundred requests with a third of them late need not wait for 500), the
@@ -72,6 +72,17 @@ class FeedbackState:
     #: What the last judged period said (for the decision's reason; empty: nothing to say).
     note: str = ""
 
+    @property
+    def counted(self) -> float | None:
+        """The period's attainment among the requests the SLO counts (None: none yet). An
+        infeasible request misses, so the estimated infeasible are at most the period's misses
+        (more is the estimate's error; counting it would read over 100%). Capped over the
+        whole period: a scrape interval without a miss says nothing about the estimate."""
+        if self.total <= 0:
+            return None
+        counted = max(self.good, self.total - self.infeasible)
+        return self.good / counted if counted > 0 else 1.0
+
 
 def observe(state: FeedbackState, scrapes: Sequence[Scrape], slo_s: float,
             infeasible_share: float, now: float) -> FeedbackState:
@@ -90,11 +101,9 @@ def observe(state: FeedbackState, scrapes: Sequence[Scrape], slo_s: float,
     attained = histogram_fraction_at(slo_s, increase) if total > 0 else None
     if attained is None:
         return replace(state, seen=newest)
-    # An infeasible request misses the SLO: an estimated share beyond the misses observed is
-    # the estimate's error, and counting it would read the attainment over 100%.
-    infeasible = min(infeasible_share, 1.0 - attained) * total
     return replace(state, seen=newest, good=state.good + attained * total,
-                   total=state.total + total, infeasible=state.infeasible + infeasible)
+                   total=state.total + total,
+                   infeasible=state.infeasible + infeasible_share * total)
 
 
 def evident_shortfall(attainment: float, requests: float, quantile: float) -> bool:
@@ -128,8 +137,8 @@ def step(state: FeedbackState, quantile: float, model_suffices: bool, floor: flo
     """Judge the period when it is complete (see the module docstring); else unchanged."""
     if state.since is None or now - state.since < period_s or state.total <= 0:
         return state
-    counted_n = max(1e-9, state.total - state.infeasible)
-    counted = min(1.0, state.good / counted_n)
+    counted_n = max(state.good, state.total - state.infeasible)
+    counted = state.counted or 0.0
     if state.total < MIN_REQUESTS and not evident_shortfall(counted, counted_n, quantile):
         return state
     if state.trial is not None and counted < quantile:

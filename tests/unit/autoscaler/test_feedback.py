@@ -93,10 +93,15 @@ def test_the_counted_attainment_never_exceeds_every_request() -> None:
     # The capacity stage estimates 10% infeasible, yet every request met the SLO: the estimate
     # is wrong, not the attainment over 100%; no more are left out than missed.
     state = observe(FeedbackState(), [_scrape(0, 0, 0)], 1.0, 0.1, 0.0)
+    assert state.counted is None
     state = observe(state, [_scrape(0, 0, 0), _scrape(60, 1000, 0)], 1.0, 0.1, 60.0)
-    assert state.infeasible == 0.0 and state.good == state.total == 1000
-    partly = observe(state, [_scrape(60, 1000, 0), _scrape(120, 1960, 40)], 1.0, 0.1, 120.0)
-    assert partly.infeasible == pytest.approx(40.0)  # 4% missed: at most those were infeasible
+    assert state.counted == 1.0
+    # Over the period, not per scrape: 40 misses later, 100 estimated infeasible in all; the
+    # 40 misses are those, the 1,960 met are every counted request.
+    later = observe(state, [_scrape(60, 1000, 0), _scrape(120, 1960, 40)], 1.0, 0.1, 120.0)
+    assert later.infeasible == pytest.approx(200.0) and later.counted == 1.0
+    some = observe(later, [_scrape(120, 1960, 40), _scrape(180, 2600, 400)], 1.0, 0.1, 180.0)
+    assert some.counted == pytest.approx(2600 / (3000 - 300))
 
 
 def test_met_periods_relax_a_step() -> None:
