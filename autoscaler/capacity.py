@@ -18,8 +18,8 @@ metrics say about the requests into a :class:`~kubeplex.autoscaler.queueing.Repl
    at the mean context), the decode step as a line in the batch size
    (:func:`decode_step_line`, for the queueing model's decode bound) and each request's share
    of the batched decode steps. The SLO feedback's margin (a factor <= 1) scales the work
-   the queue and the decode bound plan for, never a request's own prefill: infeasibility is
-   what a replica can do at the measured speed, not a provisioning choice;
+   planned for, never which requests are infeasible: that is what a replica can do at the
+   measured speed, not a provisioning choice;
 3. **measured speed** (:func:`measured_speed`): while the fleet is saturated (prefill work
    queued on every replica, or requests refused admission), every replica is busy, so the
    model-seconds of work it completes per second *is* its speed relative to the model
@@ -142,10 +142,10 @@ def token_capacity(profile: LLMProfile, mix: PromptMix, output_tokens: float, sl
                    margin: float = 1.0) -> CapacityEstimate:
     """One replica's capacity for this mix at ``speed`` times the model (see the module doc).
 
-    ``margin`` (<= 1, the SLO feedback's): the work the queue and the decode bound are sized
-    for is planned at ``speed * margin``, while each request's own prefill, which decides
-    whether it can meet the SLO at all and how much of the SLO is left for waiting, stays at
-    ``speed``: a margin provisions more replicas, it does not change what one can serve."""
+    ``margin`` (<= 1, the SLO feedback's): the work is planned at ``speed * margin`` (the
+    queue, the decode bound, and each counted request's own prefill, at most the SLO: no
+    slack left to wait), while which requests can meet the SLO at all is judged at ``speed``:
+    a margin provisions more replicas, it does not change what one can serve."""
     output = max(1.0, output_tokens)
     prompt = max(1.0, mix.mean)
     cache: dict[int, float] = {}
@@ -159,7 +159,10 @@ def token_capacity(profile: LLMProfile, mix: PromptMix, output_tokens: float, sl
     mean = math.fsum(p * w for p, w in zip(seconds, weights, strict=True))
     second_moment = math.fsum(p * p * w for p, w in zip(seconds, weights, strict=True))
     cv2 = max(0.0, second_moment / (mean * mean) - 1.0)
-    counted = tuple((p, w) for p, w in zip(seconds, weights, strict=True) if p <= slo_s)
+    # What the SLO counts is judged at the measured speed; the margin plans each one slower,
+    # with no slack left to wait at worst (it stays counted).
+    counted = tuple((min(slo_s, p / margin), w) for p, w in zip(seconds, weights, strict=True)
+                    if p <= slo_s)
     infeasible = math.fsum(w for p, w in zip(seconds, weights, strict=True) if p > slo_s)
     fits = [n for (n, _), p in zip(mix.atoms, seconds, strict=True) if p <= slo_s]
     context = prompt + output
