@@ -17,9 +17,9 @@ metrics say about the requests into a :class:`~kubeplex.autoscaler.queueing.Repl
    they still cost prefill work); decode slots (``max_num_seqs``, or what the KV cache holds
    at the mean context), the decode step as a line in the batch size
    (:func:`decode_step_line`, for the queueing model's decode bound) and each request's share
-   of the batched decode steps. The SLO feedback's margin (a factor <= 1) scales the work
-   planned for, never which requests are infeasible: that is what a replica can do at the
-   measured speed, not a provisioning choice;
+   of the batched decode steps. The speed is what a replica measurably does: the SLO
+   feedback's margin adds replicas in the control law, never changes which requests are
+   infeasible;
 3. **measured speed** (:func:`measured_speed`): while the fleet is saturated (prefill work
    queued on every replica, or requests refused admission), every replica is busy, so the
    model-seconds of work it completes per second *is* its speed relative to the model
@@ -138,14 +138,9 @@ def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
 
 
 def token_capacity(profile: LLMProfile, mix: PromptMix, output_tokens: float, slo_s: float,
-                   max_num_seqs: int, speed: float = 1.0, source: str = "profile",
-                   margin: float = 1.0) -> CapacityEstimate:
-    """One replica's capacity for this mix at ``speed`` times the model (see the module doc).
-
-    ``margin`` (<= 1, the SLO feedback's): the work is planned at ``speed * margin`` (the
-    queue, the decode bound, and each counted request's own prefill, at most the SLO: no
-    slack left to wait), while which requests can meet the SLO at all is judged at ``speed``:
-    a margin provisions more replicas, it does not change what one can serve."""
+                   max_num_seqs: int, speed: float = 1.0, source: str = "profile"
+                   ) -> CapacityEstimate:
+    """One replica's capacity for this mix at ``speed`` times the model (see the module doc)."""
     output = max(1.0, output_tokens)
     prompt = max(1.0, mix.mean)
     cache: dict[int, float] = {}
@@ -159,20 +154,16 @@ def token_capacity(profile: LLMProfile, mix: PromptMix, output_tokens: float, sl
     mean = math.fsum(p * w for p, w in zip(seconds, weights, strict=True))
     second_moment = math.fsum(p * p * w for p, w in zip(seconds, weights, strict=True))
     cv2 = max(0.0, second_moment / (mean * mean) - 1.0)
-    # What the SLO counts is judged at the measured speed; the margin plans each one slower,
-    # with no slack left to wait at worst (it stays counted).
-    counted = tuple((min(slo_s, p / margin), w) for p, w in zip(seconds, weights, strict=True)
-                    if p <= slo_s)
+    counted = tuple((p, w) for p, w in zip(seconds, weights, strict=True) if p <= slo_s)
     infeasible = math.fsum(w for p, w in zip(seconds, weights, strict=True) if p > slo_s)
     fits = [n for (n, _), p in zip(mix.atoms, seconds, strict=True) if p <= slo_s]
     context = prompt + output
     slots = max(1, min(max_num_seqs, profile.kv_capacity_tokens() // max(1, round(context))))
-    base, per_seq = decode_step_line(profile, slots, round(prompt + output / 2), speed * margin)
+    base, per_seq = decode_step_line(profile, slots, round(prompt + output / 2), speed)
     step = base + per_seq * slots
     share = (output - 1) * step / slots
-    planned = mean / margin
-    latency = planned + (output - 1) * step * profile.pipeline_depth
-    capacity = ReplicaCapacity(prefill_s=planned, work_s=planned + share, source=source,
+    latency = mean + (output - 1) * step * profile.pipeline_depth
+    capacity = ReplicaCapacity(prefill_s=mean, work_s=mean + share, source=source,
                                prefill_cv2=cv2 if len(mix.atoms) > 1 else 1.0, mix=counted,
                                slots=float(slots), decode_tokens=output - 1,
                                step_base_s=base, step_per_seq_s=per_seq)

@@ -1,4 +1,4 @@
-"""SLO feedback: the measured attainment corrects the latency model, in bounded steps.
+"""SLO feedback: a provisioning margin from the measured attainment, in bounded steps.
 
 The queueing model can be optimistic for reasons the speed measurement cannot see (heavy-tailed
 prompts blocking a replica, bursts within a scrape interval). This stage watches the outcome:
@@ -12,8 +12,9 @@ prompts blocking a replica, bursts within a scrape interval). This stage watches
   already show the attainment below the percentile beyond doubt (:func:`evident_shortfall`:
   a burst of a hundred requests with a third of them late need not wait for 500), the
   attainment among the requests the SLO can count is compared with the percentile:
-  - **below** while the model said the ready replicas suffice: the model's speed is scaled by
-    :data:`STEP` (one step: about 10% more replicas);
+  - **below** while the model said the ready replicas suffice: the factor is scaled by
+    :data:`STEP`, and the control law divides its replicas by the factor (one step: about
+    10% more replicas, at least one; the model and what one replica can serve unchanged);
   - a step is then **on trial**: its period is judged once it holds enough requests
     (:func:`trial_requests`) that the gain the step must bring is :data:`GAIN_Z` standard
     errors of the measured attainment; that gain (:func:`needed_gain`) is the shortfall's
@@ -40,7 +41,7 @@ __all__ = ["BLOCK_PERIODS", "GAIN_Z", "MIN_REQUESTS", "RELAX_PERIODS", "STEP",
            "FeedbackState", "evident_shortfall", "needed_gain", "observe", "step",
            "trial_requests"]
 
-#: One step scales the model's speed by this: about 10% more replicas.
+#: One step scales the factor the replicas are divided by: about 10% more replicas.
 STEP = 0.9
 #: Requests a period needs before its attainment is judged (the attainment of 500 requests
 #: near 99% has a standard error under half a point).
@@ -57,7 +58,7 @@ RELAX_PERIODS = 5
 
 @dataclass(frozen=True)
 class FeedbackState:
-    """The factor on the model's speed (<= 1) and the current observation period."""
+    """The margin factor (<= 1: the replicas are divided by it) and the current period."""
 
     factor: float = 1.0
     since: float | None = None

@@ -9,11 +9,7 @@ Stages, in order (each a function, tested alone with a fake clock):
    share from the KV cache and ``max_num_seqs``; requests whose prefill alone exceeds the SLO
    are **infeasible**: reported, left out of the SLO's count, never a reason to add replicas.
    The model's speed is corrected by measurement (:func:`correct_speed`: the work a saturated
-   fleet completes per second) and by **SLO feedback** (:mod:`~kubeplex.autoscaler.feedback`:
-   the counted requests' measured attainment below target while the model says the fleet
-   suffices tightens it one step; a step that does not help is undone and blocked; met
-   periods relax it: bounded, never a ratchet). The feedback is a margin on the planned work
-   only: which requests are infeasible is judged at the measured speed.
+   fleet completes per second); which requests are infeasible is judged at that speed alone.
 3. **slo** (:func:`~kubeplex.autoscaler.queueing.replicas_for_mix`): the queueing model's
    fewest replicas for the percentile at the larger of the measured rate and the (damped)
    forecast one start-up ahead: the larger of the TTFT bound (the prefill queue) and the
@@ -37,7 +33,12 @@ Stages, in order (each a function, tested alone with a fake clock):
    scale-down to the highest target of the last ``scale_down_delay_s``, and never below a
    level the demand reached in two separate bursts within the burst memory
    (``burst_memory_s``) when their requests are more than the SLO's miss budget can lose: a
-   release would make the next such burst wait a cold start.
+   release would make the next such burst wait a cold start. Before the hold, **SLO
+   feedback** (:mod:`~kubeplex.autoscaler.feedback`) divides the replicas by its margin
+   factor (at least one more per step, so a step changes the fleet it is judged on): the
+   counted requests' measured attainment below target while the model says the fleet
+   suffices takes one step; a step that does not help is undone and blocked; met periods
+   relax it: bounded, never a ratchet, and never a change in what one replica can serve.
 8. **rate limit** (:func:`rate_limit`), **scale to zero** (:func:`scale_to_zero`), **bounds**,
    **budget** (:func:`budget_clamp`: never more replicas than the pool's free GPUs and warm
    standbys can place; the reason says so).
@@ -90,6 +91,7 @@ __all__ = [
     "correct_speed",
     "decide",
     "draining_capacity",
+    "feedback_margin",
     "futile",
     "panic",
     "profile_capacity",
@@ -113,7 +115,8 @@ __all__ = [
 VLLM_MAX_NUM_SEQS = 256
 #: Weight of a new saturated measurement in the speed correction (EWMA).
 CORRECTION_WEIGHT = 0.5
-#: Correction and feedback together keep the model's speed within this factor.
+#: The speed correction keeps the model's speed within this factor, and the SLO feedback's
+#: margin at most multiplies the replicas by it.
 CORRECTION_LIMIT = 2.0
 #: A speed measurement needs a window this many mean prefills long (1/20: at most ~5% of
 #: the work in progress at the window's edges goes uncounted).
@@ -343,25 +346,22 @@ def profile_capacity(profile: LLMProfile, prompt_tokens: float, output_tokens: f
 
 
 def replica_capacity(signals: Signals | None, config: AutoscalerConfig, speed: float = 1.0,
-                     shape: Signals | None = None, margin: float = 1.0) -> CapacityEstimate:
+                     shape: Signals | None = None) -> CapacityEstimate:
     """One replica's token-aware capacity at ``speed`` times the model, for the window's
     prompt mix and output length (the declared sizes before any were measured). ``shape``:
-    take the mix's shape from this (longer) window's histogram, at ``signals``' mean.
-    ``margin``: the SLO feedback's factor on the planned work (not on what is infeasible,
-    :func:`~kubeplex.autoscaler.capacity.token_capacity`)."""
+    take the mix's shape from this (longer) window's histogram, at ``signals``' mean."""
     if config.profile is None:
         if config.prefill_s_hint is None or config.work_s_hint is None:
             raise AutoscalerConfigError("give a latency profile or both capacity hints")
-        planned = speed * margin
-        hint = ReplicaCapacity(config.prefill_s_hint / planned, config.work_s_hint / planned,
-                               "hint" if planned == 1.0 else "measured")
+        hint = ReplicaCapacity(config.prefill_s_hint / speed, config.work_s_hint / speed,
+                               "hint" if speed == 1.0 else "measured")
         return CapacityEstimate(hint, hint.work_s * config.max_num_seqs, 0.0)
     prompt = (signals.mean_prompt_tokens if signals else None) or config.mean_prompt_tokens
     output = (signals.mean_output_tokens if signals else None) or config.mean_output_tokens
     source = shape or signals
     mix = prompt_mix(source.prompt_buckets if source else (), prompt)
     return token_capacity(config.profile, mix, output, config.slo_ttft_s, config.max_num_seqs,
-                          speed, "profile" if speed * margin == 1.0 else "measured", margin)
+                          speed, "profile" if speed == 1.0 else "measured")
 
 
 def correct_speed(signals: Signals, config: AutoscalerConfig, ready: int, correction: float,
@@ -715,10 +715,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                                    shape=stable)
     state = replace(state, capacity_correction=correction)
     fb = state.slo_feedback
-    speed = max(1 / CORRECTION_LIMIT, correction * fb.factor)
-    # The feedback is a margin on the planned work: what no replica serves in time is judged
-    # at the measured speed (else the feedback's own count would lose requests met in time).
-    estimate = replica_capacity(stable, config, correction, margin=speed / correction)
+    speed = correction
+    estimate = replica_capacity(stable, config, speed)
     capacity = estimate.capacity
     forecast = holt_update(state.forecast, stable.arrival_rate, now, config.forecast)
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
@@ -726,9 +724,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     rate = max(stable.arrival_rate, forecast.upper(start, config.headroom_z))
     target = _mix_replicas(rate, capacity, config, cv2)
-    adjusted = "" if speed == 1.0 else (
-        f" at {speed:.2f}x the model's speed: measured {correction:.2f}"
-        f"{'' if fb.factor == 1.0 else f', SLO feedback {fb.factor:.2f}'}")
+    adjusted = "" if speed == 1.0 else f" at {speed:.2f}x the model's speed, measured"
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
             f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source}"
             f"{adjusted})")
@@ -802,6 +798,12 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         deciding = (f"burst memory: bursts needing {recurring} replicas recurred in the last "
                     f"{config.burst_memory_s:.0f} s with more requests than the SLO may miss; "
                     f"held through the gap")
+    margined = feedback_margin(target, fb.factor)
+    if margined > target:
+        deciding = (f"SLO feedback: {deciding}, with a {1 / fb.factor - 1:.0%} margin for the "
+                    f"attainment measured below the model's ({target} -> {margined})")
+        target = margined
+    stages.append(Stage("feedback", target, ""))
     # Stabilization comes last: a held level that wavers with the speed estimate does not
     # turn into a scale-down and back.
     before = target
@@ -854,6 +856,16 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                     forecast=forecast, peaks=peaks)
     return Decision(target, warm, reason, state, tuple(stages), stable, in_panic,
                     estimate.infeasible, capacity)
+
+
+def feedback_margin(target: int, factor: float) -> int:
+    """``target`` replicas divided by the SLO feedback's ``factor`` (at most multiplied by
+    :data:`CORRECTION_LIMIT`), rounded up: a step below 1 adds at least one replica, so it
+    changes the fleet whose attainment judges it (a margin on the model's speed changed only
+    the SLO stage's count, which the burst memory's held level often exceeded)."""
+    if factor >= 1.0 or target <= 0:
+        return target
+    return math.ceil(target / max(factor, 1 / CORRECTION_LIMIT) - 1e-9)
 
 
 # ---- stage 9: warm standbys ----------------------------------------------------------------

@@ -75,22 +75,6 @@ def test_decode_slots_follow_the_kv_cache_and_speed_scales_every_time() -> None:
     assert slower.latency_s == pytest.approx(2 * estimate.latency_s)
 
 
-def test_a_margin_plans_more_work_but_counts_the_same_requests() -> None:
-    """The SLO feedback's margin plans every counted request slower (its own prefill at most
-    the SLO, no slack left to wait), the queue and decode with it; which requests are
-    infeasible stays what a replica can do at the measured speed."""
-    near = H100.prefill_seconds(32_000)  # ~1.6 s of a 2 s SLO: feasible, past it at 0.7x
-    mix = PromptMix(((500.0, 0.9), (32_000.0, 0.1)))
-    plain = token_capacity(H100, mix, 340, slo_s=2.0, max_num_seqs=256)
-    margin = token_capacity(H100, mix, 340, slo_s=2.0, max_num_seqs=256, margin=0.7)
-    assert near / 0.7 > 2.0 > near
-    assert margin.infeasible == plain.infeasible == 0.0
-    assert margin.longest_feasible == plain.longest_feasible == 32_000.0
-    assert margin.capacity.mix == (
-        (pytest.approx(H100.prefill_seconds(500) / 0.7), 0.9), (2.0, 0.1))
-    assert margin.capacity.work_s == pytest.approx(plain.capacity.work_s / 0.7)
-
-
 def _signals(window: float, first_tokens: float, completion_rate: float) -> Signals:
     return Signals(time=window, window_s=window, instances=2, waiting=5, running=10,
                    kv_usage=0.5, arrival_rate=completion_rate, completion_rate=completion_rate,

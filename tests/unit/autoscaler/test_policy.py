@@ -29,9 +29,11 @@ from kubeplex.autoscaler import (
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
 from kubeplex.autoscaler.memory import BUCKET_S, Bucket
 from kubeplex.autoscaler.policy import (
+    CORRECTION_LIMIT,
     budget_clamp,
     claim_standbys,
     correct_speed,
+    feedback_margin,
     panic,
     queue_replicas,
     rate_limit,
@@ -393,11 +395,11 @@ def test_infeasible_prompts_are_reported_and_not_scaled_for() -> None:
 
 
 def test_slo_feedback_is_a_margin_not_a_change_in_what_a_replica_can_do() -> None:
-    """The SLO feedback provisions more (a factor < 1 on the model's speed) but does not make
-    a replica slower at serving one request: which prompts cannot meet the SLO on any replica
-    is judged at the measured speed alone. Judged at the feedback's speed, requests a replica
-    serves in time were counted infeasible and left out of the feedback's own count, whose
-    attainment then read over 100% (every request here meets the SLO)."""
+    """The SLO feedback provisions more replicas (its factor < 1) but does not make a replica
+    slower at serving one request: which prompts cannot meet the SLO on any replica is judged
+    at the measured speed alone. Judged at the feedback's speed, requests a replica serves in
+    time were counted infeasible and left out of the feedback's own count, whose attainment
+    then read over 100% (every request here meets the SLO)."""
     from kubeplex.autoscaler.feedback import FeedbackState
     from kubeplex.placement.llm import profile
 
@@ -413,9 +415,21 @@ def test_slo_feedback_is_a_margin_not_a_change_in_what_a_replica_can_do() -> Non
     assert last[0.6].infeasible_fraction == last[1.0].infeasible_fraction == 0.0
     # every request met the SLO: the feedback's count reads 100% (None: a period begins)
     assert {d.state.slo_feedback.counted for d in walks[0.6].decisions} <= {None, 1.0}
-    assert last[0.6].state.slo_feedback.factor < 1.0
-    planned = {f: d.capacity.work_s if d.capacity else 0.0 for f, d in last.items()}
-    assert planned[0.6] > planned[1.0], "the feedback's margin still plans more capacity"
+    factor = last[0.6].state.slo_feedback.factor
+    assert factor < 1.0, "relaxed a step at most"
+    assert last[0.6].capacity == last[1.0].capacity, "the model is the same"
+    assert last[0.6].desired_replicas == feedback_margin(last[1.0].desired_replicas, factor)
+    assert last[0.6].desired_replicas > last[1.0].desired_replicas
+    assert "SLO feedback" in last[0.6].reason
+
+
+def test_the_feedback_margin_adds_at_least_a_replica_and_at_most_doubles() -> None:
+    assert feedback_margin(7, 1.0) == 7
+    assert feedback_margin(7, 0.9) == 8  # 7.8
+    assert feedback_margin(2, 0.9) == 3  # a step changes the fleet it is judged on
+    assert feedback_margin(20, 0.81) == 25  # 24.7
+    assert feedback_margin(7, 0.1) == 7 * CORRECTION_LIMIT
+    assert feedback_margin(0, 0.5) == 0
 
 
 @pytest.mark.parametrize(
