@@ -732,6 +732,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     deciding = note
     quiet = not observed.starting and steady and target <= observed.ready
     fb = observe(fb, observed.scrapes, config.slo_ttft_s, estimate.infeasible, now)
+    # The margin's floor keeps correction x factor >= 1 / CORRECTION_LIMIT, as when the factor
+    # scaled the model's speed (a floor of 1 / CORRECTION_LIMIT alone: docs/benchmarks.md).
     fb = step(fb, config.quantile, quiet, 1 / CORRECTION_LIMIT / max(correction, 1e-9),
               config.stable_window_s, now)
     state = replace(state, slo_feedback=fb)
