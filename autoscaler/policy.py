@@ -724,7 +724,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     rate = max(stable.arrival_rate, forecast.upper(start, config.headroom_z))
     target = _mix_replicas(rate, capacity, config, cv2)
-    adjusted = "" if speed == 1.0 else f" at {speed:.2f}x the model's speed, measured"
+    adjusted = "" if speed == 1.0 else f" at {speed:.2f}x the model's speed"
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
             f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source}"
             f"{adjusted})")
@@ -802,7 +802,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                     f"held through the gap")
     margined = feedback_margin(target, fb.factor)
     if margined > target:
-        deciding = (f"SLO feedback: {deciding}, with a {1 / fb.factor - 1:.0%} margin for the "
+        deciding = (f"{deciding}; SLO feedback: a {1 / fb.factor - 1:.0%} margin for the "
                     f"attainment measured below the model's ({target} -> {margined})")
         target = margined
     stages.append(Stage("feedback", target, ""))
