@@ -158,7 +158,8 @@ class Scheduler:
 
     def load(self, now: float) -> EngineLoad:
         """The queue a request arriving at ``now`` finds (:class:`EngineLoad`): the uncached
-        prompt tokens waiting, and when a lane is next free to admit it."""
+        prompt tokens waiting or still being prefilled, and when a lane is next free to admit
+        it."""
         prefill = sum(r.prompt_tokens - self.kv.lookup(r.blocks, r.prompt_tokens)
                       for r in self.waiting)
         prefill += sum(r.prompt_tokens - r.computed for lane in self.lanes for r in lane.running)
@@ -228,26 +229,20 @@ class Scheduler:
         """
         lane = self.lanes[lane_index]
         budget: float = math.inf if self.max_batched_tokens is None else self.max_batched_tokens
-        for r in lane.running:  # what the running requests take first (see the module doc)
-            budget -= max(1, r.prompt_tokens - r.computed)
-        self._admit(lane, now, budget)
+        work: list[tuple[SimRequest, int]] = []  # (request, tokens it computes this step)
+        for r in lane.running:  # the running first, in admission order (see the module doc)
+            if budget <= 0:
+                break
+            work.append((r, int(min(max(1, r.prompt_tokens - r.computed), budget))))
+            budget -= work[-1][1]
+        for r in self._admit(lane, now, budget):
+            work.append((r, int(min(r.prompt_tokens - r.computed, budget))))
+            budget -= work[-1][1]
         if not lane.running:
             lane.busy_until = None
             return None
-        budget = math.inf if self.max_batched_tokens is None else self.max_batched_tokens
-        chunks: list[tuple[SimRequest, int]] = []  # (prefilling request, its tokens this step)
-        decoding: list[SimRequest] = []
-        for r in lane.running:
-            if budget <= 0:
-                break
-            left = r.prompt_tokens - r.computed
-            if left > 0:
-                chunk = int(min(left, budget))
-                chunks.append((r, chunk))
-                budget -= chunk
-            else:
-                decoding.append(r)
-                budget -= 1
+        chunks = [(r, n) for r, n in work if r.computed < r.prompt_tokens]
+        decoding = [r for r, _ in work if r.computed >= r.prompt_tokens]
         seconds = 0.0
         if chunks:
             seconds += self.latency.batch_prefill_seconds([(n, r.computed) for r, n in chunks])
