@@ -28,6 +28,7 @@ from rich.progress import Progress
 
 from kubeplex.placement.llm import profile
 from kubeplex.runtime.sim.replay import ReplayResult, TraceRequest, replay, shared_cache_hit_rate
+from kubeplex.runtime.sim.scheduler import vllm_batched_tokens
 from kubeplex.runtime.sim.traces import generate, read_trace, write_jsonl
 
 RESULTS = Path(__file__).parent / "results"
@@ -85,10 +86,14 @@ def main() -> int:
     p.add_argument("--gpu", default="H100-80GB")
     p.add_argument("--replicas", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="generated traces only, 5 minutes")
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="each replica's step budget (default: vLLM's for the GPU)")
     args = p.parse_args()
     prof = profile(args.model, args.gpu)
     capacity = prof.kv_capacity_tokens(0.9)
     max_len = min(capacity, prof.model.max_model_len)
+    budget = args.max_num_batched_tokens or vllm_batched_tokens(prof.gpu.memory_gib,
+                                                                prof.gpu.name)
     traces: dict[str, list[TraceRequest]] = {}
     if MOONCAKE.exists() and not args.quick:
         traces["mooncake"] = read_trace(MOONCAKE)
@@ -99,7 +104,8 @@ def main() -> int:
                                                  duration_s=300 if args.quick else 600)))
             traces[f"{shape} {rate:g}/s cv {cv:g}"] = read_trace(path)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"args": vars(args), "kv_capacity_tokens": capacity, "traces": {}}
+    report: dict[str, Any] = {"args": vars(args), "kv_capacity_tokens": capacity,
+                              "max_num_batched_tokens": budget, "traces": {}}
     with Progress(console=Console(stderr=True)) as progress:
         task = progress.add_task("replays", total=len(traces) * len(RUNS))
         for name, trace in traces.items():
@@ -109,7 +115,7 @@ def main() -> int:
             for run, policy, kv_events in RUNS:
                 results[run] = replay(fits, prof, replicas=args.replicas, policy=policy,
                                       kv_capacity_tokens=capacity, max_model_len=max_len,
-                                      kv_events=kv_events)
+                                      kv_events=kv_events, max_batched_tokens=budget)
                 progress.advance(task)
             slug = name.replace(" ", "_").replace("/", "")
             _plot(f"{name}, {args.replicas} x {args.model} on {args.gpu}", results,

@@ -41,6 +41,10 @@ def register(cli: Commands) -> None:
                         "default %(default)s)")
     p.add_argument("--max-num-seqs", type=int, default=256,
                    help="vLLM's --max-num-seqs (default %(default)s)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="vLLM's --max-num-batched-tokens: tokens one step may compute, long "
+                        "prompts prefilled in chunks (default: vLLM's for the GPU: 8192 on "
+                        "H100/H200, 2048 on A100 and L4)")
     p.add_argument("--block-size", type=int, default=512,
                    help="tokens per hash id of the trace (Mooncake's: %(default)s)")
     p.add_argument("--no-kv-events", dest="kv_events", action="store_false",
@@ -71,10 +75,13 @@ def _routing(args: argparse.Namespace) -> int:
 
     from kubeplex.placement.llm import profile
     from kubeplex.runtime.sim.replay import replay, shared_cache_hit_rate
+    from kubeplex.runtime.sim.scheduler import vllm_batched_tokens
     from kubeplex.runtime.sim.traces import read_trace
 
     for flag, value in (("--replicas", args.replicas), ("--max-num-seqs", args.max_num_seqs),
-                        ("--block-size", args.block_size)):
+                        ("--block-size", args.block_size),
+                        ("--max-num-batched-tokens", 1 if args.max_num_batched_tokens is None
+                         else args.max_num_batched_tokens)):
         if value < 1:
             raise KubeplexError(f"{flag} must be >= 1, got {value}")
     if not 0 < args.memory_share <= 1:
@@ -97,7 +104,9 @@ def _routing(args: argparse.Namespace) -> int:
         result = replay(fits, prof, replicas=args.replicas, policy=args.policy,
                         kv_capacity_tokens=capacity, max_model_len=max_len,
                         max_num_seqs=args.max_num_seqs, lanes=prof.pipeline_depth,
-                        kv_events=args.kv_events,
+                        kv_events=args.kv_events, max_batched_tokens=(
+                            args.max_num_batched_tokens
+                            or vllm_batched_tokens(prof.gpu.memory_gib, prof.gpu.name)),
                         progress=lambda done: progress.update(task, completed=done))
     shared = shared_cache_hit_rate(fits, capacity * args.replicas)
     summary = _summary(result, shared, len(trace) - len(fits), capacity)

@@ -21,6 +21,7 @@ from kubeplex.runtime.sim.device import SharedDevice
 from kubeplex.runtime.sim.engine import SimEngine
 from kubeplex.runtime.sim.lora import LoraRegistry, parse_modules
 from kubeplex.runtime.sim.metrics import VllmMetrics
+from kubeplex.runtime.sim.scheduler import vllm_batched_tokens
 from kubeplex.runtime.sim.server import SimServer
 
 __all__ = ["main", "parser"]
@@ -56,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=None,
                    help="context limit (default: the model's, capped at the KV capacity)")
     p.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="tokens one step may compute (chunked prefill; default: vLLM's for "
+                        "the GPU: 8192 on H100/H200, 2048 on A100, L4 and CPU)")
     p.add_argument("--startup-seconds", type=float, default=0.0,
                    help="simulated cold start before the port opens (default: 0)")
     p.add_argument("--time-scale", type=float, default=1.0,
@@ -96,7 +100,9 @@ async def _serve(args: argparse.Namespace, prof: LLMProfile, capacity: int,
     metrics = VllmMetrics(name, max_len)
     engine = SimEngine(prof, kv_capacity_tokens=capacity, max_num_seqs=args.max_num_seqs,
                        lanes=prof.pipeline_depth, metrics=metrics, time_scale=args.time_scale,
-                       device=device, prefix_caching=args.enable_prefix_caching)
+                       device=device, prefix_caching=args.enable_prefix_caching,
+                       max_batched_tokens=(args.max_num_batched_tokens or vllm_batched_tokens(
+                           prof.gpu.memory_gib, prof.gpu.name)))
     weights = prof.weight_bytes_per_gpu / 1e9
     wake = (WAKE_FIXED_SECONDS + weights / HOST_TO_DEVICE_GBPS,
             WAKE_FIXED_SECONDS + weights / DISK_GBPS)
@@ -131,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("--gpu-memory-utilization must be in (0, 1]")
     if args.max_num_seqs < 1:
         return _fail("--max-num-seqs must be >= 1")
+    if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < 1:
+        return _fail("--max-num-batched-tokens must be >= 1")
     if args.block_size < 1:
         return _fail("--block-size must be >= 1")
     if args.enable_lora and (args.max_loras < 1 or args.max_lora_rank not in VLLM_LORA_RANKS):

@@ -50,9 +50,10 @@ class SimEngine:
 
     def __init__(self, latency: LatencyModel, *, kv_capacity_tokens: int, max_num_seqs: int,
                  lanes: int, metrics: VllmMetrics, time_scale: float = 1.0,
-                 device: SharedDevice | None = None, prefix_caching: bool = True) -> None:
+                 device: SharedDevice | None = None, prefix_caching: bool = True,
+                 max_batched_tokens: int | None = None) -> None:
         self.scheduler = Scheduler(latency, kv_capacity_tokens, max_num_seqs, lanes,
-                                   prefix_caching)
+                                   prefix_caching, max_batched_tokens=max_batched_tokens)
         self.metrics = metrics
         self.time_scale = time_scale
         self.device = device

@@ -127,18 +127,21 @@ class _Fleet:
 def replay(requests: Sequence[TraceRequest], latency: LatencyModel, *, replicas: int,
            policy: Policy | str, kv_capacity_tokens: int, max_model_len: int,
            max_num_seqs: int = 256, lanes: int = 1, sample_s: float = 1.0,
-           kv_events: bool = True,
+           kv_events: bool = True, max_batched_tokens: int | None = None,
            progress: Callable[[float], None] | None = None) -> ReplayResult:
     """Replay ``requests`` (arrivals ascending) through ``replicas`` sim replicas behind the
     ``policy`` router. A request longer than ``max_model_len`` or the KV capacity is refused
     (counted in ``rejected``), as vLLM refuses it. With ``kv_events`` the router is fed the
     replicas' KV events and queues (:mod:`kubeplex.runtime.kv_events`); without, it knows only
-    what it sent and when first tokens came back (the gateway's view today)."""
+    what it sent and when first tokens came back (the gateway's view today).
+    ``max_batched_tokens``: each replica's per-step token budget (chunked prefill, see
+    :mod:`kubeplex.runtime.sim.scheduler`; None: every prompt prefilled whole)."""
     router = Router(policy)
     for i in range(replicas):
         router.add(i, kv_capacity_tokens)
     fleet = _Fleet(lambda: Scheduler(latency, kv_capacity_tokens, max_num_seqs, lanes,
-                                     publish_events=kv_events),
+                                     publish_events=kv_events,
+                                     max_batched_tokens=max_batched_tokens),
                    replicas, router if kv_events else None)
     served: dict[SimRequest, tuple[int, Ticket]] = {}  # -> (served index, router ticket)
     arrival: list[float] = []

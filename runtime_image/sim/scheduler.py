@@ -11,11 +11,18 @@ It follows vLLM V1's scheduler in the ways that shape latency and the metrics:
 * **Prefix caching** (on by default, as in vLLM V1): the KV cache is a
   :class:`~kubeplex.runtime.sim.prefix_cache.KVCache`; a request's cached leading blocks are
   reused at admission and only its uncached suffix is prefilled.
-* **Steps.** Each step prefills the newly admitted prompts (their first token comes out of
-  that step) and runs one decode token for every other running sequence, so the step takes
-  ``batch_prefill_seconds`` (the new prompts' uncached tokens, each attending to its own
-  prompt and cached prefix) ``+ decode_step_seconds(batch, mean context)`` from the placement
-  latency model. A request finishes after ``max_tokens`` output tokens.
+* **Steps with chunked prefill** (vLLM V1's default). Each step has a budget of
+  ``max_batched_tokens`` (vLLM's ``--max-num-batched-tokens``; its default for the GPU is
+  :func:`vllm_batched_tokens`). The running requests come first, in the order they were
+  admitted: one token for each decoding sequence, the rest of its prompt (up to what the
+  budget has left) for each one still prefilling; then waiting requests are admitted in
+  order while budget is left, each with as much of its uncached prompt as fits. A long prompt
+  is thus prefilled over several steps, and a request's first token comes out of the step
+  that computes its prompt's last chunk. The step takes ``batch_prefill_seconds`` (each
+  chunk, attending to the prompt computed or cached before it) ``+ decode_step_seconds(batch,
+  mean context)`` from the placement latency model. ``max_batched_tokens=None`` prefills
+  every admitted prompt whole in its first step (vLLM with chunked prefill off and a budget
+  large enough). A request finishes after ``max_tokens`` output tokens.
 * **Pipeline parallelism.** vLLM keeps ``pipeline_depth`` micro-batches in flight: the
   scheduler runs that many independent lanes (each with its own step clock), sharing the KV
   cache and ``max_num_seqs``; throughput grows with ``pp`` at the same per-token latency.
@@ -26,6 +33,7 @@ happened (tokens emitted, requests finished) and when the lane's next step ends.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +43,23 @@ from kubeplex.runtime.kv_events import EngineLoad
 from kubeplex.runtime.prefix import NO_BLOCKS, PromptBlocks
 from kubeplex.runtime.sim.prefix_cache import Allocation, KVCache
 
-__all__ = ["LatencyModel", "Scheduler", "SimRequest", "StepResult"]
+__all__ = ["LatencyModel", "Scheduler", "SimRequest", "StepResult", "vllm_batched_tokens"]
+
+#: vLLM's default per-step token budget of its OpenAI server, by the device's memory (GiB)
+#: (``vllm/engine/arg_utils.py``, 0.32): at least 160 GiB (B200), at least 70 GiB (H100, H200;
+#: the A100 excepted, where a large budget lowered throughput), else (A100, L4, CPU).
+LARGE_GPU_GIB, BIG_GPU_GIB = 160.0, 70.0
+LARGE_GPU_BATCHED_TOKENS, BIG_GPU_BATCHED_TOKENS, DEFAULT_BATCHED_TOKENS = 16_384, 8_192, 2_048
+
+
+def vllm_batched_tokens(memory_gib: float, name: str) -> int:
+    """vLLM's default ``--max-num-batched-tokens`` for its OpenAI server on a device of
+    ``memory_gib`` named ``name`` (see :data:`LARGE_GPU_GIB`)."""
+    if memory_gib >= LARGE_GPU_GIB:
+        return LARGE_GPU_BATCHED_TOKENS
+    if memory_gib >= BIG_GPU_GIB and "a100" not in name.lower():
+        return BIG_GPU_BATCHED_TOKENS
+    return DEFAULT_BATCHED_TOKENS
 
 
 class LatencyModel(Protocol):
@@ -64,6 +88,9 @@ class SimRequest:
     blocks: PromptBlocks = NO_BLOCKS
     #: The KV cache it holds while admitted.
     allocation: Allocation | None = None
+    #: Prompt tokens whose KV is computed (its cached prefix included); its prefill is over
+    #: when this reaches ``prompt_tokens``.
+    computed: int = 0
 
     @property
     def kv_tokens(self) -> int:
@@ -78,7 +105,7 @@ class SimRequest:
 @dataclass(frozen=True)
 class StepResult:
     """What one lane step produced: (request, new tokens) pairs, the requests whose prefill
-    it ran (their first token is among ``tokens``) and the finished requests.
+    it finished (their first token is among ``tokens``) and the finished requests.
     ``batch_tokens``: prompt tokens prefilled plus tokens generated, vLLM's per-iteration
     count (``vllm:iteration_tokens_total``)."""
 
@@ -101,10 +128,13 @@ class Scheduler:
 
     def __init__(self, latency: LatencyModel, kv_capacity_tokens: int, max_num_seqs: int,
                  lanes: int = 1, prefix_caching: bool = True,
-                 publish_events: bool = False) -> None:
+                 publish_events: bool = False, max_batched_tokens: int | None = None) -> None:
+        if max_batched_tokens is not None and max_batched_tokens < 1:
+            raise ValueError(f"max_batched_tokens must be >= 1, not {max_batched_tokens}")
         self.latency = latency
         self.kv_capacity = kv_capacity_tokens
         self.max_num_seqs = max_num_seqs
+        self.max_batched_tokens = max_batched_tokens
         self.waiting: deque[SimRequest] = deque()
         self.lanes = [_Lane() for _ in range(max(1, lanes))]
         self.kv = KVCache(kv_capacity_tokens, prefix_caching, publish_events)
@@ -128,9 +158,11 @@ class Scheduler:
 
     def load(self, now: float) -> EngineLoad:
         """The queue a request arriving at ``now`` finds (:class:`EngineLoad`): the uncached
-        prompt tokens waiting, and when a lane is next free to admit it."""
+        prompt tokens waiting or still being prefilled, and when a lane is next free to admit
+        it."""
         prefill = sum(r.prompt_tokens - self.kv.lookup(r.blocks, r.prompt_tokens)
                       for r in self.waiting)
+        prefill += sum(r.prompt_tokens - r.computed for lane in self.lanes for r in lane.running)
         ends = min((now if lane.busy_until is None else max(now, lane.busy_until))
                    for lane in self.lanes)
         return EngineLoad(now, prefill, ends, len(self.waiting))
@@ -169,10 +201,12 @@ class Scheduler:
             return None
         return min(free, key=lambda i: len(self.lanes[i].running))
 
-    def _admit(self, lane: _Lane, now: float) -> list[SimRequest]:
+    def _admit(self, lane: _Lane, now: float, budget: float) -> list[SimRequest]:
+        """Admit waiting requests in order while a slot, KV cache and ``budget`` (prompt
+        tokens this step may still compute) are left."""
         admitted = []
         per_lane_seqs = max(1, self.max_num_seqs // len(self.lanes))
-        while self.waiting and len(lane.running) < per_lane_seqs:
+        while self.waiting and len(lane.running) < per_lane_seqs and budget > 0:
             head = self.waiting[0]
             allocation = self.kv.allocate(head.blocks, head.prompt_tokens, head.kv_tokens)
             if allocation is None:
@@ -180,6 +214,8 @@ class Scheduler:
             self.waiting.popleft()
             head.admitted = max(now, head.arrival)
             head.allocation = allocation
+            head.computed = allocation.cached_tokens
+            budget -= head.prompt_tokens - head.computed
             lane.running.append(head)
             admitted.append(head)
         return admitted
@@ -192,24 +228,38 @@ class Scheduler:
         :meth:`complete` before the lane steps again.
         """
         lane = self.lanes[lane_index]
-        new = self._admit(lane, now)
-        new_ids = {id(r) for r in new}
-        decoding = [r for r in lane.running if id(r) not in new_ids]
+        budget: float = math.inf if self.max_batched_tokens is None else self.max_batched_tokens
+        work: list[tuple[SimRequest, int]] = []  # (request, tokens it computes this step)
+        for r in lane.running:  # the running first, in admission order (see the module doc)
+            if budget <= 0:
+                break
+            work.append((r, int(min(max(1, r.prompt_tokens - r.computed), budget))))
+            budget -= work[-1][1]
+        for r in self._admit(lane, now, budget):
+            work.append((r, int(min(r.prompt_tokens - r.computed, budget))))
+            budget -= work[-1][1]
         if not lane.running:
             lane.busy_until = None
             return None
+        chunks = [(r, n) for r, n in work if r.computed < r.prompt_tokens]
+        decoding = [r for r, _ in work if r.computed >= r.prompt_tokens]
         seconds = 0.0
-        if new:
-            seconds += self.latency.batch_prefill_seconds(
-                [(r.prompt_tokens - r.cached_tokens, r.cached_tokens) for r in new])
+        if chunks:
+            seconds += self.latency.batch_prefill_seconds([(n, r.computed) for r, n in chunks])
         if decoding:
             context = sum(r.prompt_tokens + r.generated for r in decoding) // len(decoding)
             seconds += self.latency.decode_step_seconds(len(decoding), context)
         ends = now + seconds
         lane.busy_until = ends
+        prefilled: list[SimRequest] = []
+        for r, n in chunks:
+            r.computed += n
+            if r.computed >= r.prompt_tokens:
+                prefilled.append(r)
         tokens: list[tuple[SimRequest, int]] = []
         finished: list[SimRequest] = []
-        for r in lane.running:
+        emitting = {id(r) for r in (*decoding, *prefilled)}
+        for r in (r for r in lane.running if id(r) in emitting):
             r.generated += 1
             r.token_times.append(ends)
             if r.first_token is None:
@@ -218,9 +268,9 @@ class Scheduler:
             if r.generated >= r.max_tokens:
                 r.finished = ends
                 finished.append(r)
-        batch_tokens = sum(r.prompt_tokens - r.cached_tokens for r in new) + len(tokens)
+        batch_tokens = sum(n for _, n in chunks) + len(tokens)
         return StepResult(lane_index, ends, tuple(tokens), tuple(finished), batch_tokens,
-                          tuple(new))
+                          tuple(prefilled))
 
     def complete(self, result: StepResult) -> None:
         """Apply the end of a step (at ``result.ends_at``): finished requests free their KV."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from kubeplex.placement.llm import profile
-from kubeplex.runtime.sim.scheduler import Scheduler, SimRequest
+from kubeplex.runtime.sim.scheduler import Scheduler, SimRequest, vllm_batched_tokens
 
 
 class Linear:
@@ -153,3 +155,62 @@ def test_step_names_the_prefills_it_ran_and_counts_tokens_like_vllm() -> None:
     assert result.prefilled == (second,)  # the first one only decodes now
     assert [r for r, _ in result.tokens] == [first, second]
     assert result.batch_tokens == 7 + 2
+
+
+def test_chunked_prefill_spreads_a_long_prompt_over_steps_within_the_budget() -> None:
+    """vLLM V1: a step computes at most ``max_num_batched_tokens``; a prompt longer than
+    that is prefilled over several steps and its first token comes out of the last one."""
+    s = Scheduler(Linear(), kv_capacity_tokens=10_000, max_num_seqs=8, max_batched_tokens=40)
+    r = _req(0, prompt=100, out=2)
+    s.add(r)
+    firsts = []
+    t = 0.0
+    for _ in range(3):
+        result = s.step(0, t)
+        assert result is not None
+        assert result.batch_tokens <= 40
+        firsts.append(result.prefilled)
+        s.complete(result)
+        t = result.ends_at
+    assert firsts == [(), (), (r,)]  # 40 + 40 + 20 tokens
+    assert r.first_token == t
+    assert abs(t - 0.01 * 100) < 1e-9  # the same prompt tokens, computed in three steps
+
+
+def test_chunked_prefill_keeps_decoding_beside_a_long_prompt() -> None:
+    """The point of chunked prefill: a sequence already decoding gets a token every step
+    while a long prompt behind it is prefilled, instead of waiting out the whole prefill."""
+    whole = Scheduler(Linear(), kv_capacity_tokens=10_000, max_num_seqs=8)
+    chunked = Scheduler(Linear(), kv_capacity_tokens=10_000, max_num_seqs=8,
+                        max_batched_tokens=50)
+    gaps = []
+    for s in (whole, chunked):
+        decoding = _req(0, prompt=10, out=10)
+        s.add(decoding)
+        t = _run_lane(s, 0.0)
+        s.add(_req(1, prompt=400, out=1, at=t))
+        t = _run_lane(s, t)
+        gaps.append(decoding.token_times[1] - decoding.token_times[0])
+    assert gaps[1] < gaps[0] / 4  # 49 prompt tokens beside it, not all 400
+
+
+def test_load_counts_the_prompt_left_of_a_request_being_prefilled() -> None:
+    s = Scheduler(Linear(), kv_capacity_tokens=10_000, max_num_seqs=8, max_batched_tokens=30)
+    s.add(_req(0, prompt=100, out=2))
+    s.add(_req(1, prompt=20, out=2))
+    _run_lane(s, 0.0)
+    assert s.load(1.0).prefill_tokens == 70 + 20
+    assert s.num_waiting == 1  # the budget was spent: the second was not admitted
+
+
+def test_vllm_default_budget_by_device() -> None:
+    assert vllm_batched_tokens(80, "H100-80GB") == 8_192
+    assert vllm_batched_tokens(139.8, "H200-141GB") == 8_192
+    assert vllm_batched_tokens(80, "A100-80GB") == 2_048  # vLLM keeps A100s at the small one
+    assert vllm_batched_tokens(24, "L4") == 2_048
+    assert vllm_batched_tokens(180, "B200") == 16_384
+
+
+def test_a_budget_below_one_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_batched_tokens"):
+        Scheduler(Linear(), kv_capacity_tokens=100, max_num_seqs=8, max_batched_tokens=0)
