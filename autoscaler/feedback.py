@@ -74,14 +74,20 @@ class FeedbackState:
     note: str = ""
 
     @property
+    def counted_requests(self) -> float:
+        """The period's requests the SLO counts: all but the estimated infeasible, and at
+        least those met (an infeasible request misses, so more infeasible than misses is the
+        estimate's error; capped over the whole period, since a scrape interval without a
+        miss says nothing about the estimate)."""
+        return max(self.good, self.total - self.infeasible)
+
+    @property
     def counted(self) -> float | None:
-        """The period's attainment among the requests the SLO counts (None: none yet). An
-        infeasible request misses, so the estimated infeasible are at most the period's misses
-        (more is the estimate's error; counting it would read over 100%). Capped over the
-        whole period: a scrape interval without a miss says nothing about the estimate."""
+        """The period's attainment among the requests the SLO counts, at most 100% (None: no
+        request yet)."""
         if self.total <= 0:
             return None
-        counted = max(self.good, self.total - self.infeasible)
+        counted = self.counted_requests
         return self.good / counted if counted > 0 else 1.0
 
 
@@ -138,7 +144,7 @@ def step(state: FeedbackState, quantile: float, model_suffices: bool, floor: flo
     """Judge the period when it is complete (see the module docstring); else unchanged."""
     if state.since is None or now - state.since < period_s or state.total <= 0:
         return state
-    counted_n = max(state.good, state.total - state.infeasible)
+    counted_n = state.counted_requests
     counted = state.counted or 0.0
     if state.total < MIN_REQUESTS and not evident_shortfall(counted, counted_n, quantile):
         return state

@@ -96,10 +96,11 @@ def test_the_counted_attainment_never_exceeds_every_request() -> None:
     assert state.counted is None
     state = observe(state, [_scrape(0, 0, 0), _scrape(60, 1000, 0)], 1.0, 0.1, 60.0)
     assert state.counted == 1.0
-    # Over the period, not per scrape: 40 misses later, 100 estimated infeasible in all; the
-    # 40 misses are those, the 1,960 met are every counted request.
+    # Over the period, not per scrape: 200 estimated infeasible in all, 40 misses; those are
+    # the infeasible ones, and the 1,960 met are every counted request.
     later = observe(state, [_scrape(60, 1000, 0), _scrape(120, 1960, 40)], 1.0, 0.1, 120.0)
     assert later.infeasible == pytest.approx(200.0) and later.counted == 1.0
+    assert later.counted_requests == 1960
     some = observe(later, [_scrape(120, 1960, 40), _scrape(180, 2600, 400)], 1.0, 0.1, 180.0)
     assert some.counted == pytest.approx(2600 / (3000 - 300))
 
