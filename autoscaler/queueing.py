@@ -31,13 +31,23 @@ as two constraints, both per replica with the gateway spreading load evenly:
 **Prompt mixes** (:func:`replicas_for_mix`): prompts differ in length and a request's TTFT is
 the wait plus *its own* prefill, so a long prompt has less slack under the SLO. With the
 prefill times of the requests the SLO counts given as weighted atoms ``(p_i, w_i)``, the
-predicted fraction that misses is ``sum_i w_i * min(1, P_W * exp(-theta * (SLO - p_i)))``
-(``theta`` the tail rate above), which must stay within ``1 - quantile``; the queue's service
-time is the mean prefill of *all* requests and its squared CV comes from the mix. With one
-atom at the mean this is exactly the percentile rule of point 1.
+predicted fraction that misses is ``sum_i w_i * min(1, P_W * exp(-theta * (SLO - p_i)))``,
+which must stay within ``1 - quantile``; the queue's service time is the mean prefill of *all*
+requests (the infeasible long ones included: they occupy a replica) and its squared CV comes
+from the mix. **Head-of-line blocking**: the gateway sends a request to a replica, and each
+engine serves its own prefills first come, first served, so once every replica is busy
+(``P_W``) the request waits behind the prefill work of *its* replica (the residual of a long
+prefill in progress and the queue behind it), not for the first of ``c`` to free. The wait
+given that it waits is therefore one replica's M/G/1 wait at load ``rho = lambda * prefill /
+c``, whose conditional mean is ``prefill * (ca2 + cs2) / 2 / (1 - rho)`` (Pollaczek-Khinchine
+with Kingman's arrival term): ``theta = (mu - lambda / c) / ((ca2 + cs2) / 2)``, ``c`` times
+slower than the pooled queue's of point 1, and slowest where prompt lengths are heavy-tailed
+(``cs2`` large). With one replica this is exactly the percentile rule of point 1, which stays
+the pooled M/G/c rule (:func:`replicas_for_slo`, the baselines' tuning).
 
-Assumptions: arrivals independent of the state (no client back-off), one FIFO class, routing
-that keeps replicas evenly loaded, prefill preempting decode (vLLM's default ordering), the
+Assumptions: arrivals independent of the state (no client back-off), one FIFO class per
+replica, routing that keeps replicas evenly loaded but cannot see how long a prefill in
+progress has left, prefill preempting decode (vLLM's default ordering), the
 decode batch large enough that its per-request share is well estimated by the latency model.
 The model is a steady-state one; bursts are the panic window's and the queue rule's job.
 """
@@ -195,7 +205,11 @@ def miss_fraction(replicas: int, arrival_rate: float, capacity: ReplicaCapacity,
     if replicas <= 0 or arrival_rate >= replicas * mu:
         return 1.0
     waits = erlang_c(replicas, arrival_rate / mu)
-    theta = (replicas * mu - arrival_rate) / ((arrival_cv2 + capacity.prefill_cv2) / 2.0)
+    # Head-of-line blocking: once every replica is busy, a request waits behind the prefills
+    # of the one replica it was routed to (each engine serves its own FCFS queue), not for the
+    # first of the c to free: the M/G/1 tail of one replica at load lambda / c, whose
+    # conditional mean wait is prefill * (ca2 + cs2) / 2 / (1 - rho) (Pollaczek-Khinchine).
+    theta = (mu - arrival_rate / replicas) / ((arrival_cv2 + capacity.prefill_cv2) / 2.0)
     missed = math.fsum(w * min(1.0, waits * math.exp(-theta * (slo_s - p))) for p, w in counted)
     return missed / weight
 

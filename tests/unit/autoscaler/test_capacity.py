@@ -20,6 +20,7 @@ from kubeplex.autoscaler.queueing import (
     ReplicaCapacity,
     decode_batch,
     decode_replicas,
+    erlang_c,
     miss_fraction,
     replicas_for_mix,
     replicas_for_slo,
@@ -112,6 +113,35 @@ def test_prompts_near_the_slo_need_idle_replicas_and_infeasible_ones_are_not_cou
     assert replicas_for_mix(2, hopeless, 1.0, 0.99, 0.85) == math.ceil(2 * 3.5 / 0.85)
     assert miss_fraction(4, 2, hopeless, 1.0) == 0.0
     assert replicas_for_mix(0, none, 1.0, 0.99, 0.85) == 0
+
+
+def test_a_short_prompt_waits_behind_its_own_replicas_prefills_however_many_replicas() -> None:
+    # Head-of-line blocking: at the same load per replica, once every replica is busy a short
+    # prompt waits behind the prefill work of the one replica it joined, so the chance it
+    # misses given that it waits does not shrink as replicas are added (a pooled M/G/c queue,
+    # served by the first of c replicas to free, would have it fall ~c-fold).
+    cap = ReplicaCapacity(0.3, 0.31, "profile", prefill_cv2=4.0, mix=((0.05, 1.0),))
+    per_replica = 2.0  # req/s, 60% prefill utilization
+    conditional = [miss_fraction(c, c * per_replica, cap, 1.0)
+                   / erlang_c(c, c * per_replica * cap.prefill_s) for c in (2, 4, 8)]
+    assert conditional == pytest.approx([conditional[0]] * 3)
+    rho = per_replica * cap.prefill_s
+    mean_wait = cap.prefill_s * (1 + cap.prefill_cv2) / 2 / (1 - rho)  # Pollaczek-Khinchine
+    assert conditional[0] == pytest.approx(math.exp(-(1.0 - 0.05) / mean_wait))
+
+
+def test_a_heavy_tailed_prompt_mix_needs_more_replicas_than_a_uniform_one_of_its_mean() -> None:
+    # The same mean prefill (0.6 s), one SLO and percentile: 94% short prompts and 6% whose
+    # prefill takes 8 s (the long prompts the SLO cannot count, but they occupy a replica)
+    # against every prompt alike. Short prompts stuck behind the long prefills need replicas
+    # the mean alone does not show.
+    heavy = token_capacity(H100, PromptMix(((2_000.0, 0.94), (100_000.0, 0.06))), 200,
+                           slo_s=2.0, max_num_seqs=256).capacity
+    uniform = replace(heavy, prefill_cv2=0.0, mix=((heavy.prefill_s, 1.0),))
+    assert heavy.prefill_cv2 > 5
+    for rate in (2.0, 3.4, 6.0):
+        assert (replicas_for_mix(rate, heavy, 2.0, 0.99, 0.85)
+                >= replicas_for_mix(rate, uniform, 2.0, 0.99, 0.85) + 2)
 
 
 def test_the_decode_step_line_passes_through_the_model_at_one_and_at_the_slots() -> None:
