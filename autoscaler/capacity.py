@@ -12,10 +12,12 @@ metrics say about the requests into a :class:`~kubeplex.autoscaler.queueing.Repl
    the histogram is missing or holds too few requests;
 2. **capacity** (:func:`token_capacity`): each atom's prefill seconds at the replica's
    *effective speed* (the model's, times the measured correction); their mean and squared CV
-   (the queue's service time), the atoms whose prefill alone fits in the SLO (what the SLO
-   counts) and the share that does not (**infeasible**: no replica count serves them in time;
-   they still cost prefill work); decode slots (``max_num_seqs``, or what the KV cache holds
-   at the mean context), the decode step as a line in the batch size
+   (the queue's service time: a heavy-tailed mix, a few prompts whose prefill takes seconds,
+   has a large CV, and the queueing model's head-of-line wait, a short prompt behind such a
+   prefill on its replica, grows with it), the atoms whose prefill alone fits in the SLO
+   (what the SLO counts) and the share that does not (**infeasible**: no replica count serves
+   them in time; they still cost prefill work); decode slots (``max_num_seqs``, or what the
+   KV cache holds at the mean context), the decode step as a line in the batch size
    (:func:`decode_step_line`, for the queueing model's decode bound) and each request's share
    of the batched decode steps. The speed is what a replica measurably does: the SLO
    feedback's margin adds replicas in the control law, never changes which requests are
