@@ -131,8 +131,8 @@ def test_a_short_prompt_waits_behind_its_own_replicas_prefills_however_many_repl
 
 
 def test_a_heavy_tailed_prompt_mix_needs_more_replicas_than_a_uniform_one_of_its_mean() -> None:
-    # The same mean prefill (0.6 s), one SLO and percentile: 94% short prompts and 6% whose
-    # prefill takes 8 s (the long prompts the SLO cannot count, but they occupy a replica)
+    # The same mean prefill (~0.58 s), one SLO and percentile: 94% short prompts (0.07 s) and
+    # 6% whose prefill takes 8.6 s (the SLO cannot count them, but they occupy a replica)
     # against every prompt alike. Short prompts stuck behind the long prefills need replicas
     # the mean alone does not show.
     heavy = token_capacity(H100, PromptMix(((2_000.0, 0.94), (100_000.0, 0.06))), 200,
