@@ -42,8 +42,9 @@ given that it waits is therefore one replica's M/G/1 wait at load ``rho = lambda
 c``, whose conditional mean is ``prefill * (ca2 + cs2) / 2 / (1 - rho)`` (Pollaczek-Khinchine
 with Kingman's arrival term): ``theta = (mu - lambda / c) / ((ca2 + cs2) / 2)``, ``c`` times
 slower than the pooled queue's of point 1, and slowest where prompt lengths are heavy-tailed
-(``cs2`` large). With one replica this is exactly the percentile rule of point 1, which stays
-the pooled M/G/c rule (:func:`replicas_for_slo`, the baselines' tuning).
+(``cs2`` large). With one atom at the mean and one replica this is exactly the percentile
+rule of point 1, which stays the pooled M/G/c rule (:func:`replicas_for_slo`, the baselines'
+tuning).
 
 Assumptions: arrivals independent of the state (no client back-off), one FIFO class per
 replica, routing that keeps replicas evenly loaded but cannot see how long a prefill in

@@ -118,8 +118,8 @@ def test_prompts_near_the_slo_need_idle_replicas_and_infeasible_ones_are_not_cou
 def test_a_short_prompt_waits_behind_its_own_replicas_prefills_however_many_replicas() -> None:
     # Head-of-line blocking: at the same load per replica, once every replica is busy a short
     # prompt waits behind the prefill work of the one replica it joined, so the chance it
-    # misses given that it waits does not shrink as replicas are added (a pooled M/G/c queue,
-    # served by the first of c replicas to free, would have it fall ~c-fold).
+    # misses given that it waits does not shrink as replicas are added (in a pooled M/G/c
+    # queue, served by the first of c replicas to free, its tail rate would grow c-fold).
     cap = ReplicaCapacity(0.3, 0.31, "profile", prefill_cv2=4.0, mix=((0.05, 1.0),))
     per_replica = 2.0  # req/s, 60% prefill utilization
     conditional = [miss_fraction(c, c * per_replica, cap, 1.0)
