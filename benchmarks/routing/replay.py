@@ -92,8 +92,7 @@ def main() -> int:
     prof = profile(args.model, args.gpu)
     capacity = prof.kv_capacity_tokens(0.9)
     max_len = min(capacity, prof.model.max_model_len)
-    budget = args.max_num_batched_tokens or vllm_batched_tokens(prof.gpu.memory_gib,
-                                                                prof.gpu.name)
+    budget = args.max_num_batched_tokens or vllm_batched_tokens(prof.gpu)
     traces: dict[str, list[TraceRequest]] = {}
     if MOONCAKE.exists() and not args.quick:
         traces["mooncake"] = read_trace(MOONCAKE)

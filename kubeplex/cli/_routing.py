@@ -104,9 +104,9 @@ def _routing(args: argparse.Namespace) -> int:
         result = replay(fits, prof, replicas=args.replicas, policy=args.policy,
                         kv_capacity_tokens=capacity, max_model_len=max_len,
                         max_num_seqs=args.max_num_seqs, lanes=prof.pipeline_depth,
-                        kv_events=args.kv_events, max_batched_tokens=(
-                            args.max_num_batched_tokens
-                            or vllm_batched_tokens(prof.gpu.memory_gib, prof.gpu.name)),
+                        kv_events=args.kv_events,
+                        max_batched_tokens=args.max_num_batched_tokens
+                        or vllm_batched_tokens(prof.gpu),
                         progress=lambda done: progress.update(task, completed=done))
     shared = shared_cache_hit_rate(fits, capacity * args.replicas)
     summary = _summary(result, shared, len(trace) - len(fits), capacity)

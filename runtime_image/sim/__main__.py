@@ -101,8 +101,8 @@ async def _serve(args: argparse.Namespace, prof: LLMProfile, capacity: int,
     engine = SimEngine(prof, kv_capacity_tokens=capacity, max_num_seqs=args.max_num_seqs,
                        lanes=prof.pipeline_depth, metrics=metrics, time_scale=args.time_scale,
                        device=device, prefix_caching=args.enable_prefix_caching,
-                       max_batched_tokens=(args.max_num_batched_tokens or vllm_batched_tokens(
-                           prof.gpu.memory_gib, prof.gpu.name)))
+                       max_batched_tokens=args.max_num_batched_tokens
+                       or vllm_batched_tokens(prof.gpu))
     weights = prof.weight_bytes_per_gpu / 1e9
     wake = (WAKE_FIXED_SECONDS + weights / HOST_TO_DEVICE_GBPS,
             WAKE_FIXED_SECONDS + weights / DISK_GBPS)

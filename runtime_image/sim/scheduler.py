@@ -43,7 +43,7 @@ from kubeplex.runtime.kv_events import EngineLoad
 from kubeplex.runtime.prefix import NO_BLOCKS, PromptBlocks
 from kubeplex.runtime.sim.prefix_cache import Allocation, KVCache
 
-__all__ = ["LatencyModel", "Scheduler", "SimRequest", "StepResult", "vllm_batched_tokens"]
+__all__ = ["Device", "LatencyModel", "Scheduler", "SimRequest", "StepResult", "vllm_batched_tokens"]
 
 #: vLLM's default per-step token budget of its OpenAI server, by the device's memory (GiB)
 #: (``vllm/engine/arg_utils.py``, 0.32): at least 160 GiB (B200), at least 70 GiB (H100, H200;
@@ -52,12 +52,23 @@ LARGE_GPU_GIB, BIG_GPU_GIB = 160.0, 70.0
 LARGE_GPU_BATCHED_TOKENS, BIG_GPU_BATCHED_TOKENS, DEFAULT_BATCHED_TOKENS = 16_384, 8_192, 2_048
 
 
-def vllm_batched_tokens(memory_gib: float, name: str) -> int:
-    """vLLM's default ``--max-num-batched-tokens`` for its OpenAI server on a device of
-    ``memory_gib`` named ``name`` (see :data:`LARGE_GPU_GIB`)."""
-    if memory_gib >= LARGE_GPU_GIB:
+class Device(Protocol):
+    """What :func:`vllm_batched_tokens` reads of a GPU (a
+    :class:`~kubeplex.placement.hardware.GPUSpec`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def memory_gib(self) -> float: ...
+
+
+def vllm_batched_tokens(gpu: Device) -> int:
+    """vLLM's default ``--max-num-batched-tokens`` for its OpenAI server on ``gpu`` (see
+    :data:`LARGE_GPU_GIB`)."""
+    if gpu.memory_gib >= LARGE_GPU_GIB:
         return LARGE_GPU_BATCHED_TOKENS
-    if memory_gib >= BIG_GPU_GIB and "a100" not in name.lower():
+    if gpu.memory_gib >= BIG_GPU_GIB and "a100" not in gpu.name.lower():
         return BIG_GPU_BATCHED_TOKENS
     return DEFAULT_BATCHED_TOKENS
 

@@ -20,7 +20,7 @@ from kubeplex.runtime.sim.traces import SHAPES, generate, read_trace, write_json
 PROF = profile("llama-3.1-8b", "H100-80GB")
 CAPACITY = PROF.kv_capacity_tokens(0.9)
 #: vLLM's step budget on an H100 (chunked prefill), what `kubeplex simulate routing` uses.
-BUDGET = vllm_batched_tokens(PROF.gpu.memory_gib, PROF.gpu.name)
+BUDGET = vllm_batched_tokens(PROF.gpu)
 MOONCAKE = Path(__file__).parents[3].parent / "shared" / "traces" / \
     "mooncake_conversation_trace.jsonl"
 #: The acceptance bounds of issue 17: hits vs one shared cache, and request share vs fair.

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
+from kubeplex.placement.hardware import gpu
 from kubeplex.placement.llm import profile
+from kubeplex.runtime.sim.__main__ import main as sim_main
 from kubeplex.runtime.sim.scheduler import Scheduler, SimRequest, vllm_batched_tokens
 
 
@@ -204,13 +207,20 @@ def test_load_counts_the_prompt_left_of_a_request_being_prefilled() -> None:
 
 
 def test_vllm_default_budget_by_device() -> None:
-    assert vllm_batched_tokens(80, "H100-80GB") == 8_192
-    assert vllm_batched_tokens(139.8, "H200-141GB") == 8_192
-    assert vllm_batched_tokens(80, "A100-80GB") == 2_048  # vLLM keeps A100s at the small one
-    assert vllm_batched_tokens(24, "L4") == 2_048
-    assert vllm_batched_tokens(180, "B200") == 16_384
+    assert vllm_batched_tokens(gpu("H100-80GB")) == 8_192
+    assert vllm_batched_tokens(gpu("H200-141GB")) == 8_192
+    assert vllm_batched_tokens(gpu("A100-80GB")) == 2_048  # vLLM keeps A100s at the small one
+    assert vllm_batched_tokens(gpu("L4")) == 2_048
+    assert vllm_batched_tokens(gpu("cpu")) == 2_048
+    assert vllm_batched_tokens(replace(gpu("H200-141GB"), name="B200", memory_gib=180)) == 16_384
 
 
 def test_a_budget_below_one_token_is_refused() -> None:
     with pytest.raises(ValueError, match="max_batched_tokens"):
         Scheduler(Linear(), kv_capacity_tokens=100, max_num_seqs=8, max_batched_tokens=0)
+
+
+def test_the_sim_refuses_a_step_budget_below_one_token(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert sim_main(["--max-num-batched-tokens", "0"]) == 1
+    assert "--max-num-batched-tokens must be >= 1" in capsys.readouterr().err
