@@ -262,15 +262,14 @@ class Scheduler:
             seconds += self.latency.decode_step_seconds(len(decoding), context)
         ends = now + seconds
         lane.busy_until = ends
-        prefilled: list[SimRequest] = []
         for r, n in chunks:
             r.computed += n
-            if r.computed >= r.prompt_tokens:
-                prefilled.append(r)
+        prefilled = [r for r, _ in chunks if r.computed >= r.prompt_tokens]
         tokens: list[tuple[SimRequest, int]] = []
         finished: list[SimRequest] = []
-        emitting = {id(r) for r in (*decoding, *prefilled)}
-        for r in (r for r in lane.running if id(r) in emitting):
+        for r, _ in work:  # in admission order, as the running list
+            if r.computed < r.prompt_tokens:
+                continue  # a chunk of a longer prompt: no token yet
             r.generated += 1
             r.token_times.append(ends)
             if r.first_token is None:
