@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
 from kubeplex.autoscaler.capacity import (
@@ -99,8 +100,10 @@ __all__ = [
     "rate_limit",
     "replica_capacity",
     "replicas_at",
+    "rise_z",
     "rising",
     "scale_to_zero",
+    "short_load",
     "short_window",
     "slo_replicas",
     "slo_status",
@@ -122,7 +125,8 @@ CORRECTION_LIMIT = 2.0
 #: the work in progress at the window's edges goes uncounted).
 MIN_PREFILLS_PER_WINDOW = 20.0
 #: A short-window rate this many Poisson standard deviations above the stable rate is a rise
-#: (about 2% of noise-only windows pass, one-sided).
+#: (about 2% of noise-only windows pass, one-sided) when the test is made once per stable
+#: window; :func:`rising` keeps that false-alarm rate per stable window (:func:`rise_z`).
 RISE_Z = 2.0
 #: The short window is widened until it counts this many arrivals (Poisson noise ~14%).
 MIN_SHORT_WINDOW_ARRIVALS = 50
@@ -433,14 +437,27 @@ def futile(peaks: Peaks, now: float, config: AutoscalerConfig, warm_available: i
             f"cold start: no replica started for this one (the burst memory holds for them)")
 
 
-def rising(short_rate: float, stable_rate: float, short_window_s: float) -> bool:
+def rise_z(short_window_s: float, stable_window_s: float) -> float:
+    """The rise test's threshold in standard deviations: :data:`RISE_Z`'s one-sided level
+    shared (Bonferroni) among the disjoint short windows of a stable window. The test is
+    repeated at every evaluation on each new short window, so at 2 standard deviations a
+    steady rate made a false rise in about one stable window in five (ten 6 s windows per
+    60 s, ~2% each), each buying a replica for the hold; this keeps it to ~2% of stable
+    windows (2.84 standard deviations for ten)."""
+    windows = max(1.0, stable_window_s / short_window_s)
+    level = NormalDist().cdf(-RISE_Z) / windows
+    return -NormalDist().inv_cdf(level)
+
+
+def rising(short_rate: float, stable_rate: float, short_window_s: float,
+           stable_window_s: float) -> bool:
     """Whether the short window's rate is above the stable one by more than Poisson noise
-    (:data:`RISE_Z` standard deviations of a count over the short window at the stable rate):
+    (:func:`rise_z` standard deviations of a count over the short window at the stable rate):
     a real rise, sized at once, not a minute later."""
     if short_window_s <= 0:
         return False
     noise = math.sqrt(max(stable_rate, 1.0 / short_window_s) / short_window_s)
-    return short_rate > stable_rate + RISE_Z * noise
+    return short_rate > stable_rate + rise_z(short_window_s, stable_window_s) * noise
 
 
 def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig,
@@ -543,15 +560,20 @@ def warmup_credit(queue_target: int, observed: Observed, backlog: float, arrival
 
 
 # ---- stage 6: panic ------------------------------------------------------------------------
-def panic(burst_target: int, credited: int, target: int, state: AutoscalerState,
-          config: AutoscalerConfig, now: float) -> tuple[int, AutoscalerState, bool]:
-    """Knative-style panic on the short window's target, against credited capacity.
+def panic(burst_target: int, burst_load: float, credited: int, target: int,
+          state: AutoscalerState, config: AutoscalerConfig,
+          now: float) -> tuple[int, AutoscalerState, bool]:
+    """Knative-style panic on the short window's demand, against credited capacity.
 
-    Enter (or extend) when ``burst_target >= panic_threshold * max(1, credited)``; while in
-    panic the target is at least the burst target (even below the threshold) and never below
-    the highest target since panic began.
+    Enter (or extend) when ``burst_load``, the short window's unrounded demand in replicas
+    (:func:`short_load`), reaches ``panic_threshold * max(1, credited)``, as Knative compares
+    its unrounded desired pod count with the ready pods: whole replicas made 1.2 replicas'
+    worth of demand on one replica a panic (2 >= 2 x 1). While in panic the target is at
+    least ``burst_target`` (the queueing model's replicas for the short window; even below
+    the threshold) and never below the highest target since panic began.
     """
-    bursting = burst_target >= config.panic_threshold * max(1, credited) and burst_target > 0
+    bursting = (burst_load >= config.panic_threshold * max(1, credited)
+                and burst_target > 0)
     in_panic = state.panic_until is not None and now < state.panic_until
     if bursting:
         until = now + config.stable_window_s
@@ -561,6 +583,13 @@ def panic(burst_target: int, credited: int, target: int, state: AutoscalerState,
         floor = max(state.panic_floor, target, burst_target)
         return floor, replace(state, panic_floor=floor), True
     return target, replace(state, panic_until=None, panic_floor=0), False
+
+
+def short_load(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig) -> float:
+    """The short window's demand in replicas, unrounded: its arrivals' work at the planned
+    utilization (Knative's observed concurrency over the per-pod target, by Little's law:
+    ``rate * latency / (max_utilization * latency / work_s)``)."""
+    return burst.arrival_rate * capacity.work_s / config.max_utilization
 
 
 # ---- stage 7: stabilization and rate limits ------------------------------------------------
@@ -743,7 +772,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                                      observed.ready, current, capacity, config)
     # Arrivals to come: the planned rate, or the short window's during a real rise.
     rise = isinstance(burst, Signals) and rising(burst.arrival_rate, stable.arrival_rate,
-                                                 burst.window_s)
+                                                 burst.window_s, stable.window_s)
     coming = max(rate, burst_rate) if rise else rate
     credited = warmup_credit(queue, observed, backlog, coming,
                              draining_capacity(stable, capacity, observed.ready), config, now)
@@ -783,7 +812,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     before = target
     if short:  # no cold start for a burst that ends before it: the panic stage stands down
         burst_target = min(burst_target, target)
-    target, state, in_panic = panic(burst_target, current, target, state, config, now)
+    load = short_load(burst, capacity, config) if isinstance(burst, Signals) else 0.0
+    target, state, in_panic = panic(burst_target, load, current, target, state, config, now)
     stages.append(Stage("panic", target, "in panic" if in_panic else ""))
     if in_panic and target > before:
         deciding = f"panic: burst {burst_rate:.2f} req/s needs {burst_target}"

@@ -39,6 +39,7 @@ from kubeplex.autoscaler.policy import (
     rate_limit,
     replicas_at,
     scale_to_zero,
+    short_load,
     stabilize,
     warm_standbys,
     warmup_credit,
@@ -331,13 +332,29 @@ def test_budget_clamp_stage() -> None:
 
 def test_panic_stage() -> None:
     state = AutoscalerState()
-    target, state, on = panic(burst_target=7, credited=3, target=4, state=state,
-                              config=CONFIG, now=10.0)
+    target, state, on = panic(burst_target=7, burst_load=6.2, credited=3, target=4,
+                              state=state, config=CONFIG, now=10.0)
     assert on and target == 7 and state.panic_until == 70.0
-    target, state, on = panic(2, 7, 2, state, CONFIG, 40.0)
+    target, state, on = panic(2, 1.5, 7, 2, state, CONFIG, 40.0)
     assert on and target == 7
-    target, state, on = panic(2, 7, 2, state, CONFIG, 71.0)
+    target, state, on = panic(2, 1.5, 7, 2, state, CONFIG, 71.0)
     assert not on and target == 2
+
+
+def test_panic_compares_the_unrounded_demand_as_knative_does() -> None:
+    """1.2 replicas' worth of short-window demand on one replica is no panic (Knative: the
+    desired pod count before rounding over the ready pods, 1.2 < 2), though the queueing
+    model asks for 2 whole replicas (2 >= 2 x 1 panicked before); 2.1 replicas' worth is."""
+    target, state, on = panic(2, 1.2, 1, 1, AutoscalerState(), CONFIG, 10.0)
+    assert not on and target == 1 and state.panic_until is None
+    target, state, on = panic(3, 2.1, 1, 1, AutoscalerState(), CONFIG, 10.0)
+    assert on and target == 3
+
+
+def test_the_short_windows_load_is_its_work_at_the_planned_utilization() -> None:
+    burst = replace(_saturated(), window_s=6.0, arrival_rate=17.0)
+    # 17 req/s x 0.1 s of work = 1.7 busy replicas, at 85% utilization 2.0
+    assert short_load(burst, CAPACITY, CONFIG) == pytest.approx(1.7 / CONFIG.max_utilization)
 
 
 def test_warmup_credit_stage() -> None:

@@ -4,6 +4,7 @@ futility, rise and the burst size the memory records."""
 from __future__ import annotations
 
 from dataclasses import replace
+from statistics import NormalDist
 
 import pytest
 
@@ -14,6 +15,7 @@ from kubeplex.autoscaler.policy import (
     burst_replicas,
     draining_capacity,
     futile,
+    rise_z,
     rising,
     slo_replicas,
     window_demand,
@@ -87,13 +89,30 @@ def test_a_burst_outlasts_the_others_only_beyond_the_memory_buckets_resolution()
 
 
 def test_a_rise_is_a_short_window_rate_beyond_poisson_noise() -> None:
-    # 5 req/s over 6 s: one standard deviation is sqrt(5 / 6) ~ 0.91 req/s
-    assert rising(7.0, 5.0, 6.0)
-    assert not rising(6.5, 5.0, 6.0)
-    assert not rising(100.0, 5.0, 0.0)
+    # 5 req/s over 6 s, tested once per 6 s window: one standard deviation is
+    # sqrt(5 / 6) ~ 0.91 req/s, a rise beyond 2 of them
+    assert rising(7.0, 5.0, 6.0, 6.0)
+    assert not rising(6.5, 5.0, 6.0, 6.0)
+    assert not rising(100.0, 5.0, 0.0, 60.0)
     # from idle, a handful of arrivals in a long window is not a rise; many in a short one is
-    assert not rising(0.3, 0.0, 6.0)
-    assert rising(5.0, 0.0, 6.0)
+    assert not rising(0.3, 0.0, 6.0, 60.0)
+    assert rising(5.0, 0.0, 6.0, 60.0)
+
+
+def test_the_rise_test_keeps_its_false_alarm_rate_per_stable_window() -> None:
+    """The test repeats on every 6 s window of a 60 s stable window: ten chances for noise.
+    At 2 standard deviations each (~2.3% one-sided), a steady rate rose falsely in one stable
+    window of five; the level is shared among the ten, 2.84 standard deviations each."""
+    assert rise_z(6.0, 6.0) == pytest.approx(2.0)
+    assert rise_z(6.0, 60.0) == pytest.approx(2.84, abs=0.01)
+    assert rise_z(60.0, 60.0) == pytest.approx(2.0)  # a widened window: one test
+    # 7 req/s over 5 (2.19 standard deviations): a rise tested once, noise tested ten times
+    assert rising(7.0, 5.0, 6.0, 6.0)
+    assert not rising(7.0, 5.0, 6.0, 60.0)
+    assert rising(7.7, 5.0, 6.0, 60.0)  # 2.96 standard deviations
+    # the old test's false alarm rate on a steady Poisson rate: ~2% of 6 s windows
+    noise = NormalDist().cdf(-rise_z(6.0, 60.0)) * 10
+    assert noise == pytest.approx(NormalDist().cdf(-2.0))
 
 
 def test_a_burst_is_recorded_at_what_clears_its_work_not_at_its_steady_state_need() -> None:
