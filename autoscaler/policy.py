@@ -23,12 +23,13 @@ Stages, in order (each a function, tested alone with a fake clock):
    (at the throughput the busy engines measurably reach, :func:`draining_capacity`); none
    for a burst that will be over before a cold start (:func:`futile`).
 6. **rise** (:func:`rising`): a short-window rate beyond Poisson noise above the stable one is
-   sized at once by the queueing model (the stable window would see it a minute later).
+   sized at once by the queueing model (the stable window would see it a minute later); the
+   test's false-alarm rate is kept per stable window, not per evaluation (:func:`rise_z`).
    **claim** (:func:`claim_standbys`): when a burst begins (a rise or a backlog), every warm
    standby the burst memory kept for it is claimed at once (it costs its GPU either way).
-   **panic** (:func:`panic`): the short window's demand at ``panic_threshold`` times the
-   credited capacity enters panic; in panic the target never goes down; it ends one stable
-   window after the last burst.
+   **panic** (:func:`panic`): the short window's unrounded demand (:func:`short_load`) at
+   ``panic_threshold`` times the credited capacity enters panic; in panic the target never
+   goes down; it ends one stable window after the last burst.
 7. **hold** (:func:`stabilize` and :mod:`~kubeplex.autoscaler.memory`): scale-up at once;
    scale-down to the highest target of the last ``scale_down_delay_s``, and never below a
    level the demand reached in two separate bursts within the burst memory
