@@ -13,7 +13,8 @@ Stages, in order (each a function, tested alone with a fake clock):
 3. **slo** (:func:`~kubeplex.autoscaler.queueing.replicas_for_mix`): the queueing model's
    fewest replicas for the percentile at the larger of the measured rate and the (damped)
    forecast one start-up ahead: the larger of the TTFT bound (the prefill queue) and the
-   decode bound (the steady decode batch within the slots), not a bound on their sum.
+   decode bound (the steady decode batch within the slots), not a bound on their sum; a
+   scale-up once asked for two evaluations running (the lower of the last two counts).
 4. **queue** (:func:`backlog_trigger`): prefill work queued (requests waiting *or* admitted
    without a first token, which vLLM counts as running) beyond one in progress per replica,
    when it would hold a new request longer than a share of the SLO, or waiting requests over
@@ -299,6 +300,8 @@ class AutoscalerState:
     slo_feedback: FeedbackState = field(default_factory=FeedbackState)
     #: Burst memory (:mod:`~kubeplex.autoscaler.memory`).
     peaks: Peaks = ()
+    #: The SLO stage's replicas at the previous evaluation (None: none yet).
+    slo_previous: int | None = None
 
 
 @dataclass(frozen=True)
@@ -753,11 +756,21 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         1.0, stable.arrival_cv2 or 1.0)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     rate = max(stable.arrival_rate, forecast.upper(start, config.headroom_z))
-    target = _mix_replicas(rate, capacity, config, cv2)
+    asked = _mix_replicas(rate, capacity, config, cv2)
+    # Scale-up stabilization of the stable window's signal (HPA's behavior.scaleUp
+    # stabilizationWindowSeconds: the lowest recommendation in the window, here the last two
+    # evaluations): the window changes by a few scrapes per evaluation, so a count asked for
+    # once and not again is its estimator's noise (a dispersion maximum as the window slides
+    # and regroups its counts), not demand. The rise, panic and backlog stages react to fast
+    # changes.
+    target = asked if state.slo_previous is None else min(asked, state.slo_previous)
+    state = replace(state, slo_previous=asked)
     adjusted = "" if speed == 1.0 else f" at {speed:.2f}x the model's speed"
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
             f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source}"
             f"{adjusted})")
+    if asked > target:
+        note += f"; {asked} asked for once, a scale-up if asked for again"
     stages.append(Stage("slo", target, note))
     deciding = note
     quiet = not observed.starting and steady and target <= observed.ready
