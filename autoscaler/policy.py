@@ -14,7 +14,9 @@ Stages, in order (each a function, tested alone with a fake clock):
    fewest replicas for the percentile at the larger of the measured rate and the (damped)
    forecast one start-up ahead: the larger of the TTFT bound (the prefill queue) and the
    decode bound (the steady decode batch within the slots), not a bound on their sum; a
-   scale-up once asked for two evaluations running (the lower of the last two counts).
+   scale-up once asked for two evaluations running (the lower of the last two counts), and
+   none while the short window's rate is below the stable one beyond noise (:func:`falling`:
+   the replica would come a cold start after the fall).
 4. **queue** (:func:`backlog_trigger`): prefill work queued (requests waiting *or* admitted
    without a first token, which vLLM counts as running) beyond one in progress per replica,
    when it would hold a new request longer than a share of the SLO, or waiting requests over
@@ -94,6 +96,7 @@ __all__ = [
     "correct_speed",
     "decide",
     "draining_capacity",
+    "falling",
     "feedback_margin",
     "futile",
     "panic",
@@ -453,15 +456,30 @@ def rise_z(short_window_s: float, stable_window_s: float) -> float:
     return -NormalDist().inv_cdf(level)
 
 
+def _shift(short_rate: float, stable_rate: float, short_window_s: float,
+           stable_window_s: float) -> float:
+    """The short window's rate less the stable one, in :func:`rise_z` Poisson standard
+    deviations of a count over the short window at the stable rate (0: no short window)."""
+    if short_window_s <= 0:
+        return 0.0
+    noise = math.sqrt(max(stable_rate, 1.0 / short_window_s) / short_window_s)
+    return (short_rate - stable_rate) / noise / rise_z(short_window_s, stable_window_s)
+
+
 def rising(short_rate: float, stable_rate: float, short_window_s: float,
            stable_window_s: float) -> bool:
     """Whether the short window's rate is above the stable one by more than Poisson noise
     (:func:`rise_z` standard deviations of a count over the short window at the stable rate):
     a real rise, sized at once, not a minute later."""
-    if short_window_s <= 0:
-        return False
-    noise = math.sqrt(max(stable_rate, 1.0 / short_window_s) / short_window_s)
-    return short_rate > stable_rate + rise_z(short_window_s, stable_window_s) * noise
+    return _shift(short_rate, stable_rate, short_window_s, stable_window_s) > 1.0
+
+
+def falling(short_rate: float, stable_rate: float, short_window_s: float,
+            stable_window_s: float) -> bool:
+    """Whether the short window's rate is below the stable one by more than Poisson noise (as
+    :func:`rising`): the stable window still holds a level the traffic has left, and a
+    replica it asks for now would be ready a cold start after the fall."""
+    return _shift(short_rate, stable_rate, short_window_s, stable_window_s) < -1.0
 
 
 def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig,
@@ -774,6 +792,14 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     stages.append(Stage("slo", target, note))
     deciding = note
     quiet = not observed.starting and steady and target <= observed.ready
+    if (target > current and isinstance(burst, Signals)
+            and falling(burst.arrival_rate, stable.arrival_rate, burst.window_s,
+                        stable.window_s)):
+        note = (f"{note}; not started: {burst.arrival_rate:.2f} req/s over the last "
+                f"{burst.window_s:.0f} s, below the stable window's beyond noise (a fall)")
+        target = current
+        stages.append(Stage("fall", target, note))
+        deciding = note
     fb = observe(fb, observed.scrapes, config.slo_ttft_s, estimate.infeasible, now)
     # The margin's floor keeps correction x factor >= 1 / CORRECTION_LIMIT, as when the factor
     # scaled the model's speed (a floor of 1 / CORRECTION_LIMIT alone: docs/benchmarks.md).

@@ -170,6 +170,19 @@ def test_the_slo_stage_scales_up_on_a_count_asked_for_two_evaluations_running() 
     assert slo(decide(observed, CONFIG, replace(walk.state, slo_previous=5), walk.now)) == 3
 
 
+def test_the_slo_stage_starts_no_replica_while_the_rate_falls() -> None:
+    """The stable window still holds a level the last seconds have left: a replica it asks
+    for would be ready a cold start after the fall. Without the fall, it is started."""
+    steady = Walk(ready=2, follow=False)
+    steady.run(300, rate=20)
+    assert steady.decisions[-1].stages[0].replicas == 3
+    assert all(s.name != "fall" for s in steady.decisions[-1].stages)
+    steady.run(6, rate=2)
+    fall = next(s for s in steady.decisions[-1].stages if s.name == "fall")
+    assert steady.decisions[-1].stages[0].replicas == 3 and fall.replicas == 2
+    assert "(a fall)" in fall.note
+
+
 def test_scale_down_waits_for_the_delay_then_flips_up_at_once() -> None:
     walk = Walk()
     walk.run(300, rate=20)
