@@ -408,11 +408,11 @@ def slo_replicas(arrival_rate: float, capacity: ReplicaCapacity, config: Autosca
 
 
 def _mix_replicas(rate: float, capacity: ReplicaCapacity, config: AutoscalerConfig,
-                  cv2: float) -> int:
+                  cv2: float, batch: float = 1.0) -> int:
     if not capacity.mix and capacity.source == "hint":
         return slo_replicas(rate, capacity, config, cv2)
     return replicas_for_mix(rate, capacity, config.slo_ttft_s, config.quantile,
-                            config.max_utilization, cv2)
+                            config.max_utilization, cv2, batch)
 
 
 def futile(peaks: Peaks, now: float, config: AutoscalerConfig, warm_available: int) -> str:
@@ -444,7 +444,7 @@ def rising(short_rate: float, stable_rate: float, short_window_s: float) -> bool
 
 
 def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig,
-                   cv2: float) -> float:
+                   cv2: float, batch: float = 1.0) -> float:
     """Replicas the short window's arrivals needed, as the burst memory records them: the
     queueing model at their rate, but no more than clears their prefill work within the
     window plus one SLO (a burst shorter than the window is absorbed by a queue that drains
@@ -456,14 +456,14 @@ def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: Autoscaler
     higher one (a burst clearing on 3.1 replicas held 4 through every gap)."""
     if burst.arrival_rate <= 0:
         return 0.0
-    steady = _mix_replicas(burst.arrival_rate, capacity, config, cv2)
+    steady = _mix_replicas(burst.arrival_rate, capacity, config, cv2, batch)
     work = burst.arrival_rate * burst.window_s * capacity.prefill_s
     fluid = work / ((burst.window_s + config.slo_ttft_s) * config.max_utilization)
     return min(float(steady), max(1.0, fluid))
 
 
 def window_demand(slo_target: int, rate: float, capacity: ReplicaCapacity,
-                  config: AutoscalerConfig, cv2: float) -> int:
+                  config: AutoscalerConfig, cv2: float, batch: float = 1.0) -> int:
     """What the stable window needed, as the burst memory records it: the SLO stage's replicas
     for its rate at Poisson variability. The bursts inside the window are measured by the
     short windows (:func:`burst_replicas`), so the window's dispersion, which those bursts
@@ -471,7 +471,7 @@ def window_demand(slo_target: int, rate: float, capacity: ReplicaCapacity,
     held through every gap after)."""
     if cv2 <= 1.0:
         return slo_target
-    return min(slo_target, _mix_replicas(rate, capacity, config, 1.0))
+    return min(slo_target, _mix_replicas(rate, capacity, config, 1.0, batch))
 
 
 # ---- stage 4: queue ------------------------------------------------------------------------
@@ -721,9 +721,10 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     forecast = holt_update(state.forecast, stable.arrival_rate, now, config.forecast)
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
         1.0, stable.arrival_cv2 or 1.0)
+    batch = max(1.0, stable.arrival_batch or 1.0)  # requests sent together (signals)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     rate = max(stable.arrival_rate, forecast.upper(start, config.headroom_z))
-    target = _mix_replicas(rate, capacity, config, cv2)
+    target = _mix_replicas(rate, capacity, config, cv2, batch)
     adjusted = "" if speed == 1.0 else f" at {speed:.2f}x the model's speed"
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
             f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source}"
@@ -760,13 +761,13 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         target = credited
         deciding = f"prefill backlog of {backlog:.0f} requests: {credit_note}"
 
-    demand: float = window_demand(stages[0].replicas, rate, capacity, config, cv2)
+    demand: float = window_demand(stages[0].replicas, rate, capacity, config, cv2, batch)
     short_demand = 0.0
     burst_target = target
     if isinstance(burst, Signals):
-        short_demand = burst_replicas(burst, capacity, config, cv2)
+        short_demand = burst_replicas(burst, capacity, config, cv2, batch)
         demand = max(demand, short_demand)
-        burst_target = _mix_replicas(burst.arrival_rate, capacity, config, cv2)
+        burst_target = _mix_replicas(burst.arrival_rate, capacity, config, cv2, batch)
         if rise and burst_target > target and not short:
             target = burst_target
             deciding = (f"rise: {burst.arrival_rate:.2f} req/s over the last "
