@@ -12,8 +12,9 @@ Stages, in order (each a function, tested alone with a fake clock):
    fleet completes per second); which requests are infeasible is judged at that speed alone.
 3. **slo** (:func:`~kubeplex.autoscaler.queueing.replicas_for_mix`): the queueing model's
    fewest replicas for the percentile at the larger of the measured rate and the (damped)
-   forecast one start-up ahead: the larger of the TTFT bound (the prefill queue) and the
-   decode bound (the steady decode batch within the slots), not a bound on their sum.
+   forecast one start-up ahead: the larger of the TTFT bound (the prefill queue, with the
+   wait behind requests sent together, ``Signals.arrival_batch``) and the decode bound (the
+   steady decode batch within the slots), not a bound on their sum.
 4. **queue** (:func:`backlog_trigger`): prefill work queued (requests waiting *or* admitted
    without a first token, which vLLM counts as running) beyond one in progress per replica,
    when it would hold a new request longer than a share of the SLO, or waiting requests over
@@ -468,7 +469,8 @@ def window_demand(slo_target: int, rate: float, capacity: ReplicaCapacity,
     for its rate at Poisson variability. The bursts inside the window are measured by the
     short windows (:func:`burst_replicas`), so the window's dispersion, which those bursts
     make, is not counted twice (it made a minute with a 10 s burst "need" a replica more,
-    held through every gap after)."""
+    held through every gap after). Requests sent together (``batch``) are no burst a short
+    window sees: their index stays."""
     if cv2 <= 1.0:
         return slo_target
     return min(slo_target, _mix_replicas(rate, capacity, config, 1.0, batch))

@@ -46,6 +46,16 @@ slower than the pooled queue's of point 1, and slowest where prompt lengths are 
 rule of point 1, which stays the pooled M/G/c rule (:func:`replicas_for_slo`, the baselines'
 tuning).
 
+**Grouped arrivals** (:func:`batch_wait`): clients that send several requests at once (a
+production conversation trace holds 12,031 requests at 1,180 instants) make a request wait
+behind the batch-mates sent with it even when the queue is otherwise empty, which the M/G/1
+tail, scaled by the probability that every replica is busy, cannot show. With batches at
+Poisson times (M^X/G/1 per replica), a request's wait is the wait of its batch (the M/G/1
+wait above with ``ca2`` the index of dispersion ``I``) plus the prefills of the batch-mates
+ahead of it on its own replica; :func:`miss_fraction` adds the two as independent
+zero-or-exponential parts. ``I`` of simultaneous arrivals comes from the metrics
+(``Signals.arrival_batch``); at ``I = 1`` the rule is the one above.
+
 Assumptions: arrivals independent of the state (no client back-off), one FIFO class per
 replica, routing that keeps replicas evenly loaded but cannot see how long a prefill in
 progress has left, prefill preempting decode (vLLM's default ordering), the
@@ -252,7 +262,7 @@ def _wait_beyond(slack: float, waits: float, theta: float, ahead: float, rate: f
     if ahead <= 0.0:
         return waits * queue
     batch = math.exp(-rate * slack)
-    if abs(rate - theta) <= 1e-9 * max(rate, theta):
+    if math.isclose(rate, theta):
         both = (1.0 + theta * slack) * queue  # Erlang-2 tail
     else:  # hypoexponential tail of the sum of the two exponentials
         both = (rate * queue - theta * batch) / (rate - theta)

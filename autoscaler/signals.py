@@ -136,7 +136,8 @@ class Signals:
     answers NaN there): the percentile of nothing is unknown, not zero.
     ``arrival_cv2`` is the index of dispersion of per-interval arrival counts (about the
     squared coefficient of variation of inter-arrival times for a renewal process), None with
-    fewer than three intervals or no arrivals.
+    fewer than three intervals or no arrivals; ``arrival_batch`` the part of it that comes
+    from requests arriving together (:func:`_batch_index`).
     ``saturated`` says every scrape in the window had requests waiting (the fleet ran flat
     out, so the completion rate is its capacity).
     ``awaiting_first_token`` (latest scrape) counts the requests in the engines that have no
