@@ -14,7 +14,10 @@ Stages, in order (each a function, tested alone with a fake clock):
    fewest replicas for the percentile at the larger of the measured rate and the (damped)
    forecast one start-up ahead: the larger of the TTFT bound (the prefill queue, with the
    wait behind requests sent together, ``Signals.arrival_batch``) and the decode bound (the
-   steady decode batch within the slots), not a bound on their sum.
+   steady decode batch within the slots), not a bound on their sum. The batch term is this
+   stage's alone: the burst memory records levels at Poisson variability and the rise and
+   panic stages size a rate change (a batch reading from one window's noise, held through
+   every gap, cost the bursty traces GPU-hours and bought nothing).
 4. **queue** (:func:`backlog_trigger`): prefill work queued (requests waiting *or* admitted
    without a first token, which vLLM counts as running) beyond one in progress per replica,
    when it would hold a new request longer than a share of the SLO, or waiting requests over
@@ -445,7 +448,7 @@ def rising(short_rate: float, stable_rate: float, short_window_s: float) -> bool
 
 
 def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig,
-                   cv2: float, batch: float = 1.0) -> float:
+                   cv2: float) -> float:
     """Replicas the short window's arrivals needed, as the burst memory records them: the
     queueing model at their rate, but no more than clears their prefill work within the
     window plus one SLO (a burst shorter than the window is absorbed by a queue that drains
@@ -457,23 +460,22 @@ def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: Autoscaler
     higher one (a burst clearing on 3.1 replicas held 4 through every gap)."""
     if burst.arrival_rate <= 0:
         return 0.0
-    steady = _mix_replicas(burst.arrival_rate, capacity, config, cv2, batch)
+    steady = _mix_replicas(burst.arrival_rate, capacity, config, cv2)
     work = burst.arrival_rate * burst.window_s * capacity.prefill_s
     fluid = work / ((burst.window_s + config.slo_ttft_s) * config.max_utilization)
     return min(float(steady), max(1.0, fluid))
 
 
 def window_demand(slo_target: int, rate: float, capacity: ReplicaCapacity,
-                  config: AutoscalerConfig, cv2: float, batch: float = 1.0) -> int:
+                  config: AutoscalerConfig, cv2: float) -> int:
     """What the stable window needed, as the burst memory records it: the SLO stage's replicas
     for its rate at Poisson variability. The bursts inside the window are measured by the
     short windows (:func:`burst_replicas`), so the window's dispersion, which those bursts
     make, is not counted twice (it made a minute with a 10 s burst "need" a replica more,
-    held through every gap after). Requests sent together (``batch``) are no burst a short
-    window sees: their index stays."""
+    held through every gap after)."""
     if cv2 <= 1.0:
         return slo_target
-    return min(slo_target, _mix_replicas(rate, capacity, config, 1.0, batch))
+    return min(slo_target, _mix_replicas(rate, capacity, config, 1.0))
 
 
 # ---- stage 4: queue ------------------------------------------------------------------------
@@ -763,13 +765,13 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         target = credited
         deciding = f"prefill backlog of {backlog:.0f} requests: {credit_note}"
 
-    demand: float = window_demand(stages[0].replicas, rate, capacity, config, cv2, batch)
+    demand: float = window_demand(stages[0].replicas, rate, capacity, config, cv2)
     short_demand = 0.0
     burst_target = target
     if isinstance(burst, Signals):
-        short_demand = burst_replicas(burst, capacity, config, cv2, batch)
+        short_demand = burst_replicas(burst, capacity, config, cv2)
         demand = max(demand, short_demand)
-        burst_target = _mix_replicas(burst.arrival_rate, capacity, config, cv2, batch)
+        burst_target = _mix_replicas(burst.arrival_rate, capacity, config, cv2)
         if rise and burst_target > target and not short:
             target = burst_target
             deciding = (f"rise: {burst.arrival_rate:.2f} req/s over the last "
