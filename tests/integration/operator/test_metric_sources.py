@@ -23,11 +23,17 @@ from kubeplex.autoscaler.sources import parse_metrics_text
 from kubeplex.operator._runtime_client import RuntimeClient
 from kubeplex.operator._settings import Settings
 
-CLIENT = RuntimeClient(Settings(scrape_timeout_s=5.0))
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[RuntimeClient]:
+    """One client for the module, closed after it (its pooled connections with it)."""
+    runtime = RuntimeClient(Settings(scrape_timeout_s=5.0))
+    yield runtime
+    runtime.close()
 
 
-def scrape(address: str, now: float) -> Scrape:
-    text = CLIENT.metrics(f"http://{address}")
+def scrape(client: RuntimeClient, address: str, now: float) -> Scrape:
+    text = client.metrics(f"http://{address}")
     assert text is not None, f"no /metrics from {address}"
     return parse_metrics_text(text, "llama", now, target=address)
 
@@ -86,11 +92,11 @@ def engine() -> Iterator[tuple[Engine, str]]:
     server.server_close()
 
 
-def test_direct_scrape_over_http(engine: tuple[Engine, str]) -> None:
+def test_direct_scrape_over_http(engine: tuple[Engine, str], client: RuntimeClient) -> None:
     state, address = engine
-    first = scrape(address, 0.0)
+    first = scrape(client, address, 0.0)
     state.done, state.fast, state.waiting = 120, 100, 4
-    second = scrape(address, 10.0)
+    second = scrape(client, address, 10.0)
     assert first.total(WAITING) == 2 and first.total(RUNNING) == 8
     assert second.total(COMPLETIONS) == 120  # the other model's 5 are not counted
     signals = extract([first, second], 10.0, 60.0, 95, 30.0)
@@ -101,8 +107,8 @@ def test_direct_scrape_over_http(engine: tuple[Engine, str]) -> None:
     assert signals.ttft_quantile == pytest.approx(0.95)
 
 
-def test_an_unreachable_runtime_gives_no_scrape() -> None:
-    assert CLIENT.metrics("http://127.0.0.1:9") is None
+def test_an_unreachable_runtime_gives_no_scrape(client: RuntimeClient) -> None:
+    assert client.metrics("http://127.0.0.1:9") is None
 
 
 PROMETHEUS = shutil.which("prometheus")
@@ -139,14 +145,15 @@ def prometheus(engine: tuple[Engine, str], tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.prometheus
 async def test_prometheus_source_matches_the_direct_scrape(engine: tuple[Engine, str],
-                                                           prometheus: str) -> None:
+                                                           prometheus: str,
+                                                           client: RuntimeClient) -> None:
     state, address = engine
     base = prometheus
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient() as http:
         deadline = time.monotonic() + 60
         while True:  # wait for the first scrape: up == 1, never a guessed sleep
             try:
-                up = (await client.get(f"{base}/api/v1/query", params={"query": "up"})).json()
+                up = (await http.get(f"{base}/api/v1/query", params={"query": "up"})).json()
                 if any(r["value"][1] == "1" for r in up["data"]["result"]):
                     break
             except (httpx.HTTPError, ValueError, KeyError):
@@ -154,9 +161,9 @@ async def test_prometheus_source_matches_the_direct_scrape(engine: tuple[Engine,
             if time.monotonic() > deadline:
                 pytest.fail("Prometheus never scraped the engine within 60 s")
             await asyncio.sleep(0.2)
-    through = CLIENT.prometheus(base, "llama", None, 1.0)
-    direct = scrape(address, 1.0)
-    assert CLIENT.prometheus("http://127.0.0.1:9", "llama", None, 1.0) is None
+    through = client.prometheus(base, "llama", None, 1.0)
+    direct = scrape(client, address, 1.0)
+    assert client.prometheus("http://127.0.0.1:9", "llama", None, 1.0) is None
     assert through is not None
     for name in (WAITING, RUNNING, COMPLETIONS):
         assert through.total(name) == direct.total(name), name
