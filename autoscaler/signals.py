@@ -441,7 +441,7 @@ def _batch_index(dispersion: Mapping[int, float]) -> float | None:
     """The index of dispersion of *simultaneous* arrivals: the dispersion extrapolated to a
     counting interval of zero, linearly through the two finest intervals, at least 1.
 
-    Requests arriving together (a client sending a conversation's turns at once) make every
+    Requests arriving together (several sent at one instant) make every
     interval's dispersion ``E[X^2] / E[X]`` for batches of ``X`` at Poisson times, whatever
     its length; a rate that varies over seconds (bursts) adds dispersion that grows with the
     interval from 1 at zero, where two arrivals never coincide. Only the former makes a
