@@ -12,11 +12,15 @@ Stages, in order (each a function, tested alone with a fake clock):
    fleet completes per second); which requests are infeasible is judged at that speed alone.
 3. **slo** (:func:`~kubeplex.autoscaler.queueing.replicas_for_mix`): the queueing model's
    fewest replicas for the percentile at the larger of the measured rate and the (damped)
-   forecast one start-up ahead: the larger of the TTFT bound (the prefill queue) and the
-   decode bound (the steady decode batch within the slots), not a bound on their sum; a
-   scale-up once asked for two evaluations running (the lower of the last two counts), and
-   none while the short window's rate is below the stable one beyond noise (:func:`falling`:
-   the replica would come a cold start after the fall).
+   forecast one start-up ahead: the larger of the TTFT bound (the prefill queue, with the
+   wait behind requests sent together, ``Signals.arrival_batch``) and the decode bound (the
+   steady decode batch within the slots), not a bound on their sum. The batch term is this
+   stage's alone: the burst memory records levels at Poisson variability and the rise and
+   panic stages size a rate change (a batch reading from one window's noise, held through
+   every gap, cost the bursty traces GPU-hours and bought nothing). A scale-up once asked
+   for two evaluations running (the lower of the last two counts), and none while the short
+   window's rate is below the stable one beyond noise (:func:`falling`: the replica would
+   come a cold start after the fall).
 4. **queue** (:func:`backlog_trigger`): prefill work queued (requests waiting *or* admitted
    without a first token, which vLLM counts as running) beyond one in progress per replica,
    when it would hold a new request longer than a share of the SLO, or waiting requests over
@@ -419,11 +423,11 @@ def slo_replicas(arrival_rate: float, capacity: ReplicaCapacity, config: Autosca
 
 
 def _mix_replicas(rate: float, capacity: ReplicaCapacity, config: AutoscalerConfig,
-                  cv2: float) -> int:
+                  cv2: float, batch: float = 1.0) -> int:
     if not capacity.mix and capacity.source == "hint":
         return slo_replicas(rate, capacity, config, cv2)
     return replicas_for_mix(rate, capacity, config.slo_ttft_s, config.quantile,
-                            config.max_utilization, cv2)
+                            config.max_utilization, cv2, batch)
 
 
 def futile(peaks: Peaks, now: float, config: AutoscalerConfig, warm_available: int) -> str:
@@ -772,9 +776,10 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     forecast = holt_update(state.forecast, stable.arrival_rate, now, config.forecast)
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
         1.0, stable.arrival_cv2 or 1.0)
+    batch = max(1.0, stable.arrival_batch or 1.0)  # requests sent together (signals)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     rate = max(stable.arrival_rate, forecast.upper(start, config.headroom_z))
-    asked = _mix_replicas(rate, capacity, config, cv2)
+    asked = _mix_replicas(rate, capacity, config, cv2, batch)
     # Scale-up stabilization of the stable window's signal (HPA's behavior.scaleUp
     # stabilizationWindowSeconds: the lowest recommendation in the window, here the last two
     # evaluations): the window changes by a few scrapes per evaluation, so a count asked for

@@ -46,6 +46,16 @@ slower than the pooled queue's of point 1, and slowest where prompt lengths are 
 rule of point 1, which stays the pooled M/G/c rule (:func:`replicas_for_slo`, the baselines'
 tuning).
 
+**Grouped arrivals** (:func:`batch_wait`): clients that send several requests at once (a
+production conversation trace holds 12,031 requests at 1,180 instants) make a request wait
+behind the batch-mates sent with it even when the queue is otherwise empty, which the M/G/1
+tail, scaled by the probability that every replica is busy, cannot show. With batches at
+Poisson times (M^X/G/1 per replica), a request's wait is the wait of its batch (the M/G/1
+wait above with ``ca2`` the index of dispersion ``I``) plus the prefills of the batch-mates
+ahead of it on its own replica; :func:`miss_fraction` adds the two as independent
+zero-or-exponential parts. ``I`` of simultaneous arrivals comes from the metrics
+(``Signals.arrival_batch``); at ``I = 1`` the rule is the one above.
+
 Assumptions: arrivals independent of the state (no client back-off), one FIFO class per
 replica, routing that keeps replicas evenly loaded but cannot see how long a prefill in
 progress has left, prefill preempting decode (vLLM's default ordering), the
@@ -60,6 +70,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ReplicaCapacity",
+    "batch_wait",
     "decode_batch",
     "decode_replicas",
     "erlang_c",
@@ -194,10 +205,11 @@ def _counted(capacity: ReplicaCapacity, slo_s: float) -> tuple[tuple[float, floa
 
 
 def miss_fraction(replicas: int, arrival_rate: float, capacity: ReplicaCapacity, slo_s: float,
-                  arrival_cv2: float = 1.0) -> float:
+                  arrival_cv2: float = 1.0, arrival_batch: float = 1.0) -> float:
     """Predicted fraction of the requests the SLO can count (``capacity.mix`` atoms whose
     prefill fits in ``slo_s``) that still miss it with ``replicas`` (1.0 when overloaded, 0.0
-    when no request can be counted)."""
+    when no request can be counted). ``arrival_batch``: the index of dispersion of requests
+    arriving together (:func:`batch_wait`; 1: one at a time)."""
     counted = _counted(capacity, slo_s)
     weight = math.fsum(w for _, w in counted)
     if weight <= 0 or arrival_rate <= 0:
@@ -211,12 +223,56 @@ def miss_fraction(replicas: int, arrival_rate: float, capacity: ReplicaCapacity,
     # first of the c to free: the M/G/1 tail of one replica at load lambda / c, whose
     # conditional mean wait is prefill * (ca2 + cs2) / 2 / (1 - rho) (Pollaczek-Khinchine).
     theta = (mu - arrival_rate / replicas) / ((arrival_cv2 + capacity.prefill_cv2) / 2.0)
-    missed = math.fsum(w * min(1.0, waits * math.exp(-theta * (slo_s - p))) for p, w in counted)
+    ahead, rate = batch_wait(replicas, arrival_batch, capacity.prefill_s)
+    missed = math.fsum(w * min(1.0, _wait_beyond(slo_s - p, waits, theta, ahead, rate))
+                       for p, w in counted)
     return missed / weight
 
 
+def batch_wait(replicas: int, arrival_batch: float, prefill_s: float) -> tuple[float, float]:
+    """The wait behind batch-mates: the probability that a request arriving in a group has
+    one ahead of it on its own replica, and the rate of that wait's exponential tail
+    (``(0.0, inf)``: none, as with Poisson arrivals).
+
+    With batch arrivals (M^X), the index of dispersion of the counts, ``I = E[X^2] / E[X]``,
+    is the mean size of the batch a request arrives in, and the number of its batch-mates
+    ahead of it has mean ``(I - 1) / 2`` for any batch-size law (its law is ``P(X > n) /
+    E[X]``; geometric, ``P(>= n) = q^n``, for geometric batches: taken here, the
+    largest-entropy law with that mean). The gateway spreads a batch over the ``c`` replicas,
+    so ``n`` ahead in the batch puts ``floor(n / c)`` ahead on the request's own replica:
+    some are with probability ``r = q^c``, and their prefills sum to a compound geometric,
+    exponential of mean ``prefill / (1 - r)`` (exact for exponential prefills; the mean is
+    exact for any). The M^X/G/1 mean wait is this plus the wait of the batch itself, the
+    M/G/1 wait at ``ca2 = I`` (Pollaczek-Khinchine on batches as customers): both are in
+    :func:`miss_fraction`, which reduces to the Poisson rule at ``I = 1``."""
+    ahead = (max(1.0, arrival_batch) - 1.0) / 2.0
+    chance = (ahead / (1.0 + ahead)) ** max(1, replicas)
+    if chance <= 0.0:
+        return 0.0, math.inf
+    return chance, (1.0 - chance) / prefill_s
+
+
+def _wait_beyond(slack: float, waits: float, theta: float, ahead: float, rate: float) -> float:
+    """``P(V + B > slack)`` for independent ``V`` (0 with probability ``1 - waits``, else
+    exponential at rate ``theta``) and ``B`` (0 with probability ``1 - ahead``, else
+    exponential at ``rate``): the queue's wait plus the batch-mates' prefills."""
+    if slack <= 0:
+        return 1.0
+    queue = math.exp(-theta * slack)
+    if ahead <= 0.0:
+        return waits * queue
+    batch = math.exp(-rate * slack)
+    if math.isclose(rate, theta):
+        both = (1.0 + theta * slack) * queue  # Erlang-2 tail
+    else:  # hypoexponential tail of the sum of the two exponentials
+        both = (rate * queue - theta * batch) / (rate - theta)
+    return (waits * (1.0 - ahead) * queue + ahead * (1.0 - waits) * batch
+            + waits * ahead * both)
+
+
 def replicas_for_mix(arrival_rate: float, capacity: ReplicaCapacity, slo_s: float,
-                     quantile: float, max_utilization: float, arrival_cv2: float = 1.0) -> int:
+                     quantile: float, max_utilization: float, arrival_cv2: float = 1.0,
+                     arrival_batch: float = 1.0) -> int:
     """The fewest replicas within the decode bound (:func:`decode_replicas`; the throughput
     bound without a decode model) whose predicted miss fraction (:func:`miss_fraction`) is at
     most ``1 - quantile``: the larger of the two bounds. The decode bound alone when no
@@ -232,6 +288,7 @@ def replicas_for_mix(arrival_rate: float, capacity: ReplicaCapacity, slo_s: floa
     if not _counted(capacity, slo_s):
         return start
     for replicas in range(start, MAX_SEARCH_REPLICAS + 1):
-        if miss_fraction(replicas, arrival_rate, capacity, slo_s, arrival_cv2) <= 1 - quantile:
+        if miss_fraction(replicas, arrival_rate, capacity, slo_s, arrival_cv2,
+                         arrival_batch) <= 1 - quantile:
             return replicas
     return MAX_SEARCH_REPLICAS

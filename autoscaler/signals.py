@@ -136,7 +136,8 @@ class Signals:
     answers NaN there): the percentile of nothing is unknown, not zero.
     ``arrival_cv2`` is the index of dispersion of per-interval arrival counts (about the
     squared coefficient of variation of inter-arrival times for a renewal process), None with
-    fewer than three intervals or no arrivals.
+    fewer than three intervals or no arrivals; ``arrival_batch`` the part of it that comes
+    from requests arriving together (:func:`_batch_index`).
     ``saturated`` says every scrape in the window had requests waiting (the fleet ran flat
     out, so the completion rate is its capacity).
     ``awaiting_first_token`` (latest scrape) counts the requests in the engines that have no
@@ -173,6 +174,9 @@ class Signals:
     #: Mean prefill-phase time of the requests that finished in the window (s) and how many.
     prefill_time_s: float | None = None
     prefills_timed: float = 0.0
+    #: The index of dispersion of simultaneous arrivals (requests sent together), None with
+    #: too few intervals: ``E[X^2] / E[X]`` for batches of ``X``, 1 for arrivals one at a time.
+    arrival_batch: float | None = None
 
     @property
     def in_system(self) -> float:
@@ -395,8 +399,9 @@ def _allan_variance(counts: Sequence[float]) -> float:
         2 * max(1, len(counts) - 1))
 
 
-def _dispersion(window: Sequence[Scrape]) -> float | None:
-    """Allan-style index of dispersion of arrival counts, the largest over a few interval sizes.
+def _dispersion(counts: Sequence[float]) -> dict[int, float]:
+    """Allan-style index of dispersion of arrival counts at each of a few interval sizes
+    (:data:`DISPERSION_SCALES`, in counts; the law reads the largest as ``arrival_cv2``).
 
     Half the mean squared difference of successive counts over their mean: for a renewal
     process it estimates Var(N)/E[N] (about the squared CV of inter-arrival times when the
@@ -413,15 +418,11 @@ def _dispersion(window: Sequence[Scrape]) -> float | None:
     switch read cv^2 10-16 there), so each side of a switch found is measured on its own
     (pooled by their differences) and the counts at the switch are left out.
     """
-    counts: list[float] = []
-    for prev, cur in itertools.pairwise(window):
-        done = counter_increase([prev.series(COMPLETIONS), cur.series(COMPLETIONS)])
-        counts.append(_arrivals(prev, cur, done))
     split = _level_change(counts)
     # Each side of a switch is counted at its own rate; the counts at the switch, one of
     # which it may fall inside, are left out.
     segments = [counts] if split is None else [counts[:split - 1], counts[split + 1:]]
-    estimates = []
+    estimates: dict[int, float] = {}
     for scale in DISPERSION_SCALES:
         pooled, weight = 0.0, 0
         for segment in segments:
@@ -432,8 +433,35 @@ def _dispersion(window: Sequence[Scrape]) -> float | None:
                 pooled += value * (len(grouped) - 1)
                 weight += len(grouped) - 1
         if weight > 0:
-            estimates.append(pooled / weight)
-    return max(estimates) if estimates else None
+            estimates[scale] = pooled / weight
+    return estimates
+
+
+def _batch_index(dispersion: Mapping[int, float]) -> float | None:
+    """The index of dispersion of *simultaneous* arrivals: the dispersion extrapolated to a
+    counting interval of zero, linearly through the two finest intervals, at least 1.
+
+    Requests arriving together (several sent at one instant) make every
+    interval's dispersion ``E[X^2] / E[X]`` for batches of ``X`` at Poisson times, whatever
+    its length; a rate that varies over seconds (bursts) adds dispersion that grows with the
+    interval from 1 at zero, where two arrivals never coincide. Only the former makes a
+    request wait behind others that arrived with it at light load (the queueing model's
+    batch term); the latter is the rise and panic stages' and the tail's (``arrival_cv2``).
+    Never above the finest interval's (a dispersion that falls with the interval, batches
+    coming more regularly than Poisson, is taken at what is measured)."""
+    finest, coarser = (dispersion.get(scale) for scale in DISPERSION_SCALES[:2])
+    if finest is None or coarser is None:
+        return None
+    return max(1.0, min(finest, 2.0 * finest - coarser))
+
+
+def _counts(window: Sequence[Scrape]) -> list[float]:
+    """Arrivals between consecutive scrapes (conservation, :func:`_arrivals`)."""
+    counts: list[float] = []
+    for prev, cur in itertools.pairwise(window):
+        done = counter_increase([prev.series(COMPLETIONS), cur.series(COMPLETIONS)])
+        counts.append(_arrivals(prev, cur, done))
+    return counts
 
 
 def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: float,
@@ -467,6 +495,7 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
                  if last.series(GENERATION_TOKENS) else None)
     pending = [_awaiting(s) for s in window]
     timed = counter_increase([s.series(PREFILL_TIME_COUNT) for s in window])
+    dispersion = _dispersion(_counts(window))
     return Signals(
         time=last.time,
         window_s=span,
@@ -481,7 +510,8 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
                                else _rate(counter_increase(generated), span)),
         ttft_quantile=histogram_quantile(percentile / 100.0, ttft),
         ttft_count=ttft_count,
-        arrival_cv2=_dispersion(window),
+        arrival_cv2=max(dispersion.values()) if dispersion else None,
+        arrival_batch=_batch_index(dispersion),
         saturated=all((s.total(WAITING) or 0.0) > 0 for s in window),
         engines_saturated=all(_engine_busy(s) for s in window),
         prefill_time_s=(None if timed <= 0 else

@@ -18,6 +18,7 @@ from kubeplex.autoscaler.capacity import (
 )
 from kubeplex.autoscaler.queueing import (
     ReplicaCapacity,
+    batch_wait,
     decode_batch,
     decode_replicas,
     erlang_c,
@@ -128,6 +129,39 @@ def test_a_short_prompt_waits_behind_its_own_replicas_prefills_however_many_repl
     rho = per_replica * cap.prefill_s
     mean_wait = cap.prefill_s * (1 + cap.prefill_cv2) / 2 / (1 - rho)  # Pollaczek-Khinchine
     assert conditional[0] == pytest.approx(math.exp(-(1.0 - 0.05) / mean_wait))
+
+
+def test_grouped_arrivals_wait_behind_their_batch_mates_even_at_light_load() -> None:
+    # Requests arriving in groups (index of dispersion I = E[X^2] / E[X] = 9: a request's
+    # group holds 9 on average, 4 of them ahead of it) at 5% load on one replica: the queue
+    # is almost always empty, yet a request waits behind the prefills of its batch-mates.
+    # Geometric batches (P(ahead >= n) = q^n, mean q / (1 - q) = 4) and exponential prefills
+    # of 0.5 s make that wait exactly q * Exp(rate (1 - q) / 0.5 s).
+    cap = ReplicaCapacity(0.5, 0.5, "profile", mix=((0.0, 1.0),))
+    dispersion, rate, slo = 9.0, 0.1, 2.0
+    q = 4 / 5
+    behind_batch = q * math.exp(-(1 - q) / 0.5 * slo)
+    assert batch_wait(1, dispersion, 0.5) == pytest.approx((q, (1 - q) / 0.5))
+    # The same dispersion from a rate varying over seconds (no batch-mates) waits only when
+    # the queue is busy, 5% of the time: the grouped requests miss over 10x as often.
+    grouped = miss_fraction(1, rate, cap, slo, dispersion, dispersion)
+    assert grouped == pytest.approx(behind_batch, rel=0.1)
+    assert grouped > 10 * miss_fraction(1, rate, cap, slo, dispersion)
+
+
+def test_a_batch_spreads_over_the_replicas_and_poisson_arrivals_have_no_batch_mates() -> None:
+    # The gateway spreads a group over the replicas: with c replicas a request has a batch-mate
+    # ahead on its own replica only when c or more are ahead of it in the group (q^c).
+    assert batch_wait(7, 1.0, 0.6) == (0.0, math.inf)
+    assert batch_wait(7, 0.5, 0.6) == (0.0, math.inf)  # under-dispersed reads as Poisson
+    chance, _ = batch_wait(4, 11.0, 0.6)
+    assert chance == pytest.approx((5 / 6) ** 4)
+    cap = ReplicaCapacity(0.6, 0.62, "profile", prefill_cv2=4.0, mix=((0.3, 1.0),))
+    misses = [miss_fraction(c, 3.4, cap, 2.0, 11.0, 11.0) for c in (7, 9, 12, 16)]
+    assert misses == sorted(misses, reverse=True)
+    assert misses[0] > 5 * miss_fraction(7, 3.4, cap, 2.0, 11.0)  # the rate-varying reading
+    assert (replicas_for_mix(3.4, cap, 2.0, 0.99, 0.85, 11.0, 11.0)
+            > replicas_for_mix(3.4, cap, 2.0, 0.99, 0.85, 11.0))
 
 
 def test_a_heavy_tailed_prompt_mix_needs_more_replicas_than_a_uniform_one_of_its_mean() -> None:

@@ -12,6 +12,7 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pytest
 
 from kubeplex.autoscaler import (
@@ -44,7 +45,7 @@ from kubeplex.autoscaler.policy import (
     warm_standbys,
     warmup_credit,
 )
-from kubeplex.autoscaler.queueing import ReplicaCapacity
+from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix
 from kubeplex.autoscaler.signals import (
     COMPLETIONS,
     PROMPT_HISTOGRAM,
@@ -54,6 +55,7 @@ from kubeplex.autoscaler.signals import (
     TTFT_BUCKETS,
     WAITING,
     Signals,
+    extract,
     prompt_token_buckets,
 )
 
@@ -439,6 +441,35 @@ def test_infeasible_prompts_are_reported_and_not_scaled_for() -> None:
     work = last.capacity.work_s if last.capacity else 0.0
     assert len(set(walk.targets()[-60:])) == 1
     assert max(walk.targets()[60:]) <= 2 * math.ceil(5 * work / config.max_utilization)
+
+
+def test_the_slo_stage_sizes_the_wait_behind_requests_sent_together() -> None:
+    """Requests arriving in groups (batches of geometric size, mean ~6.7, at Poisson times):
+    the SLO stage asks for the replicas the queueing model gives with the window's batch
+    index, more than the same rate and dispersion need when requests come one at a time."""
+    from kubeplex.placement.llm import profile
+
+    config = replace(CONFIG, slo_ttft_s=2.0, percentile=99, arrival_cv2=None,
+                     profile=profile("llama-3.1-8b", "H100-80GB"), prefill_s_hint=None,
+                     work_s_hint=None)
+    walk = Walk(config=config, ready=6, follow=False)
+    walk.prompts = (2_000, 6_000, 12_000)
+    rng = np.random.default_rng(3)
+    for _ in range(90):
+        count = int(rng.geometric(0.15, size=rng.poisson(0.6)).sum())
+        walk.run(STEP, rate=count / STEP)
+    last = walk.decisions[-1]
+    stable = extract(walk.scrapes, walk.now, config.stable_window_s, config.percentile,
+                     config.stale_after_s)
+    assert isinstance(stable, Signals) and last.capacity is not None
+    assert stable.arrival_batch is not None and stable.arrival_batch > 3
+    cv2 = max(1.0, stable.arrival_cv2 or 1.0)
+    grouped = replicas_for_mix(stable.arrival_rate, last.capacity, 2.0, 0.99,
+                               config.max_utilization, cv2, stable.arrival_batch)
+    assert grouped > replicas_for_mix(stable.arrival_rate, last.capacity, 2.0, 0.99,
+                                      config.max_utilization, cv2)
+    # the planned rate is at least the window's (the forecast's upper bound may add to it)
+    assert last.stages[0].name == "slo" and last.stages[0].replicas >= grouped
 
 
 def test_slo_feedback_is_a_margin_not_a_change_in_what_a_replica_can_do() -> None:

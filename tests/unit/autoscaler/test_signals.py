@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from kubeplex.autoscaler import NoData, Scrape, Signals, extract
@@ -242,3 +243,25 @@ def test_a_level_change_is_not_burstiness_but_bursts_still_are() -> None:
     bursty = _counted([2.0, 2.0, 40.0, 3.0, 1.0, 2.0, 35.0, 2.0, 3.0, 45.0, 1.0, 2.0, 2.0,
                        38.0, 2.0, 3.0, 1.0, 42.0, 2.0, 2.0, 3.0, 36.0, 1.0, 2.0, 44.0, 3.0])
     assert bursty.arrival_cv2 is not None and bursty.arrival_cv2 > 10.0
+
+
+def test_requests_sent_together_read_as_batches_and_bursts_over_seconds_do_not() -> None:
+    # Batches at Poisson times (half an interval apart on average) of geometric size, mean 5:
+    # every interval's index of dispersion is E[X^2] / E[X] = 2 * 5 - 1 = 9, the batch index.
+    rng = np.random.default_rng(7)
+    batched = [float(rng.geometric(0.2, size=rng.poisson(0.5)).sum()) for _ in range(400)]
+    grouped = _counted(batched)
+    # Over seeds it reads 7.7 +- 1.2: the level-change test drops the largest differences,
+    # which large batches make, so heavy-tailed batches read low.
+    assert grouped.arrival_batch == pytest.approx(9.0, rel=0.4)
+    # Bursts of 40 per interval lasting 3-4 intervals over 2 (Poisson counts), arrivals one at
+    # a time: the dispersion grows with the interval (the largest read is far over 1) and
+    # extrapolates to about 1 at a zero interval, where no two arrivals coincide.
+    bursts = []
+    for start in range(0, 400, 20):
+        bursts += [float(rng.poisson(40.0 if 8 <= i - start < 8 + 3 + start % 2 else 2.0))
+                   for i in range(start, start + 20)]
+    spread = _counted(bursts)
+    assert spread.arrival_cv2 is not None and spread.arrival_cv2 > 10.0
+    assert spread.arrival_batch is not None and spread.arrival_batch < 2.0
+
