@@ -17,10 +17,7 @@ Stages, in order (each a function, tested alone with a fake clock):
    steady decode batch within the slots), not a bound on their sum. The batch term is this
    stage's alone: the burst memory records levels at Poisson variability and the rise and
    panic stages size a rate change (a batch reading from one window's noise, held through
-   every gap, cost the bursty traces GPU-hours and bought nothing). A scale-up once asked
-   for two evaluations running (the lower of the last two counts), and none while the short
-   window's rate is below the stable one beyond noise (:func:`falling`: the replica would
-   come a cold start after the fall).
+   every gap, cost the bursty traces GPU-hours and bought nothing).
 4. **queue** (:func:`backlog_trigger`): prefill work queued (requests waiting *or* admitted
    without a first token, which vLLM counts as running) beyond one in progress per replica,
    when it would hold a new request longer than a share of the SLO, or waiting requests over
@@ -100,7 +97,6 @@ __all__ = [
     "correct_speed",
     "decide",
     "draining_capacity",
-    "falling",
     "feedback_margin",
     "futile",
     "panic",
@@ -307,8 +303,6 @@ class AutoscalerState:
     slo_feedback: FeedbackState = field(default_factory=FeedbackState)
     #: Burst memory (:mod:`~kubeplex.autoscaler.memory`).
     peaks: Peaks = ()
-    #: The SLO stage's replicas at the previous evaluation (None: none yet).
-    slo_previous: int | None = None
 
 
 @dataclass(frozen=True)
@@ -460,30 +454,15 @@ def rise_z(short_window_s: float, stable_window_s: float) -> float:
     return -NormalDist().inv_cdf(level)
 
 
-def _shift(short_rate: float, stable_rate: float, short_window_s: float,
-           stable_window_s: float) -> float:
-    """The short window's rate less the stable one, in :func:`rise_z` Poisson standard
-    deviations of a count over the short window at the stable rate (0: no short window)."""
-    if short_window_s <= 0:
-        return 0.0
-    noise = math.sqrt(max(stable_rate, 1.0 / short_window_s) / short_window_s)
-    return (short_rate - stable_rate) / noise / rise_z(short_window_s, stable_window_s)
-
-
 def rising(short_rate: float, stable_rate: float, short_window_s: float,
            stable_window_s: float) -> bool:
     """Whether the short window's rate is above the stable one by more than Poisson noise
     (:func:`rise_z` standard deviations of a count over the short window at the stable rate):
     a real rise, sized at once, not a minute later."""
-    return _shift(short_rate, stable_rate, short_window_s, stable_window_s) > 1.0
-
-
-def falling(short_rate: float, stable_rate: float, short_window_s: float,
-            stable_window_s: float) -> bool:
-    """Whether the short window's rate is below the stable one by more than Poisson noise (as
-    :func:`rising`): the stable window still holds a level the traffic has left, and a
-    replica it asks for now would be ready a cold start after the fall."""
-    return _shift(short_rate, stable_rate, short_window_s, stable_window_s) < -1.0
+    if short_window_s <= 0:
+        return False
+    noise = math.sqrt(max(stable_rate, 1.0 / short_window_s) / short_window_s)
+    return short_rate > stable_rate + rise_z(short_window_s, stable_window_s) * noise
 
 
 def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig,
@@ -779,32 +758,14 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     batch = max(1.0, stable.arrival_batch or 1.0)  # requests sent together (signals)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     rate = max(stable.arrival_rate, forecast.upper(start, config.headroom_z))
-    asked = _mix_replicas(rate, capacity, config, cv2, batch)
-    # Scale-up stabilization of the stable window's signal (HPA's behavior.scaleUp
-    # stabilizationWindowSeconds: the lowest recommendation in the window, here the last two
-    # evaluations): the window changes by a few scrapes per evaluation, so a count asked for
-    # once and not again is its estimator's noise (a dispersion maximum as the window slides
-    # and regroups its counts), not demand. The rise, panic and backlog stages react to fast
-    # changes.
-    target = asked if state.slo_previous is None else min(asked, state.slo_previous)
-    state = replace(state, slo_previous=asked)
+    target = _mix_replicas(rate, capacity, config, cv2, batch)
     adjusted = "" if speed == 1.0 else f" at {speed:.2f}x the model's speed"
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
             f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source}"
             f"{adjusted})")
-    if asked > target:
-        note += f"; {asked} asked for once, a scale-up if asked for again"
     stages.append(Stage("slo", target, note))
     deciding = note
     quiet = not observed.starting and steady and target <= observed.ready
-    if (target > current and isinstance(burst, Signals)
-            and falling(burst.arrival_rate, stable.arrival_rate, burst.window_s,
-                        stable.window_s)):
-        note = (f"{note}; not started: {burst.arrival_rate:.2f} req/s over the last "
-                f"{burst.window_s:.0f} s, below the stable window's beyond noise (a fall)")
-        target = current
-        stages.append(Stage("fall", target, note))
-        deciding = note
     fb = observe(fb, observed.scrapes, config.slo_ttft_s, estimate.infeasible, now)
     # The margin's floor keeps correction x factor >= 1 / CORRECTION_LIMIT, as when the factor
     # scaled the model's speed (a floor of 1 / CORRECTION_LIMIT alone: docs/benchmarks.md).

@@ -155,36 +155,6 @@ def test_hold_at_steady_load() -> None:
     assert walk.decisions[-1].reason.startswith("hold 3 -> 3: SLO p95 TTFT 1 s at 20.00")
 
 
-def test_the_slo_stage_scales_up_on_a_count_asked_for_two_evaluations_running() -> None:
-    """The stable window gains one scrape in thirty per evaluation: a count asked for once
-    (an estimator's noise) is not a scale-up; asked for again, it is. Down at once."""
-    walk = Walk(follow=False)
-    walk.run(300, rate=20)
-    observed = Observed(tuple(walk.scrapes), walk.ready)
-
-    def slo(decision: Decision) -> int:
-        return decision.stages[0].replicas
-
-    assert slo(decide(observed, CONFIG, replace(walk.state, slo_previous=None), walk.now)) == 3
-    once = decide(observed, CONFIG, replace(walk.state, slo_previous=2), walk.now)
-    assert slo(once) == 2 and once.state.slo_previous == 3
-    assert slo(decide(observed, CONFIG, once.state, walk.now + STEP)) == 3
-    assert slo(decide(observed, CONFIG, replace(walk.state, slo_previous=5), walk.now)) == 3
-
-
-def test_the_slo_stage_starts_no_replica_while_the_rate_falls() -> None:
-    """The stable window still holds a level the last seconds have left: a replica it asks
-    for would be ready a cold start after the fall. Without the fall, it is started."""
-    steady = Walk(ready=2, follow=False)
-    steady.run(300, rate=20)
-    assert steady.decisions[-1].stages[0].replicas == 3
-    assert all(s.name != "fall" for s in steady.decisions[-1].stages)
-    steady.run(6, rate=2)
-    fall = next(s for s in steady.decisions[-1].stages if s.name == "fall")
-    assert steady.decisions[-1].stages[0].replicas == 3 and fall.replicas == 2
-    assert "(a fall)" in fall.note
-
-
 def test_scale_down_waits_for_the_delay_then_flips_up_at_once() -> None:
     walk = Walk()
     walk.run(300, rate=20)
