@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,11 +61,31 @@ class EngineState(enum.StrEnum):
     STOPPED = "stopped"
 
 
+#: Ports :func:`free_port` handed out lately in this process. The kernel may offer a port
+#: again as soon as the probe socket closes, before the engine given it binds it: two engines
+#: spawned together then got one port, and the second one's health check reached the first.
+RECENT_PORTS = 256
+#: Kernel offers :func:`free_port` tries before it gives up (each repeats a recent port with
+#: a chance of about 256 in the ~28,000 ephemeral ports).
+PORT_ATTEMPTS = 64
+_recent_ports: deque[int] = deque(maxlen=RECENT_PORTS)
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A free loopback TCP port (the kernel's choice; the engine binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """A free loopback TCP port (the kernel's choice; the caller binds it right after), never
+    one of the last :data:`RECENT_PORTS` this process handed out."""
+    with _ports_lock:
+        for _ in range(PORT_ATTEMPTS):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((LOOPBACK, 0))
+                port = int(s.getsockname()[1])
+            if port not in _recent_ports:
+                _recent_ports.append(port)
+                return port
+    raise OSError(f"the kernel offered only loopback ports this process handed out lately "
+                  f"({PORT_ATTEMPTS} tries): is the ephemeral port range "
+                  f"(/proc/sys/net/ipv4/ip_local_port_range) nearly used up?")
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
