@@ -19,7 +19,8 @@ short-window demand (what bursts needed), and the requests that arrived. It answ
   episodes when the demand fell to at most :data:`EPISODE_DROP` of it in between, so the
   ripple of one plateau is one episode. A burst adds to the traffic around it, so the held
   level moves with that traffic: down by as much as the demand now is below the memory's
-  median (bursts over a daily peak are not held at full height once the day declines).
+  median (bursts over a daily peak are not held at full height once the day declines); both
+  medians are of the recorded buckets, so a flat demand moves nothing.
 * **standbys** (:func:`burst_standbys`): a burst shorter than a cold start seen once (not yet
   recurring) is covered by warm standbys: a claim takes a warm start, so its next occurrence
   is served within seconds, and a standby can serve any model of a shared pool, unlike a
@@ -122,17 +123,18 @@ def _share(peaks: Peaks, level: float) -> float:
     return math.fsum(b.requests for b in peaks if b.demand >= level) / total
 
 
-def held_level(peaks: Peaks, quantile: float, base: float) -> float:
+def held_level(peaks: Peaks, quantile: float, recent_s: float) -> float:
     """The highest recurring level whose requests exceed the memory's share of the miss budget
-    (0: nothing to hold), moved with the traffic it rode on: a burst adds to the demand around
-    it, so when the demand now (``base``) is below the memory's median the held level falls
-    by as much (a burst over a daily peak is not held at full height into the evening); never
-    above the level itself, never below ``base``."""
+    (0: nothing to hold), moved with the traffic its bursts rode on: down by as much as the
+    demand of the last ``recent_s`` (median bucket) is below the whole memory's median, never
+    above the level itself."""
     budget = BUDGET_SHARE * (1.0 - quantile)
     for level in sorted({b.demand for b in peaks if b.demand > 0}, reverse=True):
         if recurring(peaks, level) and _share(peaks, level) > budget:
             typical = statistics.median(b.demand for b in peaks)
-            return min(level, max(base, level - typical + base))
+            latest = peaks[-1].start
+            now = statistics.median(b.demand for b in peaks if b.start > latest - recent_s)
+            return min(level, max(now, level - typical + now))
     return 0.0
 
 

@@ -796,7 +796,6 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         deciding = f"prefill backlog of {backlog:.0f} requests: {credit_note}"
 
     demand: float = window_demand(stages[0].replicas, rate, capacity, config, cv2)
-    slo_demand = demand
     short_demand = 0.0
     burst_target = target
     if isinstance(burst, Signals):
@@ -831,7 +830,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     arrivals = burst_rate * min(now - last, config.panic_window_s) if last is not None else 0.0
     peaks = record(state.peaks, demand * speed, short_demand * speed, max(0.0, arrivals), now,
                    config.burst_memory_s)
-    recurring = replicas_at(held_level(peaks, config.quantile, slo_demand * speed), speed)
+    recurring = replicas_at(held_level(peaks, config.quantile, config.stable_window_s), speed)
     if recurring > target:
         target = recurring
         deciding = (f"burst memory: bursts needing {recurring} replicas recurred in the last "
