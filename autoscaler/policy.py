@@ -38,9 +38,10 @@ Stages, in order (each a function, tested alone with a fake clock):
    scale-down to the highest target of the last ``scale_down_delay_s``, and never below a
    level the demand reached in two separate bursts within the burst memory
    (``burst_memory_s``) when their requests are more than the SLO's miss budget can lose: a
-   release would make the next such burst wait a cold start. Before the hold, **SLO
-   feedback** (:mod:`~kubeplex.autoscaler.feedback`) divides the replicas by its margin
-   factor (at least one more per step, so a step changes the fleet it is judged on): the
+   release would make the next such burst wait a cold start (the level moves down with the
+   demand the bursts rode on, :func:`~kubeplex.autoscaler.memory.held_level`). Before the
+   hold, **SLO feedback** (:mod:`~kubeplex.autoscaler.feedback`) divides the replicas by its
+   margin factor (at least one more per step, so a step changes the fleet it is judged on): the
    counted requests' measured attainment below target while the model says the fleet
    suffices takes one step; a step that does not help is undone and blocked; met periods
    relax it: bounded, never a ratchet, and never a change in what one replica can serve.
