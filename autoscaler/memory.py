@@ -17,7 +17,10 @@ short-window demand (what bursts needed), and the requests that arrived. It answ
   within the budget and holding them would cost GPUs for nothing); one-off plateaus (a
   single episode) are released after the scale-down delay. Two visits of a level are separate
   episodes when the demand fell to at most :data:`EPISODE_DROP` of it in between, so the
-  ripple of one plateau is one episode.
+  ripple of one plateau is one episode. A burst adds to the traffic around it, so the held
+  level moves with that traffic: down by as much as the demand now is below the memory's
+  median (bursts over a daily peak are not held at full height once the day declines); both
+  medians are of the recorded buckets, so a flat demand moves nothing.
 * **standbys** (:func:`burst_standbys`): a burst shorter than a cold start seen once (not yet
   recurring) is covered by warm standbys: a claim takes a warm start, so its next occurrence
   is served within seconds, and a standby can serve any model of a shared pool, unlike a
@@ -32,6 +35,7 @@ All pure; ``now`` comes in, the memory goes back in the autoscaler's state.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 from kubeplex.autoscaler.capacity import SPEED_NOISE
@@ -119,13 +123,18 @@ def _share(peaks: Peaks, level: float) -> float:
     return math.fsum(b.requests for b in peaks if b.demand >= level) / total
 
 
-def held_level(peaks: Peaks, quantile: float) -> float:
+def held_level(peaks: Peaks, quantile: float, recent_s: float) -> float:
     """The highest recurring level whose requests exceed the memory's share of the miss budget
-    (0: nothing to hold)."""
+    (0: nothing to hold), moved with the traffic its bursts rode on: down by as much as the
+    demand of the last ``recent_s`` (median bucket) is below the whole memory's median, never
+    above the level itself."""
     budget = BUDGET_SHARE * (1.0 - quantile)
     for level in sorted({b.demand for b in peaks if b.demand > 0}, reverse=True):
         if recurring(peaks, level) and _share(peaks, level) > budget:
-            return level
+            typical = statistics.median(b.demand for b in peaks)
+            latest = peaks[-1].start
+            now = statistics.median(b.demand for b in peaks if b.start > latest - recent_s)
+            return min(level, max(now, level - typical + now))
     return 0.0
 
 

@@ -38,9 +38,10 @@ Stages, in order (each a function, tested alone with a fake clock):
    scale-down to the highest target of the last ``scale_down_delay_s``, and never below a
    level the demand reached in two separate bursts within the burst memory
    (``burst_memory_s``) when their requests are more than the SLO's miss budget can lose: a
-   release would make the next such burst wait a cold start. Before the hold, **SLO
-   feedback** (:mod:`~kubeplex.autoscaler.feedback`) divides the replicas by its margin
-   factor (at least one more per step, so a step changes the fleet it is judged on): the
+   release would make the next such burst wait a cold start (the level moves down with the
+   demand the bursts rode on, :func:`~kubeplex.autoscaler.memory.held_level`). Before the
+   hold, **SLO feedback** (:mod:`~kubeplex.autoscaler.feedback`) divides the replicas by its
+   margin factor (at least one more per step, so a step changes the fleet it is judged on): the
    counted requests' measured attainment below target while the model says the fleet
    suffices takes one step; a step that does not help is undone and blocked; met periods
    relax it: bounded, never a ratchet, and never a change in what one replica can serve.
@@ -830,7 +831,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     arrivals = burst_rate * min(now - last, config.panic_window_s) if last is not None else 0.0
     peaks = record(state.peaks, demand * speed, short_demand * speed, max(0.0, arrivals), now,
                    config.burst_memory_s)
-    recurring = replicas_at(held_level(peaks, config.quantile), speed)
+    recurring = replicas_at(held_level(peaks, config.quantile, config.stable_window_s), speed)
     if recurring > target:
         target = recurring
         deciding = (f"burst memory: bursts needing {recurring} replicas recurred in the last "

@@ -51,13 +51,13 @@ def test_a_level_recurs_only_after_the_demand_fell_between_visits() -> None:
 def test_recurring_bursts_are_held_when_their_requests_exceed_the_budget() -> None:
     # Bursts carry 40 of every 80 requests: far beyond half of the 1% the SLO may miss.
     heavy = _series([1, 6, 1, 1, 6, 1], requests=10.0, busy=20.0)
-    assert held_level(heavy, P99) == 6
+    assert held_level(heavy, P99, recent_s=BUCKET_S) == 6
     # Bursts carrying 0.1% of the requests are let go: missing them fits the budget.
     light = _series([1, 6, 1, 1, 6, 1] + [1] * 40, requests=1000.0, busy=5.0)
-    assert held_level(light, P99) == 0
+    assert held_level(light, P99, recent_s=BUCKET_S) == 0
     # A one-off peak is never held by the memory (the scale-down delay takes care of it), nor
     # is a steady level (one long episode: the SLO stage's business).
-    assert held_level(_series([1, 9, 1, 1]), P99) == 0
+    assert held_level(_series([1, 9, 1, 1]), P99, recent_s=BUCKET_S) == 0
 
 
 def test_standbys_cover_a_short_burst_seen_once_beyond_what_is_held() -> None:
@@ -67,6 +67,19 @@ def test_standbys_cover_a_short_burst_seen_once_beyond_what_is_held() -> None:
     # A burst longer than a cold start is left to the reactive stages.
     long = _series([1] + [5] * 8 + [1], shorts=[1] + [5] * 8 + [1])
     assert burst_standbys(long, held=1.0, quantile=P99, cold_start_s=60.0) == 0
+
+
+def test_a_held_level_falls_with_the_traffic_its_bursts_rode_on() -> None:
+    # Bursts of 6 over a demand of 2 (the memory's median); the demand of the last 30 s has
+    # fallen to 1: the next burst adds its 4 to that, so 5 are held, not 6.
+    fallen = _series([2, 6, 2, 2, 6, 2, 1, 1, 1, 1, 1], busy=20.0)
+    assert held_level(fallen, P99, recent_s=3 * BUCKET_S) == 5
+    # The same bursts with the demand still at 2: held at full height.
+    assert held_level(_series([2, 6, 2, 2, 6, 2, 2, 2, 2], busy=20.0), P99,
+                      recent_s=3 * BUCKET_S) == 6
+    # A demand above the median now never holds more than the bursts reached.
+    risen = _series([2, 6, 2, 2, 6, 2, 2, 4, 4, 4], busy=20.0)
+    assert held_level(risen, P99, recent_s=3 * BUCKET_S) == 6
 
 
 def test_a_burst_needs_a_whole_replica_more_than_the_median_rounded_as_a_held_level() -> None:
