@@ -133,8 +133,8 @@ def held_level(peaks: Peaks, quantile: float, recent_s: float) -> float:
         if recurring(peaks, level) and _share(peaks, level) > budget:
             typical = statistics.median(b.demand for b in peaks)
             latest = peaks[-1].start
-            now = statistics.median(b.demand for b in peaks if b.start > latest - recent_s)
-            return min(level, max(now, level - typical + now))
+            recent = statistics.median(b.demand for b in peaks if b.start > latest - recent_s)
+            return min(level, max(recent, level - typical + recent))
     return 0.0
 
 
