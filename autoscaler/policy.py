@@ -834,9 +834,9 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     recurring = replicas_at(held_level(peaks, config.quantile, config.stable_window_s), speed)
     if recurring > target:
         target = recurring
-        deciding = (f"burst memory: bursts needing {recurring} replicas recurred in the last "
-                    f"{config.burst_memory_s:.0f} s with more requests than the SLO may miss; "
-                    f"held through the gap")
+        deciding = (f"burst memory: holds {recurring} replicas for bursts that recurred in the "
+                    f"last {config.burst_memory_s:.0f} s with more requests than the SLO may "
+                    f"miss (their level, moved with the demand under them), through the gap")
     margined = feedback_margin(target, fb.factor)
     if margined > target:
         deciding = (f"{deciding}; SLO feedback: a {1 / fb.factor - 1:.0%} margin for the "
