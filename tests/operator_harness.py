@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,8 @@ from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
+from kubeplex.runtime.supervisor import free_port
+
 GROUP, VERSION = "kubeplex.io", "v1alpha1"
 #: How long the operator may take to answer /healthz after start.
 OPERATOR_START_S = 60.0
@@ -39,12 +40,6 @@ def pool_body(name: str, product: str = "NVIDIA-H100-80GB-HBM3", gpu: str = "H10
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUPool", "metadata": {"name": name},
             "spec": {"nodeSelector": {"nvidia.com/gpu.product": product},
                      "gpu": {"product": gpu}, "gpusPerNode": 8, **spec}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -37,6 +36,8 @@ from typing import Any, Self, TypeVar
 import httpx
 import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from kubeplex.runtime.supervisor import free_port
 
 __all__ = [
     "ALERTMANAGER_BIN",
@@ -96,13 +97,6 @@ def missing_binaries() -> list[str]:
             if shutil.which(b) is None]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def alertmanager_config(webhook_url: str, token_file: Path | None) -> dict[str, Any]:
     """The chart's example Alertmanager configuration, posting to ``webhook_url``."""
     config: dict[str, Any] = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text())
@@ -129,8 +123,8 @@ class PromStack:
         self.rules = rules
         self.webhook_url = webhook_url
         self.webhook_token = webhook_token
-        self.prometheus_port = _free_port()
-        self.alertmanager_port = _free_port()
+        self.prometheus_port = free_port()
+        self.alertmanager_port = free_port()
         self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self._http = httpx.Client(timeout=5.0)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,6 +21,7 @@ from kubeplex.autoscaler.signals import COMPLETIONS, RUNNING, TTFT, WAITING, Scr
 from kubeplex.autoscaler.sources import parse_metrics_text
 from kubeplex.operator._runtime_client import RuntimeClient
 from kubeplex.operator._settings import Settings
+from kubeplex.runtime.supervisor import free_port
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +114,6 @@ def test_an_unreachable_runtime_gives_no_scrape(client: RuntimeClient) -> None:
 PROMETHEUS = shutil.which("prometheus")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.fixture
 def prometheus(engine: tuple[Engine, str], tmp_path: Path) -> Iterator[str]:
     """A real Prometheus scraping the engine every second; yields its base URL."""
@@ -131,7 +124,7 @@ def prometheus(engine: tuple[Engine, str], tmp_path: Path) -> Iterator[str]:
     config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
                       "scrape_configs:\n  - job_name: vllm\n    static_configs:\n"
                       f"      - targets: ['{engine[1]}']\n")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}"],
