@@ -245,8 +245,8 @@ def batch_wait(replicas: int, arrival_batch: float, prefill_s: float) -> tuple[f
     exact for any). The M^X/G/1 mean wait is this plus the wait of the batch itself, the
     M/G/1 wait at ``ca2 = I`` (Pollaczek-Khinchine on batches as customers): both are in
     :func:`miss_fraction`, which reduces to the Poisson rule at ``I = 1``."""
-    ahead = (max(1.0, arrival_batch) - 1.0) / 2.0
-    chance = (ahead / (1.0 + ahead)) ** max(1, replicas)
+    mean_ahead = (max(1.0, arrival_batch) - 1.0) / 2.0
+    chance = (mean_ahead / (1.0 + mean_ahead)) ** max(1, replicas)
     if chance <= 0.0:
         return 0.0, math.inf
     return chance, (1.0 - chance) / prefill_s
