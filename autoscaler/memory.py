@@ -46,6 +46,7 @@ __all__ = [
     "EPISODE_DROP",
     "Bucket",
     "Peaks",
+    "burst_runs",
     "burst_standbys",
     "current_burst",
     "held_level",
@@ -142,7 +143,7 @@ def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: flo
     """Standbys for a burst shorter than a cold start seen once whose requests exceed the
     memory's share of the miss budget: its level beyond ``held`` (0 when none)."""
     budget = BUDGET_SHARE * (1.0 - quantile)
-    for start, end in _runs(peaks):
+    for start, end in burst_runs(peaks):
         if end - start >= cold_start_s:
             continue
         level = max(b.demand for b in peaks if start <= b.start < end)
@@ -162,12 +163,12 @@ def replicas_at(level: float, speed: float) -> int:
     return max(0, math.ceil(needed - 1e-9))
 
 
-def _runs(peaks: Peaks) -> list[tuple[float, float]]:
-    """(start, end) of the runs of consecutive buckets whose short-window demand needs at
-    least one replica more than the memory's median (a burst), both counted as a held level
-    is (:func:`replicas_at`): the levels are kept unrounded, and a burst needing 1.45 replicas
-    over a median of 1.03 needs a second replica (it was not a burst while the test was
-    ``short > median + 1``, so the burst seen once got no standby)."""
+def burst_runs(peaks: Peaks) -> list[tuple[float, float]]:
+    """(start, end) of the bursts in the memory: the runs of consecutive buckets whose
+    short-window demand needs at least one replica more than the memory's median, both
+    counted as a held level is (:func:`replicas_at`): the levels are kept unrounded, and a
+    burst needing 1.45 replicas over a median of 1.03 needs a second replica (it was not a
+    burst while the test was ``short > median + 1``, so the burst seen once got no standby)."""
     if len(peaks) < 2:
         return []
     values = sorted(b.short for b in peaks)
@@ -195,7 +196,7 @@ def _runs(peaks: Peaks) -> list[tuple[float, float]]:
 def typical_burst_s(peaks: Peaks) -> float | None:
     """How long the finished bursts in the memory lasted at most (s); None with fewer than
     two."""
-    runs = _runs(peaks)
+    runs = burst_runs(peaks)
     last = peaks[-1].start + BUCKET_S if peaks else None
     finished = [end - start for start, end in runs if end != last]
     if len(finished) < 2:
@@ -205,7 +206,7 @@ def typical_burst_s(peaks: Peaks) -> float | None:
 
 def current_burst(peaks: Peaks) -> float | None:
     """When the burst going on now started (None: no burst now)."""
-    runs = _runs(peaks)
+    runs = burst_runs(peaks)
     if not runs or not peaks or runs[-1][1] != peaks[-1].start + BUCKET_S:
         return None
     return runs[-1][0]

@@ -81,6 +81,7 @@ from kubeplex.autoscaler.memory import (
     typical_burst_s,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
+from kubeplex.autoscaler.recurrence import Phase, schedule, without_bursts
 from kubeplex.autoscaler.signals import NoData, Scrape, Signals, extract
 from kubeplex.placement.llm import LLMProfile
 
@@ -831,12 +832,22 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     arrivals = burst_rate * min(now - last, config.panic_window_s) if last is not None else 0.0
     peaks = record(state.peaks, demand * speed, short_demand * speed, max(0.0, arrivals), now,
                    config.burst_memory_s)
-    recurring = replicas_at(held_level(peaks, config.quantile, config.stable_window_s), speed)
+    timed = schedule(peaks, now, start)
+    held_peaks = peaks
+    if timed.phase is Phase.BETWEEN:
+        held_peaks = without_bursts(peaks, config.stable_window_s)
+    recurring = replicas_at(held_level(held_peaks, config.quantile, config.stable_window_s),
+                            speed) if held_peaks else 0
     if recurring > target:
         target = recurring
         deciding = (f"burst memory: holds {recurring} replicas for bursts that recurred in the "
                     f"last {config.burst_memory_s:.0f} s with more requests than the SLO may "
                     f"miss (their level, moved with the demand under them), through the gap")
+    ahead = replicas_at(timed.level, speed)
+    if ahead > target:
+        target = ahead
+        deciding = timed.reason
+    stages.append(Stage("recurrence", target, timed.reason))
     margined = feedback_margin(target, fb.factor)
     if margined > target:
         deciding = (f"{deciding}; SLO feedback: a {1 / fb.factor - 1:.0%} margin for the "

@@ -125,7 +125,8 @@ TRACES: dict[str, TraceSpec] = {s.name: s for s in (
 #: Every other module of ``autoscaler/`` and ``placement/`` is the simulated world (the fleet,
 #: traces, queueing, signals, placement's latency model: the baselines and the oracle use them
 #: too), and a change there re-runs every policy.
-LAW_MODULES = ("policy.py", "capacity.py", "memory.py", "forecast.py", "feedback.py")
+LAW_MODULES = ("policy.py", "capacity.py", "memory.py", "forecast.py", "feedback.py",
+               "recurrence.py")
 
 
 def _digests() -> tuple[str, str]:
