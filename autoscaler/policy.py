@@ -82,6 +82,7 @@ from kubeplex.autoscaler.memory import (
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
 from kubeplex.autoscaler.recurrence import Phase, schedule, without_bursts
+from kubeplex.autoscaler.release import burst_over
 from kubeplex.autoscaler.signals import NoData, Scrape, Signals, extract
 from kubeplex.placement.llm import LLMProfile
 
@@ -760,6 +761,12 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     batch = max(1.0, stable.arrival_batch or 1.0)  # requests sent together (signals)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     rate = max(stable.arrival_rate, forecast.upper(start, config.headroom_z))
+    released = burst_over(state.peaks, now, config.cold_start_s, config.panic_window_s,
+                          config.stable_window_s,
+                          rise_z(config.panic_window_s, config.stable_window_s))
+    if released is not None:  # the stable window and the hold still carry a burst now over
+        rate = min(rate, released.rate)
+        state = replace(state, panic_until=None, panic_floor=0)
     target = _mix_replicas(rate, capacity, config, cv2, batch)
     adjusted = "" if speed == 1.0 else f" at {speed:.2f}x the model's speed"
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
@@ -858,11 +865,15 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     # turn into a scale-down and back.
     before = target
     history = state.recommendations or ((now, current),)
+    if released is not None:
+        history = tuple((t, r) for t, r in state.recommendations if t < released.start)
     target, recommendations = stabilize(history, target, now, config.scale_down_delay_s)
     if target > before:
         deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "
                     f"(highest recent target {target})")
-    stages.append(Stage("hold", target, ""))
+    elif released is not None and target < current:
+        deciding = f"{deciding}; {released.reason}"
+    stages.append(Stage("hold", target, released.reason if released else ""))
 
     limited = rate_limit(current, target, config)
     if limited != target:

@@ -126,7 +126,7 @@ TRACES: dict[str, TraceSpec] = {s.name: s for s in (
 #: traces, queueing, signals, placement's latency model: the baselines and the oracle use them
 #: too), and a change there re-runs every policy.
 LAW_MODULES = ("policy.py", "capacity.py", "memory.py", "forecast.py", "feedback.py",
-               "recurrence.py")
+               "recurrence.py", "release.py")
 
 
 def _digests() -> tuple[str, str]:

@@ -1,0 +1,83 @@
+"""Post-burst release: the replicas a burst needed go once it is over beyond doubt.
+
+After a burst the law kept its replicas for minutes: the stable window (60 s) still counts the
+burst's arrivals, and the scale-down delay (120 s) then holds the highest target of that
+time. Both guard against reading noise as a change of rate; neither is needed once the arrival
+counts since the burst's end tell it is over. :func:`burst_over` says when they do:
+
+* the burst lasted at least a cold start (the replicas started for it served it; one shorter
+  ended before they were ready, and the burst memory's standbys and hold are what serve the
+  next such burst);
+* since its end, long enough that a rate still at the burst's would have shown: the counts
+  over ``T`` seconds at the rate before the burst and at the burst's rate are told apart at
+  the rise test's ``z`` (each beyond ``z`` Poisson standard deviations of the other's side)
+  once ``sqrt(T) * (sqrt(burst) - sqrt(base)) >= z``, so ``T = z^2 / (sqrt(burst) -
+  sqrt(base))^2``; at least one short window (the test's unit);
+* and the rate since the end is not above the rate before it beyond the rise test.
+
+The burst's start and the rate to plan for (the larger of the rates before and since the
+burst) come back; the law then drops the targets recorded since the start from its hold and
+sizes the SLO stage at that rate until the stable window no longer holds the burst. Rates come
+from the memory's request counts. Pure: the memory and ``now`` come in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kubeplex.autoscaler.memory import Peaks, burst_runs, current_burst
+
+__all__ = ["Release", "burst_over", "settle_s"]
+
+
+@dataclass(frozen=True)
+class Release:
+    """A burst that is over: its start and end (s), the rate to plan for now and why."""
+
+    start: float
+    end: float
+    rate: float
+    reason: str
+
+
+def settle_s(burst_rate: float, base_rate: float, z: float) -> float:
+    """Seconds of counts that tell a rate still at ``burst_rate`` from one back at
+    ``base_rate`` at ``z`` standard deviations each (inf when the burst was no higher)."""
+    gap = math.sqrt(max(burst_rate, 0.0)) - math.sqrt(max(base_rate, 0.0))
+    return math.inf if gap <= 0 else (z / gap) ** 2
+
+
+def _rate(peaks: Peaks, since: float, until: float) -> float | None:
+    counted = [b.requests for b in peaks if since <= b.start < until]
+    span = until - since
+    return math.fsum(counted) / span if counted and span > 0 else None
+
+
+def burst_over(peaks: Peaks, now: float, cold_start_s: float, short_window_s: float,
+               stable_window_s: float, z: float) -> Release | None:
+    """The last burst in the memory when it is over beyond the rise test's doubt and the
+    stable window still holds it (None otherwise; see the module docstring)."""
+    runs = burst_runs(peaks)
+    if not runs or current_burst(peaks) is not None:
+        return None
+    start, end = runs[-1]
+    if end - start < cold_start_s or not end <= now < end + stable_window_s:
+        return None
+    base = _rate(peaks, start - stable_window_s, start)
+    burst = _rate(peaks, start, end)
+    if base is None or burst is None:
+        return None
+    wait = max(short_window_s, settle_s(burst, base, z))
+    since = now - end
+    if since < wait:
+        return None
+    after = math.fsum(b.requests for b in peaks if b.start >= end) / since
+    if after > base + z * math.sqrt(max(base, 1.0 / since) / since):
+        return None
+    rate = max(after, base)
+    return Release(start, end, rate, (
+        f"the burst of {burst:.1f} req/s from {start:.0f} s to {end:.0f} s is over "
+        f"({after:.1f} req/s for {since:.0f} s since, {base:.1f} before; {wait:.0f} s tell "
+        f"them apart): its replicas released"))
+
