@@ -571,3 +571,44 @@ def test_a_burst_claims_every_standby_kept_for_it_at_once() -> None:
     assert claim_standbys(peaks, 1, 1.0, 4, False, config) == 0
     assert claim_standbys(peaks, 5, 1.0, 4, True, config) == 0  # held already covers it
     assert claim_standbys(peaks, 1, 1.0, 4, True, replace(config, warm_pool=4)) == 0
+
+
+def test_a_burst_over_beyond_doubt_lets_its_replicas_go_before_the_hold() -> None:
+    """A 90 s burst (longer than a cold start) at 5x: once the counts since its end tell it is
+    over, the target is back at the quiet level, not a stable window and a hold later."""
+    walk = Walk()
+    walk.run(300, rate=20)
+    quiet = walk.decisions[-1].desired_replicas
+    walk.run(90, rate=100)
+    assert walk.decisions[-1].desired_replicas > quiet
+    end = walk.now
+    walk.run(40, rate=20)
+    back = next(d for d in walk.decisions[-20:] if d.desired_replicas <= quiet)
+    assert "is over" in back.reason
+    assert walk.decisions.index(back) - walk.decisions.index(walk.decisions[-20]) < 20
+    assert walk.now - end <= 40, "released within 40 s of the burst's end, not 180 s"
+    # A burst shorter than a cold start is the burst memory's: the hold keeps its replicas.
+    short = Walk()
+    short.run(300, rate=20)
+    short.run(20, rate=100)
+    short.run(40, rate=20)
+    assert short.decisions[-1].desired_replicas > quiet
+
+
+def test_bursts_on_a_steady_period_are_provisioned_ahead_and_released_between() -> None:
+    """On-off traffic, 90 s at 100 req/s every 360 s: once three bursts have started on the
+    period, the law keeps the quiet level between them and has the bursts' replicas a cold
+    start before the next is due."""
+    walk = Walk()
+    walk.run(300, rate=20)
+    quiet = walk.decisions[-1].desired_replicas
+    for _ in range(3):
+        walk.run(90, rate=100)
+        walk.run(270, rate=20)
+    notes = [s.note for d in walk.decisions for s in d.stages if s.name == "recurrence"]
+    assert any("bursts every 360 s" in n and "not held through the gap" in n for n in notes)
+    before_due = walk.decisions[-1]
+    assert before_due.desired_replicas > quiet + 1, "the next burst is provisioned ahead"
+    assert "provisioned a cold start ahead" in notes[-1]
+    gaps = [d.desired_replicas for d in walk.decisions[-100:-50]]
+    assert max(gaps) <= quiet + 1, "the bursts' level is not held through the gap"
