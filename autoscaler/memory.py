@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubeplex.autoscaler.capacity import SPEED_NOISE
@@ -53,6 +54,7 @@ __all__ = [
     "record",
     "recurring",
     "replicas_at",
+    "short_level",
     "typical_burst_s",
 ]
 
@@ -163,22 +165,29 @@ def replicas_at(level: float, speed: float) -> int:
     return max(0, math.ceil(needed - 1e-9))
 
 
-def burst_runs(peaks: Peaks) -> list[tuple[float, float]]:
+def short_level(bucket: Bucket) -> float:
+    """What a bucket's bursts needed: its short-window demand."""
+    return bucket.short
+
+
+def burst_runs(peaks: Peaks, level: Callable[[Bucket], float] = short_level,
+               ) -> list[tuple[float, float]]:
     """(start, end) of the bursts in the memory: the runs of consecutive buckets whose
-    short-window demand needs at least one replica more than the memory's median, both
-    counted as a held level is (:func:`replicas_at`): the levels are kept unrounded, and a
-    burst needing 1.45 replicas over a median of 1.03 needs a second replica (it was not a
-    burst while the test was ``short > median + 1``, so the burst seen once got no standby)."""
+    ``level`` (the short-window demand unless told) needs at least one replica more than the
+    memory's median, both counted as a held level is (:func:`replicas_at`): the levels are
+    kept unrounded, and a burst needing 1.45 replicas over a median of 1.03 needs a second
+    replica (it was not a burst while the test was ``short > median + 1``, so the burst seen
+    once got no standby)."""
     if len(peaks) < 2:
         return []
-    values = sorted(b.short for b in peaks)
+    values = sorted(level(b) for b in peaks)
     base = replicas_at(values[len(values) // 2], 1.0)
     runs: list[tuple[float, float]] = []
     start: float | None = None
     previous: float | None = None
     for bucket in peaks:
         contiguous = previous is not None and bucket.start - previous <= BUCKET_S + 1e-9
-        bursting = replicas_at(bucket.short, 1.0) > base
+        bursting = replicas_at(level(bucket), 1.0) > base
         if bursting and start is not None and contiguous:
             previous = bucket.start
             continue
@@ -204,9 +213,11 @@ def typical_burst_s(peaks: Peaks) -> float | None:
     return max(finished)
 
 
-def current_burst(peaks: Peaks) -> float | None:
-    """When the burst going on now started (None: no burst now)."""
-    runs = burst_runs(peaks)
+def current_burst(peaks: Peaks, level: Callable[[Bucket], float] = short_level,
+                  ) -> float | None:
+    """When the burst going on now started (None: no burst now; ``level`` as for
+    :func:`burst_runs`)."""
+    runs = burst_runs(peaks, level)
     if not runs or not peaks or runs[-1][1] != peaks[-1].start + BUCKET_S:
         return None
     return runs[-1][0]

@@ -755,18 +755,22 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     speed = correction
     estimate = replica_capacity(stable, config, speed)
     capacity = estimate.capacity
+    released = burst_over(state.peaks, now, config.cold_start_s, config.panic_window_s,
+                          config.stable_window_s,
+                          rise_z(config.panic_window_s, config.stable_window_s))
     forecast = holt_update(state.forecast, stable.arrival_rate, now, config.forecast)
+    if released is not None:
+        # The stable window, the forecast fed from it, panic and the hold still carry a burst
+        # that is over: the rate since it stands for them, the forecast restarts from it.
+        forecast = replace(forecast, level=released.rate, trend=0.0)
+        state = replace(state, panic_until=None, panic_floor=0)
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
         1.0, stable.arrival_cv2 or 1.0)
     batch = max(1.0, stable.arrival_batch or 1.0)  # requests sent together (signals)
     start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     rate = max(stable.arrival_rate, forecast.upper(start, config.headroom_z))
-    released = burst_over(state.peaks, now, config.cold_start_s, config.panic_window_s,
-                          config.stable_window_s,
-                          rise_z(config.panic_window_s, config.stable_window_s))
-    if released is not None:  # the stable window and the hold still carry a burst now over
+    if released is not None:
         rate = min(rate, released.rate)
-        state = replace(state, panic_until=None, panic_floor=0)
     target = _mix_replicas(rate, capacity, config, cv2, batch)
     adjusted = "" if speed == 1.0 else f" at {speed:.2f}x the model's speed"
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "

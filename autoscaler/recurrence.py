@@ -6,15 +6,15 @@ wait a cold start. When the bursts start at a steady period, it can: the next on
 period after the last, to within the intervals' own spread. The law then provisions a cold
 start ahead of it and need not hold the bursts' level in between.
 
-* **detection** (:func:`detect`): the starts of the bursts in the memory
-  (:func:`~kubeplex.autoscaler.memory.burst_runs`; a burst under way when the memory's first
-  bucket was recorded has no known start and is left out), at least :data:`MIN_STARTS` of
-  them, and every two consecutive intervals ``d1, d2`` agreeing as ``|d1 - d2| <=
-  LEVEL * (d1 + d2)``. Under bursts that start as a Poisson process (independent exponential
-  gaps, the ``bursts`` traces), ``d1 / (d1 + d2)`` is uniform on [0, 1], so
-  ``|d1 - d2| / (d1 + d2)`` is too, and each pair passes by chance with probability exactly
-  :data:`LEVEL`: a period is read into random bursts about once in 44 new bursts, and only
-  while every start in the memory fits it.
+* **detection** (:func:`detect`): the starts of the bursts in the memory (runs of what its
+  buckets needed a whole replica above the median: :func:`~kubeplex.autoscaler.memory.
+  burst_runs` on :func:`needed`; a burst under way when the memory's first bucket was
+  recorded has no known start and is left out), at least :data:`MIN_STARTS` of them, and
+  every two consecutive intervals ``d1, d2`` agreeing as ``|d1 - d2| <= LEVEL * (d1 + d2)``.
+  Under bursts that start as a Poisson process (independent exponential gaps, the ``bursts``
+  traces), ``d1 / (d1 + d2)`` is uniform on [0, 1], so ``|d1 - d2| / (d1 + d2)`` is too, and
+  each pair passes by chance with probability exactly :data:`LEVEL`: a period is read into
+  random bursts about once in 44 new bursts, and only while every start in the memory fits.
 * **schedule** (:func:`schedule`): the period's phase now. ``AHEAD``: within a cold start
   (plus the prediction's spread) of the next start: have the level the bursts reached.
   ``BETWEEN``: the last burst is over and the next is not yet due: the memory need not hold
@@ -32,7 +32,7 @@ import itertools
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from kubeplex.autoscaler.memory import BUCKET_S, Peaks, burst_runs, current_burst
+from kubeplex.autoscaler.memory import BUCKET_S, Bucket, Peaks, burst_runs, current_burst
 
 __all__ = [
     "LEVEL",
@@ -41,6 +41,7 @@ __all__ = [
     "Recurrence",
     "Schedule",
     "detect",
+    "needed",
     "schedule",
     "without_bursts",
 ]
@@ -88,12 +89,20 @@ class Schedule:
     recurrence: Recurrence | None = None
 
 
+def needed(bucket: Bucket) -> float:
+    """What a bucket needed (the stable window's demand or its bursts', the larger): a
+    recurring plateau needs replicas its short windows alone do not show (they are sized to
+    clear a few seconds of work, and a level under one replica's throughput clears)."""
+    return bucket.demand
+
+
 def detect(peaks: Peaks) -> Recurrence | None:
     """The period the bursts in the memory start at, or None (fewer than :data:`MIN_STARTS`
     known starts, or two consecutive intervals that disagree beyond :data:`LEVEL`)."""
     if not peaks:
         return None
-    runs = [(start, end) for start, end in burst_runs(peaks) if start > peaks[0].start]
+    runs = [(start, end) for start, end in burst_runs(peaks, needed)
+            if start > peaks[0].start]
     if len(runs) < MIN_STARTS:
         return None
     starts = tuple(start for start, _ in runs)
@@ -105,8 +114,7 @@ def detect(peaks: Peaks) -> Recurrence | None:
     # The next start is known to a bucket (starts are bucket starts) beyond the intervals'
     # own spread around the period.
     spread = max(abs(d - period) for d in intervals) + BUCKET_S
-    level = min(max(max(b.demand, b.short) for b in peaks if start <= b.start < end)
-                for start, end in runs)
+    level = min(max(needed(b) for b in peaks if start <= b.start < end) for start, end in runs)
     return Recurrence(starts, period, spread, level)
 
 
@@ -122,7 +130,7 @@ def schedule(peaks: Peaks, now: float, lead_s: float) -> Schedule:
         return Schedule(Phase.NONE, reason=(
             f"bursts every {found.period_s:.0f} s: the one due at {due:.0f} s did not come"),
             recurrence=found)
-    if current_burst(peaks) is not None:
+    if current_burst(peaks, needed) is not None:
         return Schedule(Phase.DURING, recurrence=found)
     if now >= due - found.spread_s - lead_s:
         return Schedule(Phase.AHEAD, found.level, (
@@ -138,6 +146,6 @@ def without_bursts(peaks: Peaks, settle_s: float) -> Peaks:
     window still carries a burst that ended): what to hold between recurring bursts. Every
     burst with a known start is on the period (:func:`detect`), and one under way when the
     memory began is taken to be too."""
-    spans = burst_runs(peaks)
+    spans = burst_runs(peaks, needed)
     return tuple(b for b in peaks
                  if not any(start <= b.start < end + settle_s for start, end in spans))
