@@ -869,14 +869,19 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     # turn into a scale-down and back.
     before = target
     history = state.recommendations or ((now, current),)
-    if released is not None:
-        history = tuple((t, r) for t, r in state.recommendations if t < released.start)
+    # A burst over beyond doubt, or one on a schedule whose next is not yet due: the hold
+    # forgets the targets set since it began (the noise it guards against is not this).
+    over = released.start if released is not None else None
+    if timed.phase is Phase.BETWEEN and timed.recurrence is not None:
+        over = timed.recurrence.starts[-1]
+    if over is not None:
+        history = tuple((t, r) for t, r in state.recommendations if t < over)
     target, recommendations = stabilize(history, target, now, config.scale_down_delay_s)
     if target > before:
         deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "
                     f"(highest recent target {target})")
-    elif released is not None and target < current:
-        deciding = f"{deciding}; {released.reason}"
+    elif over is not None and target < current:
+        deciding = f"{deciding}; {released.reason if released else timed.reason}"
     stages.append(Stage("hold", target, released.reason if released else ""))
 
     limited = rate_limit(current, target, config)
