@@ -39,7 +39,14 @@ Stages, in order (each a function, tested alone with a fake clock):
    level the demand reached in two separate bursts within the burst memory
    (``burst_memory_s``) when their requests are more than the SLO's miss budget can lose: a
    release would make the next such burst wait a cold start (the level moves down with the
-   demand the bursts rode on, :func:`~kubeplex.autoscaler.memory.held_level`). Before the
+   demand the bursts rode on, :func:`~kubeplex.autoscaler.memory.held_level`). **Recurrence**
+   (:mod:`~kubeplex.autoscaler.recurrence`): bursts that start at a steady period get their
+   level a cold start before the next is due, and between them the memory does not hold it
+   nor the hold the targets the last one set. **Release** (:mod:`~kubeplex.autoscaler.
+   release`): a burst that lasted a cold start is over once the counts since its end tell it
+   apart from the burst's rate at the rise test's level; the SLO stage then plans for the
+   rate since, the forecast restarts from it, panic ends and the hold forgets the burst's
+   targets (instead of a stable window and the scale-down delay after it). Before the
    hold, **SLO feedback** (:mod:`~kubeplex.autoscaler.feedback`) divides the replicas by its
    margin factor (at least one more per step, so a step changes the fleet it is judged on): the
    counted requests' measured attainment below target while the model says the fleet
