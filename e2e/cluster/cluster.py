@@ -66,7 +66,7 @@ __all__ = [
     "Toolchain",
     "build",
     "down",
-    "free_port",
+    "free_ports",
     "gpu_node",
     "is_alive",
     "load_module",
@@ -272,10 +272,14 @@ def is_alive(c: Component) -> bool:
     return start_ticks(c.pid) == c.start_ticks
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(*names: str) -> dict[str, int]:
+    """A free loopback port for each name, all different: the probe sockets stay open until
+    every port is chosen (closed one by one, the kernel may offer a port twice)."""
+    with contextlib.ExitStack() as stack:
+        probes = {name: stack.enter_context(socket.socket()) for name in names}
+        for probe in probes.values():
+            probe.bind(("127.0.0.1", 0))
+        return {name: int(probe.getsockname()[1]) for name, probe in probes.items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -574,8 +578,8 @@ def _up(state_dir: Path, nodes: int, spec: NodeSpec, tools: Toolchain,
     _make_pki(pki)
     token = secrets.token_hex(16)
     (pki / "tokens.csv").write_text(f'{token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
-    ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver",
-                                       "controller_manager", "scheduler", "kwok")}
+    ports = free_ports("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler",
+                       "kwok")
     server = f"https://127.0.0.1:{ports['apiserver']}"
     state = ClusterState(str(state_dir), str(state_dir / "kubeconfig"), server, token,
                          tools.k8s_version, ports)

@@ -61,7 +61,7 @@ from kubeplex_e2e_cluster import (  # type: ignore[import-not-found]  # loaded b
     NodeSpec,
     Toolchain,
     build,
-    free_port,
+    free_ports,
     is_alive,
     load_module,
     node_ready,
@@ -488,7 +488,7 @@ def up(state: ClusterState, tools: Toolchain, spec: NodeSpec,
     _node_certificate(pki, node_dir)
     kubeconfig = node_dir / "kubelet.kubeconfig"
     kubeconfig.write_text(json.dumps(_kubeconfig(state.server, pki, node_dir / "pki")))
-    ports = {"kubelet": free_port(), "kubelet_healthz": free_port()}
+    ports = free_ports("kubelet", "kubelet_healthz")
     kubelet_config = node_dir / "kubelet.yaml"
     kubelet_config.write_text(json.dumps(_kubelet_config(node_dir, pki, ports), indent=2))
     labels = {REAL_NODE_LABEL[0]: REAL_NODE_LABEL[1], GPU_PRODUCT_LABEL: spec.gpu_product,

@@ -69,6 +69,23 @@ def test_series_follow_the_specs_and_disappear_with_the_service() -> None:
     assert SCALE_TO_ZERO_METRIC not in got or not got[SCALE_TO_ZERO_METRIC]
 
 
+def test_changed_values_are_exported_and_a_model_that_moves_pool_keeps_its_series() -> None:
+    services, _ = load_documents([EXAMPLES / "multi-model-h100.yaml"]).split()
+    chat = next(s for s in services if s.key == "team-a/chat-8b")
+    ready = "kubeplex_modelservice_ready_replicas"
+    labels = (("modelservice", "chat-8b"), ("namespace", "team-a"))
+    metrics = OperatorMetrics()
+    metrics.export_services("a", {chat.key: ("chat-8b", chat.spec)}, {chat.key: (2, 1, 0)})
+    metrics.export_services("a", {chat.key: ("chat-8b", chat.spec)}, {chat.key: (2, 2, 0)})
+    assert samples(metrics)[ready][labels] == 2
+    # It moves to pool b: b's cycle exports it, then a's next cycle drops it from a.
+    metrics.export_services("b", {chat.key: ("chat-8b", chat.spec)}, {chat.key: (2, 2, 0)})
+    metrics.export_services("a", {}, {})
+    assert ready not in samples(metrics) or labels not in samples(metrics)[ready]
+    metrics.export_services("b", {chat.key: ("chat-8b", chat.spec)}, {chat.key: (2, 2, 0)})
+    assert samples(metrics)[ready][labels] == 2  # b's next cycle exports it again
+
+
 def _exposable(*registries: CollectorRegistry) -> set[str]:
     """Every sample name the registries' families can expose (labelled families included,
     even before a child exists)."""
