@@ -850,7 +850,9 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     arrivals = burst_rate * min(now - last, config.panic_window_s) if last is not None else 0.0
     peaks = record(state.peaks, demand * speed, short_demand * speed, max(0.0, arrivals), now,
                    config.burst_memory_s)
-    timed = schedule(peaks, now, start)
+    # The bursts' starts are the memory's demand rising, which the stable window measures up
+    # to a window late: provision a start-up and a window ahead.
+    timed = schedule(peaks, now, start + config.stable_window_s)
     held_peaks = peaks
     if timed.phase is Phase.BETWEEN:
         held_peaks = without_bursts(peaks, config.stable_window_s)
