@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kubeplex.autoscaler.memory import Peaks, burst_runs, current_burst
+from kubeplex.autoscaler.memory import BUCKET_S, Peaks, burst_runs, current_burst
 
 __all__ = ["Release", "burst_over", "settle_s"]
 
@@ -49,9 +49,9 @@ def settle_s(burst_rate: float, base_rate: float, z: float) -> float:
 
 
 def _rate(peaks: Peaks, since: float, until: float) -> float | None:
+    """Requests per second in the memory's (whole) buckets from ``since`` to ``until``."""
     counted = [b.requests for b in peaks if since <= b.start < until]
-    span = until - since
-    return math.fsum(counted) / span if counted and span > 0 else None
+    return math.fsum(counted) / (len(counted) * BUCKET_S) if counted else None
 
 
 def burst_over(peaks: Peaks, now: float, cold_start_s: float, short_window_s: float,
