@@ -89,7 +89,7 @@ from kubeplex.autoscaler.memory import (
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
 from kubeplex.autoscaler.recurrence import Phase, schedule, without_bursts
-from kubeplex.autoscaler.release import burst_over
+from kubeplex.autoscaler.release import Release, burst_over, finished_burst
 from kubeplex.autoscaler.signals import NoData, Scrape, Signals, extract
 from kubeplex.placement.llm import LLMProfile
 
@@ -313,6 +313,8 @@ class AutoscalerState:
     slo_feedback: FeedbackState = field(default_factory=FeedbackState)
     #: Burst memory (:mod:`~kubeplex.autoscaler.memory`).
     peaks: Peaks = ()
+    #: The burst last judged over (:mod:`~kubeplex.autoscaler.release`), while it is.
+    released: Release | None = None
 
 
 @dataclass(frozen=True)
@@ -762,9 +764,14 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     speed = correction
     estimate = replica_capacity(stable, config, speed)
     capacity = estimate.capacity
-    released = burst_over(state.peaks, now, config.cold_start_s, config.panic_window_s,
-                          config.stable_window_s,
-                          rise_z(config.panic_window_s, config.stable_window_s))
+    start_s = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
+    # Scheduled bursts (one evaluation's memory ago) and bursts that are over (release).
+    timed = schedule(state.peaks, now, start_s + config.stable_window_s)
+    ended = timed.last if timed.phase is Phase.BETWEEN else finished_burst(
+        state.peaks, config.cold_start_s)
+    released = None if ended is None else burst_over(
+        state.peaks, ended, now, config.panic_window_s, config.stable_window_s,
+        rise_z(config.panic_window_s, config.stable_window_s), state.released)
     forecast = holt_update(state.forecast, stable.arrival_rate, now, config.forecast)
     if released is not None:
         # The stable window, the forecast fed from it, panic and the hold still carry a burst
@@ -774,8 +781,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
         1.0, stable.arrival_cv2 or 1.0)
     batch = max(1.0, stable.arrival_batch or 1.0)  # requests sent together (signals)
-    start = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
-    rate = max(stable.arrival_rate, forecast.upper(start, config.headroom_z))
+    rate = max(stable.arrival_rate, forecast.upper(start_s, config.headroom_z))
     if released is not None:
         rate = min(rate, released.rate)
     target = _mix_replicas(rate, capacity, config, cv2, batch)
@@ -850,9 +856,6 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     arrivals = burst_rate * min(now - last, config.panic_window_s) if last is not None else 0.0
     peaks = record(state.peaks, demand * speed, short_demand * speed, max(0.0, arrivals), now,
                    config.burst_memory_s)
-    # The bursts' starts are the memory's demand rising, which the stable window measures up
-    # to a window late: provision a start-up and a window ahead.
-    timed = schedule(peaks, now, start + config.stable_window_s)
     held_peaks = peaks
     if timed.phase is Phase.BETWEEN:
         held_peaks = without_bursts(peaks, config.stable_window_s)
@@ -878,19 +881,14 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     # turn into a scale-down and back.
     before = target
     history = state.recommendations or ((now, current),)
-    # A burst over beyond doubt, or one on a schedule whose next is not yet due: the hold
-    # forgets the targets set since it began (the noise it guards against is not this).
-    over = released.start if released is not None else None
-    if timed.phase is Phase.BETWEEN and timed.recurrence is not None:
-        over = timed.recurrence.starts[-1]
-    if over is not None:
-        history = tuple((t, r) for t, r in state.recommendations if t < over)
+    if released is not None:  # the hold forgets the targets the burst set (not noise)
+        history = tuple((t, r) for t, r in state.recommendations if t < released.start)
     target, recommendations = stabilize(history, target, now, config.scale_down_delay_s)
     if target > before:
         deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "
                     f"(highest recent target {target})")
-    elif over is not None and target < current:
-        deciding = f"{deciding}; {released.reason if released else timed.reason}"
+    elif released is not None and target < current:
+        deciding = f"{deciding}; {released.reason}"
     stages.append(Stage("hold", target, released.reason if released else ""))
 
     limited = rate_limit(current, target, config)
@@ -932,7 +930,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     if observed.trigger is not None:
         reason += f" (alert {observed.trigger})"
     state = replace(state, recommendations=recommendations, last_busy=last_busy,
-                    forecast=forecast, peaks=peaks)
+                    forecast=forecast, peaks=peaks, released=released)
     return Decision(target, warm, reason, state, tuple(stages), stable, in_panic,
                     estimate.infeasible, capacity)
 

@@ -81,12 +81,14 @@ class Phase(enum.Enum):
 @dataclass(frozen=True)
 class Schedule:
     """The recurrence stage's answer: the phase, the level to have now (replicas at the model's
-    speed; 0 outside ``AHEAD``) and why."""
+    speed; 0 outside ``AHEAD``), why, and between bursts the one that ended."""
 
     phase: Phase
     level: float = 0.0
     reason: str = ""
     recurrence: Recurrence | None = None
+    #: ``BETWEEN``: the burst that ended (start, end).
+    last: tuple[float, float] | None = None
 
 
 def needed(bucket: Bucket) -> float:
@@ -138,7 +140,7 @@ def schedule(peaks: Peaks, now: float, lead_s: float) -> Schedule:
             f"at {due:.0f} s, provisioned a cold start ahead"), found)
     return Schedule(Phase.BETWEEN, reason=(
         f"bursts every {found.period_s:.0f} s: the next is due at {due:.0f} s, not held "
-        f"through the gap"), recurrence=found)
+        f"through the gap"), recurrence=found, last=burst_runs(peaks, needed)[-1])
 
 
 def without_bursts(peaks: Peaks, settle_s: float) -> Peaks:

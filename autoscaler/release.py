@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from kubeplex.autoscaler.memory import BUCKET_S, Peaks, burst_runs, current_burst
 
-__all__ = ["Release", "burst_over", "settle_s"]
+__all__ = ["Release", "burst_over", "finished_burst", "settle_s"]
 
 
 @dataclass(frozen=True)
@@ -54,30 +54,37 @@ def _rate(peaks: Peaks, since: float, until: float) -> float | None:
     return math.fsum(counted) / (len(counted) * BUCKET_S) if counted else None
 
 
-def burst_over(peaks: Peaks, now: float, cold_start_s: float, short_window_s: float,
-               stable_window_s: float, z: float) -> Release | None:
-    """The last burst in the memory when it is over beyond the rise test's doubt and the
-    stable window still holds it (None otherwise; see the module docstring)."""
+def finished_burst(peaks: Peaks, min_length_s: float) -> tuple[float, float] | None:
+    """The memory's last burst when it is over and lasted at least ``min_length_s``."""
     runs = burst_runs(peaks)
     if not runs or current_burst(peaks) is not None:
         return None
     start, end = runs[-1]
-    if end - start < cold_start_s or not end <= now < end + stable_window_s:
+    return (start, end) if end - start >= min_length_s else None
+
+
+def burst_over(peaks: Peaks, burst: tuple[float, float], now: float, short_window_s: float,
+               stable_window_s: float, z: float, judged: Release | None = None,
+               ) -> Release | None:
+    """``burst`` (start, end) when it is over beyond the rise test's doubt and the stable
+    window still holds it (None otherwise; see the module docstring). ``judged``: the release
+    of the previous evaluation; once a burst was judged over it stays so (a count back above
+    the bound by noise would take the release back and forth, a cold start each time), and
+    only the rate since is updated."""
+    start, end = burst
+    if not end <= now < end + stable_window_s:
         return None
     base = _rate(peaks, start - stable_window_s, start)
-    burst = _rate(peaks, start, end)
-    if base is None or burst is None:
-        return None
-    wait = max(short_window_s, settle_s(burst, base, z))
+    during = _rate(peaks, start, end)
     since = now - end
-    if since < wait:
+    if base is None or during is None or since <= 0:
         return None
+    wait = max(short_window_s, settle_s(during, base, z))
     after = math.fsum(b.requests for b in peaks if b.start >= end) / since
-    if after > base + z * math.sqrt(max(base, 1.0 / since) / since):
+    evident = since >= wait and after <= base + z * math.sqrt(max(base, 1.0 / since) / since)
+    if not evident and (judged is None or judged.start != start):
         return None
-    rate = max(after, base)
-    return Release(start, end, rate, (
-        f"the burst of {burst:.1f} req/s from {start:.0f} s to {end:.0f} s is over "
+    return Release(start, end, max(after, base), (
+        f"the burst of {during:.1f} req/s from {start:.0f} s to {end:.0f} s is over "
         f"({after:.1f} req/s for {since:.0f} s since, {base:.1f} before; {wait:.0f} s tell "
         f"them apart): its replicas released"))
-
