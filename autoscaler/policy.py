@@ -767,11 +767,12 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     start_s = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     # Scheduled bursts (one evaluation's memory ago) and bursts that are over (release).
     timed = schedule(state.peaks, now, start_s + config.stable_window_s)
-    ended = timed.last if timed.phase is Phase.BETWEEN else finished_burst(
-        state.peaks, config.cold_start_s)
+    scheduled = timed.phase is Phase.BETWEEN
+    ended = timed.last if scheduled else finished_burst(state.peaks, config.cold_start_s)
     released = None if ended is None else burst_over(
         state.peaks, ended, now, config.panic_window_s, config.stable_window_s,
-        rise_z(config.panic_window_s, config.stable_window_s), state.released)
+        rise_z(config.panic_window_s, config.stable_window_s), state.released,
+        without_bursts(state.peaks, config.stable_window_s) if scheduled else None)
     forecast = holt_update(state.forecast, stable.arrival_rate, now, config.forecast)
     if released is not None:
         # The stable window, the forecast fed from it, panic and the hold still carry a burst
@@ -881,8 +882,13 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     # turn into a scale-down and back.
     before = target
     history = state.recommendations or ((now, current),)
-    if released is not None:  # the hold forgets the targets the burst set (not noise)
-        history = tuple((t, r) for t, r in state.recommendations if t < released.start)
+    if released is not None:
+        # The hold forgets the targets the burst set (not noise): those until it was judged
+        # over, or, between scheduled bursts, all since it began (the memory held its level
+        # until its demand fell).
+        until = now if scheduled else released.judged_at
+        history = tuple((t, r) for t, r in state.recommendations
+                        if not released.start <= t < until)
     target, recommendations = stabilize(history, target, now, config.scale_down_delay_s)
     if target > before:
         deciding = (f"scale-down to {before} held for {config.scale_down_delay_s:.0f} s "

@@ -33,12 +33,15 @@ __all__ = ["Release", "burst_over", "finished_burst", "settle_s"]
 
 @dataclass(frozen=True)
 class Release:
-    """A burst that is over: its start and end (s), the rate to plan for now and why."""
+    """A burst that is over: its start and end (s), the rate to plan for now, why, and since
+    when."""
 
     start: float
     end: float
     rate: float
     reason: str
+    #: When it was first judged over (the targets set since are the release's own).
+    judged_at: float
 
 
 def settle_s(burst_rate: float, base_rate: float, z: float) -> float:
@@ -65,16 +68,19 @@ def finished_burst(peaks: Peaks, min_length_s: float) -> tuple[float, float] | N
 
 def burst_over(peaks: Peaks, burst: tuple[float, float], now: float, short_window_s: float,
                stable_window_s: float, z: float, judged: Release | None = None,
-               ) -> Release | None:
+               between: Peaks | None = None) -> Release | None:
     """``burst`` (start, end) when it is over beyond the rise test's doubt and the stable
     window still holds it (None otherwise; see the module docstring). ``judged``: the release
     of the previous evaluation; once a burst was judged over it stays so (a count back above
     the bound by noise would take the release back and forth, a cold start each time), and
-    only the rate since is updated."""
+    only the rate since is updated. ``between``: the buckets between bursts that recur on a
+    schedule, whose rate is the one to come back to (the stable window before such a burst's
+    recorded start may hold the burst itself: its demand is measured up to a window late)."""
     start, end = burst
     if not end <= now < end + stable_window_s:
         return None
-    base = _rate(peaks, start - stable_window_s, start)
+    base = (_rate(peaks, start - stable_window_s, start) if between is None
+            else _rate(between, -math.inf, math.inf))
     during = _rate(peaks, start, end)
     since = now - end
     if base is None or during is None or since <= 0:
@@ -82,9 +88,10 @@ def burst_over(peaks: Peaks, burst: tuple[float, float], now: float, short_windo
     wait = max(short_window_s, settle_s(during, base, z))
     after = math.fsum(b.requests for b in peaks if b.start >= end) / since
     evident = since >= wait and after <= base + z * math.sqrt(max(base, 1.0 / since) / since)
-    if not evident and (judged is None or judged.start != start):
+    kept = judged is not None and judged.start == start
+    if not evident and not kept:
         return None
     return Release(start, end, max(after, base), (
         f"the burst of {during:.1f} req/s from {start:.0f} s to {end:.0f} s is over "
         f"({after:.1f} req/s for {since:.0f} s since, {base:.1f} before; {wait:.0f} s tell "
-        f"them apart): its replicas released"))
+        f"them apart): its replicas released"), judged.judged_at if judged and kept else now)
