@@ -766,7 +766,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     capacity = estimate.capacity
     start_s = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     # Scheduled bursts (one evaluation's memory ago) and bursts that are over (release).
-    timed = schedule(state.peaks, now, start_s + config.stable_window_s)
+    timed = schedule(state.peaks, now, start_s, config.stable_window_s)
     scheduled = timed.phase is Phase.BETWEEN
     ended = timed.last if scheduled else finished_burst(state.peaks, config.cold_start_s)
     released = None if ended is None else burst_over(

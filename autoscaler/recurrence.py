@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -51,6 +52,8 @@ __all__ = [
 LEVEL = NormalDist().cdf(-2.0)
 #: Starts needed: two intervals, the fewest whose agreement can be tested.
 MIN_STARTS = 3
+#: :data:`LEVEL` in standard deviations (one-sided): 2.
+Z = -NormalDist().inv_cdf(LEVEL)
 
 
 @dataclass(frozen=True)
@@ -98,16 +101,35 @@ def needed(bucket: Bucket) -> float:
     return bucket.demand
 
 
-def detect(peaks: Peaks) -> Recurrence | None:
+def _rise(peaks: Peaks, start: float, lag_s: float) -> float:
+    """Where the arrivals of a burst whose demand rose at ``start`` began to rise: the first
+    of the buckets just before it, within ``lag_s`` (the stable window that measured the
+    demand), whose requests are beyond :data:`LEVEL`'s Poisson bound over the median
+    bucket's."""
+    counts = sorted(b.requests for b in peaks)
+    typical = counts[len(counts) // 2]
+    bound = typical + Z * math.sqrt(max(typical, 1.0))
+    rise = start
+    for bucket in reversed(peaks):
+        if bucket.start >= start:
+            continue
+        if bucket.start < start - lag_s or bucket.requests <= bound:
+            break
+        rise = bucket.start
+    return rise
+
+
+def detect(peaks: Peaks, lag_s: float) -> Recurrence | None:
     """The period the bursts in the memory start at, or None (fewer than :data:`MIN_STARTS`
-    known starts, or two consecutive intervals that disagree beyond :data:`LEVEL`)."""
+    known starts, or two consecutive intervals that disagree beyond :data:`LEVEL`). A burst
+    starts where its arrivals rose (:func:`_rise`), up to ``lag_s`` before its demand did."""
     if not peaks:
         return None
-    runs = [(start, end) for start, end in burst_runs(peaks, needed)
-            if start > peaks[0].start]
+    runs = [(_rise(peaks, start, lag_s), start, end) for start, end in burst_runs(peaks, needed)]
+    runs = [run for run in runs if run[0] > peaks[0].start]
     if len(runs) < MIN_STARTS:
         return None
-    starts = tuple(start for start, _ in runs)
+    starts = tuple(rise for rise, _, _ in runs)
     intervals = [b - a for a, b in itertools.pairwise(starts)]
     for d1, d2 in itertools.pairwise(intervals):
         if abs(d1 - d2) > LEVEL * (d1 + d2):
@@ -116,15 +138,16 @@ def detect(peaks: Peaks) -> Recurrence | None:
     # The next start is known to a bucket (starts are bucket starts) beyond the intervals'
     # own spread around the period.
     spread = max(abs(d - period) for d in intervals) + BUCKET_S
-    level = min(max(needed(b) for b in peaks if start <= b.start < end) for start, end in runs)
+    level = min(max(needed(b) for b in peaks if start <= b.start < end) for _, start, end in runs)
     return Recurrence(starts, period, spread, level)
 
 
-def schedule(peaks: Peaks, now: float, lead_s: float) -> Schedule:
+def schedule(peaks: Peaks, now: float, lead_s: float, lag_s: float) -> Schedule:
     """The phase of the bursts' period at ``now``: ``AHEAD`` from ``lead_s`` (a cold start)
     plus the spread before the next start, ``BETWEEN`` after the last burst ended and before
-    that, ``DURING`` a burst; ``NONE`` without a period or once the next start is overdue."""
-    found = detect(peaks)
+    that, ``DURING`` a burst; ``NONE`` without a period or once the next start is overdue
+    (``lag_s``: see :func:`detect`)."""
+    found = detect(peaks, lag_s)
     if found is None:
         return Schedule(Phase.NONE)
     due = found.next_start
