@@ -9,7 +9,8 @@ start ahead of it and need not hold the bursts' level in between.
 * **detection** (:func:`detect`): the starts of the bursts in the memory (runs of what its
   buckets needed a whole replica above the median: :func:`~kubeplex.autoscaler.memory.
   burst_runs` on :func:`needed`; a burst under way when the memory's first bucket was
-  recorded has no known start and is left out), at least :data:`MIN_STARTS` of them, and
+  recorded has no known start and is left out; each starts where its arrivals rose, up to a
+  stable window before its demand did), at least :data:`MIN_STARTS` of them, and
   every two consecutive intervals ``d1, d2`` agreeing as ``|d1 - d2| <= LEVEL * (d1 + d2)``.
   Under bursts that start as a Poisson process (independent exponential gaps, the ``bursts``
   traces), ``d1 / (d1 + d2)`` is uniform on [0, 1], so ``|d1 - d2| / (d1 + d2)`` is too, and
@@ -41,19 +42,20 @@ __all__ = [
     "Phase",
     "Recurrence",
     "Schedule",
+    "Z",
     "detect",
     "needed",
     "schedule",
     "without_bursts",
 ]
 
+#: The rise test's one-sided level in standard deviations (``policy.RISE_Z``).
+Z = 2.0
 #: Chance that two consecutive intervals between Poisson bursts agree as closely as a period's
-#: must: the rise test's one-sided level (2 standard deviations, ~2.3%; ``policy.RISE_Z``).
-LEVEL = NormalDist().cdf(-2.0)
+#: must: the rise test's one-sided level (~2.3%).
+LEVEL = NormalDist().cdf(-Z)
 #: Starts needed: two intervals, the fewest whose agreement can be tested.
 MIN_STARTS = 3
-#: :data:`LEVEL` in standard deviations (one-sided): 2.
-Z = -NormalDist().inv_cdf(LEVEL)
 
 
 @dataclass(frozen=True)
