@@ -170,9 +170,9 @@ def schedule(peaks: Peaks, now: float, lead_s: float, lag_s: float) -> Schedule:
 
 def without_bursts(peaks: Peaks, settle_s: float) -> Peaks:
     """The memory without its bursts' buckets and the ``settle_s`` after each (the stable
-    window still carries a burst that ended): what to hold between recurring bursts. Every
-    burst with a known start is on the period (:func:`detect`), and one under way when the
-    memory began is taken to be too."""
+    window still carries a burst that ended): what to hold between recurring bursts. Called
+    once :func:`detect` found a period, every burst with a known start is on it, and one under
+    way when the memory began is taken to be too."""
     spans = burst_runs(peaks, needed)
     return tuple(b for b in peaks
                  if not any(start <= b.start < end + settle_s for start, end in spans))

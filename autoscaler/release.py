@@ -16,8 +16,11 @@ counts since the burst's end tell it is over. :func:`burst_over` says when they 
 * and the rate since the end is not above the rate before it beyond the rise test.
 
 The burst's start and the rate to plan for (the larger of the rates before and since the
-burst) come back; the law then drops the targets recorded since the start from its hold and
-sizes the SLO stage at that rate until the stable window no longer holds the burst. Rates come
+burst) come back; the law then sizes the SLO stage at that rate and restarts its forecast from
+it until the stable window no longer holds the burst, ends panic, and drops from its hold the
+targets recorded from the burst's start until it was judged over. Once judged over a burst
+stays so (``judged``). Bursts that recur on a schedule (:mod:`~kubeplex.autoscaler.recurrence`)
+go through the same test whatever their length, against the rate between them. Rates come
 from the memory's request counts. Pure: the memory and ``now`` come in.
 """
 
