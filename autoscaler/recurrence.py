@@ -97,9 +97,9 @@ class Schedule:
 
 
 def needed(bucket: Bucket) -> float:
-    """What a bucket needed (the stable window's demand or its bursts', the larger): a
-    recurring plateau needs replicas its short windows alone do not show (they are sized to
-    clear a few seconds of work, and a level under one replica's throughput clears)."""
+    """What a bucket needed: the stable window's demand, not the short windows' (these are
+    sized to clear a few seconds of work, so a plateau under one replica's throughput looks
+    like its gaps in them, while it needs the replicas its stable window shows)."""
     return bucket.demand
 
 
