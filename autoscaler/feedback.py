@@ -35,7 +35,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from kubeplex.autoscaler.signals import TTFT, Scrape, bucket_increase, histogram_fraction_at
+from kubeplex.autoscaler.signals import (
+    TEST_Z,
+    TTFT,
+    Scrape,
+    bucket_increase,
+    histogram_fraction_at,
+)
 
 __all__ = ["BLOCK_PERIODS", "GAIN_Z", "MIN_REQUESTS", "RELAX_PERIODS", "STEP",
            "FeedbackState", "evident_shortfall", "needed_gain", "observe", "step",
@@ -47,9 +53,8 @@ STEP = 0.9
 #: near 99% has a standard error under half a point).
 MIN_REQUESTS = 500
 #: A trial is judged when the gain it needs is this many standard errors of the measured
-#: attainment (one-sided: a step that changed nothing passes by chance in ~2% of trials; as
-#: the autoscaler's rise test, RISE_Z).
-GAIN_Z = 2.0
+#: attainment (one-sided: a step that changed nothing passes by chance in ~2% of trials).
+GAIN_Z = TEST_Z
 #: After an undone step, no step is tried for this many periods.
 BLOCK_PERIODS = 10
 #: Periods in a row with the SLO met before one step is taken back.

@@ -90,7 +90,7 @@ from kubeplex.autoscaler.memory import (
 from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
 from kubeplex.autoscaler.recurrence import Phase, schedule, without_bursts
 from kubeplex.autoscaler.release import Release, burst_over, finished_burst
-from kubeplex.autoscaler.signals import NoData, Scrape, Signals, extract
+from kubeplex.autoscaler.signals import TEST_Z, NoData, Scrape, Signals, extract
 from kubeplex.placement.llm import LLMProfile
 
 __all__ = [
@@ -142,7 +142,7 @@ MIN_PREFILLS_PER_WINDOW = 20.0
 #: A short-window rate this many Poisson standard deviations above the stable rate is a rise
 #: (about 2% of noise-only windows pass, one-sided) when the test is made once per stable
 #: window; :func:`rising` keeps that false-alarm rate per stable window (:func:`rise_z`).
-RISE_Z = 2.0
+RISE_Z = TEST_Z
 #: The short window is widened until it counts this many arrivals (Poisson noise ~14%).
 MIN_SHORT_WINDOW_ARRIVALS = 50
 #: First-token observations needed before the measured attainment is trusted.

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from kubeplex.autoscaler.memory import BUCKET_S, Bucket, Peaks, burst_runs, current_burst
+from kubeplex.autoscaler.signals import TEST_Z
 
 __all__ = [
     "LEVEL",
@@ -49,8 +50,8 @@ __all__ = [
     "without_bursts",
 ]
 
-#: The rise test's one-sided level in standard deviations (``policy.RISE_Z``).
-Z = 2.0
+#: The one-sided level in standard deviations of the law's tests (the rise test's too).
+Z = TEST_Z
 #: Chance that two consecutive intervals between Poisson bursts agree as closely as a period's
 #: must: the rise test's one-sided level (~2.3%).
 LEVEL = NormalDist().cdf(-Z)

@@ -37,6 +37,7 @@ __all__ = [
     "PROMPT_TOKENS",
     "RUNNING",
     "SATURATED_PENDING",
+    "TEST_Z",
     "TTFT",
     "TTFT_BUCKETS",
     "WAITING",
@@ -66,6 +67,10 @@ PROMPT_HISTOGRAM = "vllm:request_prompt_tokens"
 #: (observed when a request finishes).
 PREFILL_TIME_SUM = "vllm:request_prefill_time_seconds_sum"
 PREFILL_TIME_COUNT = "vllm:request_prefill_time_seconds_count"
+#: The one-sided level, in standard deviations, of the law's statistical tests on these
+#: signals (a rise of the arrival rate, an attainment gain, a burst period): about 2% of
+#: noise-only trials pass.
+TEST_Z = 2.0
 #: How arrivals are derived (documentation marker): completions + growth of waiting + running.
 ARRIVAL_CONSERVED = "completions + delta(waiting + running)"
 
