@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kubeplex.autoscaler.capacity import SPEED_NOISE
@@ -51,6 +51,7 @@ __all__ = [
     "burst_standbys",
     "current_burst",
     "held_level",
+    "ongoing",
     "record",
     "recurring",
     "replicas_at",
@@ -217,7 +218,12 @@ def current_burst(peaks: Peaks, level: Callable[[Bucket], float] = short_level,
                   ) -> float | None:
     """When the burst going on now started (None: no burst now; ``level`` as for
     :func:`burst_runs`)."""
-    runs = burst_runs(peaks, level)
+    return ongoing(peaks, burst_runs(peaks, level))
+
+
+def ongoing(peaks: Peaks, runs: Sequence[tuple[float, float]]) -> float | None:
+    """The start of the last of ``runs`` (:func:`burst_runs` of ``peaks``) when it goes on
+    to the memory's latest bucket (None: no burst now)."""
     if not runs or not peaks or runs[-1][1] != peaks[-1].start + BUCKET_S:
         return None
     return runs[-1][0]

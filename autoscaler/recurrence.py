@@ -31,10 +31,11 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from kubeplex.autoscaler.memory import BUCKET_S, Bucket, Peaks, burst_runs, current_burst
+from kubeplex.autoscaler.memory import BUCKET_S, Bucket, Peaks, burst_runs, ongoing
 from kubeplex.autoscaler.signals import TEST_Z
 
 __all__ = [
@@ -104,14 +105,11 @@ def needed(bucket: Bucket) -> float:
     return bucket.demand
 
 
-def _rise(peaks: Peaks, start: float, lag_s: float) -> float:
+def _rise(peaks: Peaks, start: float, lag_s: float, bound: float) -> float:
     """Where the arrivals of a burst whose demand rose at ``start`` began to rise: the first
     of the buckets just before it, within ``lag_s`` (the stable window that measured the
-    demand), whose requests are beyond :data:`LEVEL`'s Poisson bound over the median
-    bucket's."""
-    counts = sorted(b.requests for b in peaks)
-    typical = counts[len(counts) // 2]
-    bound = typical + Z * math.sqrt(max(typical, 1.0))
+    demand), whose requests are beyond ``bound`` (:data:`LEVEL`'s Poisson bound over the
+    median bucket's)."""
     rise = start
     for bucket in reversed(peaks):
         if bucket.start >= start:
@@ -126,9 +124,18 @@ def detect(peaks: Peaks, lag_s: float) -> Recurrence | None:
     """The period the bursts in the memory start at, or None (fewer than :data:`MIN_STARTS`
     known starts, or two consecutive intervals that disagree beyond :data:`LEVEL`). A burst
     starts where its arrivals rose (:func:`_rise`), up to ``lag_s`` before its demand did."""
+    return _detect(peaks, burst_runs(peaks, needed), lag_s)
+
+
+def _detect(peaks: Peaks, bursts: Sequence[tuple[float, float]],
+            lag_s: float) -> Recurrence | None:
+    """:func:`detect` on the memory's ``bursts`` (:func:`burst_runs` on :func:`needed`)."""
     if not peaks:
         return None
-    runs = [(_rise(peaks, start, lag_s), start, end) for start, end in burst_runs(peaks, needed)]
+    counts = sorted(b.requests for b in peaks)
+    typical = counts[len(counts) // 2]
+    bound = typical + Z * math.sqrt(max(typical, 1.0))
+    runs = [(_rise(peaks, start, lag_s, bound), start, end) for start, end in bursts]
     runs = [run for run in runs if run[0] > peaks[0].start]
     if len(runs) < MIN_STARTS:
         return None
@@ -150,7 +157,8 @@ def schedule(peaks: Peaks, now: float, lead_s: float, lag_s: float) -> Schedule:
     plus the spread before the next start, ``BETWEEN`` after the last burst ended and before
     that, ``DURING`` a burst; ``NONE`` without a period or once the next start is overdue
     (``lag_s``: see :func:`detect`)."""
-    found = detect(peaks, lag_s)
+    bursts = burst_runs(peaks, needed)
+    found = _detect(peaks, bursts, lag_s)
     if found is None:
         return Schedule(Phase.NONE)
     due = found.next_start
@@ -158,7 +166,7 @@ def schedule(peaks: Peaks, now: float, lead_s: float, lag_s: float) -> Schedule:
         return Schedule(Phase.NONE, reason=(
             f"bursts every {found.period_s:.0f} s: the one due at {due:.0f} s did not come"),
             recurrence=found)
-    if current_burst(peaks, needed) is not None:
+    if ongoing(peaks, bursts) is not None:
         return Schedule(Phase.DURING, recurrence=found)
     if now >= due - found.spread_s - lead_s:
         return Schedule(Phase.AHEAD, found.level, (
@@ -166,7 +174,7 @@ def schedule(peaks: Peaks, now: float, lead_s: float, lag_s: float) -> Schedule:
             f"at {due:.0f} s, provisioned a cold start ahead"), found)
     return Schedule(Phase.BETWEEN, reason=(
         f"bursts every {found.period_s:.0f} s: the next is due at {due:.0f} s, not held "
-        f"through the gap"), recurrence=found, last=burst_runs(peaks, needed)[-1])
+        f"through the gap"), recurrence=found, last=bursts[-1])
 
 
 def without_bursts(peaks: Peaks, settle_s: float) -> Peaks:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kubeplex.autoscaler.memory import BUCKET_S, Peaks, burst_runs, current_burst
+from kubeplex.autoscaler.memory import BUCKET_S, Peaks, burst_runs, ongoing
 
 __all__ = ["Release", "burst_over", "finished_burst", "settle_s"]
 
@@ -63,7 +63,7 @@ def _rate(peaks: Peaks, since: float, until: float) -> float | None:
 def finished_burst(peaks: Peaks, min_length_s: float) -> tuple[float, float] | None:
     """The memory's last burst when it is over and lasted at least ``min_length_s``."""
     runs = burst_runs(peaks)
-    if not runs or current_burst(peaks) is not None:
+    if not runs or ongoing(peaks, runs) is not None:
         return None
     start, end = runs[-1]
     return (start, end) if end - start >= min_length_s else None
