@@ -91,6 +91,9 @@ ADDED_AT = "kubeplex.io/added-at"
 #: A drain gives up waiting for the runtime after this long (the runtime's own default grace
 #: is 30 s; the pod's terminationGracePeriodSeconds covers the rest on delete).
 DRAIN_GIVE_UP_S = 45.0
+#: How long a pod this process made may take to show in its watch before the group is
+#: given another (a mass apply's watch events queue for seconds).
+POD_SHOWS_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -220,9 +223,14 @@ class GroupObj:
 
 class Executor:
     def __init__(self, settings: Settings, kube: KubeApi, runtime: RuntimeClient,
-                 metrics: OperatorMetrics, pool: str, pool_spec: GPUPoolSpec) -> None:
+                 metrics: OperatorMetrics, pool: str, pool_spec: GPUPoolSpec,
+                 pods_made: dict[str, float] | None = None) -> None:
         self.settings, self.kube, self.runtime, self.metrics = settings, kube, runtime, metrics
         self.pool, self.pool_spec = pool, pool_spec
+        #: "namespace/name" -> time.monotonic() when this process made that group's pod: the
+        #: pod watch may show it only seconds later (a mass apply), and the group is not
+        #: given a second one meanwhile (a controller's expectations).
+        self.pods_made = {} if pods_made is None else pods_made
         # No HTTP to pods when signals are off (fake clusters whose pods run nothing).
         self.talk_to_pods = settings.scrape != "off"
         # Set when a scale-down waits for Services to drop a pod (phase 1 done, phase 2 not
@@ -333,11 +341,15 @@ class Executor:
         if view.phase == "Lost":
             self._forget_lost(view, hosted)
             return
+        made = self.pods_made.pop(f"{view.namespace}/{view.name}", None)
         if view.pod is None:
             if view.models and len(hosted) != len(view.models):
                 return  # its model is gone: the plan drains it
-            self._create_pod(view.namespace, view.name, view.uid, view.node, view.tp, view.pp,
-                             hosted, view.warm)
+            if made is not None and time.monotonic() - made < POD_SHOWS_S:
+                self.pods_made[f"{view.namespace}/{view.name}"] = made  # not shown yet
+            else:
+                self._create_pod(view.namespace, view.name, view.uid, view.node, view.tp,
+                                 view.pp, hosted, view.warm)
         elif view.phase == "Loading" and CLAIMED_AT in view.annotations and hosted:
             self._finish_claim(view, hosted, now)
             return
@@ -541,6 +553,7 @@ class Executor:
             self.settings, namespace, name, self.pool, self.pool_spec, node, tp, pp, config,
             [] if warm else [h.model.name for h in hosted], warm, uid,
             image=self.pool_spec.warm_pool.image if warm else None))
+        self.pods_made[f"{namespace}/{name}"] = time.monotonic()
 
     def _group_status(self, namespace: str, name: str, phase: str, ready_since: str | None,
                       models: Sequence[str], message: str | None = None) -> None:

@@ -76,11 +76,16 @@ __all__ = ["Context", "CycleReport", "NodeState", "Snapshot", "run_cycle"]
 
 log = logging.getLogger("kubeplex.operator")
 
-#: Concurrent API writes of one cycle (shared by all pools). Measured on the test control
-#: plane (benchmarks/operator/scale.py): the API server's write rate is flat from 8 to 32
-#: concurrent writers; 16 keeps it busy while one pool's slow writes (Services allocate an
-#: IP, ~120/s) wait.
+#: Concurrent API writes of one cycle (shared by all pools; Services go to their own lane).
+#: Measured on the test control plane (benchmarks/operator/scale.py): the API server's write
+#: rate is flat from 8 to 32 concurrent writers.
 WRITE_CONCURRENCY = 16
+#: Threads for Service writes (``Context.service_lane``). A Service create with a cluster IP
+#: is serialized by the API server's IP allocator: on the test control plane 210-221 creates/s
+#: at 2 to 16 concurrent writers, where ConfigMaps go from 511 to 1,104/s
+#: (benchmarks/operator/write_rates.py). Two threads reach that rate; on the writer threads,
+#: a mass apply's Services held most of them waiting.
+SERVICE_THREADS = 2
 #: Shortest wait before re-checking a scale-down waiting on Services (with a grace of 0 the
 #: next cycle would otherwise follow at once, again and again).
 MIN_RECHECK_S = 0.5
@@ -124,6 +129,11 @@ class Context:
     #: the cycle creates or deletes a Service only when that changes (and once after a
     #: restart), not every interval.
     services: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: Threads for the cycles' Service writes (``SERVICE_THREADS``), beside ``writers``.
+    service_lane: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(SERVICE_THREADS, "kubeplex-service"))
+    #: Pods this process made and their watch has not shown yet (``Executor.pods_made``).
+    pods_made: dict[str, float] = field(default_factory=dict)
     #: ModelService key -> (its spec's repr, the spec parsed): parsed again when it changes.
     specs: dict[str, tuple[str, ModelServiceSpec]] = field(default_factory=dict)
     #: New ModelServices whose first status the last cycle left to this one (it started their
@@ -323,13 +333,11 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                        "ConsolidationGivenUp", why, warning=True)
 
     # ---- execute -----------------------------------------------------------------------------
-    ex = Executor(ctx.settings, ctx.kube, ctx.runtime, ctx.metrics, pool_name, pool.spec)
-    # Groups and pods first: the writer threads take jobs in order, and a Service create (it
-    # allocates a cluster IP) is the API server's slowest write: pods queued behind a mass
-    # apply's Services would start that much later.
+    ex = Executor(ctx.settings, ctx.kube, ctx.runtime, ctx.metrics, pool_name, pool.spec,
+                  ctx.pods_made)
     jobs = _plan_jobs(ex, plan, objs, {k: Hosted(m, uids.get(k, "")) for k, m in models.items()},
                       str(snap.pool["metadata"].get("uid", "")), now)
-    jobs += _service_jobs(ctx, live, snap.refused, degraded)
+    service_jobs = _service_jobs(ctx, live, snap.refused, degraded)
 
     # ---- status (written with the plan's writes: each job touches one object) ---------------
     # A new ModelService whose first group this cycle starts would get a first status
@@ -363,7 +371,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     jobs.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
                                   list(objs.values()), budget_gpus, plan.messages,
                                   ctx.templates.note(pool_name), now, snap.lost_nodes))
-    _run_all(ctx, jobs)
+    _run_all(ctx, jobs, service_jobs)
 
     elapsed = time.perf_counter() - started
     if plan.actions:
@@ -457,10 +465,13 @@ def _sync_service(ctx: Context, key: str, uid: str, want: bool) -> None:
     ctx.services[key] = (uid, want)
 
 
-def _run_all(ctx: Context, jobs: Sequence[Callable[[], None]]) -> None:
-    """Run independent API writes on the context's writer threads; re-raise the first error
-    once all have finished (a failed write is retried by the next cycle)."""
-    futures = [ctx.writers.submit(job) for job in jobs]
+def _run_all(ctx: Context, jobs: Sequence[Callable[[], None]],
+             service_jobs: Sequence[Callable[[], None]]) -> None:
+    """Run independent API writes on the context's writer threads, Service writes in its
+    Service lane; re-raise the first error once all have finished (a failed write is retried
+    by the next cycle)."""
+    futures = [ctx.service_lane.submit(job) for job in service_jobs]
+    futures += [ctx.writers.submit(job) for job in jobs]
     errors = [e for f in futures if (e := f.exception()) is not None]
     if errors:
         raise errors[0]

@@ -20,6 +20,7 @@ from operator_fakes import (
 )
 
 from kubeplex.control import ActionKind, group_name
+from kubeplex.operator._executor import POD_SHOWS_S
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._placement import Templates
 from kubeplex.operator._reconcile import Context, Snapshot, run_cycle
@@ -60,12 +61,29 @@ def test_a_pod_lost_after_its_group_was_created_is_recreated_once() -> None:
     kube = FakeKube()
     models = [msvc("a", 1)]
     register(kube, *models)
-    ctx = context(kube)
-    run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW)
+    run_cycle(context(kube), snapshot(kube, pool(), models, nodes(1)), NOW)
     kube.objects.pop(("Pod", "ns", "a-0"))  # e.g. the operator died between the two creates
-    run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW + 1)
+    run_cycle(context(kube), snapshot(kube, pool(), models, nodes(1)), NOW + 1)
     assert [p["metadata"]["name"] for p in kube.of("Pod")] == ["a-0"]
     assert len(kube.of("ServingGroup")) == 1
+
+
+def test_a_pod_its_watch_has_not_shown_yet_is_not_made_again() -> None:
+    """In a mass apply the pod watch shows a new pod seconds after the group's: the next
+    cycle sees the group without it. The pod this process made is expected, not made again
+    (an "already exists" write each), until ``POD_SHOWS_S`` have passed."""
+    kube = FakeKube()
+    models = [msvc("a", 1)]
+    register(kube, *models)
+    ctx = context(kube)
+    run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW)
+    pod = kube.objects.pop(("Pod", "ns", "a-0"))  # not in the watch's index yet
+    run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW + 1)
+    assert kube.of("Pod") == []
+    ctx.pods_made["ns/a-0"] -= POD_SHOWS_S  # never shown: made again
+    run_cycle(ctx, snapshot(kube, pool(), models, nodes(1)), NOW + 2)
+    assert [p["metadata"]["name"] for p in kube.of("Pod")] == ["a-0"]
+    assert pod["spec"] == kube.objects[("Pod", "ns", "a-0")]["spec"]
 
 
 def test_a_pod_lost_after_it_served_is_replaced_by_the_warm_standby() -> None:
