@@ -64,21 +64,22 @@ def iso_cost(trace: Path, policy: str, budget: float) -> dict[str, float]:
     from kubeplex.autoscaler import evaluation
     from kubeplex.autoscaler.baselines import HPAPolicy, KPAPolicy
     from kubeplex.autoscaler.trace import read_trace
+    from kubeplex.placement.llm import profile
 
     loaded = read_trace(trace)
+    scenario = evaluation.Scenario(profile(MODEL, GPU), float(SLO), float(PERCENTILE))
     original = evaluation.make_policy
 
     def attempt(scale: float) -> tuple[float, float]:
-        def scaled(name, trace_, config, warm):
-            chosen, initial = original(name, trace_, config, warm)
+        def scaled(name, trace_, config, scenario_):
+            chosen, initial = original(name, trace_, config, scenario_)
             if isinstance(chosen, HPAPolicy | KPAPolicy):
                 chosen.target *= scale
             return chosen, initial
 
         evaluation.make_policy = scaled
         try:
-            result = evaluation.replay(loaded, MODEL, GPU, float(SLO), float(PERCENTILE),
-                                       policy)
+            result = evaluation.replay(loaded, scenario, policy)
         finally:
             evaluation.make_policy = original
         return result.gpu_hours, result.attainment
