@@ -21,10 +21,11 @@ short-window demand (what bursts needed), and the requests that arrived. It answ
   level moves with that traffic: down by as much as the demand now is below the memory's
   median (bursts over a daily peak are not held at full height once the day declines); both
   medians are of the recorded buckets, so a flat demand moves nothing.
-* **standbys** (:func:`burst_standbys`): a burst shorter than a cold start seen once (not yet
-  recurring) is covered by warm standbys: a claim takes a warm start, so its next occurrence
-  is served within seconds, and a standby can serve any model of a shared pool, unlike a
-  held replica.
+* **standbys** (:func:`burst_standbys`): a burst seen once (not yet recurring) is covered by
+  warm standbys: a claim takes a warm start, so its next occurrence is served within
+  seconds, where a replica cold-started for it would come after a burst shorter than a cold
+  start, or after a longer one's first cold start; and a standby can serve any model of a
+  shared pool, unlike a held replica.
 * **burst lengths** (:func:`typical_burst_s`, :func:`current_burst`): how long the bursts in
   the memory lasted (runs of short-window demand a whole replica above its median), so the
   policy can tell a burst that will be over before a new replica is ready.
@@ -50,6 +51,7 @@ __all__ = [
     "burst_runs",
     "burst_standbys",
     "current_burst",
+    "demand_level",
     "held_level",
     "ongoing",
     "record",
@@ -143,8 +145,15 @@ def held_level(peaks: Peaks, quantile: float, recent_s: float) -> float:
 
 
 def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: float) -> float:
-    """Standbys for a burst shorter than a cold start seen once whose requests exceed the
-    memory's share of the miss budget: its level beyond ``held`` (0 when none)."""
+    """Standbys for a burst seen once whose next occurrence would miss more than the memory's
+    share of the miss budget while a replica cold-starts for it: its level beyond ``held`` (0
+    when none). A burst shorter than a cold start (a run of short-window demand) is over
+    before such a replica is ready, so all its requests at that level count. A longer one (a
+    run of the stable window's demand: a plateau under one replica's throughput looks like
+    its gaps in the short windows) counts the requests of its first cold start, once over
+    and while it is the memory's only one: one still going on is the reactive stages' (its
+    replicas are on their way), and once one came back the held level and the recurrence
+    serve them."""
     budget = BUDGET_SHARE * (1.0 - quantile)
     for start, end in burst_runs(peaks):
         if end - start >= cold_start_s:
@@ -152,7 +161,17 @@ def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: flo
         level = max(b.demand for b in peaks if start <= b.start < end)
         if level > held and _share(peaks, level) > budget:
             return level - held
-    return 0.0
+    runs = burst_runs(peaks, demand_level)
+    going = ongoing(peaks, runs)
+    over = [(start, end) for start, end in runs
+            if end - start >= cold_start_s and start != going]
+    total = math.fsum(b.requests for b in peaks)
+    if len(over) != 1 or total <= 0:  # none, or one that came back: held or recurring
+        return 0.0
+    start, end = over[0]
+    level = max(b.demand for b in peaks if start <= b.start < end)
+    first = math.fsum(b.requests for b in peaks if start <= b.start < start + cold_start_s)
+    return level - held if level > held and first / total > budget else 0.0
 
 
 def replicas_at(level: float, speed: float) -> int:
@@ -164,6 +183,11 @@ def replicas_at(level: float, speed: float) -> int:
     if whole > 0 and needed <= whole * (1 + SPEED_NOISE):
         return whole
     return max(0, math.ceil(needed - 1e-9))
+
+
+def demand_level(bucket: Bucket) -> float:
+    """What a bucket's plateaus needed: its stable window's demand."""
+    return bucket.demand
 
 
 def short_level(bucket: Bucket) -> float:

@@ -17,7 +17,10 @@ Stages, in order (each a function, tested alone with a fake clock):
    steady decode batch within the slots), not a bound on their sum. The batch term is this
    stage's alone: the burst memory records levels at Poisson variability and the rise and
    panic stages size a rate change (a batch reading from one window's noise, held through
-   every gap, cost the bursty traces GPU-hours and bought nothing).
+   every gap, cost the bursty traces GPU-hours and bought nothing). **After a fall**
+   (:func:`after_a_fall`): while the short window's rate is beyond noise below the stable
+   one (:func:`falling`, the rise test mirrored), the stable window still holds demand that
+   is over, and this stage starts no replica the short window's rate does not need.
 4. **queue** (:func:`backlog_trigger`): prefill work queued (requests waiting *or* admitted
    without a first token, which vLLM counts as running) beyond one in progress per replica,
    when it would hold a new request longer than a share of the SLO, or waiting requests over
@@ -55,9 +58,10 @@ Stages, in order (each a function, tested alone with a fake clock):
 8. **rate limit** (:func:`rate_limit`), **scale to zero** (:func:`scale_to_zero`), **bounds**,
    **budget** (:func:`budget_clamp`: never more replicas than the pool's free GPUs and warm
    standbys can place; the reason says so).
-9. **warm standbys** (:func:`~kubeplex.autoscaler.memory.burst_standbys`): a burst shorter
-   than a cold start, seen once, is covered by warm standbys until it recurs (a fixed pool
-   when configured).
+9. **warm standbys** (:func:`~kubeplex.autoscaler.memory.burst_standbys`): a burst seen once
+   is covered by warm standbys until it recurs, when the requests a cold start for its next
+   occurrence would miss exceed the budget: all of a burst shorter than a cold start, a
+   longer one's first cold start (a fixed pool when configured).
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ __all__ = [
     "Observed",
     "Stage",
     "Starting",
+    "after_a_fall",
     "backlog_trigger",
     "budget_clamp",
     "burst_replicas",
@@ -107,6 +112,7 @@ __all__ = [
     "correct_speed",
     "decide",
     "draining_capacity",
+    "falling",
     "feedback_margin",
     "futile",
     "panic",
@@ -477,6 +483,39 @@ def rising(short_rate: float, stable_rate: float, short_window_s: float,
     return short_rate > stable_rate + rise_z(short_window_s, stable_window_s) * noise
 
 
+def falling(short_rate: float, stable_rate: float, short_window_s: float,
+            stable_window_s: float, dispersion: float) -> bool:
+    """Whether the short window's rate is below the stable one by more than noise: the rise
+    test mirrored, with the counts' variance ``dispersion`` times their mean (bursty or
+    batched arrivals dip by chance more than Poisson ones). The stable window then still
+    holds a burst that is over."""
+    if short_window_s <= 0:
+        return False
+    noise = math.sqrt(dispersion * max(stable_rate, 1.0 / short_window_s) / short_window_s)
+    return short_rate < stable_rate - rise_z(short_window_s, stable_window_s) * noise
+
+
+def after_a_fall(target: int, current: int, burst: Signals | NoData, stable: Signals,
+                 capacity: ReplicaCapacity, config: AutoscalerConfig, cv2: float,
+                 batch: float) -> tuple[int, str]:
+    """The SLO stage's ``target`` when the short window's rate fell beyond noise below the
+    stable window's (:func:`falling`, at the counts' dispersion ``max(cv2, batch)``): the
+    stable window still holds demand that is over, and a replica started for it now would
+    come after it. No more than the ``current`` replicas or what the short window's rate
+    needs, whichever is more; a scale-down still waits as usual. With why ("" when the
+    target stands)."""
+    if target <= current or not isinstance(burst, Signals) or not falling(
+            burst.arrival_rate, stable.arrival_rate, burst.window_s, stable.window_s,
+            max(cv2, batch)):
+        return target, ""
+    now_needs = _mix_replicas(burst.arrival_rate, capacity, config, cv2, batch)
+    if now_needs >= target:
+        return target, ""
+    kept = max(current, now_needs)
+    return kept, (f"; but {burst.arrival_rate:.2f} req/s over the last {burst.window_s:.0f} s "
+                  f"fell beyond noise: {kept} while the stable window still holds it")
+
+
 def burst_replicas(burst: Signals, capacity: ReplicaCapacity, config: AutoscalerConfig,
                    cv2: float) -> float:
     """Replicas the short window's arrivals needed, as the burst memory records them: the
@@ -790,6 +829,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     note = (f"SLO p{config.percentile:g} TTFT {config.slo_ttft_s:g} s at {rate:.2f} req/s "
             f"needs {target} ({capacity.service_rate:.2f} req/s/replica, {capacity.source}"
             f"{adjusted})")
+    target, fell = after_a_fall(target, current, burst, stable, capacity, config, cv2, batch)
+    note += fell
     stages.append(Stage("slo", target, note))
     deciding = note
     quiet = not observed.starting and steady and target <= observed.ready

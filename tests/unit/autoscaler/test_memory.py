@@ -64,9 +64,29 @@ def test_standbys_cover_a_short_burst_seen_once_beyond_what_is_held() -> None:
     once = _series([1, 1, 5, 1, 1, 1], shorts=[1, 1, 5, 1, 1, 1])
     assert burst_standbys(once, held=1.0, quantile=P99, cold_start_s=60.0) == pytest.approx(4)
     assert burst_standbys(once, held=5.0, quantile=P99, cold_start_s=60.0) == 0
-    # A burst longer than a cold start is left to the reactive stages.
-    long = _series([1] + [5] * 8 + [1], shorts=[1] + [5] * 8 + [1])
-    assert burst_standbys(long, held=1.0, quantile=P99, cold_start_s=60.0) == 0
+
+
+
+def test_standbys_cover_a_long_burst_seen_once_for_its_first_cold_start() -> None:
+    """A burst longer than a cold start: its replicas come within it, so what a standby
+    saves is its first cold start's requests. Not while it goes on (its replicas are on
+    their way), nor once one came back (the held level's and the recurrence's business),
+    nor when its first cold start's requests fit the budget."""
+    shape = [1] * 6 + [5] * 8 + [1] * 6
+    over = _series(shape, shorts=shape)
+    assert burst_standbys(over, held=1.0, quantile=P99, cold_start_s=60.0) == pytest.approx(4)
+    # A plateau under one replica's throughput looks like its gaps in the short windows: a
+    # long burst is found in the stable window's demand.
+    plateau = _series(shape, shorts=[1] * len(shape))
+    assert burst_standbys(plateau, held=1.0, quantile=P99, cold_start_s=60.0) == pytest.approx(4)
+    going = _series([1] * 10 + [5] * 7, shorts=[1] * 10 + [5] * 7)
+    assert current_burst(going) is not None
+    assert burst_standbys(going, held=1.0, quantile=P99, cold_start_s=60.0) == 0
+    twice = _series(shape * 2, shorts=shape * 2)
+    assert burst_standbys(twice, held=1.0, quantile=P99, cold_start_s=60.0) == 0
+    # 6 requests in its first cold start of ~2,000 in memory: within half the 1% budget.
+    light = _series(shape + [1] * 150, requests=13.0, shorts=shape + [1] * 150, busy=1.0)
+    assert burst_standbys(light, held=1.0, quantile=P99, cold_start_s=60.0) == 0
 
 
 def test_a_held_level_falls_with_the_traffic_its_bursts_rode_on() -> None:

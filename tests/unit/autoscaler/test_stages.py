@@ -11,9 +11,11 @@ import pytest
 from kubeplex.autoscaler.memory import BUCKET_S, Bucket
 from kubeplex.autoscaler.policy import (
     AutoscalerConfig,
+    after_a_fall,
     backlog_trigger,
     burst_replicas,
     draining_capacity,
+    falling,
     futile,
     rise_z,
     rising,
@@ -21,7 +23,7 @@ from kubeplex.autoscaler.policy import (
     window_demand,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity
-from kubeplex.autoscaler.signals import Signals
+from kubeplex.autoscaler.signals import NoData, Signals
 
 CONFIG = AutoscalerConfig(
     slo_ttft_s=1.0, percentile=95, min_replicas=1, max_replicas=50, prefill_s_hint=0.05,
@@ -99,6 +101,18 @@ def test_a_rise_is_a_short_window_rate_beyond_poisson_noise() -> None:
     assert rising(5.0, 0.0, 6.0, 60.0)
 
 
+def test_a_fall_is_the_rise_test_mirrored_at_the_counts_dispersion() -> None:
+    """30 req/s in the stable window, 6 s short windows tested ten times per stable window
+    (2.84 standard deviations): Poisson counts over 6 s have a standard deviation of
+    sqrt(30 / 6) ~ 2.24 req/s, so below ~23.7 req/s the rate has fallen; counts twice as
+    dispersed (batched or bursty arrivals) need ~21.0 req/s."""
+    assert falling(22.0, 30.0, 6.0, 60.0, 1.0)
+    assert not falling(24.0, 30.0, 6.0, 60.0, 1.0)
+    assert not falling(22.0, 30.0, 6.0, 60.0, 2.0)
+    assert falling(20.0, 30.0, 6.0, 60.0, 2.0)
+    assert not falling(0.0, 30.0, 0.0, 60.0, 1.0)  # no short window: no test
+
+
 def test_the_rise_test_keeps_its_false_alarm_rate_per_stable_window() -> None:
     """The test repeats on every 6 s window of a 60 s stable window: ten chances for noise.
     At 2 standard deviations each (~2.3% one-sided), a steady rate rose falsely in one stable
@@ -140,3 +154,22 @@ def test_the_memory_records_a_window_at_poisson_variability() -> None:
     assert bursty > poisson
     assert window_demand(bursty, 12.0, CAPACITY, CONFIG, 400.0) == poisson
     assert window_demand(poisson, 12.0, CAPACITY, CONFIG, 1.0) == poisson
+
+
+def test_after_a_fall_the_slo_stage_starts_no_replica_for_demand_that_is_over() -> None:
+    """The stable window still says 30 req/s (more than 2 replicas); the last 6 s
+    came at 5 req/s, far beyond noise below: no cold start for the 30, the 2 running stay
+    (a scale-down waits as usual). A dip within noise, a target already met, or no short
+    window leave the target alone."""
+    stable = _signals(arrival_rate=30.0)
+    short = _signals(window_s=6, arrival_rate=5.0)
+    target = slo_replicas(30.0, CAPACITY, CONFIG, 1.0)
+    assert target > 2 and slo_replicas(5.0, CAPACITY, CONFIG, 1.0) <= 2
+    kept, why = after_a_fall(target, 2, short, stable, CAPACITY, CONFIG, 1.0, 1.0)
+    assert kept == 2 and "fell beyond noise" in why
+    dip = _signals(window_s=6, arrival_rate=27.0)
+    assert after_a_fall(target, 2, dip, stable, CAPACITY, CONFIG, 1.0, 1.0) == (target, "")
+    assert after_a_fall(target, target, short, stable, CAPACITY, CONFIG, 1.0, 1.0) == (
+        target, "")
+    assert after_a_fall(target, 2, NoData("no scrapes"), stable, CAPACITY, CONFIG, 1.0,
+                        1.0) == (target, "")
