@@ -345,12 +345,16 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     # writes it with the group placed and this decision as its lastScale (one write less per
     # ModelService, in a mass apply the API server's busiest moment). Once only: a start that
     # keeps failing does not hold the status back; a refused or short model is reported now.
+    # ``ctx.first_scale`` is shared by the pools' concurrent cycles: each takes and puts back
+    # only its own ModelServices' entries.
     starting = {m for a in plan.actions if a.kind is ActionKind.START for m in a.models}
-    first_scale, ctx.first_scale = ctx.first_scale, {
-        k: (d.desired, d.reason) for m in live
-        if (k := _key(m)) in starting and not m.get("status") and k not in degraded
-        and plan.shortfall_of(k) is None and k not in ctx.first_scale
-        and (d := result.decisions.get(k)) is not None}
+    first_scale = {k: v for m in live
+                   if (v := ctx.first_scale.pop(k := _key(m), None)) is not None}
+    deferred = {k: (d.desired, d.reason) for m in live
+                if (k := _key(m)) in starting and not m.get("status") and k not in degraded
+                and plan.shortfall_of(k) is None and k not in first_scale
+                and (d := result.decisions.get(k)) is not None}
+    ctx.first_scale.update(deferred)
     replicas: dict[str, tuple[int, int, int]] = {}
     hosting, warm_in = _by_model(objs.values())
     for m in live:
@@ -361,7 +365,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         found = result.decisions.get(mkey)
         serving, ready_count = _replica_counts(name, mine)
         replicas[mkey] = (found.desired if found else 0, ready_count, warm)
-        if mkey in ctx.first_scale:
+        if mkey in deferred:
             continue
         jobs.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
                                       degraded.get(mkey), plan.shortfall_of(mkey), warm, now,

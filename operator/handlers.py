@@ -346,6 +346,7 @@ def _forget(memo: kopf.Memo, namespace: str, name: str, spec: Mapping[str, Any],
     memo.seen.pop(key, None)
     memo.ctx.services.pop(key, None)  # the Service goes with its owner
     memo.ctx.specs.pop(key, None)
+    memo.ctx.first_scale.pop(key, None)
     # A ModelService refused for using this one's served name may proceed now.
     gone = served_name({"metadata": {"name": name}, "spec": dict(spec)})
     for other_pool, store in msvc_by_pool.items():

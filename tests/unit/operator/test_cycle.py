@@ -5,6 +5,7 @@ warm claims. The fake makes every pod scheduled and ready on its planned node (a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from typing import Any
 
@@ -20,6 +21,7 @@ from operator_fakes import (
 )
 
 from kubeplex.control import ActionKind, group_name
+from kubeplex.operator._builders import POOL_LABEL
 from kubeplex.operator._executor import POD_SHOWS_S
 from kubeplex.operator._metrics import OperatorMetrics
 from kubeplex.operator._placement import Templates
@@ -449,3 +451,31 @@ def test_a_model_placement_cannot_fit_beside_the_others_is_degraded() -> None:
         status = kube.objects[("ModelService", "ns", key.split("/")[1])]["status"]
         cond = {c["type"]: c for c in status["conditions"]}["Degraded"]
         assert cond["reason"] == "DoesNotFit" and "maxGPUs" in cond["message"]
+
+
+def test_a_first_status_left_to_the_next_cycle_survives_another_pools_cycle() -> None:
+    """A new ModelService's first status waits for the cycle after the one that started its
+    group, which writes the start as its lastScale (from 0). The pools' cycles share the
+    operator's context: another pool's cycle in between must not drop that record."""
+    kube = FakeKube()
+    a, b = msvc("a", 1), msvc("b", 1)
+    b["spec"]["pool"] = "q"
+    register(kube, a, b)
+    ctx = context(kube)
+    q = copy.deepcopy(pool())
+    q["metadata"].update(name="q", uid="pool-q")
+
+    def cycle(pool_obj: dict[str, Any], model: dict[str, Any], t: float) -> None:
+        snap = snapshot(kube, pool_obj, [copy.deepcopy(model)], nodes(1))
+        mine = [g for g in snap.groups
+                if g["metadata"]["labels"].get(POOL_LABEL) == pool_obj["metadata"]["name"]]
+        run_cycle(ctx, dataclasses.replace(snap, groups=mine), NOW + t)
+
+    cycle(pool(), a, 0)  # starts a's group; a's first status waits
+    cycle(q, b, 0.5)  # another pool starts b's
+    assert not kube.objects[("ModelService", "ns", "a")].get("status")
+    cycle(pool(), a, 1)
+    status = kube.objects[("ModelService", "ns", "a")]["status"]
+    assert (status["lastScale"]["from"], status["lastScale"]["to"]) == (0, 1)
+    assert [w for w in kube.writes if w[1] == "ModelService" and w[2] == "a"] == [
+        ("patch-status", "ModelService", "a")]
