@@ -186,7 +186,9 @@ def replicas_at(level: float, speed: float) -> int:
 
 
 def demand_level(bucket: Bucket) -> float:
-    """What a bucket's plateaus needed: its stable window's demand."""
+    """What a bucket needed: the stable window's demand, not the short windows' (these are
+    sized to clear a few seconds of work, so a plateau under one replica's throughput looks
+    like its gaps in them, while it needs the replicas its stable window shows)."""
     return bucket.demand
 
 

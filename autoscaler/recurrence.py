@@ -8,10 +8,11 @@ start ahead of it and need not hold the bursts' level in between.
 
 * **detection** (:func:`detect`): the starts of the bursts in the memory (runs of what its
   buckets needed a whole replica above the median: :func:`~kubeplex.autoscaler.memory.
-  burst_runs` on :func:`needed`; a burst under way when the memory's first bucket was
-  recorded has no known start and is left out; each starts where its arrivals rose, up to a
-  stable window before its demand did), at least :data:`MIN_STARTS` of them, and
-  every two consecutive intervals ``d1, d2`` agreeing as ``|d1 - d2| <= LEVEL * (d1 + d2)``.
+  burst_runs` on :func:`~kubeplex.autoscaler.memory.demand_level`; a burst under way when
+  the memory's first bucket was recorded has no known start and is left out; each starts
+  where its arrivals rose, up to a stable window before its demand did), at least
+  :data:`MIN_STARTS` of them, and every two consecutive intervals ``d1, d2`` agreeing as
+  ``|d1 - d2| <= LEVEL * (d1 + d2)``.
   Under bursts that start as a Poisson process (independent exponential gaps, the ``bursts``
   traces), ``d1 / (d1 + d2)`` is uniform on [0, 1], so ``|d1 - d2| / (d1 + d2)`` is too, and
   each pair passes by chance with probability exactly :data:`LEVEL`: a period is read into
@@ -35,7 +36,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from kubeplex.autoscaler.memory import BUCKET_S, Bucket, Peaks, burst_runs, ongoing
+from kubeplex.autoscaler.memory import (
+    BUCKET_S,
+    Peaks,
+    burst_runs,
+    demand_level,
+    ongoing,
+)
 from kubeplex.autoscaler.signals import TEST_Z
 
 __all__ = [
@@ -46,7 +53,6 @@ __all__ = [
     "Schedule",
     "Z",
     "detect",
-    "needed",
     "schedule",
     "without_bursts",
 ]
@@ -98,13 +104,6 @@ class Schedule:
     last: tuple[float, float] | None = None
 
 
-def needed(bucket: Bucket) -> float:
-    """What a bucket needed: the stable window's demand, not the short windows' (these are
-    sized to clear a few seconds of work, so a plateau under one replica's throughput looks
-    like its gaps in them, while it needs the replicas its stable window shows)."""
-    return bucket.demand
-
-
 def _rise(peaks: Peaks, start: float, lag_s: float, bound: float) -> float:
     """Where the arrivals of a burst whose demand rose at ``start`` began to rise: the first
     of the buckets just before it, within ``lag_s`` (the stable window that measured the
@@ -124,12 +123,13 @@ def detect(peaks: Peaks, lag_s: float) -> Recurrence | None:
     """The period the bursts in the memory start at, or None (fewer than :data:`MIN_STARTS`
     known starts, or two consecutive intervals that disagree beyond :data:`LEVEL`). A burst
     starts where its arrivals rose (:func:`_rise`), up to ``lag_s`` before its demand did."""
-    return _detect(peaks, burst_runs(peaks, needed), lag_s)
+    return _detect(peaks, burst_runs(peaks, demand_level), lag_s)
 
 
 def _detect(peaks: Peaks, bursts: Sequence[tuple[float, float]],
             lag_s: float) -> Recurrence | None:
-    """:func:`detect` on the memory's ``bursts`` (:func:`burst_runs` on :func:`needed`)."""
+    """:func:`detect` on the memory's ``bursts`` (:func:`burst_runs` on
+    :func:`~kubeplex.autoscaler.memory.demand_level`)."""
     if not peaks:
         return None
     counts = sorted(b.requests for b in peaks)
@@ -148,7 +148,8 @@ def _detect(peaks: Peaks, bursts: Sequence[tuple[float, float]],
     # The next start is known to a bucket (starts are bucket starts) beyond the intervals'
     # own spread around the period.
     spread = max(abs(d - period) for d in intervals) + BUCKET_S
-    level = min(max(needed(b) for b in peaks if start <= b.start < end) for _, start, end in runs)
+    level = min(max(demand_level(b) for b in peaks if start <= b.start < end)
+                for _, start, end in runs)
     return Recurrence(starts, period, spread, level)
 
 
@@ -157,7 +158,7 @@ def schedule(peaks: Peaks, now: float, lead_s: float, lag_s: float) -> Schedule:
     plus the spread before the next start, ``BETWEEN`` after the last burst ended and before
     that, ``DURING`` a burst; ``NONE`` without a period or once the next start is overdue
     (``lag_s``: see :func:`detect`)."""
-    bursts = burst_runs(peaks, needed)
+    bursts = burst_runs(peaks, demand_level)
     found = _detect(peaks, bursts, lag_s)
     if found is None:
         return Schedule(Phase.NONE)
@@ -182,6 +183,6 @@ def without_bursts(peaks: Peaks, settle_s: float) -> Peaks:
     window still carries a burst that ended): what to hold between recurring bursts. Called
     once :func:`detect` found a period, every burst with a known start is on it, and one under
     way when the memory began is taken to be too."""
-    spans = burst_runs(peaks, needed)
+    spans = burst_runs(peaks, demand_level)
     return tuple(b for b in peaks
                  if not any(start <= b.start < end + settle_s for start, end in spans))
