@@ -57,6 +57,7 @@ __all__ = [
     "record",
     "recurring",
     "replicas_at",
+    "run_level",
     "short_level",
     "typical_burst_s",
 ]
@@ -158,7 +159,7 @@ def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: flo
     for start, end in burst_runs(peaks):
         if end - start >= cold_start_s:
             continue
-        level = max(b.demand for b in peaks if start <= b.start < end)
+        level = run_level(peaks, start, end)
         if level > held and _share(peaks, level) > budget:
             return level - held
     runs = burst_runs(peaks, demand_level)
@@ -169,7 +170,7 @@ def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: flo
     if len(over) != 1 or total <= 0:  # none, or one that came back: held or recurring
         return 0.0
     start, end = over[0]
-    level = max(b.demand for b in peaks if start <= b.start < end)
+    level = run_level(peaks, start, end)
     first = math.fsum(b.requests for b in peaks if start <= b.start < start + cold_start_s)
     return level - held if level > held and first / total > budget else 0.0
 
@@ -183,6 +184,12 @@ def replicas_at(level: float, speed: float) -> int:
     if whole > 0 and needed <= whole * (1 + SPEED_NOISE):
         return whole
     return max(0, math.ceil(needed - 1e-9))
+
+
+def run_level(peaks: Peaks, start: float, end: float) -> float:
+    """The highest demand in a run of the memory's buckets from ``start`` to ``end`` (one of
+    :func:`burst_runs`): the level that burst reached."""
+    return max(b.demand for b in peaks if start <= b.start < end)
 
 
 def demand_level(bucket: Bucket) -> float:

@@ -479,8 +479,8 @@ def rising(short_rate: float, stable_rate: float, short_window_s: float,
     a real rise, sized at once, not a minute later."""
     if short_window_s <= 0:
         return False
-    noise = math.sqrt(max(stable_rate, 1.0 / short_window_s) / short_window_s)
-    return short_rate > stable_rate + rise_z(short_window_s, stable_window_s) * noise
+    return short_rate > stable_rate + _beyond_noise(stable_rate, short_window_s,
+                                                    stable_window_s, 1.0)
 
 
 def falling(short_rate: float, stable_rate: float, short_window_s: float,
@@ -491,8 +491,17 @@ def falling(short_rate: float, stable_rate: float, short_window_s: float,
     holds a burst that is over."""
     if short_window_s <= 0:
         return False
+    return short_rate < stable_rate - _beyond_noise(stable_rate, short_window_s,
+                                                    stable_window_s, dispersion)
+
+
+def _beyond_noise(stable_rate: float, short_window_s: float, stable_window_s: float,
+                  dispersion: float) -> float:
+    """How far (req/s) a short window's rate strays from the stable one by noise alone at the
+    rise test's level: :func:`rise_z` standard deviations of a count over the short window
+    at the stable rate, its variance ``dispersion`` times its mean (1: Poisson)."""
     noise = math.sqrt(dispersion * max(stable_rate, 1.0 / short_window_s) / short_window_s)
-    return short_rate < stable_rate - rise_z(short_window_s, stable_window_s) * noise
+    return rise_z(short_window_s, stable_window_s) * noise
 
 
 def after_a_fall(target: int, current: int, burst: Signals | NoData, stable: Signals,

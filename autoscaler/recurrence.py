@@ -42,6 +42,7 @@ from kubeplex.autoscaler.memory import (
     burst_runs,
     demand_level,
     ongoing,
+    run_level,
 )
 from kubeplex.autoscaler.signals import TEST_Z
 
@@ -148,8 +149,7 @@ def _detect(peaks: Peaks, bursts: Sequence[tuple[float, float]],
     # The next start is known to a bucket (starts are bucket starts) beyond the intervals'
     # own spread around the period.
     spread = max(abs(d - period) for d in intervals) + BUCKET_S
-    level = min(max(demand_level(b) for b in peaks if start <= b.start < end)
-                for _, start, end in runs)
+    level = min(run_level(peaks, start, end) for _, start, end in runs)
     return Recurrence(starts, period, spread, level)
 
 
