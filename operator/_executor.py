@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -341,15 +342,15 @@ class Executor:
         if view.phase == "Lost":
             self._forget_lost(view, hosted)
             return
-        made = self.pods_made.pop(f"{view.namespace}/{view.name}", None)
+        key = f"{view.namespace}/{view.name}"
+        if view.pod is not None:
+            self.pods_made.pop(key, None)  # shown: no longer expected
         if view.pod is None:
             if view.models and len(hosted) != len(view.models):
                 return  # its model is gone: the plan drains it
-            if made is not None and time.monotonic() - made < POD_SHOWS_S:
-                self.pods_made[f"{view.namespace}/{view.name}"] = made  # not shown yet
-            else:
+            if time.monotonic() - self.pods_made.get(key, -math.inf) >= POD_SHOWS_S:
                 self._create_pod(view.namespace, view.name, view.uid, view.node, view.tp,
-                                 view.pp, hosted, view.warm)
+                                 view.pp, hosted, view.warm)  # else made, not shown yet
         elif view.phase == "Loading" and CLAIMED_AT in view.annotations and hosted:
             self._finish_claim(view, hosted, now)
             return
