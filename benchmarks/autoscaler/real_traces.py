@@ -17,8 +17,13 @@ Writes ``results/real_traces.json``, ``results/real_traces.md`` (the table) and
 Runs are cached in ``build/bench/real_traces/cache.json`` by what they depend on (trace,
 speed, policy, the law's source for kubeplex), so a re-run replays only what changed.
 
+``--draw K`` (K >= 1) draws the generated traces again with other seeds (the table's plus
+10 K; the Mooncake trace is what it is, so it is left out) and writes
+``results/real_traces-draw{K}.*``: the same bars on traces no constant was looked at on. A
+change to the law that passes more rows of the table by chance shows here.
+
 Usage: python benchmarks/autoscaler/real_traces.py [--traces a,b] [--speeds 1.0,0.7]
-       [--policies kubeplex,hpa,...] [--jobs 2] [--no-plot]
+       [--policies kubeplex,hpa,...] [--draw K] [--jobs 2] [--no-plot]
 """
 
 from __future__ import annotations
@@ -58,7 +63,18 @@ class TraceSpec:
     what: str
     gpu: str
     slo_s: float
-    make: Callable[[], Any]
+    make: Callable[[int], Any]
+    #: The table's seed; None for a recorded trace, which cannot be drawn again.
+    seed: int | None = None
+
+    def trace(self, draw: int) -> Any:
+        if draw and self.seed is None:
+            raise ValueError(f"{self.name} is a recorded trace: it has no other draws")
+        return self.make((self.seed or 0) + DRAW_SEED_STEP * draw)
+
+
+#: Draw K of a generated trace uses the table's seed plus this times K.
+DRAW_SEED_STEP = 10
 
 
 def _bursts(gap_s: float, seed: int) -> Any:
@@ -95,7 +111,7 @@ def _gamma(seed: int) -> Any:
     return generate(lambda t: np.full_like(t, 15.0), 3600.0, 4.0, seed)
 
 
-def _mooncake() -> Any:
+def _mooncake(_seed: int) -> Any:
     from kubeplex.autoscaler.trace import read_trace
 
     return read_trace(MOONCAKE)
@@ -105,19 +121,19 @@ TRACES: dict[str, TraceSpec] = {s.name: s for s in (
     TraceSpec("mooncake", "Mooncake conversation trace (Kimi production, 12,031 requests, "
               "~12k-token prompts, 59 min)", "H100-80GB", 2.0, _mooncake),
     TraceSpec("bursts", "bursts of 20-60 req/s lasting 2-10 s, exponential idle gaps of mean "
-              "60 s over 1 req/s, 90 min", "A100-80GB", 1.0, lambda: _bursts(60.0, 1)),
+              "60 s over 1 req/s, 90 min", "A100-80GB", 1.0, lambda s: _bursts(60.0, s), 1),
     TraceSpec("bursts-sparse", "the same bursts, gaps of mean 240 s, 90 min", "A100-80GB", 1.0,
-              lambda: _bursts(240.0, 2)),
+              lambda s: _bursts(240.0, s), 2),
     TraceSpec("diurnal-bursts", "diurnal 4 -> 20 -> 4 req/s over 60 min, cv 2, four bursts of "
-              "2-3x for 60-150 s", "A100-80GB", 1.0, lambda: _diurnal_bursts(3)),
+              "2-3x for 60-150 s", "A100-80GB", 1.0, _diurnal_bursts, 3),
     TraceSpec("diurnal-bursts-0.3s", "the same at a 0.3 s SLO (the longest prompts cannot "
-              "meet it)", "A100-80GB", 0.3, lambda: _diurnal_bursts(3)),
+              "meet it)", "A100-80GB", 0.3, _diurnal_bursts, 3),
     TraceSpec("step", "10 req/s, a 5x step for 5 min with a 60 s ramp (as fast as a cold "
-              "start), cv 2, 40 min", "A100-80GB", 1.0, lambda: _step(4)),
+              "start), cv 2, 40 min", "A100-80GB", 1.0, _step, 4),
     TraceSpec("on-off", "3 req/s with 3 min at 30 req/s every 10 min, cv 1.5, 60 min",
-              "H100-80GB", 0.5, lambda: _on_off(5)),
+              "H100-80GB", 0.5, _on_off, 5),
     TraceSpec("gamma", "15 req/s, Gamma inter-arrivals cv 4, 60 min", "A100-80GB", 1.0,
-              lambda: _gamma(6)),
+              _gamma, 6),
 )}
 
 
@@ -140,13 +156,16 @@ def _digests() -> tuple[str, str]:
     return world.hexdigest()[:16], law.hexdigest()[:16]
 
 
-def _run(job: tuple[str, float, str, float]) -> dict[str, Any]:
+Job = tuple[str, float, str, float, int]  # trace, speed, policy, oracle utilization, draw
+
+
+def _run(job: Job) -> dict[str, Any]:
     from kubeplex.autoscaler.evaluation import Scenario, replay
     from kubeplex.placement.llm import profile
 
-    name, speed, policy, utilization = job
+    name, speed, policy, utilization, draw = job
     spec = TRACES[name]
-    trace = spec.make()
+    trace = spec.trace(draw)
     scenario = Scenario(profile(MODEL, spec.gpu), spec.slo_s, PERCENTILE, COLD_START_S,
                         WARM_START_S, None, None, speed, utilization)
     start = time.monotonic()
@@ -157,10 +176,10 @@ def _run(job: tuple[str, float, str, float]) -> dict[str, Any]:
             "requests": result.requests, "seconds": round(time.monotonic() - start, 1)}
 
 
-def _key(job: tuple[str, float, str, float], digests: tuple[str, str]) -> str:
-    name, speed, policy, utilization = job
+def _key(job: Job, digests: tuple[str, str]) -> str:
+    name, speed, policy, utilization, draw = job
     version = digests[1] if policy == "kubeplex" else digests[0]
-    return f"{name}|{speed}|{policy}|{utilization}|{version}"
+    return f"{name}|{speed}|{policy}|{utilization}|{version}" + (f"|draw{draw}" if draw else "")
 
 
 def oracle_cost_at(points: list[dict[str, Any]], attainment: float) -> float | None:
@@ -197,6 +216,10 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "cost_ok": ratio is None or ratio <= COST_BAR, "dominated_by": dominated}
 
 
+def _passes(v: dict[str, Any]) -> bool:
+    return bool(v["attainment_ok"] and v["cost_ok"] and not v["dominated_by"])
+
+
 def _table(report: dict[str, Any]) -> str:
     lines = ["| trace | speed | kubeplex | hpa | kpa | static-peak | oracle ceiling | bar | "
              "oracle GPU-h at kubeplex's attainment | cost ratio | verdict |",
@@ -209,7 +232,7 @@ def _table(report: dict[str, Any]) -> str:
             r = rows.get(policy)
             return "-" if r is None else f"{r['attainment']:.2%} / {r['gpu_hours']:.2f}"
 
-        ok = v["attainment_ok"] and v["cost_ok"] and not v["dominated_by"]
+        ok = _passes(v)
         why = [] if ok else [w for w, bad in (
             ("attainment", not v["attainment_ok"]), ("cost", not v["cost_ok"]),
             (f"dominated by {', '.join(v['dominated_by'])}", bool(v["dominated_by"]))) if bad]
@@ -265,26 +288,36 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--traces", default=",".join(TRACES))
+    parser.add_argument("--traces", default="",
+                        help=f"comma-separated, of {', '.join(TRACES)} (default: all)")
     parser.add_argument("--speeds", default=",".join(f"{s:g}" for s in SPEEDS))
     parser.add_argument("--policies", default="kubeplex," + ",".join(BASELINES) + ",oracle")
+    parser.add_argument("--draw", type=int, default=0,
+                        help="draw the generated traces with other seeds (0: the table's)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args()
-    names = [n for n in args.traces.split(",") if n]
+    if args.draw < 0:
+        parser.error(f"--draw must be 0 (the table's seeds) or more, not {args.draw}")
+    generated = [n for n, spec in TRACES.items() if spec.seed is not None or not args.draw]
+    names = [n for n in args.traces.split(",") if n] if args.traces else generated
     unknown = [n for n in names if n not in TRACES]
     if unknown:
         parser.error(f"unknown traces {unknown}; known: {', '.join(TRACES)}")
+    recorded = [n for n in names if n not in generated]
+    if recorded:
+        parser.error(f"{', '.join(recorded)}: a recorded trace has no other draws; "
+                     f"leave it out of --traces with --draw {args.draw}")
     if "mooncake" in names and not MOONCAKE.exists():
         parser.error(f"the Mooncake trace is not at {MOONCAKE}")
     speeds = [float(s) for s in args.speeds.split(",")]
     policies = [p for p in args.policies.split(",") if p]
-    jobs: list[tuple[str, float, str, float]] = []
+    jobs: list[Job] = []
     for name in names:
         for speed in speeds:
             for policy in policies:
                 for u in (ORACLE_UTILIZATIONS if policy == "oracle" else (1.0,)):
-                    jobs.append((name, speed, policy, u))
+                    jobs.append((name, speed, policy, u, args.draw))
     BUILD.mkdir(parents=True, exist_ok=True)
     cache_path = BUILD / "cache.json"
     cache: dict[str, dict[str, Any]] = (json.loads(cache_path.read_text())
@@ -302,7 +335,9 @@ def main() -> int:
                   file=sys.stderr, flush=True)
     report: dict[str, Any] = {
         "model": MODEL, "percentile": PERCENTILE, "cold_start_s": COLD_START_S,
-        "warm_start_s": WARM_START_S, "command": "python benchmarks/autoscaler/real_traces.py",
+        "warm_start_s": WARM_START_S, "draw": args.draw,
+        "command": "python benchmarks/autoscaler/real_traces.py"
+                   + (f" --draw {args.draw}" if args.draw else ""),
         "traces": {n: {"what": TRACES[n].what, "gpu": TRACES[n].gpu,
                        "slo_ttft_s": TRACES[n].slo_s} for n in names},
         "results": []}
@@ -315,13 +350,16 @@ def main() -> int:
                 entry["verdict"] = verdict(runs)
             report["results"].append(entry)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "real_traces.json").write_text(json.dumps(report, indent=1) + "\n")
+    stem = "real_traces" + (f"-draw{args.draw}" if args.draw else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     complete = [e for e in report["results"] if "verdict" in e]
     table = _table({"results": complete})
-    (RESULTS / "real_traces.md").write_text(table)
+    (RESULTS / f"{stem}.md").write_text(table)
     print(table)
+    passed = sum(1 for e in complete if _passes(e["verdict"]))
+    print(f"{passed} of {len(complete)} rows pass", file=sys.stderr)
     if not args.no_plot:
-        _plot(report, RESULTS / "real_traces.png")
+        _plot(report, RESULTS / f"{stem}.png")
     return 0
 
 

@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
         return 2
     spec = real_traces.TRACES[argv[0]]
     speed = float(argv[1])
-    trace = spec.make()
+    trace = spec.trace(0)
     llm = profile(real_traces.MODEL, spec.gpu)
     for level in (int(n) for n in argv[2].split(",")):
         fleet = FleetConfig(profile=llm, cold_start_s=real_traces.COLD_START_S,

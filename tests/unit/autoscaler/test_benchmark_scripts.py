@@ -4,8 +4,11 @@ so that a change to the evaluation API breaks a test, not a 15-minute benchmark 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 from kubeplex.autoscaler.trace import generate, spike_rate, write_trace
 
@@ -16,6 +19,7 @@ def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", SCRIPTS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -33,3 +37,19 @@ def test_the_iso_cost_search_scales_a_baseline_to_the_budget(tmp_path: Path) -> 
     cheaper = run.iso_cost(path, "hpa", budget=unscaled["gpu_hours"] * 0.8)
     assert cheaper["scale"] > 1.0
     assert cheaper["gpu_hours"] <= unscaled["gpu_hours"] * 0.8
+
+
+def test_a_draw_redraws_the_generated_traces_and_leaves_the_table_seeds_alone() -> None:
+    """real_traces.py --draw K: the generated traces with other seeds (the table's plus 10 K),
+    each draw its own cache entries; a recorded trace has no other draws."""
+    rt = _load("real_traces")
+    spec = rt.TRACES["on-off"]
+    table, again, other = spec.trace(0), spec.trace(0), spec.trace(1)
+    assert (table.arrival_s == again.arrival_s).all()
+    assert len(other) != len(table) or (other.arrival_s != table.arrival_s).any()
+    assert (other.arrival_s == rt._on_off(spec.seed + rt.DRAW_SEED_STEP).arrival_s).all()
+    digests = ("world", "law")
+    assert rt._key(("on-off", 1.0, "hpa", 1.0, 0), digests) == "on-off|1.0|hpa|1.0|world"
+    assert rt._key(("on-off", 1.0, "hpa", 1.0, 2), digests).endswith("|draw2")
+    with pytest.raises(ValueError, match="recorded trace"):
+        rt.TRACES["mooncake"].trace(1)
