@@ -137,21 +137,33 @@ TRACES: dict[str, TraceSpec] = {s.name: s for s in (
 )}
 
 
-#: The control law's own modules (imported by the law alone): a change re-runs kubeplex only.
-#: Every other module of ``autoscaler/`` and ``placement/`` is the simulated world (the fleet,
-#: traces, queueing, signals, placement's latency model: the baselines and the oracle use them
-#: too), and a change there re-runs every policy.
+#: The control law's own modules: a change re-runs kubeplex only. Every other module of
+#: ``autoscaler/`` and ``placement/`` is the simulated world (the fleet, traces, queueing,
+#: signals, placement's latency model: the baselines and the oracle use them too), and a
+#: change there re-runs every policy.
 LAW_MODULES = ("policy.py", "capacity.py", "memory.py", "forecast.py", "feedback.py",
                "recurrence.py", "release.py")
+#: What the world takes from the law's modules (the fleet's view of a policy, the oracle's
+#: and the baselines' sizing): their source counts as the world's, so a change to them
+#: re-runs every policy too. ``test_benchmark_scripts`` checks the list against the imports.
+WORLD_FROM_LAW = {"policy": ("AutoscalerConfig", "Observed", "Starting", "profile_capacity",
+                             "slo_replicas", "target_per_replica")}
 
 
 def _digests() -> tuple[str, str]:
     """(digest of the simulated world, digest of the world and the law)."""
+    import importlib
+    import inspect
+
     world, law = hashlib.sha256(), hashlib.sha256()
     for folder in ("autoscaler", "placement"):
         for path in sorted((ROOT / folder).glob("*.py")):
             (law if path.name in LAW_MODULES and folder == "autoscaler" else world).update(
                 path.read_bytes())
+    for module, names in WORLD_FROM_LAW.items():
+        loaded = importlib.import_module(f"kubeplex.autoscaler.{module}")
+        for name in names:
+            world.update(inspect.getsource(getattr(loaded, name)).encode())
     law.update(world.digest())
     return world.hexdigest()[:16], law.hexdigest()[:16]
 

@@ -53,3 +53,29 @@ def test_a_draw_redraws_the_generated_traces_and_leaves_the_table_seeds_alone() 
     assert rt._key(("on-off", 1.0, "hpa", 1.0, 2), digests).endswith("|draw2")
     with pytest.raises(ValueError, match="recorded trace"):
         rt.TRACES["mooncake"].trace(1)
+
+
+def test_what_the_world_takes_from_the_law_reruns_every_policy() -> None:
+    """real_traces.py caches the baselines and the oracle by the world's digest alone. A name
+    that a world module imports from a law module (the oracle's sizing, the baselines'
+    tuning) must count as the world's, or a change to it would leave their rows stale. Only
+    the kubeplex policy's own entry points (``decide``, its state) may be left out."""
+    import ast
+
+    rt = _load("real_traces")
+    law = {name.removesuffix(".py") for name in rt.LAW_MODULES}
+    counted = {(m, n) for m, names in rt.WORLD_FROM_LAW.items() for n in names}
+    allowed = counted | {("policy", "decide"), ("policy", "AutoscalerState")}  # kubeplex's
+    package = SCRIPTS.parents[1] / "autoscaler"
+    missing = []
+    for path in sorted(package.glob("*.py")):
+        if path.stem in law or path.stem == "__init__":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                source = node.module.removeprefix("kubeplex.autoscaler.")
+                missing += [f"{path.name}: {source}.{alias.name}" for alias in node.names
+                            if source in law and (source, alias.name) not in allowed]
+    assert not missing, f"add to WORLD_FROM_LAW: {missing}"
+    world, _ = rt._digests()
+    assert len(world) == 16
