@@ -152,6 +152,7 @@ WORLD_FROM_LAW = {"policy": ("AutoscalerConfig", "Observed", "Starting", "profil
 
 def _digests() -> tuple[str, str]:
     """(digest of the simulated world, digest of the world and the law)."""
+    import dataclasses
     import importlib
     import inspect
 
@@ -163,7 +164,12 @@ def _digests() -> tuple[str, str]:
     for module, names in WORLD_FROM_LAW.items():
         loaded = importlib.import_module(f"kubeplex.autoscaler.{module}")
         for name in names:
-            world.update(inspect.getsource(getattr(loaded, name)).encode())
+            member = getattr(loaded, name)
+            # Its source, and the defaults it takes from module constants (VLLM_MAX_NUM_SEQS).
+            defaults = ([(f.name, f.default) for f in dataclasses.fields(member)
+                         if f.default is not dataclasses.MISSING]
+                        if dataclasses.is_dataclass(member) else member.__defaults__)
+            world.update(inspect.getsource(member).encode() + repr(defaults).encode())
     law.update(world.digest())
     return world.hexdigest()[:16], law.hexdigest()[:16]
 
