@@ -317,12 +317,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.draw < 0:
         parser.error(f"--draw must be 0 (the table's seeds) or more, not {args.draw}")
-    generated = [n for n, spec in TRACES.items() if spec.seed is not None or not args.draw]
-    names = [n for n in args.traces.split(",") if n] if args.traces else generated
+    # A recorded trace (seed None) is in draw 0 only.
+    drawable = [n for n, spec in TRACES.items() if spec.seed is not None or not args.draw]
+    names = [n for n in args.traces.split(",") if n] if args.traces else drawable
     unknown = [n for n in names if n not in TRACES]
     if unknown:
         parser.error(f"unknown traces {unknown}; known: {', '.join(TRACES)}")
-    recorded = [n for n in names if n not in generated]
+    recorded = [n for n in names if n not in drawable]
     if recorded:
         parser.error(f"{', '.join(recorded)}: a recorded trace has no other draws; "
                      f"leave it out of --traces with --draw {args.draw}")
