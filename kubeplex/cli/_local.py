@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,6 @@ DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 #: modelled capacity: it needs a scale-up from one replica (warm standby first) to most of
 #: them, and stays within what ``maxReplicas`` allows, whatever one replica's shape.
 DEMO_FLEET_SHARE = 0.5
-#: When the demo reads the autoscaler's decision, as a share of the burst's run: the middle of
-#: the load pattern's peak third.
-DEMO_PEAK_AT = 0.5
 #: The demo gives up waiting for scale-to-zero after this many seconds past the idle delay.
 DEMO_IDLE_MARGIN_S = 30.0
 
@@ -153,7 +151,7 @@ async def _demo(mode: Any, args: argparse.Namespace, stop: asyncio.Event) -> int
     import httpx
 
     from kubeplex.autoscaler.policy import profile_capacity
-    from kubeplex.operator.local.load import run_load
+    from kubeplex.operator.local.load import record_fleet, run_load
 
     try:
         run = next(iter(mode.runs.values()))
@@ -175,17 +173,22 @@ async def _demo(mode: Any, args: argparse.Namespace, stop: asyncio.Event) -> int
         rate = args.demo_rate or round(DEMO_FLEET_SHARE * most * (
             capacity.service_rate if capacity else 1.0), 1)
         print(f"demo: burst to {rate:g} req/s over {args.demo_duration:g} s", flush=True)
-        load = asyncio.ensure_future(run_load(
+        recorded = asyncio.Event()
+
+        async def model_state() -> dict[str, object]:
+            entry: dict[str, object] = mode.status()["models"][0]
+            return entry
+
+        fleet = asyncio.ensure_future(record_fleet(model_state, recorded))
+        result = await run_load(
             url, run.served, rate=rate, duration=args.demo_duration, pattern="burst",
-            prompt_tokens=workload.prompt_tokens, max_tokens=workload.output_tokens))
-        # The autoscaler's own account of the burst's peak (the middle third): what it wanted
-        # and what held it, e.g. the pool's GPU budget.
-        await asyncio.sleep(args.demo_duration * DEMO_PEAK_AT)
-        during = run.decision.reason if run.decision is not None else "no decision yet"
-        result = await load
-        for key, value in result.summary():
+            prompt_tokens=workload.prompt_tokens, max_tokens=workload.output_tokens)
+        recorded.set()
+        for key, value in result.summary(phases=False):
             print(f"demo: {key:>24}: {value}", flush=True)
-        print(f"demo: the autoscaler at the burst's peak: {during}", flush=True)
+        # Each phase against the SLO; a miss with its late requests and the fleet's timeline.
+        for line in result.verdicts(run.config.slo_ttft_s, run.config.percentile, await fleet):
+            print(f"demo: {line}", flush=True)
         limit = time.monotonic() + run.config.scale_to_zero_after_s + \
             run.config.scale_down_delay_s + DEMO_IDLE_MARGIN_S
         print("demo: idle; waiting for the fleet to scale to zero", flush=True)
@@ -264,13 +267,46 @@ def _status(args: argparse.Namespace) -> int:
 
 # ---- kubeplex load -------------------------------------------------------------------------
 
+async def _load_watched(args: argparse.Namespace, model: str,
+                        progress: Callable[[float], None]) -> tuple[Any, Any, Any]:
+    """The load, with the model's fleet read from the gateway's status meanwhile: (result,
+    fleet record, (SLO seconds, percentile) or None when the status does not list it)."""
+    import httpx
+
+    from kubeplex.operator.local.load import record_fleet, run_load
+
+    status_url = args.gateway.rstrip("/") + "/kubeplex/v1/status"
+    slo: list[tuple[float, float]] = []
+    async with httpx.AsyncClient(timeout=2) as client:
+
+        async def model_state() -> dict[str, object] | None:
+            try:
+                models = (await client.get(status_url)).json().get("models") or []
+            except (httpx.HTTPError, ValueError, AttributeError):
+                return None
+            entry = next((m for m in models if isinstance(m, dict) and m.get("name") == model),
+                         None)
+            if entry is not None and not slo and isinstance(entry.get("sloTTFT"), int | float):
+                slo.append((float(entry["sloTTFT"]), float(entry["percentile"])))
+            return entry
+
+        recorded = asyncio.Event()
+        fleet = asyncio.ensure_future(record_fleet(model_state, recorded))
+        try:
+            result = await run_load(
+                args.gateway, model, rate=args.rate, duration=args.duration,
+                pattern=args.pattern, prompt_tokens=args.prompt_tokens,
+                max_tokens=args.max_tokens, seed=args.seed, progress=progress)
+        finally:
+            recorded.set()
+        return result, await fleet, slo[0] if slo else None
+
+
 def _load(args: argparse.Namespace) -> int:
     import httpx
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
-
-    from kubeplex.operator.local.load import run_load
 
     model = args.model
     if model is None:
@@ -282,15 +318,19 @@ def _load(args: argparse.Namespace) -> int:
                            "check --gateway") from exc
     with Progress(transient=True) as progress:
         bar = progress.add_task(f"{args.pattern} load on {model}", total=args.duration)
-        result = asyncio.run(run_load(
-            args.gateway, model, rate=args.rate, duration=args.duration, pattern=args.pattern,
-            prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, seed=args.seed,
-            progress=lambda t: progress.update(bar, completed=t)))
+        result, fleet, slo = asyncio.run(_load_watched(
+            args, model, lambda t: progress.update(bar, completed=t)))
     table = Table(title="kubeplex load", show_header=False)
-    for key, value in result.summary():
+    for key, value in result.summary(phases=slo is None):
         table.add_row(key, value)
     Console().print(table)
+    if slo is None:
+        print("SLO not judged: the gateway's /kubeplex/v1/status does not list this model "
+              "(not a `kubeplex up` gateway?)")
+    else:
+        for line in result.verdicts(*slo, fleet):
+            print(line)
     if args.plot is not None:
-        result.plot(args.plot)
+        result.plot(args.plot, slo[0] if slo else None)
         print(f"plot: {args.plot}")
     return 0 if not result.failed else 1

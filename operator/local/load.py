@@ -14,11 +14,12 @@ Patterns (``rate`` is the peak):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,9 @@ import httpx
 import numpy as np
 
 from kubeplex.operator.local.errors import SettingsError
+from kubeplex.operator.local.verdict import FleetPoint, explain_phase, fleet_point
 
-__all__ = ["PATTERNS", "LoadResult", "Sample", "rate_at", "run_load"]
+__all__ = ["PATTERNS", "LoadResult", "Sample", "rate_at", "record_fleet", "run_load"]
 
 PATTERNS = ("constant", "burst", "ramp")
 #: The burst pattern's quiet level, as a fraction of the peak rate.
@@ -37,6 +39,8 @@ BURST_BASE = 0.2
 MAX_IN_FLIGHT = 2000
 #: Seconds a single request may take before the client gives up.
 REQUEST_TIMEOUT_S = 300.0
+#: Seconds between two reads of the fleet while the load runs.
+FLEET_PERIOD_S = 0.25
 
 
 def rate_at(pattern: str, rate: float, t: float, duration: float) -> float:
@@ -66,6 +70,8 @@ class LoadResult:
     rate: float
     duration: float
     samples: list[Sample] = field(default_factory=list)
+    #: ``time.monotonic()`` at the run's start (``Sample.sent`` counts from it).
+    started: float = 0.0
 
     @property
     def ok(self) -> list[Sample]:
@@ -79,7 +85,9 @@ class LoadResult:
         values = [v for s in self.ok if s.sent >= since and (v := getattr(s, what)) is not None]
         return float(np.quantile(values, q)) if values else None
 
-    def summary(self) -> list[tuple[str, str]]:
+    def summary(self, phases: bool = True) -> list[tuple[str, str]]:
+        """The run's figures as (name, value) rows; ``phases``: the TTFT p95 of each phase
+        too (:meth:`verdicts` gives them against the SLO instead)."""
         def ms(v: float | None) -> str:
             return "-" if v is None else f"{v * 1000:.0f} ms"
         codes = Counter(s.status for s in self.failed)
@@ -91,7 +99,7 @@ class LoadResult:
         for name in ("ttft", "latency"):
             rows.append((f"{name} p50 / p95 / p99", " / ".join(
                 ms(self.quantile(name, q)) for q in (0.5, 0.95, 0.99))))
-        for label, since, until in self.phases():
+        for label, since, until in self.phases() if phases else ():
             values = [s.ttft for s in self.ok if since <= s.sent < until and s.ttft is not None]
             p95 = float(np.quantile(values, 0.95)) if values else None
             rows.append((f"ttft p95 {label}", f"{ms(p95)} ({len(values)} requests)"))
@@ -104,6 +112,16 @@ class LoadResult:
                   "ramp": ("first third", "second third", "last third"),
                   "constant": ("first third", "second third", "last third")}[self.pattern]
         return [(label, i * third, (i + 1) * third) for i, label in enumerate(labels)]
+
+    def verdicts(self, slo_s: float, percentile: float,
+                 fleet: list[FleetPoint]) -> list[str]:
+        """Each phase judged against the SLO, a miss explained (:mod:`.verdict`); ``fleet``
+        as :func:`record_fleet` keeps it (monotonic times)."""
+        shifted = [FleetPoint(p.t - self.started, p.ready, p.starting, p.desired, p.reason)
+                   for p in fleet]
+        return [line for label, since, until in self.phases()
+                for line in explain_phase(self.samples, label, since, until, slo_s,
+                                          percentile, shifted)]
 
     def plot(self, path: Path, slo: float | None = None) -> None:
         """TTFT of every request over time, and the offered rate (PNG)."""
@@ -168,7 +186,7 @@ async def run_load(url: str, model: str, *, rate: float, duration: float, patter
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=256)
     tasks: set[asyncio.Task[None]] = set()
     async with httpx.AsyncClient(limits=limits) as client:
-        start = time.monotonic()
+        start = result.started = time.monotonic()
         t = 0.0
         while True:
             t += rng.expovariate(rate)  # thinning: candidates at the peak rate ...
@@ -193,6 +211,20 @@ async def run_load(url: str, model: str, *, rate: float, duration: float, patter
             await asyncio.gather(*tasks)
     result.samples.sort(key=lambda s: s.sent)
     return result
+
+
+async def record_fleet(read: Callable[[], Awaitable[dict[str, object] | None]],
+                       stop: asyncio.Event) -> list[FleetPoint]:
+    """The model's fleet every ``FLEET_PERIOD_S`` until ``stop``: ``read`` gives its entry of
+    the local status (None: nothing to record this time)."""
+    points = []
+    while not stop.is_set():
+        model = await read()
+        if model is not None:
+            points.append(fleet_point(time.monotonic(), model))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), FLEET_PERIOD_S)
+    return points
 
 
 def expected_requests(pattern: str, rate: float, duration: float) -> float:

@@ -147,6 +147,16 @@ def test_zero_to_burst_to_zero(start_up: Any, tmp_path: Path) -> None:
     assert sorted(probe)[2] < SLO_S, (f"TTFT after the burst {probe}; burst: "
                                       f"{result.summary()}\n{events}")
 
+    # `kubeplex load` from another process judges each third against the model's SLO, which
+    # it reads (with the fleet's timeline) from the gateway's status while it runs.
+    light = _kubeplex("load", "--gateway", up.url, "--model", "llama", "--rate", "2",
+                      "--duration", "6", "--prompt-tokens", "64", "--max-tokens", "4",
+                      cwd=tmp_path)
+    assert light.returncode == 0, light.stdout + light.stderr
+    judged = [line for line in light.stdout.splitlines() if " third: TTFT p95 " in line]
+    assert len(judged) == 3 and all(f"the {SLO_S:g} s SLO" in line for line in judged), \
+        light.stdout
+
     # 3. Scale-down drains: not one request failed, then the fleet goes to zero when idle.
     assert result.failed == [], result.failed[:5]
     assert len(result.ok) > PEAK_RATE * LOAD_S / 3
