@@ -104,8 +104,10 @@ def make_policy(name: str, trace: Trace, config: AutoscalerConfig,
 
 
 def replay(trace: Trace, scenario: Scenario, policy: str,
-           progress: Callable[[float], None] | None = None) -> SimResult:
-    """Replay ``trace`` with the named policy under ``scenario``."""
+           progress: Callable[[float], None] | None = None,
+           built: Callable[[Policy], None] | None = None) -> SimResult:
+    """Replay ``trace`` with the named policy under ``scenario``; ``built`` is given the
+    policy made (to read what it kept, e.g. kubeplex's reasons)."""
     llm = scenario.profile
     config = AutoscalerConfig(
         slo_ttft_s=scenario.slo_ttft_s, percentile=scenario.percentile, min_replicas=0,
@@ -115,6 +117,8 @@ def replay(trace: Trace, scenario: Scenario, policy: str,
         cold_start_s=scenario.cold_start_s, warm_start_s=scenario.warm_start_s,
         warm_pool=scenario.warm_pool)
     chosen, initial = make_policy(policy, trace, config, scenario)
+    if built is not None:
+        built(chosen)
     fleet = FleetConfig(profile=scenario.truth, cold_start_s=scenario.cold_start_s,
                         warm_start_s=scenario.warm_start_s, initial_replicas=initial,
                         gpus_per_replica=llm.gpus, speed=scenario.fleet_speed)

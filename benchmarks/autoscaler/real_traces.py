@@ -143,6 +143,8 @@ TRACES: dict[str, TraceSpec] = {s.name: s for s in (
 #: change there re-runs every policy.
 LAW_MODULES = ("policy.py", "capacity.py", "memory.py", "forecast.py", "feedback.py",
                "recurrence.py", "release.py")
+#: Modules that only read a replay's results (no policy or world runs them): in no digest.
+ANALYSIS_MODULES = ("misses.py",)
 #: What the world takes from the law's modules (the fleet's view of a policy, the oracle's
 #: and the baselines' sizing): their source counts as the world's, so a change to them
 #: re-runs every policy too. ``test_benchmark_scripts`` checks the list against the imports.
@@ -159,6 +161,8 @@ def _digests() -> tuple[str, str]:
     world, law = hashlib.sha256(), hashlib.sha256()
     for folder in ("autoscaler", "placement"):
         for path in sorted((ROOT / folder).glob("*.py")):
+            if folder == "autoscaler" and path.name in ANALYSIS_MODULES:
+                continue
             (law if path.name in LAW_MODULES and folder == "autoscaler" else world).update(
                 path.read_bytes())
     for module, names in WORLD_FROM_LAW.items():
@@ -188,10 +192,20 @@ def _run(job: Job) -> dict[str, Any]:
                         WARM_START_S, None, None, speed, utilization)
     start = time.monotonic()
     result = replay(trace, scenario, policy)
-    return {"trace": name, "speed": speed, "policy": policy, "utilization": utilization,
-            "attainment": result.attainment, "gpu_hours": result.gpu_hours,
-            "max_replicas": result.max_replicas, "scale_events": result.scale_events,
-            "requests": result.requests, "seconds": round(time.monotonic() - start, 1)}
+    row = {"trace": name, "speed": speed, "policy": policy, "utilization": utilization,
+           "attainment": result.attainment, "gpu_hours": result.gpu_hours,
+           "max_replicas": result.max_replicas, "scale_events": result.scale_events,
+           "requests": result.requests, "seconds": round(time.monotonic() - start, 1)}
+    if policy == "kubeplex":  # where it missed, and why (autoscaler/misses.py)
+        from kubeplex.autoscaler.misses import misses
+
+        truth = scenario.truth
+        found = misses(trace.arrival_s, trace.prompt_tokens, result.ttft, spec.slo_s,
+                       result.timeline, COLD_START_S,
+                       lambda prompt: truth.prefill_seconds(prompt) / speed)
+        row["misses"] = found.by_kind()
+        row["largest_miss"] = next((e.describe() for e in found.largest(1)), None)
+    return row
 
 
 def _key(job: Job, digests: tuple[str, str]) -> str:
@@ -260,6 +274,26 @@ def _table(report: dict[str, Any]) -> str:
                      f"{cell('hpa')} | {cell('kpa')} | {cell('static-peak')} | "
                      f"{v['ceiling']:.2%} | {v['needed']:.2%} | {at} | {ratio} | "
                      f"{'pass' if ok else 'FAIL: ' + '; '.join(why)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _misses_table(results: list[dict[str, Any]]) -> str:
+    """kubeplex's late requests per row by kind (``kubeplex simulate autoscale --explain``)."""
+    from kubeplex.autoscaler.misses import KINDS
+
+    lines = ["kubeplex's late requests by kind (`autoscaler/misses.py`: late requests under "
+             "30 s apart are an episode; *reaction*: replicas asked for became ready during "
+             "it; *late start*: asked for, none ready before it ended; *not asked*: no "
+             "replica asked for from a cold start before it; *alone*: prompts whose prefill "
+             "alone exceeds the SLO, in no episode):", "",
+             "| trace | speed | late | " + " | ".join(KINDS) + " | largest episode |",
+             "|---|---|---|" + "---|" * len(KINDS) + "---|"]
+    for entry in results:
+        mine = next(r for r in entry["runs"] if r["policy"] == "kubeplex")
+        by_kind = mine["misses"]
+        lines.append(f"| {entry['trace']} | {entry['speed']:g} | {sum(by_kind.values())} | "
+                     + " | ".join(str(by_kind[k]) for k in KINDS)
+                     + f" | {mine['largest_miss'] or '-'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -342,7 +376,9 @@ def main() -> int:
     cache: dict[str, dict[str, Any]] = (json.loads(cache_path.read_text())
                                         if cache_path.exists() else {})
     law = _digests()
-    todo = [j for j in jobs if _key(j, law) not in cache]
+    # kubeplex's rows carry its misses by kind (rows cached before that are replayed)
+    todo = [j for j in jobs if _key(j, law) not in cache
+            or (j[2] == "kubeplex" and "misses" not in cache[_key(j, law)])]
     print(f"{len(jobs)} runs, {len(todo)} to replay", file=sys.stderr, flush=True)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for done, (job, row) in enumerate(zip(todo, pool.map(_run, todo), strict=True), 1):
@@ -373,8 +409,9 @@ def main() -> int:
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     complete = [e for e in report["results"] if "verdict" in e]
     table = _table({"results": complete})
-    (RESULTS / f"{stem}.md").write_text(table)
-    print(table)
+    misses = _misses_table(complete)
+    (RESULTS / f"{stem}.md").write_text(table + "\n" + misses)
+    print(table + "\n" + misses)
     passed = sum(1 for e in complete if _passes(e["verdict"]))
     print(f"{passed} of {len(complete)} rows pass", file=sys.stderr)
     if not args.no_plot:

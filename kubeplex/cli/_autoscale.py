@@ -6,8 +6,9 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubeplex.autoscaler.trace import MAX_TRACE_SECONDS
 from kubeplex.cli import Commands
@@ -16,13 +17,18 @@ from kubeplex.cli._args import MAX_RATE, MAX_SECONDS, MAX_TOKENS, number
 __all__ = ["load_profile", "register"]
 
 if TYPE_CHECKING:
+    from kubeplex.autoscaler.evaluation import Scenario
     from kubeplex.autoscaler.fleet import SimResult
+    from kubeplex.autoscaler.misses import Misses
+    from kubeplex.autoscaler.trace import Trace
     from kubeplex.placement.llm import LLMProfile
 
 PATTERNS = ("gamma", "diurnal", "spike", "bursts", "azure")
 #: Largest inter-arrival coefficient of variation a flag takes: the burstiest production
 #: traces measured (AlpaServe's, Azure Functions') stay below 10.
 MAX_CV = 100.0
+#: Most episodes --explain lists.
+MAX_EPISODES = 1000
 #: Largest --oracle-utilization: past 1.5 the oracle provisions a third less than the demand
 #: it sees, which is no longer a reference curve.
 MAX_ORACLE_UTILIZATION = 1.5
@@ -69,6 +75,10 @@ def register(cli: Commands) -> None:
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="write arrivals / replicas / TTFT over time as a PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--explain", type=number(0, MAX_EPISODES, integer=True), default=0,
+                   metavar="N",
+                   help="where the SLO was missed and why: the late requests in episodes by "
+                        "kind, and the N largest with what the fleet did (default 0: off)")
 
     t = cli.command("trace", "generate a request trace CSV (to stdout or --out)", _trace,
                     group="simulate")
@@ -185,24 +195,67 @@ def _autoscale(args: argparse.Namespace) -> int:
     scenario = Scenario(planning, args.slo_ttft, args.percentile, args.cold_start_s,
                         args.warm_start_s, warm, fleet, args.fleet_speed,
                         args.oracle_utilization)
+    policies: list[Any] = []
     with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(f"replaying {len(trace)} requests ({args.policy})", total=1.0)
         result = replay(trace, scenario, args.policy,
-                        progress=lambda done: progress.update(task, completed=done))
+                        progress=lambda done: progress.update(task, completed=done),
+                        built=policies.append)
     if args.plot is not None:
         _plot(result, args.plot, args.slo_ttft, args.percentile)
+    found = (_misses(result, trace, scenario, getattr(policies[0], "reasons", ()))
+             if args.explain else None)
     if args.json:
-        print(json.dumps({"policy": result.policy, "attainment": round(result.attainment, 6),
-                          "gpu_hours": round(result.gpu_hours, 4),
-                          "scale_events": result.scale_events,
-                          "max_replicas": result.max_replicas}))
+        out = {"policy": result.policy, "attainment": round(result.attainment, 6),
+               "gpu_hours": round(result.gpu_hours, 4), "scale_events": result.scale_events,
+               "max_replicas": result.max_replicas}
+        if found is not None:
+            out["misses"] = _misses_json(found, args.explain)
+        print(json.dumps(out))
     else:
         pct = "inf" if math.isinf(result.ttft_percentile) else f"{result.ttft_percentile:.3f}"
         print(f"policy {result.policy}: {result.requests} requests, attainment "
               f"{result.attainment:.2%} (TTFT <= {args.slo_ttft:g} s), TTFT "
               f"p{args.percentile:g} {pct} s, {result.gpu_hours:.2f} GPU-hours, "
               f"{result.scale_events} scale events, max {result.max_replicas} replicas")
+        if found is not None:
+            for line in _misses_text(found, args.explain):
+                print(line)
     return 0
+
+
+def _misses(result: SimResult, trace: Trace, scenario: Scenario,
+            reasons: Sequence[tuple[float, str]]) -> Misses:
+    from kubeplex.autoscaler.misses import misses
+
+    truth = scenario.truth
+    return misses(trace.arrival_s, trace.prompt_tokens, result.ttft, scenario.slo_ttft_s,
+                  result.timeline, scenario.cold_start_s,
+                  lambda prompt: truth.prefill_seconds(prompt) / scenario.fleet_speed, reasons)
+
+
+def _misses_text(found: Misses, n: int) -> list[str]:
+    from kubeplex.autoscaler.misses import EPISODE_GAP_S
+
+    if not found.late:
+        return ["no request missed the SLO"]
+    kinds = ", ".join(f"{kind} {count}" for kind, count in found.by_kind().items() if count)
+    lines = [f"late requests: {found.late}; by kind: {kinds} ({len(found.episodes)} episodes: "
+             f"late requests under {EPISODE_GAP_S:g} s apart; alone: prompts no replica "
+             "serves in time)"]
+    if found.episodes and n:
+        lines.append(f"the {min(n, len(found.episodes))} largest episodes:")
+    for e in found.largest(n):
+        lines.append("  " + e.describe())
+        lines += [f"    {reason}" for reason in e.reasons]
+    return lines
+
+
+def _misses_json(found: Misses, n: int) -> dict[str, Any]:
+    import dataclasses
+
+    return {"late": found.late, "episodes": len(found.episodes), "by_kind": found.by_kind(),
+            "largest": [dataclasses.asdict(e) for e in found.largest(n)]}
 
 
 def _plot(result: SimResult, path: Path, slo: float, percentile: float) -> None:

@@ -45,6 +45,22 @@ def test_plot_and_text_report(trace_file: Path, tmp_path: Path,
     assert "attainment" in capsys.readouterr().out
 
 
+def test_explain_lists_the_misses_by_kind(trace_file: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # the spike (3x for 60 s) outruns KPA's replicas with a 20 s cold start: some misses
+    assert main(_autoscale(trace_file, "--policy", "kpa", "--explain", "2", "--json")) == 0
+    misses = json.loads(capsys.readouterr().out)["misses"]
+    assert misses["late"] == sum(misses["by_kind"].values()) > 0
+    assert 1 <= len(misses["largest"]) <= min(2, misses["episodes"])
+    first = misses["largest"][0]
+    assert first["late"] <= first["sent"] and first["kind"] in misses["by_kind"]
+    assert main(_autoscale(trace_file, "--policy", "kubeplex", "--explain", "3")) == 0
+    out = capsys.readouterr().out
+    assert "late requests:" in out or "no request missed the SLO" in out
+    assert main(_autoscale(trace_file, "--policy", "kubeplex", "--explain", "-1")) == 2
+    assert "--explain" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
