@@ -11,11 +11,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubeplex.cli import Commands
 from kubeplex.cli._args import MAX_RATE, MAX_SECONDS, MAX_TOKENS, number, port
 from kubeplex.errors import KubeplexError
+
+if TYPE_CHECKING:
+    from kubeplex.operator.local.load import LoadResult
+    from kubeplex.operator.local.verdict import FleetPoint
 
 __all__ = ["register"]
 
@@ -180,10 +184,12 @@ async def _demo(mode: Any, args: argparse.Namespace, stop: asyncio.Event) -> int
             return entry
 
         fleet = asyncio.ensure_future(record_fleet(model_state, recorded))
-        result = await run_load(
-            url, run.served, rate=rate, duration=args.demo_duration, pattern="burst",
-            prompt_tokens=workload.prompt_tokens, max_tokens=workload.output_tokens)
-        recorded.set()
+        try:
+            result = await run_load(
+                url, run.served, rate=rate, duration=args.demo_duration, pattern="burst",
+                prompt_tokens=workload.prompt_tokens, max_tokens=workload.output_tokens)
+        finally:
+            recorded.set()
         for key, value in result.summary(phases=False):
             print(f"demo: {key:>24}: {value}", flush=True)
         # Each phase against the SLO; a miss with its late requests and the fleet's timeline.
@@ -267,8 +273,9 @@ def _status(args: argparse.Namespace) -> int:
 
 # ---- kubeplex load -------------------------------------------------------------------------
 
-async def _load_watched(args: argparse.Namespace, model: str,
-                        progress: Callable[[float], None]) -> tuple[Any, Any, Any]:
+async def _load_watched(
+        args: argparse.Namespace, model: str, progress: Callable[[float], None],
+) -> tuple[LoadResult, list[FleetPoint], tuple[float, float] | None]:
     """The load, with the model's fleet read from the gateway's status meanwhile: (result,
     fleet record, (SLO seconds, percentile) or None when the status does not list it)."""
     import httpx
