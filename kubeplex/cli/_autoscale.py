@@ -201,10 +201,10 @@ def _autoscale(args: argparse.Namespace) -> int:
         result = replay(trace, scenario, args.policy,
                         progress=lambda done: progress.update(task, completed=done),
                         built=policies.append)
-    if args.plot is not None:
-        _plot(result, args.plot, args.slo_ttft, args.percentile)
     found = (_misses(result, trace, scenario, getattr(policies[0], "reasons", ()))
              if args.explain else None)
+    if args.plot is not None:
+        _plot(result, args.plot, args.slo_ttft, args.percentile, found)
     if args.json:
         out = {"policy": result.policy, "attainment": round(result.attainment, 6),
                "gpu_hours": round(result.gpu_hours, 4), "scale_events": result.scale_events,
@@ -258,7 +258,9 @@ def _misses_json(found: Misses, n: int) -> dict[str, Any]:
             "largest": [dataclasses.asdict(e) for e in found.largest(n)]}
 
 
-def _plot(result: SimResult, path: Path, slo: float, percentile: float) -> None:
+def _plot(result: SimResult, path: Path, slo: float, percentile: float,
+          found: Misses | None = None) -> None:
+    """Arrivals, replicas and TTFT over time; with ``found``, its episodes shaded by kind."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,6 +280,14 @@ def _plot(result: SimResult, path: Path, slo: float, percentile: float) -> None:
     ax2.legend(loc="upper left", fontsize=8)
     ax3.plot(minutes, line.ttft, lw=0.6, color="tab:red", label=f"TTFT p{percentile:g}")
     ax3.axhline(slo, color="black", ls=":", label="SLO")
+    shades = {"reaction": "tab:orange", "late start": "tab:purple", "not asked": "tab:red"}
+    wide = result.duration_s / 250  # an episode of one request still shows
+    for e in found.episodes if found is not None else ():
+        for ax in (ax1, ax2, ax3):
+            ax.axvspan(e.start / 60, max(e.end, e.start + wide) / 60, color=shades[e.kind],
+                       alpha=0.25, lw=0)
+    for kind, color in shades.items() if found is not None else ():
+        ax3.axvspan(0, 0, color=color, alpha=0.25, label=f"late: {kind}")
     ax3.set_yscale("log")
     ax3.set_ylabel("TTFT (s) per 2 s")
     ax3.set_xlabel("minutes")

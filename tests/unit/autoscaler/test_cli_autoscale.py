@@ -40,7 +40,7 @@ def test_plot_and_text_report(trace_file: Path, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:
     png = tmp_path / "out" / "kubeplex.png"
     assert main(_autoscale(trace_file, "--policy", "kubeplex", "--warm-pool", "1",
-                           "--percentile", "99", "--plot", str(png))) == 0
+                           "--percentile", "99", "--plot", str(png), "--explain", "1")) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "attainment" in capsys.readouterr().out
 
