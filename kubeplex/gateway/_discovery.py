@@ -80,6 +80,10 @@ class ModelEntry:
     ready: int
     adapters: tuple[str, ...] = ()  # its LoRA adapters' names
     routing: str = DEFAULT_POLICY.value  # spec.routing
+    #: spec.slo (seconds, percentile) for ``kubeplex load``'s verdicts; None: not set
+    slo: tuple[float, float] | None = None
+    desired: int = 0  # status.desiredReplicas
+    last_scale: str | None = None  # status.lastScale.reason
 
     @property
     def key(self) -> str:
@@ -132,7 +136,25 @@ def parse_modelservice(obj: Mapping[str, Any]) -> ModelEntry | None:
                       str(model.get("servedName") or meta["name"]),
                       str(meta.get("creationTimestamp") or ""),
                       _int(status.get("replicas")), _int(status.get("readyReplicas")), adapters,
-                      routing if routing in POLICIES else DEFAULT_POLICY.value)
+                      routing if routing in POLICIES else DEFAULT_POLICY.value,
+                      _slo(spec.get("slo")), _int(status.get("desiredReplicas")),
+                      _reason(status.get("lastScale")))
+
+
+def _slo(slo: Any) -> tuple[float, float] | None:
+    """spec.slo as (TTFT seconds, percentile; the CRD's default 95), None when unusable."""
+    if not isinstance(slo, Mapping):
+        return None
+    try:
+        ttft, percentile = float(slo["ttftSeconds"]), float(slo.get("percentile", 95))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (ttft, percentile) if ttft > 0 and 0 < percentile < 100 else None
+
+
+def _reason(last_scale: Any) -> str | None:
+    reason = last_scale.get("reason") if isinstance(last_scale, Mapping) else None
+    return reason if isinstance(reason, str) else None
 
 
 def _host(address: str) -> str:

@@ -420,7 +420,10 @@ class ClusterGateway:
 
     def status(self) -> dict[str, Any]:
         """``GET /kubeplex/v1/status``: each route with its replicas and held requests, and
-        the ModelService's own replica counts (``status.replicas``/``readyReplicas``)."""
+        the ModelService's own replica counts (``status.replicas``/``readyReplicas``). Also
+        what ``kubeplex load`` judges a run with, under local mode's names: ``name``,
+        ``ready``, ``starting``, ``desired``, ``decision`` (the last scale's reason),
+        ``sloTTFT`` and ``percentile`` (absent when the ModelService has no SLO)."""
         gw = self.gateway
         models = []
         for key, r in sorted(gw.routes.items()):
@@ -432,8 +435,19 @@ class ClusterGateway:
                 "modelServiceReady": entry.ready if entry else 0,
                 "replicas": {x.group: {"url": x.base_url, "inFlight": x.in_flight,
                                        "down": x.down}
-                             for x in gw.replicas.get(key, [])}})
+                             for x in gw.replicas.get(key, [])},
+                **(_verdict_fields(r.model, entry) if entry else {})})
         return {"kind": "cluster-gateway", "ready": gw.not_ready or True, "models": models}
+
+
+def _verdict_fields(served: str, entry: ModelEntry) -> dict[str, Any]:
+    """A route's ModelService as ``kubeplex load`` reads local mode's status."""
+    fields: dict[str, Any] = {
+        "name": served, "ready": entry.ready, "starting": max(entry.replicas - entry.ready, 0),
+        "desired": entry.desired, "decision": entry.last_scale}
+    if entry.slo is not None:
+        fields["sloTTFT"], fields["percentile"] = entry.slo
+    return fields
 
 
 async def serve(settings: GatewaySettings, api_client: k8s.ApiClient,

@@ -116,14 +116,16 @@ async def test_resolution_hold_alert_and_routing(stack, tmp_path: Path,
         assert sent is not None and float(sent.group(1)) >= 3  # 1 + this episode's 2+
 
         # a ready endpoint in the ModelService's Service: requests are forwarded
-        with RuntimeProcess({"models": [model_entry("meta/llama", "sim")]}, tmp_path) as rt:
+        with RuntimeProcess({"models": [model_entry("meta/llama", "sim"),
+                                        model_entry("qwen", "sim")]}, tmp_path) as rt:
             port = int(rt.url.rsplit(":", 1)[1])
             cg.apply("endpointslices", "ADDED", [{
-                "metadata": {"name": "llama-abc", "namespace": "a",
-                             "labels": {"kubernetes.io/service-name": "llama"}},
+                "metadata": {"name": f"{svc}-abc", "namespace": "a",
+                             "labels": {"kubernetes.io/service-name": svc}},
                 "ports": [{"name": "http", "port": port}],
                 "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
-                               "targetRef": {"kind": "Pod", "name": "llama-pod-1"}}]}])
+                               "targetRef": {"kind": "Pod", "name": f"{svc}-pod-1"}}]}
+                for svc in ("llama", "qwen")])
             served = await client.post("/v1/completions", json=body, headers=pick_a)
             assert served.status_code == 200, served.text
             assert served.json()["usage"]["completion_tokens"] == 2
@@ -131,6 +133,25 @@ async def test_resolution_hold_alert_and_routing(stack, tmp_path: Path,
             llama_a = next(m for m in status["models"] if m["namespace"] == "a"
                            and m["modelService"] == "llama")
             assert list(llama_a["replicas"]) == ["llama-pod-1"]
+            assert "sloTTFT" not in llama_a  # its ModelService states no SLO
+            # `kubeplex load` judges a run on the ModelService's SLO and its status
+            qwen = msvc("qwen", "a", "qwen")
+            qwen["spec"]["slo"] = {"ttftSeconds": 5, "percentile": 90}
+            qwen["status"] = {"replicas": 1, "readyReplicas": 1, "desiredReplicas": 1,
+                              "lastScale": {"reason": "scale up 0 -> 1: held requests"}}
+            cg.apply("modelservices", "MODIFIED", [qwen])
+            entry = next(m for m in (await client.get("/kubeplex/v1/status")).json()["models"]
+                         if m["model"] == "qwen")
+            assert (entry["name"], entry["ready"], entry["starting"], entry["desired"],
+                    entry["decision"], entry["sloTTFT"], entry["percentile"]) == (
+                "qwen", 1, 0, 1, "scale up 0 -> 1: held requests", 5.0, 90.0)
+            capsys.readouterr()
+            assert await asyncio.to_thread(main, [
+                "load", "--gateway", url, "--model", "qwen", "--rate", "4", "--duration", "3",
+                "--prompt-tokens", "16", "--max-tokens", "2"]) == 0
+            judged = [line for line in capsys.readouterr().out.splitlines()
+                      if " third: TTFT p90 " in line]
+            assert len(judged) == 3 and all("within the 5 s SLO" in line for line in judged)
             # `kubeplex status` shows a cluster gateway's routes
             assert await asyncio.to_thread(main, ["status", "--gateway", url]) == 0
             shown = capsys.readouterr().out
