@@ -287,14 +287,16 @@ async def _load_watched(
     async with httpx.AsyncClient(timeout=2) as client:
 
         async def model_state() -> dict[str, object] | None:
-            try:
-                models = (await client.get(status_url)).json().get("models") or []
-            except (httpx.HTTPError, ValueError, AttributeError):
+            try:  # a gateway that is not kubeplex's answers anything: nothing to record
+                models = list((await client.get(status_url)).json().get("models") or [])
+            except (httpx.HTTPError, ValueError, AttributeError, TypeError):
                 return None
             entry = next((m for m in models if isinstance(m, dict) and m.get("name") == model),
                          None)
-            if entry is not None and not slo and isinstance(entry.get("sloTTFT"), int | float):
-                slo.append((float(entry["sloTTFT"]), float(entry["percentile"])))
+            target, percentile = (entry or {}).get("sloTTFT"), (entry or {}).get("percentile")
+            if not slo and isinstance(target, int | float) and target > 0 \
+                    and isinstance(percentile, int | float) and 0 < percentile < 100:
+                slo.append((float(target), float(percentile)))
             return entry
 
         recorded = asyncio.Event()
