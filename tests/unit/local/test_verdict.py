@@ -101,3 +101,56 @@ def test_a_status_entry_becomes_a_point_and_odd_fields_do_not_break_it() -> None
     assert point == FleetPoint(3.0, 2, 1, 3, "why")
     assert fleet_point(1.0, {"ready": "2", "desired": None}) == FleetPoint(1.0, 0, 0, None,
                                                                           None)
+
+
+@pytest.mark.parametrize("status", [{"models": 5}, ["x"], {"models": [{"name": "m",
+                                                                    "sloTTFT": "fast"}]}])
+def test_load_on_a_gateway_whose_status_is_odd_runs_and_says_the_slo_is_not_judged(
+        status: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """A gateway that is not kubeplex's (here a loopback stand-in answering completions and
+    an odd status): the run completes, its figures print, and the SLO is left unjudged."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from kubeplex.cli import main
+    from kubeplex.runtime.supervisor import free_port
+
+    async def completion(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse()
+        await answer.prepare(request)
+        await answer.write(b'data: {"choices": [{"text": "x"}]}\n\n')
+        await answer.write_eof()
+        return answer
+
+    async def odd(_: web.Request) -> web.Response:
+        return web.json_response(status)
+
+    port, ready, stop = free_port(), threading.Event(), threading.Event()
+
+    def serve() -> None:
+        async def run() -> None:
+            app = web.Application()
+            app.router.add_post("/v1/completions", completion)
+            app.router.add_get("/kubeplex/v1/status", odd)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await runner.cleanup()
+        asyncio.run(run())
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        assert ready.wait(10)
+        assert main(["load", "--gateway", f"http://127.0.0.1:{port}", "--model", "m",
+                     "--rate", "20", "--duration", "1"]) == 0
+    finally:
+        stop.set()
+        server.join()
+    out = capsys.readouterr().out
+    assert "SLO not judged" in out and "ttft p95 first third" in out
