@@ -138,8 +138,7 @@ def test_load_on_a_gateway_whose_status_is_odd_runs_and_says_the_slo_is_not_judg
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(stop.wait)
             await runner.cleanup()
         asyncio.run(run())
 
