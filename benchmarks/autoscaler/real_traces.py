@@ -297,6 +297,39 @@ def _misses_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plot_misses(results: list[dict[str, Any]], path: Path) -> None:
+    """kubeplex's late requests per row, stacked by kind, in units of what the row's
+    attainment bar lets be late (1.0: the bar): the rows past it, and why, at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kubeplex.autoscaler.misses import KINDS
+
+    colors = {"reaction": "tab:orange", "late start": "tab:purple", "not asked": "tab:red",
+              "alone": "tab:gray"}
+    labels = [f"{e['trace']} x{e['speed']:g}" for e in results]
+    mine = [next(r for r in e["runs"] if r["policy"] == "kubeplex") for e in results]
+    allowed = [max((1 - e["verdict"]["needed"]) * m["requests"], 1.0)
+               for e, m in zip(results, mine, strict=True)]
+    fig, ax = plt.subplots(figsize=(9, 0.38 * len(results) + 1.6))
+    left = [0.0] * len(results)
+    for kind in KINDS:
+        shares = [m["misses"][kind] / a for m, a in zip(mine, allowed, strict=True)]
+        ax.barh(labels, shares, left=left, color=colors[kind], label=kind)
+        left = [a + b for a, b in zip(left, shares, strict=True)]
+    ax.axvline(1.0, color="black", lw=1.2, label="what the bar allows")
+    ax.invert_yaxis()
+    ax.set_xlabel("kubeplex's late requests / the late requests its attainment bar allows")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -416,6 +449,7 @@ def main() -> int:
     print(f"{passed} of {len(complete)} rows pass", file=sys.stderr)
     if not args.no_plot:
         _plot(report, RESULTS / f"{stem}.png")
+        _plot_misses(complete, RESULTS / f"{stem}-misses.png")
     return 0
 
 
