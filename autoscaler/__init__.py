@@ -39,10 +39,12 @@ Contracts:
   the caller does not call ``decide`` at all.
 * Errors are :class:`AutoscalerError` subclasses (config, alert payload, metrics source, trace).
 
-Modules: ``signals`` (metric math), ``queueing`` (the M/G/c model), ``forecast`` (Holt),
-``policy`` (the control law stages and ``decide``), ``alerts``, ``sources`` (metric parsers),
-``trace`` (CSV and generators), ``fleet`` (the simulated fleet), ``baselines`` (HPA, KPA,
-static), ``evaluation`` (``replay``, behind ``kubeplex simulate autoscale``).
+Modules: ``metrics`` (vLLM's metric names, one scrape), ``signals`` (the law's metric math),
+``queueing`` (the M/G/c model), ``forecast`` (Holt), ``policy`` (the control law stages and
+``decide``), ``alerts``, ``sources`` (metric parsers), ``trace`` (CSV and generators),
+``fleet`` (the simulated fleet), ``baselines`` (HPA, KPA, static), ``evaluation``
+(``replay``, behind ``kubeplex simulate autoscale``), ``misses`` (where a replay missed the
+SLO, and why: ``--explain``).
 """
 
 from kubeplex.autoscaler.alerts import AlertLedger, AlertTrigger, Parsed, parse_webhook

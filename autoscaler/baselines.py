@@ -25,13 +25,13 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from kubeplex.autoscaler.metrics import RUNNING, WAITING
 from kubeplex.autoscaler.policy import (
     AutoscalerConfig,
     AutoscalerState,
     Observed,
     decide,
 )
-from kubeplex.autoscaler.signals import RUNNING, WAITING
 
 __all__ = [
     "HPA_DOWN_STABILIZATION_S",

@@ -42,8 +42,7 @@ from typing import Protocol
 import numpy as np
 
 from kubeplex.autoscaler.errors import AutoscalerConfigError
-from kubeplex.autoscaler.policy import Observed, Starting
-from kubeplex.autoscaler.signals import (
+from kubeplex.autoscaler.metrics import (
     COMPLETIONS,
     GENERATION_TOKENS,
     KV_USAGE,
@@ -59,6 +58,7 @@ from kubeplex.autoscaler.signals import (
     Scrape,
     prompt_token_buckets,
 )
+from kubeplex.autoscaler.policy import Observed, Starting
 from kubeplex.autoscaler.trace import FloatArray, Trace
 from kubeplex.placement.llm import LLMProfile
 

@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubeplex.autoscaler.errors import MetricsSourceError
-from kubeplex.autoscaler.signals import (
+from kubeplex.autoscaler.metrics import (
     COMPLETIONS,
     GENERATION_TOKENS,
     KV_USAGE,

@@ -139,10 +139,10 @@ TRACES: dict[str, TraceSpec] = {s.name: s for s in (
 
 #: The control law's own modules: a change re-runs kubeplex only. Every other module of
 #: ``autoscaler/`` and ``placement/`` is the simulated world (the fleet, traces, queueing,
-#: signals, placement's latency model: the baselines and the oracle use them too), and a
-#: change there re-runs every policy.
+#: the metric names and scrapes of ``metrics.py``, placement's latency model: the baselines
+#: and the oracle use them too), and a change there re-runs every policy.
 LAW_MODULES = ("policy.py", "capacity.py", "memory.py", "forecast.py", "feedback.py",
-               "recurrence.py", "release.py")
+               "recurrence.py", "release.py", "signals.py")
 #: Modules that only read a replay's results (no policy or world runs them): in no digest.
 ANALYSIS_MODULES = ("misses.py",)
 #: What the world takes from the law's modules (the fleet's view of a policy, the oracle's
