@@ -56,6 +56,7 @@ from kubeplex.autoscaler.errors import (
     TraceError,
 )
 from kubeplex.autoscaler.forecast import HoltConfig, HoltState
+from kubeplex.autoscaler.metrics import Scrape
 from kubeplex.autoscaler.policy import (
     AutoscalerConfig,
     AutoscalerState,
@@ -67,7 +68,7 @@ from kubeplex.autoscaler.policy import (
     slo_status,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity
-from kubeplex.autoscaler.signals import NoData, Scrape, Signals, extract
+from kubeplex.autoscaler.signals import NoData, Signals, extract
 
 __all__ = [
     "AlertLedger",

@@ -36,8 +36,9 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from kubeplex.autoscaler.metrics import Buckets
 from kubeplex.autoscaler.queueing import ReplicaCapacity
-from kubeplex.autoscaler.signals import Buckets, Signals
+from kubeplex.autoscaler.signals import Signals
 from kubeplex.placement.llm import LLMProfile
 
 __all__ = [

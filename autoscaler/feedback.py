@@ -35,13 +35,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from kubeplex.autoscaler.signals import (
-    TEST_Z,
-    TTFT,
-    Scrape,
-    bucket_increase,
-    histogram_fraction_at,
-)
+from kubeplex.autoscaler.metrics import TTFT, Scrape
+from kubeplex.autoscaler.signals import TEST_Z, bucket_increase, histogram_fraction_at
 
 __all__ = ["BLOCK_PERIODS", "GAIN_Z", "MIN_REQUESTS", "RELAX_PERIODS", "STEP",
            "FeedbackState", "evident_shortfall", "needed_gain", "observe", "step",

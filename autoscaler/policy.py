@@ -91,10 +91,11 @@ from kubeplex.autoscaler.memory import (
     replicas_at,
     typical_burst_s,
 )
+from kubeplex.autoscaler.metrics import Scrape
 from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
 from kubeplex.autoscaler.recurrence import Phase, schedule, without_bursts
 from kubeplex.autoscaler.release import Release, burst_over, finished_burst
-from kubeplex.autoscaler.signals import TEST_Z, NoData, Scrape, Signals, extract
+from kubeplex.autoscaler.signals import TEST_Z, NoData, Signals, extract
 from kubeplex.placement.llm import LLMProfile
 
 __all__ = [

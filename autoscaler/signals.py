@@ -37,38 +37,22 @@ from kubeplex.autoscaler.metrics import (
     PROMPT_TOKENS,
     RUNNING,
     TTFT,
-    TTFT_BUCKETS,
     WAITING,
     Buckets,
     Scrape,
-    prompt_token_buckets,
 )
 
 __all__ = [
     "ARRIVAL_CONSERVED",
-    "COMPLETIONS",
-    "GENERATION_TOKENS",
-    "KV_USAGE",
-    "PREFILL_TIME_COUNT",
-    "PREFILL_TIME_SUM",
-    "PROMPT_HISTOGRAM",
-    "PROMPT_TOKENS",
-    "RUNNING",
     "SATURATED_PENDING",
     "TEST_Z",
-    "TTFT",
-    "TTFT_BUCKETS",
-    "WAITING",
-    "Buckets",
     "NoData",
-    "Scrape",
     "Signals",
     "bucket_increase",
     "counter_increase",
     "extract",
     "histogram_fraction_at",
     "histogram_quantile",
-    "prompt_token_buckets",
 ]
 
 #: The one-sided level, in standard deviations, of the law's statistical tests on these

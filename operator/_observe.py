@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kubeplex.autoscaler.errors import AutoscalerError
-from kubeplex.autoscaler.signals import RUNNING, WAITING, Scrape
+from kubeplex.autoscaler.metrics import RUNNING, WAITING, Scrape
 from kubeplex.autoscaler.sources import merge, parse_metrics_text
 from kubeplex.control import GroupId, ModelInputs, ModelKey, ResolvedModel
 from kubeplex.operator._executor import GroupObj

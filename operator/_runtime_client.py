@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from kubeplex.autoscaler.errors import AutoscalerError
-from kubeplex.autoscaler.signals import Scrape
+from kubeplex.autoscaler.metrics import Scrape
 from kubeplex.autoscaler.sources import (
     HELD_QUERY,
     parse_held_query,

@@ -224,7 +224,7 @@ def _kv_from_metrics(text: str) -> int | None:
 
 
 def _kv_usage(text: str, model: str) -> float | None:
-    from kubeplex.autoscaler.signals import KV_USAGE
+    from kubeplex.autoscaler.metrics import KV_USAGE
     from kubeplex.autoscaler.sources import parse_metrics_text
 
     try:

@@ -24,6 +24,7 @@ from typing import Any
 
 from kubeplex.api import ModelService, ModelServiceSpec
 from kubeplex.autoscaler import policy
+from kubeplex.autoscaler.metrics import Scrape
 from kubeplex.autoscaler.policy import (
     AutoscalerConfig,
     AutoscalerState,
@@ -32,7 +33,7 @@ from kubeplex.autoscaler.policy import (
     Starting,
     decide,
 )
-from kubeplex.autoscaler.signals import NoData, Scrape, Signals
+from kubeplex.autoscaler.signals import NoData, Signals
 from kubeplex.control._placing import ReplicaTemplate, model_shape
 from kubeplex.control._types import (
     GroupIndex,

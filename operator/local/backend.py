@@ -49,8 +49,8 @@ import httpx
 
 from kubeplex.api import GPUPool, ModelService, load_documents
 from kubeplex.autoscaler.errors import MetricsSourceError
+from kubeplex.autoscaler.metrics import Scrape
 from kubeplex.autoscaler.policy import AutoscalerConfig
-from kubeplex.autoscaler.signals import Scrape
 from kubeplex.autoscaler.sources import merge, parse_metrics_text
 from kubeplex.control import (
     Action,

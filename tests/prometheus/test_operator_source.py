@@ -34,7 +34,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from promstack import PromStack, ScrapeTarget, TextExporter
 
-from kubeplex.autoscaler.signals import TTFT_BUCKETS, Scrape, Signals, extract
+from kubeplex.autoscaler.metrics import TTFT_BUCKETS, Scrape
+from kubeplex.autoscaler.signals import Signals, extract
 from kubeplex.autoscaler.sources import merge, parse_held_text, parse_metrics_text
 from kubeplex.operator._runtime_client import HeldRequests, RuntimeClient
 from kubeplex.operator._settings import Settings

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from kubeplex.autoscaler import Signals, extract
-from kubeplex.autoscaler.signals import COMPLETIONS, RUNNING, TTFT, WAITING, Scrape
+from kubeplex.autoscaler.metrics import COMPLETIONS, RUNNING, TTFT, WAITING, Scrape
 from kubeplex.autoscaler.sources import parse_metrics_text
 from kubeplex.operator._runtime_client import RuntimeClient
 from kubeplex.operator._settings import Settings

@@ -16,6 +16,7 @@ from kubeplex.autoscaler.capacity import (
     prompt_mix,
     token_capacity,
 )
+from kubeplex.autoscaler.metrics import prompt_token_buckets
 from kubeplex.autoscaler.queueing import (
     ReplicaCapacity,
     batch_wait,
@@ -26,7 +27,7 @@ from kubeplex.autoscaler.queueing import (
     replicas_for_mix,
     replicas_for_slo,
 )
-from kubeplex.autoscaler.signals import Signals, prompt_token_buckets
+from kubeplex.autoscaler.signals import Signals
 from kubeplex.placement.llm import profile
 
 H100 = profile("llama-3.1-8b", "H100-80GB")

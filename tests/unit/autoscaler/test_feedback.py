@@ -20,7 +20,7 @@ from kubeplex.autoscaler.feedback import (
     step,
     trial_requests,
 )
-from kubeplex.autoscaler.signals import TTFT, TTFT_BUCKETS, Scrape
+from kubeplex.autoscaler.metrics import TTFT, TTFT_BUCKETS, Scrape
 
 PERIOD = 60.0
 FLOOR = 0.5

@@ -29,6 +29,16 @@ from kubeplex.autoscaler import (
 )
 from kubeplex.autoscaler.alerts import REQUESTS_HELD_ALERT
 from kubeplex.autoscaler.memory import BUCKET_S, Bucket
+from kubeplex.autoscaler.metrics import (
+    COMPLETIONS,
+    PROMPT_HISTOGRAM,
+    PROMPT_TOKENS,
+    RUNNING,
+    TTFT,
+    TTFT_BUCKETS,
+    WAITING,
+    prompt_token_buckets,
+)
 from kubeplex.autoscaler.policy import (
     CORRECTION_LIMIT,
     budget_clamp,
@@ -46,18 +56,7 @@ from kubeplex.autoscaler.policy import (
     warmup_credit,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix
-from kubeplex.autoscaler.signals import (
-    COMPLETIONS,
-    PROMPT_HISTOGRAM,
-    PROMPT_TOKENS,
-    RUNNING,
-    TTFT,
-    TTFT_BUCKETS,
-    WAITING,
-    Signals,
-    extract,
-    prompt_token_buckets,
-)
+from kubeplex.autoscaler.signals import Signals, extract
 
 STEP = 2.0
 CONFIG = AutoscalerConfig(

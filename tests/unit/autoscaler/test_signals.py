@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kubeplex.autoscaler import NoData, Scrape, Signals, extract
-from kubeplex.autoscaler.signals import (
+from kubeplex.autoscaler.metrics import (
     COMPLETIONS,
     GENERATION_TOKENS,
     KV_USAGE,
@@ -16,10 +16,8 @@ from kubeplex.autoscaler.signals import (
     RUNNING,
     TTFT,
     WAITING,
-    bucket_increase,
-    counter_increase,
-    histogram_quantile,
 )
+from kubeplex.autoscaler.signals import bucket_increase, counter_increase, histogram_quantile
 from kubeplex.autoscaler.sources import parse_metrics_text
 
 INF = math.inf
@@ -203,7 +201,7 @@ def test_completions_of_one_engine_are_summed_over_finished_reasons() -> None:
     ])
     scrape = parse_metrics_text(text, "m", 1.0)
     assert scrape.series(COMPLETIONS) == {"engine=0,model_name=m": 7.0}
-    from kubeplex.autoscaler.signals import PROMPT_HISTOGRAM
+    from kubeplex.autoscaler.metrics import PROMPT_HISTOGRAM
 
     assert scrape.histograms[PROMPT_HISTOGRAM]["engine=0,model_name=m"] == ((100.0, 5.0),
                                                                             (INF, 7.0))

@@ -13,8 +13,8 @@ from kubeplex.autoscaler import AutoscalerConfigError, Observed, TraceError
 from kubeplex.autoscaler.baselines import HPAPolicy, KPAPolicy, StaticPolicy
 from kubeplex.autoscaler.evaluation import Scenario, replay
 from kubeplex.autoscaler.fleet import FleetConfig, simulate
+from kubeplex.autoscaler.metrics import RUNNING
 from kubeplex.autoscaler.oracle import oracle_needs, oracle_targets
-from kubeplex.autoscaler.signals import RUNNING
 from kubeplex.autoscaler.trace import (
     Trace,
     diurnal_rate,

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from kubeplex.api import ModelService, from_dict
-from kubeplex.autoscaler.signals import COMPLETIONS, RUNNING, TTFT, WAITING, NoData, Scrape
+from kubeplex.autoscaler.metrics import COMPLETIONS, RUNNING, TTFT, WAITING, Scrape
+from kubeplex.autoscaler.signals import NoData
 from kubeplex.control import (
     HISTORY_WINDOWS,
     DegradedReason,
