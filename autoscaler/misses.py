@@ -26,15 +26,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kubeplex.autoscaler.fleet import Timeline
-from kubeplex.autoscaler.trace import FloatArray, IntArray
+from kubeplex.autoscaler.evaluation import Scenario
+from kubeplex.autoscaler.fleet import SimResult, Timeline
+from kubeplex.autoscaler.trace import FloatArray, IntArray, Trace
 
-__all__ = ["EPISODE_GAP_S", "KINDS", "Episode", "Misses", "misses"]
+__all__ = ["EPISODE_GAP_S", "KINDS", "KIND_COLORS", "Episode", "Misses", "misses",
+           "replay_misses"]
 
 #: Late requests closer than this (seconds) belong to one episode.
 EPISODE_GAP_S = 30.0
 #: The kinds of late requests: those of episodes, then those too long alone.
 KINDS = ("reaction", "late start", "not asked", "alone")
+#: How plots draw each kind (``kubeplex simulate autoscale --plot``, the benchmark's PNG).
+KIND_COLORS = {"reaction": "tab:orange", "late start": "tab:purple", "not asked": "tab:red",
+               "alone": "tab:gray"}
 #: At most this many scale-up times and reasons are told per episode.
 SHOWN = 5
 
@@ -132,3 +137,13 @@ def misses(arrival_s: FloatArray, prompt_tokens: IntArray, ttft: FloatArray, slo
         out.append(Episode(start, end, int(group.size), sent, ready_before, peak, asked,
                            _kind(bool(asked), peak > ready_before), said[:SHOWN]))
     return Misses(alone, out)
+
+
+def replay_misses(trace: Trace, result: SimResult, scenario: Scenario,
+                  reasons: Sequence[tuple[float, str]] = ()) -> Misses:
+    """:func:`misses` of a replay: the scenario's SLO, a cold start of lookback, and a prompt
+    judged alone on the fleet's true profile at its true speed."""
+    truth = scenario.truth
+    return misses(trace.arrival_s, trace.prompt_tokens, result.ttft, scenario.slo_ttft_s,
+                  result.timeline, scenario.cold_start_s,
+                  lambda prompt: truth.prefill_seconds(prompt) / scenario.fleet_speed, reasons)

@@ -197,12 +197,9 @@ def _run(job: Job) -> dict[str, Any]:
            "max_replicas": result.max_replicas, "scale_events": result.scale_events,
            "requests": result.requests, "seconds": round(time.monotonic() - start, 1)}
     if policy == "kubeplex":  # where it missed, and why (autoscaler/misses.py)
-        from kubeplex.autoscaler.misses import misses
+        from kubeplex.autoscaler.misses import replay_misses
 
-        truth = scenario.truth
-        found = misses(trace.arrival_s, trace.prompt_tokens, result.ttft, spec.slo_s,
-                       result.timeline, COLD_START_S,
-                       lambda prompt: truth.prefill_seconds(prompt) / speed)
+        found = replay_misses(trace, result, scenario)
         row["misses"] = found.by_kind()
         row["largest_miss"] = next((e.describe() for e in found.largest(1)), None)
     return row
@@ -279,11 +276,12 @@ def _table(report: dict[str, Any]) -> str:
 
 def _misses_table(results: list[dict[str, Any]]) -> str:
     """kubeplex's late requests per row by kind (``kubeplex simulate autoscale --explain``)."""
-    from kubeplex.autoscaler.misses import KINDS
+    from kubeplex.autoscaler.misses import EPISODE_GAP_S, KINDS
 
     lines = ["kubeplex's late requests by kind (`autoscaler/misses.py`: late requests under "
-             "30 s apart are an episode; *reaction*: replicas asked for became ready during "
-             "it; *late start*: asked for, none ready before it ended; *not asked*: no "
+             f"{EPISODE_GAP_S:g} s apart are an episode; *reaction*: replicas asked for "
+             "became ready during it; *late start*: asked for, none ready before it ended; "
+             "*not asked*: no "
              "replica asked for from a cold start before it; *alone*: prompts whose prefill "
              "alone exceeds the SLO, in no episode):", "",
              "| trace | speed | late | " + " | ".join(KINDS) + " | largest episode |",
@@ -305,10 +303,8 @@ def _plot_misses(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kubeplex.autoscaler.misses import KINDS
+    from kubeplex.autoscaler.misses import KIND_COLORS, KINDS
 
-    colors = {"reaction": "tab:orange", "late start": "tab:purple", "not asked": "tab:red",
-              "alone": "tab:gray"}
     labels = [f"{e['trace']} x{e['speed']:g}" for e in results]
     mine = [next(r for r in e["runs"] if r["policy"] == "kubeplex") for e in results]
     allowed = [max((1 - e["verdict"]["needed"]) * m["requests"], 1.0)
@@ -317,7 +313,7 @@ def _plot_misses(results: list[dict[str, Any]], path: Path) -> None:
     left = [0.0] * len(results)
     for kind in KINDS:
         shares = [m["misses"][kind] / a for m, a in zip(mine, allowed, strict=True)]
-        ax.barh(labels, shares, left=left, color=colors[kind], label=kind)
+        ax.barh(labels, shares, left=left, color=KIND_COLORS[kind], label=kind)
         left = [a + b for a, b in zip(left, shares, strict=True)]
     ax.axvline(1.0, color="black", lw=1.2, label="what the bar allows")
     ax.invert_yaxis()

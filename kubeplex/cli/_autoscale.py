@@ -6,7 +6,6 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +16,8 @@ from kubeplex.cli._args import MAX_RATE, MAX_SECONDS, MAX_TOKENS, number
 __all__ = ["load_profile", "register"]
 
 if TYPE_CHECKING:
-    from kubeplex.autoscaler.evaluation import Scenario
     from kubeplex.autoscaler.fleet import SimResult
     from kubeplex.autoscaler.misses import Misses
-    from kubeplex.autoscaler.trace import Trace
     from kubeplex.placement.llm import LLMProfile
 
 PATTERNS = ("gamma", "diurnal", "spike", "bursts", "azure")
@@ -175,6 +172,7 @@ def _autoscale(args: argparse.Namespace) -> int:
 
     from kubeplex.autoscaler.errors import AutoscalerConfigError
     from kubeplex.autoscaler.evaluation import Scenario, replay
+    from kubeplex.autoscaler.misses import replay_misses
     from kubeplex.autoscaler.trace import read_trace
 
     if not args.slo_ttft > 0:
@@ -201,7 +199,7 @@ def _autoscale(args: argparse.Namespace) -> int:
         result = replay(trace, scenario, args.policy,
                         progress=lambda done: progress.update(task, completed=done),
                         built=policies.append)
-    found = (_misses(result, trace, scenario, getattr(policies[0], "reasons", ()))
+    found = (replay_misses(trace, result, scenario, getattr(policies[0], "reasons", ()))
              if args.explain else None)
     if args.plot is not None:
         _plot(result, args.plot, args.slo_ttft, args.percentile, found)
@@ -222,16 +220,6 @@ def _autoscale(args: argparse.Namespace) -> int:
             for line in _misses_text(found, args.explain):
                 print(line)
     return 0
-
-
-def _misses(result: SimResult, trace: Trace, scenario: Scenario,
-            reasons: Sequence[tuple[float, str]]) -> Misses:
-    from kubeplex.autoscaler.misses import misses
-
-    truth = scenario.truth
-    return misses(trace.arrival_s, trace.prompt_tokens, result.ttft, scenario.slo_ttft_s,
-                  result.timeline, scenario.cold_start_s,
-                  lambda prompt: truth.prefill_seconds(prompt) / scenario.fleet_speed, reasons)
 
 
 def _misses_text(found: Misses, n: int) -> list[str]:
@@ -266,6 +254,8 @@ def _plot(result: SimResult, path: Path, slo: float, percentile: float,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from kubeplex.autoscaler.misses import KIND_COLORS, KINDS
+
     line = result.timeline
     minutes = [t / 60 for t in line.time]
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
@@ -280,14 +270,13 @@ def _plot(result: SimResult, path: Path, slo: float, percentile: float,
     ax2.legend(loc="upper left", fontsize=8)
     ax3.plot(minutes, line.ttft, lw=0.6, color="tab:red", label=f"TTFT p{percentile:g}")
     ax3.axhline(slo, color="black", ls=":", label="SLO")
-    shades = {"reaction": "tab:orange", "late start": "tab:purple", "not asked": "tab:red"}
     wide = result.duration_s / 250  # an episode of one request still shows
     for e in found.episodes if found is not None else ():
         for ax in (ax1, ax2, ax3):
-            ax.axvspan(e.start / 60, max(e.end, e.start + wide) / 60, color=shades[e.kind],
-                       alpha=0.25, lw=0)
-    for kind, color in shades.items() if found is not None else ():
-        ax3.axvspan(0, 0, color=color, alpha=0.25, label=f"late: {kind}")
+            ax.axvspan(e.start / 60, max(e.end, e.start + wide) / 60,
+                       color=KIND_COLORS[e.kind], alpha=0.25, lw=0)
+    for kind in KINDS[:-1] if found is not None else ():  # episodes' kinds ("alone" is none)
+        ax3.axvspan(0, 0, color=KIND_COLORS[kind], alpha=0.25, label=f"late: {kind}")
     ax3.set_yscale("log")
     ax3.set_ylabel("TTFT (s) per 2 s")
     ax3.set_xlabel("minutes")

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 __all__ = ["FleetPoint", "Timed", "explain_phase", "fleet_point"]
 
 
@@ -96,14 +98,11 @@ def explain_phase(samples: Sequence[Timed], label: str, start: float, end: float
         raise ValueError(f"percentile must be in (0, 100) and the SLO > 0, got "
                          f"{percentile} and {slo_s}")
     sent = [s for s in samples if start <= s.sent < end]
-    answered = sorted(s.ttft for s in sent if s.status == 200 and s.ttft is not None)
+    answered = [s.ttft for s in sent if s.status == 200 and s.ttft is not None]
     p = f"p{percentile:g}"
     if not answered:
         return [f"{label}: no request answered, nothing to judge"]
-    # numpy's default ("linear") quantile, as the load summary reports it
-    pos = (len(answered) - 1) * percentile / 100
-    lo = math.floor(pos)
-    value = answered[lo] + (answered[min(lo + 1, len(answered) - 1)] - answered[lo]) * (pos - lo)
+    value = float(np.quantile(answered, percentile / 100))  # as the load summary has it
     late = [s for s in sent if s.status != 200 or s.ttft is None or s.ttft > slo_s]
     allowed = math.floor(len(sent) * (100 - percentile) / 100)
     head = (f"{label}: TTFT {p} {value:.2f} s, {{}} the {slo_s:g} s SLO ({len(late)} of "
