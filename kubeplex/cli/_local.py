@@ -155,7 +155,7 @@ async def _demo(mode: Any, args: argparse.Namespace, stop: asyncio.Event) -> int
     import httpx
 
     from kubeplex.autoscaler.policy import profile_capacity
-    from kubeplex.operator.local.load import record_fleet, run_load
+    from kubeplex.operator.local.load import run_load, watched
 
     try:
         run = next(iter(mode.runs.values()))
@@ -177,23 +177,19 @@ async def _demo(mode: Any, args: argparse.Namespace, stop: asyncio.Event) -> int
         rate = args.demo_rate or round(DEMO_FLEET_SHARE * most * (
             capacity.service_rate if capacity else 1.0), 1)
         print(f"demo: burst to {rate:g} req/s over {args.demo_duration:g} s", flush=True)
-        recorded = asyncio.Event()
 
         async def model_state() -> dict[str, object]:
             entry: dict[str, object] = mode.status()["models"][0]
             return entry
 
-        fleet = asyncio.ensure_future(record_fleet(model_state, recorded))
-        try:
-            result = await run_load(
-                url, run.served, rate=rate, duration=args.demo_duration, pattern="burst",
-                prompt_tokens=workload.prompt_tokens, max_tokens=workload.output_tokens)
-        finally:
-            recorded.set()
+        result, fleet = await watched(run_load(
+            url, run.served, rate=rate, duration=args.demo_duration, pattern="burst",
+            prompt_tokens=workload.prompt_tokens, max_tokens=workload.output_tokens),
+            model_state)
         for key, value in result.summary(phases=False):
             print(f"demo: {key:>24}: {value}", flush=True)
         # Each phase against the SLO; a miss with its late requests and the fleet's timeline.
-        for line in result.verdicts(run.config.slo_ttft_s, run.config.percentile, await fleet):
+        for line in result.verdicts(run.config.slo_ttft_s, run.config.percentile, fleet):
             print(f"demo: {line}", flush=True)
         limit = time.monotonic() + run.config.scale_to_zero_after_s + \
             run.config.scale_down_delay_s + DEMO_IDLE_MARGIN_S
@@ -280,7 +276,7 @@ async def _load_watched(
     fleet record, (SLO seconds, percentile) or None when the status does not list it)."""
     import httpx
 
-    from kubeplex.operator.local.load import record_fleet, run_load
+    from kubeplex.operator.local.load import run_load, watched
 
     status_url = args.gateway.rstrip("/") + "/kubeplex/v1/status"
     slo: list[tuple[float, float]] = []
@@ -299,16 +295,11 @@ async def _load_watched(
                 slo.append((float(target), float(percentile)))
             return entry
 
-        recorded = asyncio.Event()
-        fleet = asyncio.ensure_future(record_fleet(model_state, recorded))
-        try:
-            result = await run_load(
-                args.gateway, model, rate=args.rate, duration=args.duration,
-                pattern=args.pattern, prompt_tokens=args.prompt_tokens,
-                max_tokens=args.max_tokens, seed=args.seed, progress=progress)
-        finally:
-            recorded.set()
-        return result, await fleet, slo[0] if slo else None
+        result, fleet = await watched(run_load(
+            args.gateway, model, rate=args.rate, duration=args.duration, pattern=args.pattern,
+            prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, seed=args.seed,
+            progress=progress), model_state)
+        return result, fleet, slo[0] if slo else None
 
 
 def _load(args: argparse.Namespace) -> int:

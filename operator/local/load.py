@@ -29,7 +29,7 @@ import numpy as np
 from kubeplex.operator.local.errors import SettingsError
 from kubeplex.operator.local.verdict import FleetPoint, explain_phase, fleet_point
 
-__all__ = ["PATTERNS", "LoadResult", "Sample", "rate_at", "record_fleet", "run_load"]
+__all__ = ["PATTERNS", "LoadResult", "Sample", "rate_at", "run_load", "watched"]
 
 PATTERNS = ("constant", "burst", "ramp")
 #: The burst pattern's quiet level, as a fraction of the peak rate.
@@ -116,7 +116,7 @@ class LoadResult:
     def verdicts(self, slo_s: float, percentile: float,
                  fleet: list[FleetPoint]) -> list[str]:
         """Each phase judged against the SLO, a miss explained (:mod:`.verdict`); ``fleet``
-        as :func:`record_fleet` keeps it (monotonic times)."""
+        as :func:`watched` records it (monotonic times)."""
         shifted = [FleetPoint(p.t - self.started, p.ready, p.starting, p.desired, p.reason)
                    for p in fleet]
         return [line for label, since, until in self.phases()
@@ -213,18 +213,30 @@ async def run_load(url: str, model: str, *, rate: float, duration: float, patter
     return result
 
 
-async def record_fleet(read: Callable[[], Awaitable[dict[str, object] | None]],
-                       stop: asyncio.Event) -> list[FleetPoint]:
-    """The model's fleet every ``FLEET_PERIOD_S`` until ``stop``: ``read`` gives its entry of
-    the local status (None: nothing to record this time)."""
-    points = []
-    while not stop.is_set():
-        model = await read()
-        if model is not None:
-            points.append(fleet_point(time.monotonic(), model))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), FLEET_PERIOD_S)
-    return points
+async def watched(load: Awaitable[LoadResult],
+                  read: Callable[[], Awaitable[dict[str, object] | None]],
+                  ) -> tuple[LoadResult, list[FleetPoint]]:
+    """Run ``load`` (:func:`run_load`) while recording the model's fleet every
+    ``FLEET_PERIOD_S``: ``read`` gives its entry of the status (None: nothing to record this
+    time). The recording stops with the load, however that ends."""
+    stop = asyncio.Event()
+
+    async def record() -> list[FleetPoint]:
+        points = []
+        while not stop.is_set():
+            model = await read()
+            if model is not None:
+                points.append(fleet_point(time.monotonic(), model))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FLEET_PERIOD_S)
+        return points
+
+    fleet = asyncio.ensure_future(record())
+    try:
+        result = await load
+    finally:
+        stop.set()
+    return result, await fleet
 
 
 def expected_requests(pattern: str, rate: float, duration: float) -> float:
