@@ -308,7 +308,8 @@ class AutoscalerState:
     #: Panic lasts until this time; the target may not drop below ``panic_floor`` meanwhile.
     panic_until: float | None = None
     panic_floor: int = 0
-    #: Last time requests arrived or were in the system (scale to zero counts from here).
+    #: Last time requests arrived or were in the system, or the first evaluation with replicas
+    #: running (scale to zero counts from here).
     last_busy: float | None = None
     forecast: HoltState = field(default_factory=HoltState)
     #: Measured / modelled speed of a saturated replica (1.0 until the fleet ran saturated).
@@ -956,6 +957,10 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
 
     busy = stable.in_system > 0 or held > 0 or _arrived(observed.scrapes, now, config)
     last_busy = now if busy else state.last_busy
+    if last_busy is None and observed.current > 0:
+        # A law that has just started (the operator restarted, a replay's first tick) has
+        # seen no idle time yet: the clock starts now, not at "idle forever".
+        last_busy = now
     target, zero_note = scale_to_zero(target, busy, last_busy, config, now)
     stages.append(Stage("scale_to_zero", target, zero_note))
     if zero_note:

@@ -223,6 +223,18 @@ def test_scale_to_zero_after_idle_and_back_from_zero() -> None:
     assert "scale from zero" in walk.decisions[-1].reason
 
 
+def test_a_fresh_law_counts_idle_time_from_its_first_look() -> None:
+    # An operator restarted over a replica whose first scrapes show nothing in flight: the
+    # idle clock starts then (it used to read "idle inf s" and drop the replica at once).
+    config = replace(CONFIG, min_replicas=0)
+    walk = Walk(config=config, ready=1)
+    walk.run(10, rate=0, running=0)
+    assert [d.desired_replicas for d in walk.decisions] == [1] * len(walk.decisions)
+    walk.run(config.scale_to_zero_after_s, rate=0, running=0)
+    assert walk.decisions[-1].desired_replicas == 0
+    assert "idle 6" in walk.decisions[-1].reason  # 60 s and some: from the first look
+
+
 def test_budget_clamp_says_why() -> None:
     walk = Walk()
     walk.run(120, rate=20)
