@@ -93,7 +93,7 @@ from kubeplex.autoscaler.memory import (
 )
 from kubeplex.autoscaler.metrics import Scrape
 from kubeplex.autoscaler.queueing import ReplicaCapacity, replicas_for_mix, replicas_for_slo
-from kubeplex.autoscaler.recurrence import Phase, schedule, without_bursts
+from kubeplex.autoscaler.recurrence import Phase, Schedule, schedule, without_bursts
 from kubeplex.autoscaler.release import Release, burst_over, finished_burst
 from kubeplex.autoscaler.signals import TEST_Z, NoData, Signals, extract
 from kubeplex.placement.llm import LLMProfile
@@ -816,7 +816,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     capacity = estimate.capacity
     start_s = config.warm_start_s if observed.warm_available > 0 else config.cold_start_s
     # Scheduled bursts (one evaluation's memory ago) and bursts that are over (release).
-    timed = schedule(state.peaks, now, start_s, config.stable_window_s)
+    timed = scheduled_burst(state.peaks, now, observed.warm_available, speed, config)
     scheduled = timed.phase is Phase.BETWEEN
     ended = timed.last if scheduled else finished_burst(state.peaks, config.cold_start_s)
     released = None if ended is None else burst_over(
@@ -842,6 +842,11 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
             f"{adjusted})")
     target, fell = after_a_fall(target, current, burst, stable, capacity, config, cv2, batch)
     note += fell
+    if released is not None and target > current and now < released.end + config.stable_window_s:
+        # The stable window still holds the burst that is over (its dispersion above all):
+        # it justifies no start. New load shows as a rise or a backlog.
+        target = current
+        note += "; the stable window still holds the burst that is over: no start from it"
     stages.append(Stage("slo", target, note))
     deciding = note
     quiet = not observed.starting and steady and target <= observed.ready
@@ -978,7 +983,8 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     if budget_note:
         deciding = budget_note
 
-    warm = warm_standbys(peaks, target, speed, observed, config)
+    # Between scheduled bursts the next is provisioned ahead: no standbys kept for them.
+    warm = warm_standbys(held_peaks, target, speed, observed, config)
 
     verb = "scale up" if target > current else "scale down" if target < current else "hold"
     reason = f"{verb} {current} -> {target}: {deciding}; warm {warm}"
@@ -995,6 +1001,19 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
                     forecast=forecast, peaks=peaks, released=released)
     return Decision(target, warm, reason, state, tuple(stages), stable, in_panic,
                     estimate.infeasible, capacity)
+
+
+def scheduled_burst(peaks: Peaks, now: float, warm_available: int, speed: float,
+                    config: AutoscalerConfig) -> Schedule:
+    """The recurrence's phase. Its lead is a warm start only when the standbys could hold the
+    bursts' whole level (one replica short, the rest would be claimed for a burst that its
+    cold start comes after), else a cold start. Not what the level adds to the replicas now:
+    those started for the burst would turn the lead warm and the burst unscheduled."""
+    timed = schedule(peaks, now, config.cold_start_s, config.stable_window_s)
+    if (timed.recurrence is not None and warm_available > 0
+            and warm_available >= replicas_at(timed.recurrence.level, speed)):
+        timed = schedule(peaks, now, config.warm_start_s, config.stable_window_s)
+    return timed
 
 
 def feedback_margin(target: int, factor: float) -> int:

@@ -172,7 +172,7 @@ def schedule(peaks: Peaks, now: float, lead_s: float, lag_s: float) -> Schedule:
     if now >= due - found.spread_s - lead_s:
         return Schedule(Phase.AHEAD, found.level, (
             f"bursts every {found.period_s:.0f} s (+-{found.spread_s:.0f} s): the next is due "
-            f"at {due:.0f} s, provisioned a cold start ahead"), found)
+            f"at {due:.0f} s, provisioned ahead by a {lead_s:.0f} s start"), found)
     return Schedule(Phase.BETWEEN, reason=(
         f"bursts every {found.period_s:.0f} s: the next is due at {due:.0f} s, not held "
         f"through the gap"), recurrence=found, last=bursts[-1])

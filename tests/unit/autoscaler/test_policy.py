@@ -235,6 +235,29 @@ def test_a_fresh_law_counts_idle_time_from_its_first_look() -> None:
     assert "idle 6" in walk.decisions[-1].reason  # 60 s and some: from the first look
 
 
+def test_scheduled_short_bursts_lead_by_a_cold_start_unless_standbys_cover_them() -> None:
+    """20 s at 100 req/s every 300 s (shorter than a cold start): between them no standbys
+    are kept, and with one standby where the bursts need several, the next burst is still
+    provisioned a cold start ahead (a warm lead would leave the rest a cold start late)."""
+    def bursts(warm: int) -> tuple[Walk, list[str]]:
+        walk = Walk()
+        walk.run(300, rate=20, warm_available=warm)
+        for _ in range(4):
+            walk.run(20, rate=100, warm_available=warm)
+            walk.run(280, rate=20, warm_available=warm)
+        return walk, [s.note for d in walk.decisions for s in d.stages
+                      if s.name == "recurrence" and "provisioned" in s.note]
+    walk, notes = bursts(1)
+    quiet = walk.decisions[0].desired_replicas
+    assert notes and "ahead by a 60 s start" in notes[-1]
+    assert walk.decisions[-1].desired_replicas > quiet + 1
+    between = [d for d in walk.decisions[-60:-40] if "not held through the gap" in
+               next(s.note for s in d.stages if s.name == "recurrence")]
+    assert between and all(d.desired_warm == 0 for d in between)
+    _, covered = bursts(10)
+    assert covered and "ahead by a 2 s start" in covered[-1]
+
+
 def test_budget_clamp_says_why() -> None:
     walk = Walk()
     walk.run(120, rate=20)
@@ -620,6 +643,6 @@ def test_bursts_on_a_steady_period_are_provisioned_ahead_and_released_between() 
     assert any("bursts every 360 s" in n and "not held through the gap" in n for n in notes)
     before_due = walk.decisions[-1]
     assert before_due.desired_replicas > quiet + 1, "the next burst is provisioned ahead"
-    assert "provisioned a cold start ahead" in notes[-1]
+    assert "provisioned ahead by a 60 s start" in notes[-1]  # a cold start
     gaps = [d.desired_replicas for d in walk.decisions[-110:-70]]  # 1160-1240 s
     assert max(gaps) == quiet, "the bursts' level is not held through the gap"
