@@ -22,8 +22,13 @@ speed, policy, the law's source for kubeplex), so a re-run replays only what cha
 ``results/real_traces-draw{K}.*``: the same bars on traces no constant was looked at on. A
 change to the law that passes more rows of the table by chance shows here.
 
-Usage: python benchmarks/autoscaler/real_traces.py [--traces a,b] [--speeds 1.0,0.7]
-       [--policies kubeplex,hpa,...] [--draw K] [--jobs 2] [--no-plot]
+``--set later`` runs the shapes made after the law's development (a slow ramp, a sawtooth,
+a trickle, a flood from the first second, long prompts, spikes shorter than a cold start on
+a period, a decay, two compressed days) with the same bars, into
+``results/real_traces-later[-drawK].*``.
+
+Usage: python benchmarks/autoscaler/real_traces.py [--set table|later] [--traces a,b]
+       [--speeds 1.0,0.7] [--policies kubeplex,hpa,...] [--draw K] [--jobs 2] [--no-plot]
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ class TraceSpec:
     make: Callable[[int], Any]
     #: The table's seed; None for a recorded trace, which cannot be drawn again.
     seed: int | None = None
+    #: ``table``: the shapes the law was developed on; ``later``: made after it (``--set``).
+    family: str = "table"
 
     def trace(self, draw: int) -> Any:
         if draw and self.seed is None:
@@ -111,6 +118,46 @@ def _gamma(seed: int) -> Any:
     return generate(lambda t: np.full_like(t, 15.0), 3600.0, 4.0, seed)
 
 
+def _constant(rate: float, duration_s: float, cv: float, seed: int, prompt: float = 512.0,
+              output: float = 128.0) -> Any:
+    from kubeplex.autoscaler.trace import generate
+
+    return generate(lambda t: np.full_like(t, rate), duration_s, cv, seed, prompt, output)
+
+
+def _shaped(points: tuple[tuple[float, float], ...], duration_s: float, cv: float,
+            seed: int) -> Any:
+    """A rate through ``(time, req/s)`` points, linear in between."""
+    from kubeplex.autoscaler.trace import generate
+
+    times, rates = zip(*points, strict=True)
+    return generate(lambda t: np.interp(t, times, rates), duration_s, cv, seed)
+
+
+def _sawtooth(seed: int) -> Any:
+    from kubeplex.autoscaler.trace import generate
+
+    return generate(lambda t: 5.0 + 20.0 * np.mod(t, 300.0) / 300.0, 3600.0, 1.5, seed)
+
+
+def _periodic_spikes(seed: int) -> Any:
+    from kubeplex.autoscaler.trace import generate, square_rate
+
+    return generate(square_rate(5.0, 40.0, 300.0, 30.0), 3600.0, 1.0, seed)
+
+
+def _decay(seed: int) -> Any:
+    from kubeplex.autoscaler.trace import generate
+
+    return generate(lambda t: 5.0 + 35.0 * np.exp(-t / 900.0), 3600.0, 1.5, seed)
+
+
+def _twin_diurnal(seed: int) -> Any:
+    from kubeplex.autoscaler.trace import diurnal_rate, generate
+
+    return generate(diurnal_rate(2.0, 30.0, 1800.0), 3600.0, 3.0, seed)
+
+
 def _mooncake(_seed: int) -> Any:
     from kubeplex.autoscaler.trace import read_trace
 
@@ -134,7 +181,28 @@ TRACES: dict[str, TraceSpec] = {s.name: s for s in (
               "H100-80GB", 0.5, _on_off, 5),
     TraceSpec("gamma", "15 req/s, Gamma inter-arrivals cv 4, 60 min", "A100-80GB", 1.0,
               _gamma, 6),
+    # Made in round 13, after the law's development, and first run before any change to it.
+    TraceSpec("ramp", "2 req/s for 5 min, rising to 40 over 40 min, back to 2 in 15, cv 1",
+              "A100-80GB", 1.0,
+              lambda s: _shaped(((0, 2), (300, 2), (2700, 40), (3600, 2)), 3600.0, 1.0, s),
+              101, "later"),
+    TraceSpec("sawtooth", "5 -> 25 req/s in 5 min, dropping back, repeated, cv 1.5, 60 min",
+              "A100-80GB", 1.0, _sawtooth, 102, "later"),
+    TraceSpec("trickle", "0.3 req/s, Poisson, 60 min", "A100-80GB", 1.0,
+              lambda s: _constant(0.3, 3600.0, 1.0, s), 103, "later"),
+    TraceSpec("flood", "60 req/s from the first second, Poisson, 30 min", "A100-80GB", 1.0,
+              lambda s: _constant(60.0, 1800.0, 1.0, s), 104, "later"),
+    TraceSpec("long-prompts", "3 req/s of ~4k-token prompts and ~256-token outputs, cv 2, "
+              "60 min", "H100-80GB", 2.0,
+              lambda s: _constant(3.0, 3600.0, 2.0, s, 4096.0, 256.0), 105, "later"),
+    TraceSpec("spikes", "5 req/s, 30 s at 40 every 5 min (shorter than a cold start), "
+              "Poisson, 60 min", "A100-80GB", 1.0, _periodic_spikes, 106, "later"),
+    TraceSpec("decay", "40 req/s decaying to 5 (time constant 15 min), cv 1.5, 60 min",
+              "A100-80GB", 1.0, _decay, 107, "later"),
+    TraceSpec("twin-diurnal", "two 30-min days of 2 -> 30 req/s, cv 3", "A100-80GB", 1.0,
+              _twin_diurnal, 108, "later"),
 )}
+FAMILIES = ("table", "later")
 
 
 #: The control law's own modules: a change re-runs kubeplex only. Every other module of
@@ -373,6 +441,9 @@ def main() -> int:
                         help=f"comma-separated, of {', '.join(TRACES)} (default: all)")
     parser.add_argument("--speeds", default=",".join(f"{s:g}" for s in SPEEDS))
     parser.add_argument("--policies", default="kubeplex," + ",".join(BASELINES) + ",oracle")
+    parser.add_argument("--set", default="table", choices=FAMILIES, dest="family",
+                        help="table: the shapes the law was developed on; later: shapes made "
+                             "after it (default: table)")
     parser.add_argument("--draw", type=int, default=0,
                         help="draw the generated traces with other seeds (0: the table's)")
     parser.add_argument("--jobs", type=int, default=2)
@@ -381,7 +452,8 @@ def main() -> int:
     if args.draw < 0:
         parser.error(f"--draw must be 0 (the table's seeds) or more, not {args.draw}")
     # A recorded trace (seed None) is in draw 0 only.
-    drawable = [n for n, spec in TRACES.items() if spec.seed is not None or not args.draw]
+    drawable = [n for n, spec in TRACES.items() if spec.family == args.family
+                and (spec.seed is not None or not args.draw)]
     names = [n for n in args.traces.split(",") if n] if args.traces else drawable
     unknown = [n for n in names if n not in TRACES]
     if unknown:
@@ -421,6 +493,7 @@ def main() -> int:
         "model": MODEL, "percentile": PERCENTILE, "cold_start_s": COLD_START_S,
         "warm_start_s": WARM_START_S, "draw": args.draw,
         "command": "python benchmarks/autoscaler/real_traces.py"
+                   + ("" if args.family == "table" else f" --set {args.family}")
                    + (f" --draw {args.draw}" if args.draw else ""),
         "traces": {n: {"what": TRACES[n].what, "gpu": TRACES[n].gpu,
                        "slo_ttft_s": TRACES[n].slo_s} for n in names},
@@ -434,7 +507,8 @@ def main() -> int:
                 entry["verdict"] = verdict(runs)
             report["results"].append(entry)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "real_traces" + (f"-draw{args.draw}" if args.draw else "")
+    stem = ("real_traces" + ("" if args.family == "table" else f"-{args.family}")
+            + (f"-draw{args.draw}" if args.draw else ""))
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     complete = [e for e in report["results"] if "verdict" in e]
     table = _table({"results": complete})
