@@ -44,18 +44,21 @@ Stages, in order (each a function, tested alone with a fake clock):
    release would make the next such burst wait a cold start (the level moves down with the
    demand the bursts rode on, :func:`~kubeplex.autoscaler.memory.held_level`). **Recurrence**
    (:mod:`~kubeplex.autoscaler.recurrence`): bursts that start at a steady period get their
-   level a cold start before the next is due, and between them the memory does not hold it
-   nor the hold the targets the last one set. **Release** (:mod:`~kubeplex.autoscaler.
+   level a cold start before the next is due (a warm start when the standbys could hold it
+   all), and between them the memory does not hold it, keeps no standbys for it, nor the
+   hold the targets the last one set. **Release** (:mod:`~kubeplex.autoscaler.
    release`): a burst that lasted a cold start is over once the counts since its end tell it
    apart from the burst's rate at the rise test's level; the SLO stage then plans for the
-   rate since, the forecast restarts from it, panic ends and the hold forgets the burst's
-   targets (instead of a stable window and the scale-down delay after it). Before the
+   rate since (and starts nothing while the stable window still holds the burst), the
+   forecast restarts from it, panic ends and the hold forgets the burst's targets (instead
+   of a stable window and the scale-down delay after it). Before the
    hold, **SLO feedback** (:mod:`~kubeplex.autoscaler.feedback`) divides the replicas by its
    margin factor (at least one more per step, so a step changes the fleet it is judged on): the
    counted requests' measured attainment below target while the model says the fleet
    suffices takes one step; a step that does not help is undone and blocked; met periods
    relax it: bounded, never a ratchet, and never a change in what one replica can serve.
-8. **rate limit** (:func:`rate_limit`), **scale to zero** (:func:`scale_to_zero`), **bounds**,
+8. **rate limit** (:func:`rate_limit`), **scale to zero** (:func:`scale_to_zero`: idle
+   counted from the last request or the law's first look, never from "forever"), **bounds**,
    **budget** (:func:`budget_clamp`: never more replicas than the pool's free GPUs and warm
    standbys can place; the reason says so).
 9. **warm standbys** (:func:`~kubeplex.autoscaler.memory.burst_standbys`): a burst seen once
