@@ -18,9 +18,10 @@ __all__ = ["load_profile", "register"]
 if TYPE_CHECKING:
     from kubeplex.autoscaler.fleet import SimResult
     from kubeplex.autoscaler.misses import Misses
+    from kubeplex.autoscaler.trace import FloatArray, RateFn
     from kubeplex.placement.llm import LLMProfile
 
-PATTERNS = ("gamma", "diurnal", "spike", "bursts", "azure")
+PATTERNS = ("gamma", "diurnal", "spike", "bursts", "on-off", "points", "azure")
 #: Largest inter-arrival coefficient of variation a flag takes: the burstiest production
 #: traces measured (AlpaServe's, Azure Functions') stay below 10.
 MAX_CV = 100.0
@@ -82,13 +83,22 @@ def register(cli: Commands) -> None:
     t.add_argument("--pattern", required=True, choices=PATTERNS,
                    help="gamma: bursty renewal arrivals (with an optional spike); diurnal: a "
                         "day's ramp compressed into --period-s; spike: Poisson with a step "
-                        "spike; azure: per-minute counts from an Azure Functions CSV")
+                        "spike; bursts: short bursts at random times; on-off: --peak-rate for "
+                        "--on-s of every --period-s, else --rate; points: a rate through "
+                        "--points, linear in between (ramps, sawtooths, decays); azure: "
+                        "per-minute counts from an Azure Functions CSV")
     t.add_argument("--rate", type=number(0, MAX_RATE, above=True), default=10.0,
                    help="base arrival rate, req/s")
     t.add_argument("--peak-rate", type=number(0, MAX_RATE),
-                   help="diurnal: the rate at mid-period")
+                   help="diurnal: the rate at mid-period; on-off: the rate while on "
+                        "(default 5 x --rate)")
     t.add_argument("--period-s", type=number(0, MAX_TRACE_SECONDS, above=True), default=3600.0,
-                   help="diurnal period, s")
+                   help="diurnal or on-off period, s")
+    t.add_argument("--on-s", type=number(0, MAX_TRACE_SECONDS), default=180.0,
+                   help="on-off: seconds at --peak-rate at the start of every period")
+    t.add_argument("--points", metavar="T:RATE,T:RATE,...",
+                   help="points: the arrival rate (req/s) at times T (s), from 0, linear in "
+                        "between and flat after the last, e.g. 0:2,300:2,2700:40,3600:2")
     t.add_argument("--cv", type=number(0, MAX_CV, above=True),
                    help="inter-arrival coefficient of variation "
                    "(default 4 for gamma, 1 otherwise)")
@@ -126,6 +136,40 @@ def _pair(text: str, flag: str) -> tuple[float, float]:
     except ValueError:
         raise TraceError(f"{flag} must be two numbers LOW,HIGH, got {text!r}") from None
     return low, high
+
+
+def _points(text: str | None) -> tuple[list[float], list[float]]:
+    """``--points T:RATE,...``: times from 0, increasing, and rates >= 0, all finite."""
+    from kubeplex.autoscaler.errors import TraceError
+
+    if not text:
+        raise TraceError("--pattern points needs --points T:RATE,T:RATE,... (seconds from 0 "
+                         "and req/s, e.g. 0:2,300:2,2700:40,3600:2)")
+    times: list[float] = []
+    rates: list[float] = []
+    for item in text.split(","):
+        try:
+            t, rate = (float(v) for v in item.split(":"))
+        except ValueError:
+            raise TraceError(f"--points: {item!r} is not T:RATE (seconds:req/s)") from None
+        if not (math.isfinite(t) and math.isfinite(rate)) or rate < 0:
+            raise TraceError(f"--points: {item!r} needs a finite time and a rate >= 0")
+        if times and t <= times[-1]:
+            raise TraceError(f"--points: times must increase, {t:g} s comes after "
+                             f"{times[-1]:g} s")
+        times.append(t)
+        rates.append(rate)
+    if times[0] != 0:
+        raise TraceError(f"--points: the first point must be at 0 s, not {times[0]:g} s")
+    return times, rates
+
+
+def _points_rate(times: list[float], rates: list[float]) -> RateFn:
+    import numpy as np
+
+    def fn(t: FloatArray) -> FloatArray:
+        return np.asarray(np.interp(t, times, rates), dtype=np.float64)
+    return fn
 
 
 def _warm_pool(text: str) -> int | None:
@@ -296,6 +340,7 @@ def _trace(args: argparse.Namespace) -> int:
         generate,
         read_minute_counts,
         spike_rate,
+        square_rate,
         write_trace,
     )
 
@@ -316,11 +361,18 @@ def _trace(args: argparse.Namespace) -> int:
         if args.rate <= 0:
             raise TraceError(f"--rate must be > 0 req/s, got {args.rate}")
         cv = args.cv if args.cv is not None else (4.0 if args.pattern == "gamma" else 1.0)
+        peak = args.peak_rate if args.peak_rate is not None else 5 * args.rate
         if args.pattern == "diurnal":
-            peak = args.peak_rate if args.peak_rate is not None else 5 * args.rate
             if peak < 0 or args.period_s <= 0:
                 raise TraceError("--peak-rate must be >= 0 and --period-s > 0")
             rate = diurnal_rate(args.rate, peak, args.period_s)
+        elif args.pattern == "on-off":
+            if args.on_s > args.period_s:
+                raise TraceError(f"--on-s ({args.on_s:g} s) must be at most --period-s "
+                                 f"({args.period_s:g} s)")
+            rate = square_rate(args.rate, peak, args.period_s, args.on_s)
+        elif args.pattern == "points":
+            rate = _points_rate(*_points(args.points))
         else:
             if args.spike_factor <= 0 or args.spike_for_s < 0 or args.ramp_s < 0:
                 raise TraceError("--spike-factor must be > 0, --spike-for-s and --ramp-s >= 0")

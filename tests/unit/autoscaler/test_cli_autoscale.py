@@ -127,3 +127,39 @@ def test_bursts_pattern(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "requests over" in capsys.readouterr().err
     assert main(["simulate", "trace", "--pattern", "bursts", "--burst-rates", "60"]) == 2
     assert "--burst-rates must be two numbers" in capsys.readouterr().err
+
+
+def test_on_off_and_points_patterns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """on-off: --peak-rate for --on-s of every period; points: a rate through the points,
+    linear in between (a ramp here), each checked on the generated arrivals."""
+    from kubeplex.autoscaler.trace import read_trace
+
+    out = tmp_path / "on-off.csv"
+    assert main(["simulate", "trace", "--pattern", "on-off", "--rate", "2", "--peak-rate",
+                 "40", "--period-s", "300", "--on-s", "60", "--duration-s", "1200",
+                 "--out", str(out)]) == 0
+    arrivals = read_trace(out).arrival_s
+    on = (arrivals % 300 < 60).sum() / (4 * 60)
+    off = (arrivals % 300 >= 60).sum() / (4 * 240)
+    assert 34 < on < 46 and 1.4 < off < 2.6, (on, off)
+    ramp = tmp_path / "ramp.csv"
+    assert main(["simulate", "trace", "--pattern", "points", "--points", "0:1,600:31",
+                 "--duration-s", "900", "--out", str(ramp)]) == 0
+    arrivals = read_trace(ramp).arrival_s
+    early, late = (arrivals < 100).sum() / 100, ((arrivals >= 600) & (arrivals < 900)).sum() / 300
+    assert 2 < early < 5 and 27 < late < 35, (early, late)  # mean 3.5 over 0-100 s, then 31
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--pattern", "points"], "--pattern points needs --points"),
+    (["--pattern", "points", "--points", "0:1,x"], "'x' is not T:RATE"),
+    (["--pattern", "points", "--points", "0:1,60:-2"], "a rate >= 0"),
+    (["--pattern", "points", "--points", "0:1,60:2,30:4"], "times must increase"),
+    (["--pattern", "points", "--points", "10:1,60:2"], "the first point must be at 0 s"),
+    (["--pattern", "on-off", "--period-s", "60", "--on-s", "90"], "--on-s (90 s) must be at most"),
+])
+def test_shape_pattern_errors(args: list[str], message: str,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "trace", *args]) == 2
+    assert message in capsys.readouterr().err
