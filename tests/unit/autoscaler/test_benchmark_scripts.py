@@ -55,6 +55,23 @@ def test_a_draw_redraws_the_generated_traces_and_leaves_the_table_seeds_alone() 
         rt.TRACES["mooncake"].trace(1)
 
 
+def test_the_later_shapes_are_a_set_of_their_own() -> None:
+    """real_traces.py --set later: shapes made after the law, each generated, drawable, and
+    none in the table's set (whose default run must not change)."""
+    rt = _load("real_traces")
+    later = [s for s in rt.TRACES.values() if s.family == "later"]
+    table = [s for s in rt.TRACES.values() if s.family == "table"]
+    assert len(later) == 8 and len(table) == 8
+    assert set(rt.FAMILIES) == {s.family for s in rt.TRACES.values()}
+    for spec in later:
+        trace = spec.trace(0)
+        assert len(trace) > 0 and spec.seed is not None
+        assert (spec.trace(0).arrival_s == trace.arrival_s).all()
+    ramp = rt.TRACES["ramp"].trace(0).arrival_s
+    early, late = (ramp < 300).sum() / 300, ((ramp > 2600) & (ramp < 2700)).sum() / 100
+    assert 1.5 < early < 2.5 and 34 < late < 46, (early, late)
+
+
 def test_what_the_world_takes_from_the_law_reruns_every_policy() -> None:
     """real_traces.py caches the baselines and the oracle by the world's digest alone. A name
     that a world module imports from a law module (the oracle's sizing, the baselines'
