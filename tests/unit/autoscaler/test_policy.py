@@ -646,3 +646,26 @@ def test_bursts_on_a_steady_period_are_provisioned_ahead_and_released_between() 
     assert "provisioned ahead by a 60 s start" in notes[-1]  # a cold start
     gaps = [d.desired_replicas for d in walk.decisions[-110:-70]]  # 1160-1240 s
     assert max(gaps) == quiet, "the bursts' level is not held through the gap"
+
+
+def test_a_released_burst_s_echo_starts_no_replica() -> None:
+    """30 s at 40 req/s every 5 minutes on a fleet 30% slower than planned: once a spike is
+    judged over, the stable window still holds it for a minute. Its dispersion used to size
+    the quiet rate one replica higher, a start the hold gave up at the next evaluation:
+    1 -> 2 -> 1 within seconds, five times in the hour (pod churn in a cluster)."""
+    from kubeplex.autoscaler.baselines import KubeplexPolicy
+    from kubeplex.autoscaler.evaluation import Scenario, replay
+    from kubeplex.autoscaler.trace import generate, square_rate
+    from kubeplex.placement.llm import profile
+
+    trace = generate(square_rate(5.0, 40.0, 300.0, 30.0), 3600.0, 1.0, 106)
+    scenario = Scenario(profile("llama-3.1-8b", "A100-80GB"), 1.0, 99.0, fleet_speed=0.7)
+    kept: list[object] = []
+    replay(trace, scenario, "kubeplex", built=kept.append)
+    law = kept[0]
+    assert isinstance(law, KubeplexPolicy)
+    ups = [t for t, why in law.reasons if why.startswith("scale up")]
+    downs = [t for t, why in law.reasons if why.startswith("scale down")]
+    assert ups and downs
+    churn = [(up, down) for up in ups for down in downs if 0 < down - up <= 10]
+    assert not churn, f"started and given up within 10 s: {churn}"
