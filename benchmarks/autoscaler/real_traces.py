@@ -113,9 +113,7 @@ def _on_off(seed: int) -> Any:
 
 
 def _gamma(seed: int) -> Any:
-    from kubeplex.autoscaler.trace import generate
-
-    return generate(lambda t: np.full_like(t, 15.0), 3600.0, 4.0, seed)
+    return _constant(15.0, 3600.0, 4.0, seed)
 
 
 def _constant(rate: float, duration_s: float, cv: float, seed: int, prompt: float = 512.0,
