@@ -79,19 +79,22 @@ def _in_system(observed: Observed) -> float:
 
 @dataclass
 class KubeplexPolicy:
-    """kubeplex's control law; keeps the state between evaluations and the last reasons."""
+    """kubeplex's control law; keeps the state between evaluations, the reasons for its
+    changes and, per evaluation, what each stage did to the target and the standbys asked."""
 
     config: AutoscalerConfig
     name: str = "kubeplex"
     interval_s: float = KUBEPLEX_TICK_S
     state: AutoscalerState = field(default_factory=AutoscalerState)
     reasons: list[tuple[float, str]] = field(default_factory=list)
+    stages: list[tuple[float, tuple[tuple[str, int], ...], int]] = field(default_factory=list)
 
     def evaluate(self, observed: Observed, now: float) -> tuple[int, int]:
         decision = decide(observed, self.config, self.state, now)
         self.state = decision.state
         if decision.desired_replicas != observed.current:
             self.reasons.append((now, decision.reason))
+        self.stages.append((now, decision.changes(), decision.desired_warm))
         return decision.desired_replicas, decision.desired_warm
 
 

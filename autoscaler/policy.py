@@ -357,6 +357,20 @@ class Decision:
     infeasible_fraction: float = 0.0
     capacity: ReplicaCapacity | None = None
 
+    def changes(self) -> tuple[tuple[str, int], ...]:
+        """What each stage did to the target it was handed, in order; they add up to
+        ``desired_replicas``. The first stage's is its whole target. ``queue`` stages report
+        a count and set nothing; ``credit`` sets its count only when above the target."""
+        changes: list[tuple[str, int]] = []
+        target = 0
+        for stage in self.stages:
+            if stage.name == "queue":
+                continue
+            after = max(target, stage.replicas) if stage.name == "credit" else stage.replicas
+            changes.append((stage.name, after - target))
+            target = after
+        return tuple(changes)
+
 
 # ---- stage 2: capacity ---------------------------------------------------------------------
 def profile_capacity(profile: LLMProfile, prompt_tokens: float, output_tokens: float,
@@ -743,7 +757,7 @@ def _hold(observed: Observed, config: AutoscalerConfig, state: AutoscalerState, 
         note = f"no data ({why.reason}): raise to min {config.min_replicas}"
     warm = config.warm_pool if config.warm_pool is not None else int(config.prewarm)
     reason = note if observed.trigger is None else f"{note} (alert {observed.trigger})"
-    return Decision(target, warm, reason, state, (Stage("hold", target, note),), why)
+    return Decision(target, warm, reason, state, (Stage("no data", target, note),), why)
 
 
 def short_window(scrapes: tuple[Scrape, ...], now: float,

@@ -18,6 +18,7 @@ __all__ = ["load_profile", "register"]
 if TYPE_CHECKING:
     from kubeplex.autoscaler.fleet import SimResult
     from kubeplex.autoscaler.misses import Misses
+    from kubeplex.autoscaler.spend import StageLog
     from kubeplex.autoscaler.trace import FloatArray, RateFn
     from kubeplex.placement.llm import LLMProfile
 
@@ -217,6 +218,7 @@ def _autoscale(args: argparse.Namespace) -> int:
     from kubeplex.autoscaler.errors import AutoscalerConfigError
     from kubeplex.autoscaler.evaluation import Scenario, replay
     from kubeplex.autoscaler.misses import replay_misses
+    from kubeplex.autoscaler.spend import spend
     from kubeplex.autoscaler.trace import read_trace
 
     if not args.slo_ttft > 0:
@@ -245,14 +247,21 @@ def _autoscale(args: argparse.Namespace) -> int:
                         built=policies.append)
     found = (replay_misses(trace, result, scenario, getattr(policies[0], "reasons", ()))
              if args.explain else None)
+    log = getattr(policies[0], "stages", None) if args.explain else None
+    spent = spend(log, result.duration_s) if log else None
     if args.plot is not None:
-        _plot(result, args.plot, args.slo_ttft, args.percentile, found)
+        _plot(result, args.plot, args.slo_ttft, args.percentile, found, log)
     if args.json:
         out = {"policy": result.policy, "attainment": round(result.attainment, 6),
                "gpu_hours": round(result.gpu_hours, 4), "scale_events": result.scale_events,
                "max_replicas": result.max_replicas}
         if found is not None:
             out["misses"] = _misses_json(found, args.explain)
+        if spent is not None:
+            out["replica_hours"] = {"asked": round(spent.asked, 4),
+                                    "by_stage": {k: round(v, 4)
+                                                 for k, v in spent.by_stage.items()},
+                                    "warm_standbys": round(spent.standby_hours, 4)}
         print(json.dumps(out))
     else:
         pct = "inf" if math.isinf(result.ttft_percentile) else f"{result.ttft_percentile:.3f}"
@@ -263,6 +272,8 @@ def _autoscale(args: argparse.Namespace) -> int:
         if found is not None:
             for line in _misses_text(found, args.explain):
                 print(line)
+        if spent is not None:
+            print(spent.describe())
     return 0
 
 
@@ -291,8 +302,9 @@ def _misses_json(found: Misses, n: int) -> dict[str, Any]:
 
 
 def _plot(result: SimResult, path: Path, slo: float, percentile: float,
-          found: Misses | None = None) -> None:
-    """Arrivals, replicas and TTFT over time; with ``found``, its episodes shaded by kind."""
+          found: Misses | None = None, log: StageLog | None = None) -> None:
+    """Arrivals, replicas and TTFT over time; with ``found``, its episodes shaded by kind;
+    with ``log``, the target stacked by the stage that asked for each replica."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,7 +314,9 @@ def _plot(result: SimResult, path: Path, slo: float, percentile: float,
 
     line = result.timeline
     minutes = [t / 60 for t in line.time]
-    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    panels = 4 if log else 3
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 2.7 * panels), sharex=True)
+    ax1, ax2, ax3 = axes[0], axes[1], axes[-1]
     ax1.plot(minutes, line.arrival_rate, lw=0.6, color="tab:gray")
     ax1.set_ylabel("arrivals (req/s)")
     ax1.set_title(f"{result.policy}: attainment {result.attainment:.2%}, "
@@ -312,11 +326,13 @@ def _plot(result: SimResult, path: Path, slo: float, percentile: float,
     ax2.step(minutes, line.warm, where="post", label="warm standbys", ls="--")
     ax2.set_ylabel("replicas")
     ax2.legend(loc="upper left", fontsize=8)
+    if log:
+        _plot_stages(axes[2], log)
     ax3.plot(minutes, line.ttft, lw=0.6, color="tab:red", label=f"TTFT p{percentile:g}")
     ax3.axhline(slo, color="black", ls=":", label="SLO")
     wide = result.duration_s / 250  # an episode of one request still shows
     for e in found.episodes if found is not None else ():
-        for ax in (ax1, ax2, ax3):
+        for ax in axes:
             ax.axvspan(e.start / 60, max(e.end, e.start + wide) / 60,
                        color=KIND_COLORS[e.kind], alpha=0.25, lw=0)
     for kind in KINDS[:-1] if found is not None else ():  # episodes' kinds ("alone" is none)
@@ -329,6 +345,22 @@ def _plot(result: SimResult, path: Path, slo: float, percentile: float,
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_stages(ax: Any, log: StageLog) -> None:
+    """The target over time, stacked by the stage that asked for each replica (what rate
+    limits and scale to zero took away shows as the gap to the target's line)."""
+    from kubeplex.autoscaler.spend import STAGE_COLORS, stacked
+
+    times, layers = stacked(log)
+    minutes = times / 60
+    if layers:
+        ax.stackplot(minutes, *layers.values(), labels=list(layers), step="post", alpha=0.7,
+                     colors=[STAGE_COLORS.get(name, "tab:gray") for name in layers])
+    target = [sum(change for _, change in changes) for _, changes, _ in log]
+    ax.step(minutes, target, where="post", color="black", lw=0.6, label="target")
+    ax.set_ylabel("replicas asked")
+    ax.legend(loc="upper right", fontsize=7, ncol=4)
 
 
 def _trace(args: argparse.Namespace) -> int:

@@ -61,6 +61,25 @@ def test_explain_lists_the_misses_by_kind(trace_file: Path,
     assert "--explain" in capsys.readouterr().err
 
 
+def test_explain_tells_which_stage_asked_for_the_replica_hours(
+        trace_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_autoscale(trace_file, "--policy", "kubeplex", "--explain", "1", "--json")) == 0
+    report = json.loads(capsys.readouterr().out)
+    spent = report["replica_hours"]
+    assert spent["asked"] == pytest.approx(sum(spent["by_stage"].values()), abs=1e-3)
+    assert spent["by_stage"]["slo"] > 0
+    # Asked replica-hours against the fleet's GPU-hours (1 GPU per replica): these lag the
+    # asks by the starts and count the start-up itself, so they differ, but not by a factor.
+    assert 0.5 < spent["asked"] / report["gpu_hours"] < 1.5
+    png = tmp_path / "stages.png"
+    assert main(_autoscale(trace_file, "--policy", "kubeplex", "--explain", "1",
+                           "--plot", str(png))) == 0
+    assert "replica-hours asked, by the stage that set them:" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(_autoscale(trace_file, "--policy", "kpa", "--explain", "1", "--json")) == 0
+    assert "replica_hours" not in json.loads(capsys.readouterr().out)  # kubeplex's stages
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -669,3 +669,23 @@ def test_a_released_burst_s_echo_starts_no_replica() -> None:
     assert ups and downs
     churn = [(up, down) for up in ups for down in downs if 0 < down - up <= 10]
     assert not churn, f"started and given up within 10 s: {churn}"
+
+
+def test_what_the_stages_did_adds_up_to_the_target() -> None:
+    """A burst with a backlog, then a fall: every decision's stage changes sum to its target,
+    the queue stage (a count it reports) sets nothing, and the SLO stage, the backlog
+    credit, panic and the scale-down hold each raise some target."""
+    walk = Walk()
+    walk.run(120, rate=20)
+    walk.run(6, rate=100, grow_waiting=40)
+    walk.run(30, rate=100, waiting=240)
+    walk.run(300, rate=5)
+    raised: set[str] = set()
+    for decision in walk.decisions:
+        changes = decision.changes()
+        assert sum(change for _, change in changes) == decision.desired_replicas
+        assert "queue" not in dict(changes)
+        raised |= {name for name, change in changes if change > 0}
+    assert {"slo", "credit", "panic", "hold"} <= raised
+    hold = [dict(d.changes()).get("hold", 0) for d in walk.decisions]
+    assert max(hold) > 0 and hold[-1] == 0, "the hold keeps replicas after the fall, then not"
