@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +27,8 @@ STAGE_COLORS = {"no data": "tab:gray", "slo": "tab:blue", "credit": "tab:cyan",
                 "recurrence": "tab:purple", "feedback": "tab:pink", "hold": "tab:green",
                 "rate_limit": "tab:brown", "scale_to_zero": "black", "bounds": "lightgray",
                 "budget": "gold"}
+
+_V = TypeVar("_V")
 
 #: Per evaluation: its time, what each stage did to the target, the warm standbys asked.
 StageLog = Sequence[tuple[float, tuple[tuple[str, int], ...], int]]
@@ -66,7 +69,7 @@ def spend(log: StageLog, end_s: float) -> Spend:
         for name, change in changes:
             by_stage[name] = by_stage.get(name, 0.0) + change * seconds / 3600.0
         standby += warm * seconds / 3600.0
-    return Spend(by_stage, standby)
+    return Spend(_in_law_order(by_stage), standby)
 
 
 def stacked(log: StageLog) -> tuple[FloatArray, dict[str, FloatArray]]:
@@ -79,6 +82,11 @@ def stacked(log: StageLog) -> tuple[FloatArray, dict[str, FloatArray]]:
         for name, change in changes:
             if change > 0:
                 layers.setdefault(name, np.zeros(len(log)))[i] += change
+    return times, _in_law_order(layers)
+
+
+def _in_law_order(by_stage: dict[str, _V]) -> dict[str, _V]:
+    """``by_stage`` in the law's order (stages it does not know last)."""
     order = list(STAGE_COLORS)
-    return times, dict(sorted(layers.items(), key=lambda kv: (
+    return dict(sorted(by_stage.items(), key=lambda kv: (
         order.index(kv[0]) if kv[0] in order else len(order))))

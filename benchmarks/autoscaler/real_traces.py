@@ -210,7 +210,7 @@ FAMILIES = ("table", "later")
 LAW_MODULES = ("policy.py", "capacity.py", "memory.py", "forecast.py", "feedback.py",
                "recurrence.py", "release.py", "signals.py")
 #: Modules that only read a replay's results (no policy or world runs them): in no digest.
-ANALYSIS_MODULES = ("misses.py",)
+ANALYSIS_MODULES = ("misses.py", "spend.py")
 #: What the world takes from the law's modules (the fleet's view of a policy, the oracle's
 #: and the baselines' sizing): their source counts as the world's, so a change to them
 #: re-runs every policy too. ``test_benchmark_scripts`` checks the list against the imports.
@@ -257,17 +257,22 @@ def _run(job: Job) -> dict[str, Any]:
     scenario = Scenario(profile(MODEL, spec.gpu), spec.slo_s, PERCENTILE, COLD_START_S,
                         WARM_START_S, None, None, speed, utilization)
     start = time.monotonic()
-    result = replay(trace, scenario, policy)
+    kept: list[Any] = []
+    result = replay(trace, scenario, policy, built=kept.append)
     row = {"trace": name, "speed": speed, "policy": policy, "utilization": utilization,
            "attainment": result.attainment, "gpu_hours": result.gpu_hours,
            "max_replicas": result.max_replicas, "scale_events": result.scale_events,
            "requests": result.requests, "seconds": round(time.monotonic() - start, 1)}
     if policy == "kubeplex":  # where it missed, and why (autoscaler/misses.py)
         from kubeplex.autoscaler.misses import replay_misses
+        from kubeplex.autoscaler.spend import spend
 
         found = replay_misses(trace, result, scenario)
         row["misses"] = found.by_kind()
         row["largest_miss"] = next((e.describe() for e in found.largest(1)), None)
+        spent = spend(kept[0].stages, result.duration_s)  # what its replicas were asked for
+        row["spend"] = {"by_stage": {k: round(v, 4) for k, v in spent.by_stage.items()},
+                        "standby_hours": round(spent.standby_hours, 4)}
     return row
 
 
@@ -358,6 +363,36 @@ def _misses_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {entry['trace']} | {entry['speed']:g} | {sum(by_kind.values())} | "
                      + " | ".join(str(by_kind[k]) for k in KINDS)
                      + f" | {mine['largest_miss'] or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+#: How the spend table groups the law's stages (``autoscaler/spend.py``); the rest (rate
+#: limit, scale to zero, bounds, budget, no data) is one column.
+SPEND_COLUMNS = {"SLO stage": ("slo",), "hold": ("hold",), "burst memory": ("recurrence",),
+                 "reaction": ("credit", "rise", "claim", "panic"), "feedback": ("feedback",)}
+
+
+def _spend_table(results: list[dict[str, Any]]) -> str:
+    """Where kubeplex's GPU-hours went: the replica-hours each stage of its law asked for."""
+    lines = ["Where kubeplex's GPU-hours went: the replica-hours each stage of its law asked "
+             "for (`autoscaler/spend.py`, `kubeplex simulate autoscale --explain`), and the "
+             "warm standby-hours; *reaction*: backlog credit, rise, standby claims and panic; "
+             "*rest*: rate limit, scale to zero, bounds, budget:", "",
+             "| trace | speed | GPU-h | asked | " + " | ".join(SPEND_COLUMNS)
+             + " | rest | standbys |",
+             "|---|---|---|---|" + "---|" * len(SPEND_COLUMNS) + "---|---|"]
+    for entry in results:
+        mine = next(r for r in entry["runs"] if r["policy"] == "kubeplex")
+        by_stage = mine["spend"]["by_stage"]
+        asked = sum(by_stage.values())
+        grouped = [sum(by_stage.get(s, 0.0) for s in stages) for stages in SPEND_COLUMNS.values()]
+        rest = asked - sum(grouped)
+        cells = [f"{hours:.2f}" + (f" ({hours / asked:.0%})" if asked > 0 and round(hours, 2)
+                                   else "")
+                 for hours in (*grouped, rest)]
+        lines.append(f"| {entry['trace']} | {entry['speed']:g} | {mine['gpu_hours']:.2f} | "
+                     f"{asked:.2f} | " + " | ".join(cells)
+                     + f" | {mine['spend']['standby_hours']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -475,9 +510,10 @@ def main() -> int:
     cache: dict[str, dict[str, Any]] = (json.loads(cache_path.read_text())
                                         if cache_path.exists() else {})
     law = _digests()
-    # kubeplex's rows carry its misses by kind (rows cached before that are replayed)
+    # kubeplex's rows carry its misses by kind and its stages' replica-hours (rows cached
+    # before that are replayed)
     todo = [j for j in jobs if _key(j, law) not in cache
-            or (j[2] == "kubeplex" and "misses" not in cache[_key(j, law)])]
+            or (j[2] == "kubeplex" and not {"misses", "spend"} <= set(cache[_key(j, law)]))]
     print(f"{len(jobs)} runs, {len(todo)} to replay", file=sys.stderr, flush=True)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for done, (job, row) in enumerate(zip(todo, pool.map(_run, todo), strict=True), 1):
@@ -510,7 +546,7 @@ def main() -> int:
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     complete = [e for e in report["results"] if "verdict" in e]
     table = _table({"results": complete})
-    misses = _misses_table(complete)
+    misses = _misses_table(complete) + "\n" + _spend_table(complete)
     (RESULTS / f"{stem}.md").write_text(table + "\n" + misses)
     print(table + "\n" + misses)
     passed = sum(1 for e in complete if _passes(e["verdict"]))

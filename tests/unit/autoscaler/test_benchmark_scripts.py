@@ -96,3 +96,15 @@ def test_what_the_world_takes_from_the_law_reruns_every_policy() -> None:
     assert not missing, f"add to WORLD_FROM_LAW: {missing}"
     world, _ = rt._digests()
     assert len(world) == 16
+
+
+def test_the_spend_table_groups_the_stages_and_keeps_the_rest() -> None:
+    """real_traces.py's table of where kubeplex's GPU-hours went: each group sums its stages,
+    what no group names is the rest, and the asked total is the stages' sum."""
+    rt = _load("real_traces")
+    run = {"policy": "kubeplex", "gpu_hours": 2.6, "spend": {
+        "by_stage": {"slo": 1.5, "rise": 0.1, "panic": 0.1, "hold": 0.5, "rate_limit": -0.2},
+        "standby_hours": 0.3}}
+    row = rt._spend_table([{"trace": "decay", "speed": 1.0, "runs": [run]}]).splitlines()[-1]
+    assert row == ("| decay | 1 | 2.60 | 2.00 | 1.50 (75%) | 0.50 (25%) | 0.00 | 0.20 (10%) | "
+                   "0.00 | -0.20 (-10%) | 0.30 |")
