@@ -77,6 +77,11 @@ class OperatorMetrics:
         self.warm_replicas = Gauge("kubeplex_modelservice_warm_replicas",
                                    "Warm standbys its pool keeps in its namespace.", labels,
                                    registry=r)
+        self.stage_replicas = Gauge(
+            "kubeplex_modelservice_stage_replicas", "Replicas each stage of the autoscaler's "
+            "latest decision added to its target (negative: took away; stages that changed "
+            "nothing are absent); they sum to the replicas the control law asked for.",
+            [*labels, "stage"], registry=r)
         self.pool_gpus = Gauge("kubeplex_gpupool_gpus", "The pool's GPUs by state (total, "
                                "allocated, warm, free).", ["pool", "state"], registry=r)
         self.warm_pods = Gauge("kubeplex_warmpool_pods", "The pool's warm pods by state (idle: "
@@ -87,12 +92,16 @@ class OperatorMetrics:
 
     def export_services(self, pool: str,
                         services: Mapping[str, tuple[str, ModelServiceSpec]],
-                        replicas: Mapping[str, tuple[int, int, int]]) -> None:
+                        replicas: Mapping[str, tuple[int, int, int]],
+                        stages: Mapping[str, tuple[tuple[str, int], ...]] | None = None) -> None:
         """Publish the rules' and the dashboard's series for a pool's servable ModelServices.
 
         ``services`` maps ``namespace/name`` to (the model_name its engines report, spec);
-        ``replicas`` maps it to (desired, ready, warm). Series of ModelServices gone from the
-        pool since its last cycle are removed.
+        ``replicas`` maps it to (desired, ready, warm); ``stages`` to what each stage of its
+        latest autoscaler decision did to the target
+        (:meth:`~kubeplex.autoscaler.policy.Decision.changes`). Series of ModelServices gone
+        from the pool since its last cycle, and of stages that no longer change the target,
+        are removed.
         """
         before = self._exported.get(pool, {})
         current: dict[str, dict[tuple[Gauge, tuple[str, ...]], float]] = {}
@@ -107,6 +116,9 @@ class OperatorMetrics:
                           spec.slo.ttft_seconds,
                       (self.queue_target, (ns, name)):
                           float(spec.scaling.target_queue_per_replica)}
+            for stage, change in (stages or {}).get(key, ()):
+                if change:
+                    series[self.stage_replicas, (ns, name, stage)] = float(change)
             if spec.scaling.min_replicas == 0:
                 series[self.scale_to_zero, (ns, name)] = float(
                     spec.scaling.scale_to_zero_after_seconds)

@@ -356,6 +356,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                 and (d := result.decisions.get(k)) is not None}
     ctx.first_scale.update(deferred)
     replicas: dict[str, tuple[int, int, int]] = {}
+    stages: dict[str, tuple[tuple[str, int], ...]] = {}
     hosting, warm_in = _by_model(objs.values())
     for m in live:
         mkey = _key(m)
@@ -365,13 +366,15 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
         found = result.decisions.get(mkey)
         serving, ready_count = _replica_counts(name, mine)
         replicas[mkey] = (found.desired if found else 0, ready_count, warm)
+        if found:
+            stages[mkey] = found.decision.changes()
         if mkey in deferred:
             continue
         jobs.append(functools.partial(_model_status, ctx, m, serving, ready_count, found,
                                       degraded.get(mkey), plan.shortfall_of(mkey), warm, now,
                                       first_scale.get(mkey)))
     ctx.metrics.export_services(pool_name, {
-        key: (model.served_name, model.spec) for key, model in models.items()}, replicas)
+        key: (model.served_name, model.spec) for key, model in models.items()}, replicas, stages)
     jobs.append(functools.partial(_pool_status, ctx, snap.pool, ready_nodes,
                                   list(objs.values()), budget_gpus, plan.messages,
                                   ctx.templates.note(pool_name), now, snap.lost_nodes))

@@ -118,6 +118,16 @@ def test_alert_path_into_the_operator_decides_a_scale_up(
                     st if (st := msvc()["status"]).get("lastScale", {}).get("to", 0) > 1
                     else None), DECIDE_S)
                 decided = time.monotonic() - start
+                # The dashboard's "what holds them" panel: what each stage of the latest
+                # decision added, scraped from the operator by Prometheus (an evaluation
+                # between scrapes of the engines holds for no data).
+                stages = ("sum by (stage) (kubeplex_modelservice_stage_replicas"
+                          f'{{modelservice="{MODEL}"}})')
+                by_stage = stack.wait_for(lambda: (
+                    found if "slo" in (found := {r["metric"]["stage"]: float(r["value"][1])
+                                                 for r in stack.query(stages)}) else None),
+                    "the SLO stage's series in Prometheus", DECIDE_S)
+            assert by_stage["slo"] >= 1, by_stage
             assert load.ok > 0
             fired = {a["labels"]["alertname"] for a in stack.alertmanager_alerts()}
             assert fired & {"KubeplexQueueBacklog", "KubeplexTTFTSLOBurn"}

@@ -86,6 +86,27 @@ def test_changed_values_are_exported_and_a_model_that_moves_pool_keeps_its_serie
     assert samples(metrics)[ready][labels] == 2  # b's next cycle exports it again
 
 
+def test_each_stage_that_changed_the_target_has_a_series_until_it_no_longer_does() -> None:
+    services, _ = load_documents([EXAMPLES / "multi-model-h100.yaml"]).split()
+    chat = next(s for s in services if s.key == "team-a/chat-8b")
+    spec = {chat.key: ("chat-8b", chat.spec)}
+    metrics = OperatorMetrics()
+    name = "kubeplex_modelservice_stage_replicas"
+
+    def by_stage() -> dict[str, float]:
+        return {dict(labels)["stage"]: value
+                for labels, value in samples(metrics).get(name, {}).items()}
+
+    metrics.export_services("a", spec, {chat.key: (4, 3, 0)},
+                            {chat.key: (("slo", 3), ("rise", 0), ("hold", 1))})
+    assert by_stage() == {"slo": 3, "hold": 1}  # the rise changed nothing: no series
+    metrics.export_services("a", spec, {chat.key: (2, 3, 0)},
+                            {chat.key: (("slo", 3), ("hold", 0), ("rate_limit", -1))})
+    assert by_stage() == {"slo": 3, "rate_limit": -1}  # the hold's series is gone
+    metrics.export_services("a", {}, {})
+    assert by_stage() == {}
+
+
 def _exposable(*registries: CollectorRegistry) -> set[str]:
     """Every sample name the registries' families can expose (labelled families included,
     even before a child exists)."""
