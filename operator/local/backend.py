@@ -751,6 +751,9 @@ class LocalMode:
                 "decision": run.decision.reason if run.decision else None,
                 "stages": [[st.name, st.replicas, st.note]
                            for st in (run.decision.decision.stages if run.decision else ())],
+                # What each stage added to the law's target (those that changed it).
+                "targetByStage": [[name, change] for name, change in (
+                    run.decision.decision.changes() if run.decision else ()) if change],
                 "lastScale": None if run.last_scale is None else {
                     **run.last_scale, "agoSeconds": now - run.last_scale["time"]},
                 "message": run.message,

@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["render_status"]
+__all__ = ["by_stage", "render_status"]
 
 
 def _seconds(value: float | None) -> str:
@@ -27,6 +27,15 @@ def _ttft(model: dict[str, Any]) -> Text:
     if ttft is None:
         return Text(label, style="dim")
     return Text(label, style="red" if ttft > slo else "green")
+
+
+def by_stage(changes: list[list[Any]]) -> str:
+    """The law's target as the sum of what its stages added: ``= 2 slo + 1 hold``."""
+    terms = []
+    for i, (name, change) in enumerate(changes):
+        sign = "-" if change < 0 else "+" if i else ""
+        terms.append(f"{sign} {abs(change)} {name}".strip())
+    return f"{sum(change for _, change in changes)} = {' '.join(terms)}"
 
 
 def render_status(status: dict[str, Any], events: int = 8) -> RenderableType:
@@ -44,6 +53,8 @@ def render_status(status: dict[str, Any], events: int = 8) -> RenderableType:
         queue = "-" if m["queue"] is None else f"{m['queue']:.0f}+{m['running'] or 0:.0f}"
         rate = "-" if m["arrivalRate"] is None else f"{m['arrivalRate']:.1f}"
         decision = m["decision"] or "-"
+        if m.get("targetByStage"):
+            decision = f"target {by_stage(m['targetByStage'])}\n{decision}"
         if m.get("message"):
             decision += f"\n[budget] {m['message']}"
         name = Text(m["name"], style="bold")

@@ -127,6 +127,10 @@ def test_zero_to_burst_to_zero(start_up: Any, tmp_path: Path) -> None:
     status = up.status()
     events = "\n".join(status["events"])
     assert peak_ready >= 2, f"never scaled past {peak_ready} ready:\n{events}"
+    # The status tells the law's target (its last stage's) as what each stage added.
+    shown_model = status["models"][0]
+    assert sum(change for _, change in shown_model["targetByStage"]) == \
+        shown_model["stages"][-1][1]
     assert peak_ttft > SLO_S, f"the burst never pushed TTFT p95 over the SLO ({peak_ttft})"
     assert "after the warm claim" in events, events
     claims = status["models"][0]["claimSeconds"]
