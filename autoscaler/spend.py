@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -46,6 +46,11 @@ class Spend:
     def asked(self) -> float:
         """Replica-hours asked for in all: what the stages add up to."""
         return sum(self.by_stage.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """Replica-hours by stage and standby-hours, rounded for a report."""
+        return {"by_stage": {name: round(hours, 4) for name, hours in self.by_stage.items()},
+                "standby_hours": round(self.standby_hours, 4)}
 
     def describe(self) -> str:
         total = self.asked

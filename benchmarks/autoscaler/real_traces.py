@@ -270,9 +270,7 @@ def _run(job: Job) -> dict[str, Any]:
         found = replay_misses(trace, result, scenario)
         row["misses"] = found.by_kind()
         row["largest_miss"] = next((e.describe() for e in found.largest(1)), None)
-        spent = spend(kept[0].stages, result.duration_s)  # what its replicas were asked for
-        row["spend"] = {"by_stage": {k: round(v, 4) for k, v in spent.by_stage.items()},
-                        "standby_hours": round(spent.standby_hours, 4)}
+        row["spend"] = spend(kept[0].stages, result.duration_s).to_json()  # by stage
     return row
 
 

@@ -258,10 +258,7 @@ def _autoscale(args: argparse.Namespace) -> int:
         if found is not None:
             out["misses"] = _misses_json(found, args.explain)
         if spent is not None:
-            out["replica_hours"] = {"asked": round(spent.asked, 4),
-                                    "by_stage": {k: round(v, 4)
-                                                 for k, v in spent.by_stage.items()},
-                                    "warm_standbys": round(spent.standby_hours, 4)}
+            out["replica_hours"] = {"asked": round(spent.asked, 4), **spent.to_json()}
         print(json.dumps(out))
     else:
         pct = "inf" if math.isinf(result.ttft_percentile) else f"{result.ttft_percentile:.3f}"

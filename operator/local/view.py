@@ -30,7 +30,7 @@ def _ttft(model: dict[str, Any]) -> Text:
 
 
 def by_stage(changes: list[list[Any]]) -> str:
-    """The law's target as the sum of what its stages added: ``= 2 slo + 1 hold``."""
+    """The law's target as the sum of what its stages added: ``3 = 2 slo + 1 hold``."""
     terms = []
     for i, (name, change) in enumerate(changes):
         sign = "-" if change < 0 else "+" if i else ""
