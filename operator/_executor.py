@@ -367,6 +367,9 @@ class Executor:
             self.kube.patch("ServingGroup", view.namespace, view.name, {"metadata": {
                 "annotations": {**adapters, CHANGED_IN_PLACE: "true"}}})  # resynced next
         if view.phase != view.old_phase:
+            if (view.phase == "Ready" and view.ready_since is None and not view.warm
+                    and CLAIMED_AT not in view.annotations):  # a cold start's first Ready
+                self.metrics.cold_start_seconds.observe(max(0.0, now - view.created))
             since = iso(now) if view.phase in ("Ready", "Warm") else view.ready_since
             self._group_status(view.namespace, view.name, view.phase, since, list(view.models))
 

@@ -22,6 +22,9 @@ __all__ = ["OperatorMetrics"]
 CYCLE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 #: Buckets (seconds) of warm claim -> ready: a wake is 0.1-6 s, a load tens of seconds.
 CLAIM_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+#: Buckets (seconds) of a cold start, created -> ready: an image pull and a large model's load
+#: take minutes.
+COLD_START_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1200)
 
 
 class OperatorMetrics:
@@ -51,6 +54,9 @@ class OperatorMetrics:
         self.claim_seconds = Histogram("kubeplex_operator_warm_claim_seconds",
                                        "Warm claim to model ready.", buckets=CLAIM_BUCKETS,
                                        registry=r)
+        self.cold_start_seconds = Histogram(
+            "kubeplex_operator_cold_start_seconds", "A serving group started cold (no warm "
+            "claim): created to first Ready.", buckets=COLD_START_BUCKETS, registry=r)
         self.api_writes = Counter("kubeplex_operator_api_writes",
                                   "Kubernetes API writes the operator made (create, patch, "
                                   "delete, event), by verb and kind.", ["verb", "kind"],

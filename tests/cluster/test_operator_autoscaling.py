@@ -81,6 +81,9 @@ def test_burst_scales_up_through_the_warm_pool_then_down_then_to_zero(
                 "ready") == "1/1" and any(g["status"].get("phase") == "Warm" for g in groups()
                                           if g.get("status")), 90)
             warm = next(g["metadata"]["name"] for g in groups() if g["spec"].get("warm"))
+            # The first replica started cold: its start is measured (created -> Ready).
+            assert op.metric("kubeplex_operator_cold_start_seconds_count") >= 1
+            assert op.metric("kubeplex_operator_cold_start_seconds_sum") > 0
             claims_before = op.metric("kubeplex_operator_warm_claims_total")
             with harness.Load(lambda: fleet.routers(serving_pods()), name, CONCURRENCY,
                               3 * BURST_S) as load:
