@@ -7,7 +7,9 @@ not told, so a wrong model shows in the results instead of being graded by itsel
 
 Policies: ``kubeplex``, the baselines ``hpa``, ``kpa`` and ``static-peak`` (see
 :mod:`~kubeplex.autoscaler.baselines`), and ``oracle`` (:mod:`~kubeplex.autoscaler.oracle`:
-knows the trace and the fleet's true speed; ``oracle_utilization`` traces its curve). HPA and
+knows the trace and the fleet's true speed; ``oracle_utilization`` traces its curve) and
+``reactive`` (the oracle without foresight: the needs of the arrivals so far, at the true
+speed, held ``reactive_hold_s``; the same utilization is its headroom). HPA and
 KPA share the per-replica target derived from the planning model at the trace's mean token
 counts. ``warm_pool`` is a fixed standby count given to kubeplex, HPA and KPA alike, or
 ``None`` ("auto"): kubeplex sizes its standbys from burst statistics; the baselines, which have
@@ -23,7 +25,13 @@ from dataclasses import dataclass
 from kubeplex.autoscaler.baselines import HPAPolicy, KPAPolicy, KubeplexPolicy, StaticPolicy
 from kubeplex.autoscaler.errors import AutoscalerConfigError
 from kubeplex.autoscaler.fleet import FleetConfig, Policy, SimResult, simulate
-from kubeplex.autoscaler.oracle import OraclePolicy, oracle_needs, oracle_targets
+from kubeplex.autoscaler.oracle import (
+    OraclePolicy,
+    oracle_needs,
+    oracle_targets,
+    reactive_needs,
+    reactive_targets,
+)
 from kubeplex.autoscaler.policy import (
     AutoscalerConfig,
     profile_capacity,
@@ -35,7 +43,7 @@ from kubeplex.placement.llm import LLMProfile
 
 __all__ = ["PEAK_WINDOW_S", "POLICIES", "Scenario", "make_policy", "replay"]
 
-POLICIES = ("kubeplex", "hpa", "kpa", "static-peak", "oracle")
+POLICIES = ("kubeplex", "hpa", "kpa", "static-peak", "oracle", "reactive")
 #: static-peak provisions for the highest arrival rate over any window this long.
 PEAK_WINDOW_S = 60.0
 #: Replica ceiling of the simulated pool (large: the benchmark measures the law, not a budget).
@@ -55,6 +63,9 @@ class Scenario:
     fleet_profile: LLMProfile | None = None
     fleet_speed: float = 1.0
     oracle_utilization: float = 1.0
+    #: How long the reactive reference keeps a replica its past needs asked for (None: one
+    #: cold start; ``inf``: to the end).
+    reactive_hold_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.slo_ttft_s > 0 or not math.isfinite(self.slo_ttft_s):
@@ -93,6 +104,14 @@ def make_policy(name: str, trace: Trace, config: AutoscalerConfig,
     warm = scenario.warm_pool or 0
     if name == "kubeplex":
         return KubeplexPolicy(config), initial
+    if name == "reactive":  # starts where the other online policies do
+        needs = reactive_needs(trace, scenario.truth, scenario.fleet_speed,
+                               scenario.slo_ttft_s, config.max_num_seqs,
+                               scenario.oracle_utilization)
+        hold = (scenario.cold_start_s if scenario.reactive_hold_s is None
+                else scenario.reactive_hold_s)
+        targets = reactive_targets(needs, hold, initial)
+        return OraclePolicy(targets, name="reactive"), initial
     if name == "hpa":
         return HPAPolicy(target, config.max_replicas, warm), initial
     if name == "kpa":

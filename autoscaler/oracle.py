@@ -15,11 +15,19 @@ divided by ``utilization`` (the knob that traces the oracle's cost/attainment cu
 provisions exactly the need, lower values add headroom). It provisions exactly one cold start
 ahead: at ``t`` it asks for the largest need of ``[t, t + cold start]``, so each replica is
 ready when its demand arrives and released once no demand within a cold start needs it.
+
+The **reactive** reference is the oracle without foresight: the same needs computed from the
+requests that have arrived (the windows end where the oracle's start, at the second before
+``t``), with the fleet's true speed, and held for ``hold`` seconds (a cold start by default)
+before a replica is released. It is what a policy that measures the present perfectly, and
+predicts nothing, can reach; its ``utilization`` (headroom) and ``hold`` trace the curve such
+policies live on. A bar that no point of that curve meets asks for foresight.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +37,8 @@ from kubeplex.autoscaler.policy import Observed, profile_capacity
 from kubeplex.autoscaler.trace import FloatArray, IntArray, Trace
 from kubeplex.placement.llm import LLMProfile
 
-__all__ = ["THROUGHPUT_WINDOW_S", "WINDOWS_S", "OraclePolicy", "oracle_needs", "oracle_targets"]
+__all__ = ["THROUGHPUT_WINDOW_S", "WINDOWS_S", "OraclePolicy", "oracle_needs", "oracle_targets",
+           "reactive_needs", "reactive_targets"]
 
 #: Window lengths (s) over which the prefill work of arrivals must clear within the SLO.
 WINDOWS_S = (1, 2, 5, 10, 20, 60)
@@ -44,9 +53,19 @@ def _forward_sum(values: FloatArray, length: int) -> FloatArray:
     return np.asarray(padded[length - 1: length - 1 + len(values)] - start, dtype=np.float64)
 
 
-def oracle_needs(trace: Trace, profile: LLMProfile, speed: float, slo_ttft_s: float,
-                 max_num_seqs: int, utilization: float) -> FloatArray:
-    """Replicas needed at each second of the trace (fractional; see the module docstring)."""
+def _backward_sum(values: FloatArray, length: int) -> FloatArray:
+    """``out[t] = values[t - length] + ... + values[t - 1]``: the ``length`` seconds before
+    ``t`` (a tick at ``t`` has not seen second ``t``'s arrivals yet)."""
+    total = np.concatenate(([0.0], np.cumsum(values)))[: len(values)]
+    before = np.concatenate((np.zeros(length), total))[: len(values)]
+    return np.asarray(total - before, dtype=np.float64)
+
+
+def _needs(trace: Trace, profile: LLMProfile, speed: float, slo_ttft_s: float,
+           max_num_seqs: int, utilization: float,
+           window_sum: Callable[[FloatArray, int], FloatArray]) -> FloatArray:
+    """Replicas needed at each second, the windows summed by ``window_sum`` (see the module
+    docstring): ahead of ``t`` for the oracle, behind it for the reactive reference."""
     if not 0 < utilization <= 1.5 or not speed > 0:
         raise AutoscalerConfigError(f"oracle utilization must be in (0, 1.5] and speed > 0, got "
                                     f"{utilization} and {speed}")
@@ -67,10 +86,22 @@ def oracle_needs(trace: Trace, profile: LLMProfile, speed: float, slo_ttft_s: fl
     prefill_per_s = np.bincount(second, weights=np.where(feasible, prefill, 0.0),
                                 minlength=seconds).astype(np.float64)
     work_per_s = np.bincount(second, weights=work, minlength=seconds).astype(np.float64)
-    need = _forward_sum(work_per_s, THROUGHPUT_WINDOW_S) / THROUGHPUT_WINDOW_S
+    need = window_sum(work_per_s, THROUGHPUT_WINDOW_S) / THROUGHPUT_WINDOW_S
     for length in WINDOWS_S:
-        need = np.maximum(need, _forward_sum(prefill_per_s, length) / (length + slo_ttft_s))
+        need = np.maximum(need, window_sum(prefill_per_s, length) / (length + slo_ttft_s))
     return np.asarray(need / utilization, dtype=np.float64)
+
+
+def oracle_needs(trace: Trace, profile: LLMProfile, speed: float, slo_ttft_s: float,
+                 max_num_seqs: int, utilization: float) -> FloatArray:
+    """Replicas needed at each second of the trace (fractional; see the module docstring)."""
+    return _needs(trace, profile, speed, slo_ttft_s, max_num_seqs, utilization, _forward_sum)
+
+
+def reactive_needs(trace: Trace, profile: LLMProfile, speed: float, slo_ttft_s: float,
+                   max_num_seqs: int, utilization: float) -> FloatArray:
+    """The oracle's needs as seen at each second from the arrivals before it."""
+    return _needs(trace, profile, speed, slo_ttft_s, max_num_seqs, utilization, _backward_sum)
 
 
 def oracle_targets(needs: FloatArray, cold_start_s: float) -> IntArray:
@@ -82,9 +113,27 @@ def oracle_targets(needs: FloatArray, cold_start_s: float) -> IntArray:
     return targets
 
 
+def reactive_targets(needs: FloatArray, hold_s: float, initial: int = 0) -> IntArray:
+    """Replicas to have at each second: the largest need seen within the last ``hold_s``
+    (``inf``: the largest so far); the ``initial`` replicas count as asked for at 0."""
+    if not hold_s >= 0:
+        raise AutoscalerConfigError(f"the reactive hold must be >= 0 seconds, got {hold_s}")
+    if math.isinf(hold_s) or hold_s >= len(needs):
+        held = np.maximum.accumulate(needs)
+    else:
+        behind = math.ceil(hold_s) + 1
+        padded = np.concatenate((np.zeros(behind - 1), needs))
+        held = np.lib.stride_tricks.sliding_window_view(padded, behind).max(axis=1)
+    targets: IntArray = np.ceil(held - 1e-9).astype(np.int64)
+    kept = len(targets) if math.isinf(hold_s) else min(len(targets), math.ceil(hold_s) + 1)
+    targets[:kept] = np.maximum(targets[:kept], initial)
+    return targets
+
+
 @dataclass
 class OraclePolicy:
-    """Replays :func:`oracle_targets` (one entry per second of the trace; zero past it)."""
+    """Replays per-second targets (:func:`oracle_targets` or :func:`reactive_targets`; zero
+    past the trace)."""
 
     targets: IntArray
     name: str = "oracle"

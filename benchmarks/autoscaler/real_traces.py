@@ -2,15 +2,19 @@
 
 Traces: the Mooncake production trace (``../shared/traces/``) and generated ones with
 different burst shapes (see :data:`TRACES`). For each trace and fleet speed it replays
-kubeplex, HPA, KPA, static-peak and the oracle at several utilizations (its cost/attainment
-curve) through :func:`kubeplex.autoscaler.evaluation.replay` (what ``kubeplex simulate
-autoscale`` runs; the policy plans with the analytic profile, the fleet runs it at the given
+kubeplex, HPA, KPA, static-peak, the oracle at several utilizations (its cost/attainment
+curve) and the reactive reference (the oracle without foresight, over headroom and hold)
+through :func:`kubeplex.autoscaler.evaluation.replay` (what ``kubeplex simulate autoscale``
+runs; the policy plans with the analytic profile, the fleet runs it at the given
 speed, which the policy is not told). It then checks issue 14's bars per trace and speed:
 
 * kubeplex's attainment >= min(99%, the oracle's ceiling - 0.5 point);
 * kubeplex's GPU-hours <= 1.3 x the oracle's at kubeplex's attainment (the cheapest oracle
   point at least as good, or the curve interpolated between its two neighbours);
 * no baseline both cheaper and better than kubeplex.
+
+The same bars are checked on the reactive reference's points: a row that none of them passes
+asks for foresight (a forecast of the trace), not for a better reaction.
 
 Writes ``results/real_traces.json``, ``results/real_traces.md`` (the table) and
 ``results/real_traces.png`` (GPU-hours vs attainment per trace, the oracle's curve drawn).
@@ -58,6 +62,12 @@ COLD_START_S, WARM_START_S = 60.0, 2.0
 SPEEDS = (1.0, 0.7)
 BASELINES = ("hpa", "kpa", "static-peak")
 ORACLE_UTILIZATIONS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: The reactive reference's curve (the oracle without foresight, ``autoscaler/oracle.py``):
+#: its headroom, and how long it keeps a replica after the need that asked for it (one cold
+#: start, five, to the end of the trace).
+REACTIVE_UTILIZATIONS = (0.4, 0.6, 0.8, 1.0)
+REACTIVE_HOLDS_S = (COLD_START_S, 5 * COLD_START_S, math.inf)
+UTILIZATIONS = {"oracle": ORACLE_UTILIZATIONS, "reactive": REACTIVE_UTILIZATIONS}
 #: Issue 14's bars.
 ATTAINMENT_BAR, CEILING_MARGIN, COST_BAR = 0.99, 0.005, 1.3
 
@@ -244,18 +254,20 @@ def _digests() -> tuple[str, str]:
     return world.hexdigest()[:16], law.hexdigest()[:16]
 
 
-Job = tuple[str, float, str, float, int]  # trace, speed, policy, oracle utilization, draw
+#: trace, speed, policy, oracle or reactive utilization, reactive hold (0 for the others), draw
+Job = tuple[str, float, str, float, float, int]
 
 
 def _run(job: Job) -> dict[str, Any]:
     from kubeplex.autoscaler.evaluation import Scenario, replay
     from kubeplex.placement.llm import profile
 
-    name, speed, policy, utilization, draw = job
+    name, speed, policy, utilization, hold, draw = job
     spec = TRACES[name]
     trace = spec.trace(draw)
     scenario = Scenario(profile(MODEL, spec.gpu), spec.slo_s, PERCENTILE, COLD_START_S,
-                        WARM_START_S, None, None, speed, utilization)
+                        WARM_START_S, None, None, speed, utilization,
+                        hold if policy == "reactive" else None)
     start = time.monotonic()
     kept: list[Any] = []
     result = replay(trace, scenario, policy, built=kept.append)
@@ -263,6 +275,8 @@ def _run(job: Job) -> dict[str, Any]:
            "attainment": result.attainment, "gpu_hours": result.gpu_hours,
            "max_replicas": result.max_replicas, "scale_events": result.scale_events,
            "requests": result.requests, "seconds": round(time.monotonic() - start, 1)}
+    if policy == "reactive":
+        row["hold_s"] = hold
     if policy == "kubeplex":  # where it missed, and why (autoscaler/misses.py)
         from kubeplex.autoscaler.misses import replay_misses
         from kubeplex.autoscaler.spend import spend
@@ -275,9 +289,10 @@ def _run(job: Job) -> dict[str, Any]:
 
 
 def _key(job: Job, digests: tuple[str, str]) -> str:
-    name, speed, policy, utilization, draw = job
+    name, speed, policy, utilization, hold, draw = job
     version = digests[1] if policy == "kubeplex" else digests[0]
-    return f"{name}|{speed}|{policy}|{utilization}|{version}" + (f"|draw{draw}" if draw else "")
+    return (f"{name}|{speed}|{policy}|{utilization}|{version}"
+            + (f"|hold{hold:g}" if policy == "reactive" else "") + (f"|draw{draw}" if draw else ""))
 
 
 def oracle_cost_at(points: list[dict[str, Any]], attainment: float) -> float | None:
@@ -300,9 +315,9 @@ def oracle_cost_at(points: list[dict[str, Any]], attainment: float) -> float | N
     return None
 
 
-def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _judge(rows: list[dict[str, Any]], mine: dict[str, Any]) -> dict[str, Any]:
+    """Issue 14's bars for one point (kubeplex's, or one of the reactive reference's)."""
     oracle = [r for r in rows if r["policy"] == "oracle"]
-    mine = next(r for r in rows if r["policy"] == "kubeplex")
     ceiling = max(r["attainment"] for r in oracle)
     needed = min(ATTAINMENT_BAR, ceiling - CEILING_MARGIN)
     at = oracle_cost_at(oracle, mine["attainment"])
@@ -314,6 +329,23 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "cost_ok": ratio is None or ratio <= COST_BAR, "dominated_by": dominated}
 
 
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """kubeplex's verdict; with the reactive reference's points, under ``reactive`` its best
+    one: the cheapest that passes, else the best cost ratio at the bar, else the highest."""
+    found = _judge(rows, next(r for r in rows if r["policy"] == "kubeplex"))
+    points = [(p, _judge(rows, p)) for p in rows if p["policy"] == "reactive"]
+    if points:
+        passing = [pv for pv in points if _passes(pv[1])]
+        reaching = [pv for pv in points if pv[1]["attainment_ok"]]
+        point, judged = (min(passing, key=lambda pv: pv[0]["gpu_hours"]) if passing
+                         else min(reaching, key=lambda pv: pv[1]["cost_ratio"] or 0.0)
+                         if reaching else max(points, key=lambda pv: pv[0]["attainment"]))
+        found["reactive"] = {**{k: point[k] for k in (
+            "attainment", "gpu_hours", "utilization", "hold_s")}, **judged,
+            "passes": _passes(judged)}
+    return found
+
+
 def _passes(v: dict[str, Any]) -> bool:
     return bool(v["attainment_ok"] and v["cost_ok"] and not v["dominated_by"])
 
@@ -323,7 +355,8 @@ def _table(report: dict[str, Any]) -> str:
              "oracle GPU-h at kubeplex's attainment | cost ratio | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in report["results"]:
-        rows = {r["policy"]: r for r in entry["runs"] if r["policy"] != "oracle"}
+        rows = {r["policy"]: r for r in entry["runs"]
+                if r["policy"] not in ("oracle", "reactive")}
         v = entry["verdict"]
 
         def cell(policy: str, rows: dict[str, Any] = rows) -> str:
@@ -341,6 +374,48 @@ def _table(report: dict[str, Any]) -> str:
                      f"{v['ceiling']:.2%} | {v['needed']:.2%} | {at} | {ratio} | "
                      f"{'pass' if ok else 'FAIL: ' + '; '.join(why)} |")
     return "\n".join(lines) + "\n"
+
+
+def _reactive_table(results: list[dict[str, Any]]) -> str:
+    """Per row, whether a policy with no foresight could meet the bars at all."""
+    def hold(seconds: float) -> str:
+        return "to the end" if math.isinf(seconds) else f"{seconds:g} s"
+
+    lines = ["The reactive reference (`autoscaler/oracle.py`): the oracle without foresight, "
+             "which knows the fleet's true speed and every request that has arrived, and "
+             "predicts nothing; its curve runs over headroom (utilization "
+             f"{', '.join(f'{u:g}' for u in REACTIVE_UTILIZATIONS)}) and hold (how long a "
+             f"replica stays after the need that asked for it: "
+             f"{', '.join(hold(h) for h in REACTIVE_HOLDS_S)}). Its best point: the cheapest "
+             "that passes the same bars, else the one nearest the cost bar among those that "
+             "reach the attainment bar, else the highest. Where none passes, the bars ask for "
+             "foresight on that trace.", "",
+             "| trace | speed | kubeplex | reactive, best point | utilization / hold | "
+             "cost ratio | reactive passes |", "|---|---|---|---|---|---|---|"]
+    for entry in results:
+        v, mine = entry["verdict"], next(r for r in entry["runs"] if r["policy"] == "kubeplex")
+        best = v["reactive"]
+        ratio = "-" if best["cost_ratio"] is None else f"{best['cost_ratio']:.2f}x"
+        why = [w for w, bad in (("attainment", not best["attainment_ok"]),
+                                ("cost", not best["cost_ok"]),
+                                ("dominated", bool(best["dominated_by"]))) if bad]
+        lines.append(
+            f"| {entry['trace']} | {entry['speed']:g} | {mine['attainment']:.2%} / "
+            f"{mine['gpu_hours']:.2f} ({'pass' if _passes(v) else 'fail'}) | "
+            f"{best['attainment']:.2%} / {best['gpu_hours']:.2f} | "
+            f"{best['utilization']:g} / {hold(best['hold_s'])} | {ratio} | "
+            f"{'yes' if best['passes'] else 'no: ' + ', '.join(why)} |")
+    return "\n".join(lines) + "\n"
+
+
+def reactive_summary(results: list[dict[str, Any]]) -> str:
+    """One line: how many rows kubeplex and the reactive reference pass, and their overlap."""
+    rows = [e["verdict"] for e in results if "reactive" in e["verdict"]]
+    reach = [v for v in rows if v["reactive"]["passes"]]
+    return (f"{sum(map(_passes, rows))} of {len(rows)} rows pass for kubeplex; the reactive "
+            f"reference passes {len(reach)} (kubeplex {sum(map(_passes, reach))} of them); "
+            f"no reactive point passes {len(rows) - len(reach)} (kubeplex "
+            f"{sum(_passes(v) for v in rows if not v['reactive']['passes'])} of them)")
 
 
 def _misses_table(results: list[dict[str, Any]]) -> str:
@@ -445,6 +520,15 @@ def _plot(report: dict[str, Any], path: Path) -> None:
             ax.plot([r["gpu_hours"] for r in curve], [100 * r["attainment"] for r in curve],
                     "-o", color=color, ms=3, lw=1, alpha=0.6,
                     label=f"oracle, speed {entry['speed']:g}")
+            frontier: list[dict[str, Any]] = []  # the reactive points no other beats
+            for r in sorted((r for r in entry["runs"] if r["policy"] == "reactive"),
+                            key=lambda r: (r["gpu_hours"], -r["attainment"])):
+                if not frontier or r["attainment"] > frontier[-1]["attainment"]:
+                    frontier.append(r)
+            if frontier:
+                ax.plot([r["gpu_hours"] for r in frontier],
+                        [100 * r["attainment"] for r in frontier], "--", color=color, lw=1,
+                        alpha=0.6, label=f"reactive, speed {entry['speed']:g}")
             for r in entry["runs"]:
                 if r["policy"] in markers:
                     ax.scatter(r["gpu_hours"], 100 * r["attainment"], color=color,
@@ -471,7 +555,8 @@ def main() -> int:
     parser.add_argument("--traces", default="",
                         help=f"comma-separated, of {', '.join(TRACES)} (default: all)")
     parser.add_argument("--speeds", default=",".join(f"{s:g}" for s in SPEEDS))
-    parser.add_argument("--policies", default="kubeplex," + ",".join(BASELINES) + ",oracle")
+    parser.add_argument("--policies",
+                        default="kubeplex," + ",".join(BASELINES) + ",oracle,reactive")
     parser.add_argument("--set", default="table", choices=FAMILIES, dest="family",
                         help="table: the shapes the law was developed on; later: shapes made "
                              "after it (default: table)")
@@ -501,8 +586,9 @@ def main() -> int:
     for name in names:
         for speed in speeds:
             for policy in policies:
-                for u in (ORACLE_UTILIZATIONS if policy == "oracle" else (1.0,)):
-                    jobs.append((name, speed, policy, u, args.draw))
+                for u in UTILIZATIONS.get(policy, (1.0,)):
+                    for hold in REACTIVE_HOLDS_S if policy == "reactive" else (0.0,):
+                        jobs.append((name, speed, policy, u, hold, args.draw))
     BUILD.mkdir(parents=True, exist_ok=True)
     cache_path = BUILD / "cache.json"
     cache: dict[str, dict[str, Any]] = (json.loads(cache_path.read_text())
@@ -517,8 +603,9 @@ def main() -> int:
         for done, (job, row) in enumerate(zip(todo, pool.map(_run, todo), strict=True), 1):
             cache[_key(job, law)] = row
             cache_path.write_text(json.dumps(cache))
-            print(f"[{done}/{len(todo)}] {row['trace']} x{row['speed']:g} {row['policy']}"
-                  f"{'' if row['policy'] != 'oracle' else ' u=' + str(row['utilization'])}: "
+            knobs = (f" u={row['utilization']}" if row["policy"] in UTILIZATIONS else "") + (
+                f" hold={row['hold_s']:g}" if "hold_s" in row else "")
+            print(f"[{done}/{len(todo)}] {row['trace']} x{row['speed']:g} {row['policy']}{knobs}: "
                   f"{row['attainment']:.2%}, {row['gpu_hours']:.2f} GPU-h ({row['seconds']} s)",
                   file=sys.stderr, flush=True)
     report: dict[str, Any] = {
@@ -545,10 +632,14 @@ def main() -> int:
     complete = [e for e in report["results"] if "verdict" in e]
     table = _table({"results": complete})
     misses = _misses_table(complete) + "\n" + _spend_table(complete)
+    if all("reactive" in e["verdict"] for e in complete):
+        misses += "\n" + _reactive_table(complete) + "\n" + reactive_summary(complete) + ".\n"
     (RESULTS / f"{stem}.md").write_text(table + "\n" + misses)
     print(table + "\n" + misses)
     passed = sum(1 for e in complete if _passes(e["verdict"]))
     print(f"{passed} of {len(complete)} rows pass", file=sys.stderr)
+    if all("reactive" in e["verdict"] for e in complete):
+        print(reactive_summary(complete), file=sys.stderr)
     if not args.no_plot:
         _plot(report, RESULTS / f"{stem}.png")
         _plot_misses(complete, RESULTS / f"{stem}-misses.png")

@@ -55,7 +55,12 @@ def register(cli: Commands) -> None:
                         "(default 1.0)")
     p.add_argument("--oracle-utilization", type=number(0, MAX_ORACLE_UTILIZATION, above=True),
                    default=1.0, metavar="U",
-                   help="oracle only: provision need / U (lower: more headroom) (default 1.0)")
+                   help="oracle and reactive only: provision need / U (lower: more headroom) "
+                        "(default 1.0)")
+    p.add_argument("--reactive-hold-s", type=number(0, MAX_SECONDS), metavar="SECONDS",
+                   help="reactive only: keep a replica this long after the need that asked "
+                        "for it (default: one cold start; the trace's length or more: never "
+                        "release)")
     p.add_argument("--slo-ttft", required=True, type=number(0, MAX_SECONDS, above=True),
                    metavar="SECONDS",
                    help="TTFT SLO in seconds")
@@ -70,7 +75,9 @@ def register(cli: Commands) -> None:
                         "(kubeplex sizes it from burst statistics; baselines keep none) "
                         "(default auto)")
     p.add_argument("--policy", required=True,
-                   choices=("kubeplex", "hpa", "kpa", "static-peak", "oracle"))
+                   choices=("kubeplex", "hpa", "kpa", "static-peak", "oracle", "reactive"),
+                   help="oracle: knows the trace (the reference curve); reactive: the oracle "
+                        "without foresight, what perfect measurement of the present reaches")
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="write arrivals / replicas / TTFT over time as a PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -238,7 +245,7 @@ def _autoscale(args: argparse.Namespace) -> int:
     trace = read_trace(args.trace)
     scenario = Scenario(planning, args.slo_ttft, args.percentile, args.cold_start_s,
                         args.warm_start_s, warm, fleet, args.fleet_speed,
-                        args.oracle_utilization)
+                        args.oracle_utilization, args.reactive_hold_s)
     policies: list[Any] = []
     with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(f"replaying {len(trace)} requests ({args.policy})", total=1.0)

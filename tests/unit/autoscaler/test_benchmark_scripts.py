@@ -49,8 +49,11 @@ def test_a_draw_redraws_the_generated_traces_and_leaves_the_table_seeds_alone() 
     assert len(other) != len(table) or (other.arrival_s != table.arrival_s).any()
     assert (other.arrival_s == rt._on_off(spec.seed + rt.DRAW_SEED_STEP).arrival_s).all()
     digests = ("world", "law")
-    assert rt._key(("on-off", 1.0, "hpa", 1.0, 0), digests) == "on-off|1.0|hpa|1.0|world"
-    assert rt._key(("on-off", 1.0, "hpa", 1.0, 2), digests).endswith("|draw2")
+    assert rt._key(("on-off", 1.0, "hpa", 1.0, 0.0, 0), digests) == "on-off|1.0|hpa|1.0|world"
+    assert rt._key(("on-off", 1.0, "hpa", 1.0, 0.0, 2), digests).endswith("|draw2")
+    # The reactive reference's points differ by their hold too.
+    assert rt._key(("on-off", 1.0, "reactive", 0.6, float("inf"), 2), digests) == (
+        "on-off|1.0|reactive|0.6|world|holdinf|draw2")
     with pytest.raises(ValueError, match="recorded trace"):
         rt.TRACES["mooncake"].trace(1)
 
@@ -108,3 +111,37 @@ def test_the_spend_table_groups_the_stages_and_keeps_the_rest() -> None:
     row = rt._spend_table([{"trace": "decay", "speed": 1.0, "runs": [run]}]).splitlines()[-1]
     assert row == ("| decay | 1 | 2.60 | 2.00 | 1.50 (75%) | 0.50 (25%) | 0.00 | 0.20 (10%) | "
                    "0.00 | -0.20 (-10%) | 0.30 |")
+
+
+def test_the_reactive_reference_is_judged_by_the_same_bars() -> None:
+    """real_traces.py: the reactive reference's best point is the cheapest that passes the
+    bars kubeplex is held to; a row where none passes is counted as asking for foresight."""
+    rt = _load("real_traces")
+
+    def point(policy: str, attainment: float, hours: float, u: float = 1.0,
+              hold: float = 60.0) -> dict[str, object]:
+        return {"policy": policy, "attainment": attainment, "gpu_hours": hours,
+                "utilization": u, "hold_s": hold}
+
+    oracle = [point("oracle", 0.95, 1.0, 1.0), point("oracle", 1.0, 2.0, 0.5)]
+    rows = [*oracle, point("kubeplex", 0.995, 3.0), point("hpa", 0.9, 1.5),
+            point("reactive", 0.999, 2.5, 0.6, 300.0), point("reactive", 0.9999, 2.55, 0.4),
+            point("reactive", 0.98, 1.2)]
+    v = rt.verdict(rows)
+    assert not rt._passes(v)  # kubeplex: 3.0 GPU-h where the oracle needs 1.9 at 99.5%
+    best = v["reactive"]
+    assert best["passes"] and (best["utilization"], best["hold_s"]) == (0.6, 300.0)
+    assert best["cost_ratio"] == pytest.approx(2.5 / 1.98)
+    # Without foresight nothing reaches the bar: the highest point is shown, and fails.
+    short = [*oracle, point("kubeplex", 0.995, 2.2), point("reactive", 0.97, 1.2, 0.4),
+             point("reactive", 0.95, 1.0)]
+    lacking = rt.verdict(short)
+    assert lacking["reactive"]["attainment"] == 0.97 and not lacking["reactive"]["passes"]
+    entries = [{"trace": "step", "speed": 1.0, "runs": rows, "verdict": v},
+               {"trace": "bursts", "speed": 0.7, "runs": short, "verdict": lacking}]
+    table = rt._reactive_table(entries).splitlines()
+    assert table[-2].endswith("| 0.6 / 300 s | 1.26x | yes |")
+    assert table[-1].endswith("| 0.4 / 60 s | 0.86x | no: attainment |")
+    assert rt.reactive_summary(entries) == (
+        "1 of 2 rows pass for kubeplex; the reactive reference passes 1 (kubeplex 0 of them); "
+        "no reactive point passes 1 (kubeplex 1 of them)")

@@ -25,7 +25,7 @@ def _autoscale(trace: Path, *extra: str) -> list[str]:
             "--gpu", "A100-80GB", "--slo-ttft", "1.0", "--cold-start-s", "20", *extra]
 
 
-@pytest.mark.parametrize("policy", ["kubeplex", "hpa", "kpa", "static-peak", "oracle"])
+@pytest.mark.parametrize("policy", ["kubeplex", "hpa", "kpa", "static-peak", "oracle", "reactive"])
 def test_json_report(trace_file: Path, policy: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_autoscale(trace_file, "--policy", policy, "--json")) == 0
     report = json.loads(capsys.readouterr().out)
@@ -91,6 +91,8 @@ def test_explain_tells_which_stage_asked_for_the_replica_hours(
         (["--fleet-speed", "0"], "argument --fleet-speed: must be a finite number > 0"),
         (["--oracle-utilization", "2"],
          "--oracle-utilization: must be a finite number > 0 and <= 1.5"),
+        (["--reactive-hold-s", "-5"],
+         "--reactive-hold-s: must be a finite number >= 0 and <= 86400"),
         (["--fleet-model", "gpt-9"], "unknown model 'gpt-9'"),
         (["--fleet-profile", "/nonexistent.json"], "cannot read the profile"),
     ],

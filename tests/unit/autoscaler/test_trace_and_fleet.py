@@ -14,7 +14,12 @@ from kubeplex.autoscaler.baselines import HPAPolicy, KPAPolicy, StaticPolicy
 from kubeplex.autoscaler.evaluation import Scenario, replay
 from kubeplex.autoscaler.fleet import FleetConfig, simulate
 from kubeplex.autoscaler.metrics import RUNNING
-from kubeplex.autoscaler.oracle import oracle_needs, oracle_targets
+from kubeplex.autoscaler.oracle import (
+    oracle_needs,
+    oracle_targets,
+    reactive_needs,
+    reactive_targets,
+)
 from kubeplex.autoscaler.trace import (
     Trace,
     diurnal_rate,
@@ -238,6 +243,32 @@ def test_the_oracle_provisions_one_cold_start_ahead_of_a_step() -> None:
     assert oracle.attainment > 0.99
     slower = oracle_needs(trace, prof, 0.5, 1.0, 256, 0.8)
     assert slower[350] == pytest.approx(2 * needs[350], rel=0.05)  # it knows the true speed
+
+
+def test_the_reactive_reference_sees_what_the_oracle_saw_only_after_it_arrived() -> None:
+    prof = profile("llama-3.1-8b", "A100-80GB")
+    trace = generate(spike_rate(5, 6, 300, 120, 0), 600, 1.0, seed=7)
+    ahead = oracle_needs(trace, prof, 1.0, 1.0, 256, 1.0)
+    behind = reactive_needs(trace, prof, 1.0, 1.0, 256, 1.0)
+    assert behind[0] == 0  # nothing has arrived before the first tick
+    assert behind[299] < 2 * behind[200] < ahead[290]  # the oracle saw the step coming
+    # Where the rate is flat, the windows behind see what those ahead see.
+    assert behind[410] == pytest.approx(ahead[345], rel=0.25)
+    late = reactive_targets(behind, hold_s=60, initial=2)
+    assert late[0] == late[60] == 2 and late[62] <= 1  # its first replicas count as asked
+    assert late[360] >= math.ceil(behind[300])
+    assert late[480] >= math.ceil(behind[420:481].max() - 1e-9)  # held for a cold start
+    assert late[599] < late[430]  # and released after the step
+    kept = reactive_targets(behind, hold_s=math.inf)
+    assert kept[599] == kept.max() >= late[599]
+    with pytest.raises(AutoscalerConfigError, match="reactive hold"):
+        reactive_targets(behind, hold_s=-1)
+    scenario = Scenario(prof, 1.0, 99, cold_start_s=60, oracle_utilization=0.7)
+    oracle, reactive = (replay(trace, scenario, p) for p in ("oracle", "reactive"))
+    assert reactive.attainment < oracle.attainment  # the step outruns a cold start
+    keeping = replay(trace, Scenario(prof, 1.0, 99, cold_start_s=60, oracle_utilization=0.7,
+                                     reactive_hold_s=math.inf), "reactive")
+    assert keeping.gpu_hours > reactive.gpu_hours
 
 
 def test_replay_runs_the_fleet_slower_than_the_policy_plans() -> None:
