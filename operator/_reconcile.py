@@ -501,6 +501,8 @@ def _observed(decision: ModelDecision, now: float) -> dict[str, Any] | None:
         observed["ttftSeconds"] = round(sig.ttft_quantile, 4)
     if sig.kv_usage is not None:
         observed["kvCacheUsage"] = round(sig.kv_usage, 4)
+    if decision.cold_starts_measured:
+        observed["coldStartSeconds"] = round(decision.cold_start_s, 1)
     return observed
 
 

@@ -6,6 +6,8 @@ every pod scheduled and ready on its planned node (as KWOK does)."""
 from __future__ import annotations
 
 import copy
+import datetime
+from collections.abc import Callable
 from typing import Any
 
 from kubeplex.operator._metrics import OperatorMetrics
@@ -18,9 +20,11 @@ NOW = 1_800_000_000.0
 
 
 class FakeKube:
-    """Objects by (kind, namespace, name); every write is recorded."""
+    """Objects by (kind, namespace, name); every write is recorded. ``clock``: what stamps a
+    created object (default: :data:`NOW`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.clock = clock or (lambda: NOW)
         self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, str, str]] = []
         self.events: list[tuple[str, str]] = []
@@ -31,7 +35,8 @@ class FakeKube:
             return None
         stored = copy.deepcopy(obj)
         stored["metadata"]["uid"] = f"uid-{key[2]}"
-        stored["metadata"]["creationTimestamp"] = "2027-01-15T08:00:00Z"
+        stored["metadata"]["creationTimestamp"] = datetime.datetime.fromtimestamp(
+            self.clock(), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.objects[key] = stored
         self.writes.append(("create", key[0], key[2]))
         return stored

@@ -32,6 +32,8 @@ from kubeplex.control._placing import (
     quick_template,
 )
 from kubeplex.control._scaling import (
+    COLD_STARTS_KEPT,
+    COLD_STARTS_NEEDED,
     HISTORY_WINDOWS,
     ModelDecision,
     ModelInputs,
@@ -45,6 +47,7 @@ from kubeplex.control._scaling import (
     resolve_model,
     scale_model,
     slo_status,
+    time_cold_starts,
 )
 from kubeplex.control._types import (
     DNS_LABEL_MAX,
@@ -78,6 +81,8 @@ from kubeplex.control.errors import (
 )
 
 __all__ = [
+    "COLD_STARTS_KEPT",
+    "COLD_STARTS_NEEDED",
     "CONSOLIDATION_RETRY_S",
     "CONSOLIDATION_TIMEOUT_S",
     "DNS_LABEL_MAX",
@@ -135,4 +140,5 @@ __all__ = [
     "resolve_model",
     "scale_model",
     "slo_status",
+    "time_cold_starts",
 ]

@@ -9,15 +9,23 @@
   and the SLO status rule, returning a :class:`ModelDecision` and the model's next
   :class:`ModelMemory`.
 
-**The manual pin rule.** While ``spec.scaling.replicas`` is set (``kubectl scale`` sets it
-through ``/scale``), that count is the desired replicas whatever the metrics say (the
-autoscaler still runs, so the observed signals stay fresh). Remove the field to hand control
-back.
+**The measured cold start.** The autoscaler weighs scale-ups and holds against a cold start
+(``AutoscalerConfig.cold_start_s``: 60 s unless the backend sets it). How long one takes
+depends on the cluster (image pulls, weight downloads, a GPU node to free), so each model's
+memory times its own: a group that starts cold (not claimed from the warm pool, not a model
+loading into a running group), from when it was first seen starting (its ``since``) to its
+first Ready (``since`` of the Ready phase where the backend records it, else the cycle that
+saw it, so within one cycle); one created and Ready between two looks (its ``since``, the
+creation or the Ready phase, after the first), the time between them. Once
+:data:`COLD_STARTS_NEEDED` are measured, the median of the last :data:`COLD_STARTS_KEPT`
+replaces the configured value; the decision carries the one it planned with
+(``ModelDecision.cold_start_s``), which the backends show in the status.
 """
 
 from __future__ import annotations
 
 import enum
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -62,12 +70,18 @@ __all__ = [
     "resolve_model",
     "scale_model",
     "slo_status",
+    "time_cold_starts",
 ]
 
 #: Scrapes older than the longer of the stable and panic windows times this are dropped: the
 #: windows need a scrape at or before their start, and a missed scrape or two must not leave a
 #: window without one.
 HISTORY_WINDOWS = 2.0
+#: Cold starts each model remembers, and how many it takes before their median replaces the
+#: configured cold start (one slow image pull among three does not move a median).
+COLD_STARTS_KEPT, COLD_STARTS_NEEDED = 8, 3
+#: Kubernetes stamps an object's creation to the second.
+CREATION_RESOLUTION_S = 1.0
 
 
 # ---- resources -> autoscaler -------------------------------------------------------------------
@@ -246,6 +260,19 @@ class ModelMemory:
 
     state: AutoscalerState = field(default_factory=AutoscalerState)
     scrapes: tuple[Scrape, ...] = ()
+    #: Groups of the model seen starting cold, and since when (the module docstring).
+    starting: tuple[tuple[str, float], ...] = ()
+    #: The latest measured cold starts (seconds), oldest first.
+    cold_starts: tuple[float, ...] = ()
+    #: When the groups were last looked at (None: never), and which served the model then.
+    timed_at: float | None = None
+    known: frozenset[str] = frozenset()
+
+    def cold_start_s(self) -> float | None:
+        """The median measured cold start; None until :data:`COLD_STARTS_NEEDED` are known."""
+        if len(self.cold_starts) < COLD_STARTS_NEEDED:
+            return None
+        return statistics.median(self.cold_starts)
 
 
 @dataclass(frozen=True)
@@ -263,6 +290,10 @@ class ModelDecision:
     slo: SloStatus
     arrival_rate: float
     pinned: int | None = None
+    #: The cold start the autoscaler planned with, and how many measured ones gave it (0:
+    #: the configured value).
+    cold_start_s: float = 0.0
+    cold_starts_measured: int = 0
 
     @property
     def signals(self) -> Signals | None:
@@ -280,6 +311,30 @@ def _history(scrapes: tuple[Scrape, ...], new: Scrape | None, config: Autoscaler
     return tuple(s for s in kept if now - s.time <= horizon)
 
 
+def time_cold_starts(memory: ModelMemory, serving: Sequence[GroupView], model: ModelKey,
+                     now: float) -> ModelMemory:
+    """``memory`` with this cycle's view of the model's serving groups: cold ones starting
+    are remembered, those now Ready for the first time measured (module docstring)."""
+    seen = dict(memory.starting)
+    starting: list[tuple[str, float]] = []
+    measured = list(memory.cold_starts)
+    for g in serving:
+        if g.claimed or (g.phase is GroupPhase.READY and model in g.loading):
+            continue  # a warm claim, or a load into a running group
+        if g.phase is GroupPhase.STARTING:
+            starting.append((g.id, seen.get(g.id, g.since)))
+        elif g.phase is GroupPhase.READY and g.id in seen:
+            began = seen[g.id]
+            measured.append(max(0.0, (g.since if g.since > began else now) - began))
+        elif (g.phase is GroupPhase.READY and memory.timed_at is not None
+              and g.id not in memory.known
+              and g.since >= memory.timed_at - CREATION_RESOLUTION_S):
+            measured.append(now - memory.timed_at)  # new since the last look, and Ready
+    return replace(memory, starting=tuple(starting),
+                   cold_starts=tuple(measured[-COLD_STARTS_KEPT:]), timed_at=now,
+                   known=frozenset(g.id for g in serving))
+
+
 def scale_model(model: ResolvedModel, groups: Sequence[GroupView] | GroupIndex,
                 budget: PoolBudget | None, inputs: ModelInputs, memory: ModelMemory, now: float
                 ) -> tuple[ModelDecision, ModelMemory]:
@@ -287,10 +342,14 @@ def scale_model(model: ResolvedModel, groups: Sequence[GroupView] | GroupIndex,
     the fleet's groups, or their :class:`GroupIndex` (built once for many models)."""
     scrapes = _history(memory.scrapes, inputs.scrape, model.config, now)
     index = groups if isinstance(groups, GroupIndex) else GroupIndex.of(groups)
+    memory = time_cold_starts(memory, index.serving.get(model.key, ()), model.key, now)
+    config, measured = model.config, memory.cold_start_s()
+    if measured is not None and measured != config.cold_start_s:
+        config = replace(config, cold_start_s=measured)
     fleet = observed_fleet(index, model.key, budget)
     observed = Observed(scrapes=scrapes, trigger=inputs.trigger, held_requests=inputs.held,
                         **fleet)
-    decision = decide(observed, model.config, memory.state, now)
+    decision = decide(observed, config, memory.state, now)
     desired, reason = decision.desired_replicas, decision.reason
     if inputs.held_caveat:
         reason = f"{reason} ({inputs.held_caveat})"
@@ -306,5 +365,6 @@ def scale_model(model: ResolvedModel, groups: Sequence[GroupView] | GroupIndex,
     status = slo_status(decision.signals, model.config,
                         scaled_to_zero=observed.current == 0 and desired == 0)
     result = ModelDecision(model.key, observed.current, desired, decision.desired_warm, reason,
-                           decision, status, rate, pinned)
+                           decision, status, rate, pinned, config.cold_start_s,
+                           0 if measured is None else len(memory.cold_starts))
     return result, replace(memory, state=decision.state, scrapes=scrapes)

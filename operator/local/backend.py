@@ -759,6 +759,8 @@ class LocalMode:
                 "message": run.message,
                 "claimSeconds": run.claim_seconds[-5:],
                 "coldStartSeconds": run.cold_seconds[-5:],
+                # The cold start the autoscaler planned with: measured once three are.
+                "plannedColdStartSeconds": run.decision.cold_start_s if run.decision else None,
             })
         pools = []
         for name, budget in self.budgets.items():

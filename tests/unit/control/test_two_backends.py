@@ -103,9 +103,10 @@ def _decided(desired: int, actions: Any) -> tuple[int, tuple[tuple[str, str | No
 
 
 def operator_cycles(docs: list[dict[str, Any]], overrides: dict[str, float],
-                    clock: Clock) -> list[tuple[int, Any]]:
+                    clock: Clock) -> tuple[list[tuple[int, Any]], float | None]:
+    """The decisions of each cycle, and the cold start the status says was measured."""
     pool_doc, msvc_doc = docs[0], docs[1]
-    kube = FakeKube()
+    kube = FakeKube(clock=lambda: T0 + clock.t)
     kube.objects[("ModelService", "default", "chat")] = copy.deepcopy(msvc_doc)
     kube.objects[("GPUPool", None, "p")] = copy.deepcopy(pool_doc)
     settings = Settings(scrape="pods", endpoint_grace_s=0.0)
@@ -130,10 +131,12 @@ def operator_cycles(docs: list[dict[str, Any]], overrides: dict[str, float],
         report = run_cycle(ctx, snap, T0 + clock.t)
         out.append(_decided(report.desired[KEY], report.plan.actions))
     runtime.close()
-    return out
+    status = kube.objects[("ModelService", "default", "chat")]["status"]
+    return out, status.get("observed", {}).get("coldStartSeconds")
 
 
-def local_cycles(path: Path, clock: Clock, workdir: Path) -> list[tuple[int, Any]]:
+def local_cycles(path: Path, clock: Clock,
+                 workdir: Path) -> tuple[list[tuple[int, Any]], float | None]:
     local = LocalMode.prepare([path], workdir=workdir)
     applied: list[Any] = []
     apply = local._apply
@@ -168,7 +171,9 @@ def local_cycles(path: Path, clock: Clock, workdir: Path) -> list[tuple[int, Any
         await local._client.aclose()
 
     asyncio.run(cycles())
-    return out
+    last = local.runs[KEY].decision
+    assert last is not None
+    return out, last.cold_start_s if last.cold_starts_measured else None
 
 
 def test_operator_and_local_mode_reach_the_same_decisions(tmp_path: Path) -> None:
@@ -183,10 +188,13 @@ def test_operator_and_local_mode_reach_the_same_decisions(tmp_path: Path) -> Non
                  "cold_start_s": config.cold_start_s, "warm_start_s": config.warm_start_s,
                  "stale_after_s": config.stale_after_s}
 
-    local_seq = local_cycles(path, Clock(), tmp_path / "local")
-    operator_seq = operator_cycles(docs, overrides, Clock())
+    local_seq, local_cold = local_cycles(path, Clock(), tmp_path / "local")
+    operator_seq, operator_cold = operator_cycles(docs, overrides, Clock())
 
     assert local_seq == operator_seq
+    # Both timed the same cold starts (a group starts in one cycle and is Ready the next) and
+    # planned with them.
+    assert local_cold == operator_cold == STEP_S
     desired = [d for d, _ in operator_seq]
     # the scenario exercises the law: it scales up during the burst and back down after it
     assert max(desired) > 1 and desired[-1] < max(desired)
