@@ -759,8 +759,11 @@ class LocalMode:
                 "message": run.message,
                 "claimSeconds": run.claim_seconds[-5:],
                 "coldStartSeconds": run.cold_seconds[-5:],
-                # The cold start the autoscaler planned with: measured once three are.
+                # The cold start the autoscaler planned with, and how many timed ones gave it
+                # (0: the configured one).
                 "plannedColdStartSeconds": run.decision.cold_start_s if run.decision else None,
+                "plannedColdStartTimed": run.decision.cold_starts_measured if run.decision
+                else 0,
             })
         pools = []
         for name, budget in self.budgets.items():

@@ -55,6 +55,10 @@ def render_status(status: dict[str, Any], events: int = 8) -> RenderableType:
         decision = m["decision"] or "-"
         if m.get("targetByStage"):
             decision = f"target {by_stage(m['targetByStage'])}\n{decision}"
+        if m.get("plannedColdStartSeconds") is not None:
+            timed = m.get("plannedColdStartTimed") or 0
+            decision += (f"\nplans with a {m['plannedColdStartSeconds']:.0f} s cold start ("
+                         + (f"median of {timed} timed)" if timed else "configured)"))
         if m.get("message"):
             decision += f"\n[budget] {m['message']}"
         name = Text(m["name"], style="bold")
