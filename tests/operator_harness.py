@@ -42,6 +42,17 @@ def pool_body(name: str, product: str = "NVIDIA-H100-80GB-HBM3", gpu: str = "H10
                      "gpu": {"product": gpu}, "gpusPerNode": 8, **spec}}
 
 
+def msvc_body(name: str, pool: str, **spec: Any) -> dict[str, Any]:
+    """A ModelService of the sim engine serving llama-3.1-8b from ``pool`` at a 0.5 s TTFT
+    SLO; ``spec`` replaces top-level fields."""
+    base: dict[str, Any] = {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
+                                      "profile": "llama-3.1-8b"},
+                            "pool": pool, "slo": {"ttftSeconds": 0.5}, "engine": "sim"}
+    base.update(spec)
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
+            "metadata": {"name": name}, "spec": base}
+
+
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0,
              interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout

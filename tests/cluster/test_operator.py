@@ -37,13 +37,7 @@ def uniq(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-def msvc_body(name: str, pool: str, **spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
-                                      "profile": "llama-3.1-8b"},
-                            "pool": pool, "slo": {"ttftSeconds": 0.5}, "engine": "sim"}
-    base.update(spec)
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
-            "metadata": {"name": name}, "spec": base}
+msvc_body = harness.msvc_body
 
 
 def apply(cluster: Any, namespace: str | None, *objs: dict[str, Any]) -> None:

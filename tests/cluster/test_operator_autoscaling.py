@@ -134,20 +134,14 @@ def test_the_autoscaler_plans_with_the_cold_start_it_measured(
     operator's histogram counted the same starts."""
     op, wait_for = scaling_operator, harness.wait_for
     pool, name = f"cold-{uuid.uuid4().hex[:6]}", "cold"
-    objs = [
-        harness.pool_body(pool, maxGPUs=4),
-        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService",
-         "metadata": {"name": name, "namespace": namespace},
-         "spec": {"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
-                            "profile": "llama-3.1-8b",
-                            "engineArgs": ["--startup-seconds", "1"]},
-                  "engine": "sim", "pool": pool, "slo": {"ttftSeconds": 0.5},
-                  "parallelism": {"tensor": 1, "pipeline": 1},
-                  "scaling": {"minReplicas": 3, "maxReplicas": 3}}},
-    ]
+    model = harness.msvc_body(name, pool, parallelism={"tensor": 1, "pipeline": 1},
+                              scaling={"minReplicas": 3, "maxReplicas": 3})
+    model["spec"]["model"]["engineArgs"] = ["--startup-seconds", "1"]
     try:
         with harness.SimFleet(k8s_client, namespace, tmp_path):
-            cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
+            cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
+                harness.pool_body(pool, maxGPUs=4)))
+            cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(model))
             status = wait_for("the measured cold start in the status", lambda: (
                 st if (st := cluster.kubectl_json("get", "msvc", "-n", namespace, name).get(
                     "status", {})).get("observed", {}).get("coldStartSeconds") is not None
