@@ -20,6 +20,11 @@ creation or the Ready phase, after the first), the time between them. Once
 :data:`COLD_STARTS_NEEDED` are measured, the median of the last :data:`COLD_STARTS_KEPT`
 replaces the configured value; the decision carries the one it planned with
 (``ModelDecision.cold_start_s``), which the backends show in the status.
+
+**The manual pin rule.** While ``spec.scaling.replicas`` is set (``kubectl scale`` sets it
+through ``/scale``), that count is the desired replicas whatever the metrics say (the
+autoscaler still runs, so the observed signals stay fresh). Remove the field to hand control
+back.
 """
 
 from __future__ import annotations
