@@ -632,13 +632,14 @@ def main() -> int:
     complete = [e for e in report["results"] if "verdict" in e]
     table = _table({"results": complete})
     misses = _misses_table(complete) + "\n" + _spend_table(complete)
-    if all("reactive" in e["verdict"] for e in complete):
+    reactive = all("reactive" in e["verdict"] for e in complete)
+    if reactive:
         misses += "\n" + _reactive_table(complete) + "\n" + reactive_summary(complete) + ".\n"
     (RESULTS / f"{stem}.md").write_text(table + "\n" + misses)
     print(table + "\n" + misses)
     passed = sum(1 for e in complete if _passes(e["verdict"]))
     print(f"{passed} of {len(complete)} rows pass", file=sys.stderr)
-    if all("reactive" in e["verdict"] for e in complete):
+    if reactive:
         print(reactive_summary(complete), file=sys.stderr)
     if not args.no_plot:
         _plot(report, RESULTS / f"{stem}.png")
