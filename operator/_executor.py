@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeplex.api import GPUPoolSpec
-from kubeplex.control import ClaimStep, ResolvedModel, claim_step
+from kubeplex.control import ClaimStep, ModelKey, ResolvedModel, claim_step
 from kubeplex.operator import _adapters
 from kubeplex.operator._builders import (
     WARM_LABEL,
@@ -237,6 +237,10 @@ class Executor:
         # Set when a scale-down waits for Services to drop a pod (phase 1 done, phase 2 not
         # yet): the pool's next cycle should come after the endpoint grace, not the interval.
         self.waiting_on_services = False
+        #: Model -> the cold starts this cycle saw finish (seconds from the group's creation
+        #: to its first Ready), for the next cycle's ``ModelInputs.cold_starts`` (the cycle's
+        #: jobs append from their threads: ``setdefault`` and ``append`` are atomic).
+        self.cold_starts: dict[ModelKey, list[float]] = {}
 
     # ---- plan steps ----------------------------------------------------------------------
     def start(self, namespace: str, name: str, node: str, tp: int, pp: int,
@@ -369,7 +373,10 @@ class Executor:
         if view.phase != view.old_phase:
             if (view.phase == "Ready" and view.ready_since is None and not view.warm
                     and CLAIMED_AT not in view.annotations):  # a cold start's first Ready
-                self.metrics.cold_start_seconds.observe(max(0.0, now - view.created))
+                took = max(0.0, now - view.created)
+                self.metrics.cold_start_seconds.observe(took)
+                for h in hosted:
+                    self.cold_starts.setdefault(h.model.key, []).append(took)
             since = iso(now) if view.phase in ("Ready", "Warm") else view.ready_since
             self._group_status(view.namespace, view.name, view.phase, since, list(view.models))
 

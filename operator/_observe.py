@@ -9,7 +9,7 @@ model (no per-group load: scale-down order then falls back to age); ``off`` read
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from kubeplex.autoscaler.errors import AutoscalerError
 from kubeplex.autoscaler.metrics import RUNNING, WAITING, Scrape
@@ -45,9 +45,11 @@ def _scrape_pods(runtime: RuntimeClient, model: ResolvedModel, ready: list[Group
 
 def observe_models(settings: Settings, runtime: RuntimeClient,
                    models: Mapping[ModelKey, ResolvedModel], groups: Mapping[GroupId, GroupObj],
-                   triggers: Mapping[ModelKey, str], held: HeldRequests | None, now: float
+                   triggers: Mapping[ModelKey, str], held: HeldRequests | None,
+                   cold_starts: Mapping[ModelKey, Sequence[float]], now: float
                    ) -> tuple[dict[ModelKey, ModelInputs], dict[GroupId, float]]:
-    """Each model's inputs this cycle, and the load of each group whose metrics were read."""
+    """Each model's inputs this cycle, and the load of each group whose metrics were read;
+    ``cold_starts``: those the last cycle saw finish."""
     texts: dict[GroupId, str | None] = {}
     load: dict[GroupId, float] = {}
     inputs: dict[ModelKey, ModelInputs] = {}
@@ -67,5 +69,6 @@ def observe_models(settings: Settings, runtime: RuntimeClient,
         caveat = None
         if held is not None and held.problem:
             caveat = f"{held.caveat}: {held.problem}"
-        inputs[key] = ModelInputs(scrape, held.of(key) if held else 0, caveat, triggers.get(key))
+        inputs[key] = ModelInputs(scrape, held.of(key) if held else 0, caveat, triggers.get(key),
+                                  cold_starts=tuple(cold_starts.get(key, ())))
     return inputs, load

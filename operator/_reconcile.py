@@ -136,6 +136,9 @@ class Context:
     pods_made: dict[str, float] = field(default_factory=dict)
     #: ModelService key -> (its spec's repr, the spec parsed): parsed again when it changes.
     specs: dict[str, tuple[str, ModelServiceSpec]] = field(default_factory=dict)
+    #: Pool -> model -> the cold starts its last cycle saw finish (``Executor.cold_starts``),
+    #: handed to the control layer by its next cycle.
+    cold_starts: dict[str, dict[ModelKey, list[float]]] = field(default_factory=dict)
     #: New ModelServices whose first status the last cycle left to this one (it started their
     #: first group) -> (replicas, reason) of that decision, written as their lastScale.
     first_scale: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -309,7 +312,7 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
     if held is not None and held.problem:
         log.warning("pool %s: %s; %s", pool_name, held.problem, held.caveat)
     inputs, load = observe_models(ctx.settings, ctx.runtime, models, objs, snap.triggers, held,
-                                  now)
+                                  ctx.cold_starts.pop(pool_name, {}), now)
     fleet = FleetState(  # a lost group holds nothing: its replicas are replaced
         groups=tuple(_view(g, pool_name, load.get(gid, 0.0)) for gid, g in objs.items()
                      if g.phase != "Lost"),
@@ -379,6 +382,8 @@ def run_cycle(ctx: Context, snap: Snapshot, now: float) -> CycleReport:
                                   list(objs.values()), budget_gpus, plan.messages,
                                   ctx.templates.note(pool_name), now, snap.lost_nodes))
     _run_all(ctx, jobs, service_jobs)
+    if ex.cold_starts:
+        ctx.cold_starts[pool_name] = ex.cold_starts
 
     elapsed = time.perf_counter() - started
     if plan.actions:

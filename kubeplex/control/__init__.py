@@ -47,7 +47,6 @@ from kubeplex.control._scaling import (
     resolve_model,
     scale_model,
     slo_status,
-    time_cold_starts,
 )
 from kubeplex.control._types import (
     DNS_LABEL_MAX,
@@ -140,5 +139,4 @@ __all__ = [
     "resolve_model",
     "scale_model",
     "slo_status",
-    "time_cold_starts",
 ]

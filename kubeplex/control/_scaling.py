@@ -12,12 +12,10 @@
 **The measured cold start.** The autoscaler weighs scale-ups and holds against a cold start
 (``AutoscalerConfig.cold_start_s``: 60 s unless the backend sets it). How long one takes
 depends on the cluster (image pulls, weight downloads, a GPU node to free), so each model's
-memory times its own: a group that starts cold (not claimed from the warm pool, not a model
-loading into a running group), from when it was first seen starting (its ``since``) to its
-first Ready (``since`` of the Ready phase where the backend records it, else the cycle that
-saw it, so within one cycle); one created and Ready between two looks (its ``since``, the
-creation or the Ready phase, after the first), the time between them. Once
-:data:`COLD_STARTS_NEEDED` are measured, the median of the last :data:`COLD_STARTS_KEPT`
+memory keeps its own: the backend times each group that starts cold (not claimed from the
+warm pool, not a model loaded into a running group) from its creation to its first Ready,
+and hands the times finished since the last cycle in ``ModelInputs.cold_starts``. Once
+:data:`COLD_STARTS_NEEDED` are known, the median of the last :data:`COLD_STARTS_KEPT`
 replaces the configured value; the decision carries the one it planned with
 (``ModelDecision.cold_start_s``), which the backends show in the status.
 
@@ -75,7 +73,6 @@ __all__ = [
     "resolve_model",
     "scale_model",
     "slo_status",
-    "time_cold_starts",
 ]
 
 #: Scrapes older than the longer of the stable and panic windows times this are dropped: the
@@ -85,8 +82,6 @@ HISTORY_WINDOWS = 2.0
 #: Cold starts each model remembers, and how many it takes before their median replaces the
 #: configured cold start (one slow image pull among three does not move a median).
 COLD_STARTS_KEPT, COLD_STARTS_NEEDED = 8, 3
-#: Kubernetes stamps an object's creation to the second.
-CREATION_RESOLUTION_S = 1.0
 
 
 # ---- resources -> autoscaler -------------------------------------------------------------------
@@ -249,7 +244,8 @@ class ModelInputs:
     replica). ``held``: requests the gateway holds for it; ``held_caveat``: why that count may
     be wrong (added to the reason). ``trigger``: the alert that asked for this evaluation.
     ``no_new_replica``: why no replica may start now (e.g. a start just failed and backs off):
-    the target then stays at the current replicas.
+    the target then stays at the current replicas. ``cold_starts``: the model's cold starts
+    that finished since the last cycle, in seconds (the module docstring).
     """
 
     scrape: Scrape | None = None
@@ -257,6 +253,7 @@ class ModelInputs:
     held_caveat: str | None = None
     trigger: str | None = None
     no_new_replica: str | None = None
+    cold_starts: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -265,13 +262,8 @@ class ModelMemory:
 
     state: AutoscalerState = field(default_factory=AutoscalerState)
     scrapes: tuple[Scrape, ...] = ()
-    #: Groups of the model seen starting cold, and since when (the module docstring).
-    starting: tuple[tuple[str, float], ...] = ()
     #: The latest measured cold starts (seconds), oldest first.
     cold_starts: tuple[float, ...] = ()
-    #: When the groups were last looked at (None: never), and which served the model then.
-    timed_at: float | None = None
-    known: frozenset[str] = frozenset()
 
     def cold_start_s(self) -> float | None:
         """The median measured cold start; None until :data:`COLD_STARTS_NEEDED` are known."""
@@ -316,30 +308,6 @@ def _history(scrapes: tuple[Scrape, ...], new: Scrape | None, config: Autoscaler
     return tuple(s for s in kept if now - s.time <= horizon)
 
 
-def time_cold_starts(memory: ModelMemory, serving: Sequence[GroupView], model: ModelKey,
-                     now: float) -> ModelMemory:
-    """``memory`` with this cycle's view of the model's serving groups: cold ones starting
-    are remembered, those now Ready for the first time measured (module docstring)."""
-    seen = dict(memory.starting)
-    starting: list[tuple[str, float]] = []
-    measured = list(memory.cold_starts)
-    for g in serving:
-        if g.claimed or (g.phase is GroupPhase.READY and model in g.loading):
-            continue  # a warm claim, or a load into a running group
-        if g.phase is GroupPhase.STARTING:
-            starting.append((g.id, seen.get(g.id, g.since)))
-        elif g.phase is GroupPhase.READY and g.id in seen:
-            began = seen[g.id]
-            measured.append(max(0.0, (g.since if g.since > began else now) - began))
-        elif (g.phase is GroupPhase.READY and memory.timed_at is not None
-              and g.id not in memory.known
-              and g.since >= memory.timed_at - CREATION_RESOLUTION_S):
-            measured.append(now - memory.timed_at)  # new since the last look, and Ready
-    return replace(memory, starting=tuple(starting),
-                   cold_starts=tuple(measured[-COLD_STARTS_KEPT:]), timed_at=now,
-                   known=frozenset(g.id for g in serving))
-
-
 def scale_model(model: ResolvedModel, groups: Sequence[GroupView] | GroupIndex,
                 budget: PoolBudget | None, inputs: ModelInputs, memory: ModelMemory, now: float
                 ) -> tuple[ModelDecision, ModelMemory]:
@@ -347,7 +315,9 @@ def scale_model(model: ResolvedModel, groups: Sequence[GroupView] | GroupIndex,
     the fleet's groups, or their :class:`GroupIndex` (built once for many models)."""
     scrapes = _history(memory.scrapes, inputs.scrape, model.config, now)
     index = groups if isinstance(groups, GroupIndex) else GroupIndex.of(groups)
-    memory = time_cold_starts(memory, index.serving.get(model.key, ()), model.key, now)
+    if inputs.cold_starts:
+        memory = replace(memory, cold_starts=(*memory.cold_starts,
+                                              *inputs.cold_starts)[-COLD_STARTS_KEPT:])
     config, measured = model.config, memory.cold_start_s()
     if measured is not None and measured != config.cold_start_s:
         config = replace(config, cold_start_s=measured)

@@ -129,6 +129,8 @@ class ModelRun:
     last_scale: dict[str, Any] | None = None
     claim_seconds: list[float] = field(default_factory=list)
     cold_seconds: list[float] = field(default_factory=list)
+    #: Cold group starts finished since the last cycle, for ``ModelInputs.cold_starts``.
+    cold_started: list[float] = field(default_factory=list)
     #: Consecutive start failures, and no new start before ``backoff_until`` (monotonic).
     failures: int = 0
     backoff_until: float = 0.0
@@ -387,8 +389,10 @@ class LocalMode:
             scrapes.get(key), held=self.gateway.held.get(run.served, 0),
             no_new_replica=(f"its last start failed, next try in "
                             f"{run.backoff_until - now:.0f} s" if now < run.backoff_until
-                            else None))
+                            else None), cold_starts=tuple(run.cold_started))
             for key, run in self.runs.items()}
+        for run in self.runs.values():
+            run.cold_started.clear()
         fleet = FleetState(views, {key: run.model for key, run in self.runs.items()},
                            tuple(self.budgets.values()), taken=self.names)
         result = control_cycle(fleet, inputs, self.memory, now)
@@ -561,14 +565,19 @@ class LocalMode:
             return
         if group.phase is not GroupPhase.STARTING:  # drained while starting
             return
-        now = time.monotonic()
+        self._started(group, runs, time.monotonic())
+
+    def _started(self, group: GroupProcess, runs: Sequence[ModelRun], now: float) -> None:
+        """``group``'s runtime came up after a cold start: time it, route its models."""
+        took = group.ready_seconds or 0.0
         for run in runs:
             if run.key not in group.models:  # unloaded while starting
                 continue
-            run.cold_seconds.append(group.ready_seconds or 0.0)
+            run.cold_seconds.append(took)
+            run.cold_started.append(took)
             run.failures = 0
             self._route(group, run, now)
-        self._event(f"{group.id} ready after a cold start of {group.ready_seconds:.1f} s"
+        self._event(f"{group.id} ready after a cold start of {took:.1f} s"
                     + (f" ({len(runs)} models)" if len(runs) > 1 else ""))
 
     async def _add(self, group: GroupProcess, run: ModelRun) -> None:

@@ -4,6 +4,7 @@ backing-off start, and typed refusals. Pure: a fake clock, no I/O."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import pytest
@@ -28,7 +29,6 @@ from kubeplex.control import (
     resolve_model,
     scale_model,
     slo_status,
-    time_cold_starts,
 )
 from kubeplex.placement.hardware import gpu
 
@@ -155,54 +155,25 @@ def test_resolution_is_served_name_and_share_of_its_template() -> None:
     assert model.shape.name == "llama-3.1-8b"
 
 
-def _group(name: str, phase: GroupPhase, since: float, **extra: Any) -> GroupView:
-    return GroupView(f"ns/{name}", "p", 1, phase, (KEY,), since=since, **extra)
-
-
-def test_cold_starts_are_timed_from_first_seen_starting_to_first_ready() -> None:
-    memory = time_cold_starts(ModelMemory(), (
-        _group("a", GroupPhase.STARTING, T0), _group("b", GroupPhase.STARTING, T0 + 5),
-        _group("warm", GroupPhase.STARTING, T0, claimed=True),  # from the warm pool
-        _group("in-place", GroupPhase.READY, T0 - 900, loading=(KEY,)),  # added to a group
-        _group("unlabelled", GroupPhase.STARTING, T0, loading=(KEY,))), KEY, T0 + 10)
-    # A cold pod whose engine has not reported the model yet is starting, loading or not.
-    assert memory.starting == (("ns/a", T0), ("ns/b", T0 + 5), ("ns/unlabelled", T0))
-    # "a": its Ready phase says since when (local mode); "b": since stays its creation (the
-    # operator), so the cycle that sees it Ready times it.
-    memory = time_cold_starts(memory, (_group("a", GroupPhase.READY, T0 + 42),
-                                       _group("b", GroupPhase.READY, T0 + 5)), KEY, T0 + 50)
-    assert memory.cold_starts == (42.0, 45.0) and memory.starting == ()
-    assert memory.cold_start_s() is None  # fewer than COLD_STARTS_NEEDED
-    again = time_cold_starts(memory, (_group("a", GroupPhase.READY, T0 + 42),), KEY, T0 + 60)
-    assert again.cold_starts == memory.cold_starts  # a group is timed once
-    gone = time_cold_starts(again, (_group("c", GroupPhase.STARTING, T0 + 60),), KEY, T0 + 61)
-    assert time_cold_starts(gone, (), KEY, T0 + 70).starting == ()  # deleted before Ready
-    # Created and Ready between two cycles: timed from its since; an older group that now
-    # routes the model too (co-location), or a first look at the fleet, is not a cold start.
-    quick = time_cold_starts(gone, (_group("q", GroupPhase.READY, T0 + 61.5),
-                                    _group("old", GroupPhase.READY, T0 - 500)), KEY, T0 + 63)
-    assert quick.cold_starts == (42.0, 45.0, 2.0)  # within the two looks, 61 and 63
-    later = time_cold_starts(quick, (_group("q", GroupPhase.READY, T0 + 61.5),), KEY, T0 + 64)
-    assert later.cold_starts == quick.cold_starts  # once
-    first = time_cold_starts(ModelMemory(), (_group("q", GroupPhase.READY, T0),), KEY, T0 + 1)
-    assert first.cold_starts == () and first.timed_at == T0 + 1
-
-
 def test_the_median_measured_cold_start_replaces_the_configured_one() -> None:
     model = resolved()
     assert model.config.cold_start_s == 60.0
     decision, memory = scale_model(model, ready(1), None, ModelInputs(), ModelMemory(), T0)
     assert (decision.cold_start_s, decision.cold_starts_measured) == (60.0, 0)
-    memory = ModelMemory(cold_starts=(200.0, 30.0))
-    for n, took in enumerate((190.0, 185.0), 1):
-        starting = (*ready(1), _group(f"new-{n}", GroupPhase.STARTING, T0))
-        _, memory = scale_model(model, starting, None, ModelInputs(), memory, T0 + 1)
-        decision, memory = scale_model(model, (*ready(1), _group(f"new-{n}", GroupPhase.READY,
-                                                                  T0)), None, ModelInputs(),
-                                       memory, T0 + took)
-    assert len(memory.cold_starts) == 4 >= COLD_STARTS_NEEDED
+    decision, memory = scale_model(model, ready(1), None, ModelInputs(cold_starts=(200.0, 30.0)),
+                                   memory, T0 + 1)
+    assert (decision.cold_start_s, decision.cold_starts_measured) == (60.0, 0)  # too few yet
+    assert 2 < COLD_STARTS_NEEDED <= 4
+    for n, took in enumerate((190.0, 185.0), 2):
+        decision, memory = scale_model(model, ready(1), None, ModelInputs(cold_starts=(took,)),
+                                       memory, T0 + n)
+    assert memory.cold_starts == (200.0, 30.0, 190.0, 185.0)
     assert (decision.cold_start_s, decision.cold_starts_measured) == (187.5, 4)
-    kept = ModelMemory(cold_starts=tuple(float(n) for n in range(20)))
-    started = time_cold_starts(kept, (_group("x", GroupPhase.STARTING, T0),), KEY, T0)
-    done = time_cold_starts(started, (_group("x", GroupPhase.READY, T0),), KEY, T0 + 99)
-    assert len(done.cold_starts) == COLD_STARTS_KEPT and done.cold_starts[-1] == 99.0
+    # A cycle without a new one keeps them; only the last COLD_STARTS_KEPT count.
+    decision, memory = scale_model(model, ready(1), None, ModelInputs(), memory, T0 + 9)
+    assert (decision.cold_start_s, decision.cold_starts_measured) == (187.5, 4)
+    many = tuple(float(n) for n in range(20))
+    decision, memory = scale_model(model, ready(1), None, ModelInputs(cold_starts=many), memory,
+                                   T0 + 10)
+    assert memory.cold_starts == many[-COLD_STARTS_KEPT:]
+    assert decision.cold_start_s == statistics.median(many[-COLD_STARTS_KEPT:])

@@ -5,9 +5,10 @@ Each backend runs its own code end to end except the process/pod I/O: the operat
 ``run_cycle`` writes to an in-memory Kubernetes (``operator_fakes.FakeKube``, pods ready once
 created, as KWOK makes them) and reads ``/metrics`` through its real ``RuntimeClient``; local
 mode's ``LocalMode.tick`` reads ``/metrics`` through its real scrape code and applies the plan
-with its own ``_apply``, with the runtime processes not spawned (a started group is routed, as
-``_start`` does once the process is up, at the next tick; a drained one is gone). Both HTTP
-clients get the same scripted ``/metrics`` text (httpx's ``MockTransport``)."""
+with its own ``_apply``, with the runtime processes not spawned (a started group's process
+is up at the next tick, where ``_started`` times and routes it as ``_start`` does; a drained
+one is gone). Both HTTP clients get the same scripted ``/metrics`` text (httpx's
+``MockTransport``)."""
 
 from __future__ import annotations
 
@@ -159,8 +160,8 @@ def local_cycles(path: Path, clock: Clock,
             now = T0 + clock.t
             for group in list(local.groups.values()):
                 if group.phase is GroupPhase.STARTING:  # its process came up
-                    for key in group.models:
-                        local._route(group, local.runs[key], now)
+                    group.ready_seconds = now - group.since
+                    local._started(group, [local.runs[key] for key in group.models], now)
                 elif group.phase is GroupPhase.DRAINING:  # drained and stopped
                     del local.groups[group.id]
             applied.clear()
