@@ -278,11 +278,25 @@ def _engine_busy(scrape: Scrape) -> bool:
     return True
 
 
-def _arrivals(first: Scrape, last: Scrape, completions: float) -> float:
-    """Conservation: arrived = completed + growth of what is in the engines."""
-    start, end = _in_system(first), _in_system(last)
-    growth = (end or 0.0) - (start or 0.0)
-    return max(0.0, completions + growth)
+def _held(scrape: Scrape) -> dict[str, float]:
+    """Requests in each instance's engine (waiting + running)."""
+    waiting, running = scrape.series(WAITING), scrape.series(RUNNING)
+    return {i: waiting.get(i, 0.0) + running.get(i, 0.0) for i in {*waiting, *running}}
+
+
+def _arrivals(prev: Scrape, cur: Scrape) -> float:
+    """Arrivals between two scrapes by conservation, per instance: its completions plus the
+    growth of what its engine holds, over the instances ``cur`` shows (a new one from zero).
+
+    An instance ``cur`` no longer shows (scaled down: the operator scrapes Ready groups only,
+    so a draining one leaves at once; a failed scrape) took no new request: those it held
+    at ``prev`` arrived before and finish unseen. Counted as a fall of what the engines
+    hold, they made every scale-down a dip in the arrivals as deep as the batch the replica
+    was serving, which the dispersion reads as burstiness and the SLO stage answers with
+    the replica just released. Not clamped: a window sums them."""
+    done = counter_increase([prev.series(COMPLETIONS), cur.series(COMPLETIONS)])
+    before = _held(prev)
+    return done + math.fsum(n - before.get(i, 0.0) for i, n in _held(cur).items())
 
 
 #: An engine with this many requests without a first token is busy: one in its prefill and
@@ -400,12 +414,8 @@ def _batch_index(dispersion: Mapping[int, float]) -> float | None:
 
 
 def _counts(window: Sequence[Scrape]) -> list[float]:
-    """Arrivals between consecutive scrapes (conservation, :func:`_arrivals`)."""
-    counts: list[float] = []
-    for prev, cur in itertools.pairwise(window):
-        done = counter_increase([prev.series(COMPLETIONS), cur.series(COMPLETIONS)])
-        counts.append(_arrivals(prev, cur, done))
-    return counts
+    """Arrivals between consecutive scrapes (conservation, :func:`_arrivals`), unclamped."""
+    return [_arrivals(prev, cur) for prev, cur in itertools.pairwise(window)]
 
 
 def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: float,
@@ -430,7 +440,8 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
             return NoData(f"metric {name} missing from the newest scrape")
     span = last.time - first.time
     completions = counter_increase([s.series(COMPLETIONS) for s in window])
-    arrivals = _arrivals(first, last, completions)
+    counts = _counts(window)
+    arrivals = max(0.0, math.fsum(counts))
     ttft = bucket_increase([s.histograms.get(TTFT, {}) for s in window])
     ttft_count = ttft[-1][1] if ttft else 0.0
     kv = last.series(KV_USAGE)
@@ -439,7 +450,7 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
                  if last.series(GENERATION_TOKENS) else None)
     pending = [_awaiting(s) for s in window]
     timed = counter_increase([s.series(PREFILL_TIME_COUNT) for s in window])
-    dispersion = _dispersion(_counts(window))
+    dispersion = _dispersion([max(0.0, n) for n in counts])
     return Signals(
         time=last.time,
         window_s=span,

@@ -263,3 +263,24 @@ def test_requests_sent_together_read_as_batches_and_bursts_over_seconds_do_not()
     assert spread.arrival_cv2 is not None and spread.arrival_cv2 > 10.0
     assert spread.arrival_batch is not None and spread.arrival_batch < 2.0
 
+
+
+def test_a_replica_that_leaves_or_joins_is_not_a_dip_or_jump_in_arrivals() -> None:
+    """10 requests every 2 s, each engine holding 3. "b" is scaled down after 10 s (the
+    requests it held finish unseen); "c" joins at 14 s with 3 of that interval's 10 (the
+    other 7 go to "a"). Every interval still counts 10: a scale-down once read as a dip, and
+    the dip as burstiness."""
+    scrapes, done = [], {"a": 0.0, "b": 0.0, "c": 0.0}
+    for i in range(13):
+        t = 2.0 * i
+        engines = ["a", "b"] if t <= 10 else ["a"] if t < 14 else ["a", "c"]
+        if i and t == 14:
+            done["a"] += 7.0  # "c" holds its 3, completing none yet
+        elif i:
+            for e in engines:  # steady: each completes what arrives to it
+                done[e] += 10.0 / len(engines)
+        scrapes.append(_engine_scrape(t, {e: (0, 3, done[e], done[e]) for e in engines}))
+    signals = extract(scrapes, 24.0, 24.0, 95, 30.0)
+    assert isinstance(signals, Signals)
+    assert signals.arrival_rate == pytest.approx(5.0)
+    assert signals.arrival_cv2 == pytest.approx(0.0, abs=1e-9)
