@@ -16,7 +16,8 @@ the bucket increases summed across instances (linear interpolation inside the bu
 lowest bucket starting at 0, a rank in the ``+Inf`` bucket answering the highest finite bound).
 
 vLLM has no arrivals counter, but requests are conserved: arrivals in a window are the
-completions plus the growth of the requests in the engines (waiting + running). The gateway's
+completions plus the growth of the requests in the engines (waiting + running), each engine
+counted on its own between two scrapes (one that left took no new request). The gateway's
 held requests (scale-from-zero) are not in the engines; the caller passes them separately.
 """
 
