@@ -176,6 +176,9 @@ def test_scale_down_keeps_a_ready_replica_and_scale_up_claims_the_warm_pod() -> 
     run_cycle(ctx, snapshot(kube, warm_pool, models, nodes(1)), NOW + 5)
     serving = [g for g in kube.of("ServingGroup") if not g["spec"]["warm"]]
     assert len(serving) == 1
+    # The autoscaler was handed one cold start, a-0's (created at NOW, Ready at NOW + 1):
+    # neither the claimed standby nor the standbys started cold count.
+    assert ctx.memory["p"].models["ns/a"].cold_starts == (1.0,)
 
 
 def test_group_names_are_deterministic_dns_labels() -> None:
