@@ -285,9 +285,11 @@ def _held(scrape: Scrape) -> dict[str, float]:
     return {i: waiting.get(i, 0.0) + running.get(i, 0.0) for i in {*waiting, *running}}
 
 
-def _arrivals(prev: Scrape, cur: Scrape) -> float:
+def _arrivals(prev: Scrape, cur: Scrape, before: Mapping[str, float],
+              after: Mapping[str, float]) -> float:
     """Arrivals between two scrapes by conservation, per instance: its completions plus the
-    growth of what its engine holds, over the instances ``cur`` shows (a new one from zero).
+    growth of what its engine holds (``before``/``after``: :func:`_held` of each scrape),
+    over the instances ``cur`` shows (a new one from zero).
 
     An instance ``cur`` no longer shows (scaled down: the operator scrapes Ready groups only,
     so a draining one leaves at once; a failed scrape) took no new request: those it held
@@ -296,8 +298,7 @@ def _arrivals(prev: Scrape, cur: Scrape) -> float:
     was serving, which the dispersion reads as burstiness and the SLO stage answers with
     the replica just released. Not clamped: a window sums them."""
     done = counter_increase([prev.series(COMPLETIONS), cur.series(COMPLETIONS)])
-    before = _held(prev)
-    return done + math.fsum(n - before.get(i, 0.0) for i, n in _held(cur).items())
+    return done + math.fsum(n - before.get(i, 0.0) for i, n in after.items())
 
 
 #: An engine with this many requests without a first token is busy: one in its prefill and
@@ -415,8 +416,11 @@ def _batch_index(dispersion: Mapping[int, float]) -> float | None:
 
 
 def _counts(window: Sequence[Scrape]) -> list[float]:
-    """Arrivals between consecutive scrapes (conservation, :func:`_arrivals`), unclamped."""
-    return [_arrivals(prev, cur) for prev, cur in itertools.pairwise(window)]
+    """Arrivals between consecutive scrapes (conservation, :func:`_arrivals`), unclamped;
+    each scrape's holdings read once, though it bounds two intervals."""
+    held = [_held(s) for s in window]
+    return [_arrivals(prev, cur, before, after) for (prev, cur), (before, after)
+            in zip(itertools.pairwise(window), itertools.pairwise(held), strict=True)]
 
 
 def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: float,

@@ -145,3 +145,22 @@ def test_the_reactive_reference_is_judged_by_the_same_bars() -> None:
     assert rt.reactive_summary(entries) == (
         "1 of 2 rows pass for kubeplex; the reactive reference passes 1 (kubeplex 0 of them); "
         "no reactive point passes 1 (kubeplex 1 of them)")
+
+
+def test_the_extract_benchmark_times_a_real_window_and_refuses_bad_flags(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("extract_cpu")
+    from kubeplex.autoscaler import Signals, extract
+
+    scrapes = bench.window(3)
+    signals = extract(scrapes, 60.0, 60.0, 99.0, 30.0)
+    # 3 engines completing 3-9 requests each per 2 s, holding a steady 5: ~9 req/s arrive.
+    assert isinstance(signals, Signals) and 6.0 < signals.arrival_rate < 12.0
+    monkeypatch.setattr(sys, "argv", ["extract_cpu", "--engines", "2", "--calls", "2",
+                                      "--repeats", "1"])
+    bench.main()
+    assert "2 engines:" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["extract_cpu", "--engines", "two"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "--engines must be comma-separated integers" in capsys.readouterr().err
