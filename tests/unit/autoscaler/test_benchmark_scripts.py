@@ -164,3 +164,31 @@ def test_the_extract_benchmark_times_a_real_window_and_refuses_bad_flags(
     with pytest.raises(SystemExit):
         bench.main()
     assert "--engines must be comma-separated integers" in capsys.readouterr().err
+
+
+def test_queueing_vs_fleet_finds_the_fewest_replicas_the_fleet_needs(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("queueing_vs_fleet")
+    from kubeplex.placement.llm import profile
+
+    world = bench.World(profile("llama-3.1-8b", "A100-80GB"), 1.0, 512.0, 128.0, None, 300.0)
+    trace = world.trace(30.0, 3.0, 7)
+    capacity = world.capacity(trace)
+    needed, misses = bench.fewest(world, trace, capacity, 30.0, 12)
+    # The fewest is the first count that meets p99, and one fewer (where the fleet ran it)
+    # does not; every count started from the throughput bound.
+    assert needed is not None and misses[needed] <= 0.01
+    assert all(miss > 0.01 for count, miss in misses.items() if count < needed)
+    assert min(misses) >= 30.0 * capacity.work_s / bench.FLEET_CAP
+    # The whole stream's variability never asks fewer than the share's.
+    for cv2 in (1.0, 4.0, 9.0):
+        share = bench.replicas_for_mix(30.0, capacity, 1.0, 0.99, 0.85, cv2)
+        assert bench.whole_stream_count(30.0, capacity, 1.0, cv2) >= share
+    monkeypatch.setattr(sys, "argv", ["queueing_vs_fleet", "--cvs", "2", "--rates", "10",
+                                      "--duration", "120"])
+    bench.main()
+    assert "| 2 | 10 |" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["queueing_vs_fleet", "--heavy", "half"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "--heavy SHARE,TOKENS" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from kubeplex.autoscaler.capacity import (
@@ -26,6 +27,7 @@ from kubeplex.autoscaler.queueing import (
     miss_fraction,
     replicas_for_mix,
     replicas_for_slo,
+    split_cv2,
 )
 from kubeplex.autoscaler.signals import Signals
 from kubeplex.placement.llm import profile
@@ -130,6 +132,32 @@ def test_a_short_prompt_waits_behind_its_own_replicas_prefills_however_many_repl
     rho = per_replica * cap.prefill_s
     mean_wait = cap.prefill_s * (1 + cap.prefill_cv2) / 2 / (1 - rho)  # Pollaczek-Khinchine
     assert conditional[0] == pytest.approx(math.exp(-(1.0 - 0.05) / mean_wait))
+
+
+def test_each_replica_queues_its_own_share_of_a_burst() -> None:
+    # The whole stream's dispersion, split c ways at random, as one replica's share sees it:
+    # counted on a bursty renewal stream (Gamma gaps, cv 3), over 8 s windows.
+    rng = np.random.default_rng(3)
+    arrivals = np.cumsum(rng.gamma(1 / 9, 9 / 30, 400_000))  # 30 req/s, cv^2 = 9
+    edges = np.arange(0.0, arrivals[-1], 8.0)
+
+    def dispersion(times: np.ndarray) -> float:
+        counts = np.histogram(times, edges)[0]
+        return float(counts.var() / counts.mean())
+
+    whole = dispersion(arrivals)
+    assert whole > 6
+    for replicas in (2, 4, 8):
+        share = dispersion(arrivals[rng.integers(0, replicas, arrivals.size) == 0])
+        assert share == pytest.approx(split_cv2(whole, replicas), rel=0.08)
+    assert split_cv2(9.0, 1) == 9.0 and split_cv2(1.0, 8) == 1.0
+    # The queue of one replica then has the share's variability in its wait's tail.
+    cap = ReplicaCapacity(0.05, 0.06, "profile", prefill_cv2=0.4, mix=((0.05, 1.0),))
+    rate, replicas = 48.0, 4
+    conditional = miss_fraction(replicas, rate, cap, 0.3, arrival_cv2=9.0) / erlang_c(
+        replicas, rate * cap.prefill_s)
+    theta = (1 / 0.05 - rate / replicas) / ((split_cv2(9.0, replicas) + 0.4) / 2)
+    assert conditional == pytest.approx(math.exp(-theta * (0.3 - 0.05)))
 
 
 def test_grouped_arrivals_wait_behind_their_batch_mates_even_at_light_load() -> None:
