@@ -47,8 +47,8 @@ slower than the pooled queue's of point 1, and slowest where prompt lengths are 
 it ``1 / c`` as deep, ``ca2 / c + 1 - 1 / c`` (a random split; sending each request to the
 least busy replica is more even still). Against the simulated fleet at steady load
 (``benchmarks/autoscaler/queueing_vs_fleet.py``; light-tailed prompts, arrival cv 1-4, 1-6
-replicas) this picks the fewest replicas that meet the SLO in 35 of 36 cases (one short at
-cv 4), where the whole stream's ``ca2`` asked 1-2 more in 8. With heavy-tailed prompts *and*
+replicas) this picks the fewest replicas that meet the SLO in 28 of 29 cases (one short at
+cv 4), where the whole stream's ``ca2`` asked 1-2 more in 7. With heavy-tailed prompts *and*
 bursty arrivals both readings are optimistic: a request sent behind a long prefill waits
 longer than the exponential tail says. With one atom at the mean and one replica this is exactly
 the percentile rule of point 1, which stays the pooled M/G/c rule (:func:`replicas_for_slo`,
