@@ -24,6 +24,19 @@ def _load(name: str) -> ModuleType:
     return module
 
 
+def _cli(bench: ModuleType, monkeypatch: pytest.MonkeyPatch,
+         capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[str, str, bool]:
+    """Run a script's ``main`` with ``argv``: (stdout, stderr, whether it exited)."""
+    monkeypatch.setattr(sys, "argv", [bench.__name__, *argv])
+    try:
+        bench.main()
+    except SystemExit:
+        captured = capsys.readouterr()
+        return captured.out, captured.err, True
+    captured = capsys.readouterr()
+    return captured.out, captured.err, False
+
+
 def test_the_iso_cost_search_scales_a_baseline_to_the_budget(tmp_path: Path) -> None:
     """run.py's iso-cost section replays HPA with its target scaled until it uses no more
     GPU-hours than the budget: a budget under its unscaled cost needs a larger target."""
@@ -156,14 +169,11 @@ def test_the_extract_benchmark_times_a_real_window_and_refuses_bad_flags(
     signals = extract(scrapes, 60.0, 60.0, 99.0, 30.0)
     # 3 engines completing 3-9 requests each per 2 s, holding a steady 5: ~9 req/s arrive.
     assert isinstance(signals, Signals) and 6.0 < signals.arrival_rate < 12.0
-    monkeypatch.setattr(sys, "argv", ["extract_cpu", "--engines", "2", "--calls", "2",
-                                      "--repeats", "1"])
-    bench.main()
-    assert "2 engines:" in capsys.readouterr().out
-    monkeypatch.setattr(sys, "argv", ["extract_cpu", "--engines", "two"])
-    with pytest.raises(SystemExit):
-        bench.main()
-    assert "--engines must be comma-separated integers" in capsys.readouterr().err
+    out, _, _ = _cli(bench, monkeypatch, capsys, "--engines", "2", "--calls", "2",
+                     "--repeats", "1")
+    assert "2 engines:" in out
+    _, err, exited = _cli(bench, monkeypatch, capsys, "--engines", "two")
+    assert exited and "--engines must be comma-separated integers" in err
 
 
 def test_queueing_vs_fleet_finds_the_fewest_replicas_the_fleet_needs(
@@ -184,11 +194,8 @@ def test_queueing_vs_fleet_finds_the_fewest_replicas_the_fleet_needs(
     for cv2 in (1.0, 4.0, 9.0):
         share = bench.replicas_for_mix(30.0, capacity, 1.0, 0.99, 0.85, cv2)
         assert bench.whole_stream_count(30.0, capacity, 1.0, cv2) >= share
-    monkeypatch.setattr(sys, "argv", ["queueing_vs_fleet", "--cvs", "2", "--rates", "10",
-                                      "--duration", "120"])
-    bench.main()
-    assert "| 2 | 10 |" in capsys.readouterr().out
-    monkeypatch.setattr(sys, "argv", ["queueing_vs_fleet", "--heavy", "half"])
-    with pytest.raises(SystemExit):
-        bench.main()
-    assert "--heavy SHARE,TOKENS" in capsys.readouterr().err
+    out, _, _ = _cli(bench, monkeypatch, capsys, "--cvs", "2", "--rates", "10",
+                     "--duration", "120")
+    assert "| 2 | 10 |" in out
+    _, err, exited = _cli(bench, monkeypatch, capsys, "--heavy", "half")
+    assert exited and "--heavy SHARE,TOKENS" in err
