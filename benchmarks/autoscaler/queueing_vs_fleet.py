@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,23 +29,24 @@ from kubeplex.autoscaler.baselines import StaticPolicy
 from kubeplex.autoscaler.capacity import prompt_mix, token_capacity
 from kubeplex.autoscaler.fleet import FleetConfig, simulate
 from kubeplex.autoscaler.metrics import prompt_token_buckets
+from kubeplex.autoscaler.policy import AutoscalerConfig
 from kubeplex.autoscaler.queueing import ReplicaCapacity, miss_fraction, replicas_for_mix
 from kubeplex.autoscaler.trace import Trace, generate
 from kubeplex.placement.llm import LLMProfile, profile
 
 MODEL = "llama-3.1-8b"
-QUANTILE = 0.99
-MAX_UTILIZATION = 0.85  # AutoscalerConfig's default
+PERCENTILE = 99.0
 WARM_UP_S = 60.0
-MAX_NUM_SEQS = 256
 #: The fleet is not run above this utilization (its queue would grow without end).
 FLEET_CAP = 0.97
 
 
 @dataclass(frozen=True)
 class World:
+    """The fleet's profile, the law's settings (its defaults, at the SLO) and the traffic."""
+
     profile: LLMProfile
-    slo_s: float
+    config: AutoscalerConfig
     prompt: float
     output: float
     heavy: tuple[float, int] | None
@@ -70,27 +70,35 @@ class World:
                    (math.inf, float(len(trace))))
         mix = prompt_mix(buckets, float(trace.prompt_tokens.mean()))
         return token_capacity(self.profile, mix, float(trace.output_tokens.mean()),
-                              self.slo_s, MAX_NUM_SEQS).capacity
+                              self.config.slo_ttft_s, self.config.max_num_seqs).capacity
 
-    def missed(self, trace: Trace, replicas: int) -> float:
-        """The fleet's share of countable requests (after the warm-up) over the SLO."""
+    def countable(self, trace: Trace) -> np.ndarray:
+        """The requests the SLO counts: after the warm-up, own prefill within the SLO."""
+        own = np.array([self.profile.prefill_seconds(int(n)) for n in trace.prompt_tokens])
+        return (trace.arrival_s >= WARM_UP_S) & (own <= self.config.slo_ttft_s)
+
+    def missed(self, trace: Trace, counted: np.ndarray, replicas: int) -> float:
+        """The fleet's share of the ``counted`` requests over the SLO at ``replicas``."""
+        slo = self.config.slo_ttft_s
         result = simulate(trace, StaticPolicy(replicas, interval_s=math.inf),
                           FleetConfig(profile=self.profile, initial_replicas=replicas,
-                                      cold_start_s=0.0), self.slo_s, QUANTILE * 100)
-        own = np.array([self.profile.prefill_seconds(int(n)) for n in trace.prompt_tokens])
-        counted = (trace.arrival_s >= WARM_UP_S) & (own <= self.slo_s)
-        return float(np.mean(result.ttft[counted] > self.slo_s)) if counted.any() else 0.0
+                                      cold_start_s=0.0), slo, self.config.percentile)
+        return float(np.mean(result.ttft[counted] > slo)) if counted.any() else 0.0
+
+    def rule(self, rate: float, capacity: ReplicaCapacity, cv2: float) -> int:
+        """The law's count (each replica's share of the arrivals)."""
+        return replicas_for_mix(rate, capacity, self.config.slo_ttft_s, self.config.quantile,
+                                self.config.max_utilization, cv2)
 
 
-def whole_stream_count(rate: float, capacity: ReplicaCapacity, slo_s: float,
+def whole_stream_count(world: World, rate: float, capacity: ReplicaCapacity,
                        cv2: float) -> int:
     """The count the rule picked before it split the arrivals over the replicas: at ``c``
     replicas, the share's variability ``1 + (x - 1) / c`` equals the whole stream's ``cv2``
     for ``x = 1 + c (cv2 - 1)``."""
-    start = replicas_for_mix(rate, capacity, slo_s, QUANTILE, MAX_UTILIZATION, 1.0)
-    replicas = start
-    while miss_fraction(replicas, rate, capacity, slo_s,
-                        1.0 + replicas * (cv2 - 1.0)) > 1 - QUANTILE:
+    replicas = world.rule(rate, capacity, 1.0)
+    while miss_fraction(replicas, rate, capacity, world.config.slo_ttft_s,
+                        1.0 + replicas * (cv2 - 1.0)) > 1 - world.config.quantile:
         replicas += 1
     return replicas
 
@@ -99,10 +107,11 @@ def fewest(world: World, trace: Trace, capacity: ReplicaCapacity, rate: float,
            limit: int) -> tuple[int | None, dict[int, float]]:
     """The fewest replicas (up to ``limit``) whose fleet meets p99, and each count's miss."""
     replicas = max(1, math.ceil(rate * capacity.work_s / FLEET_CAP))
+    counted = world.countable(trace)
     misses: dict[int, float] = {}
     while replicas <= limit:
-        misses[replicas] = world.missed(trace, replicas)
-        if misses[replicas] <= 1 - QUANTILE:
+        misses[replicas] = world.missed(trace, counted, replicas)
+        if misses[replicas] <= 1 - world.config.quantile:
             return replicas, misses
         replicas += 1
     return None, misses
@@ -133,8 +142,9 @@ def main() -> None:
         parser.error(f"cvs, rates and --slo must be > 0 and --duration > {WARM_UP_S:g} s")
     if heavy is not None and not (0 < heavy[0] < 1 and heavy[1] >= 1):
         parser.error("--heavy takes a share in (0, 1) and a token count >= 1")
-    world = World(profile(MODEL, args.gpu), args.slo, args.prompt, args.output, heavy,
-                  args.duration)
+    llm = profile(MODEL, args.gpu)
+    world = World(llm, AutoscalerConfig(slo_ttft_s=args.slo, percentile=PERCENTILE, profile=llm),
+                  args.prompt, args.output, heavy, args.duration)
     print(f"{MODEL} on {args.gpu}, TTFT p99 <= {args.slo:g} s, ~{args.prompt:g}-token prompts"
           f"{f' ({heavy[0]:.0%} of {heavy[1]} tokens)' if heavy else ''}, "
           f"{args.duration:g} s per replay\n")
@@ -145,9 +155,8 @@ def main() -> None:
         for rate in rates:
             trace = world.trace(rate, cv, args.seed)
             capacity = world.capacity(trace)
-            share = replicas_for_mix(rate, capacity, args.slo, QUANTILE, MAX_UTILIZATION,
-                                     cv * cv)
-            whole = whole_stream_count(rate, capacity, args.slo, cv * cv)
+            share = world.rule(rate, capacity, cv * cv)
+            whole = whole_stream_count(world, rate, capacity, cv * cv)
             needed, misses = fewest(world, trace, capacity, rate, 2 * max(share, whole) + 4)
             cells = ", ".join(f"{c}: {m:.2%}" for c, m in sorted(misses.items()))
             print(f"| {cv:g} | {rate:g} | {needed if needed else '> ' + str(max(misses))} | "
@@ -155,4 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -179,9 +179,12 @@ def test_the_extract_benchmark_times_a_real_window_and_refuses_bad_flags(
 def test_queueing_vs_fleet_finds_the_fewest_replicas_the_fleet_needs(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load("queueing_vs_fleet")
+    from kubeplex.autoscaler import AutoscalerConfig
     from kubeplex.placement.llm import profile
 
-    world = bench.World(profile("llama-3.1-8b", "A100-80GB"), 1.0, 512.0, 128.0, None, 300.0)
+    llm = profile("llama-3.1-8b", "A100-80GB")
+    world = bench.World(llm, AutoscalerConfig(slo_ttft_s=1.0, percentile=99.0, profile=llm),
+                        512.0, 128.0, None, 300.0)
     trace = world.trace(30.0, 3.0, 7)
     capacity = world.capacity(trace)
     needed, misses = bench.fewest(world, trace, capacity, 30.0, 12)
@@ -192,8 +195,9 @@ def test_queueing_vs_fleet_finds_the_fewest_replicas_the_fleet_needs(
     assert min(misses) >= 30.0 * capacity.work_s / bench.FLEET_CAP
     # The whole stream's variability never asks fewer than the share's.
     for cv2 in (1.0, 4.0, 9.0):
-        share = bench.replicas_for_mix(30.0, capacity, 1.0, 0.99, 0.85, cv2)
-        assert bench.whole_stream_count(30.0, capacity, 1.0, cv2) >= share
+        share = world.rule(30.0, capacity, cv2)
+        assert share == bench.replicas_for_mix(30.0, capacity, 1.0, 0.99, 0.85, cv2)
+        assert bench.whole_stream_count(world, 30.0, capacity, cv2) >= share
     out, _, _ = _cli(bench, monkeypatch, capsys, "--cvs", "2", "--rates", "10",
                      "--duration", "120")
     assert "| 2 | 10 |" in out
