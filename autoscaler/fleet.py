@@ -44,7 +44,9 @@ import numpy as np
 from kubeplex.autoscaler.errors import AutoscalerConfigError
 from kubeplex.autoscaler.metrics import (
     COMPLETIONS,
+    GATEWAY_INSTANCE,
     GENERATION_TOKENS,
+    HELD,
     KV_USAGE,
     PREFILL_TIME_COUNT,
     PREFILL_TIME_SUM,
@@ -364,6 +366,7 @@ class _Fleet:
                        for n, r in zip(names, engines, strict=True)},
             PREFILL_TIME_SUM: {n: r.prefill_seconds for n, r in zip(names, engines, strict=True)},
             PREFILL_TIME_COUNT: {n: r.completions for n, r in zip(names, engines, strict=True)},
+            HELD: {GATEWAY_INSTANCE: float(len(self.held))},  # as the control layer stamps it
         }
         ttft = {n: _cumulative(TTFT_BUCKETS, r.ttft_buckets)
                 for n, r in zip(names, engines, strict=True)}

@@ -16,7 +16,9 @@ from types import MappingProxyType
 
 __all__ = [
     "COMPLETIONS",
+    "GATEWAY_INSTANCE",
     "GENERATION_TOKENS",
+    "HELD",
     "KV_USAGE",
     "PREFILL_TIME_COUNT",
     "PREFILL_TIME_SUM",
@@ -29,6 +31,7 @@ __all__ = [
     "Buckets",
     "Scrape",
     "prompt_token_buckets",
+    "with_held",
 ]
 
 # vLLM 0.32-0.33 metric names (DESIGN.md "vLLM facts"); counters are read by their sample name.
@@ -45,6 +48,12 @@ PROMPT_HISTOGRAM = "vllm:request_prompt_tokens"
 #: (observed when a request finishes).
 PREFILL_TIME_SUM = "vllm:request_prefill_time_seconds_sum"
 PREFILL_TIME_COUNT = "vllm:request_prefill_time_seconds_count"
+#: Not an engine's: the requests the gateway holds for the model at the scrape's time (no
+#: replica to send them to yet), stamped in by the caller (:func:`with_held`) as one
+#: instance, :data:`GATEWAY_INSTANCE`. Arrivals are counted where they enter the system, so
+#: the gateway handing its held requests to a replica that became ready is no burst.
+HELD = "kubeplex:gateway_held_requests"
+GATEWAY_INSTANCE = "gateway"
 
 #: vLLM's TTFT histogram bucket bounds (vllm/v1/metrics/loggers.py, 0.33): note no 2.0 edge.
 TTFT_BUCKETS: tuple[float, ...] = (
@@ -94,3 +103,9 @@ class Scrape:
         """The sum over instances, or None when no instance exposes the metric."""
         series = self.values.get(name)
         return None if not series else math.fsum(series.values())
+
+
+def with_held(scrape: Scrape, held: int) -> Scrape:
+    """``scrape`` with the gateway's held requests at its time (:data:`HELD`)."""
+    return Scrape(scrape.time, {**scrape.values, HELD: {GATEWAY_INSTANCE: float(held)}},
+                  scrape.histograms)

@@ -16,9 +16,13 @@ the bucket increases summed across instances (linear interpolation inside the bu
 lowest bucket starting at 0, a rank in the ``+Inf`` bucket answering the highest finite bound).
 
 vLLM has no arrivals counter, but requests are conserved: arrivals in a window are the
-completions plus the growth of the requests in the engines (waiting + running), each engine
-counted on its own between two scrapes (one that left took no new request). The gateway's
-held requests (scale-from-zero) are not in the engines; the caller passes them separately.
+completions plus the growth of the requests in the system, each engine's (waiting + running)
+counted on its own between two scrapes (one that left took no new request), and the
+gateway's held ones (no replica to take them yet: a scale from zero) as one more instance
+when the caller stamps them into its scrapes (:func:`~kubeplex.autoscaler.metrics.with_held`).
+Counted at the engines alone, a gateway handing the requests it held through a cold start to
+the replica that became ready read as that many arrivals in one interval: a rise far beyond
+the rate, which the backlog stage answered with a replica for every few requests of it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from kubeplex.autoscaler.metrics import (
     COMPLETIONS,
     GENERATION_TOKENS,
+    HELD,
     KV_USAGE,
     PREFILL_TIME_COUNT,
     PREFILL_TIME_SUM,
@@ -61,7 +66,7 @@ __all__ = [
 #: noise-only trials pass.
 TEST_Z = 2.0
 #: How arrivals are derived (documentation marker): completions + growth of waiting + running.
-ARRIVAL_CONSERVED = "completions + delta(waiting + running)"
+ARRIVAL_CONSERVED = "completions + delta(waiting + running + held at the gateway)"
 
 
 @dataclass(frozen=True)
@@ -280,9 +285,11 @@ def _engine_busy(scrape: Scrape) -> bool:
 
 
 def _held(scrape: Scrape) -> dict[str, float]:
-    """Requests in each instance's engine (waiting + running)."""
+    """Requests in each instance's engine (waiting + running), and at the gateway
+    (:data:`~kubeplex.autoscaler.metrics.HELD`, its own instance)."""
     waiting, running = scrape.series(WAITING), scrape.series(RUNNING)
-    return {i: waiting.get(i, 0.0) + running.get(i, 0.0) for i in {*waiting, *running}}
+    held = {i: waiting.get(i, 0.0) + running.get(i, 0.0) for i in {*waiting, *running}}
+    return {**held, **scrape.series(HELD)}
 
 
 def _arrivals(prev: Scrape, cur: Scrape, before: Mapping[str, float],

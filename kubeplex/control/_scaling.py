@@ -35,7 +35,7 @@ from typing import Any
 
 from kubeplex.api import ModelService, ModelServiceSpec
 from kubeplex.autoscaler import policy
-from kubeplex.autoscaler.metrics import Scrape
+from kubeplex.autoscaler.metrics import Scrape, with_held
 from kubeplex.autoscaler.policy import (
     AutoscalerConfig,
     AutoscalerState,
@@ -241,11 +241,13 @@ class ModelInputs:
     """What the backend read for one model this cycle.
 
     ``scrape``: the merged metric scrape of its replicas (None: none taken, e.g. no ready
-    replica). ``held``: requests the gateway holds for it; ``held_caveat``: why that count may
-    be wrong (added to the reason). ``trigger``: the alert that asked for this evaluation.
-    ``no_new_replica``: why no replica may start now (e.g. a start just failed and backs off):
-    the target then stays at the current replicas. ``cold_starts``: the model's cold starts
-    that finished since the last cycle, in seconds (the module docstring).
+    replica). ``held``: requests the gateway holds for it, stamped into the scrape
+    (:func:`~kubeplex.autoscaler.metrics.with_held`); ``held_caveat``: why that count may be
+    wrong (added to the reason; the scrape then goes without it). ``trigger``: the alert
+    that asked for this evaluation. ``no_new_replica``: why no replica may start now (e.g. a
+    start just failed and backs off): the target then stays at the current replicas.
+    ``cold_starts``: the model's cold starts that finished since the last cycle, in seconds
+    (the module docstring).
     """
 
     scrape: Scrape | None = None
@@ -313,7 +315,10 @@ def scale_model(model: ResolvedModel, groups: Sequence[GroupView] | GroupIndex,
                 ) -> tuple[ModelDecision, ModelMemory]:
     """One evaluation of ``model`` (module docstring); pure: the clock is ``now``. ``groups``:
     the fleet's groups, or their :class:`GroupIndex` (built once for many models)."""
-    scrapes = _history(memory.scrapes, inputs.scrape, model.config, now)
+    new = inputs.scrape  # with the gateway's held requests, when their count is known
+    if new is not None and not inputs.held_caveat:
+        new = with_held(new, inputs.held)
+    scrapes = _history(memory.scrapes, new, model.config, now)
     index = groups if isinstance(groups, GroupIndex) else GroupIndex.of(groups)
     if inputs.cold_starts:
         memory = replace(memory, cold_starts=(*memory.cold_starts,

@@ -16,6 +16,7 @@ from kubeplex.autoscaler.metrics import (
     RUNNING,
     TTFT,
     WAITING,
+    with_held,
 )
 from kubeplex.autoscaler.signals import bucket_increase, counter_increase, histogram_quantile
 from kubeplex.autoscaler.sources import parse_metrics_text
@@ -284,3 +285,24 @@ def test_a_replica_that_leaves_or_joins_is_not_a_dip_or_jump_in_arrivals() -> No
     assert isinstance(signals, Signals)
     assert signals.arrival_rate == pytest.approx(5.0)
     assert signals.arrival_cv2 == pytest.approx(0.0, abs=1e-9)
+
+
+def test_requests_held_through_a_cold_start_count_when_they_arrived() -> None:
+    """5 req/s while the first replica cold-starts: the gateway holds 10 more every 2 s, then
+    hands its 50 to the engine ready at 10 s. Counted where they enter (the gateway's held
+    requests stamped in, ``with_held``), every interval holds 10; counted at the engine
+    alone, the hand-over was 60 arrivals in one interval after none: a short window read
+    it as a rise to 3x the rate (a flood of 100 req/s after a 60 s cold start, which asked
+    for 35 replicas to drain a backlog one replica was draining)."""
+    engine = [_engine_scrape(12.0, {"a": (55, 5, 0, 0)}),
+              _engine_scrape(14.0, {"a": (55, 5, 10, 10)})]  # 10 done, 10 more came
+    stamped = [*(with_held(Scrape(2.0 * i), 10 * i) for i in range(6)),
+               *(with_held(s, 0) for s in engine)]
+    unstamped = [*(Scrape(2.0 * i) for i in range(6)), *engine]
+    for window in (6.0, 60.0):
+        signals = extract(stamped, 14.0, window, 95, 30.0)
+        assert isinstance(signals, Signals)
+        assert signals.arrival_rate == pytest.approx(5.0)
+    assert signals.arrival_cv2 == pytest.approx(0.0, abs=1e-9)
+    short = extract(unstamped, 14.0, 6.0, 95, 30.0)
+    assert isinstance(short, Signals) and short.arrival_rate == pytest.approx(70 / 6)

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from kubeplex.api import ModelService, from_dict
-from kubeplex.autoscaler.metrics import COMPLETIONS, RUNNING, TTFT, WAITING, Scrape
+from kubeplex.autoscaler.metrics import (
+    COMPLETIONS,
+    GATEWAY_INSTANCE,
+    HELD,
+    RUNNING,
+    TTFT,
+    WAITING,
+    Scrape,
+)
 from kubeplex.autoscaler.signals import NoData
 from kubeplex.control import (
     COLD_STARTS_KEPT,
@@ -86,6 +94,19 @@ def test_a_measured_zero_rate_is_zero_not_the_declared_rate() -> None:
     decision, _ = scale_model(model, ready(1), None, ModelInputs(scrape(T0 + 4, done=10)),
                               memory, T0 + 4)
     assert decision.signals is not None and decision.arrival_rate == 0.0
+
+
+def test_the_gateways_held_requests_are_stamped_into_the_scrape_when_known() -> None:
+    """The held count goes into the scrape kept (arrivals count where they enter: the
+    gateway); a count with a caveat (the gateway could not be read) stays out of it."""
+    model = resolved()
+    _, memory = scale_model(model, ready(1), None, ModelInputs(scrape(T0, done=5), held=4),
+                            ModelMemory(), T0)
+    assert memory.scrapes[-1].series(HELD) == {GATEWAY_INSTANCE: 4.0}
+    assert memory.scrapes[-1].series(COMPLETIONS) == {"a": 5.0}
+    _, memory = scale_model(model, ready(1), None, ModelInputs(
+        scrape(T0 + 1, done=6), held=4, held_caveat="gateway unreachable"), memory, T0 + 1)
+    assert memory.scrapes[-1].series(HELD) == {}
 
 
 def test_history_keeps_the_longer_window_twice_over() -> None:
