@@ -892,6 +892,10 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     credit_note = ("" if queue <= current else
                    f"{credited} drain the backlog, {len(observed.starting)} starting credited")
     stages.append(Stage("credit", credited, credit_note))
+    # The credit stage keeps what is running and starting while they drain a backlog: those
+    # replicas had the SLO feedback's margin when they were asked; another on top of them
+    # at every evaluation of the backlog ratcheted 1 -> 128 in a minute.
+    kept = current if queue > current and credited == current else None
     if credited > target:
         target = credited
         deciding = f"prefill backlog of {backlog:.0f} requests: {credit_note}"
@@ -946,7 +950,7 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
         target = ahead
         deciding = timed.reason
     stages.append(Stage("recurrence", target, timed.reason))
-    margined = feedback_margin(target, fb.factor)
+    margined = feedback_margin(target, fb.factor) if target != kept else target
     if margined > target:
         deciding = (f"{deciding}; SLO feedback: a {1 / fb.factor - 1:.0%} margin for the "
                     f"attainment measured below the model's ({target} -> {margined})")

@@ -205,6 +205,24 @@ def test_warmup_credit_prevents_a_second_scale_up_while_replicas_start() -> None
     assert "starting credited" in credit.note
 
 
+def test_the_feedback_margin_does_not_compound_on_replicas_kept_for_a_backlog() -> None:
+    """With the SLO feedback's margin on (factor 0.9), a backlog that replicas already started
+    will drain keeps the count where it is. The margin was once applied again to what was
+    running and starting at every evaluation: +1 every 2 s, 1 -> 128 replicas in a minute."""
+    from kubeplex.autoscaler.feedback import FeedbackState
+
+    config = replace(CONFIG, forecast=HoltConfig(beta=0.0))
+    walk = Walk(config=config, state=AutoscalerState(slo_feedback=FeedbackState(0.9)))
+    walk.run(120, rate=20)
+    walk.run(6, rate=60, grow_waiting=30)
+    first = walk.decisions[-1].desired_replicas
+    walk.run(40, rate=60, waiting=30 * 6.0, grow_waiting=30)
+    later = walk.targets()[-20:]
+    assert walk.decisions[-1].state.slo_feedback.factor < 1.0, "the margin stayed on"
+    # one more step while the credit's own count grows with the queue, then it settles
+    assert max(later) <= 1.25 * first and len(set(later[-15:])) == 1, f"{later} after {first}"
+
+
 def test_scale_to_zero_after_idle_and_back_from_zero() -> None:
     config = replace(CONFIG, min_replicas=0)
     walk = Walk(config=config, ready=1)
