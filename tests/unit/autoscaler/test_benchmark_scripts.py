@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from kubeplex.autoscaler.trace import generate, spike_rate, write_trace
@@ -86,6 +87,23 @@ def test_the_later_shapes_are_a_set_of_their_own() -> None:
     ramp = rt.TRACES["ramp"].trace(0).arrival_s
     early, late = (ramp < 300).sum() / 300, ((ramp > 2600) & (ramp < 2700)).sum() / 100
     assert 1.5 < early < 2.5 and 34 < late < 46, (early, late)
+
+
+def test_the_round18_shapes_are_what_they_say() -> None:
+    """real_traces.py --set round18: six shapes, each drawable; the outage has no request
+    for its 10 minutes, the two tenants' prompts are two populations, the step down drops."""
+    rt = _load("real_traces")
+    shapes = {n: s for n, s in rt.TRACES.items() if s.family == "round18"}
+    assert len(shapes) == 6 and all(s.seed is not None for s in shapes.values())
+    outage = shapes["outage"].trace(0).arrival_s
+    assert not ((outage >= 1201) & (outage < 1799)).any()  # the rate grid's 1 s edges ramp
+    assert 9 < (outage < 1200).sum() / 1200 < 11
+    tenants = shapes["two-tenants"].trace(1)
+    assert (np.diff(tenants.arrival_s) >= 0).all()
+    long = tenants.prompt_tokens > 3000
+    assert 0.07 < long.mean() < 0.15 and tenants.prompt_tokens[~long].mean() < 800
+    down = shapes["step-down"].trace(0).arrival_s
+    assert (down < 1800).sum() > 5 * (down >= 1800).sum()
 
 
 def test_what_the_world_takes_from_the_law_reruns_every_policy() -> None:
