@@ -255,8 +255,8 @@ TRACES: dict[str, TraceSpec] = {s.name: s for s in (
               "A100-80GB", 1.0, _decay, 107, "later"),
     TraceSpec("twin-diurnal", "two 30-min days of 2 -> 30 req/s, cv 3", "A100-80GB", 1.0,
               _twin_diurnal, 108, "later"),
-    # Made in round 18 and first run with the law of round 17; one fault they showed (the
-    # outage's return) was fixed before the set's table was written (docs/benchmarks.md).
+    # Made in round 18 and first run with the law of round 17; two faults they showed at the
+    # outage's return were fixed before the set's tables were written (docs/benchmarks.md).
     TraceSpec("flash", "4 req/s, a flash crowd of 40 req/s for 10 min (30 s ramps), cv 1.2, "
               "60 min", "A100-80GB", 1.0, _flash, 201, "round18"),
     TraceSpec("outage", "10 req/s with no request for 10 min (a client outage), Poisson, "
