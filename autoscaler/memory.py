@@ -145,7 +145,8 @@ def held_level(peaks: Peaks, quantile: float, recent_s: float) -> float:
     return 0.0
 
 
-def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: float) -> float:
+def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: float,
+                   horizon_s: float) -> float:
     """Standbys for a burst seen once whose next occurrence would miss more than the memory's
     share of the miss budget while a replica cold-starts for it: its level beyond ``held`` (0
     when none). A burst shorter than a cold start (a run of short-window demand) is over
@@ -154,25 +155,43 @@ def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: flo
     its gaps in the short windows) counts the requests of its first cold start, once over
     and while it is the memory's only one: one still going on is the reactive stages' (its
     replicas are on their way), and once one came back the held level and the recurrence
-    serve them."""
+    serve them. A burst has a start the memory saw: the memory's only run, begun at the
+    oldest bucket of a memory full to its ``horizon_s``, was going on before the memory, so
+    it is the level the demand fell from (a step down reads as a burst once the lower level
+    fills half the memory), not a burst that may come back, and nor are its ripples in the
+    short windows. Nor is a ripple of a plateau that is still most of the memory: a short
+    burst needs more replicas than the memory's median demand."""
     budget = BUDGET_SHARE * (1.0 - quantile)
+    runs = burst_runs(peaks, demand_level)
+    before = _level_before(peaks, runs, horizon_s)
+    typical = replicas_at(statistics.median(b.demand for b in peaks), 1.0) if peaks else 0
     for start, end in burst_runs(peaks):
-        if end - start >= cold_start_s:
+        if end - start >= cold_start_s or (before and before[0] <= start < before[1]):
             continue
         level = run_level(peaks, start, end)
         if level > held and _share(peaks, level) > budget:
-            return level - held
-    runs = burst_runs(peaks, demand_level)
+            return level - held if replicas_at(level, 1.0) > typical else 0.0
     going = ongoing(peaks, runs)
-    over = [(start, end) for start, end in runs
-            if end - start >= cold_start_s and start != going]
+    over = [(start, end) for start, end in runs if end - start >= cold_start_s
+            and start != going]
     total = math.fsum(b.requests for b in peaks)
-    if len(over) != 1 or total <= 0:  # none, or one that came back: held or recurring
-        return 0.0
+    if len(over) != 1 or total <= 0 or over[0] == before:
+        return 0.0  # none, one that came back (held or recurring), or the level before
     start, end = over[0]
     level = run_level(peaks, start, end)
     first = math.fsum(b.requests for b in peaks if start <= b.start < start + cold_start_s)
     return level - held if level > held and first / total > budget else 0.0
+
+
+def _level_before(peaks: Peaks, runs: Sequence[tuple[float, float]], horizon_s: float,
+                  ) -> tuple[float, float] | None:
+    """The level the demand fell from, if ``runs`` (:func:`burst_runs` of the stable window's
+    demand) are one that may have begun before the memory: it starts at the oldest bucket of
+    a memory that spans its whole horizon (at the memory's birth, the oldest bucket is when
+    the demand began). Among others it is a burst that came back, whose start aged out."""
+    if len(runs) != 1 or runs[0][0] != peaks[0].start:
+        return None
+    return runs[0] if peaks[-1].start - peaks[0].start >= horizon_s - BUCKET_S else None
 
 
 def replicas_at(level: float, speed: float) -> int:

@@ -1067,7 +1067,8 @@ def _memory_standbys(peaks: Peaks, desired: int, speed: float,
     its level rounded as a held level is (:func:`replicas_at`), less the replicas held (a
     fraction of a replica beyond them that the hold would not add is no standby)."""
     held = desired * speed
-    beyond = burst_standbys(peaks, held, config.quantile, config.cold_start_s)
+    beyond = burst_standbys(peaks, held, config.quantile, config.cold_start_s,
+                            config.burst_memory_s)
     return max(0, replicas_at(held + beyond, speed) - desired) if beyond > 0 else 0
 
 

@@ -17,6 +17,9 @@ from kubeplex.autoscaler.memory import (
 )
 
 P99 = 0.99
+#: A memory horizon longer than the series the tests build: the memory is young (its oldest
+#: bucket is when the demand began), as at a model's first half hour.
+H = 3600.0
 
 
 def _series(demands: list[float], requests: float = 10.0, shorts: list[float] | None = None,
@@ -62,8 +65,10 @@ def test_recurring_bursts_are_held_when_their_requests_exceed_the_budget() -> No
 
 def test_standbys_cover_a_short_burst_seen_once_beyond_what_is_held() -> None:
     once = _series([1, 1, 5, 1, 1, 1], shorts=[1, 1, 5, 1, 1, 1])
-    assert burst_standbys(once, held=1.0, quantile=P99, cold_start_s=60.0) == pytest.approx(4)
-    assert burst_standbys(once, held=5.0, quantile=P99, cold_start_s=60.0) == 0
+    assert burst_standbys(once, held=1.0, quantile=P99, cold_start_s=60.0,
+                          horizon_s=H) == pytest.approx(4)
+    assert burst_standbys(once, held=5.0, quantile=P99, cold_start_s=60.0,
+                          horizon_s=H) == 0
 
 
 
@@ -74,19 +79,50 @@ def test_standbys_cover_a_long_burst_seen_once_for_its_first_cold_start() -> Non
     nor when its first cold start's requests fit the budget."""
     shape = [1] * 6 + [5] * 8 + [1] * 6
     over = _series(shape, shorts=shape)
-    assert burst_standbys(over, held=1.0, quantile=P99, cold_start_s=60.0) == pytest.approx(4)
+    assert burst_standbys(over, held=1.0, quantile=P99, cold_start_s=60.0,
+                          horizon_s=H) == pytest.approx(4)
     # A plateau under one replica's throughput looks like its gaps in the short windows: a
     # long burst is found in the stable window's demand.
     plateau = _series(shape, shorts=[1] * len(shape))
-    assert burst_standbys(plateau, held=1.0, quantile=P99, cold_start_s=60.0) == pytest.approx(4)
+    assert burst_standbys(plateau, held=1.0, quantile=P99, cold_start_s=60.0,
+                          horizon_s=H) == pytest.approx(4)
     going = _series([1] * 10 + [5] * 7, shorts=[1] * 10 + [5] * 7)
     assert current_burst(going) is not None
-    assert burst_standbys(going, held=1.0, quantile=P99, cold_start_s=60.0) == 0
+    assert burst_standbys(going, held=1.0, quantile=P99, cold_start_s=60.0,
+                          horizon_s=H) == 0
     twice = _series(shape * 2, shorts=shape * 2)
-    assert burst_standbys(twice, held=1.0, quantile=P99, cold_start_s=60.0) == 0
+    assert burst_standbys(twice, held=1.0, quantile=P99, cold_start_s=60.0,
+                          horizon_s=H) == 0
+    # The first occurrence's start has left a full memory: it still came back.
+    spikes = [7, 1, 1, 1, 1] + [5, 1, 1, 1, 1] * 4
+    assert burst_standbys(_series(spikes, shorts=spikes), held=1.0, quantile=P99,
+                          cold_start_s=60.0, horizon_s=len(spikes) * BUCKET_S) == 6
+    aging = [5] * 6 + [1] * 4 + [5] * 7 + [1] * 14
+    assert burst_standbys(_series(aging, shorts=aging), held=1.0, quantile=P99,
+                          cold_start_s=60.0, horizon_s=len(aging) * BUCKET_S) == 0
     # 6 requests in its first cold start of ~2,000 in memory: within half the 1% budget.
     light = _series(shape + [1] * 150, requests=13.0, shorts=shape + [1] * 150, busy=1.0)
-    assert burst_standbys(light, held=1.0, quantile=P99, cold_start_s=60.0) == 0
+    assert burst_standbys(light, held=1.0, quantile=P99, cold_start_s=60.0,
+                          horizon_s=H) == 0
+
+
+def test_a_level_the_demand_stepped_down_from_keeps_no_standby() -> None:
+    """20 minutes at 2 replicas, rippling to 3 in the short windows, then 1: the plateau
+    was the demand's level, not a burst that may come back. While it is most of the memory
+    its ripples are no burst (they needed no more than the memory's typical demand); once the
+    lower level is, the plateau began before the memory (its first bucket is the oldest of a
+    full memory), and it and its ripples keep nothing. At the memory's birth the same shape
+    is a burst seen once: the demand began with it (on-off traffic that opens with a burst)."""
+    def after_drop(high: int, low: int, horizon_s: float) -> float:
+        demand = [2.0] * high + [1.0] * low
+        # the plateau opens with a gap in the short windows (under a replica's throughput)
+        shorts = [1.0] + [3.0 if i % 4 == 1 else 2.0 for i in range(1, high)] + [1.0] * low
+        return burst_standbys(_series(demand, shorts=shorts), held=1.0, quantile=P99,
+                              cold_start_s=60.0, horizon_s=horizon_s)
+
+    for high, low in ((12, 3), (9, 6), (6, 10)):  # the memory is full: 15-16 buckets
+        assert after_drop(high, low, horizon_s=(high + low) * BUCKET_S) == 0, (high, low)
+    assert after_drop(6, 10, horizon_s=H) == pytest.approx(1)
 
 
 def test_a_held_level_falls_with_the_traffic_its_bursts_rode_on() -> None:
@@ -110,8 +146,10 @@ def test_a_burst_needs_a_whole_replica_more_than_the_median_rounded_as_a_held_le
         return _series(shorts, shorts=shorts)
 
     assert burst_standbys(once(1.45), held=1.03, quantile=P99,
-                          cold_start_s=60.0) == pytest.approx(0.42)
-    assert burst_standbys(once(1.2), held=1.03, quantile=P99, cold_start_s=60.0) == 0
+                          cold_start_s=60.0,
+                          horizon_s=H) == pytest.approx(0.42)
+    assert burst_standbys(once(1.2), held=1.03, quantile=P99, cold_start_s=60.0,
+                          horizon_s=H) == 0
 
 
 def test_burst_lengths_and_the_one_going_on() -> None:
