@@ -44,9 +44,7 @@ import numpy as np
 from kubeplex.autoscaler.errors import AutoscalerConfigError
 from kubeplex.autoscaler.metrics import (
     COMPLETIONS,
-    GATEWAY_INSTANCE,
     GENERATION_TOKENS,
-    HELD,
     KV_USAGE,
     PREFILL_TIME_COUNT,
     PREFILL_TIME_SUM,
@@ -59,6 +57,7 @@ from kubeplex.autoscaler.metrics import (
     Buckets,
     Scrape,
     prompt_token_buckets,
+    with_held,
 )
 from kubeplex.autoscaler.policy import Observed, Starting
 from kubeplex.autoscaler.trace import FloatArray, Trace
@@ -366,13 +365,14 @@ class _Fleet:
                        for n, r in zip(names, engines, strict=True)},
             PREFILL_TIME_SUM: {n: r.prefill_seconds for n, r in zip(names, engines, strict=True)},
             PREFILL_TIME_COUNT: {n: r.completions for n, r in zip(names, engines, strict=True)},
-            HELD: {GATEWAY_INSTANCE: float(len(self.held))},  # as the control layer stamps it
         }
         ttft = {n: _cumulative(TTFT_BUCKETS, r.ttft_buckets)
                 for n, r in zip(names, engines, strict=True)}
         prompts = {n: _cumulative(self.prompt_bounds, r.prompt_buckets)
                    for n, r in zip(names, engines, strict=True)}
-        return Scrape(now, values, {TTFT: ttft, PROMPT_HISTOGRAM: prompts})
+        # the gateway's held requests, as the control layer stamps them
+        return with_held(Scrape(now, values, {TTFT: ttft, PROMPT_HISTOGRAM: prompts}),
+                         len(self.held))
 
     def observed(self, now: float) -> Observed:
         active = self.active()

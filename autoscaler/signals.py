@@ -65,7 +65,8 @@ __all__ = [
 #: signals (a rise of the arrival rate, an attainment gain, a burst period): about 2% of
 #: noise-only trials pass.
 TEST_Z = 2.0
-#: How arrivals are derived (documentation marker): completions + growth of waiting + running.
+#: How arrivals are derived (documentation marker): completions + growth of what the engines
+#: and the gateway hold.
 ARRIVAL_CONSERVED = "completions + delta(waiting + running + held at the gateway)"
 
 
