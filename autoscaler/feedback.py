@@ -12,9 +12,13 @@ prompts blocking a replica, bursts within a scrape interval). This stage watches
   already show the attainment below the percentile beyond doubt (:func:`evident_shortfall`:
   a burst of a hundred requests with a third of them late need not wait for 500), the
   attainment among the requests the SLO can count is compared with the percentile:
-  - **below** while the model said the ready replicas suffice: the factor is scaled by
-    :data:`STEP`, and the control law divides its replicas by the factor (one step: about
-    10% more replicas, at least one; the model and what one replica can serve unchanged);
+  - **below**, and so is the record of the last :data:`RELAX_PERIODS` periods (this one
+    included: a percentile is a long-run share, and one period of a bursty mix below it,
+    after periods above, is noise; it took a step and gave it back every few minutes on
+    two tenants' clumps of long prompts), while the model said the ready replicas suffice:
+    the factor is scaled by :data:`STEP`, and the control law divides its replicas by the
+    factor (one step: about 10% more replicas, at least one; the model and what one replica
+    can serve unchanged);
   - a step is then **on trial**: its period is judged once it holds enough requests
     (:func:`trial_requests`) that the gain the step must bring is :data:`GAIN_Z` standard
     errors of the measured attainment; that gain (:func:`needed_gain`) is the shortfall's
@@ -70,6 +74,9 @@ class FeedbackState:
     trial: float | None = None
     blocked_until: float | None = None
     met: int = 0
+    #: (met, counted) requests of the last judged periods, oldest first (at most
+    #: :data:`RELAX_PERIODS`): the record a shortfall is judged on.
+    record: tuple[tuple[float, float], ...] = ()
     #: What the last judged period said (for the decision's reason; empty: nothing to say).
     note: str = ""
 
@@ -152,7 +159,9 @@ def step(state: FeedbackState, quantile: float, model_suffices: bool, floor: flo
         needed = needed_gain(quantile - state.trial, state.factor, floor)
         if counted_n < trial_requests(state.trial, needed):
             return state  # not yet enough requests to tell the gain a step needs from none
-    fresh = replace(state, since=now, good=0.0, total=0.0, infeasible=0.0, note="")
+    record = (*state.record, (state.good, counted_n))[-RELAX_PERIODS:]
+    fresh = replace(state, since=now, good=0.0, total=0.0, infeasible=0.0, note="",
+                    record=record)
     if counted >= quantile:
         met = state.met + 1
         if met >= RELAX_PERIODS and state.factor < 1.0:
@@ -166,7 +175,9 @@ def step(state: FeedbackState, quantile: float, model_suffices: bool, floor: flo
                              f"({state.trial:.1%} -> {counted:.1%} of the requests the SLO "
                              f"counts); undone, the misses do not respond to capacity"))
     blocked = state.blocked_until is not None and now < state.blocked_until
-    if blocked or not model_suffices or state.factor <= floor:
+    met_n, counted_all = (math.fsum(column) for column in zip(*record, strict=True))
+    if blocked or not model_suffices or state.factor <= floor or (
+            counted_all > 0 and met_n / counted_all >= quantile):
         return replace(fresh, trial=None)
     return replace(fresh, factor=max(floor, state.factor * STEP), trial=counted,
                    note=f"SLO feedback: {counted:.1%} of the counted requests met the SLO "

@@ -135,3 +135,19 @@ def test_a_trial_is_judged_once_its_requests_can_tell_the_needed_gain_from_noise
     total = 1.01 * n
     kept = _judged(waiting, 0.924 * total - 920, 0.076 * total - 80, now=180.0)
     assert kept.factor == pytest.approx(STEP * STEP) and "did not help" not in kept.note
+
+
+def test_a_short_period_is_judged_on_the_record_of_the_last_ones() -> None:
+    """A p99 target is a long-run share: one period below it, after periods well above, is
+    the noise of a bursty mix (a clump of long prompts) while the record of the last
+    :data:`RELAX_PERIODS` periods still meets it; no step. One more short period that
+    brings the record under the target steps."""
+    state = FeedbackState()
+    for i in range(RELAX_PERIODS - 1):
+        state = _judged(state, 1000, 0, now=60.0 * (i + 1))
+    noise = _judged(state, 980, 20, now=60.0 * RELAX_PERIODS)  # 98%; the record 99.6%
+    assert noise.factor == 1.0 and noise.trial is None
+    again = _judged(noise, 950, 50, now=60.0 * (RELAX_PERIODS + 1))  # the record 98.6%
+    assert again.factor == pytest.approx(STEP) and again.trial == pytest.approx(0.95)
+    # With no record yet, a short period is all there is.
+    assert _judged(FeedbackState(), 980, 20, now=60.0).factor == pytest.approx(STEP)
