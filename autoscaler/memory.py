@@ -21,11 +21,11 @@ short-window demand (what bursts needed), and the requests that arrived. It answ
   level moves with that traffic: down by as much as the demand now is below the memory's
   median (bursts over a daily peak are not held at full height once the day declines); both
   medians are of the recorded buckets, so a flat demand moves nothing.
-* **standbys** (:func:`burst_standbys`): a burst seen once (not yet recurring) is covered by
-  warm standbys: a claim takes a warm start, so its next occurrence is served within
-  seconds, where a replica cold-started for it would come after a burst shorter than a cold
-  start, or after a longer one's first cold start; and a standby can serve any model of a
-  shared pool, unlike a held replica.
+* **standbys** (:func:`burst_standbys`): a burst seen once (not yet recurring, nor the level
+  the demand stepped down from) is covered by warm standbys: a claim takes a warm start, so
+  its next occurrence is served within seconds, where a replica cold-started for it would
+  come after a burst shorter than a cold start, or after a longer one's first cold start;
+  and a standby can serve any model of a shared pool, unlike a held replica.
 * **burst lengths** (:func:`typical_burst_s`, :func:`current_burst`): how long the bursts in
   the memory lasted (runs of short-window demand a whole replica above its median), so the
   policy can tell a burst that will be over before a new replica is ready.
@@ -172,8 +172,8 @@ def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: flo
         if level > held and _share(peaks, level) > budget:
             return level - held if replicas_at(level, 1.0) > typical else 0.0
     going = ongoing(peaks, runs)
-    over = [(start, end) for start, end in runs if end - start >= cold_start_s
-            and start != going]
+    over = [(start, end) for start, end in runs
+            if end - start >= cold_start_s and start != going]
     total = math.fsum(b.requests for b in peaks)
     if len(over) != 1 or total <= 0 or over[0] == before:
         return 0.0  # none, one that came back (held or recurring), or the level before
@@ -185,10 +185,11 @@ def burst_standbys(peaks: Peaks, held: float, quantile: float, cold_start_s: flo
 
 def _level_before(peaks: Peaks, runs: Sequence[tuple[float, float]], horizon_s: float,
                   ) -> tuple[float, float] | None:
-    """The level the demand fell from, if ``runs`` (:func:`burst_runs` of the stable window's
-    demand) are one that may have begun before the memory: it starts at the oldest bucket of
-    a memory that spans its whole horizon (at the memory's birth, the oldest bucket is when
-    the demand began). Among others it is a burst that came back, whose start aged out."""
+    """The level the demand fell from: ``runs`` (:func:`burst_runs` of the stable window's
+    demand) when they are a single run that may have begun before the memory, one starting
+    at the oldest bucket of a memory that spans its whole horizon (at the memory's birth,
+    the oldest bucket is when the demand began). Among other runs, one whose start aged out
+    is a burst that came back."""
     if len(runs) != 1 or runs[0][0] != peaks[0].start:
         return None
     return runs[0] if peaks[-1].start - peaks[0].start >= horizon_s - BUCKET_S else None

@@ -145,8 +145,7 @@ def test_a_burst_needs_a_whole_replica_more_than_the_median_rounded_as_a_held_le
         shorts = [1.03] * 5 + [level] + [1.03] * 5
         return _series(shorts, shorts=shorts)
 
-    assert burst_standbys(once(1.45), held=1.03, quantile=P99,
-                          cold_start_s=60.0,
+    assert burst_standbys(once(1.45), held=1.03, quantile=P99, cold_start_s=60.0,
                           horizon_s=H) == pytest.approx(0.42)
     assert burst_standbys(once(1.2), held=1.03, quantile=P99, cold_start_s=60.0,
                           horizon_s=H) == 0
