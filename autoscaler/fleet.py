@@ -138,8 +138,9 @@ class SimResult:
 class _Replica:
     """One engine: its queue, prefill server and decode batch."""
 
-    __slots__ = ("completions", "decode_heap", "decode_rate_t", "draining", "gen", "generated",
-                 "ident", "kv_used", "prefill_busy", "prefill_queue", "prefill_seconds",
+    __slots__ = ("completions", "decode_ends", "decode_heap", "decode_outputs",
+                 "decode_rate_t", "draining", "gen", "generated", "generated_seen", "ident",
+                 "kv_used", "prefill_busy", "prefill_queue", "prefill_seconds",
                  "prompt_buckets", "prompt_tokens", "ready_at", "started", "ttft_buckets", "v",
                  "waiting", "warm")
 
@@ -153,6 +154,10 @@ class _Replica:
         self.prefill_queue: deque[int] = deque()
         self.prefill_busy = False
         self.decode_heap: list[tuple[float, int]] = []
+        # sums over the decoding sequences of their output lengths and their ``v`` at the end
+        # (the tokens they have made so far follow: vLLM counts tokens as they are made)
+        self.decode_outputs = 0.0
+        self.decode_ends = 0.0
         self.v = 0.0  # tokens every decoding sequence has gained so far (virtual clock)
         self.decode_rate_t = 0.0  # time ``v`` was last advanced
         self.kv_used = 0
@@ -161,7 +166,8 @@ class _Replica:
         self.completions = 0.0
         self.prefill_seconds = 0.0
         self.prompt_tokens = 0.0
-        self.generated = 0.0
+        self.generated = 0.0  # by the requests that finished
+        self.generated_seen = 0.0  # the counter's last scraped value (it never goes down)
         self.ttft_buckets = [0.0] * (len(TTFT_BUCKETS) + 1)
         self.prompt_buckets: list[float] = []
 
@@ -273,7 +279,10 @@ class _Fleet:
         self.tick_ttfts.append(ttft)
         r.ttft_buckets[bisect_left(TTFT_BUCKETS, ttft)] += 1
         r.prompt_tokens += float(self.trace.prompt_tokens[req])
-        heapq.heappush(r.decode_heap, (r.v + float(self.trace.output_tokens[req] - 1), req))
+        end = r.v + float(self.trace.output_tokens[req] - 1)
+        heapq.heappush(r.decode_heap, (end, req))
+        r.decode_outputs += float(self.trace.output_tokens[req])
+        r.decode_ends += end
         if r.prefill_queue:
             self.start_prefill(r, now)
         else:
@@ -282,7 +291,9 @@ class _Fleet:
     def end_decode(self, r: _Replica, now: float) -> None:
         self.advance(r, now)
         while r.decode_heap and r.decode_heap[0][0] <= r.v + 1e-9:
-            _, req = heapq.heappop(r.decode_heap)
+            end, req = heapq.heappop(r.decode_heap)
+            r.decode_outputs -= float(self.trace.output_tokens[req])
+            r.decode_ends -= end
             r.completions += 1
             r.prefill_seconds += float(self.prefill_time[req])
             self.done += 1
@@ -358,7 +369,8 @@ class _Fleet:
         values: dict[str, dict[str, float]] = {
             COMPLETIONS: {n: r.completions for n, r in zip(names, engines, strict=True)},
             PROMPT_TOKENS: {n: r.prompt_tokens for n, r in zip(names, engines, strict=True)},
-            GENERATION_TOKENS: {n: r.generated for n, r in zip(names, engines, strict=True)},
+            GENERATION_TOKENS: {n: self.generated(r, now)
+                                for n, r in zip(names, engines, strict=True)},
             WAITING: {n: float(len(r.waiting)) for n, r in zip(names, engines, strict=True)},
             RUNNING: {n: float(r.admitted) for n, r in zip(names, engines, strict=True)},
             KV_USAGE: {n: r.kv_used / self.kv_capacity
@@ -373,6 +385,17 @@ class _Fleet:
         # the gateway's held requests, as the control layer stamps them
         return with_held(Scrape(now, values, {TTFT: ttft, PROMPT_HISTOGRAM: prompts}),
                          len(self.held))
+
+    def generated(self, r: _Replica, now: float) -> float:
+        """vLLM's generation-token counter: the finished requests' tokens and those the
+        decoding ones have made so far (one at the prefill's end, one per step since)."""
+        v = r.v
+        if not r.prefill_busy and r.decode_heap:
+            v += (now - r.decode_rate_t) / self.step_s[min(len(r.decode_heap),
+                                                           self.config.max_num_seqs)]
+        made = r.decode_outputs - r.decode_ends + len(r.decode_heap) * v
+        r.generated_seen = max(r.generated_seen, r.generated + made)
+        return r.generated_seen
 
     def observed(self, now: float) -> Observed:
         active = self.active()

@@ -93,6 +93,21 @@ def test_extract_rates_arrivals_and_ttft() -> None:
     assert not signals.saturated
 
 
+def test_mean_output_waits_for_a_window_as_long_as_the_requests() -> None:
+    """Tokens are counted as they are made: while fewer requests finished in the window than
+    are running, the tokens of those still decoding would count over the few done, and the
+    mean output reads long (None then: the declared size stands)."""
+    def window(done: float, running: float) -> Signals:
+        scrapes = [_scrape(0, 0, 0, running, ((1.0, 0.0), (INF, 0.0))),
+                   _scrape(20, done, 0, running, ((1.0, done), (INF, done)))]
+        signals = extract(scrapes, 20.0, 60.0, 95, 30.0)
+        assert isinstance(signals, Signals)
+        return signals
+
+    assert window(done=5, running=40).mean_output_tokens is None
+    assert window(done=40, running=40).mean_output_tokens == pytest.approx(20.0)
+
+
 @pytest.mark.parametrize(
     ("scrapes", "now", "reason"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from kubeplex.autoscaler import AutoscalerConfigError, Observed, TraceError
 from kubeplex.autoscaler.baselines import HPAPolicy, KPAPolicy, StaticPolicy
 from kubeplex.autoscaler.evaluation import Scenario, replay
 from kubeplex.autoscaler.fleet import FleetConfig, simulate
-from kubeplex.autoscaler.metrics import RUNNING
+from kubeplex.autoscaler.metrics import COMPLETIONS, GENERATION_TOKENS, RUNNING
 from kubeplex.autoscaler.oracle import (
     oracle_needs,
     oracle_targets,
@@ -228,6 +229,29 @@ def test_every_engine_is_scraped_on_its_own() -> None:
     fleet = FleetConfig(profile=profile("llama-3.1-8b", "H100-80GB"), initial_replicas=3)
     simulate(_steady(5, 30), Watch(), fleet, slo_ttft_s=1.0, percentile=95)
     assert set(seen) == {3}
+
+
+def test_generated_tokens_count_as_they_are_made_as_vllm_counts_them() -> None:
+    """vLLM's generation-token counter grows with every decode step, not when a request
+    finishes: 1,000-token answers show tokens long before the first one is done."""
+    seen: list[tuple[float, float]] = []
+
+    class Watch:
+        name, interval_s = "watch", 2.0
+
+        def evaluate(self, observed: Observed, now: float) -> tuple[int, int]:
+            if observed.scrapes:
+                last = observed.scrapes[-1]
+                seen.append((last.total(COMPLETIONS) or 0.0, last.total(GENERATION_TOKENS) or 0.0))
+            return 1, 0
+
+    trace = generate(lambda t: np.full_like(t, 2.0), 30.0, 1.0, seed=3, prompt_tokens=128,
+                     output_tokens=1000)
+    fleet = FleetConfig(profile=profile("llama-3.1-8b", "H100-80GB"), initial_replicas=1)
+    simulate(trace, Watch(), fleet, slo_ttft_s=1.0, percentile=95)
+    before_any_done = [made for done, made in seen if done == 0]
+    assert max(before_any_done, default=0.0) > 100  # counted at the finish: 0 here
+    assert all(b >= a for (_, a), (_, b) in itertools.pairwise(seen))
 
 
 def test_the_oracle_provisions_one_cold_start_ahead_of_a_step() -> None:
