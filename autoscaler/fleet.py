@@ -234,10 +234,16 @@ class _Fleet:
         return cached
 
     # ---- one replica -----------------------------------------------------------------------
-    def advance(self, r: _Replica, now: float) -> None:
+    def v_at(self, r: _Replica, now: float) -> float:
+        """``r``'s virtual clock at ``now``: the decode batch gains a token per step while no
+        prefill holds the engine."""
         if not r.prefill_busy and r.decode_heap:
-            r.v += (now - r.decode_rate_t) / self.step_s[min(len(r.decode_heap),
-                                                                 self.config.max_num_seqs)]
+            return r.v + (now - r.decode_rate_t) / self.step_s[min(len(r.decode_heap),
+                                                                   self.config.max_num_seqs)]
+        return r.v
+
+    def advance(self, r: _Replica, now: float) -> None:
+        r.v = self.v_at(r, now)
         r.decode_rate_t = now
 
     def schedule_decode(self, r: _Replica) -> None:
@@ -369,7 +375,7 @@ class _Fleet:
         values: dict[str, dict[str, float]] = {
             COMPLETIONS: {n: r.completions for n, r in zip(names, engines, strict=True)},
             PROMPT_TOKENS: {n: r.prompt_tokens for n, r in zip(names, engines, strict=True)},
-            GENERATION_TOKENS: {n: self.generated(r, now)
+            GENERATION_TOKENS: {n: self.generation_tokens(r, now)
                                 for n, r in zip(names, engines, strict=True)},
             WAITING: {n: float(len(r.waiting)) for n, r in zip(names, engines, strict=True)},
             RUNNING: {n: float(r.admitted) for n, r in zip(names, engines, strict=True)},
@@ -386,14 +392,10 @@ class _Fleet:
         return with_held(Scrape(now, values, {TTFT: ttft, PROMPT_HISTOGRAM: prompts}),
                          len(self.held))
 
-    def generated(self, r: _Replica, now: float) -> float:
+    def generation_tokens(self, r: _Replica, now: float) -> float:
         """vLLM's generation-token counter: the finished requests' tokens and those the
         decoding ones have made so far (one at the prefill's end, one per step since)."""
-        v = r.v
-        if not r.prefill_busy and r.decode_heap:
-            v += (now - r.decode_rate_t) / self.step_s[min(len(r.decode_heap),
-                                                           self.config.max_num_seqs)]
-        made = r.decode_outputs - r.decode_ends + len(r.decode_heap) * v
+        made = r.decode_outputs - r.decode_ends + len(r.decode_heap) * self.v_at(r, now)
         r.generated_seen = max(r.generated_seen, r.generated + made)
         return r.generated_seen
 
