@@ -836,19 +836,20 @@ def decide(observed: Observed, config: AutoscalerConfig, state: AutoscalerState,
     timed = scheduled_burst(state.peaks, now, observed.warm_available, speed, config)
     scheduled = timed.phase is Phase.BETWEEN
     ended = timed.last if scheduled else finished_burst(state.peaks, config.cold_start_s)
+    cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
+        1.0, stable.arrival_cv2 or 1.0)
+    batch = max(1.0, stable.arrival_batch or 1.0)  # requests sent together (signals)
     released = None if ended is None else burst_over(
         state.peaks, ended, now, config.panic_window_s, config.stable_window_s,
         rise_z(config.panic_window_s, config.stable_window_s), state.released,
-        without_bursts(state.peaks, config.stable_window_s) if scheduled else None)
+        without_bursts(state.peaks, config.stable_window_s) if scheduled else None,
+        max(cv2, batch))
     forecast = holt_update(state.forecast, stable.arrival_rate, now, config.forecast)
     if released is not None:
         # The stable window, the forecast fed from it, panic and the hold still carry a burst
         # that is over: the rate since it stands for them, the forecast restarts from it.
         forecast = replace(forecast, level=released.rate, trend=0.0)
         state = replace(state, panic_until=None, panic_floor=0)
-    cv2 = config.arrival_cv2 if config.arrival_cv2 is not None else max(
-        1.0, stable.arrival_cv2 or 1.0)
-    batch = max(1.0, stable.arrival_batch or 1.0)  # requests sent together (signals)
     rate = max(stable.arrival_rate, forecast.upper(start_s, config.headroom_z))
     if released is not None:
         rate = min(rate, released.rate)

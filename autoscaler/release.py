@@ -10,10 +10,16 @@ counts since the burst's end tell it is over. :func:`burst_over` says when they 
   next such burst);
 * since its end, long enough that a rate still at the burst's would have shown: the counts
   over ``T`` seconds at the rate before the burst and at the burst's rate are told apart at
-  the rise test's ``z`` (each beyond ``z`` Poisson standard deviations of the other's side)
-  once ``sqrt(T) * (sqrt(burst) - sqrt(base)) >= z``, so ``T = z^2 / (sqrt(burst) -
+  the rise test's ``z`` (each beyond ``z`` standard deviations of the other's side, a count's
+  variance ``D`` times its mean, ``D`` the arrivals' index of dispersion) once
+  ``sqrt(T / D) * (sqrt(burst) - sqrt(base)) >= z``, so ``T = D z^2 / (sqrt(burst) -
   sqrt(base))^2``; at least one short window (the test's unit);
-* and the rate since the end is not above the rate before it beyond the rise test.
+* and the rate since the end is not above the rate before it beyond the same noise.
+
+The noise is the arrivals' own, as for the fall test of the SLO stage: at Poisson noise a dip
+of bursty traffic (cv 4) for one short window, in the middle of a diurnal rise that the memory
+had read as a burst, released 3 of 7 ready replicas at 70 req/s; they came back a cold start
+later, and the rise's minute missed 2% of the hour's requests.
 
 The burst's start and the rate to plan for (the larger of the rates before and since the
 burst) come back; the law then sizes the SLO stage at that rate and restarts its forecast from
@@ -47,11 +53,12 @@ class Release:
     judged_at: float
 
 
-def settle_s(burst_rate: float, base_rate: float, z: float) -> float:
+def settle_s(burst_rate: float, base_rate: float, z: float, dispersion: float = 1.0) -> float:
     """Seconds of counts that tell a rate still at ``burst_rate`` from one back at
-    ``base_rate`` at ``z`` standard deviations each (inf when the burst was no higher)."""
+    ``base_rate`` at ``z`` standard deviations each, the counts' variance ``dispersion``
+    times their mean (inf when the burst was no higher)."""
     gap = math.sqrt(max(burst_rate, 0.0)) - math.sqrt(max(base_rate, 0.0))
-    return math.inf if gap <= 0 else (z / gap) ** 2
+    return math.inf if gap <= 0 else dispersion * (z / gap) ** 2
 
 
 def _rate(peaks: Peaks, since: float, until: float) -> float | None:
@@ -71,14 +78,16 @@ def finished_burst(peaks: Peaks, min_length_s: float) -> tuple[float, float] | N
 
 def burst_over(peaks: Peaks, burst: tuple[float, float], now: float, short_window_s: float,
                stable_window_s: float, z: float, judged: Release | None = None,
-               between: Peaks | None = None) -> Release | None:
+               between: Peaks | None = None, dispersion: float = 1.0) -> Release | None:
     """``burst`` (start, end) when it is over beyond the rise test's doubt and the stable
     window still holds it (None otherwise; see the module docstring). ``judged``: the release
     of the previous evaluation; once a burst was judged over it stays so (a count back above
     the bound by noise would take the release back and forth, a cold start each time), and
     only the rate since is updated. ``between``: the buckets between bursts that recur on a
     schedule, whose rate is the one to come back to (the stable window before such a burst's
-    recorded start may hold the burst itself: its demand is measured up to a window late)."""
+    recorded start may hold the burst itself: its demand is measured up to a window late).
+    ``dispersion``: the counts' variance over their mean (1: Poisson); bursty arrivals dip
+    by chance further and for longer, and a dip of a rise that goes on is no end."""
     start, end = burst
     if not end <= now < end + stable_window_s:
         return None
@@ -88,9 +97,10 @@ def burst_over(peaks: Peaks, burst: tuple[float, float], now: float, short_windo
     since = now - end
     if base is None or during is None or since <= 0:
         return None
-    wait = max(short_window_s, settle_s(during, base, z))
+    wait = max(short_window_s, settle_s(during, base, z, dispersion))
     after = math.fsum(b.requests for b in peaks if b.start >= end) / since
-    evident = since >= wait and after <= base + z * math.sqrt(max(base, 1.0 / since) / since)
+    noise = math.sqrt(dispersion * max(base, 1.0 / since) / since)
+    evident = since >= wait and after <= base + z * noise
     kept = judged is not None and judged.start == start
     if not evident and not kept:
         return None

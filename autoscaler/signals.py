@@ -392,6 +392,11 @@ def _dispersion(counts: Sequence[float]) -> dict[int, float]:
     differences, too few for the 3-sigma test to see the switch's two among them (an on-off
     switch read cv^2 10-16 there), so each side of a switch found is measured on its own
     (pooled by their differences) and the counts at the switch are left out.
+
+    A coarser interval groups the counts from every starting count in turn (pooled by their
+    differences), not from the window's first alone: which count began the groups decided
+    what a window read, so a window one scrape older or newer read cv^2 3 or 7 by turns on
+    one steady stream (cv 1.5), and each reading of 7 asked for a replica the hold then kept.
     """
     split = _level_change(counts)
     # Each side of a switch is counted at its own rate; the counts at the switch, one of
@@ -401,12 +406,13 @@ def _dispersion(counts: Sequence[float]) -> dict[int, float]:
     for scale in DISPERSION_SCALES:
         pooled, weight = 0.0, 0
         for segment in segments:
-            grouped = [math.fsum(segment[i:i + scale])
-                       for i in range(0, len(segment) - scale + 1, scale)]
-            value = _allan(grouped)
-            if value is not None:
-                pooled += value * (len(grouped) - 1)
-                weight += len(grouped) - 1
+            for offset in range(scale):
+                grouped = [math.fsum(segment[i:i + scale])
+                           for i in range(offset, len(segment) - scale + 1, scale)]
+                value = _allan(grouped)
+                if value is not None:
+                    pooled += value * (len(grouped) - 1)
+                    weight += len(grouped) - 1
         if weight > 0:
             estimates[scale] = pooled / weight
     return estimates

@@ -70,3 +70,18 @@ def test_a_burst_shorter_than_a_cold_start_is_left_to_the_memory() -> None:
     peaks = _memory([(300.0, 10.0, 2.0), (30.0, 30.0, 5.0), (20.0, 10.0, 2.0)])
     assert finished_burst(peaks, COLD_START_S) is None
     assert finished_burst(peaks, 30.0) == (300.0, 330.0)
+
+
+def test_a_dip_of_bursty_traffic_is_no_end_of_a_burst() -> None:
+    # A rise the memory read as a burst (30 -> 57 req/s) dips to 33 req/s for the 10 s since:
+    # over in Poisson counts, not in counts whose variance is 16 times their mean (cv 4).
+    peaks = _memory([(400.0, 30.0, 3.0), (380.0, 57.0, 6.0), (10.0, 33.0, 3.0)])
+    burst = finished_burst(peaks, COLD_START_S)
+    assert burst == (400.0, 780.0)
+    assert burst_over(peaks, burst, 790.0, SHORT_S, STABLE_S, Z) is not None
+    assert burst_over(peaks, burst, 790.0, SHORT_S, STABLE_S, Z, dispersion=16.0) is None
+    # Such counts take 16 times as long to tell the two rates apart, and a real end still
+    # shows: back at 30 req/s for the 40 s since, released.
+    assert settle_s(57.0, 30.0, Z, 16.0) == pytest.approx(16 * settle_s(57.0, 30.0, Z))
+    ended = _memory([(400.0, 30.0, 3.0), (380.0, 57.0, 6.0), (40.0, 30.0, 3.0)])
+    assert burst_over(ended, burst, 820.0, SHORT_S, STABLE_S, Z, dispersion=16.0) is not None
