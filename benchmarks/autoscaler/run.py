@@ -59,8 +59,9 @@ def autoscale(trace: Path, policy: str, plot: Path | None, *extra: str) -> dict[
     return result
 
 
-def iso_cost(trace: Path, policy: str, budget: float) -> dict[str, float]:
-    """The baseline with its target scaled up until it uses at most ``budget`` GPU-hours."""
+def iso_cost(trace: Path, policy: str, budget: float) -> dict[str, float | None]:
+    """The baseline with its target scaled up until it uses at most ``budget`` GPU-hours
+    (``None`` values: no scale the bisection tried, up to 8x, fits the budget)."""
     from kubeplex.autoscaler import evaluation
     from kubeplex.autoscaler.baselines import HPAPolicy, KPAPolicy
     from kubeplex.autoscaler.trace import read_trace
@@ -85,7 +86,7 @@ def iso_cost(trace: Path, policy: str, budget: float) -> dict[str, float]:
         return result.gpu_hours, result.attainment
 
     low, high = 1.0, 8.0
-    best = {"scale": 1.0, "gpu_hours": float("inf"), "attainment": 0.0}
+    best: dict[str, float | None] = {"scale": None, "gpu_hours": None, "attainment": None}
     gpu_hours, attainment = attempt(low)
     if gpu_hours <= budget:
         return {"scale": 1.0, "gpu_hours": gpu_hours, "attainment": attainment}
@@ -134,7 +135,7 @@ def main() -> int:
                          f"{float(row['gpu_hours']):.2f} | {row['scale_events']} | "
                          f"{row['max_replicas']} |")
         print(f"{name}: {stats}", file=sys.stderr)
-    (RESULTS / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "results.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     (RESULTS / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -51,6 +51,10 @@ def test_the_iso_cost_search_scales_a_baseline_to_the_budget(tmp_path: Path) -> 
     cheaper = run.iso_cost(path, "hpa", budget=unscaled["gpu_hours"] * 0.8)
     assert cheaper["scale"] > 1.0
     assert cheaper["gpu_hours"] <= unscaled["gpu_hours"] * 0.8
+    # No scale fits a budget of nothing: said as such, not as an infinite cost (which
+    # results.json wrote as the non-JSON token Infinity).
+    assert run.iso_cost(path, "hpa", budget=0.0) == {"scale": None, "gpu_hours": None,
+                                                     "attainment": None}
 
 
 def test_a_draw_redraws_the_generated_traces_and_leaves_the_table_seeds_alone() -> None:
