@@ -128,6 +128,9 @@ class Signals:
     #: The index of dispersion of simultaneous arrivals (requests sent together), None with
     #: too few intervals: ``E[X^2] / E[X]`` for batches of ``X``, 1 for arrivals one at a time.
     arrival_batch: float | None = None
+    #: The variance over the mean of the prompt tokens prefilled per interval (tokens; None
+    #: without the counter or with too few intervals): :attr:`work_dispersion`.
+    prompt_token_dispersion: float | None = None
 
     @property
     def in_system(self) -> float:
@@ -139,6 +142,18 @@ class Signals:
         if self.prompt_token_rate is None or self.ttft_count <= 0 or self.window_s <= 0:
             return None
         return self.prompt_token_rate * self.window_s / self.ttft_count
+
+    @property
+    def work_dispersion(self) -> float | None:
+        """The index of dispersion of the prefill work, in prompts: ``ca^2 + cs^2`` of the work
+        as it comes (tokens stand for prefill time). Above the prompts' own ``cs^2`` by more
+        than the count's ``arrival_cv2`` when the long prompts come in bursts and the short
+        ones do not: a retrieval tenant's 8k-token prompts at cv 2 beside a chat tenant's
+        Poisson stream, whose count reads cv^2 1.4."""
+        mean = self.mean_prompt_tokens
+        if self.prompt_token_dispersion is None or not mean:
+            return None
+        return self.prompt_token_dispersion / mean
 
     @property
     def mean_output_tokens(self) -> float | None:
@@ -477,6 +492,8 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
     pending = [_awaiting(s) for s in window]
     timed = counter_increase([s.series(PREFILL_TIME_COUNT) for s in window])
     dispersion = _dispersion([max(0.0, n) for n in counts])
+    work = None if prompt is None else _dispersion(
+        [counter_increase(pair) for pair in itertools.pairwise(prompt)])
     return Signals(
         time=last.time,
         window_s=span,
@@ -493,6 +510,7 @@ def extract(scrapes: Sequence[Scrape], now: float, window_s: float, percentile: 
         ttft_count=ttft_count,
         arrival_cv2=max(dispersion.values()) if dispersion else None,
         arrival_batch=_batch_index(dispersion),
+        prompt_token_dispersion=max(work.values()) if work else None,
         saturated=all((s.total(WAITING) or 0.0) > 0 for s in window),
         engines_saturated=all(_engine_busy(s) for s in window),
         prefill_time_s=(None if timed <= 0 else

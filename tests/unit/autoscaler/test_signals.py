@@ -308,6 +308,37 @@ def test_the_dispersion_of_a_steady_stream_is_not_read_high() -> None:
     assert np.percentile(reads, 90) < 4.3
 
 
+def _tokens(counts: list[float], tokens: list[float]) -> Signals:
+    """Signals over scrapes 2 s apart with ``counts`` arrivals and ``tokens`` prompt tokens
+    prefilled per interval (every request completes within its interval)."""
+    done, total, scrapes = 0.0, 0.0, []
+    for i in range(len(counts) + 1):
+        if i:
+            done, total = done + counts[i - 1], total + tokens[i - 1]
+        values = {COMPLETIONS: {"e": done}, WAITING: {"e": 0.0}, RUNNING: {"e": 0.0},
+                  PROMPT_TOKENS: {"e": total}}
+        scrapes.append(Scrape(2.0 * i, values, {TTFT: {"e": ((INF, done),)}}))
+    signals = extract(scrapes, 2.0 * len(counts), 2.0 * len(counts), 95, 30.0)
+    assert isinstance(signals, Signals)
+    return signals
+
+
+def test_long_prompts_in_bursts_show_in_the_work_not_in_the_count() -> None:
+    # Ten requests every 2 s. In one interval of five, three of them are 8,000-token prompts
+    # (a retrieval tenant's burst) beside chat prompts of 500: the count never varies, the
+    # prefill work does.
+    counts = [10.0] * 30
+    tokens = [3 * 8000.0 + 7 * 500.0 if i % 5 == 0 else 10 * 500.0 for i in range(30)]
+    bursty = _tokens(counts, tokens)
+    assert bursty.arrival_cv2 == pytest.approx(0.0, abs=1e-9)
+    assert bursty.work_dispersion is not None and bursty.work_dispersion > 10.0
+    # Prompts of one length: the work is the count times the prompt, its dispersion the
+    # count's (here Poisson-like counts).
+    steady = [6.0, 4.0, 7.0, 5.0, 8.0, 6.0, 5.0, 7.0, 4.0, 6.0, 5.0, 7.0, 6.0, 5.0, 6.0] * 2
+    even = _tokens(steady, [n * 500.0 for n in steady])
+    assert even.work_dispersion == pytest.approx(even.arrival_cv2)
+
+
 def test_a_replica_that_leaves_or_joins_is_not_a_dip_or_jump_in_arrivals() -> None:
     """10 requests every 2 s, each engine holding 3. "b" is scaled down after 10 s (the
     requests it held finish unseen); "c" joins at 14 s with 3 of that interval's 10 (the

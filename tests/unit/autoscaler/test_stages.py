@@ -21,6 +21,7 @@ from kubeplex.autoscaler.policy import (
     rising,
     slo_replicas,
     window_demand,
+    work_cv2,
 )
 from kubeplex.autoscaler.queueing import ReplicaCapacity
 from kubeplex.autoscaler.signals import NoData, Signals
@@ -173,3 +174,27 @@ def test_after_a_fall_the_slo_stage_starts_no_replica_for_demand_that_is_over() 
         target, "")
     assert after_a_fall(target, 2, NoData("no scrapes"), stable, CAPACITY, CONFIG, 1.0,
                         1.0) == (target, "")
+
+
+def test_the_work_s_variability_is_its_dispersion_less_what_the_prompt_sizes_explain() -> None:
+    """``work_cv2``: the prefill work's index of dispersion (in prompts) is ``ca^2 + cs^2``;
+    the prompts' own ``cs^2``, read off the window's histogram, is taken off it."""
+    inf = float("inf")
+    chat = ((200.0, 0.0), (500.0, 0.0), (1000.0, 800.0), (2000.0, 800.0), (5000.0, 800.0),
+            (10000.0, 800.0), (inf, 800.0))
+    mixed = (*chat[:5], (10000.0, 900.0), (inf, 900.0))  # 100 prompts of 5-10k tokens more
+
+    def signals(buckets: tuple[tuple[float, float], ...], dispersion: float | None) -> Signals:
+        count = buckets[-1][1]
+        mean = 700.0 if count == 800.0 else 1400.0
+        return _signals(ttft_count=count, prompt_token_rate=mean * count / 60.0,
+                        prompt_buckets=buckets,
+                        prompt_token_dispersion=None if dispersion is None else dispersion * mean)
+
+    assert work_cv2(signals(chat, None), CONFIG) is None  # no prompt-token counter
+    # Prompts of one bucket explain little of a work dispersion of 12: nearly all of it is
+    # the arrivals'. With a tenth of the prompts ten times longer, they explain ~2 of it.
+    alone, beside = work_cv2(signals(chat, 12.0), CONFIG), work_cv2(signals(mixed, 12.0), CONFIG)
+    assert alone is not None and beside is not None
+    assert 11.0 < alone <= 12.0
+    assert 8.0 < beside < alone - 1.5
