@@ -67,9 +67,11 @@ def test_bucket_increase_sums_instances_and_resets() -> None:
 
 
 def _scrape(t: float, done: float, waiting: float, running: float, ttft: tuple[
-        tuple[float, float], ...]) -> Scrape:
+        tuple[float, float], ...], prompt_tokens: float | None = None) -> Scrape:
+    """``prompt_tokens``: the counter's value (100 a finished request unless given)."""
+    prompt = done * 100 if prompt_tokens is None else prompt_tokens
     values = {COMPLETIONS: {"e": done}, WAITING: {"e": waiting}, RUNNING: {"e": running},
-              KV_USAGE: {"e": 0.5}, PROMPT_TOKENS: {"e": done * 100},
+              KV_USAGE: {"e": 0.5}, PROMPT_TOKENS: {"e": prompt},
               GENERATION_TOKENS: {"e": done * 20}}
     return Scrape(t, values, {TTFT: {"e": ttft}})
 
@@ -223,13 +225,15 @@ def test_completions_of_one_engine_are_summed_over_finished_reasons() -> None:
                                                                             (INF, 7.0))
 
 
-def _counted(counts: list[float]) -> Signals:
+def _counted(counts: list[float], tokens: list[float] | None = None) -> Signals:
     """Signals over scrapes 2 s apart whose arrivals per interval are ``counts`` (every request
-    completes within its interval)."""
-    done, scrapes = 0.0, [_scrape(0, 0, 0, 0, ((INF, 0.0),))]
+    completes within its interval); ``tokens``: the prompt tokens prefilled per interval (100
+    a request unless given)."""
+    done, total, scrapes = 0.0, 0.0, [_scrape(0, 0, 0, 0, ((INF, 0.0),))]
     for i, count in enumerate(counts):
         done += count
-        scrapes.append(_scrape(2.0 * (i + 1), done, 0, 0, ((INF, done),)))
+        total += 100 * count if tokens is None else tokens[i]
+        scrapes.append(_scrape(2.0 * (i + 1), done, 0, 0, ((INF, done),), total))
     signals = extract(scrapes, 2.0 * len(counts), 2.0 * len(counts), 95, 30.0)
     assert isinstance(signals, Signals)
     return signals
@@ -308,34 +312,19 @@ def test_the_dispersion_of_a_steady_stream_is_not_read_high() -> None:
     assert np.percentile(reads, 90) < 4.3
 
 
-def _tokens(counts: list[float], tokens: list[float]) -> Signals:
-    """Signals over scrapes 2 s apart with ``counts`` arrivals and ``tokens`` prompt tokens
-    prefilled per interval (every request completes within its interval)."""
-    done, total, scrapes = 0.0, 0.0, []
-    for i in range(len(counts) + 1):
-        if i:
-            done, total = done + counts[i - 1], total + tokens[i - 1]
-        values = {COMPLETIONS: {"e": done}, WAITING: {"e": 0.0}, RUNNING: {"e": 0.0},
-                  PROMPT_TOKENS: {"e": total}}
-        scrapes.append(Scrape(2.0 * i, values, {TTFT: {"e": ((INF, done),)}}))
-    signals = extract(scrapes, 2.0 * len(counts), 2.0 * len(counts), 95, 30.0)
-    assert isinstance(signals, Signals)
-    return signals
-
-
 def test_long_prompts_in_bursts_show_in_the_work_not_in_the_count() -> None:
     # Ten requests every 2 s. In one interval of five, three of them are 8,000-token prompts
     # (a retrieval tenant's burst) beside chat prompts of 500: the count never varies, the
     # prefill work does.
     counts = [10.0] * 30
     tokens = [3 * 8000.0 + 7 * 500.0 if i % 5 == 0 else 10 * 500.0 for i in range(30)]
-    bursty = _tokens(counts, tokens)
+    bursty = _counted(counts, tokens)
     assert bursty.arrival_cv2 == pytest.approx(0.0, abs=1e-9)
     assert bursty.work_dispersion is not None and bursty.work_dispersion > 10.0
     # Prompts of one length: the work is the count times the prompt, its dispersion the
     # count's (here Poisson-like counts).
     steady = [6.0, 4.0, 7.0, 5.0, 8.0, 6.0, 5.0, 7.0, 4.0, 6.0, 5.0, 7.0, 6.0, 5.0, 6.0] * 2
-    even = _tokens(steady, [n * 500.0 for n in steady])
+    even = _counted(steady, [n * 500.0 for n in steady])
     assert even.work_dispersion == pytest.approx(even.arrival_cv2)
 
 
