@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kubeplex.autoscaler.metrics import Buckets
@@ -51,6 +52,7 @@ __all__ = [
     "decode_step_line",
     "measured_speed",
     "prompt_mix",
+    "squared_cv",
     "token_capacity",
 ]
 
@@ -74,6 +76,15 @@ MIN_MIX_REQUESTS = 20
 TOP_BUCKET_FACTOR = 2.0
 
 
+def squared_cv(atoms: Sequence[tuple[float, float]]) -> float:
+    """The squared coefficient of variation of ``(value, weight)`` atoms whose weights sum to
+    1 (0 for a mean of 0)."""
+    mean = math.fsum(v * w for v, w in atoms)
+    if mean <= 0:
+        return 0.0
+    return max(0.0, math.fsum(v * v * w for v, w in atoms) / (mean * mean) - 1.0)
+
+
 @dataclass(frozen=True)
 class PromptMix:
     """Prompt lengths as ``(tokens, weight)`` atoms; the weights sum to 1."""
@@ -83,6 +94,11 @@ class PromptMix:
     @property
     def mean(self) -> float:
         return math.fsum(n * w for n, w in self.atoms)
+
+    @property
+    def cv2(self) -> float:
+        """The prompt lengths' squared coefficient of variation."""
+        return squared_cv(self.atoms)
 
 
 @dataclass(frozen=True)
@@ -155,8 +171,7 @@ def token_capacity(profile: LLMProfile, mix: PromptMix, output_tokens: float, sl
         seconds.append(cache[n])
     weights = [w for _, w in mix.atoms]
     mean = math.fsum(p * w for p, w in zip(seconds, weights, strict=True))
-    second_moment = math.fsum(p * p * w for p, w in zip(seconds, weights, strict=True))
-    cv2 = max(0.0, second_moment / (mean * mean) - 1.0)
+    cv2 = squared_cv(list(zip(seconds, weights, strict=True)))
     counted = tuple((p, w) for p, w in zip(seconds, weights, strict=True) if p <= slo_s)
     infeasible = math.fsum(w for p, w in zip(seconds, weights, strict=True) if p > slo_s)
     fits = [n for (n, _), p in zip(mix.atoms, seconds, strict=True) if p <= slo_s]

@@ -454,10 +454,7 @@ def work_cv2(signals: Signals, config: AutoscalerConfig) -> float | None:
         return None
     mix = prompt_mix(signals.prompt_buckets,
                      signals.mean_prompt_tokens or config.mean_prompt_tokens)
-    mean = mix.mean
-    if mean <= 0:
-        return None
-    return dispersion - (math.fsum(n * n * w for n, w in mix.atoms) / mean**2 - 1.0)
+    return dispersion - mix.cv2
 
 
 def slo_replicas(arrival_rate: float, capacity: ReplicaCapacity, config: AutoscalerConfig,
